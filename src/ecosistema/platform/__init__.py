@@ -1,0 +1,1 @@
+"""Shared kernel: configuration, persistence, events, security and telemetry. Knows no service."""

@@ -1,0 +1,112 @@
+"""Settings: one object, from ``ECOSISTEMA_*`` environment variables and an optional ``.env``."""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import Field, SecretStr, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    """Every setting has a safe default for the embedded shape (one process, SQLite, in memory)."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="ECOSISTEMA_",
+        env_file=".env",
+        env_file_encoding="utf-8",
+        extra="ignore",
+    )
+
+    environment: Literal["development", "test", "production"] = "development"
+    data_dir: Path = Path("data")
+    public_url: str = "http://127.0.0.1:8000"
+
+    # Persistence. ``database_url`` is the default for every service: a SQLite URL template or a
+    # PostgreSQL URL (each service then lives in its own schema). ``database_urls`` overrides it
+    # per service, e.g. ECOSISTEMA_DATABASE_URLS='{"identity": "postgresql+asyncpg://..."}'.
+    database_url: str = "sqlite+aiosqlite:///{data_dir}/{service}.db"
+    database_urls: dict[str, str] = Field(default_factory=dict)
+    database_pool_size: int = 10
+    database_echo: bool = False
+
+    database_schema_prefix: str = ""
+
+    bus_url: str = "memory://"
+    bus_stream: str = "ecosistema"
+    cache_url: str = "memory://"
+    cache_prefix: str = "eco:"
+
+    # Security.
+    master_key: SecretStr | None = None
+    master_key_id: str = "mk1"
+    old_master_keys: dict[str, SecretStr] = Field(default_factory=dict)
+    jwt_issuer: str = "ecosistema"
+    jwt_audience: str = "ecosistema-api"
+    access_token_ttl_seconds: int = 900
+    refresh_token_ttl_seconds: int = 30 * 24 * 3600
+    signing_key_rotation_days: int = 30
+    identity_url: str | None = None
+    lockout_threshold: int = 10
+    lockout_seconds: int = 900
+    login_delay_after_failures: int = 3
+
+    # HTTP.
+    max_body_bytes: int = 1_048_576
+    cors_origins: list[str] = Field(default_factory=list)
+
+    # Mail: ``file://`` writes each message under ``{data_dir}/mail``; ``smtp://host:port``.
+    mailer_url: str = "file://"
+    mail_from: str = "Ecosistema <no-reply@ecosistema.local>"
+
+    # Telemetry.
+    log_level: str = "INFO"
+    log_json: bool = True
+    otlp_endpoint: str | None = None
+    service_name: str = "ecosistema"
+
+    @field_validator("data_dir")
+    @classmethod
+    def _expand(cls, value: Path) -> Path:
+        return value.expanduser()
+
+    def database_url_for(self, service: str) -> str:
+        """The database URL a service uses, with ``{data_dir}`` and ``{service}`` filled in."""
+        template = self.database_urls.get(service, self.database_url)
+        return template.format(data_dir=self.data_dir.as_posix(), service=service)
+
+    def masked(self) -> dict[str, Any]:
+        """Effective settings with secrets and URL passwords masked, for ``ecosistema config``."""
+        out: dict[str, Any] = {}
+        for name, value in self.model_dump().items():
+            if isinstance(value, SecretStr):
+                out[name] = "**********" if value.get_secret_value() else ""
+            elif isinstance(value, dict):
+                out[name] = {
+                    k: "**********" if isinstance(v, SecretStr) else _mask_url(str(v))
+                    for k, v in value.items()
+                }
+            elif isinstance(value, str) and "://" in value:
+                out[name] = _mask_url(value)
+            elif isinstance(value, Path):
+                out[name] = str(value)
+            else:
+                out[name] = value
+        return out
+
+
+def _mask_url(url: str) -> str:
+    if "://" not in url or "@" not in url:
+        return url
+    scheme, rest = url.split("://", 1)
+    creds, host = rest.rsplit("@", 1)
+    user = creds.split(":", 1)[0]
+    return f"{scheme}://{user}:****@{host}" if ":" in creds else url
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    """The process-wide settings, read once."""
+    return Settings()

@@ -1,0 +1,238 @@
+"""Typed errors and their one mapping to RFC 9457 problem+json."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from typing import Any
+
+import structlog
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.responses import JSONResponse
+
+PROBLEM_BASE = "https://ecosistema.dev/problems/"
+PROBLEM_JSON = "application/problem+json"
+
+log = structlog.get_logger(__name__)
+
+
+class ProblemError(Exception):
+    """An error that leaves the API as problem+json. Subclass it in domains and services."""
+
+    status: int = 400
+    type: str = "bad-request"
+    title: str = "Bad request"
+
+    def __init__(
+        self,
+        detail: str | None = None,
+        *,
+        type: str | None = None,
+        title: str | None = None,
+        status: int | None = None,
+        headers: dict[str, str] | None = None,
+        **extra: Any,
+    ) -> None:
+        super().__init__(detail or self.title)
+        self.detail = detail or self.title
+        if type is not None:
+            self.type = type
+        if title is not None:
+            self.title = title
+        if status is not None:
+            self.status = status
+        self.headers = headers or {}
+        self.extra = extra
+
+
+class BadRequest(ProblemError):
+    status, type, title = 400, "bad-request", "Bad request"
+
+
+class Unauthorized(ProblemError):
+    status, type, title = 401, "unauthorized", "Authentication required"
+
+    def __init__(self, detail: str | None = None, **kwargs: Any) -> None:
+        kwargs.setdefault("headers", {"WWW-Authenticate": "Bearer"})
+        super().__init__(detail, **kwargs)
+
+
+class Forbidden(ProblemError):
+    status, type, title = 403, "forbidden", "Forbidden"
+
+
+class NotFound(ProblemError):
+    status, type, title = 404, "not-found", "Not found"
+
+
+class Conflict(ProblemError):
+    status, type, title = 409, "conflict", "Conflict"
+
+
+class Gone(ProblemError):
+    status, type, title = 410, "gone", "Gone"
+
+
+class PayloadTooLarge(ProblemError):
+    status, type, title = 413, "payload-too-large", "Request body too large"
+
+
+class Unprocessable(ProblemError):
+    status, type, title = 422, "validation-error", "Validation failed"
+
+    def __init__(
+        self, detail: str | None = None, *, errors: Sequence[dict[str, Any]] = (), **kwargs: Any
+    ) -> None:
+        super().__init__(detail, errors=list(errors), **kwargs)
+
+
+class TooManyRequests(ProblemError):
+    status, type, title = 429, "too-many-requests", "Too many requests"
+
+    def __init__(self, detail: str | None = None, *, retry_after: int, **kwargs: Any) -> None:
+        headers = {"Retry-After": str(max(1, int(retry_after)))}
+        super().__init__(detail, headers=headers, retry_after=max(1, int(retry_after)), **kwargs)
+
+
+class ServiceUnavailable(ProblemError):
+    status, type, title = 503, "service-unavailable", "Service unavailable"
+
+
+def field_error(field: str, message: str, code: str = "invalid") -> Unprocessable:
+    """A 422 pointing at one field, for rules Pydantic cannot express."""
+    return Unprocessable(
+        f"{field}: {message}", errors=[{"field": field, "message": message, "code": code}]
+    )
+
+
+def problem_response(
+    status: int,
+    type: str,
+    title: str,
+    detail: str,
+    *,
+    instance: str | None = None,
+    headers: dict[str, str] | None = None,
+    **extra: Any,
+) -> JSONResponse:
+    """Build one problem+json response; the only place its shape is written."""
+    body: dict[str, Any] = {
+        "type": type if type.startswith(("http:", "https:", "about:")) else PROBLEM_BASE + type,
+        "title": title,
+        "status": status,
+        "detail": detail,
+    }
+    if instance:
+        body["instance"] = instance
+    body.update({k: v for k, v in extra.items() if v is not None})
+    return JSONResponse(body, status_code=status, headers=headers, media_type=PROBLEM_JSON)
+
+
+_STATUS_TYPES = {
+    400: ("bad-request", "Bad request"),
+    401: ("unauthorized", "Authentication required"),
+    403: ("forbidden", "Forbidden"),
+    404: ("not-found", "Not found"),
+    405: ("method-not-allowed", "Method not allowed"),
+    406: ("not-acceptable", "Not acceptable"),
+    409: ("conflict", "Conflict"),
+    413: ("payload-too-large", "Request body too large"),
+    415: ("unsupported-media-type", "Unsupported media type"),
+    422: ("validation-error", "Validation failed"),
+    429: ("too-many-requests", "Too many requests"),
+    500: ("internal-error", "Internal server error"),
+    503: ("service-unavailable", "Service unavailable"),
+}
+
+
+def _field_path(loc: Sequence[Any]) -> str:
+    parts = [str(p) for p in loc if p not in ("body",)]
+    return ".".join(parts) if parts else "body"
+
+
+def validation_errors(exc: RequestValidationError) -> list[dict[str, Any]]:
+    """Pydantic errors as ``{field, message, code}`` with dotted field paths."""
+    out = []
+    for err in exc.errors():
+        loc = err.get("loc", ())
+        where = loc[0] if loc else "body"
+        out.append(
+            {
+                "field": _field_path(loc),
+                "in": where if where in ("body", "query", "path", "header", "cookie") else "body",
+                "message": str(err.get("msg", "invalid")),
+                "code": str(err.get("type", "invalid")),
+            }
+        )
+    return out
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    """Map every error, including framework ones and unexpected ones, to problem+json."""
+
+    @app.exception_handler(ProblemError)
+    async def _problem(request: Request, exc: ProblemError) -> JSONResponse:
+        return problem_response(
+            exc.status,
+            exc.type,
+            exc.title,
+            exc.detail,
+            instance=request.url.path,
+            headers=exc.headers,
+            **exc.extra,
+        )
+
+    @app.exception_handler(RequestValidationError)
+    async def _validation(request: Request, exc: RequestValidationError) -> JSONResponse:
+        errors = validation_errors(exc)
+        if any(e["code"] == "json_invalid" for e in errors):
+            return problem_response(
+                400,
+                "malformed-json",
+                "Malformed JSON",
+                "The request body is not valid JSON.",
+                instance=request.url.path,
+            )
+        detail = "; ".join(f"{e['field']}: {e['message']}" for e in errors[:5])
+        return problem_response(
+            422,
+            "validation-error",
+            "Validation failed",
+            detail or "Validation failed",
+            instance=request.url.path,
+            errors=_jsonable(errors),
+        )
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        type_, title = _STATUS_TYPES.get(exc.status_code, ("http-error", "HTTP error"))
+        detail = exc.detail if isinstance(exc.detail, str) else title
+        if exc.status_code == 404 and detail == "Not Found":
+            detail = f"No resource at {request.url.path}."
+        if exc.status_code == 405:
+            detail = f"{request.method} is not allowed on {request.url.path}."
+        return problem_response(
+            exc.status_code,
+            type_,
+            title,
+            detail,
+            instance=request.url.path,
+            headers=dict(exc.headers or {}),
+        )
+
+    @app.exception_handler(Exception)
+    async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
+        log.exception("unhandled_error", path=request.url.path, error=type(exc).__name__)
+        return problem_response(
+            500,
+            "internal-error",
+            "Internal server error",
+            "An unexpected error occurred; it has been logged.",
+            instance=request.url.path,
+        )
+
+
+def _jsonable(value: Any) -> Any:
+    return json.loads(json.dumps(value, default=str))

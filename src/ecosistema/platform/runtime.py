@@ -1,0 +1,129 @@
+"""The runtime: builds each service's context, migrates, and runs relays, consumers and jobs."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import importlib
+from collections.abc import Sequence
+from typing import Any
+
+import structlog
+
+from ecosistema.platform.cache import create_cache
+from ecosistema.platform.config import Settings
+from ecosistema.platform.db import Database
+from ecosistema.platform.events import IdempotentConsumer, OutboxRelay, create_bus
+from ecosistema.platform.service import Job, Service, ServiceContext, Subscription
+
+log = structlog.get_logger(__name__)
+
+
+class Runtime:
+    """One process's view of the platform: the services it hosts and what they share."""
+
+    def __init__(
+        self, settings: Settings, services: Sequence[Service]
+    ) -> None:
+        from ecosistema.platform.auth import TokenVerifier
+        from ecosistema.platform.crypto import load_cipher
+
+        self.settings = settings
+        self.services = {s.name: s for s in services}
+        self.cache = create_cache(settings.cache_url, prefix=settings.cache_prefix)
+        self.bus = create_bus(settings.bus_url, stream=settings.bus_stream)
+        self.cipher = load_cipher(settings)
+        self.verifier = TokenVerifier(settings, cache=self.cache)
+        self.contexts: dict[str, ServiceContext] = {}
+        for service in services:
+            db = Database(
+                service.name,
+                settings.database_url_for(service.name),
+                schema_prefix=settings.database_schema_prefix,
+                echo=settings.database_echo,
+                pool_size=settings.database_pool_size,
+            )
+            self.contexts[service.name] = ServiceContext(
+                service=service,
+                settings=settings,
+                db=db,
+                bus=self.bus,
+                cache=self.cache,
+                runtime=self,
+            )
+        self._clients: dict[str, Any] = {}
+        self.relays: dict[str, OutboxRelay] = {}
+        self._tasks: list[asyncio.Task[None]] = []
+        self.started = False
+
+    def client(self, name: str) -> Any:
+        """A hosted service's in-process client, else its HTTP client."""
+        if name not in self._clients:
+            if name in self.contexts:
+                service = self.services[name]
+                if service.make_client is None:
+                    raise LookupError(f"service {name!r} has no client")
+                self._clients[name] = service.make_client(self.contexts[name])
+            else:
+                module = importlib.import_module(f"ecosistema.{name}.client")
+                self._clients[name] = module.http_client(self.settings)
+        return self._clients[name]
+
+    async def migrate(self) -> None:
+        """Apply every hosted service's migrations."""
+        for ctx in self.contexts.values():
+            await ctx.db.migrate(ctx.service.migrations)
+
+    async def start(self, *, migrate: bool = True, background: bool = True) -> None:
+        """Migrate, connect the bus, run start hooks; then relays, consumers and jobs."""
+        if migrate:
+            await self.migrate()
+        await self.bus.start()
+        for ctx in self.contexts.values():
+            if ctx.service.on_start:
+                await ctx.service.on_start(ctx)
+        for ctx in self.contexts.values():
+            for sub in ctx.service.subscriptions:
+                await self._subscribe(ctx, sub)
+            relay = OutboxRelay(ctx.outbox, ctx.db, self.bus)
+            self.relays[ctx.name] = relay
+            if background:
+                relay.start()
+                for job in ctx.service.jobs:
+                    self._tasks.append(asyncio.create_task(self._run_job(ctx, job)))
+        self.started = True
+
+    async def _subscribe(self, ctx: ServiceContext, sub: Subscription) -> None:
+        async def _handle(session: Any, envelope: Any) -> None:
+            await sub.handler(ctx, session, envelope)
+
+        consumer = IdempotentConsumer(f"{ctx.name}.{sub.name}", ctx.db, ctx.outbox, _handle)
+        await self.bus.subscribe(consumer.name, sub.types, consumer)
+
+    async def _run_job(self, ctx: ServiceContext, job: Job) -> None:
+        while True:
+            await asyncio.sleep(job.interval_seconds)
+            try:
+                await job.run(ctx)
+            except Exception as exc:
+                log.warning("job_failed", service=ctx.name, job=job.name, error=repr(exc))
+
+    async def drain_outboxes(self, timeout: float = 10.0) -> None:
+        """Relay every pending event now (tests, shutdown, CLI commands)."""
+        for relay in self.relays.values():
+            await relay.drain(timeout)
+
+    async def stop(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        self._tasks.clear()
+        for relay in self.relays.values():
+            await relay.stop()
+        await self.bus.stop()
+        await self.cache.close()
+        for ctx in self.contexts.values():
+            await ctx.db.dispose()
+        self.started = False

@@ -1,0 +1,109 @@
+"""The service descriptor every bounded context exports, and the context its code runs with."""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from fastapi import APIRouter, Request
+from sqlalchemy import MetaData
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from ecosistema.platform.cache import Cache
+from ecosistema.platform.config import Settings
+from ecosistema.platform.db import Database
+from ecosistema.platform.events import EventBus, EventEnvelope, Outbox
+
+if TYPE_CHECKING:
+    from ecosistema.platform.crypto import FieldCipher
+    from ecosistema.platform.runtime import Runtime
+
+EventHandler = Callable[["ServiceContext", AsyncSession, EventEnvelope], Awaitable[None]]
+JobFn = Callable[["ServiceContext"], Awaitable[None]]
+StartHook = Callable[["ServiceContext"], Awaitable[None]]
+
+
+@dataclass(frozen=True)
+class Subscription:
+    """A handler for some event types; it runs in the consumer service's own transaction."""
+
+    name: str
+    types: tuple[str, ...]
+    handler: EventHandler
+
+
+@dataclass(frozen=True)
+class Job:
+    """A periodic background job (sweepers, key rotation checks, retraining)."""
+
+    name: str
+    interval_seconds: float
+    run: JobFn
+
+
+@dataclass(frozen=True)
+class EncryptedColumn:
+    """A column holding field-encrypted personal data, re-encrypted by ``ecosistema keys rotate``."""
+
+    table: str
+    column: str
+    id_column: str = "id"
+
+
+@dataclass
+class Service:
+    """What a bounded context contributes to the platform: one per service package."""
+
+    name: str
+    metadata: MetaData
+    outbox: Outbox
+    migrations: Path
+    router: APIRouter | None = None
+    root_router: APIRouter | None = None
+    subscriptions: Sequence[Subscription] = ()
+    jobs: Sequence[Job] = ()
+    encrypted_columns: Sequence[EncryptedColumn] = ()
+    on_start: StartHook | None = None
+    make_client: Callable[[ServiceContext], Any] | None = None
+
+
+@dataclass
+class ServiceContext:
+    """Everything a service's use cases need at run time, owned by the runtime."""
+
+    service: Service
+    settings: Settings
+    db: Database
+    bus: EventBus
+    cache: Cache
+    runtime: Runtime
+    extras: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def name(self) -> str:
+        return self.service.name
+
+    @property
+    def outbox(self) -> Outbox:
+        return self.service.outbox
+
+    @property
+    def cipher(self) -> FieldCipher:
+        return self.runtime.cipher
+
+    def client(self, service: str) -> Any:
+        """The typed client of another service (in process or over HTTP)."""
+        return self.runtime.client(service)
+
+
+def context_of(name: str) -> Callable[[Request], ServiceContext]:
+    """A FastAPI dependency that yields the named service's context."""
+
+    def _dependency(request: Request) -> ServiceContext:
+        ctx: ServiceContext = request.app.state.runtime.contexts[name]
+        return ctx
+
+    _dependency.__name__ = f"{name}_context"
+    return _dependency

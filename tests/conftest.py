@@ -1,0 +1,169 @@
+"""Shared fixtures: the two shapes (embedded on SQLite, distributed on PostgreSQL + Redis + NATS).
+
+Every test that takes ``settings`` (or ``app``/``client``) runs once per shape. The distributed
+shape is skipped, with the reason printed, when its services are not reachable on 127.0.0.1.
+``ECOSISTEMA_TEST_SHAPES=embedded`` (or ``distributed``) narrows the run.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import socket
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+from fastapi import FastAPI
+
+from ecosistema.platform.app import create_app
+from ecosistema.platform.config import Settings
+
+PG_URL = os.environ.get("ECOSISTEMA_TEST_PG_URL", "postgresql+asyncpg://postgres@127.0.0.1:5432/test")
+REDIS_URL = os.environ.get("ECOSISTEMA_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
+NATS_URL = os.environ.get("ECOSISTEMA_TEST_NATS_URL", "nats://127.0.0.1:4222")
+
+
+def _reachable(host: str, port: int) -> bool:
+    try:
+        with socket.create_connection((host, port), timeout=0.5):
+            return True
+    except OSError:
+        return False
+
+
+SERVICES_UP = {
+    "postgresql": _reachable("127.0.0.1", 5432),
+    "redis": _reachable("127.0.0.1", 6379),
+    "nats": _reachable("127.0.0.1", 4222),
+}
+_DOWN = [name for name, up in SERVICES_UP.items() if not up]
+DISTRIBUTED_SKIP = (
+    f"distributed shape skipped: {', '.join(_DOWN)} not reachable on 127.0.0.1" if _DOWN else ""
+)
+SHAPES = [
+    s
+    for s in os.environ.get("ECOSISTEMA_TEST_SHAPES", "embedded,distributed").split(",")
+    if s.strip()
+]
+
+requires_postgres = pytest.mark.skipif(
+    not SERVICES_UP["postgresql"], reason="PostgreSQL not reachable on 127.0.0.1:5432"
+)
+requires_redis = pytest.mark.skipif(
+    not SERVICES_UP["redis"], reason="Redis not reachable on 127.0.0.1:6379"
+)
+requires_nats = pytest.mark.skipif(
+    not SERVICES_UP["nats"], reason="NATS not reachable on 127.0.0.1:4222"
+)
+
+
+def pytest_report_header(config: pytest.Config) -> list[str]:
+    lines = [f"ecosistema shapes: {', '.join(SHAPES)}"]
+    if DISTRIBUTED_SKIP and "distributed" in SHAPES:
+        lines.append(DISTRIBUTED_SKIP)
+    return lines
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    if DISTRIBUTED_SKIP and "distributed" in SHAPES:
+        terminalreporter.write_line(f"NOTE: {DISTRIBUTED_SKIP}", yellow=True)
+
+
+def unique(prefix: str = "t") -> str:
+    return f"{prefix}{uuid.uuid4().hex[:10]}"
+
+
+def make_settings(shape: str, data_dir: Path, **overrides: object) -> Settings:
+    """Settings for a test in the given shape, isolated from every other test."""
+    base: dict[str, object] = {
+        "environment": "test",
+        "data_dir": data_dir,
+        "log_json": True,
+        "log_level": "WARNING",
+    }
+    if shape == "embedded":
+        base.update(
+            database_url=f"sqlite+aiosqlite:///{data_dir.as_posix()}/{{service}}.db",
+            bus_url="memory://",
+            cache_url="memory://",
+        )
+    else:
+        run = unique()
+        base.update(
+            database_url=PG_URL,
+            database_schema_prefix=f"{run}_",
+            bus_url=NATS_URL,
+            bus_stream=f"eco_{run}",
+            cache_url=REDIS_URL,
+            cache_prefix=f"{run}:",
+        )
+    base.update(overrides)
+    return Settings(**base)  # type: ignore[arg-type]
+
+
+@pytest.fixture(params=SHAPES)
+def shape(request: pytest.FixtureRequest) -> str:
+    value: str = request.param
+    if value == "distributed" and DISTRIBUTED_SKIP:
+        pytest.skip(DISTRIBUTED_SKIP)
+    return value
+
+
+@pytest.fixture
+def settings(shape: str, tmp_path: Path) -> Settings:
+    return make_settings(shape, tmp_path)
+
+
+async def drop_test_schemas(settings: Settings) -> None:
+    """Remove the PostgreSQL schemas and NATS stream a distributed test created."""
+    if not settings.database_schema_prefix:
+        return
+    import asyncpg
+
+    dsn = settings.database_url.replace("postgresql+asyncpg://", "postgresql://")
+    conn = await asyncpg.connect(dsn)
+    try:
+        rows = await conn.fetch(
+            "SELECT nspname FROM pg_namespace WHERE nspname LIKE $1",
+            settings.database_schema_prefix.replace("_", r"\_") + "%",
+        )
+        for row in rows:
+            await conn.execute(f'DROP SCHEMA IF EXISTS "{row["nspname"]}" CASCADE')
+    finally:
+        await conn.close()
+
+
+@pytest.fixture
+async def app(settings: Settings) -> AsyncIterator[FastAPI]:
+    """The embedded app with every service, its runtime started (migrations applied)."""
+    from ecosistema.services import load_services
+
+    application = create_app(load_services(), settings)
+    async with application.router.lifespan_context(application):
+        yield application
+    await drop_test_schemas(settings)
+
+
+@pytest.fixture
+async def client(app: FastAPI) -> AsyncIterator[httpx.AsyncClient]:
+    transport = httpx.ASGITransport(app=app, client=("203.0.113.7", 50000))
+    async with httpx.AsyncClient(transport=transport, base_url="http://testserver") as c:
+        yield c
+
+
+@pytest.fixture
+def anyio_backend() -> str:
+    return "asyncio"
+
+
+@pytest.fixture(scope="session")
+def event_loop_policy() -> Iterator[asyncio.AbstractEventLoopPolicy]:
+    try:
+        import uvloop
+
+        yield uvloop.EventLoopPolicy()
+    except ImportError:
+        yield asyncio.DefaultEventLoopPolicy()
