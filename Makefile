@@ -1,0 +1,46 @@
+# Ecosistema: `make up` runs the platform, `make test` runs the tests. Both create .venv on first use.
+
+VENV    ?= .venv
+PYTHON  ?= $(shell for p in python3.13 python3.12 python3.11 python3; do \
+             command -v $$p >/dev/null 2>&1 && $$p -c 'import sys; sys.exit(sys.version_info < (3, 11))' \
+             && { command -v $$p; break; }; done)
+BIN     := $(VENV)/bin
+STAMP   := $(VENV)/.installed
+HOST    ?= 127.0.0.1
+PORT    ?= 8000
+
+.PHONY: up test lint format bench clean help
+
+help:
+	@echo "make up      install into .venv, migrate, seed demo data, serve on http://$(HOST):$(PORT)"
+	@echo "make test    install into .venv and run the test suite (embedded and distributed shapes)"
+	@echo "make lint    ruff and mypy"
+	@echo "make bench   run the benchmarks in bench/ and print their figures"
+
+$(STAMP): pyproject.toml
+	@test -n "$(PYTHON)" || { echo "Python 3.11 or newer is required"; exit 1; }
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e '.[dev]'
+	@touch $(STAMP)
+
+up: $(STAMP)
+	$(BIN)/ecosistema up --demo --host $(HOST) --port $(PORT)
+
+test: $(STAMP)
+	$(BIN)/pytest
+
+lint: $(STAMP)
+	$(BIN)/ruff check src tests bench
+	$(BIN)/ruff format --check src tests bench
+	$(BIN)/mypy
+
+format: $(STAMP)
+	$(BIN)/ruff check --fix src tests bench
+	$(BIN)/ruff format src tests bench
+
+bench: $(STAMP)
+	$(BIN)/python bench/run_all.py
+
+clean:
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

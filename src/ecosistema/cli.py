@@ -1,0 +1,279 @@
+"""The ``ecosistema`` command: run, migrate, configure and administer the platform."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import secrets
+import sys
+from collections.abc import Awaitable, Callable
+from typing import Annotated, Any, TypeVar
+
+import typer
+from rich.console import Console
+from rich.panel import Panel
+from rich.table import Table
+
+from ecosistema import __version__
+from ecosistema.platform.config import Settings, get_settings
+from ecosistema.platform.runtime import Runtime
+from ecosistema.services import SERVICE_NAMES, load_services
+
+T = TypeVar("T")
+
+app = typer.Typer(
+    name="ecosistema",
+    help="Ecosistema: self-hostable, AI-native commerce and sales platform.",
+    no_args_is_help=True,
+    add_completion=False,
+)
+users_app = typer.Typer(help="Manage users.", no_args_is_help=True)
+keys_app = typer.Typer(help="Manage encryption and signing keys.", no_args_is_help=True)
+app.add_typer(users_app, name="users")
+app.add_typer(keys_app, name="keys")
+
+console = Console()
+err_console = Console(stderr=True)
+
+HostOpt = Annotated[str, typer.Option("--host", help="Interface to listen on.")]
+PortOpt = Annotated[int, typer.Option("--port", help="TCP port to listen on.")]
+
+
+def _settings() -> Settings:
+    from ecosistema.platform.logging import configure_logging
+
+    settings = get_settings()
+    configure_logging(settings)
+    return settings
+
+
+def _with_runtime(
+    settings: Settings, work: Callable[[Runtime], Awaitable[T]], names: list[str] | None = None
+) -> T:
+    """Run ``work`` against a started runtime (migrated, no background tasks), then stop it."""
+
+    async def _main() -> T:
+        runtime = Runtime(settings, load_services(names))
+        await runtime.start(background=False)
+        try:
+            result = await work(runtime)
+            await runtime.drain_outboxes()
+            return result
+        finally:
+            await runtime.stop()
+
+    return asyncio.run(_main())
+
+
+def _fail(message: str) -> None:
+    err_console.print(f"[bold red]error:[/] {message}")
+    raise typer.Exit(code=1)
+
+
+@app.command()
+def version() -> None:
+    """Print the version."""
+    console.print(f"ecosistema {__version__}")
+
+
+@app.command()
+def config(
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")] = False,
+) -> None:
+    """Print the effective settings, secrets masked."""
+    settings = get_settings()
+    values = settings.masked()
+    if as_json:
+        console.print_json(json.dumps(values, default=str))
+        return
+    table = Table("setting", "value", title="Effective settings (ECOSISTEMA_*)")
+    for name, value in values.items():
+        table.add_row(name, json.dumps(value, default=str) if not isinstance(value, str) else value)
+    console.print(table)
+
+
+@app.command()
+def migrate(
+    service: Annotated[
+        str | None, typer.Argument(help=f"One of: {', '.join(SERVICE_NAMES)}. Default: all.")
+    ] = None,
+) -> None:
+    """Apply database migrations for one service or all of them."""
+    settings = _settings()
+    names = [service] if service else list(SERVICE_NAMES)
+    unknown = [n for n in names if n not in SERVICE_NAMES]
+    if unknown:
+        _fail(f"unknown service {unknown[0]!r}; known: {', '.join(SERVICE_NAMES)}")
+
+    async def _main() -> None:
+        runtime = Runtime(settings, load_services(names))
+        try:
+            await runtime.migrate()
+        finally:
+            await runtime.stop()
+
+    asyncio.run(_main())
+    console.print(f"[green]migrated:[/] {', '.join(names)}")
+
+
+def _seed_demo(settings: Settings) -> dict[str, Any]:
+    from ecosistema.identity.service import seed_demo
+
+    async def _work(runtime: Runtime) -> dict[str, Any]:
+        return await seed_demo(runtime.contexts["identity"])
+
+    return _with_runtime(settings, _work)
+
+
+def _serve(app_factory: str, host: str, port: int, settings: Settings) -> None:
+    import uvicorn
+
+    uvicorn.run(
+        app_factory,
+        factory=True,
+        host=host,
+        port=port,
+        loop="uvloop",
+        http="httptools",
+        log_config=None,
+        access_log=False,
+        server_header=False,
+        proxy_headers=False,
+    )
+
+
+def embedded_app() -> Any:
+    """The app with every service in one process (used by ``ecosistema up``)."""
+    from ecosistema.platform.app import create_app
+
+    return create_app(load_services(), get_settings())
+
+
+def single_service_app() -> Any:
+    """The app for the one service named by ECOSISTEMA_SERVE_SERVICE (``ecosistema serve``)."""
+    import os
+
+    from ecosistema.platform.app import create_app
+
+    name = os.environ["ECOSISTEMA_SERVE_SERVICE"]
+    return create_app(load_services([name]), get_settings(), title=f"Ecosistema {name}")
+
+
+@app.command()
+def up(
+    host: HostOpt = "127.0.0.1",
+    port: PortOpt = 8000,
+    demo: Annotated[bool, typer.Option("--demo/--no-demo", help="Seed demo data.")] = False,
+) -> None:
+    """Run the whole platform in one process (embedded shape): migrate, optionally seed, serve."""
+    settings = _settings()
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    seeded = _seed_demo(settings) if demo else _with_runtime(settings, _noop)
+    url = f"http://{host}:{port}"
+    lines = [f"Ecosistema {__version__} on [bold]{url}[/]", f"API docs: {url}/docs"]
+    if seeded:
+        lines.append("")
+        lines.append("Demo accounts (POST /api/v1/auth/login with email and password):")
+        for account in seeded.get("accounts", []):
+            lines.append(f"  {account['role']:<9} {account['email']}  {account['password']}")
+    console.print(Panel("\n".join(lines), title="ecosistema up", expand=False))
+    _serve("ecosistema.cli:embedded_app", host, port, settings)
+
+
+async def _noop(_runtime: Runtime) -> dict[str, Any]:
+    return {}
+
+
+@app.command()
+def serve(
+    service: Annotated[str, typer.Argument(help=f"One of: {', '.join(SERVICE_NAMES)}.")],
+    host: HostOpt = "127.0.0.1",
+    port: PortOpt = 8001,
+) -> None:
+    """Run one service in its own process (distributed shape)."""
+    import os
+
+    if service not in SERVICE_NAMES:
+        _fail(f"unknown service {service!r}; known: {', '.join(SERVICE_NAMES)}")
+    settings = _settings()
+    os.environ["ECOSISTEMA_SERVE_SERVICE"] = service
+    _serve("ecosistema.cli:single_service_app", host, port, settings)
+
+
+@users_app.command("create-admin")
+def create_admin(
+    email: Annotated[str, typer.Option("--email", help="The admin's email address.")],
+    password: Annotated[
+        str | None,
+        typer.Option("--password", help="Password; one is generated and printed when omitted."),
+    ] = None,
+) -> None:
+    """Create a verified admin user."""
+    from ecosistema.identity.service import create_admin as create_admin_user
+    from ecosistema.platform.errors import ProblemError
+
+    settings = _settings()
+    generated = password is None
+    secret = password or secrets.token_urlsafe(18)
+
+    async def _work(runtime: Runtime) -> Any:
+        return await create_admin_user(runtime.contexts["identity"], email=email, password=secret)
+
+    try:
+        _with_runtime(settings, _work)
+    except ProblemError as exc:
+        _fail(exc.detail)
+    console.print(f"[green]admin created:[/] {email}")
+    if generated:
+        console.print(f"password: [bold]{secret}[/]  (shown once; store it now)")
+
+
+@keys_app.command("rotate")
+def rotate_keys(
+    master: Annotated[
+        bool, typer.Option("--master/--no-master", help="Rotate the master key and re-encrypt.")
+    ] = True,
+    signing: Annotated[
+        bool, typer.Option("--signing/--no-signing", help="Rotate the token signing key.")
+    ] = True,
+) -> None:
+    """Rotate keys without downtime: old ciphertexts and tokens stay valid meanwhile."""
+    from ecosistema.platform.crypto import reencrypt_columns, rotate_master_key
+
+    settings = _settings()
+    if master:
+        try:
+            kid = rotate_master_key(settings)
+        except (RuntimeError, ValueError) as exc:
+            _fail(str(exc))
+        console.print(f"[green]new master key:[/] {kid}")
+
+    async def _work(runtime: Runtime) -> None:
+        if master:
+            for ctx in runtime.contexts.values():
+                columns = ctx.service.encrypted_columns
+                if columns:
+                    count = await reencrypt_columns(ctx.db, runtime.cipher, columns)
+                    console.print(f"re-encrypted {count} value(s) in {ctx.name}")
+        if signing:
+            from ecosistema.identity.service import rotate_signing_key
+
+            kid = await rotate_signing_key(runtime.contexts["identity"])
+            console.print(f"[green]new signing key:[/] {kid}")
+
+    _with_runtime(settings, _work)
+
+
+def _mount_optional() -> None:
+    try:
+        from ecosistema.ml_cli import app as ml_app
+    except ImportError:
+        return
+    app.add_typer(ml_app, name="ml", help="Machine-learning pipeline: ingest, train, promote.")
+
+
+_mount_optional()
+
+
+def main() -> None:  # pragma: no cover - console entry point
+    app(sys.argv[1:])
