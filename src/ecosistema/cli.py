@@ -241,12 +241,17 @@ def rotate_keys(
     from ecosistema.platform.crypto import reencrypt_columns, rotate_master_key
 
     settings = _settings()
-    if master:
+    from_settings = settings.master_key is not None and settings.master_key.get_secret_value()
+    if master and not from_settings:
         try:
             kid = rotate_master_key(settings)
         except (RuntimeError, ValueError) as exc:
             _fail(str(exc))
         console.print(f"[green]new master key:[/] {kid}")
+    elif master:
+        # Keys from settings are rotated by the operator (new ECOSISTEMA_MASTER_KEY, old one moved
+        # to ECOSISTEMA_OLD_MASTER_KEYS); this re-encrypts everything under the active one.
+        console.print(f"master key comes from settings; re-encrypting under {settings.master_key_id}")
 
     async def _work(runtime: Runtime) -> None:
         if master:

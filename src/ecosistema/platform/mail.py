@@ -1,0 +1,216 @@
+"""Outgoing mail through a pluggable mailer: files under ``{data_dir}/mail`` by default, or SMTP.
+
+Messages may carry secrets (password-reset links, sign-in codes), so neither mailer logs a body,
+a recipient or a subject: the file mailer logs where it wrote the message, the SMTP mailer the
+relay it handed it to.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import secrets
+import smtplib
+import ssl
+from datetime import UTC, datetime
+from email.headerregistry import Address
+from email.message import EmailMessage
+from email.utils import format_datetime, getaddresses, make_msgid
+from pathlib import Path
+from typing import Protocol, runtime_checkable
+from urllib.parse import parse_qs, unquote, urlsplit
+
+import structlog
+
+from ecosistema.platform.config import Settings
+
+log = structlog.get_logger(__name__)
+
+_TRUE = {"1", "true", "yes", "on"}
+_FALSE = {"0", "false", "no", "off"}
+
+
+@runtime_checkable
+class Mailer(Protocol):
+    """Sends one message to one recipient."""
+
+    async def send(self, to: str, subject: str, text: str, html: str | None = None) -> None:
+        """Deliver (or hand over for delivery) one message."""
+        ...
+
+
+def build_message(
+    *, sender: str, to: str, subject: str, text: str, html: str | None = None
+) -> EmailMessage:
+    """A complete RFC 5322 message: plain text, plus an HTML alternative when given."""
+    recipient = _single_address(to)
+    if any(c in subject for c in "\r\n"):
+        raise ValueError("a mail subject cannot contain line breaks")
+    message = EmailMessage()
+    message["From"] = sender
+    message["To"] = recipient
+    message["Subject"] = subject
+    message["Date"] = format_datetime(datetime.now(UTC))
+    domain = _domain_of(sender)
+    message["Message-ID"] = make_msgid(domain=domain) if domain else make_msgid()
+    message.set_content(text)
+    if html is not None:
+        message.add_alternative(html, subtype="html")
+    return message
+
+
+def _single_address(to: str) -> str:
+    if any(c in to for c in "\r\n"):
+        raise ValueError("a mail recipient cannot contain line breaks")
+    found = getaddresses([to])
+    if len(found) != 1 or "@" not in found[0][1]:
+        raise ValueError(f"{to!r} is not a single mail address")
+    name, address = found[0]
+    local, _, domain = address.rpartition("@")
+    if not local or not domain:
+        raise ValueError(f"{to!r} is not a single mail address")
+    return str(Address(display_name=name, username=local, domain=domain))
+
+
+def _domain_of(sender: str) -> str | None:
+    found = getaddresses([sender])
+    if found and "@" in found[0][1]:
+        return found[0][1].rpartition("@")[2] or None
+    return None
+
+
+class FileMailer:
+    """Writes each message as an ``.eml`` file in one directory: the embedded default."""
+
+    def __init__(self, directory: Path, *, sender: str) -> None:
+        self.directory = directory
+        self.sender = sender
+
+    async def send(self, to: str, subject: str, text: str, html: str | None = None) -> None:
+        """Write the message to ``{directory}/<time>-<random>.eml``."""
+        message = build_message(sender=self.sender, to=to, subject=subject, text=text, html=html)
+        path = await asyncio.to_thread(self._write, message.as_bytes())
+        log.info("mail_written", path=str(path))
+
+    def _write(self, content: bytes) -> Path:
+        self.directory.mkdir(parents=True, exist_ok=True)
+        stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%S%fZ")
+        name = f"{stamp}-{secrets.token_hex(4)}.eml"
+        final = self.directory / name
+        partial = self.directory / f".{name}.partial"
+        # Written aside and renamed, so a reader of the directory never sees half a message;
+        # private, because messages may carry sign-in links.
+        fd = os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        try:
+            os.write(fd, content)
+        finally:
+            os.close(fd)
+        os.replace(partial, final)
+        return final
+
+
+class SmtpMailer:
+    """Hands messages to an SMTP relay: plain, STARTTLS or implicit TLS (``smtps://``)."""
+
+    def __init__(
+        self,
+        host: str,
+        port: int,
+        *,
+        sender: str,
+        username: str | None = None,
+        password: str | None = None,
+        implicit_tls: bool = False,
+        starttls: bool = False,
+        timeout: float = 30.0,
+        ssl_context: ssl.SSLContext | None = None,
+    ) -> None:
+        if implicit_tls and starttls:
+            raise ValueError("choose implicit TLS (smtps://) or STARTTLS, not both")
+        self.host = host
+        self.port = port
+        self.sender = sender
+        self.username = username
+        self.password = password
+        self.implicit_tls = implicit_tls
+        self.starttls = starttls
+        self.timeout = timeout
+        self.ssl_context = ssl_context
+
+    @classmethod
+    def from_url(
+        cls, url: str, *, sender: str, ssl_context: ssl.SSLContext | None = None
+    ) -> SmtpMailer:
+        """``smtp://user:pass@host:port?starttls=true`` or ``smtps://user:pass@host:port``."""
+        parts = urlsplit(url)
+        if parts.scheme not in ("smtp", "smtps"):
+            raise ValueError(f"not an SMTP URL: {parts.scheme}://")
+        if not parts.hostname:
+            raise ValueError("the SMTP URL names no host, e.g. smtp://mail.example.com:587")
+        implicit_tls = parts.scheme == "smtps"
+        query = {k: v[-1].lower() for k, v in parse_qs(parts.query).items()}
+        starttls = _flag(query.get("starttls", "false"), "starttls")
+        timeout = float(query.get("timeout", "30"))
+        return cls(
+            parts.hostname,
+            parts.port or (465 if implicit_tls else 25),
+            sender=sender,
+            username=unquote(parts.username) if parts.username else None,
+            password=unquote(parts.password) if parts.password else None,
+            implicit_tls=implicit_tls,
+            starttls=starttls,
+            timeout=timeout,
+            ssl_context=ssl_context,
+        )
+
+    async def send(self, to: str, subject: str, text: str, html: str | None = None) -> None:
+        """Deliver the message to the relay; raises ``smtplib.SMTPException`` or ``OSError``."""
+        message = build_message(sender=self.sender, to=to, subject=subject, text=text, html=html)
+        await asyncio.to_thread(self._deliver, message)
+        log.info("mail_sent", relay=f"{self.host}:{self.port}", message_id=message["Message-ID"])
+
+    def _context(self) -> ssl.SSLContext:
+        return self.ssl_context or ssl.create_default_context()
+
+    def _deliver(self, message: EmailMessage) -> None:
+        smtp: smtplib.SMTP
+        if self.implicit_tls:
+            smtp = smtplib.SMTP_SSL(
+                self.host, self.port, timeout=self.timeout, context=self._context()
+            )
+        else:
+            smtp = smtplib.SMTP(self.host, self.port, timeout=self.timeout)
+        with smtp:
+            smtp.ehlo()
+            if self.starttls:
+                smtp.starttls(context=self._context())
+                smtp.ehlo()
+            if self.username is not None:
+                smtp.login(self.username, self.password or "")
+            smtp.send_message(message)
+
+
+def _flag(value: str, name: str) -> bool:
+    if value in _TRUE:
+        return True
+    if value in _FALSE:
+        return False
+    raise ValueError(f"{name} must be true or false, not {value!r}")
+
+
+def create_mailer(settings: Settings) -> Mailer:
+    """The mailer ``Settings.mailer_url`` names: ``file://``, ``file:///dir``, ``smtp(s)://``."""
+    url = settings.mailer_url.strip()
+    scheme = url.split("://", 1)[0].lower() if "://" in url else ""
+    if scheme == "file":
+        parts = urlsplit(url)
+        location = unquote(parts.path)
+        if parts.netloc and parts.netloc != "localhost":
+            location = unquote(parts.netloc) + location
+        directory = Path(location) if location else settings.data_dir / "mail"
+        return FileMailer(directory.expanduser(), sender=settings.mail_from)
+    if scheme in ("smtp", "smtps"):
+        return SmtpMailer.from_url(url, sender=settings.mail_from)
+    raise ValueError(
+        f"ECOSISTEMA_MAILER_URL must start with file://, smtp:// or smtps://, not {url!r}"
+    )
