@@ -43,19 +43,40 @@ class Settings(BaseSettings):
     master_key: SecretStr | None = None
     master_key_id: str = "mk1"
     old_master_keys: dict[str, SecretStr] = Field(default_factory=dict)
+    # Keys the blind indexes (exact-match lookups on encrypted fields) are computed with; it
+    # never rotates with the master key. Required when ``master_key`` is set.
+    blind_index_key: SecretStr | None = None
     jwt_issuer: str = "ecosistema"
     jwt_audience: str = "ecosistema-api"
     access_token_ttl_seconds: int = 900
     refresh_token_ttl_seconds: int = 30 * 24 * 3600
     signing_key_rotation_days: int = 30
     identity_url: str | None = None
+    # Verifiers re-read identity's JWKS this often, and at most once per interval on an unknown kid.
+    jwks_cache_seconds: float = 300.0
+    jwks_refresh_min_interval_seconds: float = 5.0
     lockout_threshold: int = 10
     lockout_seconds: int = 900
     login_delay_after_failures: int = 3
+    # Failed logins from one client IP (across accounts) before that IP is locked out.
+    login_ip_lockout_threshold: int = 50
+    # Login is refused until the email address is verified.
+    require_verified_email: bool = False
+    # argon2id cost; the defaults are OWASP's (19 MiB, 2 passes, 1 lane). Lower only in tests.
+    password_hash_memory_kib: int = 19_456
+    password_hash_time_cost: int = 2
+    password_hash_parallelism: int = 1
+    # Proxies (IPs or CIDR networks) whose X-Forwarded-For is believed for the client IP.
+    trusted_proxies: list[str] = Field(default_factory=list)
 
     # HTTP.
     max_body_bytes: int = 1_048_576
     cors_origins: list[str] = Field(default_factory=list)
+
+    # Gateway. ``gateway_secret`` signs the principal header the gateway adds for services
+    # (HMAC-SHA256); without it the gateway still authenticates but passes no principal on.
+    gateway_secret: SecretStr | None = None
+    gateway_routes: Path | None = None
 
     # Mail: ``file://`` writes each message under ``{data_dir}/mail``; ``smtp://host:port``.
     mailer_url: str = "file://"

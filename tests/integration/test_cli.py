@@ -1,0 +1,90 @@
+"""The `ecosistema` command as an operator uses it, in a fresh working directory."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from ecosistema import __version__
+from ecosistema.cli import app
+from ecosistema.platform.config import get_settings
+
+runner = CliRunner()
+
+
+@pytest.fixture(autouse=True)
+def workdir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    monkeypatch.chdir(tmp_path)
+    for name in ("ECOSISTEMA_DATABASE_URL", "ECOSISTEMA_DATA_DIR", "ECOSISTEMA_BUS_URL"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("ECOSISTEMA_LOG_LEVEL", "WARNING")
+    monkeypatch.setenv("ECOSISTEMA_PASSWORD_HASH_MEMORY_KIB", "1024")
+    get_settings.cache_clear()
+    yield tmp_path
+    get_settings.cache_clear()
+
+
+def invoke(*args: str) -> str:
+    result = runner.invoke(app, list(args))
+    assert result.exit_code == 0, result.output
+    return result.output
+
+
+@pytest.mark.parametrize(
+    "command",
+    [[], ["up"], ["serve"], ["migrate"], ["config"], ["users", "create-admin"], ["keys", "rotate"],
+     ["version"]],
+)
+def test_every_command_has_help(command: list[str]) -> None:
+    output = invoke(*command, "--help")
+    assert "Usage" in output
+
+
+def test_version_prints_the_package_version() -> None:
+    assert __version__ in invoke("version")
+
+
+def test_config_masks_secrets(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("ECOSISTEMA_MASTER_KEY", "A" * 44)
+    monkeypatch.setenv("ECOSISTEMA_CACHE_URL", "redis://:topsecret@cache:6379/0")
+    get_settings.cache_clear()
+    values = json.loads(invoke("config", "--json"))
+    assert values["master_key"] == "**********"
+    assert "topsecret" not in json.dumps(values)
+
+
+def test_migrate_creates_state_under_data_in_the_working_directory(workdir: Path) -> None:
+    invoke("migrate")
+    assert (workdir / "data" / "identity.db").exists()
+
+
+def test_migrate_rejects_an_unknown_service() -> None:
+    result = runner.invoke(app, ["migrate", "nope"])
+    assert result.exit_code == 1
+    assert "unknown service" in result.output
+
+
+def test_create_admin_generates_and_prints_a_password_when_none_is_given() -> None:
+    output = invoke("users", "create-admin", "--email", "root@example.com")
+    match = re.search(r"password: (\S+)", output)
+    assert match, output
+    assert len(match.group(1)) >= 12
+
+
+def test_create_admin_rejects_a_weak_password() -> None:
+    result = runner.invoke(
+        app, ["users", "create-admin", "--email", "root@example.com", "--password", "short"]
+    )
+    assert result.exit_code == 1
+
+
+def test_keys_rotate_issues_new_master_and_signing_keys(workdir: Path) -> None:
+    invoke("users", "create-admin", "--email", "root@example.com", "--password", "a long enough passphrase")
+    output = invoke("keys", "rotate")
+    assert "new master key" in output
+    assert "new signing key" in output
+    assert (workdir / "data" / "master.key").stat().st_mode & 0o777 == 0o600
