@@ -118,6 +118,15 @@ def settings(shape: str, tmp_path: Path) -> Settings:
 
 async def drop_test_schemas(settings: Settings) -> None:
     """Remove the PostgreSQL schemas and NATS stream a distributed test created."""
+    if settings.bus_url.startswith("nats://"):
+        from ecosistema.platform.events.nats_bus import NatsBus
+
+        bus = NatsBus(settings.bus_url, stream=settings.bus_stream)
+        await bus.start()
+        try:
+            await bus.delete_stream()
+        finally:
+            await bus.stop()
     if not settings.database_schema_prefix:
         return
     import asyncpg

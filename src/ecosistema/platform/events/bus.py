@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable, Collection
-from typing import Protocol
+import contextlib
+from collections.abc import Awaitable, Callable, Collection, Coroutine, Iterator
+from typing import Any, Protocol
 
 import structlog
 
@@ -23,6 +24,69 @@ class EventBus(Protocol):
     async def publish(self, envelope: EventEnvelope) -> None: ...
     async def subscribe(self, consumer: str, types: Collection[str], handler: Handler) -> None: ...
     async def ping(self) -> None: ...
+    async def lag(self) -> dict[str, int]: ...
+
+
+def wants(types: frozenset[str], event_type: str) -> bool:
+    """Whether a subscription to ``types`` (empty or ``*`` meaning all) takes ``event_type``."""
+    return not types or "*" in types or event_type in types
+
+
+def retry_delay(deliveries: int, *, base: float, cap: float) -> float:
+    """Exponential backoff before redelivering an event a handler failed on."""
+    return float(min(cap, base * 2.0 ** max(0, deliveries - 1)))
+
+
+class DeliveryLoops:
+    """A backend's background delivery tasks.
+
+    ``stop`` cancels a loop at once while it waits for messages, and gives one that is running a
+    handler ``grace`` seconds to finish and acknowledge first; a handler cut short is simply
+    redelivered later.
+    """
+
+    def __init__(self) -> None:
+        self._busy: dict[asyncio.Task[None], bool] = {}
+        self.closing = False
+
+    def spawn(self, coro: Coroutine[Any, Any, None], *, name: str) -> None:
+        """Run a delivery loop in the background."""
+        task = asyncio.create_task(coro, name=name)
+        self._busy[task] = False
+        task.add_done_callback(self._forget)
+
+    def _forget(self, task: asyncio.Task[None]) -> None:
+        self._busy.pop(task, None)
+        if not task.cancelled() and task.exception() is not None:
+            log.error("delivery_loop_died", task=task.get_name(), error=repr(task.exception()))
+
+    @contextlib.contextmanager
+    def handling(self) -> Iterator[None]:
+        """Mark the current loop as running a handler, so ``stop`` lets it finish."""
+        task = asyncio.current_task()
+        if task in self._busy:
+            self._busy[task] = True  # type: ignore[index]
+        try:
+            yield
+        finally:
+            if task in self._busy:
+                self._busy[task] = False  # type: ignore[index]
+
+    async def stop(self, grace: float) -> None:
+        """Stop every loop: idle ones now, busy ones after their handler or ``grace``."""
+        self.closing = True
+        tasks = list(self._busy)
+        for task, busy in self._busy.items():
+            if not busy:
+                task.cancel()
+        if tasks:
+            _, pending = await asyncio.wait(tasks, timeout=grace)
+            for task in pending:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+
+    def __len__(self) -> int:
+        return len(self._busy)
 
 
 class MemoryBus:
@@ -35,7 +99,6 @@ class MemoryBus:
 
     def __init__(self) -> None:
         self._subs: list[tuple[str, frozenset[str], Handler]] = []
-        self._lock = asyncio.Lock()
 
     async def start(self) -> None:
         return None
@@ -49,18 +112,24 @@ class MemoryBus:
     async def publish(self, envelope: EventEnvelope) -> None:
         errors: list[BaseException] = []
         for consumer, types, handler in list(self._subs):
-            if types and envelope.type not in types and "*" not in types:
+            if not wants(types, envelope.type):
                 continue
             try:
                 await handler(envelope)
             except Exception as exc:  # each consumer fails alone; the relay retries the event
-                log.warning("consumer_failed", consumer=consumer, event=envelope.type, error=repr(exc))
+                log.warning(
+                    "consumer_failed", consumer=consumer, event_type=envelope.type, error=repr(exc)
+                )
                 errors.append(exc)
         if errors:
             raise RuntimeError(f"{len(errors)} consumer(s) failed on {envelope.type}")
 
     async def ping(self) -> None:
         return None
+
+    async def lag(self) -> dict[str, int]:
+        """Always zero: delivery happens inside ``publish``; the backlog is the outbox's."""
+        return {consumer: 0 for consumer, _, _ in self._subs}
 
 
 def create_bus(url: str, *, stream: str = "ecosistema") -> EventBus:

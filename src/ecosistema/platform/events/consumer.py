@@ -25,18 +25,32 @@ class IdempotentConsumer:
         self.handler = handler
 
     async def __call__(self, envelope: EventEnvelope) -> None:
-        t = self.table
         try:
             async with self.db.transaction() as session:
-                seen = await session.scalar(
-                    select(t.c.event_id).where(t.c.consumer == self.name, t.c.event_id == envelope.id)
-                )
-                if seen:
+                if await self._seen(session, envelope.id):
                     return
                 await self.handler(session, envelope)
                 await session.execute(
-                    t.insert().values(consumer=self.name, event_id=envelope.id, processed_at=utcnow())
+                    self.table.insert().values(
+                        consumer=self.name, event_id=envelope.id, processed_at=utcnow()
+                    )
                 )
         except IntegrityError:
-            # A concurrent delivery of the same event committed first; this one changes nothing.
-            return
+            # A concurrent delivery of the same event committed first, and this one rolled back.
+            # Any other integrity error is the handler's own and must not pass as processed.
+            async with self.db.read() as session:
+                if await self._seen(session, envelope.id):
+                    return
+            raise
+
+    async def processed(self, event_id: str) -> bool:
+        """Whether this consumer has applied the event."""
+        async with self.db.read() as session:
+            return await self._seen(session, event_id)
+
+    async def _seen(self, session: AsyncSession, event_id: str) -> bool:
+        t = self.table
+        found = await session.scalar(
+            select(t.c.event_id).where(t.c.consumer == self.name, t.c.event_id == event_id)
+        )
+        return found is not None

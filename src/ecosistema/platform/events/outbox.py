@@ -4,10 +4,30 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
+import weakref
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import timedelta
 from typing import Any
 
 import structlog
-from sqlalchemy import JSON, Column, Index, Integer, MetaData, String, Table, func, select, update
+from sqlalchemy import (
+    JSON,
+    Column,
+    CursorResult,
+    Index,
+    Integer,
+    MetaData,
+    RowMapping,
+    String,
+    Table,
+    delete,
+    func,
+    select,
+    update,
+)
+from sqlalchemy import event as sa_event
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from ecosistema.platform.db import Database, UTCDateTime, utcnow
@@ -52,7 +72,9 @@ class Outbox:
         self.source = source
         self.table = outbox_table(metadata)
         self.processed = processed_events_table(metadata)
-        self.wakeup = asyncio.Event()
+        # Outboxes live at module level and outlast event loops, so each relay brings its own
+        # loop-bound event and the outbox only keeps a weak reference to it.
+        self._watchers: weakref.WeakSet[asyncio.Event] = weakref.WeakSet()
 
     async def add(
         self,
@@ -87,26 +109,61 @@ class Outbox:
                 attempts=0,
             )
         )
-        from sqlalchemy import event as sa_event
-
         sa_event.listen(session.sync_session, "after_commit", self._wake, once=True)
         return envelope
 
+    def watch(self, wakeup: asyncio.Event) -> None:
+        """Have ``wakeup`` set whenever a transaction that added an event commits."""
+        self._watchers.add(wakeup)
+
+    def unwatch(self, wakeup: asyncio.Event) -> None:
+        """Stop setting ``wakeup`` on commits."""
+        self._watchers.discard(wakeup)
+
     def _wake(self, _session: Any) -> None:
-        with contextlib.suppress(RuntimeError):
-            self.wakeup.set()
+        for wakeup in list(self._watchers):
+            with contextlib.suppress(RuntimeError):  # its loop has closed
+                wakeup.set()
 
     async def backlog(self, db: Database) -> int:
         """How many events are written but not yet published."""
         async with db.read() as session:
             count = await session.scalar(
-                select(func.count()).select_from(self.table).where(self.table.c.published_at.is_(None))
+                select(func.count())
+                .select_from(self.table)
+                .where(self.table.c.published_at.is_(None))
             )
         return int(count or 0)
 
+    async def purge_published(self, db: Database, older_than: timedelta) -> int:
+        """Delete events published longer than ``older_than`` ago; returns how many."""
+        t = self.table
+        cutoff = utcnow() - older_than
+        async with db.transaction() as session:
+            result = await session.execute(
+                delete(t).where(t.c.published_at.is_not(None), t.c.published_at < cutoff)
+            )
+        return int(result.rowcount) if isinstance(result, CursorResult) else 0
+
+
+@dataclass(frozen=True)
+class _Batch:
+    published: int = 0
+    failed: bool = False
+    contended: bool = False
+
 
 class OutboxRelay:
-    """Publishes unpublished outbox rows in order; marks each one only after the bus took it."""
+    """Publishes unpublished outbox rows in order; marks each one only after the bus took it.
+
+    On PostgreSQL several replicas of a service may run a relay on the same outbox. Each batch is
+    one transaction that takes a per-outbox advisory lock, so a single relay publishes at a time
+    and events leave in position order, and locks its rows (``FOR UPDATE SKIP LOCKED``) while it
+    publishes and marks them. A relay that dies mid-batch rolls back, and the next one publishes
+    the batch again: at least once, never lost. On SQLite one process writes, so rows are read,
+    published and marked one by one, outside any write transaction: an in-process handler may
+    then write to the same database while the relay runs.
+    """
 
     def __init__(
         self,
@@ -116,28 +173,92 @@ class OutboxRelay:
         *,
         batch_size: int = 100,
         poll_interval: float = 0.5,
+        max_backoff: float = 30.0,
     ) -> None:
         self.outbox = outbox
         self.db = db
         self.bus = bus
         self.batch_size = batch_size
         self.poll_interval = poll_interval
+        self.max_backoff = max_backoff
         self._task: asyncio.Task[None] | None = None
+        self._wakeup: asyncio.Event | None = None
         self._stopping = False
+        name = f"{db.schema or ''}.{self.outbox.table.name}"
+        digest = hashlib.sha256(name.encode()).digest()
+        self._lock_key = int.from_bytes(digest[:8], "big", signed=True)
 
     async def relay_once(self) -> int:
         """Publish one batch; returns how many rows were published."""
+        return (await self._relay_batch()).published
+
+    async def _relay_batch(self) -> _Batch:
+        if self.db.is_postgres:
+            return await self._relay_locked()
+        return await self._relay_single_writer()
+
+    async def _relay_locked(self) -> _Batch:
+        t = self.outbox.table
+        async with self.db.transaction() as session:
+            if not await session.scalar(select(func.pg_try_advisory_xact_lock(self._lock_key))):
+                return _Batch(contended=True)
+            rows = (
+                (
+                    await session.execute(
+                        select(t)
+                        .where(t.c.published_at.is_(None))
+                        .order_by(t.c.position)
+                        .limit(self.batch_size)
+                        .with_for_update(skip_locked=True)
+                    )
+                )
+                .mappings()
+                .all()
+            )
+            published, failed = await self._publish(rows)
+            if published:
+                await session.execute(
+                    update(t).where(t.c.position.in_(published)).values(published_at=utcnow())
+                )
+            if failed is not None:
+                await session.execute(
+                    update(t).where(t.c.position == failed).values(attempts=t.c.attempts + 1)
+                )
+        return _Batch(published=len(published), failed=failed is not None)
+
+    async def _relay_single_writer(self) -> _Batch:
         t = self.outbox.table
         async with self.db.read() as session:
             rows = (
-                await session.execute(
-                    select(t)
-                    .where(t.c.published_at.is_(None))
-                    .order_by(t.c.position)
-                    .limit(self.batch_size)
+                (
+                    await session.execute(
+                        select(t)
+                        .where(t.c.published_at.is_(None))
+                        .order_by(t.c.position)
+                        .limit(self.batch_size)
+                    )
                 )
-            ).mappings().all()
+                .mappings()
+                .all()
+            )
         published = 0
+        for row in rows:
+            done, failed = await self._publish([row])
+            async with self.db.transaction() as session:
+                if failed is not None:
+                    await session.execute(
+                        update(t).where(t.c.position == failed).values(attempts=t.c.attempts + 1)
+                    )
+                    return _Batch(published=published, failed=True)
+                await session.execute(
+                    update(t).where(t.c.position.in_(done)).values(published_at=utcnow())
+                )
+            published += 1
+        return _Batch(published=published)
+
+    async def _publish(self, rows: Sequence[RowMapping]) -> tuple[list[int], int | None]:
+        """Publish rows in order until one fails: the positions published, and the failed one."""
+        published: list[int] = []
         for row in rows:
             envelope = EventEnvelope(
                 id=row["event_id"],
@@ -152,46 +273,58 @@ class OutboxRelay:
                 await self.bus.publish(envelope)
             except Exception as exc:
                 log.warning("outbox_publish_failed", event_id=envelope.id, error=repr(exc))
-                async with self.db.transaction() as session:
-                    await session.execute(
-                        update(t).where(t.c.position == row["position"]).values(attempts=t.c.attempts + 1)
-                    )
-                break  # keep order: retry this row before any later one
-            async with self.db.transaction() as session:
-                await session.execute(
-                    update(t).where(t.c.position == row["position"]).values(published_at=utcnow())
-                )
-            published += 1
-        return published
+                return published, row["position"]  # keep order: this row goes before any later
+            published.append(row["position"])
+        return published, None
 
-    async def drain(self, timeout: float = 10.0) -> None:
-        """Relay until the outbox is empty (tests and shutdown)."""
+    async def drain(self, timeout: float = 10.0) -> None:  # noqa: ASYNC109
+        """Relay until the outbox is empty or publishing fails (tests and shutdown)."""
         async with asyncio.timeout(timeout):
-            while await self.relay_once():
-                pass
+            while True:
+                batch = await self._relay_batch()
+                if batch.contended:
+                    # Another replica holds the outbox; its batch is published when it commits.
+                    await asyncio.sleep(self.poll_interval / 5)
+                    continue
+                if batch.failed or not batch.published:
+                    return
 
     async def _run(self) -> None:
+        assert self._wakeup is not None
+        failures = 0
         while not self._stopping:
             try:
-                n = await self.relay_once()
+                batch = await self._relay_batch()
             except Exception as exc:
                 log.warning("outbox_relay_error", service=self.outbox.source, error=repr(exc))
-                n = 0
-            if n >= self.batch_size:
+                batch = _Batch(failed=True)
+            failures = failures + 1 if batch.failed else 0
+            if batch.published >= self.batch_size:
                 continue
-            self.outbox.wakeup.clear()
+            self._wakeup.clear()
+            if failures:
+                # The bus or database is in trouble: back off, and ignore new commits meanwhile.
+                await asyncio.sleep(min(self.max_backoff, self.poll_interval * 2**failures))
+                continue
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(self.poll_interval):
-                    await self.outbox.wakeup.wait()
+                    await self._wakeup.wait()
 
     def start(self) -> None:
+        """Relay in the background, woken by commits that add events and by a poll interval."""
         self._stopping = False
+        self._wakeup = asyncio.Event()
+        self.outbox.watch(self._wakeup)
         self._task = asyncio.create_task(self._run(), name=f"outbox-relay-{self.outbox.source}")
 
     async def stop(self) -> None:
+        """Stop relaying; unpublished rows stay for the next relay."""
         self._stopping = True
-        self.outbox.wakeup.set()
+        if self._wakeup is not None:
+            self.outbox.unwatch(self._wakeup)
+            self._wakeup.set()
         if self._task:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
+            self._task = None

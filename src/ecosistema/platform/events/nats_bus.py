@@ -1,0 +1,253 @@
+"""NATS JetStream backend: one stream, a durable pull consumer per consumer name."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import re
+from collections.abc import Collection
+
+import nats
+import nats.errors
+import structlog
+from nats.aio.client import Client
+from nats.aio.msg import Msg
+from nats.js import JetStreamContext
+from nats.js.api import (
+    AckPolicy,
+    ConsumerConfig,
+    DeliverPolicy,
+    RetentionPolicy,
+    StorageType,
+    StreamConfig,
+)
+from nats.js.errors import NotFoundError
+from pydantic import ValidationError
+
+from ecosistema.platform.events.bus import DeliveryLoops, Handler, retry_delay, wants
+from ecosistema.platform.events.envelope import EventEnvelope
+
+log = structlog.get_logger(__name__)
+
+_UNSAFE = re.compile(r"[^A-Za-z0-9_-]")
+
+
+def nats_name(name: str) -> str:
+    """A stream, consumer or subject-token name NATS accepts, distinct for distinct inputs."""
+    safe = _UNSAFE.sub("_", name)
+    if safe == name and name:
+        return name
+    return f"{safe}_{hashlib.sha256(name.encode()).hexdigest()[:8]}"
+
+
+class NatsBus:
+    """Publishes to ``<stream>.events.<type>`` and delivers through durable pull consumers.
+
+    Publishing sets ``Nats-Msg-Id`` to the envelope id, so a relay that publishes the same row
+    twice within ``duplicate_window`` stores it once. A delivery is acknowledged only after the
+    handler returns; a failing handler's message is negatively acknowledged with a growing delay,
+    and one whose process died is redelivered after ``ack_wait``. Replicas that subscribe under
+    the same consumer name share its deliveries.
+    """
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        stream: str = "ecosistema",
+        ack_wait: float = 30.0,
+        max_deliver: int = 1000,
+        retry_base: float = 1.0,
+        retry_cap: float = 60.0,
+        batch_size: int = 32,
+        fetch_timeout: float = 5.0,
+        max_age: float = 7 * 24 * 3600.0,
+        duplicate_window: float = 120.0,
+        stop_grace: float = 10.0,
+    ) -> None:
+        self.url = url
+        self.stream = nats_name(stream)
+        self.subject_prefix = f"{self.stream}.events"
+        self.ack_wait = ack_wait
+        self.max_deliver = max_deliver
+        self.retry_base = retry_base
+        self.retry_cap = retry_cap
+        self.batch_size = batch_size
+        self.fetch_timeout = fetch_timeout
+        self.max_age = max_age
+        self.duplicate_window = duplicate_window
+        self.stop_grace = stop_grace
+        self._nc: Client | None = None
+        self._js: JetStreamContext | None = None
+        self._durables: dict[str, str] = {}
+        self._subscriptions: list[JetStreamContext.PullSubscription] = []
+        self._loops = DeliveryLoops()
+
+    def subject(self, event_type: str) -> str:
+        """The subject an event type is published on."""
+        return f"{self.subject_prefix}.{nats_name(event_type)}"
+
+    @property
+    def jetstream(self) -> JetStreamContext:
+        """The JetStream context; the bus must be started."""
+        if self._js is None:
+            raise RuntimeError("NatsBus is not started")
+        return self._js
+
+    async def start(self) -> None:
+        """Connect and create (or bring up to date) the stream."""
+        if self._nc is not None:
+            return
+        self._loops = DeliveryLoops()
+        self._nc = await nats.connect(
+            self.url, name=f"ecosistema-{self.stream}", max_reconnect_attempts=-1
+        )
+        self._js = self._nc.jetstream()
+        config = StreamConfig(
+            name=self.stream,
+            subjects=[f"{self.subject_prefix}.>"],
+            retention=RetentionPolicy.LIMITS,
+            storage=StorageType.FILE,
+            max_age=self.max_age,
+            duplicate_window=self.duplicate_window,
+        )
+        try:
+            await self._js.update_stream(config)
+        except NotFoundError:
+            await self._js.add_stream(config)
+
+    async def stop(self) -> None:
+        """Let running handlers finish, then drain the connection."""
+        await self._loops.stop(self.stop_grace)
+        for sub in self._subscriptions:
+            try:
+                await sub.unsubscribe()
+            except Exception as exc:  # the connection may already be gone
+                log.debug("nats_unsubscribe_failed", error=repr(exc))
+        self._subscriptions.clear()
+        self._durables.clear()
+        if self._nc is not None:
+            nc, self._nc, self._js = self._nc, None, None
+            try:
+                await nc.drain()
+            except Exception as exc:
+                log.warning("nats_drain_failed", error=repr(exc))
+                await nc.close()
+
+    async def publish(self, envelope: EventEnvelope) -> None:
+        """Store the envelope in the stream; returns once JetStream acknowledged it."""
+        await self.jetstream.publish(
+            self.subject(envelope.type),
+            envelope.to_bytes(),
+            stream=self.stream,
+            headers={"Nats-Msg-Id": envelope.id},
+        )
+
+    async def subscribe(self, consumer: str, types: Collection[str], handler: Handler) -> None:
+        """Create or update the durable consumer and start delivering to ``handler``."""
+        js = self.jetstream
+        wanted = frozenset(types)
+        durable = nats_name(consumer)
+        filter_subject, filter_subjects = self._filter(wanted)
+        config = ConsumerConfig(
+            durable_name=durable,
+            deliver_policy=DeliverPolicy.ALL,
+            ack_policy=AckPolicy.EXPLICIT,
+            ack_wait=self.ack_wait,
+            max_deliver=self.max_deliver,
+            filter_subject=filter_subject,
+            filter_subjects=filter_subjects,
+        )
+        await js.add_consumer(self.stream, config)
+        sub = await js.pull_subscribe_bind(durable=durable, stream=self.stream)
+        self._durables[consumer] = durable
+        self._subscriptions.append(sub)
+        self._loops.spawn(self._deliver(consumer, sub, wanted, handler), name=f"nats-{durable}")
+
+    def _filter(self, wanted: frozenset[str]) -> tuple[str | None, list[str] | None]:
+        everything = f"{self.subject_prefix}.>"
+        if not wanted or "*" in wanted:
+            return everything, None
+        subjects = sorted(self.subject(t) for t in wanted)
+        if len(subjects) == 1:
+            return subjects[0], None
+        assert self._nc is not None
+        version = self._nc.connected_server_version
+        if (version.major, version.minor) >= (2, 10):
+            return None, subjects
+        # Servers before 2.10 take one filter subject: receive all, skip the others on arrival.
+        return everything, None
+
+    async def _deliver(
+        self,
+        consumer: str,
+        sub: JetStreamContext.PullSubscription,
+        wanted: frozenset[str],
+        handler: Handler,
+    ) -> None:
+        while not self._loops.closing:
+            try:
+                messages = await sub.fetch(self.batch_size, timeout=self.fetch_timeout)
+            except (TimeoutError, nats.errors.TimeoutError):
+                continue
+            except Exception as exc:  # disconnected: the client reconnects on its own
+                log.warning("nats_fetch_failed", consumer=consumer, error=repr(exc))
+                await asyncio.sleep(1.0)
+                continue
+            for message in messages:
+                with self._loops.handling():
+                    try:
+                        await self._handle(consumer, message, wanted, handler)
+                    except Exception as exc:  # an ack lost here means a redelivery, no loss
+                        log.warning("nats_ack_failed", consumer=consumer, error=repr(exc))
+
+    async def _handle(
+        self, consumer: str, message: Msg, wanted: frozenset[str], handler: Handler
+    ) -> None:
+        try:
+            envelope = EventEnvelope.from_bytes(message.data)
+        except ValidationError as exc:
+            log.error("event_unreadable", consumer=consumer, error=str(exc))
+            await message.term()
+            return
+        if not wants(wanted, envelope.type):
+            await message.ack()
+            return
+        try:
+            await handler(envelope)
+        except Exception as exc:
+            deliveries = message.metadata.num_delivered or 1
+            delay = retry_delay(deliveries, base=self.retry_base, cap=self.retry_cap)
+            log.warning(
+                "consumer_failed",
+                consumer=consumer,
+                event_type=envelope.type,
+                event_id=envelope.id,
+                deliveries=deliveries,
+                retry_in=delay,
+                error=repr(exc),
+            )
+            await message.nak(delay=delay)
+            return
+        await message.ack()
+
+    async def ping(self) -> None:
+        """Raise unless the server answers and the stream exists."""
+        if self._nc is None or not self._nc.is_connected:
+            raise ConnectionError("not connected to NATS")
+        await self.jetstream.stream_info(self.stream)
+
+    async def lag(self) -> dict[str, int]:
+        """Per consumer: events not yet delivered plus those delivered but not acknowledged."""
+        out: dict[str, int] = {}
+        for consumer, durable in self._durables.items():
+            info = await self.jetstream.consumer_info(self.stream, durable)
+            out[consumer] = (info.num_pending or 0) + (info.num_ack_pending or 0)
+        return out
+
+    async def delete_stream(self) -> None:
+        """Remove the stream and every consumer on it (tests and resets)."""
+        try:
+            await self.jetstream.delete_stream(self.stream)
+        except NotFoundError:
+            return
