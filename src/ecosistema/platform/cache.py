@@ -101,7 +101,9 @@ class RedisCache:
 
     async def get(self, key: str) -> bytes | None:
         value = await self._redis.get(self._k(key))
-        return bytes(value) if value is not None else None
+        if value is None:
+            return None
+        return value.encode() if isinstance(value, str) else bytes(value)
 
     async def set(self, key: str, value: bytes, ttl: float | None = None) -> None:
         await self._redis.set(self._k(key), value, px=int(ttl * 1000) if ttl else None)
