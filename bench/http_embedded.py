@@ -19,7 +19,6 @@ import time
 from pathlib import Path
 
 import httpx
-
 from machine import describe, ensure_wrk, free_port, rss_mib
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -50,7 +49,9 @@ def wait_ready(url: str, timeout: float = 120.0) -> float:
     raise TimeoutError(f"{url} not ready after {timeout}s")
 
 
-def run_wrk(wrk: str, url: str, seconds: int, headers: dict[str, str] | None = None) -> dict[str, float]:
+def run_wrk(
+    wrk: str, url: str, seconds: int, headers: dict[str, str] | None = None
+) -> dict[str, float]:
     cmd = [wrk, "-t2", "-c64", f"-d{seconds}s", "--latency"]
     for name, value in (headers or {}).items():
         cmd += ["-H", f"{name}: {value}"]
@@ -97,9 +98,23 @@ def main() -> None:
         Path(tmp, "bare.py").write_text(BARE_APP)
         port = free_port()
         bare = subprocess.Popen(
-            [sys.executable, "-m", "uvicorn", "bare:app", "--port", str(port), "--loop", "uvloop",
-             "--http", "httptools", "--no-access-log", "--log-level", "warning"],
-            cwd=tmp, env=env,
+            [
+                sys.executable,
+                "-m",
+                "uvicorn",
+                "bare:app",
+                "--port",
+                str(port),
+                "--loop",
+                "uvloop",
+                "--http",
+                "httptools",
+                "--no-access-log",
+                "--log-level",
+                "warning",
+            ],
+            cwd=tmp,
+            env=env,
         )
         try:
             wait_ready(f"http://127.0.0.1:{port}/healthz")
@@ -115,7 +130,9 @@ def main() -> None:
         base = f"http://127.0.0.1:{port}"
         start = time.perf_counter()
         proc = subprocess.Popen(
-            [ECOSISTEMA, "up", "--demo", "--port", str(port)], cwd=tmp, env=env,
+            [ECOSISTEMA, "up", "--demo", "--port", str(port)],
+            cwd=tmp,
+            env=env,
             stdout=subprocess.DEVNULL,
         )
         try:
@@ -149,7 +166,9 @@ def main() -> None:
             try:
                 results["healthz"] = run_wrk(wrk, f"{base}/healthz", args.seconds)
                 results["users_me"] = run_wrk(
-                    wrk, f"{base}/api/v1/users/me", args.seconds,
+                    wrk,
+                    f"{base}/api/v1/users/me",
+                    args.seconds,
                     {"Authorization": f"Bearer {token}"},
                 )
             finally:

@@ -20,7 +20,9 @@ from fastapi import FastAPI
 from ecosistema.platform.app import create_app
 from ecosistema.platform.config import Settings
 
-PG_URL = os.environ.get("ECOSISTEMA_TEST_PG_URL", "postgresql+asyncpg://postgres@127.0.0.1:5432/test")
+PG_URL = os.environ.get(
+    "ECOSISTEMA_TEST_PG_URL", "postgresql+asyncpg://postgres@127.0.0.1:5432/test"
+)
 REDIS_URL = os.environ.get("ECOSISTEMA_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
 NATS_URL = os.environ.get("ECOSISTEMA_TEST_NATS_URL", "nats://127.0.0.1:4222")
 

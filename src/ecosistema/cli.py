@@ -251,7 +251,9 @@ def rotate_keys(
     elif master:
         # Keys from settings are rotated by the operator (new ECOSISTEMA_MASTER_KEY, old one moved
         # to ECOSISTEMA_OLD_MASTER_KEYS); this re-encrypts everything under the active one.
-        console.print(f"master key comes from settings; re-encrypting under {settings.master_key_id}")
+        console.print(
+            f"master key comes from settings; re-encrypting under {settings.master_key_id}"
+        )
 
     async def _work(runtime: Runtime) -> None:
         if master:

@@ -17,7 +17,9 @@ async def cache(request: pytest.FixtureRequest) -> AsyncIterator[Cache]:
     if request.param == "redis" and not SERVICES_UP["redis"]:
         pytest.skip("Redis not reachable on 127.0.0.1:6379")
     backend: Cache = (
-        MemoryCache() if request.param == "memory" else RedisCache(REDIS_URL, prefix=f"t{uuid.uuid4().hex}:")
+        MemoryCache()
+        if request.param == "memory"
+        else RedisCache(REDIS_URL, prefix=f"t{uuid.uuid4().hex}:")
     )
     yield backend
     await backend.close()

@@ -36,8 +36,16 @@ def invoke(*args: str) -> str:
 
 @pytest.mark.parametrize(
     "command",
-    [[], ["up"], ["serve"], ["migrate"], ["config"], ["users", "create-admin"], ["keys", "rotate"],
-     ["version"]],
+    [
+        [],
+        ["up"],
+        ["serve"],
+        ["migrate"],
+        ["config"],
+        ["users", "create-admin"],
+        ["keys", "rotate"],
+        ["version"],
+    ],
 )
 def test_every_command_has_help(command: list[str]) -> None:
     output = invoke(*command, "--help")
@@ -83,7 +91,14 @@ def test_create_admin_rejects_a_weak_password() -> None:
 
 
 def test_keys_rotate_issues_new_master_and_signing_keys(workdir: Path) -> None:
-    invoke("users", "create-admin", "--email", "root@example.com", "--password", "a long enough passphrase")
+    invoke(
+        "users",
+        "create-admin",
+        "--email",
+        "root@example.com",
+        "--password",
+        "a long enough passphrase",
+    )
     output = invoke("keys", "rotate")
     assert "new master key" in output
     assert "new signing key" in output

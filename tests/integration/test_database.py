@@ -90,7 +90,9 @@ async def test_every_service_migrates_into_its_own_database_or_schema(settings: 
         await runtime.migrate()  # applying twice is a no-op
         for ctx in runtime.contexts.values():
             async with ctx.db.read() as session:
-                version = (await session.execute(text("SELECT version_num FROM alembic_version"))).scalar()
+                version = (
+                    await session.execute(text("SELECT version_num FROM alembic_version"))
+                ).scalar()
             assert version, f"{ctx.name} has no migration applied"
             if ctx.db.is_sqlite:
                 assert Path(settings.data_dir, f"{ctx.name}.db").exists()

@@ -8,12 +8,13 @@ from contextlib import asynccontextmanager
 from typing import Any
 
 from fastapi import FastAPI, Request
+from starlette.exceptions import HTTPException
 from starlette.responses import JSONResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from ecosistema import __version__
 from ecosistema.platform.config import Settings
-from ecosistema.platform.errors import PayloadTooLarge, install_error_handlers, problem_response
+from ecosistema.platform.errors import install_error_handlers, problem_response
 from ecosistema.platform.runtime import Runtime
 from ecosistema.platform.service import Service
 
@@ -48,7 +49,11 @@ class BodySizeLimit:
             if message["type"] == "http.request":
                 seen += len(message.get("body", b""))
                 if seen > self.max_bytes:
-                    raise PayloadTooLarge(f"The request body exceeds {self.max_bytes} bytes.")
+                    # An HTTPException, because FastAPI turns any other error raised while it
+                    # reads the body into a 400.
+                    raise HTTPException(
+                        413, detail=f"The request body exceeds {self.max_bytes} bytes."
+                    )
             return message
 
         await self.app(scope, limited_receive, send)
@@ -71,6 +76,9 @@ def create_app(
     title: str = "Ecosistema",
 ) -> FastAPI:
     """Build the app for the given services; the runtime starts with the app's lifespan."""
+    from ecosistema.platform.logging import configure_logging
+
+    configure_logging(settings)
     runtime = Runtime(settings, services)
 
     @asynccontextmanager
@@ -98,6 +106,7 @@ def create_app(
         if service.root_router is not None:
             app.include_router(service.root_router)
     _install_health(app, runtime)
+    _document_problems(app)
     from ecosistema.platform import telemetry_http
 
     telemetry_http.install(app, settings)
@@ -145,3 +154,59 @@ def _install_health(app: FastAPI, runtime: Runtime) -> None:
             status_code=503,
             media_type="application/problem+json",
         )
+
+
+_PROBLEM_SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "description": "RFC 9457 problem details.",
+    "required": ["type", "title", "status", "detail"],
+    "properties": {
+        "type": {"type": "string", "format": "uri"},
+        "title": {"type": "string"},
+        "status": {"type": "integer"},
+        "detail": {"type": "string"},
+        "instance": {"type": "string"},
+        "errors": {
+            "type": "array",
+            "items": {
+                "type": "object",
+                "properties": {
+                    "field": {"type": "string"},
+                    "in": {"type": "string"},
+                    "message": {"type": "string"},
+                    "code": {"type": "string"},
+                },
+            },
+        },
+    },
+    "additionalProperties": True,
+}
+
+
+def _document_problems(app: FastAPI) -> None:
+    """Describe every error response as problem+json in the OpenAPI document, as it is sent."""
+    build = app.openapi
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema:
+            return app.openapi_schema
+        schema = build()
+        schema.setdefault("components", {}).setdefault("schemas", {})["Problem"] = _PROBLEM_SCHEMA
+        schema["components"]["schemas"].pop("HTTPValidationError", None)
+        schema["components"]["schemas"].pop("ValidationError", None)
+        ref = {"application/problem+json": {"schema": {"$ref": "#/components/schemas/Problem"}}}
+        for path_item in schema.get("paths", {}).values():
+            for operation in path_item.values():
+                if not isinstance(operation, dict) or "responses" not in operation:
+                    continue
+                responses = operation["responses"]
+                for code, response in responses.items():
+                    if code.startswith(("4", "5")):
+                        response["content"] = ref
+                if "requestBody" in operation:
+                    for code, text in (("400", "Malformed JSON"), ("413", "Body too large")):
+                        responses.setdefault(code, {"description": text, "content": ref})
+        app.openapi_schema = schema
+        return schema
+
+    app.openapi = openapi  # type: ignore[method-assign]

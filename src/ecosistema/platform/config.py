@@ -88,6 +88,35 @@ class Settings(BaseSettings):
     otlp_endpoint: str | None = None
     service_name: str = "ecosistema"
 
+    # Machine learning: where model versions live (a path or any fsspec URL), and the PSI above
+    # which drift raises an alert.
+    ml_registry_url: str = "{data_dir}/models"
+    ml_drift_threshold: float = 0.2
+
+    # Catalog. Reads are cached this many seconds (0 turns the read cache off); prices are shown
+    # tax-inclusive or not per sales channel (``channel_prices_include_tax`` overrides the
+    # default for named channels, e.g. {"b2b": false}).
+    catalog_cache_seconds: float = 300.0
+    catalog_default_currency: str = "EUR"
+    catalog_low_stock_threshold: int = 5
+    catalog_reservation_sweep_seconds: float = 30.0
+    catalog_import_batch_size: int = 500
+    sales_channel: str = "web"
+    prices_include_tax: bool = True
+    channel_prices_include_tax: dict[str, bool] = Field(default_factory=dict)
+
+    # Orders. Checkout holds stock this long before an unpaid order is cancelled; the sweeper
+    # looks for such orders this often. Carts without a country are taxed as this country.
+    orders_reservation_ttl_seconds: int = 900
+    orders_sweep_interval_seconds: float = 30.0
+    orders_default_country: str = "ES"
+    orders_number_prefix: str = "ORD-"
+    orders_url: str | None = None
+
+    def ml_registry_location(self) -> str:
+        """The model registry URL with ``{data_dir}`` filled in."""
+        return self.ml_registry_url.format(data_dir=self.data_dir.as_posix())
+
     @field_validator("data_dir")
     @classmethod
     def _expand(cls, value: Path) -> Path:

@@ -147,9 +147,12 @@ _STATUS_TYPES = {
 }
 
 
+_LOCATIONS = ("body", "query", "path", "header", "cookie")
+
+
 def _field_path(loc: Sequence[Any]) -> str:
-    parts = [str(p) for p in loc if p not in ("body",)]
-    return ".".join(parts) if parts else "body"
+    parts = [str(p) for p in (loc[1:] if loc and loc[0] in _LOCATIONS else loc)]
+    return ".".join(parts) if parts else str(loc[0]) if loc else "body"
 
 
 def validation_errors(exc: RequestValidationError) -> list[dict[str, Any]]:
@@ -161,7 +164,7 @@ def validation_errors(exc: RequestValidationError) -> list[dict[str, Any]]:
         out.append(
             {
                 "field": _field_path(loc),
-                "in": where if where in ("body", "query", "path", "header", "cookie") else "body",
+                "in": where if where in _LOCATIONS else "body",
                 "message": str(err.get("msg", "invalid")),
                 "code": str(err.get("type", "invalid")),
             }

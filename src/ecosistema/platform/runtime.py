@@ -22,9 +22,7 @@ log = structlog.get_logger(__name__)
 class Runtime:
     """One process's view of the platform: the services it hosts and what they share."""
 
-    def __init__(
-        self, settings: Settings, services: Sequence[Service]
-    ) -> None:
+    def __init__(self, settings: Settings, services: Sequence[Service]) -> None:
         from ecosistema.platform.auth import TokenVerifier
         from ecosistema.platform.crypto import load_cipher
 

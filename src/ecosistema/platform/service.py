@@ -45,7 +45,7 @@ class Job:
 
 @dataclass(frozen=True)
 class EncryptedColumn:
-    """A column holding field-encrypted personal data, re-encrypted by ``ecosistema keys rotate``."""
+    """A column of field-encrypted personal data, re-encrypted by ``ecosistema keys rotate``."""
 
     table: str
     column: str

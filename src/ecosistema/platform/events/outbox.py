@@ -277,7 +277,7 @@ class OutboxRelay:
             published.append(row["position"])
         return published, None
 
-    async def drain(self, timeout: float = 10.0) -> None:  # noqa: ASYNC109
+    async def drain(self, timeout: float = 10.0) -> None:
         """Relay until the outbox is empty or publishing fails (tests and shutdown)."""
         async with asyncio.timeout(timeout):
             while True:

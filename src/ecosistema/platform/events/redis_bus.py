@@ -7,7 +7,7 @@ import os
 import socket
 import uuid
 from collections.abc import Collection
-from typing import Any
+from typing import Any, cast
 
 import structlog
 from pydantic import ValidationError
@@ -53,12 +53,12 @@ class RedisStreamsBus:
         self.batch_size = batch_size
         self.stop_grace = stop_grace
         self.member = f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
-        self._redis: Redis[bytes] | None = None
+        self._redis: Redis | None = None
         self._groups: list[str] = []
         self._loops = DeliveryLoops()
 
     @property
-    def redis(self) -> Redis[bytes]:
+    def redis(self) -> Redis:
         """The client; the bus must be started."""
         if self._redis is None:
             raise RuntimeError("RedisStreamsBus is not started")
@@ -133,7 +133,7 @@ class RedisStreamsBus:
                     count=self.batch_size,
                     block=int(self.block * 1000),
                 )
-                for _key, entries in response or []:
+                for _key, entries in cast(list[tuple[bytes, Any]], response or []):
                     await self._handle_all(group, entries, wanted, handler)
             except Exception as exc:  # connection trouble: entries stay pending, nothing is lost
                 log.warning("redis_read_failed", consumer=group, error=repr(exc))
@@ -205,7 +205,7 @@ class RedisStreamsBus:
             undelivered = g.get("lag")
             if undelivered is None:  # Redis cannot tell (before 7.0, or after deletions)
                 undelivered = len(
-                    await self.redis.xrange(
+                    await self.redis.xrange(  # type: ignore[arg-type]
                         self.key, min=b"(" + g["last-delivered-id"], max="+", count=10_000
                     )
                 )
