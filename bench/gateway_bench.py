@@ -167,7 +167,8 @@ def main() -> None:
                 proc.wait(timeout=20)
 
     print(
-        f"machine: {platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()};"
+        f"machine: {platform.machine()}, {os.cpu_count()} cores,"
+        f" Python {platform.python_version()}; load {os.getloadavg()[0]:.1f};"
         f" wrk -t2 -c{args.connections} -d{args.seconds}s, loopback, tiny 'ok' upstream"
     )
     print(f"{'case':<46}{'req/s':>10}{'p50 ms':>10}{'p99 ms':>10}{'non-2xx':>10}")

@@ -1,0 +1,210 @@
+"""The gateway's declarative configuration: services and their instances, routes, limits, CORS."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any, Literal
+from urllib.parse import urlsplit
+
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
+
+from ecosistema.platform.config import Settings
+
+_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class RateLimitRule(_Model):
+    """A token bucket: ``burst`` tokens at most, refilled at ``rate`` tokens per second."""
+
+    rate: float = Field(gt=0)
+    burst: int = Field(ge=1)
+
+
+class ServiceConfig(_Model):
+    """One upstream service: its instances and how the gateway balances, checks and breaks them."""
+
+    instances: list[str] = Field(min_length=1)
+    balancer: Literal["round_robin", "least_outstanding"] = "round_robin"
+    health_path: str | None = "/readyz"
+    health_interval_seconds: float = Field(default=5.0, gt=0)
+    health_timeout_seconds: float = Field(default=2.0, gt=0)
+    unhealthy_threshold: int = Field(default=2, ge=1)
+    healthy_threshold: int = Field(default=1, ge=1)
+    breaker_failures: int = Field(default=5, ge=1)
+    breaker_open_seconds: float = Field(default=10.0, gt=0)
+    failure_statuses: frozenset[int] = frozenset({502, 503, 504})
+    connect_timeout_seconds: float = Field(default=3.0, gt=0)
+    max_idle_connections: int = Field(default=128, ge=0)
+    # Below the 5 s keep-alive of uvicorn and most servers, so the gateway drops an idle
+    # connection before the upstream does and rarely sends a request into a closing socket.
+    idle_timeout_seconds: float = Field(default=4.0, gt=0)
+
+    @field_validator("instances")
+    @classmethod
+    def _urls(cls, urls: list[str]) -> list[str]:
+        for url in urls:
+            parts = urlsplit(url)
+            if parts.scheme not in ("http", "https") or not parts.hostname:
+                raise ValueError(f"instance {url!r} must be an http:// or https:// URL")
+        return urls
+
+
+class RouteConfig(_Model):
+    """A path prefix and methods sent to one service; public routes skip edge authentication."""
+
+    prefix: str
+    service: str
+    methods: frozenset[str] | None = None
+    public: bool = False
+    name: str | None = None
+    timeout_seconds: float = Field(default=30.0, gt=0)
+    retries: int = Field(default=2, ge=0)
+    rate_limit: RateLimitRule | None = None
+    max_body_bytes: int | None = Field(default=None, ge=0)
+
+    @field_validator("prefix")
+    @classmethod
+    def _prefix(cls, prefix: str) -> str:
+        prefix = prefix.removesuffix("*")
+        if not prefix.startswith("/"):
+            raise ValueError("a route prefix starts with '/'")
+        return prefix
+
+    @field_validator("methods", mode="before")
+    @classmethod
+    def _methods(cls, methods: Any) -> Any:
+        if methods is None:
+            return None
+        upper = frozenset(str(m).upper() for m in methods)
+        unknown = upper - _METHODS
+        if unknown:
+            raise ValueError(f"unknown methods: {', '.join(sorted(unknown))}")
+        return upper
+
+    @property
+    def label(self) -> str:
+        """The route's name in metrics and logs."""
+        return self.name or self.prefix
+
+
+class AuthConfig(_Model):
+    """Edge authentication: where identity publishes its keys and how the principal is passed on."""
+
+    jwks_service: str = "identity"
+    jwks_path: str = "/.well-known/jwks.json"
+    jwks_ttl_seconds: float = Field(default=300.0, gt=0)
+    jwks_min_refresh_seconds: float = Field(default=10.0, ge=0)
+    issuer: str = "ecosistema"
+    audience: str = "ecosistema-api"
+    api_key_header: str = "x-api-key"
+    principal_secret: SecretStr | None = None
+    principal_ttl_seconds: int = Field(default=60, ge=1)
+
+
+class RateLimitConfig(_Model):
+    """Token buckets per principal and route; in memory per process, or shared in Redis."""
+
+    enabled: bool = True
+    backend_url: str = "memory://"
+    key_prefix: str = "eco:rl:"
+    anonymous: RateLimitRule = RateLimitRule(rate=10, burst=30)
+    authenticated: RateLimitRule = RateLimitRule(rate=30, burst=60)
+    roles: dict[str, RateLimitRule] = Field(default_factory=dict)
+
+
+class CorsConfig(_Model):
+    """Which browser origins may call the API, answered at the edge."""
+
+    allow_origins: list[str] = Field(default_factory=list)
+    allow_methods: list[str] = Field(
+        default_factory=lambda: ["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE"]
+    )
+    allow_headers: list[str] = Field(
+        default_factory=lambda: [
+            "Authorization",
+            "Content-Type",
+            "Idempotency-Key",
+            "X-API-Key",
+            "X-Request-ID",
+            "traceparent",
+        ]
+    )
+    expose_headers: list[str] = Field(
+        default_factory=lambda: [
+            "X-Request-ID",
+            "Retry-After",
+            "RateLimit-Limit",
+            "RateLimit-Remaining",
+            "RateLimit-Reset",
+        ]
+    )
+    allow_credentials: bool = False
+    max_age_seconds: int = 600
+
+
+class GatewayConfig(_Model):
+    """Everything one gateway worker needs; built from a route-table file and ``Settings``."""
+
+    services: dict[str, ServiceConfig]
+    routes: list[RouteConfig]
+    auth: AuthConfig = AuthConfig()
+    rate_limits: RateLimitConfig = RateLimitConfig()
+    cors: CorsConfig = CorsConfig()
+    max_body_bytes: int = Field(default=10 * 1024 * 1024, ge=0)
+    max_header_bytes: int = Field(default=64 * 1024, ge=1024)
+    access_log: bool = True
+    metrics_path: str | None = "/metrics"
+    trust_forwarded: bool = False
+
+    @model_validator(mode="after")
+    def _services_exist(self) -> GatewayConfig:
+        for route in self.routes:
+            if route.service not in self.services:
+                raise ValueError(f"route {route.prefix!r} names unknown service {route.service!r}")
+        return self
+
+
+def load_route_table(path: str | Path) -> dict[str, Any]:
+    """Read a route table from a ``.yaml``/``.yml`` or ``.json`` file."""
+    path = Path(path)
+    text = path.read_text(encoding="utf-8")
+    if path.suffix.lower() in (".yaml", ".yml"):
+        import yaml
+
+        data = yaml.safe_load(text)
+    else:
+        data = json.loads(text)
+    if not isinstance(data, dict):
+        raise ValueError(f"{path}: a route table is a mapping with 'services' and 'routes'")
+    return data
+
+
+def gateway_config(
+    table: dict[str, Any] | str | Path, settings: Settings | None = None
+) -> GatewayConfig:
+    """Build the gateway's configuration from a route table, taking secrets and defaults from
+    ``Settings`` (issuer, audience, the principal secret, CORS origins, Redis for rate limits)."""
+    data = dict(table) if isinstance(table, dict) else load_route_table(table)
+    if settings is not None:
+        auth = dict(data.get("auth") or {})
+        auth.setdefault("issuer", settings.jwt_issuer)
+        auth.setdefault("audience", settings.jwt_audience)
+        auth.setdefault("jwks_ttl_seconds", settings.jwks_cache_seconds)
+        auth.setdefault("jwks_min_refresh_seconds", settings.jwks_refresh_min_interval_seconds)
+        if settings.gateway_secret is not None:
+            auth.setdefault("principal_secret", settings.gateway_secret)
+        data["auth"] = auth
+        limits = dict(data.get("rate_limits") or {})
+        if settings.cache_url.startswith(("redis://", "rediss://", "unix://")):
+            limits.setdefault("backend_url", settings.cache_url)
+            limits.setdefault("key_prefix", f"{settings.cache_prefix}rl:")
+        data["rate_limits"] = limits
+        cors = dict(data.get("cors") or {})
+        cors.setdefault("allow_origins", list(settings.cors_origins))
+        data["cors"] = cors
+    return GatewayConfig.model_validate(data)

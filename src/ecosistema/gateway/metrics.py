@@ -1,0 +1,140 @@
+"""Prometheus metrics of the gateway, per route and per upstream instance.
+
+With several workers, ``enable_multiprocess`` (called before forking) makes every worker write its
+counters to memory-mapped files in one directory, so any worker's ``/metrics`` shows the sum.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Iterable
+
+from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest, values
+from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.multiprocess import MultiProcessCollector, mark_process_dead
+from prometheus_client.registry import Collector
+
+from ecosistema.gateway.balancer import Balancer, BreakerState
+
+_multiprocess_dir: str | None = None
+
+_LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
+
+
+def enable_multiprocess(directory: str) -> None:
+    """Share counters between worker processes through files in ``directory``."""
+    global _multiprocess_dir
+    os.environ["PROMETHEUS_MULTIPROC_DIR"] = directory
+    values.ValueClass = values.MultiProcessValue()  # type: ignore[no-untyped-call]
+    _multiprocess_dir = directory
+
+
+def forget_worker(pid: int) -> None:
+    """Drop the live gauges of a worker that exited; its counters are kept."""
+    if _multiprocess_dir is not None:
+        mark_process_dead(pid, _multiprocess_dir)  # type: ignore[no-untyped-call]
+
+
+class _UpstreamState(Collector):
+    """Gauges read from the balancers at scrape time, so the hot path pays nothing for them."""
+
+    def __init__(self, balancers: Callable[[], Iterable[Balancer]]) -> None:
+        self._balancers = balancers
+
+    def collect(self) -> Iterable[Metric]:
+        worker = str(os.getpid())
+        labels = ["service", "instance", "worker"]
+        outstanding = GaugeMetricFamily(
+            "ecosistema_gateway_upstream_outstanding", "Requests in flight", labels=labels
+        )
+        healthy = GaugeMetricFamily(
+            "ecosistema_gateway_upstream_healthy", "1 if active checks pass", labels=labels
+        )
+        broken = GaugeMetricFamily(
+            "ecosistema_gateway_upstream_breaker_open",
+            "1 if the circuit breaker is open or half-open",
+            labels=labels,
+        )
+        for balancer in self._balancers():
+            for inst in balancer.instances:
+                key = [balancer.name, inst.url, worker]
+                outstanding.add_metric(key, inst.outstanding)
+                healthy.add_metric(key, 1 if inst.healthy else 0)
+                broken.add_metric(key, 0 if inst.breaker.state is BreakerState.CLOSED else 1)
+        return [outstanding, healthy, broken]
+
+
+class GatewayMetrics:
+    """The gateway's counters and histograms; label children are cached for the hot path."""
+
+    def __init__(self, balancers: Callable[[], Iterable[Balancer]]) -> None:
+        self.registry = CollectorRegistry(auto_describe=True)
+        self._state = _UpstreamState(balancers)
+        if _multiprocess_dir is None:
+            self.registry.register(self._state)
+        self.requests = Counter(
+            "ecosistema_gateway_requests",
+            "Requests answered by the gateway",
+            ["route", "method", "status"],
+            registry=self.registry,
+        )
+        self.latency = Histogram(
+            "ecosistema_gateway_request_duration_seconds",
+            "Time from request head to the end of the response",
+            ["route"],
+            buckets=_LATENCY_BUCKETS,
+            registry=self.registry,
+        )
+        self.upstream = Counter(
+            "ecosistema_gateway_upstream_requests",
+            "Attempts sent to upstream instances, by outcome",
+            ["service", "instance", "outcome"],
+            registry=self.registry,
+        )
+        self.rate_limited = Counter(
+            "ecosistema_gateway_rate_limited",
+            "Requests refused by a rate limit",
+            ["route"],
+            registry=self.registry,
+        )
+        self.breaker_opened = Counter(
+            "ecosistema_gateway_breaker_opened",
+            "Times an instance's circuit breaker opened",
+            ["service", "instance"],
+            registry=self.registry,
+        )
+        self.retries = Counter(
+            "ecosistema_gateway_retries", "Attempts retried", ["route"], registry=self.registry
+        )
+        self._request_children: dict[tuple[str, str, int], Counter] = {}
+        self._latency_children: dict[str, Histogram] = {}
+        self._upstream_children: dict[tuple[str, str, str], Counter] = {}
+
+    def observe_request(self, route: str, method: str, status: int, seconds: float) -> None:
+        """Count one answered request and its duration."""
+        key = (route, method, status)
+        child = self._request_children.get(key)
+        if child is None:
+            child = self._request_children[key] = self.requests.labels(route, method, str(status))
+        child.inc()
+        hist = self._latency_children.get(route)
+        if hist is None:
+            hist = self._latency_children[route] = self.latency.labels(route)
+        hist.observe(seconds)
+
+    def observe_upstream(self, service: str, instance: str, outcome: str) -> None:
+        """Count one attempt on an upstream instance."""
+        key = (service, instance, outcome)
+        child = self._upstream_children.get(key)
+        if child is None:
+            child = self._upstream_children[key] = self.upstream.labels(service, instance, outcome)
+        child.inc()
+
+    def render(self) -> bytes:
+        """The Prometheus text exposition of every worker's metrics."""
+        if _multiprocess_dir is None:
+            return generate_latest(self.registry)
+        registry = CollectorRegistry()
+        MultiProcessCollector(registry, _multiprocess_dir)  # type: ignore[no-untyped-call]
+        registry.register(self._state)
+        return generate_latest(registry)

@@ -1,0 +1,42 @@
+"""Matching a request's path and method to a route of the table: longest prefix wins."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from ecosistema.gateway.config import RouteConfig
+
+
+@dataclass(frozen=True, slots=True)
+class RouteMatch:
+    """The route for a request, or why there is none (404, or 405 with the allowed methods)."""
+
+    route: RouteConfig | None
+    allowed: frozenset[str] = frozenset()
+
+
+def _covers(prefix: str, path: str) -> bool:
+    if prefix.endswith("/"):
+        return path.startswith(prefix) or path == prefix[:-1]
+    return path == prefix or path.startswith(prefix + "/")
+
+
+class Router:
+    """The route table, ordered so that the most specific prefix is tried first."""
+
+    def __init__(self, routes: list[RouteConfig]) -> None:
+        self._routes = sorted(routes, key=lambda r: len(r.prefix), reverse=True)
+
+    def match(self, method: str, path: str) -> RouteMatch:
+        """The route serving ``method`` on ``path``; HEAD is served by routes that allow GET."""
+        allowed: set[str] = set()
+        for route in self._routes:
+            if not _covers(route.prefix, path):
+                continue
+            methods = route.methods
+            if methods is None or method in methods or (method == "HEAD" and "GET" in methods):
+                return RouteMatch(route)
+            allowed |= methods
+            if "GET" in methods:
+                allowed.add("HEAD")
+        return RouteMatch(None, frozenset(allowed))

@@ -1,0 +1,195 @@
+"""Edge authentication against a real identity-like upstream serving its JWKS."""
+
+from __future__ import annotations
+
+import io
+import json
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from ecosistema.gateway import PRINCIPAL_HEADER, gateway_config, serve, verify_principal
+from ecosistema.gateway.server import GatewayServer
+from ecosistema.platform.tokens import (
+    SigningKey,
+    build_jwks,
+    encode_access_token,
+    generate_signing_key,
+)
+from tests.integration.test_gateway_upstream import start_upstream, stop
+
+SECRET = "gateway-secret-for-tests-0123456789"
+
+
+@pytest.fixture(scope="module")
+def keys(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, SigningKey]:
+    key = generate_signing_key()
+    jwks_file = tmp_path_factory.mktemp("jwks") / "jwks.json"
+    jwks_file.write_text(json.dumps(build_jwks([key])))
+    return jwks_file, key
+
+
+@pytest.fixture(scope="module")
+def identity(keys: tuple[Path, SigningKey]) -> Iterator[str]:
+    proc, url = start_upstream("identity", env={"JWKS_FILE": str(keys[0])})
+    yield url
+    stop(proc)
+
+
+def table(url: str, **auth: Any) -> dict[str, Any]:
+    return {
+        "services": {
+            "identity": {"instances": [url], "health_path": None},
+            "orders": {"instances": [url], "health_path": None},
+        },
+        "routes": [
+            {"prefix": "/.well-known/jwks.json", "service": "identity", "public": True},
+            {"prefix": "/api/v1/auth/", "service": "identity", "public": True},
+            {"prefix": "/api/v1/orders", "service": "orders"},
+        ],
+        "auth": {"principal_secret": SECRET, "jwks_min_refresh_seconds": 60, **auth},
+        "rate_limits": {"enabled": False},
+    }
+
+
+@pytest.fixture
+async def gateway(identity: str) -> AsyncIterator[GatewayServer]:
+    server = await serve(gateway_config(table(identity)), port=0, access_log=io.StringIO())
+    yield server
+    await server.close(1)
+
+
+def token(key: SigningKey, **overrides: Any) -> str:
+    claims: dict[str, Any] = {
+        "subject": "user-1",
+        "role": "customer",
+        "session_id": "sess-1",
+        "issuer": "ecosistema",
+        "audience": "ecosistema-api",
+        "ttl_seconds": 300,
+    }
+    claims.update(overrides)
+    return encode_access_token(key, **claims)
+
+
+def client(server: GatewayServer) -> httpx.AsyncClient:
+    return httpx.AsyncClient(base_url=f"http://127.0.0.1:{server.port}", timeout=30)
+
+
+async def test_protected_route_without_credentials_is_a_401(gateway: GatewayServer) -> None:
+    async with client(gateway) as c:
+        response = await c.get("/api/v1/orders")
+    assert response.status_code == 401
+    assert response.headers["www-authenticate"].startswith("Bearer")
+    assert response.json()["type"].endswith("/unauthorized")
+
+
+@pytest.mark.parametrize(
+    "bad",
+    [
+        "not-a-jwt",
+        "eyJhbGciOiJub25lIn0.eyJzdWIiOiJ4In0.",
+    ],
+)
+async def test_malformed_token_is_a_401(gateway: GatewayServer, bad: str) -> None:
+    async with client(gateway) as c:
+        response = await c.get("/api/v1/orders", headers={"authorization": f"Bearer {bad}"})
+    assert response.status_code == 401
+
+
+async def test_expired_or_foreign_tokens_are_401(
+    gateway: GatewayServer, keys: tuple[Path, SigningKey]
+) -> None:
+    key = keys[1]
+    async with client(gateway) as c:
+        foreign = await c.get(
+            "/api/v1/orders",
+            headers={"authorization": f"Bearer {token(key, audience='someone-else')}"},
+        )
+        from datetime import UTC, datetime, timedelta
+
+        old = token(key, now=datetime.now(UTC) - timedelta(hours=1))
+        expired = await c.get("/api/v1/orders", headers={"authorization": f"Bearer {old}"})
+    assert foreign.status_code == 401
+    assert expired.status_code == 401 and "expired" in expired.json()["detail"]
+
+
+async def test_valid_token_passes_with_a_signed_principal_and_forgeries_are_stripped(
+    gateway: GatewayServer, keys: tuple[Path, SigningKey]
+) -> None:
+    headers = {
+        "authorization": f"Bearer {token(keys[1])}",
+        PRINCIPAL_HEADER: "v1.forged.forged",
+        "x-ecosistema-role": "admin",
+    }
+    async with client(gateway) as c:
+        response = await c.get("/api/v1/orders/1", headers=headers)
+    assert response.status_code == 200
+    seen = response.json()["headers"]
+    assert "x-ecosistema-role" not in seen
+    [vouched] = seen[PRINCIPAL_HEADER.lower()]
+    principal = verify_principal(vouched, SECRET.encode())
+    assert (principal.sub, principal.role, principal.session_id) == ("user-1", "customer", "sess-1")
+
+
+async def test_public_route_strips_a_forged_principal(gateway: GatewayServer) -> None:
+    async with client(gateway) as c:
+        response = await c.post(
+            "/api/v1/auth/login", content=b"{}", headers={PRINCIPAL_HEADER: "v1.a.b"}
+        )
+    assert response.status_code == 200
+    assert PRINCIPAL_HEADER.lower() not in response.json()["headers"]
+
+
+async def test_api_key_is_forwarded_for_the_service_to_verify(gateway: GatewayServer) -> None:
+    async with client(gateway) as c:
+        response = await c.get("/api/v1/orders", headers={"x-api-key": "eco_live_abc"})
+    seen = response.json()["headers"]
+    assert response.status_code == 200
+    assert seen["x-api-key"] == ["eco_live_abc"]
+    assert PRINCIPAL_HEADER.lower() not in seen
+
+
+async def test_unknown_kid_refetches_the_jwks_once_within_the_interval(
+    identity: str, keys: tuple[Path, SigningKey]
+) -> None:
+    jwks_file, first = keys
+    server = await serve(
+        gateway_config(table(identity, jwks_min_refresh_seconds=0)),
+        port=0,
+        access_log=io.StringIO(),
+    )
+    rotated = generate_signing_key()
+    try:
+        async with client(server) as c:
+            before = await c.get(
+                "/api/v1/orders", headers={"authorization": f"Bearer {token(first)}"}
+            )
+            jwks_file.write_text(json.dumps(build_jwks([first, rotated])))
+            after = await c.get(
+                "/api/v1/orders", headers={"authorization": f"Bearer {token(rotated)}"}
+            )
+    finally:
+        jwks_file.write_text(json.dumps(build_jwks([first])))
+        await server.close(1)
+    assert before.status_code == 200 and after.status_code == 200
+    assert server.gateway.auth.fetches == 2
+
+
+async def test_unknown_kids_cannot_make_the_gateway_hammer_identity(
+    gateway: GatewayServer, keys: tuple[Path, SigningKey]
+) -> None:
+    strangers = [generate_signing_key() for _ in range(5)]
+    async with client(gateway) as c:
+        await c.get("/api/v1/orders", headers={"authorization": f"Bearer {token(keys[1])}"})
+        statuses = [
+            (
+                await c.get("/api/v1/orders", headers={"authorization": f"Bearer {token(k)}"})
+            ).status_code
+            for k in strangers
+        ]
+    assert statuses == [401] * 5
+    assert gateway.gateway.auth.fetches == 1

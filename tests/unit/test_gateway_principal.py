@@ -1,0 +1,42 @@
+import pytest
+
+from ecosistema.gateway.principal import (
+    InvalidPrincipal,
+    Principal,
+    sign_principal,
+    verify_principal,
+)
+
+SECRET = b"s" * 32
+
+
+def test_signed_principal_round_trips() -> None:
+    value = sign_principal(Principal("u1", "admin", session_id="s1"), SECRET, now=1000)
+    assert verify_principal(value, SECRET, now=1030) == Principal("u1", "admin", "user", "s1")
+
+
+def test_principal_signed_with_another_secret_is_rejected() -> None:
+    value = sign_principal(Principal("u1", "user"), b"other-secret", now=1000)
+    with pytest.raises(InvalidPrincipal):
+        verify_principal(value, SECRET, now=1000)
+
+
+def test_principal_with_an_edited_payload_is_rejected() -> None:
+    value = sign_principal(Principal("u1", "user"), SECRET, now=1000)
+    forged = sign_principal(Principal("u1", "admin"), SECRET, now=1000)
+    version, _, signature = value.split(".")
+    tampered = f"{version}.{forged.split('.')[1]}.{signature}"
+    with pytest.raises(InvalidPrincipal):
+        verify_principal(tampered, SECRET, now=1000)
+
+
+def test_expired_principal_is_rejected() -> None:
+    value = sign_principal(Principal("u1", "user"), SECRET, ttl_seconds=60, now=1000)
+    with pytest.raises(InvalidPrincipal, match="expired"):
+        verify_principal(value, SECRET, now=1061)
+
+
+@pytest.mark.parametrize("value", ["", "v1.abc", "v2.e30.AAAA", "v1.!!.??", "x" * 5000])
+def test_malformed_principal_is_rejected(value: str) -> None:
+    with pytest.raises(InvalidPrincipal):
+        verify_principal(value, SECRET, now=1000)
