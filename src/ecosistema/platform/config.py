@@ -113,6 +113,20 @@ class Settings(BaseSettings):
     orders_number_prefix: str = "ORD-"
     orders_url: str | None = None
 
+    # Payments. ``payment_provider`` is used for new payments: the built-in ``sandbox`` (no money
+    # moves) or ``stripe`` (needs ``stripe_api_key``). Incoming provider webhooks are accepted
+    # only for providers with a secret in ``payment_webhook_secrets`` ({"stripe": "whsec_..."}).
+    # The seller's data is printed on every invoice and credit note.
+    payment_provider: Literal["sandbox", "stripe"] = "sandbox"
+    stripe_api_key: SecretStr | None = None
+    stripe_api_base: str = "https://api.stripe.com"
+    payment_webhook_secrets: dict[str, SecretStr] = Field(default_factory=dict)
+    payment_webhook_tolerance_seconds: int = 300
+    seller_name: str = "Ecosistema Demo Shop"
+    seller_address: str = "Calle Mayor 1, 28013 Madrid, ES"
+    seller_tax_id: str = "ESB00000000"
+    payments_url: str | None = None
+
     def ml_registry_location(self) -> str:
         """The model registry URL with ``{data_dir}`` filled in."""
         return self.ml_registry_url.format(data_dir=self.data_dir.as_posix())

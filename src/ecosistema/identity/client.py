@@ -1,0 +1,98 @@
+"""How other services ask identity about users and API keys: in process, or over HTTP."""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+import httpx
+
+from ecosistema.identity.schemas import ApiKeyIdentity, User, WhoAmI
+from ecosistema.identity.service import get_user, verify_api_key
+from ecosistema.platform.config import Settings
+from ecosistema.platform.errors import NotFound
+from ecosistema.platform.service import ServiceContext
+
+
+class IdentityClient(Protocol):
+    """Identity's interface for other services."""
+
+    async def get_user(self, user_id: str) -> User | None:
+        """The user with this id, or None."""
+        ...
+
+    async def verify_api_key(self, raw_key: str) -> ApiKeyIdentity | None:
+        """Who a presented API key acts for, or None when it is not valid."""
+        ...
+
+
+class InProcessIdentityClient:
+    """Calls identity's use cases directly, when it runs in the same process."""
+
+    def __init__(self, ctx: ServiceContext) -> None:
+        self._ctx = ctx
+
+    async def get_user(self, user_id: str) -> User | None:
+        """The user with this id, or None."""
+        try:
+            return await get_user(self._ctx, user_id=user_id)
+        except NotFound:
+            return None
+
+    async def verify_api_key(self, raw_key: str) -> ApiKeyIdentity | None:
+        """Who a presented API key acts for, or None when it is not valid."""
+        return await verify_api_key(self._ctx, raw_key)
+
+
+class HttpIdentityClient:
+    """Calls identity over HTTP; ``credential`` (an API key with ``users:read``) authorises
+    user look-ups."""
+
+    def __init__(
+        self,
+        base_url: str,
+        *,
+        credential: str | None = None,
+        timeout: float = 5.0,
+        transport: httpx.AsyncBaseTransport | None = None,
+    ) -> None:
+        headers = {"Authorization": f"Bearer {credential}"} if credential else {}
+        self._http = httpx.AsyncClient(
+            base_url=base_url.rstrip("/") + "/api/v1",
+            headers=headers,
+            timeout=timeout,
+            transport=transport,
+        )
+
+    async def get_user(self, user_id: str) -> User | None:
+        """The user with this id, or None."""
+        response = await self._http.get(f"/users/{user_id}")
+        if response.status_code == 404:
+            return None
+        response.raise_for_status()
+        return User.model_validate(response.json())
+
+    async def verify_api_key(self, raw_key: str) -> ApiKeyIdentity | None:
+        """Asks identity who the key is, presenting the key itself; None when it is refused."""
+        response = await self._http.get(
+            "/auth/whoami", headers={"Authorization": f"Bearer {raw_key}"}
+        )
+        if response.status_code in (401, 403):
+            return None
+        response.raise_for_status()
+        me = WhoAmI.model_validate(response.json())
+        if me.kind != "api_key" or me.api_key_id is None:
+            return None
+        return ApiKeyIdentity(
+            key_id=me.api_key_id, user_id=me.subject, role=me.role, scopes=me.scopes
+        )
+
+    async def aclose(self) -> None:
+        """Close the connection pool."""
+        await self._http.aclose()
+
+
+def http_client(settings: Settings) -> HttpIdentityClient:
+    """The HTTP client the runtime uses when identity runs in another process."""
+    if not settings.identity_url:
+        raise LookupError("identity is not hosted here and ECOSISTEMA_IDENTITY_URL is not set")
+    return HttpIdentityClient(settings.identity_url)

@@ -1,0 +1,237 @@
+"""The identity service's public contract. Every input schema forbids unknown fields, so a body
+that sets ``role``, ``status`` or an owner where the schema does not allow it is a 422."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, EmailStr, Field, field_validator
+
+from ecosistema.identity.domain import UserStatus
+
+RoleName = Literal["admin", "staff", "sales", "customer"]
+
+# Generous bounds: the password policy (12..128 characters) is checked by the service so that its
+# message names the rule; these only stop absurd payloads before hashing.
+_PASSWORD = Field(min_length=1, max_length=1024)
+
+
+class Input(BaseModel):
+    """Base for request bodies: unknown fields are an error (no mass assignment)."""
+
+    model_config = ConfigDict(extra="forbid", str_strip_whitespace=False)
+
+
+class RegisterRequest(Input):
+    email: EmailStr
+    password: str = _PASSWORD
+    name: str | None = Field(default=None, max_length=200)
+    locale: str | None = Field(
+        default=None, max_length=35, pattern=r"^[A-Za-z]{2,3}([-_][A-Za-z0-9]{2,8})*$"
+    )
+
+
+class VerifyEmailRequest(Input):
+    token: str = Field(min_length=1, max_length=200)
+
+
+class ResendVerificationRequest(Input):
+    email: EmailStr
+
+
+class LoginRequest(Input):
+    email: EmailStr
+    password: str = _PASSWORD
+    mfa_code: str | None = Field(default=None, max_length=16)
+    recovery_code: str | None = Field(default=None, max_length=64)
+
+
+class TokenResponse(BaseModel):
+    """An OAuth2-style token response (RFC 6749 §5.1)."""
+
+    access_token: str
+    refresh_token: str
+    token_type: Literal["Bearer"] = "Bearer"
+    expires_in: int = Field(description="Seconds until the access token expires.")
+    refresh_expires_in: int = Field(description="Seconds until the refresh token expires.")
+
+
+class RefreshRequest(Input):
+    refresh_token: str = Field(min_length=1, max_length=200)
+
+
+class TotpEnrollResponse(BaseModel):
+    secret: str = Field(description="Base32 TOTP secret, for manual entry.")
+    otpauth_uri: str = Field(description="otpauth:// URI, to show as a QR code.")
+
+
+class TotpConfirmRequest(Input):
+    code: str = Field(min_length=6, max_length=16)
+
+
+class RecoveryCodesResponse(BaseModel):
+    recovery_codes: list[str] = Field(description="One-time codes, shown only now.")
+
+
+class TotpDisableRequest(Input):
+    password: str = _PASSWORD
+    code: str | None = Field(default=None, max_length=16)
+    recovery_code: str | None = Field(default=None, max_length=64)
+
+
+class ForgotPasswordRequest(Input):
+    email: EmailStr
+
+
+class ResetPasswordRequest(Input):
+    token: str = Field(min_length=1, max_length=200)
+    new_password: str = _PASSWORD
+
+
+class ChangePasswordRequest(Input):
+    current_password: str = _PASSWORD
+    new_password: str = _PASSWORD
+
+
+class Accepted(BaseModel):
+    status: Literal["accepted"] = "accepted"
+    detail: str
+
+
+class Address(Input):
+    label: str | None = Field(default=None, max_length=50)
+    line1: str = Field(min_length=1, max_length=200)
+    line2: str | None = Field(default=None, max_length=200)
+    city: str = Field(min_length=1, max_length=100)
+    region: str | None = Field(default=None, max_length=100)
+    postal_code: str | None = Field(default=None, max_length=20)
+    country: str = Field(min_length=2, max_length=2, description="ISO 3166-1 alpha-2 code.")
+
+    @field_validator("country")
+    @classmethod
+    def _upper(cls, value: str) -> str:
+        if not value.isalpha():
+            raise ValueError("must be an ISO 3166-1 alpha-2 code")
+        return value.upper()
+
+
+class Profile(BaseModel):
+    name: str | None = None
+    phone: str | None = None
+    addresses: list[Address] = Field(default_factory=list)
+    locale: str = "en"
+    preferences: dict[str, Any] = Field(default_factory=dict)
+
+
+class ProfileUpdate(Input):
+    """PATCH users/me: only the fields a user may change about themselves."""
+
+    name: str | None = Field(default=None, max_length=200)
+    phone: str | None = Field(default=None, max_length=32, pattern=r"^\+?[0-9 ()./-]{4,32}$")
+    addresses: list[Address] | None = Field(default=None, max_length=20)
+    locale: str | None = Field(
+        default=None, max_length=35, pattern=r"^[A-Za-z]{2,3}([-_][A-Za-z0-9]{2,8})*$"
+    )
+    preferences: dict[str, Any] | None = None
+
+    @field_validator("preferences")
+    @classmethod
+    def _small(cls, value: dict[str, Any] | None) -> dict[str, Any] | None:
+        if value is not None and len(value) > 50:
+            raise ValueError("at most 50 preferences")
+        return value
+
+
+class User(BaseModel):
+    id: str
+    email: str
+    role: RoleName
+    status: UserStatus
+    email_verified: bool
+    mfa_enabled: bool
+    created_at: datetime
+    profile: Profile
+
+
+class AdminUserUpdate(Input):
+    """PATCH users/{id} (admin): role and status only."""
+
+    role: RoleName | None = None
+    status: UserStatus | None = None
+
+
+class UserPage(BaseModel):
+    items: list[User]
+    total: int
+    limit: int
+    offset: int
+
+
+class ApiKeyCreate(Input):
+    name: str = Field(min_length=1, max_length=100)
+    scopes: list[str] = Field(min_length=1, max_length=100)
+
+
+class ApiKey(BaseModel):
+    id: str
+    name: str
+    scopes: list[str]
+    created_at: datetime
+    last_used_at: datetime | None
+    revoked_at: datetime | None
+
+
+class ApiKeyCreated(ApiKey):
+    key: str = Field(description="The secret API key; shown only in this response.")
+
+
+class AuditEvent(BaseModel):
+    id: str
+    type: str
+    occurred_at: datetime
+    actor_id: str | None
+    user_id: str | None
+    ip: str | None
+    user_agent: str | None
+    details: dict[str, Any]
+
+
+class AuditPage(BaseModel):
+    items: list[AuditEvent]
+    next_cursor: str | None = Field(description="Pass as `cursor` for the next (older) page.")
+
+
+class Jwks(BaseModel):
+    keys: list[dict[str, str]]
+
+
+class Problem(BaseModel):
+    """An RFC 9457 problem document, as every error leaves the API."""
+
+    type: str
+    title: str
+    status: int
+    detail: str
+    instance: str | None = None
+
+
+class ApiKeyIdentity(BaseModel):
+    """Who an API key acts for and what it was granted."""
+
+    key_id: str
+    user_id: str
+    role: RoleName
+    scopes: list[str]
+
+
+class WhoAmI(BaseModel):
+    """The authenticated caller as the platform sees it."""
+
+    subject: str
+    kind: Literal["user", "api_key"]
+    role: RoleName
+    permissions: list[str]
+    session_id: str | None
+    api_key_id: str | None
+    scopes: list[str]

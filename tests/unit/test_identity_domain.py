@@ -1,0 +1,141 @@
+"""Identity's pure rules: password policy, email normalisation, TOTP replay, throttling."""
+
+from __future__ import annotations
+
+import unicodedata
+from datetime import UTC, datetime, timedelta
+
+import pyotp
+import pytest
+
+from ecosistema.identity import domain
+from ecosistema.identity.domain import PasswordRejected, ThrottleRule
+
+FULL_WIDTH_PASSPHRASE = "\uff50\uff41\uff53\uff53 \ufb01ne words"
+FI_LIGATURE = "\ufb01"
+NOW = datetime(2026, 3, 1, 12, 0, 10, tzinfo=UTC)
+
+
+def test_password_of_twelve_characters_is_accepted() -> None:
+    assert domain.check_password("violet-kayak") == "violet-kayak"
+
+
+def test_password_of_eleven_characters_is_rejected_as_too_short() -> None:
+    with pytest.raises(PasswordRejected) as exc:
+        domain.check_password("violetkayak")
+    assert exc.value.code == "password_too_short"
+
+
+def test_password_of_128_characters_is_accepted_and_129_rejected() -> None:
+    assert len(domain.check_password("a" * 127 + "b")) == 128
+    with pytest.raises(PasswordRejected) as exc:
+        domain.check_password("a" * 128 + "b")
+    assert exc.value.code == "password_too_long"
+
+
+def test_password_without_digits_symbols_or_capitals_is_accepted() -> None:
+    assert domain.check_password("correct horse battery staple")
+
+
+@pytest.mark.parametrize("password", ["qwerty123456", "1q2w3e4r5t6y", "QWERTY123456"])
+def test_common_passwords_are_rejected_whatever_their_case(password: str) -> None:
+    with pytest.raises(PasswordRejected) as exc:
+        domain.check_password(password)
+    assert exc.value.code == "password_too_common"
+
+
+def test_bundled_common_password_list_is_loaded_and_normalised() -> None:
+    words = domain.common_passwords()
+    assert len(words) > 30_000
+    assert "password" in words
+    assert all(w == unicodedata.normalize("NFKC", w).casefold() for w in list(words)[:2000])
+
+
+def test_password_equal_to_the_email_is_rejected() -> None:
+    with pytest.raises(PasswordRejected) as exc:
+        domain.check_password("Ana.Lopez@Example.com", email="ana.lopez@example.com")
+    assert exc.value.code == "password_is_email"
+
+
+def test_password_is_nfkc_normalised_so_compatibility_forms_match() -> None:
+    # Full-width letters and the "fi" ligature normalise to their plain forms.
+    assert domain.check_password(FULL_WIDTH_PASSPHRASE) == "pass fine words"
+    assert domain.normalise_password(FULL_WIDTH_PASSPHRASE) == domain.normalise_password(
+        "pass fine words"
+    )
+
+
+def test_length_is_counted_after_normalisation() -> None:
+    # Eleven ligatures expand to 22 characters under NFKC: long enough.
+    assert len(domain.check_password(FI_LIGATURE * 11)) == 22
+
+
+def test_email_is_normalised_for_lookup() -> None:
+    assert domain.normalise_email("  Ana.Lopez@EXAMPLE.com ") == "ana.lopez@example.com"
+
+
+def test_secret_hash_matches_only_its_secret() -> None:
+    stored = domain.hash_secret("s3cret-token")
+    assert domain.secret_matches("s3cret-token", stored)
+    assert not domain.secret_matches("s3cret-tokem", stored)
+
+
+def test_recovery_codes_are_ten_distinct_and_normalise_without_dashes_or_case() -> None:
+    codes = domain.new_recovery_codes()
+    assert len(codes) == 10 and len(set(codes)) == 10
+    code = codes[0]
+    assert domain.normalise_recovery_code(code.upper()) == code.replace("-", "")
+
+
+def test_totp_code_is_accepted_once_for_its_step() -> None:
+    secret = domain.new_totp_secret()
+    code = pyotp.TOTP(secret).at(NOW)
+    step = domain.match_totp(secret, code, at=NOW, last_used_step=None)
+    assert step == domain.totp_step(NOW)
+    assert domain.match_totp(secret, code, at=NOW, last_used_step=step) is None
+
+
+def test_totp_code_older_than_the_last_used_step_is_refused() -> None:
+    secret = domain.new_totp_secret()
+    earlier = NOW - timedelta(seconds=30)
+    old_code = pyotp.TOTP(secret).at(earlier)
+    used_now = domain.totp_step(NOW)
+    assert domain.match_totp(secret, old_code, at=NOW, last_used_step=None) is not None
+    assert domain.match_totp(secret, old_code, at=NOW, last_used_step=used_now) is None
+
+
+def test_totp_tolerates_one_step_of_clock_drift_but_not_two() -> None:
+    secret = domain.new_totp_secret()
+    assert domain.match_totp(
+        secret, pyotp.TOTP(secret).at(NOW - timedelta(seconds=30)), at=NOW, last_used_step=None
+    )
+    assert (
+        domain.match_totp(
+            secret, pyotp.TOTP(secret).at(NOW - timedelta(seconds=90)), at=NOW, last_used_step=None
+        )
+        is None
+    )
+
+
+@pytest.mark.parametrize("code", ["", "12345", "1234567", "abcdef"])
+def test_malformed_totp_codes_are_refused(code: str) -> None:
+    assert domain.match_totp(domain.new_totp_secret(), code, at=NOW, last_used_step=None) is None
+
+
+def test_totp_uri_names_issuer_and_account() -> None:
+    secret = domain.new_totp_secret()
+    uri = domain.totp_uri(secret, account="ana@example.com", issuer="Ecosistema")
+    assert uri.startswith("otpauth://totp/Ecosistema:ana%40example.com?")
+    assert f"secret={secret}" in uri and "issuer=Ecosistema" in uri
+
+
+def test_throttle_delays_progressively_after_the_free_attempts_then_locks() -> None:
+    rule = ThrottleRule(threshold=10, delay_after=3, lockout_seconds=900)
+    assert [rule.delay_for(n) for n in range(0, 7)] == [0, 0, 0, 1, 2, 4, 8]
+    assert not rule.locks(9)
+    assert rule.locks(10)
+
+
+def test_throttle_delay_is_capped() -> None:
+    rule = ThrottleRule(threshold=100, delay_after=1, lockout_seconds=900, max_delay_seconds=60)
+    assert rule.delay_for(50) == 60
