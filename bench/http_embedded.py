@@ -23,7 +23,7 @@ from machine import describe, ensure_wrk, free_port, rss_mib
 
 ROOT = Path(__file__).resolve().parent.parent
 ECOSISTEMA = str(Path(sys.executable).parent / "ecosistema")
-DEMO_CUSTOMER = ("customer@demo.ecosistema.dev", "demo-customer-password")
+DEMO_CUSTOMER = ("customer@demo.ecosistema.dev", "demo-customer-ecosistema")
 
 BARE_APP = """
 async def app(scope, receive, send):

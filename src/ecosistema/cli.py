@@ -173,9 +173,9 @@ def up(
     lines = [f"Ecosistema {__version__} on [bold]{url}[/]", f"API docs: {url}/docs"]
     if seeded:
         lines.append("")
-        lines.append("Demo accounts (POST /api/v1/auth/login with email and password):")
-        for account in seeded.get("accounts", []):
-            lines.append(f"  {account['role']:<9} {account['email']}  {account['password']}")
+        lines.append("Demo accounts (log in at POST /api/v1/auth/login, or Authorize in /docs):")
+        for role, account in seeded.items():
+            lines.append(f"  {role:<9} {account['email']:<32} {account['password']}")
     console.print(Panel("\n".join(lines), title="ecosistema up", expand=False))
     _serve("ecosistema.cli:embedded_app", host, port, settings)
 

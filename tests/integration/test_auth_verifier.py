@@ -25,6 +25,7 @@ from starlette.routing import Route
 from ecosistema.platform.auth import (
     API_KEY_HEADER,
     JWKS_PATH,
+    REVOKED_SESSION_KEY,
     TOKEN_LEEWAY_SECONDS,
     CurrentPrincipal,
     OptionalPrincipal,
@@ -155,6 +156,23 @@ async def test_local_provider_verifies_and_maps_role_to_permissions(tmp_path: Pa
     assert principal.subject == "user-1" and principal.kind == "user"
     assert principal.role == "staff" and principal.session_id == "sess-1"
     assert principal.has("payments:refund") and not principal.has("users:manage")
+
+
+async def test_token_of_an_ended_session_is_refused_even_when_remembered(tmp_path: Path) -> None:
+    settings = make_settings(tmp_path)
+    key = generate_signing_key()
+    cache = MemoryCache()
+    verifier = TokenVerifier(settings, cache=cache)
+    verifier.add_local_jwks(LocalKeys(key))
+    token = issue(settings, key, session_id="sess-ended")
+    await verifier.verify_access_token(token)
+
+    await cache.set(REVOKED_SESSION_KEY.format(session_id="sess-ended"), b"1", ttl=60)
+
+    with pytest.raises(Unauthorized):
+        await verifier.verify_access_token(token)
+    other = await verifier.verify_access_token(issue(settings, key, session_id="sess-live"))
+    assert other.session_id == "sess-live"
 
 
 async def test_key_set_is_read_once_not_per_verification(tmp_path: Path) -> None:

@@ -787,7 +787,6 @@ async def _revoke_sessions(
     return ids
 
 
-REVOKED_SESSION_KEY = "auth:revoked-session:{session_id}"
 
 
 async def _announce_revoked(ctx: ServiceContext, session_ids: Sequence[str]) -> None:
@@ -795,7 +794,7 @@ async def _announce_revoked(ctx: ServiceContext, session_ids: Sequence[str]) -> 
     so verifiers that consult it reject those tokens before they expire."""
     ttl = ctx.settings.access_token_ttl_seconds + domain.JWKS_LEEWAY_SECONDS
     for sid in session_ids:
-        await ctx.cache.set(REVOKED_SESSION_KEY.format(session_id=sid), b"1", ttl=ttl)
+        await ctx.cache.set(auth.REVOKED_SESSION_KEY.format(session_id=sid), b"1", ttl=ttl)
 
 
 async def login(

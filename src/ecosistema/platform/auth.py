@@ -46,6 +46,8 @@ from ecosistema.platform.tokens import (
 log = structlog.get_logger(__name__)
 
 API_KEY_PREFIX = "eco_"
+# Cache key under which identity marks an ended session until its access tokens expire.
+REVOKED_SESSION_KEY = "auth:revoked-session:{session_id}"
 API_KEY_HEADER = "X-API-Key"
 JWKS_PATH = "/.well-known/jwks.json"
 JWKS_CACHE_KEY = "auth:jwks"
@@ -212,14 +214,24 @@ class TokenVerifier:
             and seen.kid in self._keys
             and time.monotonic() < self._fresh_until
         ):
-            return seen.principal
-        claims = await self.access_token_claims(token)
-        role = claims["role"]
-        if role not in ROLES:
-            raise _invalid("The token names an unknown role.")
-        principal = Principal.for_user(claims["sub"], role, claims["sid"])
-        self._remember(token, principal, claims)
+            principal = seen.principal
+        else:
+            claims = await self.access_token_claims(token)
+            role = claims["role"]
+            if role not in ROLES:
+                raise _invalid("The token names an unknown role.")
+            principal = Principal.for_user(claims["sub"], role, claims["sid"])
+            self._remember(token, principal, claims)
+        if await self._session_revoked(principal.session_id):
+            raise _invalid("The session has ended.")
         return principal
+
+    async def _session_revoked(self, session_id: str | None) -> bool:
+        # Logout, password change, role change and disabling publish the ended session here for
+        # the lifetime of its access tokens, so every service refuses them at once, not at expiry.
+        if self._cache is None or not session_id:
+            return False
+        return await self._cache.get(REVOKED_SESSION_KEY.format(session_id=session_id)) is not None
 
     def _remember(self, token: str, principal: Principal, claims: Mapping[str, Any]) -> None:
         if len(self._verified) >= VERIFIED_TOKENS_CACHED:

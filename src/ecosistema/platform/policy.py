@@ -59,10 +59,12 @@ PERMISSIONS: frozenset[str] = frozenset(
         "orders:write_own",
         "orders:read_all",
         "orders:write_all",
+        "orders:manage",
         # payments
         "payments:read_own",
         "payments:write_own",
         "payments:read_all",
+        "payments:write_all",
         "payments:refund",
         "payments:reports",
         "invoices:read_own",
@@ -100,7 +102,6 @@ _CUSTOMER = frozenset(
 )
 _SALES = _CUSTOMER | {
     "api_keys:write_own",
-    "users:read",
     "inventory:read",
     "orders:read_all",
     "leads:read_own",
@@ -112,11 +113,15 @@ _SALES = _CUSTOMER | {
     "documents:generate",
 }
 _STAFF = _SALES | {
+    "users:read",
     "catalog:write",
     "inventory:write",
     "orders:write_all",
+    "orders:manage",
     "payments:read_all",
+    "payments:write_all",
     "payments:refund",
+    "payments:reports",
     "invoices:read_all",
     "leads:read_all",
     "leads:assign",
