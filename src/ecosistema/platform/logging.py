@@ -109,3 +109,6 @@ def configure_logging(settings: Settings) -> None:
     logging.getLogger("uvicorn.access").setLevel(logging.WARNING)
     sqlalchemy_level = logging.INFO if settings.database_echo else logging.WARNING
     logging.getLogger("sqlalchemy.engine").setLevel(sqlalchemy_level)
+    # Alembic narrates every migration context at INFO; only its warnings matter to an operator.
+    alembic_level = logging.DEBUG if settings.log_level.upper() == "DEBUG" else logging.WARNING
+    logging.getLogger("alembic").setLevel(alembic_level)
