@@ -271,15 +271,13 @@ def rotate_keys(
     _with_runtime(settings, _work)
 
 
-def _mount_optional() -> None:
-    try:
-        from ecosistema.ml_cli import app as ml_app
-    except ImportError:
-        return
+def _mount_subcommands() -> None:
+    from ecosistema.ml_cli import app as ml_app
+
     app.add_typer(ml_app, name="ml", help="Machine-learning pipeline: ingest, train, promote.")
 
 
-_mount_optional()
+_mount_subcommands()
 
 
 def main() -> None:  # pragma: no cover - console entry point

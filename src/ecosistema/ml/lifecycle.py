@@ -1,0 +1,136 @@
+"""First-start training, retraining from feedback, and the scheduled jobs that run them."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import pandas as pd
+import structlog
+
+from ecosistema.ml.dataset import lead_scoring_spec, load_reference_dataset
+from ecosistema.ml.errors import PromotionRefused
+from ecosistema.ml.evaluate import Step, train_and_evaluate
+from ecosistema.ml.model import TrainParams
+from ecosistema.ml.registry import ModelRegistry, ModelVersion
+from ecosistema.ml.serve import ModelServer
+from ecosistema.ml.spec import FeatureSpec
+from ecosistema.platform.service import Job, ServiceContext
+
+log = structlog.get_logger(__name__)
+Feedback = Callable[[ServiceContext], Awaitable[Sequence[Mapping[str, Any]]]]
+
+
+def ensure_default_model(
+    registry: ModelRegistry,
+    *,
+    data: pd.DataFrame | None = None,
+    folds: int = 0,
+    step: Step | None = None,
+) -> ModelVersion:
+    """The serving model; on a new install, train one on the bundled reference data and promote it.
+
+    ``folds=0`` keeps first start quick (hold-out evaluation only); ``ecosistema ml evaluate``
+    gives the full cross-validation.
+    """
+    serving = registry.serving()
+    if serving is not None:
+        return serving
+    if registry.list():
+        latest = registry.list()[-1]
+        log.info("ml.default_model_promoting_latest", version=latest.version)
+        return registry.promote(latest.version, force=True)
+    frame = data if data is not None else load_reference_dataset()
+    model = train_and_evaluate(frame, lead_scoring_spec(), folds=folds, step=step)
+    version = registry.register(model)
+    return registry.promote(version.version)
+
+
+@dataclass(frozen=True)
+class RetrainResult:
+    """What a retraining produced and whether it now serves."""
+
+    version: ModelVersion
+    promoted: bool
+    reason: str
+
+
+def retrain(
+    registry: ModelRegistry,
+    labelled_rows: Sequence[Mapping[str, Any]] | pd.DataFrame,
+    *,
+    reference: pd.DataFrame | None = None,
+    spec: FeatureSpec | None = None,
+    params: TrainParams | None = None,
+    folds: int = 0,
+    promote: bool = True,
+    force: bool = False,
+    step: Step | None = None,
+) -> RetrainResult:
+    """Train a new version on ``reference`` (optional, older) plus labelled feedback rows (newer),
+    register it, and promote it if it beats the serving model on the hold-out (or ``force``)."""
+    serving = registry.serving()
+    spec = spec or (serving.spec if serving else lead_scoring_spec())
+    feedback = (
+        labelled_rows
+        if isinstance(labelled_rows, pd.DataFrame)
+        else pd.DataFrame(list(labelled_rows))
+    )
+    frames = [f for f in (reference, feedback) if f is not None and len(f)]
+    data = pd.concat(frames, ignore_index=True) if frames else feedback
+    model = train_and_evaluate(data, spec, params, folds=folds, step=step)
+    version = registry.register(model)
+    if not promote:
+        return RetrainResult(version, False, "registered without promotion")
+    try:
+        registry.promote(version.version, force=force)
+    except PromotionRefused as exc:
+        log.info("ml.retrain_not_promoted", version=version.version, reason=exc.detail)
+        return RetrainResult(version, False, exc.detail)
+    return RetrainResult(version, True, "promoted")
+
+
+def retrain_job(
+    registry: ModelRegistry,
+    feedback: Feedback,
+    *,
+    interval_seconds: float = 24 * 3600,
+    min_rows: int = 200,
+    reference: Callable[[], pd.DataFrame] | None = load_reference_dataset,
+    server: ModelServer | None = None,
+    name: str = "ml-retrain",
+) -> Job:
+    """A background job: fetch accumulated labelled feedback, retrain, and swap on promotion.
+
+    ``feedback(ctx)`` returns the labelled rows (the owning service reads its own tables);
+    training runs in a worker thread so the event loop keeps serving.
+    """
+
+    async def run(ctx: ServiceContext) -> None:
+        rows = await feedback(ctx)
+        if len(rows) < min_rows:
+            log.info("ml.retrain_skipped", rows=len(rows), min_rows=min_rows)
+            return
+        base = await asyncio.to_thread(reference) if reference else None
+        result = await asyncio.to_thread(retrain, registry, rows, reference=base)
+        log.info(
+            "ml.retrained",
+            version=result.version.version,
+            promoted=result.promoted,
+            reason=result.reason,
+        )
+        if result.promoted and server is not None:
+            await asyncio.to_thread(server.reload)
+
+    return Job(name=name, interval_seconds=interval_seconds, run=run)
+
+
+def reload_job(server: ModelServer, *, interval_seconds: float = 30.0) -> Job:
+    """A background job: pick up a version promoted elsewhere (another replica, the CLI)."""
+
+    async def run(ctx: ServiceContext) -> None:
+        await asyncio.to_thread(server.reload)
+
+    return Job(name="ml-reload", interval_seconds=interval_seconds, run=run)
