@@ -7,7 +7,7 @@ from collections.abc import Iterable
 
 from ecosistema.platform.service import Service
 
-SERVICE_NAMES: tuple[str, ...] = ("identity",)
+SERVICE_NAMES: tuple[str, ...] = ("identity", "catalog", "orders", "payments")
 
 
 def load_service(name: str) -> Service:

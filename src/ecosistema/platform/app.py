@@ -206,6 +206,11 @@ def _document_problems(app: FastAPI) -> None:
                 if "requestBody" in operation:
                     for code, text in (("400", "Malformed JSON"), ("413", "Body too large")):
                         responses.setdefault(code, {"description": text, "content": ref})
+                if operation.get("security"):
+                    # Any operation that reads credentials refuses bad ones, even where they are
+                    # optional; and a valid principal may lack the permission.
+                    for code, text in (("401", "Bad credentials"), ("403", "Not permitted")):
+                        responses.setdefault(code, {"description": text, "content": ref})
         app.openapi_schema = schema
         return schema
 

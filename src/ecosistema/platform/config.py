@@ -100,7 +100,7 @@ class Settings(BaseSettings):
     catalog_default_currency: str = "EUR"
     catalog_low_stock_threshold: int = 5
     catalog_reservation_sweep_seconds: float = 30.0
-    catalog_import_batch_size: int = 500
+    catalog_import_batch_size: int = 1000
     sales_channel: str = "web"
     prices_include_tax: bool = True
     channel_prices_include_tax: dict[str, bool] = Field(default_factory=dict)

@@ -174,9 +174,14 @@ async def run_idempotent(
     delay = 0.005
     while True:
         claim_id, existing = await _claim(
-            ctx, table, principal_id=principal_id, key=key, fingerprint=fingerprint,
-            method=method, path=path,
-        )  # fmt: skip
+            ctx,
+            table,
+            principal_id=principal_id,
+            key=key,
+            fingerprint=fingerprint,
+            method=method,
+            path=path,
+        )
         if claim_id is not None:
             return await _run_claimed(ctx, table, principal_id, key, claim_id, handler)
         if existing is None:

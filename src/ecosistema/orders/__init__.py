@@ -1,0 +1,38 @@
+"""Orders: carts, checkout, the order life cycle and its history, fulfilment, vouchers, tax
+rates and shipping methods."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from ecosistema.orders import service as _service
+from ecosistema.orders.api import router
+from ecosistema.orders.client import InProcessOrdersClient
+from ecosistema.orders.events import SUBSCRIPTIONS
+from ecosistema.orders.models import idempotency_keys, metadata, outbox
+from ecosistema.platform.config import get_settings
+from ecosistema.platform.idempotency import idempotency_purge_job
+from ecosistema.platform.service import Job, Service
+
+service = Service(
+    name="orders",
+    metadata=metadata,
+    outbox=outbox,
+    migrations=Path(__file__).parent / "migrations",
+    router=router,
+    subscriptions=SUBSCRIPTIONS,
+    jobs=(
+        Job(
+            "cancel-expired-orders",
+            get_settings().orders_sweep_interval_seconds,
+            _service.sweep_expired_orders,
+        ),
+        idempotency_purge_job(idempotency_keys),
+    ),
+    make_client=InProcessOrdersClient,
+)
+
+seed_demo = _service.seed_demo
+cancel_expired_orders = _service.cancel_expired_orders
+
+__all__ = ["cancel_expired_orders", "seed_demo", "service"]

@@ -1,0 +1,436 @@
+"""Orders' HTTP API: carts, checkout, orders and their life cycle, tax rates, shipping methods
+and vouchers. Anonymous carts are reached with the token given at creation (``X-Cart-Token``)."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Depends, Header, Path, Query, Request, Response, status
+from starlette.responses import JSONResponse
+
+from ecosistema.orders import service
+from ecosistema.orders.domain import OrderAction, OrderStatus
+from ecosistema.orders.models import idempotency_keys
+from ecosistema.orders.schemas import (
+    Cart,
+    CartCreate,
+    CartItemAdd,
+    CartItemUpdate,
+    CartUpdate,
+    CheckoutRequest,
+    FulfillmentCreate,
+    HistoryEntry,
+    NoteCreate,
+    Order,
+    OrderPage,
+    Problem,
+    ReturnCreate,
+    ShippingMethod,
+    ShippingMethodCreate,
+    ShippingMethodUpdate,
+    StatusChange,
+    TaxRate,
+    TaxRateSet,
+    Voucher,
+    VoucherApply,
+    VoucherCreate,
+    VoucherUpdate,
+)
+from ecosistema.platform.auth import OptionalPrincipal, Principal, require
+from ecosistema.platform.idempotency import (
+    IdempotencyKeyHeader,
+    idempotent_response,
+    run_idempotent,
+)
+from ecosistema.platform.service import ServiceContext, context_of
+
+CART_TOKEN_HEADER = "X-Cart-Token"
+
+Context = Annotated[ServiceContext, Depends(context_of("orders"))]
+CartToken = Annotated[
+    str | None,
+    Header(
+        alias=CART_TOKEN_HEADER,
+        max_length=200,
+        description="The token an anonymous cart was created with.",
+    ),
+]
+Customer = Annotated[Principal, Depends(require("orders:write_own"))]
+Reader = Annotated[Principal, Depends(require("orders:read_own"))]
+Staff = Annotated[Principal, Depends(require("orders:write_all"))]
+Manager = Annotated[Principal, Depends(require("orders:manage"))]
+Id = Annotated[str, Path(min_length=1, max_length=32)]
+Sku = Annotated[str, Path(min_length=1, max_length=64)]
+Code = Annotated[str, Path(min_length=1, max_length=64)]
+
+_PROBLEM = {"model": Problem, "content": {"application/problem+json": {}}}
+_DESCRIPTIONS = {
+    400: "Malformed request",
+    401: "Not authenticated",
+    403: "Not allowed",
+    404: "Not found",
+    409: "Conflicts with the current state",
+    422: "Validation failed",
+}
+
+
+def _errors(*codes: int) -> dict[int | str, dict[str, Any]]:
+    return {c: {**_PROBLEM, "description": _DESCRIPTIONS[c]} for c in codes}
+
+
+router = APIRouter(tags=["orders"])
+
+
+# --- carts --------------------------------------------------------------------------------------
+
+
+@router.post(
+    "/carts",
+    response_model=Cart,
+    status_code=status.HTTP_201_CREATED,
+    summary="Create a cart (anonymous: keep the token; a customer's active cart is returned)",
+    responses={200: {"model": Cart, "description": "The customer's active cart"}, **_errors(422)},
+)
+async def create_cart(
+    data: CartCreate, ctx: Context, principal: OptionalPrincipal, response: Response
+) -> Cart:
+    cart, created = await service.create_cart(ctx, principal=principal, data=data)
+    if not created:
+        response.status_code = status.HTTP_200_OK
+    if cart.token:
+        response.headers[CART_TOKEN_HEADER] = cart.token
+    return cart
+
+
+@router.get("/carts/{cart_id}", response_model=Cart, responses=_errors(404))
+async def get_cart(
+    cart_id: Id, ctx: Context, principal: OptionalPrincipal, token: CartToken = None
+) -> Cart:
+    return await service.get_cart(ctx, cart_id=cart_id, principal=principal, token=token)
+
+
+@router.patch("/carts/{cart_id}", response_model=Cart, responses=_errors(404, 409, 422))
+async def update_cart(
+    cart_id: Id,
+    data: CartUpdate,
+    ctx: Context,
+    principal: OptionalPrincipal,
+    token: CartToken = None,
+) -> Cart:
+    return await service.update_cart(
+        ctx, cart_id=cart_id, principal=principal, token=token, data=data
+    )
+
+
+@router.post("/carts/{cart_id}/items", response_model=Cart, responses=_errors(404, 409, 422))
+async def add_cart_item(
+    cart_id: Id,
+    data: CartItemAdd,
+    ctx: Context,
+    principal: OptionalPrincipal,
+    token: CartToken = None,
+) -> Cart:
+    return await service.add_cart_item(
+        ctx, cart_id=cart_id, principal=principal, token=token, data=data
+    )
+
+
+@router.patch("/carts/{cart_id}/items/{sku}", response_model=Cart, responses=_errors(404, 409, 422))
+async def set_cart_item(
+    cart_id: Id,
+    sku: Sku,
+    data: CartItemUpdate,
+    ctx: Context,
+    principal: OptionalPrincipal,
+    token: CartToken = None,
+) -> Cart:
+    return await service.set_cart_item(
+        ctx, cart_id=cart_id, sku=sku, principal=principal, token=token, quantity=data.quantity
+    )
+
+
+@router.delete("/carts/{cart_id}/items/{sku}", response_model=Cart, responses=_errors(404, 409))
+async def remove_cart_item(
+    cart_id: Id, sku: Sku, ctx: Context, principal: OptionalPrincipal, token: CartToken = None
+) -> Cart:
+    return await service.set_cart_item(
+        ctx, cart_id=cart_id, sku=sku, principal=principal, token=token, quantity=0
+    )
+
+
+@router.post("/carts/{cart_id}/vouchers", response_model=Cart, responses=_errors(404, 409, 422))
+async def apply_voucher(
+    cart_id: Id,
+    data: VoucherApply,
+    ctx: Context,
+    principal: OptionalPrincipal,
+    token: CartToken = None,
+) -> Cart:
+    return await service.apply_voucher(
+        ctx, cart_id=cart_id, principal=principal, token=token, code=data.code
+    )
+
+
+@router.delete("/carts/{cart_id}/vouchers/{code}", response_model=Cart, responses=_errors(404, 409))
+async def remove_voucher(
+    cart_id: Id, code: Code, ctx: Context, principal: OptionalPrincipal, token: CartToken = None
+) -> Cart:
+    return await service.remove_voucher(
+        ctx, cart_id=cart_id, principal=principal, token=token, code=code
+    )
+
+
+@router.post(
+    "/carts/{cart_id}/merge",
+    response_model=Cart,
+    summary="At sign-in: merge the anonymous cart (X-Cart-Token) into the customer's cart",
+    responses=_errors(401, 403, 404, 409, 422),
+)
+async def merge_cart(
+    cart_id: Id, ctx: Context, principal: Customer, token: CartToken = None
+) -> Cart:
+    return await service.merge_cart(ctx, cart_id=cart_id, principal=principal, token=token)
+
+
+# --- checkout and orders ------------------------------------------------------------------------
+
+
+@router.post(
+    "/orders",
+    response_model=Order,
+    status_code=status.HTTP_201_CREATED,
+    summary="Check out a cart: stock is reserved and the order awaits payment",
+    responses=_errors(404, 409, 422),
+)
+async def place_order(
+    request: Request,
+    data: CheckoutRequest,
+    ctx: Context,
+    principal: OptionalPrincipal,
+    token: CartToken = None,
+    idempotency_key: IdempotencyKeyHeader = None,
+) -> JSONResponse:
+    async def _place() -> tuple[int, dict[str, Any]]:
+        order = await service.place_order(ctx, principal=principal, token=token, data=data)
+        return status.HTTP_201_CREATED, order.model_dump(mode="json")
+
+    result = await run_idempotent(
+        ctx,
+        idempotency_keys,
+        key=idempotency_key,
+        principal_id=service.idempotency_principal(principal, token),
+        method=request.method,
+        path=request.url.path,
+        body=data.model_dump(mode="json"),
+        handler=_place,
+    )
+    return idempotent_response(result)
+
+
+@router.get("/orders", response_model=OrderPage, responses=_errors(400, 401, 403))
+async def list_orders(
+    ctx: Context,
+    principal: Reader,
+    status_is: Annotated[OrderStatus | None, Query(alias="status")] = None,
+    customer_id: Annotated[str | None, Query(max_length=64)] = None,
+    created_from: datetime | None = None,
+    created_to: datetime | None = None,
+    cursor: Annotated[str | None, Query(max_length=200)] = None,
+    limit: Annotated[int, Query(ge=1, le=100)] = 50,
+) -> OrderPage:
+    return await service.list_orders(
+        ctx,
+        principal=principal,
+        status=status_is,
+        customer_id=customer_id,
+        created_from=created_from,
+        created_to=created_to,
+        cursor=cursor,
+        limit=limit,
+    )
+
+
+@router.get("/orders/{order_id}", response_model=Order, responses=_errors(404))
+async def get_order(
+    order_id: Id, ctx: Context, principal: OptionalPrincipal, token: CartToken = None
+) -> Order:
+    return await service.get_order(
+        ctx, order_id=order_id, principal=principal, token=token, check_access=True
+    )
+
+
+@router.get("/orders/{order_id}/history", response_model=list[HistoryEntry], responses=_errors(404))
+async def order_history(
+    order_id: Id, ctx: Context, principal: OptionalPrincipal, token: CartToken = None
+) -> list[HistoryEntry]:
+    return await service.order_history_of(ctx, order_id=order_id, principal=principal, token=token)
+
+
+@router.post(
+    "/orders/{order_id}/cancel", response_model=Order, responses=_errors(401, 403, 404, 409)
+)
+async def cancel_order(
+    order_id: Id, ctx: Context, principal: Customer, data: StatusChange | None = None
+) -> Order:
+    return await service.cancel_order(
+        ctx, order_id=order_id, principal=principal, reason=data.reason if data else None
+    )
+
+
+@router.post(
+    "/orders/{order_id}/notes",
+    response_model=HistoryEntry,
+    status_code=status.HTTP_201_CREATED,
+    responses=_errors(401, 403, 404, 422),
+)
+async def add_note(order_id: Id, data: NoteCreate, ctx: Context, principal: Staff) -> HistoryEntry:
+    return await service.add_note(ctx, order_id=order_id, principal=principal, text=data.text)
+
+
+@router.post(
+    "/orders/{order_id}/fulfillments",
+    response_model=Order,
+    status_code=status.HTTP_201_CREATED,
+    responses=_errors(401, 403, 404, 409, 422),
+)
+async def fulfil_lines(
+    order_id: Id, data: FulfillmentCreate, ctx: Context, principal: Staff
+) -> Order:
+    return await service.fulfil_lines(ctx, order_id=order_id, principal=principal, data=data)
+
+
+@router.post("/orders/{order_id}/ship", response_model=Order, responses=_errors(401, 403, 404, 409))
+async def mark_shipped(
+    order_id: Id, ctx: Context, principal: Staff, data: StatusChange | None = None
+) -> Order:
+    return await service.change_status(
+        ctx,
+        order_id=order_id,
+        principal=principal,
+        action=OrderAction.SHIP,
+        reason=data.reason if data else None,
+    )
+
+
+@router.post(
+    "/orders/{order_id}/deliver", response_model=Order, responses=_errors(401, 403, 404, 409)
+)
+async def mark_delivered(
+    order_id: Id, ctx: Context, principal: Staff, data: StatusChange | None = None
+) -> Order:
+    return await service.change_status(
+        ctx,
+        order_id=order_id,
+        principal=principal,
+        action=OrderAction.DELIVER,
+        reason=data.reason if data else None,
+    )
+
+
+@router.post(
+    "/orders/{order_id}/returns",
+    response_model=Order,
+    status_code=status.HTTP_201_CREATED,
+    responses=_errors(401, 403, 404, 409, 422),
+)
+async def return_lines(order_id: Id, data: ReturnCreate, ctx: Context, principal: Staff) -> Order:
+    return await service.return_lines(ctx, order_id=order_id, principal=principal, data=data)
+
+
+# --- shop configuration -------------------------------------------------------------------------
+
+
+@router.get("/tax-rates", response_model=list[TaxRate], tags=["orders: configuration"])
+async def list_tax_rates(ctx: Context) -> list[TaxRate]:
+    return await service.list_tax_rates(ctx)
+
+
+@router.put(
+    "/tax-rates/{country}",
+    response_model=TaxRate,
+    tags=["orders: configuration"],
+    responses=_errors(401, 403, 422),
+)
+async def set_tax_rate(
+    country: Annotated[str, Path(min_length=2, max_length=2)],
+    data: TaxRateSet,
+    ctx: Context,
+    principal: Manager,
+) -> TaxRate:
+    return await service.set_tax_rate(ctx, country=country, data=data)
+
+
+@router.get(
+    "/shipping-methods", response_model=list[ShippingMethod], tags=["orders: configuration"]
+)
+async def list_shipping_methods(ctx: Context) -> list[ShippingMethod]:
+    return await service.list_shipping_methods(ctx)
+
+
+@router.post(
+    "/shipping-methods",
+    response_model=ShippingMethod,
+    status_code=status.HTTP_201_CREATED,
+    tags=["orders: configuration"],
+    responses=_errors(401, 403, 409, 422),
+)
+async def create_shipping_method(
+    data: ShippingMethodCreate, ctx: Context, principal: Manager
+) -> ShippingMethod:
+    return await service.create_shipping_method(ctx, data)
+
+
+@router.patch(
+    "/shipping-methods/{code}",
+    response_model=ShippingMethod,
+    tags=["orders: configuration"],
+    responses=_errors(401, 403, 404, 422),
+)
+async def update_shipping_method(
+    code: Code, data: ShippingMethodUpdate, ctx: Context, principal: Manager
+) -> ShippingMethod:
+    return await service.update_shipping_method(ctx, code=code, data=data)
+
+
+@router.get(
+    "/vouchers",
+    response_model=list[Voucher],
+    tags=["orders: configuration"],
+    responses=_errors(401, 403),
+)
+async def list_vouchers(ctx: Context, principal: Manager) -> list[Voucher]:
+    return await service.list_vouchers(ctx)
+
+
+@router.post(
+    "/vouchers",
+    response_model=Voucher,
+    status_code=status.HTTP_201_CREATED,
+    tags=["orders: configuration"],
+    responses=_errors(401, 403, 409, 422),
+)
+async def create_voucher(data: VoucherCreate, ctx: Context, principal: Manager) -> Voucher:
+    return await service.create_voucher(ctx, data)
+
+
+@router.get(
+    "/vouchers/{code}",
+    response_model=Voucher,
+    tags=["orders: configuration"],
+    responses=_errors(401, 403, 404),
+)
+async def get_voucher(code: Code, ctx: Context, principal: Manager) -> Voucher:
+    return await service.get_voucher(ctx, code=code)
+
+
+@router.patch(
+    "/vouchers/{code}",
+    response_model=Voucher,
+    tags=["orders: configuration"],
+    responses=_errors(401, 403, 404, 422),
+)
+async def update_voucher(
+    code: Code, data: VoucherUpdate, ctx: Context, principal: Manager
+) -> Voucher:
+    return await service.update_voucher(ctx, code=code, data=data)

@@ -1,0 +1,412 @@
+"""Orders' pure rules: the one pricing function, vouchers, shipping rates and the order state
+machine (as a table of transitions). No I/O; amounts are integer minor units."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from enum import StrEnum
+from types import MappingProxyType
+
+from ecosistema.platform.errors import Conflict, Unprocessable
+from ecosistema.platform.money import (
+    Money,
+    Rounding,
+    tax_from_inclusive,
+    tax_on_exclusive,
+)
+
+# --- state machine ------------------------------------------------------------------------------
+
+
+class OrderStatus(StrEnum):
+    """Where an order is in its life."""
+
+    PENDING_PAYMENT = "pending_payment"
+    PAID = "paid"
+    PARTIALLY_FULFILLED = "partially_fulfilled"
+    FULFILLED = "fulfilled"
+    SHIPPED = "shipped"
+    DELIVERED = "delivered"
+    CANCELLED = "cancelled"
+    PARTIALLY_REFUNDED = "partially_refunded"
+    REFUNDED = "refunded"
+
+
+class OrderAction(StrEnum):
+    """What can happen to an order; each (status, action) pair has at most one outcome."""
+
+    PAY = "pay"
+    CANCEL = "cancel"
+    EXPIRE = "expire"
+    FULFIL_PARTIALLY = "fulfil_partially"
+    FULFIL = "fulfil"
+    SHIP = "ship"
+    DELIVER = "deliver"
+    REFUND_PARTIALLY = "refund_partially"
+    REFUND = "refund"
+    RETURN_LINES = "return_lines"
+
+
+S, A = OrderStatus, OrderAction
+
+_AFTER_PAYMENT_REFUNDS: dict[OrderAction, OrderStatus] = {
+    A.REFUND_PARTIALLY: S.PARTIALLY_REFUNDED,
+    A.REFUND: S.REFUNDED,
+}
+
+# The whole order life cycle. A status missing from a row, or an action missing from it, is an
+# illegal transition. Returns keep the status: they are recorded on the lines and in history.
+TRANSITIONS: Mapping[OrderStatus, Mapping[OrderAction, OrderStatus]] = MappingProxyType(
+    {
+        S.PENDING_PAYMENT: MappingProxyType(
+            {A.PAY: S.PAID, A.CANCEL: S.CANCELLED, A.EXPIRE: S.CANCELLED}
+        ),
+        S.PAID: MappingProxyType(
+            {
+                A.FULFIL_PARTIALLY: S.PARTIALLY_FULFILLED,
+                A.FULFIL: S.FULFILLED,
+                **_AFTER_PAYMENT_REFUNDS,
+            }
+        ),
+        S.PARTIALLY_FULFILLED: MappingProxyType(
+            {
+                A.FULFIL_PARTIALLY: S.PARTIALLY_FULFILLED,
+                A.FULFIL: S.FULFILLED,
+                A.RETURN_LINES: S.PARTIALLY_FULFILLED,
+                **_AFTER_PAYMENT_REFUNDS,
+            }
+        ),
+        S.FULFILLED: MappingProxyType(
+            {A.SHIP: S.SHIPPED, A.RETURN_LINES: S.FULFILLED, **_AFTER_PAYMENT_REFUNDS}
+        ),
+        S.SHIPPED: MappingProxyType(
+            {A.DELIVER: S.DELIVERED, A.RETURN_LINES: S.SHIPPED, **_AFTER_PAYMENT_REFUNDS}
+        ),
+        S.DELIVERED: MappingProxyType({A.RETURN_LINES: S.DELIVERED, **_AFTER_PAYMENT_REFUNDS}),
+        S.PARTIALLY_REFUNDED: MappingProxyType(
+            {
+                A.FULFIL_PARTIALLY: S.PARTIALLY_REFUNDED,
+                A.FULFIL: S.PARTIALLY_REFUNDED,
+                A.SHIP: S.PARTIALLY_REFUNDED,
+                A.DELIVER: S.PARTIALLY_REFUNDED,
+                A.RETURN_LINES: S.PARTIALLY_REFUNDED,
+                **_AFTER_PAYMENT_REFUNDS,
+            }
+        ),
+        S.REFUNDED: MappingProxyType({A.RETURN_LINES: S.REFUNDED}),
+        S.CANCELLED: MappingProxyType({}),
+    }
+)
+
+TERMINAL: frozenset[OrderStatus] = frozenset(s for s, row in TRANSITIONS.items() if not row)
+
+
+class IllegalTransition(Conflict):
+    """The order's status does not allow the action."""
+
+    type = "illegal-order-transition"
+    title = "The order cannot do that in its current status"
+
+
+def next_status(current: OrderStatus | str, action: OrderAction | str) -> OrderStatus:
+    """The status ``action`` leads to from ``current``; ``IllegalTransition`` (409) if none."""
+    status, act = OrderStatus(current), OrderAction(action)
+    target = TRANSITIONS.get(status, {}).get(act)
+    if target is None:
+        raise IllegalTransition(
+            f"An order in status {status.value!r} cannot {act.value.replace('_', ' ')}.",
+            status_now=status.value,
+            action=act.value,
+        )
+    return target
+
+
+def allowed_actions(current: OrderStatus | str) -> list[str]:
+    """The actions an order in ``current`` status accepts, for clients to show buttons."""
+    return [a.value for a in TRANSITIONS.get(OrderStatus(current), {})]
+
+
+# --- shipping -----------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class WeightBracket:
+    """A shipping price for parcels up to ``up_to_grams`` (``None``: any heavier parcel)."""
+
+    up_to_grams: int | None
+    amount: int
+
+
+class NotShippable(Unprocessable):
+    type = "not-shippable"
+    title = "The shipping method cannot carry this cart"
+
+
+def shipping_cost(brackets: Sequence[WeightBracket], weight_grams: int) -> int:
+    """The price of the first bracket the parcel's weight fits in (flat rate: one open bracket)."""
+    ordered = sorted(brackets, key=lambda b: (b.up_to_grams is None, b.up_to_grams or 0))
+    for bracket in ordered:
+        if bracket.up_to_grams is None or weight_grams <= bracket.up_to_grams:
+            return bracket.amount
+    raise NotShippable(
+        f"A parcel of {weight_grams} g is heavier than this shipping method carries.",
+        errors=[{"field": "shipping_method", "message": "too heavy", "code": "too_heavy"}],
+    )
+
+
+# --- vouchers -----------------------------------------------------------------------------------
+
+
+class VoucherKind(StrEnum):
+    PERCENTAGE = "percentage"
+    FIXED = "fixed"
+
+
+@dataclass(frozen=True, slots=True)
+class Voucher:
+    """A discount code. ``value`` is basis points (percentage) or minor units (fixed)."""
+
+    code: str
+    kind: VoucherKind
+    value: int
+    currency: str | None = None
+    minimum_spend: int = 0
+    starts_at: datetime | None = None
+    ends_at: datetime | None = None
+    active: bool = True
+
+
+class VoucherNotApplicable(Unprocessable):
+    type = "voucher-not-applicable"
+    title = "The voucher cannot be used on this cart"
+
+
+def normalise_code(code: str) -> str:
+    """Voucher codes match case-insensitively and without surrounding spaces."""
+    return code.strip().upper()
+
+
+def voucher_problem(voucher: Voucher, *, subtotal: Money, now: datetime) -> str | None:
+    """Why ``voucher`` cannot apply to a cart of ``subtotal`` at ``now``; ``None`` if it can."""
+    if not voucher.active:
+        return "The voucher is no longer active."
+    if voucher.starts_at is not None and now < voucher.starts_at:
+        return "The voucher is not valid yet."
+    if voucher.ends_at is not None and now >= voucher.ends_at:
+        return "The voucher has expired."
+    if voucher.kind is VoucherKind.FIXED and voucher.currency != subtotal.currency:
+        return f"The voucher is for {voucher.currency} carts."
+    if subtotal.amount < voucher.minimum_spend:
+        spend = Money(voucher.minimum_spend, subtotal.currency)
+        return f"The voucher needs a minimum spend of {spend}."
+    return None
+
+
+def check_voucher(voucher: Voucher, *, subtotal: Money, now: datetime) -> None:
+    """Raise ``VoucherNotApplicable`` (422 on ``code``) unless the voucher applies."""
+    problem = voucher_problem(voucher, subtotal=subtotal, now=now)
+    if problem is not None:
+        raise VoucherNotApplicable(
+            problem, errors=[{"field": "code", "message": problem, "code": "not_applicable"}]
+        )
+
+
+def voucher_discount(voucher: Voucher, subtotal: Money) -> Money:
+    """The discount a voucher gives on ``subtotal``: never more than the subtotal itself."""
+    if voucher.kind is VoucherKind.PERCENTAGE:
+        discount = subtotal.percentage(min(voucher.value, 10_000), Rounding.HALF_EVEN)
+    else:
+        discount = Money(voucher.value, subtotal.currency)
+    return Money(max(0, min(discount.amount, subtotal.amount)), subtotal.currency)
+
+
+# --- pricing ------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class CartLine:
+    """A line to price: unit price as catalog quoted it, in the price basis of the channel."""
+
+    sku: str
+    quantity: int
+    unit_price: int
+    weight_grams: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class LineTotals:
+    """One priced line. ``subtotal`` is before discount; ``total`` is what the line costs."""
+
+    sku: str
+    quantity: int
+    unit_price: int
+    subtotal: int
+    discount: int
+    tax: int
+    total: int
+
+
+@dataclass(frozen=True, slots=True)
+class Totals:
+    """A cart's or order's amounts.
+
+    Invariants: ``sum(line.discount) == discount_total``; with tax-exclusive prices
+    ``total == subtotal - discount_total + shipping_total + tax_total``; with tax-inclusive
+    prices the tax is contained and ``total == subtotal - discount_total + shipping_total``;
+    in both, ``total == sum(line.total) + shipping_total + shipping_tax_added``.
+    """
+
+    currency: str
+    prices_include_tax: bool
+    tax_rate_bp: int
+    subtotal: int
+    discount_total: int
+    shipping_total: int
+    shipping_tax: int
+    tax_total: int
+    total: int
+    weight_grams: int
+    lines: tuple[LineTotals, ...] = field(default_factory=tuple)
+
+
+def price_order(
+    lines: Sequence[CartLine],
+    *,
+    currency: str,
+    prices_include_tax: bool,
+    tax_rate_bp: int,
+    shipping: Sequence[WeightBracket] | None = None,
+    voucher: Voucher | None = None,
+    now: datetime | None = None,
+) -> Totals:
+    """Price a cart or an order: the one place subtotal, discount, tax, shipping and total come
+    from. The discount is spread over the lines in proportion to their subtotals without losing
+    a minor unit; tax is computed per line (and on shipping) at the country's rate. A voucher
+    that does not apply (``now`` given) raises ``VoucherNotApplicable``."""
+    if tax_rate_bp < 0:
+        raise ValueError("a tax rate cannot be negative")
+    for line in lines:
+        if line.quantity <= 0 or line.unit_price < 0 or line.weight_grams < 0:
+            raise ValueError(f"line {line.sku!r} has a non-positive quantity or negative price")
+    subtotals = [Money(line.unit_price, currency) * line.quantity for line in lines]
+    subtotal = Money.total(subtotals, currency=currency)
+    discount = Money.zero(currency)
+    if voucher is not None:
+        if now is not None:
+            check_voucher(voucher, subtotal=subtotal, now=now)
+        discount = voucher_discount(voucher, subtotal)
+    if discount.amount and subtotal.amount:
+        shares = discount.allocate([s.amount for s in subtotals])
+    else:
+        shares = [Money.zero(currency) for _ in subtotals]
+
+    priced: list[LineTotals] = []
+    for line, line_subtotal, share in zip(lines, subtotals, shares, strict=True):
+        after_discount = line_subtotal - share
+        if prices_include_tax:
+            tax = tax_from_inclusive(after_discount, tax_rate_bp)
+            line_total = after_discount
+        else:
+            tax = tax_on_exclusive(after_discount, tax_rate_bp)
+            line_total = after_discount + tax
+        priced.append(
+            LineTotals(
+                sku=line.sku,
+                quantity=line.quantity,
+                unit_price=line.unit_price,
+                subtotal=line_subtotal.amount,
+                discount=share.amount,
+                tax=tax.amount,
+                total=line_total.amount,
+            )
+        )
+
+    weight = sum(line.weight_grams * line.quantity for line in lines)
+    shipping_price = Money.zero(currency)
+    if shipping is not None and lines:
+        shipping_price = Money(shipping_cost(shipping, weight), currency)
+    if prices_include_tax:
+        shipping_tax = tax_from_inclusive(shipping_price, tax_rate_bp)
+        shipping_total = shipping_price
+    else:
+        shipping_tax = tax_on_exclusive(shipping_price, tax_rate_bp)
+        shipping_total = shipping_price
+    line_tax = sum(p.tax for p in priced)
+    tax_total = line_tax + shipping_tax.amount
+    total = subtotal.amount - discount.amount + shipping_total.amount
+    if not prices_include_tax:
+        total += tax_total
+    return Totals(
+        currency=currency,
+        prices_include_tax=prices_include_tax,
+        tax_rate_bp=tax_rate_bp,
+        subtotal=subtotal.amount,
+        discount_total=discount.amount,
+        shipping_total=shipping_total.amount,
+        shipping_tax=shipping_tax.amount,
+        tax_total=tax_total,
+        total=total,
+        weight_grams=weight,
+        lines=tuple(priced),
+    )
+
+
+# --- fulfilment and returns ---------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class LineProgress:
+    """How much of an order line has been fulfilled, returned and refunded."""
+
+    line_id: str
+    quantity: int
+    fulfilled: int = 0
+    returned: int = 0
+    refunded: int = 0
+
+
+def fulfilment_action(lines: Sequence[LineProgress], shipping: Mapping[str, int]) -> OrderAction:
+    """Check a fulfilment of ``shipping`` (line id -> quantity) and say whether it completes the
+    order (``FULFIL``) or not (``FULFIL_PARTIALLY``). Refunded units need no fulfilment."""
+    by_id = {line.line_id: line for line in lines}
+    if not shipping:
+        raise _line_error("lines", "A fulfilment needs at least one line.")
+    for line_id, quantity in shipping.items():
+        line = by_id.get(line_id)
+        if line is None:
+            raise _line_error("lines", f"The order has no line {line_id!r}.")
+        open_quantity = line.quantity - line.fulfilled - line.refunded
+        if quantity <= 0 or quantity > open_quantity:
+            raise _line_error(
+                "lines",
+                f"Line {line_id!r} has {max(open_quantity, 0)} unit(s) left to fulfil.",
+            )
+    complete = all(
+        line.fulfilled + shipping.get(line.line_id, 0) + line.refunded >= line.quantity
+        for line in lines
+    )
+    return OrderAction.FULFIL if complete else OrderAction.FULFIL_PARTIALLY
+
+
+def check_return(lines: Sequence[LineProgress], returning: Mapping[str, int]) -> None:
+    """A return may only bring back units that were fulfilled and not yet returned."""
+    by_id = {line.line_id: line for line in lines}
+    if not returning:
+        raise _line_error("lines", "A return needs at least one line.")
+    for line_id, quantity in returning.items():
+        line = by_id.get(line_id)
+        if line is None:
+            raise _line_error("lines", f"The order has no line {line_id!r}.")
+        returnable = line.fulfilled - line.returned
+        if quantity <= 0 or quantity > returnable:
+            raise _line_error(
+                "lines", f"Line {line_id!r} has {max(returnable, 0)} unit(s) that can be returned."
+            )
+
+
+def _line_error(field_name: str, message: str) -> Unprocessable:
+    return Unprocessable(
+        message, errors=[{"field": field_name, "message": message, "code": "invalid"}]
+    )

@@ -1,0 +1,54 @@
+"""The events orders publishes, and its handlers for payments' events.
+
+Payloads always carry ``order_id, number, customer_id, email, currency, total``; OrderPlaced and
+OrderPaid add ``lines`` [{sku, quantity, unit_price, total}]; OrderRefunded adds ``amount,
+refund_id, restock_lines`` [{sku, quantity}] and ``fully_refunded``.
+"""
+
+from __future__ import annotations
+
+from typing import Final
+
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from ecosistema.platform.events import EventEnvelope
+from ecosistema.platform.service import ServiceContext, Subscription
+
+ORDER_PLACED: Final = "OrderPlaced"
+ORDER_PAID: Final = "OrderPaid"
+ORDER_CANCELLED: Final = "OrderCancelled"
+ORDER_FULFILLED: Final = "OrderFulfilled"
+ORDER_REFUNDED: Final = "OrderRefunded"
+
+PUBLISHED: Final = (ORDER_PLACED, ORDER_PAID, ORDER_CANCELLED, ORDER_FULFILLED, ORDER_REFUNDED)
+
+PAYMENT_SUCCEEDED: Final = "PaymentSucceeded"
+PAYMENT_FAILED: Final = "PaymentFailed"
+PAYMENT_REFUNDED: Final = "PaymentRefunded"
+
+
+async def on_payment_event(
+    ctx: ServiceContext, session: AsyncSession, envelope: EventEnvelope
+) -> None:
+    """Apply a payment's outcome to its order, in the consumer's transaction."""
+    # Imported here: the service writes the event types above, so it imports this module.
+    from ecosistema.orders.service import (
+        record_payment_failed,
+        record_payment_refunded,
+        record_payment_succeeded,
+    )
+
+    payload = envelope.payload
+    if envelope.type == PAYMENT_SUCCEEDED:
+        await record_payment_succeeded(ctx, session, payload)
+    elif envelope.type == PAYMENT_FAILED:
+        await record_payment_failed(ctx, session, payload)
+    elif envelope.type == PAYMENT_REFUNDED:
+        await record_payment_refunded(ctx, session, payload)
+
+
+SUBSCRIPTIONS: Final = (
+    Subscription(
+        "payments", (PAYMENT_SUCCEEDED, PAYMENT_FAILED, PAYMENT_REFUNDED), on_payment_event
+    ),
+)

@@ -1,0 +1,373 @@
+"""The orders service's public contract: carts, orders, vouchers, tax rates, shipping methods.
+Every request body forbids unknown fields; amounts are integer minor units with a currency."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, EmailStr, Field, field_validator, model_validator
+
+from ecosistema.orders.domain import OrderStatus, VoucherKind
+from ecosistema.platform.money import ISO_4217
+
+_SKU = r"^[A-Za-z0-9][A-Za-z0-9._\-]*$"
+_COUNTRY = r"^[A-Za-z]{2}$"
+_CODE = r"^\s*[A-Za-z0-9][A-Za-z0-9_\-]*\s*$"
+_METHOD = r"^[a-z0-9][a-z0-9_\-]*$"
+MAX_AMOUNT = 10**12
+
+
+class Input(BaseModel):
+    """Base for request bodies: unknown fields are an error (no mass assignment)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+
+def _currency(value: str) -> str:
+    if value not in ISO_4217:
+        raise ValueError("not an ISO 4217 currency code")
+    return value
+
+
+class Problem(BaseModel):
+    """An RFC 9457 problem document."""
+
+    type: str
+    title: str
+    status: int
+    detail: str
+    instance: str | None = None
+
+
+# --- carts --------------------------------------------------------------------------------------
+
+
+class CartCreate(Input):
+    currency: str = Field(default="EUR", min_length=3, max_length=3)
+    country: str | None = Field(default=None, pattern=_COUNTRY)
+    email: EmailStr | None = None
+
+    _check_currency = field_validator("currency")(_currency)
+
+
+class CartUpdate(Input):
+    """PATCH carts/{id}: where it ships, how, and the contact email."""
+
+    country: str | None = Field(default=None, pattern=_COUNTRY)
+    shipping_method: str | None = Field(default=None, max_length=50, pattern=_METHOD)
+    email: EmailStr | None = None
+
+
+class CartItemAdd(Input):
+    sku: str = Field(min_length=1, max_length=64, pattern=_SKU)
+    quantity: int = Field(ge=1, le=10_000)
+
+
+class CartItemUpdate(Input):
+    quantity: int = Field(ge=0, le=10_000, description="0 removes the line.")
+
+
+class VoucherApply(Input):
+    code: str = Field(min_length=1, max_length=64, pattern=_CODE)
+
+
+class Totals(BaseModel):
+    currency: str
+    prices_include_tax: bool
+    tax_rate_bp: int
+    subtotal: int
+    discount_total: int
+    shipping_total: int
+    tax_total: int
+    total: int
+    weight_grams: int
+
+
+class CartLine(BaseModel):
+    sku: str
+    quantity: int
+    product_id: str | None
+    product_name: str | None
+    variant_name: str | None
+    unit_price: int | None
+    available: int
+    purchasable: bool
+    subtotal: int
+    discount: int
+    tax: int
+    total: int
+
+
+class Cart(BaseModel):
+    id: str
+    token: str | None = Field(
+        default=None,
+        description="Only when an anonymous cart is created: send it back in X-Cart-Token.",
+    )
+    customer_id: str | None
+    status: str
+    currency: str
+    country: str | None
+    email: str | None
+    shipping_method: str | None
+    voucher_code: str | None
+    lines: list[CartLine]
+    totals: Totals
+    problems: list[str] = Field(
+        default_factory=list, description="What must change before this cart can check out."
+    )
+    created_at: datetime
+    updated_at: datetime
+
+
+# --- orders -------------------------------------------------------------------------------------
+
+
+class CheckoutRequest(Input):
+    """POST orders: the cart to buy. Amounts always come from the server."""
+
+    cart_id: str = Field(min_length=1, max_length=32)
+    email: EmailStr | None = None
+    country: str | None = Field(default=None, pattern=_COUNTRY)
+    shipping_method: str | None = Field(default=None, max_length=50, pattern=_METHOD)
+
+
+class OrderLine(BaseModel):
+    line_id: str
+    sku: str
+    product_id: str | None = None
+    name: str
+    quantity: int
+    unit_price: int
+    subtotal: int = 0
+    discount: int = 0
+    tax: int
+    total: int
+    fulfilled_quantity: int = 0
+    returned_quantity: int = 0
+    refunded_quantity: int = 0
+
+
+class OrderSummary(BaseModel):
+    """What other services (payments) learn about an order through ``OrdersClient``."""
+
+    id: str
+    number: str
+    customer_id: str | None
+    email: str
+    status: OrderStatus
+    currency: str
+    subtotal: int
+    discount_total: int
+    tax_total: int
+    shipping_total: int
+    total: int
+    lines: list[OrderLine]
+    created_at: datetime
+    reservation_expires_at: datetime | None
+
+
+class Fulfillment(BaseModel):
+    id: str
+    tracking_number: str
+    carrier: str | None
+    lines: list[dict[str, Any]]
+    created_at: datetime
+
+
+class Order(OrderSummary):
+    country: str
+    shipping_method: str | None
+    voucher_code: str | None
+    prices_include_tax: bool
+    tax_rate_bp: int
+    shipping_tax: int
+    refunded_total: int
+    allowed_actions: list[str]
+    fulfillments: list[Fulfillment]
+    updated_at: datetime
+
+
+class OrderPage(BaseModel):
+    items: list[OrderSummary]
+    next_cursor: str | None
+
+
+class LineQuantity(Input):
+    line_id: str = Field(min_length=1, max_length=32)
+    quantity: int = Field(ge=1, le=10_000)
+
+
+def _distinct_lines(lines: list[LineQuantity]) -> list[LineQuantity]:
+    if len({line.line_id for line in lines}) != len(lines):
+        raise ValueError("each line may appear once")
+    return lines
+
+
+class FulfillmentCreate(Input):
+    lines: list[LineQuantity] = Field(min_length=1, max_length=500)
+    tracking_number: str = Field(min_length=1, max_length=100)
+    carrier: str | None = Field(default=None, max_length=100)
+
+    _distinct = field_validator("lines")(_distinct_lines)
+
+
+class ReturnCreate(Input):
+    lines: list[LineQuantity] = Field(min_length=1, max_length=500)
+    reason: str = Field(min_length=1, max_length=2000)
+
+    _distinct = field_validator("lines")(_distinct_lines)
+
+
+class NoteCreate(Input):
+    text: str = Field(min_length=1, max_length=5000)
+
+
+class StatusChange(Input):
+    """cancel, ship, deliver: an optional reason, kept in the history."""
+
+    reason: str | None = Field(default=None, max_length=2000)
+
+
+class HistoryEntry(BaseModel):
+    id: str
+    occurred_at: datetime
+    kind: Literal["transition", "note", "event"]
+    action: str | None
+    from_status: str | None
+    to_status: str | None
+    actor_kind: str
+    actor_id: str | None
+    reason: str | None
+    details: dict[str, Any]
+
+
+# --- configuration: tax rates, shipping methods, vouchers ---------------------------------------
+
+
+class TaxRateSet(Input):
+    name: str = Field(min_length=1, max_length=100)
+    rate_bp: int = Field(ge=0, le=10_000, description="Basis points: 2100 is 21 %.")
+
+
+class TaxRate(BaseModel):
+    country: str
+    name: str
+    rate_bp: int
+    updated_at: datetime
+
+
+class Bracket(Input):
+    up_to_grams: int | None = Field(default=None, ge=1, le=10**9)
+    amount: int = Field(ge=0, le=MAX_AMOUNT)
+
+
+class ShippingMethodCreate(Input):
+    code: str = Field(min_length=1, max_length=50, pattern=_METHOD)
+    name: str = Field(min_length=1, max_length=200)
+    kind: Literal["flat", "weight"]
+    rates: dict[str, list[Bracket]] = Field(
+        min_length=1,
+        description="Per currency: flat, one bracket with no limit; by weight, brackets by "
+        "grams, the last one may have no limit.",
+    )
+    countries: list[str] = Field(default_factory=list, max_length=300)
+    active: bool = True
+
+    @field_validator("rates")
+    @classmethod
+    def _rates(cls, value: dict[str, list[Bracket]]) -> dict[str, list[Bracket]]:
+        for currency, brackets in value.items():
+            _currency(currency)
+            if not brackets or len(brackets) > 50:
+                raise ValueError(f"{currency}: give between 1 and 50 brackets")
+        return value
+
+    @field_validator("countries")
+    @classmethod
+    def _countries(cls, value: list[str]) -> list[str]:
+        out = [c.upper() for c in value]
+        if any(len(c) != 2 or not c.isascii() or not c.isalpha() for c in out):
+            raise ValueError("countries are ISO 3166 two-letter codes")
+        return out
+
+    @model_validator(mode="after")
+    def _flat_is_one_bracket(self) -> ShippingMethodCreate:
+        if self.kind == "flat":
+            for currency, brackets in self.rates.items():
+                if len(brackets) != 1 or brackets[0].up_to_grams is not None:
+                    raise ValueError(
+                        f"a flat rate is one bracket with no weight limit ({currency})"
+                    )
+        return self
+
+
+class ShippingMethodUpdate(Input):
+    name: str | None = Field(default=None, min_length=1, max_length=200)
+    active: bool | None = None
+
+
+class ShippingMethod(BaseModel):
+    code: str
+    name: str
+    kind: str
+    rates: dict[str, list[dict[str, int | None]]]
+    countries: list[str]
+    active: bool
+
+
+class VoucherCreate(Input):
+    code: str = Field(min_length=1, max_length=64, pattern=_CODE)
+    kind: VoucherKind
+    value: int = Field(ge=1, le=MAX_AMOUNT, description="Basis points, or minor units if fixed.")
+    currency: str | None = Field(default=None, min_length=3, max_length=3)
+    minimum_spend: int = Field(default=0, ge=0, le=MAX_AMOUNT)
+    starts_at: datetime | None = None
+    ends_at: datetime | None = None
+    usage_limit: int | None = Field(default=None, ge=1, le=10**9)
+    per_customer_limit: int | None = Field(default=None, ge=1, le=10**9)
+    active: bool = True
+
+    @model_validator(mode="after")
+    def _coherent(self) -> VoucherCreate:
+        if self.kind is VoucherKind.PERCENTAGE and self.value > 10_000:
+            raise ValueError("a percentage voucher is at most 10000 basis points (100 %)")
+        if self.kind is VoucherKind.FIXED and self.currency is None:
+            raise ValueError("a fixed voucher needs its currency")
+        if self.currency is not None:
+            _currency(self.currency)
+        for moment in (self.starts_at, self.ends_at):
+            if moment is not None and moment.tzinfo is None:
+                raise ValueError("dates need a timezone")
+        if self.starts_at and self.ends_at and self.ends_at <= self.starts_at:
+            raise ValueError("ends_at must be after starts_at")
+        return self
+
+
+class VoucherUpdate(Input):
+    active: bool | None = None
+    ends_at: datetime | None = None
+    usage_limit: int | None = Field(default=None, ge=1, le=10**9)
+
+    @field_validator("ends_at")
+    @classmethod
+    def _aware(cls, value: datetime | None) -> datetime | None:
+        if value is not None and value.tzinfo is None:
+            raise ValueError("dates need a timezone")
+        return value
+
+
+class Voucher(BaseModel):
+    id: str
+    code: str
+    kind: VoucherKind
+    value: int
+    currency: str | None
+    minimum_spend: int
+    starts_at: datetime | None
+    ends_at: datetime | None
+    usage_limit: int | None
+    per_customer_limit: int | None
+    times_used: int
+    active: bool

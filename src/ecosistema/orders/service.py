@@ -1,0 +1,1968 @@
+"""Orders' use cases: carts, checkout, the order life cycle, and shop configuration (tax rates,
+shipping methods, vouchers). Each command owns its transaction and writes its events to the
+outbox inside it. Data access is SQLAlchemy Core: checkout and cart reads are hot paths."""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import secrets
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import Any, Literal, Protocol
+
+import structlog
+from sqlalchemy import CursorResult, RowMapping, and_, func, insert, or_, select, update
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from ecosistema.orders import domain, schemas
+from ecosistema.orders.domain import OrderAction, OrderStatus
+from ecosistema.orders.events import (
+    ORDER_CANCELLED,
+    ORDER_FULFILLED,
+    ORDER_PAID,
+    ORDER_PLACED,
+    ORDER_REFUNDED,
+)
+from ecosistema.orders.models import (
+    cart_lines,
+    carts,
+    fulfillments,
+    order_history,
+    order_lines,
+    order_numbers,
+    orders,
+    shipping_methods,
+    tax_rates,
+    voucher_usages,
+    vouchers,
+)
+from ecosistema.platform.auth import Principal
+from ecosistema.platform.db import new_id, utcnow
+from ecosistema.platform.errors import (
+    BadRequest,
+    Conflict,
+    NotFound,
+    ProblemError,
+    ServiceUnavailable,
+    Unprocessable,
+    field_error,
+)
+from ecosistema.platform.money import Money
+from ecosistema.platform.policy import ensure_owner, owner_filter
+from ecosistema.platform.service import ServiceContext
+
+log = structlog.get_logger(__name__)
+
+CART_NOT_FOUND = "No cart with this id."
+ORDER_NOT_FOUND = "No order with this id."
+STAFF = "orders:write_all"
+READ_ALL = "orders:read_all"
+MAX_LINE_QUANTITY = 10_000
+PAGE_LIMIT = 100
+
+ActorKind = Literal["customer", "staff", "guest", "system", "payments"]
+
+
+class Quote(Protocol):
+    """What catalog's ``quote`` answers per SKU (catalog's VariantQuote)."""
+
+    sku: str
+    product_id: str
+    product_name: str
+    variant_name: str
+    unit_price: int
+    currency: str
+    tax_inclusive: bool
+    weight_grams: int
+    available: int
+    purchasable: bool
+
+
+@dataclass(frozen=True, slots=True)
+class Actor:
+    """Who did something to an order, as the history records it."""
+
+    kind: ActorKind
+    id: str | None = None
+
+    @classmethod
+    def of(cls, principal: Principal | None) -> Actor:
+        """The actor a request's principal (or its absence) stands for."""
+        if principal is None:
+            return cls("guest")
+        return cls("staff" if principal.has(STAFF) else "customer", principal.subject)
+
+
+SYSTEM = Actor("system")
+PAYMENTS = Actor("payments")
+
+
+def hash_token(token: str) -> str:
+    """Cart tokens are kept hashed: a database read does not let anyone into a cart."""
+    return hashlib.sha256(token.encode()).hexdigest()
+
+
+def idempotency_principal(principal: Principal | None, cart_token: str | None) -> str:
+    """Whose idempotency keys a checkout shares: the customer, or the guest's cart token."""
+    if principal is not None:
+        return principal.subject
+    return "guest:" + hash_token(cart_token or "")[:32]
+
+
+def _rowcount(result: Any) -> int:
+    return int(result.rowcount) if isinstance(result, CursorResult) else 0
+
+
+def _upsert(ctx: ServiceContext) -> Any:
+    return pg_insert if ctx.db.is_postgres else sqlite_insert
+
+
+def _catalog(ctx: ServiceContext) -> Any:
+    try:
+        return ctx.client("catalog")
+    except LookupError as exc:
+        raise ServiceUnavailable("The catalog cannot be reached to price the cart.") from exc
+
+
+# --- configuration: tax rates -------------------------------------------------------------------
+
+
+def _tax_rate_view(row: RowMapping) -> schemas.TaxRate:
+    return schemas.TaxRate(
+        country=row["country"],
+        name=row["name"],
+        rate_bp=row["rate_bp"],
+        updated_at=row["updated_at"],
+    )
+
+
+async def list_tax_rates(ctx: ServiceContext) -> list[schemas.TaxRate]:
+    """Every country the shop sells to, with its tax rate."""
+    async with ctx.db.read() as session:
+        rows = (await session.execute(select(tax_rates).order_by(tax_rates.c.country))).mappings()
+        return [_tax_rate_view(r) for r in rows]
+
+
+async def set_tax_rate(
+    ctx: ServiceContext, *, country: str, data: schemas.TaxRateSet
+) -> schemas.TaxRate:
+    """Create or change the tax rate of a country."""
+    code = _country(country, "country")
+    now = utcnow()
+    values = {"country": code, "name": data.name, "rate_bp": data.rate_bp, "updated_at": now}
+    statement = _upsert(ctx)(tax_rates).values(**values)
+    statement = statement.on_conflict_do_update(
+        index_elements=[tax_rates.c.country],
+        set_={"name": data.name, "rate_bp": data.rate_bp, "updated_at": now},
+    )
+    async with ctx.db.transaction() as session:
+        await session.execute(statement)
+    return schemas.TaxRate(**values)
+
+
+def _country(value: str, field_name: str) -> str:
+    code = value.strip().upper()
+    if len(code) != 2 or not code.isascii() or not code.isalpha():
+        raise field_error(field_name, "must be an ISO 3166 two-letter country code")
+    return code
+
+
+async def _tax_rate_bp(session: AsyncSession, country: str) -> int | None:
+    rate = await session.scalar(select(tax_rates.c.rate_bp).where(tax_rates.c.country == country))
+    return None if rate is None else int(rate)
+
+
+# --- configuration: shipping methods ------------------------------------------------------------
+
+
+def _shipping_view(row: RowMapping) -> schemas.ShippingMethod:
+    return schemas.ShippingMethod(
+        code=row["code"],
+        name=row["name"],
+        kind=row["kind"],
+        rates={
+            currency: [{"up_to_grams": b[0], "amount": b[1]} for b in brackets]
+            for currency, brackets in row["rates"].items()
+        },
+        countries=list(row["countries"]),
+        active=row["active"],
+    )
+
+
+async def list_shipping_methods(
+    ctx: ServiceContext, *, include_inactive: bool = False
+) -> list[schemas.ShippingMethod]:
+    """The shipping methods customers can choose (staff may ask for inactive ones too)."""
+    query = select(shipping_methods).order_by(shipping_methods.c.code)
+    if not include_inactive:
+        query = query.where(shipping_methods.c.active.is_(True))
+    async with ctx.db.read() as session:
+        return [_shipping_view(r) for r in (await session.execute(query)).mappings()]
+
+
+async def create_shipping_method(
+    ctx: ServiceContext, data: schemas.ShippingMethodCreate
+) -> schemas.ShippingMethod:
+    """Add a shipping method with flat or weight-based rates per currency."""
+    now = utcnow()
+    values = {
+        "code": data.code,
+        "name": data.name,
+        "kind": data.kind,
+        "rates": {
+            currency: [[b.up_to_grams, b.amount] for b in brackets]
+            for currency, brackets in data.rates.items()
+        },
+        "countries": data.countries,
+        "active": data.active,
+        "created_at": now,
+        "updated_at": now,
+    }
+    async with ctx.db.transaction() as session:
+        result = await session.execute(
+            _upsert(ctx)(shipping_methods).values(**values).on_conflict_do_nothing()
+        )
+        if _rowcount(result) != 1:
+            raise Conflict(
+                f"A shipping method with code {data.code!r} exists.", type="shipping-method-exists"
+            )
+        row = (
+            (
+                await session.execute(
+                    select(shipping_methods).where(shipping_methods.c.code == data.code)
+                )
+            )
+            .mappings()
+            .one()
+        )
+    return _shipping_view(row)
+
+
+async def update_shipping_method(
+    ctx: ServiceContext, *, code: str, data: schemas.ShippingMethodUpdate
+) -> schemas.ShippingMethod:
+    """Rename, activate or retire a shipping method."""
+    changes: dict[str, Any] = data.model_dump(exclude_unset=True, exclude_none=True)
+    async with ctx.db.transaction() as session:
+        if changes:
+            await session.execute(
+                update(shipping_methods)
+                .where(shipping_methods.c.code == code)
+                .values(**changes, updated_at=utcnow())
+            )
+        row = (
+            (await session.execute(select(shipping_methods).where(shipping_methods.c.code == code)))
+            .mappings()
+            .one_or_none()
+        )
+    if row is None:
+        raise NotFound("No shipping method with this code.")
+    return _shipping_view(row)
+
+
+def _brackets(row: RowMapping, currency: str) -> list[domain.WeightBracket] | None:
+    rates = row["rates"].get(currency)
+    if not rates:
+        return None
+    return [domain.WeightBracket(up_to_grams=b[0], amount=int(b[1])) for b in rates]
+
+
+def _serves(row: RowMapping, country: str, currency: str) -> bool:
+    countries = row["countries"]
+    return (
+        bool(row["active"]) and currency in row["rates"] and (not countries or country in countries)
+    )
+
+
+# --- configuration: vouchers --------------------------------------------------------------------
+
+
+def _voucher_view(row: Mapping[str, Any] | RowMapping) -> schemas.Voucher:
+    return schemas.Voucher(
+        id=row["id"],
+        code=row["code"],
+        kind=domain.VoucherKind(row["kind"]),
+        value=row["value"],
+        currency=row["currency"],
+        minimum_spend=row["minimum_spend"],
+        starts_at=row["starts_at"],
+        ends_at=row["ends_at"],
+        usage_limit=row["usage_limit"],
+        per_customer_limit=row["per_customer_limit"],
+        times_used=row["times_used"],
+        active=row["active"],
+    )
+
+
+def _voucher_rule(row: RowMapping) -> domain.Voucher:
+    return domain.Voucher(
+        code=row["code"],
+        kind=domain.VoucherKind(row["kind"]),
+        value=row["value"],
+        currency=row["currency"],
+        minimum_spend=row["minimum_spend"],
+        starts_at=row["starts_at"],
+        ends_at=row["ends_at"],
+        active=row["active"],
+    )
+
+
+async def create_voucher(ctx: ServiceContext, data: schemas.VoucherCreate) -> schemas.Voucher:
+    """Create a discount code; codes are unique, case-insensitively."""
+    now = utcnow()
+    values = {
+        "id": new_id(),
+        "code": domain.normalise_code(data.code),
+        "kind": data.kind.value,
+        "value": data.value,
+        "currency": data.currency,
+        "minimum_spend": data.minimum_spend,
+        "starts_at": data.starts_at,
+        "ends_at": data.ends_at,
+        "usage_limit": data.usage_limit,
+        "per_customer_limit": data.per_customer_limit,
+        "times_used": 0,
+        "active": data.active,
+        "created_at": now,
+        "updated_at": now,
+    }
+    async with ctx.db.transaction() as session:
+        result = await session.execute(
+            _upsert(ctx)(vouchers).values(**values).on_conflict_do_nothing()
+        )
+        if _rowcount(result) != 1:
+            raise Conflict(f"The voucher code {values['code']!r} exists.", type="voucher-exists")
+    return _voucher_view(values)
+
+
+async def list_vouchers(ctx: ServiceContext) -> list[schemas.Voucher]:
+    """Every voucher with its usage so far."""
+    async with ctx.db.read() as session:
+        rows = (await session.execute(select(vouchers).order_by(vouchers.c.code))).mappings()
+        return [_voucher_view(r) for r in rows]
+
+
+async def get_voucher(ctx: ServiceContext, *, code: str) -> schemas.Voucher:
+    """One voucher by its code."""
+    async with ctx.db.read() as session:
+        row = await _voucher_row(session, code)
+    if row is None:
+        raise NotFound("No voucher with this code.")
+    return _voucher_view(row)
+
+
+async def update_voucher(
+    ctx: ServiceContext, *, code: str, data: schemas.VoucherUpdate
+) -> schemas.Voucher:
+    """Switch a voucher on or off, or change its end date or usage limit."""
+    changes: dict[str, Any] = data.model_dump(exclude_unset=True)
+    if "active" in changes and changes["active"] is None:
+        raise field_error("active", "must be true or false")
+    async with ctx.db.transaction() as session:
+        row = await _voucher_row(session, code)
+        if row is None:
+            raise NotFound("No voucher with this code.")
+        ends = changes.get("ends_at", row["ends_at"])
+        if ends is not None and row["starts_at"] is not None and ends <= row["starts_at"]:
+            raise field_error("ends_at", "must be after starts_at")
+        if changes:
+            await session.execute(
+                update(vouchers)
+                .where(vouchers.c.id == row["id"])
+                .values(**changes, updated_at=utcnow())
+            )
+        fresh = await _voucher_row(session, code)
+    assert fresh is not None
+    return _voucher_view(fresh)
+
+
+async def _voucher_row(session: AsyncSession, code: str) -> RowMapping | None:
+    query = select(vouchers).where(vouchers.c.code == domain.normalise_code(code))
+    return (await session.execute(query)).mappings().one_or_none()
+
+
+# --- carts --------------------------------------------------------------------------------------
+
+
+@dataclass
+class _Priced:
+    """A cart priced now: its lines with their quotes, totals and what stops a checkout."""
+
+    totals: domain.Totals
+    lines: list[schemas.CartLine]
+    quotes: dict[str, Quote]
+    problems: list[str] = field(default_factory=list)
+    errors: list[dict[str, Any]] = field(default_factory=list)
+    voucher: RowMapping | None = None
+    country: str = ""
+    shipping_method: str | None = None
+
+
+@dataclass
+class _CartState:
+    cart: RowMapping
+    lines: list[RowMapping]
+    tax_rate_bp: int | None
+    shipping: RowMapping | None
+    shipping_options: int
+    voucher: RowMapping | None
+
+
+async def _cart_row(session: AsyncSession, cart_id: str) -> RowMapping | None:
+    return (
+        (await session.execute(select(carts).where(carts.c.id == cart_id))).mappings().one_or_none()
+    )
+
+
+def _check_cart_access(
+    cart: RowMapping | None, principal: Principal | None, token: str | None
+) -> RowMapping:
+    if cart is None:
+        raise NotFound(CART_NOT_FOUND)
+    if cart["customer_id"] is not None:
+        if principal is None or (
+            principal.subject != cart["customer_id"] and not principal.has(STAFF)
+        ):
+            raise NotFound(CART_NOT_FOUND)
+    elif token is None or not secrets.compare_digest(hash_token(token), cart["token_hash"] or ""):
+        raise NotFound(CART_NOT_FOUND)
+    return cart
+
+
+def _ensure_active(cart: RowMapping) -> None:
+    if cart["status"] != "active":
+        raise Conflict(
+            f"The cart is {cart['status']} and can no longer change.",
+            type="cart-not-active",
+            order_id=cart["order_id"],
+            merged_into=cart["merged_into"],
+        )
+
+
+async def _load_cart_state(
+    ctx: ServiceContext,
+    session: AsyncSession,
+    cart: RowMapping,
+    *,
+    country: str | None = None,
+    shipping_method: str | None = None,
+) -> _CartState:
+    lines = list(
+        (
+            await session.execute(
+                select(cart_lines)
+                .where(cart_lines.c.cart_id == cart["id"])
+                .order_by(cart_lines.c.added_at, cart_lines.c.sku)
+            )
+        ).mappings()
+    )
+    where = country or cart["country"] or ctx.settings.orders_default_country
+    rate = await _tax_rate_bp(session, where)
+    method_code = shipping_method or cart["shipping_method"]
+    shipping = None
+    if method_code:
+        shipping = (
+            (
+                await session.execute(
+                    select(shipping_methods).where(shipping_methods.c.code == method_code)
+                )
+            )
+            .mappings()
+            .one_or_none()
+        )
+    options = 0
+    if shipping is None:
+        candidates = (await session.execute(select(shipping_methods))).mappings()
+        options = sum(1 for m in candidates if _serves(m, where, cart["currency"]))
+    voucher = await _voucher_row(session, cart["voucher_code"]) if cart["voucher_code"] else None
+    return _CartState(cart, lines, rate, shipping, options, voucher)
+
+
+async def _price(
+    ctx: ServiceContext,
+    state: _CartState,
+    *,
+    country: str | None = None,
+    shipping_method: str | None = None,
+    quotes: Mapping[str, Quote] | None = None,
+) -> _Priced:
+    cart = state.cart
+    currency = cart["currency"]
+    where = country or cart["country"] or ctx.settings.orders_default_country
+    skus = [line["sku"] for line in state.lines]
+    if quotes is None:
+        quotes = (
+            await _catalog(ctx).quote(skus, currency=currency, customer_id=cart["customer_id"])
+            if skus
+            else {}
+        )
+    problems: list[str] = []
+    errors: list[dict[str, Any]] = []
+
+    priced_input: list[domain.CartLine] = []
+    for index, line in enumerate(state.lines):
+        quote = quotes.get(line["sku"])
+        if quote is None or not quote.purchasable or quote.currency != currency:
+            message = (
+                f"{line['sku']} is no longer sold{'' if quote is None else ' in ' + currency}."
+            )
+            problems.append(message)
+            errors.append(
+                {"field": f"lines.{index}.sku", "message": message, "code": "not_purchasable"}
+            )
+            continue
+        priced_input.append(
+            domain.CartLine(line["sku"], line["quantity"], quote.unit_price, quote.weight_grams)
+        )
+    include_tax = (
+        next(iter(quotes.values())).tax_inclusive if quotes else ctx.settings.prices_include_tax
+    )
+    rate = state.tax_rate_bp
+    if rate is None:
+        message = f"The shop does not sell to {where}."
+        problems.append(message)
+        errors.append({"field": "country", "message": message, "code": "not_served"})
+        rate = 0
+    brackets = None
+    method = state.shipping
+    requested_method = shipping_method or cart["shipping_method"]
+    if requested_method and (method is None or not _serves(method, where, currency)):
+        message = f"The shipping method {requested_method!r} does not serve {where} in {currency}."
+        problems.append(message)
+        errors.append({"field": "shipping_method", "message": message, "code": "not_served"})
+    elif method is not None:
+        brackets = _brackets(method, currency)
+    elif state.shipping_options:
+        message = "Choose a shipping method."
+        problems.append(message)
+        errors.append({"field": "shipping_method", "message": message, "code": "missing"})
+    if not state.lines:
+        problems.append("The cart is empty.")
+        errors.append({"field": "lines", "message": "The cart is empty.", "code": "empty"})
+
+    voucher_rule = None
+    if state.voucher is not None:
+        voucher_rule = _voucher_rule(state.voucher)
+        subtotal_now = sum(line.unit_price * line.quantity for line in priced_input)
+        reason = domain.voucher_problem(
+            voucher_rule, subtotal=Money(subtotal_now, currency), now=utcnow()
+        )
+        if reason is not None:
+            problems.append(reason)
+            errors.append({"field": "voucher_code", "message": reason, "code": "not_applicable"})
+            voucher_rule = None
+    elif cart["voucher_code"]:
+        message = f"The voucher {cart['voucher_code']} no longer exists."
+        problems.append(message)
+        errors.append({"field": "voucher_code", "message": message, "code": "unknown"})
+
+    try:
+        totals = domain.price_order(
+            priced_input,
+            currency=currency,
+            prices_include_tax=include_tax,
+            tax_rate_bp=rate,
+            shipping=brackets,
+            voucher=voucher_rule,
+        )
+    except domain.NotShippable as exc:
+        problems.append(exc.detail)
+        errors.extend(exc.extra.get("errors", []))
+        totals = domain.price_order(
+            priced_input,
+            currency=currency,
+            prices_include_tax=include_tax,
+            tax_rate_bp=rate,
+            voucher=voucher_rule,
+        )
+    by_sku = {line.sku: line for line in totals.lines}
+    views: list[schemas.CartLine] = []
+    for line in state.lines:
+        quote = quotes.get(line["sku"])
+        priced = by_sku.get(line["sku"])
+        views.append(
+            schemas.CartLine(
+                sku=line["sku"],
+                quantity=line["quantity"],
+                product_id=quote.product_id if quote else None,
+                product_name=quote.product_name if quote else None,
+                variant_name=quote.variant_name if quote else None,
+                unit_price=quote.unit_price if quote else None,
+                available=quote.available if quote else 0,
+                purchasable=priced is not None,
+                subtotal=priced.subtotal if priced else 0,
+                discount=priced.discount if priced else 0,
+                tax=priced.tax if priced else 0,
+                total=priced.total if priced else 0,
+            )
+        )
+    return _Priced(
+        totals=totals,
+        lines=views,
+        quotes=dict(quotes),
+        problems=problems,
+        errors=errors,
+        voucher=state.voucher if voucher_rule is not None else None,
+        country=where,
+        shipping_method=method["code"] if method is not None and brackets is not None else None,
+    )
+
+
+def _totals_view(totals: domain.Totals) -> schemas.Totals:
+    return schemas.Totals(
+        currency=totals.currency,
+        prices_include_tax=totals.prices_include_tax,
+        tax_rate_bp=totals.tax_rate_bp,
+        subtotal=totals.subtotal,
+        discount_total=totals.discount_total,
+        shipping_total=totals.shipping_total,
+        tax_total=totals.tax_total,
+        total=totals.total,
+        weight_grams=totals.weight_grams,
+    )
+
+
+def _cart_view(cart: RowMapping, priced: _Priced, token: str | None = None) -> schemas.Cart:
+    return schemas.Cart(
+        id=cart["id"],
+        token=token,
+        customer_id=cart["customer_id"],
+        status=cart["status"],
+        currency=cart["currency"],
+        country=cart["country"],
+        email=cart["email"],
+        shipping_method=cart["shipping_method"],
+        voucher_code=cart["voucher_code"],
+        lines=priced.lines,
+        totals=_totals_view(priced.totals),
+        problems=priced.problems,
+        created_at=cart["created_at"],
+        updated_at=cart["updated_at"],
+    )
+
+
+async def _view_cart(ctx: ServiceContext, cart_id: str, token: str | None = None) -> schemas.Cart:
+    async with ctx.db.read() as session:
+        cart = await _cart_row(session, cart_id)
+        assert cart is not None
+        state = await _load_cart_state(ctx, session, cart)
+    return _cart_view(cart, await _price(ctx, state), token)
+
+
+async def _served_country(session: AsyncSession, country: str | None) -> str | None:
+    if country is None:
+        return None
+    code = _country(country, "country")
+    if await _tax_rate_bp(session, code) is None:
+        raise field_error("country", f"the shop does not sell to {code}", code="not_served")
+    return code
+
+
+async def create_cart(
+    ctx: ServiceContext, *, principal: Principal | None, data: schemas.CartCreate
+) -> tuple[schemas.Cart, bool]:
+    """A new cart: a customer's (one active per currency, returned if it exists) or an
+    anonymous one, whose token is returned once. Returns the cart and whether it is new."""
+    now = utcnow()
+    token = None if principal is not None else secrets.token_urlsafe(32)
+    async with ctx.db.transaction() as session:
+        country = await _served_country(session, data.country)
+        if principal is not None:
+            existing = await session.scalar(
+                select(carts.c.id)
+                .where(
+                    carts.c.customer_id == principal.subject,
+                    carts.c.status == "active",
+                    carts.c.currency == data.currency,
+                )
+                .order_by(carts.c.updated_at.desc())
+                .limit(1)
+            )
+            if existing is not None:
+                cart_id, created = str(existing), False
+            else:
+                cart_id, created = new_id(), True
+        else:
+            cart_id, created = new_id(), True
+        if created:
+            await session.execute(
+                insert(carts).values(
+                    id=cart_id,
+                    token_hash=hash_token(token) if token else None,
+                    customer_id=principal.subject if principal else None,
+                    status="active",
+                    currency=data.currency,
+                    country=country,
+                    email=str(data.email) if data.email else None,
+                    created_at=now,
+                    updated_at=now,
+                )
+            )
+    return await _view_cart(ctx, cart_id, token), created
+
+
+async def get_cart(
+    ctx: ServiceContext, *, cart_id: str, principal: Principal | None, token: str | None
+) -> schemas.Cart:
+    """A cart with its lines priced now from catalog's quotes."""
+    async with ctx.db.read() as session:
+        cart = _check_cart_access(await _cart_row(session, cart_id), principal, token)
+        state = await _load_cart_state(ctx, session, cart)
+    return _cart_view(cart, await _price(ctx, state))
+
+
+async def update_cart(
+    ctx: ServiceContext,
+    *,
+    cart_id: str,
+    principal: Principal | None,
+    token: str | None,
+    data: schemas.CartUpdate,
+) -> schemas.Cart:
+    """Set where the cart ships, the shipping method, or the contact email."""
+    changes = data.model_dump(exclude_unset=True)
+    async with ctx.db.transaction() as session:
+        cart = _check_cart_access(await _cart_row(session, cart_id), principal, token)
+        _ensure_active(cart)
+        values: dict[str, Any] = {}
+        if "country" in changes:
+            values["country"] = await _served_country(session, changes["country"])
+        if "shipping_method" in changes:
+            code = changes["shipping_method"]
+            if code is not None:
+                found = await session.scalar(
+                    select(shipping_methods.c.code).where(
+                        shipping_methods.c.code == code, shipping_methods.c.active.is_(True)
+                    )
+                )
+                if found is None:
+                    raise field_error("shipping_method", "no such shipping method", code="unknown")
+            values["shipping_method"] = code
+        if "email" in changes:
+            values["email"] = str(changes["email"]) if changes["email"] else None
+        if values:
+            await session.execute(
+                update(carts).where(carts.c.id == cart_id).values(**values, updated_at=utcnow())
+            )
+    return await _view_cart(ctx, cart_id)
+
+
+async def _quote_one(ctx: ServiceContext, cart: RowMapping, sku: str) -> Quote:
+    quotes = await _catalog(ctx).quote(
+        [sku], currency=cart["currency"], customer_id=cart["customer_id"]
+    )
+    quote: Quote | None = quotes.get(sku)
+    if quote is None:
+        raise field_error("sku", f"no product variant has the SKU {sku!r}", code="unknown_sku")
+    if not quote.purchasable:
+        raise field_error(
+            "sku", f"{sku} cannot be bought in {cart['currency']}", code="not_purchasable"
+        )
+    return quote
+
+
+async def add_cart_item(
+    ctx: ServiceContext,
+    *,
+    cart_id: str,
+    principal: Principal | None,
+    token: str | None,
+    data: schemas.CartItemAdd,
+) -> schemas.Cart:
+    """Add units of a SKU to the cart (a line for the SKU grows)."""
+    async with ctx.db.read() as session:
+        cart = _check_cart_access(await _cart_row(session, cart_id), principal, token)
+    _ensure_active(cart)
+    await _quote_one(ctx, cart, data.sku)
+    async with ctx.db.transaction() as session:
+        cart = _check_cart_access(await _cart_row(session, cart_id), principal, token)
+        _ensure_active(cart)
+        current = await session.scalar(
+            select(cart_lines.c.quantity).where(
+                cart_lines.c.cart_id == cart_id, cart_lines.c.sku == data.sku
+            )
+        )
+        await _add_quantity(ctx, session, cart_id, data.sku, data.quantity, int(current or 0))
+    return await _view_cart(ctx, cart_id)
+
+
+async def _add_quantity(
+    ctx: ServiceContext, session: AsyncSession, cart_id: str, sku: str, quantity: int, current: int
+) -> None:
+    if current + quantity > MAX_LINE_QUANTITY:
+        raise field_error("quantity", f"a line holds at most {MAX_LINE_QUANTITY} units")
+    statement = _upsert(ctx)(cart_lines).values(
+        cart_id=cart_id, sku=sku, quantity=quantity, added_at=utcnow()
+    )
+    statement = statement.on_conflict_do_update(
+        index_elements=[cart_lines.c.cart_id, cart_lines.c.sku],
+        set_={"quantity": cart_lines.c.quantity + quantity},
+    )
+    await session.execute(statement)
+    await session.execute(update(carts).where(carts.c.id == cart_id).values(updated_at=utcnow()))
+
+
+async def set_cart_item(
+    ctx: ServiceContext,
+    *,
+    cart_id: str,
+    sku: str,
+    principal: Principal | None,
+    token: str | None,
+    quantity: int,
+) -> schemas.Cart:
+    """Set a line's quantity; 0 removes the line."""
+    async with ctx.db.transaction() as session:
+        cart = _check_cart_access(await _cart_row(session, cart_id), principal, token)
+        _ensure_active(cart)
+        where = and_(cart_lines.c.cart_id == cart_id, cart_lines.c.sku == sku)
+        if quantity == 0:
+            result = await session.execute(cart_lines.delete().where(where))
+        else:
+            result = await session.execute(
+                update(cart_lines).where(where).values(quantity=quantity)
+            )
+        if _rowcount(result) == 0:
+            raise NotFound(f"The cart has no line for {sku}.")
+        await session.execute(
+            update(carts).where(carts.c.id == cart_id).values(updated_at=utcnow())
+        )
+    return await _view_cart(ctx, cart_id)
+
+
+async def apply_voucher(
+    ctx: ServiceContext,
+    *,
+    cart_id: str,
+    principal: Principal | None,
+    token: str | None,
+    code: str,
+) -> schemas.Cart:
+    """Put a voucher on the cart (one at a time); it must apply to the cart as it is now."""
+    async with ctx.db.read() as session:
+        cart = _check_cart_access(await _cart_row(session, cart_id), principal, token)
+        _ensure_active(cart)
+        voucher = await _voucher_row(session, code)
+        if voucher is None:
+            raise field_error("code", "no voucher has this code", code="unknown_voucher")
+        state = await _load_cart_state(ctx, session, cart)
+    state.voucher = None
+    priced = await _price(ctx, state)
+    domain.check_voucher(
+        _voucher_rule(voucher),
+        subtotal=Money(priced.totals.subtotal, cart["currency"]),
+        now=utcnow(),
+    )
+    if voucher["usage_limit"] is not None and voucher["times_used"] >= voucher["usage_limit"]:
+        raise field_error("code", "the voucher has been used up", code="used_up")
+    async with ctx.db.transaction() as session:
+        cart = _check_cart_access(await _cart_row(session, cart_id), principal, token)
+        _ensure_active(cart)
+        await session.execute(
+            update(carts)
+            .where(carts.c.id == cart_id)
+            .values(voucher_code=voucher["code"], updated_at=utcnow())
+        )
+    return await _view_cart(ctx, cart_id)
+
+
+async def remove_voucher(
+    ctx: ServiceContext,
+    *,
+    cart_id: str,
+    principal: Principal | None,
+    token: str | None,
+    code: str,
+) -> schemas.Cart:
+    """Take the voucher off the cart."""
+    async with ctx.db.transaction() as session:
+        cart = _check_cart_access(await _cart_row(session, cart_id), principal, token)
+        _ensure_active(cart)
+        if cart["voucher_code"] != domain.normalise_code(code):
+            raise NotFound("The cart does not carry this voucher.")
+        await session.execute(
+            update(carts)
+            .where(carts.c.id == cart_id)
+            .values(voucher_code=None, updated_at=utcnow())
+        )
+    return await _view_cart(ctx, cart_id)
+
+
+async def merge_cart(
+    ctx: ServiceContext, *, cart_id: str, principal: Principal, token: str | None
+) -> schemas.Cart:
+    """At login: fold the anonymous cart (its id and token) into the customer's active cart in
+    the same currency, summing quantities; with no such cart, the customer adopts it."""
+    async with ctx.db.transaction() as session:
+        anonymous = await _cart_row(session, cart_id)
+        if anonymous is None or anonymous["customer_id"] is not None:
+            raise NotFound(CART_NOT_FOUND)
+        _check_cart_access(anonymous, None, token)
+        _ensure_active(anonymous)
+        target = (
+            (
+                await session.execute(
+                    select(carts)
+                    .where(
+                        carts.c.customer_id == principal.subject,
+                        carts.c.status == "active",
+                        carts.c.currency == anonymous["currency"],
+                    )
+                    .order_by(carts.c.updated_at.desc())
+                    .limit(1)
+                )
+            )
+            .mappings()
+            .one_or_none()
+        )
+        now = utcnow()
+        if target is None:
+            await session.execute(
+                update(carts)
+                .where(carts.c.id == cart_id)
+                .values(customer_id=principal.subject, token_hash=None, updated_at=now)
+            )
+            result_id = cart_id
+        else:
+            result_id = target["id"]
+            moving = (
+                await session.execute(select(cart_lines).where(cart_lines.c.cart_id == cart_id))
+            ).mappings()
+            for line in list(moving):
+                current = await session.scalar(
+                    select(cart_lines.c.quantity).where(
+                        cart_lines.c.cart_id == result_id, cart_lines.c.sku == line["sku"]
+                    )
+                )
+                room = MAX_LINE_QUANTITY - int(current or 0)
+                if room > 0:
+                    await _add_quantity(
+                        ctx,
+                        session,
+                        result_id,
+                        line["sku"],
+                        min(room, line["quantity"]),
+                        int(current or 0),
+                    )
+            fill: dict[str, Any] = {
+                name: anonymous[name]
+                for name in ("voucher_code", "email", "country", "shipping_method")
+                if target[name] is None and anonymous[name] is not None
+            }
+            await session.execute(
+                update(carts).where(carts.c.id == result_id).values(**fill, updated_at=now)
+            )
+            await session.execute(
+                update(carts)
+                .where(carts.c.id == cart_id)
+                .values(status="merged", merged_into=result_id, token_hash=None, updated_at=now)
+            )
+    return await _view_cart(ctx, result_id)
+
+
+# --- checkout -----------------------------------------------------------------------------------
+
+
+async def _customer_email(ctx: ServiceContext, customer_id: str) -> str | None:
+    try:
+        identity = ctx.client("identity")
+    except LookupError:
+        return None
+    user = await identity.get_user(customer_id)
+    return None if user is None else str(user.email)
+
+
+async def place_order(
+    ctx: ServiceContext,
+    *,
+    principal: Principal | None,
+    token: str | None,
+    data: schemas.CheckoutRequest,
+) -> schemas.Order:
+    """Turn a cart into an order awaiting payment: prices from catalog's quotes, stock reserved
+    through catalog, a voucher use counted under its limits, and OrderPlaced in the outbox."""
+    async with ctx.db.read() as session:
+        cart = _check_cart_access(await _cart_row(session, data.cart_id), principal, token)
+        if cart["status"] == "ordered":
+            raise Conflict(
+                "This cart has already been checked out.",
+                type="cart-already-ordered",
+                order_id=cart["order_id"],
+            )
+        _ensure_active(cart)
+        country = await _served_country(session, data.country)
+        state = await _load_cart_state(
+            ctx, session, cart, country=country, shipping_method=data.shipping_method
+        )
+    priced = await _price(ctx, state, country=country, shipping_method=data.shipping_method)
+    if priced.errors:
+        raise Unprocessable(
+            "The cart cannot be checked out: " + " ".join(priced.problems), errors=priced.errors
+        )
+    email = str(data.email) if data.email else cart["email"]
+    if email is None and cart["customer_id"] is not None:
+        email = await _customer_email(ctx, cart["customer_id"])
+    if email is None:
+        raise field_error("email", "an email address is needed for the order", code="missing")
+
+    order_id = new_id()
+    now = utcnow()
+    expires_at = now + timedelta(seconds=ctx.settings.orders_reservation_ttl_seconds)
+    wanted = [(line.sku, line.quantity) for line in priced.totals.lines]
+    await _catalog(ctx).reserve(order_id, wanted, ctx.settings.orders_reservation_ttl_seconds)
+    try:
+        async with ctx.db.transaction() as session:
+            await _write_order(
+                ctx,
+                session,
+                order_id=order_id,
+                cart=cart,
+                priced=priced,
+                email=email,
+                principal=principal,
+                now=now,
+                expires_at=expires_at,
+            )
+    except BaseException:
+        try:
+            await _catalog(ctx).release_reservation(order_id, "checkout_failed")
+        except Exception as exc:  # the reservation then expires on its own
+            log.warning("reservation_release_failed", order_id=order_id, error=repr(exc))
+        raise
+    return await get_order(ctx, order_id=order_id)
+
+
+async def _write_order(
+    ctx: ServiceContext,
+    session: AsyncSession,
+    *,
+    order_id: str,
+    cart: RowMapping,
+    priced: _Priced,
+    email: str,
+    principal: Principal | None,
+    now: datetime,
+    expires_at: datetime,
+) -> None:
+    taken = await session.execute(
+        update(carts)
+        .where(carts.c.id == cart["id"], carts.c.status == "active")
+        .values(status="ordered", order_id=order_id, updated_at=now)
+    )
+    if _rowcount(taken) != 1:
+        raise Conflict("This cart has already been checked out.", type="cart-already-ordered")
+    totals = priced.totals
+    if priced.voucher is not None:
+        holder = cart["customer_id"] or f"email:{email.lower()}"
+        await _use_voucher(session, priced.voucher, order_id=order_id, holder=holder, now=now)
+    number = await _next_order_number(ctx, session)
+    await session.execute(
+        insert(orders).values(
+            id=order_id,
+            number=number,
+            cart_id=cart["id"],
+            cart_token_hash=cart["token_hash"],
+            customer_id=cart["customer_id"],
+            email=email,
+            status=OrderStatus.PENDING_PAYMENT.value,
+            currency=totals.currency,
+            country=priced.country,
+            shipping_method=priced.shipping_method,
+            voucher_code=priced.voucher["code"] if priced.voucher is not None else None,
+            prices_include_tax=totals.prices_include_tax,
+            tax_rate_bp=totals.tax_rate_bp,
+            subtotal=totals.subtotal,
+            discount_total=totals.discount_total,
+            shipping_total=totals.shipping_total,
+            shipping_tax=totals.shipping_tax,
+            tax_total=totals.tax_total,
+            total=totals.total,
+            refunded_total=0,
+            weight_grams=totals.weight_grams,
+            reservation_expires_at=expires_at,
+            created_at=now,
+            updated_at=now,
+        )
+    )
+    line_rows = []
+    for position, line in enumerate(totals.lines):
+        quote = priced.quotes[line.sku]
+        name = quote.product_name
+        if quote.variant_name:
+            name = f"{name} — {quote.variant_name}"
+        line_rows.append(
+            {
+                "id": new_id(),
+                "order_id": order_id,
+                "position": position,
+                "sku": line.sku,
+                "product_id": quote.product_id,
+                "name": name[:400],
+                "quantity": line.quantity,
+                "unit_price": line.unit_price,
+                "subtotal": line.subtotal,
+                "discount": line.discount,
+                "tax": line.tax,
+                "total": line.total,
+                "weight_grams": quote.weight_grams,
+                "fulfilled_quantity": 0,
+                "returned_quantity": 0,
+                "refunded_quantity": 0,
+            }
+        )
+    await session.execute(insert(order_lines), line_rows)
+    await _record(
+        session,
+        order_id,
+        kind="transition",
+        actor=Actor.of(principal),
+        action="place",
+        to_status=OrderStatus.PENDING_PAYMENT.value,
+        details={"number": number, "total": totals.total, "currency": totals.currency},
+        now=now,
+    )
+    payload = _event_base(
+        {
+            "id": order_id,
+            "number": number,
+            "customer_id": cart["customer_id"],
+            "email": email,
+            "currency": totals.currency,
+            "total": totals.total,
+        }
+    )
+    payload["lines"] = _event_lines(line_rows)
+    payload["reservation_expires_at"] = expires_at.isoformat()
+    await ctx.outbox.add(session, ORDER_PLACED, payload)
+
+
+async def _use_voucher(
+    session: AsyncSession, voucher: RowMapping, *, order_id: str, holder: str, now: datetime
+) -> None:
+    # The guarded increment takes the voucher's row lock until commit, so concurrent checkouts
+    # with the same voucher queue here; the per-customer count below then sees every use that
+    # committed before it.
+    counted = await session.execute(
+        update(vouchers)
+        .where(
+            vouchers.c.id == voucher["id"],
+            vouchers.c.active.is_(True),
+            or_(vouchers.c.usage_limit.is_(None), vouchers.c.times_used < vouchers.c.usage_limit),
+        )
+        .values(times_used=vouchers.c.times_used + 1)
+    )
+    if _rowcount(counted) != 1:
+        raise Conflict(f"The voucher {voucher['code']} has been used up.", type="voucher-used-up")
+    limit = voucher["per_customer_limit"]
+    if limit is not None:
+        used = await session.scalar(
+            select(func.count())
+            .select_from(voucher_usages)
+            .where(
+                voucher_usages.c.voucher_id == voucher["id"],
+                voucher_usages.c.holder == holder,
+                voucher_usages.c.released_at.is_(None),
+            )
+        )
+        if int(used or 0) >= limit:
+            raise Conflict(
+                f"The voucher {voucher['code']} can be used {limit} time(s) per customer.",
+                type="voucher-used-up",
+            )
+    await session.execute(
+        insert(voucher_usages).values(
+            id=new_id(), voucher_id=voucher["id"], order_id=order_id, holder=holder, created_at=now
+        )
+    )
+
+
+async def _release_voucher(session: AsyncSession, order_id: str, now: datetime) -> None:
+    released = (
+        await session.execute(
+            update(voucher_usages)
+            .where(voucher_usages.c.order_id == order_id, voucher_usages.c.released_at.is_(None))
+            .values(released_at=now)
+            .returning(voucher_usages.c.voucher_id)
+        )
+    ).scalar_one_or_none()
+    if released is not None:
+        await session.execute(
+            update(vouchers)
+            .where(vouchers.c.id == released, vouchers.c.times_used > 0)
+            .values(times_used=vouchers.c.times_used - 1)
+        )
+
+
+async def _next_order_number(ctx: ServiceContext, session: AsyncSession) -> str:
+    number = (
+        await session.execute(
+            update(order_numbers)
+            .where(order_numbers.c.id == 1)
+            .values(last_number=order_numbers.c.last_number + 1)
+            .returning(order_numbers.c.last_number)
+        )
+    ).scalar_one_or_none()
+    if number is None:
+        try:
+            async with session.begin_nested():
+                await session.execute(insert(order_numbers).values(id=1, last_number=100_001))
+            number = 100_001
+        except IntegrityError:
+            return await _next_order_number(ctx, session)
+    return f"{ctx.settings.orders_number_prefix}{number}"
+
+
+def _event_base(order: Mapping[str, Any] | RowMapping) -> dict[str, Any]:
+    return {
+        "order_id": order["id"],
+        "number": order["number"],
+        "customer_id": order["customer_id"],
+        "email": order["email"],
+        "currency": order["currency"],
+        "total": order["total"],
+    }
+
+
+def _event_lines(lines: Sequence[Mapping[str, Any] | RowMapping]) -> list[dict[str, Any]]:
+    return [
+        {
+            "line_id": line["id"],
+            "sku": line["sku"],
+            "quantity": line["quantity"],
+            "unit_price": line["unit_price"],
+            "total": line["total"],
+        }
+        for line in lines
+    ]
+
+
+# --- orders: reads ------------------------------------------------------------------------------
+
+
+async def _order_row(
+    session: AsyncSession, order_id: str, *, lock: bool = False
+) -> RowMapping | None:
+    query = select(orders).where(orders.c.id == order_id)
+    if lock:
+        query = query.with_for_update()
+    return (await session.execute(query)).mappings().one_or_none()
+
+
+async def _line_rows(session: AsyncSession, order_id: str) -> list[RowMapping]:
+    query = (
+        select(order_lines)
+        .where(order_lines.c.order_id == order_id)
+        .order_by(order_lines.c.position)
+    )
+    return list((await session.execute(query)).mappings())
+
+
+def _line_view(row: RowMapping) -> schemas.OrderLine:
+    return schemas.OrderLine(
+        line_id=row["id"],
+        sku=row["sku"],
+        product_id=row["product_id"],
+        name=row["name"],
+        quantity=row["quantity"],
+        unit_price=row["unit_price"],
+        subtotal=row["subtotal"],
+        discount=row["discount"],
+        tax=row["tax"],
+        total=row["total"],
+        fulfilled_quantity=row["fulfilled_quantity"],
+        returned_quantity=row["returned_quantity"],
+        refunded_quantity=row["refunded_quantity"],
+    )
+
+
+def _summary_fields(row: RowMapping, lines: Sequence[RowMapping]) -> dict[str, Any]:
+    return {
+        "id": row["id"],
+        "number": row["number"],
+        "customer_id": row["customer_id"],
+        "email": row["email"],
+        "status": OrderStatus(row["status"]),
+        "currency": row["currency"],
+        "subtotal": row["subtotal"],
+        "discount_total": row["discount_total"],
+        "tax_total": row["tax_total"],
+        "shipping_total": row["shipping_total"],
+        "total": row["total"],
+        "lines": [_line_view(line) for line in lines],
+        "created_at": row["created_at"],
+        "reservation_expires_at": row["reservation_expires_at"],
+    }
+
+
+async def _order_view(session: AsyncSession, row: RowMapping) -> schemas.Order:
+    lines = await _line_rows(session, row["id"])
+    shipped = (
+        await session.execute(
+            select(fulfillments)
+            .where(fulfillments.c.order_id == row["id"])
+            .order_by(fulfillments.c.created_at, fulfillments.c.id)
+        )
+    ).mappings()
+    return schemas.Order(
+        **_summary_fields(row, lines),
+        country=row["country"],
+        shipping_method=row["shipping_method"],
+        voucher_code=row["voucher_code"],
+        prices_include_tax=row["prices_include_tax"],
+        tax_rate_bp=row["tax_rate_bp"],
+        shipping_tax=row["shipping_tax"],
+        refunded_total=row["refunded_total"],
+        allowed_actions=domain.allowed_actions(row["status"]),
+        fulfillments=[
+            schemas.Fulfillment(
+                id=f["id"],
+                tracking_number=f["tracking_number"],
+                carrier=f["carrier"],
+                lines=list(f["lines"]),
+                created_at=f["created_at"],
+            )
+            for f in shipped
+        ],
+        updated_at=row["updated_at"],
+    )
+
+
+def _ensure_reach(
+    row: RowMapping | None, principal: Principal | None, token: str | None, *, bypass: str
+) -> RowMapping:
+    if row is None:
+        raise NotFound(ORDER_NOT_FOUND)
+    if principal is not None and (principal.has(bypass) or row["customer_id"] is not None):
+        ensure_owner(principal, row["customer_id"], bypass=bypass, detail=ORDER_NOT_FOUND)
+        return row
+    # A guest reaches the order placed from their cart with that cart's token.
+    stored = row["cart_token_hash"]
+    if (
+        row["customer_id"] is None
+        and token
+        and stored
+        and secrets.compare_digest(hash_token(token), stored)
+    ):
+        return row
+    raise NotFound(ORDER_NOT_FOUND)
+
+
+async def get_order(
+    ctx: ServiceContext,
+    *,
+    order_id: str,
+    principal: Principal | None = None,
+    token: str | None = None,
+    check_access: bool = False,
+) -> schemas.Order:
+    """One order with its lines and fulfilments; others' orders answer like missing ones."""
+    async with ctx.db.read() as session:
+        row = await _order_row(session, order_id)
+        if check_access:
+            row = _ensure_reach(row, principal, token, bypass=READ_ALL)
+        elif row is None:
+            raise NotFound(ORDER_NOT_FOUND)
+        return await _order_view(session, row)
+
+
+async def get_order_summary(ctx: ServiceContext, *, order_id: str) -> schemas.OrderSummary:
+    """What payments needs to charge an order (amount, currency, buyer, lines)."""
+    async with ctx.db.read() as session:
+        row = await _order_row(session, order_id)
+        if row is None:
+            raise NotFound(ORDER_NOT_FOUND)
+        return schemas.OrderSummary(**_summary_fields(row, await _line_rows(session, order_id)))
+
+
+def _encode_cursor(created_at: datetime, order_id: str) -> str:
+    return base64.urlsafe_b64encode(f"{created_at.isoformat()}|{order_id}".encode()).decode()
+
+
+def _decode_cursor(cursor: str) -> tuple[datetime, str]:
+    try:
+        raw = base64.urlsafe_b64decode(cursor.encode()).decode()
+        moment, order_id = raw.split("|", 1)
+        parsed = datetime.fromisoformat(moment)
+        if parsed.tzinfo is None:
+            raise ValueError("naive")
+        return parsed, order_id
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise BadRequest("The cursor is not one this API gave out.", type="invalid-cursor") from exc
+
+
+async def list_orders(
+    ctx: ServiceContext,
+    *,
+    principal: Principal,
+    status: OrderStatus | None = None,
+    customer_id: str | None = None,
+    created_from: datetime | None = None,
+    created_to: datetime | None = None,
+    cursor: str | None = None,
+    limit: int = 50,
+) -> schemas.OrderPage:
+    """Orders newest first: a customer's own, or (staff) everyone's, filtered."""
+    query = select(orders)
+    owner = owner_filter(principal, bypass=READ_ALL)
+    if owner is not None:
+        query = query.where(orders.c.customer_id == owner)
+    elif customer_id is not None:
+        query = query.where(orders.c.customer_id == customer_id)
+    if status is not None:
+        query = query.where(orders.c.status == status.value)
+    if created_from is not None:
+        query = query.where(orders.c.created_at >= created_from)
+    if created_to is not None:
+        query = query.where(orders.c.created_at < created_to)
+    if cursor:
+        moment, last_id = _decode_cursor(cursor)
+        query = query.where(
+            or_(
+                orders.c.created_at < moment,
+                and_(orders.c.created_at == moment, orders.c.id < last_id),
+            )
+        )
+    limit = max(1, min(limit, PAGE_LIMIT))
+    query = query.order_by(orders.c.created_at.desc(), orders.c.id.desc()).limit(limit + 1)
+    async with ctx.db.read() as session:
+        rows = list((await session.execute(query)).mappings())
+        page = rows[:limit]
+        ids = [row["id"] for row in page]
+        lines_by_order: dict[str, list[RowMapping]] = {i: [] for i in ids}
+        if ids:
+            found = await session.execute(
+                select(order_lines)
+                .where(order_lines.c.order_id.in_(ids))
+                .order_by(order_lines.c.position)
+            )
+            for line in found.mappings():
+                lines_by_order[line["order_id"]].append(line)
+    items = [schemas.OrderSummary(**_summary_fields(r, lines_by_order[r["id"]])) for r in page]
+    next_cursor = (
+        _encode_cursor(page[-1]["created_at"], page[-1]["id"]) if len(rows) > limit else None
+    )
+    return schemas.OrderPage(items=items, next_cursor=next_cursor)
+
+
+async def order_history_of(
+    ctx: ServiceContext, *, order_id: str, principal: Principal | None, token: str | None = None
+) -> list[schemas.HistoryEntry]:
+    """Every transition, note and payment event of an order, oldest first. Staff notes are
+    internal: the customer's view leaves them out."""
+    query = select(order_history).where(order_history.c.order_id == order_id)
+    if principal is None or not principal.has(READ_ALL):
+        query = query.where(order_history.c.kind != "note")
+    async with ctx.db.read() as session:
+        _ensure_reach(await _order_row(session, order_id), principal, token, bypass=READ_ALL)
+        rows = (await session.execute(query.order_by(order_history.c.position))).mappings()
+        return [
+            schemas.HistoryEntry(
+                id=r["id"],
+                occurred_at=r["occurred_at"],
+                kind=r["kind"],
+                action=r["action"],
+                from_status=r["from_status"],
+                to_status=r["to_status"],
+                actor_kind=r["actor_kind"],
+                actor_id=r["actor_id"],
+                reason=r["reason"],
+                details=dict(r["details"]),
+            )
+            for r in rows
+        ]
+
+
+# --- orders: the life cycle ---------------------------------------------------------------------
+
+
+async def _record(
+    session: AsyncSession,
+    order_id: str,
+    *,
+    kind: str,
+    actor: Actor,
+    action: str | None = None,
+    from_status: str | None = None,
+    to_status: str | None = None,
+    reason: str | None = None,
+    details: Mapping[str, Any] | None = None,
+    now: datetime | None = None,
+) -> None:
+    await session.execute(
+        insert(order_history).values(
+            id=new_id(),
+            order_id=order_id,
+            occurred_at=now or utcnow(),
+            kind=kind,
+            action=action,
+            from_status=from_status,
+            to_status=to_status,
+            actor_kind=actor.kind,
+            actor_id=actor.id,
+            reason=reason,
+            details=dict(details or {}),
+        )
+    )
+
+
+async def _transition(
+    session: AsyncSession,
+    order: RowMapping,
+    action: OrderAction,
+    *,
+    actor: Actor,
+    reason: str | None = None,
+    details: Mapping[str, Any] | None = None,
+    extra_values: Mapping[str, Any] | None = None,
+) -> OrderStatus:
+    """Move an order along the transitions table, guarded against a concurrent change."""
+    current = OrderStatus(order["status"])
+    target = domain.next_status(current, action)
+    now = utcnow()
+    changed = await session.execute(
+        update(orders)
+        .where(orders.c.id == order["id"], orders.c.status == current.value)
+        .values(status=target.value, updated_at=now, **dict(extra_values or {}))
+    )
+    if _rowcount(changed) != 1:
+        raise domain.IllegalTransition("The order changed meanwhile; reload it and try again.")
+    await _record(
+        session,
+        order["id"],
+        kind="transition",
+        actor=actor,
+        action=action.value,
+        from_status=current.value,
+        to_status=target.value,
+        reason=reason,
+        details=details,
+        now=now,
+    )
+    return target
+
+
+async def _locked_order(session: AsyncSession, order_id: str) -> RowMapping:
+    row = await _order_row(session, order_id, lock=True)
+    if row is None:
+        raise NotFound(ORDER_NOT_FOUND)
+    return row
+
+
+async def cancel_order(
+    ctx: ServiceContext, *, order_id: str, principal: Principal, reason: str | None
+) -> schemas.Order:
+    """Cancel an unpaid order (its customer or staff); the stock and voucher use are released."""
+    async with ctx.db.transaction() as session:
+        order = await _locked_order(session, order_id)
+        ensure_owner(principal, order["customer_id"], bypass=STAFF, detail=ORDER_NOT_FOUND)
+        await _cancel(
+            ctx, session, order, OrderAction.CANCEL, actor=Actor.of(principal), reason=reason
+        )
+    return await get_order(ctx, order_id=order_id)
+
+
+async def _cancel(
+    ctx: ServiceContext,
+    session: AsyncSession,
+    order: RowMapping,
+    action: OrderAction,
+    *,
+    actor: Actor,
+    reason: str | None,
+) -> None:
+    await _transition(session, order, action, actor=actor, reason=reason)
+    await _release_voucher(session, order["id"], utcnow())
+    payload = _event_base(order)
+    payload["reason"] = reason or action.value
+    await ctx.outbox.add(session, ORDER_CANCELLED, payload)
+
+
+async def cancel_expired_orders(
+    ctx: ServiceContext, *, now: datetime | None = None, limit: int = 100
+) -> int:
+    """The sweeper: cancel orders still unpaid after their stock reservation expired."""
+    moment = now or utcnow()
+    async with ctx.db.read() as session:
+        due = list(
+            (
+                await session.execute(
+                    select(orders.c.id)
+                    .where(
+                        orders.c.status == OrderStatus.PENDING_PAYMENT.value,
+                        orders.c.reservation_expires_at <= moment,
+                    )
+                    .order_by(orders.c.reservation_expires_at)
+                    .limit(limit)
+                )
+            ).scalars()
+        )
+    cancelled = 0
+    for order_id in due:
+        try:
+            async with ctx.db.transaction() as session:
+                order = await _locked_order(session, order_id)
+                expires = order["reservation_expires_at"]
+                if (
+                    order["status"] != OrderStatus.PENDING_PAYMENT.value
+                    or expires is None
+                    or expires > moment
+                ):
+                    continue
+                await _cancel(
+                    ctx,
+                    session,
+                    order,
+                    OrderAction.EXPIRE,
+                    actor=SYSTEM,
+                    reason="reservation_expired",
+                )
+                cancelled += 1
+        except ProblemError as exc:  # paid meanwhile: nothing to sweep
+            log.info("sweep_skipped", order_id=order_id, error=exc.detail)
+    return cancelled
+
+
+async def sweep_expired_orders(ctx: ServiceContext) -> None:
+    """The periodic job's entry point."""
+    while await cancel_expired_orders(ctx) == 100:
+        pass
+
+
+async def add_note(
+    ctx: ServiceContext, *, order_id: str, principal: Principal, text: str
+) -> schemas.HistoryEntry:
+    """Staff add a note to an order's history."""
+    async with ctx.db.transaction() as session:
+        order = await _locked_order(session, order_id)
+        await _record(session, order["id"], kind="note", actor=Actor.of(principal), reason=text)
+    history = await order_history_of(ctx, order_id=order_id, principal=principal)
+    return history[-1]
+
+
+def _progress(lines: Sequence[RowMapping]) -> list[domain.LineProgress]:
+    return [
+        domain.LineProgress(
+            line_id=line["id"],
+            quantity=line["quantity"],
+            fulfilled=line["fulfilled_quantity"],
+            returned=line["returned_quantity"],
+            refunded=line["refunded_quantity"],
+        )
+        for line in lines
+    ]
+
+
+async def fulfil_lines(
+    ctx: ServiceContext, *, order_id: str, principal: Principal, data: schemas.FulfillmentCreate
+) -> schemas.Order:
+    """Staff ship some or all remaining units with a tracking number."""
+    shipping = {line.line_id: line.quantity for line in data.lines}
+    async with ctx.db.transaction() as session:
+        order = await _locked_order(session, order_id)
+        lines = await _line_rows(session, order_id)
+        domain.next_status(order["status"], OrderAction.FULFIL_PARTIALLY)
+        action = domain.fulfilment_action(_progress(lines), shipping)
+        fulfillment_id = new_id()
+        by_id = {line["id"]: line for line in lines}
+        shipped = [
+            {"line_id": line_id, "sku": by_id[line_id]["sku"], "quantity": quantity}
+            for line_id, quantity in shipping.items()
+        ]
+        await _transition(
+            session,
+            order,
+            action,
+            actor=Actor.of(principal),
+            details={
+                "fulfillment_id": fulfillment_id,
+                "tracking_number": data.tracking_number,
+                "lines": shipped,
+            },
+        )
+        for line_id, quantity in shipping.items():
+            await session.execute(
+                update(order_lines)
+                .where(order_lines.c.id == line_id)
+                .values(fulfilled_quantity=order_lines.c.fulfilled_quantity + quantity)
+            )
+        await session.execute(
+            insert(fulfillments).values(
+                id=fulfillment_id,
+                order_id=order_id,
+                tracking_number=data.tracking_number,
+                carrier=data.carrier,
+                lines=shipped,
+                created_by=principal.subject,
+                created_at=utcnow(),
+            )
+        )
+        if action is OrderAction.FULFIL:
+            payload = _event_base(order)
+            payload.update(fulfillment_id=fulfillment_id, tracking_number=data.tracking_number)
+            await ctx.outbox.add(session, ORDER_FULFILLED, payload)
+    return await get_order(ctx, order_id=order_id)
+
+
+async def change_status(
+    ctx: ServiceContext,
+    *,
+    order_id: str,
+    principal: Principal,
+    action: Literal[OrderAction.SHIP, OrderAction.DELIVER],
+    reason: str | None,
+) -> schemas.Order:
+    """Staff mark an order shipped or delivered."""
+    async with ctx.db.transaction() as session:
+        order = await _locked_order(session, order_id)
+        await _transition(session, order, action, actor=Actor.of(principal), reason=reason)
+    return await get_order(ctx, order_id=order_id)
+
+
+async def return_lines(
+    ctx: ServiceContext, *, order_id: str, principal: Principal, data: schemas.ReturnCreate
+) -> schemas.Order:
+    """Staff record units coming back from the customer (the refund is a payment's matter)."""
+    returning = {line.line_id: line.quantity for line in data.lines}
+    async with ctx.db.transaction() as session:
+        order = await _locked_order(session, order_id)
+        domain.next_status(order["status"], OrderAction.RETURN_LINES)
+        lines = await _line_rows(session, order_id)
+        domain.check_return(_progress(lines), returning)
+        for line_id, quantity in returning.items():
+            await session.execute(
+                update(order_lines)
+                .where(order_lines.c.id == line_id)
+                .values(returned_quantity=order_lines.c.returned_quantity + quantity)
+            )
+        await _transition(
+            session,
+            order,
+            OrderAction.RETURN_LINES,
+            actor=Actor.of(principal),
+            reason=data.reason,
+            details={"lines": [{"line_id": k, "quantity": v} for k, v in returning.items()]},
+        )
+    return await get_order(ctx, order_id=order_id)
+
+
+# --- payments' events ---------------------------------------------------------------------------
+
+
+async def record_payment_succeeded(
+    ctx: ServiceContext, session: AsyncSession, payload: Mapping[str, Any]
+) -> None:
+    """A payment captured or authorised: a pending order becomes paid and OrderPaid goes out."""
+    order = await _order_row(session, str(payload.get("order_id")), lock=True)
+    if order is None:
+        log.warning("payment_for_unknown_order", order_id=payload.get("order_id"))
+        return
+    details = {
+        k: payload.get(k)
+        for k in ("payment_id", "amount", "captured_amount", "currency")
+        if k in payload
+    }
+    if order["status"] != OrderStatus.PENDING_PAYMENT.value:
+        # Paid already (a second payment) or cancelled before the money came: staff must act.
+        await _record(
+            session,
+            order["id"],
+            kind="event",
+            actor=PAYMENTS,
+            action="payment_succeeded",
+            reason=f"Payment received while the order is {order['status']}.",
+            details=details,
+        )
+        return
+    await _transition(
+        session,
+        order,
+        OrderAction.PAY,
+        actor=PAYMENTS,
+        details=details,
+        extra_values={"reservation_expires_at": None},
+    )
+    payload_out = _event_base(order)
+    payload_out["lines"] = _event_lines(await _line_rows(session, order["id"]))
+    payload_out["payment_id"] = payload.get("payment_id")
+    await ctx.outbox.add(session, ORDER_PAID, payload_out)
+
+
+async def record_payment_failed(
+    ctx: ServiceContext, session: AsyncSession, payload: Mapping[str, Any]
+) -> None:
+    """A failed payment is noted; the order stays awaiting payment so the customer can retry."""
+    order = await _order_row(session, str(payload.get("order_id")))
+    if order is None:
+        log.warning("payment_for_unknown_order", order_id=payload.get("order_id"))
+        return
+    await _record(
+        session,
+        order["id"],
+        kind="event",
+        actor=PAYMENTS,
+        action="payment_failed",
+        reason=str(payload.get("reason") or "payment failed"),
+        details={k: payload.get(k) for k in ("payment_id", "decline_code") if k in payload},
+    )
+
+
+async def record_payment_refunded(
+    ctx: ServiceContext, session: AsyncSession, payload: Mapping[str, Any]
+) -> None:
+    """A refund: the order becomes partially or fully refunded and OrderRefunded goes out with
+    the lines to restock."""
+    order = await _order_row(session, str(payload.get("order_id")), lock=True)
+    if order is None:
+        log.warning("refund_for_unknown_order", order_id=payload.get("order_id"))
+        return
+    amount = int(payload.get("amount") or 0)
+    refunded_total = order["refunded_total"] + amount
+    fully = bool(payload.get("fully_refunded")) or refunded_total >= order["total"]
+    action = OrderAction.REFUND if fully else OrderAction.REFUND_PARTIALLY
+    details = {
+        k: payload.get(k) for k in ("payment_id", "refund_id", "amount", "restock") if k in payload
+    }
+    try:
+        domain.next_status(order["status"], action)
+    except domain.IllegalTransition as exc:
+        await _record(
+            session,
+            order["id"],
+            kind="event",
+            actor=PAYMENTS,
+            action="refund_ignored",
+            reason=exc.detail,
+            details=details,
+        )
+        return
+    lines = {line["id"]: line for line in await _line_rows(session, order["id"])}
+    for item in payload.get("lines") or []:
+        line = lines.get(str(item.get("line_id")))
+        if line is None:
+            continue
+        quantity = max(
+            0, min(int(item.get("quantity") or 0), line["quantity"] - line["refunded_quantity"])
+        )
+        if quantity:
+            await session.execute(
+                update(order_lines)
+                .where(order_lines.c.id == line["id"])
+                .values(refunded_quantity=order_lines.c.refunded_quantity + quantity)
+            )
+    await _transition(
+        session,
+        order,
+        action,
+        actor=PAYMENTS,
+        reason=payload.get("reason"),
+        details=details,
+        extra_values={"refunded_total": refunded_total},
+    )
+    restock = [
+        {"sku": str(item["sku"]), "quantity": int(item["quantity"])}
+        for item in payload.get("restock_lines") or []
+        if item.get("sku") and int(item.get("quantity") or 0) > 0
+    ]
+    payload_out = _event_base(order)
+    payload_out.update(
+        amount=amount,
+        refund_id=payload.get("refund_id"),
+        restock_lines=restock,
+        fully_refunded=fully,
+    )
+    await ctx.outbox.add(session, ORDER_REFUNDED, payload_out)
+
+
+# --- demo data ----------------------------------------------------------------------------------
+
+DEMO_TAX_RATES: tuple[tuple[str, str, int], ...] = (
+    ("ES", "IVA", 2100),
+    ("DE", "MwSt", 1900),
+    ("FR", "TVA", 2000),
+    ("IT", "IVA", 2200),
+    ("PT", "IVA", 2300),
+    ("NL", "BTW", 2100),
+    ("GB", "VAT", 2000),
+    ("US", "Sales tax (collected at state level)", 0),
+)
+
+DEMO_SHIPPING: tuple[dict[str, Any], ...] = (
+    {
+        "code": "standard",
+        "name": "Standard (3-5 days)",
+        "kind": "flat",
+        "rates": {"EUR": [[None, 495]], "USD": [[None, 595]]},
+        "countries": [],
+    },
+    {
+        "code": "express",
+        "name": "Express by weight (1-2 days)",
+        "kind": "weight",
+        "rates": {
+            "EUR": [[1000, 995], [5000, 1495], [None, 2495]],
+            "USD": [[1000, 1195], [5000, 1795], [None, 2995]],
+        },
+        "countries": ["ES", "DE", "FR", "IT", "PT", "NL", "US"],
+    },
+)
+
+DEMO_VOUCHERS: tuple[dict[str, Any], ...] = (
+    {"code": "WELCOME10", "kind": "percentage", "value": 1000, "per_customer_limit": 1},
+    {"code": "SPRING5", "kind": "fixed", "value": 500, "currency": "EUR", "minimum_spend": 3000},
+    {
+        "code": "VIP20",
+        "kind": "percentage",
+        "value": 2000,
+        "minimum_spend": 10000,
+        "usage_limit": 100,
+    },
+)
+
+
+async def seed_demo(ctx: ServiceContext) -> dict[str, Any]:
+    """Tax rates, shipping methods and vouchers a demo shop needs; running it again adds nothing."""
+    now = utcnow()
+    upsert = _upsert(ctx)
+    async with ctx.db.transaction() as session:
+        for country, name, rate in DEMO_TAX_RATES:
+            await session.execute(
+                upsert(tax_rates)
+                .values(country=country, name=name, rate_bp=rate, updated_at=now)
+                .on_conflict_do_nothing()
+            )
+        for method in DEMO_SHIPPING:
+            await session.execute(
+                upsert(shipping_methods)
+                .values(**method, active=True, created_at=now, updated_at=now)
+                .on_conflict_do_nothing()
+            )
+        for voucher in DEMO_VOUCHERS:
+            values = {
+                "currency": None,
+                "minimum_spend": 0,
+                "usage_limit": None,
+                "per_customer_limit": None,
+                **voucher,
+            }
+            await session.execute(
+                upsert(vouchers)
+                .values(
+                    id=new_id(),
+                    times_used=0,
+                    active=True,
+                    created_at=now,
+                    updated_at=now,
+                    **values,
+                )
+                .on_conflict_do_nothing(index_elements=[vouchers.c.code])
+            )
+    return {
+        "tax_rates": [c for c, _, _ in DEMO_TAX_RATES],
+        "shipping_methods": [m["code"] for m in DEMO_SHIPPING],
+        "vouchers": [v["code"] for v in DEMO_VOUCHERS],
+    }

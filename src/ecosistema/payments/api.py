@@ -1,0 +1,328 @@
+"""HTTP for payments: intents, capture, void, refunds, invoices, provider webhooks, reports.
+
+Every POST takes an ``Idempotency-Key``: the same key and body replay the first answer.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from datetime import date
+from typing import Annotated, Any, Literal
+
+from fastapi import APIRouter, Depends, Header, Path, Query, Request, status
+from pydantic import BaseModel
+from starlette.responses import JSONResponse, Response
+
+from ecosistema.payments import service
+from ecosistema.payments.domain import PaymentStatus, Period
+from ecosistema.payments.models import idempotency
+from ecosistema.payments.schemas import (
+    Invoice,
+    InvoicePage,
+    Payment,
+    PaymentCancel,
+    PaymentCapture,
+    PaymentConfirm,
+    PaymentCreate,
+    PaymentPage,
+    Refund,
+    RefundCreate,
+    RefundList,
+    SalesReport,
+    WebhookAck,
+)
+from ecosistema.platform.auth import CurrentPrincipal, Principal
+from ecosistema.platform.idempotency import (
+    IdempotencyKeyHeader,
+    idempotent_response,
+    run_idempotent,
+)
+from ecosistema.platform.service import ServiceContext, context_of
+
+router = APIRouter(tags=["payments"])
+Context = Annotated[ServiceContext, Depends(context_of("payments"))]
+PaymentId = Annotated[str, Path(min_length=1, max_length=64)]
+
+_PROBLEM: dict[str, Any] = {"content": {"application/problem+json": {}}}
+
+
+def _errors(*codes: int) -> dict[int | str, dict[str, Any]]:
+    return {code: {"description": "Problem", **_PROBLEM} for code in codes}
+
+
+async def _idempotent(
+    ctx: ServiceContext,
+    request: Request,
+    principal: Principal,
+    key: str | None,
+    body: BaseModel | None,
+    status_code: int,
+    use_case: Callable[[], Awaitable[BaseModel]],
+) -> JSONResponse:
+    async def handler() -> tuple[int, dict[str, Any]]:
+        return status_code, (await use_case()).model_dump(mode="json")
+
+    result = await run_idempotent(
+        ctx,
+        idempotency,
+        key=key,
+        principal_id=principal.subject,
+        method=request.method,
+        path=request.url.path,
+        body=body.model_dump(mode="json") if body is not None else None,
+        handler=handler,
+    )
+    return idempotent_response(result)
+
+
+@router.post(
+    "/payments",
+    response_model=Payment,
+    status_code=status.HTTP_201_CREATED,
+    summary="Create a payment intent for an order (confirmed at once with a payment method)",
+    responses=_errors(401, 403, 404, 409, 422, 503),
+)
+async def create_payment(
+    body: PaymentCreate,
+    request: Request,
+    ctx: Context,
+    principal: CurrentPrincipal,
+    idempotency_key: IdempotencyKeyHeader = None,
+) -> Response:
+    return await _idempotent(
+        ctx,
+        request,
+        principal,
+        idempotency_key,
+        body,
+        201,
+        lambda: service.create_payment(ctx, principal=principal, data=body),
+    )
+
+
+@router.get(
+    "/payments",
+    response_model=PaymentPage,
+    summary="Payments, newest first (customers see their own)",
+    responses=_errors(401, 403, 422),
+)
+async def list_payments(
+    ctx: Context,
+    principal: CurrentPrincipal,
+    order_id: Annotated[str | None, Query(max_length=64)] = None,
+    status_: Annotated[PaymentStatus | None, Query(alias="status")] = None,
+    limit: Annotated[int, Query(ge=1, le=100)] = 50,
+    cursor: Annotated[str | None, Query(max_length=200)] = None,
+) -> PaymentPage:
+    return await service.list_payments(
+        ctx, principal=principal, order_id=order_id, status=status_, limit=limit, cursor=cursor
+    )
+
+
+@router.get(
+    "/payments/{payment_id}",
+    response_model=Payment,
+    summary="One payment",
+    responses=_errors(401, 403, 404),
+)
+async def get_payment(payment_id: PaymentId, ctx: Context, principal: CurrentPrincipal) -> Payment:
+    return await service.get_payment(ctx, principal=principal, payment_id=payment_id)
+
+
+@router.post(
+    "/payments/{payment_id}/confirm",
+    response_model=Payment,
+    summary="Confirm with a payment method, or finish a required action (3-D Secure)",
+    responses=_errors(401, 403, 404, 409, 422, 503),
+)
+async def confirm_payment(
+    payment_id: PaymentId,
+    request: Request,
+    ctx: Context,
+    principal: CurrentPrincipal,
+    idempotency_key: IdempotencyKeyHeader = None,
+    body: PaymentConfirm | None = None,
+) -> Response:
+    data = body or PaymentConfirm()
+    return await _idempotent(
+        ctx,
+        request,
+        principal,
+        idempotency_key,
+        data,
+        200,
+        lambda: service.confirm_payment(
+            ctx, principal=principal, payment_id=payment_id, payment_method=data.payment_method
+        ),
+    )
+
+
+@router.post(
+    "/payments/{payment_id}/capture",
+    response_model=Payment,
+    summary="Capture all or part of an authorization (staff)",
+    responses=_errors(401, 403, 404, 409, 422, 503),
+)
+async def capture_payment(
+    payment_id: PaymentId,
+    request: Request,
+    ctx: Context,
+    principal: CurrentPrincipal,
+    idempotency_key: IdempotencyKeyHeader = None,
+    body: PaymentCapture | None = None,
+) -> Response:
+    data = body or PaymentCapture()
+    return await _idempotent(
+        ctx,
+        request,
+        principal,
+        idempotency_key,
+        data,
+        200,
+        lambda: service.capture_payment(
+            ctx, principal=principal, payment_id=payment_id, amount=data.amount_to_capture
+        ),
+    )
+
+
+@router.post(
+    "/payments/{payment_id}/cancel",
+    response_model=Payment,
+    summary="Cancel a payment that took no money (voids an authorization)",
+    responses=_errors(401, 403, 404, 409, 503),
+)
+async def cancel_payment(
+    payment_id: PaymentId,
+    request: Request,
+    ctx: Context,
+    principal: CurrentPrincipal,
+    idempotency_key: IdempotencyKeyHeader = None,
+    body: PaymentCancel | None = None,
+) -> Response:
+    return await _idempotent(
+        ctx,
+        request,
+        principal,
+        idempotency_key,
+        body or PaymentCancel(),
+        200,
+        lambda: service.cancel_payment(ctx, principal=principal, payment_id=payment_id),
+    )
+
+
+@router.post(
+    "/payments/{payment_id}/refunds",
+    response_model=Refund,
+    status_code=status.HTTP_201_CREATED,
+    summary="Refund an amount, some lines, or the rest (staff)",
+    responses=_errors(401, 403, 404, 409, 422, 503),
+)
+async def create_refund(
+    payment_id: PaymentId,
+    body: RefundCreate,
+    request: Request,
+    ctx: Context,
+    principal: CurrentPrincipal,
+    idempotency_key: IdempotencyKeyHeader = None,
+) -> Response:
+    return await _idempotent(
+        ctx,
+        request,
+        principal,
+        idempotency_key,
+        body,
+        201,
+        lambda: service.create_refund(ctx, principal=principal, payment_id=payment_id, data=body),
+    )
+
+
+@router.get(
+    "/payments/{payment_id}/refunds",
+    response_model=RefundList,
+    summary="A payment's refunds",
+    responses=_errors(401, 403, 404),
+)
+async def list_refunds(
+    payment_id: PaymentId, ctx: Context, principal: CurrentPrincipal
+) -> RefundList:
+    return await service.list_refunds(ctx, principal=principal, payment_id=payment_id)
+
+
+@router.get(
+    "/invoices",
+    response_model=InvoicePage,
+    summary="Invoices and credit notes, newest first (customers see their own)",
+    responses=_errors(401, 403, 422),
+)
+async def list_invoices(
+    ctx: Context,
+    principal: CurrentPrincipal,
+    order_id: Annotated[str | None, Query(max_length=64)] = None,
+    limit: Annotated[int, Query(ge=1, le=100)] = 50,
+    cursor: Annotated[str | None, Query(max_length=200)] = None,
+) -> InvoicePage:
+    return await service.list_invoices(
+        ctx, principal=principal, order_id=order_id, limit=limit, cursor=cursor
+    )
+
+
+@router.get(
+    "/invoices/{invoice_id}",
+    response_model=Invoice,
+    summary="One invoice or credit note, as JSON",
+    responses=_errors(401, 403, 404),
+)
+async def get_invoice(
+    invoice_id: Annotated[str, Path(min_length=1, max_length=64)],
+    ctx: Context,
+    principal: CurrentPrincipal,
+) -> Invoice:
+    return await service.get_invoice(ctx, principal=principal, invoice_id=invoice_id)
+
+
+@router.post(
+    "/webhooks/providers/{provider}",
+    response_model=WebhookAck,
+    summary="Signed events from a payment provider (Stripe-Signature header)",
+    responses=_errors(401, 404, 422),
+)
+async def provider_webhook(
+    provider: Annotated[str, Path(min_length=1, max_length=32, pattern=r"^[a-z0-9_]+$")],
+    request: Request,
+    ctx: Context,
+    stripe_signature: Annotated[str | None, Header(alias="Stripe-Signature")] = None,
+) -> WebhookAck:
+    payload = await request.body()
+    return await service.receive_provider_event(
+        ctx, provider=provider, payload=payload, signature=stripe_signature
+    )
+
+
+@router.get(
+    "/reports/sales",
+    response_model=SalesReport,
+    summary="Revenue, refunds, net, orders and average order value by period; top products",
+    responses={
+        **_errors(401, 403, 422),
+        200: {"content": {"application/json": {}, "text/csv": {}}},
+    },
+)
+async def sales_report(
+    ctx: Context,
+    principal: CurrentPrincipal,
+    group_by: Period = Period.DAY,
+    currency: Annotated[str | None, Query(pattern=r"^[A-Z]{3}$")] = None,
+    from_: Annotated[date | None, Query(alias="from")] = None,
+    to: Annotated[date | None, Query()] = None,
+    format: Annotated[Literal["json", "csv"], Query()] = "json",
+) -> Any:
+    report = await service.sales_report(
+        ctx, principal=principal, group_by=group_by, currency=currency, start=from_, end=to
+    )
+    if format == "csv":
+        return Response(
+            service.sales_report_csv(report),
+            media_type="text/csv; charset=utf-8",
+            headers={"Content-Disposition": 'attachment; filename="sales.csv"'},
+        )
+    return report

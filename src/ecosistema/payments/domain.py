@@ -1,0 +1,333 @@
+"""Payment rules with no I/O: the intent state machine, capture and refund limits, card checks,
+the double-entry journal, document numbering and report periods."""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import date, datetime, timedelta
+from enum import StrEnum
+from types import MappingProxyType
+from typing import Any
+
+from ecosistema.platform.errors import Conflict, Unprocessable
+from ecosistema.platform.money import Rounding, divide_rounding
+
+
+class PaymentStatus(StrEnum):
+    """Where a payment intent stands, after Stripe's model."""
+
+    REQUIRES_PAYMENT_METHOD = "requires_payment_method"
+    PROCESSING = "processing"
+    REQUIRES_ACTION = "requires_action"
+    REQUIRES_CAPTURE = "requires_capture"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    CANCELED = "canceled"
+
+
+class CaptureMethod(StrEnum):
+    """Capture at once, or authorize now and capture later (all or part)."""
+
+    AUTOMATIC = "automatic"
+    MANUAL = "manual"
+
+
+S = PaymentStatus
+
+# The whole state machine: from each status, the statuses a payment may move to. A failed
+# payment may be confirmed again with another card, as Stripe allows.
+TRANSITIONS: Mapping[PaymentStatus, frozenset[PaymentStatus]] = MappingProxyType(
+    {
+        S.REQUIRES_PAYMENT_METHOD: frozenset({S.PROCESSING, S.CANCELED}),
+        S.PROCESSING: frozenset(
+            {S.REQUIRES_ACTION, S.REQUIRES_CAPTURE, S.SUCCEEDED, S.FAILED, S.CANCELED}
+        ),
+        S.REQUIRES_ACTION: frozenset({S.PROCESSING, S.FAILED, S.CANCELED}),
+        # Processing again while a capture or a void is under way at the provider.
+        S.REQUIRES_CAPTURE: frozenset({S.PROCESSING, S.SUCCEEDED, S.CANCELED}),
+        S.FAILED: frozenset({S.PROCESSING, S.CANCELED}),
+        S.SUCCEEDED: frozenset(),
+        S.CANCELED: frozenset(),
+    }
+)
+
+# Statuses from which ``confirm`` starts a new attempt (or finishes a customer action).
+CONFIRMABLE: frozenset[PaymentStatus] = frozenset(
+    {S.REQUIRES_PAYMENT_METHOD, S.REQUIRES_ACTION, S.FAILED}
+)
+
+
+class IllegalTransition(Conflict):
+    """The payment's status does not allow this action."""
+
+    type, title = "illegal-payment-transition", "Payment cannot do that now"
+
+
+class RefundExceedsCaptured(Conflict):
+    """The refund would take the total refunded above what was captured."""
+
+    type, title = "refund-exceeds-captured", "Refund exceeds captured amount"
+
+
+def can_transition(current: PaymentStatus | str, target: PaymentStatus | str) -> bool:
+    """Whether the state machine allows ``current`` to become ``target``."""
+    return PaymentStatus(target) in TRANSITIONS[PaymentStatus(current)]
+
+
+def ensure_transition(current: PaymentStatus | str, target: PaymentStatus | str) -> None:
+    """Raise ``IllegalTransition`` (409) unless ``current`` may become ``target``."""
+    if not can_transition(current, target):
+        raise IllegalTransition(
+            f"A payment in status {PaymentStatus(current).value!r} cannot become "
+            f"{PaymentStatus(target).value!r}.",
+            status_now=PaymentStatus(current).value,
+        )
+
+
+def check_capture(authorized: int, amount: int) -> None:
+    """A capture takes at least one minor unit and at most what was authorized."""
+    if amount <= 0 or amount > authorized:
+        raise Unprocessable(
+            f"amount_to_capture must be between 1 and {authorized}.",
+            errors=[
+                {
+                    "field": "amount_to_capture",
+                    "message": f"must be between 1 and {authorized}",
+                    "code": "capture_out_of_range",
+                }
+            ],
+        )
+
+
+def refundable(captured: int, refunded: int) -> int:
+    """What may still be refunded."""
+    return max(0, captured - refunded)
+
+
+def check_refund(captured: int, refunded: int, amount: int) -> None:
+    """A refund is positive and never takes the refunded total above the captured amount."""
+    if amount <= 0:
+        raise Unprocessable(
+            "amount: must be positive",
+            errors=[{"field": "amount", "message": "must be positive", "code": "too_small"}],
+        )
+    if refunded + amount > captured:
+        raise RefundExceedsCaptured(
+            f"Only {refundable(captured, refunded)} of {captured} can still be refunded.",
+            refundable=refundable(captured, refunded),
+        )
+
+
+def prorated_line_amount(line_total: int, line_quantity: int, quantity: int) -> int:
+    """The share of a line's total for ``quantity`` of its units (half-even rounding)."""
+    if quantity == line_quantity:
+        return line_total
+    return divide_rounding(line_total * quantity, line_quantity, Rounding.HALF_EVEN)
+
+
+# --- cards --------------------------------------------------------------------------------------
+
+
+def luhn_valid(number: str) -> bool:
+    """The Luhn checksum every card number carries."""
+    if not number.isdigit():
+        return False
+    total = 0
+    for index, char in enumerate(reversed(number)):
+        digit = int(char)
+        if index % 2 == 1:
+            digit = digit * 2 - 9 if digit > 4 else digit * 2
+        total += digit
+    return total % 10 == 0
+
+
+def card_brand(number: str) -> str:
+    """The card network from the number's leading digits."""
+    if number.startswith("4"):
+        return "visa"
+    if number[:2] in {"51", "52", "53", "54", "55"} or "2221" <= number[:4] <= "2720":
+        return "mastercard"
+    if number[:2] in {"34", "37"}:
+        return "amex"
+    if number.startswith(("6011", "65")):
+        return "discover"
+    return "unknown"
+
+
+def card_errors(
+    number: str, exp_month: int, exp_year: int, cvc: str, *, today: date, prefix: str = ""
+) -> list[dict[str, str]]:
+    """Field errors for a card (Luhn, expiry not past, CVC 3 or 4 digits; 4 for amex)."""
+    errors: list[dict[str, str]] = []
+    digits = number.replace(" ", "").replace("-", "")
+    if not (12 <= len(digits) <= 19) or not luhn_valid(digits):
+        errors.append(_err(prefix + "number", "is not a valid card number", "invalid_number"))
+    if not 1 <= exp_month <= 12:
+        errors.append(_err(prefix + "exp_month", "must be between 1 and 12", "invalid_expiry"))
+    elif (exp_year, exp_month) < (today.year, today.month):
+        errors.append(_err(prefix + "exp_year", "the card has expired", "expired_card"))
+    expected = (4,) if card_brand(digits) == "amex" else (3,)
+    if not cvc.isdigit() or len(cvc) not in expected:
+        errors.append(_err(prefix + "cvc", "is not a valid security code", "invalid_cvc"))
+    return errors
+
+
+def _err(field: str, message: str, code: str) -> dict[str, str]:
+    return {"field": field, "message": message, "code": code}
+
+
+# --- ledger -------------------------------------------------------------------------------------
+
+
+class Account(StrEnum):
+    """The journal's accounts."""
+
+    CUSTOMER_FUNDS = "customer_funds"
+    REVENUE = "revenue"
+    REFUNDS = "refunds"
+    FEES = "fees"
+    PROVIDER_BALANCE = "provider_balance"
+
+
+@dataclass(frozen=True, slots=True)
+class Posting:
+    """One line of a journal transaction: a debit or a credit to one account."""
+
+    account: Account
+    debit: int = 0
+    credit: int = 0
+
+
+def is_balanced(postings: Iterable[Posting]) -> bool:
+    """Debits equal credits, and no posting is negative."""
+    debits = credits = 0
+    for p in postings:
+        if p.debit < 0 or p.credit < 0:
+            return False
+        debits += p.debit
+        credits += p.credit
+    return debits == credits
+
+
+def capture_postings(amount: int, fee: int) -> list[Posting]:
+    """A capture: the customer's funds become revenue and settle at the provider less its fee."""
+    if amount < 0 or fee < 0 or fee > amount:
+        raise ValueError("a capture needs 0 <= fee <= amount")
+    return [
+        Posting(Account.CUSTOMER_FUNDS, debit=amount),
+        Posting(Account.REVENUE, credit=amount),
+        Posting(Account.PROVIDER_BALANCE, debit=amount - fee),
+        Posting(Account.FEES, debit=fee),
+        Posting(Account.CUSTOMER_FUNDS, credit=amount),
+    ]
+
+
+def refund_postings(amount: int) -> list[Posting]:
+    """A refund: money leaves the provider balance and is booked against refunds."""
+    if amount < 0:
+        raise ValueError("a refund amount is never negative")
+    return [
+        Posting(Account.REFUNDS, debit=amount),
+        Posting(Account.PROVIDER_BALANCE, credit=amount),
+    ]
+
+
+def account_balances(postings: Iterable[Posting]) -> dict[Account, int]:
+    """Debit-minus-credit balance of every account touched."""
+    out: dict[Account, int] = {}
+    for p in postings:
+        out[p.account] = out.get(p.account, 0) + p.debit - p.credit
+    return out
+
+
+def sandbox_fee(amount: int) -> int:
+    """The sandbox provider's fee: 1.4 % plus 25 minor units, never more than the amount."""
+    return min(amount, divide_rounding(amount * 140, 10_000, Rounding.HALF_UP) + 25)
+
+
+# --- documents ----------------------------------------------------------------------------------
+
+INVOICE_SERIES = "INV"
+CREDIT_NOTE_SERIES = "CN"
+
+
+def document_number(series: str, year: int, sequence: int) -> str:
+    """An invoice or credit note number: ``INV-2026-000123``."""
+    return f"{series}-{year:04d}-{sequence:06d}"
+
+
+def tax_breakdown(lines: Sequence[Mapping[str, Any]]) -> list[dict[str, int]]:
+    """Net and tax per effective rate (basis points), from lines carrying ``net`` and ``tax``."""
+    groups: dict[int, list[int]] = {}
+    for line in lines:
+        net, tax = int(line["net"]), int(line["tax"])
+        rate = divide_rounding(tax * 10_000, net, Rounding.HALF_EVEN) if net else 0
+        bucket = groups.setdefault(rate, [0, 0])
+        bucket[0] += net
+        bucket[1] += tax
+    return [{"rate_bp": r, "net": v[0], "tax": v[1]} for r, v in sorted(groups.items())]
+
+
+def split_tax(amount: int, total: int, tax_total: int) -> int:
+    """The tax contained in ``amount`` when ``total`` carries ``tax_total`` of tax."""
+    if total <= 0:
+        return 0
+    return divide_rounding(amount * tax_total, total, Rounding.HALF_EVEN)
+
+
+# --- webhooks -----------------------------------------------------------------------------------
+
+SIGNATURE_TOLERANCE_SECONDS = 300
+
+
+def sign_payload(secret: str, timestamp: int, payload: bytes) -> str:
+    """The ``Stripe-Signature`` header value for a payload: ``t=<ts>,v1=<hex hmac>``."""
+    mac = hmac.new(secret.encode(), f"{timestamp}.".encode() + payload, hashlib.sha256)
+    return f"t={timestamp},v1={mac.hexdigest()}"
+
+
+def signature_valid(
+    secret: str, header: str, payload: bytes, *, now: int, tolerance: int = 300
+) -> bool:
+    """Whether a ``Stripe-Signature`` header signs ``payload`` and is within the tolerance."""
+    timestamp: int | None = None
+    signatures: list[str] = []
+    for part in header.split(","):
+        name, _, value = part.strip().partition("=")
+        if name == "t" and value.isdigit():
+            timestamp = int(value)
+        elif name == "v1":
+            signatures.append(value)
+    if timestamp is None or not signatures or abs(now - timestamp) > tolerance:
+        return False
+    expected = sign_payload(secret, timestamp, payload).split("v1=", 1)[1]
+    return any(hmac.compare_digest(expected, s) for s in signatures)
+
+
+# --- reports ------------------------------------------------------------------------------------
+
+
+class Period(StrEnum):
+    """How report rows are grouped."""
+
+    DAY = "day"
+    WEEK = "week"
+    MONTH = "month"
+
+
+def period_start(moment: datetime | date, group_by: Period) -> date:
+    """The first day of the day, ISO week (Monday) or month that ``moment`` falls in."""
+    day = moment.date() if isinstance(moment, datetime) else moment
+    if group_by is Period.DAY:
+        return day
+    if group_by is Period.WEEK:
+        return day - timedelta(days=day.weekday())
+    return day.replace(day=1)
+
+
+def average(total: int, count: int) -> int:
+    """An average in minor units, rounded half-even; zero when there is nothing to average."""
+    return divide_rounding(total, count, Rounding.HALF_EVEN) if count else 0

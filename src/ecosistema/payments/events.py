@@ -1,0 +1,36 @@
+"""The events payments publishes (payload keys as in the commerce contract), and its handler
+for the orders events it reacts to."""
+
+from __future__ import annotations
+
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from ecosistema.platform.events import EventEnvelope
+from ecosistema.platform.service import ServiceContext
+
+PAYMENT_SUCCEEDED = "PaymentSucceeded"
+PAYMENT_FAILED = "PaymentFailed"
+PAYMENT_REFUNDED = "PaymentRefunded"
+INVOICE_ISSUED = "InvoiceIssued"
+CREDIT_NOTE_ISSUED = "CreditNoteIssued"
+
+PUBLISHED: tuple[str, ...] = (
+    PAYMENT_SUCCEEDED,
+    PAYMENT_FAILED,
+    PAYMENT_REFUNDED,
+    INVOICE_ISSUED,
+    CREDIT_NOTE_ISSUED,
+)
+
+ORDER_CANCELLED = "OrderCancelled"
+
+
+async def on_order_cancelled(
+    ctx: ServiceContext, session: AsyncSession, envelope: EventEnvelope
+) -> None:
+    """An order was cancelled: release whatever its payments still hold."""
+    from ecosistema.payments.service import cancel_payments_of_cancelled_order
+
+    order_id = envelope.payload.get("order_id")
+    if isinstance(order_id, str) and order_id:
+        await cancel_payments_of_cancelled_order(ctx, session, order_id)

@@ -1,0 +1,304 @@
+"""The built-in sandbox provider: Stripe's test cards, and books of its own in its own tables.
+
+Test cards: 4242424242424242 succeeds, 4000000000000002 is declined, 4000000000009995 is
+declined for insufficient funds, 4000002500003155 requires an action and then succeeds on
+confirm. Any other valid card succeeds. Only the card's behaviour, brand and last four digits are
+kept, under a random token.
+"""
+
+from __future__ import annotations
+
+import secrets
+from collections.abc import Mapping
+from typing import Any
+
+from sqlalchemy import select, update
+from sqlalchemy.exc import IntegrityError
+
+from ecosistema.payments.domain import card_brand, sandbox_fee
+from ecosistema.payments.models import sandbox_cards, sandbox_intents, sandbox_ledger
+from ecosistema.payments.providers.base import (
+    CardDetails,
+    CardToken,
+    ProviderOutcome,
+    ProviderRefund,
+    ProviderTransaction,
+    ProviderUnavailable,
+    UnknownPaymentMethod,
+)
+from ecosistema.platform.db import Database, utcnow
+
+TEST_CARDS: Mapping[str, str] = {
+    "4242424242424242": "succeed",
+    "4000000000000002": "generic_decline",
+    "4000000000009995": "insufficient_funds",
+    "4000002500003155": "requires_action",
+}
+
+
+def _ref(prefix: str) -> str:
+    return f"{prefix}_{secrets.token_hex(12)}"
+
+
+class SandboxProvider:
+    """A provider that moves no real money, with the outcomes of Stripe's test cards."""
+
+    name = "sandbox"
+
+    def __init__(self, db: Database) -> None:
+        self._db = db
+
+    async def tokenize(self, card: CardDetails) -> CardToken:
+        """Keep the card's behaviour under a new token; the number itself is forgotten."""
+        number = card.number.replace(" ", "").replace("-", "")
+        token = _ref("tok")
+        brand = card_brand(number)
+        async with self._db.transaction() as session:
+            await session.execute(
+                sandbox_cards.insert().values(
+                    token=token,
+                    behaviour=TEST_CARDS.get(number, "succeed"),
+                    brand=brand,
+                    last4=number[-4:],
+                    created_at=utcnow(),
+                )
+            )
+        return CardToken(token, brand, number[-4:], card.exp_month, card.exp_year)
+
+    async def authorize(
+        self,
+        *,
+        amount: int,
+        currency: str,
+        token: str,
+        capture: bool,
+        idempotency_key: str,
+        description: str,
+    ) -> ProviderOutcome:
+        """Charge or authorize per the test card's behaviour, once per idempotency key."""
+        async with self._db.transaction() as session:
+            existing = (
+                (
+                    await session.execute(
+                        select(sandbox_intents).where(
+                            sandbox_intents.c.idempotency_key == idempotency_key
+                        )
+                    )
+                )
+                .mappings()
+                .one_or_none()
+            )
+            if existing is not None:
+                return await self._outcome_of(session, dict(existing))
+            card = (
+                (await session.execute(select(sandbox_cards).where(sandbox_cards.c.token == token)))
+                .mappings()
+                .one_or_none()
+            )
+            if card is None:
+                raise UnknownPaymentMethod()
+            behaviour = str(card["behaviour"])
+            if behaviour in ("generic_decline", "insufficient_funds"):
+                status = "failed"
+            elif behaviour == "requires_action":
+                status = "requires_action"
+            else:
+                status = "succeeded" if capture else "requires_capture"
+            ref = _ref("pi")
+            row = {
+                "ref": ref,
+                "idempotency_key": idempotency_key,
+                "token": token,
+                "status": status,
+                "capture": capture,
+                "amount": amount,
+                "currency": currency,
+                "created_at": utcnow(),
+            }
+            await session.execute(sandbox_intents.insert().values(**row))
+            if status == "succeeded":
+                await self._book(session, ref, "charge", amount, currency, f"{ref}:capture")
+            return await self._outcome_of(session, row)
+
+    async def confirm(self, ref: str, *, idempotency_key: str) -> ProviderOutcome:
+        """Complete the customer's action; the payment then succeeds (or awaits capture)."""
+        async with self._db.transaction() as session:
+            intent = await self._intent(session, ref)
+            if intent["status"] == "requires_action":
+                status = "succeeded" if intent["capture"] else "requires_capture"
+                await session.execute(
+                    update(sandbox_intents)
+                    .where(sandbox_intents.c.ref == ref)
+                    .values(status=status)
+                )
+                if status == "succeeded":
+                    await self._book(
+                        session,
+                        ref,
+                        "charge",
+                        int(intent["amount"]),
+                        intent["currency"],
+                        f"{ref}:capture",
+                    )
+                intent = await self._intent(session, ref)
+            return await self._outcome_of(session, intent)
+
+    async def capture(self, ref: str, amount: int, *, idempotency_key: str) -> ProviderOutcome:
+        """Capture part or all of an authorization."""
+        async with self._db.transaction() as session:
+            intent = await self._intent(session, ref)
+            if intent["status"] == "requires_capture":
+                if amount > int(intent["amount"]):
+                    raise ProviderUnavailable(
+                        "The sandbox refuses to capture more than authorized."
+                    )
+                await session.execute(
+                    update(sandbox_intents)
+                    .where(sandbox_intents.c.ref == ref)
+                    .values(status="succeeded")
+                )
+                await self._book(
+                    session, ref, "charge", amount, intent["currency"], f"{ref}:capture"
+                )
+                intent = await self._intent(session, ref)
+            return await self._outcome_of(session, intent)
+
+    async def void(self, ref: str, *, idempotency_key: str) -> None:
+        """Release an authorization that was not captured."""
+        async with self._db.transaction() as session:
+            intent = await self._intent(session, ref)
+            if intent["status"] == "succeeded":
+                raise ProviderUnavailable("The sandbox cannot void a captured payment.")
+            await session.execute(
+                update(sandbox_intents)
+                .where(sandbox_intents.c.ref == ref)
+                .values(status="canceled")
+            )
+
+    async def refund(self, ref: str, amount: int, *, idempotency_key: str) -> ProviderRefund:
+        """Give back part of a capture, once per idempotency key."""
+        async with self._db.transaction() as session:
+            intent = await self._intent(session, ref)
+            entry_id = await self._book(
+                session, ref, "refund", -amount, intent["currency"], idempotency_key, fee=0
+            )
+        return ProviderRefund(
+            ref=_refund_ref(entry_id), status="succeeded", transaction_ref=entry_id
+        )
+
+    async def transactions(self) -> list[ProviderTransaction]:
+        """Every movement in the sandbox's ledger."""
+        async with self._db.read() as session:
+            rows = (
+                await session.execute(select(sandbox_ledger).order_by(sandbox_ledger.c.created_at))
+            ).mappings()
+            return [
+                ProviderTransaction(
+                    ref=r["id"],
+                    kind="charge" if r["kind"] == "charge" else "refund",
+                    amount=int(r["amount"]),
+                    fee=int(r["fee"]),
+                    currency=r["currency"],
+                    source=r["intent_ref"],
+                )
+                for r in rows
+            ]
+
+    async def _intent(self, session: Any, ref: str) -> Mapping[str, Any]:
+        intent = (
+            (await session.execute(select(sandbox_intents).where(sandbox_intents.c.ref == ref)))
+            .mappings()
+            .one_or_none()
+        )
+        if intent is None:
+            raise ProviderUnavailable(f"The sandbox has no payment {ref}.")
+        return dict(intent)
+
+    async def _book(
+        self,
+        session: Any,
+        ref: str,
+        kind: str,
+        amount: int,
+        currency: str,
+        idempotency_key: str,
+        *,
+        fee: int | None = None,
+    ) -> str:
+        found = (
+            await session.execute(
+                select(sandbox_ledger.c.id).where(
+                    sandbox_ledger.c.idempotency_key == idempotency_key
+                )
+            )
+        ).scalar_one_or_none()
+        if found is not None:
+            return str(found)
+        entry_id = _ref("txn")
+        try:
+            async with session.begin_nested():
+                await session.execute(
+                    sandbox_ledger.insert().values(
+                        id=entry_id,
+                        idempotency_key=idempotency_key,
+                        intent_ref=ref,
+                        kind=kind,
+                        amount=amount,
+                        fee=sandbox_fee(amount) if fee is None else fee,
+                        currency=currency,
+                        created_at=utcnow(),
+                    )
+                )
+        except IntegrityError:
+            raise ProviderUnavailable("A sandbox operation with this key is in flight.") from None
+        return entry_id
+
+    async def _outcome_of(self, session: Any, intent: Mapping[str, Any]) -> ProviderOutcome:
+        ref = str(intent["ref"])
+        status = str(intent["status"])
+        if status == "failed":
+            card = (
+                await session.execute(
+                    select(sandbox_cards.c.behaviour).where(
+                        sandbox_cards.c.token == intent["token"]
+                    )
+                )
+            ).scalar_one()
+            message = (
+                "Your card has insufficient funds."
+                if card == "insufficient_funds"
+                else "Your card was declined."
+            )
+            return ProviderOutcome("failed", ref, decline_code=str(card), message=message)
+        if status == "requires_action":
+            return ProviderOutcome(
+                "requires_action",
+                ref,
+                next_action={"type": "use_stripe_sdk", "three_d_secure": {"ref": ref}},
+            )
+        if status == "succeeded":
+            charge = (
+                (
+                    await session.execute(
+                        select(sandbox_ledger).where(
+                            sandbox_ledger.c.intent_ref == ref, sandbox_ledger.c.kind == "charge"
+                        )
+                    )
+                )
+                .mappings()
+                .one()
+            )
+            return ProviderOutcome(
+                "succeeded",
+                ref,
+                captured=int(charge["amount"]),
+                fee=int(charge["fee"]),
+                transaction_ref=str(charge["id"]),
+            )
+        if status == "canceled":
+            return ProviderOutcome("canceled", ref)
+        return ProviderOutcome("requires_capture", ref)
+
+
+def _refund_ref(entry_id: str) -> str:
+    return "re_" + entry_id.removeprefix("txn_")

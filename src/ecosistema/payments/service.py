@@ -1,0 +1,1600 @@
+"""Payments use cases: intents, confirmation, capture, void, refunds, invoices, the journal,
+provider webhooks, reconciliation and sales reports.
+
+Money-moving use cases run in three steps so no lock is held across a provider call: a short
+transaction claims the payment with a guarded UPDATE (compare-and-set on its status or its
+refunded amount), the provider is called with an idempotency key derived from our ids, and a
+second transaction records the outcome with its journal entries, documents and events. A lost
+provider answer leaves the claim to be undone; the same key then makes the retry safe.
+"""
+
+from __future__ import annotations
+
+import base64
+import csv
+import io
+import json
+import time
+from collections.abc import Mapping, Sequence
+from datetime import UTC, date, datetime, timedelta
+from datetime import time as dtime
+from typing import Any
+
+import structlog
+from sqlalchemy import and_, func, or_, select, update
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from ecosistema.payments import domain, events
+from ecosistema.payments.domain import (
+    CREDIT_NOTE_SERIES,
+    INVOICE_SERIES,
+    Account,
+    CaptureMethod,
+    IllegalTransition,
+    PaymentStatus,
+    Period,
+    Posting,
+)
+from ecosistema.payments.models import (
+    document_counters,
+    invoices,
+    journal,
+    payments,
+    provider_events,
+    refunds,
+)
+from ecosistema.payments.providers.base import (
+    CardDetails,
+    PaymentProvider,
+    ProviderOutcome,
+)
+from ecosistema.payments.schemas import (
+    Invoice,
+    InvoicePage,
+    Payment,
+    PaymentCreate,
+    PaymentMethodInput,
+    PaymentPage,
+    ReconciliationItem,
+    ReconciliationReport,
+    Refund,
+    RefundCreate,
+    RefundList,
+    SalesReport,
+    SalesRow,
+    TopProduct,
+    WebhookAck,
+)
+from ecosistema.platform.auth import Principal
+from ecosistema.platform.db import new_id, utcnow
+from ecosistema.platform.errors import (
+    Conflict,
+    NotFound,
+    ProblemError,
+    ServiceUnavailable,
+    Unauthorized,
+    Unprocessable,
+    field_error,
+)
+from ecosistema.platform.policy import can_reach, ensure, ensure_owner, owner_filter
+from ecosistema.platform.service import ServiceContext
+
+log = structlog.get_logger(__name__)
+
+PAYMENT_NOT_FOUND = "No payment with this id."
+INVOICE_NOT_FOUND = "No invoice with this id."
+ORDER_NOT_FOUND = "No order with this id."
+PAYABLE_ORDER_STATUSES = frozenset({"pending_payment"})
+# A claimed payment whose provider call has not been recorded after this long is resumed.
+RESUME_AFTER = timedelta(minutes=2)
+
+
+class OrderNotPayable(Conflict):
+    """The order is not waiting for payment."""
+
+    type, title = "order-not-payable", "Order not payable"
+
+
+class PaymentAlreadyExists(Conflict):
+    """The order already has a payment that is not canceled."""
+
+    type, title = "order-already-has-payment", "Order already has a payment"
+
+
+# --- providers ----------------------------------------------------------------------------------
+
+
+def provider_for(ctx: ServiceContext, name: str | None = None) -> PaymentProvider:
+    """The named provider (default: the configured one), built once per context."""
+    name = name or ctx.settings.payment_provider
+    providers: dict[str, PaymentProvider] = ctx.extras.setdefault("providers", {})
+    if name not in providers:
+        if name == "sandbox":
+            from ecosistema.payments.providers.sandbox import SandboxProvider
+
+            providers[name] = SandboxProvider(ctx.db)
+        elif name == "stripe":
+            if ctx.settings.stripe_api_key is None:
+                raise ServiceUnavailable("Stripe is not configured (ECOSISTEMA_STRIPE_API_KEY).")
+            from ecosistema.payments.providers.stripe import StripeProvider
+
+            providers[name] = StripeProvider(
+                ctx.settings.stripe_api_key.get_secret_value(),
+                api_base=ctx.settings.stripe_api_base,
+            )
+        else:
+            raise NotFound(f"No payment provider named {name!r}.")
+    return providers[name]
+
+
+def use_provider(ctx: ServiceContext, provider: PaymentProvider) -> None:
+    """Register a provider instance under its name (operators and tests wire their own)."""
+    ctx.extras.setdefault("providers", {})[provider.name] = provider
+
+
+# --- reading ------------------------------------------------------------------------------------
+
+
+def _payment(row: Mapping[str, Any]) -> Payment:
+    return Payment.model_validate({**row, "card": row["card"]}, from_attributes=False)
+
+
+async def _load(session: AsyncSession, payment_id: str) -> dict[str, Any]:
+    row = (
+        (await session.execute(select(payments).where(payments.c.id == payment_id)))
+        .mappings()
+        .one_or_none()
+    )
+    if row is None:
+        raise NotFound(PAYMENT_NOT_FOUND)
+    return dict(row)
+
+
+def _ensure_reach(principal: Principal, row: Mapping[str, Any], *, bypass: str) -> None:
+    if can_reach(principal, row["customer_id"], bypass=bypass):
+        return
+    # A payment a customer started for their own order stays theirs.
+    ensure_owner(principal, row["created_by"], bypass=bypass, detail=PAYMENT_NOT_FOUND)
+
+
+async def get_payment(ctx: ServiceContext, *, principal: Principal, payment_id: str) -> Payment:
+    """One payment, if the caller may see it."""
+    _ensure_any(principal, "payments:read_own", "payments:read_all")
+    async with ctx.db.read() as session:
+        row = await _load(session, payment_id)
+    _ensure_reach(principal, row, bypass="payments:read_all")
+    return _payment(row)
+
+
+async def list_payments(
+    ctx: ServiceContext,
+    *,
+    principal: Principal,
+    order_id: str | None = None,
+    status: PaymentStatus | None = None,
+    limit: int = 50,
+    cursor: str | None = None,
+) -> PaymentPage:
+    """Payments the caller may see, newest first."""
+    _ensure_any(principal, "payments:read_own", "payments:read_all")
+    query = select(payments)
+    owner = owner_filter(principal, bypass="payments:read_all")
+    if owner is not None:
+        query = query.where(payments.c.customer_id == owner)
+    if order_id is not None:
+        query = query.where(payments.c.order_id == order_id)
+    if status is not None:
+        query = query.where(payments.c.status == status.value)
+    query = _after_cursor(query, payments.c.created_at, payments.c.id, cursor)
+    query = query.order_by(payments.c.created_at.desc(), payments.c.id.desc()).limit(limit + 1)
+    async with ctx.db.read() as session:
+        rows = [dict(r) for r in (await session.execute(query)).mappings()]
+    return PaymentPage(
+        items=[_payment(r) for r in rows[:limit]],
+        next_cursor=_cursor_of(rows[limit - 1]) if len(rows) > limit else None,
+    )
+
+
+def _ensure_any(principal: Principal, *permissions: str) -> None:
+    if not any(principal.has(p) for p in permissions):
+        ensure(principal, permissions[0])
+
+
+def _cursor_of(row: Mapping[str, Any], column: str = "created_at") -> str:
+    raw = f"{row[column].isoformat()}|{row['id']}".encode()
+    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+
+
+def _after_cursor(query: Any, at: Any, id_: Any, cursor: str | None) -> Any:
+    if not cursor:
+        return query
+    try:
+        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
+        stamp, _, ident = raw.partition("|")
+        moment = datetime.fromisoformat(stamp)
+        if moment.tzinfo is None or not ident:
+            raise ValueError(cursor)
+    except ValueError:
+        raise field_error("cursor", "is not a cursor this listing gave out") from None
+    return query.where(or_(at < moment, and_(at == moment, id_ < ident)))
+
+
+# --- orders -------------------------------------------------------------------------------------
+
+
+def _plain(value: Any) -> Any:
+    if hasattr(value, "model_dump"):
+        return value.model_dump(mode="json")
+    return json.loads(json.dumps(value, default=str))
+
+
+async def _order(ctx: ServiceContext, order_id: str) -> dict[str, Any]:
+    try:
+        orders = ctx.client("orders")
+    except LookupError as exc:
+        raise ServiceUnavailable("The orders service cannot be reached from here.") from exc
+    summary: dict[str, Any] = _plain(await orders.get_order(order_id))
+    return summary
+
+
+def _snapshot(order: Mapping[str, Any]) -> dict[str, Any]:
+    keep = (
+        "id",
+        "number",
+        "customer_id",
+        "email",
+        "currency",
+        "subtotal",
+        "discount_total",
+        "tax_total",
+        "shipping_total",
+        "total",
+        "lines",
+        "billing_address",
+        "shipping_address",
+        "prices_include_tax",
+    )
+    return {k: order.get(k) for k in keep if k in order}
+
+
+# --- creating and confirming --------------------------------------------------------------------
+
+
+async def create_payment(
+    ctx: ServiceContext, *, principal: Principal, data: PaymentCreate
+) -> Payment:
+    """A payment intent for an order, amount and currency from the order; confirmed at once
+    when a payment method is given."""
+    _ensure_any(principal, "payments:write_own", "payments:write_all")
+    order = await _order(ctx, data.order_id)
+    ensure_owner(
+        principal, order.get("customer_id"), bypass="payments:write_all", detail=ORDER_NOT_FOUND
+    )
+    if order.get("status") not in PAYABLE_ORDER_STATUSES:
+        raise OrderNotPayable(f"Order {order.get('number')} is {order.get('status')}, not payable.")
+    tokenized = None
+    if data.payment_method is not None:
+        provider = provider_for(ctx, ctx.settings.payment_provider)
+        tokenized = await _tokenize(provider, data.payment_method, "payment_method")
+    now = utcnow()
+    payment_id = new_id()
+    async with ctx.db.transaction() as session:
+        active = (
+            await session.execute(
+                select(payments.c.id).where(
+                    payments.c.order_id == data.order_id,
+                    payments.c.status != PaymentStatus.CANCELED.value,
+                )
+            )
+        ).scalar_one_or_none()
+        if active is not None:
+            raise PaymentAlreadyExists(
+                "This order already has a payment; confirm or cancel it.", payment_id=active
+            )
+        try:
+            async with session.begin_nested():
+                await session.execute(_new_payment(ctx, payment_id, principal, data, order, now))
+        except IntegrityError:
+            raise PaymentAlreadyExists(
+                "This order already has a payment; confirm or cancel it."
+            ) from None
+    if data.payment_method is None:
+        return await get_payment(ctx, principal=principal, payment_id=payment_id)
+    try:
+        return await _confirm(
+            ctx, principal, payment_id, data.payment_method, "payment_method", tokenized
+        )
+    except ProblemError as problem:
+        # The intent exists; the caller confirms it with another method using this id.
+        problem.extra.setdefault("payment_id", payment_id)
+        raise
+
+
+def _new_payment(
+    ctx: ServiceContext,
+    payment_id: str,
+    principal: Principal,
+    data: PaymentCreate,
+    order: Mapping[str, Any],
+    now: datetime,
+) -> Any:
+    return payments.insert().values(
+        id=payment_id,
+        order_id=data.order_id,
+        live_order_id=data.order_id,
+        customer_id=order.get("customer_id"),
+        created_by=principal.subject,
+        status=PaymentStatus.REQUIRES_PAYMENT_METHOD.value,
+        capture_method=data.capture_method.value,
+        amount=int(order["total"]),
+        currency=str(order["currency"]),
+        amount_capturable=0,
+        captured_amount=0,
+        refunded_amount=0,
+        fee=0,
+        provider=ctx.settings.payment_provider,
+        attempt=0,
+        order_snapshot=_snapshot(order),
+        created_at=now,
+        updated_at=now,
+    )
+
+
+async def confirm_payment(
+    ctx: ServiceContext,
+    *,
+    principal: Principal,
+    payment_id: str,
+    payment_method: PaymentMethodInput | None,
+) -> Payment:
+    """Charge (or authorize) with a payment method, or finish a required customer action."""
+    _ensure_any(principal, "payments:write_own", "payments:write_all")
+    return await _confirm(ctx, principal, payment_id, payment_method, "payment_method")
+
+
+async def _confirm(
+    ctx: ServiceContext,
+    principal: Principal,
+    payment_id: str,
+    method: PaymentMethodInput | None,
+    field: str,
+    tokenized: dict[str, Any] | None = None,
+) -> Payment:
+    async with ctx.db.read() as session:
+        row = await _load(session, payment_id)
+    _ensure_reach(principal, row, bypass="payments:write_all")
+    previous = PaymentStatus(row["status"])
+    if previous not in domain.CONFIRMABLE:
+        raise IllegalTransition(
+            f"A payment in status {previous.value!r} cannot be confirmed.",
+            status_now=previous.value,
+        )
+    provider = provider_for(ctx, row["provider"])
+    completing_action = previous is PaymentStatus.REQUIRES_ACTION and method is None
+    card: dict[str, Any] | None = row["card"]
+    if not completing_action:
+        if method is None:
+            raise field_error(field, "a payment method is needed to confirm", code="missing")
+        card = tokenized or await _tokenize(provider, method, field)
+    attempt = int(row["attempt"]) + (0 if completing_action else 1)
+    operation = "action" if completing_action else "authorize"
+    async with ctx.db.transaction() as session:
+        claimed = await session.execute(
+            update(payments)
+            .where(payments.c.id == payment_id, payments.c.status == previous.value)
+            .values(
+                status=PaymentStatus.PROCESSING.value,
+                attempt=attempt,
+                card=card,
+                failure_code=None,
+                failure_message=None,
+                next_action=None,
+                **_pending(operation),
+            )
+        )
+        if _rowcount(claimed) != 1:
+            raise IllegalTransition("The payment changed while confirming; read it again.")
+        row = await _load(session, payment_id)
+    return await _finish(ctx, row, previous)
+
+
+def _pending(operation: str | None, amount: int | None = None) -> dict[str, Any]:
+    """Column values for a claim (or, with ``None``, for its release)."""
+    now = utcnow()
+    return {
+        "pending_operation": operation,
+        "pending_amount": amount,
+        "resume_after": now + RESUME_AFTER if operation else None,
+        "updated_at": now,
+    }
+
+
+async def _perform(ctx: ServiceContext, row: Mapping[str, Any]) -> ProviderOutcome:
+    """Make the provider call a claimed payment is waiting for, with its idempotency key.
+
+    The key depends only on the payment's row, so calling this again for the same claim, after
+    a crash or a lost answer, repeats nothing at the provider.
+    """
+    provider = provider_for(ctx, row["provider"])
+    operation = row["pending_operation"]
+    key = f"{row['id']}:attempt:{row['attempt']}"
+    if operation == "authorize":
+        return await provider.authorize(
+            amount=int(row["amount"]),
+            currency=str(row["currency"]),
+            token=str(row["card"]["token"]),
+            capture=row["capture_method"] == CaptureMethod.AUTOMATIC.value,
+            idempotency_key=key,
+            description=f"Order {row['order_snapshot'].get('number') or row['order_id']}",
+        )
+    if operation == "action":
+        return await provider.confirm(str(row["provider_ref"]), idempotency_key=key + ":action")
+    if operation == "capture":
+        return await provider.capture(
+            str(row["provider_ref"]),
+            int(row["pending_amount"]),
+            idempotency_key=f"{row['id']}:capture",
+        )
+    if operation == "void":
+        if row["provider_ref"]:
+            await provider.void(str(row["provider_ref"]), idempotency_key=f"{row['id']}:void")
+        return ProviderOutcome("canceled", str(row["provider_ref"] or ""))
+    raise ValueError(f"no provider operation {operation!r} to perform")
+
+
+async def _finish(ctx: ServiceContext, row: Mapping[str, Any], previous: PaymentStatus) -> Payment:
+    """Perform a claimed payment's provider call and record its answer; undo the claim when
+    the provider gives none."""
+    try:
+        outcome = await _perform(ctx, row)
+    except BaseException:
+        await _restore(ctx, str(row["id"]), previous, attempt=_attempt_before(row, previous))
+        raise
+    async with ctx.db.transaction() as session:
+        await _record_outcome(ctx, session, str(row["id"]), outcome)
+        recorded = await _load(session, str(row["id"]))
+    return _payment(recorded)
+
+
+def _attempt_before(row: Mapping[str, Any], previous: PaymentStatus) -> int:
+    if row["pending_operation"] == "authorize":
+        return int(row["attempt"]) - 1
+    return int(row["attempt"])
+
+
+async def _tokenize(
+    provider: PaymentProvider, method: PaymentMethodInput, field: str
+) -> dict[str, Any]:
+    if method.card is None:
+        assert method.token is not None
+        return {
+            "token": method.token,
+            "brand": "unknown",
+            "last4": "",
+            "exp_month": 0,
+            "exp_year": 0,
+        }
+    card = method.card
+    errors = domain.card_errors(
+        card.number,
+        card.exp_month,
+        card.exp_year,
+        card.cvc,
+        today=utcnow().date(),
+        prefix=f"{field}.card.",
+    )
+    if errors:
+        raise Unprocessable(
+            "; ".join(f"{e['field']}: {e['message']}" for e in errors), errors=errors
+        )
+    token = await provider.tokenize(
+        CardDetails(
+            card.number.replace(" ", "").replace("-", ""), card.exp_month, card.exp_year, card.cvc
+        )
+    )
+    return {
+        "token": token.token,
+        "brand": token.brand,
+        "last4": token.last4,
+        "exp_month": token.exp_month,
+        "exp_year": token.exp_year,
+    }
+
+
+async def _restore(
+    ctx: ServiceContext, payment_id: str, previous: PaymentStatus, *, attempt: int | None = None
+) -> None:
+    """Undo a claim after a provider call that gave no answer."""
+    values: dict[str, Any] = {"status": previous.value, **_pending(None)}
+    if attempt is not None:
+        values["attempt"] = attempt
+    async with ctx.db.transaction() as session:
+        await session.execute(
+            update(payments)
+            .where(payments.c.id == payment_id, payments.c.status == PaymentStatus.PROCESSING.value)
+            .values(**values)
+        )
+
+
+async def _record_outcome(
+    ctx: ServiceContext, session: AsyncSession, payment_id: str, outcome: ProviderOutcome
+) -> None:
+    row = await _load(session, payment_id)
+    now = utcnow()
+    target = PaymentStatus(outcome.status)
+    domain.ensure_transition(PaymentStatus(row["status"]), target)
+    values: dict[str, Any] = {"status": target.value, **_pending(None)}
+    if outcome.ref:
+        values["provider_ref"] = outcome.ref
+    if target is PaymentStatus.FAILED:
+        values.update(failure_code=outcome.decline_code, failure_message=outcome.message)
+        await ctx.outbox.add(
+            session,
+            events.PAYMENT_FAILED,
+            {
+                "payment_id": payment_id,
+                "order_id": row["order_id"],
+                "reason": outcome.message or "declined",
+                "decline_code": outcome.decline_code,
+            },
+        )
+    elif target is PaymentStatus.REQUIRES_ACTION:
+        values["next_action"] = outcome.next_action
+    elif target is PaymentStatus.REQUIRES_CAPTURE:
+        values["amount_capturable"] = int(row["amount"])
+    elif target is PaymentStatus.SUCCEEDED:
+        values.update(
+            captured_amount=outcome.captured,
+            amount_capturable=0,
+            fee=outcome.fee,
+            captured_at=now,
+        )
+    elif target is PaymentStatus.CANCELED:
+        values.update(amount_capturable=0, live_order_id=None)
+    await session.execute(update(payments).where(payments.c.id == payment_id).values(**values))
+    if target is PaymentStatus.SUCCEEDED:
+        await _record_capture(ctx, session, {**row, **values}, outcome)
+
+
+async def _record_capture(
+    ctx: ServiceContext, session: AsyncSession, row: Mapping[str, Any], outcome: ProviderOutcome
+) -> None:
+    """Journal, invoice and PaymentSucceeded for a capture, in the capture's transaction."""
+    await _post(
+        session,
+        domain.capture_postings(outcome.captured, outcome.fee),
+        kind="capture",
+        payment=row,
+        refund_id=None,
+        provider_ref=outcome.transaction_ref,
+    )
+    await ctx.outbox.add(
+        session,
+        events.PAYMENT_SUCCEEDED,
+        {
+            "payment_id": row["id"],
+            "order_id": row["order_id"],
+            "amount": int(row["amount"]),
+            "currency": row["currency"],
+            "captured_amount": outcome.captured,
+        },
+    )
+    await _issue_invoice(ctx, session, row, outcome.captured)
+
+
+async def _post(
+    session: AsyncSession,
+    postings: Sequence[Posting],
+    *,
+    kind: str,
+    payment: Mapping[str, Any],
+    refund_id: str | None,
+    provider_ref: str | None,
+) -> None:
+    if not domain.is_balanced(postings):
+        raise ValueError("an unbalanced journal transaction")
+    transaction_id = new_id()
+    now = utcnow()
+    await session.execute(
+        journal.insert(),
+        [
+            {
+                "transaction_id": transaction_id,
+                "kind": kind,
+                "payment_id": payment["id"],
+                "refund_id": refund_id,
+                "provider": payment["provider"],
+                "provider_ref": provider_ref,
+                "account": p.account.value,
+                "debit": p.debit,
+                "credit": p.credit,
+                "currency": payment["currency"],
+                "created_at": now,
+            }
+            for p in postings
+        ],
+    )
+
+
+# --- capture and void ---------------------------------------------------------------------------
+
+
+async def capture_payment(
+    ctx: ServiceContext, *, principal: Principal, payment_id: str, amount: int | None
+) -> Payment:
+    """Capture all or part of an authorization; the rest is released."""
+    ensure(principal, "payments:write_all")
+    async with ctx.db.read() as session:
+        row = await _load(session, payment_id)
+    if row["status"] != PaymentStatus.REQUIRES_CAPTURE.value:
+        raise IllegalTransition(
+            f"Only an authorized payment can be captured; this one is {row['status']}.",
+            status_now=row["status"],
+        )
+    to_capture = int(row["amount_capturable"]) if amount is None else amount
+    domain.check_capture(int(row["amount_capturable"]), to_capture)
+    claimed = await _claim(ctx, payment_id, PaymentStatus.REQUIRES_CAPTURE, "capture", to_capture)
+    return await _finish(ctx, claimed, PaymentStatus.REQUIRES_CAPTURE)
+
+
+async def _claim(
+    ctx: ServiceContext,
+    payment_id: str,
+    previous: PaymentStatus,
+    operation: str,
+    amount: int | None = None,
+) -> dict[str, Any]:
+    """Move a payment from ``previous`` to processing for ``operation``, or raise 409."""
+    async with ctx.db.transaction() as session:
+        claimed = await session.execute(
+            update(payments)
+            .where(payments.c.id == payment_id, payments.c.status == previous.value)
+            .values(status=PaymentStatus.PROCESSING.value, **_pending(operation, amount))
+        )
+        if _rowcount(claimed) != 1:
+            raise IllegalTransition("The payment changed meanwhile; read it again.")
+        return await _load(session, payment_id)
+
+
+async def cancel_payment(ctx: ServiceContext, *, principal: Principal, payment_id: str) -> Payment:
+    """Cancel a payment that has taken no money; an authorization is voided at the provider."""
+    _ensure_any(principal, "payments:write_own", "payments:write_all")
+    async with ctx.db.read() as session:
+        row = await _load(session, payment_id)
+    _ensure_reach(principal, row, bypass="payments:write_all")
+    previous = PaymentStatus(row["status"])
+    domain.ensure_transition(previous, PaymentStatus.CANCELED)
+    claimed = await _claim(ctx, payment_id, previous, "void")
+    return await _finish(ctx, claimed, previous)
+
+
+async def resume_interrupted_payments(ctx: ServiceContext) -> int:
+    """Finish provider calls whose answer was never recorded (the process stopped, or an order
+    was cancelled under an authorization); returns how many payments were settled."""
+    async with ctx.db.read() as session:
+        due = [
+            dict(r)
+            for r in (
+                await session.execute(
+                    select(payments)
+                    .where(
+                        payments.c.status == PaymentStatus.PROCESSING.value,
+                        payments.c.resume_after <= utcnow(),
+                    )
+                    .order_by(payments.c.resume_after)
+                    .limit(100)
+                )
+            ).mappings()
+        ]
+    settled = 0
+    for row in due:
+        try:
+            outcome = await _perform(ctx, row)
+            async with ctx.db.transaction() as session:
+                current = await _load(session, str(row["id"]))
+                if current["status"] != PaymentStatus.PROCESSING.value:
+                    continue
+                await _record_outcome(ctx, session, str(row["id"]), outcome)
+            settled += 1
+        except Exception as exc:
+            log.warning("payment_resume_failed", payment_id=row["id"], error=repr(exc))
+    return settled
+
+
+async def cancel_payments_of_cancelled_order(
+    ctx: ServiceContext, session: AsyncSession, order_id: str
+) -> None:
+    """An order was cancelled: payments that took nothing are canceled, authorizations are
+    queued for voiding at the provider (by ``resume_interrupted_payments``)."""
+    now = utcnow()
+    await session.execute(
+        update(payments)
+        .where(
+            payments.c.order_id == order_id,
+            payments.c.status.in_(
+                [PaymentStatus.REQUIRES_PAYMENT_METHOD.value, PaymentStatus.FAILED.value]
+            ),
+        )
+        .values(status=PaymentStatus.CANCELED.value, live_order_id=None, updated_at=now)
+    )
+    await session.execute(
+        update(payments)
+        .where(
+            payments.c.order_id == order_id,
+            payments.c.status.in_(
+                [PaymentStatus.REQUIRES_CAPTURE.value, PaymentStatus.REQUIRES_ACTION.value]
+            ),
+        )
+        .values(
+            status=PaymentStatus.PROCESSING.value,
+            pending_operation="void",
+            pending_amount=None,
+            resume_after=now,
+            updated_at=now,
+        )
+    )
+
+
+# --- refunds ------------------------------------------------------------------------------------
+
+
+async def create_refund(
+    ctx: ServiceContext, *, principal: Principal, payment_id: str, data: RefundCreate
+) -> Refund:
+    """Refund an amount, some lines, or all that is left; never more than was captured."""
+    ensure(principal, "payments:refund")
+    async with ctx.db.read() as session:
+        row = await _load(session, payment_id)
+    if row["status"] != PaymentStatus.SUCCEEDED.value:
+        raise IllegalTransition(
+            f"Only a captured payment can be refunded; this one is {row['status']}.",
+            status_now=row["status"],
+        )
+    lines = _refund_lines(row["order_snapshot"], data)
+    if data.amount is not None:
+        amount = data.amount
+    elif lines:
+        amount = sum(line["amount"] for line in lines)
+    else:
+        amount = domain.refundable(int(row["captured_amount"]), int(row["refunded_amount"]))
+    if amount <= 0:
+        raise domain.RefundExceedsCaptured("Nothing is left to refund.", refundable=0)
+    refund_id = new_id()
+    now = utcnow()
+    async with ctx.db.transaction() as session:
+        # The guard is the limit: concurrent refunds serialize on this row and the sum of
+        # refunds can never pass the captured amount, whatever the interleaving.
+        taken = await session.execute(
+            update(payments)
+            .where(
+                payments.c.id == payment_id,
+                payments.c.status == PaymentStatus.SUCCEEDED.value,
+                payments.c.refunded_amount + amount <= payments.c.captured_amount,
+            )
+            .values(refunded_amount=payments.c.refunded_amount + amount, updated_at=now)
+        )
+        if _rowcount(taken) != 1:
+            current = await _load(session, payment_id)
+            domain.check_refund(
+                int(current["captured_amount"]), int(current["refunded_amount"]), amount
+            )
+            raise IllegalTransition("The payment changed meanwhile; read it again.")
+        if lines:
+            await _check_line_quantities(session, payment_id, row["order_snapshot"], lines)
+        await session.execute(
+            refunds.insert().values(
+                id=refund_id,
+                payment_id=payment_id,
+                order_id=row["order_id"],
+                status="pending",
+                amount=amount,
+                currency=row["currency"],
+                reason=data.reason,
+                restock=data.restock,
+                lines=lines,
+                created_by=principal.subject,
+                created_at=now,
+            )
+        )
+    async with ctx.db.read() as session:
+        pending = await _refund_row(session, refund_id)
+    await _settle_refund(ctx, pending, row, on_error="raise")
+    return await _refund(ctx, refund_id)
+
+
+async def _refund_row(session: AsyncSession, refund_id: str) -> dict[str, Any]:
+    row = (await session.execute(select(refunds).where(refunds.c.id == refund_id))).mappings().one()
+    return dict(row)
+
+
+async def _settle_refund(
+    ctx: ServiceContext,
+    refund: Mapping[str, Any],
+    payment: Mapping[str, Any],
+    *,
+    on_error: str,
+) -> None:
+    """Ask the provider for a pending refund (once per refund, by its idempotency key) and
+    record the answer: journal, credit note and PaymentRefunded, or the amount given back."""
+    refund_id, amount = str(refund["id"]), int(refund["amount"])
+    try:
+        result = await provider_for(ctx, payment["provider"]).refund(
+            str(payment["provider_ref"]), amount, idempotency_key=f"{refund_id}:refund"
+        )
+    except BaseException as exc:
+        if on_error == "raise":
+            await _fail_refund(ctx, refund_id, str(payment["id"]), amount, str(exc)[:255])
+        raise
+    if result.status == "failed":
+        await _fail_refund(ctx, refund_id, str(payment["id"]), amount, result.message or "failed")
+        return
+    lines: list[dict[str, Any]] = list(refund["lines"] or [])
+    async with ctx.db.transaction() as session:
+        settled = await session.execute(
+            update(refunds)
+            .where(refunds.c.id == refund_id, refunds.c.status == "pending")
+            .values(status="succeeded", provider_ref=result.ref, completed_at=utcnow())
+        )
+        if _rowcount(settled) != 1:
+            return
+        current = await _load(session, str(payment["id"]))
+        await _post(
+            session,
+            domain.refund_postings(amount),
+            kind="refund",
+            payment=current,
+            refund_id=refund_id,
+            provider_ref=result.transaction_ref,
+        )
+        fully = int(current["refunded_amount"]) >= int(current["captured_amount"])
+        await ctx.outbox.add(
+            session,
+            events.PAYMENT_REFUNDED,
+            {
+                "payment_id": current["id"],
+                "order_id": current["order_id"],
+                "refund_id": refund_id,
+                "amount": amount,
+                "currency": current["currency"],
+                "lines": lines,
+                "restock": bool(refund["restock"]),
+                "restock_lines": [
+                    {"sku": line["sku"], "quantity": line["quantity"]} for line in lines
+                ]
+                if refund["restock"]
+                else [],
+                "reason": refund["reason"],
+                "fully_refunded": fully,
+            },
+        )
+        await _issue_credit_note(ctx, session, current, refund_id, amount, lines)
+
+
+async def resume_pending_refunds(ctx: ServiceContext) -> int:
+    """Settle refunds whose provider answer was never recorded; returns how many were."""
+    cutoff = utcnow() - RESUME_AFTER
+    async with ctx.db.read() as session:
+        due = [
+            dict(r)
+            for r in (
+                await session.execute(
+                    select(refunds)
+                    .where(refunds.c.status == "pending", refunds.c.created_at <= cutoff)
+                    .order_by(refunds.c.created_at)
+                    .limit(100)
+                )
+            ).mappings()
+        ]
+    settled = 0
+    for refund in due:
+        try:
+            async with ctx.db.read() as session:
+                payment = await _load(session, str(refund["payment_id"]))
+            await _settle_refund(ctx, refund, payment, on_error="keep")
+            settled += 1
+        except Exception as exc:
+            log.warning("refund_resume_failed", refund_id=refund["id"], error=repr(exc))
+    return settled
+
+
+def _refund_lines(order: Mapping[str, Any], data: RefundCreate) -> list[dict[str, Any]]:
+    if not data.lines:
+        return []
+    by_id = {str(line.get("line_id")): line for line in order.get("lines") or []}
+    out: list[dict[str, Any]] = []
+    seen: set[str] = set()
+    for index, wanted in enumerate(data.lines):
+        line = by_id.get(wanted.line_id)
+        if line is None or wanted.line_id in seen:
+            raise field_error(f"lines.{index}.line_id", "is not a line of this order (or twice)")
+        seen.add(wanted.line_id)
+        ordered = int(line["quantity"])
+        if wanted.quantity > ordered:
+            raise field_error(f"lines.{index}.quantity", f"the order has {ordered}")
+        out.append(
+            {
+                "line_id": wanted.line_id,
+                "sku": str(line["sku"]),
+                "quantity": wanted.quantity,
+                "amount": domain.prorated_line_amount(int(line["total"]), ordered, wanted.quantity),
+            }
+        )
+    return out
+
+
+async def _check_line_quantities(
+    session: AsyncSession,
+    payment_id: str,
+    order: Mapping[str, Any],
+    lines: Sequence[Mapping[str, Any]],
+) -> None:
+    earlier = (
+        await session.execute(
+            select(refunds.c.lines).where(
+                refunds.c.payment_id == payment_id, refunds.c.status != "failed"
+            )
+        )
+    ).scalars()
+    refunded: dict[str, int] = {}
+    for refund_lines in earlier:
+        for line in refund_lines or []:
+            refunded[line["line_id"]] = refunded.get(line["line_id"], 0) + int(line["quantity"])
+    ordered = {str(line["line_id"]): int(line["quantity"]) for line in order.get("lines") or []}
+    for index, line in enumerate(lines):
+        if refunded.get(line["line_id"], 0) + int(line["quantity"]) > ordered[line["line_id"]]:
+            left = ordered[line["line_id"]] - refunded.get(line["line_id"], 0)
+            raise field_error(f"lines.{index}.quantity", f"only {left} left to refund")
+
+
+async def _fail_refund(
+    ctx: ServiceContext, refund_id: str, payment_id: str, amount: int, message: str
+) -> None:
+    async with ctx.db.transaction() as session:
+        await session.execute(
+            update(refunds)
+            .where(refunds.c.id == refund_id, refunds.c.status == "pending")
+            .values(status="failed", failure_message=message, completed_at=utcnow())
+        )
+        await session.execute(
+            update(payments)
+            .where(payments.c.id == payment_id)
+            .values(refunded_amount=payments.c.refunded_amount - amount, updated_at=utcnow())
+        )
+
+
+async def _refund(ctx: ServiceContext, refund_id: str) -> Refund:
+    async with ctx.db.read() as session:
+        row = (
+            (await session.execute(select(refunds).where(refunds.c.id == refund_id)))
+            .mappings()
+            .one()
+        )
+    return Refund.model_validate(dict(row))
+
+
+async def list_refunds(ctx: ServiceContext, *, principal: Principal, payment_id: str) -> RefundList:
+    """A payment's refunds, oldest first."""
+    _ensure_any(principal, "payments:read_own", "payments:read_all")
+    async with ctx.db.read() as session:
+        row = await _load(session, payment_id)
+        _ensure_reach(principal, row, bypass="payments:read_all")
+        rows = (
+            await session.execute(
+                select(refunds)
+                .where(refunds.c.payment_id == payment_id)
+                .order_by(refunds.c.created_at, refunds.c.id)
+            )
+        ).mappings()
+        return RefundList(items=[Refund.model_validate(dict(r)) for r in rows])
+
+
+# --- invoices -----------------------------------------------------------------------------------
+
+
+async def next_document_number(session: AsyncSession, series: str, year: int) -> int:
+    """Take the next number of a series and year in the caller's transaction.
+
+    The counter row is bumped with one guarded UPDATE, so concurrent issuers queue on the row
+    and a rolled-back transaction gives its number back: no gaps, no duplicates.
+    """
+    bump = (
+        update(document_counters)
+        .where(document_counters.c.series == series, document_counters.c.year == year)
+        .values(last_value=document_counters.c.last_value + 1)
+        .returning(document_counters.c.last_value)
+    )
+    value = (await session.execute(bump)).scalar_one_or_none()
+    if value is not None:
+        return int(value)
+    dialect = session.get_bind().dialect.name
+    dialect_insert = pg_insert if dialect == "postgresql" else sqlite_insert
+    created = await session.execute(
+        dialect_insert(document_counters)
+        .values(series=series, year=year, last_value=1)
+        .on_conflict_do_nothing()
+    )
+    if _rowcount(created) == 1:
+        return 1
+    return int((await session.execute(bump)).scalar_one())
+
+
+def _seller(ctx: ServiceContext) -> dict[str, Any]:
+    s = ctx.settings
+    return {"name": s.seller_name, "address": s.seller_address, "tax_id": s.seller_tax_id}
+
+
+def _buyer(order: Mapping[str, Any]) -> dict[str, Any]:
+    address = order.get("billing_address") or order.get("shipping_address")
+    name = address.get("name") if isinstance(address, dict) else None
+    text = (
+        ", ".join(str(v) for k, v in address.items() if v and k != "name")
+        if isinstance(address, dict)
+        else None
+    )
+    return {
+        "name": name,
+        "address": text,
+        "email": order.get("email"),
+        "customer_id": order.get("customer_id"),
+    }
+
+
+def _invoice_lines(order: Mapping[str, Any]) -> list[dict[str, Any]]:
+    out = []
+    for line in order.get("lines") or []:
+        total, tax = int(line["total"]), int(line.get("tax") or 0)
+        out.append(
+            {
+                "sku": line.get("sku"),
+                "description": str(line.get("name") or line.get("sku") or "Item"),
+                "quantity": int(line["quantity"]),
+                "unit_price": int(line["unit_price"]),
+                "net": total - tax,
+                "tax": tax,
+                "total": total,
+            }
+        )
+    lines_total = sum(line["total"] for line in out)
+    lines_tax = sum(line["tax"] for line in out)
+    shipping = int(order.get("shipping_total") or 0)
+    if shipping:
+        shipping_tax = max(0, int(order.get("tax_total") or 0) - lines_tax)
+        out.append(_extra_line("Shipping", shipping, shipping_tax))
+    discount = int(order.get("discount_total") or 0)
+    expected = int(order.get("total") or 0)
+    gap = expected - (lines_total + shipping)
+    if discount and gap < 0:
+        out.append(_extra_line("Discount", gap, 0))
+    return out
+
+
+def _extra_line(description: str, total: int, tax: int) -> dict[str, Any]:
+    return {
+        "sku": None,
+        "description": description,
+        "quantity": 1,
+        "unit_price": total,
+        "net": total - tax,
+        "tax": tax,
+        "total": total,
+    }
+
+
+def _scaled(lines: list[dict[str, Any]], amount: int, total: int) -> list[dict[str, Any]]:
+    """Lines for a document worth ``amount`` when the order was worth ``total``."""
+    if amount == total or total <= 0:
+        return lines
+    tax = domain.split_tax(amount, total, sum(line["tax"] for line in lines))
+    return [_extra_line("Partial capture of the order", amount, tax)]
+
+
+async def _issue_document(
+    ctx: ServiceContext,
+    session: AsyncSession,
+    *,
+    kind: str,
+    series: str,
+    payment: Mapping[str, Any],
+    lines: list[dict[str, Any]],
+    refund_id: str | None,
+    related_invoice_id: str | None,
+) -> dict[str, Any]:
+    now = utcnow()
+    sequence = await next_document_number(session, series, now.year)
+    total = sum(int(line["total"]) for line in lines)
+    tax_total = sum(int(line["tax"]) for line in lines)
+    order = payment["order_snapshot"]
+    document = {
+        "id": new_id(),
+        "kind": kind,
+        "number": domain.document_number(series, now.year, sequence),
+        "series": series,
+        "year": now.year,
+        "sequence": sequence,
+        "payment_id": payment["id"],
+        "refund_id": refund_id,
+        "order_id": payment["order_id"],
+        "customer_id": payment["customer_id"],
+        "currency": payment["currency"],
+        "seller": _seller(ctx),
+        "buyer": _buyer(order),
+        "lines": lines,
+        "tax_breakdown": domain.tax_breakdown(lines),
+        "subtotal": total - tax_total,
+        "tax_total": tax_total,
+        "total": total,
+        "related_invoice_id": related_invoice_id,
+        "issued_at": now,
+    }
+    await session.execute(invoices.insert().values(**document))
+    event = events.INVOICE_ISSUED if kind == "invoice" else events.CREDIT_NOTE_ISSUED
+    await ctx.outbox.add(
+        session,
+        event,
+        {
+            "invoice_id": document["id"],
+            "number": document["number"],
+            "kind": kind,
+            "payment_id": payment["id"],
+            "refund_id": refund_id,
+            "order_id": payment["order_id"],
+            "customer_id": payment["customer_id"],
+            "currency": payment["currency"],
+            "total": total,
+            "tax_total": tax_total,
+        },
+    )
+    return document
+
+
+async def _issue_invoice(
+    ctx: ServiceContext, session: AsyncSession, payment: Mapping[str, Any], captured: int
+) -> None:
+    order = payment["order_snapshot"]
+    lines = _scaled(_invoice_lines(order), captured, int(order.get("total") or captured))
+    await _issue_document(
+        ctx,
+        session,
+        kind="invoice",
+        series=INVOICE_SERIES,
+        payment=payment,
+        lines=lines,
+        refund_id=None,
+        related_invoice_id=None,
+    )
+
+
+async def _issue_credit_note(
+    ctx: ServiceContext,
+    session: AsyncSession,
+    payment: Mapping[str, Any],
+    refund_id: str,
+    amount: int,
+    refund_lines: Sequence[Mapping[str, Any]],
+) -> None:
+    order = payment["order_snapshot"]
+    invoice_id = (
+        await session.execute(
+            select(invoices.c.id).where(
+                invoices.c.payment_id == payment["id"], invoices.c.kind == "invoice"
+            )
+        )
+    ).scalar_one_or_none()
+    total = int(order.get("total") or payment["captured_amount"])
+    tax = -domain.split_tax(amount, total, int(order.get("tax_total") or 0))
+    by_id = {str(line.get("line_id")): line for line in order.get("lines") or []}
+    lines: list[dict[str, Any]] = []
+    for refunded in refund_lines:
+        source = by_id[refunded["line_id"]]
+        line_tax = -domain.split_tax(
+            int(refunded["amount"]), int(source["total"]), int(source.get("tax") or 0)
+        )
+        lines.append(
+            {
+                "sku": refunded["sku"],
+                "description": f"Refund: {source.get('name') or refunded['sku']}",
+                "quantity": int(refunded["quantity"]),
+                "unit_price": -int(source["unit_price"]),
+                "net": -int(refunded["amount"]) - line_tax,
+                "tax": line_tax,
+                "total": -int(refunded["amount"]),
+            }
+        )
+    if not lines:
+        lines = [_extra_line("Refund", -amount, tax)]
+    await _issue_document(
+        ctx,
+        session,
+        kind="credit_note",
+        series=CREDIT_NOTE_SERIES,
+        payment=payment,
+        lines=lines,
+        refund_id=refund_id,
+        related_invoice_id=invoice_id,
+    )
+
+
+def _invoice(row: Mapping[str, Any]) -> Invoice:
+    return Invoice.model_validate(dict(row))
+
+
+async def list_invoices(
+    ctx: ServiceContext,
+    *,
+    principal: Principal,
+    order_id: str | None = None,
+    limit: int = 50,
+    cursor: str | None = None,
+) -> InvoicePage:
+    """Invoices and credit notes the caller may see, newest first."""
+    _ensure_any(principal, "invoices:read_own", "invoices:read_all")
+    query = select(invoices)
+    owner = owner_filter(principal, bypass="invoices:read_all")
+    if owner is not None:
+        query = query.where(invoices.c.customer_id == owner)
+    if order_id is not None:
+        query = query.where(invoices.c.order_id == order_id)
+    query = _after_cursor(query, invoices.c.issued_at, invoices.c.id, cursor)
+    query = query.order_by(invoices.c.issued_at.desc(), invoices.c.id.desc()).limit(limit + 1)
+    async with ctx.db.read() as session:
+        rows = [dict(r) for r in (await session.execute(query)).mappings()]
+    return InvoicePage(
+        items=[_invoice(r) for r in rows[:limit]],
+        next_cursor=_cursor_of(rows[limit - 1], "issued_at") if len(rows) > limit else None,
+    )
+
+
+async def get_invoice(ctx: ServiceContext, *, principal: Principal, invoice_id: str) -> Invoice:
+    """One invoice or credit note; customers see only their own."""
+    _ensure_any(principal, "invoices:read_own", "invoices:read_all")
+    async with ctx.db.read() as session:
+        row = (
+            (await session.execute(select(invoices).where(invoices.c.id == invoice_id)))
+            .mappings()
+            .one_or_none()
+        )
+    if row is None:
+        raise NotFound(INVOICE_NOT_FOUND)
+    ensure_owner(
+        principal, row["customer_id"], bypass="invoices:read_all", detail=INVOICE_NOT_FOUND
+    )
+    return _invoice(dict(row))
+
+
+# --- provider webhooks --------------------------------------------------------------------------
+
+
+async def receive_provider_event(
+    ctx: ServiceContext,
+    *,
+    provider: str,
+    payload: bytes,
+    signature: str | None,
+    now: int | None = None,
+) -> WebhookAck:
+    """Verify a provider's signed event, and apply it once (duplicates are acknowledged)."""
+    secret = ctx.settings.payment_webhook_secrets.get(provider)
+    if secret is None:
+        raise NotFound(f"No webhook endpoint for provider {provider!r}.")
+    if not signature or not domain.signature_valid(
+        secret.get_secret_value(),
+        signature,
+        payload,
+        now=int(time.time()) if now is None else now,
+        tolerance=ctx.settings.payment_webhook_tolerance_seconds,
+    ):
+        raise Unauthorized(
+            "The Stripe-Signature header does not sign this payload, or is too old.",
+            type="invalid-webhook-signature",
+            headers={},
+        )
+    try:
+        event = json.loads(payload)
+        event_id, event_type = str(event["id"]), str(event["type"])
+        obj = event["data"]["object"]
+        if not isinstance(obj, dict):
+            raise TypeError("object")
+    except (ValueError, KeyError, TypeError):
+        raise Unprocessable("The event is not a provider event document.") from None
+    latest = await _provider_view(ctx, provider, event_type, obj)
+    async with ctx.db.transaction() as session:
+        insert = pg_insert if ctx.db.is_postgres else sqlite_insert
+        fresh = await session.execute(
+            insert(provider_events)
+            .values(
+                provider=provider,
+                event_id=event_id[:255],
+                type=event_type[:100],
+                outcome="received",
+                received_at=utcnow(),
+            )
+            .on_conflict_do_nothing()
+        )
+        if _rowcount(fresh) != 1:
+            return WebhookAck(received=True, duplicate=True, outcome="duplicate")
+        outcome = await _apply_provider_event(ctx, session, provider, event_type, obj, latest)
+        await session.execute(
+            update(provider_events)
+            .where(provider_events.c.provider == provider, provider_events.c.event_id == event_id)
+            .values(outcome=outcome)
+        )
+    return WebhookAck(received=True, duplicate=False, outcome=outcome)
+
+
+async def _provider_view(
+    ctx: ServiceContext, provider: str, event_type: str, obj: Mapping[str, Any]
+) -> ProviderOutcome | None:
+    """The provider's own current view of a payment an event says succeeded: events carry no
+    fee or balance transaction, and the journal needs both. None when it cannot be had."""
+    if event_type != "payment_intent.succeeded" or not obj.get("id"):
+        return None
+    try:
+        outcome = await provider_for(ctx, provider).confirm(
+            str(obj["id"]), idempotency_key=f"webhook:{obj['id']}"
+        )
+    except (ProblemError, ValueError) as exc:
+        log.warning("provider_view_unavailable", provider=provider, error=repr(exc))
+        return None
+    return outcome if outcome.status == "succeeded" else None
+
+
+async def _apply_provider_event(
+    ctx: ServiceContext,
+    session: AsyncSession,
+    provider: str,
+    event_type: str,
+    obj: dict[str, Any],
+    latest: ProviderOutcome | None = None,
+) -> str:
+    targets = {
+        "payment_intent.succeeded": PaymentStatus.SUCCEEDED,
+        "payment_intent.amount_capturable_updated": PaymentStatus.REQUIRES_CAPTURE,
+        "payment_intent.payment_failed": PaymentStatus.FAILED,
+        "payment_intent.canceled": PaymentStatus.CANCELED,
+    }
+    target = targets.get(event_type)
+    if target is None:
+        return "ignored"
+    row = (
+        (
+            await session.execute(
+                select(payments).where(
+                    payments.c.provider == provider, payments.c.provider_ref == str(obj.get("id"))
+                )
+            )
+        )
+        .mappings()
+        .one_or_none()
+    )
+    if row is None:
+        return "unknown_payment"
+    current = PaymentStatus(row["status"])
+    if current is target:
+        return "already_applied"
+    if not domain.can_transition(current, target) and not (
+        current is PaymentStatus.REQUIRES_ACTION and target is PaymentStatus.SUCCEEDED
+    ):
+        return f"ignored_in_{current.value}"
+    if current is not PaymentStatus.PROCESSING:
+        # The provider finished what the customer started elsewhere; pass through processing.
+        await session.execute(
+            update(payments).where(payments.c.id == row["id"]).values(status="processing")
+        )
+    error = obj.get("last_payment_error") or {}
+    charge = obj.get("latest_charge") if isinstance(obj.get("latest_charge"), dict) else {}
+    txn = charge.get("balance_transaction") if isinstance(charge, dict) else None
+    outcome = ProviderOutcome(
+        status=target.value,  # type: ignore[arg-type]
+        ref=str(obj["id"]),
+        captured=int(obj.get("amount_received") or 0),
+        fee=int(txn.get("fee") or 0) if isinstance(txn, dict) else 0,
+        transaction_ref=str(txn.get("id")) if isinstance(txn, dict) else None,
+        decline_code=error.get("decline_code") or error.get("code"),
+        message=error.get("message"),
+    )
+    await _record_outcome(ctx, session, str(row["id"]), latest or outcome)
+    return f"applied_{target.value}"
+
+
+# --- ledger and reconciliation ------------------------------------------------------------------
+
+
+async def journal_totals(ctx: ServiceContext) -> dict[str, dict[str, int]]:
+    """Per currency, each account's debit-minus-credit balance (operations and tests)."""
+    query = select(
+        journal.c.currency,
+        journal.c.account,
+        func.sum(journal.c.debit - journal.c.credit),
+    ).group_by(journal.c.currency, journal.c.account)
+    async with ctx.db.read() as session:
+        rows = (await session.execute(query)).all()
+    out: dict[str, dict[str, int]] = {}
+    for currency, account, balance in rows:
+        out.setdefault(str(currency), {})[str(account)] = int(balance or 0)
+    return out
+
+
+async def reconcile(ctx: ServiceContext, *, provider: str | None = None) -> ReconciliationReport:
+    """Compare the journal's captures and refunds with the provider's own balance movements."""
+    name = provider or ctx.settings.payment_provider
+    theirs = {t.ref: t for t in await provider_for(ctx, name).transactions()}
+    query = select(
+        journal.c.transaction_id,
+        journal.c.kind,
+        journal.c.provider_ref,
+        journal.c.account,
+        journal.c.debit,
+        journal.c.credit,
+    ).where(journal.c.provider == name)
+    async with ctx.db.read() as session:
+        entries = (await session.execute(query)).all()
+    ours: dict[str, dict[str, Any]] = {}
+    debits = credits = 0
+    for transaction_id, kind, ref, account, debit, credit in entries:
+        debits += int(debit)
+        credits += int(credit)
+        key = ref or f"unreferenced:{transaction_id}"
+        item = ours.setdefault(key, {"kind": kind, "amount": 0, "fee": 0})
+        if kind == "capture" and account == Account.REVENUE.value:
+            item["amount"] += int(credit)
+        elif kind == "capture" and account == Account.FEES.value:
+            item["fee"] += int(debit)
+        elif kind == "refund" and account == Account.REFUNDS.value:
+            item["amount"] -= int(debit)
+    report = ReconciliationReport(
+        provider=name,
+        journal_balanced=debits == credits,
+        matched=0,
+        mismatched=[],
+        missing_at_provider=[],
+        missing_in_journal=[],
+    )
+    for ref, item in ours.items():
+        other = theirs.get(ref)
+        entry = ReconciliationItem(
+            ref=ref,
+            kind=item["kind"],
+            journal_amount=item["amount"],
+            provider_amount=other.amount if other else None,
+            journal_fee=item["fee"],
+            provider_fee=other.fee if other else None,
+        )
+        if other is None:
+            report.missing_at_provider.append(entry)
+        elif other.amount != item["amount"] or other.fee != item["fee"]:
+            report.mismatched.append(entry)
+        else:
+            report.matched += 1
+    for ref, other in theirs.items():
+        if ref not in ours:
+            report.missing_in_journal.append(
+                ReconciliationItem(
+                    ref=ref,
+                    kind=other.kind,
+                    journal_amount=None,
+                    provider_amount=other.amount,
+                    journal_fee=None,
+                    provider_fee=other.fee,
+                )
+            )
+    return report
+
+
+# --- reports ------------------------------------------------------------------------------------
+
+
+def _range(start: date | None, end: date | None) -> tuple[datetime, datetime]:
+    low = datetime.combine(start, dtime.min, UTC) if start else datetime(1970, 1, 1, tzinfo=UTC)
+    high = (
+        datetime.combine(end + timedelta(days=1), dtime.min, UTC)
+        if end
+        else datetime(9999, 1, 1, tzinfo=UTC)
+    )
+    return low, high
+
+
+async def sales_report(
+    ctx: ServiceContext,
+    *,
+    principal: Principal,
+    group_by: Period = Period.DAY,
+    currency: str | None = None,
+    start: date | None = None,
+    end: date | None = None,
+    top: int = 10,
+) -> SalesReport:
+    """Revenue, refunds, net, orders and average order value per period and currency, and the
+    top products, over captures and refunds from ``start`` to ``end`` (inclusive days)."""
+    ensure(principal, "payments:reports")
+    if start and end and start > end:
+        raise field_error("from", "must not be after to")
+    low, high = _range(start, end)
+    captured = select(
+        payments.c.captured_at, payments.c.currency, payments.c.captured_amount
+    ).where(
+        payments.c.captured_at >= low,
+        payments.c.captured_at < high,
+        payments.c.captured_amount > 0,
+    )
+    refunded = select(refunds.c.completed_at, refunds.c.currency, refunds.c.amount).where(
+        refunds.c.status == "succeeded",
+        refunds.c.completed_at >= low,
+        refunds.c.completed_at < high,
+    )
+    sold = select(invoices.c.currency, invoices.c.lines).where(
+        invoices.c.kind == "invoice", invoices.c.issued_at >= low, invoices.c.issued_at < high
+    )
+    if currency:
+        captured = captured.where(payments.c.currency == currency)
+        refunded = refunded.where(refunds.c.currency == currency)
+        sold = sold.where(invoices.c.currency == currency)
+    async with ctx.db.read() as session:
+        captures = (await session.execute(captured)).all()
+        refund_rows = (await session.execute(refunded)).all()
+        sold_rows = (await session.execute(sold)).all()
+    buckets: dict[tuple[date, str], list[int]] = {}
+    for at, cur, amount in captures:
+        bucket = buckets.setdefault((domain.period_start(at, group_by), cur), [0, 0, 0])
+        bucket[0] += int(amount)
+        bucket[2] += 1
+    for at, cur, amount in refund_rows:
+        bucket = buckets.setdefault((domain.period_start(at, group_by), cur), [0, 0, 0])
+        bucket[1] += int(amount)
+    rows = [
+        SalesRow(
+            period=period,
+            currency=cur,
+            revenue=v[0],
+            refunds=v[1],
+            net=v[0] - v[1],
+            orders=v[2],
+            average_order_value=domain.average(v[0], v[2]),
+        )
+        for (period, cur), v in sorted(buckets.items())
+    ]
+    products: dict[tuple[str, str], list[Any]] = {}
+    for cur, lines in sold_rows:
+        for line in lines or []:
+            if not line.get("sku"):
+                continue
+            item = products.setdefault((str(line["sku"]), cur), [line["description"], 0, 0])
+            item[1] += int(line["quantity"])
+            item[2] += int(line["total"])
+    ranked = sorted(products.items(), key=lambda kv: (-kv[1][2], kv[0]))[:top]
+    return SalesReport(
+        group_by=group_by,
+        rows=rows,
+        top_products=[
+            TopProduct(sku=sku, name=str(v[0]), currency=cur, quantity=v[1], revenue=v[2])
+            for (sku, cur), v in ranked
+        ],
+    )
+
+
+def sales_report_csv(report: SalesReport) -> str:
+    """The report's rows as CSV (one header line, amounts in minor units)."""
+    out = io.StringIO()
+    writer = csv.writer(out)
+    writer.writerow(
+        ["period", "currency", "revenue", "refunds", "net", "orders", "average_order_value"]
+    )
+    for row in report.rows:
+        writer.writerow(
+            [
+                row.period.isoformat(),
+                row.currency,
+                row.revenue,
+                row.refunds,
+                row.net,
+                row.orders,
+                row.average_order_value,
+            ]
+        )
+    return out.getvalue()
+
+
+def _rowcount(result: Any) -> int:
+    return int(getattr(result, "rowcount", 0) or 0)

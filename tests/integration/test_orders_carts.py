@@ -1,0 +1,147 @@
+"""Carts on both shapes: anonymous carts and their token, lines priced by catalog's quotes,
+country tax and shipping, vouchers, and merging an anonymous cart at sign-in."""
+
+from __future__ import annotations
+
+import httpx
+from fastapi import FastAPI
+
+from tests.integration.test_identity_support import API, bearer
+from tests.integration.test_orders_support import (
+    CART_TOKEN,
+    app,
+    customer,
+    guest_cart,
+    seed_shop,
+    settings,
+    staff_tokens,
+)
+
+__all__ = ["app", "settings"]
+
+
+async def test_anonymous_cart_lifecycle_prices_lines_from_catalog(
+    app: FastAPI, client: httpx.AsyncClient
+) -> None:
+    admin = await staff_tokens(app, client)
+    await seed_shop(app, client, admin, {"TEE-1": 10, "MUG-1": 10})
+    created = await client.post(f"{API}/carts", json={"currency": "EUR", "country": "ES"})
+    assert created.status_code == 201
+    cart = created.json()
+    token = {CART_TOKEN: created.headers[CART_TOKEN]}
+    assert cart["token"] == created.headers[CART_TOKEN] and cart["lines"] == []
+    url = f"{API}/carts/{cart['id']}"
+
+    r = await client.get(url)
+    assert r.status_code == 404, r.text
+    assert (await client.get(url, headers={CART_TOKEN: "not-the-token"})).status_code == 404
+
+    added = await client.post(f"{url}/items", json={"sku": "TEE-1", "quantity": 2}, headers=token)
+    assert added.status_code == 200, added.text
+    again = await client.post(f"{url}/items", json={"sku": "TEE-1", "quantity": 1}, headers=token)
+    line = again.json()["lines"][0]
+    assert (line["sku"], line["quantity"], line["unit_price"], line["available"]) == (
+        "TEE-1",
+        3,
+        2000,
+        10,
+    )
+    unknown = await client.post(
+        f"{url}/items", json={"sku": "NOPE-9", "quantity": 1}, headers=token
+    )
+    assert unknown.status_code == 422
+    assert unknown.json()["errors"][0]["field"] == "sku"
+
+    await client.post(f"{url}/items", json={"sku": "MUG-1", "quantity": 1}, headers=token)
+    shipped = await client.patch(url, json={"shipping_method": "standard"}, headers=token)
+    totals = shipped.json()["totals"]
+    # Catalog's prices include tax by default: 4 x 20.00 with 21 % inside, plus 4.95 shipping.
+    assert totals["subtotal"] == 8000 and totals["shipping_total"] == 495
+    assert totals["total"] == 8495 and totals["tax_total"] == 1388 + 86
+    assert shipped.json()["problems"] == []
+
+    germany = await client.patch(url, json={"country": "DE"}, headers=token)
+    assert germany.json()["totals"]["tax_rate_bp"] == 1900
+    nowhere = await client.patch(url, json={"country": "ZZ"}, headers=token)
+    assert nowhere.status_code == 422 and nowhere.json()["errors"][0]["field"] == "country"
+
+    fewer = await client.patch(f"{url}/items/TEE-1", json={"quantity": 1}, headers=token)
+    assert [(x["sku"], x["quantity"]) for x in fewer.json()["lines"]] == [
+        ("TEE-1", 1),
+        ("MUG-1", 1),
+    ]
+    removed = await client.delete(f"{url}/items/MUG-1", headers=token)
+    assert [x["sku"] for x in removed.json()["lines"]] == ["TEE-1"]
+    assert (await client.delete(f"{url}/items/MUG-1", headers=token)).status_code == 404
+
+
+async def test_vouchers_apply_with_their_rules_and_come_off(
+    app: FastAPI, client: httpx.AsyncClient
+) -> None:
+    admin = await staff_tokens(app, client)
+    await seed_shop(app, client, admin, {"TEE-2": 10})
+    cart_id, token = await guest_cart(client, {"TEE-2": 1})
+    url = f"{API}/carts/{cart_id}"
+
+    unknown = await client.post(f"{url}/vouchers", json={"code": "NOPE"}, headers=token)
+    assert unknown.status_code == 422 and unknown.json()["errors"][0]["field"] == "code"
+    # SPRING5 needs a minimum spend of EUR 30.00; the cart holds EUR 20.00.
+    short = await client.post(f"{url}/vouchers", json={"code": "spring5"}, headers=token)
+    assert short.status_code == 422 and "minimum spend" in short.json()["detail"]
+
+    applied = await client.post(f"{url}/vouchers", json={"code": " welcome10 "}, headers=token)
+    assert applied.status_code == 200, applied.text
+    body = applied.json()
+    assert body["voucher_code"] == "WELCOME10"
+    assert body["totals"]["discount_total"] == 200 and body["lines"][0]["discount"] == 200
+
+    removed = await client.delete(f"{url}/vouchers/WELCOME10", headers=token)
+    assert removed.json()["voucher_code"] is None
+    assert removed.json()["totals"]["discount_total"] == 0
+
+
+async def test_merge_at_sign_in_folds_the_anonymous_cart_into_the_customers(
+    app: FastAPI, client: httpx.AsyncClient
+) -> None:
+    admin = await staff_tokens(app, client)
+    await seed_shop(app, client, admin, {"TEE-3": 20, "MUG-3": 20})
+    ana = await customer(client, "ana")
+    own = await client.post(f"{API}/carts", json={"currency": "EUR"}, headers=bearer(ana))
+    assert own.status_code == 201 and own.json()["token"] is None
+    own_id = own.json()["id"]
+    await client.post(
+        f"{API}/carts/{own_id}/items", json={"sku": "TEE-3", "quantity": 1}, headers=bearer(ana)
+    )
+    same = await client.post(f"{API}/carts", json={"currency": "EUR"}, headers=bearer(ana))
+    assert same.status_code == 200 and same.json()["id"] == own_id
+
+    anon_id, token = await guest_cart(client, {"TEE-3": 2, "MUG-3": 1})
+    assert (
+        await client.post(f"{API}/carts/{anon_id}/merge", headers=bearer(ana))
+    ).status_code == 404
+    merged = await client.post(f"{API}/carts/{anon_id}/merge", headers={**bearer(ana), **token})
+    assert merged.status_code == 200, merged.text
+    assert merged.json()["id"] == own_id
+    assert {(x["sku"], x["quantity"]) for x in merged.json()["lines"]} == {
+        ("TEE-3", 3),
+        ("MUG-3", 1),
+    }
+
+    # The anonymous cart is spent: its token no longer opens anything that can change.
+    assert (await client.get(f"{API}/carts/{anon_id}", headers=token)).status_code == 404
+    bob = await customer(client, "bob")
+    assert (await client.get(f"{API}/carts/{own_id}", headers=bearer(bob))).status_code == 404
+
+
+async def test_a_customer_without_a_cart_adopts_the_anonymous_one(
+    app: FastAPI, client: httpx.AsyncClient
+) -> None:
+    admin = await staff_tokens(app, client)
+    await seed_shop(app, client, admin, {"TEE-4": 5})
+    anon_id, token = await guest_cart(client, {"TEE-4": 2})
+    cleo = await customer(client, "cleo")
+    adopted = await client.post(f"{API}/carts/{anon_id}/merge", headers={**bearer(cleo), **token})
+    assert adopted.status_code == 200
+    assert adopted.json()["id"] == anon_id and adopted.json()["customer_id"] == cleo["id"]
+    mine = await client.get(f"{API}/carts/{anon_id}", headers=bearer(cleo))
+    assert mine.status_code == 200 and mine.json()["lines"][0]["quantity"] == 2

@@ -1,0 +1,210 @@
+"""Checkout on both shapes: server-side amounts, stock reserved through catalog, idempotency
+keys, insufficient stock, and voucher limits enforced under concurrent checkouts."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+
+import httpx
+from fastapi import FastAPI
+
+from ecosistema.orders.schemas import VoucherCreate
+from ecosistema.orders.service import create_voucher, get_voucher
+from tests.integration.test_identity_support import API, bearer
+from tests.integration.test_orders_support import (
+    app,
+    available,
+    checkout,
+    customer,
+    guest_cart,
+    orders_ctx,
+    outbox_payloads,
+    seed_shop,
+    settings,
+    staff_tokens,
+)
+
+__all__ = ["app", "settings"]
+
+
+async def test_checkout_reserves_stock_and_places_an_order_awaiting_payment(
+    app: FastAPI, client: httpx.AsyncClient
+) -> None:
+    admin = await staff_tokens(app, client)
+    await seed_shop(app, client, admin, {"TEE-10": 5})
+    cart_id, token = await guest_cart(client, {"TEE-10": 2}, country="ES")
+    cart = (await client.get(f"{API}/carts/{cart_id}", headers=token)).json()
+
+    placed = await checkout(client, cart_id, token, email="guest@example.com")
+    assert placed.status_code == 201, placed.text
+    order = placed.json()
+    assert order["status"] == "pending_payment"
+    assert order["number"].startswith("ORD-1")
+    assert order["email"] == "guest@example.com" and order["customer_id"] is None
+    assert order["total"] == 4000 + 495 and order["reservation_expires_at"] is not None
+    assert order["subtotal"] == cart["totals"]["subtotal"]
+    assert [(x["sku"], x["quantity"], x["unit_price"]) for x in order["lines"]] == [
+        ("TEE-10", 2, 2000)
+    ]
+    assert await available(client, admin, "TEE-10") == 3
+
+    # The guest reaches the order with the cart's token; nobody else does.
+    assert (await client.get(f"{API}/orders/{order['id']}", headers=token)).status_code == 200
+    assert (await client.get(f"{API}/orders/{order['id']}")).status_code == 404
+    again = await checkout(client, cart_id, token, email="guest@example.com")
+    assert again.status_code == 409 and again.json()["type"].endswith("cart-already-ordered")
+
+    [event] = await outbox_payloads(app, "OrderPlaced")
+    assert event["order_id"] == order["id"] and event["total"] == order["total"]
+    assert event["lines"][0]["sku"] == "TEE-10" and event["lines"][0]["quantity"] == 2
+
+
+async def test_amounts_sent_by_the_client_are_refused(
+    app: FastAPI, client: httpx.AsyncClient
+) -> None:
+    admin = await staff_tokens(app, client)
+    await seed_shop(app, client, admin, {"TEE-11": 5})
+    cart_id, token = await guest_cart(client, {"TEE-11": 1})
+    forged = await checkout(client, cart_id, token, email="g@example.com", total=1)
+    assert forged.status_code == 422
+    assert await available(client, admin, "TEE-11") == 5
+
+
+async def test_same_idempotency_key_replays_and_a_different_body_is_rejected(
+    app: FastAPI, client: httpx.AsyncClient
+) -> None:
+    admin = await staff_tokens(app, client)
+    await seed_shop(app, client, admin, {"TEE-12": 5})
+    dana = await customer(client, "dana")
+    cart = await client.post(f"{API}/carts", json={"currency": "EUR"}, headers=bearer(dana))
+    cart_id = cart.json()["id"]
+    await client.post(
+        f"{API}/carts/{cart_id}/items", json={"sku": "TEE-12", "quantity": 1}, headers=bearer(dana)
+    )
+    key = uuid.uuid4().hex
+
+    first = await checkout(client, cart_id, bearer(dana), key=key)
+    assert first.status_code == 201, first.text
+    assert first.json()["email"] == dana["email"]
+    replay = await checkout(client, cart_id, bearer(dana), key=key)
+    assert replay.status_code == 201
+    assert replay.headers["Idempotent-Replayed"] == "true"
+    assert replay.json() == first.json()
+
+    reused = await checkout(client, cart_id, bearer(dana), key=key, country="DE")
+    assert reused.status_code == 422
+    assert reused.json()["type"].endswith("idempotency-key-reuse")
+    assert await available(client, admin, "TEE-12") == 4
+    assert len(await outbox_payloads(app, "OrderPlaced")) == 1
+
+
+async def test_insufficient_stock_is_a_409_with_each_lines_availability(
+    app: FastAPI, client: httpx.AsyncClient
+) -> None:
+    admin = await staff_tokens(app, client)
+    await seed_shop(app, client, admin, {"TEE-13": 5, "MUG-13": 1})
+    cart_id, token = await guest_cart(client, {"TEE-13": 2, "MUG-13": 3})
+
+    short = await checkout(client, cart_id, token, email="g@example.com")
+    assert short.status_code == 409, short.text
+    body = short.json()
+    assert body["type"].endswith("insufficient-stock")
+    lines = {line["sku"]: (line["requested"], line["available"]) for line in body["lines"]}
+    assert lines == {"TEE-13": (2, 5), "MUG-13": (3, 1)}
+    assert await available(client, admin, "TEE-13") == 5
+
+    # The cart is still the customer's to fix and check out.
+    await client.patch(f"{API}/carts/{cart_id}/items/MUG-13", json={"quantity": 1}, headers=token)
+    fixed = await checkout(client, cart_id, token, email="g@example.com")
+    assert fixed.status_code == 201, fixed.text
+
+
+async def test_checkout_names_what_blocks_a_cart(app: FastAPI, client: httpx.AsyncClient) -> None:
+    admin = await staff_tokens(app, client)
+    await seed_shop(app, client, admin, {"TEE-14": 5})
+    empty_id, empty_token = await guest_cart(client, {})
+    empty = await checkout(client, empty_id, empty_token, email="g@example.com")
+    assert empty.status_code == 422
+    assert "lines" in {e["field"] for e in empty.json()["errors"]}
+
+    cart_id, token = await guest_cart(client, {"TEE-14": 1})
+    no_email = await checkout(client, cart_id, token)
+    assert no_email.status_code == 422 and no_email.json()["errors"][0]["field"] == "email"
+    no_method = await client.post(
+        f"{API}/orders", json={"cart_id": cart_id, "email": "g@example.com"}, headers=token
+    )
+    assert no_method.status_code == 422
+    assert no_method.json()["errors"][0]["field"] == "shipping_method"
+
+
+async def test_a_voucher_limited_to_five_uses_gives_exactly_five_of_twenty_concurrent_checkouts(
+    app: FastAPI, client: httpx.AsyncClient
+) -> None:
+    admin = await staff_tokens(app, client)
+    await seed_shop(app, client, admin, {"TEE-15": 40})
+    ctx = orders_ctx(app)
+    await create_voucher(
+        ctx, VoucherCreate(code="FIVE", kind="percentage", value=1500, usage_limit=5)
+    )
+    carts = []
+    for _ in range(20):
+        cart_id, token = await guest_cart(client, {"TEE-15": 1})
+        voucher = await client.post(
+            f"{API}/carts/{cart_id}/vouchers", json={"code": "FIVE"}, headers=token
+        )
+        assert voucher.status_code == 200, voucher.text
+        carts.append((cart_id, token))
+
+    results = await asyncio.gather(
+        *(
+            checkout(client, cart_id, token, email=f"g{i}@example.com")
+            for i, (cart_id, token) in enumerate(carts)
+        )
+    )
+    statuses = sorted(r.status_code for r in results)
+    assert statuses == [201] * 5 + [409] * 15, [r.text for r in results if r.status_code >= 500]
+    assert all(r.json()["discount_total"] == 300 for r in results if r.status_code == 201)
+    assert all(
+        r.json()["type"].endswith("voucher-used-up") for r in results if r.status_code == 409
+    )
+    assert (await get_voucher(ctx, code="five")).times_used == 5
+    # Checkouts that lost the race released the stock they had reserved.
+    assert await available(client, admin, "TEE-15") == 35
+
+
+async def test_a_per_customer_limit_counts_uses_and_a_cancellation_gives_it_back(
+    app: FastAPI, client: httpx.AsyncClient
+) -> None:
+    admin = await staff_tokens(app, client)
+    await seed_shop(app, client, admin, {"TEE-16": 10})
+    eva = await customer(client, "eva")
+
+    async def cart_with_welcome() -> str:
+        cart = await client.post(f"{API}/carts", json={"currency": "EUR"}, headers=bearer(eva))
+        cart_id: str = cart.json()["id"]
+        await client.post(
+            f"{API}/carts/{cart_id}/items",
+            json={"sku": "TEE-16", "quantity": 1},
+            headers=bearer(eva),
+        )
+        applied = await client.post(
+            f"{API}/carts/{cart_id}/vouchers", json={"code": "WELCOME10"}, headers=bearer(eva)
+        )
+        assert applied.status_code == 200, applied.text
+        return cart_id
+
+    first = await checkout(client, await cart_with_welcome(), bearer(eva))
+    assert first.status_code == 201 and first.json()["discount_total"] == 200
+    second_cart = await cart_with_welcome()
+    refused = await checkout(client, second_cart, bearer(eva))
+    assert refused.status_code == 409 and refused.json()["type"].endswith("voucher-used-up")
+
+    cancelled = await client.post(
+        f"{API}/orders/{first.json()['id']}/cancel",
+        json={"reason": "changed my mind"},
+        headers=bearer(eva),
+    )
+    assert cancelled.status_code == 200 and cancelled.json()["status"] == "cancelled"
+    retried = await checkout(client, second_cart, bearer(eva))
+    assert retried.status_code == 201, retried.text

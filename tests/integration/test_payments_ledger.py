@@ -1,0 +1,136 @@
+"""The journal, reconciliation with the sandbox's own books, and the sales report, on both
+shapes."""
+
+from __future__ import annotations
+
+import csv
+import io
+from collections.abc import AsyncIterator
+
+import pytest
+from sqlalchemy import update
+
+from ecosistema.payments import reconcile_with_provider
+from ecosistema.payments.domain import sandbox_fee
+from ecosistema.payments.models import sandbox_ledger
+from ecosistema.payments.service import journal_totals, reconcile
+from ecosistema.platform.config import Settings
+from ecosistema.platform.db import utcnow
+from tests.integration.test_payments_support import VISA, Shop, open_shop
+
+
+@pytest.fixture
+async def shop(settings: Settings) -> AsyncIterator[Shop]:
+    async with open_shop(settings) as opened:
+        yield opened
+
+
+async def sell_and_refund(shop: Shop) -> None:
+    """Three paid orders (EUR 35.00, EUR 35.00, USD 35.00), one EUR 10.00 refund."""
+    eur = [shop.orders.place() for _ in range(2)]
+    usd = shop.orders.place(currency="USD")
+    paid = [(await shop.pay(o["id"], VISA)).json() for o in [*eur, usd]]
+    response = await shop.http.post(
+        f"/api/v1/payments/{paid[0]['id']}/refunds",
+        json={"amount": 1000, "reason": "damaged"},
+        headers={**shop.as_("staff"), "Idempotency-Key": "refund-1"},
+    )
+    assert response.status_code == 201
+
+
+async def test_journal_balances_and_books_revenue_fees_and_refunds(shop: Shop) -> None:
+    await sell_and_refund(shop)
+    totals = await journal_totals(shop.ctx)
+
+    for currency in ("EUR", "USD"):
+        assert sum(totals[currency].values()) == 0
+    assert totals["EUR"]["revenue"] == -7000
+    assert totals["EUR"]["fees"] == 2 * sandbox_fee(3500)
+    assert totals["EUR"]["refunds"] == 1000
+    assert totals["EUR"]["provider_balance"] == 7000 - 2 * sandbox_fee(3500) - 1000
+    assert totals["EUR"]["customer_funds"] == 0
+
+
+async def test_reconciliation_matches_the_sandbox_ledger(shop: Shop) -> None:
+    await sell_and_refund(shop)
+    report = await reconcile(shop.ctx, provider="sandbox")
+
+    assert report.clean, report
+    assert report.matched == 4
+
+
+async def test_reconciliation_reports_what_differs(shop: Shop) -> None:
+    await sell_and_refund(shop)
+    async with shop.ctx.db.transaction() as session:
+        await session.execute(
+            update(sandbox_ledger).where(sandbox_ledger.c.kind == "refund").values(amount=-999)
+        )
+        await session.execute(
+            sandbox_ledger.insert().values(
+                id="txn_stray",
+                idempotency_key="stray",
+                intent_ref="pi_stray",
+                kind="charge",
+                amount=100,
+                fee=0,
+                currency="EUR",
+                created_at=utcnow(),
+            )
+        )
+    report = await reconcile(shop.ctx, provider="sandbox")
+
+    assert not report.clean
+    assert [(m.journal_amount, m.provider_amount) for m in report.mismatched] == [(-1000, -999)]
+    assert [m.ref for m in report.missing_in_journal] == ["txn_stray"]
+    assert report.matched == 3
+
+
+async def test_sales_report_by_day_and_currency_with_top_products(shop: Shop) -> None:
+    await sell_and_refund(shop)
+    response = await shop.http.get(
+        "/api/v1/reports/sales?group_by=month", headers=shop.as_("staff")
+    )
+    assert response.status_code == 200, response.text
+    report = response.json()
+    rows = {r["currency"]: r for r in report["rows"]}
+    assert rows["EUR"]["revenue"] == 7000
+    assert rows["EUR"]["refunds"] == 1000
+    assert rows["EUR"]["net"] == 6000
+    assert rows["EUR"]["orders"] == 2
+    assert rows["EUR"]["average_order_value"] == 3500
+    assert rows["USD"]["revenue"] == 3500
+    assert rows["EUR"]["period"] == utcnow().date().replace(day=1).isoformat()
+    top = report["top_products"][0]
+    assert (top["sku"], top["currency"], top["quantity"], top["revenue"]) == (
+        "SHIRT-M",
+        "EUR",
+        4,
+        4000,
+    )
+
+    only_usd = await shop.http.get(
+        "/api/v1/reports/sales?currency=USD&format=csv", headers=shop.as_("staff")
+    )
+    assert only_usd.headers["content-type"].startswith("text/csv")
+    parsed = list(csv.DictReader(io.StringIO(only_usd.text)))
+    assert [(r["currency"], r["revenue"], r["orders"]) for r in parsed] == [("USD", "3500", "1")]
+
+    empty = await shop.http.get(
+        "/api/v1/reports/sales?from=2001-01-01&to=2001-12-31", headers=shop.as_("staff")
+    )
+    assert empty.json()["rows"] == []
+
+
+async def test_sales_report_is_for_staff(shop: Shop) -> None:
+    response = await shop.http.get("/api/v1/reports/sales", headers=shop.as_("customer"))
+    assert response.status_code == 403
+    bad = await shop.http.get("/api/v1/reports/sales?group_by=year", headers=shop.as_("staff"))
+    assert bad.status_code == 422
+
+
+async def test_reconciliation_command_runs_on_its_own_runtime(settings: Settings) -> None:
+    async with open_shop(settings) as shop:
+        await sell_and_refund(shop)
+        report = await reconcile_with_provider(settings, provider="sandbox")
+    assert report.clean
+    assert report.matched == 4

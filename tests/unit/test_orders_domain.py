@@ -1,0 +1,356 @@
+"""Orders' pure rules: pricing (with hypothesis for totals), vouchers, shipping rates, the state
+machine table, fulfilment and returns."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from ecosistema.orders import domain
+from ecosistema.orders.domain import (
+    TRANSITIONS,
+    CartLine,
+    IllegalTransition,
+    LineProgress,
+    NotShippable,
+    OrderAction,
+    OrderStatus,
+    Voucher,
+    VoucherKind,
+    VoucherNotApplicable,
+    WeightBracket,
+    next_status,
+    price_order,
+    shipping_cost,
+)
+from ecosistema.platform.errors import Conflict, Unprocessable
+from ecosistema.platform.money import Money
+
+NOW = datetime(2026, 3, 1, 12, tzinfo=UTC)
+FLAT = [WeightBracket(None, 495)]
+BY_WEIGHT = [WeightBracket(1000, 500), WeightBracket(5000, 900), WeightBracket(None, 2000)]
+
+
+def pct(bp: int, **kw: object) -> Voucher:
+    return Voucher(code="P", kind=VoucherKind.PERCENTAGE, value=bp, **kw)  # type: ignore[arg-type]
+
+
+def fixed(amount: int, **kw: object) -> Voucher:
+    return Voucher(code="F", kind=VoucherKind.FIXED, value=amount, currency="EUR", **kw)  # type: ignore[arg-type]
+
+
+# --- pricing ------------------------------------------------------------------------------------
+
+
+def test_tax_exclusive_prices_add_tax_on_lines_and_shipping() -> None:
+    totals = price_order(
+        [CartLine("A", 2, 1000, 300), CartLine("B", 1, 2500, 200)],
+        currency="EUR",
+        prices_include_tax=False,
+        tax_rate_bp=2100,
+        shipping=FLAT,
+    )
+    assert totals.subtotal == 4500
+    assert totals.discount_total == 0
+    assert [line.tax for line in totals.lines] == [420, 525]
+    assert totals.shipping_total == 495 and totals.shipping_tax == 104  # 103.95 rounds up
+    assert totals.tax_total == 420 + 525 + 104
+    assert totals.total == 4500 + 495 + 1049
+    assert totals.weight_grams == 800
+
+
+def test_tax_inclusive_prices_contain_the_tax_and_total_is_what_is_shown() -> None:
+    totals = price_order(
+        [CartLine("A", 1, 1210)],
+        currency="EUR",
+        prices_include_tax=True,
+        tax_rate_bp=2100,
+        shipping=FLAT,
+    )
+    assert totals.lines[0].tax == 210
+    assert totals.lines[0].total == 1210
+    assert totals.total == 1210 + 495
+    assert totals.tax_total == 210 + 86  # 495 - 495/1.21 = 85.9
+
+
+def test_percentage_voucher_spreads_the_discount_over_lines_without_losing_a_cent() -> None:
+    totals = price_order(
+        [CartLine("A", 1, 333), CartLine("B", 1, 333), CartLine("C", 1, 334)],
+        currency="EUR",
+        prices_include_tax=True,
+        tax_rate_bp=0,
+        voucher=fixed(100),
+    )
+    assert totals.discount_total == 100
+    assert sum(line.discount for line in totals.lines) == 100
+    assert totals.total == 900
+
+
+def test_fixed_voucher_never_discounts_more_than_the_subtotal() -> None:
+    totals = price_order(
+        [CartLine("A", 1, 300)],
+        currency="EUR",
+        prices_include_tax=False,
+        tax_rate_bp=2100,
+        voucher=fixed(5000),
+        shipping=FLAT,
+    )
+    assert totals.discount_total == 300
+    assert totals.lines[0].total == 0
+    assert totals.total == 495 + 104  # only shipping and its tax remain
+
+
+def test_a_voucher_that_does_not_apply_is_refused_by_the_pricing_function() -> None:
+    with pytest.raises(VoucherNotApplicable) as caught:
+        price_order(
+            [CartLine("A", 1, 1000)],
+            currency="EUR",
+            prices_include_tax=True,
+            tax_rate_bp=2100,
+            voucher=pct(1000, minimum_spend=5000),
+            now=NOW,
+        )
+    assert caught.value.status == 422
+    assert caught.value.extra["errors"][0]["field"] == "code"
+
+
+def test_an_empty_cart_costs_nothing_not_even_shipping() -> None:
+    totals = price_order(
+        [], currency="EUR", prices_include_tax=True, tax_rate_bp=2100, shipping=FLAT
+    )
+    assert (totals.subtotal, totals.shipping_total, totals.total) == (0, 0, 0)
+
+
+def test_invalid_lines_are_programming_errors() -> None:
+    with pytest.raises(ValueError):
+        price_order([CartLine("A", 0, 100)], currency="EUR", prices_include_tax=True, tax_rate_bp=0)
+    with pytest.raises(ValueError):
+        price_order(
+            [CartLine("A", 1, 100)], currency="EUR", prices_include_tax=True, tax_rate_bp=-1
+        )
+
+
+lines_strategy = st.lists(
+    st.builds(
+        CartLine,
+        sku=st.text(alphabet="ABCDEFGH", min_size=1, max_size=4),
+        quantity=st.integers(1, 50),
+        unit_price=st.integers(0, 1_000_000),
+        weight_grams=st.integers(0, 5000),
+    ),
+    min_size=0,
+    max_size=8,
+)
+voucher_strategy = st.one_of(
+    st.none(),
+    st.builds(pct, st.integers(1, 10_000)),
+    st.builds(fixed, st.integers(1, 5_000_000)),
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    lines=lines_strategy,
+    inclusive=st.booleans(),
+    rate=st.sampled_from([0, 400, 700, 1000, 1900, 2000, 2100, 2500]),
+    voucher=voucher_strategy,
+    shipping=st.sampled_from([None, FLAT, BY_WEIGHT]),
+)
+def test_totals_always_add_up_to_the_cent(
+    lines: list[CartLine],
+    inclusive: bool,
+    rate: int,
+    voucher: Voucher | None,
+    shipping: list[WeightBracket] | None,
+) -> None:
+    totals = price_order(
+        lines,
+        currency="EUR",
+        prices_include_tax=inclusive,
+        tax_rate_bp=rate,
+        shipping=shipping,
+        voucher=voucher,
+    )
+    assert totals.subtotal == sum(line.unit_price * line.quantity for line in lines)
+    assert 0 <= totals.discount_total <= totals.subtotal
+    assert sum(line.discount for line in totals.lines) == totals.discount_total
+    assert all(0 <= line.discount <= line.subtotal for line in totals.lines)
+    assert totals.tax_total == sum(line.tax for line in totals.lines) + totals.shipping_tax
+    items = totals.subtotal - totals.discount_total + totals.shipping_total
+    assert totals.total == (items if inclusive else items + totals.tax_total)
+    added_shipping_tax = 0 if inclusive else totals.shipping_tax
+    assert totals.total == (
+        sum(line.total for line in totals.lines) + totals.shipping_total + added_shipping_tax
+    )
+    assert totals.total >= 0 and all(line.tax >= 0 for line in totals.lines)
+    if inclusive:
+        assert all(line.tax <= line.total for line in totals.lines)
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    prices=st.lists(st.integers(1, 100_000), min_size=1, max_size=6),
+    bp=st.integers(1, 10_000),
+)
+def test_percentage_discount_is_proportional_within_a_cent_per_line(
+    prices: list[int], bp: int
+) -> None:
+    totals = price_order(
+        [CartLine(f"S{i}", 1, p) for i, p in enumerate(prices)],
+        currency="EUR",
+        prices_include_tax=True,
+        tax_rate_bp=0,
+        voucher=pct(bp),
+    )
+    exact_total = Money(sum(prices), "EUR").percentage(bp).amount
+    assert totals.discount_total == exact_total
+    for line in totals.lines:
+        share = line.subtotal * totals.discount_total / totals.subtotal
+        assert abs(line.discount - share) < 1
+
+
+# --- shipping -----------------------------------------------------------------------------------
+
+
+def test_weight_based_shipping_picks_the_first_bracket_the_parcel_fits() -> None:
+    assert shipping_cost(BY_WEIGHT, 0) == 500
+    assert shipping_cost(BY_WEIGHT, 1000) == 500
+    assert shipping_cost(BY_WEIGHT, 1001) == 900
+    assert shipping_cost(list(reversed(BY_WEIGHT)), 4999) == 900
+    assert shipping_cost(BY_WEIGHT, 80_000) == 2000
+    assert shipping_cost(FLAT, 123_456) == 495
+
+
+def test_a_parcel_heavier_than_every_bracket_cannot_ship() -> None:
+    with pytest.raises(NotShippable) as caught:
+        shipping_cost([WeightBracket(1000, 500)], 1001)
+    assert caught.value.status == 422
+
+
+# --- vouchers -----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("voucher", "subtotal", "reason"),
+    [
+        (pct(1000, active=False), 1000, "no longer active"),
+        (pct(1000, starts_at=NOW + timedelta(days=1)), 1000, "not valid yet"),
+        (pct(1000, ends_at=NOW), 1000, "expired"),
+        (pct(1000, minimum_spend=1001), 1000, "minimum spend of EUR 10.01"),
+        (Voucher("X", VoucherKind.FIXED, 500, currency="USD"), 1000, "USD carts"),
+    ],
+)
+def test_voucher_rules_say_why_a_voucher_does_not_apply(
+    voucher: Voucher, subtotal: int, reason: str
+) -> None:
+    problem = domain.voucher_problem(voucher, subtotal=Money(subtotal, "EUR"), now=NOW)
+    assert problem is not None and reason in problem
+
+
+def test_voucher_applies_inside_its_window_at_the_minimum_spend() -> None:
+    voucher = pct(
+        1000, minimum_spend=1000, starts_at=NOW - timedelta(days=1), ends_at=NOW + timedelta(1)
+    )
+    assert domain.voucher_problem(voucher, subtotal=Money(1000, "EUR"), now=NOW) is None
+
+
+def test_voucher_codes_match_case_insensitively() -> None:
+    assert domain.normalise_code("  welcome10 ") == "WELCOME10"
+
+
+def test_percentage_over_one_hundred_never_discounts_more_than_the_subtotal() -> None:
+    assert domain.voucher_discount(pct(20_000), Money(999, "EUR")).amount == 999
+
+
+# --- state machine ------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("start", "action", "end"),
+    [
+        (OrderStatus.PENDING_PAYMENT, OrderAction.PAY, OrderStatus.PAID),
+        (OrderStatus.PENDING_PAYMENT, OrderAction.CANCEL, OrderStatus.CANCELLED),
+        (OrderStatus.PENDING_PAYMENT, OrderAction.EXPIRE, OrderStatus.CANCELLED),
+        (OrderStatus.PAID, OrderAction.FULFIL_PARTIALLY, OrderStatus.PARTIALLY_FULFILLED),
+        (OrderStatus.PAID, OrderAction.FULFIL, OrderStatus.FULFILLED),
+        (OrderStatus.PARTIALLY_FULFILLED, OrderAction.FULFIL, OrderStatus.FULFILLED),
+        (OrderStatus.FULFILLED, OrderAction.SHIP, OrderStatus.SHIPPED),
+        (OrderStatus.SHIPPED, OrderAction.DELIVER, OrderStatus.DELIVERED),
+        (OrderStatus.PAID, OrderAction.REFUND_PARTIALLY, OrderStatus.PARTIALLY_REFUNDED),
+        (OrderStatus.DELIVERED, OrderAction.REFUND, OrderStatus.REFUNDED),
+        (OrderStatus.PARTIALLY_REFUNDED, OrderAction.REFUND, OrderStatus.REFUNDED),
+        (OrderStatus.DELIVERED, OrderAction.RETURN_LINES, OrderStatus.DELIVERED),
+    ],
+)
+def test_the_order_life_cycle_follows_the_transitions_table(
+    start: OrderStatus, action: OrderAction, end: OrderStatus
+) -> None:
+    assert next_status(start, action) is end
+
+
+@pytest.mark.parametrize(
+    ("start", "action"),
+    [
+        (OrderStatus.PAID, OrderAction.CANCEL),
+        (OrderStatus.PENDING_PAYMENT, OrderAction.FULFIL),
+        (OrderStatus.PENDING_PAYMENT, OrderAction.REFUND),
+        (OrderStatus.PAID, OrderAction.SHIP),
+        (OrderStatus.CANCELLED, OrderAction.PAY),
+        (OrderStatus.REFUNDED, OrderAction.REFUND_PARTIALLY),
+        (OrderStatus.DELIVERED, OrderAction.SHIP),
+    ],
+)
+def test_an_illegal_transition_is_a_409_conflict(start: OrderStatus, action: OrderAction) -> None:
+    with pytest.raises(IllegalTransition) as caught:
+        next_status(start, action)
+    assert isinstance(caught.value, Conflict) and caught.value.status == 409
+    assert caught.value.extra == {"status_now": start.value, "action": action.value}
+
+
+def test_every_status_has_a_row_and_only_cancelled_is_terminal() -> None:
+    assert set(TRANSITIONS) == set(OrderStatus)
+    assert {OrderStatus.CANCELLED} == domain.TERMINAL
+    assert domain.allowed_actions(OrderStatus.REFUNDED) == ["return_lines"]
+
+
+def test_no_transition_leads_back_to_pending_payment() -> None:
+    targets = {target for row in TRANSITIONS.values() for target in row.values()}
+    assert OrderStatus.PENDING_PAYMENT not in targets
+
+
+def test_refunds_are_possible_from_paid_and_every_later_status() -> None:
+    later = set(OrderStatus) - {OrderStatus.PENDING_PAYMENT, OrderStatus.CANCELLED}
+    for status in later - {OrderStatus.REFUNDED}:
+        assert next_status(status, OrderAction.REFUND) is OrderStatus.REFUNDED
+
+
+# --- fulfilment and returns ---------------------------------------------------------------------
+
+
+LINES = [
+    LineProgress("l1", 2),
+    LineProgress("l2", 1, fulfilled=1),
+    LineProgress("l3", 3, refunded=3),
+]
+
+
+def test_fulfilling_every_open_unit_completes_the_order() -> None:
+    assert domain.fulfilment_action(LINES, {"l1": 2}) is OrderAction.FULFIL
+    assert domain.fulfilment_action(LINES, {"l1": 1}) is OrderAction.FULFIL_PARTIALLY
+
+
+@pytest.mark.parametrize("shipping", [{}, {"l1": 3}, {"l2": 1}, {"l3": 1}, {"nope": 1}, {"l1": 0}])
+def test_a_fulfilment_beyond_what_is_open_is_a_422(shipping: dict[str, int]) -> None:
+    with pytest.raises(Unprocessable):
+        domain.fulfilment_action(LINES, shipping)
+
+
+def test_only_fulfilled_units_not_yet_returned_can_come_back() -> None:
+    domain.check_return(LINES, {"l2": 1})
+    with pytest.raises(Unprocessable):
+        domain.check_return(LINES, {"l1": 1})
+    with pytest.raises(Unprocessable):
+        domain.check_return([LineProgress("l", 2, fulfilled=2, returned=2)], {"l": 1})

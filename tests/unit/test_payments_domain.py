@@ -1,0 +1,199 @@
+"""Payments' pure rules: the state machine, refund and capture limits, cards, the journal,
+document numbers, webhook signatures and report periods."""
+
+from __future__ import annotations
+
+from datetime import date, datetime, timedelta
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from ecosistema.payments import domain
+from ecosistema.payments.domain import (
+    TRANSITIONS,
+    Account,
+    IllegalTransition,
+    PaymentStatus,
+    Period,
+    RefundExceedsCaptured,
+)
+from ecosistema.platform.errors import Unprocessable
+
+S = PaymentStatus
+
+
+def test_every_status_has_its_transitions_and_terminal_ones_have_none() -> None:
+    assert set(TRANSITIONS) == set(PaymentStatus)
+    assert TRANSITIONS[S.SUCCEEDED] == frozenset()
+    assert TRANSITIONS[S.CANCELED] == frozenset()
+
+
+@pytest.mark.parametrize(
+    ("current", "target"),
+    [
+        (S.REQUIRES_PAYMENT_METHOD, S.PROCESSING),
+        (S.PROCESSING, S.REQUIRES_ACTION),
+        (S.REQUIRES_ACTION, S.PROCESSING),
+        (S.PROCESSING, S.REQUIRES_CAPTURE),
+        (S.REQUIRES_CAPTURE, S.SUCCEEDED),
+        (S.REQUIRES_CAPTURE, S.CANCELED),
+        (S.PROCESSING, S.FAILED),
+        (S.FAILED, S.PROCESSING),
+    ],
+)
+def test_allowed_transitions(current: PaymentStatus, target: PaymentStatus) -> None:
+    domain.ensure_transition(current, target)
+
+
+@pytest.mark.parametrize(
+    ("current", "target"),
+    [
+        (S.SUCCEEDED, S.CANCELED),
+        (S.SUCCEEDED, S.PROCESSING),
+        (S.CANCELED, S.PROCESSING),
+        (S.REQUIRES_PAYMENT_METHOD, S.SUCCEEDED),
+        (S.REQUIRES_CAPTURE, S.FAILED),
+    ],
+)
+def test_illegal_transitions_are_a_409(current: PaymentStatus, target: PaymentStatus) -> None:
+    with pytest.raises(IllegalTransition) as raised:
+        domain.ensure_transition(current, target)
+    assert raised.value.status == 409
+
+
+def test_capture_must_be_within_the_authorization() -> None:
+    domain.check_capture(3500, 3500)
+    domain.check_capture(3500, 1)
+    for amount in (0, 3501):
+        with pytest.raises(Unprocessable):
+            domain.check_capture(3500, amount)
+
+
+@given(
+    captured=st.integers(min_value=0, max_value=10**9),
+    requests=st.lists(st.integers(min_value=-5, max_value=10**9), max_size=30),
+)
+def test_refunds_accepted_in_any_order_never_exceed_the_captured_amount(
+    captured: int, requests: list[int]
+) -> None:
+    refunded = 0
+    for amount in requests:
+        try:
+            domain.check_refund(captured, refunded, amount)
+        except (RefundExceedsCaptured, Unprocessable):
+            continue
+        refunded += amount
+        assert amount > 0
+    assert 0 <= refunded <= captured
+    assert domain.refundable(captured, refunded) == captured - refunded
+
+
+def test_second_refund_cannot_exceed_captured_amount() -> None:
+    domain.check_refund(3500, 0, 3000)
+    with pytest.raises(RefundExceedsCaptured) as raised:
+        domain.check_refund(3500, 3000, 501)
+    assert raised.value.extra["refundable"] == 500
+
+
+@given(
+    total=st.integers(min_value=1, max_value=10**9),
+    quantity=st.integers(min_value=1, max_value=1000),
+)
+def test_a_share_of_a_line_grows_with_its_units_and_all_units_are_the_line_total(
+    total: int, quantity: int
+) -> None:
+    shares = [domain.prorated_line_amount(total, quantity, k) for k in range(1, quantity + 1)]
+    assert shares == sorted(shares)
+    assert all(0 <= share <= total for share in shares)
+    assert shares[-1] == total
+
+
+@pytest.mark.parametrize(
+    "number", ["4242424242424242", "4000000000000002", "4000000000009995", "4000002500003155"]
+)
+def test_stripe_test_cards_pass_luhn(number: str) -> None:
+    assert domain.luhn_valid(number)
+    assert domain.card_brand(number) == "visa"
+
+
+def test_card_errors_name_each_bad_field() -> None:
+    today = date(2026, 6, 15)
+    assert domain.card_errors("4242424242424242", 6, 2026, "123", today=today) == []
+    errors = domain.card_errors("4242424242424241", 5, 2026, "12", today=today, prefix="card.")
+    assert [e["field"] for e in errors] == ["card.number", "card.exp_year", "card.cvc"]
+    amex = domain.card_errors("378282246310005", 1, 2030, "123", today=today)
+    assert [e["field"] for e in amex] == ["cvc"]
+    assert domain.card_brand("5555555555554444") == "mastercard"
+
+
+@given(
+    amount=st.integers(min_value=0, max_value=10**10),
+    fee_bp=st.integers(min_value=0, max_value=10_000),
+    refunds=st.lists(st.integers(min_value=0, max_value=10**10), max_size=5),
+)
+def test_journal_transactions_always_balance(amount: int, fee_bp: int, refunds: list[int]) -> None:
+    fee = amount * fee_bp // 10_000
+    postings = domain.capture_postings(amount, fee)
+    for refund in refunds:
+        postings += domain.refund_postings(refund)
+    assert domain.is_balanced(postings)
+    balances = domain.account_balances(postings)
+    assert sum(balances.values()) == 0
+    assert balances[Account.CUSTOMER_FUNDS] == 0
+    assert balances[Account.REVENUE] == -amount
+    assert balances[Account.FEES] == fee
+
+
+def test_unbalanced_or_negative_postings_are_detected() -> None:
+    assert not domain.is_balanced([domain.Posting(Account.REVENUE, credit=1)])
+    assert not domain.is_balanced(
+        [domain.Posting(Account.REVENUE, debit=-1), domain.Posting(Account.FEES, debit=1, credit=2)]
+    )
+    with pytest.raises(ValueError):
+        domain.capture_postings(100, 101)
+
+
+@given(st.integers(min_value=0, max_value=10**10))
+def test_sandbox_fee_never_exceeds_the_amount(amount: int) -> None:
+    assert 0 <= domain.sandbox_fee(amount) <= amount
+
+
+def test_document_numbers_are_zero_padded_per_series_and_year() -> None:
+    assert domain.document_number("INV", 2026, 123) == "INV-2026-000123"
+    assert domain.document_number("CN", 2026, 1) == "CN-2026-000001"
+
+
+def test_tax_breakdown_groups_lines_by_rate() -> None:
+    lines = [{"net": 1000, "tax": 210}, {"net": 500, "tax": 105}, {"net": 200, "tax": 20}]
+    assert domain.tax_breakdown(lines) == [
+        {"rate_bp": 1000, "net": 200, "tax": 20},
+        {"rate_bp": 2100, "net": 1500, "tax": 315},
+    ]
+
+
+def test_webhook_signature_good_bad_and_stale() -> None:
+    payload = b'{"id": "evt_1"}'
+    header = domain.sign_payload("whsec_x", 1_000_000, payload)
+    assert header.startswith("t=1000000,v1=")
+    assert domain.signature_valid("whsec_x", header, payload, now=1_000_300)
+    assert not domain.signature_valid("whsec_x", header, payload, now=1_000_301)
+    assert not domain.signature_valid("whsec_y", header, payload, now=1_000_000)
+    assert not domain.signature_valid("whsec_x", header, payload + b" ", now=1_000_000)
+    assert not domain.signature_valid("whsec_x", "garbage", payload, now=1_000_000)
+    rotated = f"{header},v1={'0' * 64}"
+    assert domain.signature_valid("whsec_x", rotated, payload, now=1_000_000)
+
+
+@given(st.dates(min_value=date(2000, 1, 1), max_value=date(2100, 12, 31)))
+def test_report_periods_start_on_their_first_day(day: date) -> None:
+    week = domain.period_start(day, Period.WEEK)
+    assert week.weekday() == 0 and timedelta(0) <= day - week < timedelta(days=7)
+    assert domain.period_start(day, Period.MONTH) == day.replace(day=1)
+    assert domain.period_start(datetime(day.year, day.month, day.day, 23, 59), Period.DAY) == day
+
+
+def test_average_order_value_rounds_and_survives_no_orders() -> None:
+    assert domain.average(1001, 2) == 500
+    assert domain.average(1003, 2) == 502
+    assert domain.average(0, 0) == 0
