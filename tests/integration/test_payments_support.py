@@ -165,7 +165,7 @@ async def open_shop(settings: Settings) -> AsyncIterator[Shop]:
     application = create_app([load_service("payments")], settings)
     runtime = application.state.runtime
     stand_in = OrdersStandIn()
-    runtime._clients["orders"] = stand_in
+    runtime.use_client("orders", stand_in)
 
     async def resolve(raw: str) -> Principal | None:
         return KEYS.get(raw)

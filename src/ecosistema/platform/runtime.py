@@ -67,6 +67,10 @@ class Runtime:
                 self._clients[name] = module.http_client(self.settings)
         return self._clients[name]
 
+    def use_client(self, name: str, client: Any) -> None:
+        """Reach service ``name`` through ``client`` (a service hosted elsewhere, or a test's)."""
+        self._clients[name] = client
+
     async def migrate(self) -> None:
         """Apply every hosted service's migrations."""
         for ctx in self.contexts.values():
