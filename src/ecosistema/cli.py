@@ -7,6 +7,7 @@ import json
 import secrets
 import sys
 from collections.abc import Awaitable, Callable
+from pathlib import Path
 from typing import Annotated, Any, TypeVar
 
 import typer
@@ -117,10 +118,14 @@ def migrate(
 
 
 def _seed_demo(settings: Settings) -> dict[str, Any]:
-    from ecosistema.identity.service import seed_demo
+    """Seed every service that has demo data, in dependency order; returns what each seeded."""
 
     async def _work(runtime: Runtime) -> dict[str, Any]:
-        return await seed_demo(runtime.contexts["identity"])
+        seeded: dict[str, Any] = {}
+        for name, ctx in runtime.contexts.items():
+            if ctx.service.seed_demo is not None:
+                seeded[name] = await ctx.service.seed_demo(ctx)
+        return seeded
 
     return _with_runtime(settings, _work)
 
@@ -171,10 +176,11 @@ def up(
     seeded = _seed_demo(settings) if demo else _with_runtime(settings, _noop)
     url = f"http://{host}:{port}"
     lines = [f"Ecosistema {__version__} on [bold]{url}[/]", f"API docs: {url}/docs"]
-    if seeded:
+    accounts = seeded.get("identity", {})
+    if accounts:
         lines.append("")
         lines.append("Demo accounts (log in at POST /api/v1/auth/login, or Authorize in /docs):")
-        for role, account in seeded.items():
+        for role, account in accounts.items():
             lines.append(f"  {role:<9} {account['email']:<32} {account['password']}")
     console.print(Panel("\n".join(lines), title="ecosistema up", expand=False))
     _serve("ecosistema.cli:embedded_app", host, port, settings)
@@ -269,6 +275,76 @@ def rotate_keys(
             console.print(f"[green]new signing key:[/] {kid}")
 
     _with_runtime(settings, _work)
+
+
+catalog_app = typer.Typer(help="Catalog bulk import and export.", no_args_is_help=True)
+payments_app = typer.Typer(help="Payments operations.", no_args_is_help=True)
+app.add_typer(catalog_app, name="catalog")
+app.add_typer(payments_app, name="payments")
+
+
+@catalog_app.command("import")
+def catalog_import(
+    file: Annotated[Path, typer.Argument(help="A .csv or .jsonl file of products.", exists=True)],
+    mode: Annotated[
+        str, typer.Option("--mode", help="all-or-nothing, or skip-invalid.")
+    ] = "all-or-nothing",
+) -> None:
+    """Import products from CSV or JSON Lines, streamed, with a progress bar and a row report."""
+    from ecosistema.catalog import import_products_command
+
+    if mode not in ("all-or-nothing", "skip-invalid"):
+        _fail("--mode is all-or-nothing or skip-invalid")
+    report = import_products_command(file, mode=mode, settings=_settings())  # type: ignore[arg-type]
+    if not report.applied or report.rows_skipped:
+        raise typer.Exit(code=1)
+
+
+@payments_app.command("reconcile")
+def payments_reconcile(
+    provider: Annotated[
+        str | None, typer.Option("--provider", help="sandbox or stripe; default: the configured.")
+    ] = None,
+) -> None:
+    """Compare the payments journal with the provider's records; exit 1 on any mismatch."""
+    from ecosistema.payments import reconcile_with_provider
+
+    report = asyncio.run(reconcile_with_provider(_settings(), provider=provider))
+    console.print_json(report.model_dump_json())
+    if not report.clean:
+        raise typer.Exit(code=1)
+
+
+@app.command()
+def gateway(
+    routes: Annotated[
+        Path | None,
+        typer.Option(
+            "--routes", help="Route table (YAML or JSON); default ECOSISTEMA_GATEWAY_ROUTES."
+        ),
+    ] = None,
+    host: HostOpt = "127.0.0.1",
+    port: PortOpt = 8000,
+    workers: Annotated[int, typer.Option("--workers", help="Worker processes.")] = 2,
+    certfile: Annotated[str | None, typer.Option("--certfile", help="TLS certificate.")] = None,
+    keyfile: Annotated[str | None, typer.Option("--keyfile", help="TLS private key.")] = None,
+) -> None:
+    """Run the API gateway in front of services listed in a route table."""
+    from ecosistema.gateway import gateway_config, run_gateway
+
+    settings = _settings()
+    table = routes or settings.gateway_routes
+    if table is None:
+        _fail("no route table: pass --routes FILE or set ECOSISTEMA_GATEWAY_ROUTES")
+    assert table is not None
+    run_gateway(
+        gateway_config(table, settings),
+        host=host,
+        port=port,
+        workers=workers,
+        certfile=certfile,
+        keyfile=keyfile,
+    )
 
 
 def _mount_subcommands() -> None:

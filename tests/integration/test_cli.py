@@ -103,3 +103,25 @@ def test_keys_rotate_issues_new_master_and_signing_keys(workdir: Path) -> None:
     assert "new master key" in output
     assert "new signing key" in output
     assert (workdir / "data" / "master.key").stat().st_mode & 0o777 == 0o600
+
+
+def test_gateway_without_a_route_table_says_how_to_give_one() -> None:
+    result = runner.invoke(app, ["gateway"])
+    assert result.exit_code == 1
+    assert "--routes" in result.output
+
+
+def test_payments_reconcile_on_a_fresh_install_is_clean() -> None:
+    output = invoke("payments", "reconcile")
+    assert '"journal_balanced": true' in output
+    assert '"mismatched": []' in output
+
+
+def test_up_with_demo_seeds_every_service_that_has_demo_data() -> None:
+    from ecosistema.cli import _seed_demo
+
+    seeded = _seed_demo(get_settings())
+    assert seeded["identity"]["admin"]["email"] == "admin@demo.ecosistema.dev"
+    assert {"identity", "orders"} <= set(seeded)
+    again = _seed_demo(get_settings())  # seeding twice changes nothing
+    assert again["identity"] == seeded["identity"]

@@ -49,6 +49,7 @@ service = Service(
         EncryptedColumn("signing_keys", "private_key_encrypted"),
     ),
     on_start=_on_start,
+    seed_demo=_service.seed_demo,
     make_client=InProcessIdentityClient,
 )
 

@@ -29,6 +29,7 @@ service = Service(
         ),
         idempotency_purge_job(idempotency_keys),
     ),
+    seed_demo=_service.seed_demo,
     make_client=InProcessOrdersClient,
 )
 

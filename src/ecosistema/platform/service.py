@@ -23,6 +23,7 @@ if TYPE_CHECKING:
 EventHandler = Callable[["ServiceContext", AsyncSession, EventEnvelope], Awaitable[None]]
 JobFn = Callable[["ServiceContext"], Awaitable[None]]
 StartHook = Callable[["ServiceContext"], Awaitable[None]]
+DemoSeeder = Callable[["ServiceContext"], Awaitable[dict[str, Any]]]
 
 
 @dataclass(frozen=True)
@@ -67,6 +68,7 @@ class Service:
     encrypted_columns: Sequence[EncryptedColumn] = ()
     on_start: StartHook | None = None
     make_client: Callable[[ServiceContext], Any] | None = None
+    seed_demo: DemoSeeder | None = None
 
 
 @dataclass
