@@ -147,23 +147,6 @@ def _serve(app_factory: str, host: str, port: int, settings: Settings) -> None:
     )
 
 
-def embedded_app() -> Any:
-    """The app with every service in one process (used by ``ecosistema up``)."""
-    from ecosistema.platform.app import create_app
-
-    return create_app(load_services(), get_settings())
-
-
-def single_service_app() -> Any:
-    """The app for the one service named by ECOSISTEMA_SERVE_SERVICE (``ecosistema serve``)."""
-    import os
-
-    from ecosistema.platform.app import create_app
-
-    name = os.environ["ECOSISTEMA_SERVE_SERVICE"]
-    return create_app(load_services([name]), get_settings(), title=f"Ecosistema {name}")
-
-
 @app.command()
 def up(
     host: HostOpt = "127.0.0.1",
@@ -183,7 +166,7 @@ def up(
         for role, account in accounts.items():
             lines.append(f"  {role:<9} {account['email']:<32} {account['password']}")
     console.print(Panel("\n".join(lines), title="ecosistema up", expand=False))
-    _serve("ecosistema.cli:embedded_app", host, port, settings)
+    _serve("ecosistema.asgi:embedded_app", host, port, settings)
 
 
 async def _noop(_runtime: Runtime) -> dict[str, Any]:
@@ -203,7 +186,7 @@ def serve(
         _fail(f"unknown service {service!r}; known: {', '.join(SERVICE_NAMES)}")
     settings = _settings()
     os.environ["ECOSISTEMA_SERVE_SERVICE"] = service
-    _serve("ecosistema.cli:single_service_app", host, port, settings)
+    _serve("ecosistema.asgi:single_service_app", host, port, settings)
 
 
 @users_app.command("create-admin")

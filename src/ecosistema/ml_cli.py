@@ -6,29 +6,23 @@ import json
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from rich.console import Console
 from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from ecosistema.ml import (
+from ecosistema.ml.errors import (
     DatasetError,
-    DriftMonitor,
-    FeatureSpec,
     InvalidDataset,
-    ModelRegistry,
     NoServingModel,
     PromotionRefused,
-    evaluate,
-    lead_scoring_spec,
-    load_dataset,
-    load_reference_dataset,
-    retrain,
-    train_and_evaluate,
-    validate,
 )
+from ecosistema.ml.spec import FeatureSpec
+
+if TYPE_CHECKING:
+    from ecosistema.ml import ModelRegistry
 from ecosistema.ml.errors import ModelNotFound
 from ecosistema.platform.config import get_settings
 
@@ -59,11 +53,15 @@ JsonOption = Annotated[bool, typer.Option("--json", help="Print JSON instead of 
 
 
 def _registry(url: str | None, spec: FeatureSpec | None = None) -> ModelRegistry:
+    from ecosistema.ml import ModelRegistry, lead_scoring_spec
+
     location = url or get_settings().ml_registry_location()
     return ModelRegistry(location, name=(spec or lead_scoring_spec()).name)
 
 
 def _spec(path: Path | None) -> FeatureSpec:
+    from ecosistema.ml import lead_scoring_spec
+
     if path is None:
         return lead_scoring_spec()
     try:
@@ -74,6 +72,8 @@ def _spec(path: Path | None) -> FeatureSpec:
 
 
 def _load(source: str | None, query: str | None) -> Any:
+    from ecosistema.ml import load_dataset, load_reference_dataset
+
     try:
         if source is None:
             return load_reference_dataset()
@@ -142,6 +142,8 @@ def validate_command(
     source: Source = None, query: Query = None, spec: SpecOption = None, as_json: JsonOption = False
 ) -> None:
     """Check data against the feature spec; exit 1 when it cannot be trained on."""
+    from ecosistema.ml import validate
+
     feature_spec = _spec(spec)
     report = validate(_load(source, query), feature_spec)
     if as_json:
@@ -163,6 +165,8 @@ def train(
     force: Annotated[bool, typer.Option(help="Promote even if it does not.")] = False,
 ) -> None:
     """Validate, evaluate, train and register a model; promote it when it is better."""
+    from ecosistema.ml import train_and_evaluate
+
     feature_spec = _spec(spec)
     df = _load(source, query)
     try:
@@ -193,6 +197,8 @@ def evaluate_command(
     as_json: JsonOption = False,
 ) -> None:
     """Cross-validate and hold out the latest rows, LightGBM beside the logistic baseline."""
+    from ecosistema.ml import evaluate
+
     feature_spec = _spec(spec)
     df = _load(source, query)
     try:
@@ -270,6 +276,8 @@ def drift(
     as_json: JsonOption = False,
 ) -> None:
     """PSI of recent rows against the serving model's training data; exit 3 on an alert."""
+    from ecosistema.ml import DriftMonitor
+
     target = _registry(registry)
     try:
         model = target.load_serving()
@@ -309,6 +317,8 @@ def retrain_command(
     force: Annotated[bool, typer.Option(help="Promote even if it is not better.")] = False,
 ) -> None:
     """Retrain from accumulated feedback; promote the new version when it is better."""
+    from ecosistema.ml import lead_scoring_spec, load_reference_dataset, retrain
+
     target = _registry(registry)
     feedback = _load(source, query)
     reference = load_reference_dataset() if with_reference else None

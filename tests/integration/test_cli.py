@@ -122,6 +122,6 @@ def test_up_with_demo_seeds_every_service_that_has_demo_data() -> None:
 
     seeded = _seed_demo(get_settings())
     assert seeded["identity"]["admin"]["email"] == "admin@demo.ecosistema.dev"
-    assert {"identity", "orders"} <= set(seeded)
+    assert {"identity", "catalog", "orders"} <= set(seeded)
     again = _seed_demo(get_settings())  # seeding twice changes nothing
     assert again["identity"] == seeded["identity"]

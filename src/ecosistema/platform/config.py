@@ -104,6 +104,10 @@ class Settings(BaseSettings):
     sales_channel: str = "web"
     prices_include_tax: bool = True
     channel_prices_include_tax: dict[str, bool] = Field(default_factory=dict)
+    # Where other processes reach catalog, and the API key (``inventory:write``, ``catalog:write``)
+    # they present for quotes and reservations.
+    catalog_url: str | None = None
+    catalog_api_key: SecretStr | None = None
 
     # Orders. Checkout holds stock this long before an unpaid order is cancelled; the sweeper
     # looks for such orders this often. Carts without a country are taxed as this country.

@@ -1,0 +1,45 @@
+"""Catalog: products, variants, categories, prices and price lists, inventory and reservations,
+search, and bulk import and export."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from ecosistema.catalog import inventory
+from ecosistema.catalog.api import router
+from ecosistema.catalog.client import InProcessCatalogClient
+from ecosistema.catalog.demo import seed_demo
+from ecosistema.catalog.events import SUBSCRIPTIONS
+from ecosistema.catalog.models import metadata, outbox
+from ecosistema.catalog.transfer import import_products_command
+from ecosistema.platform.service import Job, Service, ServiceContext
+
+SWEEP_CHECK_SECONDS = 5.0
+
+
+async def _sweep(ctx: ServiceContext) -> None:
+    # The job wakes often; the configured interval decides whether it sweeps this time.
+    import time
+
+    now = time.monotonic()
+    if now - ctx.extras.get("last_sweep", float("-inf")) < (
+        ctx.settings.catalog_reservation_sweep_seconds
+    ):
+        return
+    ctx.extras["last_sweep"] = now
+    await inventory.sweep_expired_reservations(ctx)
+
+
+service = Service(
+    name="catalog",
+    metadata=metadata,
+    outbox=outbox,
+    migrations=Path(__file__).parent / "migrations",
+    router=router,
+    subscriptions=SUBSCRIPTIONS,
+    jobs=(Job("release-expired-reservations", SWEEP_CHECK_SECONDS, _sweep),),
+    make_client=InProcessCatalogClient,
+    seed_demo=seed_demo,
+)
+
+__all__ = ["import_products_command", "seed_demo", "service"]

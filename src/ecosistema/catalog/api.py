@@ -1,0 +1,648 @@
+"""Catalog's HTTP API: products, variants, categories, price lists, warehouses, inventory,
+search, import and export. Staff write; anyone reads active products."""
+
+from __future__ import annotations
+
+import hashlib
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Depends, Query, Request, Response, status
+from fastapi.responses import StreamingResponse
+from pydantic_core import to_json
+
+from ecosistema.catalog import inventory, service, transfer
+from ecosistema.catalog.schemas import (
+    Availability,
+    Category,
+    CategoryCreate,
+    CategoryUpdate,
+    ImportMode,
+    ImportReport,
+    MovementPage,
+    PriceList,
+    PriceListCreate,
+    PriceListCustomers,
+    PriceListPrice,
+    PriceListPrices,
+    PriceListUpdate,
+    Problem,
+    Product,
+    ProductCreate,
+    ProductPage,
+    ProductUpdate,
+    QuoteRequest,
+    ReleaseRequest,
+    ReservationRequest,
+    RestockRequest,
+    SearchSort,
+    StockAdjustment,
+    TransferFormat,
+    Variant,
+    VariantCreate,
+    VariantQuote,
+    VariantUpdate,
+    Warehouse,
+    WarehouseCreate,
+)
+from ecosistema.catalog.search import SearchQuery, search_products
+from ecosistema.platform.auth import OptionalPrincipal, Principal, current_principal, require
+from ecosistema.platform.errors import NotFound, field_error
+from ecosistema.platform.money import ISO_4217
+from ecosistema.platform.policy import ensure
+from ecosistema.platform.service import ServiceContext, context_of
+
+Context = Annotated[ServiceContext, Depends(context_of("catalog"))]
+CatalogWriter = Annotated[Principal, Depends(require("catalog:write"))]
+InventoryReader = Annotated[Principal, Depends(require("inventory:read"))]
+InventoryWriter = Annotated[Principal, Depends(require("inventory:write"))]
+
+STAFF_PERMISSION = "catalog:write"
+_PROBLEM = {"model": Problem, "content": {"application/problem+json": {}}}
+_DESCRIPTIONS = {
+    400: "Malformed request",
+    401: "Not authenticated",
+    403: "Not allowed",
+    404: "Not found",
+    409: "Conflicts with the current state",
+    413: "Request body too large",
+    422: "Validation failed",
+}
+
+
+def _errors(*codes: int) -> dict[int | str, dict[str, Any]]:
+    return {c: {**_PROBLEM, "description": _DESCRIPTIONS[c]} for c in codes}
+
+
+def _is_staff(principal: Principal | None) -> bool:
+    return principal is not None and STAFF_PERMISSION in principal.permissions
+
+
+def _matches(if_none_match: str | None, etag: str) -> bool:
+    """Whether an If-None-Match header names this ETag (weak comparison, as RFC 9110 says)."""
+    if not if_none_match:
+        return False
+    candidates = [c.strip() for c in if_none_match.split(",")]
+    return "*" in candidates or any(c.removeprefix("W/") == etag for c in candidates)
+
+
+def _json_with_etag(request: Request, body: bytes, etag: str, *, public: bool) -> Response:
+    headers = {"ETag": etag, "Cache-Control": ("public" if public else "private") + ", no-cache"}
+    if _matches(request.headers.get("if-none-match"), etag):
+        return Response(status_code=status.HTTP_304_NOT_MODIFIED, headers=headers)
+    return Response(body, media_type="application/json", headers=headers)
+
+
+def _etagged(request: Request, value: Any, *, public: bool) -> Response:
+    """Serialize a response model (or a list of them) with an ETag, honouring If-None-Match."""
+    body = to_json(value)
+    return _json_with_etag(request, body, service.etag_of(body), public=public)
+
+
+router = APIRouter(tags=["catalog"])
+
+_CACHED_READ: dict[int | str, dict[str, Any]] = {
+    200: {"description": "The resource; carries an ETag"},
+    304: {"description": "Not modified since the ETag sent in If-None-Match"},
+}
+
+
+# --- products -----------------------------------------------------------------------------------
+
+
+def _options(raw: list[str]) -> tuple[tuple[str, str], ...]:
+    pairs = []
+    for item in raw:
+        name, sep, value = item.partition(":")
+        if not sep or not name or not value or len(name) > 50 or len(value) > 100:
+            raise field_error("option", "use name:value, e.g. colour:red")
+        pairs.append((name, value))
+    return tuple(sorted(pairs))
+
+
+@router.get(
+    "/products",
+    response_model=ProductPage,
+    summary="List and search products: ranked text search, filters, sorting, cursor pages",
+    responses={**_CACHED_READ, 200: {"model": ProductPage}, **_errors(401, 422)},
+)
+async def list_products(
+    request: Request,
+    ctx: Context,
+    principal: OptionalPrincipal,
+    q: Annotated[str | None, Query(max_length=200, description="Words to search for.")] = None,
+    category_id: Annotated[
+        str | None, Query(max_length=64, description="Within this category or below it.")
+    ] = None,
+    currency: Annotated[
+        str | None, Query(min_length=3, max_length=3, description="Currency for prices.")
+    ] = None,
+    min_price: Annotated[int | None, Query(ge=0, le=10**12)] = None,
+    max_price: Annotated[int | None, Query(ge=0, le=10**12)] = None,
+    in_stock: Annotated[bool, Query(description="Only products with stock available.")] = False,
+    option: Annotated[
+        list[str], Query(max_length=10, description="name:value, e.g. colour:red")
+    ] = [],  # noqa: B006 - FastAPI reads the default, it is never mutated
+    status_: Annotated[
+        list[str] | None,
+        Query(alias="status", max_length=3, description="Staff only: draft, active, archived."),
+    ] = None,
+    sort: Annotated[SearchSort, Query()] = "relevance",
+    cursor: Annotated[str | None, Query(max_length=500)] = None,
+    limit: Annotated[int, Query(ge=1, le=100)] = 20,
+) -> Response:
+    staff = _is_staff(principal)
+    chosen = currency or ctx.settings.catalog_default_currency
+    if chosen not in ISO_4217:
+        raise field_error("currency", "not an ISO 4217 currency code")
+    statuses: tuple[str, ...] = ("active",)
+    if status_:
+        if not staff:
+            raise field_error("status", "only staff may list drafts or archived products")
+        if any(s not in ("draft", "active", "archived") for s in status_):
+            raise field_error("status", "one of draft, active, archived")
+        statuses = tuple(sorted(set(status_)))
+    query = SearchQuery(
+        text=q,
+        category_id=category_id,
+        currency=chosen,
+        min_price=min_price,
+        max_price=max_price,
+        in_stock=in_stock,
+        options=_options(option),
+        statuses=statuses,
+        sort=sort,
+        limit=limit,
+        cursor=cursor,
+    )
+    body = await _cached_search(ctx, query)
+    return _json_with_etag(request, body, service.etag_of(body), public=not staff)
+
+
+async def _cached_search(ctx: ServiceContext, query: SearchQuery) -> bytes:
+    ttl = ctx.settings.catalog_cache_seconds
+    key = ""
+    if ttl > 0:
+        generation = await service.cache_generation(ctx)
+        digest = hashlib.blake2b(
+            f"{query.fingerprint()}|{query.cursor}".encode(), digest_size=16
+        ).hexdigest()
+        key = f"catalog:search:{generation}:{digest}"
+        cached = await ctx.cache.get(key)
+        if cached is not None:
+            return cached
+    async with ctx.db.read() as session:
+        page = await search_products(session, query)
+    body = page.model_dump_json().encode()
+    if key:
+        await ctx.cache.set(key, body, ttl=ttl)
+    return body
+
+
+@router.post(
+    "/products",
+    response_model=Product,
+    status_code=status.HTTP_201_CREATED,
+    summary="Create a product with its variants and prices (staff)",
+    responses=_errors(401, 403, 409, 422),
+)
+async def create_product(
+    body: ProductCreate, ctx: Context, _staff: CatalogWriter, response: Response
+) -> Product:
+    product = await service.create_product(ctx, body)
+    response.headers["Location"] = f"/api/v1/products/{product.id}"
+    return product
+
+
+@router.get(
+    "/products/export",
+    summary="Export every product as CSV or JSON Lines, streamed (staff)",
+    response_class=StreamingResponse,
+    responses={200: {"content": {"text/csv": {}, "application/x-ndjson": {}}}, **_errors(401, 403)},
+)
+async def export_products(
+    ctx: Context,
+    _staff: CatalogWriter,
+    format: Annotated[TransferFormat, Query()] = "jsonl",
+) -> StreamingResponse:
+    media = "text/csv; charset=utf-8" if format == "csv" else "application/x-ndjson"
+    filename = f"products.{format}"
+    return StreamingResponse(
+        transfer.export_chunks(ctx, format),
+        media_type=media,
+        headers={"Content-Disposition": f'attachment; filename="{filename}"'},
+    )
+
+
+@router.post(
+    "/products/import",
+    response_model=ImportReport,
+    summary="Import products from a CSV or JSON Lines body, streamed (staff)",
+    description="The body is read as it arrives and spooled to disk, never held whole in "
+    "memory. `all-or-nothing` validates every row first and applies nothing if any is bad; "
+    "`skip-invalid` applies the good rows and reports each skipped one by line number.",
+    responses=_errors(400, 401, 403, 413, 422),
+    openapi_extra={
+        "requestBody": {
+            "required": True,
+            "content": {"text/csv": {}, "application/x-ndjson": {}},
+        }
+    },
+)
+async def import_products(
+    request: Request,
+    ctx: Context,
+    _staff: CatalogWriter,
+    format: Annotated[TransferFormat | None, Query(description="Default: by Content-Type.")] = None,
+    mode: Annotated[ImportMode, Query()] = "all-or-nothing",
+) -> ImportReport:
+    chosen = format or transfer.format_for_content_type(request.headers.get("content-type"))
+    return await transfer.import_stream(ctx, request.stream(), format=chosen, mode=mode)
+
+
+@router.get(
+    "/products/{product_id}",
+    response_model=None,
+    summary="A product with its variants and prices (drafts for staff only)",
+    responses={**_CACHED_READ, 200: {"model": Product}, **_errors(401, 404)},
+)
+async def get_product(
+    product_id: str, request: Request, ctx: Context, principal: OptionalPrincipal
+) -> Response:
+    document = await service.product_document(ctx, product_id)
+    staff = _is_staff(principal)
+    if not service.visible(document.status, staff=staff):
+        raise NotFound(service.PRODUCT_NOT_FOUND)
+    return _json_with_etag(
+        request, document.body, document.etag, public=document.status == "active"
+    )
+
+
+@router.patch(
+    "/products/{product_id}",
+    response_model=Product,
+    summary="Change a product (staff)",
+    responses=_errors(401, 403, 404, 409, 422),
+)
+async def update_product(
+    product_id: str, body: ProductUpdate, ctx: Context, _staff: CatalogWriter
+) -> Product:
+    return await service.update_product(ctx, product_id, body)
+
+
+@router.delete(
+    "/products/{product_id}",
+    status_code=status.HTTP_204_NO_CONTENT,
+    summary="Archive a product (staff); orders that refer to it keep working",
+    responses=_errors(401, 403, 404),
+)
+async def archive_product(product_id: str, ctx: Context, _staff: CatalogWriter) -> Response:
+    await service.archive_product(ctx, product_id)
+    return Response(status_code=status.HTTP_204_NO_CONTENT)
+
+
+@router.get(
+    "/products/{product_id}/variants",
+    response_model=list[Variant],
+    summary="A product's variants with their prices",
+    responses={**_CACHED_READ, **_errors(401, 404)},
+)
+async def list_variants(
+    product_id: str, request: Request, ctx: Context, principal: OptionalPrincipal
+) -> Response:
+    staff = _is_staff(principal)
+    found = await service.list_variants(ctx, product_id, staff=staff)
+    return _etagged(request, found, public=not staff)
+
+
+@router.post(
+    "/products/{product_id}/variants",
+    response_model=Variant,
+    status_code=status.HTTP_201_CREATED,
+    summary="Add a variant (staff)",
+    responses=_errors(401, 403, 404, 409, 422),
+)
+async def add_variant(
+    product_id: str, body: VariantCreate, ctx: Context, _staff: CatalogWriter
+) -> Variant:
+    return await service.add_variant(ctx, product_id, body)
+
+
+@router.patch(
+    "/products/{product_id}/variants/{variant_id}",
+    response_model=Variant,
+    summary="Change a variant; given prices replace the current ones (staff)",
+    responses=_errors(401, 403, 404, 422),
+)
+async def update_variant(
+    product_id: str, variant_id: str, body: VariantUpdate, ctx: Context, _staff: CatalogWriter
+) -> Variant:
+    return await service.update_variant(ctx, product_id, variant_id, body)
+
+
+@router.delete(
+    "/products/{product_id}/variants/{variant_id}",
+    status_code=status.HTTP_204_NO_CONTENT,
+    summary="Remove a variant that holds no stock (staff)",
+    responses=_errors(401, 403, 404, 409),
+)
+async def delete_variant(
+    product_id: str, variant_id: str, ctx: Context, _staff: CatalogWriter
+) -> Response:
+    await service.delete_variant(ctx, product_id, variant_id)
+    return Response(status_code=status.HTTP_204_NO_CONTENT)
+
+
+# --- categories ---------------------------------------------------------------------------------
+
+
+@router.get(
+    "/categories",
+    response_model=None,
+    summary="The category tree, parents before children",
+    responses={**_CACHED_READ, 200: {"model": list[Category]}},
+)
+async def list_categories(request: Request, ctx: Context) -> Response:
+    return _etagged(request, await service.list_categories(ctx), public=True)
+
+
+@router.post(
+    "/categories",
+    response_model=Category,
+    status_code=status.HTTP_201_CREATED,
+    summary="Add a category (staff)",
+    responses=_errors(401, 403, 409, 422),
+)
+async def create_category(body: CategoryCreate, ctx: Context, _staff: CatalogWriter) -> Category:
+    return await service.create_category(ctx, body)
+
+
+@router.get(
+    "/categories/{category_id}",
+    response_model=Category,
+    summary="One category",
+    responses={**_CACHED_READ, **_errors(404)},
+)
+async def get_category(category_id: str, request: Request, ctx: Context) -> Response:
+    return _etagged(request, await service.get_category(ctx, category_id), public=True)
+
+
+@router.patch(
+    "/categories/{category_id}",
+    response_model=Category,
+    summary="Rename or re-describe a category (staff)",
+    responses=_errors(401, 403, 404, 422),
+)
+async def update_category(
+    category_id: str, body: CategoryUpdate, ctx: Context, _staff: CatalogWriter
+) -> Category:
+    return await service.update_category(ctx, category_id, body)
+
+
+@router.delete(
+    "/categories/{category_id}",
+    status_code=status.HTTP_204_NO_CONTENT,
+    summary="Remove an empty category (staff)",
+    responses=_errors(401, 403, 404, 409),
+)
+async def delete_category(category_id: str, ctx: Context, _staff: CatalogWriter) -> Response:
+    await service.delete_category(ctx, category_id)
+    return Response(status_code=status.HTTP_204_NO_CONTENT)
+
+
+# --- price lists --------------------------------------------------------------------------------
+
+
+@router.get(
+    "/price-lists",
+    response_model=list[PriceList],
+    summary="Every price list (staff)",
+    responses={**_CACHED_READ, **_errors(401, 403)},
+)
+async def list_price_lists(request: Request, ctx: Context, _staff: CatalogWriter) -> Response:
+    return _etagged(request, await service.list_price_lists(ctx), public=False)
+
+
+@router.post(
+    "/price-lists",
+    response_model=PriceList,
+    status_code=status.HTTP_201_CREATED,
+    summary="Add a price list, e.g. wholesale (staff)",
+    responses=_errors(401, 403, 409, 422),
+)
+async def create_price_list(
+    body: PriceListCreate, ctx: Context, _staff: CatalogWriter
+) -> PriceList:
+    return await service.create_price_list(ctx, body)
+
+
+@router.get(
+    "/price-lists/{price_list_id}",
+    response_model=PriceList,
+    summary="One price list (staff)",
+    responses={**_CACHED_READ, **_errors(401, 403, 404)},
+)
+async def get_price_list(
+    price_list_id: str, request: Request, ctx: Context, _staff: CatalogWriter
+) -> Response:
+    return _etagged(request, await service.get_price_list(ctx, price_list_id), public=False)
+
+
+@router.patch(
+    "/price-lists/{price_list_id}",
+    response_model=PriceList,
+    summary="Rename a price list (staff)",
+    responses=_errors(401, 403, 404, 422),
+)
+async def update_price_list(
+    price_list_id: str, body: PriceListUpdate, ctx: Context, _staff: CatalogWriter
+) -> PriceList:
+    return await service.update_price_list(ctx, price_list_id, body)
+
+
+@router.get(
+    "/price-lists/{price_list_id}/prices",
+    response_model=list[PriceListPrice],
+    summary="A price list's prices by SKU and currency (staff)",
+    responses={**_CACHED_READ, **_errors(401, 403, 404)},
+)
+async def get_price_list_prices(
+    price_list_id: str, request: Request, ctx: Context, _staff: CatalogWriter
+) -> Response:
+    found = await service.get_price_list_prices(ctx, price_list_id)
+    return _etagged(request, found, public=False)
+
+
+@router.put(
+    "/price-lists/{price_list_id}/prices",
+    response_model=list[PriceListPrice],
+    summary="Replace a price list's prices (staff)",
+    responses=_errors(401, 403, 404, 422),
+)
+async def set_price_list_prices(
+    price_list_id: str, body: PriceListPrices, ctx: Context, _staff: CatalogWriter
+) -> list[PriceListPrice]:
+    return await service.set_price_list_prices(ctx, price_list_id, body.prices)
+
+
+@router.get(
+    "/price-lists/{price_list_id}/customers",
+    response_model=PriceListCustomers,
+    summary="The customers a price list applies to (staff)",
+    responses={**_CACHED_READ, **_errors(401, 403, 404)},
+)
+async def get_price_list_customers(
+    price_list_id: str, request: Request, ctx: Context, _staff: CatalogWriter
+) -> Response:
+    ids = await service.get_price_list_customers(ctx, price_list_id)
+    return _etagged(request, PriceListCustomers(customer_ids=ids), public=False)
+
+
+@router.put(
+    "/price-lists/{price_list_id}/customers",
+    response_model=PriceListCustomers,
+    summary="Replace the customers a price list applies to (staff)",
+    responses=_errors(401, 403, 404, 422),
+)
+async def set_price_list_customers(
+    price_list_id: str, body: PriceListCustomers, ctx: Context, _staff: CatalogWriter
+) -> PriceListCustomers:
+    ids = await service.set_price_list_customers(ctx, price_list_id, body.customer_ids)
+    return PriceListCustomers(customer_ids=ids)
+
+
+# --- warehouses and inventory -------------------------------------------------------------------
+
+
+@router.get(
+    "/warehouses",
+    response_model=list[Warehouse],
+    summary="Every warehouse, in shipping order",
+    responses={**_CACHED_READ, **_errors(401, 403)},
+)
+async def list_warehouses(request: Request, ctx: Context, _reader: InventoryReader) -> Response:
+    return _etagged(request, await service.list_warehouses(ctx), public=False)
+
+
+@router.post(
+    "/warehouses",
+    response_model=Warehouse,
+    status_code=status.HTTP_201_CREATED,
+    summary="Add a warehouse (staff)",
+    responses=_errors(401, 403, 409, 422),
+)
+async def create_warehouse(
+    body: WarehouseCreate, ctx: Context, _writer: InventoryWriter
+) -> Warehouse:
+    return await service.create_warehouse(ctx, body)
+
+
+@router.get(
+    "/inventory/{sku}",
+    response_model=Availability,
+    summary="A SKU's stock per warehouse: on hand, reserved, available",
+    responses={**_CACHED_READ, **_errors(401, 403, 404)},
+)
+async def get_availability(
+    sku: str, request: Request, ctx: Context, _reader: InventoryReader
+) -> Response:
+    return _etagged(request, await inventory.availability(ctx, sku), public=False)
+
+
+@router.post(
+    "/inventory/{sku}/adjustments",
+    response_model=Availability,
+    status_code=status.HTTP_201_CREATED,
+    summary="Receive, count or write off stock (staff); recorded as a movement",
+    responses=_errors(401, 403, 404, 409, 422),
+)
+async def adjust_stock(
+    sku: str, body: StockAdjustment, ctx: Context, writer: InventoryWriter
+) -> Availability:
+    return await inventory.adjust_stock(ctx, sku, body, actor=writer.subject)
+
+
+@router.get(
+    "/inventory/{sku}/movements",
+    response_model=MovementPage,
+    summary="A SKU's stock movements, newest first: who, why, by how much",
+    responses={**_CACHED_READ, **_errors(401, 403, 404, 422)},
+)
+async def list_movements(
+    sku: str,
+    request: Request,
+    ctx: Context,
+    _reader: InventoryReader,
+    cursor: Annotated[str | None, Query(max_length=200)] = None,
+    limit: Annotated[int, Query(ge=1, le=200)] = 50,
+) -> Response:
+    page = await inventory.movements(ctx, sku, cursor=cursor, limit=limit)
+    return _etagged(request, page, public=False)
+
+
+# --- service to service: quotes and reservations ------------------------------------------------
+
+
+@router.post(
+    "/quotes",
+    response_model=dict[str, VariantQuote],
+    summary="Price and availability of SKUs for a customer (unknown SKUs are absent)",
+    description="A caller may quote for itself; quoting for another customer needs "
+    "`catalog:write` (services use an API key with it).",
+    responses=_errors(401, 403, 422),
+)
+async def quote(
+    body: QuoteRequest, ctx: Context, principal: Annotated[Principal, Depends(current_principal)]
+) -> dict[str, VariantQuote]:
+    if body.customer_id not in (None, principal.subject):
+        ensure(principal, STAFF_PERMISSION)
+    return await service.quote(
+        ctx, body.skus, currency=body.currency, customer_id=body.customer_id, at=body.at
+    )
+
+
+@router.post(
+    "/reservations",
+    status_code=status.HTTP_204_NO_CONTENT,
+    summary="Hold stock for an order, all lines or none; idempotent per order",
+    responses=_errors(401, 403, 409, 422),
+)
+async def reserve(body: ReservationRequest, ctx: Context, _writer: InventoryWriter) -> Response:
+    lines = [(line.sku, line.quantity) for line in body.lines]
+    await inventory.reserve(ctx, body.order_id, lines, body.ttl_seconds)
+    return Response(status_code=status.HTTP_204_NO_CONTENT)
+
+
+@router.post(
+    "/reservations/{order_id}/commit",
+    status_code=status.HTTP_204_NO_CONTENT,
+    summary="The order was paid: reserved stock leaves for good (idempotent)",
+    responses=_errors(401, 403),
+)
+async def commit_reservation(order_id: str, ctx: Context, _writer: InventoryWriter) -> Response:
+    await inventory.commit_reservation(ctx, order_id)
+    return Response(status_code=status.HTTP_204_NO_CONTENT)
+
+
+@router.post(
+    "/reservations/{order_id}/release",
+    status_code=status.HTTP_204_NO_CONTENT,
+    summary="The order will not be paid: reserved stock is free again (idempotent)",
+    responses=_errors(401, 403, 422),
+)
+async def release_reservation(
+    order_id: str, body: ReleaseRequest, ctx: Context, _writer: InventoryWriter
+) -> Response:
+    await inventory.release_reservation(ctx, order_id, body.reason)
+    return Response(status_code=status.HTTP_204_NO_CONTENT)
+
+
+@router.post(
+    "/restocks",
+    status_code=status.HTTP_204_NO_CONTENT,
+    summary="Units of an order come back on hand (a refund with restock)",
+    responses=_errors(401, 403, 409, 422),
+)
+async def restock(body: RestockRequest, ctx: Context, _writer: InventoryWriter) -> Response:
+    lines = [(line.sku, line.quantity) for line in body.lines]
+    await inventory.restock(ctx, body.order_id, lines, body.reason)
+    return Response(status_code=status.HTTP_204_NO_CONTENT)

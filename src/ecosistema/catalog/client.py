@@ -1,0 +1,204 @@
+"""How other services ask catalog for prices and stock: one protocol, in process or over HTTP.
+
+Orders calls ``quote`` to price a cart and ``reserve`` at checkout; payments and orders events
+drive ``commit_reservation``, ``release_reservation`` and ``restock`` (they are idempotent, so a
+direct call and an event for the same order do no harm).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from datetime import datetime
+from typing import Protocol
+
+import httpx
+
+from ecosistema.catalog import inventory, service
+from ecosistema.catalog.domain import InsufficientStock
+from ecosistema.catalog.schemas import VariantQuote
+from ecosistema.platform.config import Settings
+from ecosistema.platform.errors import ProblemError
+from ecosistema.platform.service import ServiceContext
+
+__all__ = [
+    "CatalogClient",
+    "HttpCatalogClient",
+    "InProcessCatalogClient",
+    "InsufficientStock",
+    "http_client",
+]
+
+
+class CatalogClient(Protocol):
+    """Catalog's interface for other services."""
+
+    async def quote(
+        self,
+        skus: list[str],
+        *,
+        currency: str,
+        customer_id: str | None = None,
+        at: datetime | None = None,
+    ) -> dict[str, VariantQuote]:
+        """Price and availability per known SKU for this customer; unknown SKUs are absent."""
+        ...
+
+    async def reserve(self, order_id: str, lines: list[tuple[str, int]], ttl_seconds: int) -> None:
+        """Hold stock for an order, all lines or none; raises ``InsufficientStock`` (409)."""
+        ...
+
+    async def commit_reservation(self, order_id: str) -> None:
+        """The order was paid: reserved stock leaves for good (idempotent)."""
+        ...
+
+    async def release_reservation(self, order_id: str, reason: str) -> None:
+        """The order will not be paid: reserved stock is free again (idempotent)."""
+        ...
+
+    async def restock(self, order_id: str, lines: list[tuple[str, int]], reason: str) -> None:
+        """Refunded units go back on hand."""
+        ...
+
+
+class InProcessCatalogClient:
+    """Calls catalog's use cases directly, when it runs in the same process."""
+
+    def __init__(self, ctx: ServiceContext) -> None:
+        self._ctx = ctx
+
+    async def quote(
+        self,
+        skus: Sequence[str],
+        *,
+        currency: str,
+        customer_id: str | None = None,
+        at: datetime | None = None,
+    ) -> dict[str, VariantQuote]:
+        """Price and availability per known SKU for this customer; unknown SKUs are absent."""
+        return await service.quote(
+            self._ctx, skus, currency=currency, customer_id=customer_id, at=at
+        )
+
+    async def reserve(
+        self, order_id: str, lines: Sequence[tuple[str, int]], ttl_seconds: int
+    ) -> None:
+        """Hold stock for an order, all lines or none; raises ``InsufficientStock`` (409)."""
+        await inventory.reserve(self._ctx, order_id, lines, ttl_seconds)
+
+    async def commit_reservation(self, order_id: str) -> None:
+        """The order was paid: reserved stock leaves for good (idempotent)."""
+        await inventory.commit_reservation(self._ctx, order_id)
+
+    async def release_reservation(self, order_id: str, reason: str) -> None:
+        """The order will not be paid: reserved stock is free again (idempotent)."""
+        await inventory.release_reservation(self._ctx, order_id, reason)
+
+    async def restock(self, order_id: str, lines: Sequence[tuple[str, int]], reason: str) -> None:
+        """Refunded units go back on hand."""
+        await inventory.restock(self._ctx, order_id, lines, reason)
+
+
+class HttpCatalogClient:
+    """Calls catalog over HTTP; ``credential`` (an API key with ``inventory:write`` and
+    ``catalog:write``) authorises reservations and quotes for any customer."""
+
+    def __init__(
+        self,
+        base_url: str,
+        *,
+        credential: str | None = None,
+        timeout: float = 5.0,
+        transport: httpx.AsyncBaseTransport | None = None,
+    ) -> None:
+        headers = {"Authorization": f"Bearer {credential}"} if credential else {}
+        self._http = httpx.AsyncClient(
+            base_url=base_url.rstrip("/") + "/api/v1",
+            headers=headers,
+            timeout=timeout,
+            transport=transport,
+        )
+
+    async def quote(
+        self,
+        skus: Sequence[str],
+        *,
+        currency: str,
+        customer_id: str | None = None,
+        at: datetime | None = None,
+    ) -> dict[str, VariantQuote]:
+        """Price and availability per known SKU for this customer; unknown SKUs are absent."""
+        body = {
+            "skus": list(skus),
+            "currency": currency,
+            "customer_id": customer_id,
+            "at": at.isoformat() if at else None,
+        }
+        response = await self._http.post("/quotes", json=body)
+        _raise_for_problem(response)
+        return {sku: VariantQuote.model_validate(q) for sku, q in response.json().items()}
+
+    async def reserve(
+        self, order_id: str, lines: Sequence[tuple[str, int]], ttl_seconds: int
+    ) -> None:
+        """Hold stock for an order, all lines or none; raises ``InsufficientStock`` (409)."""
+        body = {
+            "order_id": order_id,
+            "lines": [{"sku": sku, "quantity": quantity} for sku, quantity in lines],
+            "ttl_seconds": ttl_seconds,
+        }
+        _raise_for_problem(await self._http.post("/reservations", json=body))
+
+    async def commit_reservation(self, order_id: str) -> None:
+        """The order was paid: reserved stock leaves for good (idempotent)."""
+        _raise_for_problem(await self._http.post(f"/reservations/{order_id}/commit"))
+
+    async def release_reservation(self, order_id: str, reason: str) -> None:
+        """The order will not be paid: reserved stock is free again (idempotent)."""
+        response = await self._http.post(
+            f"/reservations/{order_id}/release", json={"reason": reason}
+        )
+        _raise_for_problem(response)
+
+    async def restock(self, order_id: str, lines: Sequence[tuple[str, int]], reason: str) -> None:
+        """Refunded units go back on hand."""
+        body = {
+            "order_id": order_id,
+            "lines": [{"sku": sku, "quantity": quantity} for sku, quantity in lines],
+            "reason": reason,
+        }
+        _raise_for_problem(await self._http.post("/restocks", json=body))
+
+    async def aclose(self) -> None:
+        """Close the connection pool."""
+        await self._http.aclose()
+
+
+def _raise_for_problem(response: httpx.Response) -> None:
+    """Turn catalog's problem+json back into the error it was, so callers see no difference."""
+    if response.is_success:
+        return
+    try:
+        problem = response.json()
+    except ValueError:
+        problem = {}
+    if not isinstance(problem, dict):
+        problem = {}
+    kind = str(problem.get("type", "")).rsplit("/", 1)[-1]
+    if response.status_code == 409 and kind == InsufficientStock.type:
+        raise InsufficientStock(problem.get("lines") or [], detail=problem.get("detail"))
+    raise ProblemError(
+        str(problem.get("detail") or f"catalog answered {response.status_code}"),
+        type=kind or "catalog-error",
+        title=str(problem.get("title") or "Catalog error"),
+        status=response.status_code,
+    )
+
+
+def http_client(settings: Settings) -> HttpCatalogClient:
+    """The HTTP client the runtime uses when catalog runs in another process."""
+    if not settings.catalog_url:
+        raise LookupError("catalog is not hosted here and ECOSISTEMA_CATALOG_URL is not set")
+    key = settings.catalog_api_key
+    return HttpCatalogClient(
+        settings.catalog_url, credential=key.get_secret_value() if key else None
+    )

@@ -1,0 +1,322 @@
+"""Demo data: a shop a new user recognises, generated deterministically from word lists.
+
+Running it again changes nothing: categories, warehouses and the price list are matched by
+slug or code, products by slug and variants by SKU (through the importer), and stock is only
+received where a SKU has none in a warehouse yet.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import tempfile
+from collections.abc import Sequence
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import func, insert, select
+
+from ecosistema.catalog import domain, service, transfer
+from ecosistema.catalog.domain import MovementReason
+from ecosistema.catalog.models import (
+    categories,
+    price_lists,
+    prices,
+    products,
+    sale_prices,
+    stock,
+    stock_movements,
+    variants,
+    warehouses,
+)
+from ecosistema.catalog.schemas import (
+    CategoryCreate,
+    PriceListCreate,
+    PriceListPrice,
+    WarehouseCreate,
+)
+from ecosistema.platform.db import new_id, utcnow
+from ecosistema.platform.service import ServiceContext
+
+SEED = 2026
+PRODUCT_COUNT = 240
+WHOLESALE_DISCOUNT_BP = 8_000  # wholesale pays 80 % of the regular price
+USD_PER_EUR_BP = 10_800
+
+TREE: dict[str, tuple[str, ...]] = {
+    "Clothing": ("T-Shirts", "Hoodies", "Jackets"),
+    "Footwear": ("Sneakers", "Boots"),
+    "Home": ("Kitchen", "Lighting"),
+    "Outdoor": ("Camping", "Cycling"),
+    "Accessories": ("Bags", "Watches"),
+}
+NOUNS: dict[str, tuple[str, ...]] = {
+    "T-Shirts": ("Tee", "Crew Neck T-Shirt", "V-Neck Tee", "Pocket Tee"),
+    "Hoodies": ("Hoodie", "Zip Hoodie", "Pullover", "Sweatshirt"),
+    "Jackets": ("Rain Jacket", "Bomber Jacket", "Puffer Jacket", "Field Jacket"),
+    "Sneakers": ("Runner", "Court Sneaker", "Trail Shoe", "Slip-On"),
+    "Boots": ("Chelsea Boot", "Hiking Boot", "Work Boot", "Ankle Boot"),
+    "Kitchen": ("Chef's Knife", "Cutting Board", "Dutch Oven", "Espresso Cups"),
+    "Lighting": ("Desk Lamp", "Pendant Light", "Floor Lamp", "Lantern"),
+    "Camping": ("Tent", "Sleeping Bag", "Camp Stove", "Trekking Poles"),
+    "Cycling": ("Bike Helmet", "Cycling Jersey", "Saddle Bag", "Bike Light"),
+    "Bags": ("Backpack", "Tote Bag", "Duffel", "Messenger Bag"),
+    "Watches": ("Field Watch", "Dive Watch", "Chronograph", "Minimalist Watch"),
+}
+ADJECTIVES = (
+    "Classic", "Everyday", "Urban", "Alpine", "Coastal", "Heritage", "Essential", "Nordic",
+    "Vintage", "Modern", "Rugged", "Lightweight", "Premium", "Organic", "Studio", "Weekend",
+)  # fmt: skip
+MATERIALS = (
+    "Cotton", "Linen", "Merino", "Canvas", "Leather", "Oak", "Walnut", "Steel", "Bamboo",
+    "Recycled", "Suede", "Wool", "Ceramic", "Nylon",
+)  # fmt: skip
+COLOURS = ("Black", "White", "Navy", "Olive", "Sand", "Red", "Grey", "Forest Green")
+SIZES = ("S", "M", "L", "XL")
+SHOE_SIZES = ("39", "40", "41", "42", "43", "44")
+WAREHOUSES = (("madrid", "Madrid fulfilment centre", 0), ("rotterdam", "Rotterdam hub", 1))
+SIZED = {"T-Shirts", "Hoodies", "Jackets", "Cycling"}
+WEIGHTS = {
+    "T-Shirts": 180, "Hoodies": 550, "Jackets": 900, "Sneakers": 800, "Boots": 1300,
+    "Kitchen": 700, "Lighting": 1800, "Camping": 2200, "Cycling": 350, "Bags": 900,
+    "Watches": 120,
+}  # fmt: skip
+
+
+def _round_price(minor: int) -> int:
+    """Shop-style prices ending in 90 minor units (19.90)."""
+    return max(90, (minor // 100) * 100 + 90)
+
+
+def catalogue(rng: random.Random) -> list[dict[str, Any]]:
+    """The demo products, as import documents (deterministic for a given generator)."""
+    leaves = [leaf for children in TREE.values() for leaf in children]
+    used: set[str] = set()
+    out: list[dict[str, Any]] = []
+    for i in range(PRODUCT_COUNT):
+        leaf = leaves[i % len(leaves)]
+        name = f"{rng.choice(ADJECTIVES)} {rng.choice(MATERIALS)} {rng.choice(NOUNS[leaf])}"
+        slug = domain.unique_slug(domain.slugify(name), used)
+        used.add(slug)
+        base = _round_price(rng.randrange(990, 24_990))
+        colours = rng.sample(COLOURS, k=rng.choice((1, 2, 3)))
+        sizes: Sequence[str] = ()
+        if leaf in SIZED:
+            sizes = SIZES
+        elif leaf in ("Sneakers", "Boots"):
+            sizes = SHOE_SIZES[rng.randrange(0, 2) : rng.randrange(4, 7)]
+        code = "".join(w[0] for w in slug.split("-")[:3]).upper()
+        variants_out = []
+        for colour in colours:
+            for size in sizes or (None,):
+                options = {"colour": colour} | ({"size": size} if size else {})
+                sku = f"{code}-{i:04d}-{colour[:3].upper()}" + (f"-{size}" if size else "")
+                extra = 0 if size in (None, "S", "M") else 500
+                eur = base + extra
+                variants_out.append(
+                    {
+                        "sku": sku,
+                        "name": " / ".join(options.values()),
+                        "options": options,
+                        "weight_grams": WEIGHTS[leaf] + rng.randrange(0, 60),
+                        "prices": {
+                            "EUR": eur,
+                            "USD": _round_price(eur * USD_PER_EUR_BP // 10_000),
+                        },
+                    }
+                )
+        out.append(
+            {
+                "slug": slug,
+                "name": name,
+                "description": (
+                    f"The {name.lower()}: {rng.choice(MATERIALS).lower()} details, made to "
+                    f"last, in {', '.join(c.lower() for c in colours)}."
+                ),
+                "status": "active" if i % 25 else "draft",
+                "category": domain.slugify(leaf),
+                "images": [f"https://images.ecosistema.dev/demo/{slug}/{n}.jpg" for n in (1, 2)],
+                "variants": variants_out,
+            }
+        )
+    return out
+
+
+async def _ensure_categories(ctx: ServiceContext) -> int:
+    async with ctx.db.read() as session:
+        have = set((await session.scalars(select(categories.c.slug))).all())
+        ids = dict((await session.execute(select(categories.c.slug, categories.c.id))).all())
+    for parent, children in TREE.items():
+        parent_slug = domain.slugify(parent)
+        if parent_slug not in have:
+            created = await service.create_category(ctx, CategoryCreate(name=parent))
+            ids[parent_slug] = created.id
+        for child in children:
+            if domain.slugify(child) not in have:
+                await service.create_category(
+                    ctx, CategoryCreate(name=child, parent_id=ids[parent_slug])
+                )
+    return sum(1 + len(children) for children in TREE.values())
+
+
+async def _ensure_warehouses(ctx: ServiceContext) -> list[str]:
+    async with ctx.db.read() as session:
+        have = dict((await session.execute(select(warehouses.c.code, warehouses.c.id))).all())
+    for code, name, priority in WAREHOUSES:
+        if code not in have:
+            created = await service.create_warehouse(
+                ctx, WarehouseCreate(code=code, name=name, priority=priority)
+            )
+            have[code] = created.id
+    return [have[code] for code, _, _ in WAREHOUSES]
+
+
+async def _receive_initial_stock(
+    ctx: ServiceContext, rng: random.Random, warehouse_ids: list[str]
+) -> None:
+    now = utcnow()
+    async with ctx.db.transaction() as session:
+        skus = sorted((await session.scalars(select(variants.c.sku))).all())
+        have = set((await session.execute(select(stock.c.sku, stock.c.warehouse_id))).all())
+        rows, moves = [], []
+        for sku in skus:
+            for warehouse_id in warehouse_ids:
+                quantity = rng.choice((0, 3, 8, 12, 20, 35, 60))
+                if (sku, warehouse_id) in have:
+                    continue
+                rows.append(
+                    {
+                        "sku": sku,
+                        "warehouse_id": warehouse_id,
+                        "on_hand": quantity,
+                        "reserved": 0,
+                        "updated_at": now,
+                    }
+                )
+                if quantity:
+                    moves.append(
+                        {
+                            "id": new_id(),
+                            "sku": sku,
+                            "warehouse_id": warehouse_id,
+                            "on_hand_delta": quantity,
+                            "reserved_delta": 0,
+                            "reason": MovementReason.RECEIVE.value,
+                            "reference": "demo",
+                            "note": "initial stock",
+                            "actor": "system",
+                            "occurred_at": now,
+                        }
+                    )
+        if rows:
+            await session.execute(insert(stock), rows)
+        if moves:
+            await session.execute(insert(stock_movements), moves)
+
+
+async def _ensure_wholesale(ctx: ServiceContext, customer_ids: Sequence[str]) -> str:
+    async with ctx.db.read() as session:
+        price_list_id = await session.scalar(
+            select(price_lists.c.id).where(price_lists.c.code == "wholesale")
+        )
+        base = (
+            await session.execute(
+                select(variants.c.sku, prices.c.currency, prices.c.amount)
+                .select_from(prices.join(variants, variants.c.id == prices.c.variant_id))
+                .order_by(variants.c.sku, prices.c.currency)
+            )
+        ).all()
+    if price_list_id is None:
+        created = await service.create_price_list(
+            ctx, PriceListCreate(code="wholesale", name="Wholesale")
+        )
+        price_list_id = created.id
+    await service.set_price_list_prices(
+        ctx,
+        price_list_id,
+        [
+            PriceListPrice(
+                sku=r.sku, currency=r.currency, amount=r.amount * WHOLESALE_DISCOUNT_BP // 10_000
+            )
+            for r in base
+        ],
+    )
+    if customer_ids:
+        current = await service.get_price_list_customers(ctx, price_list_id)
+        await service.set_price_list_customers(
+            ctx, price_list_id, sorted({*current, *customer_ids})
+        )
+    return str(price_list_id)
+
+
+async def _ensure_sales(ctx: ServiceContext, rng: random.Random) -> None:
+    """A running autumn sale (25 % off in EUR) on a few variants, once."""
+    async with ctx.db.transaction() as session:
+        if await session.scalar(select(sale_prices.c.id).limit(1)):
+            return
+        rows = (
+            await session.execute(
+                select(variants.c.id, prices.c.amount)
+                .select_from(prices.join(variants, variants.c.id == prices.c.variant_id))
+                .where(prices.c.currency == "EUR")
+                .order_by(variants.c.sku)
+            )
+        ).all()
+        chosen = rng.sample(rows, k=min(30, len(rows)))
+        now = utcnow()
+        await session.execute(
+            insert(sale_prices),
+            [
+                {
+                    "id": new_id(),
+                    "variant_id": r.id,
+                    "currency": "EUR",
+                    "amount": r.amount * 3 // 4,
+                    "starts_at": now - timedelta(days=1),
+                    "ends_at": now + timedelta(days=30),
+                }
+                for r in chosen
+            ],
+        )
+    await service.invalidate(ctx)
+
+
+async def _import(ctx: ServiceContext, documents: Sequence[dict[str, Any]]) -> None:
+    with tempfile.TemporaryDirectory(prefix="catalog-demo-") as folder:
+        path = Path(folder) / "demo.jsonl"
+        with path.open("w", encoding="utf-8") as out:
+            for doc in documents:
+                out.write(json.dumps(doc) + "\n")
+        report = await transfer.import_file(ctx, path, format="jsonl", mode="all-or-nothing")
+    if not report.applied:
+        raise RuntimeError(f"demo catalogue did not import: {report.errors[:3]}")
+
+
+async def seed_demo(
+    ctx: ServiceContext, *, wholesale_customer_ids: Sequence[str] = ()
+) -> dict[str, Any]:
+    """Create (once) the demo catalogue: 240 products with variants in 16 categories, two
+    warehouses with stock, EUR and USD prices, a wholesale price list and a running sale."""
+    rng = random.Random(SEED)  # noqa: S311 - demo data, not secrets
+    category_count = await _ensure_categories(ctx)
+    warehouse_ids = await _ensure_warehouses(ctx)
+    documents = catalogue(rng)
+    async with ctx.db.read() as session:
+        present = await session.scalar(
+            select(func.count()).where(products.c.slug.in_([d["slug"] for d in documents]))
+        )
+    if present != len(documents):
+        await _import(ctx, documents)
+    await _receive_initial_stock(ctx, rng, warehouse_ids)
+    price_list_id = await _ensure_wholesale(ctx, wholesale_customer_ids)
+    await _ensure_sales(ctx, rng)
+    await service.invalidate(ctx)
+    return {
+        "products": len(documents),
+        "variants": sum(len(d["variants"]) for d in documents),
+        "categories": category_count,
+        "warehouses": [code for code, _, _ in WAREHOUSES],
+        "currencies": ["EUR", "USD"],
+        "price_lists": {"wholesale": price_list_id},
+    }

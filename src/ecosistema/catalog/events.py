@@ -1,0 +1,90 @@
+"""The events catalog publishes, and its handlers for the orders events it reacts to.
+
+Handlers run inside the consumer's transaction (the platform records the event id there, so a
+redelivered event changes nothing) and the reservation use cases they call are idempotent too.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Final
+
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from ecosistema.catalog import inventory, service
+from ecosistema.platform.events import EventEnvelope
+from ecosistema.platform.service import ServiceContext, Subscription
+
+PRODUCT_CREATED: Final = service.PRODUCT_CREATED
+"""``{product_id, slug}``"""
+
+PRODUCT_UPDATED: Final = service.PRODUCT_UPDATED
+"""``{product_id, slug}``"""
+
+PRODUCT_ARCHIVED: Final = service.PRODUCT_ARCHIVED
+"""``{product_id, slug}``"""
+
+STOCK_CHANGED: Final = inventory.STOCK_CHANGED
+"""``{sku, available, delta, reason, reference}``: availability of a SKU across warehouses."""
+
+STOCK_LOW: Final = inventory.STOCK_LOW
+"""``{sku, available, threshold}``: availability just fell below the threshold."""
+
+PUBLISHED: Final = (PRODUCT_CREATED, PRODUCT_UPDATED, PRODUCT_ARCHIVED, STOCK_CHANGED, STOCK_LOW)
+
+ORDER_PAID: Final = "OrderPaid"
+ORDER_CANCELLED: Final = "OrderCancelled"
+ORDER_REFUNDED: Final = "OrderRefunded"
+
+
+async def on_order_paid(
+    ctx: ServiceContext, session: AsyncSession, envelope: EventEnvelope
+) -> None:
+    """A paid order's reserved stock leaves on-hand for good."""
+    order_id = str(envelope.payload["order_id"])
+    await inventory.commit_reservation_in(ctx, session, order_id, actor=envelope.source)
+    await _after_stock_change(ctx, session)
+
+
+async def on_order_cancelled(
+    ctx: ServiceContext, session: AsyncSession, envelope: EventEnvelope
+) -> None:
+    """A cancelled order's reserved stock becomes available again."""
+    order_id = str(envelope.payload["order_id"])
+    reason = str(envelope.payload.get("reason") or "order cancelled")
+    await inventory.release_reservation_in(ctx, session, order_id, reason, actor=envelope.source)
+    await _after_stock_change(ctx, session)
+
+
+async def on_order_refunded(
+    ctx: ServiceContext, session: AsyncSession, envelope: EventEnvelope
+) -> None:
+    """Units refunded with restock go back on hand."""
+    payload = envelope.payload
+    lines = _restock_lines(payload.get("restock_lines"))
+    if lines:
+        reason = f"refund {payload.get('refund_id') or ''}".strip()
+        await inventory.restock_in(
+            ctx, session, str(payload["order_id"]), lines, reason, actor=envelope.source
+        )
+        await _after_stock_change(ctx, session)
+
+
+def _restock_lines(raw: Any) -> list[tuple[str, int]]:
+    lines: list[tuple[str, int]] = []
+    for item in raw or []:
+        quantity = int(item.get("quantity") or 0)
+        if item.get("sku") and quantity > 0:
+            lines.append((str(item["sku"]), quantity))
+    return lines
+
+
+async def _after_stock_change(ctx: ServiceContext, session: AsyncSession) -> None:
+    # Cached search pages may filter on stock; their generation moves once this commits.
+    service.invalidate_after_commit(ctx, session)
+
+
+SUBSCRIPTIONS: Final = (
+    Subscription("commit-paid-reservations", (ORDER_PAID,), on_order_paid),
+    Subscription("release-cancelled-reservations", (ORDER_CANCELLED,), on_order_cancelled),
+    Subscription("restock-refunds", (ORDER_REFUNDED,), on_order_refunded),
+)

@@ -1,0 +1,475 @@
+"""The catalog's public contract: request and response models (money in integer minor units)."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from ecosistema.catalog.domain import SKU_PATTERN, SLUG_PATTERN, ProductStatus
+from ecosistema.platform.money import ISO_4217
+
+Slug = Annotated[str, Field(min_length=1, max_length=120, pattern=SLUG_PATTERN)]
+Sku = Annotated[str, Field(min_length=1, max_length=64, pattern=SKU_PATTERN)]
+Currency = Annotated[str, Field(min_length=3, max_length=3, examples=["EUR"])]
+Amount = Annotated[int, Field(strict=True, ge=0, le=10**12, description="Minor units.")]
+ImageUrl = Annotated[str, Field(max_length=2000, pattern=r"^https?://[^\s]+$")]
+OptionName = Annotated[str, Field(min_length=1, max_length=50)]
+OptionValue = Annotated[str, Field(min_length=1, max_length=100)]
+Name = Annotated[str, Field(min_length=1, max_length=300)]
+Description = Annotated[str, Field(max_length=20_000)]
+
+
+def _known_currency(value: str) -> str:
+    if value not in ISO_4217:
+        raise ValueError("not an ISO 4217 currency code")
+    return value
+
+
+class _Input(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class Problem(BaseModel):
+    """An RFC 9457 problem document."""
+
+    type: str
+    title: str
+    status: int
+    detail: str
+    instance: str | None = None
+
+
+# --- prices -------------------------------------------------------------------------------------
+
+
+class PriceInput(_Input):
+    """A variant's regular price in one currency."""
+
+    currency: Currency
+    amount: Amount
+
+    _currency = field_validator("currency")(_known_currency)
+
+
+class SalePriceInput(_Input):
+    """A scheduled sale price: from ``starts_at`` (inclusive) to ``ends_at`` (exclusive)."""
+
+    currency: Currency
+    amount: Amount
+    starts_at: datetime | None = None
+    ends_at: datetime | None = None
+
+    _currency = field_validator("currency")(_known_currency)
+
+    @field_validator("starts_at", "ends_at")
+    @classmethod
+    def _aware(cls, value: datetime | None) -> datetime | None:
+        if value is not None and value.tzinfo is None:
+            raise ValueError("give a timezone (e.g. 2026-12-01T00:00:00Z)")
+        return value
+
+    @model_validator(mode="after")
+    def _window(self) -> SalePriceInput:
+        if self.starts_at and self.ends_at and self.ends_at <= self.starts_at:
+            raise ValueError("ends_at must be after starts_at")
+        return self
+
+
+class Price(BaseModel):
+    """A regular price."""
+
+    currency: str
+    amount: int
+
+
+class SalePrice(BaseModel):
+    """A scheduled sale price."""
+
+    currency: str
+    amount: int
+    starts_at: datetime | None
+    ends_at: datetime | None
+
+
+# --- categories ---------------------------------------------------------------------------------
+
+
+class CategoryCreate(_Input):
+    """A new category; its slug comes from the name when not given."""
+
+    name: Annotated[str, Field(min_length=1, max_length=200)]
+    slug: Slug | None = None
+    parent_id: Annotated[str, Field(max_length=64)] | None = None
+    description: Description = ""
+
+
+class CategoryUpdate(_Input):
+    """Rename or re-describe a category (its slug and place in the tree stay)."""
+
+    name: Annotated[str, Field(min_length=1, max_length=200)] | None = None
+    description: Description | None = None
+
+
+class Category(BaseModel):
+    """A node of the category tree; ``path`` is its ancestors' slugs and its own."""
+
+    id: str
+    parent_id: str | None
+    name: str
+    slug: str
+    path: str
+    description: str
+    created_at: datetime
+    updated_at: datetime
+
+
+# --- products and variants ----------------------------------------------------------------------
+
+
+class VariantCreate(_Input):
+    """A purchasable variant of a product, identified by its SKU."""
+
+    sku: Sku
+    name: Name | None = None
+    options: dict[OptionName, OptionValue] = Field(default_factory=dict, max_length=20)
+    weight_grams: Annotated[int, Field(strict=True, ge=0, le=10_000_000)] = 0
+    position: Annotated[int, Field(ge=0, le=10_000)] | None = None
+    prices: list[PriceInput] = Field(default_factory=list, max_length=50)
+    sale_prices: list[SalePriceInput] = Field(default_factory=list, max_length=50)
+
+    @field_validator("prices")
+    @classmethod
+    def _one_price_per_currency(cls, value: list[PriceInput]) -> list[PriceInput]:
+        currencies = [p.currency for p in value]
+        if len(set(currencies)) != len(currencies):
+            raise ValueError("one regular price per currency")
+        return value
+
+
+class VariantUpdate(_Input):
+    """Change a variant; ``prices`` and ``sale_prices``, when given, replace the current ones."""
+
+    name: Name | None = None
+    options: dict[OptionName, OptionValue] | None = Field(default=None, max_length=20)
+    weight_grams: Annotated[int, Field(strict=True, ge=0, le=10_000_000)] | None = None
+    position: Annotated[int, Field(ge=0, le=10_000)] | None = None
+    prices: list[PriceInput] | None = Field(default=None, max_length=50)
+    sale_prices: list[SalePriceInput] | None = Field(default=None, max_length=50)
+
+    @field_validator("prices")
+    @classmethod
+    def _one_price_per_currency(cls, value: list[PriceInput] | None) -> list[PriceInput] | None:
+        currencies = [p.currency for p in value or []]
+        if len(set(currencies)) != len(currencies):
+            raise ValueError("one regular price per currency")
+        return value
+
+
+class Variant(BaseModel):
+    """A variant with its regular and scheduled prices."""
+
+    id: str
+    sku: str
+    name: str
+    options: dict[str, str]
+    weight_grams: int
+    position: int
+    prices: list[Price]
+    current_prices: list[Price] = Field(
+        description="What the variant costs now: the regular price, or a running sale's."
+    )
+    sale_prices: list[SalePrice]
+
+
+class ProductCreate(_Input):
+    """A new product, optionally with its variants; its slug comes from the name when absent."""
+
+    name: Name
+    slug: Slug | None = None
+    description: Description = ""
+    status: ProductStatus = ProductStatus.DRAFT
+    category_id: Annotated[str, Field(max_length=64)] | None = None
+    images: list[ImageUrl] = Field(default_factory=list, max_length=50)
+    variants: list[VariantCreate] = Field(default_factory=list, max_length=200)
+
+    @field_validator("variants")
+    @classmethod
+    def _unique_skus(cls, value: list[VariantCreate]) -> list[VariantCreate]:
+        skus = [v.sku for v in value]
+        if len(set(skus)) != len(skus):
+            raise ValueError("each SKU may appear once")
+        return value
+
+
+class ProductUpdate(_Input):
+    """Change a product; only the fields given change."""
+
+    name: Name | None = None
+    slug: Slug | None = None
+    description: Description | None = None
+    status: ProductStatus | None = None
+    category_id: Annotated[str, Field(max_length=64)] | None = None
+    images: list[ImageUrl] | None = Field(default=None, max_length=50)
+
+
+class Product(BaseModel):
+    """A product with its variants and their prices."""
+
+    id: str
+    slug: str
+    name: str
+    description: str
+    status: ProductStatus
+    category_id: str | None
+    images: list[str]
+    variants: list[Variant]
+    created_at: datetime
+    updated_at: datetime
+
+
+class ProductSummary(BaseModel):
+    """A product as lists and search results show it; ``price_from`` is its lowest regular
+    price in the requested currency."""
+
+    id: str
+    slug: str
+    name: str
+    status: ProductStatus
+    category_id: str | None
+    images: list[str]
+    price_from: Price | None
+    created_at: datetime
+
+
+class ProductPage(BaseModel):
+    """One page of products; pass ``next_cursor`` back as ``cursor`` for the next one."""
+
+    items: list[ProductSummary]
+    next_cursor: str | None
+
+
+SearchSort = Literal["relevance", "price_asc", "price_desc", "newest"]
+
+
+# --- price lists --------------------------------------------------------------------------------
+
+
+class PriceListCreate(_Input):
+    """A named set of prices for some customers (e.g. ``wholesale``)."""
+
+    code: Slug
+    name: Annotated[str, Field(min_length=1, max_length=200)]
+
+
+class PriceListUpdate(_Input):
+    """Rename a price list."""
+
+    name: Annotated[str, Field(min_length=1, max_length=200)]
+
+
+class PriceList(BaseModel):
+    """A price list and how many customers it applies to."""
+
+    id: str
+    code: str
+    name: str
+    customer_count: int
+    created_at: datetime
+    updated_at: datetime
+
+
+class PriceListPrice(_Input):
+    """A price list's price for one variant in one currency."""
+
+    sku: Sku
+    currency: Currency
+    amount: Amount
+
+    _currency = field_validator("currency")(_known_currency)
+
+
+class PriceListPrices(_Input):
+    """The whole set of a price list's prices (it replaces the current set)."""
+
+    prices: list[PriceListPrice] = Field(max_length=10_000)
+
+
+class PriceListCustomers(_Input):
+    """The customers (identity user ids) a price list applies to (replaces the current set)."""
+
+    customer_ids: list[Annotated[str, Field(min_length=1, max_length=64)]] = Field(
+        max_length=10_000
+    )
+
+
+# --- quotes and reservations (service to service) ----------------------------------------------
+
+
+class QuoteRequest(_Input):
+    """SKUs to price for a customer in a currency, now or at ``at``."""
+
+    skus: list[Sku] = Field(max_length=500)
+    currency: Currency
+    customer_id: Annotated[str, Field(min_length=1, max_length=64)] | None = None
+    at: datetime | None = None
+
+    _currency = field_validator("currency")(_known_currency)
+
+
+class OrderLine(_Input):
+    """A SKU and how many units of it."""
+
+    sku: Sku
+    quantity: Annotated[int, Field(strict=True, ge=1, le=1_000_000)]
+
+
+class ReservationRequest(_Input):
+    """Hold stock for an order's lines for ``ttl_seconds``."""
+
+    order_id: Annotated[str, Field(min_length=1, max_length=64)]
+    lines: list[OrderLine] = Field(min_length=1, max_length=500)
+    ttl_seconds: Annotated[int, Field(ge=1, le=7 * 24 * 3600)]
+
+
+class ReleaseRequest(_Input):
+    """Why a reservation is given back."""
+
+    reason: Annotated[str, Field(min_length=1, max_length=500)]
+
+
+class RestockRequest(_Input):
+    """Units of an order that come back on hand (a refund with restock)."""
+
+    order_id: Annotated[str, Field(min_length=1, max_length=64)]
+    lines: list[OrderLine] = Field(min_length=1, max_length=500)
+    reason: Annotated[str, Field(min_length=1, max_length=500)]
+
+
+class VariantQuote(BaseModel):
+    """What a SKU costs a given customer now, and whether it can be bought."""
+
+    sku: str
+    product_id: str
+    product_name: str
+    variant_name: str
+    unit_price: int = Field(description="Minor units; 0 when not priced in this currency.")
+    currency: str
+    tax_inclusive: bool
+    weight_grams: int
+    available: int
+    purchasable: bool
+
+
+# --- warehouses and inventory -------------------------------------------------------------------
+
+
+class WarehouseCreate(_Input):
+    """A place stock is kept; lower ``priority`` ships first."""
+
+    code: Slug
+    name: Annotated[str, Field(min_length=1, max_length=200)]
+    priority: Annotated[int, Field(ge=0, le=10_000)] = 0
+
+
+class Warehouse(BaseModel):
+    """A warehouse."""
+
+    id: str
+    code: str
+    name: str
+    priority: int
+    created_at: datetime
+
+
+class StockLevel(BaseModel):
+    """A SKU's stock in one warehouse."""
+
+    warehouse_id: str
+    warehouse_code: str
+    on_hand: int
+    reserved: int
+    available: int
+
+
+class Availability(BaseModel):
+    """A SKU's stock, in total and per warehouse."""
+
+    sku: str
+    on_hand: int
+    reserved: int
+    available: int
+    warehouses: list[StockLevel]
+
+
+class StockAdjustment(_Input):
+    """Change on-hand stock: by ``delta``, or to an absolute ``on_hand`` after a count."""
+
+    warehouse: Annotated[str, Field(min_length=1, max_length=64, description="Warehouse code.")]
+    delta: Annotated[int, Field(strict=True, ge=-1_000_000, le=1_000_000)] | None = None
+    on_hand: Annotated[int, Field(strict=True, ge=0, le=1_000_000_000)] | None = None
+    reason: Annotated[str, Field(min_length=1, max_length=500)]
+
+    @model_validator(mode="after")
+    def _one_of(self) -> StockAdjustment:
+        if (self.delta is None) == (self.on_hand is None):
+            raise ValueError("give exactly one of delta or on_hand")
+        if self.delta == 0:
+            raise ValueError("delta must not be zero")
+        return self
+
+
+class StockMovement(BaseModel):
+    """One recorded change of stock: who, why, and by how much."""
+
+    id: str
+    sku: str
+    warehouse_id: str
+    on_hand_delta: int
+    reserved_delta: int
+    reason: str
+    reference: str | None
+    note: str | None
+    actor: str
+    occurred_at: datetime
+
+
+class MovementPage(BaseModel):
+    """One page of stock movements, newest first."""
+
+    items: list[StockMovement]
+    next_cursor: str | None
+
+
+# --- import and export --------------------------------------------------------------------------
+
+ImportMode = Literal["all-or-nothing", "skip-invalid"]
+TransferFormat = Literal["csv", "jsonl"]
+
+
+class RowError(BaseModel):
+    """Why the row at ``line`` (1-based, as an editor counts) was refused."""
+
+    line: int
+    reason: str
+    sku: str | None = None
+    slug: str | None = None
+
+
+class ImportReport(BaseModel):
+    """The exact outcome of an import: what was written and which rows were not."""
+
+    mode: ImportMode
+    format: TransferFormat
+    applied: bool
+    rows_read: int
+    products_created: int
+    products_updated: int
+    variants_written: int
+    rows_skipped: int
+    errors: list[RowError]
+
+    def summary(self) -> dict[str, Any]:
+        """The counts without the error list (for logs and the CLI)."""
+        return self.model_dump(exclude={"errors"})

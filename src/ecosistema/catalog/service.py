@@ -1,0 +1,1025 @@
+"""Catalog use cases: categories, products and variants, prices and price lists, warehouses,
+and quotes. Inventory and reservations live in ``inventory.py``, search in ``search.py``,
+import and export in ``transfer.py``.
+
+Reads go through SQLAlchemy Core; the product-by-id read is the hot path, so its JSON is built
+once, cached with its ETag in ``ctx.cache``, and every write that touches it deletes it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+from collections import defaultdict
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+from pydantic_core import to_json
+from sqlalchemy import Row, String, and_, delete, func, insert, or_, select, type_coerce, update
+from sqlalchemy import event as sa_event
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
+from sqlalchemy.sql.schema import Table
+
+from ecosistema.catalog import domain, search
+from ecosistema.catalog.domain import ProductStatus, SalePrice
+from ecosistema.catalog.models import (
+    categories,
+    price_list_customers,
+    price_list_prices,
+    price_lists,
+    prices,
+    products,
+    sale_prices,
+    stock,
+    variants,
+    warehouses,
+)
+from ecosistema.catalog.schemas import (
+    Category,
+    CategoryCreate,
+    CategoryUpdate,
+    PriceInput,
+    PriceList,
+    PriceListCreate,
+    PriceListPrice,
+    PriceListUpdate,
+    Product,
+    ProductCreate,
+    ProductUpdate,
+    SalePriceInput,
+    Variant,
+    VariantCreate,
+    VariantQuote,
+    VariantUpdate,
+    Warehouse,
+    WarehouseCreate,
+)
+from ecosistema.platform.db import new_id, utcnow
+from ecosistema.platform.errors import Conflict, NotFound, field_error
+from ecosistema.platform.service import ServiceContext
+
+PRODUCT_NOT_FOUND = "No product with this id."
+CATEGORY_NOT_FOUND = "No category with this id."
+VARIANT_NOT_FOUND = "No variant with this id on this product."
+PRICE_LIST_NOT_FOUND = "No price list with this id."
+GENERATION_KEY = "catalog:generation"
+
+PRODUCT_CREATED = "ProductCreated"
+PRODUCT_UPDATED = "ProductUpdated"
+PRODUCT_ARCHIVED = "ProductArchived"
+
+
+# --- shared helpers -----------------------------------------------------------------------------
+
+
+async def insert_ignoring_conflicts(
+    session: AsyncSession, table: Table, values: dict[str, Any], keys: Sequence[str]
+) -> bool:
+    """Insert a row unless one with the same ``keys`` exists; True when this call inserted it.
+
+    On PostgreSQL a concurrent insert of the same key waits for the other transaction and then
+    does nothing, so the caller never sees a unique violation abort its transaction."""
+    dialect = session.get_bind().dialect.name
+    builder = postgresql.insert if dialect == "postgresql" else sqlite.insert
+    statement = builder(table).values(**values).on_conflict_do_nothing(index_elements=list(keys))
+    result = await session.execute(statement)
+    return bool(getattr(result, "rowcount", 0))
+
+
+def product_cache_key(product_id: str) -> str:
+    """Where a product's serialized JSON and ETag are cached."""
+    return f"catalog:product:{product_id}"
+
+
+async def invalidate(ctx: ServiceContext, product_ids: Iterable[str] = ()) -> None:
+    """Forget cached reads after a write: the named products, and every cached list."""
+    keys = [product_cache_key(pid) for pid in product_ids]
+    if keys:
+        await ctx.cache.delete(*keys)
+    await ctx.cache.incr(GENERATION_KEY)
+
+
+_pending_invalidations: set[asyncio.Task[None]] = set()
+
+
+def invalidate_after_commit(
+    ctx: ServiceContext, session: AsyncSession, product_ids: Iterable[str] = ()
+) -> None:
+    """Invalidate once the caller's transaction commits (for writes made inside a transaction
+    the catalog does not own, such as an event consumer's)."""
+    ids = list(product_ids)
+
+    def _after_commit(_session: Any) -> None:
+        task = asyncio.get_running_loop().create_task(invalidate(ctx, ids))
+        _pending_invalidations.add(task)
+        task.add_done_callback(_pending_invalidations.discard)
+
+    sa_event.listen(session.sync_session, "after_commit", _after_commit, once=True)
+
+
+async def cache_generation(ctx: ServiceContext) -> int:
+    """The catalog's write generation; cached lists carry it in their key."""
+    raw = await ctx.cache.get(GENERATION_KEY)
+    return int(raw) if raw else 0
+
+
+def _currency_ok(currency: str, field: str) -> str:
+    from ecosistema.platform.money import ISO_4217
+
+    if currency not in ISO_4217:
+        raise field_error(field, "not an ISO 4217 currency code")
+    return currency
+
+
+# --- categories ---------------------------------------------------------------------------------
+
+
+def _category(row: Row[Any]) -> Category:
+    return Category.model_validate(row._mapping)
+
+
+async def create_category(ctx: ServiceContext, data: CategoryCreate) -> Category:
+    """Add a category under ``parent_id`` (or at the root); slugs are unique catalog-wide."""
+    slug = data.slug or domain.slugify(data.name)
+    if not slug:
+        raise field_error("slug", "the name gives no usable slug; pass one")
+    now = utcnow()
+    try:
+        async with ctx.db.transaction() as session:
+            parent_path = None
+            if data.parent_id is not None:
+                parent_path = await session.scalar(
+                    select(categories.c.path).where(categories.c.id == data.parent_id)
+                )
+                if parent_path is None:
+                    raise field_error("parent_id", "no category with this id", "not_found")
+            if await session.scalar(select(categories.c.id).where(categories.c.slug == slug)):
+                raise Conflict(f"A category with slug {slug!r} exists.", type="slug-taken")
+            category_id = new_id()
+            await session.execute(
+                insert(categories).values(
+                    id=category_id,
+                    parent_id=data.parent_id,
+                    name=data.name,
+                    slug=slug,
+                    path=domain.category_path(parent_path, slug),
+                    description=data.description,
+                    created_at=now,
+                    updated_at=now,
+                )
+            )
+            row = (
+                await session.execute(select(categories).where(categories.c.id == category_id))
+            ).one()
+    except IntegrityError as exc:
+        raise Conflict(f"A category with slug {slug!r} exists.", type="slug-taken") from exc
+    await invalidate(ctx)
+    return _category(row)
+
+
+async def list_categories(ctx: ServiceContext) -> list[Category]:
+    """Every category, in tree order (each parent before its children)."""
+    async with ctx.db.read() as session:
+        rows = (await session.execute(select(categories).order_by(categories.c.path))).all()
+    return [_category(r) for r in rows]
+
+
+async def get_category(ctx: ServiceContext, category_id: str) -> Category:
+    """One category."""
+    async with ctx.db.read() as session:
+        row = (
+            await session.execute(select(categories).where(categories.c.id == category_id))
+        ).first()
+    if row is None:
+        raise NotFound(CATEGORY_NOT_FOUND)
+    return _category(row)
+
+
+async def update_category(ctx: ServiceContext, category_id: str, data: CategoryUpdate) -> Category:
+    """Rename or re-describe a category."""
+    values: dict[str, Any] = data.model_dump(exclude_unset=True, exclude_none=True)
+    async with ctx.db.transaction() as session:
+        if values:
+            values["updated_at"] = utcnow()
+            result = await session.execute(
+                update(categories).where(categories.c.id == category_id).values(**values)
+            )
+            if not getattr(result, "rowcount", 0):
+                raise NotFound(CATEGORY_NOT_FOUND)
+        row = (
+            await session.execute(select(categories).where(categories.c.id == category_id))
+        ).first()
+        if row is None:
+            raise NotFound(CATEGORY_NOT_FOUND)
+        ids = (
+            await session.scalars(
+                select(products.c.id).where(products.c.category_id == category_id)
+            )
+        ).all()
+        if "name" in values:
+            await search.refresh(session, ids)
+    await invalidate(ctx, ids)
+    return _category(row)
+
+
+async def delete_category(ctx: ServiceContext, category_id: str) -> None:
+    """Remove an empty leaf category; one with children or products is kept (409)."""
+    async with ctx.db.transaction() as session:
+        if not await session.scalar(select(categories.c.id).where(categories.c.id == category_id)):
+            raise NotFound(CATEGORY_NOT_FOUND)
+        if await session.scalar(
+            select(categories.c.id).where(categories.c.parent_id == category_id).limit(1)
+        ):
+            raise Conflict("The category has subcategories.", type="category-not-empty")
+        if await session.scalar(
+            select(products.c.id).where(products.c.category_id == category_id).limit(1)
+        ):
+            raise Conflict("The category has products.", type="category-not-empty")
+        await session.execute(delete(categories).where(categories.c.id == category_id))
+    await invalidate(ctx)
+
+
+# --- products -----------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class ProductDocument:
+    """A product serialized once: its status (for visibility), ETag and JSON body."""
+
+    status: str
+    etag: str
+    body: bytes
+
+    def to_cache(self) -> bytes:
+        return f"{self.status} {self.etag}\n".encode() + self.body
+
+    @classmethod
+    def from_cache(cls, raw: bytes) -> ProductDocument:
+        head, _, body = raw.partition(b"\n")
+        status, _, etag = head.decode().partition(" ")
+        return cls(status=status, etag=etag, body=body)
+
+
+def etag_of(body: bytes) -> str:
+    """A strong ETag for a response body."""
+    return '"' + hashlib.blake2b(body, digest_size=12).hexdigest() + '"'
+
+
+# One round trip for the hot read: a product, its variants, their regular and sale prices.
+# Rows multiply per variant (prices x sales), a handful at most; they are folded below.
+def _raw(column: Any, name: str | None = None) -> Any:
+    # The hot read folds many rows; decoding JSON and SQLite's datetime strings only for the
+    # values used (not for every repeated row) is what keeps it cheap.
+    return type_coerce(column, String()).label(name or column.name)
+
+
+_PRODUCT_DOCUMENT = (
+    select(
+        products.c.id,
+        products.c.slug,
+        products.c.name,
+        products.c.description,
+        products.c.status,
+        products.c.category_id,
+        _raw(products.c.images),
+        _raw(products.c.created_at),
+        _raw(products.c.updated_at),
+        variants.c.id.label("v_id"),
+        variants.c.sku,
+        variants.c.name.label("v_name"),
+        _raw(variants.c.options),
+        variants.c.weight_grams,
+        variants.c.position,
+        prices.c.currency.label("p_currency"),
+        prices.c.amount.label("p_amount"),
+        sale_prices.c.id.label("s_id"),
+        sale_prices.c.currency.label("s_currency"),
+        sale_prices.c.amount.label("s_amount"),
+        _raw(sale_prices.c.starts_at),
+        _raw(sale_prices.c.ends_at),
+    )
+    .select_from(
+        products.outerjoin(variants, variants.c.product_id == products.c.id)
+        .outerjoin(prices, prices.c.variant_id == variants.c.id)
+        .outerjoin(sale_prices, sale_prices.c.variant_id == variants.c.id)
+    )
+    .order_by(variants.c.position, variants.c.sku)
+)
+
+
+def _json(value: Any) -> Any:
+    return json.loads(value) if isinstance(value, str | bytes) else value
+
+
+def _utc(value: Any) -> datetime | None:
+    if value is None:
+        return None
+    moment = datetime.fromisoformat(value) if isinstance(value, str) else value
+    return moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment.astimezone(UTC)
+
+
+async def _load_product(
+    conn: AsyncConnection, product_id: str, at: datetime
+) -> tuple[dict[str, Any], datetime | None] | None:
+    """A product as a JSON-ready dict (one query), and when its current prices next change."""
+    rows = (await conn.execute(_PRODUCT_DOCUMENT.where(products.c.id == product_id))).all()
+    if not rows:
+        return None
+    regular: dict[str, dict[str, int]] = defaultdict(dict)
+    sales: dict[str, dict[str, dict[str, Any]]] = defaultdict(dict)
+    windows: list[SalePrice] = []
+    order: list[Any] = []
+    seen: set[str] = set()
+    for r in rows:
+        if r.v_id is None:
+            continue
+        if r.v_id not in seen:
+            seen.add(r.v_id)
+            order.append(r)
+        if r.p_currency is not None:
+            regular[r.v_id][r.p_currency] = r.p_amount
+        if r.s_id is not None and r.s_id not in sales[r.v_id]:
+            sale = SalePrice(r.s_amount, _utc(r.starts_at), _utc(r.ends_at))
+            sales[r.v_id][r.s_id] = {
+                "currency": r.s_currency,
+                "amount": sale.amount,
+                "starts_at": sale.starts_at,
+                "ends_at": sale.ends_at,
+            }
+            windows.append(sale)
+    first = rows[0]
+    variant_docs = []
+    for r in order:
+        base: list[dict[str, Any]] = [
+            {"currency": c, "amount": a} for c, a in sorted(regular[r.v_id].items())
+        ]
+        its_sales = sorted(
+            sales.get(r.v_id, {}).values(), key=lambda s: (s["currency"], s["starts_at"] or at)
+        )
+        current = []
+        for price in base:
+            amount = domain.effective_unit_price(
+                base=price["amount"],
+                price_list=None,
+                sales=[
+                    SalePrice(s["amount"], s["starts_at"], s["ends_at"])
+                    for s in its_sales
+                    if s["currency"] == price["currency"]
+                ],
+                at=at,
+            )
+            current.append({"currency": price["currency"], "amount": amount})
+        variant_docs.append(
+            {
+                "id": r.v_id,
+                "sku": r.sku,
+                "name": r.v_name,
+                "options": _json(r.options),
+                "weight_grams": r.weight_grams,
+                "position": r.position,
+                "prices": base,
+                "current_prices": current,
+                "sale_prices": its_sales,
+            }
+        )
+    doc = {
+        "id": first.id,
+        "slug": first.slug,
+        "name": first.name,
+        "description": first.description,
+        "status": first.status,
+        "category_id": first.category_id,
+        "images": _json(first.images),
+        "variants": variant_docs,
+        "created_at": _utc(first.created_at),
+        "updated_at": _utc(first.updated_at),
+    }
+    return doc, domain.next_price_change(windows, at)
+
+
+async def product_document(ctx: ServiceContext, product_id: str) -> ProductDocument:
+    """A product's JSON and ETag, from the cache when there, else built and cached."""
+    ttl = ctx.settings.catalog_cache_seconds
+    key = product_cache_key(product_id)
+    if ttl > 0:
+        raw = await ctx.cache.get(key)
+        if raw is not None:
+            return ProductDocument.from_cache(raw)
+    now = utcnow()
+    async with ctx.db.engine.connect() as conn:
+        loaded = await _load_product(conn, product_id, now)
+    if loaded is None:
+        raise NotFound(PRODUCT_NOT_FOUND)
+    doc, changes_at = loaded
+    body = to_json(doc)
+    document = ProductDocument(status=doc["status"], etag=etag_of(body), body=body)
+    if ttl > 0:
+        if changes_at is not None:
+            ttl = min(ttl, max(0.001, (changes_at - now).total_seconds()))
+        await ctx.cache.set(key, document.to_cache(), ttl=ttl)
+    return document
+
+
+def visible(status: str, *, staff: bool) -> bool:
+    """Whether a product in ``status`` may be shown: active ones to anyone, others to staff."""
+    return staff or status == ProductStatus.ACTIVE
+
+
+async def get_product(ctx: ServiceContext, product_id: str, *, staff: bool = True) -> Product:
+    """A product with its variants and prices; drafts and archived ones only for staff."""
+    document = await product_document(ctx, product_id)
+    if not visible(document.status, staff=staff):
+        raise NotFound(PRODUCT_NOT_FOUND)
+    return Product.model_validate_json(document.body)
+
+
+async def _free_slug(session: AsyncSession, name: str) -> str:
+    base = domain.slugify(name) or "product"
+    taken = (
+        await session.scalars(
+            select(products.c.slug).where(
+                or_(products.c.slug == base, products.c.slug.like(f"{base}-%"))
+            )
+        )
+    ).all()
+    return domain.unique_slug(base, taken)
+
+
+async def _check_category(session: AsyncSession, category_id: str | None) -> None:
+    if category_id is not None and not await session.scalar(
+        select(categories.c.id).where(categories.c.id == category_id)
+    ):
+        raise field_error("category_id", "no category with this id", "not_found")
+
+
+async def _sku_taken(session: AsyncSession, skus: Sequence[str]) -> list[str]:
+    if not skus:
+        return []
+    return list(
+        (await session.scalars(select(variants.c.sku).where(variants.c.sku.in_(skus)))).all()
+    )
+
+
+async def _write_prices(
+    session: AsyncSession,
+    variant_id: str,
+    regular: Sequence[PriceInput] | None,
+    scheduled: Sequence[SalePriceInput] | None,
+) -> None:
+    if regular is not None:
+        await session.execute(delete(prices).where(prices.c.variant_id == variant_id))
+        if regular:
+            await session.execute(
+                insert(prices),
+                [
+                    {"variant_id": variant_id, "currency": p.currency, "amount": p.amount}
+                    for p in regular
+                ],
+            )
+    if scheduled is not None:
+        await session.execute(delete(sale_prices).where(sale_prices.c.variant_id == variant_id))
+        if scheduled:
+            await session.execute(
+                insert(sale_prices),
+                [
+                    {
+                        "id": new_id(),
+                        "variant_id": variant_id,
+                        "currency": s.currency,
+                        "amount": s.amount,
+                        "starts_at": s.starts_at,
+                        "ends_at": s.ends_at,
+                    }
+                    for s in scheduled
+                ],
+            )
+
+
+async def _insert_variant(
+    session: AsyncSession, product_id: str, data: VariantCreate, position: int, now: datetime
+) -> str:
+    variant_id = new_id()
+    await session.execute(
+        insert(variants).values(
+            id=variant_id,
+            product_id=product_id,
+            sku=data.sku,
+            name=data.name or data.sku,
+            options=dict(data.options),
+            weight_grams=data.weight_grams,
+            position=data.position if data.position is not None else position,
+            created_at=now,
+            updated_at=now,
+        )
+    )
+    await _write_prices(session, variant_id, data.prices, data.sale_prices)
+    return variant_id
+
+
+def _sku_conflict(skus: Sequence[str]) -> Conflict:
+    return Conflict(
+        f"SKU already in use: {', '.join(sorted(skus))}.", type="sku-taken", skus=sorted(skus)
+    )
+
+
+async def create_product(ctx: ServiceContext, data: ProductCreate) -> Product:
+    """Create a product with its variants and prices; emits ProductCreated."""
+    now = utcnow()
+    product_id = new_id()
+    try:
+        async with ctx.db.transaction() as session:
+            if data.slug is not None:
+                if await session.scalar(select(products.c.id).where(products.c.slug == data.slug)):
+                    raise Conflict(f"The slug {data.slug!r} is taken.", type="slug-taken")
+                slug = data.slug
+            else:
+                slug = await _free_slug(session, data.name)
+            await _check_category(session, data.category_id)
+            taken = await _sku_taken(session, [v.sku for v in data.variants])
+            if taken:
+                raise _sku_conflict(taken)
+            await session.execute(
+                insert(products).values(
+                    id=product_id,
+                    slug=slug,
+                    name=data.name,
+                    description=data.description,
+                    status=data.status.value,
+                    category_id=data.category_id,
+                    images=list(data.images),
+                    search_text="",
+                    created_at=now,
+                    updated_at=now,
+                )
+            )
+            for position, variant in enumerate(data.variants):
+                await _insert_variant(session, product_id, variant, position, now)
+            await search.refresh(session, [product_id])
+            await ctx.outbox.add(session, PRODUCT_CREATED, {"product_id": product_id, "slug": slug})
+    except IntegrityError as exc:
+        raise Conflict("The slug or a SKU is already in use.", type="conflict") from exc
+    await invalidate(ctx, [product_id])
+    return await get_product(ctx, product_id)
+
+
+async def update_product(ctx: ServiceContext, product_id: str, data: ProductUpdate) -> Product:
+    """Change a product's fields; emits ProductUpdated, or ProductArchived when archived."""
+    values: dict[str, Any] = data.model_dump(exclude_unset=True)
+    for required in ("name", "slug", "description", "status", "images"):
+        if required in values and values[required] is None:
+            raise field_error(required, "must not be null")
+    try:
+        async with ctx.db.transaction() as session:
+            row = (
+                await session.execute(
+                    select(products.c.slug, products.c.status).where(products.c.id == product_id)
+                )
+            ).first()
+            if row is None:
+                raise NotFound(PRODUCT_NOT_FOUND)
+            if (
+                "slug" in values
+                and values["slug"] != row.slug
+                and await session.scalar(
+                    select(products.c.id).where(products.c.slug == values["slug"])
+                )
+            ):
+                raise Conflict(f"The slug {values['slug']!r} is taken.", type="slug-taken")
+            if "category_id" in values:
+                await _check_category(session, values["category_id"])
+            if "status" in values:
+                values["status"] = ProductStatus(values["status"]).value
+            values["updated_at"] = utcnow()
+            await session.execute(
+                update(products).where(products.c.id == product_id).values(**values)
+            )
+            if {"name", "description", "category_id"} & set(values):
+                await search.refresh(session, [product_id])
+            slug = values.get("slug", row.slug)
+            archived = (
+                values.get("status") == ProductStatus.ARCHIVED
+                and row.status != ProductStatus.ARCHIVED
+            )
+            await ctx.outbox.add(
+                session,
+                PRODUCT_ARCHIVED if archived else PRODUCT_UPDATED,
+                {"product_id": product_id, "slug": slug},
+            )
+    except IntegrityError as exc:
+        raise Conflict("The slug is already in use.", type="slug-taken") from exc
+    await invalidate(ctx, [product_id])
+    return await get_product(ctx, product_id)
+
+
+async def archive_product(ctx: ServiceContext, product_id: str) -> None:
+    """Archive a product (it stays for orders that refer to it); emits ProductArchived."""
+    await update_product(ctx, product_id, ProductUpdate(status=ProductStatus.ARCHIVED))
+
+
+async def _touch_product(ctx: ServiceContext, session: AsyncSession, product_id: str) -> None:
+    slug = await session.scalar(
+        update(products)
+        .where(products.c.id == product_id)
+        .values(updated_at=utcnow())
+        .returning(products.c.slug)
+    )
+    await search.refresh(session, [product_id])
+    await ctx.outbox.add(session, PRODUCT_UPDATED, {"product_id": product_id, "slug": slug})
+
+
+async def _require_product(session: AsyncSession, product_id: str) -> None:
+    if not await session.scalar(select(products.c.id).where(products.c.id == product_id)):
+        raise NotFound(PRODUCT_NOT_FOUND)
+
+
+async def list_variants(ctx: ServiceContext, product_id: str, *, staff: bool) -> list[Variant]:
+    """A product's variants with their prices."""
+    return (await get_product(ctx, product_id, staff=staff)).variants
+
+
+async def add_variant(ctx: ServiceContext, product_id: str, data: VariantCreate) -> Variant:
+    """Add a variant to a product."""
+    now = utcnow()
+    try:
+        async with ctx.db.transaction() as session:
+            await _require_product(session, product_id)
+            if await _sku_taken(session, [data.sku]):
+                raise _sku_conflict([data.sku])
+            position = await session.scalar(
+                select(func.count()).where(variants.c.product_id == product_id)
+            )
+            variant_id = await _insert_variant(session, product_id, data, int(position or 0), now)
+            await _touch_product(ctx, session, product_id)
+    except IntegrityError as exc:
+        raise _sku_conflict([data.sku]) from exc
+    await invalidate(ctx, [product_id])
+    return _variant_of(await get_product(ctx, product_id), variant_id)
+
+
+def _variant_of(product: Product, variant_id: str) -> Variant:
+    for variant in product.variants:
+        if variant.id == variant_id:
+            return variant
+    raise NotFound(VARIANT_NOT_FOUND)
+
+
+async def update_variant(
+    ctx: ServiceContext, product_id: str, variant_id: str, data: VariantUpdate
+) -> Variant:
+    """Change a variant; given price lists replace the current ones."""
+    values = data.model_dump(exclude_unset=True, exclude={"prices", "sale_prices"})
+    for required in ("name", "options", "weight_grams", "position"):
+        if required in values and values[required] is None:
+            raise field_error(required, "must not be null")
+    async with ctx.db.transaction() as session:
+        found = await session.scalar(
+            select(variants.c.id).where(
+                variants.c.id == variant_id, variants.c.product_id == product_id
+            )
+        )
+        if found is None:
+            raise NotFound(VARIANT_NOT_FOUND)
+        values["updated_at"] = utcnow()
+        await session.execute(update(variants).where(variants.c.id == variant_id).values(**values))
+        await _write_prices(
+            session,
+            variant_id,
+            data.prices if "prices" in data.model_fields_set else None,
+            data.sale_prices if "sale_prices" in data.model_fields_set else None,
+        )
+        await _touch_product(ctx, session, product_id)
+    await invalidate(ctx, [product_id])
+    return _variant_of(await get_product(ctx, product_id), variant_id)
+
+
+async def delete_variant(ctx: ServiceContext, product_id: str, variant_id: str) -> None:
+    """Remove a variant with no stock on hand or reserved (409 otherwise)."""
+    async with ctx.db.transaction() as session:
+        sku = await session.scalar(
+            select(variants.c.sku).where(
+                variants.c.id == variant_id, variants.c.product_id == product_id
+            )
+        )
+        if sku is None:
+            raise NotFound(VARIANT_NOT_FOUND)
+        holding = await session.scalar(
+            select(func.coalesce(func.sum(stock.c.on_hand + stock.c.reserved), 0)).where(
+                stock.c.sku == sku
+            )
+        )
+        if holding:
+            raise Conflict(
+                "The variant still has stock; adjust it to zero first.", type="variant-has-stock"
+            )
+        await session.execute(delete(stock).where(stock.c.sku == sku))
+        for table in (prices, sale_prices, price_list_prices):
+            await session.execute(delete(table).where(table.c.variant_id == variant_id))
+        await session.execute(delete(variants).where(variants.c.id == variant_id))
+        await _touch_product(ctx, session, product_id)
+    await invalidate(ctx, [product_id])
+
+
+# --- warehouses ---------------------------------------------------------------------------------
+
+
+async def create_warehouse(ctx: ServiceContext, data: WarehouseCreate) -> Warehouse:
+    """Add a warehouse."""
+    row = {
+        "id": new_id(),
+        "code": data.code,
+        "name": data.name,
+        "priority": data.priority,
+        "created_at": utcnow(),
+    }
+    try:
+        async with ctx.db.transaction() as session:
+            if not await insert_ignoring_conflicts(session, warehouses, row, ["code"]):
+                raise Conflict(f"A warehouse with code {data.code!r} exists.", type="code-taken")
+    except IntegrityError as exc:
+        raise Conflict(f"A warehouse with code {data.code!r} exists.", type="code-taken") from exc
+    return Warehouse.model_validate(row)
+
+
+async def list_warehouses(ctx: ServiceContext) -> list[Warehouse]:
+    """Every warehouse, in shipping order."""
+    async with ctx.db.read() as session:
+        rows = (
+            await session.execute(
+                select(warehouses).order_by(warehouses.c.priority, warehouses.c.code)
+            )
+        ).all()
+    return [Warehouse.model_validate(r._mapping) for r in rows]
+
+
+# --- price lists --------------------------------------------------------------------------------
+
+
+async def _price_list_view(session: AsyncSession, price_list_id: str) -> PriceList:
+    row = (
+        await session.execute(select(price_lists).where(price_lists.c.id == price_list_id))
+    ).first()
+    if row is None:
+        raise NotFound(PRICE_LIST_NOT_FOUND)
+    count = await session.scalar(
+        select(func.count()).where(price_list_customers.c.price_list_id == price_list_id)
+    )
+    return PriceList.model_validate({**row._mapping, "customer_count": int(count or 0)})
+
+
+async def create_price_list(ctx: ServiceContext, data: PriceListCreate) -> PriceList:
+    """Add a price list (e.g. ``wholesale``)."""
+    now = utcnow()
+    price_list_id = new_id()
+    row = {"id": price_list_id, "code": data.code, "name": data.name, "created_at": now}
+    try:
+        async with ctx.db.transaction() as session:
+            if not await insert_ignoring_conflicts(
+                session, price_lists, {**row, "updated_at": now}, ["code"]
+            ):
+                raise Conflict(f"A price list with code {data.code!r} exists.", type="code-taken")
+            return await _price_list_view(session, price_list_id)
+    except IntegrityError as exc:
+        raise Conflict(f"A price list with code {data.code!r} exists.", type="code-taken") from exc
+
+
+async def list_price_lists(ctx: ServiceContext) -> list[PriceList]:
+    """Every price list."""
+    async with ctx.db.read() as session:
+        ids = (await session.scalars(select(price_lists.c.id).order_by(price_lists.c.code))).all()
+        return [await _price_list_view(session, i) for i in ids]
+
+
+async def get_price_list(ctx: ServiceContext, price_list_id: str) -> PriceList:
+    """One price list."""
+    async with ctx.db.read() as session:
+        return await _price_list_view(session, price_list_id)
+
+
+async def update_price_list(
+    ctx: ServiceContext, price_list_id: str, data: PriceListUpdate
+) -> PriceList:
+    """Rename a price list."""
+    async with ctx.db.transaction() as session:
+        await session.execute(
+            update(price_lists)
+            .where(price_lists.c.id == price_list_id)
+            .values(name=data.name, updated_at=utcnow())
+        )
+        return await _price_list_view(session, price_list_id)
+
+
+async def set_price_list_prices(
+    ctx: ServiceContext, price_list_id: str, entries: Sequence[PriceListPrice]
+) -> list[PriceListPrice]:
+    """Replace a price list's prices; every SKU must exist."""
+    keys = [(e.sku, e.currency) for e in entries]
+    if len(set(keys)) != len(keys):
+        raise field_error("prices", "one price per SKU and currency")
+    async with ctx.db.transaction() as session:
+        await _price_list_view(session, price_list_id)
+        skus = sorted({e.sku for e in entries})
+        found = dict(
+            (
+                await session.execute(
+                    select(variants.c.sku, variants.c.id).where(variants.c.sku.in_(skus))
+                )
+            ).all()
+        )
+        missing = [s for s in skus if s not in found]
+        if missing:
+            raise field_error("prices", f"unknown SKUs: {', '.join(missing)}", "not_found")
+        await session.execute(
+            delete(price_list_prices).where(price_list_prices.c.price_list_id == price_list_id)
+        )
+        if entries:
+            await session.execute(
+                insert(price_list_prices),
+                [
+                    {
+                        "price_list_id": price_list_id,
+                        "variant_id": found[e.sku],
+                        "currency": e.currency,
+                        "amount": e.amount,
+                    }
+                    for e in entries
+                ],
+            )
+        await session.execute(
+            update(price_lists).where(price_lists.c.id == price_list_id).values(updated_at=utcnow())
+        )
+    return await get_price_list_prices(ctx, price_list_id)
+
+
+async def get_price_list_prices(ctx: ServiceContext, price_list_id: str) -> list[PriceListPrice]:
+    """A price list's prices by SKU and currency."""
+    async with ctx.db.read() as session:
+        await _price_list_view(session, price_list_id)
+        rows = (
+            await session.execute(
+                select(variants.c.sku, price_list_prices.c.currency, price_list_prices.c.amount)
+                .select_from(
+                    price_list_prices.join(
+                        variants, variants.c.id == price_list_prices.c.variant_id
+                    )
+                )
+                .where(price_list_prices.c.price_list_id == price_list_id)
+                .order_by(variants.c.sku, price_list_prices.c.currency)
+            )
+        ).all()
+    return [PriceListPrice(sku=r.sku, currency=r.currency, amount=r.amount) for r in rows]
+
+
+async def set_price_list_customers(
+    ctx: ServiceContext, price_list_id: str, customer_ids: Sequence[str]
+) -> list[str]:
+    """Replace the customers a price list applies to."""
+    wanted = sorted(set(customer_ids))
+    now = utcnow()
+    async with ctx.db.transaction() as session:
+        await _price_list_view(session, price_list_id)
+        await session.execute(
+            delete(price_list_customers).where(
+                price_list_customers.c.price_list_id == price_list_id
+            )
+        )
+        if wanted:
+            await session.execute(
+                insert(price_list_customers),
+                [
+                    {"price_list_id": price_list_id, "customer_id": c, "assigned_at": now}
+                    for c in wanted
+                ],
+            )
+    return wanted
+
+
+async def get_price_list_customers(ctx: ServiceContext, price_list_id: str) -> list[str]:
+    """The customer ids a price list applies to."""
+    async with ctx.db.read() as session:
+        await _price_list_view(session, price_list_id)
+        return list(
+            (
+                await session.scalars(
+                    select(price_list_customers.c.customer_id)
+                    .where(price_list_customers.c.price_list_id == price_list_id)
+                    .order_by(price_list_customers.c.customer_id)
+                )
+            ).all()
+        )
+
+
+# --- quotes -------------------------------------------------------------------------------------
+
+
+def channel_prices_include_tax(ctx: ServiceContext, channel: str | None = None) -> bool:
+    """Whether prices on ``channel`` (default: the configured sales channel) include tax."""
+    s = ctx.settings
+    return domain.prices_include_tax(
+        channel or s.sales_channel, s.prices_include_tax, s.channel_prices_include_tax
+    )
+
+
+async def quote(
+    ctx: ServiceContext,
+    skus: Sequence[str],
+    *,
+    currency: str,
+    customer_id: str | None = None,
+    at: datetime | None = None,
+    channel: str | None = None,
+) -> dict[str, VariantQuote]:
+    """What each known SKU costs this customer at ``at`` (default now); unknown SKUs are absent."""
+    _currency_ok(currency, "currency")
+    wanted = sorted(set(skus))
+    if not wanted:
+        return {}
+    moment = at or utcnow()
+    tax_inclusive = channel_prices_include_tax(ctx, channel)
+    async with ctx.db.read() as session:
+        rows = (
+            await session.execute(
+                select(
+                    variants.c.id,
+                    variants.c.sku,
+                    variants.c.name,
+                    variants.c.weight_grams,
+                    products.c.id.label("product_id"),
+                    products.c.name.label("product_name"),
+                    products.c.status,
+                    prices.c.amount.label("base"),
+                )
+                .select_from(
+                    variants.join(products, products.c.id == variants.c.product_id).outerjoin(
+                        prices,
+                        and_(prices.c.variant_id == variants.c.id, prices.c.currency == currency),
+                    )
+                )
+                .where(variants.c.sku.in_(wanted))
+            )
+        ).all()
+        ids = [r.id for r in rows]
+        sales: dict[str, list[SalePrice]] = defaultdict(list)
+        for s in (
+            await session.execute(
+                select(sale_prices).where(
+                    sale_prices.c.variant_id.in_(ids), sale_prices.c.currency == currency
+                )
+            )
+        ).all():
+            sales[s.variant_id].append(SalePrice(s.amount, s.starts_at, s.ends_at))
+        listed: dict[str, int] = {}
+        if customer_id is not None:
+            for variant_id, amount in (
+                await session.execute(
+                    select(price_list_prices.c.variant_id, func.min(price_list_prices.c.amount))
+                    .select_from(
+                        price_list_prices.join(
+                            price_list_customers,
+                            price_list_customers.c.price_list_id
+                            == price_list_prices.c.price_list_id,
+                        )
+                    )
+                    .where(
+                        price_list_customers.c.customer_id == customer_id,
+                        price_list_prices.c.currency == currency,
+                        price_list_prices.c.variant_id.in_(ids),
+                    )
+                    .group_by(price_list_prices.c.variant_id)
+                )
+            ).all():
+                listed[variant_id] = int(amount)
+        free = dict(
+            (
+                await session.execute(
+                    select(
+                        stock.c.sku,
+                        func.sum(stock.c.on_hand - stock.c.reserved),
+                    )
+                    .where(stock.c.sku.in_(wanted))
+                    .group_by(stock.c.sku)
+                )
+            ).all()
+        )
+    out: dict[str, VariantQuote] = {}
+    for r in rows:
+        unit = domain.effective_unit_price(
+            base=r.base, price_list=listed.get(r.id), sales=sales.get(r.id, ()), at=moment
+        )
+        out[r.sku] = VariantQuote(
+            sku=r.sku,
+            product_id=r.product_id,
+            product_name=r.product_name,
+            variant_name=r.name,
+            unit_price=unit if unit is not None else 0,
+            currency=currency,
+            tax_inclusive=tax_inclusive,
+            weight_grams=r.weight_grams,
+            available=max(0, int(free.get(r.sku) or 0)),
+            purchasable=r.status == ProductStatus.ACTIVE and unit is not None,
+        )
+    return out

@@ -1,0 +1,816 @@
+"""Bulk import and export of products as CSV or JSON Lines, streamed both ways.
+
+Import reads the source incrementally (a request body is spooled to a temporary file as it
+arrives) and writes in batches, so a file of any size never sits whole in memory. Products are
+matched by slug and variants by SKU: rows update what exists and create the rest.
+
+- ``all-or-nothing``: every row is validated and written inside one transaction, which is
+  rolled back if any row is refused: the report then lists every bad row and nothing applies.
+- ``skip-invalid``: valid rows are applied batch by batch; every refused row is reported.
+
+CSV has one row per variant (``sku`` empty for a product without variants); consecutive rows
+with the same ``slug`` form one product, whose fields come from its first row. Prices are
+``price_<CUR>`` columns (minor units), options ``name=value;name=value`` (or a JSON object when
+a value holds ``;`` or ``=``), images space-separated URLs. JSON Lines has one product per line,
+with nested ``variants`` and ``prices`` as ``{"EUR": 1999}``.
+"""
+
+from __future__ import annotations
+
+import codecs
+import csv
+import io
+import json
+import os
+import tempfile
+from collections.abc import AsyncIterator, Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO, Annotated, Any
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from sqlalchemy import bindparam, delete, insert, select, update
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from ecosistema.catalog import domain, search, service
+from ecosistema.catalog.domain import ProductStatus
+from ecosistema.catalog.models import categories, prices, products, variants
+from ecosistema.catalog.schemas import (
+    Amount,
+    Description,
+    ImageUrl,
+    ImportMode,
+    ImportReport,
+    Name,
+    OptionName,
+    OptionValue,
+    RowError,
+    Sku,
+    Slug,
+    TransferFormat,
+)
+from ecosistema.platform.db import new_id, utcnow
+from ecosistema.platform.errors import BadRequest, field_error
+from ecosistema.platform.money import ISO_4217
+from ecosistema.platform.service import ServiceContext
+
+CSV_FIELDS = (
+    "slug",
+    "name",
+    "description",
+    "status",
+    "category",
+    "images",
+    "sku",
+    "variant_name",
+    "options",
+    "weight_grams",
+)
+PRICE_PREFIX = "price_"
+MAX_ERRORS_REPORTED = 10_000
+EXPORT_BATCH = 500
+_SPOOL_IN_MEMORY = 1_048_576
+
+ProgressFn = Callable[[int], None]
+
+
+class ImportVariant(BaseModel):
+    """One variant row of an import."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    sku: Sku
+    name: Name | None = None
+    options: dict[OptionName, OptionValue] = Field(default_factory=dict, max_length=20)
+    weight_grams: Annotated[int, Field(ge=0, le=10_000_000)] = 0
+    prices: dict[str, Amount] = Field(default_factory=dict, max_length=50)
+
+    @field_validator("prices")
+    @classmethod
+    def _currencies(cls, value: dict[str, int]) -> dict[str, int]:
+        unknown = [c for c in value if c not in ISO_4217]
+        if unknown:
+            raise ValueError(f"unknown currencies: {', '.join(unknown)}")
+        return value
+
+
+class ImportProduct(BaseModel):
+    """One product of an import (a JSON line, or a group of CSV rows)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    slug: Slug | None = None
+    name: Name
+    description: Description = ""
+    status: ProductStatus = ProductStatus.DRAFT
+    category: Slug | None = None
+    images: list[ImageUrl] = Field(default_factory=list, max_length=50)
+    variants: list[ImportVariant] = Field(default_factory=list, max_length=500)
+
+
+@dataclass
+class _Record:
+    """A parsed product and the source lines it came from (one per variant for CSV)."""
+
+    product: ImportProduct
+    slug: str
+    lines: list[int]
+    variant_lines: list[int]
+
+
+@dataclass
+class _Tally:
+    rows_read: int = 0
+    created: int = 0
+    updated: int = 0
+    variants: int = 0
+    errors: list[RowError] = field(default_factory=list)
+    skipped_lines: set[int] = field(default_factory=set)
+
+    def refuse(
+        self, line: int, reason: str, *, sku: str | None = None, slug: str | None = None
+    ) -> None:
+        if line in self.skipped_lines:
+            return
+        self.skipped_lines.add(line)
+        if len(self.errors) < MAX_ERRORS_REPORTED:
+            self.errors.append(RowError(line=line, reason=reason, sku=sku, slug=slug))
+
+    def report(self, mode: ImportMode, format: TransferFormat, applied: bool) -> ImportReport:
+        return ImportReport(
+            mode=mode,
+            format=format,
+            applied=applied,
+            rows_read=self.rows_read,
+            products_created=self.created if applied else 0,
+            products_updated=self.updated if applied else 0,
+            variants_written=self.variants if applied else 0,
+            rows_skipped=len(self.skipped_lines) if applied else self.rows_read,
+            errors=sorted(self.errors, key=lambda e: e.line),
+        )
+
+
+def _describe(exc: ValidationError) -> str:
+    parts = []
+    for err in exc.errors()[:5]:
+        where = ".".join(str(p) for p in err.get("loc", ()))
+        parts.append(f"{where}: {err.get('msg')}" if where else str(err.get("msg")))
+    return "; ".join(parts)
+
+
+def format_for_content_type(content_type: str | None) -> TransferFormat:
+    """The import format a Content-Type names; 400 when it names neither."""
+    kind = (content_type or "").split(";")[0].strip().lower()
+    if kind in ("text/csv", "application/csv"):
+        return "csv"
+    if kind in ("application/x-ndjson", "application/jsonl", "application/json-lines"):
+        return "jsonl"
+    raise BadRequest(
+        "Send text/csv or application/x-ndjson, or say ?format=csv|jsonl.",
+        type="unsupported-import-format",
+    )
+
+
+# --- parsing ------------------------------------------------------------------------------------
+
+
+def _parse_options(raw: str) -> dict[str, str]:
+    raw = raw.strip()
+    if not raw:
+        return {}
+    if raw.startswith("{"):
+        value = json.loads(raw)
+        if not isinstance(value, dict):
+            raise ValueError("options must be a JSON object")
+        return {str(k): str(v) for k, v in value.items()}
+    out: dict[str, str] = {}
+    for pair in raw.split(";"):
+        name, sep, value = pair.partition("=")
+        if not sep:
+            raise ValueError(f"option {pair!r} is not name=value")
+        out[name.strip()] = value.strip()
+    return out
+
+
+def _format_options(options: dict[str, str]) -> str:
+    plain = ";".join(f"{k}={v}" for k, v in options.items())
+    texts = [t for pair in options.items() for t in pair]
+    if plain.startswith("{") or any(";" in t or "=" in t or t != t.strip() for t in texts):
+        return json.dumps(options, ensure_ascii=False, separators=(",", ":"))
+    return plain
+
+
+def _csv_variant(row: dict[str, str], price_columns: Sequence[str]) -> ImportVariant:
+    weight = (row.get("weight_grams") or "").strip()
+    data: dict[str, Any] = {
+        "sku": (row.get("sku") or "").strip(),
+        "name": (row.get("variant_name") or "").strip() or None,
+        "options": _parse_options(row.get("options") or ""),
+        "weight_grams": int(weight) if weight else 0,
+        "prices": {
+            column[len(PRICE_PREFIX) :].upper(): int(value)
+            for column in price_columns
+            if (value := (row.get(column) or "").strip())
+        },
+    }
+    return ImportVariant.model_validate(data)
+
+
+def _csv_product(row: dict[str, str]) -> ImportProduct:
+    data: dict[str, Any] = {
+        "slug": (row.get("slug") or "").strip() or None,
+        "name": (row.get("name") or "").strip(),
+        "description": row.get("description") or "",
+        "status": (row.get("status") or "").strip() or ProductStatus.DRAFT.value,
+        "category": (row.get("category") or "").strip() or None,
+        "images": (row.get("images") or "").split(),
+    }
+    return ImportProduct.model_validate(data)
+
+
+def _slug_of(product: ImportProduct) -> str:
+    return product.slug or domain.slugify(product.name)
+
+
+def _read_csv(stream: IO[bytes], tally: _Tally) -> Iterator[_Record]:
+    text = io.TextIOWrapper(stream, encoding="utf-8-sig", newline="")
+    reader = csv.DictReader(text)
+    try:
+        header = reader.fieldnames or []
+    except (csv.Error, UnicodeDecodeError) as exc:
+        raise field_error("body", f"unreadable CSV header: {exc}") from exc
+    if "name" not in header:
+        raise field_error("body", "the CSV header needs at least a name column")
+    unknown = [h for h in header if h not in CSV_FIELDS and not h.startswith(PRICE_PREFIX)]
+    if unknown:
+        raise field_error("body", f"unknown CSV columns: {', '.join(unknown)}")
+    price_columns = [h for h in header if h.startswith(PRICE_PREFIX)]
+    current: _Record | None = None
+    last_line = reader.line_num
+    while True:
+        try:
+            row = next(reader)
+        except StopIteration:
+            break
+        except (csv.Error, UnicodeDecodeError, ValueError) as exc:
+            tally.rows_read += 1
+            tally.refuse(last_line + 1, f"unreadable row: {exc}")
+            last_line = reader.line_num
+            continue
+        line = last_line + 1
+        last_line = reader.line_num
+        if not any((v or "").strip() for v in row.values() if isinstance(v, str)):
+            continue
+        tally.rows_read += 1
+        if None in row:
+            tally.refuse(line, "the row has more fields than the header")
+            continue
+        slug_hint = (row.get("slug") or "").strip() or domain.slugify(row.get("name") or "")
+        if current is None or current.slug != slug_hint:
+            if current is not None:
+                yield current
+            current = None
+            try:
+                product = _csv_product(row)
+            except ValidationError as exc:
+                tally.refuse(line, _describe(exc), slug=slug_hint or None)
+                continue
+            current = _Record(product, _slug_of(product), [], [])
+        current.lines.append(line)
+        if not (row.get("sku") or "").strip():
+            continue
+        try:
+            variant = _csv_variant(row, price_columns)
+        except ValidationError as exc:
+            tally.refuse(line, _describe(exc), sku=row.get("sku"), slug=current.slug)
+            continue
+        except ValueError as exc:
+            tally.refuse(line, str(exc), sku=row.get("sku"), slug=current.slug)
+            continue
+        current.product.variants.append(variant)
+        current.variant_lines.append(line)
+    if current is not None:
+        yield current
+    text.detach()
+
+
+def _read_jsonl(stream: IO[bytes], tally: _Tally) -> Iterator[_Record]:
+    decoder = codecs.getincrementaldecoder("utf-8")("strict")
+    for number, raw in enumerate(stream, start=1):
+        try:
+            line = decoder.decode(raw)
+        except UnicodeDecodeError as exc:
+            tally.rows_read += 1
+            tally.refuse(number, f"not UTF-8: {exc.reason}")
+            decoder.reset()
+            continue
+        if not line.strip():
+            continue
+        tally.rows_read += 1
+        try:
+            data = json.loads(line)
+            product = ImportProduct.model_validate(data)
+        except json.JSONDecodeError as exc:
+            tally.refuse(number, f"not JSON: {exc.msg}")
+            continue
+        except ValidationError as exc:
+            tally.refuse(number, _describe(exc))
+            continue
+        skus = [v.sku for v in product.variants]
+        if len(set(skus)) != len(skus):
+            tally.refuse(number, "a SKU appears twice in this product")
+            continue
+        yield _Record(product, _slug_of(product), [number], [number] * len(product.variants))
+
+
+def _records(stream: IO[bytes], format: TransferFormat, tally: _Tally) -> Iterator[_Record]:
+    return _read_csv(stream, tally) if format == "csv" else _read_jsonl(stream, tally)
+
+
+# --- validation and writing ---------------------------------------------------------------------
+
+
+@dataclass
+class _Batch:
+    records: list[_Record] = field(default_factory=list)
+    slugs: set[str] = field(default_factory=set)
+
+    def add(self, record: _Record) -> None:
+        self.records.append(record)
+        self.slugs.add(record.slug)
+
+
+class _Importer:
+    """Validates and writes batches of products; remembers which SKU went to which product."""
+
+    def __init__(self, ctx: ServiceContext, tally: _Tally) -> None:
+        self.ctx = ctx
+        self.tally = tally
+        self.sku_owner: dict[str, tuple[str, int]] = {}
+
+    def claim_skus(self, record: _Record) -> None:
+        """Refuse variants whose SKU an earlier product of the same file already uses."""
+        kept: list[ImportVariant] = []
+        kept_lines: list[int] = []
+        for variant, line in zip(record.product.variants, record.variant_lines, strict=True):
+            owner = self.sku_owner.get(variant.sku)
+            if owner is not None and owner[0] != record.slug:
+                self.tally.refuse(
+                    line,
+                    f"SKU {variant.sku} is already used by product {owner[0]} (line {owner[1]})",
+                    sku=variant.sku,
+                    slug=record.slug,
+                )
+                continue
+            self.sku_owner.setdefault(variant.sku, (record.slug, line))
+            kept.append(variant)
+            kept_lines.append(line)
+        record.product.variants[:] = kept
+        record.variant_lines[:] = kept_lines
+
+    async def check(self, session: AsyncSession, batch: _Batch) -> tuple[list[_Record], Any]:
+        """The batch's records that can be written, and what the database already holds."""
+        slugs = sorted(batch.slugs)
+        existing = {
+            r.slug: r.id
+            for r in (
+                await session.execute(
+                    select(products.c.slug, products.c.id).where(products.c.slug.in_(slugs))
+                )
+            ).all()
+        }
+        skus = sorted({v.sku for rec in batch.records for v in rec.product.variants})
+        known_skus = {
+            r.sku: (r.id, r.product_id)
+            for r in (
+                await session.execute(
+                    select(variants.c.sku, variants.c.id, variants.c.product_id).where(
+                        variants.c.sku.in_(skus)
+                    )
+                )
+            ).all()
+        }
+        wanted_categories = sorted(
+            {rec.product.category for rec in batch.records if rec.product.category}
+        )
+        category_rows = (
+            await session.execute(
+                select(categories.c.slug, categories.c.id, categories.c.name).where(
+                    categories.c.slug.in_(wanted_categories)
+                )
+            )
+        ).all()
+        category_ids = {r.slug: (r.id, r.name) for r in category_rows}
+        good: list[_Record] = []
+        for rec in batch.records:
+            category = rec.product.category
+            if category and category not in category_ids:
+                for line in rec.lines:
+                    self.tally.refuse(line, f"unknown category {category}", slug=rec.slug)
+                continue
+            product_id = existing.get(rec.slug)
+            kept: list[ImportVariant] = []
+            kept_lines: list[int] = []
+            for variant, line in zip(rec.product.variants, rec.variant_lines, strict=True):
+                found = known_skus.get(variant.sku)
+                if found is not None and found[1] != product_id:
+                    self.tally.refuse(
+                        line,
+                        f"SKU {variant.sku} belongs to another product",
+                        sku=variant.sku,
+                        slug=rec.slug,
+                    )
+                    continue
+                kept.append(variant)
+                kept_lines.append(line)
+            rec.product.variants[:] = kept
+            rec.variant_lines[:] = kept_lines
+            good.append(rec)
+        return good, (existing, known_skus, category_ids)
+
+    async def write(self, session: AsyncSession, records: list[_Record], known: Any) -> None:
+        """Create or update the records' products, variants and prices, with their events."""
+        existing, known_skus, category_ids = known
+        now = utcnow()
+        new_products: list[dict[str, Any]] = []
+        changed_products: list[dict[str, Any]] = []
+        product_ids: list[str] = []
+        events: list[tuple[str, dict[str, Any]]] = []
+        fresh: list[tuple[str, str, str, str]] = []
+        updated_slugs: set[str] = set()
+        for rec in records:
+            p = rec.product
+            values = {
+                "name": p.name,
+                "description": p.description,
+                "status": p.status.value,
+                "category_id": category_ids[p.category][0] if p.category else None,
+                "images": list(p.images),
+                "updated_at": now,
+            }
+            if rec.slug in existing:
+                pid = existing[rec.slug]
+                updated_slugs.add(rec.slug)
+                changed_products.append({"pid": pid, **values})
+                self.tally.updated += 1
+                events.append((service.PRODUCT_UPDATED, {"product_id": pid, "slug": rec.slug}))
+            else:
+                pid = new_id()
+                existing[rec.slug] = pid
+                words = search.search_text(
+                    ((v.sku, v.name or v.sku, v.options) for v in p.variants),
+                    category_ids[p.category][1] if p.category else None,
+                )
+                new_products.append(
+                    {"id": pid, "slug": rec.slug, "search_text": words, "created_at": now, **values}
+                )
+                fresh.append((pid, p.name, words, p.description))
+                self.tally.created += 1
+                events.append((service.PRODUCT_CREATED, {"product_id": pid, "slug": rec.slug}))
+            if rec.slug in updated_slugs:
+                product_ids.append(pid)
+        if new_products:
+            await session.execute(insert(products), new_products)
+        if changed_products:
+            await session.execute(
+                update(products)
+                .where(products.c.id == bindparam("pid"))
+                .values(
+                    {
+                        k: bindparam(k)
+                        for k in (
+                            "name",
+                            "description",
+                            "status",
+                            "category_id",
+                            "images",
+                            "updated_at",
+                        )
+                    }
+                ),
+                changed_products,
+                execution_options={"synchronize_session": False},
+            )
+        new_variants: list[dict[str, Any]] = []
+        changed_variants: list[dict[str, Any]] = []
+        price_rows: list[dict[str, Any]] = []
+        repriced: list[str] = []
+        for rec in records:
+            pid = existing[rec.slug]
+            for position, v in enumerate(rec.product.variants):
+                values = {
+                    "name": v.name or v.sku,
+                    "options": dict(v.options),
+                    "weight_grams": v.weight_grams,
+                    "position": position,
+                    "updated_at": now,
+                }
+                if v.sku in known_skus:
+                    vid = known_skus[v.sku][0]
+                    changed_variants.append({"vid": vid, **values})
+                    repriced.append(vid)
+                else:
+                    vid = new_id()
+                    known_skus[v.sku] = (vid, pid)
+                    new_variants.append(
+                        {"id": vid, "product_id": pid, "sku": v.sku, "created_at": now, **values}
+                    )
+                self.tally.variants += 1
+                price_rows.extend(
+                    {"variant_id": vid, "currency": c, "amount": a} for c, a in v.prices.items()
+                )
+        if new_variants:
+            await session.execute(insert(variants), new_variants)
+        if changed_variants:
+            await session.execute(
+                update(variants)
+                .where(variants.c.id == bindparam("vid"))
+                .values(
+                    {
+                        k: bindparam(k)
+                        for k in ("name", "options", "weight_grams", "position", "updated_at")
+                    }
+                ),
+                changed_variants,
+                execution_options={"synchronize_session": False},
+            )
+        if repriced:
+            await session.execute(delete(prices).where(prices.c.variant_id.in_(repriced)))
+        if price_rows:
+            await session.execute(insert(prices), price_rows)
+        await search.index_new(session, fresh)
+        await search.refresh(session, product_ids)
+        await _add_events(self.ctx, session, events)
+
+    async def apply(self, session: AsyncSession, batch: _Batch) -> None:
+        good, known = await self.check(session, batch)
+        if good:
+            await self.write(session, good, known)
+
+
+async def _add_events(
+    ctx: ServiceContext, session: AsyncSession, events: Sequence[tuple[str, dict[str, Any]]]
+) -> None:
+    """Write many events to the outbox in one statement; the last goes through ``Outbox.add``
+    so the relay is woken when the transaction commits."""
+    if not events:
+        return
+    from ecosistema.platform.telemetry import current_request_id
+
+    correlation = current_request_id()
+    now = utcnow()
+    rows = [
+        {
+            "event_id": new_id(),
+            "type": type_,
+            "version": 1,
+            "source": ctx.outbox.source,
+            "correlation_id": correlation,
+            "occurred_at": now,
+            "payload": payload,
+            "attempts": 0,
+        }
+        for type_, payload in events[:-1]
+    ]
+    if rows:
+        await session.execute(insert(ctx.outbox.table), rows)
+    last_type, last_payload = events[-1]
+    await ctx.outbox.add(session, last_type, last_payload)
+
+
+def _batches(records: Iterator[_Record], importer: _Importer, size: int) -> Iterator[_Batch]:
+    batch = _Batch()
+    for record in records:
+        importer.claim_skus(record)
+        if record.slug in batch.slugs or len(batch.records) >= size:
+            yield batch
+            batch = _Batch()
+        batch.add(record)
+    if batch.records:
+        yield batch
+
+
+class _AbortImport(Exception):
+    """Raised inside the all-or-nothing transaction to roll it back."""
+
+
+async def import_file(
+    ctx: ServiceContext,
+    path: Path,
+    *,
+    format: TransferFormat,
+    mode: ImportMode,
+    on_progress: ProgressFn | None = None,
+) -> ImportReport:
+    """Import products from a file; the report is exact (see the module docstring)."""
+    size = max(1, ctx.settings.catalog_import_batch_size)
+
+    def _progress(stream: IO[bytes]) -> None:
+        if on_progress is not None:
+            on_progress(stream.tell())
+
+    if mode == "all-or-nothing":
+        # One pass in one transaction: every row is validated (against the database as the
+        # earlier rows left it) and written; any refused row rolls the whole import back.
+        tally = _Tally()
+        importer = _Importer(ctx, tally)
+        try:
+            with path.open("rb") as stream:
+                async with ctx.db.transaction() as session:
+                    for batch in _batches(_records(stream, format, tally), importer, size):
+                        await importer.apply(session, batch)
+                        _progress(stream)
+                    if tally.skipped_lines:
+                        raise _AbortImport
+        except _AbortImport:
+            return tally.report(mode, format, applied=False)
+        await service.invalidate(ctx)
+        return tally.report(mode, format, applied=True)
+
+    tally = _Tally()
+    importer = _Importer(ctx, tally)
+    with path.open("rb") as stream:
+        for batch in _batches(_records(stream, format, tally), importer, size):
+            async with ctx.db.transaction() as session:
+                await importer.apply(session, batch)
+            _progress(stream)
+    await service.invalidate(ctx)
+    return tally.report(mode, format, applied=True)
+
+
+async def import_stream(
+    ctx: ServiceContext,
+    chunks: AsyncIterator[bytes],
+    *,
+    format: TransferFormat,
+    mode: ImportMode,
+) -> ImportReport:
+    """Import from a byte stream (a request body): spooled to a temporary file as it arrives."""
+    handle, name = tempfile.mkstemp(prefix="catalog-import-", suffix=f".{format}")
+    path = Path(name)
+    try:
+        with os.fdopen(handle, "wb") as spool:
+            async for chunk in chunks:
+                spool.write(chunk)
+        return await import_file(ctx, path, format=format, mode=mode)
+    finally:
+        os.unlink(path)
+
+
+# --- export -------------------------------------------------------------------------------------
+
+
+async def _export_page(
+    session: AsyncSession, after: str | None
+) -> tuple[list[Any], dict[str, list[Any]], dict[str, dict[str, int]], dict[str, str]]:
+    statement = select(products).order_by(products.c.id).limit(EXPORT_BATCH)
+    if after is not None:
+        statement = statement.where(products.c.id > after)
+    rows = (await session.execute(statement)).all()
+    ids = [r.id for r in rows]
+    by_product: dict[str, list[Any]] = {}
+    price_map: dict[str, dict[str, int]] = {}
+    if ids:
+        for v in (
+            await session.execute(
+                select(variants)
+                .where(variants.c.product_id.in_(ids))
+                .order_by(variants.c.product_id, variants.c.position, variants.c.sku)
+            )
+        ).all():
+            by_product.setdefault(v.product_id, []).append(v)
+        for pr in (
+            await session.execute(
+                select(prices)
+                .select_from(prices.join(variants, variants.c.id == prices.c.variant_id))
+                .where(variants.c.product_id.in_(ids))
+            )
+        ).all():
+            price_map.setdefault(pr.variant_id, {})[pr.currency] = pr.amount
+    category_slugs = dict((await session.execute(select(categories.c.id, categories.c.slug))).all())
+    return list(rows), by_product, price_map, category_slugs
+
+
+async def export_chunks(ctx: ServiceContext, format: TransferFormat) -> AsyncIterator[bytes]:
+    """The whole catalog as CSV or JSON Lines, a page of products at a time."""
+    currencies: list[str] = []
+    if format == "csv":
+        async with ctx.db.read() as session:
+            currencies = sorted((await session.scalars(select(prices.c.currency).distinct())).all())
+        header = [*CSV_FIELDS, *(PRICE_PREFIX + c for c in currencies)]
+        yield _csv_line(header)
+    after: str | None = None
+    while True:
+        async with ctx.db.read() as session:
+            rows, by_product, price_map, category_slugs = await _export_page(session, after)
+        if not rows:
+            return
+        out: list[bytes] = []
+        for p in rows:
+            found = by_product.get(p.id, [])
+            category = category_slugs.get(p.category_id) if p.category_id else None
+            if format == "jsonl":
+                doc = {
+                    "slug": p.slug,
+                    "name": p.name,
+                    "description": p.description,
+                    "status": p.status,
+                    "category": category,
+                    "images": p.images,
+                    "variants": [
+                        {
+                            "sku": v.sku,
+                            "name": v.name,
+                            "options": v.options,
+                            "weight_grams": v.weight_grams,
+                            "prices": price_map.get(v.id, {}),
+                        }
+                        for v in found
+                    ],
+                }
+                out.append(json.dumps(doc, ensure_ascii=False).encode() + b"\n")
+                continue
+            head = [p.slug, p.name, p.description, p.status, category or "", " ".join(p.images)]
+            for v in found or [None]:
+                if v is None:
+                    tail = ["", "", "", ""] + [""] * len(currencies)
+                else:
+                    its = price_map.get(v.id, {})
+                    tail = [
+                        v.sku,
+                        v.name,
+                        _format_options(v.options),
+                        str(v.weight_grams),
+                        *(str(its[c]) if c in its else "" for c in currencies),
+                    ]
+                out.append(_csv_line([*head, *tail]))
+        yield b"".join(out)
+        after = rows[-1].id
+
+
+def _csv_line(values: Sequence[str]) -> bytes:
+    buffer = io.StringIO()
+    csv.writer(buffer, lineterminator="\n").writerow(values)
+    return buffer.getvalue().encode()
+
+
+# --- command line -------------------------------------------------------------------------------
+
+
+def import_products_command(
+    file: Path,
+    *,
+    mode: ImportMode = "all-or-nothing",
+    format: TransferFormat | None = None,
+    settings: Any = None,
+) -> ImportReport:
+    """Import a CSV or JSON Lines file with a progress bar; ``ecosistema catalog import FILE``."""
+    import asyncio
+
+    from rich.console import Console
+    from rich.progress import BarColumn, DownloadColumn, Progress, TimeRemainingColumn
+    from rich.table import Table
+
+    from ecosistema.platform.config import get_settings
+    from ecosistema.platform.runtime import Runtime
+    from ecosistema.services import load_services
+
+    chosen: TransferFormat = format or ("csv" if file.suffix.lower() == ".csv" else "jsonl")
+    console = Console(stderr=True)
+    total = file.stat().st_size
+
+    async def _main() -> ImportReport:
+        runtime = Runtime(settings or get_settings(), load_services(["catalog"]))
+        await runtime.start(background=False)
+        try:
+            with Progress(
+                "[progress.description]{task.description}",
+                BarColumn(),
+                DownloadColumn(),
+                TimeRemainingColumn(),
+                console=console,
+            ) as progress:
+                task = progress.add_task(f"Importing {file.name}", total=total)
+                report = await import_file(
+                    runtime.contexts["catalog"],
+                    file,
+                    format=chosen,
+                    mode=mode,
+                    on_progress=lambda done: progress.update(task, completed=done),
+                )
+                progress.update(task, completed=total)
+            await runtime.drain_outboxes()
+            return report
+        finally:
+            await runtime.stop()
+
+    report = asyncio.run(_main())
+    table = Table("outcome", "count", title=f"Import of {file.name} ({mode})")
+    for name, value in report.summary().items():
+        table.add_row(name, str(value))
+    console.print(table)
+    for error in report.errors[:20]:
+        console.print(f"[red]line {error.line}[/]: {error.reason}")
+    if len(report.errors) > 20:
+        console.print(f"… and {len(report.errors) - 20} more rows refused")
+    return report

@@ -1,0 +1,347 @@
+"""Inventory on both shapes: reservations all-or-nothing, idempotent, committed, released and
+expired; no oversell under 200 concurrent reservations; adjustments, movements and events."""
+
+from __future__ import annotations
+
+import asyncio
+from datetime import timedelta
+from typing import Any
+
+import httpx
+import pytest
+from fastapi import FastAPI
+from sqlalchemy import select, update
+
+from ecosistema.catalog.client import HttpCatalogClient, InProcessCatalogClient
+from ecosistema.catalog.domain import InsufficientStock
+from ecosistema.catalog.events import on_order_cancelled, on_order_paid, on_order_refunded
+from ecosistema.catalog.inventory import (
+    adjust_stock,
+    availability,
+    movements,
+    release_expired_reservations,
+    reservation_status,
+)
+from ecosistema.catalog.models import reservations, stock
+from ecosistema.catalog.schemas import StockAdjustment
+from ecosistema.platform.db import utcnow
+from ecosistema.platform.errors import Conflict, Unprocessable
+from ecosistema.platform.events import EventEnvelope, IdempotentConsumer
+from ecosistema.platform.service import ServiceContext
+from tests.integration.test_catalog_support import (
+    catalog_fixture,  # noqa: F401 - a fixture
+    ctx_of,
+    make_product,
+    make_warehouse,
+    outbox_types,
+    settings_fixture,  # noqa: F401 - a fixture
+    shop_app_fixture,  # noqa: F401 - a fixture
+    shop_fixture,  # noqa: F401 - a fixture
+    sign_in_demo,
+)
+
+STAFF = "staff-user-1"
+
+
+async def stocked(ctx: ServiceContext, levels: dict[str, dict[str, int]]) -> None:
+    """Products with the given SKUs and on-hand stock per warehouse code."""
+    codes = sorted({code for per in levels.values() for code in per})
+    for priority, code in enumerate(codes):
+        await make_warehouse(ctx, code, priority)
+    await make_product(ctx, "Stocked thing", skus={sku: 1000 for sku in levels})
+    for sku, per in levels.items():
+        for code, quantity in per.items():
+            await adjust_stock(
+                ctx,
+                sku,
+                StockAdjustment(warehouse=code, on_hand=quantity, reason="count"),
+                actor=STAFF,
+            )
+
+
+async def level(ctx: ServiceContext, sku: str) -> tuple[int, int, int]:
+    a = await availability(ctx, sku)
+    return a.on_hand, a.reserved, a.available
+
+
+async def test_reservation_is_all_or_nothing_and_reports_every_line(
+    catalog: ServiceContext,
+) -> None:
+    await stocked(catalog, {"A-1": {"main": 5}, "B-1": {"main": 2}})
+    client = InProcessCatalogClient(catalog)
+
+    with pytest.raises(InsufficientStock) as caught:
+        await client.reserve("order-1", [("A-1", 3), ("B-1", 3)], 600)
+
+    assert caught.value.status == 409 and caught.value.type == "insufficient-stock"
+    assert caught.value.extra["lines"] == [
+        {"sku": "A-1", "requested": 3, "available": 5},
+        {"sku": "B-1", "requested": 3, "available": 2},
+    ]
+    # Nothing was held for the line that fitted either.
+    assert await level(catalog, "A-1") == (5, 0, 5)
+    assert await reservation_status(catalog, "order-1") is None
+
+
+async def test_reservation_is_idempotent_per_order(catalog: ServiceContext) -> None:
+    await stocked(catalog, {"A-1": {"main": 5}})
+    client = InProcessCatalogClient(catalog)
+
+    await client.reserve("order-1", [("A-1", 2)], 600)
+    await client.reserve("order-1", [("A-1", 2)], 600)
+
+    assert await level(catalog, "A-1") == (5, 2, 3)
+
+
+async def test_lines_for_one_sku_are_merged_and_split_across_warehouses(
+    catalog: ServiceContext,
+) -> None:
+    await stocked(catalog, {"A-1": {"east": 2, "west": 3}})
+    client = InProcessCatalogClient(catalog)
+
+    await client.reserve("order-1", [("A-1", 2), ("A-1", 2)], 600)
+
+    per = {w.warehouse_code: w.reserved for w in (await availability(catalog, "A-1")).warehouses}
+    assert per == {"east": 2, "west": 2}
+
+
+async def test_commit_takes_stock_for_good_once(catalog: ServiceContext) -> None:
+    await stocked(catalog, {"A-1": {"main": 5}})
+    client = InProcessCatalogClient(catalog)
+    await client.reserve("order-1", [("A-1", 2)], 600)
+
+    await client.commit_reservation("order-1")
+    await client.commit_reservation("order-1")
+    await client.release_reservation("order-1", "too late to cancel")
+
+    assert await level(catalog, "A-1") == (3, 0, 3)
+    assert await reservation_status(catalog, "order-1") == "committed"
+
+
+async def test_release_frees_stock_once_and_a_released_order_cannot_reserve_again(
+    catalog: ServiceContext,
+) -> None:
+    await stocked(catalog, {"A-1": {"main": 5}})
+    client = InProcessCatalogClient(catalog)
+    await client.reserve("order-1", [("A-1", 4)], 600)
+
+    await client.release_reservation("order-1", "customer cancelled")
+    await client.release_reservation("order-1", "customer cancelled")
+
+    assert await level(catalog, "A-1") == (5, 0, 5)
+    with pytest.raises(Conflict):
+        await client.reserve("order-1", [("A-1", 1)], 600)
+
+
+async def test_sweeper_releases_only_expired_reservations(catalog: ServiceContext) -> None:
+    await stocked(catalog, {"A-1": {"main": 10}})
+    client = InProcessCatalogClient(catalog)
+    await client.reserve("old", [("A-1", 3)], 600)
+    await client.reserve("new", [("A-1", 2)], 600)
+    async with catalog.db.transaction() as session:
+        await session.execute(
+            update(reservations)
+            .where(reservations.c.order_id == "old")
+            .values(expires_at=utcnow() - timedelta(seconds=1))
+        )
+
+    assert await release_expired_reservations(catalog) == 1
+    assert await release_expired_reservations(catalog) == 0
+
+    assert await reservation_status(catalog, "old") == "released"
+    assert await reservation_status(catalog, "new") == "active"
+    assert await level(catalog, "A-1") == (10, 2, 8)
+    reasons = [m.reason for m in (await movements(catalog, "A-1")).items]
+    assert reasons[0] == "expire"
+
+
+@pytest.mark.parametrize("contenders", [200])
+async def test_concurrent_reservations_never_oversell(
+    catalog: ServiceContext, contenders: int
+) -> None:
+    await stocked(catalog, {"HOT-1": {"main": 50}})
+    client = InProcessCatalogClient(catalog)
+
+    async def attempt(n: int) -> str:
+        try:
+            await client.reserve(f"order-{n}", [("HOT-1", 1)], 600)
+        except InsufficientStock:
+            return "short"
+        return "ok"
+
+    outcomes = await asyncio.gather(*(attempt(n) for n in range(contenders)))
+
+    assert outcomes.count("ok") == 50
+    assert outcomes.count("short") == contenders - 50
+    assert await level(catalog, "HOT-1") == (50, 50, 0)
+    async with catalog.db.read() as session:
+        row = (await session.execute(select(stock).where(stock.c.sku == "HOT-1"))).one()
+    assert row.on_hand - row.reserved == 0
+
+
+async def test_concurrent_multi_line_reservations_stay_consistent(
+    catalog: ServiceContext,
+) -> None:
+    await stocked(catalog, {"X-1": {"main": 10}, "Y-1": {"main": 10}})
+    client = InProcessCatalogClient(catalog)
+
+    async def attempt(n: int) -> bool:
+        # Half take the SKUs in one order, half in the other: fixed lock order avoids deadlock.
+        lines = [("X-1", 1), ("Y-1", 1)] if n % 2 else [("Y-1", 1), ("X-1", 1)]
+        try:
+            await client.reserve(f"order-{n}", lines, 600)
+        except InsufficientStock:
+            return False
+        return True
+
+    outcomes = await asyncio.gather(*(attempt(n) for n in range(30)))
+
+    assert sum(outcomes) == 10
+    assert await level(catalog, "X-1") == (10, 10, 0)
+    assert await level(catalog, "Y-1") == (10, 10, 0)
+
+
+async def test_adjustments_are_recorded_and_never_go_below_reserved(
+    catalog: ServiceContext,
+) -> None:
+    await stocked(catalog, {"A-1": {"main": 5}})
+    await InProcessCatalogClient(catalog).reserve("order-1", [("A-1", 4)], 600)
+
+    with pytest.raises(Conflict):
+        await adjust_stock(
+            catalog,
+            "A-1",
+            StockAdjustment(warehouse="main", delta=-2, reason="broken"),
+            actor=STAFF,
+        )
+    after = await adjust_stock(
+        catalog, "A-1", StockAdjustment(warehouse="main", delta=-1, reason="broken"), actor=STAFF
+    )
+
+    assert (after.on_hand, after.reserved, after.available) == (4, 4, 0)
+    latest = (await movements(catalog, "A-1")).items[0]
+    assert (latest.on_hand_delta, latest.reason, latest.note, latest.actor) == (
+        -1,
+        "adjust",
+        "broken",
+        STAFF,
+    )
+
+
+async def test_movements_page_newest_first_with_a_cursor(catalog: ServiceContext) -> None:
+    await stocked(catalog, {"A-1": {"main": 1}})
+    for n in range(4):
+        await adjust_stock(
+            catalog,
+            "A-1",
+            StockAdjustment(warehouse="main", delta=1, reason=f"delivery {n}"),
+            actor=STAFF,
+        )
+
+    first = await movements(catalog, "A-1", limit=3)
+    second = await movements(catalog, "A-1", limit=3, cursor=first.next_cursor)
+
+    notes = [m.note for m in first.items + second.items]
+    assert notes == ["delivery 3", "delivery 2", "delivery 1", "delivery 0", "count"]
+    assert second.next_cursor is None
+    with pytest.raises(Unprocessable):
+        await movements(catalog, "A-1", cursor="not-a-cursor")
+
+
+async def test_stock_low_is_emitted_when_availability_falls_below_the_threshold(
+    catalog: ServiceContext,
+) -> None:
+    threshold = catalog.settings.catalog_low_stock_threshold
+    await stocked(catalog, {"A-1": {"main": threshold + 1}})
+    client = InProcessCatalogClient(catalog)
+
+    await client.reserve("order-1", [("A-1", 1)], 600)
+    await client.reserve("order-2", [("A-1", 1)], 600)
+
+    low = [p for t, p in await outbox_types(catalog) if t == "StockLow"]
+    assert low == [{"sku": "A-1", "available": threshold - 1, "threshold": threshold}]
+
+
+def envelope(type_: str, payload: dict[str, Any]) -> EventEnvelope:
+    return EventEnvelope(type=type_, version=1, source="orders", payload=payload)
+
+
+async def test_order_events_commit_release_and_restock_once_each(
+    catalog: ServiceContext,
+) -> None:
+    await stocked(catalog, {"A-1": {"main": 10}})
+    client = InProcessCatalogClient(catalog)
+    await client.reserve("paid", [("A-1", 3)], 600)
+    await client.reserve("cancelled", [("A-1", 2)], 600)
+
+    def consumer(name: str, handler: Any) -> IdempotentConsumer:
+        async def _run(session: Any, env: EventEnvelope) -> None:
+            await handler(catalog, session, env)
+
+        return IdempotentConsumer(name, catalog.db, catalog.outbox, _run)
+
+    paid = envelope("OrderPaid", {"order_id": "paid"})
+    cancelled = envelope("OrderCancelled", {"order_id": "cancelled"})
+    refunded = envelope(
+        "OrderRefunded",
+        {"order_id": "paid", "refund_id": "r1", "restock_lines": [{"sku": "A-1", "quantity": 1}]},
+    )
+    for event, handler in (
+        (paid, on_order_paid),
+        (cancelled, on_order_cancelled),
+        (refunded, on_order_refunded),
+    ):
+        run = consumer(f"catalog.{event.type}", handler)
+        await run(event)
+        await run(event)  # delivered twice: applied once
+
+    assert await level(catalog, "A-1") == (8, 0, 8)
+    assert await reservation_status(catalog, "paid") == "committed"
+    assert await reservation_status(catalog, "cancelled") == "released"
+    recorded = [(m.reason, m.actor) for m in (await movements(catalog, "A-1")).items]
+    assert recorded[:4] == [
+        ("restock", "orders"),
+        ("release", "orders"),
+        ("commit", "orders"),
+        ("reserve", "system"),
+    ]
+
+
+async def test_reserve_rejects_bad_lines(catalog: ServiceContext) -> None:
+    await stocked(catalog, {"A-1": {"main": 1}})
+    client = InProcessCatalogClient(catalog)
+    with pytest.raises(Unprocessable):
+        await client.reserve("o", [("A-1", 0)], 600)
+    with pytest.raises(Unprocessable):
+        await client.reserve("o", [], 600)
+    with pytest.raises(InsufficientStock) as caught:
+        await client.reserve("o", [("NO-SUCH", 1)], 600)
+    assert caught.value.extra["lines"] == [{"sku": "NO-SUCH", "requested": 1, "available": 0}]
+
+
+async def test_http_client_reserves_quotes_and_raises_insufficient_stock_like_in_process(
+    shop_app: FastAPI, shop: httpx.AsyncClient
+) -> None:
+    staff = await sign_in_demo(shop_app, shop, "staff")
+    ctx = ctx_of(shop_app)
+    await stocked(ctx, {"A-1": {"main": 5}})
+    remote = HttpCatalogClient(
+        "http://testserver",
+        credential=staff["Authorization"].removeprefix("Bearer "),
+        transport=httpx.ASGITransport(app=shop_app),
+    )
+    try:
+        quotes = await remote.quote(["A-1", "NOPE"], currency="EUR", customer_id="buyer-9")
+        await remote.reserve("order-1", [("A-1", 2)], 600)
+        await remote.reserve("order-1", [("A-1", 2)], 600)
+        with pytest.raises(InsufficientStock) as caught:
+            await remote.reserve("order-2", [("A-1", 4)], 600)
+        await remote.commit_reservation("order-1")
+        await remote.restock("order-1", [("A-1", 1)], "refund r1")
+        await remote.release_reservation("order-unknown", "nothing held")
+    finally:
+        await remote.aclose()
+
+    assert list(quotes) == ["A-1"] and quotes["A-1"].unit_price == 1000
+    assert caught.value.extra["lines"] == [{"sku": "A-1", "requested": 4, "available": 3}]
+    assert await level(ctx, "A-1") == (4, 0, 4)

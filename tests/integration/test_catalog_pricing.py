@@ -1,0 +1,178 @@
+"""Prices on both shapes: quotes with base prices, customer price lists, scheduled sales and
+the channel's tax setting; price lists managed over HTTP by staff."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+import httpx
+import pytest
+from fastapi import FastAPI
+
+from ecosistema.catalog.client import InProcessCatalogClient
+from ecosistema.catalog.schemas import PriceListCreate, PriceListPrice, VariantUpdate
+from ecosistema.platform.config import Settings
+from ecosistema.platform.db import utcnow
+from ecosistema.platform.errors import Unprocessable
+from ecosistema.platform.service import ServiceContext
+from tests.integration.test_catalog_support import (
+    API,
+    catalog_fixture,  # noqa: F401 - a fixture
+    catalog_runtime,
+    catalog_service,
+    make_product,
+    settings_fixture,  # noqa: F401 - a fixture
+    shop_app_fixture,  # noqa: F401 - a fixture
+    shop_fixture,  # noqa: F401 - a fixture
+    sign_in_demo,
+)
+
+
+async def test_quote_gives_base_price_weight_availability_and_omits_unknown_skus(
+    catalog: ServiceContext,
+) -> None:
+    product = await make_product(catalog, "Desk Lamp", skus={"LAMP-1": 4990})
+    await make_product(catalog, "Draft Lamp", skus={"LAMP-D": 100}, status="draft")
+
+    quotes = await InProcessCatalogClient(catalog).quote(
+        ["LAMP-1", "LAMP-D", "NOPE"], currency="EUR"
+    )
+
+    assert set(quotes) == {"LAMP-1", "LAMP-D"}
+    lamp = quotes["LAMP-1"]
+    assert (lamp.product_id, lamp.product_name, lamp.unit_price) == (product.id, "Desk Lamp", 4990)
+    assert (lamp.available, lamp.purchasable, lamp.tax_inclusive) == (0, True, True)
+    assert quotes["LAMP-D"].purchasable is False
+
+
+async def test_quote_without_a_price_in_the_currency_is_not_purchasable(
+    catalog: ServiceContext,
+) -> None:
+    await make_product(catalog, "Desk Lamp", skus={"LAMP-1": 4990})
+
+    quote = (await InProcessCatalogClient(catalog).quote(["LAMP-1"], currency="USD"))["LAMP-1"]
+
+    assert (quote.unit_price, quote.purchasable) == (0, False)
+    with pytest.raises(Unprocessable):
+        await InProcessCatalogClient(catalog).quote(["LAMP-1"], currency="EURO")
+
+
+async def test_scheduled_sale_applies_only_inside_its_window(catalog: ServiceContext) -> None:
+    product = await make_product(catalog, "Desk Lamp", skus={"LAMP-1": 4990})
+    now = utcnow()
+    await catalog_service.update_variant(
+        catalog,
+        product.id,
+        product.variants[0].id,
+        VariantUpdate.model_validate(
+            {
+                "sale_prices": [
+                    {
+                        "currency": "EUR",
+                        "amount": 3990,
+                        "starts_at": (now + timedelta(days=1)).isoformat(),
+                        "ends_at": (now + timedelta(days=2)).isoformat(),
+                    }
+                ]
+            }
+        ),
+    )
+    client = InProcessCatalogClient(catalog)
+
+    today = await client.quote(["LAMP-1"], currency="EUR", at=now)
+    during = await client.quote(["LAMP-1"], currency="EUR", at=now + timedelta(days=1, hours=1))
+    after = await client.quote(["LAMP-1"], currency="EUR", at=now + timedelta(days=2))
+
+    assert [q["LAMP-1"].unit_price for q in (today, during, after)] == [4990, 3990, 4990]
+
+
+async def test_customer_price_list_applies_to_assigned_customers_and_a_lower_sale_wins(
+    catalog: ServiceContext,
+) -> None:
+    product = await make_product(catalog, "Desk Lamp", skus={"LAMP-1": 4990, "LAMP-2": 5990})
+    wholesale = await catalog_service.create_price_list(
+        catalog, PriceListCreate(code="wholesale", name="Wholesale")
+    )
+    await catalog_service.set_price_list_prices(
+        catalog,
+        wholesale.id,
+        [
+            PriceListPrice(sku="LAMP-1", currency="EUR", amount=3500),
+            PriceListPrice(sku="LAMP-2", currency="EUR", amount=4500),
+        ],
+    )
+    await catalog_service.set_price_list_customers(catalog, wholesale.id, ["buyer-1"])
+    await catalog_service.update_variant(
+        catalog,
+        product.id,
+        product.variants[1].id,
+        VariantUpdate.model_validate({"sale_prices": [{"currency": "EUR", "amount": 3000}]}),
+    )
+    client = InProcessCatalogClient(catalog)
+
+    retail = await client.quote(["LAMP-1", "LAMP-2"], currency="EUR", customer_id="someone")
+    trade = await client.quote(["LAMP-1", "LAMP-2"], currency="EUR", customer_id="buyer-1")
+
+    assert [retail[s].unit_price for s in ("LAMP-1", "LAMP-2")] == [4990, 3000]
+    assert [trade[s].unit_price for s in ("LAMP-1", "LAMP-2")] == [3500, 3000]
+
+
+async def test_channel_setting_decides_whether_prices_include_tax(settings: Settings) -> None:
+    b2b = settings.model_copy(
+        update={"sales_channel": "b2b", "channel_prices_include_tax": {"b2b": False}}
+    )
+    async with catalog_runtime(b2b) as catalog:
+        await make_product(catalog, "Desk Lamp", skus={"LAMP-1": 4990})
+
+        quotes = await InProcessCatalogClient(catalog).quote(["LAMP-1"], currency="EUR")
+
+        assert quotes["LAMP-1"].tax_inclusive is False
+        assert catalog_service.channel_prices_include_tax(catalog, "web") is True
+
+
+async def test_staff_manage_price_lists_over_http(
+    shop_app: FastAPI, shop: httpx.AsyncClient
+) -> None:
+    staff = await sign_in_demo(shop_app, shop, "staff")
+    customer = await sign_in_demo(shop_app, shop, "customer")
+    await shop.post(
+        f"{API}/products",
+        json={
+            "name": "Desk Lamp",
+            "status": "active",
+            "variants": [{"sku": "LAMP-1", "prices": [{"currency": "EUR", "amount": 4990}]}],
+        },
+        headers=staff,
+    )
+
+    created = await shop.post(
+        f"{API}/price-lists", json={"code": "wholesale", "name": "Wholesale"}, headers=staff
+    )
+    list_id = created.json()["id"]
+    prices = await shop.put(
+        f"{API}/price-lists/{list_id}/prices",
+        json={"prices": [{"sku": "LAMP-1", "currency": "EUR", "amount": 3900}]},
+        headers=staff,
+    )
+    unknown = await shop.put(
+        f"{API}/price-lists/{list_id}/prices",
+        json={"prices": [{"sku": "NOPE", "currency": "EUR", "amount": 1}]},
+        headers=staff,
+    )
+    customers = await shop.put(
+        f"{API}/price-lists/{list_id}/customers",
+        json={"customer_ids": ["buyer-1", "buyer-2"]},
+        headers=staff,
+    )
+    listed = await shop.get(f"{API}/price-lists", headers=staff)
+
+    assert created.status_code == 201
+    assert prices.json() == [{"sku": "LAMP-1", "currency": "EUR", "amount": 3900}]
+    assert unknown.status_code == 422
+    assert customers.json() == {"customer_ids": ["buyer-1", "buyer-2"]}
+    assert [(p["code"], p["customer_count"]) for p in listed.json()] == [("wholesale", 2)]
+    assert (await shop.get(f"{API}/price-lists", headers=customer)).status_code == 403
+    duplicate = await shop.post(
+        f"{API}/price-lists", json={"code": "wholesale", "name": "Again"}, headers=staff
+    )
+    assert duplicate.status_code == 409
