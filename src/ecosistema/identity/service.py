@@ -787,8 +787,6 @@ async def _revoke_sessions(
     return ids
 
 
-
-
 async def _announce_revoked(ctx: ServiceContext, session_ids: Sequence[str]) -> None:
     """Record ended sessions in the shared cache for as long as their access tokens could live,
     so verifiers that consult it reject those tokens before they expire."""
