@@ -12,23 +12,7 @@ from ecosistema.catalog.demo import seed_demo
 from ecosistema.catalog.events import SUBSCRIPTIONS
 from ecosistema.catalog.models import metadata, outbox
 from ecosistema.catalog.transfer import import_products_command
-from ecosistema.platform.service import Job, Service, ServiceContext
-
-SWEEP_CHECK_SECONDS = 5.0
-
-
-async def _sweep(ctx: ServiceContext) -> None:
-    # The job wakes often; the configured interval decides whether it sweeps this time.
-    import time
-
-    now = time.monotonic()
-    if now - ctx.extras.get("last_sweep", float("-inf")) < (
-        ctx.settings.catalog_reservation_sweep_seconds
-    ):
-        return
-    ctx.extras["last_sweep"] = now
-    await inventory.sweep_expired_reservations(ctx)
-
+from ecosistema.platform.service import Job, Service
 
 service = Service(
     name="catalog",
@@ -37,7 +21,13 @@ service = Service(
     migrations=Path(__file__).parent / "migrations",
     router=router,
     subscriptions=SUBSCRIPTIONS,
-    jobs=(Job("release-expired-reservations", SWEEP_CHECK_SECONDS, _sweep),),
+    jobs=(
+        Job(
+            "release-expired-reservations",
+            lambda settings: settings.catalog_reservation_sweep_seconds,
+            inventory.sweep_expired_reservations,
+        ),
+    ),
     make_client=InProcessCatalogClient,
     seed_demo=seed_demo,
 )

@@ -10,7 +10,6 @@ from ecosistema.orders.api import router
 from ecosistema.orders.client import InProcessOrdersClient
 from ecosistema.orders.events import SUBSCRIPTIONS
 from ecosistema.orders.models import idempotency_keys, metadata, outbox
-from ecosistema.platform.config import get_settings
 from ecosistema.platform.idempotency import idempotency_purge_job
 from ecosistema.platform.service import Job, Service
 
@@ -24,7 +23,7 @@ service = Service(
     jobs=(
         Job(
             "cancel-expired-orders",
-            get_settings().orders_sweep_interval_seconds,
+            lambda settings: settings.orders_sweep_interval_seconds,
             _service.sweep_expired_orders,
         ),
         idempotency_purge_job(idempotency_keys),

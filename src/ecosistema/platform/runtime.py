@@ -104,7 +104,7 @@ class Runtime:
 
     async def _run_job(self, ctx: ServiceContext, job: Job) -> None:
         while True:
-            await asyncio.sleep(job.interval_seconds)
+            await asyncio.sleep(job.interval(ctx.settings))
             try:
                 await job.run(ctx)
             except Exception as exc:

@@ -40,8 +40,14 @@ class Job:
     """A periodic background job (sweepers, key rotation checks, retraining)."""
 
     name: str
-    interval_seconds: float
+    interval_seconds: float | Callable[[Settings], float]
     run: JobFn
+
+    def interval(self, settings: Settings) -> float:
+        """Seconds between runs; a callable reads it from the hosting process's settings."""
+        if callable(self.interval_seconds):
+            return float(self.interval_seconds(settings))
+        return float(self.interval_seconds)
 
 
 @dataclass(frozen=True)
