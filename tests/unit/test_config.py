@@ -41,3 +41,13 @@ def test_masked_settings_hide_secrets_and_url_passwords() -> None:
     assert "c2VjcmV0" not in text
     assert masked["master_key"] == "**********"
     assert masked["database_url"] == "postgresql+asyncpg://app:****@db:5432/eco"
+
+
+def test_every_setting_is_documented_for_operators() -> None:
+    doc = (Path(__file__).resolve().parents[2] / "docs" / "configuration.md").read_text()
+    missing = [
+        f"ECOSISTEMA_{name.upper()}"
+        for name in Settings.model_fields
+        if f"`ECOSISTEMA_{name.upper()}`" not in doc
+    ]
+    assert not missing, f"undocumented settings: {missing}"
