@@ -582,3 +582,56 @@ async def test_every_service_route_of_the_full_app_is_behind_the_edge(
     text = (await client.get("/metrics")).text
     assert 'route="/readyz"' in text
     assert "ecosistema_outbox_backlog{" in text
+
+
+@pytest.mark.parametrize(
+    "content_type", ["text/plain", "application/x-www-form-urlencoded", "application/xml"]
+)
+async def test_a_body_that_is_not_json_is_a_415_problem(
+    edge: httpx.AsyncClient, content_type: str
+) -> None:
+    response = await edge.post(
+        "/api/v1/uploads", content=b'{"a": 1}', headers={"content-type": content_type}
+    )
+    assert_problem(response, 415, "unsupported-media-type")
+
+
+async def test_json_with_a_vendor_suffix_is_accepted(edge: httpx.AsyncClient) -> None:
+    response = await edge.post(
+        "/api/v1/uploads", content=b'{"a": 1}', headers={"content-type": "application/merge+json"}
+    )
+    assert response.status_code == 200
+
+
+async def test_a_body_that_is_not_utf8_is_malformed_json(edge: httpx.AsyncClient) -> None:
+    response = await edge.post(
+        "/api/v1/uploads",
+        content=b'{"a": "\xff\xfe"}',
+        headers={"content-type": "application/json"},
+    )
+    assert_problem(response, 400, "malformed-json")
+
+
+async def test_health_checks_answer_head_requests(edge: httpx.AsyncClient) -> None:
+    assert (await edge.head("/healthz")).status_code == 200
+    assert (await edge.head("/readyz")).status_code == 200
+
+
+async def test_cors_preflight_is_answered_for_configured_origins(tmp_path: Path) -> None:
+    settings = edge_settings(tmp_path, cors_origins=["https://shop.example"])
+    async with serve(settings) as (_app, client):
+        allowed = await client.options(
+            "/api/v1/uploads",
+            headers={
+                "Origin": "https://shop.example",
+                "Access-Control-Request-Method": "POST",
+                "Access-Control-Request-Headers": "content-type,idempotency-key",
+            },
+        )
+        assert allowed.status_code == 200
+        assert allowed.headers["access-control-allow-origin"] == "https://shop.example"
+        other = await client.options(
+            "/api/v1/uploads",
+            headers={"Origin": "https://evil.example", "Access-Control-Request-Method": "POST"},
+        )
+        assert "access-control-allow-origin" not in other.headers

@@ -8,6 +8,7 @@ from contextlib import asynccontextmanager
 from typing import Any
 
 from fastapi import FastAPI, Request
+from fastapi.middleware.cors import CORSMiddleware
 from starlette.exceptions import HTTPException
 from starlette.responses import JSONResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -111,16 +112,40 @@ def create_app(
 
     telemetry_http.install(app, settings)
     app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)
+    if settings.cors_origins:
+        app.add_middleware(
+            CORSMiddleware,
+            allow_origins=settings.cors_origins,
+            allow_methods=["GET", "POST", "PUT", "PATCH", "DELETE"],
+            allow_headers=[
+                "Authorization",
+                "Content-Type",
+                "Idempotency-Key",
+                "X-API-Key",
+                "X-Cart-Token",
+                "X-Request-ID",
+                "If-None-Match",
+                "traceparent",
+            ],
+            expose_headers=["ETag", "X-Request-ID", "traceparent", "Retry-After", "Location"],
+            max_age=600,
+        )
     return app
 
 
 def _install_health(app: FastAPI, runtime: Runtime) -> None:
-    @app.get("/healthz", tags=["operations"], summary="Liveness: the process answers")
+    @app.api_route(
+        "/healthz",
+        methods=["GET", "HEAD"],
+        tags=["operations"],
+        summary="Liveness: the process answers",
+    )
     async def healthz() -> dict[str, str]:
         return {"status": "ok"}
 
-    @app.get(
+    @app.api_route(
         "/readyz",
+        methods=["GET", "HEAD"],
         tags=["operations"],
         summary="Readiness: database, bus and cache answer",
         responses={503: {"description": "A dependency is down"}},
@@ -204,7 +229,11 @@ def _document_problems(app: FastAPI) -> None:
                     if code.startswith(("4", "5")):
                         response["content"] = ref
                 if "requestBody" in operation:
-                    for code, text in (("400", "Malformed JSON"), ("413", "Body too large")):
+                    for code, text in (
+                        ("400", "Malformed JSON"),
+                        ("413", "Body too large"),
+                        ("415", "Body is not JSON"),
+                    ):
                         responses.setdefault(code, {"description": text, "content": ref})
                 if operation.get("security"):
                     # Any operation that reads credentials refuses bad ones, even where they are

@@ -190,6 +190,19 @@ def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(RequestValidationError)
     async def _validation(request: Request, exc: RequestValidationError) -> JSONResponse:
         errors = validation_errors(exc)
+        content_type = request.headers.get("content-type", "")
+        if (
+            any(e["in"] == "body" for e in errors)
+            and request.headers.get("content-length", "0") != "0"
+            and not _is_json(content_type)
+        ):
+            return problem_response(
+                415,
+                "unsupported-media-type",
+                "Unsupported media type",
+                f"This operation takes application/json, not {content_type or 'an untyped body'}.",
+                instance=request.url.path,
+            )
         if any(e["code"] == "json_invalid" for e in errors):
             return problem_response(
                 400,
@@ -214,6 +227,10 @@ def install_error_handlers(app: FastAPI) -> None:
         detail = exc.detail if isinstance(exc.detail, str) else title
         if exc.status_code == 404 and detail == "Not Found":
             detail = f"No resource at {request.url.path}."
+        if exc.status_code == 400 and detail == "There was an error parsing the body":
+            # FastAPI's answer to bodies its JSON parser chokes on (bad UTF-8, absurd nesting).
+            type_, title = "malformed-json", "Malformed JSON"
+            detail = "The request body is not valid JSON."
         if exc.status_code == 405:
             detail = f"{request.method} is not allowed on {request.url.path}."
         return problem_response(
@@ -235,6 +252,11 @@ def install_error_handlers(app: FastAPI) -> None:
             "An unexpected error occurred; it has been logged.",
             instance=request.url.path,
         )
+
+
+def _is_json(content_type: str) -> bool:
+    media = content_type.split(";", 1)[0].strip().lower()
+    return media == "application/json" or media.endswith("+json")
 
 
 def _jsonable(value: Any) -> Any:
