@@ -26,6 +26,7 @@ def test_a_cursor_round_trips_its_values() -> None:
         ([10**30, "id"], (int, str)),
         ([{"t": "not a time"}, "id"], (datetime, str)),
         ([{"t": "2026-01-01T00:00:00"}, "id"], (datetime, str)),
+        ([{"t": "0001-01-01T00:00:00+14:00"}, "id"], (datetime, str)),
         (["x", "id"], (int, str)),
         ([1], (int, str)),
         ({"a": 1}, (int,)),

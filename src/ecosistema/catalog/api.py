@@ -129,15 +129,46 @@ async def list_products(
     request: Request,
     ctx: Context,
     principal: OptionalPrincipal,
-    q: Annotated[str | None, Query(max_length=200, description="Words to search for.")] = None,
+    q: Annotated[
+        str | None,
+        Query(
+            max_length=200,
+            description="Words to search for (every word, as a prefix). Quotes, operators and "
+            "other punctuation are not search syntax; a query without any letter or digit "
+            "matches nothing.",
+        ),
+    ] = None,
     category_id: Annotated[
         str | None, Query(max_length=64, description="Within this category or below it.")
     ] = None,
     currency: Annotated[
-        str | None, Query(min_length=3, max_length=3, description="Currency for prices.")
+        str | None,
+        Query(
+            min_length=3,
+            max_length=3,
+            description="ISO 4217 currency of the shown prices and of `min_price`/`max_price`; "
+            "when absent, the catalogue's default currency "
+            "(`ECOSISTEMA_CATALOG_DEFAULT_CURRENCY`).",
+        ),
     ] = None,
-    min_price: Annotated[int | None, Query(ge=0, le=10**12)] = None,
-    max_price: Annotated[int | None, Query(ge=0, le=10**12)] = None,
+    min_price: Annotated[
+        int | None,
+        Query(
+            ge=0,
+            le=10**12,
+            description="Lowest regular price, in minor units of `currency` (or of the "
+            "default currency when `currency` is absent).",
+        ),
+    ] = None,
+    max_price: Annotated[
+        int | None,
+        Query(
+            ge=0,
+            le=10**12,
+            description="Highest regular price, in minor units of `currency` (or of the "
+            "default currency when `currency` is absent).",
+        ),
+    ] = None,
     in_stock: Annotated[bool, Query(description="Only products with stock available.")] = False,
     option: Annotated[
         list[str], Query(max_length=10, description="name:value, e.g. colour:red")
@@ -239,7 +270,10 @@ async def export_products(
     summary="Import products from a CSV or JSON Lines body, streamed (staff)",
     description="The body is read as it arrives and spooled to disk, never held whole in "
     "memory. `all-or-nothing` validates every row first and applies nothing if any is bad; "
-    "`skip-invalid` applies the good rows and reports each skipped one by line number.",
+    "`skip-invalid` applies the good rows and reports each skipped one by line number "
+    "(200). When `all-or-nothing` applied nothing because of bad rows the answer is a 422 "
+    "problem of type `import-rejected` whose `errors` list each refused row by line and "
+    "whose `report` holds the counts.",
     responses=_errors(400, 401, 403, 413, 422),
     openapi_extra={
         "requestBody": {
@@ -256,7 +290,10 @@ async def import_products(
     mode: Annotated[ImportMode, Query()] = "all-or-nothing",
 ) -> ImportReport:
     chosen = format or transfer.format_for_content_type(request.headers.get("content-type"))
-    return await transfer.import_stream(ctx, request.stream(), format=chosen, mode=mode)
+    report = await transfer.import_stream(ctx, request.stream(), format=chosen, mode=mode)
+    if not report.applied:
+        raise transfer.ImportRejected(report)
+    return report
 
 
 @router.get(

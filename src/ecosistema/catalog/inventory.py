@@ -11,8 +11,6 @@ PostgreSQL the guarded update re-checks its condition on the row it locked. A CH
 
 from __future__ import annotations
 
-import base64
-import binascii
 from collections.abc import Sequence
 from datetime import datetime, timedelta
 from typing import Any
@@ -41,6 +39,7 @@ from ecosistema.catalog.schemas import (
 from ecosistema.catalog.service import insert_ignoring_conflicts, invalidate
 from ecosistema.platform.db import new_id, utcnow
 from ecosistema.platform.errors import Conflict, NotFound, field_error
+from ecosistema.platform.pagination import decode_cursor, encode_cursor
 from ecosistema.platform.service import ServiceContext
 
 log = structlog.get_logger(__name__)
@@ -630,20 +629,6 @@ async def availability(ctx: ServiceContext, sku: str) -> Availability:
     )
 
 
-def _movement_cursor(position: int) -> str:
-    return base64.urlsafe_b64encode(f"m{position}".encode()).decode().rstrip("=")
-
-
-def _movement_position(cursor: str) -> int:
-    try:
-        raw = base64.urlsafe_b64decode((cursor + "=" * (-len(cursor) % 4)).encode()).decode()
-        if not raw.startswith("m"):
-            raise ValueError(raw)
-        return int(raw[1:])
-    except (ValueError, binascii.Error, UnicodeDecodeError) as exc:
-        raise field_error("cursor", "not a movements cursor", "invalid_cursor") from exc
-
-
 async def movements(
     ctx: ServiceContext, sku: str, *, cursor: str | None = None, limit: int = 50
 ) -> MovementPage:
@@ -651,7 +636,7 @@ async def movements(
     t = stock_movements
     statement = select(t).where(t.c.sku == sku)
     if cursor:
-        statement = statement.where(t.c.position < _movement_position(cursor))
+        statement = statement.where(t.c.position < decode_cursor(cursor, int)[0])
     async with ctx.db.read() as session:
         await _require_sku(session, sku)
         rows = (
@@ -660,5 +645,5 @@ async def movements(
     page = rows[:limit]
     return MovementPage(
         items=[StockMovement.model_validate(r._mapping) for r in page],
-        next_cursor=_movement_cursor(page[-1].position) if len(rows) > limit else None,
+        next_cursor=encode_cursor(page[-1].position) if len(rows) > limit else None,
     )

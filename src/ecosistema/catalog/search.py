@@ -8,15 +8,13 @@ GIN index, ranked by ``ts_rank_cd``. Both are created by the migration for their
 
 from __future__ import annotations
 
-import base64
-import binascii
 import hashlib
 import json
 import re
 from collections import defaultdict
 from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
 from sqlalchemy import (
@@ -39,9 +37,11 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from ecosistema.catalog.domain import ProductStatus
 from ecosistema.catalog.models import categories, prices, products, stock, variants
 from ecosistema.catalog.schemas import Price, ProductPage, ProductSummary, SearchSort
-from ecosistema.platform.errors import field_error
+from ecosistema.platform.pagination import InvalidCursor, decode_cursor, encode_cursor
 
-_WORD = re.compile(r"\w+", re.UNICODE)
+# Letters and digits only: quotes, operators and other punctuation in a shopper's query are
+# never passed to FTS5 or to_tsquery, so they can neither change the query nor break it.
+_WORD = re.compile(r"[^\W_]+", re.UNICODE)
 MAX_TERMS = 12
 # bm25 weights per FTS5 column: product_id, name, search_text, description.
 _BM25_WEIGHTS = (0.0, 10.0, 4.0, 1.0)
@@ -160,27 +160,24 @@ class SearchQuery:
         return hashlib.blake2b(raw, digest_size=8).hexdigest()
 
 
-def encode_cursor(fingerprint: str, key: Any, last_id: str) -> str:
+def page_cursor(fingerprint: str, key: datetime | float | int, last_id: str) -> str:
     """An opaque cursor: where the previous page ended, for this query only."""
+    return encode_cursor(fingerprint, key, last_id)
+
+
+def page_position(
+    cursor: str, fingerprint: str, key_kind: type[datetime] | type[float] | type[int]
+) -> tuple[datetime | float | int, str]:
+    """The sort key and id a cursor points after; InvalidCursor (422) when it is not a cursor
+    of this very query."""
+    fp, key, last_id = decode_cursor(cursor, str, key_kind, str)
+    if fp != fingerprint:
+        raise InvalidCursor("The cursor belongs to another search.")
     if isinstance(key, datetime):
-        key = {"t": key.isoformat()}
-    raw = json.dumps([fingerprint, key, last_id], separators=(",", ":")).encode()
-    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
-
-
-def decode_cursor(cursor: str, fingerprint: str) -> tuple[Any, str]:
-    """The sort key and id a cursor points after; a 422 when it is not from this query."""
-    try:
-        padded = cursor + "=" * (-len(cursor) % 4)
-        fp, key, last_id = json.loads(base64.urlsafe_b64decode(padded.encode()))
-        if fp != fingerprint or not isinstance(last_id, str):
-            raise ValueError("cursor from another query")
-        if isinstance(key, dict):
-            key = datetime.fromisoformat(str(key["t"]))
-        elif not isinstance(key, int | float):
-            raise ValueError("bad key")
-    except (ValueError, TypeError, KeyError, binascii.Error, UnicodeDecodeError) as exc:
-        raise field_error("cursor", "not a cursor from this search", "invalid_cursor") from exc
+        try:
+            key = key.astimezone(UTC)
+        except OverflowError as exc:
+            raise InvalidCursor() from exc
     return key, last_id
 
 
@@ -196,6 +193,9 @@ async def search_products(session: AsyncSession, query: SearchQuery) -> ProductP
     """One page of products matching ``query``, in the requested order."""
     p = products
     words = terms(query.text)
+    if not words and query.text and query.text.strip():
+        # Only punctuation: nothing a product's words could match.
+        return ProductPage(items=[], next_cursor=None)
     sort = query.sort
     if sort == "relevance" and not words:
         sort = "newest"
@@ -286,7 +286,13 @@ async def search_products(session: AsyncSession, query: SearchQuery) -> ProductP
         outer = outer.where(inner.c.price_from.is_not(None))
     fingerprint = query.fingerprint()
     if query.cursor:
-        key, last_id = decode_cursor(query.cursor, fingerprint)
+        key_kind: type[datetime] | type[float] | type[int] = {
+            "relevance": float if rank is not None else datetime,
+            "newest": datetime,
+            "price_asc": int,
+            "price_desc": int,
+        }[sort]
+        key, last_id = page_position(query.cursor, fingerprint, key_kind)
         if descending:
             outer = outer.where(
                 or_(key_column < key, and_(key_column == key, inner.c.id < last_id))
@@ -326,5 +332,5 @@ async def search_products(session: AsyncSession, query: SearchQuery) -> ProductP
             "price_asc": "price_from",
             "price_desc": "price_from",
         }[sort]
-        next_cursor = encode_cursor(fingerprint, getattr(last, key_name), last.id)
+        next_cursor = page_cursor(fingerprint, getattr(last, key_name), last.id)
     return ProductPage(items=items, next_cursor=next_cursor)

@@ -50,7 +50,7 @@ from ecosistema.catalog.schemas import (
     TransferFormat,
 )
 from ecosistema.platform.db import new_id, utcnow
-from ecosistema.platform.errors import BadRequest, field_error
+from ecosistema.platform.errors import BadRequest, Unprocessable, field_error
 from ecosistema.platform.money import ISO_4217
 from ecosistema.platform.service import ServiceContext
 
@@ -588,6 +588,21 @@ def _batches(records: Iterator[_Record], importer: _Importer, size: int) -> Iter
         batch.add(record)
     if batch.records:
         yield batch
+
+
+class ImportRejected(Unprocessable):
+    """An all-or-nothing import that applied nothing because some rows were refused; the
+    problem carries the report's counts and its per-line errors."""
+
+    type, title = "import-rejected", "Import rejected"
+
+    def __init__(self, report: ImportReport) -> None:
+        super().__init__(
+            "Nothing was imported because some rows were refused (listed by line in errors); "
+            "fix them, or import with mode=skip-invalid to apply the valid rows.",
+            errors=[error.model_dump() for error in report.errors],
+            report=report.summary(),
+        )
 
 
 class _AbortImport(Exception):

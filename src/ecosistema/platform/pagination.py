@@ -7,7 +7,7 @@ import base64
 import binascii
 import json
 import math
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
 from ecosistema.platform.errors import Unprocessable
@@ -58,11 +58,12 @@ def _checked(item: Any, kind: type | tuple[type, ...]) -> Any:
     if isinstance(item, dict) and datetime in allowed:
         try:
             moment = datetime.fromisoformat(str(item["t"]))
-        except (KeyError, ValueError) as exc:
+            if moment.tzinfo is None:
+                raise InvalidCursor()
+            # Normalised here: some aware datetimes (year 1 at +14:00) cannot become UTC at all.
+            return moment.astimezone(UTC)
+        except (KeyError, ValueError, OverflowError) as exc:
             raise InvalidCursor() from exc
-        if moment.tzinfo is None:
-            raise InvalidCursor()
-        return moment
     if item is None and type(None) in allowed:
         return None
     if isinstance(item, bool):
