@@ -9,7 +9,7 @@ import pytest
 from ecosistema.ml import DatasetError, InvalidDataset, clean, train, validate
 from ecosistema.ml.dataset import read_csv_bytes
 from ecosistema.ml.synthetic import synthetic_leads, synthetic_spec
-from ecosistema.ml.validate import TARGET
+from ecosistema.ml.validation import TARGET
 
 SPEC = synthetic_spec()
 

@@ -25,7 +25,7 @@ if TYPE_CHECKING:
         NoServingModel,
         PromotionRefused,
     )
-    from ecosistema.ml.evaluate import classification_metrics, evaluate, train_and_evaluate
+    from ecosistema.ml.evaluation import classification_metrics, evaluate, train_and_evaluate
     from ecosistema.ml.features import FeaturePipeline, minilm_available
     from ecosistema.ml.lifecycle import (
         RetrainResult,
@@ -45,7 +45,7 @@ if TYPE_CHECKING:
         NumericFeature,
         TextFeature,
     )
-    from ecosistema.ml.validate import Issue, ValidationReport, clean, validate
+    from ecosistema.ml.validation import Issue, ValidationReport, clean, validate
 
 _EXPORTS: dict[str, str] = {
     "CategoricalFeature": "ecosistema.ml.spec",
@@ -57,7 +57,7 @@ _EXPORTS: dict[str, str] = {
     "FeaturePipeline": "ecosistema.ml.features",
     "FeatureSpec": "ecosistema.ml.spec",
     "InvalidDataset": "ecosistema.ml.errors",
-    "Issue": "ecosistema.ml.validate",
+    "Issue": "ecosistema.ml.validation",
     "ModelNotFound": "ecosistema.ml.errors",
     "ModelRegistry": "ecosistema.ml.registry",
     "ModelServer": "ecosistema.ml.serve",
@@ -71,12 +71,12 @@ _EXPORTS: dict[str, str] = {
     "TextFeature": "ecosistema.ml.spec",
     "TrainParams": "ecosistema.ml.model",
     "TrainedModel": "ecosistema.ml.model",
-    "ValidationReport": "ecosistema.ml.validate",
-    "classification_metrics": "ecosistema.ml.evaluate",
-    "clean": "ecosistema.ml.validate",
+    "ValidationReport": "ecosistema.ml.validation",
+    "classification_metrics": "ecosistema.ml.evaluation",
+    "clean": "ecosistema.ml.validation",
     "data_hash": "ecosistema.ml.dataset",
     "ensure_default_model": "ecosistema.ml.lifecycle",
-    "evaluate": "ecosistema.ml.evaluate",
+    "evaluate": "ecosistema.ml.evaluation",
     "lead_scoring_spec": "ecosistema.ml.dataset",
     "load_dataset": "ecosistema.ml.dataset",
     "load_reference_dataset": "ecosistema.ml.dataset",
@@ -86,8 +86,8 @@ _EXPORTS: dict[str, str] = {
     "retrain": "ecosistema.ml.lifecycle",
     "retrain_job": "ecosistema.ml.lifecycle",
     "train": "ecosistema.ml.model",
-    "train_and_evaluate": "ecosistema.ml.evaluate",
-    "validate": "ecosistema.ml.validate",
+    "train_and_evaluate": "ecosistema.ml.evaluation",
+    "validate": "ecosistema.ml.validation",
 }
 
 

@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING
 from ecosistema.platform.errors import Conflict, NotFound, ServiceUnavailable, Unprocessable
 
 if TYPE_CHECKING:
-    from ecosistema.ml.validate import ValidationReport
+    from ecosistema.ml.validation import ValidationReport
 
 
 class DatasetError(Unprocessable):

@@ -12,7 +12,7 @@ import structlog
 
 from ecosistema.ml.dataset import lead_scoring_spec, load_reference_dataset
 from ecosistema.ml.errors import PromotionRefused
-from ecosistema.ml.evaluate import Step, train_and_evaluate
+from ecosistema.ml.evaluation import Step, train_and_evaluate
 from ecosistema.ml.model import TrainParams
 from ecosistema.ml.registry import ModelRegistry, ModelVersion
 from ecosistema.ml.serve import ModelServer

@@ -31,7 +31,7 @@ from ecosistema.ml.spec import (
     FeatureSpec,
     NumericFeature,
 )
-from ecosistema.ml.validate import TARGET, clean, validate
+from ecosistema.ml.validation import TARGET, clean, validate
 
 Progress = Callable[[str], None]
 

@@ -161,7 +161,7 @@ class DriftMonitor:
 
     def live_metrics(self) -> dict[str, Any]:
         """ROC-AUC, PR-AUC and Brier score on the outcomes recorded so far."""
-        from ecosistema.ml.evaluate import classification_metrics
+        from ecosistema.ml.evaluation import classification_metrics
 
         with self._lock:
             pairs = list(self._outcomes)

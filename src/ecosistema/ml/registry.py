@@ -35,7 +35,7 @@ import structlog
 from fsspec.spec import AbstractFileSystem
 
 from ecosistema.ml.errors import ModelNotFound, PromotionRefused
-from ecosistema.ml.evaluate import headline
+from ecosistema.ml.evaluation import headline
 from ecosistema.ml.features import FeaturePipeline
 from ecosistema.ml.model import TrainedModel
 from ecosistema.ml.spec import FeatureSpec

@@ -13,7 +13,7 @@ import pandas as pd
 from ecosistema.ml.features import FeaturePipeline, Matrix
 from ecosistema.ml.model import TrainedModel, TrainParams, _frame_columns, prepare, train
 from ecosistema.ml.spec import FeatureSpec
-from ecosistema.ml.validate import TARGET
+from ecosistema.ml.validation import TARGET
 
 Step = Callable[[str], None]
 TOP_SHARES = (0.05, 0.10, 0.20)
