@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import secrets
 import sys
 from collections.abc import Awaitable, Callable
@@ -155,6 +156,11 @@ def up(
 ) -> None:
     """Run the whole platform in one process (embedded shape): migrate, optionally seed, serve."""
     settings = _settings()
+    if "public_url" not in settings.model_fields_set:
+        # Links in mails must point where this server listens; the app reads settings itself.
+        os.environ["ECOSISTEMA_PUBLIC_URL"] = _public_url_for(host, port)
+        get_settings.cache_clear()
+        settings = _settings()
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     seeded = _seed_demo(settings) if demo else _with_runtime(settings, _noop)
     url = f"http://{host}:{port}"
@@ -169,6 +175,19 @@ def up(
     _serve("ecosistema.asgi:embedded_app", host, port, settings)
 
 
+# Listening on every interface: this machine reaches it on loopback.
+_ALL_INTERFACES = frozenset({"", "0.0.0.0", "::"})  # noqa: S104
+
+
+def _public_url_for(host: str, port: int) -> str:
+    """The base URL a server listening on ``host:port`` is reached at from this machine."""
+    if host in _ALL_INTERFACES:
+        host = "127.0.0.1"
+    elif ":" in host:
+        host = f"[{host}]"
+    return f"http://{host}:{port}"
+
+
 async def _noop(_runtime: Runtime) -> dict[str, Any]:
     return {}
 
@@ -180,8 +199,6 @@ def serve(
     port: PortOpt = 8001,
 ) -> None:
     """Run one service in its own process (distributed shape)."""
-    import os
-
     if service not in SERVICE_NAMES:
         _fail(f"unknown service {service!r}; known: {', '.join(SERVICE_NAMES)}")
     settings = _settings()
@@ -260,7 +277,7 @@ def rotate_keys(
     _with_runtime(settings, _work)
 
 
-catalog_app = typer.Typer(help="Catalog bulk import and export.", no_args_is_help=True)
+catalog_app = typer.Typer(help="Catalog bulk import.", no_args_is_help=True)
 payments_app = typer.Typer(help="Payments operations.", no_args_is_help=True)
 app.add_typer(catalog_app, name="catalog")
 app.add_typer(payments_app, name="payments")

@@ -621,6 +621,21 @@ async def test_api_key_works_in_either_header_and_within_its_scopes(edge: Edge) 
     assert me.json() == {"subject": "u5", "kind": "api_key"}
 
 
+async def test_a_credential_that_is_no_api_key_is_refused_as_such_not_as_a_jwt(
+    edge: Edge,
+) -> None:
+    client, settings, key, _ = edge
+    for headers in (
+        {API_KEY_HEADER: "zzz"},
+        {API_KEY_HEADER: issue(settings, key)},
+        bearer("zzz"),
+    ):
+        response = await client.get("/me", headers=headers)
+        assert response.status_code == 401
+        assert response.json()["detail"] == "Not a valid API key."
+        assert "JWT" not in response.headers["www-authenticate"]
+
+
 async def test_two_different_credentials_are_refused(edge: Edge) -> None:
     client, settings, key, store = edge
     credential = store.mint(Principal.for_api_key("u5", "staff", {"catalog:write"}, "kw"))

@@ -125,3 +125,42 @@ def test_up_with_demo_seeds_every_service_that_has_demo_data() -> None:
     assert {"identity", "catalog", "orders"} <= set(seeded)
     again = _seed_demo(get_settings())  # seeding twice changes nothing
     assert again["identity"] == seeded["identity"]
+
+
+@pytest.mark.parametrize("email", ["bad", "root@", "two@@example.com"])
+def test_create_admin_refuses_an_email_registration_would_refuse(email: str) -> None:
+    result = runner.invoke(
+        app, ["users", "create-admin", "--email", email, "--password", "a long enough passphrase"]
+    )
+    assert result.exit_code == 1
+    assert "email" in result.output and "not a valid email address" in result.output
+    assert "admin created" not in result.output
+
+
+def _serving_public_url(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    import ecosistema.cli as cli
+
+    served: list[str] = []
+
+    def serve(_factory: str, _host: str, _port: int, _settings: object) -> None:
+        served.append(get_settings().public_url)
+
+    monkeypatch.setattr(cli, "_serve", serve)
+    return served
+
+
+def test_up_points_mail_links_at_where_it_listens(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("ECOSISTEMA_PUBLIC_URL", "placeholder")  # restored to unset afterwards
+    monkeypatch.delenv("ECOSISTEMA_PUBLIC_URL")
+    get_settings.cache_clear()
+    served = _serving_public_url(monkeypatch)
+    invoke("up", "--host", "0.0.0.0", "--port", "8123")
+    assert served == ["http://127.0.0.1:8123"]
+
+
+def test_up_keeps_an_explicit_public_url(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("ECOSISTEMA_PUBLIC_URL", "https://shop.example.com")
+    get_settings.cache_clear()
+    served = _serving_public_url(monkeypatch)
+    invoke("up", "--port", "8123")
+    assert served == ["https://shop.example.com"]

@@ -3,11 +3,14 @@ keys, demo seeding, and personal data encrypted at rest."""
 
 from __future__ import annotations
 
+import asyncio
+import base64
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
 import httpx
+import jwt
 import pytest
 from fastapi import FastAPI
 from sqlalchemy import select, text, update
@@ -15,9 +18,13 @@ from sqlalchemy import select, text, update
 from ecosistema.identity import create_admin, rotate_signing_key, seed_demo
 from ecosistema.identity.domain import JWKS_LEEWAY_SECONDS
 from ecosistema.identity.models import outbox, signing_keys
+from ecosistema.platform.app import create_app
 from ecosistema.platform.config import Settings
 from ecosistema.platform.db import utcnow
 from ecosistema.platform.errors import Conflict, Unprocessable
+from ecosistema.platform.runtime import Runtime
+from ecosistema.services import load_services
+from tests.conftest import drop_test_schemas
 from tests.integration.test_identity_support import (
     API,
     PASSWORD,
@@ -334,6 +341,85 @@ async def test_security_events_are_audited_with_ip_and_user_agent_and_paged_by_c
     assert (await client.get(f"{API}/audit-events", headers=bearer(customer))).status_code == 403
 
 
+@pytest.mark.parametrize(
+    "cursor",
+    [
+        base64.urlsafe_b64encode(b"p:99999999999999999999999").decode(),
+        base64.urlsafe_b64encode(b"[99999999999999999999999]").decode(),
+        base64.urlsafe_b64encode(b'["12"]').decode(),
+    ],
+)
+async def test_tampered_audit_cursor_is_refused_with_422(
+    app: FastAPI, client: httpx.AsyncClient, cursor: str
+) -> None:
+    admin = await admin_tokens(app, client)
+    refused = await client.get(
+        f"{API}/audit-events", params={"cursor": cursor}, headers=bearer(admin)
+    )
+    assert refused.status_code == 422, refused.text
+    assert refused.json()["type"].endswith("invalid-cursor")
+    assert refused.json()["errors"][0]["field"] == "cursor"
+
+
+def _nested_preferences(depth: int) -> dict[str, Any]:
+    document: dict[str, Any] = {}
+    inner = document
+    for _ in range(depth - 1):
+        inner["a"] = {}
+        inner = inner["a"]
+    return document
+
+
+async def test_unreasonable_preferences_are_refused_with_their_path_and_not_stored(
+    app: FastAPI, client: httpx.AsyncClient
+) -> None:
+    admin = await admin_tokens(app, client)
+    await register(client, "prefs@example.com")
+    tokens = await signed_in(client, "prefs@example.com")
+    kept = await client.patch(
+        f"{API}/users/me", json={"preferences": {"theme": "dark"}}, headers=bearer(tokens)
+    )
+    assert kept.status_code == 200, kept.text
+
+    deep = await client.patch(
+        f"{API}/users/me",
+        json={"preferences": _nested_preferences(256)},
+        headers=bearer(tokens),
+    )
+    assert deep.status_code == 422, deep.text
+    assert deep.json()["errors"][0]["field"] == "preferences." + ".".join(["a"] * 8)
+    for preferences in ({"k" * 65: 1}, {"blob": "x" * 9000}):
+        refused = await client.patch(
+            f"{API}/users/me", json={"preferences": preferences}, headers=bearer(tokens)
+        )
+        assert refused.status_code == 422, refused.text
+        assert refused.json()["errors"][0]["field"].startswith("preferences")
+
+    me = await client.get(f"{API}/users/me", headers=bearer(tokens))
+    assert me.status_code == 200 and me.json()["profile"]["preferences"] == {"theme": "dark"}
+    assert (await client.get(f"{API}/users", headers=bearer(admin))).status_code == 200
+
+
+async def test_profile_refuses_control_characters_unknown_countries_and_languages(
+    client: httpx.AsyncClient,
+) -> None:
+    await register(client, "strict@example.com", name="Ana")
+    tokens = await signed_in(client, "strict@example.com")
+    address = {"line1": "Calle Mayor 1", "city": "Madrid"}
+    for body, field in (
+        ({"name": "a\u0000b"}, "name"),
+        ({"name": "   "}, "name"),
+        ({"name": "\u202eevil\u0007"}, "name"),
+        ({"addresses": [{**address, "country": "zz"}]}, "addresses.0.country"),
+        ({"locale": "xx-YY"}, "locale"),
+    ):
+        refused = await client.patch(f"{API}/users/me", json=body, headers=bearer(tokens))
+        assert refused.status_code == 422, (body, refused.text)
+        assert refused.json()["errors"][0]["field"] == field
+    me = (await client.get(f"{API}/users/me", headers=bearer(tokens))).json()["profile"]
+    assert me["name"] == "Ana" and me["addresses"] == [] and me["locale"] == "en"
+
+
 async def test_personal_data_is_not_stored_in_plaintext(
     app: FastAPI, client: httpx.AsyncClient
 ) -> None:
@@ -411,6 +497,39 @@ async def test_rotated_signing_key_stays_published_until_its_tokens_expired(
     async with ctx.db.read() as session:
         stored = (await session.execute(select(signing_keys))).all()
     assert all("PRIVATE KEY" not in r.private_key_encrypted for r in stored)
+
+
+async def test_running_server_signs_with_a_key_rotated_by_another_process(
+    shape: str, tmp_path: Path
+) -> None:
+    settings = fast_settings(shape, tmp_path, signing_key_recheck_seconds=0.05)
+    server = create_app(load_services(["identity"]), settings)
+    try:
+        async with server.router.lifespan_context(server):
+            transport = httpx.ASGITransport(app=server, client=("203.0.113.7", 50000))
+            async with httpx.AsyncClient(transport=transport, base_url="http://t") as client:
+                await register(client, "rotated@example.com")
+                first = await signed_in(client, "rotated@example.com")
+                old_kid = jwt.get_unverified_header(first["access_token"])["kid"]
+
+                operator = Runtime(settings, load_services(["identity"]))
+                await operator.start(background=False)
+                try:
+                    new_kid = await rotate_signing_key(operator.contexts["identity"])
+                finally:
+                    await operator.stop()
+                assert new_kid != old_kid
+
+                async with asyncio.timeout(5):
+                    while True:
+                        tokens = await signed_in(client, "rotated@example.com")
+                        if jwt.get_unverified_header(tokens["access_token"])["kid"] == new_kid:
+                            break
+                        await asyncio.sleep(0.01)
+                me = await client.get(f"{API}/users/me", headers=bearer(tokens))
+                assert me.status_code == 200
+    finally:
+        await drop_test_schemas(settings)
 
 
 async def test_create_admin_applies_the_password_policy_and_refuses_duplicates(

@@ -401,3 +401,29 @@ async def test_login_needs_a_verified_email_when_settings_say_so(
 
 async def test_totp_step_helper_matches_the_domain(app: FastAPI) -> None:
     assert totp_step(utcnow()) > 0
+
+
+def _last_mail_text(settings: Settings, address: str) -> str:
+    body = mails_to(settings, address)[-1].get_body(preferencelist=("plain",))
+    assert body is not None
+    text: str = body.get_content()
+    return text
+
+
+async def test_mails_give_the_token_and_the_exact_api_call_not_a_missing_page(
+    client: httpx.AsyncClient, settings: Settings
+) -> None:
+    await register(client, "mailed@example.com")
+    base = settings.public_url.rstrip("/")
+    token = token_from_last_mail(settings, "mailed@example.com", "verification token")
+    verification = _last_mail_text(settings, "mailed@example.com")
+    assert f"POST {base}/api/v1/auth/verify-email\n" in verification
+    assert f'{{"token": "{token}"}}' in verification
+    assert "?token=" not in verification and f"{base}/verify-email" not in verification
+
+    await client.post(f"{API}/auth/password/forgot", json={"email": "mailed@example.com"})
+    token = token_from_last_mail(settings, "mailed@example.com", "reset token")
+    reset = _last_mail_text(settings, "mailed@example.com")
+    assert f"POST {base}/api/v1/auth/password/reset\n" in reset
+    assert f'"token": "{token}"' in reset and '"new_password"' in reset
+    assert "?token=" not in reset and f"{base}/reset-password" not in reset

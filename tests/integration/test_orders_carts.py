@@ -145,3 +145,29 @@ async def test_a_customer_without_a_cart_adopts_the_anonymous_one(
     assert adopted.json()["id"] == anon_id and adopted.json()["customer_id"] == cleo["id"]
     mine = await client.get(f"{API}/carts/{anon_id}", headers=bearer(cleo))
     assert mine.status_code == 200 and mine.json()["lines"][0]["quantity"] == 2
+
+
+async def test_quantities_must_be_json_integers_not_strings_or_booleans(
+    app: FastAPI, client: httpx.AsyncClient
+) -> None:
+    admin = await staff_tokens(app, client)
+    await seed_shop(app, client, admin, {"TEE-1": 10})
+    created = await client.post(f"{API}/carts", json={"currency": "EUR", "country": "ES"})
+    token = {CART_TOKEN: created.headers[CART_TOKEN]}
+    url = f"{API}/carts/{created.json()['id']}"
+    for quantity in ("2", True, 2.0):
+        refused = await client.post(
+            f"{url}/items", json={"sku": "TEE-1", "quantity": quantity}, headers=token
+        )
+        assert refused.status_code == 422, (quantity, refused.text)
+        assert refused.json()["errors"][0]["field"] == "quantity"
+    assert (await client.get(url, headers=token)).json()["lines"] == []
+
+    added = await client.post(f"{url}/items", json={"sku": "TEE-1", "quantity": 2}, headers=token)
+    assert added.status_code == 200, added.text
+    for quantity in ("1", False):
+        refused = await client.patch(
+            f"{url}/items/TEE-1", json={"quantity": quantity}, headers=token
+        )
+        assert refused.status_code == 422, (quantity, refused.text)
+    assert (await client.get(url, headers=token)).json()["lines"][0]["quantity"] == 2

@@ -294,9 +294,10 @@ async def test_customers_see_only_their_own_orders_and_staff_filter_all(
         o["id"] for o in placed.values()
     }
     assert second.json()["next_cursor"] is None
-    assert (
-        await client.get(f"{API}/orders", params={"cursor": "junk"}, headers=bearer(admin))
-    ).status_code == 400
+    junk = await client.get(f"{API}/orders", params={"cursor": "junk"}, headers=bearer(admin))
+    assert junk.status_code == 422
+    assert junk.json()["type"].endswith("invalid-cursor")
+    assert junk.json()["errors"][0]["field"] == "cursor"
 
 
 async def test_sweeper_cancels_orders_whose_reservation_expired(

@@ -4,6 +4,7 @@ one charge for simultaneous identical requests, ownership, and cards never store
 from __future__ import annotations
 
 import asyncio
+import base64
 import json
 from collections.abc import AsyncIterator
 
@@ -271,3 +272,28 @@ async def test_order_that_is_not_awaiting_payment_cannot_be_paid(shop: Shop) -> 
     response = await shop.pay(order["id"], VISA)
     assert response.status_code == 409
     assert response.json()["type"].endswith("/order-not-payable")
+
+
+async def test_payments_page_by_cursor_and_a_tampered_cursor_is_refused(shop: Shop) -> None:
+    for _ in range(3):
+        assert (await shop.pay(shop.orders.place()["id"])).status_code == 201
+    seen: list[str] = []
+    params: dict[str, str | int] = {"limit": 2}
+    while True:
+        page = (
+            await shop.http.get("/api/v1/payments", params=params, headers=shop.as_("staff"))
+        ).json()
+        seen += [p["id"] for p in page["items"]]
+        if page["next_cursor"] is None:
+            break
+        params = {"limit": 2, "cursor": page["next_cursor"]}
+    assert len(seen) == len(set(seen)) == 3
+
+    overflow = base64.urlsafe_b64encode(b'[{"t":"2026-01-01T00:00:00+00:00"},7]').decode()
+    for cursor in ("junk", overflow):
+        refused = await shop.http.get(
+            "/api/v1/payments", params={"cursor": cursor}, headers=shop.as_("staff")
+        )
+        assert refused.status_code == 422, refused.text
+        assert refused.json()["type"].endswith("invalid-cursor")
+        assert refused.json()["errors"][0]["field"] == "cursor"

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import unicodedata
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import pyotp
 import pytest
@@ -139,3 +140,34 @@ def test_throttle_delays_progressively_after_the_free_attempts_then_locks() -> N
 def test_throttle_delay_is_capped() -> None:
     rule = ThrottleRule(threshold=100, delay_after=1, lockout_seconds=900, max_delay_seconds=60)
     assert rule.delay_for(50) == 60
+
+
+def _nested(depth: int) -> dict[str, Any]:
+    document: dict[str, Any] = {}
+    inner = document
+    for _ in range(depth - 1):
+        inner["a"] = {}
+        inner = inner["a"]
+    return document
+
+
+def test_preferences_nested_too_deep_are_refused_at_their_path() -> None:
+    assert domain.preferences_problem(_nested(domain.PREFERENCES_MAX_DEPTH)) is None
+    path, message = domain.preferences_problem(_nested(256)) or ("", "")
+    assert path == ".".join(["a"] * domain.PREFERENCES_MAX_DEPTH) and "deep" in message
+    assert domain.preferences_problem({"l": [[[[[[[[1]]]]]]]]}) is not None
+
+
+def test_preferences_refuse_long_keys_big_documents_and_non_finite_numbers() -> None:
+    assert domain.preferences_problem({"k" * 65: 1}) is not None
+    assert domain.preferences_problem({"k" * 64: 1}) is None
+    assert domain.preferences_problem({"blob": "x" * domain.PREFERENCES_MAX_BYTES}) is not None
+    assert domain.preferences_problem({"n": float("nan")}) == ("n", "numbers must be finite")
+    assert domain.preferences_problem({"theme": "dark", "tags": ["a", 1, True, None]}) is None
+
+
+def test_iso_lists_hold_the_assigned_codes() -> None:
+    assert len(domain.COUNTRY_CODES) == 249 and {"ES", "US", "GB", "AX"} <= domain.COUNTRY_CODES
+    assert not {"ZZ", "XX", "EU", "UK"} & domain.COUNTRY_CODES
+    assert len(domain.LANGUAGE_CODES) == 183 and {"es", "en", "zh"} <= domain.LANGUAGE_CODES
+    assert "xx" not in domain.LANGUAGE_CODES

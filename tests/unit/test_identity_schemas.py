@@ -68,3 +68,46 @@ def test_token_response_is_oauth2_shaped() -> None:
 def test_profile_update_remembers_which_fields_were_sent() -> None:
     update = schemas.ProfileUpdate.model_validate({"phone": None})
     assert update.model_fields_set == {"phone"}
+
+
+@pytest.mark.parametrize("name", ["a\u0000b", "", "   ", "\u202eevil\u0007", "x\u200by"])
+def test_names_refuse_control_characters_and_blanks(name: str) -> None:
+    with pytest.raises(ValidationError) as caught:
+        schemas.ProfileUpdate.model_validate({"name": name})
+    assert caught.value.errors()[0]["loc"] == ("name",)
+    with pytest.raises(ValidationError):
+        schemas.RegisterRequest.model_validate(
+            {"email": "a@example.com", "password": "x" * 12, "name": name}
+        )
+
+
+def test_names_keep_letters_accents_and_joiners() -> None:
+    for name in ("José Ñúñez", "李小龍", "\u0928\u094d\u200d\u0928"):
+        assert schemas.ProfileUpdate.model_validate({"name": name}).name == name
+
+
+@pytest.mark.parametrize("country", ["zz", "ZZ", "XX", "E1", "eu"])
+def test_address_country_must_be_an_assigned_iso_3166_code(country: str) -> None:
+    with pytest.raises(ValidationError):
+        schemas.Address(line1="Calle Mayor 1", city="Madrid", country=country)
+
+
+def test_address_lines_refuse_control_characters() -> None:
+    with pytest.raises(ValidationError):
+        schemas.Address(line1="Calle\u0000Mayor", city="Madrid", country="ES")
+    with pytest.raises(ValidationError):
+        schemas.Address(line1="Calle Mayor 1", city="  ", country="ES")
+
+
+@pytest.mark.parametrize("locale", ["xx-YY", "xx", "en-ZZ", "e", "english", "en-US-x-private"])
+def test_locale_must_be_a_language_tag_with_a_real_language(locale: str) -> None:
+    with pytest.raises(ValidationError):
+        schemas.ProfileUpdate.model_validate({"locale": locale})
+
+
+@pytest.mark.parametrize(
+    ("given", "stored"),
+    [("es", "es"), ("pt_br", "pt-BR"), ("zh-hant-TW", "zh-Hant-TW"), ("es-419", "es-419")],
+)
+def test_locale_is_stored_in_canonical_case(given: str, stored: str) -> None:
+    assert schemas.ProfileUpdate.model_validate({"locale": given}).locale == stored

@@ -5,6 +5,9 @@ from __future__ import annotations
 import gzip
 import hashlib
 import hmac
+import json
+import math
+import re
 import secrets
 import unicodedata
 from dataclasses import dataclass
@@ -12,6 +15,7 @@ from datetime import datetime
 from enum import StrEnum
 from functools import lru_cache
 from importlib import resources
+from typing import Any
 
 import pyotp
 
@@ -211,3 +215,118 @@ class Permissions:
     def missing(self, requested: set[str] | frozenset[str]) -> list[str]:
         """The requested scopes the creator does not hold, sorted."""
         return sorted(set(requested) - self.granted)
+
+
+# --- profile text, countries, languages, preferences -------------------------------------------
+
+# ISO 3166-1 alpha-2: the officially assigned codes.
+_COUNTRY_CODES_TEXT = """
+    AD AE AF AG AI AL AM AO AQ AR AS AT AU AW AX AZ BA BB BD BE BF BG BH BI BJ BL BM BN BO BQ BR
+    BS BT BV BW BY BZ CA CC CD CF CG CH CI CK CL CM CN CO CR CU CV CW CX CY CZ DE DJ DK DM DO DZ
+    EC EE EG EH ER ES ET FI FJ FK FM FO FR GA GB GD GE GF GG GH GI GL GM GN GP GQ GR GS GT GU GW
+    GY HK HM HN HR HT HU ID IE IL IM IN IO IQ IR IS IT JE JM JO JP KE KG KH KI KM KN KP KR KW KY
+    KZ LA LB LC LI LK LR LS LT LU LV LY MA MC MD ME MF MG MH MK ML MM MN MO MP MQ MR MS MT MU MV
+    MW MX MY MZ NA NC NE NF NG NI NL NO NP NR NU NZ OM PA PE PF PG PH PK PL PM PN PR PS PT PW PY
+    QA RE RO RS RU RW SA SB SC SD SE SG SH SI SJ SK SL SM SN SO SR SS ST SV SX SY SZ TC TD TF TG
+    TH TJ TK TL TM TN TO TR TT TV TW TZ UA UG UM US UY UZ VA VC VE VG VI VN VU WF WS YE YT ZA ZM
+    ZW
+"""
+COUNTRY_CODES = frozenset(_COUNTRY_CODES_TEXT.split())
+
+# ISO 639-1: the two-letter language codes.
+_LANGUAGE_CODES_TEXT = """
+    aa ab ae af ak am an ar as av ay az ba be bg bi bm bn bo br bs ca ce ch co cr cs cu cv cy da
+    de dv dz ee el en eo es et eu fa ff fi fj fo fr fy ga gd gl gn gu gv ha he hi ho hr ht hu hy
+    hz ia id ie ig ii ik io is it iu ja jv ka kg ki kj kk kl km kn ko kr ks ku kv kw ky la lb lg
+    li ln lo lt lu lv mg mh mi mk ml mn mr ms mt my na nb nd ne ng nl nn no nr nv ny oc oj om or
+    os pa pi pl ps pt qu rm rn ro ru rw sa sc sd se sg si sk sl sm sn so sq sr ss st su sv sw ta
+    te tg th ti tk tl tn to tr ts tt tw ty ug uk ur uz ve vi vo wa wo xh yi yo za zh zu
+"""
+LANGUAGE_CODES = frozenset(_LANGUAGE_CODES_TEXT.split())
+
+# language, optional script, optional region (alpha-2 or UN M.49 digits); "-" or "_" between.
+_LANGUAGE_TAG = re.compile(
+    r"(?P<language>[A-Za-z]{2,3})(?:[-_](?P<script>[A-Za-z]{4}))?"
+    r"(?:[-_](?P<region>[A-Za-z]{2}|[0-9]{3}))?"
+)
+# Joiners are part of how some scripts are written; every other format character can reorder or
+# hide text (bidi overrides, invisible separators).
+_ALLOWED_FORMAT_CHARACTERS = frozenset({"\u200c", "\u200d"})
+
+PREFERENCES_MAX_DEPTH = 8
+PREFERENCES_MAX_BYTES = 8 * 1024
+PREFERENCE_KEY_MAX_LENGTH = 64
+
+
+def has_control_characters(text: str) -> bool:
+    """Whether ``text`` holds control or invisible format characters (NUL, bidi overrides…)."""
+    return any(
+        unicodedata.category(c) == "Cc"
+        or (unicodedata.category(c) == "Cf" and c not in _ALLOWED_FORMAT_CHARACTERS)
+        for c in text
+    )
+
+
+def check_display_text(text: str, *, blank_allowed: bool = False) -> str:
+    """Text shown to people (names, address lines): no control characters; blank only if allowed."""
+    if has_control_characters(text):
+        raise ValueError("must not contain control or invisible formatting characters")
+    if not blank_allowed and not text.strip():
+        raise ValueError("must not be blank")
+    return text
+
+
+def check_country(code: str) -> str:
+    """An ISO 3166-1 alpha-2 country code, upper-cased; ValueError for anything else."""
+    upper = code.upper()
+    if upper not in COUNTRY_CODES:
+        raise ValueError("must be an ISO 3166-1 alpha-2 country code")
+    return upper
+
+
+def check_locale(tag: str) -> str:
+    """A BCP 47 language tag (language[-Script][-REGION]) in canonical case, e.g. ``pt-BR``."""
+    match = _LANGUAGE_TAG.fullmatch(tag)
+    if match is None:
+        raise ValueError("must be a language tag such as 'es' or 'pt-BR'")
+    language = match["language"].lower()
+    # Three-letter ISO 639-2/3 languages are accepted by shape; two letters must be ISO 639-1.
+    if len(language) == 2 and language not in LANGUAGE_CODES:
+        raise ValueError(f"{language!r} is not an ISO 639-1 language code")
+    parts = [language]
+    if match["script"]:
+        parts.append(match["script"].title())
+    if match["region"]:
+        region = match["region"].upper()
+        if region.isalpha() and region not in COUNTRY_CODES:
+            raise ValueError(f"{region!r} is not an ISO 3166-1 region")
+        parts.append(region)
+    return "-".join(parts)
+
+
+def preferences_problem(preferences: dict[str, Any]) -> tuple[str, str] | None:
+    """Where and why a preferences document is refused (too deep, too big, odd keys), or None."""
+    pending: list[tuple[Any, str, int]] = [(preferences, "", 1)]
+    while pending:
+        value, path, depth = pending.pop()
+        if isinstance(value, dict | list) and depth > PREFERENCES_MAX_DEPTH:
+            return path, f"nested more than {PREFERENCES_MAX_DEPTH} levels deep"
+        if isinstance(value, dict):
+            for key, item in value.items():
+                if not isinstance(key, str) or len(key) > PREFERENCE_KEY_MAX_LENGTH:
+                    limit = PREFERENCE_KEY_MAX_LENGTH
+                    return path, f"keys must be strings of at most {limit} characters"
+                pending.append((item, f"{path}.{key}" if path else key, depth + 1))
+        elif isinstance(value, list):
+            pending.extend(
+                (item, f"{path}.{index}" if path else str(index), depth + 1)
+                for index, item in enumerate(value)
+            )
+        elif isinstance(value, float) and not math.isfinite(value):
+            return path, "numbers must be finite"
+        elif not (value is None or isinstance(value, str | int | float | bool)):
+            return path, "must be plain JSON"
+    size = len(json.dumps(preferences, separators=(",", ":"), ensure_ascii=False).encode())
+    if size > PREFERENCES_MAX_BYTES:
+        return "", f"at most {PREFERENCES_MAX_BYTES} bytes as JSON"
+    return None

@@ -6,8 +6,9 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, EmailStr, Field, field_validator
+from pydantic import BaseModel, ConfigDict, EmailStr, Field, TypeAdapter, field_validator
 
+from ecosistema.identity import domain
 from ecosistema.identity.domain import UserStatus
 
 RoleName = Literal["admin", "staff", "sales", "customer"]
@@ -15,6 +16,26 @@ RoleName = Literal["admin", "staff", "sales", "customer"]
 # Generous bounds: the password policy (12..128 characters) is checked by the service so that its
 # message names the rule; these only stop absurd payloads before hashing.
 _PASSWORD = Field(min_length=1, max_length=1024)
+
+
+def _person_name(value: str | None) -> str | None:
+    return None if value is None else domain.check_display_text(value)
+
+
+def _language_tag(value: str | None) -> str | None:
+    return None if value is None else domain.check_locale(value)
+
+
+def _optional_text(value: str | None) -> str | None:
+    return None if value is None else domain.check_display_text(value, blank_allowed=True)
+
+
+_EMAIL: TypeAdapter[str] = TypeAdapter(EmailStr)
+
+
+def valid_email(value: str) -> str:
+    """An email address checked exactly as registration checks it; ValidationError otherwise."""
+    return _EMAIL.validate_python(value)
 
 
 class Input(BaseModel):
@@ -27,9 +48,10 @@ class RegisterRequest(Input):
     email: EmailStr
     password: str = _PASSWORD
     name: str | None = Field(default=None, max_length=200)
-    locale: str | None = Field(
-        default=None, max_length=35, pattern=r"^[A-Za-z]{2,3}([-_][A-Za-z0-9]{2,8})*$"
-    )
+    locale: str | None = Field(default=None, max_length=35)
+
+    _name = field_validator("name")(_person_name)
+    _locale = field_validator("locale")(_language_tag)
 
 
 class VerifyEmailRequest(Input):
@@ -108,18 +130,27 @@ class Address(Input):
     postal_code: str | None = Field(default=None, max_length=20)
     country: str = Field(min_length=2, max_length=2, description="ISO 3166-1 alpha-2 code.")
 
-    @field_validator("country")
-    @classmethod
-    def _upper(cls, value: str) -> str:
-        if not value.isalpha():
-            raise ValueError("must be an ISO 3166-1 alpha-2 code")
-        return value.upper()
+    _required_text = field_validator("line1", "city")(domain.check_display_text)
+    _optional_lines = field_validator("label", "line2", "region", "postal_code")(_optional_text)
+    _country = field_validator("country")(domain.check_country)
+
+
+class SavedAddress(BaseModel):
+    """An address as stored; rules tightened later must not make older ones unreadable."""
+
+    label: str | None = None
+    line1: str
+    line2: str | None = None
+    city: str
+    region: str | None = None
+    postal_code: str | None = None
+    country: str = Field(description="ISO 3166-1 alpha-2 code.")
 
 
 class Profile(BaseModel):
     name: str | None = None
     phone: str | None = None
-    addresses: list[Address] = Field(default_factory=list)
+    addresses: list[SavedAddress] = Field(default_factory=list)
     locale: str = "en"
     preferences: dict[str, Any] = Field(default_factory=dict)
 
@@ -130,10 +161,18 @@ class ProfileUpdate(Input):
     name: str | None = Field(default=None, max_length=200)
     phone: str | None = Field(default=None, max_length=32, pattern=r"^\+?[0-9 ()./-]{4,32}$")
     addresses: list[Address] | None = Field(default=None, max_length=20)
-    locale: str | None = Field(
-        default=None, max_length=35, pattern=r"^[A-Za-z]{2,3}([-_][A-Za-z0-9]{2,8})*$"
+    locale: str | None = Field(default=None, max_length=35)
+    preferences: dict[str, Any] | None = Field(
+        default=None,
+        description=(
+            f"At most 50 entries, {domain.PREFERENCES_MAX_DEPTH} levels deep and "
+            f"{domain.PREFERENCES_MAX_BYTES} bytes as JSON; keys of at most "
+            f"{domain.PREFERENCE_KEY_MAX_LENGTH} characters."
+        ),
     )
-    preferences: dict[str, Any] | None = None
+
+    _name = field_validator("name")(_person_name)
+    _locale = field_validator("locale")(_language_tag)
 
     @field_validator("preferences")
     @classmethod

@@ -8,7 +8,6 @@ rollback of the use case does not erase the evidence.
 from __future__ import annotations
 
 import asyncio
-import base64
 import json
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -19,6 +18,7 @@ from typing import Any
 import structlog
 from argon2 import PasswordHasher, Type
 from argon2.exceptions import InvalidHashError, VerificationError, VerifyMismatchError
+from pydantic import ValidationError
 from sqlalchemy import Row, and_, delete, func, insert, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -36,7 +36,6 @@ from ecosistema.identity.models import (
     users,
 )
 from ecosistema.identity.schemas import (
-    Address,
     AdminUserUpdate,
     ApiKey,
     ApiKeyCreated,
@@ -45,10 +44,12 @@ from ecosistema.identity.schemas import (
     AuditPage,
     Profile,
     ProfileUpdate,
+    SavedAddress,
     TokenResponse,
     TotpEnrollResponse,
     User,
     UserPage,
+    valid_email,
 )
 from ecosistema.platform import auth, tokens
 from ecosistema.platform.db import new_id, utcnow
@@ -61,6 +62,7 @@ from ecosistema.platform.errors import (
     Unauthorized,
     field_error,
 )
+from ecosistema.platform.pagination import decode_cursor, encode_cursor
 from ecosistema.platform.policy import ROLES, Role, grantable_scopes
 from ecosistema.platform.service import ServiceContext
 
@@ -74,7 +76,6 @@ MFA_REQUIRED_TYPE = "mfa-required"
 INVALID_CREDENTIALS_TYPE = "invalid-credentials"
 USER_NOT_FOUND = "No user with this id."
 API_KEY_NOT_FOUND = "No API key with this id."
-_SIGNING_KEY_CACHE_SECONDS = 60
 _API_KEY_TOUCH_SECONDS = 60
 _FORGOT_PASSWORD_INTERVAL_SECONDS = 60
 TOTP_ISSUER = "Ecosistema"
@@ -228,7 +229,7 @@ def _user_view(ctx: ServiceContext, row: Row[Any], profile: Row[Any] | None) -> 
         view = Profile(
             name=_dec(ctx, p["name_encrypted"], "profiles", "name_encrypted", uid),
             phone=_dec(ctx, p["phone_encrypted"], "profiles", "phone_encrypted", uid),
-            addresses=[Address.model_validate(a) for a in json.loads(addresses_json or "[]")],
+            addresses=[SavedAddress.model_validate(a) for a in json.loads(addresses_json or "[]")],
             locale=p["locale"],
             preferences=dict(p["preferences"] or {}),
         )
@@ -401,27 +402,33 @@ async def ensure_signing_key(ctx: ServiceContext) -> str:
 
 
 async def active_signing_key(ctx: ServiceContext) -> tokens.SigningKey:
-    """The key new access tokens are signed with, re-read from the database every minute so
-    that a rotation made by another process is picked up."""
-    cached = ctx.extras.get("signing_key")
+    """The key new access tokens are signed with. Its id is re-read (one small query) at most
+    every ``signing_key_recheck_seconds``, so a running server signs with a key rotated by another
+    process soon after; the key itself is only decrypted again when the id changed."""
+    cached: tuple[tokens.SigningKey, datetime] | None = ctx.extras.get("signing_key")
     now = utcnow()
     if cached is not None and cached[1] > now:
-        key: tokens.SigningKey = cached[0]
-        return key
+        return cached[0]
     async with ctx.db.read() as session:
-        row = (
-            await session.execute(
-                select(signing_keys)
-                .where(signing_keys.c.rotated_at.is_(None))
-                .order_by(signing_keys.c.created_at.desc())
-                .limit(1)
-            )
-        ).first()
-    if row is None:
+        kid = await session.scalar(
+            select(signing_keys.c.id)
+            .where(signing_keys.c.rotated_at.is_(None))
+            .order_by(signing_keys.c.created_at.desc())
+            .limit(1)
+        )
+        key: tokens.SigningKey | None
+        if kid is not None and cached is not None and cached[0].kid == kid:
+            key = cached[0]
+        else:
+            row = (
+                await session.execute(select(signing_keys).where(signing_keys.c.id == kid))
+            ).first()
+            key = _signing_key_from_row(ctx, row) if row is not None else None
+    if key is None:
         await ensure_signing_key(ctx)
         return await active_signing_key(ctx)
-    key = _signing_key_from_row(ctx, row)
-    ctx.extras["signing_key"] = (key, now + timedelta(seconds=_SIGNING_KEY_CACHE_SECONDS))
+    recheck = timedelta(seconds=ctx.settings.signing_key_recheck_seconds)
+    ctx.extras["signing_key"] = (key, now + recheck)
     return key
 
 
@@ -553,9 +560,11 @@ async def _verification_mail(ctx: ServiceContext, email: str, token: str) -> Non
         "Verify your email address",
         "Welcome to Ecosistema.\n\n"
         f"Your verification token: {token}\n\n"
-        f"Open {base}/verify-email?token={token} or POST it to {base}/api/v1/auth/verify-email "
-        f'as {{"token": "..."}}. It expires in '
-        f"{domain.EMAIL_VERIFICATION_TTL_SECONDS // 3600} hours.\n",
+        "To verify your address, send the token to the Ecosistema API:\n\n"
+        f"    POST {base}/api/v1/auth/verify-email\n"
+        "    Content-Type: application/json\n\n"
+        f'    {{"token": "{token}"}}\n\n'
+        f"The token expires in {domain.EMAIL_VERIFICATION_TTL_SECONDS // 3600} hours.\n",
     )
 
 
@@ -1140,9 +1149,11 @@ async def forgot_password(ctx: ServiceContext, *, email: str, meta: RequestMeta 
         "Someone asked to reset the password of your Ecosistema account. If it was not you, "
         "ignore this message.\n\n"
         f"Your reset token: {token}\n\n"
-        f"Open {base}/reset-password?token={token} or POST it with a new password to "
-        f'{base}/api/v1/auth/password/reset as {{"token": "...", "new_password": "..."}}. '
-        f"It expires in {domain.PASSWORD_RESET_TTL_SECONDS // 60} minutes.\n",
+        "To choose a new password, send the token with it to the Ecosistema API:\n\n"
+        f"    POST {base}/api/v1/auth/password/reset\n"
+        "    Content-Type: application/json\n\n"
+        f'    {{"token": "{token}", "new_password": "<your new password>"}}\n\n'
+        f"The token expires in {domain.PASSWORD_RESET_TTL_SECONDS // 60} minutes.\n",
     )
 
 
@@ -1363,7 +1374,13 @@ async def update_profile(
     if "locale" in fields and changes.locale is not None:
         values["locale"] = changes.locale
     if "preferences" in fields:
-        values["preferences"] = changes.preferences or {}
+        preferences = changes.preferences or {}
+        problem = domain.preferences_problem(preferences)
+        if problem is not None:
+            path, message = problem
+            field = f"preferences.{path}" if path else "preferences"
+            raise field_error(field, message, "invalid_preferences")
+        values["preferences"] = preferences
     async with ctx.db.transaction() as session:
         if await _user_row(session, user_id) is None:
             raise NotFound(USER_NOT_FOUND)
@@ -1499,7 +1516,12 @@ async def admin_update_user(
 
 
 async def create_admin(ctx: ServiceContext, *, email: str, password: str) -> User:
-    """Create a verified administrator (the CLI's first run); the password policy applies."""
+    """Create a verified administrator (the CLI's first run); email and password rules apply."""
+    try:
+        email = valid_email(email)
+    except ValidationError as exc:
+        message = exc.errors()[0]["msg"]
+        raise field_error("email", message, "invalid_email") from exc
     normalised = _policy_checked(password, email=email, field="password")
     password_hash = await hash_password(ctx, normalised)
     async with ctx.db.transaction() as session:
@@ -1691,21 +1713,6 @@ async def verify_api_key(ctx: ServiceContext, raw: str) -> ApiKeyIdentity | None
 # --- audit ------------------------------------------------------------------------------------
 
 
-def _encode_cursor(position: int) -> str:
-    return base64.urlsafe_b64encode(f"p:{position}".encode()).decode().rstrip("=")
-
-
-def _decode_cursor(cursor: str) -> int:
-    try:
-        text = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
-        kind, _, value = text.partition(":")
-        if kind != "p":
-            raise ValueError(cursor)
-        return int(value)
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise field_error("cursor", "Not a cursor this API returned.", "invalid_cursor") from exc
-
-
 async def list_audit_events(
     ctx: ServiceContext,
     *,
@@ -1732,7 +1739,7 @@ async def list_audit_events(
     if until:
         query = query.where(audit_events.c.occurred_at < until)
     if cursor:
-        query = query.where(audit_events.c.position < _decode_cursor(cursor))
+        query = query.where(audit_events.c.position < decode_cursor(cursor, int)[0])
     query = query.order_by(audit_events.c.position.desc()).limit(limit + 1)
     async with ctx.db.read() as session:
         rows = (await session.execute(query)).all()
@@ -1752,5 +1759,5 @@ async def list_audit_events(
         for r in rows
     ]
     return AuditPage(
-        items=items, next_cursor=_encode_cursor(rows[-1].position) if more and rows else None
+        items=items, next_cursor=encode_cursor(rows[-1].position) if more and rows else None
     )

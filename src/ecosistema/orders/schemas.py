@@ -61,11 +61,11 @@ class CartUpdate(Input):
 
 class CartItemAdd(Input):
     sku: str = Field(min_length=1, max_length=64, pattern=_SKU)
-    quantity: int = Field(ge=1, le=10_000)
+    quantity: int = Field(strict=True, ge=1, le=10_000)
 
 
 class CartItemUpdate(Input):
-    quantity: int = Field(ge=0, le=10_000, description="0 removes the line.")
+    quantity: int = Field(strict=True, ge=0, le=10_000, description="0 removes the line.")
 
 
 class VoucherApply(Input):
@@ -196,7 +196,7 @@ class OrderPage(BaseModel):
 
 class LineQuantity(Input):
     line_id: str = Field(min_length=1, max_length=32)
-    quantity: int = Field(ge=1, le=10_000)
+    quantity: int = Field(strict=True, ge=1, le=10_000)
 
 
 def _distinct_lines(lines: list[LineQuantity]) -> list[LineQuantity]:

@@ -4,7 +4,6 @@ outbox inside it. Data access is SQLAlchemy Core: checkout and cart reads are ho
 
 from __future__ import annotations
 
-import base64
 import hashlib
 import secrets
 from collections.abc import Mapping, Sequence
@@ -44,7 +43,6 @@ from ecosistema.orders.models import (
 from ecosistema.platform.auth import Principal
 from ecosistema.platform.db import new_id, utcnow
 from ecosistema.platform.errors import (
-    BadRequest,
     Conflict,
     NotFound,
     ProblemError,
@@ -53,6 +51,7 @@ from ecosistema.platform.errors import (
     field_error,
 )
 from ecosistema.platform.money import Money
+from ecosistema.platform.pagination import decode_cursor, encode_cursor
 from ecosistema.platform.policy import ensure_owner, owner_filter
 from ecosistema.platform.service import ServiceContext
 
@@ -1379,22 +1378,6 @@ async def get_order_summary(ctx: ServiceContext, *, order_id: str) -> schemas.Or
         return schemas.OrderSummary(**_summary_fields(row, await _line_rows(session, order_id)))
 
 
-def _encode_cursor(created_at: datetime, order_id: str) -> str:
-    return base64.urlsafe_b64encode(f"{created_at.isoformat()}|{order_id}".encode()).decode()
-
-
-def _decode_cursor(cursor: str) -> tuple[datetime, str]:
-    try:
-        raw = base64.urlsafe_b64decode(cursor.encode()).decode()
-        moment, order_id = raw.split("|", 1)
-        parsed = datetime.fromisoformat(moment)
-        if parsed.tzinfo is None:
-            raise ValueError("naive")
-        return parsed, order_id
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise BadRequest("The cursor is not one this API gave out.", type="invalid-cursor") from exc
-
-
 async def list_orders(
     ctx: ServiceContext,
     *,
@@ -1420,7 +1403,7 @@ async def list_orders(
     if created_to is not None:
         query = query.where(orders.c.created_at < created_to)
     if cursor:
-        moment, last_id = _decode_cursor(cursor)
+        moment, last_id = decode_cursor(cursor, datetime, str)
         query = query.where(
             or_(
                 orders.c.created_at < moment,
@@ -1444,7 +1427,7 @@ async def list_orders(
                 lines_by_order[line["order_id"]].append(line)
     items = [schemas.OrderSummary(**_summary_fields(r, lines_by_order[r["id"]])) for r in page]
     next_cursor = (
-        _encode_cursor(page[-1]["created_at"], page[-1]["id"]) if len(rows) > limit else None
+        encode_cursor(page[-1]["created_at"], page[-1]["id"]) if len(rows) > limit else None
     )
     return schemas.OrderPage(items=items, next_cursor=next_cursor)
 

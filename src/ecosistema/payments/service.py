@@ -10,7 +10,6 @@ provider answer leaves the claim to be undone; the same key then makes the retry
 
 from __future__ import annotations
 
-import base64
 import csv
 import io
 import json
@@ -79,6 +78,7 @@ from ecosistema.platform.errors import (
     Unprocessable,
     field_error,
 )
+from ecosistema.platform.pagination import decode_cursor, encode_cursor
 from ecosistema.platform.policy import can_reach, ensure, ensure_owner, owner_filter
 from ecosistema.platform.service import ServiceContext
 
@@ -204,21 +204,13 @@ def _ensure_any(principal: Principal, *permissions: str) -> None:
 
 
 def _cursor_of(row: Mapping[str, Any], column: str = "created_at") -> str:
-    raw = f"{row[column].isoformat()}|{row['id']}".encode()
-    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+    return encode_cursor(row[column], row["id"])
 
 
 def _after_cursor(query: Any, at: Any, id_: Any, cursor: str | None) -> Any:
     if not cursor:
         return query
-    try:
-        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
-        stamp, _, ident = raw.partition("|")
-        moment = datetime.fromisoformat(stamp)
-        if moment.tzinfo is None or not ident:
-            raise ValueError(cursor)
-    except ValueError:
-        raise field_error("cursor", "is not a cursor this listing gave out") from None
+    moment, ident = decode_cursor(cursor, datetime, str)
     return query.where(or_(at < moment, and_(at == moment, id_ < ident)))
 
 

@@ -49,6 +49,7 @@ API_KEY_PREFIX = "eco_"
 # Cache key under which identity marks an ended session until its access tokens expire.
 REVOKED_SESSION_KEY = "auth:revoked-session:{session_id}"
 API_KEY_HEADER = "X-API-Key"
+NOT_AN_API_KEY = "Not a valid API key."
 JWKS_PATH = "/.well-known/jwks.json"
 JWKS_CACHE_KEY = "auth:jwks"
 TOKEN_LEEWAY_SECONDS = 30
@@ -135,6 +136,10 @@ def is_api_key(value: str) -> bool:
     return value.startswith(API_KEY_PREFIX)
 
 
+def _looks_like_jwt(credential: str) -> bool:
+    return credential.count(".") == 2
+
+
 def _invalid(detail: str) -> Unauthorized:
     quoted = detail.replace('"', "'")
     return Unauthorized(
@@ -199,10 +204,15 @@ class TokenVerifier:
         base = self._settings.identity_url
         return f"{base.rstrip('/')}{JWKS_PATH}" if base else None
 
-    async def verify(self, credential: str) -> Principal:
-        """Authenticate a presented credential: an API key or an access token."""
+    async def verify(self, credential: str, *, sent_as_api_key: bool = False) -> Principal:
+        """Authenticate a presented credential: an API key or an access token.
+
+        ``sent_as_api_key``: it came in the API key header, which only carries API keys.
+        """
         if is_api_key(credential):
             return await self.verify_api_key(credential)
+        if sent_as_api_key or not _looks_like_jwt(credential):
+            raise _invalid(NOT_AN_API_KEY)
         return await self.verify_access_token(credential)
 
     async def verify_access_token(self, token: str) -> Principal:
@@ -415,7 +425,7 @@ async def optional_principal(
     credential = token or api_key
     if not credential:
         return None
-    principal = await _verifier(request).verify(credential)
+    principal = await _verifier(request).verify(credential, sent_as_api_key=token is None)
     request.state.principal = principal
     return principal
 

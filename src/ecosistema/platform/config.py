@@ -51,6 +51,9 @@ class Settings(BaseSettings):
     access_token_ttl_seconds: int = 900
     refresh_token_ttl_seconds: int = 30 * 24 * 3600
     signing_key_rotation_days: int = 30
+    # How stale identity's idea of the active signing key may be: a rotation made by another
+    # process (``ecosistema keys rotate``) is used for new tokens within this many seconds.
+    signing_key_recheck_seconds: float = 10.0
     identity_url: str | None = None
     # Verifiers re-read identity's JWKS this often, and at most once per interval on an unknown kid.
     jwks_cache_seconds: float = 300.0
