@@ -15,7 +15,7 @@ def load_service(name: str) -> Service:
     if name not in SERVICE_NAMES:
         raise LookupError(f"unknown service {name!r}; known: {', '.join(SERVICE_NAMES)}")
     module = importlib.import_module(f"ecosistema.{name}")
-    service: Service = module.service
+    service: Service = module.descriptor
     return service
 
 

@@ -15,7 +15,7 @@ from ecosistema.catalog.models import metadata
 from ecosistema.platform.config import Settings
 from ecosistema.platform.db import Database
 
-catalog = importlib.import_module("ecosistema.catalog").service
+catalog = importlib.import_module("ecosistema.catalog").descriptor
 
 
 def _search_artifact(object_: Any, name: str | None, type_: str, *_: Any) -> bool:

@@ -29,7 +29,6 @@ from tests.integration.test_identity_support import fast_settings
 
 API = "/api/v1"
 
-# ``ecosistema.catalog.service`` is shadowed by the package's Service descriptor of that name.
 catalog_service: ModuleType = importlib.import_module("ecosistema.catalog.service")
 
 

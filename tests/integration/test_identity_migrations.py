@@ -9,7 +9,7 @@ from alembic.migration import MigrationContext
 from sqlalchemy import inspect
 from sqlalchemy.engine import Connection
 
-from ecosistema.identity import service as identity_service
+from ecosistema.identity import descriptor as identity_service
 from ecosistema.identity.models import metadata
 from ecosistema.platform.config import Settings
 from ecosistema.platform.db import Database

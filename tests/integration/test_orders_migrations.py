@@ -9,7 +9,7 @@ from alembic.migration import MigrationContext
 from sqlalchemy import inspect, select
 from sqlalchemy.engine import Connection
 
-from ecosistema.orders import service as orders_service
+from ecosistema.orders import descriptor as orders_service
 from ecosistema.orders.models import metadata, order_numbers
 from ecosistema.platform.config import Settings
 from ecosistema.platform.db import Database

@@ -33,7 +33,7 @@ CART_TOKEN = "X-Cart-Token"
 def commerce_services() -> list[Service]:
     """Identity, catalog and orders, whether or not the registry lists them all yet."""
     return [
-        importlib.import_module(f"ecosistema.{n}").service
+        importlib.import_module(f"ecosistema.{n}").descriptor
         for n in ("identity", "catalog", "orders")
     ]
 

@@ -14,7 +14,7 @@ from ecosistema.catalog.models import metadata, outbox
 from ecosistema.catalog.transfer import import_products_command
 from ecosistema.platform.service import Job, Service
 
-service = Service(
+descriptor = Service(
     name="catalog",
     metadata=metadata,
     outbox=outbox,
@@ -32,4 +32,4 @@ service = Service(
     seed_demo=seed_demo,
 )
 
-__all__ = ["import_products_command", "seed_demo", "service"]
+__all__ = ["descriptor", "import_products_command", "seed_demo"]

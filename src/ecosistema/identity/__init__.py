@@ -31,7 +31,7 @@ async def _on_start(ctx: ServiceContext) -> None:
     ctx.runtime.verifier.set_api_key_resolver(_resolve_api_key)
 
 
-service = Service(
+descriptor = Service(
     name="identity",
     metadata=metadata,
     outbox=outbox,
@@ -57,4 +57,4 @@ create_admin = _service.create_admin
 seed_demo = _service.seed_demo
 rotate_signing_key = _service.rotate_signing_key
 
-__all__ = ["create_admin", "rotate_signing_key", "seed_demo", "service"]
+__all__ = ["create_admin", "descriptor", "rotate_signing_key", "seed_demo"]

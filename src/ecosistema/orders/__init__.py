@@ -13,7 +13,7 @@ from ecosistema.orders.models import idempotency_keys, metadata, outbox
 from ecosistema.platform.idempotency import idempotency_purge_job
 from ecosistema.platform.service import Job, Service
 
-service = Service(
+descriptor = Service(
     name="orders",
     metadata=metadata,
     outbox=outbox,
@@ -35,4 +35,4 @@ service = Service(
 seed_demo = _service.seed_demo
 cancel_expired_orders = _service.cancel_expired_orders
 
-__all__ = ["cancel_expired_orders", "seed_demo", "service"]
+__all__ = ["cancel_expired_orders", "descriptor", "seed_demo"]

@@ -20,7 +20,7 @@ async def _resume_interrupted_payments(ctx: ServiceContext) -> None:
     await _service.resume_pending_refunds(ctx)
 
 
-service = Service(
+descriptor = Service(
     name="payments",
     metadata=metadata,
     outbox=outbox,
@@ -45,7 +45,7 @@ async def reconcile_with_provider(
     compare the journal with the provider's records, and stop."""
     from ecosistema.platform.runtime import Runtime
 
-    runtime = Runtime(settings, [service])
+    runtime = Runtime(settings, [descriptor])
     await runtime.start(background=False)
     try:
         return await reconcile(runtime.contexts["payments"], provider=provider)
@@ -53,4 +53,4 @@ async def reconcile_with_provider(
         await runtime.stop()
 
 
-__all__ = ["reconcile", "reconcile_with_provider", "sales_report_csv", "service"]
+__all__ = ["descriptor", "reconcile", "reconcile_with_provider", "sales_report_csv"]
