@@ -25,7 +25,6 @@ from ecosistema.catalog.schemas import (
     PriceListPrice,
     PriceListPrices,
     PriceListUpdate,
-    Problem,
     Product,
     ProductCreate,
     ProductPage,
@@ -47,6 +46,7 @@ from ecosistema.catalog.schemas import (
 from ecosistema.catalog.search import SearchQuery, search_products
 from ecosistema.platform.auth import OptionalPrincipal, Principal, current_principal, require
 from ecosistema.platform.errors import NotFound, field_error
+from ecosistema.platform.errors import error_responses as _errors
 from ecosistema.platform.money import ISO_4217
 from ecosistema.platform.policy import ensure
 from ecosistema.platform.service import ServiceContext, context_of
@@ -57,20 +57,6 @@ InventoryReader = Annotated[Principal, Depends(require("inventory:read"))]
 InventoryWriter = Annotated[Principal, Depends(require("inventory:write"))]
 
 STAFF_PERMISSION = "catalog:write"
-_PROBLEM = {"model": Problem, "content": {"application/problem+json": {}}}
-_DESCRIPTIONS = {
-    400: "Malformed request",
-    401: "Not authenticated",
-    403: "Not allowed",
-    404: "Not found",
-    409: "Conflicts with the current state",
-    413: "Request body too large",
-    422: "Validation failed",
-}
-
-
-def _errors(*codes: int) -> dict[int | str, dict[str, Any]]:
-    return {c: {**_PROBLEM, "description": _DESCRIPTIONS[c]} for c in codes}
 
 
 def _is_staff(principal: Principal | None) -> bool:

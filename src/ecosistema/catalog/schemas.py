@@ -31,16 +31,6 @@ class _Input(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
-class Problem(BaseModel):
-    """An RFC 9457 problem document."""
-
-    type: str
-    title: str
-    status: int
-    detail: str
-    instance: str | None = None
-
-
 # --- prices -------------------------------------------------------------------------------------
 
 

@@ -23,7 +23,6 @@ from ecosistema.identity.schemas import (
     ForgotPasswordRequest,
     Jwks,
     LoginRequest,
-    Problem,
     ProfileUpdate,
     RecoveryCodesResponse,
     RefreshRequest,
@@ -43,25 +42,11 @@ from ecosistema.identity.schemas import (
 from ecosistema.platform.auth import CurrentPrincipal, Principal, require
 from ecosistema.platform.config import Settings
 from ecosistema.platform.errors import Forbidden, Unauthorized
+from ecosistema.platform.errors import error_responses as _errors
 from ecosistema.platform.policy import ensure_owner
 from ecosistema.platform.service import ServiceContext, context_of
 
 Context = Annotated[ServiceContext, Depends(context_of("identity"))]
-
-_PROBLEM = {"model": Problem, "content": {"application/problem+json": {}}}
-
-
-def _errors(*codes: int) -> dict[int | str, dict[str, Any]]:
-    descriptions = {
-        400: "Malformed request",
-        401: "Not authenticated, or the credentials are not correct",
-        403: "Not allowed",
-        404: "Not found",
-        409: "Conflicts with the current state",
-        422: "Validation failed",
-        429: "Too many attempts; see Retry-After",
-    }
-    return {c: {**_PROBLEM, "description": descriptions[c]} for c in codes}
 
 
 @lru_cache(maxsize=16)

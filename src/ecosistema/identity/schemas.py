@@ -245,16 +245,6 @@ class Jwks(BaseModel):
     keys: list[dict[str, str]]
 
 
-class Problem(BaseModel):
-    """An RFC 9457 problem document, as every error leaves the API."""
-
-    type: str
-    title: str
-    status: int
-    detail: str
-    instance: str | None = None
-
-
 class ApiKeyIdentity(BaseModel):
     """Who an API key acts for and what it was granted."""
 

@@ -24,7 +24,6 @@ from ecosistema.orders.schemas import (
     NoteCreate,
     Order,
     OrderPage,
-    Problem,
     ReturnCreate,
     ShippingMethod,
     ShippingMethodCreate,
@@ -38,6 +37,7 @@ from ecosistema.orders.schemas import (
     VoucherUpdate,
 )
 from ecosistema.platform.auth import OptionalPrincipal, Principal, require
+from ecosistema.platform.errors import error_responses as _errors
 from ecosistema.platform.idempotency import (
     IdempotencyKeyHeader,
     idempotent_response,
@@ -63,20 +63,6 @@ Manager = Annotated[Principal, Depends(require("orders:manage"))]
 Id = Annotated[str, Path(min_length=1, max_length=32)]
 Sku = Annotated[str, Path(min_length=1, max_length=64)]
 Code = Annotated[str, Path(min_length=1, max_length=64)]
-
-_PROBLEM = {"model": Problem, "content": {"application/problem+json": {}}}
-_DESCRIPTIONS = {
-    400: "Malformed request",
-    401: "Not authenticated",
-    403: "Not allowed",
-    404: "Not found",
-    409: "Conflicts with the current state",
-    422: "Validation failed",
-}
-
-
-def _errors(*codes: int) -> dict[int | str, dict[str, Any]]:
-    return {c: {**_PROBLEM, "description": _DESCRIPTIONS[c]} for c in codes}
 
 
 router = APIRouter(tags=["orders"])

@@ -30,16 +30,6 @@ def _currency(value: str) -> str:
     return value
 
 
-class Problem(BaseModel):
-    """An RFC 9457 problem document."""
-
-    type: str
-    title: str
-    status: int
-    detail: str
-    instance: str | None = None
-
-
 # --- carts --------------------------------------------------------------------------------------
 
 

@@ -32,6 +32,7 @@ from ecosistema.payments.schemas import (
     WebhookAck,
 )
 from ecosistema.platform.auth import CurrentPrincipal, Principal
+from ecosistema.platform.errors import error_responses as _errors
 from ecosistema.platform.idempotency import (
     IdempotencyKeyHeader,
     idempotent_response,
@@ -42,12 +43,6 @@ from ecosistema.platform.service import ServiceContext, context_of
 router = APIRouter(tags=["payments"])
 Context = Annotated[ServiceContext, Depends(context_of("payments"))]
 PaymentId = Annotated[str, Path(min_length=1, max_length=64)]
-
-_PROBLEM: dict[str, Any] = {"content": {"application/problem+json": {}}}
-
-
-def _errors(*codes: int) -> dict[int | str, dict[str, Any]]:
-    return {code: {"description": "Problem", **_PROBLEM} for code in codes}
 
 
 async def _idempotent(

@@ -107,6 +107,32 @@ def field_error(field: str, message: str, code: str = "invalid") -> Unprocessabl
     )
 
 
+_RESPONSE_DESCRIPTIONS = {
+    400: "Malformed request",
+    401: "Not authenticated, or the credentials are not correct",
+    403: "Not allowed",
+    404: "Not found",
+    409: "Conflicts with the current state",
+    410: "Gone",
+    413: "Request body too large",
+    415: "Body is not JSON",
+    422: "Validation failed",
+    429: "Too many requests; retry after the time given",
+    503: "A dependency is unavailable",
+}
+
+
+def error_responses(*codes: int) -> dict[int | str, dict[str, Any]]:
+    """OpenAPI ``responses`` for an operation's problem answers; the app fills in the schema."""
+    return {
+        code: {
+            "description": _RESPONSE_DESCRIPTIONS.get(code, "Problem"),
+            "content": {PROBLEM_JSON: {}},
+        }
+        for code in codes
+    }
+
+
 def problem_response(
     status: int,
     type: str,
