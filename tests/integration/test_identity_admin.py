@@ -221,6 +221,9 @@ async def test_api_key_is_created_once_used_within_its_scopes_and_revoked(
         f"{API}/users/{who['subject']}", json={"role": "staff"}, headers=as_key
     )
     assert beyond_scope.status_code == 403
+    creators_profile = await client.get(f"{API}/users/me", headers=as_key)
+    assert creators_profile.status_code == 403
+    assert creators_profile.json()["type"].endswith("/user-required")
     no_password_change = await client.post(
         f"{API}/auth/password/change",
         json={"current_password": ADMIN_PASSWORD, "new_password": "key cannot do this"},

@@ -276,6 +276,31 @@ async def test_totp_secret_is_stored_encrypted_and_mfa_can_be_disabled(
     assert (await login(client, "mfa-off@example.com")).status_code == 200
 
 
+async def test_wrong_codes_when_disabling_mfa_count_towards_lockout(
+    client: httpx.AsyncClient, settings: Settings
+) -> None:
+    await register(client, "mfa-guess@example.com")
+    tokens = await signed_in(client, "mfa-guess@example.com")
+    secret = (await client.post(f"{API}/auth/mfa/totp/enroll", headers=bearer(tokens))).json()[
+        "secret"
+    ]
+    await client.post(
+        f"{API}/auth/mfa/totp/confirm",
+        json={"code": pyotp.TOTP(secret).now()},
+        headers=bearer(tokens),
+    )
+    statuses = []
+    for _ in range(settings.lockout_threshold + 1):
+        guess = await client.post(
+            f"{API}/auth/mfa/totp/disable",
+            json={"password": PASSWORD, "recovery_code": "wrong-code-0000"},
+            headers=bearer(tokens),
+        )
+        statuses.append(guess.status_code)
+    assert statuses[0] == 422
+    assert statuses[-1] == 429, statuses
+
+
 async def test_password_change_ends_other_sessions_but_not_this_one(
     client: httpx.AsyncClient, settings: Settings
 ) -> None:

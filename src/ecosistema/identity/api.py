@@ -353,8 +353,8 @@ async def whoami(principal: Live) -> WhoAmI:
     summary="The signed-in user and their profile",
     responses=_errors(401),
 )
-async def get_me(principal: Live, ctx: Context) -> User:
-    return await service.get_user(ctx, user_id=principal.subject)
+async def get_me(principal: CurrentPrincipal, ctx: Context) -> User:
+    return await service.get_me(ctx, principal=principal)
 
 
 @router.patch(

@@ -1064,14 +1064,30 @@ async def logout_everywhere(
 async def session_is_active(ctx: ServiceContext, session_id: str) -> bool:
     """Whether a session exists and has been neither revoked nor expired."""
     async with ctx.db.read() as session:
-        row = (
-            await session.execute(
-                select(sessions.c.revoked_at, sessions.c.expires_at).where(
-                    sessions.c.id == session_id
-                )
-            )
-        ).first()
+        return await _session_live(session, session_id)
+
+
+async def _session_live(session: AsyncSession, session_id: str) -> bool:
+    row = (
+        await session.execute(
+            select(sessions.c.revoked_at, sessions.c.expires_at).where(sessions.c.id == session_id)
+        )
+    ).first()
     return row is not None and row.revoked_at is None and row.expires_at > utcnow()
+
+
+async def get_me(ctx: ServiceContext, *, principal: auth.Principal) -> User:
+    """The caller with their profile; a user's token counts only while its session is live.
+
+    One read transaction for both, since this is the most frequent authenticated request."""
+    if principal.kind != "user":
+        # An API key acts for its creator within its scopes; none of them reveals the creator's
+        # personal data.
+        raise Forbidden("This needs a signed-in user, not an API key.", type="user-required")
+    async with ctx.db.read() as session:
+        if principal.session_id is None or not await _session_live(session, principal.session_id):
+            raise Unauthorized("The session has ended; sign in again.", type="session-ended")
+        return await _load_user(ctx, session, principal.subject)
 
 
 # --- passwords --------------------------------------------------------------------------------
@@ -1320,6 +1336,9 @@ async def disable_totp(
         if not (code or recovery_code) or not await _accept_second_factor(
             ctx, session, row._mapping, code, recovery_code
         ):
+            # A wrong code counts like a wrong password, or a stolen session plus the password
+            # could try codes until one fits and then switch the second factor off.
+            await _record_failure(ctx, _throttles(ctx, row._mapping["email_index"], meta.ip))
             raise field_error(
                 "code", "A valid one-time or recovery code is needed.", "invalid_code"
             )
