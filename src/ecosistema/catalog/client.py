@@ -18,6 +18,7 @@ from ecosistema.catalog.domain import InsufficientStock
 from ecosistema.catalog.schemas import VariantQuote
 from ecosistema.platform.config import Settings
 from ecosistema.platform.errors import ProblemError
+from ecosistema.platform.http import service_client
 from ecosistema.platform.service import ServiceContext
 
 __all__ = [
@@ -110,12 +111,8 @@ class HttpCatalogClient:
         timeout: float = 5.0,
         transport: httpx.AsyncBaseTransport | None = None,
     ) -> None:
-        headers = {"Authorization": f"Bearer {credential}"} if credential else {}
-        self._http = httpx.AsyncClient(
-            base_url=base_url.rstrip("/") + "/api/v1",
-            headers=headers,
-            timeout=timeout,
-            transport=transport,
+        self._http = service_client(
+            base_url, credential=credential, timeout=timeout, transport=transport
         )
 
     async def quote(

@@ -10,6 +10,7 @@ from ecosistema.identity.schemas import ApiKeyIdentity, User, WhoAmI
 from ecosistema.identity.service import get_user, verify_api_key
 from ecosistema.platform.config import Settings
 from ecosistema.platform.errors import NotFound
+from ecosistema.platform.http import service_client
 from ecosistema.platform.service import ServiceContext
 
 
@@ -55,12 +56,8 @@ class HttpIdentityClient:
         timeout: float = 5.0,
         transport: httpx.AsyncBaseTransport | None = None,
     ) -> None:
-        headers = {"Authorization": f"Bearer {credential}"} if credential else {}
-        self._http = httpx.AsyncClient(
-            base_url=base_url.rstrip("/") + "/api/v1",
-            headers=headers,
-            timeout=timeout,
-            transport=transport,
+        self._http = service_client(
+            base_url, credential=credential, timeout=timeout, transport=transport
         )
 
     async def get_user(self, user_id: str) -> User | None:

@@ -4,12 +4,11 @@ from __future__ import annotations
 
 from typing import Protocol
 
-import httpx
-
 from ecosistema.orders.schemas import OrderSummary
 from ecosistema.orders.service import get_order_summary
 from ecosistema.platform.config import Settings
 from ecosistema.platform.errors import NotFound
+from ecosistema.platform.http import service_client
 from ecosistema.platform.service import ServiceContext
 
 
@@ -39,10 +38,7 @@ class HttpOrdersClient:
     def __init__(
         self, base_url: str, *, credential: str | None = None, timeout: float = 5.0
     ) -> None:
-        headers = {"Authorization": f"Bearer {credential}"} if credential else {}
-        self._http = httpx.AsyncClient(
-            base_url=base_url.rstrip("/") + "/api/v1", headers=headers, timeout=timeout
-        )
+        self._http = service_client(base_url, credential=credential, timeout=timeout)
 
     async def get_order(self, order_id: str) -> OrderSummary:
         """The order's amounts, buyer and lines; ``NotFound`` if there is no such order."""

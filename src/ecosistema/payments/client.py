@@ -4,12 +4,11 @@ from __future__ import annotations
 
 from typing import Protocol
 
-import httpx
-
 from ecosistema.payments.schemas import Payment, PaymentPage
 from ecosistema.platform.auth import Principal
 from ecosistema.platform.config import Settings
 from ecosistema.platform.errors import NotFound
+from ecosistema.platform.http import service_client
 from ecosistema.platform.service import ServiceContext
 
 _SYSTEM = Principal(
@@ -58,10 +57,7 @@ class HttpPaymentsClient:
     def __init__(
         self, base_url: str, *, credential: str | None = None, timeout: float = 5.0
     ) -> None:
-        headers = {"Authorization": f"Bearer {credential}"} if credential else {}
-        self._http = httpx.AsyncClient(
-            base_url=base_url.rstrip("/") + "/api/v1", headers=headers, timeout=timeout
-        )
+        self._http = service_client(base_url, credential=credential, timeout=timeout)
 
     async def get_payment(self, payment_id: str) -> Payment:
         """The payment with this id; raises ``NotFound``."""
