@@ -3,6 +3,7 @@ rotation and replay, brute-force throttling, MFA, password change and reset."""
 
 from __future__ import annotations
 
+import asyncio
 from pathlib import Path
 from typing import Any
 
@@ -145,6 +146,32 @@ async def test_unknown_email_wrong_password_and_lockout_give_the_same_error_text
         await login(client, "nobody@example.com", "whatever password")
     ghost = await login(client, "nobody@example.com", "whatever password")
     assert ghost.status_code == 429 and ghost.json()["detail"] == locked.json()["detail"]
+
+
+async def test_simultaneous_wrong_guesses_get_no_more_tries_than_the_lockout_threshold(
+    client: httpx.AsyncClient, settings: Settings
+) -> None:
+    await register(client, "raced@example.com")
+    guesses = await asyncio.gather(
+        *(login(client, "raced@example.com", f"guess number {i}") for i in range(20))
+    )
+    statuses = [r.status_code for r in guesses]
+    # Each attempt is counted before its password is hashed, so at most `threshold` were tried.
+    assert statuses.count(401) <= settings.lockout_threshold
+    assert statuses.count(429) >= 20 - settings.lockout_threshold
+    assert set(statuses) <= {401, 429}
+    assert (await login(client, "raced@example.com", PASSWORD)).status_code == 429
+
+
+async def test_right_password_with_mfa_pending_does_not_use_up_attempts(
+    client: httpx.AsyncClient, settings: Settings
+) -> None:
+    await register(client, "steady@example.com")
+    for _ in range(settings.lockout_threshold + 2):
+        await signed_in(client, "steady@example.com")
+    for _ in range(settings.lockout_threshold - 1):
+        assert (await login(client, "steady@example.com", "wrong wrong wrong")).status_code == 401
+    await signed_in(client, "steady@example.com")
 
 
 async def test_failures_beyond_the_free_attempts_must_wait_a_growing_delay(

@@ -303,11 +303,36 @@ async def _check_throttles(ctx: ServiceContext, throttles: Sequence[_Throttle]) 
     return wait or None
 
 
-async def _record_failure(ctx: ServiceContext, throttles: Sequence[_Throttle]) -> bool:
-    """Count a failed attempt against every key; True when this failure locked one out."""
-    locked = False
+async def _claim_attempt(ctx: ServiceContext, throttles: Sequence[_Throttle]) -> list[int] | int:
+    """Count an attempt before its password is checked: the counts, or seconds to wait.
+
+    Counting first closes a race: guesses sent at the same moment would otherwise all pass the
+    throttle check while the first one's (deliberately slow) hash is still running, and so get
+    far more tries than the lockout threshold allows. A successful attempt is refunded.
+    """
+    if (wait := await _check_throttles(ctx, throttles)) is not None:
+        return wait
+    counts: list[int] = []
     for t in throttles:
-        failures = await ctx.cache.incr(t.key + ":fail", ttl=t.rule.lockout_seconds)
+        counts.append(await ctx.cache.incr(t.key + ":fail", ttl=t.rule.lockout_seconds))
+        if counts[-1] > t.rule.threshold:
+            # Attempts already in flight use up the allowance; this one may not be made.
+            await _refund_attempt(ctx, throttles[: len(counts)])
+            return max(1, t.rule.delay_for(t.rule.threshold))
+    return counts
+
+
+async def _refund_attempt(ctx: ServiceContext, throttles: Sequence[_Throttle]) -> None:
+    for t in throttles:
+        await ctx.cache.incr(t.key + ":fail", -1, ttl=t.rule.lockout_seconds)
+
+
+async def _settle_failure(
+    ctx: ServiceContext, throttles: Sequence[_Throttle], counts: Sequence[int]
+) -> bool:
+    """Apply delay or lockout for a failed attempt already counted; True when it locked a key."""
+    locked = False
+    for t, failures in zip(throttles, counts, strict=True):
         if t.rule.locks(failures):
             await ctx.cache.set(t.key + ":lock", b"1", ttl=t.rule.lockout_seconds)
             await ctx.cache.delete(t.key + ":fail")
@@ -315,6 +340,12 @@ async def _record_failure(ctx: ServiceContext, throttles: Sequence[_Throttle]) -
         elif (delay := t.rule.delay_for(failures)) > 0:
             await ctx.cache.set(t.key + ":wait", b"1", ttl=delay)
     return locked
+
+
+async def _record_failure(ctx: ServiceContext, throttles: Sequence[_Throttle]) -> bool:
+    """Count a failed attempt against every key; True when this failure locked one out."""
+    counts = [await ctx.cache.incr(t.key + ":fail", ttl=t.rule.lockout_seconds) for t in throttles]
+    return await _settle_failure(ctx, throttles, counts)
 
 
 async def _clear_account_throttle(ctx: ServiceContext, account_index: str) -> None:
@@ -328,11 +359,13 @@ async def _guarded_password_check(
     """Verify a signed-in user's password under the same throttle as login (403 when wrong)."""
     m = row._mapping
     throttles = _throttles(ctx, m["email_index"], meta.ip)
-    wait = await _check_throttles(ctx, throttles)
-    if wait is not None:
-        raise TooManyRequests("Too many failed attempts; try again later.", retry_after=wait)
-    if not await verify_password(ctx, m["password_hash"], password):
-        await _record_failure(ctx, throttles)
+    counts = await _claim_attempt(ctx, throttles)
+    if isinstance(counts, int):
+        raise TooManyRequests("Too many failed attempts; try again later.", retry_after=counts)
+    if await verify_password(ctx, m["password_hash"], password):
+        await _refund_attempt(ctx, throttles)
+    else:
+        await _settle_failure(ctx, throttles, counts)
         raise Forbidden(
             "The password is not correct.",
             type=INVALID_CREDENTIALS_TYPE,
@@ -816,18 +849,22 @@ async def login(
     """Sign in with email and password (and a TOTP or recovery code once MFA is on)."""
     index = email_index(ctx, email)
     throttles = _throttles(ctx, index, meta.ip)
-    wait = await _check_throttles(ctx, throttles)
-    if wait is not None:
-        await record_audit(ctx, AuditType.LOGIN_LOCKED, meta, details={"retry_after": wait})
-        raise TooManyRequests(LOGIN_FAILED_DETAIL, retry_after=wait)
+    counts = await _claim_attempt(ctx, throttles)
+    if isinstance(counts, int):
+        await record_audit(ctx, AuditType.LOGIN_LOCKED, meta, details={"retry_after": counts})
+        raise TooManyRequests(LOGIN_FAILED_DETAIL, retry_after=counts)
+    claimed: list[int] = counts
 
     async with ctx.db.read() as session:
         row = (await session.execute(select(users).where(users.c.email_index == index))).first()
     m = row._mapping if row is not None else None
     password_ok = await verify_password(ctx, m["password_hash"] if m else None, password)
 
-    async def fail(reason: str) -> ProblemError:
-        locked = await _record_failure(ctx, throttles)
+    async def fail(reason: str, *, counted: bool = True) -> ProblemError:
+        if counted:
+            locked = await _settle_failure(ctx, throttles, claimed)
+        else:
+            locked = await _record_failure(ctx, throttles)
         user_id = m["id"] if m else None
         await record_audit(
             ctx, AuditType.LOGIN_FAILED, meta, user_id=user_id, details={"reason": reason}
@@ -842,6 +879,8 @@ async def login(
         raise await fail("wrong_password")
     if m["status"] != UserStatus.ACTIVE.value:
         raise await fail("disabled")
+    # The password was right: this attempt no longer counts (a wrong second factor counts anew).
+    await _refund_attempt(ctx, throttles)
 
     user_id: str = m["id"]
     async with ctx.db.transaction() as session:
@@ -884,7 +923,7 @@ async def login(
                 details={"session_id": session_id, "mfa": m["totp_enabled_at"] is not None},
             )
     if second_factor_failed:
-        raise await fail("wrong_second_factor")
+        raise await fail("wrong_second_factor", counted=False)
     await _clear_account_throttle(ctx, index)
     return await _token_response(
         ctx,
