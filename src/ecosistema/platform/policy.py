@@ -85,6 +85,8 @@ PERMISSIONS: frozenset[str] = frozenset(
         "analytics:read",
         "ml:read",
         "ml:manage",
+        # webhooks: a subscription receives every customer's orders, payments and stock events
+        "webhooks:manage",
         # operations
         "system:manage",
     }
@@ -127,6 +129,7 @@ _STAFF = _SALES | {
     "leads:assign",
     "analytics:read",
     "ml:read",
+    "webhooks:manage",
 }
 
 ROLE_PERMISSIONS: Mapping[str, frozenset[str]] = MappingProxyType(

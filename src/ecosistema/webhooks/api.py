@@ -25,12 +25,9 @@ from ecosistema.webhooks.schemas import (
     SubscriptionWithSecret,
 )
 
-# A subscription receives orders, payments, invoices and stock movements of every customer, so
-# managing one needs the permissions that read all of them (staff and admins hold them).
-MANAGE_WEBHOOKS: tuple[str, ...] = tuple(
-    check_permission(p)
-    for p in ("orders:read_all", "payments:read_all", "invoices:read_all", "inventory:read")
-)
+# A subscription receives orders, payments, invoices and stock movements of every customer;
+# staff and admins hold the permission.
+MANAGE_WEBHOOKS: tuple[str, ...] = (check_permission("webhooks:manage"),)
 
 
 async def _webhook_manager(principal: CurrentPrincipal) -> Principal:
