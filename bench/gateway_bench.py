@@ -1,9 +1,17 @@
-"""Gateway throughput and latency with wrk: a tiny upstream hit directly (the baseline) and
-through the gateway with 1 and 2 workers, all measured in the same run.
+"""Gateway throughput and latency with wrk, every figure measured in the same run.
 
-    .venv/bin/python bench/gateway_bench.py [--seconds 5] [--connections 64]
+    .venv/bin/python bench/gateway_bench.py [--seconds 30] [--overhead-seconds 10]
+                                            [--read-connections 256] [--connections 64]
+                                            [--only read|overhead]
 
-Prints req/s and p50/p99 latency for each case. Needs ``wrk`` (apt-get install -y wrk).
+(a) Read path: GET one product through the gateway (2 workers, response cache on, rate limit and
+    access log on), cache hits, 256 connections; baseline: the same GET on the catalog service
+    directly (uvicorn, one process). Target: >= 10,000 req/s with p99 < 100 ms.
+(b) Overhead: a tiny keep-alive upstream (uvloop + httptools) directly, through the gateway and
+    through nginx (proxy_pass with an upstream keep-alive pool), one worker each; the ratio
+    gateway/nginx. Target: >= 0.7.
+
+Needs wrk and nginx; when missing and running as root they are installed with apt-get.
 """
 
 from __future__ import annotations
@@ -15,14 +23,18 @@ import os
 import platform
 import re
 import shutil
+import signal
 import socket
 import subprocess
 import sys
 import tempfile
 import time
+import urllib.request
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
+PYTHON = sys.executable
 
 
 def serve_tiny_upstream(port: int) -> None:
@@ -44,10 +56,30 @@ def serve_tiny_upstream(port: int) -> None:
             self.transport.write(response)  # type: ignore[attr-defined]
 
     async def main() -> None:
-        server = await asyncio.get_running_loop().create_server(Tiny, "127.0.0.1", port)
+        server = await asyncio.get_running_loop().create_server(
+            Tiny, "127.0.0.1", port, backlog=2048
+        )
         await server.serve_forever()
 
     uvloop.run(main())
+
+
+def ensure_tools() -> None:
+    """wrk and nginx, from Debian's packages when missing (as root)."""
+    missing = [tool for tool in ("wrk", "nginx") if shutil.which(tool) is None]
+    if os.path.exists("/usr/sbin/nginx") and "nginx" in missing:
+        missing.remove("nginx")
+    if not missing:
+        return
+    if os.geteuid() != 0:
+        sys.exit(f"missing {', '.join(missing)}: apt-get install -y wrk nginx-light")
+    packages = ["wrk" if tool == "wrk" else "nginx-light" for tool in missing]
+    subprocess.run(["apt-get", "update", "-q"], check=False, capture_output=True)
+    subprocess.run(["apt-get", "install", "-y", "-q", *packages], check=True, capture_output=True)
+
+
+def nginx_binary() -> str:
+    return shutil.which("nginx") or "/usr/sbin/nginx"
 
 
 def free_port() -> int:
@@ -56,15 +88,16 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def wait_for_port(port: int) -> None:
-    deadline = time.monotonic() + 20
+def wait_for(url: str, timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         try:
-            with socket.create_connection(("127.0.0.1", port), timeout=0.2):
-                return
+            with urllib.request.urlopen(url, timeout=1) as response:
+                if response.status < 500:
+                    return
         except OSError:
-            time.sleep(0.05)
-    raise TimeoutError(f"nothing listening on {port}")
+            time.sleep(0.1)
+    raise TimeoutError(f"{url} did not answer within {timeout} s")
 
 
 def wrk(url: str, seconds: int, connections: int) -> dict[str, float]:
@@ -81,102 +114,232 @@ def wrk(url: str, seconds: int, connections: int) -> dict[str, float]:
         return float(value) * {"us": 0.001, "ms": 1.0, "s": 1000.0}[unit]
 
     errors = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
+    socket_errors = re.search(r"Socket errors: (.*)", out)
     return {
         "rps": rps,
         "p50_ms": percentile("50"),
         "p99_ms": percentile("99"),
         "non_2xx": float(errors.group(1)) if errors else 0.0,
+        "socket_errors": 1.0 if socket_errors else 0.0,
     }
+
+
+def start_gateway(table: dict[str, Any], tmp: Path, workers: int, env: dict[str, str]) -> Any:
+    port = free_port()
+    path = tmp / f"routes-{port}.json"
+    path.write_text(json.dumps(table))
+    proc = subprocess.Popen(
+        [
+            *(PYTHON, "-m", "ecosistema.gateway", "--routes", str(path)),
+            *("--port", str(port), "--workers", str(workers)),
+        ],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.DEVNULL,
+    )
+    return proc, port
+
+
+def stop(proc: subprocess.Popen[bytes]) -> None:
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+NGINX_CONF = """
+worker_processes 1;
+daemon off;
+pid {tmp}/nginx.pid;
+error_log {tmp}/nginx-error.log warn;
+events {{ worker_connections 4096; }}
+http {{
+  access_log off;
+  client_body_temp_path {tmp}/body; proxy_temp_path {tmp}/proxy;
+  fastcgi_temp_path {tmp}/fcgi; uwsgi_temp_path {tmp}/uwsgi; scgi_temp_path {tmp}/scgi;
+  upstream tiny {{ server 127.0.0.1:{upstream}; keepalive 128; }}
+  server {{
+    listen 127.0.0.1:{port};
+    location / {{
+      proxy_pass http://tiny;
+      proxy_http_version 1.1;
+      proxy_set_header Connection "";
+    }}
+  }}
+}}
+"""
+
+
+def overhead(args: argparse.Namespace, tmp: Path, env: dict[str, str]) -> dict[str, Any]:
+    """(b): the tiny upstream directly, through the gateway and through nginx."""
+    results: dict[str, Any] = {}
+    up_port = free_port()
+    upstream = subprocess.Popen([PYTHON, __file__, "--upstream", str(up_port)])
+    procs = [upstream]
+    try:
+        wait_for(f"http://127.0.0.1:{up_port}/")
+        seconds, conns = args.overhead_seconds, args.connections
+        results["direct to the upstream (baseline)"] = wrk(
+            f"http://127.0.0.1:{up_port}/", seconds, conns
+        )
+        base = {
+            "services": {"tiny": {"instances": [f"http://127.0.0.1:{up_port}"]}},
+            "routes": [{"prefix": "/", "service": "tiny", "public": True}],
+        }
+        base["services"]["tiny"]["health_path"] = None
+        lean = {**base, "rate_limits": {"enabled": False}, "access_log": False}
+        full = {**base, "rate_limits": {"anonymous": {"rate": 1e9, "burst": 1_000_000_000}}}
+        for label, table in (
+            ("gateway, 1 worker", lean),
+            ("gateway, 1 worker, access log + rate limit", full),
+        ):
+            proc, port = start_gateway(table, tmp, 1, env)
+            procs.append(proc)
+            wait_for(f"http://127.0.0.1:{port}/")
+            results[label] = wrk(f"http://127.0.0.1:{port}/", seconds, conns)
+            stop(proc)
+        ng_port = free_port()
+        conf = tmp / "nginx.conf"
+        conf.write_text(NGINX_CONF.format(tmp=tmp, upstream=up_port, port=ng_port))
+        nginx = subprocess.Popen([nginx_binary(), "-c", str(conf)], stderr=subprocess.DEVNULL)
+        procs.append(nginx)
+        wait_for(f"http://127.0.0.1:{ng_port}/")
+        results["nginx, 1 worker"] = wrk(f"http://127.0.0.1:{ng_port}/", seconds, conns)
+        stop(nginx)
+    finally:
+        for proc in procs:
+            stop(proc)
+    return results
+
+
+def read_path(args: argparse.Namespace, tmp: Path, env: dict[str, str]) -> dict[str, Any]:
+    """(a): one product through the gateway's response cache, 2 workers, 256 connections."""
+    results: dict[str, Any] = {}
+    data = tmp / "data"
+    env = {
+        **env,
+        "ECOSISTEMA_DATA_DIR": str(data),
+        "ECOSISTEMA_LOG_LEVEL": "WARNING",
+    }
+    products = tmp / "products.jsonl"
+    products.write_text(
+        json.dumps(
+            {
+                "slug": "bench-lamp",
+                "name": "Bench Lamp",
+                "description": "A lamp to measure the read path with.",
+                "status": "active",
+                "variants": [{"sku": "BENCH-1", "prices": {"EUR": 4900}}],
+            }
+        )
+        + "\n"
+    )
+    subprocess.run(
+        [PYTHON, "-m", "ecosistema", "catalog", "import", str(products)],
+        cwd=tmp,
+        env=env,
+        check=True,
+        capture_output=True,
+    )
+    cat_port = free_port()
+    catalog = subprocess.Popen(
+        [PYTHON, "-m", "ecosistema", "serve", "catalog", "--port", str(cat_port)],
+        cwd=tmp,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    procs = [catalog]
+    try:
+        wait_for(f"http://127.0.0.1:{cat_port}/readyz")
+        with urllib.request.urlopen(
+            f"http://127.0.0.1:{cat_port}/api/v1/products?limit=1", timeout=10
+        ) as response:
+            product_id = json.loads(response.read())["items"][0]["id"]
+        path = f"/api/v1/products/{product_id}"
+        results["catalog directly (uvicorn, 1 process; baseline)"] = wrk(
+            f"http://127.0.0.1:{cat_port}{path}", args.overhead_seconds, args.read_connections
+        )
+        table = {
+            "services": {"catalog": {"instances": [f"http://127.0.0.1:{cat_port}"]}},
+            "routes": [
+                {
+                    "prefix": "/api/v1/products",
+                    "service": "catalog",
+                    "public": True,
+                    "cache": {"ttl_seconds": 300, "revalidate_by_events": True},
+                }
+            ],
+            "rate_limits": {"anonymous": {"rate": 1e9, "burst": 1_000_000_000}},
+        }
+        proc, port = start_gateway(table, tmp, 2, env)
+        procs.append(proc)
+        url = f"http://127.0.0.1:{port}{path}"
+        wait_for(url)
+        for _ in range(8):  # every worker stores its copy before the measurement
+            urllib.request.urlopen(url, timeout=10).read()
+        results["gateway, 2 workers, cache hits"] = wrk(url, args.seconds, args.read_connections)
+    finally:
+        for proc in procs:
+            stop(proc)
+    return results
+
+
+def show(title: str, results: dict[str, Any], cmd: str) -> None:
+    print(f"\n{title}  ({cmd})")
+    print(f"{'case':<52}{'req/s':>10}{'p50 ms':>9}{'p99 ms':>9}{'non-2xx':>9}")
+    for label, r in results.items():
+        print(
+            f"{label:<52}{r['rps']:>10.0f}{r['p50_ms']:>9.2f}{r['p99_ms']:>9.2f}"
+            f"{r['non_2xx']:>9.0f}"
+        )
 
 
 def main() -> None:
     parser = argparse.ArgumentParser()
-    parser.add_argument("--seconds", type=int, default=5)
-    parser.add_argument("--connections", type=int, default=64)
+    parser.add_argument("--seconds", type=int, default=30, help="read-path measurement")
+    parser.add_argument("--overhead-seconds", type=int, default=10)
+    parser.add_argument("--connections", type=int, default=64, help="overhead cases")
+    parser.add_argument("--read-connections", type=int, default=256)
+    parser.add_argument("--only", choices=["read", "overhead"])
     parser.add_argument("--upstream", type=int, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.upstream:
         serve_tiny_upstream(args.upstream)
         return
-    if shutil.which("wrk") is None:
-        sys.exit("wrk is not installed: apt-get install -y wrk")
-
-    up_port = free_port()
-    upstream = subprocess.Popen([sys.executable, __file__, "--upstream", str(up_port)])
-    procs = [upstream]
-    results: dict[str, dict[str, float]] = {}
-    try:
-        wait_for_port(up_port)
-        results["direct (baseline)"] = wrk(
-            f"http://127.0.0.1:{up_port}/", args.seconds, args.connections
-        )
-        with tempfile.TemporaryDirectory() as tmp:
-            cases = [
-                ("gateway, 1 worker", 1, {"access_log": False}),
-                ("gateway, 2 workers", 2, {"access_log": False}),
-                ("gateway, 1 worker, access log + rate limit", 1, {"access_log": True}),
-            ]
-            for label, workers, extra in cases:
-                table = Path(tmp) / f"routes-{workers}-{len(results)}.json"
-                limits = (
-                    {"anonymous": {"rate": 1e9, "burst": 1_000_000_000}}
-                    if extra["access_log"]
-                    else {"enabled": False}
-                )
-                table.write_text(
-                    json.dumps(
-                        {
-                            "services": {
-                                "tiny": {
-                                    "instances": [f"http://127.0.0.1:{up_port}"],
-                                    "health_path": None,
-                                }
-                            },
-                            "routes": [{"prefix": "/", "service": "tiny", "public": True}],
-                            "rate_limits": limits,
-                            **extra,
-                        }
-                    )
-                )
-                port = free_port()
-                gateway = subprocess.Popen(
-                    [
-                        sys.executable,
-                        "-m",
-                        "ecosistema.gateway",
-                        "--routes",
-                        str(table),
-                        "--port",
-                        str(port),
-                        "--workers",
-                        str(workers),
-                    ],
-                    cwd=ROOT,
-                    env={**os.environ, "ECOSISTEMA_CACHE_URL": "memory://"},
-                    stdout=subprocess.DEVNULL,
-                )
-                procs.append(gateway)
-                wait_for_port(port)
-                results[label] = wrk(f"http://127.0.0.1:{port}/", args.seconds, args.connections)
-                gateway.terminate()
-                gateway.wait(timeout=20)
-    finally:
-        for proc in procs:
-            if proc.poll() is None:
-                proc.terminate()
-                proc.wait(timeout=20)
-
+    ensure_tools()
+    env = {**os.environ, "ECOSISTEMA_CACHE_URL": "memory://", "ECOSISTEMA_BUS_URL": "memory://"}
+    load_before = Path("/proc/loadavg").read_text().split()[:3]
+    with tempfile.TemporaryDirectory(prefix="gateway-bench-") as name:
+        tmp = Path(name)
+        reads = read_path(args, tmp, env) if args.only != "overhead" else {}
+        over = overhead(args, tmp, env) if args.only != "read" else {}
+    load_after = Path("/proc/loadavg").read_text().split()[:3]
     print(
-        f"machine: {platform.machine()}, {os.cpu_count()} cores,"
-        f" Python {platform.python_version()}; load {os.getloadavg()[0]:.1f};"
-        f" wrk -t2 -c{args.connections} -d{args.seconds}s, loopback, tiny 'ok' upstream"
+        f"machine: {platform.machine()}, {os.cpu_count()} cores, Python"
+        f" {platform.python_version()}; load average before {' '.join(load_before)},"
+        f" after {' '.join(load_after)}; loopback, wrk -t2"
     )
-    print(f"{'case':<46}{'req/s':>10}{'p50 ms':>10}{'p99 ms':>10}{'non-2xx':>10}")
-    for label, r in results.items():
-        print(
-            f"{label:<46}{r['rps']:>10.0f}{r['p50_ms']:>10.2f}{r['p99_ms']:>10.2f}"
-            f"{r['non_2xx']:>10.0f}"
+    if reads:
+        show(
+            "(a) read path: GET /api/v1/products/{id}",
+            reads,
+            f"-c{args.read_connections}, {args.seconds}s through the gateway",
         )
+        hit = reads["gateway, 2 workers, cache hits"]
+        verdict = "met" if hit["rps"] >= 10_000 and hit["p99_ms"] < 100 else "NOT met"
+        print(f"target >= 10,000 req/s with p99 < 100 ms: {verdict}")
+    if over:
+        show(
+            "(b) overhead: tiny upstream",
+            over,
+            f"-c{args.connections}, {args.overhead_seconds}s each",
+        )
+        ratio = over["gateway, 1 worker"]["rps"] / over["nginx, 1 worker"]["rps"]
+        print(f"ratio gateway/nginx (1 worker each): {ratio:.2f} (target >= 0.7)")
 
 
 if __name__ == "__main__":

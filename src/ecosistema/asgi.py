@@ -12,7 +12,8 @@ from ecosistema.services import load_services
 
 
 def embedded_app() -> FastAPI:
-    """Every service in one process (``ecosistema up``)."""
+    """Every service in one process: what ``ecosistema up`` serves behind the gateway, and what
+    any ASGI server can serve on its own."""
     return create_app(load_services(), get_settings())
 
 

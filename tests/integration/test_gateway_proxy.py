@@ -74,6 +74,22 @@ async def test_method_not_on_the_route_is_a_405_with_allow(
     assert response.json()["status"] == 405
 
 
+async def test_an_edge_answer_to_a_request_with_a_body_keeps_the_connection(
+    gateway: tuple[GatewayServer, io.StringIO],
+) -> None:
+    reader, writer = await asyncio.open_connection("127.0.0.1", gateway[0].port)
+    try:
+        for _ in range(2):
+            writer.write(b"POST /stream HTTP/1.1\r\nHost: t\r\nContent-Length: 5\r\n\r\nhello")
+            head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 10)
+            assert head.startswith(b"HTTP/1.1 405 ")
+            assert b"connection: close" not in head.lower()
+            length = int(re.search(rb"content-length: (\d+)", head.lower()).group(1))  # type: ignore[union-attr]
+            await reader.readexactly(length)
+    finally:
+        writer.close()
+
+
 async def test_dot_segments_cannot_escape_a_route(
     gateway: tuple[GatewayServer, io.StringIO],
 ) -> None:
@@ -129,6 +145,11 @@ async def test_each_request_writes_one_json_access_log_line(
 ) -> None:
     async with client(gateway[0]) as c:
         response = await c.get("/echo/logged", headers={"x-request-id": "log-me"})
+    # Lines are written in batches, at the latest a second after the request.
+    deadline = asyncio.get_running_loop().time() + 5
+    while '"log-me"' not in gateway[1].getvalue():
+        assert asyncio.get_running_loop().time() < deadline, "no access line within 5 s"
+        await asyncio.sleep(0.05)
     lines = [json.loads(line) for line in gateway[1].getvalue().splitlines()]
     entry = next(e for e in lines if e["request_id"] == "log-me")
     assert response.status_code == 200

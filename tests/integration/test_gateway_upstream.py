@@ -3,7 +3,8 @@ plus helpers to start it and the gateway as subprocesses. It holds no tests itse
 
 Endpoints: /readyz (503 after POST /admin/unready), /echo/* (what arrived: method, path,
 headers, body length and SHA-256, the client port), /stream?size=&chunk= (a chunked body),
-/slow?seconds=, /status/{code}, /.well-known/jwks.json (read from $JWKS_FILE on every call).
+/slow?seconds=, /status/{code}, /.well-known/jwks.json (read from $JWKS_FILE on every call),
+/cacheable[/{id}]?cc=&etag=&vary=&cookie=&status= and /admin/cacheable-count.
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ Send = Callable[[MutableMapping[str, Any]], Awaitable[None]]
 ROOT = Path(__file__).resolve().parents[2]
 PYTHON = sys.executable
 INSTANCE = os.environ.get("UPSTREAM_NAME", "upstream")
-_state = {"ready": True, "served": 0}
+_state: dict[str, Any] = {"ready": True, "served": 0, "cacheable": 0}
 
 
 async def _json(
@@ -50,6 +51,29 @@ async def _json(
     await send({"type": "http.response.body", "body": payload})
 
 
+async def _cacheable(send: Send, path: str, query: dict[str, str]) -> None:
+    """A resource for the response-cache tests: ``/cacheable`` (a list page) or
+    ``/cacheable/{id}``, with the Cache-Control, Vary, ETag and Set-Cookie the query asks for;
+    the body says how many /cacheable requests this upstream has served."""
+    count = _state["cacheable"] = _state.get("cacheable", 0) + 1
+    item = path.removeprefix("/cacheable").strip("/")
+    body: Any = (
+        {"id": item, "slug": f"slug-{item}", "variants": [{"sku": f"SKU-{item}"}], "n": count}
+        if item
+        else {"items": [{"id": "p1"}, {"id": "p2"}], "n": count}
+    )
+    headers: list[tuple[bytes, bytes]] = [
+        (b"cache-control", query.get("cc", "public, max-age=60").encode())
+    ]
+    if "etag" in query:
+        headers.append((b"etag", query["etag"].encode()))
+    if "vary" in query:
+        headers.append((b"vary", query["vary"].encode()))
+    if "cookie" in query:
+        headers.append((b"set-cookie", b"session=abc; HttpOnly"))
+    await _json(send, int(query.get("status", "200")), body, tuple(headers))
+
+
 async def app(scope: Scope, receive: Receive, send: Send) -> None:
     if scope["type"] != "http":
         return
@@ -61,6 +85,10 @@ async def app(scope: Scope, receive: Receive, send: Send) -> None:
     elif path == "/admin/unready":
         _state["ready"] = False
         await _json(send, 200, {"ready": False})
+    elif path == "/admin/cacheable-count":
+        await _json(send, 200, {"count": _state.get("cacheable", 0)})
+    elif path.startswith("/cacheable"):
+        await _cacheable(send, path, query)
     elif path.startswith("/echo") or path.startswith("/api/"):
         digest = hashlib.sha256()
         length = chunks = max_chunk = 0

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import time
+from collections.abc import Awaitable, Callable
 
 import structlog
 
@@ -37,9 +38,17 @@ class EdgeAuthenticator:
     """Verifies access tokens; fetches the JWKS from identity, keeps it for ``jwks_ttl_seconds``
     and refetches on an unknown ``kid`` at most once per ``jwks_min_refresh_seconds``."""
 
-    def __init__(self, config: AuthConfig, identity: Balancer | None) -> None:
+    def __init__(
+        self,
+        config: AuthConfig,
+        identity: Balancer | None,
+        *,
+        loader: Callable[[], Awaitable[tuple[int, bytes]]] | None = None,
+    ) -> None:
         self._config = config
         self._identity = identity
+        # Fetches the JWKS when identity runs in this process: (status, body).
+        self._loader = loader
         self._keys: PublicKeySet | None = None
         self._fetched_at = float("-inf")
         self._last_attempt = float("-inf")
@@ -48,6 +57,13 @@ class EdgeAuthenticator:
         # already verified is trusted until its own expiry.
         self._verified: dict[str, tuple[Principal, float]] = {}
         self.fetches = 0
+
+    def known(self, token: str) -> Principal | None:
+        """The principal of a token verified before and not yet expired, without waiting."""
+        cached = self._verified.get(token)
+        if cached is not None and cached[1] > time.time():
+            return cached[0]
+        return None
 
     async def authenticate_bearer(self, token: str) -> Principal:
         """The principal of a valid access token; raises ``AuthenticationFailed`` otherwise."""
@@ -115,6 +131,16 @@ class EdgeAuthenticator:
             return True
 
     async def _fetch(self) -> PublicKeySet | None:
+        if self._loader is not None:
+            self.fetches += 1
+            try:
+                status, body = await self._loader()
+                if status != 200:
+                    raise ValueError(f"status {status}")
+                return PublicKeySet.from_jwks(json.loads(body))
+            except (OSError, ValueError) as exc:
+                log.warning("jwks_fetch_failed", instance="in-process", error=str(exc))
+                return None
         if self._identity is None:
             return None
         instance = self._identity.pick(time.monotonic())

@@ -28,7 +28,9 @@ class RateLimitRule(_Model):
 class ServiceConfig(_Model):
     """One upstream service: its instances and how the gateway balances, checks and breaks them."""
 
-    instances: list[str] = Field(min_length=1)
+    instances: list[str] = Field(default_factory=list)
+    # Served by an ASGI app in the gateway's own process (the embedded shape), not over HTTP.
+    in_process: bool = False
     balancer: Literal["round_robin", "least_outstanding"] = "round_robin"
     health_path: str | None = "/readyz"
     health_interval_seconds: float = Field(default=5.0, gt=0)
@@ -53,6 +55,53 @@ class ServiceConfig(_Model):
                 raise ValueError(f"instance {url!r} must be an http:// or https:// URL")
         return urls
 
+    @model_validator(mode="after")
+    def _somewhere(self) -> ServiceConfig:
+        if not self.instances and not self.in_process:
+            raise ValueError("a service needs at least one instance, or in_process: true")
+        return self
+
+
+class CacheRule(_Model):
+    """How a route's anonymous GET responses are kept by the gateway's response cache."""
+
+    ttl_seconds: float = Field(default=60.0, gt=0)
+    # Request headers whose values select different cached copies (e.g. accept-language).
+    vary: list[str] = Field(default_factory=list)
+    # The upstream's ``no-cache`` asks caches to revalidate before reuse; with this on, the
+    # purge on the service's events is that revalidation, so such responses are kept too.
+    revalidate_by_events: bool = False
+    # JSON fields whose values tag a cached response, so an event naming one purges it.
+    tag_fields: list[str] = Field(default_factory=lambda: ["id", "slug", "sku"])
+    max_entry_bytes: int = Field(default=1024 * 1024, ge=1)
+
+    @field_validator("vary")
+    @classmethod
+    def _lower(cls, names: list[str]) -> list[str]:
+        return [n.strip().lower() for n in names if n.strip()]
+
+
+class ResponseCacheConfig(_Model):
+    """The response cache: memory per worker, bounded in bytes, purged by events and TTL."""
+
+    enabled: bool = True
+    max_bytes: int = Field(default=64 * 1024 * 1024, ge=0)
+    # Where purge events come from (``Settings.bus_url`` unless set); None: TTL only.
+    bus_url: str | None = None
+    bus_stream: str = "ecosistema"
+    purge_events: list[str] = Field(
+        default_factory=lambda: [
+            "ProductCreated",
+            "ProductUpdated",
+            "ProductArchived",
+            "StockChanged",
+        ]
+    )
+    # Payload fields whose values name the cached responses an event makes stale.
+    purge_fields: list[str] = Field(
+        default_factory=lambda: ["product_id", "id", "slug", "sku", "skus"]
+    )
+
 
 class RouteConfig(_Model):
     """A path prefix and methods sent to one service; public routes skip edge authentication."""
@@ -66,6 +115,7 @@ class RouteConfig(_Model):
     retries: int = Field(default=2, ge=0)
     rate_limit: RateLimitRule | None = None
     max_body_bytes: int | None = Field(default=None, ge=0)
+    cache: CacheRule | None = None
 
     @field_validator("prefix")
     @classmethod
@@ -155,6 +205,7 @@ class GatewayConfig(_Model):
     auth: AuthConfig = AuthConfig()
     rate_limits: RateLimitConfig = RateLimitConfig()
     cors: CorsConfig = CorsConfig()
+    response_cache: ResponseCacheConfig = ResponseCacheConfig()
     max_body_bytes: int = Field(default=10 * 1024 * 1024, ge=0)
     max_header_bytes: int = Field(default=64 * 1024, ge=1024)
     access_log: bool = True
@@ -188,7 +239,8 @@ def gateway_config(
     table: dict[str, Any] | str | Path, settings: Settings | None = None
 ) -> GatewayConfig:
     """Build the gateway's configuration from a route table, taking secrets and defaults from
-    ``Settings`` (issuer, audience, the principal secret, CORS origins, Redis for rate limits)."""
+    ``Settings`` (issuer, audience, the principal secret, CORS origins, Redis for rate limits,
+    the event bus that purges the response cache)."""
     data = dict(table) if isinstance(table, dict) else load_route_table(table)
     if settings is not None:
         auth = dict(data.get("auth") or {})
@@ -204,6 +256,10 @@ def gateway_config(
             limits.setdefault("backend_url", settings.cache_url)
             limits.setdefault("key_prefix", f"{settings.cache_prefix}rl:")
         data["rate_limits"] = limits
+        cache = dict(data.get("response_cache") or {})
+        cache.setdefault("bus_url", settings.bus_url)
+        cache.setdefault("bus_stream", settings.bus_stream)
+        data["response_cache"] = cache
         cors = dict(data.get("cors") or {})
         cors.setdefault("allow_origins", list(settings.cors_origins))
         data["cors"] = cors

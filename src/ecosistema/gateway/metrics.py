@@ -6,7 +6,9 @@ counters to memory-mapped files in one directory, so any worker's ``/metrics`` s
 
 from __future__ import annotations
 
+import asyncio
 import os
+from bisect import bisect_left
 from collections.abc import Callable, Iterable
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest, values
@@ -106,32 +108,67 @@ class GatewayMetrics:
         self.retries = Counter(
             "ecosistema_gateway_retries", "Attempts retried", ["route"], registry=self.registry
         )
-        self._request_children: dict[tuple[str, str, int], Counter] = {}
-        self._latency_children: dict[str, Histogram] = {}
-        self._upstream_children: dict[tuple[str, str, str], Counter] = {}
+        # Per-request observations are tallied in plain dicts and lists and handed to
+        # prometheus_client (whose every update takes a lock, and in multiprocess mode writes a
+        # memory-mapped file) by ``flush``, once per event-loop iteration: under load one flush
+        # covers every request that iteration answered, and a scrape never misses one.
+        self._flush_scheduled = False
+        self._requests: dict[tuple[str, str, int], int] = {}
+        self._latency: dict[str, list[float]] = {}
+        self._upstream: dict[tuple[str, str, str], int] = {}
 
     def observe_request(self, route: str, method: str, status: int, seconds: float) -> None:
         """Count one answered request and its duration."""
         key = (route, method, status)
-        child = self._request_children.get(key)
-        if child is None:
-            child = self._request_children[key] = self.requests.labels(route, method, str(status))
-        child.inc()
-        hist = self._latency_children.get(route)
-        if hist is None:
-            hist = self._latency_children[route] = self.latency.labels(route)
-        hist.observe(seconds)
+        requests = self._requests
+        requests[key] = requests.get(key, 0) + 1
+        tally = self._latency.get(route)
+        if tally is None:
+            # One count per bucket, then the +Inf bucket, then the sum of the durations.
+            tally = self._latency[route] = [0.0] * (len(_LATENCY_BUCKETS) + 2)
+        tally[bisect_left(_LATENCY_BUCKETS, seconds)] += 1
+        tally[-1] += seconds
+        if not self._flush_scheduled:
+            self._schedule_flush()
 
     def observe_upstream(self, service: str, instance: str, outcome: str) -> None:
         """Count one attempt on an upstream instance."""
         key = (service, instance, outcome)
-        child = self._upstream_children.get(key)
-        if child is None:
-            child = self._upstream_children[key] = self.upstream.labels(service, instance, outcome)
-        child.inc()
+        upstream = self._upstream
+        upstream[key] = upstream.get(key, 0) + 1
+        if not self._flush_scheduled:
+            self._schedule_flush()
+
+    def _schedule_flush(self) -> None:
+        self._flush_scheduled = True
+        try:
+            asyncio.get_running_loop().call_soon(self.flush)
+        except RuntimeError:
+            self._flush_scheduled = False  # no loop running: ``render`` flushes
+
+    def flush(self) -> None:
+        """Hand the tallies gathered since the last flush to the Prometheus metrics."""
+        self._flush_scheduled = False
+        requests, self._requests = self._requests, {}
+        for (route, method, status), count in requests.items():
+            self.requests.labels(route, method, str(status)).inc(count)
+        upstream, self._upstream = self._upstream, {}
+        for (service, instance, outcome), count in upstream.items():
+            self.upstream.labels(service, instance, outcome).inc(count)
+        latency, self._latency = self._latency, {}
+        for route, tally in latency.items():
+            child = self.latency.labels(route)
+            # Histogram has no public way to add many observations at once; its buckets and sum
+            # are value objects with ``inc``, in memory or in the multiprocess files alike.
+            buckets = child._buckets
+            for index, observed in enumerate(tally[:-1]):
+                if observed:
+                    buckets[index].inc(observed)
+            child._sum.inc(tally[-1])
 
     def render(self) -> bytes:
         """The Prometheus text exposition of every worker's metrics."""
+        self.flush()
         if _multiprocess_dir is None:
             return generate_latest(self.registry)
         registry = CollectorRegistry()

@@ -15,10 +15,13 @@ import hashlib
 import json
 import os
 import random
+import socket
 import sys
 import time
 from collections import deque
-from typing import IO, Any, cast
+from collections.abc import Callable, Mapping
+from json.encoder import encode_basestring_ascii  # type: ignore[attr-defined]
+from typing import IO, TYPE_CHECKING, Any, cast
 from urllib.parse import unquote
 
 import httptools
@@ -26,12 +29,22 @@ import structlog
 
 from ecosistema.gateway.auth import AuthenticationFailed, EdgeAuthenticator, KeysUnavailable
 from ecosistema.gateway.balancer import Balancer, Instance
+from ecosistema.gateway.cache import CachedResponse, CacheFill, ResponseCache, purge_tags
 from ecosistema.gateway.config import GatewayConfig, RateLimitRule, RouteConfig
 from ecosistema.gateway.metrics import GatewayMetrics
 from ecosistema.gateway.principal import PRINCIPAL_HEADER, Principal, sign_principal
-from ecosistema.gateway.ratelimit import RateLimiter, create_rate_limiter
+from ecosistema.gateway.ratelimit import (
+    Decision,
+    MemoryRateLimiter,
+    RateLimiter,
+    create_rate_limiter,
+)
 from ecosistema.gateway.routing import Router
 from ecosistema.gateway.upstream import ConnectionPool, Headers, UpstreamConnection, fetch
+
+if TYPE_CHECKING:
+    from ecosistema.gateway.inprocess import LocalService
+    from ecosistema.platform.events import EventBus, EventEnvelope
 from ecosistema.platform.errors import PROBLEM_BASE
 
 log = structlog.get_logger(__name__)
@@ -91,12 +104,30 @@ _RESPONSE_OWNED = frozenset(
         b"ratelimit-reset",
     }
 )
+_RESPONSE_DROP = HOP_BY_HOP | _RESPONSE_OWNED
 IDEMPOTENT_METHODS = frozenset({"GET", "HEAD", "OPTIONS", "PUT", "DELETE"})
 
 _OK, _LOST_BEFORE_HEAD, _LOST_AFTER_HEAD, _TIMEOUT, _TOO_LARGE, _CLIENT_GONE = range(6)
 _OUTCOME_NAMES = ("ok", "connection_lost", "lost_mid_response", "timeout", "too_large", "gone")
 
 _PAUSE_BUFFER, _PAUSE_UPSTREAM, _PAUSE_PIPELINE = 1, 2, 4
+
+# Where a request goes on from once it needs to wait for something; _PENDING: sent upstream
+# without a task, the upstream connection's callbacks finish it.
+_DONE, _STAGE_AUTH, _STAGE_LIMIT, _STAGE_FORWARD, _PENDING = range(5)
+_RETRY = -1
+# The instance label of routes served by an app in the gateway's process.
+_IN_PROCESS = "in-process"
+
+
+def _backoff(attempt: int) -> float:
+    """Exponential backoff with jitter, so retries from many requests do not arrive at once."""
+    return min(0.5, 0.025 * 2.0 ** (attempt - 1)) * random.uniform(0.5, 1.0)  # noqa: S311
+
+
+# Exchange.cache_state: not cacheable, answered from the cache, fetched to be stored.
+_CACHE_STATE = ("null", '"HIT"', '"MISS"')
+_json_str: Callable[[str], str] = encode_basestring_ascii
 
 _REASONS = {
     200: b"OK",
@@ -148,18 +179,25 @@ class Exchange:
         "body_done",
         "body_received",
         "buffered",
+        "cache_key",
+        "cache_state",
         "chunked",
         "client_ip",
         "close_after",
         "conn",
         "content_length",
         "expect_continue",
+        "fill",
+        "first_instance",
+        "has_content_length",
         "headers",
         "http11",
         "instance",
         "keep_alive",
+        "local",
         "max_body",
         "method",
+        "on_done",
         "origin",
         "path",
         "pending",
@@ -179,7 +217,9 @@ class Exchange:
         "timer",
         "trace_id",
         "traceparent",
+        "traceparent_kept",
         "upstream_keep_alive",
+        "upstream_tail",
         "waiter",
     )
 
@@ -209,9 +249,11 @@ class Exchange:
         self.content_length = 0
         self.expect_continue = False
         self.origin: bytes | None = None
+        self.has_content_length = False
         request_id = traceparent = None
         for name, value in headers:
             if name == b"content-length":
+                self.has_content_length = True
                 self.content_length = int(value) if value.isdigit() else -1
             elif name == b"transfer-encoding":
                 self.chunked = b"chunked" in value.lower()
@@ -227,12 +269,15 @@ class Exchange:
             self.request_id = request_id
         else:
             self.request_id = b"%032x" % _ids.getrandbits(128)
+        self.traceparent_kept = False
         if traceparent and _valid_traceparent(traceparent):
             self.traceparent = traceparent
+            self.traceparent_kept = True
         else:
             self.traceparent = b"00-%032x-%016x-01" % (_ids.getrandbits(128), _ids.getrandbits(64))
         self.trace_id = self.traceparent[3:35]
-        self.body_done = False
+        # A request without a body is complete with its head, so it can be answered at once.
+        self.body_done = not self.chunked and self.content_length == 0
         self.body_received = 0
         self.buffered: list[bytes] = []
         self.replayable = True
@@ -251,6 +296,13 @@ class Exchange:
         self.rate_headers = b""
         self.attempts = 0
         self.pending: list[bytes] = []
+        self.cache_key: bytes | None = None
+        self.cache_state = 0
+        self.fill: CacheFill | None = None
+        self.local: Any = None
+        self.on_done: Callable[[Exchange, int], None] | None = None
+        self.first_instance: Instance | None = None
+        self.upstream_tail: bytes | None = None
 
     def header(self, name: bytes) -> bytes | None:
         """The first value of a request header (lower-case name)."""
@@ -266,6 +318,9 @@ class Exchange:
         self.body_received += len(chunk)
         if self.body_received > self.max_body:
             self._body_too_large()
+            return
+        if self.local is not None:
+            self.local.feed(chunk)
             return
         sink = self.sink
         if sink is None:
@@ -284,7 +339,9 @@ class Exchange:
     def finish_body(self) -> None:
         """The request body (if any) is complete."""
         self.body_done = True
-        if self.sink is not None and self.chunked:
+        if self.local is not None:
+            self.local.finish()
+        elif self.sink is not None and self.chunked:
             self.sink.write(b"0\r\n\r\n")
 
     def _body_too_large(self) -> None:
@@ -292,6 +349,8 @@ class Exchange:
         self.close_after = True
         if self.response_started:
             self.conn.abort()
+        elif self.local is not None:
+            self.local.finish()
         elif self.sink is not None:
             self.sink.abort()
             self._resolve(_TOO_LARGE)
@@ -308,10 +367,13 @@ class Exchange:
 
     def attach(
         self, sink: UpstreamConnection, instance: Instance, head: bytes, timeout: float
-    ) -> asyncio.Future[int]:
-        """Write the request to ``sink`` and return a future resolved with the attempt's outcome."""
+    ) -> asyncio.Future[int] | None:
+        """Write the request to ``sink``; the attempt's outcome goes to ``on_done`` when set,
+        else to the future returned."""
         loop = asyncio.get_running_loop()
-        waiter: asyncio.Future[int] = loop.create_future()
+        waiter: asyncio.Future[int] | None = None
+        if self.on_done is None:
+            waiter = loop.create_future()
         self.waiter = waiter
         self.sink = sink
         self.instance = instance
@@ -351,8 +413,13 @@ class Exchange:
             self.timer.cancel()
             self.timer = None
         waiter = self.waiter
-        if waiter is not None and not waiter.done():
-            waiter.set_result(outcome)
+        if waiter is not None:
+            if not waiter.done():
+                waiter.set_result(outcome)
+            return
+        on_done = self.on_done
+        if on_done is not None:
+            on_done(self, outcome)
 
     def _on_timeout(self) -> None:
         self.timer = None
@@ -364,6 +431,8 @@ class Exchange:
 
     def client_gone(self) -> None:
         """The client connection closed; give up the upstream attempt."""
+        if self.local is not None:
+            self.local.disconnect()
         if self.sink is not None:
             self.sink.abort()
         self._resolve(_CLIENT_GONE)
@@ -376,19 +445,27 @@ class Exchange:
             self.timer = None
         self.status = status
         gw = self.conn.gateway
-        dropped: set[bytes] = set()
-        for name, value in headers:
-            if name.lower() == b"connection":
-                dropped.update(t.strip().lower() for t in value.split(b","))
         out = [b"HTTP/1.1 %d %s\r\n" % (status, reason or b"Unknown")]
+        add = out.extend
         has_length = False
+        connection = None
         for name, value in headers:
             lname = name.lower()
-            if lname in HOP_BY_HOP or lname in _RESPONSE_OWNED or lname in dropped:
+            if lname in _RESPONSE_DROP:
+                if lname == b"connection":
+                    connection = value
                 continue
             if lname == b"content-length":
                 has_length = True
-            out.append(b"%s: %s\r\n" % (name, value))
+            add((name, b": ", value, b"\r\n"))
+        if connection is not None:
+            # Headers the upstream named in Connection are hop-by-hop too.
+            named = {t.strip().lower() for t in connection.split(b",")}
+            out = [out[0]] + [
+                b"".join(out[i : i + 4])
+                for i in range(1, len(out), 4)
+                if out[i].lower() not in named
+            ]
         no_body = self.method == "HEAD" or status in (204, 304)
         if not has_length and not no_body:
             if self.http11:
@@ -403,9 +480,13 @@ class Exchange:
         out.append(b"\r\n")
         self.response_started = True
         self.pending.append(b"".join(out))
+        if self.fill is not None:
+            self.fill.head(status, headers)
 
     def on_response_body(self, data: bytes) -> None:
         self.response_bytes += len(data)
+        if self.fill is not None:
+            self.fill.body(data)
         if self.rechunk:
             self.pending.append(b"%x\r\n%s\r\n" % (len(data), data))
         else:
@@ -421,6 +502,9 @@ class Exchange:
     def on_response_complete(self, keep_alive: bool) -> None:
         if self.rechunk:
             self.pending.append(b"0\r\n\r\n")
+        if self.fill is not None:
+            self.fill.complete()
+            self.fill = None
         self.upstream_keep_alive = keep_alive and self.body_done
         self._resolve(_OK)
 
@@ -442,6 +526,7 @@ class ClientConnection(asyncio.Protocol):
         self.gateway = gateway
         self.transport: asyncio.Transport | None = None
         self.client_ip = ""
+        self.client_port = 0
         self._parser = httptools.HttpRequestParser(self)
         self._url = b""
         self._headers: Headers = []
@@ -451,15 +536,22 @@ class ClientConnection(asyncio.Protocol):
         self._queue: deque[Exchange] = deque()
         self._paused = 0
         self._closed = False
+        self._write_waiter: asyncio.Future[None] | None = None
+        self._writing_paused = False
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = cast(asyncio.Transport, transport)
         peer = transport.get_extra_info("peername")
-        self.client_ip = str(peer[0]) if isinstance(peer, tuple) and peer else "unknown"
+        if isinstance(peer, tuple) and peer:
+            self.client_ip = str(peer[0])
+            self.client_port = int(peer[1]) if len(peer) > 1 else 0
+        else:
+            self.client_ip = "unknown"
         self.gateway.connections.add(self)
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._closed = True
+        self._wake_writer()
         self.gateway.connections.discard(self)
         if self._active is not None:
             self._active.client_gone()
@@ -559,16 +651,33 @@ class ClientConnection(asyncio.Protocol):
             self.transport.resume_reading()
 
     def pause_writing(self) -> None:
+        self._writing_paused = True
         ex = self._active
         if ex is not None and ex.sink is not None and not ex.sink_paused:
             ex.sink_paused = True
             ex.sink.pause_reading()
 
     def resume_writing(self) -> None:
+        self._writing_paused = False
+        self._wake_writer()
         ex = self._active
         if ex is not None and ex.sink is not None and ex.sink_paused:
             ex.sink_paused = False
             ex.sink.resume_reading()
+
+    def _wake_writer(self) -> None:
+        waiter, self._write_waiter = self._write_waiter, None
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+    async def drained(self) -> None:
+        """Wait while the client's socket buffer is full (backpressure for in-process apps)."""
+        if not self._writing_paused or self._closed:
+            return
+        waiter = self._write_waiter
+        if waiter is None:
+            waiter = self._write_waiter = asyncio.get_running_loop().create_future()
+        await waiter
 
     def close(self) -> None:
         """Close once everything written has been sent."""
@@ -650,28 +759,64 @@ class Gateway:
     """One worker's gateway: route table, balancers, pools, authenticator, limiter, metrics."""
 
     def __init__(
-        self, config: GatewayConfig, *, tls: bool = False, access_log: IO[str] | None = None
+        self,
+        config: GatewayConfig,
+        *,
+        tls: bool = False,
+        access_log: IO[str] | None = None,
+        local_apps: Mapping[str, LocalService] | None = None,
+        bus: EventBus | None = None,
     ) -> None:
         self.config = config
         self.tls = tls
         self.router = Router(config.routes)
-        self.balancers = {name: Balancer(name, svc) for name, svc in config.services.items()}
+        self.local_apps: Mapping[str, LocalService] = local_apps or {}
+        for name, svc in config.services.items():
+            if svc.in_process and name not in self.local_apps:
+                raise ValueError(f"service {name!r} is in_process but no app serves it here")
+        self.balancers = {
+            name: Balancer(name, svc)
+            for name, svc in config.services.items()
+            if name not in self.local_apps
+        }
         self.pools: dict[Instance, ConnectionPool] = {
             inst: ConnectionPool(inst, bal.config)
             for bal in self.balancers.values()
             for inst in bal.instances
         }
-        self.auth = EdgeAuthenticator(config.auth, self.balancers.get(config.auth.jwks_service))
+        jwks_local = self.local_apps.get(config.auth.jwks_service)
+        self.auth = EdgeAuthenticator(
+            config.auth,
+            self.balancers.get(config.auth.jwks_service),
+            loader=(
+                (lambda: jwks_local.get(config.auth.jwks_path)) if jwks_local is not None else None
+            ),
+        )
         limits = config.rate_limits
         self.limiter: RateLimiter | None = (
             create_rate_limiter(limits.backend_url, limits.key_prefix) if limits.enabled else None
         )
+        # The in-memory limiter answers without waiting, so requests it admits need no task.
+        self._memory_limiter = self.limiter if isinstance(self.limiter, MemoryRateLimiter) else None
+        cache_config = config.response_cache
+        self.cache = (
+            ResponseCache(cache_config)
+            if cache_config.enabled and any(r.cache is not None for r in config.routes)
+            else None
+        )
+        self._bus = bus
+        self._own_bus: EventBus | None = None
+        self._log_enabled = config.access_log
         self.metrics = GatewayMetrics(lambda: self.balancers.values())
         secret = config.auth.principal_secret
         self._secret = secret.get_secret_value().encode() if secret is not None else None
         self._api_key_header = config.auth.api_key_header.lower().encode()
         self._principal_header = PRINCIPAL_HEADER.encode()
+        # Request headers never passed on as they came (some are read on the way).
+        self._request_drop = HOP_BY_HOP | _REQUEST_OWNED | {self._principal_header.lower()}
         self._access_log = access_log if access_log is not None else sys.stdout
+        # Access lines are written in batches: one write per line costs more than the line.
+        self._log_lines: list[str] = []
         security = b"x-content-type-options: nosniff\r\nx-frame-options: DENY\r\n"
         if tls:
             security += b"strict-transport-security: max-age=31536000; includeSubDomains\r\n"
@@ -689,7 +834,17 @@ class Gateway:
     # Lifecycle.
 
     async def start_background(self) -> None:
-        """Start the active health checks and the idle-connection sweeper."""
+        """Start the active health checks, the idle-connection sweeper and the cache purger."""
+        if self.cache is not None:
+            try:
+                await self._subscribe_purges()
+            except Exception as exc:
+                # Without purges a cached product could stay stale for its whole TTL; serving
+                # every read from the service is the safer degradation.
+                log.error(
+                    "response_cache_disabled", reason="purge subscription failed", error=str(exc)
+                )
+                self.cache = None
         for balancer in self.balancers.values():
             if balancer.config.health_path:
                 self._background.append(asyncio.create_task(self._check_health(balancer)))
@@ -707,13 +862,38 @@ class Gateway:
             pool.close()
         if self.limiter is not None:
             await self.limiter.close()
+        if self._own_bus is not None:
+            await self._own_bus.stop()
+            self._own_bus = None
+        self.metrics.flush()
         self._flush_log()
+
+    async def _subscribe_purges(self) -> None:
+        """Purge cached responses on the events that make them stale: on the bus given (the
+        embedded runtime's), else on one of this worker's own from the configured URL."""
+        bus = self._bus
+        config = self.config.response_cache
+        if bus is None:
+            if config.bus_url is None or config.bus_url.startswith("memory://"):
+                return  # nothing publishes to a private in-memory bus: TTL only
+            from ecosistema.platform.events import create_bus
+
+            bus = self._own_bus = create_bus(config.bus_url, stream=config.bus_stream)
+            await bus.start()
+        # Every worker keeps its own cache, so every worker needs every event: one consumer
+        # (a durable name) per process.
+        consumer = f"gateway-cache-{socket.gethostname()}-{os.getpid()}"
+        await self._purge_on_events(bus, consumer)
 
     async def drain(self, seconds: float) -> None:
         """Wait (up to ``seconds``) for requests in flight to finish, then close idle clients."""
         deadline = time.monotonic() + seconds
         while self._tasks and time.monotonic() < deadline:
             await asyncio.wait(set(self._tasks), timeout=max(0.0, deadline - time.monotonic()))
+        # Exchanges sent without a task finish from their upstream's callbacks; a short poll at
+        # shutdown costs less than signalling every exchange's end on the hot path.
+        while time.monotonic() < deadline and any(not c.idle for c in self.connections):  # noqa: ASYNC110
+            await asyncio.sleep(0.01)
         for conn in list(self.connections):
             conn.close()
 
@@ -748,10 +928,15 @@ class Gateway:
             now = loop.time()
             for pool in self.pools.values():
                 pool.close_expired(now)
+            self.metrics.flush()
             self._flush_log()
 
     def _flush_log(self) -> None:
+        lines = self._log_lines
         with contextlib.suppress(OSError, ValueError):
+            if lines:
+                self._access_log.write("".join(lines))
+                lines.clear()
             self._access_log.flush()
 
     # Per request.
@@ -771,14 +956,35 @@ class Gateway:
                 ex.max_body = route.max_body_bytes
 
     def start(self, ex: Exchange) -> None:
-        """Serve ``ex`` in its own task."""
-        task = asyncio.get_running_loop().create_task(self._serve(ex))
+        """Serve ``ex``: at once when nothing needs waiting for (a cache hit, an answer from the
+        edge, a pooled connection), else in a task."""
+        if not ex.body_done:
+            # Let the body bytes that came with the head be read first: an answer from the edge
+            # (401, 429, ...) then finds the request complete and keeps the connection open.
+            asyncio.get_running_loop().call_soon(self._start, ex)
+            return
+        self._start(ex)
+
+    def _start(self, ex: Exchange) -> None:
+        try:
+            stage = self._serve_now(ex)
+        except Exception:
+            log.exception("gateway_error", path=ex.path, request_id=ex.request_id.decode())
+            self._problem(ex, 500, "internal-error", "Internal server error", "The gateway failed.")
+            stage = _DONE
+        if stage == _DONE:
+            self._finish(ex)
+            return
+        if stage == _PENDING:
+            return
+        task = asyncio.get_running_loop().create_task(self._serve(ex, stage))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
-    async def _serve(self, ex: Exchange) -> None:
+    async def _serve(self, ex: Exchange, stage: int) -> None:
+        finish = True
         try:
-            await self._proxy(ex)
+            finish = await self._serve_later(ex, stage)
         except Exception:
             log.exception("gateway_error", path=ex.path, request_id=ex.request_id.decode())
             if not ex.response_started:
@@ -788,7 +994,8 @@ class Gateway:
             else:
                 ex.conn.abort()
         finally:
-            self._finish(ex)
+            if finish:
+                self._finish(ex)
 
     def _finish(self, ex: Exchange) -> None:
         if ex.sink is not None:
@@ -798,34 +1005,39 @@ class Gateway:
         duration = time.perf_counter() - ex.started
         route_label = ex.route.label if ex.route is not None else "unmatched"
         self.metrics.observe_request(route_label, ex.method, ex.status, duration)
-        if self.config.access_log:
+        if self._log_enabled:
             self._log_access(ex, route_label, duration)
-        if ex.response_started and not ex.conn.closed:
-            ex.conn.finished(ex)
-        elif not ex.conn.closed:
-            ex.conn.close()
+        conn = ex.conn
+        if conn.closed:
+            return
+        if ex.response_started:
+            conn.finished(ex)
+        else:
+            conn.close()
 
     def _log_access(self, ex: Exchange, route: str, duration: float) -> None:
-        entry = {
-            "ts": time.time(),
-            "level": "info",
-            "event": "access",
-            "request_id": ex.request_id.decode("ascii", "replace"),
-            "trace_id": ex.trace_id.decode("ascii", "replace"),
-            "method": ex.method,
-            "path": ex.path,
-            "status": ex.status,
-            "duration_ms": round(duration * 1000, 3),
-            "route": route,
-            "upstream": ex.instance.url if ex.instance is not None else None,
-            "attempts": ex.attempts,
-            "bytes_in": ex.body_received,
-            "bytes_out": ex.response_bytes,
-            "client": ex.client_ip,
-            "sub": ex.principal.sub if ex.principal is not None else None,
-        }
-        with contextlib.suppress(OSError, ValueError):
-            self._access_log.write(json.dumps(entry, separators=(",", ":")) + "\n")
+        # Formatted by hand: json.dumps of a dict per request costs more than proxying it.
+        principal = ex.principal
+        instance = ex.instance
+        local = ex.attempts and ex.route is not None and ex.route.service in self.local_apps
+        upstream = '"in-process"' if local else "null"
+        line = (
+            f'{{"ts":{time.time():.6f},"level":"info","event":"access",'
+            f'"request_id":{_json_str(ex.request_id.decode("ascii", "replace"))},'
+            f'"trace_id":"{ex.trace_id.decode("ascii", "replace")}",'
+            f'"method":{_json_str(ex.method)},"path":{_json_str(ex.path)},'
+            f'"status":{ex.status},"duration_ms":{duration * 1000:.3f},'
+            f'"route":{_json_str(route)},'
+            f'"upstream":{_json_str(instance.url) if instance is not None else upstream},'
+            f'"attempts":{ex.attempts},"cache":{_CACHE_STATE[ex.cache_state]},'
+            f'"bytes_in":{ex.body_received},"bytes_out":{ex.response_bytes},'
+            f'"client":{_json_str(ex.client_ip)},'
+            f'"sub":{_json_str(principal.sub) if principal is not None else "null"}}}\n'
+        )
+        lines = self._log_lines
+        lines.append(line)
+        if len(lines) >= 256:
+            self._flush_log()
 
     def _problem(
         self,
@@ -860,6 +1072,8 @@ class Gateway:
     def response_headers(self, ex: Exchange) -> bytes:
         """Headers the gateway adds to every response: request id, security, CORS, limits."""
         out = b"x-request-id: %s\r\n%s%s" % (ex.request_id, self._security, ex.rate_headers)
+        if ex.cache_key is not None:
+            out += b"x-cache: MISS\r\n"
         origin = ex.origin
         if origin is not None and (self._cors_any or origin in self._cors_origins):
             allow = b"*" if self._cors_any and not self.config.cors.allow_credentials else origin
@@ -870,63 +1084,184 @@ class Gateway:
                 out += b"access-control-expose-headers: %s\r\n" % self._cors_expose
         return out
 
-    async def _proxy(self, ex: Exchange) -> None:
+    def _serve_now(self, ex: Exchange) -> int:
+        """Every step that needs no waiting; returns ``_DONE`` when answered, else the stage
+        to go on from in a task."""
         config = self.config
+        method = ex.method
         if (
-            ex.method == "OPTIONS"
+            method == "OPTIONS"
             and ex.origin is not None
             and ex.header(b"access-control-request-method")
         ):
             self._preflight(ex)
-            return
-        if (
-            config.metrics_path is not None
-            and ex.path == config.metrics_path
-            and ex.method
-            in (
-                "GET",
-                "HEAD",
-            )
-        ):
+            return _DONE
+        if ex.path == config.metrics_path and method in ("GET", "HEAD"):
             self._metrics(ex)
-            return
-        if not ex.path.startswith("/") or _is_dot_segment_path(ex.path):
+            return _DONE
+        path = ex.path
+        if not path.startswith("/") or ("/." in path and _is_dot_segment_path(path)):
             self._problem(ex, 400, "bad-request", "Bad request", "The request path is not valid.")
-            return
+            return _DONE
         route = ex.route
         if route is None:
-            match = self.router.match(ex.method, ex.path)
-            if match.allowed:
-                allow = ", ".join(sorted(match.allowed)).encode()
-                self._problem(
-                    ex,
-                    405,
-                    "method-not-allowed",
-                    "Method not allowed",
-                    f"{ex.method} is not allowed on {ex.path}.",
-                    extra_headers=b"allow: %s\r\n" % allow,
-                )
-            else:
-                self._problem(ex, 404, "not-found", "Not found", f"No resource at {ex.path}.")
-            return
+            self._no_route(ex)
+            return _DONE
         if ex.content_length < 0 or (ex.chunked and ex.content_length):
             self._problem(ex, 400, "bad-request", "Bad request", "The body framing is invalid.")
-            return
+            return _DONE
         if ex.body_too_large:
             ex.close_after = True
+            self._too_large(ex)
+            return _DONE
+        authenticated = self._authenticate_now(ex, route)
+        if authenticated is None:
+            return _STAGE_AUTH
+        if not authenticated:
+            return _DONE
+        return self._after_auth_now(ex, route)
+
+    def _after_auth_now(self, ex: Exchange, route: RouteConfig) -> int:
+        limiter = self._memory_limiter
+        if limiter is not None:
+            if not self._apply_decision(
+                ex, route, limiter.take(self._limit_key(ex, route), self._rule_for(ex, route))
+            ):
+                return _DONE
+        elif self.limiter is not None:
+            return _STAGE_LIMIT
+        if route.cache is not None and self.cache is not None and self._serve_cached(ex, route):
+            return _DONE
+        if route.service in self.local_apps:
+            return _STAGE_FORWARD
+        return self._forward_now(ex, route)
+
+    async def _serve_later(self, ex: Exchange, stage: int) -> bool:
+        """The steps that wait; returns False when the exchange was handed to upstream
+        callbacks, which finish it."""
+        route = ex.route
+        assert route is not None
+        if stage == _STAGE_AUTH:
+            if not await self._authenticate(ex, route):
+                return True
+            stage = self._after_auth_now(ex, route)
+            if stage == _DONE:
+                return True
+            if stage == _PENDING:
+                return False
+        if stage == _STAGE_LIMIT:
+            if not await self._admit(ex, route):
+                return True
+            if route.cache is not None and self.cache is not None and self._serve_cached(ex, route):
+                return True
+        local = self.local_apps.get(route.service)
+        if local is not None:
+            ex.attempts = 1
+            if ex.expect_continue and not ex.body_done:
+                ex.conn.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+            try:
+                await local.dispatch(ex, self._local_headers(ex), self)
+            except Exception:
+                self.metrics.observe_upstream(route.service, _IN_PROCESS, "error")
+                raise
+            self.metrics.observe_upstream(route.service, _IN_PROCESS, "ok")
+            return True
+        await self._forward(ex, route)
+        return True
+
+    def _no_route(self, ex: Exchange) -> None:
+        match = self.router.match(ex.method, ex.path)
+        if match.allowed:
+            allow = ", ".join(sorted(match.allowed)).encode()
             self._problem(
                 ex,
-                413,
-                "payload-too-large",
-                "Request body too large",
-                f"The body may not exceed {ex.max_body} bytes.",
+                405,
+                "method-not-allowed",
+                "Method not allowed",
+                f"{ex.method} is not allowed on {ex.path}.",
+                extra_headers=b"allow: %s\r\n" % allow,
             )
+        else:
+            self._problem(ex, 404, "not-found", "Not found", f"No resource at {ex.path}.")
+
+    def _too_large(self, ex: Exchange) -> None:
+        self._problem(
+            ex,
+            413,
+            "payload-too-large",
+            "Request body too large",
+            f"The body may not exceed {ex.max_body} bytes.",
+        )
+
+    # The response cache.
+
+    def _serve_cached(self, ex: Exchange, route: RouteConfig) -> bool:
+        """Answer from the cache when it holds the response; otherwise arrange for a GET's
+        response to be stored. Only anonymous GET/HEAD requests take part."""
+        if ex.method not in ("GET", "HEAD") or ex.principal is not None:
+            return False
+        rule = route.cache
+        cache = self.cache
+        assert rule is not None and cache is not None
+        key = ex.target
+        authorization = False
+        vary_values: list[bytes] = []
+        vary = rule.vary
+        for name, value in ex.headers:
+            if name == b"authorization" or name == self._api_key_header:
+                authorization = True
+                break
+            if vary and name.decode("latin-1") in vary:
+                vary_values.append(b"%s=%s" % (name, value))
+        if authorization:
+            return False
+        if vary_values:
+            key = b"\x00".join([key, *sorted(vary_values)])
+        now = time.monotonic()
+        entry = cache.get(key, now)
+        if entry is None:
+            ex.cache_key = key
+            ex.cache_state = 2
+            if ex.method == "GET":
+                ex.fill = CacheFill(cache, key, rule)
+            return False
+        self._write_hit(ex, entry, now)
+        return True
+
+    def _write_hit(self, ex: Exchange, entry: CachedResponse, now: float) -> None:
+        ex.cache_state = 1
+        close = not ex.keep_alive or not ex.body_done
+        tail = b"age: %d\r\n%s%s\r\n" % (
+            int(now - entry.stored_at),
+            self.response_headers(ex),
+            b"connection: close\r\n" if close else b"",
+        )
+        if close:
+            ex.close_after = True
+        ex.response_started = True
+        if_none_match = ex.header(b"if-none-match") if entry.etag is not None else None
+        if if_none_match is not None and entry.matches(if_none_match):
+            ex.status = 304
+            ex.conn.write(entry.not_modified + tail)
             return
-        if not await self._authenticate(ex, route):
+        ex.status = 200
+        if ex.method == "HEAD":
+            ex.conn.write(entry.head + tail)
             return
-        if self.limiter is not None and not await self._admit(ex, route):
-            return
-        await self._forward(ex, route)
+        ex.response_bytes = len(entry.body)
+        ex.conn.write(b"".join((entry.head, tail, entry.body)))
+
+    async def _purge_on_events(self, bus: EventBus, consumer: str) -> None:
+        cache = self.cache
+        assert cache is not None
+        fields = self.config.response_cache.purge_fields
+
+        async def purge(envelope: EventEnvelope) -> None:
+            dropped = cache.purge(purge_tags(envelope.payload, fields))
+            if dropped:
+                log.debug("response_cache_purged", event_type=envelope.type, entries=dropped)
+
+        await bus.subscribe(consumer, self.config.response_cache.purge_events, purge)
 
     def _preflight(self, ex: Exchange) -> None:
         cors = self.config.cors
@@ -970,6 +1305,18 @@ class Gateway:
             )
         )
 
+    def _authenticate_now(self, ex: Exchange, route: RouteConfig) -> bool | None:
+        """Authentication that needs no waiting: no credentials, an API key, or a bearer token
+        verified before. None: the token must be verified (``_authenticate``)."""
+        authorization = ex.header(b"authorization")
+        if authorization is not None and authorization[:7].lower() == b"bearer ":
+            principal = self.auth.known(authorization[7:].strip().decode("latin-1"))
+            if principal is None:
+                return None
+            ex.principal = principal
+            return True
+        return self._authenticate_other(ex, route, authorization)
+
     async def _authenticate(self, ex: Exchange, route: RouteConfig) -> bool:
         authorization = ex.header(b"authorization")
         if authorization is not None and authorization[:7].lower() == b"bearer ":
@@ -1001,6 +1348,11 @@ class Gateway:
                     extra_headers=b"retry-after: 5\r\n",
                 )
                 return False
+        return self._authenticate_other(ex, route, authorization)
+
+    def _authenticate_other(
+        self, ex: Exchange, route: RouteConfig, authorization: bytes | None
+    ) -> bool:
         api_key = ex.header(self._api_key_header)
         if api_key is None and authorization and authorization[:7].lower() == b"apikey ":
             api_key = authorization[7:].strip()
@@ -1031,27 +1383,33 @@ class Gateway:
             return limits.anonymous
         return limits.roles.get(principal.role, limits.authenticated)
 
+    def _limit_key(self, ex: Exchange, route: RouteConfig) -> str:
+        principal = ex.principal
+        who = principal.sub if principal is not None else "ip:" + ex.client_ip
+        return route.label + "|" + who
+
     async def _admit(self, ex: Exchange, route: RouteConfig) -> bool:
         assert self.limiter is not None
-        principal = ex.principal
-        who = principal.sub if principal is not None else f"ip:{ex.client_ip}"
-        rule = self._rule_for(ex, route)
         try:
-            decision = await self.limiter.hit(f"{route.label}|{who}", rule)
+            decision = await self.limiter.hit(self._limit_key(ex, route), self._rule_for(ex, route))
         except (OSError, ConnectionError, TimeoutError) as exc:
             # Failing open: a rate limiter outage must not take the whole API down with it.
-            self._rate_limit_errors += 1
-            if self._rate_limit_errors % 1000 == 1:
-                log.warning("rate_limiter_unavailable", error=str(exc))
+            self._rate_limiter_failed(exc)
             return True
         except Exception as exc:
             if type(exc).__module__.startswith("redis"):
-                self._rate_limit_errors += 1
-                if self._rate_limit_errors % 1000 == 1:
-                    log.warning("rate_limiter_unavailable", error=str(exc))
+                self._rate_limiter_failed(exc)
                 return True
             raise
-        headers = b"".join(b"%s: %s\r\n" % pair for pair in decision.headers())
+        return self._apply_decision(ex, route, decision)
+
+    def _rate_limiter_failed(self, exc: BaseException) -> None:
+        self._rate_limit_errors += 1
+        if self._rate_limit_errors % 1000 == 1:
+            log.warning("rate_limiter_unavailable", error=str(exc))
+
+    def _apply_decision(self, ex: Exchange, route: RouteConfig, decision: Decision) -> bool:
+        headers = decision.header_bytes()
         if decision.allowed:
             ex.rate_headers = headers
             return True
@@ -1067,68 +1425,248 @@ class Gateway:
         )
         return False
 
-    def _upstream_head(self, ex: Exchange, route: RouteConfig) -> bytes:
-        """The request head without its Host line, which depends on the instance."""
+    def _local_headers(self, ex: Exchange) -> Headers:
+        """The request headers an in-process app sees: as an upstream would, less the framing."""
         dropped: set[bytes] = set()
         for name, value in ex.headers:
             if name == b"connection":
                 dropped.update(t.strip().lower() for t in value.split(b","))
-        trust = self.config.trust_forwarded
+        principal_header = self._principal_header.lower()
+        out: Headers = []
         forwarded_for = None
-        lines = []
+        trust = self.config.trust_forwarded
         for name, value in ex.headers:
-            if name in HOP_BY_HOP or name in dropped or name == self._principal_header.lower():
+            if name in HOP_BY_HOP or name in dropped or name == principal_header:
+                continue
+            if name == b"host" or name == b"content-length":
+                out.append((name, value))
                 continue
             if name in _REQUEST_OWNED or name.startswith(b"x-ecosistema-"):
                 if trust and name == b"x-forwarded-for":
                     forwarded_for = value
                 continue
-            lines.append(b"%s: %s\r\n" % (name, value))
+            out.append((name, value))
         client = ex.client_ip.encode()
-        chain = forwarded_for + b", " + client if forwarded_for else client
-        lines.append(b"x-forwarded-for: %s\r\n" % chain)
-        lines.append(b"x-forwarded-proto: %s\r\n" % self._forwarded_proto)
+        out.append(
+            (b"x-forwarded-for", forwarded_for + b", " + client if forwarded_for else client)
+        )
+        out.append((b"x-forwarded-proto", self._forwarded_proto))
         host = ex.header(b"host")
         if host:
-            lines.append(b"x-forwarded-host: %s\r\n" % host)
-        lines.append(b"x-request-id: %s\r\n" % ex.request_id)
+            out.append((b"x-forwarded-host", host))
+        out.append((b"x-request-id", ex.request_id))
         if ex.header(b"traceparent") != ex.traceparent:
-            lines.append(b"traceparent: %s\r\n" % ex.traceparent)
+            out.append((b"traceparent", ex.traceparent))
+        if ex.chunked:
+            out.append((b"transfer-encoding", b"chunked"))
+        return out
+
+    def _upstream_head(self, ex: Exchange, route: RouteConfig) -> bytes:
+        """The request head without its Host line, which depends on the instance."""
+        drop = self._request_drop
+        parts: list[bytes] = []
+        add = parts.extend
+        forwarded_for = host = connection = None
+        for name, value in ex.headers:
+            if name in drop:
+                if name == b"host":
+                    host = value
+                elif name == b"connection":
+                    connection = value
+                elif name == b"x-forwarded-for" and self.config.trust_forwarded:
+                    forwarded_for = value
+                continue
+            if name[:13] == b"x-ecosistema-":
+                continue
+            add((name, b": ", value, b"\r\n"))
+        if connection is not None:
+            # Headers the client named in Connection are hop-by-hop too (RFC 9110, 7.6.1).
+            named = {t.strip().lower() for t in connection.split(b",")}
+            parts = [
+                b"".join(parts[i : i + 4]) for i in range(0, len(parts), 4) if parts[i] not in named
+            ]
+            add = parts.extend
+        client = ex.client_ip.encode()
+        add(
+            (
+                b"x-forwarded-for: ",
+                forwarded_for + b", " + client if forwarded_for else client,
+                b"\r\nx-forwarded-proto: ",
+                self._forwarded_proto,
+                b"\r\nx-request-id: ",
+                ex.request_id,
+                b"\r\n",
+            )
+        )
+        if host:
+            add((b"x-forwarded-host: ", host, b"\r\n"))
+        if not ex.traceparent_kept:
+            add((b"traceparent: ", ex.traceparent, b"\r\n"))
         principal = ex.principal
         if principal is not None and principal.kind == "user" and self._secret is not None:
             vouched = sign_principal(
                 principal, self._secret, ttl_seconds=self.config.auth.principal_ttl_seconds
             )
-            lines.append(b"%s: %s\r\n" % (self._principal_header, vouched.encode()))
+            add((self._principal_header, b": ", vouched.encode(), b"\r\n"))
         if ex.chunked:
-            lines.append(b"transfer-encoding: chunked\r\n")
-        elif ex.content_length > 0 or ex.header(b"content-length") is not None:
-            lines.append(b"content-length: %d\r\n" % ex.content_length)
-        lines.append(b"\r\n")
-        return b"".join(lines)
+            parts.append(b"transfer-encoding: chunked\r\n\r\n")
+        elif ex.content_length > 0 or ex.has_content_length:
+            parts.append(b"content-length: %d\r\n\r\n" % ex.content_length)
+        else:
+            parts.append(b"\r\n")
+        return b"".join(parts)
 
-    async def _forward(self, ex: Exchange, route: RouteConfig) -> None:
-        balancer = self.balancers[route.service]
-        service_config = balancer.config
-        tail = self._upstream_head(ex, route)
-        request_line = b"%s %s HTTP/1.1\r\nhost: " % (ex.method.encode(), ex.target)
+    def _request_head(self, ex: Exchange, route: RouteConfig, instance: Instance) -> bytes:
+        tail = ex.upstream_tail
+        if tail is None:
+            tail = ex.upstream_tail = self._upstream_head(ex, route)
+        return b"%s %s HTTP/1.1\r\nhost: %s\r\n%s" % (
+            ex.method.encode(),
+            ex.target,
+            instance.host_header,
+            tail,
+        )
+
+    def _forward_now(self, ex: Exchange, route: RouteConfig) -> int:
+        """Send the request on an idle pooled connection without a task; the response then
+        completes the exchange from the connection's callbacks (``_attempt_done``). Returns
+        ``_DONE`` (answered), ``_PENDING`` (sent) or ``_STAGE_FORWARD`` (needs a task)."""
         if ex.expect_continue and not ex.body_done:
+            return _STAGE_FORWARD
+        balancer = self.balancers[route.service]
+        instance = balancer.pick(time.monotonic())
+        if instance is None:
+            self._no_instance(ex, balancer, -1)
+            return _DONE
+        sink = self.pools[instance].take_idle()
+        if sink is None:
+            ex.first_instance = instance
+            return _STAGE_FORWARD
+        ex.attempts += 1
+        instance.outstanding += 1
+        ex.on_done = self._attempt_done
+        ex.attach(sink, instance, self._request_head(ex, route, instance), route.timeout_seconds)
+        return _PENDING
+
+    def _attempt_done(self, ex: Exchange, outcome: int) -> None:
+        """An attempt sent by ``_forward_now`` ended (called from connection callbacks)."""
+        ex.on_done = None
+        ex.flush()  # this response's bytes go out before anything a next request writes
+        route = ex.route
+        instance = ex.instance
+        assert route is not None and instance is not None
+        instance.outstanding -= 1
+        try:
+            sink = ex.detach()
+            if self._after_attempt(ex, route, instance, sink, outcome) == _RETRY:
+                task = asyncio.get_running_loop().create_task(
+                    self._retry(ex, route, (instance,), outcome)
+                )
+                self._tasks.add(task)
+                task.add_done_callback(self._tasks.discard)
+                return
+        except Exception:
+            log.exception("gateway_error", path=ex.path, request_id=ex.request_id.decode())
+            if not ex.response_started:
+                self._problem(
+                    ex, 500, "internal-error", "Internal server error", "The gateway failed."
+                )
+            else:
+                ex.conn.abort()
+        self._finish(ex)
+
+    async def _retry(
+        self, ex: Exchange, route: RouteConfig, tried: tuple[Instance, ...], last: int
+    ) -> None:
+        try:
+            self.metrics.retries.labels(route.label).inc()
+            await asyncio.sleep(_backoff(len(tried)))
+            await self._forward(ex, route, tried=tried, last_outcome=last)
+        except Exception:
+            log.exception("gateway_error", path=ex.path, request_id=ex.request_id.decode())
+            if not ex.response_started:
+                self._problem(
+                    ex, 500, "internal-error", "Internal server error", "The gateway failed."
+                )
+            else:
+                ex.conn.abort()
+        finally:
+            self._finish(ex)
+
+    def _after_attempt(
+        self,
+        ex: Exchange,
+        route: RouteConfig,
+        instance: Instance,
+        sink: UpstreamConnection | None,
+        outcome: int,
+    ) -> int:
+        """Account for one attempt's outcome; ``_RETRY`` when another attempt should follow,
+        else ``_DONE`` (the response, or an error, went to the client)."""
+        balancer = self.balancers[route.service]
+        failure_statuses = balancer.config.failure_statuses
+        if outcome == _OK:
+            failed = ex.status in failure_statuses
+            self.metrics.observe_upstream(
+                balancer.name, instance.url, "failure_status" if failed else "ok"
+            )
+            if failed:
+                self._record_failure(balancer, instance)
+            else:
+                instance.breaker.record_success()
+            assert sink is not None
+            if ex.upstream_keep_alive:
+                self.pools[instance].release(sink)
+            else:
+                sink.close()
+            return _DONE
+        self.metrics.observe_upstream(balancer.name, instance.url, _OUTCOME_NAMES[outcome])
+        if outcome == _CLIENT_GONE:
+            return _DONE
+        if outcome == _TOO_LARGE:
+            self._too_large(ex)
+            return _DONE
+        self._record_failure(balancer, instance)
+        if outcome == _LOST_AFTER_HEAD:
+            ex.conn.abort()
+            return _DONE
+        # A timed-out request is not retried: the instance may still be working on it, and
+        # repeating slow requests multiplies the load that made them slow.
+        if (
+            outcome == _TIMEOUT
+            or not (self._retriable(ex) and ex.replayable and ex.attempts <= route.retries)
+            or ex.conn.closed
+        ):
+            self._upstream_failed(ex, outcome)
+            return _DONE
+        return _RETRY
+
+    @staticmethod
+    def _retriable(ex: Exchange) -> bool:
+        return ex.method in IDEMPOTENT_METHODS or ex.header(b"idempotency-key") is not None
+
+    async def _forward(
+        self,
+        ex: Exchange,
+        route: RouteConfig,
+        *,
+        tried: tuple[Instance, ...] = (),
+        last_outcome: int = -1,
+    ) -> None:
+        balancer = self.balancers[route.service]
+        if ex.expect_continue and not ex.body_done and not tried:
             ex.conn.write(b"HTTP/1.1 100 Continue\r\n\r\n")
-        retriable = ex.method in IDEMPOTENT_METHODS or ex.header(b"idempotency-key") is not None
-        tried: tuple[Instance, ...] = ()
-        last_outcome = -1
         while True:
             if ex.body_too_large:
-                self._problem(
-                    ex,
-                    413,
-                    "payload-too-large",
-                    "Request body too large",
-                    f"The body may not exceed {ex.max_body} bytes.",
-                )
+                self._too_large(ex)
                 return
-            now = time.monotonic()
-            instance = balancer.pick(now, exclude=tried) or (balancer.pick(now) if tried else None)
+            instance = ex.first_instance
+            ex.first_instance = None
+            if instance is None:
+                now = time.monotonic()
+                instance = balancer.pick(now, exclude=tried) or (
+                    balancer.pick(now) if tried else None
+                )
             if instance is None:
                 self._no_instance(ex, balancer, last_outcome)
                 return
@@ -1145,59 +1683,20 @@ class Gateway:
                     if ex.conn.closed:
                         pool.release(sink)
                         return
-                    head = request_line + instance.host_header + b"\r\n" + tail
-                    outcome = await ex.attach(sink, instance, head, route.timeout_seconds)
+                    head = self._request_head(ex, route, instance)
+                    waiter = ex.attach(sink, instance, head, route.timeout_seconds)
+                    assert waiter is not None
+                    outcome = await waiter
             finally:
                 instance.outstanding -= 1
             if sink is not None:
-                ex.detach()
-            self.metrics.observe_upstream(
-                balancer.name,
-                instance.url,
-                _OUTCOME_NAMES[outcome]
-                if outcome != _OK or ex.status not in service_config.failure_statuses
-                else "failure_status",
-            )
-            if outcome == _OK:
-                if ex.status in service_config.failure_statuses:
-                    self._record_failure(balancer, instance)
-                else:
-                    instance.breaker.record_success()
-                assert sink is not None
-                if ex.upstream_keep_alive:
-                    pool.release(sink)
-                else:
-                    sink.close()
-                return
-            if outcome == _CLIENT_GONE:
-                return
-            if outcome == _TOO_LARGE:
-                self._problem(
-                    ex,
-                    413,
-                    "payload-too-large",
-                    "Request body too large",
-                    f"The body may not exceed {ex.max_body} bytes.",
-                )
-                return
-            self._record_failure(balancer, instance)
-            if outcome == _LOST_AFTER_HEAD:
-                ex.conn.abort()
+                sink = ex.detach()
+            if self._after_attempt(ex, route, instance, sink, outcome) == _DONE:
                 return
             last_outcome = outcome
-            # A timed-out request is not retried: the instance may still be working on it, and
-            # repeating slow requests multiplies the load that made them slow.
-            if (
-                outcome == _TIMEOUT
-                or not (retriable and ex.replayable and ex.attempts <= route.retries)
-                or ex.conn.closed
-            ):
-                self._upstream_failed(ex, outcome)
-                return
             tried += (instance,)
             self.metrics.retries.labels(route.label).inc()
-            # Exponential backoff with jitter, so retries from many requests do not arrive at once.
-            await asyncio.sleep(min(0.5, 0.025 * 2 ** (len(tried) - 1)) * random.uniform(0.5, 1.0))  # noqa: S311
+            await asyncio.sleep(_backoff(len(tried)))
 
     def _record_failure(self, balancer: Balancer, instance: Instance) -> None:
         if instance.breaker.record_failure(time.monotonic()):

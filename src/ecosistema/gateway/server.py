@@ -12,14 +12,19 @@ import ssl
 import sys
 import tempfile
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import IO
+from typing import IO, TYPE_CHECKING
 
 import structlog
 
 from ecosistema.gateway.config import GatewayConfig
 from ecosistema.gateway.metrics import enable_multiprocess, forget_worker
 from ecosistema.gateway.proxy import ClientConnection, Gateway
+
+if TYPE_CHECKING:
+    from ecosistema.gateway.inprocess import LocalService
+    from ecosistema.platform.events import EventBus
 
 log = structlog.get_logger(__name__)
 
@@ -72,11 +77,21 @@ async def serve(
     sock: socket.socket | None = None,
     ssl_context: ssl.SSLContext | None = None,
     access_log: IO[str] | None = None,
+    local_apps: Mapping[str, LocalService] | None = None,
+    bus: EventBus | None = None,
 ) -> GatewayServer:
     """Start a gateway in the running loop, on ``sock`` or on ``host:port`` (0: a free port);
-    access-log lines go to ``access_log`` (default: standard output)."""
+    access-log lines go to ``access_log`` (default: standard output). ``local_apps`` serve the
+    in-process services; ``bus`` is where cache purges come from when it is not the configured
+    one (the embedded runtime's)."""
     loop = asyncio.get_running_loop()
-    gateway = Gateway(config, tls=ssl_context is not None, access_log=access_log)
+    gateway = Gateway(
+        config,
+        tls=ssl_context is not None,
+        access_log=access_log,
+        local_apps=local_apps,
+        bus=bus,
+    )
     await gateway.start_background()
     if sock is None:
         sock = listening_socket(host, port)

@@ -199,6 +199,19 @@ class ConnectionPool:
         self._connect_timeout = config.connect_timeout_seconds
         self.opened = 0
 
+    def take_idle(self) -> UpstreamConnection | None:
+        """A pooled connection ready for a request, or None when a new one is needed."""
+        idle = self._idle
+        if not idle:
+            return None
+        now = asyncio.get_running_loop().time()
+        while idle:
+            conn = idle.pop()
+            if not conn.closed and now - conn.idle_since < self._idle_timeout:
+                return conn
+            conn.close()
+        return None
+
     async def acquire(self) -> tuple[UpstreamConnection, bool]:
         """A connection ready for a request, and whether it was reused from the pool."""
         loop = asyncio.get_running_loop()

@@ -80,6 +80,21 @@ class Settings(BaseSettings):
     # (HMAC-SHA256); without it the gateway still authenticates but passes no principal on.
     gateway_secret: SecretStr | None = None
     gateway_routes: Path | None = None
+    # ``ecosistema up`` serves through the gateway: its rate limits (overrides of the route
+    # table's ``rate_limits``: anonymous, authenticated, roles, enabled), the stricter bucket on
+    # the auth endpoints, and the response cache for public catalog reads.
+    gateway_rate_limits: dict[str, Any] = Field(default_factory=dict)
+    gateway_auth_rate: float = 1.0
+    gateway_auth_burst: int = 10
+    gateway_cache_seconds: float = 60.0
+    gateway_cache_max_bytes: int = 64 * 1024 * 1024
+    gateway_access_log: bool = True
+
+    # ``ecosistema up --distributed``: processes per service (default 1; e.g.
+    # ECOSISTEMA_DISTRIBUTED_REPLICAS='{"catalog": 2}') and the first of the consecutive ports
+    # the service processes listen on.
+    distributed_replicas: dict[str, int] = Field(default_factory=dict)
+    distributed_base_port: int = 8100
 
     # Mail: ``file://`` writes each message under ``{data_dir}/mail``; ``smtp://host:port``.
     mailer_url: str = "file://"
@@ -95,6 +110,20 @@ class Settings(BaseSettings):
     # which drift raises an alert.
     ml_registry_url: str = "{data_dir}/models"
     ml_drift_threshold: float = 0.2
+
+    # Sales. A new install trains the default lead-scoring model on the bundled data at first
+    # start (``sales_train_default_model``); the serving version is re-read and stale leads
+    # re-scored every ``sales_rescore_interval_seconds``; closed leads retrain the model every
+    # ``sales_retrain_interval_seconds`` once there are ``sales_retrain_min_rows`` of them.
+    # ``sales_macro_indicators`` gives the model's economic inputs (``euribor3m``, ...) for
+    # leads that do not carry them.
+    sales_train_default_model: bool = True
+    sales_rescore_interval_seconds: float = 30.0
+    sales_rescore_batch_size: int = Field(default=1000, ge=1, le=100_000)
+    sales_retrain_interval_seconds: float = 86_400.0
+    sales_retrain_min_rows: int = Field(default=200, ge=1)
+    sales_macro_indicators: dict[str, float] = Field(default_factory=dict)
+    sales_url: str | None = None
 
     # Catalog. Reads are cached this many seconds (0 turns the read cache off); prices are shown
     # tax-inclusive or not per sales channel (``channel_prices_include_tax`` overrides the
@@ -133,6 +162,20 @@ class Settings(BaseSettings):
     seller_address: str = "Calle Mayor 1, 28013 Madrid, ES"
     seller_tax_id: str = "ESB00000000"
     payments_url: str | None = None
+
+    # Webhooks. Due deliveries are sent every ``webhooks_dispatch_interval_seconds``, at most
+    # ``webhooks_max_concurrency`` at a time, each attempt cut after ``webhooks_timeout_seconds``;
+    # a delivery is retried with backoff for ``webhooks_retry_window_seconds``, and a
+    # subscription whose deliveries keep failing that long is disabled. Loopback and private
+    # targets are refused in production unless ``webhooks_allow_private_targets`` is true (unset:
+    # allowed outside production).
+    webhooks_dispatch_interval_seconds: float = 1.0
+    webhooks_max_concurrency: int = Field(default=8, ge=1, le=256)
+    webhooks_timeout_seconds: float = Field(default=10.0, gt=0, le=60)
+    webhooks_retry_window_seconds: int = Field(default=86_400, ge=60)
+    webhooks_secret_overlap_seconds: int = Field(default=86_400, ge=0, le=7 * 86_400)
+    webhooks_retention_days: int = Field(default=30, ge=1)
+    webhooks_allow_private_targets: bool | None = None
 
     def ml_registry_location(self) -> str:
         """The model registry URL with ``{data_dir}`` filled in."""

@@ -1,0 +1,171 @@
+"""``ecosistema up`` as a client meets it: real HTTP to the gateway, which serves every route
+from the embedded app in process, on both shapes. Login, a cached product read purged by the
+product's own event, the stricter rate limit on auth endpoints, and problem+json at the edge."""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import time
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from ecosistema.gateway.embedded import EmbeddedGateway, embedded_route_table, serve_embedded
+from ecosistema.platform.app import create_app
+from ecosistema.platform.config import Settings
+from ecosistema.services import SERVICE_NAMES, load_services
+from tests.conftest import drop_test_schemas
+from tests.integration.test_identity_support import fast_settings
+
+API = "/api/v1"
+
+
+@pytest.fixture
+def settings(shape: str, tmp_path: Path) -> Settings:
+    return fast_settings(shape, tmp_path, gateway_auth_burst=4, gateway_auth_rate=0.01)
+
+
+@pytest.fixture
+async def edge(settings: Settings) -> AsyncIterator[tuple[Any, httpx.AsyncClient]]:
+    services = load_services()
+    app = create_app(services, settings)
+    running: EmbeddedGateway = await serve_embedded(
+        settings, port=0, app=app, services=services, access_log=io.StringIO()
+    )
+    try:
+        async with httpx.AsyncClient(
+            base_url=f"http://127.0.0.1:{running.port}", timeout=30
+        ) as client:
+            yield app, client
+    finally:
+        await running.close(2)
+        await drop_test_schemas(settings)
+
+
+async def login(app: Any, client: httpx.AsyncClient, role: str) -> dict[str, str]:
+    from ecosistema.identity.service import seed_demo
+
+    accounts = await seed_demo(app.state.runtime.contexts["identity"])
+    creds = accounts[role]
+    response = await client.post(
+        f"{API}/auth/login", json={"email": creds["email"], "password": creds["password"]}
+    )
+    assert response.status_code == 200, response.text
+    return {"Authorization": f"Bearer {response.json()['access_token']}"}
+
+
+def test_the_route_table_covers_every_registered_service() -> None:
+    from ecosistema.platform.config import Settings as Fresh
+
+    table = embedded_route_table(load_services(), Fresh())
+    served = {route["service"] for route in table["routes"]}
+    assert set(SERVICE_NAMES) <= served
+    prefixes = {route["prefix"]: route for route in table["routes"]}
+    assert prefixes[f"{API}/auth"]["rate_limit"] == {"rate": 1.0, "burst": 10}
+    assert prefixes[f"{API}/products"]["cache"]["revalidate_by_events"] is True
+    assert "/.well-known/jwks.json" in prefixes
+
+
+async def test_login_through_the_gateway_then_an_authenticated_call(
+    edge: tuple[Any, httpx.AsyncClient],
+) -> None:
+    app, client = edge
+    headers = await login(app, client, "customer")
+    me = await client.get(f"{API}/users/me", headers=headers)
+    assert me.status_code == 200, me.text
+    assert me.json()["email"].startswith("customer")
+    assert len(me.headers["x-request-id"]) == 32
+    assert me.headers["x-content-type-options"] == "nosniff"
+    assert me.headers["x-frame-options"] == "DENY"
+    assert "ratelimit-remaining" in me.headers
+    anonymous = await client.get(f"{API}/users/me")
+    assert anonymous.status_code == 401
+    assert anonymous.headers["content-type"] == "application/problem+json"
+
+
+async def test_a_product_read_is_a_hit_the_second_time_and_its_update_purges_it(
+    edge: tuple[Any, httpx.AsyncClient],
+) -> None:
+    app, client = edge
+    staff = await login(app, client, "staff")
+    created = await client.post(
+        f"{API}/products",
+        json={
+            "name": "Gateway Lamp",
+            "status": "active",
+            "variants": [
+                {"sku": "LAMP-1", "options": {}, "prices": [{"currency": "EUR", "amount": 4900}]}
+            ],
+        },
+        headers=staff,
+    )
+    assert created.status_code == 201, created.text
+    product_id = created.json()["id"]
+    url = f"{API}/products/{product_id}"
+    first = await client.get(url)
+    second = await client.get(url)
+    assert (first.status_code, second.status_code) == (200, 200)
+    assert (first.headers["x-cache"], second.headers["x-cache"]) == ("MISS", "HIT")
+    assert second.json() == first.json()
+    revalidated = await client.get(url, headers={"If-None-Match": second.headers["etag"]})
+    assert revalidated.status_code == 304
+    # Staff reads are never served from, nor stored in, the shared cache.
+    assert "x-cache" not in (await client.get(url, headers=staff)).headers
+
+    renamed = await client.patch(url, json={"name": "Gateway Lamp II"}, headers=staff)
+    assert renamed.status_code == 200, renamed.text
+    # The catalog's ProductUpdated event, relayed from its outbox over the shape's bus,
+    # purges the entry; until then the old copy may still be served.
+    deadline = time.monotonic() + 15
+    while True:
+        current = await client.get(url)
+        if current.json()["name"] == "Gateway Lamp II":
+            break
+        assert time.monotonic() < deadline, "the update never reached the cache"
+        await asyncio.sleep(0.05)
+    assert current.headers["x-cache"] == "MISS"
+    assert (await client.get(url)).headers["x-cache"] == "HIT"
+
+
+async def test_auth_endpoints_answer_429_past_their_burst(
+    edge: tuple[Any, httpx.AsyncClient],
+) -> None:
+    _, client = edge
+    statuses = []
+    for attempt in range(6):
+        # A different account each time, so identity's own per-account throttle stays out of it.
+        response = await client.post(
+            f"{API}/auth/login",
+            json={"email": f"nobody{attempt}@example.com", "password": "wrong pass"},
+        )
+        statuses.append(response.status_code)
+    assert statuses[:4] == [401] * 4, statuses
+    assert statuses[4:] == [429, 429]
+    assert response.headers["content-type"] == "application/problem+json"
+    assert int(response.headers["retry-after"]) >= 1
+    assert response.headers["ratelimit-limit"] == "4"
+    assert response.headers["ratelimit-remaining"] == "0"
+    assert response.json()["status"] == 429
+
+
+async def test_unknown_paths_and_methods_are_problem_json_at_the_edge(
+    edge: tuple[Any, httpx.AsyncClient],
+) -> None:
+    _, client = edge
+    missing = await client.get("/nowhere")
+    assert missing.status_code == 404
+    assert missing.headers["content-type"] == "application/problem+json"
+    assert missing.json()["type"].endswith("/not-found")
+    wrong = await client.delete("/healthz")
+    assert wrong.status_code == 405
+    assert wrong.headers["allow"] == "GET, HEAD"
+    assert wrong.json()["status"] == 405
+    unknown_product = await client.get(f"{API}/products/does-not-exist")
+    assert unknown_product.status_code == 404
+    assert unknown_product.headers["content-type"] == "application/problem+json"
+    assert (await client.get("/readyz")).status_code == 200
+    assert (await client.get("/openapi.json")).json()["info"]["title"] == "Ecosistema"
