@@ -131,7 +131,17 @@ def _seed_demo(settings: Settings) -> dict[str, Any]:
     return _with_runtime(settings, _work)
 
 
+EMBEDDED_APP = "ecosistema.asgi:embedded_app"
+
+
 def _serve(app_factory: str, host: str, port: int, settings: Settings) -> None:
+    if app_factory == EMBEDDED_APP:
+        # The whole platform behind the gateway: its HTTP server, with every route served by
+        # the embedded app in process (auth, rate limits, response cache at the edge).
+        from ecosistema.gateway.embedded import run_embedded
+
+        run_embedded(settings, host, port)
+        return
     import uvicorn
 
     uvicorn.run(
@@ -153,8 +163,39 @@ def up(
     host: HostOpt = "127.0.0.1",
     port: PortOpt = 8000,
     demo: Annotated[bool, typer.Option("--demo/--no-demo", help="Seed demo data.")] = False,
+    distributed: Annotated[
+        bool,
+        typer.Option(
+            "--distributed",
+            help="Every service as its own processes behind the gateway (PostgreSQL, Redis, "
+            "NATS/Kafka from settings).",
+        ),
+    ] = False,
+    replicas: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--replicas",
+            help="With --distributed: SERVICE=N processes for a service (repeatable); "
+            "default ECOSISTEMA_DISTRIBUTED_REPLICAS, else 1.",
+        ),
+    ] = None,
+    base_port: Annotated[
+        int | None,
+        typer.Option(
+            "--base-port",
+            help="With --distributed: first port of the service processes; "
+            "default ECOSISTEMA_DISTRIBUTED_BASE_PORT (8100).",
+        ),
+    ] = None,
+    gateway_workers: Annotated[
+        int, typer.Option("--gateway-workers", help="With --distributed: gateway processes.")
+    ] = 2,
 ) -> None:
-    """Run the whole platform in one process (embedded shape): migrate, optionally seed, serve."""
+    """Run the whole platform: in one process (embedded shape), or with --distributed as one
+    process per service replica behind the gateway; migrate, optionally seed, serve."""
+    if distributed:
+        _up_distributed(host, port, demo, replicas or [], base_port, gateway_workers)
+        return
     settings = _settings()
     if "public_url" not in settings.model_fields_set:
         # Links in mails must point where this server listens; the app reads settings itself.
@@ -172,7 +213,7 @@ def up(
         for role, account in accounts.items():
             lines.append(f"  {role:<9} {account['email']:<32} {account['password']}")
     console.print(Panel("\n".join(lines), title="ecosistema up", expand=False))
-    _serve("ecosistema.asgi:embedded_app", host, port, settings)
+    _serve(EMBEDDED_APP, host, port, settings)
 
 
 # Listening on every interface: this machine reaches it on loopback.
@@ -190,6 +231,52 @@ def _public_url_for(host: str, port: int) -> str:
 
 async def _noop(_runtime: Runtime) -> dict[str, Any]:
     return {}
+
+
+def _up_distributed(
+    host: str,
+    port: int,
+    demo: bool,
+    replicas: list[str],
+    base_port: int | None,
+    gateway_workers: int,
+) -> None:
+    from ecosistema.distributed import (
+        DistributedSettingsError,
+        Instance,
+        parse_replicas,
+        run_distributed,
+    )
+    from ecosistema.supervisor import SupervisorError
+
+    settings = _settings()
+    try:
+        configured = [f"{name}={n}" for name, n in settings.distributed_replicas.items()]
+        counts = parse_replicas([*configured, *replicas], 1)
+    except ValueError as exc:
+        _fail(str(exc))
+
+    def ready(url: str, instances: list[Instance], seeded: dict[str, Any]) -> None:
+        lines = [f"Ecosistema {__version__} (distributed) on [bold]{url}[/]", ""]
+        lines += [f"  {i.name:<12} {i.url}" for i in instances]
+        lines.append(f"  {'gateway':<12} {url} ({gateway_workers} workers)")
+        for role, account in seeded.get("identity", {}).items():
+            lines.append(f"  demo {role:<9} {account['email']:<32} {account['password']}")
+        console.print(Panel("\n".join(lines), title="ecosistema up --distributed", expand=False))
+
+    try:
+        run_distributed(
+            settings,
+            host=host,
+            port=port,
+            gateway_workers=gateway_workers,
+            replicas=counts,
+            base_port=base_port if base_port is not None else settings.distributed_base_port,
+            demo=demo,
+            on_ready=ready,
+        )
+    except (DistributedSettingsError, SupervisorError) as exc:
+        _fail(str(exc))
 
 
 @app.command()
@@ -345,6 +432,52 @@ def gateway(
         certfile=certfile,
         keyfile=keyfile,
     )
+
+
+certs_app = typer.Typer(help="Certificates for HTTPS.", no_args_is_help=True)
+app.add_typer(certs_app, name="certs")
+
+
+@certs_app.command("dev")
+def certs_dev(
+    directory: Annotated[
+        Path, typer.Option("--dir", help="Where to write the CA and the certificate.")
+    ] = Path("data/certs"),
+    hosts: Annotated[
+        str,
+        typer.Option("--hosts", help="Comma-separated host names and IP addresses to cover."),
+    ] = "localhost,127.0.0.1,::1",
+) -> None:
+    """Create a local development CA (reused if present) and a server certificate it signs."""
+    from ecosistema.certs import create_dev_certificates, parse_hosts
+
+    try:
+        names = parse_hosts(hosts)
+    except ValueError as exc:
+        _fail(str(exc))
+    made = create_dev_certificates(directory, names)
+    ca = made.ca_cert
+    state = "created" if made.ca_created else "reused"
+    lines = [
+        f"CA ({state}):   {ca}  (key {made.ca_key}, keep it private)",
+        f"certificate:    {made.server_cert}  for {', '.join(made.hosts)}",
+        f"private key:    {made.server_key}",
+        "",
+        "Serve HTTPS with it:",
+        f"  ecosistema gateway --routes routes.yaml --certfile {made.server_cert} "
+        f"--keyfile {made.server_key}",
+        "",
+        "Trust the CA (development machines only):",
+        f"  curl:          curl --cacert {ca} https://localhost:8000/",
+        f"  Python/httpx:  SSL_CERT_FILE={ca}",
+        f"  Debian/Ubuntu: sudo cp {ca} /usr/local/share/ca-certificates/ecosistema-dev.crt"
+        " && sudo update-ca-certificates",
+        f"  macOS:         sudo security add-trusted-cert -d -r trustRoot "
+        f"-k /Library/Keychains/System.keychain {ca}",
+        f"  Firefox:       Settings > Certificates > Authorities > Import {ca}",
+    ]
+    for line in lines:  # one command per line, never wrapped: they are meant to be copied
+        console.print(line, soft_wrap=True, highlight=False, markup=False)
 
 
 def _mount_subcommands() -> None:

@@ -3,6 +3,7 @@ import pytest
 from ecosistema.gateway.principal import (
     InvalidPrincipal,
     Principal,
+    request_binding,
     sign_principal,
     verify_principal,
 )
@@ -40,3 +41,40 @@ def test_expired_principal_is_rejected() -> None:
 def test_malformed_principal_is_rejected(value: str) -> None:
     with pytest.raises(InvalidPrincipal):
         verify_principal(value, SECRET, now=1000)
+
+
+def test_principal_bound_to_a_request_verifies_for_that_request() -> None:
+    binding = request_binding("GET", "/api/v1/orders?limit=5", "req-1")
+    value = sign_principal(Principal("u1", "customer"), SECRET, now=1000, binding=binding)
+    assert verify_principal(value, SECRET, now=1000, binding=binding).sub == "u1"
+
+
+@pytest.mark.parametrize(
+    ("method", "target", "request_id"),
+    [
+        ("POST", "/api/v1/orders?limit=5", "req-1"),
+        ("GET", "/api/v1/orders?limit=6", "req-1"),
+        ("GET", "/api/v1/payments", "req-1"),
+        ("GET", "/api/v1/orders?limit=5", "req-2"),
+    ],
+)
+def test_principal_bound_to_a_request_is_rejected_on_another(
+    method: str, target: str, request_id: str
+) -> None:
+    bound = request_binding("GET", "/api/v1/orders?limit=5", "req-1")
+    value = sign_principal(Principal("u1", "customer"), SECRET, now=1000, binding=bound)
+    with pytest.raises(InvalidPrincipal, match="another request"):
+        verify_principal(
+            value, SECRET, now=1000, binding=request_binding(method, target, request_id)
+        )
+
+
+def test_principal_bound_to_a_request_is_rejected_without_a_binding() -> None:
+    bound = request_binding("GET", "/x", "r")
+    value = sign_principal(Principal("u1", "customer"), SECRET, now=1000, binding=bound)
+    with pytest.raises(InvalidPrincipal, match="another request"):
+        verify_principal(value, SECRET, now=1000)
+
+
+def test_request_binding_is_the_same_for_str_and_bytes_and_any_method_case() -> None:
+    assert request_binding("get", "/a?b=1", "r1") == request_binding(b"GET", b"/a?b=1", b"r1")

@@ -4,7 +4,15 @@ Identity issues access tokens and API keys; every service verifies them here. Ac
 checked locally against identity's public keys (JWKS): from an in-process provider when identity
 runs in the same process, otherwise fetched from ``{identity_url}/.well-known/jwks.json``. The
 parsed keys are kept in memory, so a verification is one signature check and no I/O. API keys
-(``eco_<key id>_<secret>``) are resolved by the resolver identity registers.
+(``eco_<key id>_<secret>``) are resolved by the resolver identity registers; in a process without
+identity they are resolved by asking identity (``{identity_url}/api/v1/auth/whoami``), and the
+answer is kept for ``API_KEY_CACHE_SECONDS``, which bounds how long a revoked key still works there.
+
+Behind the gateway, a request also carries ``X-Ecosistema-Principal``: the user the gateway has
+already authenticated, signed with the shared ``gateway_secret`` (HMAC-SHA256), valid for a short
+time and, when the gateway binds it, for that one request only. A service that holds the secret
+accepts a valid one instead of verifying the access token again; a forged, tampered, expired or
+misdirected one is ignored, and the request's own credentials decide (none: 401).
 
 FastAPI routes depend on ``current_principal``, ``optional_principal`` or ``require(permission)``.
 """
@@ -12,6 +20,7 @@ FastAPI routes depend on ``current_principal``, ``optional_principal`` or ``requ
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import json
 import math
 import time
@@ -24,6 +33,12 @@ import structlog
 from fastapi import Depends, Request, Security
 from fastapi.security import APIKeyHeader, HTTPAuthorizationCredentials, HTTPBearer
 
+from ecosistema.gateway.principal import (
+    PRINCIPAL_HEADER,
+    InvalidPrincipal,
+    request_binding,
+    verify_principal,
+)
 from ecosistema.platform.cache import Cache
 from ecosistema.platform.config import Settings
 from ecosistema.platform.errors import ServiceUnavailable, Unauthorized
@@ -58,6 +73,10 @@ MAX_API_KEY_LENGTH = 256
 # token is remembered until it expires (or its key leaves the JWKS): one signature check per
 # token, not per request. Bounded; the oldest entries go first.
 VERIFIED_TOKENS_CACHED = 10_000
+# API keys resolved through identity over HTTP are remembered this long (and at most this many).
+API_KEY_CACHE_SECONDS = 30.0
+API_KEYS_CACHED = 10_000
+WHOAMI_PATH = "/api/v1/auth/whoami"
 
 JwksProvider = Callable[[], Awaitable[Mapping[str, Any]]]
 ApiKeyResolver = Callable[[str], Awaitable["Principal | None"]]
@@ -184,6 +203,7 @@ class TokenVerifier:
         self._ever_loaded = False
         self._lock = asyncio.Lock()
         self._verified: dict[str, _Verified] = {}
+        self._remote_keys: dict[str, tuple[Principal, float]] = {}
 
     def add_local_jwks(self, provider: JwksProvider) -> None:
         """Register an in-process JWKS source (identity does at start); HTTP is then not used."""
@@ -214,6 +234,25 @@ class TokenVerifier:
         if sent_as_api_key or not _looks_like_jwt(credential):
             raise _invalid(NOT_AN_API_KEY)
         return await self.verify_access_token(credential)
+
+    async def verify_gateway_principal(self, value: str, *, binding: str) -> Principal | None:
+        """The user a gateway-signed principal header vouches for, or ``None`` when it must not
+        be believed (no shared secret here, or forged, tampered, expired or for another request).
+        """
+        secret = self._settings.gateway_secret
+        if secret is None or not secret.get_secret_value():
+            return None
+        try:
+            vouched = verify_principal(value, secret.get_secret_value().encode(), binding=binding)
+        except InvalidPrincipal as exc:
+            log.warning("gateway_principal_rejected", reason=str(exc))
+            return None
+        if vouched.kind != "user" or vouched.role not in ROLES or not vouched.sub:
+            log.warning("gateway_principal_rejected", reason="not a user with a known role")
+            return None
+        if await self._session_revoked(vouched.session_id):
+            return None
+        return Principal.for_user(vouched.sub, vouched.role, vouched.session_id)
 
     async def verify_access_token(self, token: str) -> Principal:
         """The user an access token speaks for; ``Unauthorized`` if it must not be accepted."""
@@ -296,9 +335,12 @@ class TokenVerifier:
         """The machine client an API key speaks for; ``Unauthorized`` if unknown or revoked."""
         if parse_api_key(credential) is None:
             raise _invalid("The API key is malformed.")
-        if self._resolver is None:
+        resolver = self._resolver
+        if resolver is None and self._settings.identity_url:
+            resolver = self._resolve_api_key_remotely
+        if resolver is None:
             raise _invalid("API keys are not accepted here.")
-        principal = await self._resolver(credential)
+        principal = await resolver(credential)
         if principal is None:
             raise _invalid("The API key is unknown or revoked.")
         # The scope rule is enforced here as well, whatever the resolver computed.
@@ -307,6 +349,46 @@ class TokenVerifier:
             kind="api_key",
             permissions=effective_permissions(principal.role, principal.scopes),
         )
+
+    async def _resolve_api_key_remotely(self, credential: str) -> Principal | None:
+        """Ask identity who an API key speaks for; answers are kept ``API_KEY_CACHE_SECONDS``."""
+        digest = hashlib.sha256(credential.encode()).hexdigest()
+        seen = self._remote_keys.get(digest)
+        if seen is not None and time.monotonic() < seen[1]:
+            return seen[0]
+        base = (self._settings.identity_url or "").rstrip("/")
+        try:
+            async with httpx.AsyncClient(timeout=5.0, follow_redirects=False) as client:
+                response = await client.get(
+                    f"{base}{WHOAMI_PATH}",
+                    headers={API_KEY_HEADER: credential, "Accept": "application/json"},
+                )
+        except httpx.HTTPError as exc:
+            log.warning("api_key_resolution_failed", error=repr(exc))
+            raise ServiceUnavailable(
+                "API keys cannot be checked right now (identity is unreachable); try again shortly."
+            ) from exc
+        if response.status_code == 401:
+            return None
+        if response.status_code != 200:
+            log.warning("api_key_resolution_failed", status=response.status_code)
+            raise ServiceUnavailable("API keys cannot be checked right now; try again shortly.")
+        try:
+            body = response.json()
+            principal = Principal.for_api_key(
+                str(body["subject"]),
+                str(body["role"]),
+                [str(s) for s in body["scopes"]],
+                str(body["api_key_id"]),
+            )
+        except (ValueError, KeyError, TypeError) as exc:
+            raise ServiceUnavailable("identity answered an API key check unreadably.") from exc
+        if principal.role not in ROLES:
+            return None
+        if len(self._remote_keys) >= API_KEYS_CACHED:
+            del self._remote_keys[next(iter(self._remote_keys))]
+        self._remote_keys[digest] = (principal, time.monotonic() + API_KEY_CACHE_SECONDS)
+        return principal
 
     async def _reload(self) -> PublicKeySet:
         async with self._lock:
@@ -413,12 +495,29 @@ def _verifier(request: Request) -> TokenVerifier:
     return verifier
 
 
+def _request_binding(request: Request) -> str:
+    """The binding the gateway signs for this request: method, raw target and request id."""
+    target: bytes = request.scope.get("raw_path") or request.url.path.encode()
+    query: bytes = request.scope.get("query_string") or b""
+    if query:
+        target = target + b"?" + query
+    return request_binding(request.method, target, request.headers.get("x-request-id", ""))
+
+
 async def optional_principal(
     request: Request,
     bearer: Annotated[HTTPAuthorizationCredentials | None, Security(bearer_scheme)],
     api_key: Annotated[str | None, Security(api_key_scheme)],
 ) -> Principal | None:
     """The caller if credentials were sent, ``None`` if none were; bad credentials are a 401."""
+    vouched = request.headers.get(PRINCIPAL_HEADER)
+    if vouched:
+        principal = await _verifier(request).verify_gateway_principal(
+            vouched, binding=_request_binding(request)
+        )
+        if principal is not None:
+            request.state.principal = principal
+            return principal
     token = bearer.credentials if bearer is not None else None
     if token and api_key and token != api_key:
         raise _invalid(f"Send one credential: either Authorization or {API_KEY_HEADER}.")

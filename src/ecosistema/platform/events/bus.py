@@ -133,7 +133,8 @@ class MemoryBus:
 
 
 def create_bus(url: str, *, stream: str = "ecosistema") -> EventBus:
-    """``memory://`` (embedded), ``nats://host:4222`` (JetStream) or ``redis://`` (Streams)."""
+    """``memory://`` (embedded), ``nats://host:4222`` (JetStream), ``redis://`` (Streams) or
+    ``kafka://host:9092`` (needs the ``kafka`` extra)."""
     if url.startswith("memory://"):
         return MemoryBus()
     if url.startswith(("nats://", "tls://")):
@@ -144,4 +145,8 @@ def create_bus(url: str, *, stream: str = "ecosistema") -> EventBus:
         from ecosistema.platform.events.redis_bus import RedisStreamsBus
 
         return RedisStreamsBus(url, stream=stream)
-    raise ValueError(f"unsupported bus URL {url!r}: use memory://, nats:// or redis://")
+    if url.startswith("kafka://"):
+        from ecosistema.platform.events.kafka_bus import KafkaBus
+
+        return KafkaBus(url, stream=stream)
+    raise ValueError(f"unsupported bus URL {url!r}: use memory://, nats://, redis:// or kafka://")

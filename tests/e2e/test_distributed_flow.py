@@ -1,0 +1,277 @@
+"""End to end in the distributed shape: ``ecosistema up --distributed`` runs every service as its
+own processes (catalog twice) behind the gateway, on PostgreSQL, Redis and NATS. A customer signs
+up and in through the gateway, browses, fills a cart, checks out and pays; the order turns paid
+through the events between processes. Services reached around the gateway still demand
+credentials, and SIGTERM stops every process."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from ecosistema.gateway.principal import PRINCIPAL_HEADER, Principal, sign_principal
+from ecosistema.identity.service import create_admin
+from ecosistema.orders.service import seed_demo
+from ecosistema.platform.config import Settings
+from ecosistema.platform.runtime import Runtime
+from ecosistema.services import SERVICE_NAMES, load_services
+from tests.conftest import (
+    drop_test_schemas,
+    make_settings,
+    requires_nats,
+    requires_postgres,
+    requires_redis,
+)
+from tests.integration.test_distributed_support import (
+    SECRET,
+    child_environment,
+    consecutive_free_ports,
+    free_ports,
+)
+from tests.integration.test_identity_support import API, FAST_HASHING, bearer, signed_in
+from tests.integration.test_orders_support import (
+    ADMIN_EMAIL,
+    ADMIN_PASSWORD,
+    add_product,
+    checkout,
+    customer,
+    eventually,
+)
+
+pytestmark = [requires_postgres, requires_redis, requires_nats]
+
+CARD = {"card": {"number": "4242 4242 4242 4242", "exp_month": 12, "exp_year": 2099, "cvc": "123"}}
+
+
+@dataclass
+class Platform:
+    url: str
+    service_urls: dict[str, list[str]]
+    process: subprocess.Popen[bytes]
+
+
+def _descendants(pid: int) -> set[int]:
+    children: dict[int, list[int]] = {}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+        except (FileNotFoundError, ProcessLookupError):
+            continue
+        if fields[0] != "Z":
+            children.setdefault(int(fields[1]), []).append(int(entry))
+    found: set[int] = set()
+    todo = [pid]
+    while todo:
+        for child in children.get(todo.pop(), []):
+            found.add(child)
+            todo.append(child)
+    return found
+
+
+def _ready(url: str) -> bool:
+    try:
+        with urllib.request.urlopen(url, timeout=2) as response:
+            return int(response.status) == 200
+    except OSError:
+        return False
+
+
+@pytest.fixture(scope="module")
+def platform(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Platform]:
+    data_dir = tmp_path_factory.mktemp("distributed")
+    settings = make_settings("distributed", data_dir, gateway_secret=SECRET, **FAST_HASHING)
+    replicas = {name: 1 for name in SERVICE_NAMES} | {"catalog": 2}
+    base = consecutive_free_ports(sum(replicas.values()))
+    (port,) = free_ports(1)
+    env = {
+        **os.environ,
+        **child_environment(settings),
+        "ECOSISTEMA_DISTRIBUTED_REPLICAS": json.dumps({"catalog": 2}),
+    }
+    asyncio.run(_prepare_shop(settings))
+    log = (data_dir / "up.log").open("wb")
+    process = subprocess.Popen(
+        [
+            *(sys.executable, "-m", "ecosistema", "up", "--distributed"),
+            *("--port", str(port), "--base-port", str(base)),
+        ],
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
+    urls: dict[str, list[str]] = {}
+    next_port = base
+    for name in SERVICE_NAMES:
+        for _ in range(replicas[name]):
+            urls.setdefault(name, []).append(f"http://127.0.0.1:{next_port}")
+            next_port += 1
+    gateway = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 240
+    try:
+        while not (
+            _ready(f"{gateway}/.well-known/jwks.json")
+            and all(_ready(f"{u}/readyz") for group in urls.values() for u in group)
+        ):
+            if process.poll() is not None:
+                raise AssertionError(f"up --distributed exited: {_tail(data_dir)}")
+            if time.monotonic() > deadline:
+                raise AssertionError(f"up --distributed not ready: {_tail(data_dir)}")
+            time.sleep(0.5)
+        yield Platform(gateway, urls, process)
+    finally:
+        if process.poll() is None:
+            process.send_signal(signal.SIGTERM)
+            try:
+                process.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                process.kill()
+        log.close()
+        # Shown by pytest when a test of this module failed.
+        print(_tail(data_dir))
+        asyncio.run(drop_test_schemas(settings))
+
+
+async def _prepare_shop(settings: Settings) -> None:
+    """An admin account and orders' shipping and tax configuration (the demo's)."""
+    runtime = Runtime(settings, load_services(["identity", "orders"]))
+    await runtime.start(background=False)
+    try:
+        await create_admin(runtime.contexts["identity"], email=ADMIN_EMAIL, password=ADMIN_PASSWORD)
+        await seed_demo(runtime.contexts["orders"])
+        await runtime.drain_outboxes()
+    finally:
+        await runtime.stop()
+
+
+def _tail(data_dir: Path) -> str:
+    """The end of the platform's log, without access lines."""
+    text = (data_dir / "up.log").read_text(errors="replace")
+    lines = [line for line in text.splitlines() if '"event":"access"' not in line]
+    return "\n".join(lines)[-6000:]
+
+
+async def _shop_and_cart(client: httpx.AsyncClient) -> tuple[dict[str, Any], str]:
+    """Admin stocks a product; a customer signs up and in, browses and fills a cart."""
+    admin = await signed_in(client, ADMIN_EMAIL, ADMIN_PASSWORD)
+    warehouse = await client.post(
+        f"{API}/warehouses", json={"code": "main", "name": "Main"}, headers=bearer(admin)
+    )
+    assert warehouse.status_code in (201, 409), warehouse.text
+    sku = f"DIST-{uuid.uuid4().hex[:6].upper()}"
+    await add_product(client, admin, sku, 5)
+
+    shopper = await customer(client, "distributed")
+    found = await client.get(f"{API}/products", params={"limit": 100})
+    assert found.status_code == 200, found.text
+    ids = [p["id"] for p in found.json()["items"] if p["name"] == f"Product {sku}"]
+    assert len(ids) == 1
+    product = await client.get(f"{API}/products/{ids[0]}")
+    assert product.status_code == 200, product.text
+    assert product.json()["variants"][0]["sku"] == sku
+
+    cart = await client.post(f"{API}/carts", json={"currency": "EUR"}, headers=bearer(shopper))
+    assert cart.status_code == 201, cart.text
+    cart_id = cart.json()["id"]
+    added = await client.post(
+        f"{API}/carts/{cart_id}/items",
+        json={"sku": sku, "quantity": 1},
+        headers=bearer(shopper),
+    )
+    assert added.status_code == 200, added.text
+    assert added.json()["totals"]["subtotal"] == 2000
+    return shopper, cart_id
+
+
+async def test_customer_signs_up_signs_in_browses_and_fills_a_cart_through_the_gateway(
+    platform: Platform,
+) -> None:
+    async with httpx.AsyncClient(base_url=platform.url, timeout=30) as client:
+        shopper, cart_id = await _shop_and_cart(client)
+        mine = await client.get(f"{API}/carts/{cart_id}", headers=bearer(shopper))
+        assert mine.status_code == 200 and mine.json()["customer_id"] == shopper["id"]
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="orders looks up the customer's email through identity's HTTP client, which sends "
+    "no credential (identity/client.py http_client), so GET /users/{id} answers 401 and "
+    "checkout a 500 in the distributed shape",
+)
+async def test_customer_checks_out_and_pays_and_the_order_turns_paid(platform: Platform) -> None:
+    async with httpx.AsyncClient(base_url=platform.url, timeout=30) as client:
+        shopper, cart_id = await _shop_and_cart(client)
+        placed = await checkout(client, cart_id, bearer(shopper))
+        assert placed.status_code == 201, placed.text
+        order = placed.json()
+        assert order["status"] == "pending_payment"
+
+        paid = await client.post(
+            f"{API}/payments",
+            json={"order_id": order["id"], "payment_method": CARD},
+            headers={**bearer(shopper), "Idempotency-Key": uuid.uuid4().hex},
+        )
+        assert paid.status_code in (200, 201), paid.text
+        assert paid.json()["status"] == "succeeded"
+
+        async def order_is_paid() -> bool:
+            response = await client.get(f"{API}/orders/{order['id']}", headers=bearer(shopper))
+            return bool(response.json()["status"] == "paid")
+
+        await eventually(order_is_paid, timeout=60, what="the order to be paid")
+        mine = await client.get(f"{API}/orders", headers=bearer(shopper))
+        assert order["id"] in [o["id"] for o in mine.json()["items"]]
+
+
+async def test_services_reached_around_the_gateway_demand_credentials(
+    platform: Platform,
+) -> None:
+    forged = sign_principal(Principal("someone", "admin"), b"not-the-gateway-secret")
+    async with httpx.AsyncClient(timeout=30) as client:
+        for url in platform.service_urls["orders"]:
+            assert (await client.get(f"{url}{API}/orders")).status_code == 401
+            with_forgery = await client.get(
+                f"{url}{API}/orders", headers={PRINCIPAL_HEADER: forged}
+            )
+            assert with_forgery.status_code == 401
+        for url in platform.service_urls["identity"]:
+            assert (await client.get(f"{url}{API}/users/me")).status_code == 401
+        through_gateway = await client.get(
+            f"{platform.url}{API}/orders", headers={PRINCIPAL_HEADER: forged}
+        )
+        assert through_gateway.status_code == 401
+
+
+def test_sigterm_stops_every_process_of_the_platform(platform: Platform) -> None:
+    family = _descendants(platform.process.pid)
+    assert len(family) >= sum(len(v) for v in platform.service_urls.values()) + 1
+    platform.process.send_signal(signal.SIGTERM)
+    assert platform.process.wait(timeout=60) == 0
+    deadline = time.monotonic() + 20
+    while any(_alive(pid) for pid in family):
+        assert time.monotonic() < deadline, [pid for pid in family if _alive(pid)]
+        time.sleep(0.1)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except FileNotFoundError:
+        return False
