@@ -1,15 +1,21 @@
-"""Catalog throughput and latency in the embedded shape, with a same-run baseline.
+"""Catalog throughput and latency, with same-run baselines.
 
-    .venv/bin/python bench/catalog_bench.py [--seconds 5] [--connections 64] [--import-rows 100000]
+    .venv/bin/python bench/catalog_bench.py [--seconds 10] [--connections 64] [--import-rows 100000]
         [--postgres postgresql+asyncpg://postgres@127.0.0.1:5432/test]
 
-Seeds the demo catalogue into a temporary data directory, then starts ``ecosistema up`` twice:
-once with the read cache off (every product read goes to SQLite) and once with it on. Measures
-with wrk: GET /healthz (the baseline: the same app, no database), GET /api/v1/products/{id}
-(a product with its variants and prices), and a ranked search. Then imports a generated CSV of
+Seeds the demo catalogue into a temporary data directory, then serves the FastAPI app itself
+(``ecosistema.asgi:embedded_app`` on uvicorn with uvloop and httptools, one process, no access
+log from the server: the app writes its own), twice: once with the read cache off (every
+product read and search goes to the database) and once with it on. ``ecosistema up`` puts the
+gateway, with its own response cache and rate limits, in front of the same app; this bench
+measures the app. With wrk at ``--connections``: a bare ASGI app on the same server stack (the
+ceiling), GET /healthz (the app's shared request path, no database), GET /api/v1/products/{id}
+anonymously (a product with its variants and prices, cycling through every demo product) and
+ranked searches (cycling through a few queries). Then imports a generated CSV of
 ``--import-rows`` products in a subprocess and reports rows/s and its peak resident memory.
 With ``--postgres`` the same runs use PostgreSQL (schemas with a unique prefix, dropped at the
-end) instead of SQLite files. Prints figures; asserts nothing.
+end) instead of SQLite files. Prints figures with the load average around each run; asserts
+nothing.
 """
 
 from __future__ import annotations
@@ -53,26 +59,59 @@ asyncio.run(main())
 """
 
 IMPORT_SCRIPT = """
-import asyncio, json, resource, sys, time
+import asyncio, csv, json, resource, sys, time
 from pathlib import Path
+import sqlalchemy as sa
 from ecosistema.catalog.transfer import import_file
 from ecosistema.platform.config import Settings
 from ecosistema.platform.runtime import Runtime
 from ecosistema.services import load_services
 
+async def baseline(ctx, path):
+    # Same-run ceiling: the CSV's rows written with plain Core executemany (1,000 a batch) into
+    # a bare scratch table of the same database, no validation, no variants, prices or search.
+    scratch = sa.Table(
+        "bench_import_scratch", sa.MetaData(),
+        sa.Column("sku", sa.String(64), primary_key=True), sa.Column("slug", sa.String(200)),
+        sa.Column("name", sa.String(200)), sa.Column("price", sa.Integer),
+    )
+    async with ctx.db.engine.begin() as conn:
+        await conn.run_sync(scratch.create)
+    start = time.perf_counter()
+    with path.open(encoding="utf-8") as stream:
+        rows = [
+            {"sku": r["sku"], "slug": r["slug"], "name": r["name"], "price": int(r["price_EUR"])}
+            for r in csv.DictReader(stream)
+        ]
+    async with ctx.db.transaction() as session:
+        for at in range(0, len(rows), 1000):
+            await session.execute(sa.insert(scratch), rows[at : at + 1000])
+    elapsed = time.perf_counter() - start
+    async with ctx.db.engine.begin() as conn:
+        await conn.run_sync(scratch.drop)
+    return len(rows) / elapsed
+
 async def main():
     runtime = Runtime(Settings(), load_services(["catalog"]))
     await runtime.start(background=False)
     try:
+        load_before = Path("/proc/loadavg").read_text().split()[0]
+        cpu = time.process_time()
         start = time.perf_counter()
         report = await import_file(
             runtime.contexts["catalog"], Path(sys.argv[1]), format="csv", mode=sys.argv[2]
         )
         elapsed = time.perf_counter() - start
+        cpu = time.process_time() - cpu
+        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+        floor = await baseline(runtime.contexts["catalog"], Path(sys.argv[1]))
     finally:
         await runtime.stop()
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    print(json.dumps({"seconds": elapsed, "peak_rss_mib": peak, **report.summary()}))
+    print(json.dumps({
+        "seconds": elapsed, "cpu_seconds": cpu, "peak_rss_mib": peak,
+        "baseline_core_rows_per_s": floor, "load_before": float(load_before),
+        "load_after": float(Path("/proc/loadavg").read_text().split()[0]), **report.summary(),
+    }))
 
 asyncio.run(main())
 """
@@ -90,9 +129,9 @@ def wait_ready(url: str, timeout: float = 120.0) -> None:
     raise TimeoutError(f"{url} not ready after {timeout}s")
 
 
-def run_wrk(wrk: str, url: str, seconds: int, connections: int) -> dict[str, float]:
+def run_wrk(wrk: str, url: str, seconds: int, connections: int, *extra: str) -> dict[str, float]:
     out = subprocess.run(
-        [wrk, "-t2", f"-c{connections}", f"-d{seconds}s", "--latency", url],
+        [wrk, "-t2", f"-c{connections}", f"-d{seconds}s", "--latency", *extra, url],
         capture_output=True,
         text=True,
         check=True,
@@ -115,9 +154,39 @@ def run_wrk(wrk: str, url: str, seconds: int, connections: int) -> dict[str, flo
     }
 
 
+BARE_APP = """
+async def app(scope, receive, send):
+    if scope["type"] != "http":
+        return
+    await send({"type": "http.response.start", "status": 200,
+                "headers": [(b"content-type", b"application/json")]})
+    await send({"type": "http.response.body", "body": b'{"status":"ok"}'})
+"""
+
+# wrk cycles through these paths, one per request, so reads do not all hit one row.
+ROTATE_LUA = """
+local paths = {%s}
+local n = 0
+request = function()
+  n = n + 1
+  return wrk.format("GET", paths[(n %% #paths) + 1])
+end
+"""
+
+SEARCHES = ("leather", "wool jacket", "cotton", "linen shirt", "ceramic")
+
+
+def uvicorn_command(target: str, port: int, *, factory: bool) -> list[str]:
+    """The server stack of ``ecosistema serve``: uvicorn, uvloop, httptools, one process."""
+    command = [sys.executable, "-m", "uvicorn", target, "--port", str(port)]
+    command += ["--loop", "uvloop", "--http", "httptools", "--no-access-log"]
+    command += ["--log-level", "warning", "--backlog", "2048"]
+    return [*command, "--factory"] if factory else command
+
+
 def serve(tmp: str, env: dict[str, str], port: int) -> subprocess.Popen[bytes]:
     proc = subprocess.Popen(
-        [ECOSISTEMA, "up", "--port", str(port)],
+        uvicorn_command("ecosistema.asgi:embedded_app", port, factory=True),
         cwd=tmp,
         env=env,
         stdout=subprocess.DEVNULL,
@@ -127,25 +196,68 @@ def serve(tmp: str, env: dict[str, str], port: int) -> subprocess.Popen[bytes]:
     return proc
 
 
+def rotating(tmp: str, name: str, paths: list[str]) -> str:
+    """A wrk script requesting ``paths`` in turn."""
+    script = Path(tmp) / f"{name}.lua"
+    script.write_text(ROTATE_LUA % ", ".join(json.dumps(p) for p in paths))
+    return str(script)
+
+
+def run_wrk_load(
+    wrk: str, url: str, seconds: int, connections: int, *extra: str
+) -> dict[str, float]:
+    """``run_wrk`` with the load average before and after."""
+    before = os.getloadavg()[0]
+    result = run_wrk(wrk, url, seconds, connections, *extra)
+    result["load_before"] = round(before, 2)
+    result["load_after"] = round(os.getloadavg()[0], 2)
+    return result
+
+
+def measure_bare(wrk: str, tmp: str, env: dict[str, str], seconds: int, connections: int) -> Any:
+    """The ceiling: a bare ASGI app on the same server stack."""
+    Path(tmp, "bare_asgi.py").write_text(BARE_APP)
+    port = free_port()
+    proc = subprocess.Popen(uvicorn_command("bare_asgi:app", port, factory=False), cwd=tmp, env=env)
+    try:
+        wait_ready(f"http://127.0.0.1:{port}/healthz")
+        return run_wrk_load(wrk, f"http://127.0.0.1:{port}/healthz", seconds, connections)
+    finally:
+        proc.terminate()
+        proc.wait()
+
+
 def measure(
-    wrk: str, tmp: str, env: dict[str, str], seconds: int, connections: int
+    wrk: str, tmp: str, env: dict[str, str], seconds: int, connections: int, *, healthz: bool
 ) -> dict[str, Any]:
     port = free_port()
     base = f"http://127.0.0.1:{port}"
     proc = serve(tmp, env, port)
     try:
-        product_id = httpx.get(f"{base}/api/v1/products", params={"limit": 1}).json()["items"][0][
-            "id"
-        ]
-        product_url = f"{base}/api/v1/products/{product_id}"
-        httpx.get(product_url).raise_for_status()
-        return {
-            "healthz": run_wrk(wrk, f"{base}/healthz", seconds, connections),
-            "product_by_id": run_wrk(wrk, product_url, seconds, connections),
-            "search": run_wrk(
-                wrk, f"{base}/api/v1/products?q=leather&limit=20", seconds, connections
-            ),
-        }
+        ids: list[str] = []
+        cursor = None
+        while True:
+            params: dict[str, Any] = {"limit": 100, **({"cursor": cursor} if cursor else {})}
+            page = httpx.get(f"{base}/api/v1/products", params=params).json()
+            ids += [item["id"] for item in page["items"]]
+            cursor = page["next_cursor"]
+            if not cursor:
+                break
+        product_paths = [f"/api/v1/products/{i}" for i in ids]
+        search_paths = [f"/api/v1/products?q={q.replace(' ', '+')}&limit=20" for q in SEARCHES]
+        for path in (product_paths[0], search_paths[0]):
+            httpx.get(base + path).raise_for_status()
+        results: dict[str, Any] = {}
+        if healthz:
+            results["healthz"] = run_wrk_load(wrk, f"{base}/healthz", seconds, connections)
+        results["product_by_id"] = run_wrk_load(
+            wrk, base, seconds, connections, "-s", rotating(tmp, "products", product_paths)
+        )
+        results["search"] = run_wrk_load(
+            wrk, base, seconds, connections, "-s", rotating(tmp, "searches", search_paths)
+        )
+        results["products_rotated"] = len(product_paths)
+        return results
     finally:
         proc.terminate()
         proc.wait()
@@ -200,7 +312,7 @@ def drop_schemas(url: str, prefix: str) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser()
-    parser.add_argument("--seconds", type=int, default=5)
+    parser.add_argument("--seconds", type=int, default=10)
     parser.add_argument("--connections", type=int, default=64)
     parser.add_argument("--import-rows", type=int, default=100_000)
     parser.add_argument("--postgres", metavar="URL", help="Use PostgreSQL at URL, not SQLite.")
@@ -238,9 +350,11 @@ def run_all(
         check=True,
     )
     results["seeded"] = seeded.stdout.strip().splitlines()[-1]
+    results["bare_asgi"] = measure_bare(wrk, tmp, env, args.seconds, args.connections)
     uncached = {**env, "ECOSISTEMA_CATALOG_CACHE_SECONDS": "0"}
-    results["uncached"] = measure(wrk, tmp, uncached, args.seconds, args.connections)
-    results["cached"] = measure(wrk, tmp, env, args.seconds, args.connections)
+    results["uncached"] = measure(wrk, tmp, uncached, args.seconds, args.connections, healthz=True)
+    cached = {**env, "ECOSISTEMA_CATALOG_CACHE_SECONDS": "300"}
+    results["cached"] = measure(wrk, tmp, cached, args.seconds, args.connections, healthz=False)
     if args.import_rows:
         results["import"] = bench_import(tmp, env, args.import_rows)
     results["bench_process_peak_rss_mib"] = (
@@ -254,18 +368,29 @@ def report(args: argparse.Namespace, results: dict[str, Any]) -> None:
         f"\n{results['machine']}; {results['database']}; "
         f"wrk -t2 -c{args.connections} -d{args.seconds}s"
     )
-    for mode in ("uncached", "cached"):
-        base_rps = results[mode]["healthz"]["rps"]
-        for name, r in results[mode].items():
-            print(
-                f"{mode:<9} {name:<14} {r['rps']:>8,.0f} req/s  p50 {r['p50_ms']:6.2f} ms  "
-                f"p99 {r['p99_ms']:7.2f} ms  ({r['rps'] / base_rps:.2f}x /healthz)"
-            )
+    bare = results["bare_asgi"]
+    rows = [("baseline", "bare ASGI", bare)]
+    rows += [
+        (mode, name, r)
+        for mode in ("uncached", "cached")
+        for name, r in results[mode].items()
+        if isinstance(r, dict)
+    ]
+    for mode, name, r in rows:
+        print(
+            f"{mode:<9} {name:<14} {r['rps']:>8,.0f} req/s  p50 {r['p50_ms']:6.2f} ms  "
+            f"p99 {r['p99_ms']:7.2f} ms  ({r['rps'] / bare['rps']:.2f}x bare)  "
+            f"load {r['load_before']:.2f}->{r['load_after']:.2f}"
+            + (f"  non-2xx {r['non_2xx']:.0f}" if r["non_2xx"] else "")
+        )
     if "import" in results:
         imp = results["import"]
         print(
             f"import {args.import_rows:,} CSV rows ({imp['file_mib']:.1f} MiB): "
-            f"{imp['rows_per_s']:,.0f} rows/s, peak RSS {imp['peak_rss_mib']:.0f} MiB"
+            f"{imp['rows_per_s']:,.0f} rows/s ({args.import_rows / imp['cpu_seconds']:,.0f} "
+            f"per CPU-second), peak RSS {imp['peak_rss_mib']:.0f} MiB; baseline plain Core "
+            f"insert of the same rows {imp['baseline_core_rows_per_s']:,.0f} rows/s; "
+            f"load {imp['load_before']:.2f}->{imp['load_after']:.2f}"
         )
 
 

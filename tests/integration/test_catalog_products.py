@@ -232,3 +232,56 @@ async def test_every_catalog_read_carries_an_etag_that_revalidates(
         assert first.status_code == 200, (url, first.text)
         again = await shop.get(url, headers={**staff, "If-None-Match": first.headers["etag"]})
         assert again.status_code == 304, url
+
+
+async def test_anonymous_and_signed_in_reads_of_a_product_answer_alike(
+    shop_app: FastAPI, shop: httpx.AsyncClient
+) -> None:
+    # Anonymous reads take the fast path, signed-in ones the framework route: one contract.
+    staff = await sign_in_demo(shop_app, shop, "staff")
+    customer = await sign_in_demo(shop_app, shop, "customer")
+    product = await created(shop, staff, TEE)
+    url = f"{API}/products/{product['id']}"
+
+    anonymous = await shop.get(url)
+    signed_in = await shop.get(url, headers=customer)
+
+    assert anonymous.status_code == signed_in.status_code == 200
+    assert anonymous.content == signed_in.content
+    for header in ("etag", "cache-control", "content-type", "content-length"):
+        assert anonymous.headers[header] == signed_in.headers[header], header
+    assert anonymous.json() == product
+    for response in (anonymous, signed_in):
+        assert response.headers["x-request-id"]
+        assert response.headers["traceparent"]
+        assert response.headers["x-content-type-options"] == "nosniff"
+    metrics = (await shop.get("/metrics")).text
+    series = (
+        'ecosistema_http_requests_total{method="GET",'
+        'route="/api/v1/products/{product_id}",status="200"}'
+    )
+    assert any(line.startswith(series + " 2.0") for line in metrics.splitlines())
+
+
+async def test_unknown_product_is_the_same_404_problem_with_or_without_credentials(
+    shop_app: FastAPI, shop: httpx.AsyncClient
+) -> None:
+    customer = await sign_in_demo(shop_app, shop, "customer")
+    url = f"{API}/products/no-such-product"
+
+    anonymous = await shop.get(url)
+    signed_in = await shop.get(url, headers=customer)
+
+    assert anonymous.status_code == signed_in.status_code == 404
+    assert anonymous.headers["content-type"] == "application/problem+json"
+    assert anonymous.json() == signed_in.json()
+    assert anonymous.json()["instance"] == url
+
+
+async def test_routes_declared_before_the_product_route_keep_their_paths(
+    shop: httpx.AsyncClient,
+) -> None:
+    # /products/export is not a product id: it is the staff-only export, whoever asks.
+    response = await shop.get(f"{API}/products/export")
+    assert response.status_code == 401
+    assert response.json()["type"].endswith("/unauthorized")

@@ -22,8 +22,7 @@ from tests.integration.test_catalog_support import (
 
 
 async def search(ctx: ServiceContext, **kwargs: Any) -> ProductPage:
-    async with ctx.db.read() as session:
-        return await search_products(session, SearchQuery(**kwargs))
+    return await search_products(ctx.db, SearchQuery(**kwargs))
 
 
 async def add(

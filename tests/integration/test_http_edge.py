@@ -635,3 +635,113 @@ async def test_cors_preflight_is_answered_for_configured_origins(tmp_path: Path)
             headers={"Origin": "https://evil.example", "Access-Control-Request-Method": "POST"},
         )
         assert "access-control-allow-origin" not in other.headers
+
+
+# Security headers and fast routes.
+
+
+async def test_every_response_carries_the_security_headers(edge: httpx.AsyncClient) -> None:
+    payload = json.dumps({"blob": "x" * 2048}).encode()
+    for response in (
+        await edge.get("/healthz"),
+        await edge.get("/api/v1/nowhere"),
+        await edge.post(
+            "/api/v1/uploads", content=payload, headers={"content-type": "application/json"}
+        ),
+    ):
+        assert response.headers["x-content-type-options"] == "nosniff"
+        assert response.headers["x-frame-options"] == "DENY"
+
+
+@asynccontextmanager
+async def serve_with_fast_route(
+    tmp_path: Path,
+) -> AsyncIterator[tuple[list[str], httpx.AsyncClient]]:
+    """An app whose /api/v1/gadgets/{gadget_id} route also has a fast handler; ``served``
+    records which of the two answered each request."""
+    from ecosistema.platform.edge import FastRequest, FastResponse, serve_fast
+    from ecosistema.platform.errors import NotFound
+
+    served: list[str] = []
+    gadgets = APIRouter()
+
+    @gadgets.get("/gadgets/featured")
+    async def featured_gadget() -> dict[str, str]:
+        served.append("featured")
+        return {"id": "featured"}
+
+    @gadgets.get("/gadgets/{gadget_id}")
+    async def get_gadget(gadget_id: str) -> dict[str, str]:
+        served.append("route")
+        if gadget_id == "missing":
+            raise NotFound("No gadget with this id.")
+        return {"id": gadget_id}
+
+    async def get_gadget_fast(request: FastRequest) -> FastResponse | None:
+        gadget_id = request.path_params["gadget_id"]
+        if gadget_id == "declined":
+            return None
+        served.append("fast")
+        if gadget_id == "missing":
+            raise NotFound("No gadget with this id.")
+        if gadget_id == "broken":
+            raise RuntimeError("a bug in a fast handler")
+        body = json.dumps({"id": gadget_id}, separators=(",", ":")).encode()
+        return FastResponse(200, body, [(b"content-type", b"application/json")])
+
+    serve_fast(get_gadget, get_gadget_fast)
+    async with serve(edge_settings(tmp_path)) as (app, client):
+        app.include_router(gadgets, prefix="/api/v1")
+        yield served, client
+
+
+async def test_a_fast_route_answers_anonymous_gets_and_leaves_the_rest_to_the_route(
+    tmp_path: Path,
+) -> None:
+    async with serve_with_fast_route(tmp_path) as (served, client):
+        fast = await client.get("/api/v1/gadgets/g1", headers={"X-Request-ID": "fast-1"})
+        signed = await client.get("/api/v1/gadgets/g1", headers={"Authorization": "Bearer x"})
+        declined = await client.get("/api/v1/gadgets/declined")
+        metrics = (await client.get("/metrics")).text
+    assert served == ["fast", "route", "route"]
+    assert declined.json() == {"id": "declined"}
+    assert fast.status_code == signed.status_code == 200
+    assert fast.json() == signed.json() == {"id": "g1"}
+    assert fast.headers["content-length"] == str(len(fast.content))
+    assert fast.headers["x-request-id"] == "fast-1"
+    assert TRACEPARENT.fullmatch(fast.headers["traceparent"])
+    assert fast.headers["x-content-type-options"] == "nosniff"
+    series = 'ecosistema_http_requests_total{method="GET",route="/api/v1/gadgets/{gadget_id}"'
+    assert metric_value(metrics, series + ',status="200"}') == 3.0
+
+
+async def test_a_route_declared_before_a_fast_route_keeps_its_paths(tmp_path: Path) -> None:
+    async with serve_with_fast_route(tmp_path) as (served, client):
+        response = await client.get("/api/v1/gadgets/featured")
+    assert response.json() == {"id": "featured"}
+    assert served == ["featured"]
+
+
+async def test_a_problem_from_a_fast_handler_is_the_routes_problem(tmp_path: Path) -> None:
+    async with serve_with_fast_route(tmp_path) as (served, client):
+        fast = await client.get("/api/v1/gadgets/missing")
+        routed = await client.get("/api/v1/gadgets/missing", headers={"Authorization": "Bearer x"})
+    assert served == ["fast", "route"]
+    assert assert_problem(fast, 404, "not-found") == assert_problem(routed, 404, "not-found")
+
+
+async def test_a_bug_in_a_fast_handler_is_a_logged_500_problem(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    async with serve_with_fast_route(tmp_path) as (_served, client):
+        capsys.readouterr()
+        response = await client.get("/api/v1/gadgets/broken", headers={"X-Request-ID": "bug-3"})
+        lines = json_lines(capsys.readouterr().out)
+    body = assert_problem(response, 500, "internal-error")
+    assert "a bug in a fast handler" not in json.dumps(body)
+    errors = [line for line in lines if line.get("event") == "unhandled_error"]
+    assert len(errors) == 1 and errors[0]["request_id"] == "bug-3"
+    access = [line for line in lines if line.get("logger") == "ecosistema.access"]
+    assert [(line["route"], line["status"]) for line in access] == [
+        ("/api/v1/gadgets/{gadget_id}", 500)
+    ]

@@ -11,6 +11,7 @@ from fastapi.responses import StreamingResponse
 from pydantic_core import to_json
 
 from ecosistema.catalog import inventory, service, transfer
+from ecosistema.catalog.reads import etag_of
 from ecosistema.catalog.schemas import (
     Availability,
     Category,
@@ -43,15 +44,24 @@ from ecosistema.catalog.schemas import (
     Warehouse,
     WarehouseCreate,
 )
-from ecosistema.catalog.search import SearchQuery, search_products
+from ecosistema.catalog.search import SearchQuery, search_page
 from ecosistema.platform.auth import OptionalPrincipal, Principal, current_principal, require
+from ecosistema.platform.edge import FastRequest, FastResponse, serve_fast
 from ecosistema.platform.errors import NotFound, field_error
 from ecosistema.platform.errors import error_responses as _errors
 from ecosistema.platform.money import ISO_4217
 from ecosistema.platform.policy import ensure
-from ecosistema.platform.service import ServiceContext, context_of
+from ecosistema.platform.service import ServiceContext
 
-Context = Annotated[ServiceContext, Depends(context_of("catalog"))]
+
+async def _catalog_context(request: Request) -> ServiceContext:
+    # A coroutine, not a plain function: FastAPI runs plain dependencies on a worker thread,
+    # a thread hop on every request.
+    ctx: ServiceContext = request.app.state.runtime.contexts["catalog"]
+    return ctx
+
+
+Context = Annotated[ServiceContext, Depends(_catalog_context)]
 CatalogWriter = Annotated[Principal, Depends(require("catalog:write"))]
 InventoryReader = Annotated[Principal, Depends(require("inventory:read"))]
 InventoryWriter = Annotated[Principal, Depends(require("inventory:write"))]
@@ -71,17 +81,31 @@ def _matches(if_none_match: str | None, etag: str) -> bool:
     return "*" in candidates or any(c.removeprefix("W/") == etag for c in candidates)
 
 
+def _cache_control(public: bool) -> str:
+    return ("public" if public else "private") + ", no-cache"
+
+
 def _json_with_etag(request: Request, body: bytes, etag: str, *, public: bool) -> Response:
-    headers = {"ETag": etag, "Cache-Control": ("public" if public else "private") + ", no-cache"}
+    headers = {"ETag": etag, "Cache-Control": _cache_control(public)}
     if _matches(request.headers.get("if-none-match"), etag):
         return Response(status_code=status.HTTP_304_NOT_MODIFIED, headers=headers)
     return Response(body, media_type="application/json", headers=headers)
 
 
+def _fast_json_with_etag(request: FastRequest, body: bytes, etag: str) -> FastResponse:
+    """``_json_with_etag`` for a fast handler, for public documents."""
+    headers = [(b"etag", etag.encode()), (b"cache-control", _cache_control(True).encode())]
+    if _matches(request.header(b"if-none-match"), etag):
+        return FastResponse(status.HTTP_304_NOT_MODIFIED, b"", headers)
+    return FastResponse(
+        status.HTTP_200_OK, body, [(b"content-type", b"application/json"), *headers]
+    )
+
+
 def _etagged(request: Request, value: Any, *, public: bool) -> Response:
     """Serialize a response model (or a list of them) with an ETag, honouring If-None-Match."""
     body = to_json(value)
-    return _json_with_etag(request, body, service.etag_of(body), public=public)
+    return _json_with_etag(request, body, etag_of(body), public=public)
 
 
 router = APIRouter(tags=["catalog"])
@@ -192,7 +216,7 @@ async def list_products(
         cursor=cursor,
     )
     body = await _cached_search(ctx, query)
-    return _json_with_etag(request, body, service.etag_of(body), public=not staff)
+    return _json_with_etag(request, body, etag_of(body), public=not staff)
 
 
 async def _cached_search(ctx: ServiceContext, query: SearchQuery) -> bytes:
@@ -207,9 +231,7 @@ async def _cached_search(ctx: ServiceContext, query: SearchQuery) -> bytes:
         cached = await ctx.cache.get(key)
         if cached is not None:
             return cached
-    async with ctx.db.read() as session:
-        page = await search_products(session, query)
-    body = page.model_dump_json().encode()
+    body = to_json(await search_page(ctx.db, query))
     if key:
         await ctx.cache.set(key, body, ttl=ttl)
     return body
@@ -298,6 +320,20 @@ async def get_product(
     return _json_with_etag(
         request, document.body, document.etag, public=document.status == "active"
     )
+
+
+async def _get_product_anonymously(request: FastRequest) -> FastResponse | None:
+    """``get_product`` for callers without credentials (shoppers): active products only."""
+    ctx: ServiceContext = request.app.state.runtime.contexts["catalog"]
+    document = await service.product_document(ctx, request.path_params["product_id"])
+    if not service.visible(document.status, staff=False):
+        raise NotFound(service.PRODUCT_NOT_FOUND)
+    return _fast_json_with_etag(request, document.body, document.etag)
+
+
+# The storefront's hottest read skips the framework's routing and dependency resolution; signed-in
+# callers (staff may see drafts) take the route above.
+serve_fast(get_product, _get_product_anonymously)
 
 
 @router.patch(

@@ -8,6 +8,7 @@ GIN index, ranked by ``ts_rank_cd``. Both are created by the migration for their
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import re
@@ -17,8 +18,11 @@ from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
+from pydantic_core import from_json
 from sqlalchemy import (
+    JSON,
     Float,
+    Integer,
     and_,
     bindparam,
     cast,
@@ -36,7 +40,8 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from ecosistema.catalog.domain import ProductStatus
 from ecosistema.catalog.models import categories, prices, products, stock, variants
-from ecosistema.catalog.schemas import Price, ProductPage, ProductSummary, SearchSort
+from ecosistema.catalog.schemas import ProductPage, SearchSort
+from ecosistema.platform.db import Database
 from ecosistema.platform.pagination import InvalidCursor, decode_cursor, encode_cursor
 
 # Letters and digits only: quotes, operators and other punctuation in a shopper's query are
@@ -181,29 +186,54 @@ def page_position(
     return key, last_id
 
 
-async def category_path(session: AsyncSession, category_id: str) -> str | None:
+_CATEGORY_PATH = select(categories.c.path).where(categories.c.id == bindparam("category_id"))
+_EMPTY: dict[str, Any] = {"items": [], "next_cursor": None}
+
+
+async def category_path(db: Database, category_id: str) -> str | None:
     """The path of a category, or None when there is no such category."""
-    path: str | None = await session.scalar(
-        select(categories.c.path).where(categories.c.id == category_id)
-    )
-    return path
+    rows = await db.fetch(db.compile_read(_CATEGORY_PATH), category_id=category_id)
+    return str(rows[0][0]) if rows else None
 
 
-async def search_products(session: AsyncSession, query: SearchQuery) -> ProductPage:
+async def search_products(db: Database, query: SearchQuery) -> ProductPage:
     """One page of products matching ``query``, in the requested order."""
-    p = products
-    words = terms(query.text)
-    if not words and query.text and query.text.strip():
-        # Only punctuation: nothing a product's words could match.
-        return ProductPage(items=[], next_cursor=None)
-    sort = query.sort
-    if sort == "relevance" and not words:
-        sort = "newest"
+    return ProductPage.model_validate(await search_page(db, query))
 
+
+def _json(value: Any) -> Any:
+    return from_json(value) if isinstance(value, str | bytes) else value
+
+
+def _utc(value: Any) -> datetime:
+    moment = datetime.fromisoformat(value) if isinstance(value, str) else value
+    return moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment.astimezone(UTC)
+
+
+@dataclass(frozen=True)
+class _Shape:
+    """What decides a search statement's SQL; every value in it is a parameter."""
+
+    dialect: str
+    words: bool
+    statuses: int
+    category: bool
+    min_price: bool
+    max_price: bool
+    in_stock: bool
+    options: int
+    sort: str
+    cursor: bool
+
+
+@functools.lru_cache(maxsize=512)
+def _statement(shape: _Shape) -> Any:
+    """The search statement of one shape, built once; its parameters are named below."""
+    p = products
     price_from = (
         select(func.min(prices.c.amount))
         .select_from(prices.join(variants, variants.c.id == prices.c.variant_id))
-        .where(variants.c.product_id == p.c.id, prices.c.currency == query.currency)
+        .where(variants.c.product_id == p.c.id, prices.c.currency == bindparam("currency"))
         .scalar_subquery()
     )
     columns: list[Any] = [
@@ -216,39 +246,40 @@ async def search_products(session: AsyncSession, query: SearchQuery) -> ProductP
         p.c.created_at,
         price_from.label("price_from"),
     ]
-    conditions: list[Any] = [p.c.status.in_(query.statuses)]
+    conditions: list[Any] = [
+        p.c.status.in_([bindparam(f"status_{n}") for n in range(shape.statuses)])
+    ]
     source: Any = p
     rank: Any = None
-    if words:
-        if _dialect(session) == "sqlite":
+    if shape.words:
+        if shape.dialect == "sqlite":
             fts: Any = literal_column("product_search")
-            match = _TEXT_COLUMNS + " AND ".join(f'"{w}"*' for w in words) + ")"
             source = p.join(_FTS, _FTS.c.product_id == p.c.id)
-            conditions.append(fts.op("MATCH")(match))
-            rank = func.bm25(fts, *_BM25_WEIGHTS)
+            conditions.append(fts.op("MATCH")(bindparam("match")))
+            rank = func.bm25(fts, *(literal_column(repr(w)) for w in _BM25_WEIGHTS))
         else:
             vector: Any = literal_column("products.search_vector")
-            tsquery = func.to_tsquery("simple", " & ".join(f"{w}:*" for w in words))
+            tsquery = func.to_tsquery(literal_column("'simple'"), bindparam("match"))
             conditions.append(vector.op("@@")(tsquery))
             rank = -func.ts_rank_cd(vector, tsquery)
         columns.append(cast(rank, Float).label("rank"))
-    if query.category_id is not None:
-        path = await category_path(session, query.category_id)
-        if path is None:
-            return ProductPage(items=[], next_cursor=None)
+    if shape.category:
         conditions.append(
             p.c.category_id.in_(
                 select(categories.c.id).where(
-                    or_(categories.c.path == path, categories.c.path.like(path + "/%"))
+                    or_(
+                        categories.c.path == bindparam("path"),
+                        categories.c.path.like(bindparam("path_prefix")),
+                    )
                 )
             )
         )
-    if query.min_price is not None or query.max_price is not None:
-        bounds = [variants.c.product_id == p.c.id, prices.c.currency == query.currency]
-        if query.min_price is not None:
-            bounds.append(prices.c.amount >= query.min_price)
-        if query.max_price is not None:
-            bounds.append(prices.c.amount <= query.max_price)
+    if shape.min_price or shape.max_price:
+        bounds = [variants.c.product_id == p.c.id, prices.c.currency == bindparam("currency")]
+        if shape.min_price:
+            bounds.append(prices.c.amount >= bindparam("min_price"))
+        if shape.max_price:
+            bounds.append(prices.c.amount <= bindparam("max_price"))
         conditions.append(
             exists(
                 select(prices.c.variant_id)
@@ -256,7 +287,7 @@ async def search_products(session: AsyncSession, query: SearchQuery) -> ProductP
                 .where(*bounds)
             )
         )
-    if query.in_stock:
+    if shape.in_stock:
         conditions.append(
             exists(
                 select(stock.c.sku)
@@ -264,12 +295,15 @@ async def search_products(session: AsyncSession, query: SearchQuery) -> ProductP
                 .where(variants.c.product_id == p.c.id, stock.c.on_hand > stock.c.reserved)
             )
         )
-    for name, value in query.options:
+    for n in range(shape.options):
         conditions.append(
             exists(
                 select(variants.c.id).where(
                     variants.c.product_id == p.c.id,
-                    variants.c.options[name].as_string() == value,
+                    variants.c.options[
+                        bindparam(f"option_name_{n}", type_=JSON.JSONStrIndexType())
+                    ].as_string()
+                    == bindparam(f"option_value_{n}"),
                 )
             )
         )
@@ -279,20 +313,14 @@ async def search_products(session: AsyncSession, query: SearchQuery) -> ProductP
         "newest": inner.c.created_at,
         "price_asc": inner.c.price_from,
         "price_desc": inner.c.price_from,
-    }[sort]
-    descending = sort in ("newest", "price_desc")
+    }[shape.sort]
+    descending = shape.sort in ("newest", "price_desc")
     outer = select(inner)
-    if sort in ("price_asc", "price_desc"):
+    if shape.sort in ("price_asc", "price_desc"):
         outer = outer.where(inner.c.price_from.is_not(None))
-    fingerprint = query.fingerprint()
-    if query.cursor:
-        key_kind: type[datetime] | type[float] | type[int] = {
-            "relevance": float if rank is not None else datetime,
-            "newest": datetime,
-            "price_asc": int,
-            "price_desc": int,
-        }[sort]
-        key, last_id = page_position(query.cursor, fingerprint, key_kind)
+    if shape.cursor:
+        key: Any = bindparam("cursor_key")
+        last_id: Any = bindparam("cursor_id")
         if descending:
             outer = outer.where(
                 or_(key_column < key, and_(key_column == key, inner.c.id < last_id))
@@ -302,35 +330,89 @@ async def search_products(session: AsyncSession, query: SearchQuery) -> ProductP
                 or_(key_column > key, and_(key_column == key, inner.c.id > last_id))
             )
     order = (key_column.desc(), inner.c.id.desc()) if descending else (key_column, inner.c.id)
-    outer = outer.order_by(*order).limit(query.limit + 1)
-    rows = (await session.execute(outer)).all()
+    return outer.order_by(*order).limit(bindparam("limit", type_=Integer))
+
+
+async def search_page(db: Database, query: SearchQuery) -> dict[str, Any]:
+    """One page of products matching ``query`` as the JSON-ready ``ProductPage`` document.
+
+    The statement of each shape of query (which filters, which sort) is built and compiled
+    once; the query's values are its parameters, and it runs on the driver (``Database.fetch``).
+    """
+    dialect = db.engine.dialect.name
+    words = terms(query.text)
+    if not words and query.text and query.text.strip():
+        # Only punctuation: nothing a product's words could match.
+        return _EMPTY
+    sort = query.sort
+    if sort == "relevance" and not words:
+        sort = "newest"
+    params: dict[str, Any] = {"currency": query.currency, "limit": query.limit + 1}
+    for n, status in enumerate(query.statuses):
+        params[f"status_{n}"] = status
+    if words:
+        if dialect == "sqlite":
+            params["match"] = _TEXT_COLUMNS + " AND ".join(f'"{w}"*' for w in words) + ")"
+        else:
+            params["match"] = " & ".join(f"{w}:*" for w in words)
+    if query.category_id is not None:
+        path = await category_path(db, query.category_id)
+        if path is None:
+            return _EMPTY
+        params["path"], params["path_prefix"] = path, path + "/%"
+    if query.min_price is not None:
+        params["min_price"] = query.min_price
+    if query.max_price is not None:
+        params["max_price"] = query.max_price
+    for n, (name, value) in enumerate(query.options):
+        params[f"option_name_{n}"], params[f"option_value_{n}"] = name, value
+    fingerprint = query.fingerprint()
+    ranked = sort == "relevance" and bool(words)
+    if query.cursor:
+        key_kind: type[datetime] | type[float] | type[int] = (
+            float if ranked else int if sort in ("price_asc", "price_desc") else datetime
+        )
+        params["cursor_key"], params["cursor_id"] = page_position(
+            query.cursor, fingerprint, key_kind
+        )
+    shape = _Shape(
+        dialect=dialect,
+        words=bool(words),
+        statuses=len(query.statuses),
+        category=query.category_id is not None,
+        min_price=query.min_price is not None,
+        max_price=query.max_price is not None,
+        in_stock=query.in_stock,
+        options=len(query.options),
+        sort=sort,
+        cursor=bool(query.cursor),
+    )
+    rows = await db.fetch(db.compile_read(_statement(shape)), **params)
     more = len(rows) > query.limit
     rows = rows[: query.limit]
+    currency = query.currency
     items = [
-        ProductSummary(
-            id=r.id,
-            slug=r.slug,
-            name=r.name,
-            status=r.status,
-            category_id=r.category_id,
-            images=r.images,
-            price_from=(
-                Price(currency=query.currency, amount=r.price_from)
-                if r.price_from is not None
-                else None
-            ),
-            created_at=r.created_at,
-        )
+        {
+            "id": r[0],
+            "slug": r[1],
+            "name": r[2],
+            "status": r[3],
+            "category_id": r[4],
+            "images": _json(r[5]),
+            "price_from": {"currency": currency, "amount": r[7]} if r[7] is not None else None,
+            "created_at": _utc(r[6]),
+        }
         for r in rows
     ]
     next_cursor = None
     if more and rows:
         last = rows[-1]
-        key_name = {
-            "relevance": "rank" if rank is not None else "created_at",
-            "newest": "created_at",
-            "price_asc": "price_from",
-            "price_desc": "price_from",
-        }[sort]
-        next_cursor = page_cursor(fingerprint, getattr(last, key_name), last.id)
-    return ProductPage(items=items, next_cursor=next_cursor)
+        key: datetime | float | int
+        if sort in ("price_asc", "price_desc"):
+            key = int(last[7])
+        elif ranked:
+            key = float(last[8])
+        else:
+            key = _utc(last[6])
+        next_cursor = page_cursor(fingerprint, key, last[0])
+    return {"items": items, "next_cursor": next_cursor}

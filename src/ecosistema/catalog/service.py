@@ -2,30 +2,27 @@
 and quotes. Inventory and reservations live in ``inventory.py``, search in ``search.py``,
 import and export in ``transfer.py``.
 
-Reads go through SQLAlchemy Core; the product-by-id read is the hot path, so its JSON is built
-once, cached with its ETag in ``ctx.cache``, and every write that touches it deletes it.
+Reads go through SQLAlchemy Core. The product-by-id read is the hot path: it runs on the driver
+(``reads.py``), its JSON is built once with its ETag and, when the read cache is on, cached in
+``ctx.cache``; every write that touches a product deletes its cached copy.
 """
 
 from __future__ import annotations
 
 import asyncio
-import hashlib
-import json
 from collections import defaultdict
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any
 
-from pydantic_core import to_json
-from sqlalchemy import Row, String, and_, delete, func, insert, or_, select, type_coerce, update
+from sqlalchemy import Row, and_, delete, func, insert, or_, select, update
 from sqlalchemy import event as sa_event
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import IntegrityError
-from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
+from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.sql.schema import Table
 
-from ecosistema.catalog import domain, search
+from ecosistema.catalog import domain, reads, search
 from ecosistema.catalog.domain import ProductStatus, SalePrice
 from ecosistema.catalog.models import (
     categories,
@@ -39,6 +36,7 @@ from ecosistema.catalog.models import (
     variants,
     warehouses,
 )
+from ecosistema.catalog.reads import ProductDocument
 from ecosistema.catalog.schemas import (
     Category,
     CategoryCreate,
@@ -247,161 +245,6 @@ async def delete_category(ctx: ServiceContext, category_id: str) -> None:
 # --- products -----------------------------------------------------------------------------------
 
 
-@dataclass(frozen=True, slots=True)
-class ProductDocument:
-    """A product serialized once: its status (for visibility), ETag and JSON body."""
-
-    status: str
-    etag: str
-    body: bytes
-
-    def to_cache(self) -> bytes:
-        return f"{self.status} {self.etag}\n".encode() + self.body
-
-    @classmethod
-    def from_cache(cls, raw: bytes) -> ProductDocument:
-        head, _, body = raw.partition(b"\n")
-        status, _, etag = head.decode().partition(" ")
-        return cls(status=status, etag=etag, body=body)
-
-
-def etag_of(body: bytes) -> str:
-    """A strong ETag for a response body."""
-    return '"' + hashlib.blake2b(body, digest_size=12).hexdigest() + '"'
-
-
-# One round trip for the hot read: a product, its variants, their regular and sale prices.
-# Rows multiply per variant (prices x sales), a handful at most; they are folded below.
-def _raw(column: Any, name: str | None = None) -> Any:
-    # The hot read folds many rows; decoding JSON and SQLite's datetime strings only for the
-    # values used (not for every repeated row) is what keeps it cheap.
-    return type_coerce(column, String()).label(name or column.name)
-
-
-_PRODUCT_DOCUMENT = (
-    select(
-        products.c.id,
-        products.c.slug,
-        products.c.name,
-        products.c.description,
-        products.c.status,
-        products.c.category_id,
-        _raw(products.c.images),
-        _raw(products.c.created_at),
-        _raw(products.c.updated_at),
-        variants.c.id.label("v_id"),
-        variants.c.sku,
-        variants.c.name.label("v_name"),
-        _raw(variants.c.options),
-        variants.c.weight_grams,
-        variants.c.position,
-        prices.c.currency.label("p_currency"),
-        prices.c.amount.label("p_amount"),
-        sale_prices.c.id.label("s_id"),
-        sale_prices.c.currency.label("s_currency"),
-        sale_prices.c.amount.label("s_amount"),
-        _raw(sale_prices.c.starts_at),
-        _raw(sale_prices.c.ends_at),
-    )
-    .select_from(
-        products.outerjoin(variants, variants.c.product_id == products.c.id)
-        .outerjoin(prices, prices.c.variant_id == variants.c.id)
-        .outerjoin(sale_prices, sale_prices.c.variant_id == variants.c.id)
-    )
-    .order_by(variants.c.position, variants.c.sku)
-)
-
-
-def _json(value: Any) -> Any:
-    return json.loads(value) if isinstance(value, str | bytes) else value
-
-
-def _utc(value: Any) -> datetime | None:
-    if value is None:
-        return None
-    moment = datetime.fromisoformat(value) if isinstance(value, str) else value
-    return moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment.astimezone(UTC)
-
-
-async def _load_product(
-    conn: AsyncConnection, product_id: str, at: datetime
-) -> tuple[dict[str, Any], datetime | None] | None:
-    """A product as a JSON-ready dict (one query), and when its current prices next change."""
-    rows = (await conn.execute(_PRODUCT_DOCUMENT.where(products.c.id == product_id))).all()
-    if not rows:
-        return None
-    regular: dict[str, dict[str, int]] = defaultdict(dict)
-    sales: dict[str, dict[str, dict[str, Any]]] = defaultdict(dict)
-    windows: list[SalePrice] = []
-    order: list[Any] = []
-    seen: set[str] = set()
-    for r in rows:
-        if r.v_id is None:
-            continue
-        if r.v_id not in seen:
-            seen.add(r.v_id)
-            order.append(r)
-        if r.p_currency is not None:
-            regular[r.v_id][r.p_currency] = r.p_amount
-        if r.s_id is not None and r.s_id not in sales[r.v_id]:
-            sale = SalePrice(r.s_amount, _utc(r.starts_at), _utc(r.ends_at))
-            sales[r.v_id][r.s_id] = {
-                "currency": r.s_currency,
-                "amount": sale.amount,
-                "starts_at": sale.starts_at,
-                "ends_at": sale.ends_at,
-            }
-            windows.append(sale)
-    first = rows[0]
-    variant_docs = []
-    for r in order:
-        base: list[dict[str, Any]] = [
-            {"currency": c, "amount": a} for c, a in sorted(regular[r.v_id].items())
-        ]
-        its_sales = sorted(
-            sales.get(r.v_id, {}).values(), key=lambda s: (s["currency"], s["starts_at"] or at)
-        )
-        current = []
-        for price in base:
-            amount = domain.effective_unit_price(
-                base=price["amount"],
-                price_list=None,
-                sales=[
-                    SalePrice(s["amount"], s["starts_at"], s["ends_at"])
-                    for s in its_sales
-                    if s["currency"] == price["currency"]
-                ],
-                at=at,
-            )
-            current.append({"currency": price["currency"], "amount": amount})
-        variant_docs.append(
-            {
-                "id": r.v_id,
-                "sku": r.sku,
-                "name": r.v_name,
-                "options": _json(r.options),
-                "weight_grams": r.weight_grams,
-                "position": r.position,
-                "prices": base,
-                "current_prices": current,
-                "sale_prices": its_sales,
-            }
-        )
-    doc = {
-        "id": first.id,
-        "slug": first.slug,
-        "name": first.name,
-        "description": first.description,
-        "status": first.status,
-        "category_id": first.category_id,
-        "images": _json(first.images),
-        "variants": variant_docs,
-        "created_at": _utc(first.created_at),
-        "updated_at": _utc(first.updated_at),
-    }
-    return doc, domain.next_price_change(windows, at)
-
-
 async def product_document(ctx: ServiceContext, product_id: str) -> ProductDocument:
     """A product's JSON and ETag, from the cache when there, else built and cached."""
     ttl = ctx.settings.catalog_cache_seconds
@@ -411,13 +254,10 @@ async def product_document(ctx: ServiceContext, product_id: str) -> ProductDocum
         if raw is not None:
             return ProductDocument.from_cache(raw)
     now = utcnow()
-    async with ctx.db.engine.connect() as conn:
-        loaded = await _load_product(conn, product_id, now)
+    loaded = await reads.load_product(ctx.db, product_id, now)
     if loaded is None:
         raise NotFound(PRODUCT_NOT_FOUND)
-    doc, changes_at = loaded
-    body = to_json(doc)
-    document = ProductDocument(status=doc["status"], etag=etag_of(body), body=body)
+    document, changes_at = loaded
     if ttl > 0:
         if changes_at is not None:
             ttl = min(ttl, max(0.001, (changes_at - now).total_seconds()))

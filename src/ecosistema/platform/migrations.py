@@ -2,8 +2,13 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from alembic import context
 from sqlalchemy import MetaData
+
+if TYPE_CHECKING:
+    from ecosistema.platform.crypto import FieldCipher
 
 
 def run_migrations(metadata: MetaData) -> None:
@@ -22,3 +27,15 @@ def run_migrations(metadata: MetaData) -> None:
     )
     with context.begin_transaction():
         context.run_migrations()
+
+
+def migration_cipher() -> FieldCipher:
+    """The field cipher for a data migration: the runtime's, or one built from the settings
+    when migrations run without a runtime."""
+    from ecosistema.platform.config import Settings
+    from ecosistema.platform.crypto import FieldCipher, load_cipher
+
+    cipher = context.config.attributes.get("cipher")
+    if isinstance(cipher, FieldCipher):
+        return cipher
+    return load_cipher(Settings())

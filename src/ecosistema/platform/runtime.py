@@ -74,7 +74,7 @@ class Runtime:
     async def migrate(self) -> None:
         """Apply every hosted service's migrations."""
         for ctx in self.contexts.values():
-            await ctx.db.migrate(ctx.service.migrations)
+            await ctx.db.migrate(ctx.service.migrations, attributes={"cipher": self.cipher})
 
     async def start(self, *, migrate: bool = True, background: bool = True) -> None:
         """Migrate, connect the bus, run start hooks; then relays, consumers and jobs."""
