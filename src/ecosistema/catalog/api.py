@@ -51,17 +51,9 @@ from ecosistema.platform.errors import NotFound, field_error
 from ecosistema.platform.errors import error_responses as _errors
 from ecosistema.platform.money import ISO_4217
 from ecosistema.platform.policy import ensure
-from ecosistema.platform.service import ServiceContext
+from ecosistema.platform.service import ServiceContext, context_of
 
-
-async def _catalog_context(request: Request) -> ServiceContext:
-    # A coroutine, not a plain function: FastAPI runs plain dependencies on a worker thread,
-    # a thread hop on every request.
-    ctx: ServiceContext = request.app.state.runtime.contexts["catalog"]
-    return ctx
-
-
-Context = Annotated[ServiceContext, Depends(_catalog_context)]
+Context = Annotated[ServiceContext, Depends(context_of("catalog"))]
 CatalogWriter = Annotated[Principal, Depends(require("catalog:write"))]
 InventoryReader = Annotated[Principal, Depends(require("inventory:read"))]
 InventoryWriter = Annotated[Principal, Depends(require("inventory:write"))]

@@ -106,10 +106,11 @@ class ServiceContext:
         return self.runtime.client(service)
 
 
-def context_of(name: str) -> Callable[[Request], ServiceContext]:
+def context_of(name: str) -> Callable[[Request], Awaitable[ServiceContext]]:
     """A FastAPI dependency that yields the named service's context."""
 
-    def _dependency(request: Request) -> ServiceContext:
+    # async: FastAPI runs a plain function dependency on a worker thread, once per request.
+    async def _dependency(request: Request) -> ServiceContext:
         ctx: ServiceContext = request.app.state.runtime.contexts[name]
         return ctx
 
