@@ -307,21 +307,39 @@ def drift(
 
 @app.command("retrain")
 def retrain_command(
-    source: Annotated[str, typer.Argument(help="Labelled feedback rows (CSV/Parquet/database).")],
+    source: Annotated[
+        str | None,
+        typer.Argument(help="Labelled feedback rows (CSV/Parquet/database); or --from-leads."),
+    ] = None,
     query: Query = None,
     registry: RegistryOption = None,
+    from_leads: Annotated[
+        bool,
+        typer.Option(
+            "--from-leads", help="Use the sales service's won/lost leads (from the settings' DB)."
+        ),
+    ] = False,
     with_reference: Annotated[
         bool, typer.Option(help="Train on the bundled reference data plus the feedback.")
     ] = True,
+    reference_rows: Annotated[
+        int | None,
+        typer.Option(help="Use a stratified sample of this many reference rows (default: all)."),
+    ] = None,
     folds: Annotated[int, typer.Option(help="Cross-validation folds (0 = hold-out only).")] = 0,
     force: Annotated[bool, typer.Option(help="Promote even if it is not better.")] = False,
 ) -> None:
     """Retrain from accumulated feedback; promote the new version when it is better."""
     from ecosistema.ml import lead_scoring_spec, load_reference_dataset, retrain
 
+    if (source is None) == (not from_leads):
+        err.print("[red]give either a SOURCE or --from-leads[/red]")
+        raise typer.Exit(2)
     target = _registry(registry)
-    feedback = _load(source, query)
-    reference = load_reference_dataset() if with_reference else None
+    feedback = _lead_feedback() if from_leads else _load(source, query)
+    if from_leads:
+        console.print(f"{len(feedback):,} won/lost leads as feedback")
+    reference = load_reference_dataset(reference_rows) if with_reference else None
     serving = target.serving()
     spec = serving.spec if serving else lead_scoring_spec()
     try:
@@ -340,6 +358,29 @@ def retrain_command(
         err.print("[red]nothing was trained or registered[/red]")
         raise typer.Exit(1) from exc
     console.print(f"registered {result.version.version}: {result.reason}")
+
+
+def _lead_feedback() -> Any:
+    """The sales service's closed leads as labelled rows, read from its database."""
+    import asyncio
+
+    import pandas as pd
+
+    from ecosistema.platform.runtime import Runtime
+    from ecosistema.sales import descriptor
+    from ecosistema.sales.scoring import feedback_rows
+
+    settings = get_settings().model_copy(update={"sales_train_default_model": False})
+
+    async def _read() -> list[dict[str, Any]]:
+        runtime = Runtime(settings, [descriptor])
+        await runtime.start(background=False)
+        try:
+            return await feedback_rows(runtime.contexts["sales"])
+        finally:
+            await runtime.stop()
+
+    return pd.DataFrame(asyncio.run(_read()))
 
 
 def _print_metrics(metrics: dict[str, Any]) -> None:

@@ -7,7 +7,7 @@ from collections.abc import Iterable
 
 from ecosistema.platform.service import Service
 
-SERVICE_NAMES: tuple[str, ...] = ("identity", "catalog", "orders", "payments")
+SERVICE_NAMES: tuple[str, ...] = ("identity", "catalog", "orders", "payments", "sales", "webhooks")
 
 
 def load_service(name: str) -> Service:

@@ -29,6 +29,7 @@ if TYPE_CHECKING:
     from ecosistema.ml.features import FeaturePipeline, minilm_available
     from ecosistema.ml.lifecycle import (
         RetrainResult,
+        default_model,
         ensure_default_model,
         reload_job,
         retrain,
@@ -75,6 +76,7 @@ _EXPORTS: dict[str, str] = {
     "classification_metrics": "ecosistema.ml.evaluation",
     "clean": "ecosistema.ml.validation",
     "data_hash": "ecosistema.ml.dataset",
+    "default_model": "ecosistema.ml.lifecycle",
     "ensure_default_model": "ecosistema.ml.lifecycle",
     "evaluate": "ecosistema.ml.evaluation",
     "lead_scoring_spec": "ecosistema.ml.dataset",
@@ -132,6 +134,7 @@ __all__ = [
     "classification_metrics",
     "clean",
     "data_hash",
+    "default_model",
     "ensure_default_model",
     "evaluate",
     "lead_scoring_spec",

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
+import threading
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -13,7 +15,7 @@ import structlog
 from ecosistema.ml.dataset import lead_scoring_spec, load_reference_dataset
 from ecosistema.ml.errors import PromotionRefused
 from ecosistema.ml.evaluation import Step, train_and_evaluate
-from ecosistema.ml.model import TrainParams
+from ecosistema.ml.model import TrainedModel, TrainParams
 from ecosistema.ml.registry import ModelRegistry, ModelVersion
 from ecosistema.ml.serve import ModelServer
 from ecosistema.ml.spec import FeatureSpec
@@ -21,6 +23,24 @@ from ecosistema.platform.service import Job, ServiceContext
 
 log = structlog.get_logger(__name__)
 Feedback = Callable[[ServiceContext], Awaitable[Sequence[Mapping[str, Any]]]]
+
+_default_lock = threading.Lock()
+_default_model: TrainedModel | None = None
+
+
+def default_model(*, step: Step | None = None) -> TrainedModel:
+    """The default lead-scoring model, trained on the bundled reference data once per process.
+
+    The bundled data and the training are deterministic, so a process that starts several
+    registries (tests, several hosted runtimes) trains once; each call returns its own copy.
+    """
+    global _default_model
+    with _default_lock:
+        if _default_model is None:
+            _default_model = train_and_evaluate(
+                load_reference_dataset(), lead_scoring_spec(), folds=0, step=step
+            )
+        return dataclasses.replace(_default_model, version="unregistered")
 
 
 def ensure_default_model(
@@ -42,8 +62,11 @@ def ensure_default_model(
         latest = registry.list()[-1]
         log.info("ml.default_model_promoting_latest", version=latest.version)
         return registry.promote(latest.version, force=True)
-    frame = data if data is not None else load_reference_dataset()
-    model = train_and_evaluate(frame, lead_scoring_spec(), folds=folds, step=step)
+    if data is None and folds == 0:
+        model = default_model(step=step)
+    else:
+        frame = data if data is not None else load_reference_dataset()
+        model = train_and_evaluate(frame, lead_scoring_spec(), folds=folds, step=step)
     version = registry.register(model)
     return registry.promote(version.version)
 

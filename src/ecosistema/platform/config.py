@@ -55,6 +55,9 @@ class Settings(BaseSettings):
     # process (``ecosistema keys rotate``) is used for new tokens within this many seconds.
     signing_key_recheck_seconds: float = 10.0
     identity_url: str | None = None
+    # The API key (``users:read``) processes without identity present to look users up, e.g.
+    # orders reading a customer's email at checkout.
+    identity_api_key: SecretStr | None = None
     # Verifiers re-read identity's JWKS this often, and at most once per interval on an unknown kid.
     jwks_cache_seconds: float = 300.0
     jwks_refresh_min_interval_seconds: float = 5.0
@@ -148,6 +151,9 @@ class Settings(BaseSettings):
     orders_default_country: str = "ES"
     orders_number_prefix: str = "ORD-"
     orders_url: str | None = None
+    # The API key (``orders:read_all``) processes without orders present to read any order, e.g.
+    # payments reading the order it charges.
+    orders_api_key: SecretStr | None = None
 
     # Payments. ``payment_provider`` is used for new payments: the built-in ``sandbox`` (no money
     # moves) or ``stripe`` (needs ``stripe_api_key``). Incoming provider webhooks are accepted

@@ -1,0 +1,357 @@
+"""Lead import from CSV: the body (plain ``text/csv`` or one file in ``multipart/form-data``) is
+spooled to disk as it arrives, every row is validated with its line number, and the leads are
+written and scored in batches in one transaction. By default nothing is written unless every row
+is valid (``all-or-nothing``); ``skip-invalid`` writes the valid rows and reports the others.
+
+Columns: ``name, email, phone, company, source, channel, campaign, message, owner_id``, the
+model's attributes by name (``age, job, marital, education, default, housing, loan, pdays,
+previous, poutcome`` and the macro indicators), and any other custom attribute as
+``attr.<key>``. Any other column refuses the file before a row is read.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import os
+import re
+import tempfile
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO, Any, Literal
+
+from pydantic import ValidationError
+
+from ecosistema.platform.auth import Principal
+from ecosistema.platform.db import utcnow
+from ecosistema.platform.errors import BadRequest, ProblemError, Unprocessable, field_error
+from ecosistema.platform.policy import ensure
+from ecosistema.platform.service import ServiceContext
+from ecosistema.sales import domain, service
+from ecosistema.sales.domain import History
+from ecosistema.sales.schemas import ImportRowError, LeadCreate, LeadImportReport
+
+ImportMode = Literal["all-or-nothing", "skip-invalid"]
+LEAD_COLUMNS = (
+    "name",
+    "email",
+    "phone",
+    "company",
+    "source",
+    "channel",
+    "campaign",
+    "message",
+    "owner_id",
+)
+ATTRIBUTE_PREFIX = "attr."
+MODEL_ATTRIBUTES = tuple(sorted({*domain.NUMERIC_ATTRIBUTES, *domain.CATEGORY_ATTRIBUTES}))
+MAX_ERRORS_REPORTED = 1000
+BATCH = 500
+_SNIFF = 64 * 1024
+
+
+class ImportRejected(Unprocessable):
+    """Nothing was imported because rows were refused; ``errors`` list them by line."""
+
+    type, title = "import-rejected", "Import rejected"
+
+    def __init__(self, report: LeadImportReport) -> None:
+        super().__init__(
+            "Nothing was imported because some rows were refused (listed by line in errors); "
+            "fix them, or import with mode=skip-invalid to write the valid rows.",
+            errors=[
+                {"field": e.field or "body", "line": e.line, "message": e.reason, "code": "row"}
+                for e in report.errors
+            ],
+            report=report.model_dump(exclude={"errors", "lead_ids"}),
+        )
+
+
+@dataclass
+class _Row:
+    line: int
+    lead: LeadCreate
+
+
+@dataclass
+class _Tally:
+    rows_read: int = 0
+    errors: list[ImportRowError] = field(default_factory=list)
+    refused: int = 0
+
+    def refuse(self, line: int, reason: str, field_name: str | None = None) -> None:
+        self.refused += 1
+        if len(self.errors) < MAX_ERRORS_REPORTED:
+            self.errors.append(ImportRowError(line=line, reason=reason, field=field_name))
+
+
+def _check_text(head: bytes) -> None:
+    if b"\x00" in head:
+        raise field_error("body", "this is not a CSV file: it holds binary data", code="binary")
+    try:
+        head.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        if exc.start < len(head) - 4:  # a cut at the sniff boundary is not an error
+            raise field_error(
+                "body", f"the file is not UTF-8 text (byte {exc.start})", code="encoding"
+            ) from exc
+
+
+def _columns(header: list[str]) -> dict[str, str]:
+    """CSV column -> where it goes (a lead field, or ``attributes.<key>``)."""
+    if not header or not any(h.strip() for h in header):
+        raise field_error("body", "the file is empty: a header row and leads are needed", "empty")
+    mapping: dict[str, str] = {}
+    unknown: list[str] = []
+    for raw in header:
+        name = raw.strip()
+        if name in LEAD_COLUMNS:
+            mapping[raw] = name
+        elif name in MODEL_ATTRIBUTES:
+            mapping[raw] = f"attributes.{name}"
+        elif name.startswith(ATTRIBUTE_PREFIX) and domain.ATTRIBUTE_KEY.match(
+            name[len(ATTRIBUTE_PREFIX) :]
+        ):
+            mapping[raw] = f"attributes.{name[len(ATTRIBUTE_PREFIX) :]}"
+        else:
+            unknown.append(name[:40] or "(empty)")
+    if unknown:
+        shown = ", ".join(repr(u) for u in unknown[:10])
+        more = f" and {len(unknown) - 10} more" if len(unknown) > 10 else ""
+        raise field_error(
+            "body",
+            f"unknown columns {shown}{more}; known: {', '.join(LEAD_COLUMNS)}, "
+            f"{', '.join(MODEL_ATTRIBUTES)}, and attr.<key> for other attributes",
+            code="unknown_columns",
+        )
+    if "name" not in mapping.values():
+        raise field_error("body", "the header needs a name column", code="missing_columns")
+    if len(set(mapping.values())) != len(mapping):
+        raise field_error("body", "a column appears twice in the header", code="duplicate_columns")
+    return mapping
+
+
+_NUMBER = re.compile(r"^[+-]?(\d+(\.\d*)?|\.\d+)([eE][+-]?\d+)?$")
+
+
+def _attribute_value(key: str, text: str) -> Any:
+    """A CSV cell as an attribute: numbers for numeric keys (checked later), text otherwise."""
+    if key in domain.NUMERIC_ATTRIBUTES and _NUMBER.match(text):
+        number = float(text)
+        return int(number) if number.is_integer() else number
+    return text
+
+
+def _lead_of(row: dict[str, str | None], mapping: dict[str, str]) -> LeadCreate:
+    data: dict[str, Any] = {}
+    attributes: dict[str, Any] = {}
+    for column, target in mapping.items():
+        value = (row.get(column) or "").strip()
+        if not value:
+            continue
+        if target.startswith("attributes."):
+            key = target.removeprefix("attributes.")
+            attributes[key] = _attribute_value(key, value)
+        else:
+            data[target] = value
+    data["attributes"] = attributes
+    return LeadCreate.model_validate(data)
+
+
+def _describe(exc: ValidationError) -> tuple[str, str | None]:
+    errors = exc.errors()
+    if not errors:
+        return "invalid row", None
+    first = errors[0]
+    where = ".".join(str(p) for p in first["loc"] if p != "__root__")
+    message = str(first["msg"]).removeprefix("Value error, ")
+    more = len(errors) - 1
+    suffix = f" (and {more} more problem{'s' if more > 1 else ''})" if more > 0 else ""
+    return (f"{where}: {message}{suffix}" if where else f"{message}{suffix}"), where or None
+
+
+def _rows(stream: IO[bytes], tally: _Tally) -> Iterator[_Row]:
+    text = io.TextIOWrapper(stream, encoding="utf-8-sig", newline="")
+    reader = csv.reader(text)
+    try:
+        header = next(reader, [])
+    except (csv.Error, UnicodeDecodeError) as exc:
+        raise field_error("body", f"unreadable CSV header: {exc}", code="unreadable") from exc
+    mapping = _columns(header)
+    columns = list(header)
+    last_line = reader.line_num
+    while True:
+        try:
+            cells = next(reader)
+        except StopIteration:
+            break
+        except (csv.Error, UnicodeDecodeError) as exc:
+            tally.rows_read += 1
+            tally.refuse(last_line + 1, f"unreadable row: {exc}")
+            last_line = reader.line_num
+            continue
+        line = last_line + 1
+        last_line = reader.line_num
+        if not any(c.strip() for c in cells):
+            continue
+        tally.rows_read += 1
+        if len(cells) != len(columns):
+            tally.refuse(line, f"the row has {len(cells)} fields, the header {len(columns)}")
+            continue
+        try:
+            lead = _lead_of(dict(zip(columns, cells, strict=True)), mapping)
+        except ValidationError as exc:
+            reason, where = _describe(exc)
+            tally.refuse(line, reason, where)
+            continue
+        yield _Row(line, lead)
+    text.detach()
+
+
+async def _owners(
+    ctx: ServiceContext, principal: Principal, rows: list[_Row], tally: _Tally
+) -> list[tuple[_Row, str]]:
+    """Each row with its owner; rows naming an owner the caller may not assign are refused."""
+    decided: dict[str | None, str | ProblemError] = {}
+    out: list[tuple[_Row, str]] = []
+    for row in rows:
+        wanted = row.lead.owner_id
+        if wanted not in decided:
+            try:
+                decided[wanted] = await service.resolve_owner(ctx, principal, wanted)
+            except ProblemError as exc:
+                decided[wanted] = exc
+        owner = decided[wanted]
+        if isinstance(owner, ProblemError):
+            tally.refuse(row.line, f"owner_id: {owner.detail}", "owner_id")
+            continue
+        out.append((row, owner))
+    return out
+
+
+async def import_file(
+    ctx: ServiceContext, principal: Principal, path: Path, *, mode: ImportMode
+) -> LeadImportReport:
+    """Validate every row of a CSV file, then write and score the leads (see the module doc)."""
+    ensure(principal, service.WRITE)
+    with path.open("rb") as stream:
+        _check_text(stream.read(_SNIFF))
+        stream.seek(0)
+        tally = _Tally()
+        rows = list(_rows(stream, tally))
+    if tally.rows_read == 0:
+        raise field_error("body", "the file holds no leads, only a header", code="empty")
+    owned = await _owners(ctx, principal, rows, tally)
+    if tally.refused and mode == "all-or-nothing":
+        raise ImportRejected(_report(tally, applied=False, created=[]))
+    now = utcnow()
+    batches: list[list[dict[str, Any]]] = []
+    seen: dict[str, History] = {}
+    for start in range(0, len(owned), BATCH):
+        batch = [
+            service.new_lead_values(
+                ctx, row.lead, owner_id=owner, created_by=principal.subject, now=now
+            )
+            for row, owner in owned[start : start + BATCH]
+        ]
+        await service.score_new_leads(ctx, batch, seen=seen)
+        batches.append(batch)
+    created: list[dict[str, Any]] = []
+    async with ctx.db.transaction() as session:
+        for batch in batches:
+            created.extend(await service.insert_leads(ctx, session, batch))
+    return _report(tally, applied=True, created=created)
+
+
+def _report(tally: _Tally, *, applied: bool, created: list[dict[str, Any]]) -> LeadImportReport:
+    versions = {r["model_version"] for r in created if r["model_version"]}
+    return LeadImportReport(
+        applied=applied,
+        rows_read=tally.rows_read,
+        created=len(created),
+        scored=sum(1 for r in created if r["model_version"]),
+        model_version=versions.pop() if len(versions) == 1 else None,
+        errors=sorted(tally.errors, key=lambda e: e.line),
+        lead_ids=[r["id"] for r in created],
+    )
+
+
+def _boundary(content_type: str) -> bytes:
+    match = re.search(r'boundary="?([^";]{1,200})"?', content_type)
+    if match is None:
+        raise BadRequest("multipart/form-data needs a boundary.", type="malformed-multipart")
+    return match.group(1).encode("latin-1")
+
+
+def _extract_part(spool: Path, boundary: bytes, out: IO[bytes]) -> None:
+    """Copy the first file part of a spooled multipart body to ``out``, line by line."""
+    delimiter = b"--" + boundary
+    with spool.open("rb") as body:
+        for line in body:
+            if line.rstrip(b"\r\n") == delimiter:
+                break
+        else:
+            raise BadRequest("The multipart body has no parts.", type="malformed-multipart")
+        while True:
+            headers: list[bytes] = []
+            for line in body:
+                if line in (b"\r\n", b"\n"):
+                    break
+                headers.append(line.lower())
+                if len(headers) > 20:
+                    raise BadRequest("Too many part headers.", type="malformed-multipart")
+            else:
+                raise BadRequest("A multipart part never ends.", type="malformed-multipart")
+            is_file = any(b"filename=" in h or b'name="file"' in h for h in headers)
+            pending = b""
+            for line in body:
+                if line.startswith(delimiter):
+                    break
+                if is_file:
+                    out.write(pending)
+                # The line break before a delimiter belongs to the delimiter.
+                pending = line
+            else:
+                raise BadRequest("The multipart body is not closed.", type="malformed-multipart")
+            if is_file:
+                out.write(pending.removesuffix(b"\n").removesuffix(b"\r"))
+                return
+            if line.rstrip(b"\r\n").endswith(b"--"):
+                raise field_error("file", "send the CSV as a file field named file", "missing")
+
+
+async def import_stream(
+    ctx: ServiceContext,
+    principal: Principal,
+    chunks: AsyncIterator[bytes],
+    *,
+    content_type: str | None,
+    mode: ImportMode,
+) -> LeadImportReport:
+    """Import from a request body (CSV, or multipart with one CSV file), spooled to disk."""
+    ensure(principal, service.WRITE)
+    kind = (content_type or "").split(";")[0].strip().lower()
+    if kind not in ("text/csv", "application/csv", "multipart/form-data"):
+        raise BadRequest(
+            "Send the leads as text/csv, or as a file in multipart/form-data.",
+            type="unsupported-import-format",
+        )
+    handle, name = tempfile.mkstemp(prefix="sales-import-", suffix=".upload")
+    spool = Path(name)
+    paths = [spool]
+    try:
+        with os.fdopen(handle, "wb") as out:
+            async for chunk in chunks:
+                out.write(chunk)
+        if kind == "multipart/form-data":
+            boundary = _boundary(content_type or "")
+            handle2, name2 = tempfile.mkstemp(prefix="sales-import-", suffix=".csv")
+            paths.append(Path(name2))
+            with os.fdopen(handle2, "wb") as out:
+                _extract_part(spool, boundary, out)
+            spool = paths[-1]
+        return await import_file(ctx, principal, spool, mode=mode)
+    finally:
+        for path in paths:
+            path.unlink(missing_ok=True)

@@ -1,0 +1,184 @@
+"""Staff ML operations over the API and the model's life inside the sales service: runs,
+promotion with hot swap, re-scoring, drift, feedback labels, and who may do what."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import httpx
+from fastapi import FastAPI
+
+from ecosistema.ml import ModelRegistry, lead_scoring_spec, load_reference_dataset, train
+from ecosistema.sales.scoring import feedback_rows, refresh_serving_model, scoring_of
+from tests.integration.test_sales_support import (
+    API,
+    app,
+    bearer,
+    eventually,
+    lead_body,
+    sales_ctx,
+    settings,
+    users,
+)
+
+__all__ = ["app", "settings"]
+
+
+async def finished_run(
+    client: httpx.AsyncClient, who: dict[str, Any], run: dict[str, Any]
+) -> dict[str, Any]:
+    result: dict[str, Any] = {}
+
+    async def done() -> bool:
+        nonlocal result
+        result = (await client.get(f"{API}/ml/runs/{run['id']}", headers=bearer(who))).json()
+        return result["status"] in ("succeeded", "failed")
+
+    await eventually(done, timeout=120, what="the training run")
+    return result
+
+
+async def test_ml_operations_are_for_staff_and_changes_for_admins(
+    app: FastAPI, client: httpx.AsyncClient
+) -> None:
+    people = await users(app, client)
+    for role in ("sales", "customer"):
+        refused = await client.get(f"{API}/ml/models", headers=bearer(people[role]))
+        assert refused.status_code == 403
+    models = await client.get(f"{API}/ml/models", headers=bearer(people["staff"]))
+    assert models.status_code == 200
+    (v1,) = models.json()
+    assert v1["version"] == "v1" and v1["serving"] and v1["rows"] > 40_000
+    assert v1["headline_roc_auc"] > 0.6
+    serving = (await client.get(f"{API}/ml/serving", headers=bearer(people["staff"]))).json()
+    assert serving["version"] == serving["registry_version"] == "v1"
+    body = {"reference_rows": 1000}
+    staff_train = await client.post(f"{API}/ml/train", json=body, headers=bearer(people["staff"]))
+    assert staff_train.status_code == 403
+    staff_promote = await client.post(
+        f"{API}/ml/promote", json={"version": "v1"}, headers=bearer(people["staff"])
+    )
+    assert staff_promote.status_code == 403
+    missing = await client.post(
+        f"{API}/ml/promote", json={"version": "v99"}, headers=bearer(people["admin"])
+    )
+    assert missing.status_code == 404
+    nothing = await client.post(
+        f"{API}/ml/train",
+        json={"include_reference": False, "include_feedback": False},
+        headers=bearer(people["admin"]),
+    )
+    assert nothing.status_code == 422
+
+
+async def test_forced_promotion_swaps_the_model_and_rescores_every_lead(
+    app: FastAPI, client: httpx.AsyncClient
+) -> None:
+    people = await users(app, client)
+    for age in (25, 45, 65):
+        created = await client.post(
+            f"{API}/leads",
+            json=lead_body(attributes={"age": age}),
+            headers=bearer(people["sales"]),
+        )
+        assert created.json()["model_version"] == "v1"
+    started = await client.post(
+        f"{API}/ml/train",
+        json={"reference_rows": 2000, "promote": False},
+        headers=bearer(people["admin"]),
+    )
+    assert started.status_code == 202 and started.json()["status"] in ("queued", "running")
+    run = await finished_run(client, people["admin"], started.json())
+    assert run["status"] == "succeeded", run
+    assert run["result"]["version"] == "v2" and run["result"]["promoted"] is False
+    assert scoring_of(sales_ctx(app)).server.version == "v1"
+
+    promoted = await client.post(
+        f"{API}/ml/promote", json={"version": "v2", "force": True}, headers=bearer(people["admin"])
+    )
+    assert promoted.status_code == 200 and promoted.json()["serving"]
+
+    async def rescored() -> bool:
+        page = await client.get(f"{API}/leads", headers=bearer(people["sales"]))
+        return all(item["model_version"] == "v2" for item in page.json()["items"])
+
+    await eventually(rescored, what="leads re-scored by v2")
+    info = (await client.get(f"{API}/ml/serving", headers=bearer(people["staff"]))).json()
+    assert info["version"] == "v2" and info["leads_stale"] == 0 and info["leads_scored"] == 3
+
+
+async def test_version_promoted_elsewhere_is_picked_up_by_the_reload_job(
+    app: FastAPI, client: httpx.AsyncClient
+) -> None:
+    people = await users(app, client)
+    created = await client.post(f"{API}/leads", json=lead_body(), headers=bearer(people["sales"]))
+    ctx = sales_ctx(app)
+    # As ``ecosistema ml promote`` would, from another process: straight to the registry.
+    registry = ModelRegistry(ctx.settings.ml_registry_location())
+    model = await asyncio.to_thread(
+        train, load_reference_dataset(1500, seed=3), lead_scoring_spec()
+    )
+    version = await asyncio.to_thread(registry.register, model)
+    await asyncio.to_thread(registry.promote, version.version, force=True)
+    assert scoring_of(ctx).server.version == "v1"
+    await refresh_serving_model(ctx)
+    assert scoring_of(ctx).server.version == "v2"
+    lead = await client.get(f"{API}/leads/{created.json()['id']}", headers=bearer(people["sales"]))
+    assert lead.json()["model_version"] == "v2"
+
+
+async def test_closed_leads_become_labelled_rows_for_training(
+    app: FastAPI, client: httpx.AsyncClient
+) -> None:
+    people = await users(app, client)
+    auth = bearer(people["sales"])
+    ids = []
+    for _ in range(3):
+        created = await client.post(f"{API}/leads", json=lead_body(), headers=auth)
+        ids.append(created.json()["id"])
+    await client.patch(f"{API}/leads/{ids[0]}", json={"status": "won"}, headers=auth)
+    await client.patch(f"{API}/leads/{ids[1]}", json={"status": "lost"}, headers=auth)
+    live = (await client.get(f"{API}/ml/serving", headers=bearer(people["staff"]))).json()
+    assert live["feedback_rows"] == 2
+    assert live["live_metrics"]["rows"] == 2 and live["live_metrics"]["positives"] == 1
+    rows = await feedback_rows(sales_ctx(app))
+    assert [r["y"] for r in rows] == ["yes", "no"]
+    assert set(rows[0]) == {*lead_scoring_spec().feature_names, "y"}
+    assert rows[0]["age"] == 35 and rows[0]["contact"] == "cellular"
+
+
+async def test_drift_report_compares_recent_leads_with_the_training_data(
+    app: FastAPI, client: httpx.AsyncClient
+) -> None:
+    people = await users(app, client)
+    empty = await client.get(f"{API}/ml/drift", headers=bearer(people["staff"]))
+    assert empty.status_code == 409
+    for age in range(20, 80, 3):
+        await client.post(
+            f"{API}/leads",
+            json=lead_body(attributes={"age": age, "job": "student"}),
+            headers=bearer(people["sales"]),
+        )
+    report = (await client.get(f"{API}/ml/drift", headers=bearer(people["staff"]))).json()
+    assert report["rows"] == 20 and report["model_version"] == "v1"
+    assert "age" in report["features"]
+    # Every lead is a student contacted on the same day: far from the bank's campaigns.
+    assert report["alert"] and "job" in report["drifted"]
+
+
+async def test_evaluation_run_reports_lightgbm_beside_the_baseline(
+    app: FastAPI, client: httpx.AsyncClient
+) -> None:
+    people = await users(app, client)
+    started = await client.post(
+        f"{API}/ml/evaluate",
+        json={"reference_rows": 2000, "folds": 2},
+        headers=bearer(people["admin"]),
+    )
+    run = await finished_run(client, people["admin"], started.json())
+    assert run["status"] == "succeeded", run
+    assert run["result"]["cv"]["folds"] == 2
+    assert {"lightgbm", "baseline"} <= set(run["result"]["holdout"])
+    listed = (await client.get(f"{API}/ml/runs", headers=bearer(people["staff"]))).json()
+    assert [r["id"] for r in listed] == [run["id"]]

@@ -1,0 +1,144 @@
+"""Sales rules without I/O: status transitions, custom attributes, and how a lead becomes the
+lead-scoring model's input row."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+
+import pytest
+
+from ecosistema.ml import lead_scoring_spec
+from ecosistema.sales import domain
+from ecosistema.sales.domain import History, LeadFacts, LeadStatus, TransitionNotAllowed
+
+MONDAY_IN_MAY = datetime(2026, 5, 4, 10, 30, tzinfo=UTC)
+
+
+def facts(**overrides: object) -> LeadFacts:
+    values: dict[str, object] = {
+        "created_at": MONDAY_IN_MAY,
+        "channel": "mobile",
+        "source": "web",
+        "campaign": "spring",
+        "message": "call me",
+        "attributes": {},
+    }
+    values.update(overrides)
+    return LeadFacts(**values)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(
+    ("current", "wanted"),
+    [
+        (LeadStatus.NEW, LeadStatus.CONTACTED),
+        (LeadStatus.NEW, LeadStatus.WON),
+        (LeadStatus.CONTACTED, LeadStatus.QUALIFIED),
+        (LeadStatus.QUALIFIED, LeadStatus.CONTACTED),
+        (LeadStatus.QUALIFIED, LeadStatus.LOST),
+    ],
+)
+def test_open_leads_move_forward_or_close(current: LeadStatus, wanted: LeadStatus) -> None:
+    assert domain.check_transition(current, wanted) is True
+
+
+@pytest.mark.parametrize("closed", [LeadStatus.WON, LeadStatus.LOST])
+@pytest.mark.parametrize("wanted", [LeadStatus.NEW, LeadStatus.CONTACTED, LeadStatus.WON])
+def test_closed_leads_never_change_status(closed: LeadStatus, wanted: LeadStatus) -> None:
+    if wanted == closed:
+        assert domain.check_transition(closed, wanted) is False
+        return
+    with pytest.raises(TransitionNotAllowed) as caught:
+        domain.check_transition(closed, wanted)
+    assert caught.value.status == 409 and "closed" in caught.value.detail
+
+
+def test_contacted_lead_cannot_go_back_to_new() -> None:
+    with pytest.raises(TransitionNotAllowed):
+        domain.check_transition(LeadStatus.CONTACTED, LeadStatus.NEW)
+
+
+def test_only_closed_statuses_are_labels() -> None:
+    assert domain.label_of(LeadStatus.WON) == 1 and domain.label_of(LeadStatus.LOST) == 0
+    assert domain.label_of(LeadStatus.QUALIFIED) is None
+
+
+def test_model_attributes_are_typed_and_bounded() -> None:
+    assert domain.check_attributes({"age": "41", "job": "admin.", "note": "vip"}) == {
+        "age": 41,
+        "job": "admin.",
+        "note": "vip",
+    }
+    for bad, words in (
+        ({"age": "old"}, "must be a number"),
+        ({"age": 12}, "between 16 and 110"),
+        ({"age": True}, "must be a number"),
+        ({"job": 3}, "must be text"),
+        ({"Job": "x"}, "keys are"),
+        ({"note": "x" * 501}, "at most 500"),
+        ({"ratio": float("inf")}, "finite"),
+        ({f"k{i}": i for i in range(51)}, "at most 50"),
+    ):
+        with pytest.raises(domain.AttributeError_) as caught:
+            domain.check_attributes(bad)
+        assert words in caught.value.message
+
+
+def test_feature_row_fills_every_column_of_the_lead_scoring_spec() -> None:
+    row = domain.feature_row(
+        facts(attributes={"age": 41, "job": "admin.", "marital": "single"}),
+        macro={"euribor3m": 3.2, "nr.employed": 5100.0},
+    )
+    assert row["month"] == "may" and row["day_of_week"] == "mon"
+    assert row["contact"] == "cellular" and row["campaign"] == 1
+    assert row["pdays"] == 999 and row["previous"] == 0 and row["poutcome"] == "nonexistent"
+    assert row["age"] == 41 and row["euribor3m"] == 3.2
+    derived = {"contact", "month", "day_of_week", "campaign", "pdays", "previous", "poutcome"}
+    given = {"age", "job", "marital", "euribor3m", "nr.employed"}
+    unknown = set(lead_scoring_spec().feature_names) - derived - given
+    assert unknown == {
+        "education",
+        "default",
+        "housing",
+        "loan",
+        "emp.var.rate",
+        "cons.price.idx",
+        "cons.conf.idx",
+    }
+
+
+def test_contacts_and_earlier_outcomes_shape_the_campaign_features() -> None:
+    earlier = History(previous=2, last_outcome=LeadStatus.WON, last_contact_at=MONDAY_IN_MAY)
+    row = domain.feature_row(
+        facts(
+            created_at=MONDAY_IN_MAY + timedelta(days=12),
+            contacts=3,
+            channel="Landline",
+            history=earlier,
+        )
+    )
+    assert row["campaign"] == 4 and row["contact"] == "telephone"
+    assert row["previous"] == 2 and row["poutcome"] == "success" and row["pdays"] == 12
+    lost = domain.feature_row(
+        facts(history=History(1, LeadStatus.LOST, MONDAY_IN_MAY - timedelta(days=3)))
+    )
+    assert lost["poutcome"] == "failure" and lost["pdays"] == 3
+
+
+def test_attributes_override_derived_values_and_unknown_channels_stay_unknown() -> None:
+    row = domain.feature_row(
+        facts(channel="carrier pigeon", attributes={"poutcome": "failure", "pdays": 5}),
+        macro={"euribor3m": 1.0},
+    )
+    assert row["contact"] is None
+    assert row["poutcome"] == "failure" and row["pdays"] == 5
+    own = domain.feature_row(facts(attributes={"euribor3m": 4.5}), macro={"euribor3m": 1.0})
+    assert own["euribor3m"] == 4.5
+
+
+def test_weekend_leads_get_a_weekday_the_model_has_not_seen() -> None:
+    saturday = domain.feature_row(facts(created_at=datetime(2026, 5, 9, tzinfo=UTC)))
+    assert saturday["day_of_week"] == "sat"
+
+
+def test_emails_normalise_like_identity() -> None:
+    assert domain.normalise_email("  Ana.García@Example.COM ") == "ana.garcía@example.com"
