@@ -129,6 +129,7 @@ _STAFF = _SALES | {
     "leads:assign",
     "analytics:read",
     "ml:read",
+    "ml:manage",
     "webhooks:manage",
 }
 
