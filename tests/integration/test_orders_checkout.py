@@ -208,3 +208,29 @@ async def test_a_per_customer_limit_counts_uses_and_a_cancellation_gives_it_back
     assert cancelled.status_code == 200 and cancelled.json()["status"] == "cancelled"
     retried = await checkout(client, second_cart, bearer(eva))
     assert retried.status_code == 201, retried.text
+
+
+async def test_two_hundred_simultaneous_checkouts_of_fifty_units_place_exactly_fifty_orders(
+    app: FastAPI, client: httpx.AsyncClient
+) -> None:
+    admin = await staff_tokens(app, client)
+    await seed_shop(app, client, admin, {"TEE-50": 50})
+    carts = [await guest_cart(client, {"TEE-50": 1}) for _ in range(200)]
+
+    results = await asyncio.gather(
+        *(
+            checkout(client, cart_id, token, email=f"rush{i}@example.com")
+            for i, (cart_id, token) in enumerate(carts)
+        )
+    )
+
+    statuses = [r.status_code for r in results]
+    assert statuses.count(201) == 50, sorted(set(statuses))
+    assert statuses.count(409) == 150, [r.text for r in results if r.status_code not in (201, 409)]
+    assert all(
+        r.json()["type"].endswith("insufficient-stock") for r in results if r.status_code == 409
+    )
+    assert await available(client, admin, "TEE-50") == 0
+    stock = (await client.get(f"{API}/inventory/TEE-50", headers=bearer(admin))).json()
+    assert stock["reserved"] == 50 and stock["on_hand"] == 50, stock
+    assert len(await outbox_payloads(app, "OrderPlaced")) == 50

@@ -320,3 +320,13 @@ async def seed_demo(
         "currencies": ["EUR", "USD"],
         "price_lists": {"wholesale": price_list_id},
     }
+
+
+def demo_skus() -> list[str]:
+    """The SKUs of the demo catalogue's active products (the demo order history buys these)."""
+    return [
+        variant["sku"]
+        for document in catalogue(random.Random(SEED))  # noqa: S311 - demo data
+        if document["status"] == "active"
+        for variant in document["variants"]
+    ]

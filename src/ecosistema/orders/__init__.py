@@ -4,6 +4,7 @@ rates and shipping methods."""
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 from ecosistema.orders import service as _service
 from ecosistema.orders.api import router
@@ -11,7 +12,18 @@ from ecosistema.orders.client import InProcessOrdersClient
 from ecosistema.orders.events import SUBSCRIPTIONS
 from ecosistema.orders.models import idempotency_keys, metadata, outbox
 from ecosistema.platform.idempotency import idempotency_purge_job
-from ecosistema.platform.service import Job, Service
+from ecosistema.platform.service import EncryptedColumn, Job, Service, ServiceContext
+
+
+async def _seed_demo(ctx: ServiceContext) -> dict[str, Any]:
+    """The demo shop's configuration, then (once) a few weeks of past orders."""
+    from ecosistema.catalog.demo import demo_skus
+    from ecosistema.orders.demo import seed_order_history
+
+    seeded = await _service.seed_demo(ctx)
+    seeded["history"] = await seed_order_history(ctx, skus=demo_skus())
+    return seeded
+
 
 descriptor = Service(
     name="orders",
@@ -28,7 +40,11 @@ descriptor = Service(
         ),
         idempotency_purge_job(idempotency_keys),
     ),
-    seed_demo=_service.seed_demo,
+    encrypted_columns=(
+        EncryptedColumn("carts", "email_encrypted"),
+        EncryptedColumn("orders", "email_encrypted"),
+    ),
+    seed_demo=_seed_demo,
     make_client=InProcessOrdersClient,
 )
 

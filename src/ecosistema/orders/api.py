@@ -3,6 +3,7 @@ and vouchers. Anonymous carts are reached with the token given at creation (``X-
 
 from __future__ import annotations
 
+from dataclasses import replace
 from datetime import datetime
 from typing import Annotated, Any
 
@@ -199,7 +200,8 @@ async def place_order(
 ) -> JSONResponse:
     async def _place() -> tuple[int, dict[str, Any]]:
         order = await service.place_order(ctx, principal=principal, token=token, data=data)
-        return status.HTTP_201_CREATED, order.model_dump(mode="json")
+        # The answer is kept for replays; the buyer's email is kept in it encrypted.
+        return status.HTTP_201_CREATED, service.seal_order_body(ctx, order.model_dump(mode="json"))
 
     result = await run_idempotent(
         ctx,
@@ -211,7 +213,7 @@ async def place_order(
         body=data.model_dump(mode="json"),
         handler=_place,
     )
-    return idempotent_response(result)
+    return idempotent_response(replace(result, body=service.open_order_body(ctx, result.body)))
 
 
 @router.get("/orders", response_model=OrderPage, responses=_errors(400, 401, 403))
@@ -220,6 +222,10 @@ async def list_orders(
     principal: Reader,
     status_is: Annotated[OrderStatus | None, Query(alias="status")] = None,
     customer_id: Annotated[str | None, Query(max_length=64)] = None,
+    email: Annotated[
+        str | None,
+        Query(max_length=320, description="The buyer's exact email (case-insensitive)."),
+    ] = None,
     created_from: datetime | None = None,
     created_to: datetime | None = None,
     cursor: Annotated[str | None, Query(max_length=200)] = None,
@@ -230,6 +236,7 @@ async def list_orders(
         principal=principal,
         status=status_is,
         customer_id=customer_id,
+        email=email,
         created_from=created_from,
         created_to=created_to,
         cursor=cursor,

@@ -1,8 +1,9 @@
 """The events orders publishes, and its handlers for payments' events.
 
-Payloads always carry ``order_id, number, customer_id, email, currency, total``; OrderPlaced and
-OrderPaid add ``lines`` [{sku, quantity, unit_price, total}]; OrderRefunded adds ``amount,
-refund_id, restock_lines`` [{sku, quantity}] and ``fully_refunded``.
+Payloads always carry ``order_id, number, customer_id, currency, total``, never the buyer's email
+(a consumer that must reach the buyer asks orders for the order). OrderPlaced and OrderPaid add
+``lines`` [{sku, quantity, unit_price, total}]; OrderRefunded adds ``amount, refund_id,
+restock_lines`` [{sku, quantity}] and ``fully_refunded``.
 """
 
 from __future__ import annotations
@@ -33,18 +34,22 @@ async def on_payment_event(
     """Apply a payment's outcome to its order, in the consumer's transaction."""
     # Imported here: the service writes the event types above, so it imports this module.
     from ecosistema.orders.service import (
+        event_time,
         record_payment_failed,
         record_payment_refunded,
         record_payment_succeeded,
+        recorded_at,
     )
 
     payload = envelope.payload
-    if envelope.type == PAYMENT_SUCCEEDED:
-        await record_payment_succeeded(ctx, session, payload)
-    elif envelope.type == PAYMENT_FAILED:
-        await record_payment_failed(ctx, session, payload)
-    elif envelope.type == PAYMENT_REFUNDED:
-        await record_payment_refunded(ctx, session, payload)
+    # The order's history says when the payment changed, not when the event arrived.
+    with recorded_at(event_time(payload)):
+        if envelope.type == PAYMENT_SUCCEEDED:
+            await record_payment_succeeded(ctx, session, payload)
+        elif envelope.type == PAYMENT_FAILED:
+            await record_payment_failed(ctx, session, payload)
+        elif envelope.type == PAYMENT_REFUNDED:
+            await record_payment_refunded(ctx, session, payload)
 
 
 SUBSCRIPTIONS: Final = (

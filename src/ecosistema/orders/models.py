@@ -1,5 +1,6 @@
 """The orders service's tables: carts, orders and their lines, fulfilments, history, vouchers
-and their usage, tax rates, shipping methods, and the idempotency keys of checkout."""
+and their usage, tax rates, shipping methods, and the idempotency keys of checkout. The buyer's
+email is stored field-encrypted; orders carry its blind index for exact-match lookups."""
 
 from __future__ import annotations
 
@@ -75,7 +76,8 @@ voucher_usages = Table(
     Column("id", id_column_type(), primary_key=True),
     Column("voucher_id", id_column_type(), ForeignKey("vouchers.id"), nullable=False),
     Column("order_id", id_column_type(), nullable=False, unique=True),
-    # A customer id, or ``email:<address>`` for a guest: per-customer limits count either.
+    # A customer id, or ``email:<blind index of the address>`` for a guest: per-customer limits
+    # count either.
     Column("holder", String(320), nullable=False),
     Column("created_at", UTCDateTime(), nullable=False),
     Column("released_at", UTCDateTime()),
@@ -91,7 +93,7 @@ carts = Table(
     Column("status", String(16), nullable=False),
     Column("currency", String(3), nullable=False),
     Column("country", String(2)),
-    Column("email", String(320)),
+    Column("email_encrypted", Text),
     Column("shipping_method", String(50)),
     Column("voucher_code", String(64)),
     Column("merged_into", id_column_type()),
@@ -126,7 +128,8 @@ orders = Table(
     Column("cart_id", id_column_type(), nullable=False),
     Column("cart_token_hash", String(64)),
     Column("customer_id", id_column_type()),
-    Column("email", String(320), nullable=False),
+    Column("email_encrypted", Text, nullable=False),
+    Column("email_index", String(64), nullable=False),
     Column("status", String(32), nullable=False),
     Column("currency", String(3), nullable=False),
     Column("country", String(2), nullable=False),
@@ -148,6 +151,7 @@ orders = Table(
     Index("ix_orders_customer_id_created_at", "customer_id", "created_at"),
     Index("ix_orders_status_reservation_expires_at", "status", "reservation_expires_at"),
     Index("ix_orders_created_at_id", "created_at", "id"),
+    Index("ix_orders_email_index_created_at", "email_index", "created_at"),
 )
 
 order_lines = Table(

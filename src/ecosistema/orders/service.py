@@ -6,7 +6,9 @@ from __future__ import annotations
 
 import hashlib
 import secrets
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from contextvars import ContextVar
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any, Literal, Protocol
@@ -41,6 +43,7 @@ from ecosistema.orders.models import (
     vouchers,
 )
 from ecosistema.platform.auth import Principal
+from ecosistema.platform.crypto import DecryptionError
 from ecosistema.platform.db import new_id, utcnow
 from ecosistema.platform.errors import (
     Conflict,
@@ -56,6 +59,44 @@ from ecosistema.platform.policy import ensure_owner, owner_filter
 from ecosistema.platform.service import ServiceContext
 
 log = structlog.get_logger(__name__)
+
+
+# The moment use cases record. A caller may set it (``at=``) to write history in the past: the
+# demo data's weeks of orders go through the same use cases as live ones.
+_RECORDED_AT: ContextVar[datetime | None] = ContextVar("orders_recorded_at", default=None)
+
+
+def _now() -> datetime:
+    """Now, or the moment the running use case was asked to record with ``at``."""
+    return _RECORDED_AT.get() or utcnow()
+
+
+@contextmanager
+def _recorded_at(at: datetime | None) -> Iterator[None]:
+    token = _RECORDED_AT.set(at)
+    try:
+        yield
+    finally:
+        _RECORDED_AT.reset(token)
+
+
+recorded_at = _recorded_at
+
+
+def event_time(payload: Mapping[str, Any]) -> datetime | None:
+    """When a consumed event says its change happened (``occurred_at``), if it says so sensibly:
+    a valid, zone-aware moment not in the future."""
+    value = payload.get("occurred_at")
+    if not isinstance(value, str):
+        return None
+    try:
+        moment = datetime.fromisoformat(value)
+    except ValueError:
+        return None
+    if moment.tzinfo is None or moment > utcnow():
+        return None
+    return moment
+
 
 CART_NOT_FOUND = "No cart with this id."
 ORDER_NOT_FOUND = "No order with this id."
@@ -99,6 +140,49 @@ class Actor:
 
 SYSTEM = Actor("system")
 PAYMENTS = Actor("payments")
+EMAIL_INDEX_PURPOSE = "order.email"
+
+
+def email_index(ctx: ServiceContext, email: str) -> str:
+    """The blind index orders are looked up by email with (trimmed, lower-cased)."""
+    return ctx.cipher.blind_index(email.strip().lower(), purpose=EMAIL_INDEX_PURPOSE)
+
+
+def _seal(ctx: ServiceContext, value: str | None, table: str, row_id: str) -> str | None:
+    if value is None:
+        return None
+    return ctx.cipher.encrypt(value, table=table, column="email_encrypted", row_id=row_id)
+
+
+def seal_order_body(ctx: ServiceContext, body: dict[str, Any]) -> dict[str, Any]:
+    """An order's JSON with its email encrypted, to be stored as an idempotent answer."""
+    if isinstance(body.get("email"), str) and isinstance(body.get("id"), str):
+        sealed = ctx.cipher.encrypt(
+            body["email"], table="idempotency_keys", column="response_body", row_id=body["id"]
+        )
+        return {**body, "email": sealed}
+    return body
+
+
+def open_order_body(ctx: ServiceContext, body: dict[str, Any]) -> dict[str, Any]:
+    """The order JSON ``seal_order_body`` made, with its email readable again."""
+    if isinstance(body.get("email"), str) and isinstance(body.get("id"), str):
+        try:
+            email = ctx.cipher.decrypt(
+                body["email"], table="idempotency_keys", column="response_body", row_id=body["id"]
+            )
+        except DecryptionError:
+            return body  # an answer stored before emails were sealed
+        return {**body, "email": email}
+    return body
+
+
+def _email_of(ctx: ServiceContext, row: Mapping[Any, Any], table: str) -> str | None:
+    """The decrypted email of a cart or order row."""
+    token = row["email_encrypted"]
+    if token is None:
+        return None
+    return ctx.cipher.decrypt(token, table=table, column="email_encrypted", row_id=str(row["id"]))
 
 
 def hash_token(token: str) -> str:
@@ -152,7 +236,7 @@ async def set_tax_rate(
 ) -> schemas.TaxRate:
     """Create or change the tax rate of a country."""
     code = _country(country, "country")
-    now = utcnow()
+    now = _now()
     values = {"country": code, "name": data.name, "rate_bp": data.rate_bp, "updated_at": now}
     statement = _upsert(ctx)(tax_rates).values(**values)
     statement = statement.on_conflict_do_update(
@@ -208,7 +292,7 @@ async def create_shipping_method(
     ctx: ServiceContext, data: schemas.ShippingMethodCreate
 ) -> schemas.ShippingMethod:
     """Add a shipping method with flat or weight-based rates per currency."""
-    now = utcnow()
+    now = _now()
     values = {
         "code": data.code,
         "name": data.name,
@@ -252,7 +336,7 @@ async def update_shipping_method(
             await session.execute(
                 update(shipping_methods)
                 .where(shipping_methods.c.code == code)
-                .values(**changes, updated_at=utcnow())
+                .values(**changes, updated_at=_now())
             )
         row = (
             (await session.execute(select(shipping_methods).where(shipping_methods.c.code == code)))
@@ -313,7 +397,7 @@ def _voucher_rule(row: RowMapping) -> domain.Voucher:
 
 async def create_voucher(ctx: ServiceContext, data: schemas.VoucherCreate) -> schemas.Voucher:
     """Create a discount code; codes are unique, case-insensitively."""
-    now = utcnow()
+    now = _now()
     values = {
         "id": new_id(),
         "code": domain.normalise_code(data.code),
@@ -373,7 +457,7 @@ async def update_voucher(
             await session.execute(
                 update(vouchers)
                 .where(vouchers.c.id == row["id"])
-                .values(**changes, updated_at=utcnow())
+                .values(**changes, updated_at=_now())
             )
         fresh = await _voucher_row(session, code)
     assert fresh is not None
@@ -404,8 +488,8 @@ class _Priced:
 
 @dataclass
 class _CartState:
-    cart: RowMapping
-    lines: list[RowMapping]
+    cart: Mapping[Any, Any]
+    lines: list[Mapping[Any, Any]]
     tax_rate_bp: int | None
     shipping: RowMapping | None
     shipping_options: int
@@ -451,7 +535,7 @@ async def _load_cart_state(
     country: str | None = None,
     shipping_method: str | None = None,
 ) -> _CartState:
-    lines = list(
+    lines: list[Mapping[Any, Any]] = list(
         (
             await session.execute(
                 select(cart_lines)
@@ -549,7 +633,7 @@ async def _price(
         voucher_rule = _voucher_rule(state.voucher)
         subtotal_now = sum(line.unit_price * line.quantity for line in priced_input)
         reason = domain.voucher_problem(
-            voucher_rule, subtotal=Money(subtotal_now, currency), now=utcnow()
+            voucher_rule, subtotal=Money(subtotal_now, currency), now=_now()
         )
         if reason is not None:
             problems.append(reason)
@@ -626,7 +710,9 @@ def _totals_view(totals: domain.Totals) -> schemas.Totals:
     )
 
 
-def _cart_view(cart: RowMapping, priced: _Priced, token: str | None = None) -> schemas.Cart:
+def _cart_view(
+    ctx: ServiceContext, cart: Mapping[Any, Any], priced: _Priced, token: str | None = None
+) -> schemas.Cart:
     return schemas.Cart(
         id=cart["id"],
         token=token,
@@ -634,7 +720,7 @@ def _cart_view(cart: RowMapping, priced: _Priced, token: str | None = None) -> s
         status=cart["status"],
         currency=cart["currency"],
         country=cart["country"],
-        email=cart["email"],
+        email=_email_of(ctx, cart, "carts"),
         shipping_method=cart["shipping_method"],
         voucher_code=cart["voucher_code"],
         lines=priced.lines,
@@ -650,7 +736,7 @@ async def _view_cart(ctx: ServiceContext, cart_id: str, token: str | None = None
         cart = await _cart_row(session, cart_id)
         assert cart is not None
         state = await _load_cart_state(ctx, session, cart)
-    return _cart_view(cart, await _price(ctx, state), token)
+    return _cart_view(ctx, cart, await _price(ctx, state), token)
 
 
 async def _served_country(session: AsyncSession, country: str | None) -> str | None:
@@ -663,46 +749,62 @@ async def _served_country(session: AsyncSession, country: str | None) -> str | N
 
 
 async def create_cart(
-    ctx: ServiceContext, *, principal: Principal | None, data: schemas.CartCreate
+    ctx: ServiceContext,
+    *,
+    principal: Principal | None,
+    data: schemas.CartCreate,
+    at: datetime | None = None,
 ) -> tuple[schemas.Cart, bool]:
     """A new cart: a customer's (one active per currency, returned if it exists) or an
     anonymous one, whose token is returned once. Returns the cart and whether it is new."""
-    now = utcnow()
-    token = None if principal is not None else secrets.token_urlsafe(32)
-    async with ctx.db.transaction() as session:
-        country = await _served_country(session, data.country)
-        if principal is not None:
-            existing = await session.scalar(
-                select(carts.c.id)
-                .where(
-                    carts.c.customer_id == principal.subject,
-                    carts.c.status == "active",
-                    carts.c.currency == data.currency,
+    with _recorded_at(at):
+        now = _now()
+        token = None if principal is not None else secrets.token_urlsafe(32)
+        async with ctx.db.read() as session:
+            country = await _served_country(session, data.country)
+            where = country or ctx.settings.orders_default_country
+            rate = await _tax_rate_bp(session, where)
+            methods = list((await session.execute(select(shipping_methods))).mappings())
+        cart_id = new_id()
+        values: dict[str, Any] = {
+            "id": cart_id,
+            "token_hash": hash_token(token) if token else None,
+            "customer_id": principal.subject if principal else None,
+            "status": "active",
+            "currency": data.currency,
+            "country": country,
+            "email_encrypted": _seal(
+                ctx, str(data.email) if data.email else None, "carts", cart_id
+            ),
+            "shipping_method": None,
+            "voucher_code": None,
+            "merged_into": None,
+            "order_id": None,
+            "created_at": now,
+            "updated_at": now,
+        }
+        async with ctx.db.transaction() as session:
+            if principal is not None:
+                existing = await session.scalar(
+                    select(carts.c.id)
+                    .where(
+                        carts.c.customer_id == principal.subject,
+                        carts.c.status == "active",
+                        carts.c.currency == data.currency,
+                    )
+                    .order_by(carts.c.updated_at.desc())
+                    .limit(1)
                 )
-                .order_by(carts.c.updated_at.desc())
-                .limit(1)
-            )
-            if existing is not None:
-                cart_id, created = str(existing), False
             else:
-                cart_id, created = new_id(), True
-        else:
-            cart_id, created = new_id(), True
-        if created:
-            await session.execute(
-                insert(carts).values(
-                    id=cart_id,
-                    token_hash=hash_token(token) if token else None,
-                    customer_id=principal.subject if principal else None,
-                    status="active",
-                    currency=data.currency,
-                    country=country,
-                    email=str(data.email) if data.email else None,
-                    created_at=now,
-                    updated_at=now,
-                )
-            )
-    return await _view_cart(ctx, cart_id, token), created
+                existing = None
+            if existing is None:
+                await session.execute(insert(carts).values(**values))
+        if existing is not None:
+            return await _view_cart(ctx, str(existing), token), False
+        # A new cart is empty: its view needs no second read.
+        options = sum(1 for m in methods if _serves(m, where, data.currency))
+        state = _CartState(values, [], rate, None, options, None)
+        return _cart_view(ctx, values, await _price(ctx, state), token), True
 
 
 async def get_cart(
@@ -712,7 +814,7 @@ async def get_cart(
     async with ctx.db.read() as session:
         cart = _check_cart_access(await _cart_row(session, cart_id), principal, token)
         state = await _load_cart_state(ctx, session, cart)
-    return _cart_view(cart, await _price(ctx, state))
+    return _cart_view(ctx, cart, await _price(ctx, state))
 
 
 async def update_cart(
@@ -743,19 +845,16 @@ async def update_cart(
                     raise field_error("shipping_method", "no such shipping method", code="unknown")
             values["shipping_method"] = code
         if "email" in changes:
-            values["email"] = str(changes["email"]) if changes["email"] else None
+            address = str(changes["email"]) if changes["email"] else None
+            values["email_encrypted"] = _seal(ctx, address, "carts", cart_id)
         if values:
             await session.execute(
-                update(carts).where(carts.c.id == cart_id).values(**values, updated_at=utcnow())
+                update(carts).where(carts.c.id == cart_id).values(**values, updated_at=_now())
             )
     return await _view_cart(ctx, cart_id)
 
 
-async def _quote_one(ctx: ServiceContext, cart: RowMapping, sku: str) -> Quote:
-    quotes = await _catalog(ctx).quote(
-        [sku], currency=cart["currency"], customer_id=cart["customer_id"]
-    )
-    quote: Quote | None = quotes.get(sku)
+def _check_quote(quote: Quote | None, cart: Mapping[Any, Any], sku: str) -> Quote:
     if quote is None:
         raise field_error("sku", f"no product variant has the SKU {sku!r}", code="unknown_sku")
     if not quote.purchasable:
@@ -772,22 +871,83 @@ async def add_cart_item(
     principal: Principal | None,
     token: str | None,
     data: schemas.CartItemAdd,
+    at: datetime | None = None,
 ) -> schemas.Cart:
     """Add units of a SKU to the cart (a line for the SKU grows)."""
-    async with ctx.db.read() as session:
-        cart = _check_cart_access(await _cart_row(session, cart_id), principal, token)
-    _ensure_active(cart)
-    await _quote_one(ctx, cart, data.sku)
-    async with ctx.db.transaction() as session:
-        cart = _check_cart_access(await _cart_row(session, cart_id), principal, token)
-        _ensure_active(cart)
-        current = await session.scalar(
-            select(cart_lines.c.quantity).where(
-                cart_lines.c.cart_id == cart_id, cart_lines.c.sku == data.sku
-            )
+    with _recorded_at(at):
+        async with ctx.db.read() as session:
+            cart = _check_cart_access(await _cart_row(session, cart_id), principal, token)
+            _ensure_active(cart)
+            state = await _load_cart_state(ctx, session, cart)
+        # One quote for the new SKU and the lines already there: it checks the SKU and prices
+        # the cart the answer shows.
+        skus = [line["sku"] for line in state.lines]
+        if data.sku not in skus:
+            skus.append(data.sku)
+        quotes = await _catalog(ctx).quote(
+            skus, currency=cart["currency"], customer_id=cart["customer_id"]
         )
-        await _add_quantity(ctx, session, cart_id, data.sku, data.quantity, int(current or 0))
-    return await _view_cart(ctx, cart_id)
+        _check_quote(quotes.get(data.sku), cart, data.sku)
+        now = _now()
+        async with ctx.db.transaction() as session:
+            quantity = await _grow_line(ctx, session, cart, data.sku, data.quantity, now)
+        lines: list[Mapping[Any, Any]] = [line for line in state.lines if line["sku"] != data.sku]
+        before = next((line for line in state.lines if line["sku"] == data.sku), None)
+        grown = {"cart_id": cart_id, "sku": data.sku, "quantity": quantity, "added_at": now}
+        if before is not None:
+            grown["added_at"] = before["added_at"]
+            lines.insert(state.lines.index(before), grown)
+        else:
+            lines.append(grown)
+        state.lines = lines
+        updated = {**cart, "updated_at": now}
+        state.cart = updated
+        return _cart_view(ctx, updated, await _price(ctx, state, quotes=quotes))
+
+
+async def _grow_line(
+    ctx: ServiceContext,
+    session: AsyncSession,
+    cart: Mapping[Any, Any],
+    sku: str,
+    quantity: int,
+    now: datetime,
+) -> int:
+    """Add units to a line of a cart read before, in one guarded write; the line's quantity."""
+    # The cart must still be the one read: active, with the same owner. The UPDATE also takes
+    # the cart's row lock, so two adds to one cart queue here.
+    taken = await session.execute(
+        update(carts)
+        .where(
+            carts.c.id == cart["id"],
+            carts.c.status == "active",
+            carts.c.customer_id.is_(None)
+            if cart["customer_id"] is None
+            else carts.c.customer_id == cart["customer_id"],
+            carts.c.token_hash.is_(None)
+            if cart["token_hash"] is None
+            else carts.c.token_hash == cart["token_hash"],
+        )
+        .values(updated_at=now)
+    )
+    if _rowcount(taken) != 1:
+        current = await _cart_row(session, cart["id"])
+        if current is not None:
+            _ensure_active(current)
+        raise NotFound(CART_NOT_FOUND)
+    statement = (
+        _upsert(ctx)(cart_lines)
+        .values(cart_id=cart["id"], sku=sku, quantity=quantity, added_at=now)
+        .on_conflict_do_update(
+            index_elements=[cart_lines.c.cart_id, cart_lines.c.sku],
+            set_={"quantity": cart_lines.c.quantity + quantity},
+        )
+        .returning(cart_lines.c.quantity)
+    )
+    total = int((await session.execute(statement)).scalar_one())
+    if total > MAX_LINE_QUANTITY:  # raising rolls the write back
+        raise field_error("quantity", f"a line holds at most {MAX_LINE_QUANTITY} units")
+    return total
 
 
 async def _add_quantity(
@@ -796,14 +956,14 @@ async def _add_quantity(
     if current + quantity > MAX_LINE_QUANTITY:
         raise field_error("quantity", f"a line holds at most {MAX_LINE_QUANTITY} units")
     statement = _upsert(ctx)(cart_lines).values(
-        cart_id=cart_id, sku=sku, quantity=quantity, added_at=utcnow()
+        cart_id=cart_id, sku=sku, quantity=quantity, added_at=_now()
     )
     statement = statement.on_conflict_do_update(
         index_elements=[cart_lines.c.cart_id, cart_lines.c.sku],
         set_={"quantity": cart_lines.c.quantity + quantity},
     )
     await session.execute(statement)
-    await session.execute(update(carts).where(carts.c.id == cart_id).values(updated_at=utcnow()))
+    await session.execute(update(carts).where(carts.c.id == cart_id).values(updated_at=_now()))
 
 
 async def set_cart_item(
@@ -828,9 +988,7 @@ async def set_cart_item(
             )
         if _rowcount(result) == 0:
             raise NotFound(f"The cart has no line for {sku}.")
-        await session.execute(
-            update(carts).where(carts.c.id == cart_id).values(updated_at=utcnow())
-        )
+        await session.execute(update(carts).where(carts.c.id == cart_id).values(updated_at=_now()))
     return await _view_cart(ctx, cart_id)
 
 
@@ -855,7 +1013,7 @@ async def apply_voucher(
     domain.check_voucher(
         _voucher_rule(voucher),
         subtotal=Money(priced.totals.subtotal, cart["currency"]),
-        now=utcnow(),
+        now=_now(),
     )
     if voucher["usage_limit"] is not None and voucher["times_used"] >= voucher["usage_limit"]:
         raise field_error("code", "the voucher has been used up", code="used_up")
@@ -865,7 +1023,7 @@ async def apply_voucher(
         await session.execute(
             update(carts)
             .where(carts.c.id == cart_id)
-            .values(voucher_code=voucher["code"], updated_at=utcnow())
+            .values(voucher_code=voucher["code"], updated_at=_now())
         )
     return await _view_cart(ctx, cart_id)
 
@@ -885,9 +1043,7 @@ async def remove_voucher(
         if cart["voucher_code"] != domain.normalise_code(code):
             raise NotFound("The cart does not carry this voucher.")
         await session.execute(
-            update(carts)
-            .where(carts.c.id == cart_id)
-            .values(voucher_code=None, updated_at=utcnow())
+            update(carts).where(carts.c.id == cart_id).values(voucher_code=None, updated_at=_now())
         )
     return await _view_cart(ctx, cart_id)
 
@@ -919,7 +1075,7 @@ async def merge_cart(
             .mappings()
             .one_or_none()
         )
-        now = utcnow()
+        now = _now()
         if target is None:
             await session.execute(
                 update(carts)
@@ -950,9 +1106,13 @@ async def merge_cart(
                     )
             fill: dict[str, Any] = {
                 name: anonymous[name]
-                for name in ("voucher_code", "email", "country", "shipping_method")
+                for name in ("voucher_code", "country", "shipping_method")
                 if target[name] is None and anonymous[name] is not None
             }
+            if target["email_encrypted"] is None and anonymous["email_encrypted"] is not None:
+                # The ciphertext is bound to its row: the address is sealed anew for the target.
+                address = _email_of(ctx, anonymous, "carts")
+                fill["email_encrypted"] = _seal(ctx, address, "carts", result_id)
             await session.execute(
                 update(carts).where(carts.c.id == result_id).values(**fill, updated_at=now)
             )
@@ -982,58 +1142,61 @@ async def place_order(
     principal: Principal | None,
     token: str | None,
     data: schemas.CheckoutRequest,
+    at: datetime | None = None,
 ) -> schemas.Order:
     """Turn a cart into an order awaiting payment: prices from catalog's quotes, stock reserved
     through catalog, a voucher use counted under its limits, and OrderPlaced in the outbox."""
-    async with ctx.db.read() as session:
-        cart = _check_cart_access(await _cart_row(session, data.cart_id), principal, token)
-        if cart["status"] == "ordered":
-            raise Conflict(
-                "This cart has already been checked out.",
-                type="cart-already-ordered",
-                order_id=cart["order_id"],
+    with _recorded_at(at):
+        async with ctx.db.read() as session:
+            cart = _check_cart_access(await _cart_row(session, data.cart_id), principal, token)
+            if cart["status"] == "ordered":
+                raise Conflict(
+                    "This cart has already been checked out.",
+                    type="cart-already-ordered",
+                    order_id=cart["order_id"],
+                )
+            _ensure_active(cart)
+            country = await _served_country(session, data.country)
+            state = await _load_cart_state(
+                ctx, session, cart, country=country, shipping_method=data.shipping_method
             )
-        _ensure_active(cart)
-        country = await _served_country(session, data.country)
-        state = await _load_cart_state(
-            ctx, session, cart, country=country, shipping_method=data.shipping_method
-        )
-    priced = await _price(ctx, state, country=country, shipping_method=data.shipping_method)
-    if priced.errors:
-        raise Unprocessable(
-            "The cart cannot be checked out: " + " ".join(priced.problems), errors=priced.errors
-        )
-    email = str(data.email) if data.email else cart["email"]
-    if email is None and cart["customer_id"] is not None:
-        email = await _customer_email(ctx, cart["customer_id"])
-    if email is None:
-        raise field_error("email", "an email address is needed for the order", code="missing")
+        priced = await _price(ctx, state, country=country, shipping_method=data.shipping_method)
+        if priced.errors:
+            raise Unprocessable(
+                "The cart cannot be checked out: " + " ".join(priced.problems), errors=priced.errors
+            )
+        email = str(data.email) if data.email else _email_of(ctx, cart, "carts")
+        if email is None and cart["customer_id"] is not None:
+            email = await _customer_email(ctx, cart["customer_id"])
+        if email is None:
+            raise field_error("email", "an email address is needed for the order", code="missing")
 
-    order_id = new_id()
-    now = utcnow()
-    expires_at = now + timedelta(seconds=ctx.settings.orders_reservation_ttl_seconds)
-    wanted = [(line.sku, line.quantity) for line in priced.totals.lines]
-    await _catalog(ctx).reserve(order_id, wanted, ctx.settings.orders_reservation_ttl_seconds)
-    try:
-        async with ctx.db.transaction() as session:
-            await _write_order(
-                ctx,
-                session,
-                order_id=order_id,
-                cart=cart,
-                priced=priced,
-                email=email,
-                principal=principal,
-                now=now,
-                expires_at=expires_at,
-            )
-    except BaseException:
+        order_id = new_id()
+        now = _now()
+        expires_at = now + timedelta(seconds=ctx.settings.orders_reservation_ttl_seconds)
+        wanted = [(line.sku, line.quantity) for line in priced.totals.lines]
+        await _catalog(ctx).reserve(order_id, wanted, ctx.settings.orders_reservation_ttl_seconds)
         try:
-            await _catalog(ctx).release_reservation(order_id, "checkout_failed")
-        except Exception as exc:  # the reservation then expires on its own
-            log.warning("reservation_release_failed", order_id=order_id, error=repr(exc))
-        raise
-    return await get_order(ctx, order_id=order_id)
+            async with ctx.db.transaction() as session:
+                written, line_rows = await _write_order(
+                    ctx,
+                    session,
+                    order_id=order_id,
+                    cart=cart,
+                    priced=priced,
+                    email=email,
+                    principal=principal,
+                    now=now,
+                    expires_at=expires_at,
+                )
+        except BaseException:
+            try:
+                await _catalog(ctx).release_reservation(order_id, "checkout_failed")
+            except Exception as exc:  # the reservation then expires on its own
+                log.warning("reservation_release_failed", order_id=order_id, error=repr(exc))
+            raise
+        # The answer is built from what was written: nothing else can have changed it yet.
+        return _order_from(ctx, written, line_rows, [])
 
 
 async def _write_order(
@@ -1047,7 +1210,7 @@ async def _write_order(
     principal: Principal | None,
     now: datetime,
     expires_at: datetime,
-) -> None:
+) -> tuple[dict[str, Any], list[dict[str, Any]]]:
     taken = await session.execute(
         update(carts)
         .where(carts.c.id == cart["id"], carts.c.status == "active")
@@ -1057,37 +1220,37 @@ async def _write_order(
         raise Conflict("This cart has already been checked out.", type="cart-already-ordered")
     totals = priced.totals
     if priced.voucher is not None:
-        holder = cart["customer_id"] or f"email:{email.lower()}"
+        holder = cart["customer_id"] or f"email:{email_index(ctx, email)}"
         await _use_voucher(session, priced.voucher, order_id=order_id, holder=holder, now=now)
     number = await _next_order_number(ctx, session)
-    await session.execute(
-        insert(orders).values(
-            id=order_id,
-            number=number,
-            cart_id=cart["id"],
-            cart_token_hash=cart["token_hash"],
-            customer_id=cart["customer_id"],
-            email=email,
-            status=OrderStatus.PENDING_PAYMENT.value,
-            currency=totals.currency,
-            country=priced.country,
-            shipping_method=priced.shipping_method,
-            voucher_code=priced.voucher["code"] if priced.voucher is not None else None,
-            prices_include_tax=totals.prices_include_tax,
-            tax_rate_bp=totals.tax_rate_bp,
-            subtotal=totals.subtotal,
-            discount_total=totals.discount_total,
-            shipping_total=totals.shipping_total,
-            shipping_tax=totals.shipping_tax,
-            tax_total=totals.tax_total,
-            total=totals.total,
-            refunded_total=0,
-            weight_grams=totals.weight_grams,
-            reservation_expires_at=expires_at,
-            created_at=now,
-            updated_at=now,
-        )
-    )
+    order_row: dict[str, Any] = {
+        "id": order_id,
+        "number": number,
+        "cart_id": cart["id"],
+        "cart_token_hash": cart["token_hash"],
+        "customer_id": cart["customer_id"],
+        "email_encrypted": _seal(ctx, email, "orders", order_id),
+        "email_index": email_index(ctx, email),
+        "status": OrderStatus.PENDING_PAYMENT.value,
+        "currency": totals.currency,
+        "country": priced.country,
+        "shipping_method": priced.shipping_method,
+        "voucher_code": priced.voucher["code"] if priced.voucher is not None else None,
+        "prices_include_tax": totals.prices_include_tax,
+        "tax_rate_bp": totals.tax_rate_bp,
+        "subtotal": totals.subtotal,
+        "discount_total": totals.discount_total,
+        "shipping_total": totals.shipping_total,
+        "shipping_tax": totals.shipping_tax,
+        "tax_total": totals.tax_total,
+        "total": totals.total,
+        "refunded_total": 0,
+        "weight_grams": totals.weight_grams,
+        "reservation_expires_at": expires_at,
+        "created_at": now,
+        "updated_at": now,
+    }
+    await session.execute(insert(orders).values(**order_row))
     line_rows = []
     for position, line in enumerate(totals.lines):
         quote = priced.quotes[line.sku]
@@ -1130,7 +1293,6 @@ async def _write_order(
             "id": order_id,
             "number": number,
             "customer_id": cart["customer_id"],
-            "email": email,
             "currency": totals.currency,
             "total": totals.total,
         }
@@ -1138,6 +1300,7 @@ async def _write_order(
     payload["lines"] = _event_lines(line_rows)
     payload["reservation_expires_at"] = expires_at.isoformat()
     await ctx.outbox.add(session, ORDER_PLACED, payload)
+    return order_row, line_rows
 
 
 async def _use_voucher(
@@ -1217,11 +1380,12 @@ async def _next_order_number(ctx: ServiceContext, session: AsyncSession) -> str:
 
 
 def _event_base(order: Mapping[str, Any] | RowMapping) -> dict[str, Any]:
+    # Events carry no email: they are kept in the outbox and on the bus, and consumers that need
+    # to reach the buyer ask orders for the order.
     return {
         "order_id": order["id"],
         "number": order["number"],
         "customer_id": order["customer_id"],
-        "email": order["email"],
         "currency": order["currency"],
         "total": order["total"],
     }
@@ -1261,7 +1425,7 @@ async def _line_rows(session: AsyncSession, order_id: str) -> list[RowMapping]:
     return list((await session.execute(query)).mappings())
 
 
-def _line_view(row: RowMapping) -> schemas.OrderLine:
+def _line_view(row: Mapping[Any, Any]) -> schemas.OrderLine:
     return schemas.OrderLine(
         line_id=row["id"],
         sku=row["sku"],
@@ -1279,12 +1443,14 @@ def _line_view(row: RowMapping) -> schemas.OrderLine:
     )
 
 
-def _summary_fields(row: RowMapping, lines: Sequence[RowMapping]) -> dict[str, Any]:
+def _summary_fields(
+    ctx: ServiceContext, row: Mapping[Any, Any], lines: Sequence[Mapping[Any, Any]]
+) -> dict[str, Any]:
     return {
         "id": row["id"],
         "number": row["number"],
         "customer_id": row["customer_id"],
-        "email": row["email"],
+        "email": _email_of(ctx, row, "orders"),
         "status": OrderStatus(row["status"]),
         "currency": row["currency"],
         "subtotal": row["subtotal"],
@@ -1298,7 +1464,7 @@ def _summary_fields(row: RowMapping, lines: Sequence[RowMapping]) -> dict[str, A
     }
 
 
-async def _order_view(session: AsyncSession, row: RowMapping) -> schemas.Order:
+async def _order_view(ctx: ServiceContext, session: AsyncSession, row: RowMapping) -> schemas.Order:
     lines = await _line_rows(session, row["id"])
     shipped = (
         await session.execute(
@@ -1307,8 +1473,17 @@ async def _order_view(session: AsyncSession, row: RowMapping) -> schemas.Order:
             .order_by(fulfillments.c.created_at, fulfillments.c.id)
         )
     ).mappings()
+    return _order_from(ctx, row, lines, list(shipped))
+
+
+def _order_from(
+    ctx: ServiceContext,
+    row: Mapping[Any, Any],
+    lines: Sequence[Mapping[Any, Any]],
+    shipped: Sequence[Mapping[Any, Any]],
+) -> schemas.Order:
     return schemas.Order(
-        **_summary_fields(row, lines),
+        **_summary_fields(ctx, row, lines),
         country=row["country"],
         shipping_method=row["shipping_method"],
         voucher_code=row["voucher_code"],
@@ -1366,7 +1541,7 @@ async def get_order(
             row = _ensure_reach(row, principal, token, bypass=READ_ALL)
         elif row is None:
             raise NotFound(ORDER_NOT_FOUND)
-        return await _order_view(session, row)
+        return await _order_view(ctx, session, row)
 
 
 async def get_order_summary(ctx: ServiceContext, *, order_id: str) -> schemas.OrderSummary:
@@ -1375,7 +1550,8 @@ async def get_order_summary(ctx: ServiceContext, *, order_id: str) -> schemas.Or
         row = await _order_row(session, order_id)
         if row is None:
             raise NotFound(ORDER_NOT_FOUND)
-        return schemas.OrderSummary(**_summary_fields(row, await _line_rows(session, order_id)))
+        lines = await _line_rows(session, order_id)
+        return schemas.OrderSummary(**_summary_fields(ctx, row, lines))
 
 
 async def list_orders(
@@ -1384,18 +1560,22 @@ async def list_orders(
     principal: Principal,
     status: OrderStatus | None = None,
     customer_id: str | None = None,
+    email: str | None = None,
     created_from: datetime | None = None,
     created_to: datetime | None = None,
     cursor: str | None = None,
     limit: int = 50,
 ) -> schemas.OrderPage:
-    """Orders newest first: a customer's own, or (staff) everyone's, filtered."""
+    """Orders newest first: a customer's own, or (staff) everyone's, filtered (by customer id,
+    or by the buyer's exact email through its blind index)."""
     query = select(orders)
     owner = owner_filter(principal, bypass=READ_ALL)
     if owner is not None:
         query = query.where(orders.c.customer_id == owner)
     elif customer_id is not None:
         query = query.where(orders.c.customer_id == customer_id)
+    if email is not None:
+        query = query.where(orders.c.email_index == email_index(ctx, email))
     if status is not None:
         query = query.where(orders.c.status == status.value)
     if created_from is not None:
@@ -1425,7 +1605,7 @@ async def list_orders(
             )
             for line in found.mappings():
                 lines_by_order[line["order_id"]].append(line)
-    items = [schemas.OrderSummary(**_summary_fields(r, lines_by_order[r["id"]])) for r in page]
+    items = [schemas.OrderSummary(**_summary_fields(ctx, r, lines_by_order[r["id"]])) for r in page]
     next_cursor = (
         encode_cursor(page[-1]["created_at"], page[-1]["id"]) if len(rows) > limit else None
     )
@@ -1480,7 +1660,7 @@ async def _record(
         insert(order_history).values(
             id=new_id(),
             order_id=order_id,
-            occurred_at=now or utcnow(),
+            occurred_at=now or _now(),
             kind=kind,
             action=action,
             from_status=from_status,
@@ -1506,7 +1686,7 @@ async def _transition(
     """Move an order along the transitions table, guarded against a concurrent change."""
     current = OrderStatus(order["status"])
     target = domain.next_status(current, action)
-    now = utcnow()
+    now = _now()
     changed = await session.execute(
         update(orders)
         .where(orders.c.id == order["id"], orders.c.status == current.value)
@@ -1529,6 +1709,14 @@ async def _transition(
     return target
 
 
+async def _final_view(ctx: ServiceContext, session: AsyncSession, order_id: str) -> schemas.Order:
+    """The order as the caller's transaction leaves it (read before it commits)."""
+    row = await _order_row(session, order_id)
+    if row is None:
+        raise NotFound(ORDER_NOT_FOUND)
+    return await _order_view(ctx, session, row)
+
+
 async def _locked_order(session: AsyncSession, order_id: str) -> RowMapping:
     row = await _order_row(session, order_id, lock=True)
     if row is None:
@@ -1537,16 +1725,22 @@ async def _locked_order(session: AsyncSession, order_id: str) -> RowMapping:
 
 
 async def cancel_order(
-    ctx: ServiceContext, *, order_id: str, principal: Principal, reason: str | None
+    ctx: ServiceContext,
+    *,
+    order_id: str,
+    principal: Principal,
+    reason: str | None,
+    at: datetime | None = None,
 ) -> schemas.Order:
     """Cancel an unpaid order (its customer or staff); the stock and voucher use are released."""
-    async with ctx.db.transaction() as session:
-        order = await _locked_order(session, order_id)
-        ensure_owner(principal, order["customer_id"], bypass=STAFF, detail=ORDER_NOT_FOUND)
-        await _cancel(
-            ctx, session, order, OrderAction.CANCEL, actor=Actor.of(principal), reason=reason
-        )
-    return await get_order(ctx, order_id=order_id)
+    with _recorded_at(at):
+        async with ctx.db.transaction() as session:
+            order = await _locked_order(session, order_id)
+            ensure_owner(principal, order["customer_id"], bypass=STAFF, detail=ORDER_NOT_FOUND)
+            await _cancel(
+                ctx, session, order, OrderAction.CANCEL, actor=Actor.of(principal), reason=reason
+            )
+            return await _final_view(ctx, session, order_id)
 
 
 async def _cancel(
@@ -1559,7 +1753,7 @@ async def _cancel(
     reason: str | None,
 ) -> None:
     await _transition(session, order, action, actor=actor, reason=reason)
-    await _release_voucher(session, order["id"], utcnow())
+    await _release_voucher(session, order["id"], _now())
     payload = _event_base(order)
     payload["reason"] = reason or action.value
     await ctx.outbox.add(session, ORDER_CANCELLED, payload)
@@ -1569,7 +1763,7 @@ async def cancel_expired_orders(
     ctx: ServiceContext, *, now: datetime | None = None, limit: int = 100
 ) -> int:
     """The sweeper: cancel orders still unpaid after their stock reservation expired."""
-    moment = now or utcnow()
+    moment = now or _now()
     async with ctx.db.read() as session:
         due = list(
             (
@@ -1641,54 +1835,60 @@ def _progress(lines: Sequence[RowMapping]) -> list[domain.LineProgress]:
 
 
 async def fulfil_lines(
-    ctx: ServiceContext, *, order_id: str, principal: Principal, data: schemas.FulfillmentCreate
+    ctx: ServiceContext,
+    *,
+    order_id: str,
+    principal: Principal,
+    data: schemas.FulfillmentCreate,
+    at: datetime | None = None,
 ) -> schemas.Order:
     """Staff ship some or all remaining units with a tracking number."""
-    shipping = {line.line_id: line.quantity for line in data.lines}
-    async with ctx.db.transaction() as session:
-        order = await _locked_order(session, order_id)
-        lines = await _line_rows(session, order_id)
-        domain.next_status(order["status"], OrderAction.FULFIL_PARTIALLY)
-        action = domain.fulfilment_action(_progress(lines), shipping)
-        fulfillment_id = new_id()
-        by_id = {line["id"]: line for line in lines}
-        shipped = [
-            {"line_id": line_id, "sku": by_id[line_id]["sku"], "quantity": quantity}
-            for line_id, quantity in shipping.items()
-        ]
-        await _transition(
-            session,
-            order,
-            action,
-            actor=Actor.of(principal),
-            details={
-                "fulfillment_id": fulfillment_id,
-                "tracking_number": data.tracking_number,
-                "lines": shipped,
-            },
-        )
-        for line_id, quantity in shipping.items():
+    with _recorded_at(at):
+        shipping = {line.line_id: line.quantity for line in data.lines}
+        async with ctx.db.transaction() as session:
+            order = await _locked_order(session, order_id)
+            lines = await _line_rows(session, order_id)
+            domain.next_status(order["status"], OrderAction.FULFIL_PARTIALLY)
+            action = domain.fulfilment_action(_progress(lines), shipping)
+            fulfillment_id = new_id()
+            by_id = {line["id"]: line for line in lines}
+            shipped = [
+                {"line_id": line_id, "sku": by_id[line_id]["sku"], "quantity": quantity}
+                for line_id, quantity in shipping.items()
+            ]
+            await _transition(
+                session,
+                order,
+                action,
+                actor=Actor.of(principal),
+                details={
+                    "fulfillment_id": fulfillment_id,
+                    "tracking_number": data.tracking_number,
+                    "lines": shipped,
+                },
+            )
+            for line_id, quantity in shipping.items():
+                await session.execute(
+                    update(order_lines)
+                    .where(order_lines.c.id == line_id)
+                    .values(fulfilled_quantity=order_lines.c.fulfilled_quantity + quantity)
+                )
             await session.execute(
-                update(order_lines)
-                .where(order_lines.c.id == line_id)
-                .values(fulfilled_quantity=order_lines.c.fulfilled_quantity + quantity)
+                insert(fulfillments).values(
+                    id=fulfillment_id,
+                    order_id=order_id,
+                    tracking_number=data.tracking_number,
+                    carrier=data.carrier,
+                    lines=shipped,
+                    created_by=principal.subject,
+                    created_at=_now(),
+                )
             )
-        await session.execute(
-            insert(fulfillments).values(
-                id=fulfillment_id,
-                order_id=order_id,
-                tracking_number=data.tracking_number,
-                carrier=data.carrier,
-                lines=shipped,
-                created_by=principal.subject,
-                created_at=utcnow(),
-            )
-        )
-        if action is OrderAction.FULFIL:
-            payload = _event_base(order)
-            payload.update(fulfillment_id=fulfillment_id, tracking_number=data.tracking_number)
-            await ctx.outbox.add(session, ORDER_FULFILLED, payload)
-    return await get_order(ctx, order_id=order_id)
+            if action is OrderAction.FULFIL:
+                payload = _event_base(order)
+                payload.update(fulfillment_id=fulfillment_id, tracking_number=data.tracking_number)
+                await ctx.outbox.add(session, ORDER_FULFILLED, payload)
+            return await _final_view(ctx, session, order_id)
 
 
 async def change_status(
@@ -1698,12 +1898,14 @@ async def change_status(
     principal: Principal,
     action: Literal[OrderAction.SHIP, OrderAction.DELIVER],
     reason: str | None,
+    at: datetime | None = None,
 ) -> schemas.Order:
     """Staff mark an order shipped or delivered."""
-    async with ctx.db.transaction() as session:
-        order = await _locked_order(session, order_id)
-        await _transition(session, order, action, actor=Actor.of(principal), reason=reason)
-    return await get_order(ctx, order_id=order_id)
+    with _recorded_at(at):
+        async with ctx.db.transaction() as session:
+            order = await _locked_order(session, order_id)
+            await _transition(session, order, action, actor=Actor.of(principal), reason=reason)
+            return await _final_view(ctx, session, order_id)
 
 
 async def return_lines(
@@ -1909,7 +2111,7 @@ DEMO_VOUCHERS: tuple[dict[str, Any], ...] = (
 
 async def seed_demo(ctx: ServiceContext) -> dict[str, Any]:
     """Tax rates, shipping methods and vouchers a demo shop needs; running it again adds nothing."""
-    now = utcnow()
+    now = _now()
     upsert = _upsert(ctx)
     async with ctx.db.transaction() as session:
         for country, name, rate in DEMO_TAX_RATES:

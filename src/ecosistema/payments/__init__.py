@@ -12,7 +12,13 @@ from ecosistema.payments.models import idempotency, metadata, outbox
 from ecosistema.payments.schemas import ReconciliationReport
 from ecosistema.platform.config import Settings
 from ecosistema.platform.idempotency import idempotency_purge_job
-from ecosistema.platform.service import Job, Service, ServiceContext, Subscription
+from ecosistema.platform.service import (
+    EncryptedColumn,
+    Job,
+    Service,
+    ServiceContext,
+    Subscription,
+)
 
 
 async def _resume_interrupted_payments(ctx: ServiceContext) -> None:
@@ -30,6 +36,10 @@ descriptor = Service(
     jobs=(
         idempotency_purge_job(idempotency),
         Job("resume-interrupted-payments", 60.0, _resume_interrupted_payments),
+    ),
+    encrypted_columns=(
+        EncryptedColumn("payments", "buyer_encrypted"),
+        EncryptedColumn("invoices", "buyer_encrypted"),
     ),
     make_client=InProcessPaymentsClient,
 )

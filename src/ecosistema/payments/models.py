@@ -1,5 +1,6 @@
 """The payments service's tables. Card numbers never reach them: only the provider's token,
-brand, last four digits and expiry."""
+brand, last four digits and expiry. The buyer's personal data (email, billing and shipping
+address) is stored field-encrypted, on payments and on invoices."""
 
 from __future__ import annotations
 
@@ -53,7 +54,10 @@ payments = Table(
     Column("pending_operation", String(16)),
     Column("pending_amount", BigInteger),
     Column("resume_after", UTCDateTime()),
+    # The order as charged, without the buyer's personal data, which is in ``buyer_encrypted``
+    # (JSON of email, billing_address, shipping_address).
     Column("order_snapshot", JSON, nullable=False),
+    Column("buyer_encrypted", Text),
     Column("created_at", UTCDateTime(), nullable=False),
     Column("updated_at", UTCDateTime(), nullable=False),
     Column("captured_at", UTCDateTime()),
@@ -119,7 +123,8 @@ invoices = Table(
     Column("customer_id", String(64)),
     Column("currency", String(3), nullable=False),
     Column("seller", JSON, nullable=False),
-    Column("buyer", JSON, nullable=False),
+    # The buyer as printed on the document (schemas.Party as JSON), field-encrypted.
+    Column("buyer_encrypted", Text, nullable=False),
     Column("lines", JSON, nullable=False),
     Column("tax_breakdown", JSON, nullable=False),
     Column("subtotal", BigInteger, nullable=False),

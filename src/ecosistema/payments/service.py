@@ -14,7 +14,9 @@ import csv
 import io
 import json
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from contextvars import ContextVar
 from datetime import UTC, date, datetime, timedelta
 from datetime import time as dtime
 from typing import Any
@@ -83,6 +85,26 @@ from ecosistema.platform.policy import can_reach, ensure, ensure_owner, owner_fi
 from ecosistema.platform.service import ServiceContext
 
 log = structlog.get_logger(__name__)
+
+
+# The moment use cases record. A caller may set it (``at=``) to write history in the past: the
+# demo data's weeks of orders go through the same use cases as live ones.
+_RECORDED_AT: ContextVar[datetime | None] = ContextVar("payments_recorded_at", default=None)
+
+
+def _now() -> datetime:
+    """Now, or the moment the running use case was asked to record with ``at``."""
+    return _RECORDED_AT.get() or utcnow()
+
+
+@contextmanager
+def _recorded_at(at: datetime | None) -> Iterator[None]:
+    token = _RECORDED_AT.set(at)
+    try:
+        yield
+    finally:
+        _RECORDED_AT.reset(token)
+
 
 PAYMENT_NOT_FOUND = "No payment with this id."
 INVOICE_NOT_FOUND = "No invoice with this id."
@@ -232,12 +254,15 @@ async def _order(ctx: ServiceContext, order_id: str) -> dict[str, Any]:
     return summary
 
 
+# The buyer's personal data in an order: kept apart from the snapshot, encrypted.
+PERSONAL_FIELDS = ("email", "billing_address", "shipping_address")
+
+
 def _snapshot(order: Mapping[str, Any]) -> dict[str, Any]:
     keep = (
         "id",
         "number",
         "customer_id",
-        "email",
         "currency",
         "subtotal",
         "discount_total",
@@ -245,64 +270,105 @@ def _snapshot(order: Mapping[str, Any]) -> dict[str, Any]:
         "shipping_total",
         "total",
         "lines",
-        "billing_address",
-        "shipping_address",
         "prices_include_tax",
     )
     return {k: order.get(k) for k in keep if k in order}
+
+
+def _seal(ctx: ServiceContext, value: Any, table: str, row_id: str) -> str:
+    return ctx.cipher.encrypt(
+        json.dumps(value, separators=(",", ":")),
+        table=table,
+        column="buyer_encrypted",
+        row_id=row_id,
+    )
+
+
+def _open(ctx: ServiceContext, row: Mapping[str, Any], table: str) -> dict[str, Any]:
+    """The decrypted ``buyer_encrypted`` JSON of a payment or invoice row ({} when none)."""
+    token = row.get("buyer_encrypted")
+    if not token:
+        return {}
+    plain = ctx.cipher.decrypt(
+        str(token), table=table, column="buyer_encrypted", row_id=str(row["id"])
+    )
+    value = json.loads(plain)
+    return value if isinstance(value, dict) else {}
 
 
 # --- creating and confirming --------------------------------------------------------------------
 
 
 async def create_payment(
-    ctx: ServiceContext, *, principal: Principal, data: PaymentCreate
+    ctx: ServiceContext,
+    *,
+    principal: Principal,
+    data: PaymentCreate,
+    at: datetime | None = None,
 ) -> Payment:
     """A payment intent for an order, amount and currency from the order; confirmed at once
     when a payment method is given."""
-    _ensure_any(principal, "payments:write_own", "payments:write_all")
-    order = await _order(ctx, data.order_id)
-    ensure_owner(
-        principal, order.get("customer_id"), bypass="payments:write_all", detail=ORDER_NOT_FOUND
-    )
-    if order.get("status") not in PAYABLE_ORDER_STATUSES:
-        raise OrderNotPayable(f"Order {order.get('number')} is {order.get('status')}, not payable.")
-    tokenized = None
-    if data.payment_method is not None:
-        provider = provider_for(ctx, ctx.settings.payment_provider)
-        tokenized = await _tokenize(provider, data.payment_method, "payment_method")
-    now = utcnow()
-    payment_id = new_id()
-    async with ctx.db.transaction() as session:
-        active = (
-            await session.execute(
-                select(payments.c.id).where(
-                    payments.c.order_id == data.order_id,
-                    payments.c.status != PaymentStatus.CANCELED.value,
-                )
+    with _recorded_at(at):
+        _ensure_any(principal, "payments:write_own", "payments:write_all")
+        order = await _order(ctx, data.order_id)
+        ensure_owner(
+            principal, order.get("customer_id"), bypass="payments:write_all", detail=ORDER_NOT_FOUND
+        )
+        if order.get("status") not in PAYABLE_ORDER_STATUSES:
+            raise OrderNotPayable(
+                f"Order {order.get('number')} is {order.get('status')}, not payable."
             )
-        ).scalar_one_or_none()
-        if active is not None:
+        tokenized = None
+        if data.payment_method is not None:
+            provider = provider_for(ctx, ctx.settings.payment_provider)
+            tokenized = await _tokenize(provider, data.payment_method, "payment_method")
+        now = _now()
+        payment_id = new_id()
+        values = _new_payment(ctx, payment_id, principal, data, order, now)
+        try:
+            # ``live_order_id`` is unique while a payment is not canceled: one live payment per
+            # order, even when two requests race.
+            async with ctx.db.transaction() as session:
+                await session.execute(payments.insert().values(**values))
+        except IntegrityError:
+            async with ctx.db.read() as session:
+                active = await session.scalar(
+                    select(payments.c.id).where(payments.c.live_order_id == data.order_id)
+                )
             raise PaymentAlreadyExists(
                 "This order already has a payment; confirm or cancel it.", payment_id=active
-            )
-        try:
-            async with session.begin_nested():
-                await session.execute(_new_payment(ctx, payment_id, principal, data, order, now))
-        except IntegrityError:
-            raise PaymentAlreadyExists(
-                "This order already has a payment; confirm or cancel it."
             ) from None
-    if data.payment_method is None:
-        return await get_payment(ctx, principal=principal, payment_id=payment_id)
-    try:
-        return await _confirm(
-            ctx, principal, payment_id, data.payment_method, "payment_method", tokenized
-        )
-    except ProblemError as problem:
-        # The intent exists; the caller confirms it with another method using this id.
-        problem.extra.setdefault("payment_id", payment_id)
-        raise
+        created = {**values, **_EMPTY_OUTCOME}
+        if data.payment_method is None:
+            return _payment(created)
+        try:
+            return await _confirm(
+                ctx,
+                principal,
+                payment_id,
+                data.payment_method,
+                "payment_method",
+                tokenized,
+                created,
+            )
+        except ProblemError as problem:
+            # The intent exists; the caller confirms it with another method using this id.
+            problem.extra.setdefault("payment_id", payment_id)
+            raise
+
+
+# The columns a new payment leaves empty.
+_EMPTY_OUTCOME: dict[str, Any] = {
+    "provider_ref": None,
+    "card": None,
+    "failure_code": None,
+    "failure_message": None,
+    "next_action": None,
+    "pending_operation": None,
+    "pending_amount": None,
+    "resume_after": None,
+    "captured_at": None,
+}
 
 
 def _new_payment(
@@ -312,27 +378,30 @@ def _new_payment(
     data: PaymentCreate,
     order: Mapping[str, Any],
     now: datetime,
-) -> Any:
-    return payments.insert().values(
-        id=payment_id,
-        order_id=data.order_id,
-        live_order_id=data.order_id,
-        customer_id=order.get("customer_id"),
-        created_by=principal.subject,
-        status=PaymentStatus.REQUIRES_PAYMENT_METHOD.value,
-        capture_method=data.capture_method.value,
-        amount=int(order["total"]),
-        currency=str(order["currency"]),
-        amount_capturable=0,
-        captured_amount=0,
-        refunded_amount=0,
-        fee=0,
-        provider=ctx.settings.payment_provider,
-        attempt=0,
-        order_snapshot=_snapshot(order),
-        created_at=now,
-        updated_at=now,
-    )
+) -> dict[str, Any]:
+    return {
+        "id": payment_id,
+        "order_id": data.order_id,
+        "live_order_id": data.order_id,
+        "customer_id": order.get("customer_id"),
+        "created_by": principal.subject,
+        "status": PaymentStatus.REQUIRES_PAYMENT_METHOD.value,
+        "capture_method": data.capture_method.value,
+        "amount": int(order["total"]),
+        "currency": str(order["currency"]),
+        "amount_capturable": 0,
+        "captured_amount": 0,
+        "refunded_amount": 0,
+        "fee": 0,
+        "provider": ctx.settings.payment_provider,
+        "attempt": 0,
+        "order_snapshot": _snapshot(order),
+        "buyer_encrypted": _seal(
+            ctx, {k: order.get(k) for k in PERSONAL_FIELDS if order.get(k)}, "payments", payment_id
+        ),
+        "created_at": now,
+        "updated_at": now,
+    }
 
 
 async def confirm_payment(
@@ -354,9 +423,13 @@ async def _confirm(
     method: PaymentMethodInput | None,
     field: str,
     tokenized: dict[str, Any] | None = None,
+    created: dict[str, Any] | None = None,
 ) -> Payment:
-    async with ctx.db.read() as session:
-        row = await _load(session, payment_id)
+    if created is None:
+        async with ctx.db.read() as session:
+            row = await _load(session, payment_id)
+    else:
+        row = created  # just inserted by this request: nothing else has touched it
     _ensure_reach(principal, row, bypass="payments:write_all")
     previous = PaymentStatus(row["status"])
     if previous not in domain.CONFIRMABLE:
@@ -373,29 +446,30 @@ async def _confirm(
         card = tokenized or await _tokenize(provider, method, field)
     attempt = int(row["attempt"]) + (0 if completing_action else 1)
     operation = "action" if completing_action else "authorize"
+    claim = {
+        "status": PaymentStatus.PROCESSING.value,
+        "attempt": attempt,
+        "card": card,
+        "failure_code": None,
+        "failure_message": None,
+        "next_action": None,
+        **_pending(operation),
+    }
     async with ctx.db.transaction() as session:
         claimed = await session.execute(
             update(payments)
             .where(payments.c.id == payment_id, payments.c.status == previous.value)
-            .values(
-                status=PaymentStatus.PROCESSING.value,
-                attempt=attempt,
-                card=card,
-                failure_code=None,
-                failure_message=None,
-                next_action=None,
-                **_pending(operation),
-            )
+            .values(**claim)
         )
         if _rowcount(claimed) != 1:
             raise IllegalTransition("The payment changed while confirming; read it again.")
-        row = await _load(session, payment_id)
-    return await _finish(ctx, row, previous)
+    # The guarded update changed only what ``claim`` says, on the row read above.
+    return await _finish(ctx, {**row, **claim}, previous)
 
 
 def _pending(operation: str | None, amount: int | None = None) -> dict[str, Any]:
     """Column values for a claim (or, with ``None``, for its release)."""
-    now = utcnow()
+    now = _now()
     return {
         "pending_operation": operation,
         "pending_amount": amount,
@@ -446,8 +520,7 @@ async def _finish(ctx: ServiceContext, row: Mapping[str, Any], previous: Payment
         await _restore(ctx, str(row["id"]), previous, attempt=_attempt_before(row, previous))
         raise
     async with ctx.db.transaction() as session:
-        await _record_outcome(ctx, session, str(row["id"]), outcome)
-        recorded = await _load(session, str(row["id"]))
+        recorded = await _record_outcome(ctx, session, str(row["id"]), outcome)
     return _payment(recorded)
 
 
@@ -475,7 +548,7 @@ async def _tokenize(
         card.exp_month,
         card.exp_year,
         card.cvc,
-        today=utcnow().date(),
+        today=_now().date(),
         prefix=f"{field}.card.",
     )
     if errors:
@@ -513,9 +586,10 @@ async def _restore(
 
 async def _record_outcome(
     ctx: ServiceContext, session: AsyncSession, payment_id: str, outcome: ProviderOutcome
-) -> None:
+) -> dict[str, Any]:
+    """Record a provider's answer for a claimed payment; the payment as it now is."""
     row = await _load(session, payment_id)
-    now = utcnow()
+    now = _now()
     target = PaymentStatus(outcome.status)
     domain.ensure_transition(PaymentStatus(row["status"]), target)
     values: dict[str, Any] = {"status": target.value, **_pending(None)}
@@ -531,6 +605,7 @@ async def _record_outcome(
                 "order_id": row["order_id"],
                 "reason": outcome.message or "declined",
                 "decline_code": outcome.decline_code,
+                "occurred_at": now.isoformat(),
             },
         )
     elif target is PaymentStatus.REQUIRES_ACTION:
@@ -547,8 +622,10 @@ async def _record_outcome(
     elif target is PaymentStatus.CANCELED:
         values.update(amount_capturable=0, live_order_id=None)
     await session.execute(update(payments).where(payments.c.id == payment_id).values(**values))
+    recorded = {**row, **values}
     if target is PaymentStatus.SUCCEEDED:
-        await _record_capture(ctx, session, {**row, **values}, outcome)
+        await _record_capture(ctx, session, recorded, outcome)
+    return recorded
 
 
 async def _record_capture(
@@ -572,6 +649,7 @@ async def _record_capture(
             "amount": int(row["amount"]),
             "currency": row["currency"],
             "captured_amount": outcome.captured,
+            "occurred_at": (row.get("captured_at") or _now()).isoformat(),
         },
     )
     await _issue_invoice(ctx, session, row, outcome.captured)
@@ -589,7 +667,7 @@ async def _post(
     if not domain.is_balanced(postings):
         raise ValueError("an unbalanced journal transaction")
     transaction_id = new_id()
-    now = utcnow()
+    now = _now()
     await session.execute(
         journal.insert(),
         [
@@ -615,21 +693,29 @@ async def _post(
 
 
 async def capture_payment(
-    ctx: ServiceContext, *, principal: Principal, payment_id: str, amount: int | None
+    ctx: ServiceContext,
+    *,
+    principal: Principal,
+    payment_id: str,
+    amount: int | None,
+    at: datetime | None = None,
 ) -> Payment:
     """Capture all or part of an authorization; the rest is released."""
-    ensure(principal, "payments:write_all")
-    async with ctx.db.read() as session:
-        row = await _load(session, payment_id)
-    if row["status"] != PaymentStatus.REQUIRES_CAPTURE.value:
-        raise IllegalTransition(
-            f"Only an authorized payment can be captured; this one is {row['status']}.",
-            status_now=row["status"],
+    with _recorded_at(at):
+        ensure(principal, "payments:write_all")
+        async with ctx.db.read() as session:
+            row = await _load(session, payment_id)
+        if row["status"] != PaymentStatus.REQUIRES_CAPTURE.value:
+            raise IllegalTransition(
+                f"Only an authorized payment can be captured; this one is {row['status']}.",
+                status_now=row["status"],
+            )
+        to_capture = int(row["amount_capturable"]) if amount is None else amount
+        domain.check_capture(int(row["amount_capturable"]), to_capture)
+        claimed = await _claim(
+            ctx, payment_id, PaymentStatus.REQUIRES_CAPTURE, "capture", to_capture
         )
-    to_capture = int(row["amount_capturable"]) if amount is None else amount
-    domain.check_capture(int(row["amount_capturable"]), to_capture)
-    claimed = await _claim(ctx, payment_id, PaymentStatus.REQUIRES_CAPTURE, "capture", to_capture)
-    return await _finish(ctx, claimed, PaymentStatus.REQUIRES_CAPTURE)
+        return await _finish(ctx, claimed, PaymentStatus.REQUIRES_CAPTURE)
 
 
 async def _claim(
@@ -674,7 +760,7 @@ async def resume_interrupted_payments(ctx: ServiceContext) -> int:
                     select(payments)
                     .where(
                         payments.c.status == PaymentStatus.PROCESSING.value,
-                        payments.c.resume_after <= utcnow(),
+                        payments.c.resume_after <= _now(),
                     )
                     .order_by(payments.c.resume_after)
                     .limit(100)
@@ -701,7 +787,7 @@ async def cancel_payments_of_cancelled_order(
 ) -> None:
     """An order was cancelled: payments that took nothing are canceled, authorizations are
     queued for voiding at the provider (by ``resume_interrupted_payments``)."""
-    now = utcnow()
+    now = _now()
     await session.execute(
         update(payments)
         .where(
@@ -734,67 +820,73 @@ async def cancel_payments_of_cancelled_order(
 
 
 async def create_refund(
-    ctx: ServiceContext, *, principal: Principal, payment_id: str, data: RefundCreate
+    ctx: ServiceContext,
+    *,
+    principal: Principal,
+    payment_id: str,
+    data: RefundCreate,
+    at: datetime | None = None,
 ) -> Refund:
     """Refund an amount, some lines, or all that is left; never more than was captured."""
-    ensure(principal, "payments:refund")
-    async with ctx.db.read() as session:
-        row = await _load(session, payment_id)
-    if row["status"] != PaymentStatus.SUCCEEDED.value:
-        raise IllegalTransition(
-            f"Only a captured payment can be refunded; this one is {row['status']}.",
-            status_now=row["status"],
-        )
-    lines = _refund_lines(row["order_snapshot"], data)
-    if data.amount is not None:
-        amount = data.amount
-    elif lines:
-        amount = sum(line["amount"] for line in lines)
-    else:
-        amount = domain.refundable(int(row["captured_amount"]), int(row["refunded_amount"]))
-    if amount <= 0:
-        raise domain.RefundExceedsCaptured("Nothing is left to refund.", refundable=0)
-    refund_id = new_id()
-    now = utcnow()
-    async with ctx.db.transaction() as session:
-        # The guard is the limit: concurrent refunds serialize on this row and the sum of
-        # refunds can never pass the captured amount, whatever the interleaving.
-        taken = await session.execute(
-            update(payments)
-            .where(
-                payments.c.id == payment_id,
-                payments.c.status == PaymentStatus.SUCCEEDED.value,
-                payments.c.refunded_amount + amount <= payments.c.captured_amount,
+    with _recorded_at(at):
+        ensure(principal, "payments:refund")
+        async with ctx.db.read() as session:
+            row = await _load(session, payment_id)
+        if row["status"] != PaymentStatus.SUCCEEDED.value:
+            raise IllegalTransition(
+                f"Only a captured payment can be refunded; this one is {row['status']}.",
+                status_now=row["status"],
             )
-            .values(refunded_amount=payments.c.refunded_amount + amount, updated_at=now)
-        )
-        if _rowcount(taken) != 1:
-            current = await _load(session, payment_id)
-            domain.check_refund(
-                int(current["captured_amount"]), int(current["refunded_amount"]), amount
+        lines = _refund_lines(row["order_snapshot"], data)
+        if data.amount is not None:
+            amount = data.amount
+        elif lines:
+            amount = sum(line["amount"] for line in lines)
+        else:
+            amount = domain.refundable(int(row["captured_amount"]), int(row["refunded_amount"]))
+        if amount <= 0:
+            raise domain.RefundExceedsCaptured("Nothing is left to refund.", refundable=0)
+        refund_id = new_id()
+        now = _now()
+        async with ctx.db.transaction() as session:
+            # The guard is the limit: concurrent refunds serialize on this row and the sum of
+            # refunds can never pass the captured amount, whatever the interleaving.
+            taken = await session.execute(
+                update(payments)
+                .where(
+                    payments.c.id == payment_id,
+                    payments.c.status == PaymentStatus.SUCCEEDED.value,
+                    payments.c.refunded_amount + amount <= payments.c.captured_amount,
+                )
+                .values(refunded_amount=payments.c.refunded_amount + amount, updated_at=now)
             )
-            raise IllegalTransition("The payment changed meanwhile; read it again.")
-        if lines:
-            await _check_line_quantities(session, payment_id, row["order_snapshot"], lines)
-        await session.execute(
-            refunds.insert().values(
-                id=refund_id,
-                payment_id=payment_id,
-                order_id=row["order_id"],
-                status="pending",
-                amount=amount,
-                currency=row["currency"],
-                reason=data.reason,
-                restock=data.restock,
-                lines=lines,
-                created_by=principal.subject,
-                created_at=now,
+            if _rowcount(taken) != 1:
+                current = await _load(session, payment_id)
+                domain.check_refund(
+                    int(current["captured_amount"]), int(current["refunded_amount"]), amount
+                )
+                raise IllegalTransition("The payment changed meanwhile; read it again.")
+            if lines:
+                await _check_line_quantities(session, payment_id, row["order_snapshot"], lines)
+            await session.execute(
+                refunds.insert().values(
+                    id=refund_id,
+                    payment_id=payment_id,
+                    order_id=row["order_id"],
+                    status="pending",
+                    amount=amount,
+                    currency=row["currency"],
+                    reason=data.reason,
+                    restock=data.restock,
+                    lines=lines,
+                    created_by=principal.subject,
+                    created_at=now,
+                )
             )
-        )
-    async with ctx.db.read() as session:
-        pending = await _refund_row(session, refund_id)
-    await _settle_refund(ctx, pending, row, on_error="raise")
-    return await _refund(ctx, refund_id)
+        async with ctx.db.read() as session:
+            pending = await _refund_row(session, refund_id)
+        await _settle_refund(ctx, pending, row, on_error="raise")
+        return await _refund(ctx, refund_id)
 
 
 async def _refund_row(session: AsyncSession, refund_id: str) -> dict[str, Any]:
@@ -828,7 +920,7 @@ async def _settle_refund(
         settled = await session.execute(
             update(refunds)
             .where(refunds.c.id == refund_id, refunds.c.status == "pending")
-            .values(status="succeeded", provider_ref=result.ref, completed_at=utcnow())
+            .values(status="succeeded", provider_ref=result.ref, completed_at=_now())
         )
         if _rowcount(settled) != 1:
             return
@@ -860,6 +952,7 @@ async def _settle_refund(
                 else [],
                 "reason": refund["reason"],
                 "fully_refunded": fully,
+                "occurred_at": _now().isoformat(),
             },
         )
         await _issue_credit_note(ctx, session, current, refund_id, amount, lines)
@@ -867,7 +960,7 @@ async def _settle_refund(
 
 async def resume_pending_refunds(ctx: ServiceContext) -> int:
     """Settle refunds whose provider answer was never recorded; returns how many were."""
-    cutoff = utcnow() - RESUME_AFTER
+    cutoff = _now() - RESUME_AFTER
     async with ctx.db.read() as session:
         due = [
             dict(r)
@@ -948,12 +1041,12 @@ async def _fail_refund(
         await session.execute(
             update(refunds)
             .where(refunds.c.id == refund_id, refunds.c.status == "pending")
-            .values(status="failed", failure_message=message, completed_at=utcnow())
+            .values(status="failed", failure_message=message, completed_at=_now())
         )
         await session.execute(
             update(payments)
             .where(payments.c.id == payment_id)
-            .values(refunded_amount=payments.c.refunded_amount - amount, updated_at=utcnow())
+            .values(refunded_amount=payments.c.refunded_amount - amount, updated_at=_now())
         )
 
 
@@ -1094,13 +1187,15 @@ async def _issue_document(
     refund_id: str | None,
     related_invoice_id: str | None,
 ) -> dict[str, Any]:
-    now = utcnow()
+    now = _now()
     sequence = await next_document_number(session, series, now.year)
     total = sum(int(line["total"]) for line in lines)
     tax_total = sum(int(line["tax"]) for line in lines)
-    order = payment["order_snapshot"]
+    order = {**payment["order_snapshot"], **_open(ctx, payment, "payments")}
+    document_id = new_id()
+    buyer = _buyer(order)
     document = {
-        "id": new_id(),
+        "id": document_id,
         "kind": kind,
         "number": domain.document_number(series, now.year, sequence),
         "series": series,
@@ -1112,7 +1207,7 @@ async def _issue_document(
         "customer_id": payment["customer_id"],
         "currency": payment["currency"],
         "seller": _seller(ctx),
-        "buyer": _buyer(order),
+        "buyer_encrypted": _seal(ctx, buyer, "invoices", document_id),
         "lines": lines,
         "tax_breakdown": domain.tax_breakdown(lines),
         "subtotal": total - tax_total,
@@ -1209,8 +1304,8 @@ async def _issue_credit_note(
     )
 
 
-def _invoice(row: Mapping[str, Any]) -> Invoice:
-    return Invoice.model_validate(dict(row))
+def _invoice(ctx: ServiceContext, row: Mapping[str, Any]) -> Invoice:
+    return Invoice.model_validate({**row, "buyer": _open(ctx, row, "invoices")})
 
 
 async def list_invoices(
@@ -1234,7 +1329,7 @@ async def list_invoices(
     async with ctx.db.read() as session:
         rows = [dict(r) for r in (await session.execute(query)).mappings()]
     return InvoicePage(
-        items=[_invoice(r) for r in rows[:limit]],
+        items=[_invoice(ctx, r) for r in rows[:limit]],
         next_cursor=_cursor_of(rows[limit - 1], "issued_at") if len(rows) > limit else None,
     )
 
@@ -1253,7 +1348,7 @@ async def get_invoice(ctx: ServiceContext, *, principal: Principal, invoice_id: 
     ensure_owner(
         principal, row["customer_id"], bypass="invoices:read_all", detail=INVOICE_NOT_FOUND
     )
-    return _invoice(dict(row))
+    return _invoice(ctx, dict(row))
 
 
 # --- provider webhooks --------------------------------------------------------------------------
@@ -1301,7 +1396,7 @@ async def receive_provider_event(
                 event_id=event_id[:255],
                 type=event_type[:100],
                 outcome="received",
-                received_at=utcnow(),
+                received_at=_now(),
             )
             .on_conflict_do_nothing()
         )

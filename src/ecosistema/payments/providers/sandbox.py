@@ -117,7 +117,14 @@ class SandboxProvider:
             }
             await session.execute(sandbox_intents.insert().values(**row))
             if status == "succeeded":
-                await self._book(session, ref, "charge", amount, currency, f"{ref}:capture")
+                # A new intent has no charge yet: booked without the lookups a retry needs.
+                fee = sandbox_fee(amount)
+                entry_id = await self._book(
+                    session, ref, "charge", amount, currency, f"{ref}:capture", fee=fee, fresh=True
+                )
+                return ProviderOutcome(
+                    "succeeded", ref, captured=amount, fee=fee, transaction_ref=entry_id
+                )
             return await self._outcome_of(session, row)
 
     async def confirm(self, ref: str, *, idempotency_key: str) -> ProviderOutcome:
@@ -224,7 +231,22 @@ class SandboxProvider:
         idempotency_key: str,
         *,
         fee: int | None = None,
+        fresh: bool = False,
     ) -> str:
+        entry_id = _ref("txn")
+        insert = sandbox_ledger.insert().values(
+            id=entry_id,
+            idempotency_key=idempotency_key,
+            intent_ref=ref,
+            kind=kind,
+            amount=amount,
+            fee=sandbox_fee(amount) if fee is None else fee,
+            currency=currency,
+            created_at=utcnow(),
+        )
+        if fresh:  # the key is new by construction: no lookup, no savepoint
+            await session.execute(insert)
+            return entry_id
         found = (
             await session.execute(
                 select(sandbox_ledger.c.id).where(
@@ -234,21 +256,9 @@ class SandboxProvider:
         ).scalar_one_or_none()
         if found is not None:
             return str(found)
-        entry_id = _ref("txn")
         try:
             async with session.begin_nested():
-                await session.execute(
-                    sandbox_ledger.insert().values(
-                        id=entry_id,
-                        idempotency_key=idempotency_key,
-                        intent_ref=ref,
-                        kind=kind,
-                        amount=amount,
-                        fee=sandbox_fee(amount) if fee is None else fee,
-                        currency=currency,
-                        created_at=utcnow(),
-                    )
-                )
+                await session.execute(insert)
         except IntegrityError:
             raise ProviderUnavailable("A sandbox operation with this key is in flight.") from None
         return entry_id
