@@ -134,13 +134,21 @@ def _seed_demo(settings: Settings) -> dict[str, Any]:
 EMBEDDED_APP = "ecosistema.asgi:embedded_app"
 
 
-def _serve(app_factory: str, host: str, port: int, settings: Settings) -> None:
+def _serve(
+    app_factory: str,
+    host: str,
+    port: int,
+    settings: Settings,
+    *,
+    certfile: str | None = None,
+    keyfile: str | None = None,
+) -> None:
     if app_factory == EMBEDDED_APP:
         # The whole platform behind the gateway: its HTTP server, with every route served by
         # the embedded app in process (auth, rate limits, response cache at the edge).
         from ecosistema.gateway.embedded import run_embedded
 
-        run_embedded(settings, host, port)
+        run_embedded(settings, host, port, certfile=certfile, keyfile=keyfile)
         return
     import uvicorn
 
@@ -190,21 +198,32 @@ def up(
     gateway_workers: Annotated[
         int, typer.Option("--gateway-workers", help="With --distributed: gateway processes.")
     ] = 2,
+    certfile: Annotated[
+        str | None,
+        typer.Option("--certfile", help="Serve HTTPS (TLS 1.2+) with this certificate (PEM)."),
+    ] = None,
+    keyfile: Annotated[
+        str | None, typer.Option("--keyfile", help="The certificate's private key (PEM).")
+    ] = None,
 ) -> None:
     """Run the whole platform: in one process (embedded shape), or with --distributed as one
     process per service replica behind the gateway; migrate, optionally seed, serve."""
+    _check_tls_files(certfile, keyfile)
     if distributed:
-        _up_distributed(host, port, demo, replicas or [], base_port, gateway_workers)
+        _up_distributed(
+            host, port, demo, replicas or [], base_port, gateway_workers, certfile, keyfile
+        )
         return
     settings = _settings()
+    scheme = "https" if certfile else "http"
     if "public_url" not in settings.model_fields_set:
         # Links in mails must point where this server listens; the app reads settings itself.
-        os.environ["ECOSISTEMA_PUBLIC_URL"] = _public_url_for(host, port)
+        os.environ["ECOSISTEMA_PUBLIC_URL"] = _public_url_for(host, port, scheme)
         get_settings.cache_clear()
         settings = _settings()
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     seeded = _seed_demo(settings) if demo else _with_runtime(settings, _noop)
-    url = f"http://{host}:{port}"
+    url = f"{scheme}://{host}:{port}"
     lines = [f"Ecosistema {__version__} on [bold]{url}[/]", f"API docs: {url}/docs"]
     accounts = seeded.get("identity", {})
     if accounts:
@@ -213,20 +232,37 @@ def up(
         for role, account in accounts.items():
             lines.append(f"  {role:<9} {account['email']:<32} {account['password']}")
     console.print(Panel("\n".join(lines), title="ecosistema up", expand=False))
-    _serve(EMBEDDED_APP, host, port, settings)
+    tls = {"certfile": certfile, "keyfile": keyfile} if certfile else {}
+    _serve(EMBEDDED_APP, host, port, settings, **tls)
+
+
+def _check_tls_files(certfile: str | None, keyfile: str | None) -> None:
+    """Fail before starting anything when the certificate or key cannot be used."""
+    if keyfile and not certfile:
+        _fail("--keyfile needs --certfile")
+    if not certfile:
+        return
+    import ssl
+
+    from ecosistema.gateway.server import create_ssl_context
+
+    try:
+        create_ssl_context(certfile, keyfile)
+    except (OSError, ssl.SSLError) as exc:
+        _fail(f"cannot serve HTTPS with --certfile {certfile} --keyfile {keyfile}: {exc}")
 
 
 # Listening on every interface: this machine reaches it on loopback.
 _ALL_INTERFACES = frozenset({"", "0.0.0.0", "::"})  # noqa: S104
 
 
-def _public_url_for(host: str, port: int) -> str:
+def _public_url_for(host: str, port: int, scheme: str = "http") -> str:
     """The base URL a server listening on ``host:port`` is reached at from this machine."""
     if host in _ALL_INTERFACES:
         host = "127.0.0.1"
     elif ":" in host:
         host = f"[{host}]"
-    return f"http://{host}:{port}"
+    return f"{scheme}://{host}:{port}"
 
 
 async def _noop(_runtime: Runtime) -> dict[str, Any]:
@@ -240,6 +276,8 @@ def _up_distributed(
     replicas: list[str],
     base_port: int | None,
     gateway_workers: int,
+    certfile: str | None = None,
+    keyfile: str | None = None,
 ) -> None:
     from ecosistema.distributed import (
         DistributedSettingsError,
@@ -274,6 +312,8 @@ def _up_distributed(
             base_port=base_port if base_port is not None else settings.distributed_base_port,
             demo=demo,
             on_ready=ready,
+            certfile=certfile,
+            keyfile=keyfile,
         )
     except (DistributedSettingsError, SupervisorError) as exc:
         _fail(str(exc))

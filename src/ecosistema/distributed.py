@@ -2,7 +2,8 @@
 
 ``ecosistema up --distributed`` checks that the settings name shared backends (PostgreSQL, a
 networked bus, Redis), migrates every service once, optionally seeds the demo data, provisions
-the API key orders uses to reserve stock in catalog, plans ports for the replicas, writes the
+the API keys services present to each other (orders reserving stock in catalog, orders looking
+customers up in identity, payments reading orders), plans ports for the replicas, writes the
 gateway's route table for them, and hands the processes to the ``Supervisor``.
 """
 
@@ -19,6 +20,7 @@ from typing import Any
 
 from fastapi.dependencies.models import Dependant
 from fastapi.routing import APIRoute
+from pydantic import SecretStr
 
 from ecosistema.platform.config import Settings
 from ecosistema.services import SERVICE_NAMES, load_services
@@ -28,6 +30,10 @@ API_PREFIX = "/api/v1"
 DEFAULT_BASE_PORT = 8100
 # Scopes of the key orders presents to catalog for quotes and reservations.
 CATALOG_KEY_SCOPES = ("inventory:write", "catalog:write")
+# Scopes of the key services present to identity to look users up.
+IDENTITY_KEY_SCOPES = ("users:read",)
+# Scopes of the key services present to orders to read the orders they charge or follow.
+ORDERS_KEY_SCOPES = ("orders:read_all",)
 SERVICE_ACCOUNT_DOMAIN = "system.ecosistema.dev"
 # Public catalog reads: the gateway's response cache keeps them, purged by catalog's events.
 CACHED_PREFIXES = frozenset({f"{API_PREFIX}/products", f"{API_PREFIX}/categories"})
@@ -246,10 +252,19 @@ def service_urls(instances: Sequence[Instance], replica: int) -> dict[str, str]:
     }
 
 
-async def prepare(settings: Settings, *, demo: bool) -> tuple[str, dict[str, Any]]:
-    """Migrate every service once, seed demo data when asked, and return the catalog API key
-    orders will present (the configured one, or one provisioned and kept under ``data_dir``)
-    with what the demo seeding returned."""
+@dataclass(frozen=True, slots=True)
+class ServiceKeys:
+    """The API keys services present to each other in this deployment."""
+
+    catalog: str
+    identity: str
+    orders: str
+
+
+async def prepare(settings: Settings, *, demo: bool) -> tuple[ServiceKeys, dict[str, Any]]:
+    """Migrate every service once, seed demo data when asked, and return the API keys services
+    present to catalog, identity and orders (the configured ones, or ones provisioned and kept
+    under ``data_dir``) with what the demo seeding returned."""
     from ecosistema.platform.runtime import Runtime
 
     runtime = Runtime(settings, load_services())
@@ -260,32 +275,52 @@ async def prepare(settings: Settings, *, demo: bool) -> tuple[str, dict[str, Any
             for name, ctx in runtime.contexts.items():
                 if ctx.service.seed_demo is not None:
                     seeded[name] = await ctx.service.seed_demo(ctx)
-        key = settings.catalog_api_key
-        value = key.get_secret_value() if key is not None else ""
-        if not value:
-            value = await _catalog_api_key(runtime.contexts["identity"], settings)
+        identity = runtime.contexts["identity"]
+        keys = ServiceKeys(
+            catalog=await _service_api_key(
+                identity, settings, settings.catalog_api_key, "catalog", CATALOG_KEY_SCOPES
+            ),
+            identity=await _service_api_key(
+                identity, settings, settings.identity_api_key, "identity", IDENTITY_KEY_SCOPES
+            ),
+            orders=await _service_api_key(
+                identity, settings, settings.orders_api_key, "orders", ORDERS_KEY_SCOPES
+            ),
+        )
         await runtime.drain_outboxes()
-        return value, seeded
+        return keys, seeded
     finally:
         await runtime.stop()
 
 
-async def _catalog_api_key(identity: Any, settings: Settings) -> str:
+async def _service_api_key(
+    identity: Any,
+    settings: Settings,
+    configured: SecretStr | None,
+    callee: str,
+    scopes: Sequence[str],
+) -> str:
+    """The configured key for calls to ``callee``, else the one kept under ``data_dir`` while it
+    is still valid with ``scopes``, else a new one for a service account of its own."""
     from ecosistema.identity.service import create_admin, create_api_key, verify_api_key
 
-    path = settings.data_dir / "service-keys" / "catalog.key"
+    value = configured.get_secret_value() if configured is not None else ""
+    if value:
+        return value
+    path = settings.data_dir / "service-keys" / f"{callee}.key"
     if path.exists():
         kept = path.read_text(encoding="utf-8").strip()
-        if kept and await verify_api_key(identity, kept) is not None:
+        found = await verify_api_key(identity, kept) if kept else None
+        if found is not None and set(scopes) <= set(found.scopes):
             return kept
-    email = f"orders-{secrets.token_hex(4)}@{SERVICE_ACCOUNT_DOMAIN}"
+    email = f"services-to-{callee}-{secrets.token_hex(4)}@{SERVICE_ACCOUNT_DOMAIN}"
     account = await create_admin(identity, email=email, password=secrets.token_urlsafe(24))
     created = await create_api_key(
         identity,
         user_id=account.id,
         role="admin",
-        name="orders to catalog (ecosistema up --distributed)",
-        scopes=list(CATALOG_KEY_SCOPES),
+        name=f"services to {callee} (ecosistema up --distributed)",
+        scopes=list(scopes),
     )
     path.parent.mkdir(parents=True, exist_ok=True)
     path.touch(mode=0o600, exist_ok=True)
@@ -302,8 +337,17 @@ def process_specs(
     gateway_workers: int,
     env: Mapping[str, str],
     python: str = sys.executable,
+    certfile: str | None = None,
+    keyfile: str | None = None,
 ) -> list[ProcessSpec]:
-    """The command lines: ``ecosistema serve`` per instance, then ``ecosistema gateway``."""
+    """The command lines: ``ecosistema serve`` per instance, then ``ecosistema gateway`` (on
+    HTTPS with ``certfile``/``keyfile``)."""
+    tls: list[str] = []
+    if certfile:
+        tls += ["--certfile", str(Path(certfile).resolve())]
+        if keyfile:
+            tls += ["--keyfile", str(Path(keyfile).resolve())]
+    scheme = "https" if certfile else "http"
     specs = []
     for instance in instances:
         specs.append(
@@ -344,12 +388,13 @@ def process_specs(
                 str(gateway_port),
                 "--workers",
                 str(gateway_workers),
+                *tls,
             ],
             env={**env, "ECOSISTEMA_SERVICE_NAME": "ecosistema-gateway"},
             # Started once the services answer, so it never meets them down (and opens no
             # breaker) on its first requests.
             after_previous_ready=True,
-            ready_url=f"http://{_loopback(gateway_host)}:{gateway_port}/.well-known/jwks.json",
+            ready_url=f"{scheme}://{_loopback(gateway_host)}:{gateway_port}/.well-known/jwks.json",
         )
     )
     return specs
@@ -369,9 +414,15 @@ def write_route_table(table: Mapping[str, Any], data_dir: Path) -> Path:
     return path
 
 
-def shared_environment(settings: Settings, *, gateway_url: str, catalog_key: str) -> dict[str, str]:
+def shared_environment(
+    settings: Settings, *, gateway_url: str, keys: ServiceKeys
+) -> dict[str, str]:
     """Settings every child must agree on that may not be in the environment yet."""
-    env: dict[str, str] = {"ECOSISTEMA_CATALOG_API_KEY": catalog_key}
+    env: dict[str, str] = {
+        "ECOSISTEMA_CATALOG_API_KEY": keys.catalog,
+        "ECOSISTEMA_IDENTITY_API_KEY": keys.identity,
+        "ECOSISTEMA_ORDERS_API_KEY": keys.orders,
+    }
     secret = settings.gateway_secret
     if secret is None or not secret.get_secret_value():
         # One secret for this run, shared by the gateway and every service.
@@ -408,8 +459,11 @@ def run_distributed(
     demo: bool,
     ready_timeout: float = 120.0,
     on_ready: Any = None,
+    certfile: str | None = None,
+    keyfile: str | None = None,
 ) -> None:
-    """Run every service as its own processes plus the gateway, until SIGTERM or SIGINT."""
+    """Run every service as its own processes plus the gateway (serving HTTPS when given a
+    certificate), until SIGTERM or SIGINT."""
     import asyncio
 
     from ecosistema.supervisor import Supervisor
@@ -422,10 +476,10 @@ def run_distributed(
             f"port(s) {', '.join(map(str, busy))} are in use; choose --port / --base-port"
         )
     settings.data_dir.mkdir(parents=True, exist_ok=True)
-    catalog_key, seeded = asyncio.run(prepare(settings, demo=demo))
+    keys, seeded = asyncio.run(prepare(settings, demo=demo))
     routes_file = write_route_table(route_table(instances), settings.data_dir)
-    gateway_url = f"http://{_loopback(host)}:{port}"
-    env = shared_environment(settings, gateway_url=gateway_url, catalog_key=catalog_key)
+    gateway_url = f"{'https' if certfile else 'http'}://{_loopback(host)}:{port}"
+    env = shared_environment(settings, gateway_url=gateway_url, keys=keys)
     specs = process_specs(
         instances,
         routes_file=routes_file,
@@ -433,6 +487,8 @@ def run_distributed(
         gateway_port=port,
         gateway_workers=gateway_workers,
         env=env,
+        certfile=certfile,
+        keyfile=keyfile,
     )
     supervisor = Supervisor(specs)
 

@@ -72,6 +72,9 @@ class BrokenBus:
     async def subscribe(self, consumer: str, types: Collection[str], handler: Handler) -> None:
         return None
 
+    async def subscribe_broadcast(self, types: Collection[str], handler: Handler) -> None:
+        return None
+
     async def publish(self, envelope: EventEnvelope) -> None:
         if self.inner is not None:
             await self.inner.publish(envelope)

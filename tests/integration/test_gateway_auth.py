@@ -12,6 +12,7 @@ import httpx
 import pytest
 
 from ecosistema.gateway import PRINCIPAL_HEADER, gateway_config, serve, verify_principal
+from ecosistema.gateway.principal import InvalidPrincipal, request_binding
 from ecosistema.gateway.server import GatewayServer
 from ecosistema.platform.tokens import (
     SigningKey,
@@ -131,8 +132,47 @@ async def test_valid_token_passes_with_a_signed_principal_and_forgeries_are_stri
     seen = response.json()["headers"]
     assert "x-ecosistema-role" not in seen
     [vouched] = seen[PRINCIPAL_HEADER.lower()]
-    principal = verify_principal(vouched, SECRET.encode())
+    [request_id] = seen["x-request-id"]
+    binding = request_binding("GET", "/api/v1/orders/1", request_id)
+    principal = verify_principal(vouched, SECRET.encode(), binding=binding)
     assert (principal.sub, principal.role, principal.session_id) == ("user-1", "customer", "sess-1")
+
+
+async def test_signed_principal_is_bound_to_its_request_and_cannot_be_replayed(
+    gateway: GatewayServer, keys: tuple[Path, SigningKey]
+) -> None:
+    authorization = {"authorization": f"Bearer {token(keys[1])}"}
+    async with client(gateway) as c:
+        first = (await c.get("/api/v1/orders/1?limit=5", headers=authorization)).json()
+        second = (await c.get("/api/v1/orders/1?limit=5", headers=authorization)).json()
+    [captured] = first["headers"][PRINCIPAL_HEADER.lower()]
+    [request_id] = first["headers"]["x-request-id"]
+    own = request_binding("GET", "/api/v1/orders/1?limit=5", request_id)
+    assert verify_principal(captured, SECRET.encode(), binding=own).sub == "user-1"
+    [next_request_id] = second["headers"]["x-request-id"]
+    assert next_request_id != request_id
+    replays = [
+        None,  # a service that does not know which request it serves
+        request_binding("GET", "/api/v1/orders/1?limit=5", next_request_id),
+        request_binding("GET", "/api/v1/orders/2?limit=5", request_id),
+        request_binding("GET", "/api/v1/orders/1?limit=500", request_id),
+        request_binding("DELETE", "/api/v1/orders/1?limit=5", request_id),
+    ]
+    for binding in replays:
+        with pytest.raises(InvalidPrincipal, match="bound to another request"):
+            verify_principal(captured, SECRET.encode(), binding=binding)
+
+
+async def test_the_client_request_id_is_part_of_the_binding_the_service_recomputes(
+    gateway: GatewayServer, keys: tuple[Path, SigningKey]
+) -> None:
+    headers = {"authorization": f"Bearer {token(keys[1])}", "x-request-id": "client-chosen-id-1"}
+    async with client(gateway) as c:
+        seen = (await c.post("/api/v1/orders", content=b"{}", headers=headers)).json()["headers"]
+    assert seen["x-request-id"] == ["client-chosen-id-1"]
+    [vouched] = seen[PRINCIPAL_HEADER.lower()]
+    binding = request_binding("POST", "/api/v1/orders", "client-chosen-id-1")
+    assert verify_principal(vouched, SECRET.encode(), binding=binding).role == "customer"
 
 
 async def test_public_route_strips_a_forged_principal(gateway: GatewayServer) -> None:

@@ -1,5 +1,6 @@
 """The response cache over a real upstream process: hits never reach it, what may not be stored
-is not, ETags answer 304, and events published on a real bus purge what they name."""
+is not, ETags answer 304, and events published on a real bus purge what they name in every
+worker, through broadcast subscriptions that leave nothing on the broker."""
 
 from __future__ import annotations
 
@@ -224,27 +225,49 @@ async def test_stock_changed_purges_the_products_carrying_the_sku(upstream: str)
 
 
 async def _purge_through(upstream: str, bus_url: str, stream: str) -> None:
-    server = await start(
-        upstream, response_cache={"bus_url": bus_url, "bus_stream": stream, "max_bytes": 1 << 20}
-    )
+    """Two gateways (two workers, each with its own cache) on one broker: an event purges both,
+    and once they close the broker keeps no consumer or group of theirs."""
+    cache = {"bus_url": bus_url, "bus_stream": stream, "max_bytes": 1 << 20}
     publisher = create_bus(bus_url, stream=stream)
     await publisher.start()
+    # An event from before the workers started names nothing they hold and is not replayed.
+    await publisher.publish(
+        EventEnvelope(type="ProductUpdated", source="catalog", payload={"product_id": "old"})
+    )
+    workers = [await start(upstream, response_cache=cache) for _ in range(2)]
     try:
-        async with client(server) as c:
-            await c.get("/cacheable/d1")
-            assert (await c.get("/cacheable/d1")).headers["x-cache"] == "HIT"
-            await publisher.publish(
-                EventEnvelope(
-                    type="ProductArchived",
-                    source="catalog",
-                    payload={"product_id": "other", "slug": "slug-d1"},
-                )
+        for server in workers:
+            async with client(server) as c:
+                await c.get("/cacheable/d1")
+                assert (await c.get("/cacheable/d1")).headers["x-cache"] == "HIT"
+        await publisher.publish(
+            EventEnvelope(
+                type="ProductArchived",
+                source="catalog",
+                payload={"product_id": "other", "slug": "slug-d1"},
             )
+        )
+        for server in workers:
             await wait_until_gone(server, "/cacheable/d1")
-            assert (await c.get("/cacheable/d1")).headers["x-cache"] == "MISS"
+            async with client(server) as c:
+                assert (await c.get("/cacheable/d1")).headers["x-cache"] == "MISS"
     finally:
-        await server.close(1)
-        await publisher.stop()
+        for server in workers:
+            await server.close(1)
+    assert await consumers_kept(publisher) == []
+    await publisher.stop()
+
+
+async def consumers_kept(bus: EventBus) -> list[str]:
+    """The durable or ephemeral consumers (NATS) or consumer groups (Redis) on the stream."""
+    from ecosistema.platform.events.nats_bus import NatsBus
+    from ecosistema.platform.events.redis_bus import RedisStreamsBus
+
+    if isinstance(bus, NatsBus):
+        return [str(info.name) for info in await bus.jetstream.consumers_info(bus.stream)]
+    assert isinstance(bus, RedisStreamsBus)
+    groups = await bus.redis.xinfo_groups(bus.key)  # type: ignore[no-untyped-call]
+    return [str(g["name"]) for g in groups]
 
 
 @requires_nats

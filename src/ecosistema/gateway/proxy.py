@@ -15,7 +15,6 @@ import hashlib
 import json
 import os
 import random
-import socket
 import sys
 import time
 from collections import deque
@@ -32,7 +31,12 @@ from ecosistema.gateway.balancer import Balancer, Instance
 from ecosistema.gateway.cache import CachedResponse, CacheFill, ResponseCache, purge_tags
 from ecosistema.gateway.config import GatewayConfig, RateLimitRule, RouteConfig
 from ecosistema.gateway.metrics import GatewayMetrics
-from ecosistema.gateway.principal import PRINCIPAL_HEADER, Principal, sign_principal
+from ecosistema.gateway.principal import (
+    PRINCIPAL_HEADER,
+    Principal,
+    request_binding,
+    sign_principal,
+)
 from ecosistema.gateway.ratelimit import (
     Decision,
     MemoryRateLimiter,
@@ -880,10 +884,7 @@ class Gateway:
 
             bus = self._own_bus = create_bus(config.bus_url, stream=config.bus_stream)
             await bus.start()
-        # Every worker keeps its own cache, so every worker needs every event: one consumer
-        # (a durable name) per process.
-        consumer = f"gateway-cache-{socket.gethostname()}-{os.getpid()}"
-        await self._purge_on_events(bus, consumer)
+        await self._purge_on_events(bus)
 
     async def drain(self, seconds: float) -> None:
         """Wait (up to ``seconds``) for requests in flight to finish, then close idle clients."""
@@ -1251,7 +1252,7 @@ class Gateway:
         ex.response_bytes = len(entry.body)
         ex.conn.write(b"".join((entry.head, tail, entry.body)))
 
-    async def _purge_on_events(self, bus: EventBus, consumer: str) -> None:
+    async def _purge_on_events(self, bus: EventBus) -> None:
         cache = self.cache
         assert cache is not None
         fields = self.config.response_cache.purge_fields
@@ -1261,7 +1262,10 @@ class Gateway:
             if dropped:
                 log.debug("response_cache_purged", event_type=envelope.type, entries=dropped)
 
-        await bus.subscribe(consumer, self.config.response_cache.purge_events, purge)
+        # Every worker keeps its own cache, so every worker needs every event from now on (its
+        # cache starts empty: older events name nothing it holds). A broadcast subscription
+        # leaves no durable consumer behind when the worker goes, and replays nothing.
+        await bus.subscribe_broadcast(self.config.response_cache.purge_events, purge)
 
     def _preflight(self, ex: Exchange) -> None:
         cors = self.config.cors
@@ -1504,8 +1508,13 @@ class Gateway:
             add((b"traceparent: ", ex.traceparent, b"\r\n"))
         principal = ex.principal
         if principal is not None and principal.kind == "user" and self._secret is not None:
+            # Bound to this request (method, target, request id): a header copied from it
+            # cannot vouch for any other request, even within its TTL.
             vouched = sign_principal(
-                principal, self._secret, ttl_seconds=self.config.auth.principal_ttl_seconds
+                principal,
+                self._secret,
+                ttl_seconds=self.config.auth.principal_ttl_seconds,
+                binding=request_binding(ex.method, ex.target, ex.request_id),
             )
             add((self._principal_header, b": ", vouched.encode(), b"\r\n"))
         if ex.chunked:

@@ -10,7 +10,7 @@ from ecosistema.identity.schemas import ApiKeyIdentity, User, WhoAmI
 from ecosistema.identity.service import get_user, verify_api_key
 from ecosistema.platform.config import Settings
 from ecosistema.platform.errors import NotFound
-from ecosistema.platform.http import service_client
+from ecosistema.platform.http import AUTH_ERRORS_ARE_ANSWERS, service_client
 from ecosistema.platform.service import ServiceContext
 
 
@@ -46,7 +46,8 @@ class InProcessIdentityClient:
 
 class HttpIdentityClient:
     """Calls identity over HTTP; ``credential`` (an API key with ``users:read``) authorises
-    user look-ups."""
+    user look-ups. Identity refusing that credential, failing or being down is a 502 or 503
+    naming identity (``platform.http``), never a 500 of the caller."""
 
     def __init__(
         self,
@@ -57,7 +58,11 @@ class HttpIdentityClient:
         transport: httpx.AsyncBaseTransport | None = None,
     ) -> None:
         self._http = service_client(
-            base_url, credential=credential, timeout=timeout, transport=transport
+            base_url,
+            credential=credential,
+            timeout=timeout,
+            transport=transport,
+            service="identity",
         )
 
     async def get_user(self, user_id: str) -> User | None:
@@ -71,7 +76,9 @@ class HttpIdentityClient:
     async def verify_api_key(self, raw_key: str) -> ApiKeyIdentity | None:
         """Asks identity who the key is, presenting the key itself; None when it is refused."""
         response = await self._http.get(
-            "/auth/whoami", headers={"Authorization": f"Bearer {raw_key}"}
+            "/auth/whoami",
+            headers={"Authorization": f"Bearer {raw_key}"},
+            extensions={AUTH_ERRORS_ARE_ANSWERS: True},
         )
         if response.status_code in (401, 403):
             return None
@@ -92,4 +99,7 @@ def http_client(settings: Settings) -> HttpIdentityClient:
     """The HTTP client the runtime uses when identity runs in another process."""
     if not settings.identity_url:
         raise LookupError("identity is not hosted here and ECOSISTEMA_IDENTITY_URL is not set")
-    return HttpIdentityClient(settings.identity_url)
+    key = settings.identity_api_key
+    return HttpIdentityClient(
+        settings.identity_url, credential=key.get_secret_value() if key else None
+    )

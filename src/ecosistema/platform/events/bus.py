@@ -17,12 +17,20 @@ log = structlog.get_logger(__name__)
 
 
 class EventBus(Protocol):
-    """Publish envelopes; deliver them at least once to each durable consumer."""
+    """Publish envelopes; deliver them at least once to each durable consumer.
+
+    ``subscribe`` is for work that must happen once per consumer name: a durable consumer that
+    the broker keeps (with its position) across restarts, whose replicas share the deliveries.
+    ``subscribe_broadcast`` is for state each process keeps for itself (a response cache): every
+    subscriber receives every event published after it subscribed, and nothing of it remains on
+    the broker once it stops, so events published while no process listens are not kept for it.
+    """
 
     async def start(self) -> None: ...
     async def stop(self) -> None: ...
     async def publish(self, envelope: EventEnvelope) -> None: ...
     async def subscribe(self, consumer: str, types: Collection[str], handler: Handler) -> None: ...
+    async def subscribe_broadcast(self, types: Collection[str], handler: Handler) -> None: ...
     async def ping(self) -> None: ...
     async def lag(self) -> dict[str, int]: ...
 
@@ -35,6 +43,15 @@ def wants(types: frozenset[str], event_type: str) -> bool:
 def retry_delay(deliveries: int, *, base: float, cap: float) -> float:
     """Exponential backoff before redelivering an event a handler failed on."""
     return float(min(cap, base * 2.0 ** max(0, deliveries - 1)))
+
+
+async def run_broadcast_handler(handler: Handler, envelope: EventEnvelope) -> None:
+    """Run a broadcast subscriber's handler; its failure is logged and the event dropped (the
+    subscriber keeps per-process state that has its own expiry, e.g. a cache TTL)."""
+    try:
+        await handler(envelope)
+    except Exception as exc:
+        log.warning("broadcast_handler_failed", event_type=envelope.type, error=repr(exc))
 
 
 class DeliveryLoops:
@@ -99,17 +116,27 @@ class MemoryBus:
 
     def __init__(self) -> None:
         self._subs: list[tuple[str, frozenset[str], Handler]] = []
+        self._broadcast: list[tuple[frozenset[str], Handler]] = []
 
     async def start(self) -> None:
         return None
 
     async def stop(self) -> None:
         self._subs.clear()
+        self._broadcast.clear()
 
     async def subscribe(self, consumer: str, types: Collection[str], handler: Handler) -> None:
         self._subs.append((consumer, frozenset(types), handler))
 
+    async def subscribe_broadcast(self, types: Collection[str], handler: Handler) -> None:
+        """Deliver every later event of ``types`` to ``handler``; a failure is logged, not
+        retried (broadcast delivery is at most once on every backend)."""
+        self._broadcast.append((frozenset(types), handler))
+
     async def publish(self, envelope: EventEnvelope) -> None:
+        for types, handler in list(self._broadcast):
+            if wants(types, envelope.type):
+                await run_broadcast_handler(handler, envelope)
         errors: list[BaseException] = []
         for consumer, types, handler in list(self._subs):
             if not wants(types, envelope.type):

@@ -16,7 +16,13 @@ from urllib.parse import parse_qs, urlsplit
 import structlog
 from pydantic import ValidationError
 
-from ecosistema.platform.events.bus import DeliveryLoops, Handler, retry_delay, wants
+from ecosistema.platform.events.bus import (
+    DeliveryLoops,
+    Handler,
+    retry_delay,
+    run_broadcast_handler,
+    wants,
+)
 from ecosistema.platform.events.envelope import EventEnvelope
 
 log = structlog.get_logger(__name__)
@@ -71,6 +77,10 @@ class KafkaBus:
     per partition, so an event cannot be skipped and redelivered later the way NATS and Redis
     Streams allow. Replicas that subscribe under the same consumer name share the partitions.
     The producer waits for ``acks=all`` and is idempotent unless the URL says otherwise.
+
+    A broadcast subscriber joins no group: it is assigned every partition of the topic (those
+    there are when it subscribes), starts at their ends, and commits nothing, so the broker
+    keeps no trace of it.
     """
 
     def __init__(
@@ -102,6 +112,7 @@ class KafkaBus:
         self._aiokafka = _import_aiokafka()
         self._producer: Any = None
         self._consumers: dict[str, Any] = {}
+        self._broadcast_consumers: list[Any] = []
         self._loops = DeliveryLoops()
 
     def group(self, consumer: str) -> str:
@@ -149,6 +160,8 @@ class KafkaBus:
         """Let running handlers finish, leave the groups (committed offsets stay), disconnect."""
         await self._loops.stop(self.stop_grace)
         consumers, self._consumers = list(self._consumers.values()), {}
+        consumers += self._broadcast_consumers
+        self._broadcast_consumers = []
         for consumer in consumers:
             try:
                 await consumer.stop()
@@ -194,6 +207,63 @@ class KafkaBus:
             self._deliver(consumer, kafka_consumer, frozenset(types), handler),
             name=f"kafka-{self.group(consumer)}",
         )
+
+    async def subscribe_broadcast(self, types: Collection[str], handler: Handler) -> None:
+        """Start delivering every event of ``types`` published from now on to ``handler``."""
+        from aiokafka.structs import TopicPartition
+
+        numbers = await self.producer.partitions_for(self.topic)
+        kafka_consumer = self._aiokafka.AIOKafkaConsumer(
+            bootstrap_servers=self.bootstrap,
+            group_id=None,
+            enable_auto_commit=False,
+            auto_offset_reset="latest",
+            max_poll_records=self.batch_size,
+            client_id=f"ecosistema-{self.group_prefix}-broadcast",
+        )
+        await kafka_consumer.start()
+        try:
+            partitions = [TopicPartition(self.topic, p) for p in sorted(numbers)]
+            kafka_consumer.assign(partitions)
+            await kafka_consumer.seek_to_end(*partitions)
+            for tp in partitions:
+                # Resolved now, so an event published once this returns is delivered.
+                await kafka_consumer.position(tp)
+        except BaseException:
+            await kafka_consumer.stop()
+            raise
+        self._broadcast_consumers.append(kafka_consumer)
+        self._loops.spawn(
+            self._broadcast(kafka_consumer, frozenset(types), handler),
+            name=f"kafka-{self.group_prefix}-broadcast",
+        )
+
+    async def _broadcast(
+        self, kafka_consumer: Any, wanted: frozenset[str], handler: Handler
+    ) -> None:
+        from aiokafka.errors import KafkaError
+
+        while not self._loops.closing:
+            try:
+                batches = await kafka_consumer.getmany(
+                    timeout_ms=int(self.poll_timeout * 1000), max_records=self.batch_size
+                )
+            except asyncio.CancelledError:
+                raise
+            except KafkaError as exc:
+                log.warning("kafka_broadcast_fetch_failed", error=repr(exc))
+                await asyncio.sleep(1.0)
+                continue
+            for records in batches.values():
+                for record in records:
+                    with self._loops.handling():
+                        try:
+                            envelope = EventEnvelope.from_bytes(record.value)
+                        except (ValidationError, TypeError) as exc:
+                            log.error("event_unreadable", consumer="broadcast", error=repr(exc))
+                            continue
+                        if wants(wanted, envelope.type):
+                            await run_broadcast_handler(handler, envelope)
 
     async def _deliver(
         self, consumer: str, kafka_consumer: Any, wanted: frozenset[str], handler: Handler

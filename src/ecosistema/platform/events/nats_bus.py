@@ -1,4 +1,5 @@
-"""NATS JetStream backend: one stream, a durable pull consumer per consumer name."""
+"""NATS JetStream backend: one stream, a durable pull consumer per consumer name, and an
+ephemeral one per broadcast subscriber."""
 
 from __future__ import annotations
 
@@ -24,7 +25,13 @@ from nats.js.api import (
 from nats.js.errors import NotFoundError
 from pydantic import ValidationError
 
-from ecosistema.platform.events.bus import DeliveryLoops, Handler, retry_delay, wants
+from ecosistema.platform.events.bus import (
+    DeliveryLoops,
+    Handler,
+    retry_delay,
+    run_broadcast_handler,
+    wants,
+)
 from ecosistema.platform.events.envelope import EventEnvelope
 
 log = structlog.get_logger(__name__)
@@ -48,6 +55,10 @@ class NatsBus:
     handler returns; a failing handler's message is negatively acknowledged with a growing delay,
     and one whose process died is redelivered after ``ack_wait``. Replicas that subscribe under
     the same consumer name share its deliveries.
+
+    A broadcast subscriber gets an ephemeral pull consumer of its own (no durable name, deliver
+    policy ``new``): the server removes it after ``inactive_threshold`` without a pull (a
+    process that died), and ``stop`` deletes it at once.
     """
 
     def __init__(
@@ -64,6 +75,7 @@ class NatsBus:
         max_age: float = 7 * 24 * 3600.0,
         duplicate_window: float = 120.0,
         stop_grace: float = 10.0,
+        inactive_threshold: float = 60.0,
     ) -> None:
         self.url = url
         self.stream = nats_name(stream)
@@ -77,10 +89,12 @@ class NatsBus:
         self.max_age = max_age
         self.duplicate_window = duplicate_window
         self.stop_grace = stop_grace
+        self.inactive_threshold = inactive_threshold
         self._nc: Client | None = None
         self._js: JetStreamContext | None = None
         self._durables: dict[str, str] = {}
         self._subscriptions: list[JetStreamContext.PullSubscription] = []
+        self._ephemeral: set[str] = set()
         self._loops = DeliveryLoops()
 
     def subject(self, event_type: str) -> str:
@@ -126,6 +140,8 @@ class NatsBus:
                 log.debug("nats_unsubscribe_failed", error=repr(exc))
         self._subscriptions.clear()
         self._durables.clear()
+        for name in list(self._ephemeral):
+            await self._delete_ephemeral(name)
         if self._nc is not None:
             nc, self._nc, self._js = self._nc, None, None
             try:
@@ -163,6 +179,95 @@ class NatsBus:
         self._durables[consumer] = durable
         self._subscriptions.append(sub)
         self._loops.spawn(self._deliver(consumer, sub, wanted, handler), name=f"nats-{durable}")
+
+    async def subscribe_broadcast(self, types: Collection[str], handler: Handler) -> None:
+        """Start delivering every event of ``types`` published from now on to ``handler``,
+        through an ephemeral consumer of this process alone."""
+        wanted = frozenset(types)
+        name, sub = await self._ephemeral_subscription(wanted)
+        self._subscriptions.append(sub)
+        self._loops.spawn(self._broadcast(name, sub, wanted, handler), name=f"nats-{name}")
+
+    async def _ephemeral_subscription(
+        self, wanted: frozenset[str]
+    ) -> tuple[str, JetStreamContext.PullSubscription]:
+        js = self.jetstream
+        filter_subject, filter_subjects = self._filter(wanted)
+        config = ConsumerConfig(
+            deliver_policy=DeliverPolicy.NEW,
+            ack_policy=AckPolicy.EXPLICIT,
+            ack_wait=self.ack_wait,
+            max_deliver=1,
+            inactive_threshold=self.inactive_threshold,
+            filter_subject=filter_subject,
+            filter_subjects=filter_subjects,
+        )
+        info = await js.add_consumer(self.stream, config)
+        assert info.name is not None
+        self._ephemeral.add(info.name)
+        return info.name, await js.pull_subscribe_bind(consumer=info.name, stream=self.stream)
+
+    async def _broadcast(
+        self,
+        name: str,
+        sub: JetStreamContext.PullSubscription,
+        wanted: frozenset[str],
+        handler: Handler,
+    ) -> None:
+        while not self._loops.closing:
+            try:
+                messages = await sub.fetch(self.batch_size, timeout=self.fetch_timeout)
+            except (TimeoutError, nats.errors.TimeoutError):
+                continue
+            except Exception as exc:
+                log.warning("nats_broadcast_fetch_failed", error=repr(exc))
+                await asyncio.sleep(1.0)
+                name, sub = await self._resume_broadcast(name, sub, wanted)
+                continue
+            for message in messages:
+                with self._loops.handling():
+                    try:
+                        envelope = EventEnvelope.from_bytes(message.data)
+                    except ValidationError as exc:
+                        log.error("event_unreadable", consumer="broadcast", error=str(exc))
+                    else:
+                        if wants(wanted, envelope.type):
+                            await run_broadcast_handler(handler, envelope)
+                    try:
+                        await message.ack()
+                    except Exception as exc:  # at most once: the consumer will not resend it
+                        log.debug("nats_ack_failed", consumer="broadcast", error=repr(exc))
+
+    async def _resume_broadcast(
+        self, name: str, sub: JetStreamContext.PullSubscription, wanted: frozenset[str]
+    ) -> tuple[str, JetStreamContext.PullSubscription]:
+        """The same subscription while its consumer exists, else (removed by the server after
+        a long disconnection) a new one from the events published from now on."""
+        try:
+            await self.jetstream.consumer_info(self.stream, name)
+            return name, sub
+        except NotFoundError:
+            log.warning("nats_broadcast_consumer_lost", consumer=name)
+        except Exception as exc:  # still disconnected: try again on the next failure
+            log.debug("nats_broadcast_check_failed", error=repr(exc))
+            return name, sub
+        self._ephemeral.discard(name)
+        try:
+            await sub.unsubscribe()
+        except Exception as exc:
+            log.debug("nats_unsubscribe_failed", error=repr(exc))
+        fresh_name, fresh = await self._ephemeral_subscription(wanted)
+        self._subscriptions.append(fresh)
+        return fresh_name, fresh
+
+    async def _delete_ephemeral(self, name: str) -> None:
+        self._ephemeral.discard(name)
+        try:
+            await self.jetstream.delete_consumer(self.stream, name)
+        except NotFoundError:
+            return
+        except Exception as exc:  # the server removes it after inactive_threshold anyway
+            log.debug("nats_ephemeral_delete_failed", consumer=name, error=repr(exc))
 
     def _filter(self, wanted: frozenset[str]) -> tuple[str | None, list[str] | None]:
         everything = f"{self.subject_prefix}.>"

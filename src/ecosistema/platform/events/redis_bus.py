@@ -14,7 +14,7 @@ from pydantic import ValidationError
 from redis.asyncio import Redis
 from redis.exceptions import ResponseError
 
-from ecosistema.platform.events.bus import DeliveryLoops, Handler, wants
+from ecosistema.platform.events.bus import DeliveryLoops, Handler, run_broadcast_handler, wants
 from ecosistema.platform.events.envelope import EventEnvelope
 
 log = structlog.get_logger(__name__)
@@ -32,6 +32,9 @@ class RedisStreamsBus:
     on, or whose process died mid-handling, stays pending and is claimed again (``XAUTOCLAIM``)
     once idle for ``claim_idle`` seconds, so that also bounds how long a handler may run.
     The stream is capped near ``max_len`` entries (approximate ``MAXLEN``).
+
+    A broadcast subscriber reads with plain ``XREAD`` (no group) from the stream's last entry
+    at the time it subscribed, so it creates nothing in Redis and sees only later events.
     """
 
     def __init__(
@@ -114,6 +117,35 @@ class RedisStreamsBus:
         self._loops.spawn(
             self._deliver(consumer, frozenset(types), handler), name=f"redis-{consumer}"
         )
+
+    async def subscribe_broadcast(self, types: Collection[str], handler: Handler) -> None:
+        """Start delivering every event of ``types`` appended from now on to ``handler``."""
+        last = cast(list[Entry], await self.redis.xrevrange(self.key, count=1))
+        # After the newest entry there is; from the start when the stream does not exist yet.
+        after = last[0][0] if last else b"0-0"
+        self._loops.spawn(self._broadcast(after, frozenset(types), handler), name="redis-broadcast")
+
+    async def _broadcast(self, after: bytes, wanted: frozenset[str], handler: Handler) -> None:
+        while not self._loops.closing:
+            try:
+                response = await self.redis.xread(
+                    {self.key: after}, count=self.batch_size, block=int(self.block * 1000)
+                )
+            except Exception as exc:  # connection trouble: resume after the last entry seen
+                log.warning("redis_broadcast_read_failed", error=repr(exc))
+                await asyncio.sleep(1.0)
+                continue
+            for _key, entries in cast(list[tuple[bytes, list[Entry]]], response or []):
+                for entry_id, fields in entries:
+                    after = entry_id
+                    with self._loops.handling():
+                        try:
+                            envelope = EventEnvelope.from_bytes(fields[b"envelope"])
+                        except (KeyError, ValidationError) as exc:
+                            log.error("event_unreadable", consumer="broadcast", error=repr(exc))
+                            continue
+                        if wants(wanted, envelope.type):
+                            await run_broadcast_handler(handler, envelope)
 
     async def _deliver(self, group: str, wanted: frozenset[str], handler: Handler) -> None:
         loop = asyncio.get_running_loop()
