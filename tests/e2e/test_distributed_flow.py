@@ -248,12 +248,6 @@ async def test_customer_checks_out_and_orders_reads_their_email_from_identity(
             assert read.status_code == 200, read.text
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="payments reads the order through orders' HTTP client, which sends no credential "
-    "(orders/client.py http_client ignores ECOSISTEMA_ORDERS_API_KEY, which up --distributed "
-    "provisions), so orders answers 404 for the order being paid",
-)
 async def test_customer_checks_out_pays_and_sees_the_order_paid_and_its_invoice(
     platform: Platform,
 ) -> None:

@@ -57,4 +57,5 @@ def http_client(settings: Settings) -> HttpOrdersClient:
     """The HTTP client the runtime uses when orders runs in another process."""
     if not settings.orders_url:
         raise LookupError("orders is not hosted here and ECOSISTEMA_ORDERS_URL is not set")
-    return HttpOrdersClient(settings.orders_url)
+    key = settings.orders_api_key
+    return HttpOrdersClient(settings.orders_url, credential=key.get_secret_value() if key else None)

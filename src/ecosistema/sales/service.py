@@ -657,7 +657,7 @@ async def record_user(ctx: ServiceContext, session: AsyncSession, event: EventEn
         user = await ctx.client("identity").get_user(user_id)
     except (LookupError, httpx.HTTPStatusError) as exc:
         # Not configured, or refused (no credential): retrying would not help.
-        log.warning("sales.identity_unreachable", event=event.type, error=str(exc)[:200])
+        log.warning("sales.identity_unreachable", event_type=event.type, error=str(exc)[:200])
         return
     if user is None:
         return
@@ -707,7 +707,7 @@ async def record_order(ctx: ServiceContext, session: AsyncSession, event: EventE
         try:
             order = await ctx.client("orders").get_order(order_id)
         except (LookupError, NotFound, httpx.HTTPStatusError) as exc:
-            log.warning("sales.order_unreachable", event=event.type, error=str(exc)[:200])
+            log.warning("sales.order_unreachable", event_type=event.type, error=str(exc)[:200])
             return
         email = order.email
     paid = event.type == ORDER_PAID

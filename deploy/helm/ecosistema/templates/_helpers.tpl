@@ -39,6 +39,10 @@ env:
     valueFrom: {secretKeyRef: {name: {{ include "ecosistema.secretName" . }}, key: gateway-secret}}
   - name: ECOSISTEMA_CATALOG_API_KEY
     valueFrom: {secretKeyRef: {name: {{ include "ecosistema.secretName" . }}, key: catalog-api-key, optional: true}}
+  - name: ECOSISTEMA_IDENTITY_API_KEY
+    valueFrom: {secretKeyRef: {name: {{ include "ecosistema.secretName" . }}, key: identity-api-key, optional: true}}
+  - name: ECOSISTEMA_ORDERS_API_KEY
+    valueFrom: {secretKeyRef: {name: {{ include "ecosistema.secretName" . }}, key: orders-api-key, optional: true}}
   - name: ECOSISTEMA_DATABASE_URL
     valueFrom: {secretKeyRef: {name: {{ include "ecosistema.secretName" . }}, key: database-url}}
 {{- end -}}
