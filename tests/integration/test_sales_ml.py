@@ -39,9 +39,7 @@ async def finished_run(
     return result
 
 
-async def test_ml_operations_are_for_staff_only(
-    app: FastAPI, client: httpx.AsyncClient
-) -> None:
+async def test_ml_operations_are_for_staff_only(app: FastAPI, client: httpx.AsyncClient) -> None:
     people = await users(app, client)
     for role in ("sales", "customer"):
         refused = await client.get(f"{API}/ml/models", headers=bearer(people[role]))
