@@ -8,6 +8,8 @@ BIN     := $(VENV)/bin
 STAMP   := $(VENV)/.installed
 HOST    ?= 127.0.0.1
 PORT    ?= 8000
+# Test processes: the suite waits on databases, brokers and sockets, so more than the cores pays.
+TEST_WORKERS ?= 3
 
 .PHONY: up test lint format bench clean help
 
@@ -28,7 +30,7 @@ up: $(STAMP)
 	$(BIN)/ecosistema up --demo --host $(HOST) --port $(PORT)
 
 test: $(STAMP)
-	$(BIN)/pytest
+	$(BIN)/pytest -n $(TEST_WORKERS)
 
 lint: $(STAMP)
 	$(BIN)/ruff check src tests bench
