@@ -284,6 +284,18 @@ async def test_customers_see_only_their_own_orders_and_staff_filter_all(
         f"{API}/orders", params={"created_from": future}, headers=bearer(admin)
     )
     assert later.json()["items"] == []
+    # Dates and instants without an offset are read as UTC, not refused with a 500.
+    tomorrow = (utcnow() + timedelta(days=1)).date().isoformat()
+    naive = await client.get(
+        f"{API}/orders",
+        params={"created_from": "2000-01-01", "created_to": tomorrow},
+        headers=bearer(admin),
+    )
+    assert naive.status_code == 200 and len(naive.json()["items"]) == 2
+    naive_instant = await client.get(
+        f"{API}/orders", params={"created_to": "2000-01-01T10:00:00"}, headers=bearer(admin)
+    )
+    assert naive_instant.status_code == 200 and naive_instant.json()["items"] == []
     paged = await client.get(f"{API}/orders", params={"limit": 1}, headers=bearer(admin))
     second = await client.get(
         f"{API}/orders",

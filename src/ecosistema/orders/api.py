@@ -4,7 +4,7 @@ and vouchers. Anonymous carts are reached with the token given at creation (``X-
 from __future__ import annotations
 
 from dataclasses import replace
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Header, Path, Query, Request, Response, status
@@ -216,6 +216,13 @@ async def place_order(
     return idempotent_response(replace(result, body=service.open_order_body(ctx, result.body)))
 
 
+def _as_utc(value: datetime | None) -> datetime | None:
+    """A query instant without an offset (``2026-11-28``) is read as UTC."""
+    if value is None or value.tzinfo is not None:
+        return value
+    return value.replace(tzinfo=UTC)
+
+
 @router.get("/orders", response_model=OrderPage, responses=_errors(400, 401, 403))
 async def list_orders(
     ctx: Context,
@@ -226,8 +233,14 @@ async def list_orders(
         str | None,
         Query(max_length=320, description="The buyer's exact email (case-insensitive)."),
     ] = None,
-    created_from: datetime | None = None,
-    created_to: datetime | None = None,
+    created_from: Annotated[
+        datetime | None,
+        Query(description="From this instant (ISO 8601; without an offset, UTC)."),
+    ] = None,
+    created_to: Annotated[
+        datetime | None,
+        Query(description="Before this instant (ISO 8601; without an offset, UTC)."),
+    ] = None,
     cursor: Annotated[str | None, Query(max_length=200)] = None,
     limit: Annotated[int, Query(ge=1, le=100)] = 50,
 ) -> OrderPage:
@@ -237,8 +250,8 @@ async def list_orders(
         status=status_is,
         customer_id=customer_id,
         email=email,
-        created_from=created_from,
-        created_to=created_to,
+        created_from=_as_utc(created_from),
+        created_to=_as_utc(created_to),
         cursor=cursor,
         limit=limit,
     )
