@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import sqlite3
 from pathlib import Path
 
 import pytest
@@ -70,6 +71,63 @@ async def test_a_failed_transaction_leaves_nothing_behind(counter_db) -> None:  
             raise RuntimeError("use case failed")
     async with db.read() as session:
         assert await session.scalar(select(counters.c.value)) == 0
+
+
+async def test_core_write_transactions_queue_with_session_ones_and_lose_no_update(
+    counter_db,
+) -> None:  # type: ignore[no-untyped-def]
+    db, counters = counter_db
+
+    async def bump_core() -> None:
+        async with db.write() as conn:
+            query = select(counters.c.value).where(counters.c.name == "hits")
+            if db.is_postgres:
+                query = query.with_for_update()
+            current = await conn.scalar(query)
+            await asyncio.sleep(0)
+            await conn.execute(
+                update(counters).where(counters.c.name == "hits").values(value=current + 1)
+            )
+
+    async def bump_session() -> None:
+        async with db.transaction() as session:
+            await session.execute(
+                update(counters).where(counters.c.name == "hits").values(value=counters.c.value + 1)
+            )
+
+    await asyncio.gather(*(bump_core() if i % 2 else bump_session() for i in range(30)))
+    async with db.read() as session:
+        assert await session.scalar(select(counters.c.value)) == 30
+
+
+async def test_sqlite_writer_waiting_for_another_process_keeps_the_event_loop_running(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "probe.db"
+    db = Database("probe", f"sqlite+aiosqlite:///{path}")
+    async with db.transaction() as session:
+        await session.execute(text("CREATE TABLE marks (n INTEGER NOT NULL)"))
+    other = sqlite3.connect(path, isolation_level=None)  # another process's writer
+    other.execute("BEGIN IMMEDIATE")
+    other.execute("INSERT INTO marks VALUES (1)")
+
+    async def write() -> None:
+        async with db.transaction() as session:
+            await session.execute(text("INSERT INTO marks VALUES (2)"))
+
+    writer = asyncio.create_task(write())
+    ticks = 0
+    while ticks < 20:  # the loop turns while the writer waits for the lock
+        await asyncio.sleep(0.001)
+        ticks += 1
+    assert not writer.done()
+    other.execute("COMMIT")
+    other.close()
+    await asyncio.wait_for(writer, timeout=30)
+    async with db.read() as session:
+        marks = (await session.execute(text("SELECT n FROM marks ORDER BY n"))).scalars().all()
+    assert marks == [1, 2]
+    await db.dispose()
 
 
 async def test_sqlite_database_runs_in_wal_mode(tmp_path: Path) -> None:

@@ -12,6 +12,7 @@ from tests.integration.test_orders_support import (
     app,
     customer,
     guest_cart,
+    outbox_payloads,
     seed_shop,
     settings,
     staff_tokens,
@@ -171,3 +172,24 @@ async def test_quantities_must_be_json_integers_not_strings_or_booleans(
         )
         assert refused.status_code == 422, (quantity, refused.text)
     assert (await client.get(url, headers=token)).json()["lines"][0]["quantity"] == 2
+
+
+async def test_a_signed_in_customers_new_cart_publishes_cart_created_without_email(
+    app: FastAPI, client: httpx.AsyncClient
+) -> None:
+    admin = await staff_tokens(app, client)
+    await seed_shop(app, client, admin, {"TEE-5": 5})
+    await guest_cart(client, {"TEE-5": 1})  # anonymous: no event
+    dana = await customer(client, "dana")
+    body = {"currency": "EUR", "country": "ES"}
+    created = await client.post(f"{API}/carts", json=body, headers=bearer(dana))
+    assert created.status_code == 201, created.text
+    again = await client.post(f"{API}/carts", json=body, headers=bearer(dana))
+    assert again.json()["id"] == created.json()["id"]  # the active cart, not a new one
+
+    events = await outbox_payloads(app, "CartCreated")
+    assert len(events) == 1
+    assert set(events[0]) == {"cart_id", "customer_id", "created_at"}
+    assert events[0]["cart_id"] == created.json()["id"]
+    assert events[0]["customer_id"] == dana["id"]
+    assert dana["email"] not in str(events[0])

@@ -101,3 +101,28 @@ async def test_demo_seeds_weeks_of_past_orders_through_the_real_use_cases(
     assert again["orders"]["history"] == history  # type: ignore[index]
     async with orders_db.read() as session:
         assert await session.scalar(select(func.count()).select_from(orders)) == history["orders"]
+
+
+async def test_demo_customer_account_has_past_orders_of_its_own(runtime: Runtime) -> None:
+    from ecosistema.identity import service as identity
+    from ecosistema.orders import service as orders_service
+
+    await seed(runtime)
+    user = await identity.find_user_by_email(
+        runtime.contexts["identity"], email="customer@demo.ecosistema.dev"
+    )
+    assert user is not None
+    customer = Principal.for_user(user.id, str(user.role))
+    ctx = runtime.contexts["orders"]
+    async with ctx.db.read() as session:
+        own = await session.scalar(
+            select(func.count()).select_from(orders).where(orders.c.customer_id == user.id)
+        )
+        guests = await session.scalar(
+            select(func.count()).select_from(orders).where(orders.c.customer_id.is_(None))
+        )
+    assert 1 <= int(own or 0) <= demo.CUSTOMER_ORDERS and int(guests or 0) > int(own or 0)
+    # The customer sees them, with the account's email, when signed in.
+    listed = await orders_service.list_orders(ctx, principal=customer)
+    assert len(listed.items) == own
+    assert all(o.customer_id == user.id and o.email == user.email for o in listed.items)

@@ -14,7 +14,7 @@ from ecosistema.platform.crypto import reencrypt_columns, rotate_master_key
 from ecosistema.sales import descriptor
 from ecosistema.sales.models import activities, leads, sales_users
 from ecosistema.sales.service import email_index, seed_demo
-from tests.integration.test_identity_support import register
+from tests.integration.test_identity_support import register, signed_in
 from tests.integration.test_orders_support import place_guest_order, seed_shop
 from tests.integration.test_sales_support import (
     API,
@@ -271,6 +271,35 @@ async def test_registration_with_the_leads_email_shows_on_its_timeline(
             )
         )
     assert count is not None
+
+
+async def test_cart_created_by_a_customer_with_the_leads_email_shows_on_its_timeline(
+    app: FastAPI, client: httpx.AsyncClient
+) -> None:
+    people = await users(app, client)
+    lead = await create(client, people["sales"], email="cart.shopper@example.com")
+    other = await create(client, people["sales"], email="someone.else@example.com")
+    await register(client, "cart.shopper@example.com")
+    shopper = await signed_in(client, "cart.shopper@example.com")
+    cart = await client.post(f"{API}/carts", json={"currency": "EUR"}, headers=bearer(shopper))
+    assert cart.status_code == 201, cart.text
+    auth = bearer(people["sales"])
+    path = f"{API}/leads/{lead['id']}/activities"
+
+    async def shown() -> bool:
+        await app.state.runtime.drain_outboxes()
+        items = (await client.get(path, headers=auth)).json()["items"]
+        return any(a["kind"] == "cart_created" for a in items)
+
+    await eventually(shown, what="the new cart on the lead's timeline")
+    items = (await client.get(path, headers=auth)).json()["items"]
+    carted = next(a for a in items if a["kind"] == "cart_created")
+    assert carted["body"] == "cart created" and carted["actor_id"] is None
+    assert carted["details"]["cart_id"] == cart.json()["id"]
+    # Only the lead with that email: a cart is no sale, so the lead stays open.
+    others = (await client.get(f"{API}/leads/{other['id']}/activities", headers=auth)).json()
+    assert all(a["kind"] != "cart_created" for a in others["items"])
+    assert (await client.get(f"{API}/leads/{lead['id']}", headers=auth)).json()["status"] != "won"
 
 
 async def test_bad_lead_input_is_a_problem_naming_the_field(

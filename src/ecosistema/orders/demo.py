@@ -1,7 +1,9 @@
 """Demo order history: a few weeks of past orders so order lists and sales reports have something
 to show on a fresh ``ecosistema up --demo``.
 
-Every order goes the way a real one goes, through the same use cases: a guest cart filled from
+Most orders are guest checkouts; a handful (``CUSTOMER_ORDERS``) belong to the demo customer
+account, customer@demo.ecosistema.dev, so that it has an order history of its own when it signs
+in. Every order goes the way a real one goes, through the same use cases: a cart filled from
 the demo catalogue, checkout (prices from catalog's quotes, stock reserved through catalog), a
 card payment in the sandbox (capture, journal, invoice), the events that mark the order paid and
 commit the stock, then fulfilment, shipping and delivery by staff, and for some a refund with
@@ -53,6 +55,9 @@ BUYERS = (
 EUR_COUNTRIES = ("ES", "ES", "DE", "FR", "IT", "PT", "NL")
 REFUNDED = (OrderStatus.REFUNDED, OrderStatus.PARTIALLY_REFUNDED)
 STAFF = Principal.for_api_key("demo-staff", "staff", permissions_for("staff"), "demo")
+# The demo customer account (seeded by identity) and how many of the orders are its own.
+CUSTOMER = "customer"
+CUSTOMER_ORDERS = 5
 
 
 def demo_email(name: str) -> str:
@@ -68,6 +73,7 @@ class _Plan:
     shipping: str
     lines: list[tuple[str, int]]
     fate: str  # cancelled | unpaid | paid | fulfilled | shipped | delivered | refunded | partial
+    customer: Principal | None = None  # the signed-in buyer; None for a guest checkout
 
 
 def _plans(rng: random.Random, skus: list[str], now: datetime) -> list[_Plan]:
@@ -112,7 +118,7 @@ async def seed_order_history(ctx: ServiceContext, *, skus: list[str]) -> dict[st
     runtime = ctx.runtime
     if "payments" not in runtime.contexts or "catalog" not in runtime.contexts or not skus:
         return {"skipped": "orders, payments and catalog must be hosted together"}
-    indexes = [service.email_index(ctx, demo_email(b)) for b in BUYERS]
+    indexes = [service.email_index(ctx, demo_email(b)) for b in (*BUYERS, CUSTOMER)]
     async with ctx.db.read() as session:
         present = await session.scalar(
             select(func.count()).select_from(orders).where(orders.c.email_index.in_(indexes))
@@ -126,6 +132,13 @@ async def seed_order_history(ctx: ServiceContext, *, skus: list[str]) -> dict[st
     pay_ctx = runtime.contexts["payments"]
     now = utcnow()
     plans = _plans(random.Random(SEED), skus, now)  # noqa: S311 - demo data
+    customer = await _demo_customer(ctx)
+    if customer is not None:
+        # Spread over the history, and never two in one group: a customer has one active cart
+        # per currency, so the customer's checkouts must not run side by side.
+        step = max(GROUP, len(plans) // CUSTOMER_ORDERS)
+        for plan in plans[step // 2 :: step][:CUSTOMER_ORDERS]:
+            plan.buyer, plan.customer = CUSTOMER, customer
 
     async def _placed(plan: _Plan) -> tuple[_Plan, schemas.Order] | None:
         order = await _place(ctx, plan)
@@ -180,12 +193,27 @@ async def _in_groups(
     return out
 
 
+async def _demo_customer(ctx: ServiceContext) -> Principal | None:
+    """The demo customer account, signed in, when identity is hosted here and has seeded it."""
+    identity_ctx = ctx.runtime.contexts.get("identity")
+    if identity_ctx is None:
+        return None
+    # A scenario across services, like payments' steps: identity's use case in its own context.
+    from ecosistema.identity import service as identity
+
+    user = await identity.find_user_by_email(identity_ctx, email=demo_email(CUSTOMER))
+    if user is None:
+        return None
+    return Principal.for_user(user.id, str(user.role))
+
+
 async def _place(ctx: ServiceContext, plan: _Plan) -> schemas.Order | None:
-    email = demo_email(plan.buyer)
+    # A guest gives the email with the cart; a signed-in customer's comes from their account.
+    email = None if plan.customer is not None else demo_email(plan.buyer)
     try:
         cart, _ = await service.create_cart(
             ctx,
-            principal=None,
+            principal=plan.customer,
             data=schemas.CartCreate(currency=plan.currency, country=plan.country, email=email),
             at=plan.at - timedelta(minutes=6),
         )
@@ -193,14 +221,14 @@ async def _place(ctx: ServiceContext, plan: _Plan) -> schemas.Order | None:
             await service.add_cart_item(
                 ctx,
                 cart_id=cart.id,
-                principal=None,
+                principal=plan.customer,
                 token=cart.token,
                 data=schemas.CartItemAdd(sku=sku, quantity=quantity),
                 at=plan.at - timedelta(minutes=3),
             )
         return await service.place_order(
             ctx,
-            principal=None,
+            principal=plan.customer,
             token=cart.token,
             data=schemas.CheckoutRequest(cart_id=cart.id, shipping_method=plan.shipping),
             at=plan.at,

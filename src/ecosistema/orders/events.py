@@ -4,6 +4,11 @@ Payloads always carry ``order_id, number, customer_id, currency, total``, never 
 (a consumer that must reach the buyer asks orders for the order). OrderPlaced and OrderPaid add
 ``lines`` [{sku, quantity, unit_price, total}]; OrderRefunded adds ``amount, refund_id,
 restock_lines`` [{sku, quantity}] and ``fully_refunded``.
+
+``CartCreated`` ``{cart_id, customer_id, created_at}`` is published when a signed-in customer
+opens a new cart (not for anonymous carts, nor when the customer's active cart is returned), for
+the platform's own services only (no webhook). It carries no email either: a consumer asks
+identity for the customer.
 """
 
 from __future__ import annotations
@@ -15,13 +20,17 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from ecosistema.platform.events import EventEnvelope
 from ecosistema.platform.service import ServiceContext, Subscription
 
+CART_CREATED: Final = "CartCreated"
 ORDER_PLACED: Final = "OrderPlaced"
 ORDER_PAID: Final = "OrderPaid"
 ORDER_CANCELLED: Final = "OrderCancelled"
 ORDER_FULFILLED: Final = "OrderFulfilled"
 ORDER_REFUNDED: Final = "OrderRefunded"
 
+# Offered to the outside world too (webhooks give each a public name).
 PUBLISHED: Final = (ORDER_PLACED, ORDER_PAID, ORDER_CANCELLED, ORDER_FULFILLED, ORDER_REFUNDED)
+# For the platform's own services only (sales' timeline): carts are many and most are abandoned.
+PUBLISHED_INTERNAL: Final = (CART_CREATED,)
 
 PAYMENT_SUCCEEDED: Final = "PaymentSucceeded"
 PAYMENT_FAILED: Final = "PaymentFailed"

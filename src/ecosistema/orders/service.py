@@ -23,6 +23,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from ecosistema.orders import domain, schemas
 from ecosistema.orders.domain import OrderAction, OrderStatus
 from ecosistema.orders.events import (
+    CART_CREATED,
     ORDER_CANCELLED,
     ORDER_FULFILLED,
     ORDER_PAID,
@@ -799,6 +800,17 @@ async def create_cart(
                 existing = None
             if existing is None:
                 await session.execute(insert(carts).values(**values))
+                if principal is not None:
+                    # No email: the event is kept in the outbox and on the bus (personal data).
+                    await ctx.outbox.add(
+                        session,
+                        CART_CREATED,
+                        {
+                            "cart_id": cart_id,
+                            "customer_id": principal.subject,
+                            "created_at": now.isoformat(),
+                        },
+                    )
         if existing is not None:
             return await _view_cart(ctx, str(existing), token), False
         # A new cart is empty: its view needs no second read.

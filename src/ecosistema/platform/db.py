@@ -9,6 +9,7 @@ import re
 import sqlite3
 import threading
 import uuid
+import weakref
 from collections.abc import AsyncIterator, Mapping, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -16,11 +17,14 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import aiosqlite
 from alembic import command
 from alembic.config import Config
 from sqlalchemy import DateTime, MetaData, String, TypeDecorator, event, text
 from sqlalchemy.engine import Connection, Dialect, make_url
+from sqlalchemy.exc import OperationalError
 from sqlalchemy.ext.asyncio import (
+    AsyncConnection,
     AsyncEngine,
     AsyncSession,
     async_sessionmaker,
@@ -100,6 +104,29 @@ class CompiledRead:
 
 Rows = list[Sequence[Any]]
 
+# How long a SQLite writer waits for the database's write lock, in this process (the in-process
+# queue below) and for other processes (SQLite's busy timeout), before giving up.
+SQLITE_WRITE_WAIT_SECONDS = 30.0
+
+# The write lock of each SQLite database file, per event loop. SQLite admits one writer at a time;
+# writers of one process queue here, in order, instead of each taking ``BEGIN IMMEDIATE`` and
+# sleeping in SQLite's busy handler until the file is free (back-off sleeps of up to 100 ms that
+# dominate a loaded checkout). Writers in other processes still meet the busy timeout.
+_write_locks: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, dict[str, asyncio.Lock]] = (
+    weakref.WeakKeyDictionary()
+)
+
+
+def _write_lock(name: str) -> asyncio.Lock:
+    loop = asyncio.get_running_loop()
+    locks = _write_locks.get(loop)
+    if locks is None:
+        locks = _write_locks[loop] = {}
+    lock = locks.get(name)
+    if lock is None:
+        lock = locks[name] = asyncio.Lock()
+    return lock
+
 
 class Database:
     """One service's engine and sessions.
@@ -130,7 +157,13 @@ class Database:
                 kwargs["connect_args"] = {"check_same_thread": False}
             else:
                 Path(database).parent.mkdir(parents=True, exist_ok=True)
-                kwargs["connect_args"] = {"timeout": 30}
+                # Statements run on the event loop's thread (see _InlineSqlite): a statement of
+                # this embedded shape takes microseconds, less than a hop to a worker thread.
+                kwargs["connect_args"] = {
+                    "timeout": SQLITE_WRITE_WAIT_SECONDS,
+                    "check_same_thread": False,
+                    "async_creator_fn": _inline_sqlite_connect,
+                }
         elif self.is_postgres:
             self.schema = f"{schema_prefix}{service}"
             if not _SCHEMA_RE.match(self.schema):
@@ -148,6 +181,13 @@ class Database:
         self.writer_sessions = async_sessionmaker(self._writer, expire_on_commit=False)
         self.reader_sessions = async_sessionmaker(self.engine, expire_on_commit=False)
         self._compiled: dict[int, tuple[ClauseElement, CompiledRead]] = {}
+        self._write_lock_name: str | None = None
+        if self.is_sqlite:
+            database = self.url.database or ""
+            in_memory = database in ("", ":memory:")
+            self._write_lock_name = (
+                f"memory:{id(self)}" if in_memory else str(Path(database).resolve())
+            )
         self._driver: _SqliteDriverReads | _PostgresDriverReads | None = None
         if self.is_sqlite and (self.url.database or "") not in ("", ":memory:"):
             self._driver = _SqliteDriverReads(self.url.database or "")
@@ -156,9 +196,38 @@ class Database:
 
     @asynccontextmanager
     async def transaction(self) -> AsyncIterator[AsyncSession]:
-        """A write transaction: committed when the block ends, rolled back on error."""
-        async with self.writer_sessions() as session, session.begin():
+        """A write transaction: committed when the block ends, rolled back on error.
+
+        On SQLite, the write transactions of this process on one database file run one after
+        another (an in-process queue in front of ``BEGIN IMMEDIATE``); nesting a write
+        transaction inside another on the same database is an error on every backend."""
+        async with self._queued_writer(), self.writer_sessions() as session, session.begin():
             yield session
+
+    @asynccontextmanager
+    async def write(self) -> AsyncIterator[AsyncConnection]:
+        """A write transaction on a bare Core connection, without an ORM session: for short,
+        hot writes of Core statements. Same guarantees as :meth:`transaction`."""
+        async with self._queued_writer(), self._writer.begin() as conn:
+            yield conn
+
+    @asynccontextmanager
+    async def _queued_writer(self) -> AsyncIterator[None]:
+        if self._write_lock_name is None:
+            yield
+            return
+        lock = _write_lock(self._write_lock_name)
+        try:
+            async with asyncio.timeout(SQLITE_WRITE_WAIT_SECONDS):
+                await lock.acquire()
+        except TimeoutError:
+            raise OperationalError(
+                "BEGIN IMMEDIATE", None, sqlite3.OperationalError("database is locked")
+            ) from None
+        try:
+            yield
+        finally:
+            lock.release()
 
     @asynccontextmanager
     async def read(self) -> AsyncIterator[AsyncSession]:
@@ -336,6 +405,47 @@ async def _keep_connection(_connection: Any) -> None:
     return None
 
 
+_SQLITE_BUSY_CODES = (sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED)
+
+
+class _InlineSqlite(aiosqlite.Connection):
+    """An aiosqlite connection whose SQLite calls run on the calling (event loop) thread.
+
+    The worker thread is kept for the one case where a call would wait: SQLite answers busy
+    when another process holds the write lock. The connection runs with a busy timeout of zero
+    on the loop's thread, so such a call fails at once without an effect, and is then run again
+    on the worker thread under the configured busy timeout, without blocking the event loop.
+    Writers of this process never meet that case: they queue in front of ``BEGIN IMMEDIATE``.
+    """
+
+    busy_timeout_ms = int(SQLITE_WRITE_WAIT_SECONDS * 1000)
+
+    async def _execute(self, fn: Any, *args: Any, **kwargs: Any) -> Any:
+        if not self._running or not self._connection:
+            raise ValueError("Connection closed")
+        try:
+            return fn(*args, **kwargs)
+        except sqlite3.OperationalError as exc:
+            if getattr(exc, "sqlite_errorcode", None) not in _SQLITE_BUSY_CODES:
+                raise
+        conn = self._connection
+        conn.execute(f"PRAGMA busy_timeout={self.busy_timeout_ms}")
+        try:
+            return await super()._execute(fn, *args, **kwargs)  # type: ignore[no-untyped-call]
+        finally:
+            if self._connection is not None:
+                self._connection.execute("PRAGMA busy_timeout=0")
+
+
+def _inline_sqlite_connect(database: str, **kwargs: Any) -> aiosqlite.Connection:
+    def connector() -> sqlite3.Connection:
+        conn: sqlite3.Connection = sqlite3.connect(database, **kwargs)
+        return conn
+
+    connection: aiosqlite.Connection = _InlineSqlite(connector, 64)
+    return connection
+
+
 def _configure_sqlite(engine: AsyncEngine) -> None:
     # The driver's own transaction handling is turned off so that BEGIN is ours to emit: SQLite
     # then gives real snapshot reads and ``BEGIN IMMEDIATE`` for writers (SQLAlchemy's recipe).
@@ -346,7 +456,8 @@ def _configure_sqlite(engine: AsyncEngine) -> None:
         cursor.execute("PRAGMA journal_mode=WAL")
         cursor.execute("PRAGMA synchronous=NORMAL")
         cursor.execute("PRAGMA foreign_keys=ON")
-        cursor.execute("PRAGMA busy_timeout=30000")
+        inline = isinstance(getattr(dbapi_connection, "_connection", None), _InlineSqlite)
+        cursor.execute(f"PRAGMA busy_timeout={0 if inline else 30000}")
         cursor.close()
 
     @event.listens_for(engine.sync_engine, "begin")

@@ -226,7 +226,7 @@ async def _claim(
         "claimed_until": now + CLAIM_TTL,
         "created_at": now,
     }
-    async with ctx.db.transaction() as session:
+    async with ctx.db.write() as session:
         insert = pg_insert if ctx.db.is_postgres else sqlite_insert
         result = await session.execute(insert(table).values(**values).on_conflict_do_nothing())
         if _rowcount(result) == 1:
@@ -280,7 +280,7 @@ async def _run_claimed(
 async def _complete(
     ctx: ServiceContext, table: Table, mine: Any, status: int, response: dict[str, Any]
 ) -> None:
-    async with ctx.db.transaction() as session:
+    async with ctx.db.write() as session:
         await session.execute(
             update(table)
             .where(mine)
@@ -294,7 +294,7 @@ async def _complete(
 
 
 async def _release(ctx: ServiceContext, table: Table, mine: Any) -> None:
-    async with ctx.db.transaction() as session:
+    async with ctx.db.write() as session:
         await session.execute(delete(table).where(mine))
 
 
@@ -338,7 +338,7 @@ async def purge_idempotency_keys(
 ) -> int:
     """Forget keys older than 24 hours; returns how many were removed."""
     cutoff = (now or utcnow()) - KEY_TTL
-    async with ctx.db.transaction() as session:
+    async with ctx.db.write() as session:
         result = await session.execute(delete(table).where(table.c.created_at <= cutoff))
     return _rowcount(result)
 

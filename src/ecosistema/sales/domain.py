@@ -45,6 +45,7 @@ class ActivityKind(StrEnum):
     NOTE = "note"
     STATUS = "status"
     REGISTERED = "registered"
+    CART_CREATED = "cart_created"
     ORDER_PLACED = "order_placed"
     ORDER_PAID = "order_paid"
 

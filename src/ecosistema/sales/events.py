@@ -5,10 +5,11 @@ Published payloads carry ids, never contact data:
 - ``LeadCreated``: ``{lead_id, owner_id, source, campaign, score, model_version}``
 - ``LeadStatusChanged``: ``{lead_id, owner_id, from, to, reason}``; ``to`` won/lost is a label.
 
-Consumed: ``UserRegistered`` and ``UserRoleChanged`` (identity), ``OrderPlaced`` and ``OrderPaid``
-(orders). Neither carries the email address, so the handlers ask the publishing service's client
-for it and match leads by the email's blind index. Handlers run in the consumer's transaction,
-where the platform records the event id, so a redelivered event changes nothing.
+Consumed: ``UserRegistered`` and ``UserRoleChanged`` (identity), ``CartCreated``, ``OrderPlaced``
+and ``OrderPaid`` (orders). None carries the email address, so the handlers ask identity's or
+orders' client for it and match leads by the email's blind index. Handlers run in the
+consumer's transaction, where the platform records the event id, so a redelivered event changes
+nothing.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ PUBLISHED: Final = (LEAD_CREATED, LEAD_STATUS_CHANGED)
 
 USER_REGISTERED: Final = "UserRegistered"
 USER_ROLE_CHANGED: Final = "UserRoleChanged"
+CART_CREATED: Final = "CartCreated"
 ORDER_PLACED: Final = "OrderPlaced"
 ORDER_PAID: Final = "OrderPaid"
 
@@ -42,13 +44,17 @@ async def on_user_event(
 async def on_order_event(
     ctx: ServiceContext, session: AsyncSession, envelope: EventEnvelope
 ) -> None:
-    """An order by a lead's email shows on its timeline and wins the lead (a training label)."""
-    from ecosistema.sales.service import record_order
+    """A cart or an order by a lead's email shows on its timeline; an order wins the lead (a
+    training label)."""
+    from ecosistema.sales.service import record_cart, record_order
 
-    await record_order(ctx, session, envelope)
+    if envelope.type == CART_CREATED:
+        await record_cart(ctx, session, envelope)
+    else:
+        await record_order(ctx, session, envelope)
 
 
 SUBSCRIPTIONS: Final = (
     Subscription("identity", (USER_REGISTERED, USER_ROLE_CHANGED), on_user_event),
-    Subscription("orders", (ORDER_PLACED, ORDER_PAID), on_order_event),
+    Subscription("orders", (CART_CREATED, ORDER_PLACED, ORDER_PAID), on_order_event),
 )

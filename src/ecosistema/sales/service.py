@@ -647,6 +647,37 @@ async def _add_signal(
     return True
 
 
+async def _user_email(ctx: ServiceContext, user_id: str, event: EventEnvelope) -> str | None:
+    """The email of an identity user, asked of identity's client (events carry none)."""
+    try:
+        user = await ctx.client("identity").get_user(user_id)
+    except (LookupError, httpx.HTTPStatusError) as exc:
+        # Not configured, or refused (no credential): retrying would not help.
+        log.warning("sales.identity_unreachable", event_type=event.type, error=str(exc)[:200])
+        return None
+    return None if user is None else str(user.email)
+
+
+async def record_cart(ctx: ServiceContext, session: AsyncSession, event: EventEnvelope) -> None:
+    """CartCreated: a signed-in customer's new cart shows on the leads with their email."""
+    customer_id = str(event.payload.get("customer_id") or "")
+    cart_id = str(event.payload.get("cart_id") or "")
+    if not customer_id or not cart_id:
+        return
+    email = await _user_email(ctx, customer_id, event)
+    if email is None:
+        return
+    for lead in await _leads_by_email(session, email_index(ctx, email)):
+        await _add_signal(
+            session,
+            lead.id,
+            ActivityKind.CART_CREATED,
+            body="cart created",
+            details={"cart_id": cart_id, "customer_id": customer_id},
+            event=event,
+        )
+
+
 async def record_user(ctx: ServiceContext, session: AsyncSession, event: EventEnvelope) -> None:
     """UserRegistered / UserRoleChanged: note sales users; show registrations on leads."""
     payload = event.payload
