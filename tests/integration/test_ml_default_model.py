@@ -9,7 +9,7 @@ from ecosistema.ml import ModelRegistry, default_model, ensure_default_model
 
 def test_default_model_is_trained_once_per_process_and_copied(tmp_path: Path) -> None:
     first, second = default_model(), default_model()
-    assert first is not second and first.booster is second.booster
+    assert first is not second and first.pipeline is second.pipeline
     first.version = "v9"
     assert default_model().version == "unregistered"
     registries = [ModelRegistry(tmp_path / name) for name in ("a", "b")]

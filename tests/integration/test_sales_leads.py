@@ -147,6 +147,19 @@ async def test_status_follows_allowed_transitions_and_closing_is_final(
     assert [(c["from"], c["to"]) for c in changes] == [("contacted", "won"), ("new", "contacted")]
 
 
+async def test_a_new_lead_can_be_closed_as_won_at_once(
+    app: FastAPI, client: httpx.AsyncClient
+) -> None:
+    people = await users(app, client)
+    lead = await create(client, people["sales"])
+    path, auth = f"{API}/leads/{lead['id']}", bearer(people["sales"])
+    won = await client.patch(path, json={"status": "won"}, headers=auth)
+    assert won.status_code == 200
+    assert won.json()["status"] == "won" and won.json()["closed_at"] is not None
+    back = await client.patch(path, json={"status": "new"}, headers=auth)
+    assert back.status_code == 409
+
+
 async def test_list_sorts_by_score_filters_and_pages_without_gaps(
     app: FastAPI, client: httpx.AsyncClient
 ) -> None:
@@ -346,6 +359,12 @@ async def test_demo_seeding_gives_the_demo_salesperson_fifty_scored_leads_once(
     items = page.json()["items"]
     assert len(items) == 50 and all(i["model_version"] == "v1" for i in items)
     assert len({i["status"] for i in items}) > 1 and items[0]["score"] > items[-1]["score"]
+    # Each demo lead is a reference-data row's person and contact history.
+    history = {"age", "job", "education", "campaign", "pdays", "previous", "poutcome"}
+    assert all(history <= set(i["attributes"]) for i in items)
+    # Fifty leads are too few for drift to mean anything: no false alarm on a fresh demo.
+    drift = (await client.get(f"{API}/ml/drift", headers=bearer(people["staff"]))).json()
+    assert drift["rows"] == 50 and drift["status"] == "not_enough_data" and not drift["alert"]
 
 
 async def test_key_rotation_reencrypts_lead_contact_data_and_keeps_the_email_index(

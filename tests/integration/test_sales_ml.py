@@ -157,8 +157,16 @@ async def test_drift_report_compares_recent_leads_with_the_training_data(
     report = (await client.get(f"{API}/ml/drift", headers=bearer(people["staff"]))).json()
     assert report["rows"] == 20 and report["model_version"] == "v1"
     assert "age" in report["features"]
-    # Every lead is a student contacted on the same day: far from the bank's campaigns.
-    assert report["alert"] and "job" in report["drifted"]
+    # The economic context is the model's, not the leads': it is not monitored.
+    assert "euribor3m" not in report["features"]
+    # Every lead is a student contacted on the same day: far from the bank's campaigns, but 20
+    # leads are too few to alert on.
+    assert report["min_rows"] == 200 and report["status"] == "not_enough_data"
+    assert not report["alert"] and "job" in report["drifted"]
+    ctx = sales_ctx(app)
+    ctx.settings = ctx.settings.model_copy(update={"ml_drift_min_rows": 20})
+    report = (await client.get(f"{API}/ml/drift", headers=bearer(people["staff"]))).json()
+    assert report["status"] == "drift" and report["alert"] and "job" in report["drifted"]
 
 
 async def test_evaluation_run_reports_lightgbm_beside_the_baseline(
@@ -176,3 +184,23 @@ async def test_evaluation_run_reports_lightgbm_beside_the_baseline(
     assert {"lightgbm", "baseline"} <= set(run["result"]["holdout"])
     listed = (await client.get(f"{API}/ml/runs", headers=bearer(people["staff"]))).json()
     assert [r["id"] for r in listed] == [run["id"]]
+
+
+async def test_a_lead_with_only_a_name_and_an_email_gets_an_ordinary_score_for_lead_reasons(
+    app: FastAPI, client: httpx.AsyncClient
+) -> None:
+    people = await users(app, client)
+    created = await client.post(
+        f"{API}/leads",
+        json={"name": "Bare Lead", "email": "bare@example.com"},
+        headers=bearer(people["sales"]),
+    )
+    assert created.status_code == 201, created.text
+    lead = created.json()
+    context = {"emp.var.rate", "cons.price.idx", "cons.conf.idx", "euribor3m", "nr.employed"}
+    # The economic context is the model's, filled in when scoring: never a stored lead input,
+    # never a reason.
+    assert lead["factors"] and not {f["feature"] for f in lead["factors"]} & context
+    assert all("not known: ++" not in f["phrase"] for f in lead["factors"])
+    # It ranks among today's training leads somewhere in the middle, not at the top.
+    assert 20 <= lead["score"] <= 80

@@ -66,10 +66,21 @@ def test_sentinel_value_becomes_missing_with_a_known_flag(model: TrainedModel) -
 
 
 def test_unseen_category_is_scored_as_other(model: TrainedModel) -> None:
-    matrix = model.pipeline.transform_rows([{"channel": "carrier pigeon"}, {"channel": None}])
+    matrix = model.pipeline.transform_rows([{"channel": "carrier pigeon"}])
     at = model.pipeline.columns.index("channel")
     assert model.pipeline.category_of("channel", matrix[0, at]) == OTHER
-    assert model.pipeline.category_of("channel", matrix[1, at]) is None
+
+
+def test_an_input_never_missing_in_training_is_filled_with_its_typical_value(
+    model: TrainedModel,
+) -> None:
+    pipeline = model.pipeline
+    matrix = pipeline.transform_rows([{"channel": None, "visits": None}])
+    channel, visits = pipeline.columns.index("channel"), pipeline.columns.index("visits")
+    assert pipeline.category_of("channel", matrix[0, channel]) == pipeline.fill["channel"]
+    assert matrix[0, visits] == pipeline.fill["visits"]
+    # A feature with gaps in training keeps missing values missing: the model learnt them.
+    assert "days_since_contact" not in pipeline.fill
 
 
 def test_date_feature_splits_into_calendar_parts(model: TrainedModel) -> None:

@@ -52,6 +52,14 @@ def test_closed_leads_never_change_status(closed: LeadStatus, wanted: LeadStatus
     assert caught.value.status == 409 and "closed" in caught.value.detail
 
 
+@pytest.mark.parametrize("current", [LeadStatus.NEW, LeadStatus.CONTACTED, LeadStatus.QUALIFIED])
+@pytest.mark.parametrize("outcome", [LeadStatus.WON, LeadStatus.LOST])
+def test_a_rep_can_close_a_lead_from_any_open_stage(
+    current: LeadStatus, outcome: LeadStatus
+) -> None:
+    assert domain.check_transition(current, outcome) is True
+
+
 def test_contacted_lead_cannot_go_back_to_new() -> None:
     with pytest.raises(TransitionNotAllowed):
         domain.check_transition(LeadStatus.CONTACTED, LeadStatus.NEW)
@@ -83,27 +91,26 @@ def test_model_attributes_are_typed_and_bounded() -> None:
         assert words in caught.value.message
 
 
-def test_feature_row_fills_every_column_of_the_lead_scoring_spec() -> None:
-    row = domain.feature_row(
-        facts(attributes={"age": 41, "job": "admin.", "marital": "single"}),
-        macro={"euribor3m": 3.2, "nr.employed": 5100.0},
-    )
+def test_feature_row_fills_the_lead_facts_and_leaves_the_economic_context_to_the_model() -> None:
+    row = domain.feature_row(facts(attributes={"age": 41, "job": "admin.", "marital": "single"}))
     assert row["month"] == "may" and row["day_of_week"] == "mon"
     assert row["contact"] == "cellular" and row["campaign"] == 1
     assert row["pdays"] == 999 and row["previous"] == 0 and row["poutcome"] == "nonexistent"
-    assert row["age"] == 41 and row["euribor3m"] == 3.2
+    assert row["age"] == 41
     derived = {"contact", "month", "day_of_week", "campaign", "pdays", "previous", "poutcome"}
-    given = {"age", "job", "marital", "euribor3m", "nr.employed"}
-    unknown = set(lead_scoring_spec().feature_names) - derived - given
-    assert unknown == {
-        "education",
-        "default",
-        "housing",
-        "loan",
+    given = {"age", "job", "marital"}
+    spec = lead_scoring_spec()
+    context = {f.name for f in spec.features if getattr(f, "context", False)}
+    assert context == {
         "emp.var.rate",
         "cons.price.idx",
         "cons.conf.idx",
+        "euribor3m",
+        "nr.employed",
     }
+    assert not context & set(row)
+    unknown = set(spec.feature_names) - derived - given - context
+    assert unknown == {"education", "default", "housing", "loan"}
 
 
 def test_contacts_and_earlier_outcomes_shape_the_campaign_features() -> None:
@@ -127,11 +134,10 @@ def test_contacts_and_earlier_outcomes_shape_the_campaign_features() -> None:
 def test_attributes_override_derived_values_and_unknown_channels_stay_unknown() -> None:
     row = domain.feature_row(
         facts(channel="carrier pigeon", attributes={"poutcome": "failure", "pdays": 5}),
-        macro={"euribor3m": 1.0},
     )
     assert row["contact"] is None
     assert row["poutcome"] == "failure" and row["pdays"] == 5
-    own = domain.feature_row(facts(attributes={"euribor3m": 4.5}), macro={"euribor3m": 1.0})
+    own = domain.feature_row(facts(attributes={"euribor3m": 4.5}))
     assert own["euribor3m"] == 4.5
 
 

@@ -11,7 +11,7 @@ import math
 import os
 from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import date, datetime
 from typing import Any, Protocol
 
@@ -242,19 +242,44 @@ class FeaturePipeline:
     columns: list[str]
     groups: list[str]
     categorical_columns: list[int]
+    # What an absent input becomes: the current value of a context feature, the data's own
+    # "not known" category, or the typical training value of a feature never absent in training
+    # (so a missing value never lands where the model saw no data). Features absent here keep
+    # missing values as missing: the model learnt what they mean.
+    fill: dict[str, float | str] = field(default_factory=dict)
 
     @classmethod
-    def fit(cls, spec: FeatureSpec, columns: Columns) -> FeaturePipeline:
-        """Learn category vocabularies and text embeddings from training columns."""
+    def fit(
+        cls,
+        spec: FeatureSpec,
+        columns: Columns,
+        *,
+        context: Mapping[str, float] | None = None,
+    ) -> FeaturePipeline:
+        """Learn category vocabularies, text embeddings and fill values from training columns.
+
+        ``context`` sets the current value of context features; without it each takes its latest
+        known value in the training rows (which are in time order).
+        """
         categories: dict[str, list[str]] = {}
         embedders: dict[str, TextEmbedder] = {}
+        fill: dict[str, float | str] = {}
         for feature in spec.features:
             values = columns[feature.name]
-            if isinstance(feature, CategoricalFeature):
-                counts = Counter(c for c in categories_of(values) if c is not None)
+            if isinstance(feature, NumericFeature):
+                value = _numeric_fill(feature, values, context or {})
+                if value is not None:
+                    fill[feature.name] = value
+            elif isinstance(feature, CategoricalFeature):
+                cleaned = categories_of(values)
+                counts = Counter(c for c in cleaned if c is not None)
                 kept = {v for v, n in counts.items() if n >= feature.min_count}
                 kept.update(feature.values)
                 categories[feature.name] = sorted(kept)
+                if feature.missing_value is not None and feature.missing_value in counts:
+                    fill[feature.name] = feature.missing_value
+                elif counts and None not in cleaned:
+                    fill[feature.name] = counts.most_common(1)[0][0]
             elif isinstance(feature, TextFeature):
                 texts = _texts(values)
                 if feature.embedding == "minilm":
@@ -263,7 +288,27 @@ class FeaturePipeline:
                     embedders[feature.name] = TfidfEmbedder.fit(
                         texts, dimensions=feature.dimensions, max_terms=feature.max_terms
                     )
-        return cls.build(spec, categories, embedders)
+        pipeline = cls.build(spec, categories, embedders)
+        pipeline.fill = fill
+        return pipeline
+
+    def context(self) -> dict[str, float]:
+        """The values context features take when a row does not carry them."""
+        return {
+            f.name: float(self.fill[f.name])
+            for f in self.spec.features
+            if isinstance(f, NumericFeature) and f.context and f.name in self.fill
+        }
+
+    def with_context(self, context: Mapping[str, float]) -> FeaturePipeline:
+        """The same pipeline with other current values for (declared) context features."""
+        known = {f.name for f in self.spec.features if isinstance(f, NumericFeature) and f.context}
+        extra = {k: float(v) for k, v in context.items() if k in known}
+        return replace(self, fill={**self.fill, **extra})
+
+    def filled(self, feature: str, raw: Any) -> bool:
+        """True when ``raw`` is absent and the pipeline fills it in for ``feature``."""
+        return feature in self.fill and is_missing(raw)
 
     @classmethod
     def build(
@@ -308,7 +353,7 @@ class FeaturePipeline:
             if values is None:
                 values = [None] * n
             if isinstance(feature, NumericFeature):
-                blocks.extend(_numeric(feature, values))
+                blocks.extend(_numeric(feature, values, self.fill.get(feature.name)))
             elif isinstance(feature, CategoricalFeature):
                 blocks.extend(self._categorical(feature, values))
             elif isinstance(feature, TextFeature):
@@ -327,6 +372,9 @@ class FeaturePipeline:
         index = {v: float(i) for i, v in enumerate(vocabulary)}
         other = float(len(vocabulary))
         cleaned = categories_of(values)
+        default = self.fill.get(feature.name)
+        if isinstance(default, str):
+            cleaned = [default if c is None else c for c in cleaned]
         codes = np.fromiter(
             (math.nan if c is None else index.get(c, other) for c in cleaned),
             dtype=np.float64,
@@ -363,7 +411,12 @@ class FeaturePipeline:
                 arrays.update({f"{name}::{k}": v for k, v in arr.items()})
             else:
                 text[name] = {"kind": "minilm"}
-        return {"categories": self.categories, "text": text, "columns": self.columns}, arrays
+        return {
+            "categories": self.categories,
+            "text": text,
+            "columns": self.columns,
+            "fill": self.fill,
+        }, arrays
 
     @classmethod
     def from_state(
@@ -382,6 +435,7 @@ class FeaturePipeline:
             else:
                 embedders[name] = MiniLMEmbedder()
         pipeline = cls.build(spec, {k: list(v) for k, v in state["categories"].items()}, embedders)
+        pipeline.fill = dict(state.get("fill", {}))
         if pipeline.columns != list(state["columns"]):
             raise ValueError("stored feature columns do not match the feature spec")
         return pipeline
@@ -391,13 +445,34 @@ def _texts(values: Any) -> list[str]:
     return ["" if is_missing(v) else str(v) for v in values]
 
 
-def _numeric(feature: NumericFeature, values: Any) -> list[Matrix]:
+def _numeric(feature: NumericFeature, values: Any, fill: float | str | None = None) -> list[Matrix]:
     array = numeric_array(values)
     if feature.missing_values:
         array = np.where(np.isin(array, feature.missing_values), np.nan, array)
+    if isinstance(fill, float | int):
+        array = np.where(np.isnan(array), float(fill), array)
     if feature.missing_indicator:
         return [array, (~np.isnan(array)).astype(np.float64)]
     return [array]
+
+
+def _numeric_fill(
+    feature: NumericFeature, values: Any, context: Mapping[str, float]
+) -> float | None:
+    """A context feature's current value, or the median of a feature never absent in training."""
+    if feature.context and feature.name in context:
+        return float(context[feature.name])
+    array = numeric_array(values)
+    if feature.missing_values:
+        array = np.where(np.isin(array, feature.missing_values), np.nan, array)
+    known = array[~np.isnan(array)]
+    if known.size == 0:
+        return None
+    if feature.context:
+        return float(known[-1])
+    if known.size < array.size or feature.missing_indicator:
+        return None
+    return float(np.median(known))
 
 
 _DATE_PARTS: dict[str, Callable[[datetime], float]] = {

@@ -49,11 +49,13 @@ def ensure_default_model(
     data: pd.DataFrame | None = None,
     folds: int = 0,
     step: Step | None = None,
+    context: Mapping[str, float] | None = None,
 ) -> ModelVersion:
     """The serving model; on a new install, train one on the bundled reference data and promote it.
 
     ``folds=0`` keeps first start quick (hold-out evaluation only); ``ecosistema ml evaluate``
-    gives the full cross-validation.
+    gives the full cross-validation. ``context`` sets the current values of context features
+    (default: the latest in the data).
     """
     serving = registry.serving()
     if serving is not None:
@@ -62,11 +64,13 @@ def ensure_default_model(
         latest = registry.list()[-1]
         log.info("ml.default_model_promoting_latest", version=latest.version)
         return registry.promote(latest.version, force=True)
-    if data is None and folds == 0:
+    if data is None and folds == 0 and not context:
         model = default_model(step=step)
     else:
         frame = data if data is not None else load_reference_dataset()
-        model = train_and_evaluate(frame, lead_scoring_spec(), folds=folds, step=step)
+        model = train_and_evaluate(
+            frame, lead_scoring_spec(), folds=folds, step=step, context=context
+        )
     version = registry.register(model)
     return registry.promote(version.version)
 
@@ -91,9 +95,14 @@ def retrain(
     promote: bool = True,
     force: bool = False,
     step: Step | None = None,
+    context: Mapping[str, float] | None = None,
 ) -> RetrainResult:
     """Train a new version on ``reference`` (optional, older) plus labelled feedback rows (newer),
-    register it, and promote it if it beats the serving model on the hold-out (or ``force``)."""
+    register it, and promote it if it beats the serving model on the hold-out (or ``force``).
+
+    Feedback rows lack context features (the economy is not a lead's property): they are trained
+    with ``context`` (default: the latest values in ``reference``), the values serving fills in.
+    """
     serving = registry.serving()
     spec = spec or (serving.spec if serving else lead_scoring_spec())
     feedback = (
@@ -103,7 +112,7 @@ def retrain(
     )
     frames = [f for f in (reference, feedback) if f is not None and len(f)]
     data = pd.concat(frames, ignore_index=True) if frames else feedback
-    model = train_and_evaluate(data, spec, params, folds=folds, step=step)
+    model = train_and_evaluate(data, spec, params, folds=folds, step=step, context=context)
     version = registry.register(model)
     if not promote:
         return RetrainResult(version, False, "registered without promotion")
@@ -124,6 +133,7 @@ def retrain_job(
     reference: Callable[[], pd.DataFrame] | None = load_reference_dataset,
     server: ModelServer | None = None,
     name: str = "ml-retrain",
+    context: Mapping[str, float] | None = None,
 ) -> Job:
     """A background job: fetch accumulated labelled feedback, retrain, and swap on promotion.
 
@@ -137,7 +147,7 @@ def retrain_job(
             log.info("ml.retrain_skipped", rows=len(rows), min_rows=min_rows)
             return
         base = await asyncio.to_thread(reference) if reference else None
-        result = await asyncio.to_thread(retrain, registry, rows, reference=base)
+        result = await asyncio.to_thread(retrain, registry, rows, reference=base, context=context)
         log.info(
             "ml.retrained",
             version=result.version.version,

@@ -1,4 +1,5 @@
-"""Training (LightGBM, calibrated, imbalance-aware) and scoring with per-feature explanations."""
+"""Training (LightGBM or logistic regression, calibrated, imbalance-aware) and scoring with
+per-feature explanations. Both families read the same feature pipeline."""
 
 from __future__ import annotations
 
@@ -34,6 +35,127 @@ from ecosistema.ml.spec import (
 from ecosistema.ml.validation import TARGET, clean, validate
 
 Progress = Callable[[str], None]
+Family = Literal["lightgbm", "logistic"]
+FAMILIES: tuple[Family, ...] = ("lightgbm", "logistic")
+
+
+@dataclass
+class LinearModel:
+    """Logistic regression over the pipeline's matrix: categories one-hot (a missing value is a
+    level of its own), numbers imputed by the training median (plus a "was missing" column when
+    training had gaps) and standardised. Stored as plain JSON; applied with numpy alone."""
+
+    # Per matrix column: "category" (one-hot over codes 0..levels-1, then missing) or "number".
+    kinds: list[str]
+    levels: list[int]
+    medians: list[float]
+    indicators: list[bool]
+    means: list[float]
+    scales: list[float]
+    weights: list[float]
+    intercept: float
+    # Mean of each design column in training: contributions are measured from the average lead.
+    centre: list[float]
+
+    def design(self, matrix: Matrix) -> tuple[Matrix, list[int]]:
+        """The design matrix, and the pipeline column each design column comes from."""
+        blocks: list[Matrix] = []
+        owner: list[int] = []
+        for j, kind in enumerate(self.kinds):
+            x = matrix[:, j]
+            if kind == "category":
+                size = self.levels[j]
+                codes = np.where(np.isnan(x), size, np.clip(np.nan_to_num(x), 0, size - 1))
+                block = np.zeros((len(x), size + 1))
+                block[np.arange(len(x)), codes.astype(np.int64)] = 1.0
+                blocks.append(block)
+                owner.extend([j] * (size + 1))
+                continue
+            missing = np.isnan(x)
+            value = (np.where(missing, self.medians[j], x) - self.means[j]) / self.scales[j]
+            blocks.append(value.reshape(-1, 1))
+            owner.append(j)
+            if self.indicators[j]:
+                blocks.append(missing.astype(np.float64).reshape(-1, 1))
+                owner.append(j)
+        return (np.hstack(blocks) if blocks else np.zeros((len(matrix), 0))), owner
+
+    def margins(self, matrix: Matrix) -> Matrix:
+        """Uncalibrated log-odds."""
+        design, _ = self.design(matrix)
+        return np.asarray(design @ np.asarray(self.weights) + self.intercept, dtype=np.float64)
+
+    def contributions(self, matrix: Matrix) -> Matrix:
+        """Per pipeline column: its push in log-odds, relative to the average training lead."""
+        design, owner = self.design(matrix)
+        pushes = (design - np.asarray(self.centre)) * np.asarray(self.weights)
+        out = np.zeros((len(matrix), len(self.kinds)))
+        np.add.at(out.T, np.asarray(owner, dtype=np.int64), pushes.T)
+        return out
+
+    @classmethod
+    def fit(
+        cls,
+        pipeline: FeaturePipeline,
+        matrix: Matrix,
+        labels: Any,
+        *,
+        weight: float,
+        strength: float = 0.5,
+    ) -> LinearModel:
+        """Fit on a training matrix; positives weigh ``weight`` (imbalance), L2 ``1/strength``."""
+        from sklearn.linear_model import LogisticRegression
+
+        categorical = set(pipeline.categorical_columns)
+        kinds, levels, medians, indicators, means, scales = [], [], [], [], [], []
+        for j in range(matrix.shape[1]):
+            x = matrix[:, j]
+            known = x[~np.isnan(x)]
+            if j in categorical:
+                kinds.append("category")
+                levels.append(len(pipeline.categories[pipeline.groups[j]]) + 1)
+                medians.append(0.0)
+                indicators.append(False)
+                means.append(0.0)
+                scales.append(1.0)
+                continue
+            median = float(np.median(known)) if known.size else 0.0
+            filled = np.where(np.isnan(x), median, x)
+            kinds.append("number")
+            levels.append(0)
+            medians.append(median)
+            indicators.append(bool(known.size < len(x)))
+            means.append(float(filled.mean()))
+            scales.append(float(filled.std()) or 1.0)
+        model = cls(kinds, levels, medians, indicators, means, scales, [], 0.0, [])
+        design, _ = model.design(matrix)
+        sample_weight = np.where(np.asarray(labels) == 1, weight, 1.0)
+        fitted = LogisticRegression(C=strength, max_iter=2000).fit(
+            design, labels, sample_weight=sample_weight
+        )
+        model.weights = [float(w) for w in fitted.coef_[0]]
+        model.intercept = float(fitted.intercept_[0])
+        model.centre = [float(c) for c in design.mean(axis=0)]
+        return model
+
+    def state(self) -> dict[str, Any]:
+        """JSON-ready state, as stored in the registry."""
+        return asdict(self)
+
+    @classmethod
+    def from_state(cls, state: Mapping[str, Any]) -> LinearModel:
+        """Rebuild from :meth:`state` output."""
+        return cls(
+            kinds=[str(k) for k in state["kinds"]],
+            levels=[int(n) for n in state["levels"]],
+            medians=[float(x) for x in state["medians"]],
+            indicators=[bool(x) for x in state["indicators"]],
+            means=[float(x) for x in state["means"]],
+            scales=[float(x) for x in state["scales"]],
+            weights=[float(x) for x in state["weights"]],
+            intercept=float(state["intercept"]),
+            centre=[float(x) for x in state["centre"]],
+        )
 
 
 @dataclass(frozen=True)
@@ -122,11 +244,12 @@ class Score:
 
 @dataclass
 class TrainedModel:
-    """A fitted model: feature pipeline, LightGBM booster, calibration and training facts."""
+    """A fitted model: feature pipeline, LightGBM booster or logistic regression (``family``),
+    calibration and training facts."""
 
     spec: FeatureSpec
     pipeline: FeaturePipeline
-    booster: lgb.Booster
+    booster: lgb.Booster | None
     calibration: tuple[float, float]
     params: dict[str, Any]
     rounds: int
@@ -140,13 +263,22 @@ class TrainedModel:
     metrics: dict[str, Any] = field(default_factory=dict)
     drift_reference: dict[str, Any] = field(default_factory=dict)
     version: str = "unregistered"
+    linear: LinearModel | None = None
+    family: Family = "lightgbm"
+
+    def raw_margins(self, matrix: Matrix) -> Matrix:
+        """Uncalibrated log-odds for a feature matrix."""
+        if self.linear is not None:
+            return self.linear.margins(matrix)
+        assert self.booster is not None
+        threads = 1 if len(matrix) < 256 else int(self.params.get("num_threads", 1))
+        return np.asarray(
+            self.booster.predict(matrix, raw_score=True, num_threads=threads), dtype=np.float64
+        )
 
     def margins(self, matrix: Matrix) -> Matrix:
         """Calibrated log-odds for a feature matrix."""
-        threads = 1 if len(matrix) < 256 else int(self.params.get("num_threads", 1))
-        raw = np.asarray(
-            self.booster.predict(matrix, raw_score=True, num_threads=threads), dtype=np.float64
-        )
+        raw = self.raw_margins(matrix)
         a, b = self.calibration
         return np.asarray(a * raw + b, dtype=np.float64)
 
@@ -182,14 +314,18 @@ class TrainedModel:
         return self.score_columns(_frame_columns(df, self.spec), explain=explain)
 
     def _factors(self, columns: Columns, matrix: Matrix, top: int) -> list[tuple[Factor, ...]]:
-        threads = 1 if len(matrix) < 256 else int(self.params.get("num_threads", 1))
-        contrib = (
-            np.asarray(
-                self.booster.predict(matrix, pred_contrib=True, num_threads=threads),
-                dtype=np.float64,
-            )[:, :-1]
-            * self.calibration[0]
-        )
+        if self.linear is not None:
+            contrib = self.linear.contributions(matrix) * self.calibration[0]
+        else:
+            assert self.booster is not None
+            threads = 1 if len(matrix) < 256 else int(self.params.get("num_threads", 1))
+            contrib = (
+                np.asarray(
+                    self.booster.predict(matrix, pred_contrib=True, num_threads=threads),
+                    dtype=np.float64,
+                )[:, :-1]
+                * self.calibration[0]
+            )
         groups = self.pipeline.groups
         names = self.spec.feature_names
         position = {name: i for i, name in enumerate(names)}
@@ -199,14 +335,29 @@ class TrainedModel:
         absent = [None] * len(matrix)
         raw = [columns.get(name, absent) for name in names]
         features = [self.spec.feature(name) for name in names]
-        order = np.argsort(-np.abs(per_feature), axis=1)[:, :top]
+        # Context (the economy, not the lead) and inputs the lead lacks are no reason a
+        # salesperson can act on: they are left out, unless "not known" is a value of the data.
+        pipeline = self.pipeline
+        context = np.array([isinstance(f, NumericFeature) and f.context for f in features])
+        declared = [
+            isinstance(f, CategoricalFeature) and f.missing_value is not None for f in features
+        ]
+        ranked = np.abs(per_feature)
+        ranked[:, context] = -1.0
+        for j, name in enumerate(names):
+            if name in pipeline.fill and not context[j] and not declared[j]:
+                gaps = np.fromiter(
+                    (pipeline.filled(name, v) for v in raw[j]), dtype=bool, count=len(matrix)
+                )
+                ranked[gaps, j] = -1.0
+        order = np.argsort(-ranked, axis=1)[:, :top]
         out: list[tuple[Factor, ...]] = []
         for i, row in enumerate(per_feature):
             out.append(
                 tuple(
                     _factor(features[j], raw[j][i], float(row[j]))
                     for j in order[i]
-                    if abs(row[j]) >= 0.01
+                    if ranked[i, j] >= 0.01
                 )
             )
         return out
@@ -258,21 +409,57 @@ def train(
     params: TrainParams | None = None,
     *,
     cleaned: bool = False,
+    context: Mapping[str, float] | None = None,
+    family: Family = "lightgbm",
 ) -> TrainedModel:
-    """Fit the feature pipeline and a calibrated LightGBM model on labelled rows."""
+    """Fit the feature pipeline and a calibrated model of ``family`` on labelled rows.
+
+    ``context`` gives the current values of context features: rows without them (feedback
+    leads) are trained with exactly the values serving fills in.
+    """
     params = params or TrainParams()
     data = df if cleaned else prepare(df, spec)
     started = time.perf_counter()
     columns = _frame_columns(data, spec)
-    pipeline = FeaturePipeline.fit(spec, columns)
+    pipeline = FeaturePipeline.fit(spec, columns, context=context)
     matrix = pipeline.transform(columns)
     labels = data[TARGET].to_numpy().astype(np.int64)
     positives = int(labels.sum())
     lgb_params = params.lightgbm(positives, len(labels) - positives)
+    monotone = _monotone(pipeline)
+    if any(monotone):
+        lgb_params["monotone_constraints"] = monotone
 
     rng = np.random.default_rng(params.seed)
-    fit_idx, val_idx = _stratified_split(labels, params.validation_fraction, rng)
+    # Rows in time order: stop and calibrate on the most recent rows, so probabilities match the
+    # latest conversion rates; otherwise on a stratified random share.
+    if spec.has_time_order and _both_classes(labels, params.validation_fraction):
+        cut = len(labels) - max(1, round(len(labels) * params.validation_fraction))
+        fit_idx, val_idx = np.arange(cut), np.arange(cut, len(labels))
+    else:
+        fit_idx, val_idx = _stratified_split(labels, params.validation_fraction, rng)
     categorical = pipeline.categorical_columns
+    if family == "logistic":
+        weight = float(lgb_params["scale_pos_weight"])
+        probe_linear = LinearModel.fit(pipeline, matrix[fit_idx], labels[fit_idx], weight=weight)
+        linear_params = {"family": "logistic", "C": 0.5, "positive_weight": weight}
+        model = TrainedModel(
+            spec=spec,
+            pipeline=pipeline,
+            booster=None,
+            calibration=_platt(probe_linear.margins(matrix[val_idx]), labels[val_idx]),
+            params=linear_params,
+            rounds=0,
+            rows=len(labels),
+            positives=positives,
+            data_hash=data_hash(data),
+            trained_at=datetime.now(UTC),
+            training_seconds=0.0,
+            score_percentiles=[],
+            linear=LinearModel.fit(pipeline, matrix, labels, weight=weight),
+            family="logistic",
+        )
+        return _finish(model, matrix, started)
     probe = lgb.train(
         lgb_params,
         _dataset(matrix[fit_idx], labels[fit_idx], pipeline, categorical),
@@ -304,7 +491,15 @@ def train(
         training_seconds=0.0,
         score_percentiles=[],
     )
-    probabilities = model.probabilities(matrix)
+    return _finish(model, matrix, started)
+
+
+def _finish(model: TrainedModel, matrix: Matrix, started: float) -> TrainedModel:
+    """Score percentiles, drift reference and training time of a fitted model."""
+    pipeline = model.pipeline
+    # Scores are percentiles among the training leads as if scored today: under the current
+    # context (the values serving fills in), so a lead is ranked against its peers, not years.
+    probabilities = model.probabilities(in_context(pipeline, matrix))
     model.score_percentiles = [float(q) for q in np.quantile(probabilities, np.linspace(0, 1, 101))]
     model.score_percentiles[0] = 0.0
     from ecosistema.ml.monitor import drift_reference
@@ -325,6 +520,34 @@ def _dataset(
         free_raw_data=True,
         params={"verbose": -1},
     )
+
+
+def _monotone(pipeline: FeaturePipeline) -> list[int]:
+    """LightGBM's monotone constraints per matrix column, from the spec's numeric features."""
+    out: list[int] = []
+    for column, group in zip(pipeline.columns, pipeline.groups, strict=True):
+        feature = pipeline.spec.feature(group)
+        out.append(
+            feature.monotone if isinstance(feature, NumericFeature) and column == group else 0
+        )
+    return out
+
+
+def in_context(pipeline: FeaturePipeline, matrix: Matrix) -> Matrix:
+    """A copy of ``matrix`` with every context feature set to the pipeline's current value."""
+    out = matrix.copy()
+    for name, value in pipeline.context().items():
+        for i, group in enumerate(pipeline.groups):
+            if group == name and pipeline.columns[i] == name:
+                out[:, i] = value
+    return out
+
+
+def _both_classes(labels: Any, fraction: float) -> bool:
+    """True when the latest ``fraction`` of rows and the rest each hold both classes."""
+    cut = len(labels) - max(1, round(len(labels) * fraction))
+    recent, earlier = labels[cut:], labels[:cut]
+    return bool(0 < recent.sum() < len(recent) and 0 < earlier.sum() < len(earlier))
 
 
 def _stratified_split(labels: Any, fraction: float, rng: np.random.Generator) -> tuple[Any, Any]:

@@ -6,7 +6,7 @@ import threading
 from collections import deque
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 import pandas as pd
@@ -14,7 +14,7 @@ import structlog
 from prometheus_client import Gauge
 
 from ecosistema.ml.features import FeaturePipeline, Matrix, rows_to_columns
-from ecosistema.ml.spec import CategoricalFeature
+from ecosistema.ml.spec import CategoricalFeature, NumericFeature
 
 if TYPE_CHECKING:
     from ecosistema.ml.model import TrainedModel
@@ -33,7 +33,11 @@ _BINS = 10
 def drift_reference(
     pipeline: FeaturePipeline, matrix: Matrix, probabilities: Matrix
 ) -> dict[str, Any]:
-    """Bin edges and training proportions per feature and for the score (stored with the model)."""
+    """Bin edges and training proportions per feature and for the score (stored with the model).
+
+    Context features (the same value for every lead scored now) are not monitored; the score's
+    reference is the training leads scored under the current context, as live leads are.
+    """
     reference: dict[str, Any] = {}
     for name, column in _feature_columns(pipeline).items():
         values = matrix[:, column]
@@ -54,6 +58,9 @@ def psi(expected: Sequence[float], actual: Sequence[float]) -> float:
     return float(np.sum((a - e) * np.log(a / e)))
 
 
+DriftStatus = Literal["drift", "stable", "not_enough_data"]
+
+
 @dataclass(frozen=True)
 class DriftReport:
     """PSI per feature and for the score, and which exceed the alert threshold."""
@@ -63,6 +70,20 @@ class DriftReport:
     threshold: float
     features: dict[str, float]
     score: float
+    # Below this many rows PSI is too noisy to alert on (the status says "not_enough_data").
+    min_rows: int = 0
+
+    @property
+    def enough_data(self) -> bool:
+        """True when there are enough rows for an alert to mean something."""
+        return self.rows >= max(self.min_rows, 1)
+
+    @property
+    def status(self) -> DriftStatus:
+        """``drift``, ``stable``, or ``not_enough_data``."""
+        if not self.enough_data:
+            return "not_enough_data"
+        return "drift" if self.drifted else "stable"
 
     @property
     def drifted(self) -> list[str]:
@@ -74,8 +95,8 @@ class DriftReport:
 
     @property
     def alert(self) -> bool:
-        """True when anything drifted past the threshold."""
-        return bool(self.drifted)
+        """True when there are enough rows and anything drifted past the threshold."""
+        return self.enough_data and bool(self.drifted)
 
     def as_dict(self) -> dict[str, Any]:
         """JSON-ready form."""
@@ -83,6 +104,8 @@ class DriftReport:
             "model_version": self.model_version,
             "rows": self.rows,
             "threshold": self.threshold,
+            "min_rows": self.min_rows,
+            "status": self.status,
             "alert": self.alert,
             "drifted": self.drifted,
             "score_psi": self.score,
@@ -101,6 +124,7 @@ class DriftMonitor:
     model: TrainedModel
     threshold: float = 0.2
     window: int = 10_000
+    min_rows: int = 200
     _rows: deque[Mapping[str, Any]] = field(init=False)
     _outcomes: deque[tuple[float, int]] = field(init=False)
     _lock: threading.Lock = field(init=False, default_factory=threading.Lock)
@@ -134,7 +158,7 @@ class DriftMonitor:
             columns = rows_to_columns(rows, spec.feature_names)
             count = len(rows)
         if count == 0:
-            return DriftReport(self.model.version, 0, self.threshold, {}, 0.0)
+            return DriftReport(self.model.version, 0, self.threshold, {}, 0.0, self.min_rows)
         matrix = self.model.pipeline.transform(columns)
         reference = self.model.drift_reference
         features: dict[str, float] = {}
@@ -146,17 +170,13 @@ class DriftMonitor:
         probabilities = self.model.probabilities(matrix)
         ref = reference[SCORE]
         score = round(psi(ref["expected"], _proportions(probabilities, ref["edges"])), 4)
-        report = DriftReport(self.model.version, count, self.threshold, features, score)
-        for name, value in [*features.items(), ("score", score)]:
-            PSI_GAUGE.labels(model=spec.name, feature=name).set(value)
-        if report.alert:
-            log.warning(
-                "ml.drift_alert",
-                model=spec.name,
-                version=self.model.version,
-                drifted=report.drifted,
-                threshold=self.threshold,
-            )
+        report = DriftReport(
+            self.model.version, count, self.threshold, features, score, self.min_rows
+        )
+        if report.enough_data:
+            for name, value in [*features.items(), ("score", score)]:
+                PSI_GAUGE.labels(model=spec.name, feature=name).set(value)
+        _log_state_change(spec.name, report)
         return report
 
     def live_metrics(self) -> dict[str, Any]:
@@ -173,11 +193,41 @@ class DriftMonitor:
         return {**metrics, "complete": True}
 
 
+_states_lock = threading.Lock()
+_states: dict[tuple[str, str], DriftStatus] = {}
+
+
+def _log_state_change(model: str, report: DriftReport) -> None:
+    """Log ``ml.drift_alert`` once when a version starts drifting, ``ml.drift_cleared`` when it
+    stops; checks that find the same state again stay quiet."""
+    key = (model, report.model_version)
+    with _states_lock:
+        previous = _states.get(key)
+        _states[key] = report.status
+    if report.status == previous:
+        return
+    if report.status == "drift":
+        log.warning(
+            "ml.drift_alert",
+            model=model,
+            version=report.model_version,
+            drifted=report.drifted,
+            threshold=report.threshold,
+            rows=report.rows,
+        )
+    elif previous == "drift":
+        log.info(
+            "ml.drift_cleared", model=model, version=report.model_version, status=report.status
+        )
+
+
 def _feature_columns(pipeline: FeaturePipeline) -> dict[str, int]:
-    """The first matrix column of each feature: the value itself, or the first embedding axis."""
+    """The first matrix column of each monitored feature (context features are not)."""
     first: dict[str, int] = {}
     for i, group in enumerate(pipeline.groups):
-        first.setdefault(group, i)
+        feature = pipeline.spec.feature(group)
+        if not (isinstance(feature, NumericFeature) and feature.context):
+            first.setdefault(group, i)
     return first
 
 

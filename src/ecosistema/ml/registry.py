@@ -2,7 +2,8 @@
 
 Layout under the registry URL, one folder per model name::
 
-    {url}/{name}/v{n}/model.txt        LightGBM's own text format
+    {url}/{name}/v{n}/model.txt        LightGBM's own text format (family "lightgbm")
+    {url}/{name}/v{n}/linear.json      coefficients and scaling (family "logistic")
     {url}/{name}/v{n}/spec.json        the feature spec
     {url}/{name}/v{n}/pipeline.json    fitted feature state (category vocabularies, TF-IDF terms)
     {url}/{name}/v{n}/pipeline.npz     its arrays (IDF weights, SVD components), no pickle
@@ -37,7 +38,7 @@ from fsspec.spec import AbstractFileSystem
 from ecosistema.ml.errors import ModelNotFound, PromotionRefused
 from ecosistema.ml.evaluation import headline
 from ecosistema.ml.features import FeaturePipeline
-from ecosistema.ml.model import TrainedModel
+from ecosistema.ml.model import LinearModel, TrainedModel
 from ecosistema.ml.spec import FeatureSpec
 
 log = structlog.get_logger(__name__)
@@ -109,8 +110,13 @@ class ModelRegistry:
         state, arrays = model.pipeline.state()
         buffer = io.BytesIO()
         np.savez(buffer, **arrays)  # type: ignore[arg-type]
-        files = {
-            "model.txt": model.booster.model_to_string().encode(),
+        files: dict[str, bytes] = {}
+        if model.linear is not None:
+            files["linear.json"] = json.dumps(model.linear.state()).encode()
+        else:
+            assert model.booster is not None
+            files["model.txt"] = model.booster.model_to_string().encode()
+        files |= {
             "spec.json": model.spec.to_json().encode(),
             "pipeline.json": json.dumps(state, sort_keys=True).encode(),
             "pipeline.npz": buffer.getvalue(),
@@ -128,6 +134,7 @@ class ModelRegistry:
             "rows": model.rows,
             "positives": model.positives,
             "training_seconds": model.training_seconds,
+            "family": model.family,
             "rounds": model.rounds,
             "calibration": list(model.calibration),
             "params": model.params,
@@ -197,7 +204,11 @@ class ModelRegistry:
         pipeline = FeaturePipeline.from_state(
             facts.spec, json.loads(files["pipeline.json"]), arrays
         )
-        booster = lgb.Booster(model_str=files["model.txt"].decode())
+        booster = linear = None
+        if "linear.json" in files:
+            linear = LinearModel.from_state(json.loads(files["linear.json"]))
+        else:
+            booster = lgb.Booster(model_str=files["model.txt"].decode())
         a, b = manifest["calibration"]
         return TrainedModel(
             spec=facts.spec,
@@ -215,6 +226,8 @@ class ModelRegistry:
             metrics=facts.metrics,
             drift_reference=json.loads(files["reference.json"]),
             version=version,
+            linear=linear,
+            family="logistic" if linear is not None else "lightgbm",
         )
 
     def history(self) -> builtins.list[Promotion]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import threading
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -39,9 +40,15 @@ class ModelServer:
         *,
         explain: int = 4,
         drift_threshold: float = 0.2,
+        drift_min_rows: int = 200,
         observe: bool = True,
+        context: Mapping[str, float] | None = None,
     ) -> None:
         self.registry = registry
+        self.drift_min_rows = drift_min_rows
+        # The current values of context features (e.g. interest rates), overriding those the
+        # model was trained with; a row that carries its own value keeps it.
+        self.context = dict(context or {})
         self.explain = explain
         self.drift_threshold = drift_threshold
         self.observe = observe
@@ -94,7 +101,10 @@ class ModelServer:
     def swap(self, model: TrainedModel) -> None:
         """Serve ``model`` from the next score on; in-flight scores finish on the old one."""
         previous = self.version
-        self._current = _Serving(model, DriftMonitor(model, threshold=self.drift_threshold))
+        if self.context:
+            model = dataclasses.replace(model, pipeline=model.pipeline.with_context(self.context))
+        monitor = DriftMonitor(model, threshold=self.drift_threshold, min_rows=self.drift_min_rows)
+        self._current = _Serving(model, monitor)
         log.info("ml.model_swapped", version=model.version, previous=previous)
 
     def reload(self) -> bool:

@@ -25,6 +25,12 @@ class NumericFeature:
     unit: str = ""
     # What a salesperson reads when the value is one of ``missing_values`` or absent.
     missing_phrase: str = ""
+    # Context, not a property of the row (e.g. an interest rate): when absent it is filled from the
+    # model's current context (the latest values in its training data, or configured ones), and
+    # it is never listed as a reason for a score nor monitored for drift.
+    context: bool = False
+    # -1 or 1: the score may only fall (rise) as the value grows (a LightGBM constraint).
+    monotone: int = 0
     kind: Literal["numeric"] = "numeric"
 
     @property
@@ -44,6 +50,8 @@ class CategoricalFeature:
     # Phrases for a value, e.g. {"success": "contacted successfully in a previous campaign"}.
     phrases: dict[str, str] = field(default_factory=dict)
     min_count: int = 10
+    # The value that means "not known" in the data (e.g. "unknown"): an absent input takes it.
+    missing_value: str | None = None
     kind: Literal["categorical"] = "categorical"
 
     @property

@@ -113,13 +113,15 @@ class Settings(BaseSettings):
     # which drift raises an alert.
     ml_registry_url: str = "{data_dir}/models"
     ml_drift_threshold: float = 0.2
+    # Drift is not alerted on fewer leads than this (PSI over a few dozen rows is noise).
+    ml_drift_min_rows: int = Field(default=200, ge=1)
 
     # Sales. A new install trains the default lead-scoring model on the bundled data at first
     # start (``sales_train_default_model``); the serving version is re-read and stale leads
     # re-scored every ``sales_rescore_interval_seconds``; closed leads retrain the model every
     # ``sales_retrain_interval_seconds`` once there are ``sales_retrain_min_rows`` of them.
-    # ``sales_macro_indicators`` gives the model's economic inputs (``euribor3m``, ...) for
-    # leads that do not carry them.
+    # ``sales_macro_indicators`` is the current economic context (``euribor3m``, ...) the model
+    # scores every lead in; empty means the latest values in the model's training data.
     sales_train_default_model: bool = True
     sales_rescore_interval_seconds: float = 30.0
     sales_rescore_batch_size: int = Field(default=1000, ge=1, le=100_000)

@@ -216,14 +216,13 @@ class LeadFacts:
     history: History = History()
 
 
-def feature_row(
-    facts: LeadFacts, *, macro: Mapping[str, float] | None = None
-) -> dict[str, AttributeValue]:
+def feature_row(facts: LeadFacts) -> dict[str, AttributeValue]:
     """The lead as a row of the lead-scoring spec's columns (docs/sales.md has the table).
 
-    Derived values come first; a custom attribute of the same name overrides them; macro
-    indicators come from settings when the lead does not carry them. Keys the spec does not
-    declare are ignored by the model, so a retrained spec may read any custom attribute.
+    Derived values come first; a custom attribute of the same name overrides them. The economic
+    context (``euribor3m``, ...) is not a property of the lead: the model fills it in when it
+    scores (``ECOSISTEMA_SALES_MACRO_INDICATORS``). Keys the spec does not declare are ignored by
+    the model, so a retrained spec may read any custom attribute.
     """
     created = facts.created_at
     history = facts.history
@@ -248,8 +247,6 @@ def feature_row(
         "campaign_name": facts.campaign,
         "message": facts.message,
     }
-    for key, number in (macro or {}).items():
-        row[key] = number
     for key, value in facts.attributes.items():
         if value is not None:
             row[key] = value

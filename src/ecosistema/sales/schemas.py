@@ -277,6 +277,8 @@ class DriftInfo(BaseModel):
     model_version: str
     rows: int
     threshold: float
+    min_rows: int = Field(description="Leads needed before drift can alert.")
+    status: Literal["drift", "stable", "not_enough_data"]
     alert: bool
     score: float
     features: dict[str, float]

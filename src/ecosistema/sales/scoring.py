@@ -73,10 +73,16 @@ async def start_scoring(ctx: ServiceContext) -> None:
     from ecosistema.ml import ModelRegistry, ModelServer, ensure_default_model
 
     registry = ModelRegistry(ctx.settings.ml_registry_location())
-    server = ModelServer(registry, drift_threshold=ctx.settings.ml_drift_threshold)
+    context = ctx.settings.sales_macro_indicators
+    server = ModelServer(
+        registry,
+        drift_threshold=ctx.settings.ml_drift_threshold,
+        drift_min_rows=ctx.settings.ml_drift_min_rows,
+        context=context,
+    )
     ctx.extras["scoring"] = LeadScoring(registry, server)
     if ctx.settings.sales_train_default_model:
-        await asyncio.to_thread(ensure_default_model, registry)
+        await asyncio.to_thread(ensure_default_model, registry, context=context)
     await asyncio.to_thread(server.reload)
     log.info("sales.scoring_ready", version=server.version)
 
@@ -187,6 +193,7 @@ async def retrain_from_feedback(ctx: ServiceContext) -> None:
         feedback_rows,
         min_rows=ctx.settings.sales_retrain_min_rows,
         server=scoring.server,
+        context=ctx.settings.sales_macro_indicators,
     )
     await job.run(ctx)
     await rescore_stale_leads(ctx)
@@ -321,12 +328,16 @@ async def drift_report(ctx: ServiceContext) -> DriftInfo:
         raise Conflict(
             "There are no leads to compare with the training data yet.", type="no-leads-yet"
         )
-    monitor = DriftMonitor(model, threshold=ctx.settings.ml_drift_threshold)
+    monitor = DriftMonitor(
+        model, threshold=ctx.settings.ml_drift_threshold, min_rows=ctx.settings.ml_drift_min_rows
+    )
     report = await asyncio.to_thread(monitor.check, list(rows))
     return DriftInfo(
         model_version=report.model_version,
         rows=report.rows,
         threshold=report.threshold,
+        min_rows=report.min_rows,
+        status=report.status,
         alert=report.alert,
         score=report.score,
         features=report.features,
@@ -412,7 +423,9 @@ async def _execute_run(ctx: ServiceContext, run_id: str, kind: str, request: Tra
         try:
             feedback = await feedback_rows(ctx) if request.include_feedback else []
             if kind == "train":
-                result = await asyncio.to_thread(_train, scoring, request, feedback)
+                result = await asyncio.to_thread(
+                    _train, scoring, request, feedback, ctx.settings.sales_macro_indicators
+                )
                 if result["promoted"]:
                     await asyncio.to_thread(scoring.server.reload)
                     result["rescored"] = await rescore_stale_leads(ctx)
@@ -440,7 +453,10 @@ def _reference(request: TrainRequest) -> Any:
 
 
 def _train(
-    scoring: LeadScoring, request: TrainRequest, feedback: list[dict[str, Any]]
+    scoring: LeadScoring,
+    request: TrainRequest,
+    feedback: list[dict[str, Any]],
+    context: Mapping[str, float],
 ) -> dict[str, Any]:
     from ecosistema.ml import retrain
 
@@ -451,12 +467,14 @@ def _train(
         folds=request.folds,
         promote=request.promote,
         force=request.force,
+        context=context,
     )
     return {
         "version": result.version.version,
         "promoted": result.promoted,
         "reason": result.reason,
         "headline_roc_auc": result.version.headline,
+        "family": result.version.metrics.get("family", "lightgbm"),
         "rows": result.version.rows,
         "feedback_rows": len(feedback),
         "training_seconds": result.version.training_seconds,

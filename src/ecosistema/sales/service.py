@@ -159,7 +159,7 @@ def _facts(values: Mapping[str, Any], history: History) -> LeadFacts:
 
 
 def _features(ctx: ServiceContext, values: Mapping[str, Any], history: History) -> dict[str, Any]:
-    return domain.feature_row(_facts(values, history), macro=ctx.settings.sales_macro_indicators)
+    return domain.feature_row(_facts(values, history))
 
 
 def _scored(ctx: ServiceContext, features: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
@@ -787,7 +787,11 @@ _MESSAGES = (
     "We need a demo for our team of 20.",
     None,
 )
-_ATTRIBUTES = ("age", "job", "marital", "education", "default", "housing", "loan")
+# A reference-data row's person and contact history: demo leads look like the training leads.
+_ATTRIBUTES = (
+    *("age", "job", "marital", "education", "default", "housing", "loan"),
+    *("campaign", "pdays", "previous", "poutcome"),
+)
 
 
 async def seed_demo(ctx: ServiceContext) -> dict[str, Any]:

@@ -5,8 +5,8 @@ is valid (``all-or-nothing``); ``skip-invalid`` writes the valid rows and report
 
 Columns: ``name, email, phone, company, source, channel, campaign, message, owner_id``, the
 model's attributes by name (``age, job, marital, education, default, housing, loan, pdays,
-previous, poutcome`` and the macro indicators), and any other custom attribute as
-``attr.<key>``. Any other column refuses the file before a row is read.
+previous, poutcome``; the economic context is the model's, though a file may carry it), and any
+other custom attribute as ``attr.<key>``. Any other column refuses the file before a row is read.
 """
 
 from __future__ import annotations
