@@ -196,7 +196,8 @@ def evaluate_command(
     folds: Annotated[int, typer.Option(help="Cross-validation folds.")] = 5,
     as_json: JsonOption = False,
 ) -> None:
-    """Cross-validate and hold out the latest rows, LightGBM beside the logistic baseline."""
+    """Cross-validate and hold out the latest rows for LightGBM and the logistic regression;
+    the one better on the hold-out is the family training would serve."""
     from ecosistema.ml import evaluate
 
     feature_spec = _spec(spec)
@@ -390,12 +391,12 @@ def _print_metrics(metrics: dict[str, Any]) -> None:
     if "cv" in metrics:
         columns += [
             (f"{metrics['cv']['folds']}-fold LightGBM", metrics["cv"]["lightgbm"]),
-            ("k-fold baseline", metrics["cv"]["baseline"]),
+            ("k-fold logistic", metrics["cv"]["baseline"]),
         ]
     if "holdout" in metrics:
         columns += [
             ("hold-out LightGBM", metrics["holdout"]["lightgbm"]),
-            ("hold-out baseline", metrics["holdout"]["baseline"]),
+            ("hold-out logistic", metrics["holdout"]["baseline"]),
         ]
     for title, _ in columns:
         table.add_column(title, justify="right")
@@ -416,6 +417,8 @@ def _print_metrics(metrics: dict[str, Any]) -> None:
         console.print(
             f"mean fold ROC-AUC {metrics['cv']['roc_auc_mean']} +/- {metrics['cv']['roc_auc_std']}"
         )
+    if "family" in metrics:
+        console.print(f"family that would serve (better on the hold-out): {metrics['family']}")
     lift_source = metrics.get("cv", metrics.get("holdout"))
     if lift_source:
         lift = Table(title="lift by decile (LightGBM)")
