@@ -7,7 +7,7 @@ import json
 import os
 import secrets
 import sys
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Collection
 from pathlib import Path
 from typing import Annotated, Any, TypeVar
 
@@ -50,16 +50,33 @@ def _settings() -> Settings:
 
 
 def _with_runtime(
-    settings: Settings, work: Callable[[Runtime], Awaitable[T]], names: list[str] | None = None
+    settings: Settings,
+    work: Callable[[Runtime], Awaitable[T]],
+    names: list[str] | None = None,
+    *,
+    start_hooks: Collection[str] | None = None,
 ) -> T:
-    """Run ``work`` against a started runtime (migrated, no background tasks), then stop it."""
+    """Run ``work`` against a started runtime (migrated, no background tasks), then stop it.
+
+    ``names`` hosts only those services (default: all), and ``start_hooks`` runs only those
+    services' start hooks (default: all hosted), so a maintenance command neither migrates
+    nor warms up (the sales model, for one) what it does not use. Events are relayed at the
+    end only when every service is hosted: otherwise a consumer that is not here would miss
+    them on the in-process bus, so they wait in the outbox for the platform's relay."""
+    from dataclasses import replace
 
     async def _main() -> T:
-        runtime = Runtime(settings, load_services(names))
+        services = load_services(names)
+        if start_hooks is not None:
+            services = [
+                svc if svc.name in start_hooks else replace(svc, on_start=None) for svc in services
+            ]
+        runtime = Runtime(settings, services)
         await runtime.start(background=False)
         try:
             result = await work(runtime)
-            await runtime.drain_outboxes()
+            if names is None:
+                await runtime.drain_outboxes()
             return result
         finally:
             await runtime.stop()
@@ -85,6 +102,7 @@ def config(
     """Print the effective settings, secrets masked."""
     settings = get_settings()
     values = settings.masked()
+    values["master_key_id"] = _active_master_key_id(settings)
     if as_json:
         console.print_json(json.dumps(values, default=str))
         return
@@ -92,6 +110,23 @@ def config(
     for name, value in values.items():
         table.add_row(name, json.dumps(value, default=str) if not isinstance(value, str) else value)
     console.print(table)
+
+
+def _active_master_key_id(settings: Settings) -> str | None:
+    """The id of the master key new values are encrypted with: ECOSISTEMA_MASTER_KEY_ID when
+    the key comes from settings, else the key file's active key (which ``keys rotate``
+    changes); ``None`` before the first start creates the key file."""
+    from ecosistema.platform.crypto import KEY_FILE_NAME, KeyConfigurationError, MasterKeyring
+
+    if settings.master_key is not None and settings.master_key.get_secret_value().strip():
+        return settings.master_key_id
+    path = settings.data_dir / KEY_FILE_NAME
+    if not path.exists():
+        return None
+    try:
+        return MasterKeyring.from_key_file(path).active_id
+    except (KeyConfigurationError, OSError, ValueError) as exc:
+        return f"unreadable key file {path}: {exc}"
 
 
 @app.command()
@@ -353,7 +388,7 @@ def create_admin(
         return await create_admin_user(runtime.contexts["identity"], email=email, password=secret)
 
     try:
-        _with_runtime(settings, _work)
+        _with_runtime(settings, _work, ["identity"])
     except ProblemError as exc:
         _fail(exc.detail)
     console.print(f"[green]admin created:[/] {email}")
@@ -401,7 +436,13 @@ def rotate_keys(
             kid = await rotate_signing_key(runtime.contexts["identity"])
             console.print(f"[green]new signing key:[/] {kid}")
 
-    _with_runtime(settings, _work)
+    # Only the services whose data is re-encrypted, plus identity for the signing key; only
+    # identity's start hook runs (it loads the signing keys).
+    hosted = [svc.name for svc in load_services() if master and svc.encrypted_columns]
+    if signing and "identity" not in hosted:
+        hosted.append("identity")
+    if hosted:
+        _with_runtime(settings, _work, hosted, start_hooks={"identity"} if signing else ())
 
 
 catalog_app = typer.Typer(help="Catalog bulk import.", no_args_is_help=True)

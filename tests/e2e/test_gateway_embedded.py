@@ -169,3 +169,75 @@ async def test_unknown_paths_and_methods_are_problem_json_at_the_edge(
     assert unknown_product.headers["content-type"] == "application/problem+json"
     assert (await client.get("/readyz")).status_code == 200
     assert (await client.get("/openapi.json")).json()["info"]["title"] == "Ecosistema"
+
+
+async def test_metrics_expose_the_gateways_and_the_apps_series_in_one_exposition(
+    edge: tuple[Any, httpx.AsyncClient],
+) -> None:
+    _, client = edge
+    assert (await client.get(f"{API}/products")).status_code == 200
+
+    scraped = await client.get("/metrics")
+    head = await client.head("/metrics")
+
+    assert scraped.status_code == 200
+    assert scraped.headers["content-type"].startswith("text/plain")
+    text = scraped.text
+    # The gateway's own series...
+    assert 'ecosistema_gateway_requests_total{method="GET",route="/api/v1/products"' in text
+    # ...and the app's, which only the app in process knows: its request counts by route
+    # template, the outbox backlog of every service and the consumer lag.
+    assert 'ecosistema_http_requests_total{method="GET",route="/api/v1/products"' in text
+    assert 'ecosistema_outbox_backlog{service="catalog"}' in text
+    assert "# TYPE ecosistema_consumer_lag gauge" in text
+    families = [line.split()[2] for line in text.splitlines() if line.startswith("# TYPE ")]
+    assert len(families) == len(set(families)), "a metric family is exposed twice"
+    assert head.status_code == 200
+    assert head.content == b""
+
+
+async def test_identitys_own_login_throttle_passes_without_the_gateways_limit_headers(
+    shape: str, tmp_path: Path
+) -> None:
+    # The gateway's auth budget is generous here; identity locks the account after 2 failures.
+    settings = fast_settings(
+        shape,
+        tmp_path,
+        gateway_auth_burst=10,
+        lockout_threshold=2,
+        login_delay_after_failures=100,
+    )
+    running = await serve_embedded(settings, port=0, access_log=io.StringIO())
+    try:
+        async with httpx.AsyncClient(
+            base_url=f"http://127.0.0.1:{running.port}", timeout=30
+        ) as client:
+            attempts = [
+                await client.post(
+                    f"{API}/auth/login",
+                    json={"email": "someone@example.com", "password": "wrong pass"},
+                )
+                for _ in range(3)
+            ]
+    finally:
+        await running.close(2)
+        await drop_test_schemas(settings)
+    assert [r.status_code for r in attempts] == [401, 401, 429], [r.text for r in attempts]
+    assert attempts[0].headers["ratelimit-limit"] == "10"
+    locked = attempts[2]
+    assert locked.headers["content-type"] == "application/problem+json"
+    # Identity's Retry-After (its lockout), and no gateway quota that would contradict it.
+    assert int(locked.headers["retry-after"]) > 60
+    assert not any(name.startswith("ratelimit-") for name in locked.headers)
+
+
+async def test_docs_and_their_assets_come_through_the_gateway_from_the_app(
+    edge: tuple[Any, httpx.AsyncClient],
+) -> None:
+    _, client = edge
+    page = await client.get("/docs")
+    css = await client.get("/docs/static/swagger-ui.css")
+    assert page.status_code == 200
+    assert "http://" not in page.text and "https://" not in page.text
+    assert css.status_code == 200
+    assert css.headers["content-type"].startswith("text/css")

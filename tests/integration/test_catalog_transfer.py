@@ -85,7 +85,8 @@ async def test_skip_invalid_applies_the_good_rows_and_lists_exactly_the_skipped_
     assert report.applied is True
     assert report.rows_skipped == 5
     assert [e.line for e in report.errors] == [3, 4, 5, 6, 7]
-    assert (report.products_created, report.variants_written) == (2, 1)
+    assert (report.products_created, report.variants_written) == (1, 1)
+    assert await product_slugs(catalog) == ["tee"]
     tee = await catalog_service.get_product(catalog, await product_id(catalog, "tee"))
     assert [(v.sku, v.options, v.weight_grams) for v in tee.variants] == [
         ("TEE-S", {"size": "S"}, 180)
@@ -94,6 +95,108 @@ async def test_skip_invalid_applies_the_good_rows_and_lists_exactly_the_skipped_
         ("EUR", 1990),
         ("USD", 2190),
     ]
+
+
+async def product_slugs(ctx: ServiceContext) -> list[str]:
+    from sqlalchemy import select
+
+    from ecosistema.catalog.models import products
+
+    async with ctx.db.read() as session:
+        return sorted((await session.scalars(select(products.c.slug))).all())
+
+
+async def variant_skus(ctx: ServiceContext) -> list[str]:
+    from sqlalchemy import select
+
+    from ecosistema.catalog.models import variants
+
+    async with ctx.db.read() as session:
+        return sorted((await session.scalars(select(variants.c.sku))).all())
+
+
+async def test_skip_invalid_writes_nothing_of_a_refused_row_and_counts_only_what_it_wrote(
+    shop_app: FastAPI, shop: httpx.AsyncClient
+) -> None:
+    await make_category(ctx_of(shop_app), "Tops")
+    staff = await sign_in_demo(shop_app, shop, "staff")
+    body = (
+        CSV_HEADER
+        + """\
+shirt,Shirt,,active,tops,,SHIRT-1,,,200,1500,
+socks,Socks,,active,,,SOCKS-1,,,50,500,
+glove,Glove,,active,,,GLOVE-1,,,60,-5,
+scarf,Scarf,,active,nowhere,,SCARF-1,,,70,900,
+boot,Boot,,active,,,BOOT-1,,,heavy,4000,
+"""
+    )
+
+    response = await shop.post(
+        f"{API}/products/import",
+        params={"mode": "skip-invalid"},
+        content=body,
+        headers={**staff, "Content-Type": "text/csv"},
+    )
+    listed = await shop.get(f"{API}/products")
+    searched = await shop.get(f"{API}/products", params={"q": "glove"})
+
+    assert response.status_code == 200, response.text
+    report = response.json()
+    assert {k: report[k] for k in ("rows_read", "products_created", "variants_written")} == {
+        "rows_read": 5,
+        "products_created": 2,
+        "variants_written": 2,
+    }
+    assert report["rows_skipped"] == 3
+    assert [e["line"] for e in report["errors"]] == [4, 5, 6]
+    assert await product_slugs(ctx_of(shop_app)) == ["shirt", "socks"]
+    assert listed.status_code == 200
+    assert sorted(p["slug"] for p in listed.json()["items"]) == ["shirt", "socks"]
+    assert searched.json()["items"] == []
+
+
+async def test_skip_invalid_takes_a_products_fields_from_its_first_accepted_row(
+    catalog: ServiceContext, tmp_path: Path
+) -> None:
+    path = write(
+        tmp_path,
+        "products.csv",
+        CSV_HEADER
+        + "hat,Bad Hat,,draft,,,HAT-S,,,-3,100,\n"
+        + "hat,Good Hat,,active,,,HAT-M,,,90,100,\n",
+    )
+
+    report = await import_file(catalog, path, format="csv", mode="skip-invalid")
+
+    assert (report.products_created, report.variants_written, report.rows_skipped) == (1, 1, 1)
+    hat = await catalog_service.get_product(catalog, await product_id(catalog, "hat"))
+    assert (hat.name, hat.status, [v.sku for v in hat.variants]) == (
+        "Good Hat",
+        "active",
+        ["HAT-M"],
+    )
+
+
+async def test_skip_invalid_drops_a_json_line_whole_when_one_of_its_variants_is_refused(
+    catalog: ServiceContext, tmp_path: Path
+) -> None:
+    lines = [
+        {"slug": "kettle", "name": "Kettle", "variants": [{"sku": "K-1"}]},
+        # K-1 belongs to kettle: the whole line is refused, so J-2 is not written either.
+        {"slug": "jug", "name": "Jug", "variants": [{"sku": "J-2"}, {"sku": "K-1"}]},
+        # ...and J-2, never written, stays free for a later line.
+        {"slug": "jar", "name": "Jar", "variants": [{"sku": "J-2"}]},
+        {"slug": "pot", "name": "Pot", "category": "nowhere", "variants": [{"sku": "P-1"}]},
+    ]
+    path = write(tmp_path, "p.jsonl", "".join(json.dumps(line) + "\n" for line in lines))
+
+    report = await import_file(catalog, path, format="jsonl", mode="skip-invalid")
+
+    assert [e.line for e in report.errors] == [2, 4]
+    assert (report.rows_read, report.rows_skipped) == (4, 2)
+    assert (report.products_created, report.variants_written) == (2, 2)
+    assert await product_slugs(catalog) == ["jar", "kettle"]
+    assert await variant_skus(catalog) == ["J-2", "K-1"]
 
 
 async def product_id(ctx: ServiceContext, slug: str) -> str:

@@ -83,6 +83,42 @@ def test_create_admin_generates_and_prints_a_password_when_none_is_given() -> No
     assert len(match.group(1)) >= 12
 
 
+def _databases(workdir: Path) -> list[str]:
+    return sorted(path.stem for path in (workdir / "data").glob("*.db"))
+
+
+def _pending_events(database: Path) -> list[str]:
+    import sqlite3
+
+    with sqlite3.connect(database) as db:
+        rows = db.execute("SELECT type FROM outbox WHERE published_at IS NULL").fetchall()
+    return [row[0] for row in rows]
+
+
+def test_create_admin_hosts_only_identity_and_leaves_its_events_for_the_platform(
+    workdir: Path,
+) -> None:
+    invoke("users", "create-admin", "--email", "root@example.com")
+
+    # No other service is migrated or started (sales would load its scoring model).
+    assert _databases(workdir) == ["identity"]
+    assert not (workdir / "data" / "models").exists()
+    # Sales consumes the registration; not hosted here, so the event waits in identity's outbox
+    # for the platform's relay instead of being relayed to no one.
+    assert "UserRegistered" in _pending_events(workdir / "data" / "identity.db")
+
+
+def test_keys_rotate_hosts_only_the_services_with_encrypted_data(workdir: Path) -> None:
+    from ecosistema.services import load_services
+
+    invoke("keys", "rotate")
+
+    encrypted = sorted(svc.name for svc in load_services() if svc.encrypted_columns)
+    assert "sales" in encrypted and "catalog" not in encrypted
+    assert _databases(workdir) == encrypted
+    assert not (workdir / "data" / "models").exists()
+
+
 def test_create_admin_rejects_a_weak_password() -> None:
     result = runner.invoke(
         app, ["users", "create-admin", "--email", "root@example.com", "--password", "short"]
@@ -103,6 +139,23 @@ def test_keys_rotate_issues_new_master_and_signing_keys(workdir: Path) -> None:
     assert "new master key" in output
     assert "new signing key" in output
     assert (workdir / "data" / "master.key").stat().st_mode & 0o777 == 0o600
+
+
+def test_config_shows_the_master_key_the_key_ring_has_active(workdir: Path) -> None:
+    assert json.loads(invoke("config", "--json"))["master_key_id"] is None  # no key file yet
+    invoke("keys", "rotate", "--no-signing")  # creates the key file (mk1), rotates to mk2
+
+    assert json.loads(invoke("config", "--json"))["master_key_id"] == "mk2"
+    assert "mk2" in invoke("config")
+
+
+def test_config_shows_the_configured_master_key_id_when_the_key_comes_from_settings(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("ECOSISTEMA_MASTER_KEY", "A" * 44)
+    monkeypatch.setenv("ECOSISTEMA_MASTER_KEY_ID", "prod2")
+    get_settings.cache_clear()
+    assert json.loads(invoke("config", "--json"))["master_key_id"] == "prod2"
 
 
 def test_gateway_without_a_route_table_says_how_to_give_one() -> None:

@@ -84,3 +84,23 @@ def test_two_gateway_processes_share_one_budget_in_redis(upstream: str, tmp_path
     print(f"shared budget of 5: {dict(statuses)}, admitted per gateway {dict(per_gateway)}")
     assert statuses == Counter({200: 5, 429: 15})
     assert len(per_gateway) == 2
+
+
+async def test_an_upstreams_own_429_keeps_its_retry_after_without_the_gateways_limits(
+    upstream: str,
+) -> None:
+    routes = table(upstream)
+    routes["routes"].insert(0, {"prefix": "/status/", "service": "svc", "public": True})
+    server = await serve(gateway_config(routes), port=0, access_log=io.StringIO())
+    try:
+        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{server.port}") as c:
+            admitted = await c.get("/status/200")
+            throttled = await c.get("/status/429", params={"retry_after": "42"})
+    finally:
+        await server.close(1)
+    assert admitted.headers["ratelimit-remaining"] == "4"
+    assert throttled.status_code == 429
+    assert throttled.headers["x-upstream"] == "a"
+    assert throttled.headers["retry-after"] == "42"
+    # The gateway's budget (3 of 5 left) says nothing about the service's own limit.
+    assert not any(name.startswith("ratelimit-") for name in throttled.headers)

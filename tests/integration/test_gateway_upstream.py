@@ -3,8 +3,9 @@ plus helpers to start it and the gateway as subprocesses. It holds no tests itse
 
 Endpoints: /readyz (503 after POST /admin/unready), /echo/* (what arrived: method, path,
 headers, body length and SHA-256, the client port), /stream?size=&chunk= (a chunked body),
-/slow?seconds=, /status/{code}, /.well-known/jwks.json (read from $JWKS_FILE on every call),
-/cacheable[/{id}]?cc=&etag=&vary=&cookie=&status= and /admin/cacheable-count.
+/slow?seconds=, /status/{code}[?retry_after=] (with that Retry-After), /.well-known/jwks.json
+(read from $JWKS_FILE on every call), /cacheable[/{id}]?cc=&etag=&vary=&cookie=&status= and
+/admin/cacheable-count.
 """
 
 from __future__ import annotations
@@ -142,7 +143,8 @@ async def app(scope: Scope, receive: Receive, send: Send) -> None:
         await asyncio.sleep(float(query.get("seconds", "1")))
         await _json(send, 200, {"instance": INSTANCE, "slept": True})
     elif path.startswith("/status/"):
-        await _json(send, int(path.rsplit("/", 1)[1]), {"instance": INSTANCE})
+        extra = ((b"retry-after", query["retry_after"].encode()),) if "retry_after" in query else ()
+        await _json(send, int(path.rsplit("/", 1)[1]), {"instance": INSTANCE}, extra)
     elif path == "/.well-known/jwks.json":
         await _json(send, 200, json.loads(Path(os.environ["JWKS_FILE"]).read_text()))
     else:

@@ -301,17 +301,21 @@ def _read_csv(stream: IO[bytes], tally: _Tally) -> Iterator[_Record]:
                 tally.refuse(line, _describe(exc), slug=slug_hint or None)
                 continue
             current = _Record(product, _slug_of(product), [], [])
-        current.lines.append(line)
         if not (row.get("sku") or "").strip():
+            current.lines.append(line)
             continue
         try:
             variant = _csv_variant(row, price_columns)
-        except ValidationError as exc:
-            tally.refuse(line, _describe(exc), sku=row.get("sku"), slug=current.slug)
+        except (ValidationError, ValueError) as exc:
+            reason = _describe(exc) if isinstance(exc, ValidationError) else str(exc)
+            tally.refuse(line, reason, sku=row.get("sku"), slug=current.slug)
+            if not current.lines:
+                # The product's fields came from this refused row: the next row of the same
+                # product (if any) supplies them instead, and a product none of whose rows is
+                # accepted is not written at all.
+                current = None
             continue
-        except ValueError as exc:
-            tally.refuse(line, str(exc), sku=row.get("sku"), slug=current.slug)
-            continue
+        current.lines.append(line)
         current.product.variants.append(variant)
         current.variant_lines.append(line)
     if current is not None:
@@ -375,9 +379,8 @@ class _Importer:
 
     def claim_skus(self, record: _Record) -> None:
         """Refuse variants whose SKU an earlier product of the same file already uses."""
-        kept: list[ImportVariant] = []
-        kept_lines: list[int] = []
-        for variant, line in zip(record.product.variants, record.variant_lines, strict=True):
+        pairs = list(zip(record.product.variants, record.variant_lines, strict=True))
+        for variant, line in pairs:
             owner = self.sku_owner.get(variant.sku)
             if owner is not None and owner[0] != record.slug:
                 self.tally.refuse(
@@ -386,6 +389,12 @@ class _Importer:
                     sku=variant.sku,
                     slug=record.slug,
                 )
+        # Only variants of rows that stay accepted claim their SKU (a JSON line with one
+        # refused variant is refused whole, so none of its variants does).
+        kept: list[ImportVariant] = []
+        kept_lines: list[int] = []
+        for variant, line in pairs:
+            if line in self.tally.skipped_lines:
                 continue
             self.sku_owner.setdefault(variant.sku, (record.slug, line))
             kept.append(variant)
@@ -450,8 +459,16 @@ class _Importer:
                 kept_lines.append(line)
             rec.product.variants[:] = kept
             rec.variant_lines[:] = kept_lines
+            if self.refused(rec):
+                continue
             good.append(rec)
         return good, (existing, known_skus, category_ids)
+
+    def refused(self, record: _Record) -> bool:
+        """Whether nothing of the record may be written: a refused row changes nothing, so a
+        JSON line with a refused variant is dropped whole, and so is a CSV product all of whose
+        rows were refused."""
+        return all(line in self.tally.skipped_lines for line in record.lines)
 
     async def write(self, session: AsyncSession, records: list[_Record], known: Any) -> None:
         """Create or update the records' products, variants and prices, with their events."""
@@ -866,7 +883,8 @@ def import_products_command(
                     on_progress=lambda done: progress.update(task, completed=done),
                 )
                 progress.update(task, completed=total)
-            await runtime.drain_outboxes()
+            # The import's events stay in catalog's outbox for the platform's relay: relayed
+            # from here, consumers of other services (not hosted here) would miss them.
             return report
         finally:
             await runtime.stop()

@@ -283,7 +283,7 @@ class _Response:
                 self._rechunk = True
             else:
                 ex.keep_alive = False
-        out.append(self._gateway.response_headers(ex))
+        out.append(self._gateway.response_headers(ex, limits=status != 429))
         if not ex.keep_alive or not ex.body_done:
             ex.close_after = True
             out.append(b"connection: close\r\n")

@@ -118,10 +118,12 @@ _PAUSE_BUFFER, _PAUSE_UPSTREAM, _PAUSE_PIPELINE = 1, 2, 4
 
 # Where a request goes on from once it needs to wait for something; _PENDING: sent upstream
 # without a task, the upstream connection's callbacks finish it.
-_DONE, _STAGE_AUTH, _STAGE_LIMIT, _STAGE_FORWARD, _PENDING = range(5)
+_DONE, _STAGE_AUTH, _STAGE_LIMIT, _STAGE_FORWARD, _PENDING, _STAGE_METRICS = range(6)
 _RETRY = -1
 # The instance label of routes served by an app in the gateway's process.
 _IN_PROCESS = "in-process"
+# Where an app served in process exposes its own metrics (platform.telemetry_http).
+_APP_METRICS_PATH = "/metrics"
 
 
 def _backoff(attempt: int) -> float:
@@ -477,7 +479,7 @@ class Exchange:
                 self.rechunk = True
             else:
                 self.keep_alive = False
-        out.append(gw.response_headers(self))
+        out.append(gw.response_headers(self, limits=status != 429))
         if not self.keep_alive or not self.body_done:
             self.close_after = True
             out.append(b"connection: close\r\n")
@@ -812,6 +814,12 @@ class Gateway:
         self._own_bus: EventBus | None = None
         self._log_enabled = config.access_log
         self.metrics = GatewayMetrics(lambda: self.balancers.values())
+        # The app served in process (``ecosistema up``): its own metrics (HTTP, outbox backlog,
+        # consumer lag) are appended to the gateway's on the gateway's metrics path, which
+        # would otherwise hide them. Several distinct apps would repeat the app's metric
+        # families, so only a single one is scraped.
+        apps = list({id(app): app for app in self.local_apps.values()}.values())
+        self._metrics_app: LocalService | None = apps[0] if len(apps) == 1 else None
         secret = config.auth.principal_secret
         self._secret = secret.get_secret_value().encode() if secret is not None else None
         self._api_key_header = config.auth.api_key_header.lower().encode()
@@ -1070,9 +1078,16 @@ class Gateway:
             )
         )
 
-    def response_headers(self, ex: Exchange) -> bytes:
-        """Headers the gateway adds to every response: request id, security, CORS, limits."""
-        out = b"x-request-id: %s\r\n%s%s" % (ex.request_id, self._security, ex.rate_headers)
+    def response_headers(self, ex: Exchange, *, limits: bool = True) -> bytes:
+        """Headers the gateway adds to every response: request id, security, CORS, limits.
+        ``limits=False`` leaves out the gateway's RateLimit-* headers: an upstream's own 429
+        (with its own Retry-After) is a different limit, and the gateway's remaining quota
+        next to it would contradict it."""
+        out = b"x-request-id: %s\r\n%s%s" % (
+            ex.request_id,
+            self._security,
+            ex.rate_headers if limits else b"",
+        )
         if ex.cache_key is not None:
             out += b"x-cache: MISS\r\n"
         origin = ex.origin
@@ -1098,6 +1113,8 @@ class Gateway:
             self._preflight(ex)
             return _DONE
         if ex.path == config.metrics_path and method in ("GET", "HEAD"):
+            if self._metrics_app is not None:
+                return _STAGE_METRICS
             self._metrics(ex)
             return _DONE
         path = ex.path
@@ -1140,6 +1157,9 @@ class Gateway:
     async def _serve_later(self, ex: Exchange, stage: int) -> bool:
         """The steps that wait; returns False when the exchange was handed to upstream
         callbacks, which finish it."""
+        if stage == _STAGE_METRICS:
+            await self._metrics_with_app(ex)
+            return True
         route = ex.route
         assert route is not None
         if stage == _STAGE_AUTH:
@@ -1291,8 +1311,23 @@ class Gateway:
         ex.response_started = True
         ex.conn.write(b"".join(head))
 
-    def _metrics(self, ex: Exchange) -> None:
-        body = self.metrics.render()
+    async def _metrics_with_app(self, ex: Exchange) -> None:
+        """The gateway's metrics followed by those of the app it serves in process: one text
+        exposition, the two sets of metric families being disjoint."""
+        app = self._metrics_app
+        assert app is not None
+        try:
+            status, body = await app.get(_APP_METRICS_PATH)
+        except Exception:
+            log.exception("app_metrics_unavailable")
+            status, body = 0, b""
+        if status != 200:
+            log.warning("app_metrics_unavailable", status=status)
+            body = b""
+        self._metrics(ex, body)
+
+    def _metrics(self, ex: Exchange, app_metrics: bytes = b"") -> None:
+        body = self.metrics.render() + app_metrics
         ex.status = 200
         ex.response_started = True
         ex.response_bytes = len(body)

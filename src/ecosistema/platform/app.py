@@ -51,7 +51,7 @@ def create_app(
         title=title,
         version=__version__,
         lifespan=lifespan,
-        docs_url="/docs",
+        docs_url=None,  # served by _install_docs, with Swagger UI's files from this package
         redoc_url=None,
         openapi_url="/openapi.json",
     )
@@ -64,6 +64,7 @@ def create_app(
         if service.root_router is not None:
             app.include_router(service.root_router)
     _install_health(app, runtime)
+    _install_docs(app, title)
     _document_problems(app)
     from ecosistema.platform import telemetry_http
 
@@ -87,6 +88,43 @@ def create_app(
             max_age=600,
         )
     return app
+
+
+DOCS_STATIC = "/docs/static"
+
+
+def _install_docs(app: FastAPI, title: str) -> None:
+    """Swagger UI at /docs with its JavaScript and CSS served from this package (vendored
+    Swagger UI, see platform/static/swagger-ui/README.md), so it works offline."""
+    from pathlib import Path
+
+    from fastapi.openapi.docs import get_swagger_ui_html, get_swagger_ui_oauth2_redirect_html
+    from fastapi.responses import HTMLResponse
+    from starlette.staticfiles import StaticFiles
+
+    redirect = "/docs/oauth2-redirect"
+    app.mount(
+        DOCS_STATIC,
+        StaticFiles(directory=Path(__file__).parent / "static" / "swagger-ui"),
+        name="docs-static",
+    )
+
+    @app.get("/docs", include_in_schema=False)
+    async def swagger_ui() -> HTMLResponse:
+        return get_swagger_ui_html(
+            openapi_url="/openapi.json",
+            title=f"{title} - Swagger UI",
+            swagger_js_url=f"{DOCS_STATIC}/swagger-ui-bundle.js",
+            swagger_css_url=f"{DOCS_STATIC}/swagger-ui.css",
+            swagger_favicon_url=f"{DOCS_STATIC}/favicon-32x32.png",
+            oauth2_redirect_url=redirect,
+            # No badge fetched from the public validator either.
+            swagger_ui_parameters={"validatorUrl": None},
+        )
+
+    @app.get(redirect, include_in_schema=False)
+    async def swagger_ui_redirect() -> HTMLResponse:
+        return get_swagger_ui_oauth2_redirect_html()
 
 
 def _install_health(app: FastAPI, runtime: Runtime) -> None:
