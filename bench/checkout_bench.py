@@ -21,7 +21,6 @@ import asyncio
 import json
 import os
 import resource
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -31,7 +30,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-from machine import describe, free_port
+from machine import bearer, describe, free_port, run_clients
 
 ECOSISTEMA = str(Path(sys.executable).parent / "ecosistema")
 ADMIN = ("bench-admin@example.com", "bench admin passphrase 2026")
@@ -50,10 +49,6 @@ def wait_ready(url: str, timeout: float = 180.0) -> None:
             pass
         time.sleep(0.05)
     raise TimeoutError(f"{url} not ready after {timeout}s")
-
-
-def bearer(token: str) -> dict[str, str]:
-    return {"Authorization": f"Bearer {token}"}
 
 
 async def prepare_shop(client: httpx.AsyncClient, customers: int) -> list[str]:
@@ -153,51 +148,9 @@ async def checkout(client: httpx.AsyncClient, token: str) -> None:
         raise RuntimeError(f"payment not succeeded: {confirmed.text}")
 
 
-async def run_level(
-    base: str, tokens: list[str], concurrency: int, seconds: float, *, healthz: bool
-) -> dict[str, float]:
-    """Run ``concurrency`` clients for ``seconds``; operations per second and latencies."""
-    limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
-    latencies: list[float] = []
-    errors = 0
-    async with httpx.AsyncClient(base_url=base, limits=limits, timeout=30.0) as client:
-        stop_at = time.perf_counter() + seconds
-
-        async def worker(index: int) -> None:
-            nonlocal errors
-            while time.perf_counter() < stop_at:
-                start = time.perf_counter()
-                try:
-                    if healthz:
-                        (await client.get("/healthz")).raise_for_status()
-                    else:
-                        await checkout(client, tokens[index])
-                except (httpx.HTTPError, RuntimeError) as exc:
-                    errors += 1
-                    if errors <= 3:
-                        body = exc.response.text if isinstance(exc, httpx.HTTPStatusError) else ""
-                        print(f"  error: {exc!r} {body[:300]}", file=sys.stderr)
-                    continue
-                latencies.append(time.perf_counter() - start)
-
-        started = time.perf_counter()
-        await asyncio.gather(*(worker(i) for i in range(concurrency)))
-        elapsed = time.perf_counter() - started
-    latencies.sort()
-
-    def pct(p: float) -> float:
-        if not latencies:
-            return float("nan")
-        return latencies[min(len(latencies) - 1, int(p * len(latencies)))] * 1000
-
-    return {
-        "per_s": round(len(latencies) / elapsed, 1),
-        "p50_ms": round(pct(0.50), 2),
-        "p99_ms": round(pct(0.99), 2),
-        "mean_ms": round(statistics.fmean(latencies) * 1000, 2) if latencies else float("nan"),
-        "count": len(latencies),
-        "errors": errors,
-    }
+async def healthz(client: httpx.AsyncClient, _token: str) -> None:
+    """The baseline: the cheapest request the server answers."""
+    (await client.get("/healthz")).raise_for_status()
 
 
 def main() -> None:
@@ -235,13 +188,13 @@ def main() -> None:
             async def _all() -> None:
                 async with httpx.AsyncClient(base_url=base, timeout=60.0) as client:
                     tokens = await prepare_shop(client, max(args.concurrency))
-                await run_level(base, tokens, 1, 1.0, healthz=False)  # warm-up
+                await run_clients(base, tokens, 1, 1.0, checkout)  # warm-up
                 for level in args.concurrency:
-                    results[f"healthz_c{level}"] = await run_level(
-                        base, tokens, level, args.seconds / 2, healthz=True
+                    results[f"healthz_c{level}"] = await run_clients(
+                        base, tokens, level, args.seconds / 2, healthz
                     )
-                    results[f"checkout_c{level}"] = await run_level(
-                        base, tokens, level, args.seconds, healthz=False
+                    results[f"checkout_c{level}"] = await run_clients(
+                        base, tokens, level, args.seconds, checkout
                     )
 
             cpu_before = resource.getrusage(resource.RUSAGE_SELF)

@@ -32,12 +32,11 @@ import sys
 import tempfile
 import time
 import uuid
-from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
 import httpx
-from machine import describe, free_port
+from machine import Operation, bearer, describe, free_port, run_clients
 
 ECOSISTEMA = str(Path(sys.executable).parent / "ecosistema")
 ADMIN = ("bench-admin@example.com", "bench admin passphrase 2026")
@@ -45,12 +44,6 @@ PASSWORD = "bench customer passphrase"
 SKU = "BENCH-DIST-1"
 CARD = {"card": {"number": "4242424242424242", "exp_month": 12, "exp_year": 2099, "cvc": "123"}}
 BASELINE = "/.well-known/jwks.json"
-
-Operation = Callable[[httpx.AsyncClient, str], Awaitable[None]]
-
-
-def bearer(token: str) -> dict[str, str]:
-    return {"Authorization": f"Bearer {token}"}
 
 
 def consecutive_free_ports(count: int, start: int = 42000) -> int:
@@ -178,49 +171,6 @@ async def purchase(client: httpx.AsyncClient, token: str) -> None:
 
 async def baseline(client: httpx.AsyncClient, _token: str) -> None:
     (await client.get(BASELINE)).raise_for_status()
-
-
-async def run_level(
-    base: str, tokens: list[str], concurrency: int, seconds: float, operation: Operation
-) -> dict[str, float]:
-    """``concurrency`` clients doing ``operation`` for ``seconds``; rate and latencies."""
-    limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
-    latencies: list[float] = []
-    errors = 0
-    async with httpx.AsyncClient(base_url=base, limits=limits, timeout=60.0) as client:
-        stop_at = time.perf_counter() + seconds
-
-        async def worker(index: int) -> None:
-            nonlocal errors
-            while time.perf_counter() < stop_at:
-                start = time.perf_counter()
-                try:
-                    await operation(client, tokens[index % len(tokens)])
-                except (httpx.HTTPError, RuntimeError) as exc:
-                    errors += 1
-                    if errors <= 3:
-                        body = exc.response.text if isinstance(exc, httpx.HTTPStatusError) else ""
-                        print(f"  error: {exc!r} {body[:300]}", file=sys.stderr)
-                    continue
-                latencies.append(time.perf_counter() - start)
-
-        started = time.perf_counter()
-        await asyncio.gather(*(worker(i) for i in range(concurrency)))
-        elapsed = time.perf_counter() - started
-    latencies.sort()
-
-    def pct(p: float) -> float:
-        if not latencies:
-            return float("nan")
-        return latencies[min(len(latencies) - 1, int(p * len(latencies)))] * 1000
-
-    return {
-        "per_s": round(len(latencies) / elapsed, 1),
-        "p50_ms": round(pct(0.50), 1),
-        "p99_ms": round(pct(0.99), 1),
-        "count": len(latencies),
-        "errors": errors,
-    }
 
 
 async def probe_purchase(base: str, token: str) -> str | None:
@@ -361,13 +311,13 @@ def main() -> None:
                 operations: dict[str, Operation] = {"checkout": checkout}
                 if why_not is None:
                     operations["purchase"] = purchase
-                await run_level(base, tokens, 1, 1.0, checkout)  # warm-up
+                await run_clients(base, tokens, 1, 1.0, checkout)  # warm-up
                 for level in args.concurrency:
-                    results[f"baseline_c{level}"] = await run_level(
+                    results[f"baseline_c{level}"] = await run_clients(
                         base, tokens, level, args.seconds / 2, baseline
                     )
                     for name, operation in operations.items():
-                        results[f"{name}_c{level}"] = await run_level(
+                        results[f"{name}_c{level}"] = await run_clients(
                             base, tokens, level, args.seconds, operation
                         )
 

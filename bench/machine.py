@@ -1,13 +1,21 @@
-"""Machine facts every benchmark prints beside its figures."""
+"""Machine facts every benchmark prints beside its figures, and the client loop the HTTP
+benchmarks share."""
 
 from __future__ import annotations
 
+import asyncio
 import os
 import platform
 import socket
+import statistics
 import subprocess
+import sys
+import time
+from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 from pathlib import Path
+
+import httpx
 
 
 def describe() -> str:
@@ -55,3 +63,62 @@ def rss_mib(pid: int) -> float:
         if line.startswith("VmRSS:"):
             return int(line.split()[1]) / 1024
     return float("nan")
+
+
+def bearer(token: str) -> dict[str, str]:
+    """The Authorization header for an access token."""
+    return {"Authorization": f"Bearer {token}"}
+
+
+Operation = Callable[[httpx.AsyncClient, str], Awaitable[None]]
+
+
+async def run_clients(
+    base: str,
+    tokens: list[str],
+    concurrency: int,
+    seconds: float,
+    operation: Operation,
+    *,
+    timeout: float = 60.0,
+) -> dict[str, float]:
+    """``concurrency`` clients doing ``operation`` (each with its own token) for ``seconds``:
+    operations per second, latency percentiles, errors."""
+    limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
+    latencies: list[float] = []
+    errors = 0
+    async with httpx.AsyncClient(base_url=base, limits=limits, timeout=timeout) as client:
+        stop_at = time.perf_counter() + seconds
+
+        async def worker(index: int) -> None:
+            nonlocal errors
+            while time.perf_counter() < stop_at:
+                start = time.perf_counter()
+                try:
+                    await operation(client, tokens[index % len(tokens)])
+                except (httpx.HTTPError, RuntimeError) as exc:
+                    errors += 1
+                    if errors <= 3:
+                        body = exc.response.text if isinstance(exc, httpx.HTTPStatusError) else ""
+                        print(f"  error: {exc!r} {body[:300]}", file=sys.stderr)
+                    continue
+                latencies.append(time.perf_counter() - start)
+
+        started = time.perf_counter()
+        await asyncio.gather(*(worker(i) for i in range(concurrency)))
+        elapsed = time.perf_counter() - started
+    latencies.sort()
+
+    def pct(p: float) -> float:
+        if not latencies:
+            return float("nan")
+        return latencies[min(len(latencies) - 1, int(p * len(latencies)))] * 1000
+
+    return {
+        "per_s": round(len(latencies) / elapsed, 1),
+        "p50_ms": round(pct(0.50), 2),
+        "p99_ms": round(pct(0.99), 2),
+        "mean_ms": round(statistics.fmean(latencies) * 1000, 2) if latencies else float("nan"),
+        "count": len(latencies),
+        "errors": errors,
+    }
