@@ -4,7 +4,8 @@
 networked bus, Redis), migrates every service once, optionally seeds the demo data, provisions
 the API keys services present to each other (orders reserving stock in catalog, orders looking
 customers up in identity, payments reading orders), plans ports for the replicas, writes the
-gateway's route table for them, and hands the processes to the ``Supervisor``.
+gateway's route table for them, gives every process the addresses of every replica it calls,
+and hands the processes to the ``Supervisor``.
 """
 
 from __future__ import annotations
@@ -242,14 +243,18 @@ def route_table(
 
 def service_urls(instances: Sequence[Instance], replica: int) -> dict[str, str]:
     """The ``ECOSISTEMA_<SERVICE>_URL`` settings for the ``replica``-th process of a service:
-    calls between services go straight to an instance, spread over the callee's replicas."""
+    every instance of each callee, comma-separated, so calls between services are balanced
+    over the callee's replicas and move on from one that is down. The list starts at a
+    different instance for each caller replica, so their first calls spread too."""
     by_service: dict[str, list[Instance]] = {}
     for instance in instances:
         by_service.setdefault(instance.service, []).append(instance)
-    return {
-        f"ECOSISTEMA_{name.upper()}_URL": group[(replica - 1) % len(group)].url
-        for name, group in by_service.items()
-    }
+    urls = {}
+    for name, group in by_service.items():
+        first = (replica - 1) % len(group)
+        rotated = group[first:] + group[:first]
+        urls[f"ECOSISTEMA_{name.upper()}_URL"] = ",".join(i.url for i in rotated)
+    return urls
 
 
 @dataclass(frozen=True, slots=True)

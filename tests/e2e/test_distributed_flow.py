@@ -2,8 +2,9 @@
 own processes (catalog twice) behind the gateway, on PostgreSQL, Redis and NATS. A customer signs
 up and in through the gateway, browses, fills a cart, checks out and pays; the order turns paid
 through the events between processes, and the customer sees the invoice. The gateway serves
-HTTPS with a certificate from ``ecosistema certs dev``. Services reached around the gateway
-still demand credentials, and SIGTERM stops every process."""
+HTTPS with a certificate from ``ecosistema certs dev``. With one catalog replica killed,
+orders' calls to catalog go to the other and checkouts keep succeeding. Services reached around
+the gateway still demand credentials, and SIGTERM stops every process."""
 
 from __future__ import annotations
 
@@ -45,6 +46,7 @@ from tests.integration.test_distributed_support import (
     child_environment,
     consecutive_free_ports,
     free_ports,
+    metric_samples,
 )
 from tests.integration.test_identity_support import API, FAST_HASHING, bearer, signed_in
 from tests.integration.test_orders_support import (
@@ -54,6 +56,7 @@ from tests.integration.test_orders_support import (
     checkout,
     customer,
     eventually,
+    place_guest_order,
 )
 
 pytestmark = [requires_postgres, requires_redis, requires_nats]
@@ -320,6 +323,71 @@ async def test_the_gateway_serves_https_with_tls_1_2_or_later_and_hsts(platform:
     async with httpx.AsyncClient(base_url=plain, timeout=10) as client:
         with pytest.raises(httpx.HTTPError):
             await client.get(f"{API}/products")
+
+
+def _pid_serving(platform: Platform, url: str) -> int:
+    """The process of the platform that serves the service instance at ``url``."""
+    port = url.rsplit(":", 1)[1]
+    for pid in _descendants(platform.process.pid):
+        try:
+            with open(f"/proc/{pid}/cmdline", "rb") as f:
+                argv = f.read().split(b"\0")
+        except FileNotFoundError:
+            continue
+        if (
+            b"serve" in argv
+            and b"--port" in argv
+            and argv[argv.index(b"--port") + 1] == port.encode()
+        ):
+            return pid
+    raise AssertionError(f"no process serves {url}")
+
+
+async def test_orders_keeps_reaching_catalog_while_one_catalog_replica_is_down(
+    platform: Platform,
+) -> None:
+    # Orders is given both catalog replicas (ECOSISTEMA_CATALOG_URL): with one killed, its
+    # quotes and reservations go to the other until the supervisor has restarted it.
+    down, up = platform.service_urls["catalog"]
+    orders = 10
+    async with platform.client() as client:
+        admin = await signed_in(client, ADMIN_EMAIL, ADMIN_PASSWORD)
+        warehouse = await client.post(
+            f"{API}/warehouses", json={"code": "main", "name": "Main"}, headers=bearer(admin)
+        )
+        assert warehouse.status_code in (201, 409), warehouse.text
+        sku = f"FAIL-{uuid.uuid4().hex[:6].upper()}"
+        await add_product(client, admin, sku, orders + 1)
+        await place_guest_order(client, {sku: 1})
+
+        os.kill(_pid_serving(platform, down), signal.SIGKILL)
+
+        async def refused() -> bool:
+            return not await asyncio.to_thread(_ready, f"{down}/readyz")
+
+        await eventually(refused, timeout=10, what=f"{down} to stop")
+        placed = [await place_guest_order(client, {sku: 1}) for _ in range(orders)]
+        assert [o["status"] for o in placed] == ["pending_payment"] * orders
+
+    calls = await asyncio.to_thread(
+        metric_samples,
+        f"{platform.service_urls['orders'][0]}/metrics",
+        "ecosistema_service_calls_total",
+    )
+    counts = {
+        (labels["instance"], labels["outcome"]): int(value)
+        for labels, value in calls
+        if labels["service"] == "catalog"
+    }
+    print("\norders -> catalog attempts:", counts)
+    # The dead replica refused orders' connection, and the calls moved to the other one.
+    assert counts.get((down, "connect_failed"), 0) >= 1, counts
+    assert counts.get((up, "ok"), 0) >= 2 * orders, counts
+
+    async def back() -> bool:
+        return await asyncio.to_thread(_ready, f"{down}/readyz")
+
+    await eventually(back, timeout=120, what=f"{down} to be restarted")
 
 
 def test_sigterm_stops_every_process_of_the_platform(platform: Platform) -> None:

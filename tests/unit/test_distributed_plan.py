@@ -70,11 +70,24 @@ def test_instances_get_consecutive_ports_from_the_base() -> None:
     assert instances[1].url == "http://127.0.0.1:9001"
 
 
-def test_calls_between_services_are_spread_over_the_callees_replicas() -> None:
-    instances = plan_instances({"identity": 1, "catalog": 2}, base_port=9000)
-    assert service_urls(instances, 1)["ECOSISTEMA_CATALOG_URL"] == "http://127.0.0.1:9001"
-    assert service_urls(instances, 2)["ECOSISTEMA_CATALOG_URL"] == "http://127.0.0.1:9002"
+def test_every_caller_is_given_every_replica_of_its_callees_starting_at_its_own() -> None:
+    instances = plan_instances({"identity": 1, "catalog": 3}, base_port=9000)
+    assert service_urls(instances, 1)["ECOSISTEMA_CATALOG_URL"] == (
+        "http://127.0.0.1:9001,http://127.0.0.1:9002,http://127.0.0.1:9003"
+    )
+    assert service_urls(instances, 2)["ECOSISTEMA_CATALOG_URL"] == (
+        "http://127.0.0.1:9002,http://127.0.0.1:9003,http://127.0.0.1:9001"
+    )
     assert service_urls(instances, 2)["ECOSISTEMA_IDENTITY_URL"] == "http://127.0.0.1:9000"
+
+
+def test_the_service_url_settings_accept_the_replica_lists_they_are_given() -> None:
+    instances = plan_instances({"identity": 1, "catalog": 2}, base_port=9000)
+    settings = Settings.model_validate(
+        {k.removeprefix("ECOSISTEMA_").lower(): v for k, v in service_urls(instances, 2).items()}
+    )
+    assert settings.catalog_url == "http://127.0.0.1:9002,http://127.0.0.1:9001"
+    assert settings.identity_url == "http://127.0.0.1:9000"
 
 
 def _concrete(path: str) -> str:

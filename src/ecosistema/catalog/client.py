@@ -18,8 +18,12 @@ from ecosistema.catalog.domain import InsufficientStock
 from ecosistema.catalog.schemas import VariantQuote
 from ecosistema.platform.config import Settings
 from ecosistema.platform.errors import ProblemError
-from ecosistema.platform.http import service_client
+from ecosistema.platform.http import RETRY_SAFE, service_client
 from ecosistema.platform.service import ServiceContext
+
+# Quotes only read, and reservations are idempotent per order id: a call lost with a catalog
+# instance may be sent again to another. Restocks are not (each refund restocks once).
+_ONCE = {RETRY_SAFE: True}
 
 __all__ = [
     "CatalogClient",
@@ -112,7 +116,7 @@ class HttpCatalogClient:
         transport: httpx.AsyncBaseTransport | None = None,
     ) -> None:
         self._http = service_client(
-            base_url, credential=credential, timeout=timeout, transport=transport
+            base_url, credential=credential, timeout=timeout, transport=transport, service="catalog"
         )
 
     async def quote(
@@ -130,7 +134,7 @@ class HttpCatalogClient:
             "customer_id": customer_id,
             "at": at.isoformat() if at else None,
         }
-        response = await self._http.post("/quotes", json=body)
+        response = await self._http.post("/quotes", json=body, extensions=_ONCE)
         _raise_for_problem(response)
         return {sku: VariantQuote.model_validate(q) for sku, q in response.json().items()}
 
@@ -143,16 +147,17 @@ class HttpCatalogClient:
             "lines": [{"sku": sku, "quantity": quantity} for sku, quantity in lines],
             "ttl_seconds": ttl_seconds,
         }
-        _raise_for_problem(await self._http.post("/reservations", json=body))
+        _raise_for_problem(await self._http.post("/reservations", json=body, extensions=_ONCE))
 
     async def commit_reservation(self, order_id: str) -> None:
         """The order was paid: reserved stock leaves for good (idempotent)."""
-        _raise_for_problem(await self._http.post(f"/reservations/{order_id}/commit"))
+        response = await self._http.post(f"/reservations/{order_id}/commit", extensions=_ONCE)
+        _raise_for_problem(response)
 
     async def release_reservation(self, order_id: str, reason: str) -> None:
         """The order will not be paid: reserved stock is free again (idempotent)."""
         response = await self._http.post(
-            f"/reservations/{order_id}/release", json={"reason": reason}
+            f"/reservations/{order_id}/release", json={"reason": reason}, extensions=_ONCE
         )
         _raise_for_problem(response)
 

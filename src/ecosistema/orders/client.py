@@ -38,7 +38,9 @@ class HttpOrdersClient:
     def __init__(
         self, base_url: str, *, credential: str | None = None, timeout: float = 5.0
     ) -> None:
-        self._http = service_client(base_url, credential=credential, timeout=timeout)
+        self._http = service_client(
+            base_url, credential=credential, timeout=timeout, service="orders"
+        )
 
     async def get_order(self, order_id: str) -> OrderSummary:
         """The order's amounts, buyer and lines; ``NotFound`` if there is no such order."""

@@ -57,7 +57,9 @@ class HttpPaymentsClient:
     def __init__(
         self, base_url: str, *, credential: str | None = None, timeout: float = 5.0
     ) -> None:
-        self._http = service_client(base_url, credential=credential, timeout=timeout)
+        self._http = service_client(
+            base_url, credential=credential, timeout=timeout, service="payments"
+        )
 
     async def get_payment(self, payment_id: str) -> Payment:
         """The payment with this id; raises ``NotFound``."""

@@ -39,9 +39,11 @@ from ecosistema.gateway.principal import (
     request_binding,
     verify_principal,
 )
+from ecosistema.platform.balancing import base_urls
 from ecosistema.platform.cache import Cache
 from ecosistema.platform.config import Settings
 from ecosistema.platform.errors import ServiceUnavailable, Unauthorized
+from ecosistema.platform.http import BalancingTransport, service_instances
 from ecosistema.platform.policy import (
     ROLES,
     check_permission,
@@ -222,7 +224,12 @@ class TokenVerifier:
     def jwks_url(self) -> str | None:
         """Where identity publishes its keys, when it does not run in this process."""
         base = self._settings.identity_url
-        return f"{base.rstrip('/')}{JWKS_PATH}" if base else None
+        return f"{base_urls(base)[0]}{JWKS_PATH}" if base else None
+
+    def _identity_transport(self) -> BalancingTransport:
+        """Calls to identity, spread over its instances and moving on from one that is down."""
+        instances = service_instances("identity", self._settings.identity_url or "")
+        return BalancingTransport(instances, httpx.AsyncHTTPTransport())
 
     async def verify(self, credential: str, *, sent_as_api_key: bool = False) -> Principal:
         """Authenticate a presented credential: an API key or an access token.
@@ -356,9 +363,11 @@ class TokenVerifier:
         seen = self._remote_keys.get(digest)
         if seen is not None and time.monotonic() < seen[1]:
             return seen[0]
-        base = (self._settings.identity_url or "").rstrip("/")
+        base = base_urls(self._settings.identity_url or "")[0]
         try:
-            async with httpx.AsyncClient(timeout=5.0, follow_redirects=False) as client:
+            async with httpx.AsyncClient(
+                timeout=5.0, follow_redirects=False, transport=self._identity_transport()
+            ) as client:
                 response = await client.get(
                     f"{base}{WHOAMI_PATH}",
                     headers={API_KEY_HEADER: credential, "Accept": "application/json"},
@@ -446,7 +455,9 @@ class TokenVerifier:
         if url is None:
             raise _JwksUnavailable("no local JWKS provider and ECOSISTEMA_IDENTITY_URL is not set")
         try:
-            async with httpx.AsyncClient(timeout=5.0, follow_redirects=False) as client:
+            async with httpx.AsyncClient(
+                timeout=5.0, follow_redirects=False, transport=self._identity_transport()
+            ) as client:
                 response = await client.get(url, headers={"Accept": "application/json"})
             response.raise_for_status()
             document = response.json()

@@ -54,6 +54,7 @@ class Settings(BaseSettings):
     # How stale identity's idea of the active signing key may be: a rotation made by another
     # process (``ecosistema keys rotate``) is used for new tokens within this many seconds.
     signing_key_recheck_seconds: float = 10.0
+    # Where other processes reach identity: a base URL per instance, comma-separated.
     identity_url: str | None = None
     # The API key (``users:read``) processes without identity present to look users up, e.g.
     # orders reading a customer's email at checkout.
@@ -141,8 +142,9 @@ class Settings(BaseSettings):
     sales_channel: str = "web"
     prices_include_tax: bool = True
     channel_prices_include_tax: dict[str, bool] = Field(default_factory=dict)
-    # Where other processes reach catalog, and the API key (``inventory:write``, ``catalog:write``)
-    # they present for quotes and reservations.
+    # Where other processes reach catalog (a base URL per instance, comma-separated, like every
+    # ``<service>_url``: calls are balanced over them), and the API key (``inventory:write``,
+    # ``catalog:write``) they present for quotes and reservations.
     catalog_url: str | None = None
     catalog_api_key: SecretStr | None = None
 
@@ -193,6 +195,22 @@ class Settings(BaseSettings):
     @classmethod
     def _expand(cls, value: Path) -> Path:
         return value.expanduser()
+
+    @field_validator("identity_url", "catalog_url", "orders_url", "payments_url", "sales_url")
+    @classmethod
+    def _service_urls(cls, value: str | None) -> str | None:
+        """One base URL per instance, comma-separated; each must be http(s)://host[:port]."""
+        if value is None:
+            return None
+        urls = [item.strip().rstrip("/") for item in value.split(",") if item.strip()]
+        for url in urls:
+            scheme, sep, rest = url.partition("://")
+            if not sep or scheme not in ("http", "https") or not rest or rest.startswith("/"):
+                raise ValueError(
+                    f"{url!r} is not a base URL: give http(s)://host:port, one per instance, "
+                    "separated by commas"
+                )
+        return ",".join(urls) or None
 
     def database_url_for(self, service: str) -> str:
         """The database URL a service uses, with ``{data_dir}`` and ``{service}`` filled in."""

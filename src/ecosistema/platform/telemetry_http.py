@@ -23,6 +23,7 @@ from starlette.routing import compile_path
 from starlette.types import ASGIApp, Scope
 
 from ecosistema.platform.config import Settings
+from ecosistema.platform.http import SERVICE_CALL_METRICS
 from ecosistema.platform.logging import configure_logging
 from ecosistema.platform.telemetry import TraceContext
 
@@ -318,6 +319,7 @@ def install(app: FastAPI, settings: Settings) -> None:
 
     configure_logging(settings)
     metrics = HttpMetrics()
+    metrics.registry.register(SERVICE_CALL_METRICS)
     tracing = Tracing.from_settings(settings)
     access = AccessLog(settings)
     app.state.metrics = metrics

@@ -38,7 +38,9 @@ class HttpSalesClient:
     def __init__(
         self, base_url: str, *, credential: str | None = None, timeout: float = 5.0
     ) -> None:
-        self._http = service_client(base_url, credential=credential, timeout=timeout)
+        self._http = service_client(
+            base_url, credential=credential, timeout=timeout, service="sales"
+        )
 
     async def get_lead(self, lead_id: str) -> Lead | None:
         """The lead with its score, or None."""
