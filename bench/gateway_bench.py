@@ -2,16 +2,20 @@
 
     .venv/bin/python bench/gateway_bench.py [--seconds 30] [--overhead-seconds 10]
                                             [--read-connections 256] [--connections 64]
-                                            [--only read|overhead]
+                                            [--only read|overhead|hotpath]
 
 (a) Read path: GET one product through the gateway (2 workers, response cache on, rate limit and
     access log on), cache hits, 256 connections; baseline: the same GET on the catalog service
     directly (uvicorn, one process). Target: >= 10,000 req/s with p99 < 100 ms.
 (b) Overhead: a tiny keep-alive upstream (uvloop + httptools) directly, through the gateway and
     through nginx (proxy_pass with an upstream keep-alive pool), one worker each; the ratio
-    gateway/nginx. Target: >= 0.7.
+    gateway/nginx. Target: >= 0.7. Each case also gives the CPU time (user + system) per
+    request of the process serving it.
+(c) Hot path (``--only hotpath``): the gateway's own CPU per proxied request, without sockets: a
+    request is fed to a client connection and a canned response to its pooled upstream
+    connection, in memory. Less noisy than (b) on a busy machine, as it leaves out the kernel.
 
-Needs wrk and nginx; when missing and running as root they are installed with apt-get.
+(a) and (b) need wrk and nginx; when missing and running as root they are installed with apt-get.
 """
 
 from __future__ import annotations
@@ -100,7 +104,26 @@ def wait_for(url: str, timeout: float = 60) -> None:
     raise TimeoutError(f"{url} did not answer within {timeout} s")
 
 
-def wrk(url: str, seconds: int, connections: int) -> dict[str, float]:
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of ``pid`` and its descendants (nginx's worker is a child)."""
+    tick = os.sysconf("SC_CLK_TCK")
+    total = 0.0
+    pending = [pid]
+    while pending:
+        current = pending.pop()
+        try:
+            fields = Path(f"/proc/{current}/stat").read_text().rsplit(")", 1)[1].split()
+            total += (int(fields[11]) + int(fields[12])) / tick
+            for task in Path(f"/proc/{current}/task").iterdir():
+                pending.extend(int(c) for c in (task / "children").read_text().split())
+        except (OSError, IndexError, ValueError):
+            continue
+    return total
+
+
+def wrk(url: str, seconds: int, connections: int, pid: int | None = None) -> dict[str, float]:
+    """wrk's throughput and latency; with ``pid``, also that process tree's CPU per request."""
+    cpu_before = cpu_seconds(pid) if pid is not None else 0.0
     out = subprocess.run(
         ["wrk", "-t2", f"-c{connections}", f"-d{seconds}s", "--latency", url],
         capture_output=True,
@@ -113,6 +136,9 @@ def wrk(url: str, seconds: int, connections: int) -> dict[str, float]:
         value, unit = re.search(rf"\s{p}%\s+([\d.]+)(us|ms|s)", out).groups()  # type: ignore[union-attr]
         return float(value) * {"us": 0.001, "ms": 1.0, "s": 1000.0}[unit]
 
+    cpu = cpu_seconds(pid) - cpu_before if pid is not None else 0.0
+    total = re.search(r"(\d+) requests in", out)
+    requests = float(total.group(1)) if total else 0.0
     errors = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
     socket_errors = re.search(r"Socket errors: (.*)", out)
     return {
@@ -121,6 +147,7 @@ def wrk(url: str, seconds: int, connections: int) -> dict[str, float]:
         "p99_ms": percentile("99"),
         "non_2xx": float(errors.group(1)) if errors else 0.0,
         "socket_errors": 1.0 if socket_errors else 0.0,
+        "cpu_us": cpu / requests * 1e6 if pid is not None and requests else float("nan"),
     }
 
 
@@ -183,7 +210,7 @@ def overhead(args: argparse.Namespace, tmp: Path, env: dict[str, str]) -> dict[s
         wait_for(f"http://127.0.0.1:{up_port}/")
         seconds, conns = args.overhead_seconds, args.connections
         results["direct to the upstream (baseline)"] = wrk(
-            f"http://127.0.0.1:{up_port}/", seconds, conns
+            f"http://127.0.0.1:{up_port}/", seconds, conns, upstream.pid
         )
         base = {
             "services": {"tiny": {"instances": [f"http://127.0.0.1:{up_port}"]}},
@@ -199,7 +226,7 @@ def overhead(args: argparse.Namespace, tmp: Path, env: dict[str, str]) -> dict[s
             proc, port = start_gateway(table, tmp, 1, env)
             procs.append(proc)
             wait_for(f"http://127.0.0.1:{port}/")
-            results[label] = wrk(f"http://127.0.0.1:{port}/", seconds, conns)
+            results[label] = wrk(f"http://127.0.0.1:{port}/", seconds, conns, proc.pid)
             stop(proc)
         ng_port = free_port()
         conf = tmp / "nginx.conf"
@@ -207,7 +234,7 @@ def overhead(args: argparse.Namespace, tmp: Path, env: dict[str, str]) -> dict[s
         nginx = subprocess.Popen([nginx_binary(), "-c", str(conf)], stderr=subprocess.DEVNULL)
         procs.append(nginx)
         wait_for(f"http://127.0.0.1:{ng_port}/")
-        results["nginx, 1 worker"] = wrk(f"http://127.0.0.1:{ng_port}/", seconds, conns)
+        results["nginx, 1 worker"] = wrk(f"http://127.0.0.1:{ng_port}/", seconds, conns, nginx.pid)
         stop(nginx)
     finally:
         for proc in procs:
@@ -288,13 +315,96 @@ def read_path(args: argparse.Namespace, tmp: Path, env: dict[str, str]) -> dict[
     return results
 
 
+class _MemoryTransport:
+    """Enough of an asyncio transport for the gateway's protocols: writes are recorded."""
+
+    def __init__(self, on_write: Any = None) -> None:
+        self.written: list[bytes] = []
+        self.on_write = on_write
+
+    def write(self, data: bytes) -> None:
+        if self.on_write is not None:
+            self.on_write(data)
+        else:
+            self.written.append(data)
+
+    def get_extra_info(self, name: str, default: Any = None) -> Any:
+        return ("127.0.0.1", 50000) if name == "peername" else default
+
+    def pause_reading(self) -> None: ...
+    def resume_reading(self) -> None: ...
+    def close(self) -> None: ...
+    def abort(self) -> None: ...
+    def is_closing(self) -> bool:
+        return False
+
+
+def hot_path(requests: int, full: bool) -> dict[str, float]:
+    """CPU per request of the gateway's hot path alone, over in-memory transports."""
+    import uvloop
+
+    from ecosistema.gateway import gateway_config
+    from ecosistema.gateway.proxy import ClientConnection, Gateway
+    from ecosistema.gateway.server import settle_heap
+    from ecosistema.gateway.upstream import UpstreamConnection
+
+    table: dict[str, Any] = {
+        "services": {"tiny": {"instances": ["http://127.0.0.1:9"], "health_path": None}},
+        "routes": [{"prefix": "/", "service": "tiny", "public": True}],
+        "rate_limits": {"enabled": False},
+        "access_log": False,
+    }
+    if full:
+        table["rate_limits"] = {"anonymous": {"rate": 1e9, "burst": 1_000_000_000}}
+        table["access_log"] = True
+    request = b"GET /items/1 HTTP/1.1\r\nHost: 127.0.0.1:8080\r\n\r\n"
+    response = b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: 2\r\n\r\nok"
+
+    devnull = open(os.devnull, "w")  # noqa: SIM115
+
+    async def run() -> dict[str, float]:
+        gateway = Gateway(gateway_config(table), access_log=devnull)
+        [pool] = gateway.pools.values()
+        upstream = UpstreamConnection()
+        upstream.connection_made(_MemoryTransport(lambda data: None))  # type: ignore[arg-type]
+        pool.release(upstream)
+        client = ClientConnection(gateway)
+        out = _MemoryTransport()
+        client.connection_made(out)  # type: ignore[arg-type]
+        settle_heap()  # as a gateway worker does once it listens
+
+        def once() -> None:
+            client.data_received(request)
+            upstream.data_received(response)
+
+        for _ in range(1000):
+            once()
+        assert out.written[-1].endswith(b"ok"), out.written[-1]
+        best = float("inf")
+        for _ in range(5):
+            out.written.clear()
+            started = time.process_time()
+            for _ in range(requests):
+                once()
+            best = min(best, time.process_time() - started)
+            await asyncio.sleep(0)  # the loop runs the batched metrics flush
+        gateway.metrics.flush()
+        return {"cpu_us": best / requests * 1e6}
+
+    try:
+        return uvloop.run(run())
+    finally:
+        devnull.close()
+
+
 def show(title: str, results: dict[str, Any], cmd: str) -> None:
     print(f"\n{title}  ({cmd})")
-    print(f"{'case':<52}{'req/s':>10}{'p50 ms':>9}{'p99 ms':>9}{'non-2xx':>9}")
+    print(f"{'case':<52}{'req/s':>10}{'p50 ms':>9}{'p99 ms':>9}{'non-2xx':>9}{'CPU µs/req':>12}")
     for label, r in results.items():
+        cpu = r.get("cpu_us", float("nan"))
         print(
             f"{label:<52}{r['rps']:>10.0f}{r['p50_ms']:>9.2f}{r['p99_ms']:>9.2f}"
-            f"{r['non_2xx']:>9.0f}"
+            f"{r['non_2xx']:>9.0f}{'' if cpu != cpu else f'{cpu:.1f}':>12}"
         )
 
 
@@ -304,11 +414,25 @@ def main() -> None:
     parser.add_argument("--overhead-seconds", type=int, default=10)
     parser.add_argument("--connections", type=int, default=64, help="overhead cases")
     parser.add_argument("--read-connections", type=int, default=256)
-    parser.add_argument("--only", choices=["read", "overhead"])
+    parser.add_argument("--only", choices=["read", "overhead", "hotpath"])
+    parser.add_argument("--hotpath-requests", type=int, default=20_000)
     parser.add_argument("--upstream", type=int, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.upstream:
         serve_tiny_upstream(args.upstream)
+        return
+    if args.only == "hotpath":
+        print(
+            f"machine: {platform.machine()}, {os.cpu_count()} cores, Python"
+            f" {platform.python_version()}; load average {Path('/proc/loadavg').read_text()[:15]}"
+        )
+        from ecosistema.gateway import proxy
+
+        kind = "compiled" if not proxy.__file__.endswith(".py") else "interpreted"
+        for full in (False, True):
+            r = hot_path(args.hotpath_requests, full)
+            label = "access log + rate limit" if full else "access log and rate limit off"
+            print(f"(c) hot path ({kind}), {label}: {r['cpu_us']:.2f} µs CPU per request")
         return
     ensure_tools()
     env = {**os.environ, "ECOSISTEMA_CACHE_URL": "memory://", "ECOSISTEMA_BUS_URL": "memory://"}

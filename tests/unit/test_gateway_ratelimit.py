@@ -1,7 +1,12 @@
 import pytest
 
 from ecosistema.gateway.config import RateLimitRule
-from ecosistema.gateway.ratelimit import MemoryRateLimiter, create_rate_limiter, take_token
+from ecosistema.gateway.ratelimit import (
+    Decision,
+    MemoryRateLimiter,
+    create_rate_limiter,
+    take_token,
+)
 
 RULE = RateLimitRule(rate=2.0, burst=3)
 
@@ -52,6 +57,19 @@ async def test_memory_limiter_bounds_the_number_of_buckets() -> None:
     for i in range(50):
         await limiter.hit(f"k{i}", rule)
     assert len(limiter._buckets) <= 10
+
+
+def test_admit_gives_the_headers_take_would_and_the_decision_only_when_refused() -> None:
+    admitting, taking = MemoryRateLimiter(), MemoryRateLimiter()
+    answers = [admitting.admit("k", RULE) for _ in range(5)]
+    decisions = [taking.take("k", RULE) for _ in range(5)]
+    for answer, decision in zip(answers, decisions, strict=True):
+        if decision.allowed:
+            assert answer == decision.header_bytes()
+        else:
+            assert isinstance(answer, Decision) and not answer.allowed
+            assert answer.header_bytes() == decision.header_bytes()
+    assert [isinstance(a, bytes) for a in answers] == [True, True, True, False, False]
 
 
 def test_unknown_backend_is_refused() -> None:

@@ -75,3 +75,26 @@ def test_route_table_from_yaml_takes_secrets_and_redis_from_settings(tmp_path: P
     assert config.auth.principal_secret is not None
     assert config.rate_limits.backend_url == "redis://127.0.0.1:6379/0"
     assert config.rate_limits.key_prefix == "t1:rl:"
+
+
+@pytest.mark.parametrize(
+    "method, path",
+    [
+        ("POST", "/api/v1/auth/login"),
+        ("GET", "/api/v1/auth/login"),
+        ("GET", "/api/v1/catalog"),
+        ("GET", "/api/v1/catalog/p1"),
+        ("HEAD", "/api/v1/catalog/p1"),
+        ("POST", "/api/v1/catalog/p1"),
+        ("GET", "/api/v1/catalogue"),
+        ("GET", "/api/v1"),
+        ("GET", "/api/v1/"),
+        ("GET", "/api/v2/x"),
+        ("GET", "/"),
+    ],
+)
+def test_route_for_picks_the_same_route_as_match(method: str, path: str) -> None:
+    router = Router(
+        [*routes(), RouteConfig(prefix="/api/v1/auth/login", service="a", methods={"PUT"})]
+    )
+    assert router.route_for(method, path) is router.match(method, path).route

@@ -16,6 +16,9 @@ class BreakerState(enum.Enum):
     HALF_OPEN = "half_open"
 
 
+_CLOSED = BreakerState.CLOSED
+
+
 class CircuitBreaker:
     """Opens after ``threshold`` consecutive failures; after ``open_seconds`` lets one probe
     through (half-open), which closes it on success and reopens it on failure."""
@@ -128,7 +131,12 @@ class Balancer:
         chosen: Instance | None = None
         for step in range(count):
             candidate = instances[(start + step) % count]
-            if candidate in exclude or not candidate.available(now):
+            if exclude and candidate in exclude:
+                continue
+            if not candidate.healthy:
+                continue
+            breaker = candidate.breaker
+            if breaker.state is not _CLOSED and not breaker.available(now):
                 continue
             if not self._least:
                 chosen = candidate
@@ -136,6 +144,6 @@ class Balancer:
             # Starting from the rotating index spreads ties evenly over equally loaded instances.
             if chosen is None or candidate.outstanding < chosen.outstanding:
                 chosen = candidate
-        if chosen is not None:
+        if chosen is not None and chosen.breaker.state is not _CLOSED:
             chosen.breaker.on_send(now)
         return chosen

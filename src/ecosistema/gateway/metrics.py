@@ -20,6 +20,9 @@ from ecosistema.gateway.balancer import Balancer, BreakerState
 
 _multiprocess_dir: str | None = None
 
+# Tallies reach prometheus_client at most this often (and before every scrape of this worker).
+FLUSH_INTERVAL_SECONDS = 0.1
+
 _LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
 
 
@@ -110,8 +113,10 @@ class GatewayMetrics:
         )
         # Per-request observations are tallied in plain dicts and lists and handed to
         # prometheus_client (whose every update takes a lock, and in multiprocess mode writes a
-        # memory-mapped file) by ``flush``, once per event-loop iteration: under load one flush
-        # covers every request that iteration answered, and a scrape never misses one.
+        # memory-mapped file) by ``flush``, at most every FLUSH_INTERVAL_SECONDS (one flush costs
+        # as much as several proxied requests) and before this worker renders a scrape, so a
+        # scrape never misses one of its requests; another worker's scrape may see them up to
+        # that interval later.
         self._flush_scheduled = False
         self._requests: dict[tuple[str, str, int], int] = {}
         self._latency: dict[str, list[float]] = {}
@@ -142,7 +147,7 @@ class GatewayMetrics:
     def _schedule_flush(self) -> None:
         self._flush_scheduled = True
         try:
-            asyncio.get_running_loop().call_soon(self.flush)
+            asyncio.get_running_loop().call_later(FLUSH_INTERVAL_SECONDS, self.flush)
         except RuntimeError:
             self._flush_scheduled = False  # no loop running: ``render`` flushes
 

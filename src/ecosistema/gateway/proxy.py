@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hashlib
+import itertools
 import json
 import os
 import random
@@ -27,7 +28,7 @@ import httptools
 import structlog
 
 from ecosistema.gateway.auth import AuthenticationFailed, EdgeAuthenticator, KeysUnavailable
-from ecosistema.gateway.balancer import Balancer, Instance
+from ecosistema.gateway.balancer import Balancer, BreakerState, Instance
 from ecosistema.gateway.cache import CachedResponse, CacheFill, ResponseCache, purge_tags
 from ecosistema.gateway.config import GatewayConfig, RateLimitRule, RouteConfig
 from ecosistema.gateway.metrics import GatewayMetrics
@@ -120,6 +121,7 @@ _PAUSE_BUFFER, _PAUSE_UPSTREAM, _PAUSE_PIPELINE = 1, 2, 4
 # without a task, the upstream connection's callbacks finish it.
 _DONE, _STAGE_AUTH, _STAGE_LIMIT, _STAGE_FORWARD, _PENDING, _STAGE_METRICS = range(6)
 _RETRY = -1
+_BREAKER_CLOSED = BreakerState.CLOSED
 # The instance label of routes served by an app in the gateway's process.
 _IN_PROCESS = "in-process"
 # Where an app served in process exposes its own metrics (platform.telemetry_http).
@@ -153,9 +155,68 @@ _REASONS = {
 }
 
 
-# Request and trace ids must be unique, not unguessable; a seeded PRNG avoids a syscall each.
-_ids = random.Random(os.urandom(16))  # noqa: S311
-os.register_at_fork(after_in_child=lambda: _ids.seed(os.urandom(16)))
+class _IdSource:
+    """Request and trace ids: unique, not unguessable. A random 64-bit half per process and a
+    counter spread over the other 64 bits by an odd multiplier (a bijection, so no repeats),
+    which keeps the low half of a trace id well mixed for ratio-based trace samplers."""
+
+    __slots__ = ("_count", "_high", "_salt")
+
+    def __init__(self) -> None:
+        self.reseed()
+
+    def reseed(self) -> None:
+        """New random halves (after a fork, so that workers never share ids)."""
+        seed = int.from_bytes(os.urandom(16), "big")
+        self._high = seed >> 64
+        self._salt = seed & _MASK64
+        self._count = itertools.count(1)
+
+    def next(self) -> bytes:
+        """32 lower-case hex digits, never zero in either half."""
+        low = (next(self._count) * _ID_MULTIPLIER + self._salt) & _MASK64 or 1
+        return b"%016x%016x" % (self._high or 1, low)
+
+
+_MASK64 = (1 << 64) - 1
+_ID_MULTIPLIER = 0x9E3779B97F4A7C15
+_ids = _IdSource()
+os.register_at_fork(after_in_child=_ids.reseed)
+
+# Request timeouts fire within this many seconds after they are due: one timer per slot of that
+# length instead of one timer set and cancelled per request.
+DEADLINE_RESOLUTION = 0.05
+
+
+class _Deadlines:
+    """The exchanges waiting on an upstream, grouped by the slot in which they time out."""
+
+    __slots__ = ("_loop", "_slots")
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._loop = loop
+        self._slots: dict[int, set[Exchange]] = {}
+
+    def add(self, ex: Exchange, timeout: float) -> set[Exchange]:
+        """Time ``ex`` out after ``timeout`` seconds (or a slot later); returns its slot, from
+        which the exchange removes itself when answered."""
+        key = int((self._loop.time() + timeout) / DEADLINE_RESOLUTION) + 1
+        slot = self._slots.get(key)
+        if slot is None:
+            slot = self._slots[key] = set()
+            self._loop.call_at(key * DEADLINE_RESOLUTION, self._expire, key)
+        slot.add(ex)
+        return slot
+
+    def _expire(self, key: int) -> None:
+        slot = self._slots.pop(key, None)
+        if slot:
+            for ex in list(slot):
+                try:
+                    ex.timed_out()
+                except Exception:
+                    # One exchange's failure must not keep the others of its slot waiting.
+                    log.exception("gateway_timeout_error", path=ex.path)
 
 
 def _is_dot_segment_path(path: str) -> bool:
@@ -177,11 +238,55 @@ def _valid_traceparent(value: bytes) -> bool:
     )
 
 
+# The request headers Exchange reads on its one pass over them.
+(
+    _H_CONTENT_LENGTH,
+    _H_TRANSFER_ENCODING,
+    _H_REQUEST_ID,
+    _H_TRACEPARENT,
+    _H_EXPECT,
+    _H_ORIGIN,
+    _H_AUTHORIZATION,
+    _H_API_KEY,
+) = range(8)
+_REQUEST_HEADER_KINDS = {
+    b"content-length": _H_CONTENT_LENGTH,
+    b"transfer-encoding": _H_TRANSFER_ENCODING,
+    b"x-request-id": _H_REQUEST_ID,
+    b"traceparent": _H_TRACEPARENT,
+    b"expect": _H_EXPECT,
+    b"origin": _H_ORIGIN,
+    b"authorization": _H_AUTHORIZATION,
+}
+
+
+# What the gateway does with a response header, by its name as the upstream spelled it.
+_R_KEEP, _R_LENGTH, _R_DROP, _R_CONNECTION = range(4)
+_RESPONSE_HEADER_KINDS: dict[bytes, int] = {}
+
+
+def _response_header_kind(name: bytes) -> int:
+    lname = name.lower()
+    if lname == b"connection":
+        kind = _R_CONNECTION
+    elif lname in _RESPONSE_DROP:
+        kind = _R_DROP
+    elif lname == b"content-length":
+        kind = _R_LENGTH
+    else:
+        kind = _R_KEEP
+    if len(_RESPONSE_HEADER_KINDS) < 4096:  # names repeat; a hostile upstream cannot grow it
+        _RESPONSE_HEADER_KINDS[name] = kind
+    return kind
+
+
 class Exchange:
     """One request and its response; reports from the upstream connection arrive here."""
 
     __slots__ = (
+        "api_key",
         "attempts",
+        "authorization",
         "body_done",
         "body_received",
         "buffered",
@@ -239,6 +344,7 @@ class Exchange:
         http11: bool,
         keep_alive: bool,
         max_body: int,
+        kinds: Mapping[bytes, int] = _REQUEST_HEADER_KINDS,
     ) -> None:
         self.conn = conn
         self.method = method
@@ -256,31 +362,43 @@ class Exchange:
         self.expect_continue = False
         self.origin: bytes | None = None
         self.has_content_length = False
-        request_id = traceparent = None
+        self.authorization: bytes | None = None
+        self.api_key: bytes | None = None
+        request_id = traceparent = generated = None
         for name, value in headers:
-            if name == b"content-length":
+            kind = kinds.get(name)
+            if kind is None:
+                continue
+            if kind == _H_CONTENT_LENGTH:
                 self.has_content_length = True
                 self.content_length = int(value) if value.isdigit() else -1
-            elif name == b"transfer-encoding":
+            elif kind == _H_TRANSFER_ENCODING:
                 self.chunked = b"chunked" in value.lower()
-            elif name == b"x-request-id":
+            elif kind == _H_REQUEST_ID:
                 request_id = value
-            elif name == b"traceparent":
+            elif kind == _H_TRACEPARENT:
                 traceparent = value
-            elif name == b"expect":
+            elif kind == _H_EXPECT:
                 self.expect_continue = value.lower() == b"100-continue"
-            elif name == b"origin":
+            elif kind == _H_ORIGIN:
                 self.origin = value
+            elif kind == _H_AUTHORIZATION:
+                if self.authorization is None:
+                    self.authorization = value
+            elif self.api_key is None:
+                self.api_key = value
         if request_id and _valid_request_id(request_id):
             self.request_id = request_id
         else:
-            self.request_id = b"%032x" % _ids.getrandbits(128)
+            self.request_id = generated = _ids.next()
         self.traceparent_kept = False
         if traceparent and _valid_traceparent(traceparent):
             self.traceparent = traceparent
             self.traceparent_kept = True
         else:
-            self.traceparent = b"00-%032x-%016x-01" % (_ids.getrandbits(128), _ids.getrandbits(64))
+            if generated is None:
+                generated = _ids.next()
+            self.traceparent = b"00-" + generated + b"-" + generated[16:] + b"-01"
         self.trace_id = self.traceparent[3:35]
         # A request without a body is complete with its head, so it can be answered at once.
         self.body_done = not self.chunked and self.content_length == 0
@@ -291,7 +409,7 @@ class Exchange:
         self.sink_paused = False
         self.instance: Instance | None = None
         self.waiter: asyncio.Future[int] | None = None
-        self.timer: asyncio.TimerHandle | None = None
+        self.timer: set[Exchange] | None = None
         self.response_started = False
         self.rechunk = False
         self.status = 0
@@ -376,10 +494,10 @@ class Exchange:
     ) -> asyncio.Future[int] | None:
         """Write the request to ``sink``; the attempt's outcome goes to ``on_done`` when set,
         else to the future returned."""
-        loop = asyncio.get_running_loop()
+        conn = self.conn
         waiter: asyncio.Future[int] | None = None
         if self.on_done is None:
-            waiter = loop.create_future()
+            waiter = conn.loop.create_future()
         self.waiter = waiter
         self.sink = sink
         self.instance = instance
@@ -398,8 +516,9 @@ class Exchange:
             sink.write(head)
         if self.body_done and self.chunked:
             sink.write(b"0\r\n\r\n")
-        self.timer = loop.call_later(timeout, self._on_timeout)
-        self.conn.resume(_PAUSE_BUFFER)
+        self.timer = conn.deadlines.add(self, timeout)
+        if conn._paused:
+            conn.resume(_PAUSE_BUFFER)
         return waiter
 
     def detach(self) -> UpstreamConnection | None:
@@ -409,14 +528,15 @@ class Exchange:
             sink.resume_reading()
         self.sink_paused = False
         if self.timer is not None:
-            self.timer.cancel()
+            self.timer.discard(self)
             self.timer = None
-        self.conn.resume(_PAUSE_UPSTREAM)
+        if self.conn._paused:
+            self.conn.resume(_PAUSE_UPSTREAM)
         return sink
 
     def _resolve(self, outcome: int) -> None:
         if self.timer is not None:
-            self.timer.cancel()
+            self.timer.discard(self)
             self.timer = None
         waiter = self.waiter
         if waiter is not None:
@@ -427,7 +547,8 @@ class Exchange:
         if on_done is not None:
             on_done(self, outcome)
 
-    def _on_timeout(self) -> None:
+    def timed_out(self) -> None:
+        """The route's timeout passed while waiting on the upstream."""
         self.timer = None
         if self.response_started:
             return
@@ -447,7 +568,7 @@ class Exchange:
 
     def on_response_head(self, status: int, reason: bytes, headers: Headers) -> None:
         if self.timer is not None:
-            self.timer.cancel()
+            self.timer.discard(self)
             self.timer = None
         self.status = status
         gw = self.conn.gateway
@@ -455,14 +576,19 @@ class Exchange:
         add = out.extend
         has_length = False
         connection = None
+        kinds = _RESPONSE_HEADER_KINDS
         for name, value in headers:
-            lname = name.lower()
-            if lname in _RESPONSE_DROP:
-                if lname == b"connection":
+            kind = kinds.get(name)
+            if kind is None:
+                kind = _response_header_kind(name)
+            if kind:
+                if kind == _R_LENGTH:
+                    has_length = True
+                elif kind == _R_DROP:
+                    continue
+                elif kind == _R_CONNECTION:
                     connection = value
-                continue
-            if lname == b"content-length":
-                has_length = True
+                    continue
             add((name, b": ", value, b"\r\n"))
         if connection is not None:
             # Headers the upstream named in Connection are hop-by-hop too.
@@ -528,6 +654,9 @@ class Exchange:
 class ClientConnection(asyncio.Protocol):
     """One client connection: parses requests and serves them one after another."""
 
+    loop: asyncio.AbstractEventLoop
+    deadlines: _Deadlines
+
     def __init__(self, gateway: Gateway) -> None:
         self.gateway = gateway
         self.transport: asyncio.Transport | None = None
@@ -547,6 +676,9 @@ class ClientConnection(asyncio.Protocol):
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = cast(asyncio.Transport, transport)
+        # Kept, as asyncio.get_running_loop() costs a getpid() system call each time.
+        self.loop = asyncio.get_running_loop()
+        self.deadlines = self.gateway.deadlines(self.loop)
         peer = transport.get_extra_info("peername")
         if isinstance(peer, tuple) and peer:
             self.client_ip = str(peer[0])
@@ -589,11 +721,6 @@ class ClientConnection(asyncio.Protocol):
 
     # httptools callbacks.
 
-    def on_message_begin(self) -> None:
-        self._url = b""
-        self._headers = []
-        self._header_bytes = 0
-
     def on_url(self, url: bytes) -> None:
         self._url += url
         self._header_bytes += len(url)
@@ -616,7 +743,12 @@ class ClientConnection(asyncio.Protocol):
             http11=parser.get_http_version() == "1.1",
             keep_alive=parser.should_keep_alive(),
             max_body=self.gateway.config.max_body_bytes,
+            kinds=self.gateway.header_kinds,
         )
+        # Ready for the next request's head (instead of an on_message_begin callback each).
+        self._url = b""
+        self._headers = []
+        self._header_bytes = 0
         self.gateway.prepare(ex)
         self._current = ex
         if self._active is None:
@@ -631,8 +763,12 @@ class ClientConnection(asyncio.Protocol):
             self._current.feed_body(body)
 
     def on_message_complete(self) -> None:
-        if self._current is not None:
-            self._current.finish_body()
+        ex = self._current
+        if ex is not None:
+            if ex.local is None and not ex.chunked:
+                ex.body_done = True  # all finish_body would do
+            else:
+                ex.finish_body()
             self._current = None
 
     # Flow control.
@@ -682,7 +818,7 @@ class ClientConnection(asyncio.Protocol):
             return
         waiter = self._write_waiter
         if waiter is None:
-            waiter = self._write_waiter = asyncio.get_running_loop().create_future()
+            waiter = self._write_waiter = self.loop.create_future()
         await waiter
 
     def close(self) -> None:
@@ -823,6 +959,12 @@ class Gateway:
         secret = config.auth.principal_secret
         self._secret = secret.get_secret_value().encode() if secret is not None else None
         self._api_key_header = config.auth.api_key_header.lower().encode()
+        # The request headers Exchange picks out in its one pass, with this gateway's API key
+        # header among them (when it is not one of the others).
+        self.header_kinds = dict(_REQUEST_HEADER_KINDS)
+        self._api_key_in_pass = self._api_key_header not in self.header_kinds
+        if self._api_key_in_pass:
+            self.header_kinds[self._api_key_header] = _H_API_KEY
         self._principal_header = PRINCIPAL_HEADER.encode()
         # Request headers never passed on as they came (some are read on the way).
         self._request_drop = HOP_BY_HOP | _REQUEST_OWNED | {self._principal_header.lower()}
@@ -841,7 +983,15 @@ class Gateway:
         self._tasks: set[asyncio.Task[None]] = set()
         self._background: list[asyncio.Task[None]] = []
         self.connections: set[ClientConnection] = set()
+        self._deadlines: _Deadlines | None = None
         self._rate_limit_errors = 0
+
+    def deadlines(self, loop: asyncio.AbstractEventLoop) -> _Deadlines:
+        """The request timeouts of this gateway's event loop."""
+        deadlines = self._deadlines
+        if deadlines is None or deadlines._loop is not loop:
+            deadlines = self._deadlines = _Deadlines(loop)
+        return deadlines
 
     # Lifecycle.
 
@@ -931,10 +1081,9 @@ class Gateway:
             await asyncio.sleep(config.health_interval_seconds)
 
     async def _housekeeping(self) -> None:
-        loop = asyncio.get_running_loop()
         while True:
             await asyncio.sleep(1.0)
-            now = loop.time()
+            now = time.monotonic()
             for pool in self.pools.values():
                 pool.close_expired(now)
             self.metrics.flush()
@@ -958,7 +1107,7 @@ class Gateway:
         ex.path = path
         if not path.startswith("/"):
             return
-        route = self.router.match(ex.method, path).route
+        route = self.router.route_for(ex.method, path)
         if route is not None:
             ex.route = route
             if route.max_body_bytes is not None:
@@ -970,7 +1119,7 @@ class Gateway:
         if not ex.body_done:
             # Let the body bytes that came with the head be read first: an answer from the edge
             # (401, 429, ...) then finds the request complete and keeps the connection open.
-            asyncio.get_running_loop().call_soon(self._start, ex)
+            ex.conn.loop.call_soon(self._start, ex)
             return
         self._start(ex)
 
@@ -986,7 +1135,7 @@ class Gateway:
             return
         if stage == _PENDING:
             return
-        task = asyncio.get_running_loop().create_task(self._serve(ex, stage))
+        task = ex.conn.loop.create_task(self._serve(ex, stage))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
@@ -1028,16 +1177,19 @@ class Gateway:
         # Formatted by hand: json.dumps of a dict per request costs more than proxying it.
         principal = ex.principal
         instance = ex.instance
-        local = ex.attempts and ex.route is not None and ex.route.service in self.local_apps
-        upstream = '"in-process"' if local else "null"
+        if instance is not None:
+            upstream = _json_str(instance.url)
+        elif ex.attempts and ex.route is not None and ex.route.service in self.local_apps:
+            upstream = '"in-process"'
+        else:
+            upstream = "null"
         line = (
             f'{{"ts":{time.time():.6f},"level":"info","event":"access",'
             f'"request_id":{_json_str(ex.request_id.decode("ascii", "replace"))},'
             f'"trace_id":"{ex.trace_id.decode("ascii", "replace")}",'
             f'"method":{_json_str(ex.method)},"path":{_json_str(ex.path)},'
             f'"status":{ex.status},"duration_ms":{duration * 1000:.3f},'
-            f'"route":{_json_str(route)},'
-            f'"upstream":{_json_str(instance.url) if instance is not None else upstream},'
+            f'"route":{_json_str(route)},"upstream":{upstream},'
             f'"attempts":{ex.attempts},"cache":{_CACHE_STATE[ex.cache_state]},'
             f'"bytes_in":{ex.body_received},"bytes_out":{ex.response_bytes},'
             f'"client":{_json_str(ex.client_ip)},'
@@ -1142,9 +1294,10 @@ class Gateway:
     def _after_auth_now(self, ex: Exchange, route: RouteConfig) -> int:
         limiter = self._memory_limiter
         if limiter is not None:
-            if not self._apply_decision(
-                ex, route, limiter.take(self._limit_key(ex, route), self._rule_for(ex, route))
-            ):
+            admitted = limiter.admit(self._limit_key(ex, route), self._rule_for(ex, route))
+            if type(admitted) is bytes:
+                ex.rate_headers = admitted
+            elif not self._apply_decision(ex, route, cast(Decision, admitted)):
                 return _DONE
         elif self.limiter is not None:
             return _STAGE_LIMIT
@@ -1347,8 +1500,11 @@ class Gateway:
     def _authenticate_now(self, ex: Exchange, route: RouteConfig) -> bool | None:
         """Authentication that needs no waiting: no credentials, an API key, or a bearer token
         verified before. None: the token must be verified (``_authenticate``)."""
-        authorization = ex.header(b"authorization")
-        if authorization is not None and authorization[:7].lower() == b"bearer ":
+        authorization = ex.authorization
+        if authorization is None:
+            if route.public and ex.api_key is None and self._api_key_in_pass:
+                return True  # an anonymous request on a public route
+        elif authorization[:7].lower() == b"bearer ":
             principal = self.auth.known(authorization[7:].strip().decode("latin-1"))
             if principal is None:
                 return None
@@ -1357,7 +1513,7 @@ class Gateway:
         return self._authenticate_other(ex, route, authorization)
 
     async def _authenticate(self, ex: Exchange, route: RouteConfig) -> bool:
-        authorization = ex.header(b"authorization")
+        authorization = ex.authorization
         if authorization is not None and authorization[:7].lower() == b"bearer ":
             token = authorization[7:].strip().decode("latin-1")
             try:
@@ -1392,7 +1548,7 @@ class Gateway:
     def _authenticate_other(
         self, ex: Exchange, route: RouteConfig, authorization: bytes | None
     ) -> bool:
-        api_key = ex.header(self._api_key_header)
+        api_key = ex.api_key if self._api_key_in_pass else ex.header(self._api_key_header)
         if api_key is None and authorization and authorization[:7].lower() == b"apikey ":
             api_key = authorization[7:].strip()
         if api_key:
@@ -1603,9 +1759,7 @@ class Gateway:
         try:
             sink = ex.detach()
             if self._after_attempt(ex, route, instance, sink, outcome) == _RETRY:
-                task = asyncio.get_running_loop().create_task(
-                    self._retry(ex, route, (instance,), outcome)
-                )
+                task = ex.conn.loop.create_task(self._retry(ex, route, (instance,), outcome))
                 self._tasks.add(task)
                 task.add_done_callback(self._tasks.discard)
                 return
@@ -1657,7 +1811,9 @@ class Gateway:
             if failed:
                 self._record_failure(balancer, instance)
             else:
-                instance.breaker.record_success()
+                breaker = instance.breaker
+                if breaker.failures or breaker.state is not _BREAKER_CLOSED:
+                    breaker.record_success()
             assert sink is not None
             if ex.upstream_keep_alive:
                 self.pools[instance].release(sink)

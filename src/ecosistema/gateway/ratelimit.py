@@ -97,6 +97,29 @@ class MemoryRateLimiter:
         self._buckets[key] = (level, now)
         return decision
 
+    def admit(self, key: str, rule: RateLimitRule) -> bytes | Decision:
+        """``take`` for the hot path: the RateLimit-* header lines when a token was taken, the
+        full ``Decision`` only when the request is refused (the same arithmetic as
+        ``take_token``, without building a decision per admitted request)."""
+        now = time.monotonic()
+        buckets = self._buckets
+        state = buckets.get(key)
+        burst = rule.burst
+        rate = rule.rate
+        level = float(burst) if state is None else state[0] + (now - state[1]) * rate
+        if level > burst:
+            level = float(burst)
+        if level < 1.0 or (state is None and len(buckets) >= self._max_keys):
+            decision = self.take(key, rule)
+            return decision.header_bytes() if decision.allowed else decision
+        level -= 1.0
+        buckets[key] = (level, now)
+        return b"ratelimit-limit: %d\r\nratelimit-remaining: %d\r\nratelimit-reset: %d\r\n" % (
+            burst,
+            math.floor(level),
+            math.ceil((burst - level) / rate),
+        )
+
     def _forget_full(self, now: float, rule: RateLimitRule) -> None:
         # A bucket that has refilled is the same as one never seen, so it can be dropped.
         rate, burst = rule.rate, rule.burst

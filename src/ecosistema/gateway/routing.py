@@ -26,6 +26,25 @@ class Router:
 
     def __init__(self, routes: list[RouteConfig]) -> None:
         self._routes = sorted(routes, key=lambda r: len(r.prefix), reverse=True)
+        # (route, path equal to this, or starting with this, methods or None) for ``route_for``.
+        self._table = [
+            (
+                route,
+                route.prefix[:-1] if route.prefix.endswith("/") else route.prefix,
+                route.prefix if route.prefix.endswith("/") else route.prefix + "/",
+                route.methods,
+            )
+            for route in self._routes
+        ]
+
+    def route_for(self, method: str, path: str) -> RouteConfig | None:
+        """``match(method, path).route``, without building the reasons for a miss."""
+        for route, exact, under, methods in self._table:
+            if (path == exact or path.startswith(under)) and (
+                methods is None or method in methods or (method == "HEAD" and "GET" in methods)
+            ):
+                return route
+        return None
 
     def match(self, method: str, path: str) -> RouteMatch:
         """The route serving ``method`` on ``path``; HEAD is served by routes that allow GET."""

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import ssl
+import time
 from typing import Protocol, cast
 
 import httptools
@@ -29,6 +30,8 @@ class ResponseHandler(Protocol):
 
 def _has_body_framing(headers: Headers) -> bool:
     for name, value in headers:
+        if len(name) != 14 and len(name) != 17:  # neither of the two names below
+            continue
         lname = name.lower()
         if lname == b"content-length":
             return True
@@ -52,6 +55,9 @@ class UpstreamConnection(asyncio.Protocol):
         self._got_head = False
         self._until_close = False
         self._informational = False
+        # The parser left ready for the next response by the last one's end (not after a HEAD,
+        # whose body-less response the parser cannot know about).
+        self._reusable = False
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = cast(asyncio.Transport, transport)
@@ -59,7 +65,9 @@ class UpstreamConnection(asyncio.Protocol):
     def begin(self, handler: ResponseHandler, *, head_only: bool) -> None:
         """Start waiting for the response to a request about to be written."""
         self.handler = handler
-        self._parser = httptools.HttpResponseParser(self)
+        if not self._reusable:
+            self._parser = httptools.HttpResponseParser(self)
+        self._reusable = False
         self._headers = []
         self._reason = b""
         self._head_only = head_only
@@ -112,6 +120,10 @@ class UpstreamConnection(asyncio.Protocol):
         # One write to the client per read from the upstream, however many callbacks it made.
         handler.flush()
 
+    def on_message_begin(self) -> None:
+        # Bytes after a complete response (a next message nobody asked for) spoil the parser.
+        self._reusable = False
+
     def on_status(self, status: bytes) -> None:
         self._reason += status
 
@@ -145,6 +157,7 @@ class UpstreamConnection(asyncio.Protocol):
             self._reason = b""
             return
         if self.handler is not None and self._parser is not None:
+            self._reusable = True
             self._complete(keep_alive=self._parser.should_keep_alive() and not self._until_close)
 
     def _complete(self, *, keep_alive: bool) -> None:
@@ -204,7 +217,7 @@ class ConnectionPool:
         idle = self._idle
         if not idle:
             return None
-        now = asyncio.get_running_loop().time()
+        now = time.monotonic()
         while idle:
             conn = idle.pop()
             if not conn.closed and now - conn.idle_since < self._idle_timeout:
@@ -215,7 +228,7 @@ class ConnectionPool:
     async def acquire(self) -> tuple[UpstreamConnection, bool]:
         """A connection ready for a request, and whether it was reused from the pool."""
         loop = asyncio.get_running_loop()
-        now = loop.time()
+        now = time.monotonic()
         idle = self._idle
         while idle:
             conn = idle.pop()
@@ -240,11 +253,11 @@ class ConnectionPool:
         if conn.closed or len(self._idle) >= self._max_idle:
             conn.close()
             return
-        conn.idle_since = asyncio.get_running_loop().time()
+        conn.idle_since = time.monotonic()
         self._idle.append(conn)
 
     def close_expired(self, now: float) -> None:
-        """Close connections idle for longer than the idle timeout."""
+        """Close connections idle for longer than the idle timeout (``now``: time.monotonic())."""
         keep = [c for c in self._idle if not c.closed and now - c.idle_since < self._idle_timeout]
         for conn in self._idle:
             if conn not in keep:

@@ -1,0 +1,224 @@
+"""The gateway's per-request machinery without sockets: ids, request timeouts, the reuse of an
+upstream connection's parser, and whole exchanges over in-memory transports."""
+
+from __future__ import annotations
+
+import asyncio
+import gc
+import io
+import re
+from typing import Any
+
+import pytest
+
+from ecosistema.gateway.config import gateway_config
+from ecosistema.gateway.proxy import ClientConnection, Gateway, _Deadlines, _IdSource
+from ecosistema.gateway.server import settle_heap
+from ecosistema.gateway.upstream import Headers, UpstreamConnection
+
+RESPONSE = b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: 2\r\n\r\nok"
+
+
+class MemoryTransport:
+    def __init__(self) -> None:
+        self.written: list[bytes] = []
+        self.closed = False
+
+    def write(self, data: bytes) -> None:
+        self.written.append(data)
+
+    def get_extra_info(self, name: str, default: Any = None) -> Any:
+        return ("10.0.0.7", 50000) if name == "peername" else default
+
+    def pause_reading(self) -> None: ...
+    def resume_reading(self) -> None: ...
+
+    def close(self) -> None:
+        self.closed = True
+
+    def abort(self) -> None:
+        self.closed = True
+
+    def is_closing(self) -> bool:
+        return self.closed
+
+
+class Recorder:
+    """A response handler that keeps what the upstream connection reports."""
+
+    def __init__(self) -> None:
+        self.status = 0
+        self.headers: Headers = []
+        self.body = b""
+        self.complete: bool | None = None
+        self.lost = False
+
+    def on_response_head(self, status: int, reason: bytes, headers: Headers) -> None:
+        self.status, self.headers = status, list(headers)
+
+    def on_response_body(self, data: bytes) -> None:
+        self.body += data
+
+    def on_response_complete(self, keep_alive: bool) -> None:
+        self.complete = keep_alive
+
+    def on_upstream_lost(self, exc: BaseException | None) -> None:
+        self.lost = True
+
+    def on_upstream_paused(self) -> None: ...
+    def on_upstream_resumed(self) -> None: ...
+    def flush(self) -> None: ...
+
+
+def test_generated_ids_are_unique_hex_and_differ_after_a_reseed() -> None:
+    source = _IdSource()
+    ids = [source.next() for _ in range(20_000)]
+    assert len(set(ids)) == len(ids)
+    assert all(re.fullmatch(rb"[0-9a-f]{32}", i) for i in ids)
+    assert all(i[:16] != b"0" * 16 and i[16:] != b"0" * 16 for i in ids)
+    source.reseed()
+    assert source.next()[:16] != ids[0][:16]
+
+
+def test_an_upstream_connection_reuses_its_parser_for_responses_in_a_row() -> None:
+    conn = UpstreamConnection()
+    conn.connection_made(MemoryTransport())  # type: ignore[arg-type]
+    first, second = Recorder(), Recorder()
+    conn.begin(first, head_only=False)
+    conn.data_received(RESPONSE)
+    parser = conn._parser
+    conn.begin(second, head_only=False)
+    conn.data_received(RESPONSE[:20])
+    conn.data_received(RESPONSE[20:])
+    assert (first.status, first.body, first.complete) == (200, b"ok", True)
+    assert (second.status, second.body, second.complete) == (200, b"ok", True)
+    assert conn._parser is parser
+
+
+def test_after_a_head_response_the_next_response_gets_a_fresh_parser() -> None:
+    conn = UpstreamConnection()
+    conn.connection_made(MemoryTransport())  # type: ignore[arg-type]
+    head, get = Recorder(), Recorder()
+    conn.begin(head, head_only=True)
+    conn.data_received(RESPONSE[: -len(b"ok")])  # a HEAD response: the length, no body
+    parser = conn._parser
+    conn.begin(get, head_only=False)
+    conn.data_received(RESPONSE)
+    assert head.complete is True and head.body == b""
+    assert (get.status, get.body, get.complete) == (200, b"ok", True)
+    assert conn._parser is not parser
+
+
+def test_bytes_after_a_complete_response_spoil_the_parser_for_reuse() -> None:
+    conn = UpstreamConnection()
+    conn.connection_made(MemoryTransport())  # type: ignore[arg-type]
+    first = Recorder()
+    conn.begin(first, head_only=False)
+    conn.data_received(RESPONSE + b"HTTP/1.1 200 OK\r\n")
+    parser = conn._parser
+    second = Recorder()
+    conn.begin(second, head_only=False)
+    conn.data_received(RESPONSE)
+    assert first.body == b"ok" and second.body == b"ok"
+    assert conn._parser is not parser
+
+
+class Waiting:
+    def __init__(self) -> None:
+        self.fired = asyncio.Event()
+
+    def timed_out(self) -> None:
+        self.fired.set()
+
+
+async def test_deadlines_time_out_what_is_still_waiting_and_nothing_else() -> None:
+    deadlines = _Deadlines(asyncio.get_running_loop())
+    late, answered, other = Waiting(), Waiting(), Waiting()
+    deadlines.add(late, 0.01)  # type: ignore[arg-type]
+    slot = deadlines.add(answered, 0.01)  # type: ignore[arg-type]
+    deadlines.add(other, 0.2)  # type: ignore[arg-type]
+    slot.discard(answered)  # type: ignore[arg-type]  # answered: off its slot
+    await asyncio.wait_for(late.fired.wait(), 5)
+    assert not answered.fired.is_set()
+    await asyncio.wait_for(other.fired.wait(), 5)
+    assert not answered.fired.is_set()
+
+
+def _gateway(**extra: Any) -> Gateway:
+    table = {
+        "services": {"tiny": {"instances": ["http://127.0.0.1:9"], "health_path": None}},
+        "routes": [
+            {"prefix": "/open", "service": "tiny", "public": True},
+            {"prefix": "/closed", "service": "tiny"},
+        ],
+        "rate_limits": {"enabled": False},
+        **extra,
+    }
+    return Gateway(gateway_config(table), access_log=io.StringIO())
+
+
+def _connect(gateway: Gateway) -> tuple[ClientConnection, MemoryTransport, UpstreamConnection]:
+    [pool] = gateway.pools.values()
+    upstream = UpstreamConnection()
+    sent = MemoryTransport()
+    upstream.connection_made(sent)  # type: ignore[arg-type]
+    pool.release(upstream)
+    client = ClientConnection(gateway)
+    out = MemoryTransport()
+    client.connection_made(out)  # type: ignore[arg-type]
+    return client, out, upstream
+
+
+async def test_requests_in_a_row_are_proxied_over_one_pooled_connection() -> None:
+    gateway = _gateway(rate_limits={"anonymous": {"rate": 100, "burst": 100}})
+    client, out, upstream = _connect(gateway)
+    sent: list[bytes] = upstream.transport.written  # type: ignore[union-attr]
+    for n in range(3):
+        client.data_received(b"GET /open/%d HTTP/1.1\r\nHost: shop.example\r\n\r\n" % n)
+        upstream.data_received(RESPONSE)
+    assert len(sent) == 3 and len(out.written) == 3
+    request = sent[2].decode()
+    assert request.startswith("GET /open/2 HTTP/1.1\r\nhost: 127.0.0.1:9\r\n")
+    assert "x-forwarded-for: 10.0.0.7\r\n" in request
+    assert "x-forwarded-host: shop.example\r\n" in request
+    request_id = re.search(r"x-request-id: ([0-9a-f]{32})\r\n", request)
+    assert request_id is not None and f"traceparent: 00-{request_id[1]}-" in request
+    response = out.written[2].decode()
+    assert response.startswith("HTTP/1.1 200 OK\r\n") and response.endswith("\r\n\r\nok")
+    assert f"x-request-id: {request_id[1]}\r\n" in response
+    assert "ratelimit-remaining: 97\r\n" in response
+    assert gateway.deadlines(asyncio.get_running_loop())._slots != {}  # emptied, not removed
+    assert all(not slot for slot in gateway.deadlines(asyncio.get_running_loop())._slots.values())
+    await gateway.close()
+
+
+@pytest.mark.parametrize(
+    "headers, status",
+    [
+        (b"", 401),
+        (b"X-API-Key: k1\r\n", 200),
+        (b"Authorization: ApiKey k1\r\n", 200),
+    ],
+)
+async def test_protected_route_needs_credentials_found_in_the_one_header_pass(
+    headers: bytes, status: int
+) -> None:
+    gateway = _gateway()
+    client, out, upstream = _connect(gateway)
+    client.data_received(b"GET /closed HTTP/1.1\r\nHost: x\r\n%s\r\n" % headers)
+    if status == 200:
+        upstream.data_received(RESPONSE)
+    assert out.written[-1].startswith(b"HTTP/1.1 %d " % status)
+    await gateway.close()
+
+
+def test_settling_the_heap_freezes_startup_objects_and_widens_the_young_generation() -> None:
+    threshold = gc.get_threshold()
+    try:
+        settle_heap()
+        assert gc.get_freeze_count() > 0
+        assert gc.get_threshold()[0] > threshold[0]
+        assert gc.isenabled()
+    finally:
+        gc.unfreeze()
+        gc.set_threshold(*threshold)
