@@ -196,8 +196,8 @@ def evaluate_command(
     folds: Annotated[int, typer.Option(help="Cross-validation folds.")] = 5,
     as_json: JsonOption = False,
 ) -> None:
-    """Cross-validate and hold out the latest rows for LightGBM and the logistic regression;
-    the one better on the hold-out is the family training would serve."""
+    """Cross-validate and hold out the latest rows for each model family (hybrid, LightGBM, the
+    logistic regression); prints the family training would serve."""
     from ecosistema.ml import evaluate
 
     feature_spec = _spec(spec)
@@ -388,15 +388,15 @@ def _print_metrics(metrics: dict[str, Any]) -> None:
     table = Table(title=f"evaluation on {metrics.get('rows', 0):,} rows")
     table.add_column("metric")
     columns: list[tuple[str, dict[str, Any]]] = []
-    if "cv" in metrics:
+    names = {"hybrid": "hybrid", "lightgbm": "LightGBM", "baseline": "logistic"}
+    for part, label in (
+        ("cv", f"{metrics.get('cv', {}).get('folds')}-fold"),
+        ("holdout", "hold-out"),
+    ):
         columns += [
-            (f"{metrics['cv']['folds']}-fold LightGBM", metrics["cv"]["lightgbm"]),
-            ("k-fold logistic", metrics["cv"]["baseline"]),
-        ]
-    if "holdout" in metrics:
-        columns += [
-            ("hold-out LightGBM", metrics["holdout"]["lightgbm"]),
-            ("hold-out logistic", metrics["holdout"]["baseline"]),
+            (f"{label} {name}", metrics[part][key])
+            for key, name in names.items()
+            if key in metrics.get(part, {})
         ]
     for title, _ in columns:
         table.add_column(title, justify="right")
@@ -418,13 +418,14 @@ def _print_metrics(metrics: dict[str, Any]) -> None:
             f"mean fold ROC-AUC {metrics['cv']['roc_auc_mean']} +/- {metrics['cv']['roc_auc_std']}"
         )
     if "family" in metrics:
-        console.print(f"family that would serve (better on the hold-out): {metrics['family']}")
+        console.print(f"family that would serve: {metrics['family']}")
     lift_source = metrics.get("cv", metrics.get("holdout"))
-    if lift_source:
-        lift = Table(title="lift by decile (LightGBM)")
+    key = {"logistic": "baseline"}.get(metrics.get("family", ""), metrics.get("family", ""))
+    if lift_source and key in lift_source:
+        lift = Table(title=f"lift by decile ({metrics['family']})")
         for column in ("decile", "rows", "converted", "rate", "lift", "cumulative_capture"):
             lift.add_column(column, justify="right")
-        for row in lift_source["lightgbm"]["lift"]:
+        for row in lift_source[key]["lift"]:
             lift.add_row(
                 *[
                     str(row[c])

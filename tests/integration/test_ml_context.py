@@ -24,6 +24,7 @@ from ecosistema.ml import (
     load_reference_dataset,
     train,
 )
+from ecosistema.ml.evaluation import HOLDOUT_TOLERANCE
 from ecosistema.sales import domain
 from ecosistema.sales.domain import LeadFacts
 
@@ -151,10 +152,14 @@ def test_drift_alert_is_logged_once_per_version_and_state_change(model: TrainedM
 
 def test_the_family_that_wins_the_holdout_serves(model: TrainedModel, tmp_path: Path) -> None:
     holdout = model.metrics["holdout"]
-    keys = {"lightgbm": "lightgbm", "logistic": "baseline"}
-    winner = max(keys, key=lambda f: (holdout[keys[f]]["roc_auc"], f == "lightgbm"))
+    keys = {"hybrid": "hybrid", "lightgbm": "lightgbm", "logistic": "baseline"}
+    best = max(holdout[k]["roc_auc"] for k in keys.values())
+    # Within the hold-out's noise families tie; among ties the first in preference order serves.
+    tied = [f for f in keys if holdout[keys[f]]["roc_auc"] >= best - HOLDOUT_TOLERANCE]
+    winner = tied[0]
     assert model.metrics["family"] == model.family == winner
-    assert (model.linear is not None) == (winner == "logistic")
+    assert (model.linear is not None) == (winner != "lightgbm")
+    assert (model.booster is not None) == (winner != "logistic")
     registry = ModelRegistry(tmp_path)
     version = registry.register(model)
     assert version.headline == holdout[keys[winner]]["roc_auc"]

@@ -79,7 +79,8 @@ def test_registry_round_trip(model: TrainedModel, bank, tmp_path: Path, where: s
     version = registry.register(model)
     assert version.version == "v1" and registry.serving() is None
     assert version.data_hash == model.data_hash and version.rows == model.rows
-    assert version.metrics["holdout"]["lightgbm"]["roc_auc"] == version.headline
+    family = {"hybrid": "hybrid", "lightgbm": "lightgbm", "logistic": "baseline"}[model.family]
+    assert version.metrics["holdout"][family]["roc_auc"] == version.headline
     loaded = ModelRegistry(url).load("v1")
     assert loaded.spec == model.spec
     np.testing.assert_array_equal(loaded.predict_frame(bank), model.predict_frame(bank))

@@ -4,13 +4,21 @@ promotion with hot swap, re-scoring, drift, feedback labels, and who may do what
 from __future__ import annotations
 
 import asyncio
+from datetime import timedelta
 from typing import Any
 
 import httpx
 from fastapi import FastAPI
 
 from ecosistema.ml import ModelRegistry, lead_scoring_spec, load_reference_dataset, train
-from ecosistema.sales.scoring import feedback_rows, refresh_serving_model, scoring_of
+from ecosistema.platform.db import utcnow
+from ecosistema.sales.models import training_runs
+from ecosistema.sales.scoring import (
+    feedback_rows,
+    refresh_serving_model,
+    scoring_of,
+    settle_stale_runs,
+)
 from tests.integration.test_sales_support import (
     API,
     app,
@@ -204,3 +212,37 @@ async def test_a_lead_with_only_a_name_and_an_email_gets_an_ordinary_score_for_l
     assert all("not known: ++" not in f["phrase"] for f in lead["factors"])
     # It ranks among today's training leads somewhere in the middle, not at the top.
     assert 20 <= lead["score"] <= 80
+
+
+async def test_a_run_whose_process_died_is_settled_as_failed_with_the_reason(
+    app: FastAPI, client: httpx.AsyncClient
+) -> None:
+    people = await users(app, client)
+    ctx = sales_ctx(app)
+    now = utcnow()
+    timeout = ctx.settings.ml_run_timeout_seconds
+    rows = {
+        "dead": ("running", now - timedelta(seconds=timeout + 60)),
+        "dead-queued": ("queued", now - timedelta(seconds=timeout + 60)),
+        "alive": ("running", now - timedelta(seconds=timeout / 2)),
+    }
+    async with ctx.db.transaction() as session:
+        for name, (status, when) in rows.items():
+            await session.execute(
+                training_runs.insert().values(
+                    id=f"run-{name}",
+                    kind="train",
+                    status=status,
+                    params={},
+                    created_at=when,
+                    started_at=when if status == "running" else None,
+                )
+            )
+    staff = bearer(people["staff"])
+    dead = (await client.get(f"{API}/ml/runs/run-dead", headers=staff)).json()
+    assert dead["status"] == "failed" and dead["finished_at"] is not None
+    assert "process running it stopped" in dead["error"]
+    listed = {r["id"]: r for r in (await client.get(f"{API}/ml/runs", headers=staff)).json()}
+    assert listed["run-dead-queued"]["status"] == "failed"
+    assert listed["run-alive"]["status"] == "running" and listed["run-alive"]["error"] is None
+    assert await settle_stale_runs(ctx) == 0  # already settled: nothing more to do

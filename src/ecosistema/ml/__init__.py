@@ -27,10 +27,12 @@ if TYPE_CHECKING:
     )
     from ecosistema.ml.evaluation import classification_metrics, evaluate, train_and_evaluate
     from ecosistema.ml.features import FeaturePipeline, minilm_available
+    from ecosistema.ml.lease import Lease
     from ecosistema.ml.lifecycle import (
         RetrainResult,
         default_model,
         ensure_default_model,
+        ensure_default_model_once,
         reload_job,
         retrain,
         retrain_job,
@@ -78,6 +80,8 @@ _EXPORTS: dict[str, str] = {
     "data_hash": "ecosistema.ml.dataset",
     "default_model": "ecosistema.ml.lifecycle",
     "ensure_default_model": "ecosistema.ml.lifecycle",
+    "ensure_default_model_once": "ecosistema.ml.lifecycle",
+    "Lease": "ecosistema.ml.lease",
     "evaluate": "ecosistema.ml.evaluation",
     "lead_scoring_spec": "ecosistema.ml.dataset",
     "load_dataset": "ecosistema.ml.dataset",
@@ -117,6 +121,7 @@ __all__ = [
     "FeatureSpec",
     "InvalidDataset",
     "Issue",
+    "Lease",
     "ModelNotFound",
     "ModelRegistry",
     "ModelServer",
@@ -136,6 +141,7 @@ __all__ = [
     "data_hash",
     "default_model",
     "ensure_default_model",
+    "ensure_default_model_once",
     "evaluate",
     "lead_scoring_spec",
     "load_dataset",

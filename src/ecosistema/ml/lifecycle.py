@@ -7,7 +7,7 @@ import dataclasses
 import threading
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pandas as pd
 import structlog
@@ -20,6 +20,9 @@ from ecosistema.ml.registry import ModelRegistry, ModelVersion
 from ecosistema.ml.serve import ModelServer
 from ecosistema.ml.spec import FeatureSpec
 from ecosistema.platform.service import Job, ServiceContext
+
+if TYPE_CHECKING:
+    from ecosistema.ml.lease import Lease
 
 log = structlog.get_logger(__name__)
 Feedback = Callable[[ServiceContext], Awaitable[Sequence[Mapping[str, Any]]]]
@@ -73,6 +76,35 @@ def ensure_default_model(
         )
     version = registry.register(model)
     return registry.promote(version.version)
+
+
+async def ensure_default_model_once(
+    registry: ModelRegistry,
+    lease: Lease,
+    *,
+    poll_seconds: float = 1.0,
+    **options: Any,
+) -> ModelVersion:
+    """:func:`ensure_default_model` for several processes sharing one registry: the one holding
+    ``lease`` trains (renewing the lease meanwhile), the others wait for its model to serve and
+    return it. Should the trainer die, its lease expires and a waiting process takes over.
+
+    ``options`` go to :func:`ensure_default_model`.
+    """
+    while True:
+        serving = await asyncio.to_thread(registry.serving)
+        if serving is not None:
+            return serving
+        if await lease.acquire():
+            beat = asyncio.get_running_loop().create_task(lease.keep_alive())
+            try:
+                log.info("ml.default_model_training", holder=lease.holder)
+                return await asyncio.to_thread(ensure_default_model, registry, **options)
+            finally:
+                beat.cancel()
+                await lease.release()
+        log.info("ml.default_model_waiting", lease=lease.name)
+        await asyncio.sleep(poll_seconds)
 
 
 @dataclass(frozen=True)

@@ -167,7 +167,11 @@ class DriftMonitor:
             if ref is not None:
                 actual = _proportions(matrix[:, column], ref["edges"])
                 features[name] = round(psi(ref["expected"], actual), 4)
-        probabilities = self.model.probabilities(matrix)
+        # Scored as the reference was: every lead in the current context, so a file of past
+        # leads that carries its own economic values compares like for like.
+        from ecosistema.ml.model import in_context
+
+        probabilities = self.model.probabilities(in_context(self.model.pipeline, matrix))
         ref = reference[SCORE]
         score = round(psi(ref["expected"], _proportions(probabilities, ref["edges"])), 4)
         report = DriftReport(

@@ -2,8 +2,8 @@
 
 Layout under the registry URL, one folder per model name::
 
-    {url}/{name}/v{n}/model.txt        LightGBM's own text format (family "lightgbm")
-    {url}/{name}/v{n}/linear.json      coefficients and scaling (family "logistic")
+    {url}/{name}/v{n}/model.txt        LightGBM's own text format (families "hybrid", "lightgbm")
+    {url}/{name}/v{n}/linear.json      coefficients and scaling (families "hybrid", "logistic")
     {url}/{name}/v{n}/spec.json        the feature spec
     {url}/{name}/v{n}/pipeline.json    fitted feature state (category vocabularies, TF-IDF terms)
     {url}/{name}/v{n}/pipeline.npz     its arrays (IDF weights, SVD components), no pickle
@@ -38,7 +38,7 @@ from fsspec.spec import AbstractFileSystem
 from ecosistema.ml.errors import ModelNotFound, PromotionRefused
 from ecosistema.ml.evaluation import headline
 from ecosistema.ml.features import FeaturePipeline
-from ecosistema.ml.model import LinearModel, TrainedModel
+from ecosistema.ml.model import Family, LinearModel, TrainedModel
 from ecosistema.ml.spec import FeatureSpec
 
 log = structlog.get_logger(__name__)
@@ -113,8 +113,7 @@ class ModelRegistry:
         files: dict[str, bytes] = {}
         if model.linear is not None:
             files["linear.json"] = json.dumps(model.linear.state()).encode()
-        else:
-            assert model.booster is not None
+        if model.booster is not None:
             files["model.txt"] = model.booster.model_to_string().encode()
         files |= {
             "spec.json": model.spec.to_json().encode(),
@@ -207,8 +206,11 @@ class ModelRegistry:
         booster = linear = None
         if "linear.json" in files:
             linear = LinearModel.from_state(json.loads(files["linear.json"]))
-        else:
+        if "model.txt" in files:
             booster = lgb.Booster(model_str=files["model.txt"].decode())
+        family: Family = "hybrid" if booster is not None and linear is not None else "lightgbm"
+        if booster is None:
+            family = "logistic"
         a, b = manifest["calibration"]
         return TrainedModel(
             spec=facts.spec,
@@ -227,7 +229,7 @@ class ModelRegistry:
             drift_reference=json.loads(files["reference.json"]),
             version=version,
             linear=linear,
-            family="logistic" if linear is not None else "lightgbm",
+            family=family,
         )
 
     def history(self) -> builtins.list[Promotion]:

@@ -116,6 +116,11 @@ class Settings(BaseSettings):
     ml_drift_threshold: float = 0.2
     # Drift is not alerted on fewer leads than this (PSI over a few dozen rows is noise).
     ml_drift_min_rows: int = Field(default=200, ge=1)
+    # A training run with no result this many seconds after it started (its process died) is
+    # settled as failed. Replicas starting on an empty registry elect one trainer with a lease in
+    # the database that lasts ``ml_lease_seconds`` unless its holder renews it.
+    ml_run_timeout_seconds: float = Field(default=3600.0, gt=0)
+    ml_lease_seconds: float = Field(default=60.0, gt=0)
 
     # Sales. A new install trains the default lead-scoring model on the bundled data at first
     # start (``sales_train_default_model``); the serving version is re-read and stale leads

@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from datetime import timedelta
 from typing import TYPE_CHECKING, Any
 
 import structlog
@@ -32,6 +33,8 @@ log = structlog.get_logger(__name__)
 EXPLAIN = 4
 RUN_NOT_FOUND = "No training run with this id."
 DRIFT_WINDOW = 10_000
+DEFAULT_MODEL_LEASE = "lead-scoring:default-model"
+UNFINISHED = ("queued", "running")
 
 
 @dataclass
@@ -69,8 +72,10 @@ def scoring_of(ctx: ServiceContext) -> LeadScoring:
 
 
 async def start_scoring(ctx: ServiceContext) -> None:
-    """Open the registry; on a new install train and promote the default model; load it."""
-    from ecosistema.ml import ModelRegistry, ModelServer, ensure_default_model
+    """Open the registry; on a new install train and promote the default model (one replica
+    trains, holding a lease in the service's database; the others wait for it); load it.
+    Runs left unfinished by a process that died are settled as failed."""
+    from ecosistema.ml import Lease, ModelRegistry, ModelServer, ensure_default_model_once
 
     registry = ModelRegistry(ctx.settings.ml_registry_location())
     context = ctx.settings.sales_macro_indicators
@@ -81,8 +86,10 @@ async def start_scoring(ctx: ServiceContext) -> None:
         context=context,
     )
     ctx.extras["scoring"] = LeadScoring(registry, server)
+    await settle_stale_runs(ctx)
     if ctx.settings.sales_train_default_model:
-        await asyncio.to_thread(ensure_default_model, registry, context=context)
+        lease = Lease(ctx.db, DEFAULT_MODEL_LEASE, seconds=ctx.settings.ml_lease_seconds)
+        await ensure_default_model_once(registry, lease, context=context)
     await asyncio.to_thread(server.reload)
     log.info("sales.scoring_ready", version=server.version)
 
@@ -177,9 +184,11 @@ def _bind(values: Mapping[str, Any]) -> dict[str, Any]:
 
 
 async def refresh_serving_model(ctx: ServiceContext) -> None:
-    """The periodic job: pick up a version promoted elsewhere, then re-score stale leads."""
+    """The periodic job: pick up a version promoted elsewhere, settle runs whose process died,
+    then re-score stale leads."""
     scoring = scoring_of(ctx)
     await asyncio.to_thread(scoring.server.reload)
+    await settle_stale_runs(ctx)
     await rescore_stale_leads(ctx)
 
 
@@ -385,8 +394,46 @@ async def start_run(
     return await get_run(ctx, run_id)
 
 
+async def settle_stale_runs(ctx: ServiceContext) -> int:
+    """Mark as failed, with the reason, every run still queued or running longer than
+    ``ml_run_timeout_seconds`` after it started: the process running it is gone. Returns how
+    many were settled."""
+    timeout = ctx.settings.ml_run_timeout_seconds
+    now = utcnow()
+    cutoff = now - timedelta(seconds=timeout)
+    began = func.coalesce(training_runs.c.started_at, training_runs.c.created_at)
+    async with ctx.db.read() as session:
+        stale = (
+            await session.scalars(
+                select(training_runs.c.id).where(
+                    training_runs.c.status.in_(UNFINISHED), began < cutoff
+                )
+            )
+        ).all()
+    if not stale:
+        return 0
+    reason = (
+        f"No result {timeout:g} s after the run started: the process running it stopped "
+        "(restart, crash or lost host). Start a new run."
+    )
+    async with ctx.db.transaction() as session:
+        result = await session.execute(
+            update(training_runs)
+            .where(
+                training_runs.c.id.in_(list(stale)),
+                training_runs.c.status.in_(UNFINISHED),
+            )
+            .values(status="failed", error=reason, finished_at=now)
+        )
+    settled = int(getattr(result, "rowcount", 0) or 0)
+    if settled:
+        log.warning("sales.training_runs_settled_as_failed", runs=list(stale), reason=reason)
+    return settled
+
+
 async def get_run(ctx: ServiceContext, run_id: str) -> TrainingRun:
-    """A training run by id."""
+    """A training run by id (settled as failed first if its process is gone)."""
+    await settle_stale_runs(ctx)
     async with ctx.db.read() as session:
         row = (
             await session.execute(select(training_runs).where(training_runs.c.id == run_id))
@@ -397,7 +444,8 @@ async def get_run(ctx: ServiceContext, run_id: str) -> TrainingRun:
 
 
 async def list_runs(ctx: ServiceContext, *, limit: int = 50) -> list[TrainingRun]:
-    """The latest training runs, newest first."""
+    """The latest training runs, newest first (stale ones settled as failed first)."""
+    await settle_stale_runs(ctx)
     async with ctx.db.read() as session:
         rows = (
             await session.execute(

@@ -1,0 +1,164 @@
+"""A lease in a service's SQL database (SQLite or PostgreSQL): one holder at a time for a named
+piece of work, such as training the default model when several replicas start on an empty
+registry. The holder renews it while it works; a holder that dies stops renewing, the lease
+expires, and another process may take it over.
+
+The table (``ml_leases``) is created on first use in the database it is given (on PostgreSQL,
+in the service's own schema).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import socket
+import uuid
+from datetime import UTC, datetime, timedelta
+
+import structlog
+from sqlalchemy import Column, MetaData, String, Table, delete, insert, select, update
+from sqlalchemy.exc import DBAPIError, IntegrityError
+
+from ecosistema.platform.db import Database, UTCDateTime
+
+log = structlog.get_logger(__name__)
+
+_metadata = MetaData()
+leases = Table(
+    "ml_leases",
+    _metadata,
+    Column("name", String(100), primary_key=True),
+    Column("holder", String(200), nullable=False),
+    Column("acquired_at", UTCDateTime(), nullable=False),
+    Column("expires_at", UTCDateTime(), nullable=False),
+)
+_ready: set[str] = set()
+
+
+def holder_id() -> str:
+    """This process's identity as a lease holder: host, pid and a random part."""
+    return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+
+
+class Lease:
+    """A named lease in ``db``, held by ``holder`` for ``seconds`` at a time unless renewed."""
+
+    def __init__(
+        self,
+        db: Database,
+        name: str,
+        *,
+        seconds: float = 60.0,
+        holder: str | None = None,
+    ) -> None:
+        if seconds <= 0:
+            raise ValueError("a lease lasts a positive number of seconds")
+        self.db = db
+        self.name = name
+        self.seconds = seconds
+        self.holder = holder or holder_id()
+
+    async def _ensure_table(self) -> None:
+        key = f"{self.db.url}|{self.db.schema}"
+        if key in _ready:
+            return
+        try:
+            async with self.db.engine.begin() as conn:
+                await conn.run_sync(_metadata.create_all, checkfirst=True)
+        except (IntegrityError, DBAPIError):
+            # Another process created it at the same moment (PostgreSQL's catalogue race).
+            async with self.db.engine.connect() as conn:
+                await conn.execute(select(leases.c.name).limit(1))
+        _ready.add(key)
+
+    @staticmethod
+    def _now() -> datetime:
+        return datetime.now(UTC)
+
+    async def acquire(self) -> bool:
+        """Take the lease if it is free, expired, or already ours (renewing it); True if held."""
+        await self._ensure_table()
+        now = self._now()
+        until = now + timedelta(seconds=self.seconds)
+        try:
+            async with self.db.transaction() as session:
+                row = (
+                    await session.execute(
+                        select(leases.c.holder, leases.c.expires_at).where(
+                            leases.c.name == self.name
+                        )
+                    )
+                ).first()
+                if row is None:
+                    await session.execute(
+                        insert(leases).values(
+                            name=self.name, holder=self.holder, acquired_at=now, expires_at=until
+                        )
+                    )
+                    return True
+                if row.holder != self.holder and _aware(row.expires_at) > now:
+                    return False
+                # Compare-and-set: only if nobody took it since we read it.
+                result = await session.execute(
+                    update(leases)
+                    .where(
+                        leases.c.name == self.name,
+                        leases.c.holder == row.holder,
+                        leases.c.expires_at == row.expires_at,
+                    )
+                    .values(holder=self.holder, acquired_at=now, expires_at=until)
+                )
+                return bool(getattr(result, "rowcount", 0) == 1)
+        except IntegrityError:  # another process inserted it first
+            return False
+
+    async def renew(self) -> bool:
+        """Push the expiry forward; False when the lease is no longer ours."""
+        await self._ensure_table()
+        until = self._now() + timedelta(seconds=self.seconds)
+        async with self.db.transaction() as session:
+            result = await session.execute(
+                update(leases)
+                .where(leases.c.name == self.name, leases.c.holder == self.holder)
+                .values(expires_at=until)
+            )
+            return bool(getattr(result, "rowcount", 0) == 1)
+
+    async def release(self) -> None:
+        """Give the lease up (if it is ours)."""
+        await self._ensure_table()
+        async with self.db.transaction() as session:
+            await session.execute(
+                delete(leases).where(leases.c.name == self.name, leases.c.holder == self.holder)
+            )
+
+    async def holder_now(self) -> str | None:
+        """Who holds the lease now (None when free or expired)."""
+        await self._ensure_table()
+        async with self.db.read() as session:
+            row = (
+                await session.execute(
+                    select(leases.c.holder, leases.c.expires_at).where(leases.c.name == self.name)
+                )
+            ).first()
+        if row is None or _aware(row.expires_at) <= self._now():
+            return None
+        return str(row.holder)
+
+    async def keep_alive(self) -> None:
+        """Renew every third of the lease's length until cancelled."""
+        while True:
+            await asyncio.sleep(self.seconds / 3)
+            try:
+                if not await self.renew():
+                    log.warning("ml.lease_lost", lease=self.name, holder=self.holder)
+                    return
+            except Exception as exc:  # a database hiccup: try again at the next beat
+                log.warning("ml.lease_renew_failed", lease=self.name, error=str(exc)[:200])
+
+
+def _aware(moment: datetime) -> datetime:
+    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
+
+
+__all__ = ["Lease", "holder_id", "leases"]
