@@ -43,6 +43,12 @@ def test_masked_settings_hide_secrets_and_url_passwords() -> None:
     assert masked["database_url"] == "postgresql+asyncpg://app:****@db:5432/eco"
 
 
+def test_masked_service_url_lists_keep_every_instance_and_hide_each_password() -> None:
+    settings = Settings(catalog_url="http://a:pw1@cat-1:8101,http://b:pw2@cat-2:8101")
+    masked = settings.masked()["catalog_url"]
+    assert masked == "http://a:****@cat-1:8101,http://b:****@cat-2:8101"
+
+
 def test_every_setting_is_documented_for_operators() -> None:
     doc = (Path(__file__).resolve().parents[2] / "docs" / "configuration.md").read_text()
     missing = [

@@ -243,6 +243,8 @@ class Settings(BaseSettings):
 
 
 def _mask_url(url: str) -> str:
+    if "," in url:  # a list of base URLs, one per instance
+        return ",".join(_mask_url(part) for part in url.split(","))
     if "://" not in url or "@" not in url:
         return url
     scheme, rest = url.split("://", 1)
