@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import AsyncIterator
 from datetime import timedelta
 from pathlib import Path
@@ -13,11 +14,12 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from ecosistema.platform.db import Database, utcnow
-from ecosistema.platform.events import EventEnvelope, OutboxRelay
+from ecosistema.platform.events import EventEnvelope, IdempotentConsumer, OutboxRelay
 from ecosistema.platform.events.bus import MemoryBus
 from tests.conftest import PG_URL, requires_postgres
 from tests.integration.test_events_support import (
     DATABASES,
+    apply_credit,
     crediting,
     credits_for,
     eventually,
@@ -138,6 +140,100 @@ async def test_relay_running_in_background_publishes_what_a_transaction_commits(
         await eventually(lambda: _empty(db), what="the outbox to be marked published")
     finally:
         await relay.stop()
+
+
+async def test_commit_while_the_relay_publishes_wakes_it_again_without_the_poll(
+    db: Database,
+) -> None:
+    bus = MemoryBus()
+    delivered: list[str] = []
+
+    async def chain(envelope: EventEnvelope) -> None:
+        delivered.append(envelope.payload["account"])
+        if envelope.payload["account"] == "first":
+            # Commits a second event while the relay is still publishing the first one.
+            await grant_credit(db, "second", 2)
+
+    await bus.subscribe("ledger.chain", ["CreditGranted"], chain)
+    # A poll interval no test waits out: only the commit signal can deliver the second event.
+    relay = OutboxRelay(outbox, db, bus, poll_interval=3600)
+    relay.start()
+    try:
+        await grant_credit(db, "first", 1)
+
+        async def both() -> bool:
+            return delivered == ["first", "second"]
+
+        await eventually(both, what="the relay to be woken by the commit made during its batch")
+    finally:
+        await relay.stop()
+
+
+async def test_background_relay_publishes_each_event_once_and_marks_them_by_its_stop(
+    db: Database,
+) -> None:
+    bus = RecordingBus()
+    consumer = crediting(db)
+    await bus.subscribe(consumer.name, ["CreditGranted"], consumer)
+    relay = OutboxRelay(outbox, db, bus, poll_interval=3600)
+    relay.start()
+    try:
+        events = []
+        for amount in (1, 2, 3):
+            events.append(await grant_credit(db, "acme", amount))
+
+            async def delivered(count: int = len(events)) -> bool:
+                return len(bus.published) == count
+
+            await eventually(delivered, what="the relay to publish the new event")
+    finally:
+        await relay.stop()
+
+    assert bus.published == [e.id for e in events]
+    assert await outbox.backlog(db) == 0
+
+
+async def test_rows_a_stopped_relay_published_without_marking_are_published_again_once(
+    db: Database,
+) -> None:
+    bus = RecordingBus()
+    consumer = crediting(db)
+    await bus.subscribe(consumer.name, ["CreditGranted"], consumer)
+    crashed = OutboxRelay(outbox, db, bus, poll_interval=3600)
+    crashed.start()
+    event = await grant_credit(db, "acme", 500)
+
+    async def delivered() -> bool:
+        return bus.published == [event.id]
+
+    await eventually(delivered, what="the relay to publish the event")
+    assert crashed._task is not None
+    crashed._task.cancel()  # dies before writing its marks
+    with contextlib.suppress(asyncio.CancelledError):
+        await crashed._task
+
+    await OutboxRelay(outbox, db, bus).drain()
+
+    assert await credits_for(db, event.id) == 1
+    assert await outbox.backlog(db) == 0
+
+
+async def test_consumer_skips_events_its_filter_declines_and_records_nothing(
+    db: Database,
+) -> None:
+    small, large = await grant_credit(db, "acme", 5), await grant_credit(db, "acme", 5000)
+
+    async def large_only(envelope: EventEnvelope) -> bool:
+        return int(envelope.payload["amount"]) > 1000
+
+    consumer = IdempotentConsumer("ledger.large", db, outbox, apply_credit, wanted=large_only)
+    for event in (small, large, large):
+        await consumer(event)
+
+    assert await credits_for(db, small.id) == 0
+    assert not await consumer.processed(small.id)
+    assert await credits_for(db, large.id) == 1
+    assert await consumer.processed(large.id)
 
 
 async def _empty(db: Database) -> bool:

@@ -193,3 +193,42 @@ async def test_a_signed_in_customers_new_cart_publishes_cart_created_without_ema
     assert events[0]["cart_id"] == created.json()["id"]
     assert events[0]["customer_id"] == dana["id"]
     assert dana["email"] not in str(events[0])
+
+
+async def test_tax_rates_and_shipping_countries_take_only_iso_3166_codes(
+    app: FastAPI, client: httpx.AsyncClient
+) -> None:
+    admin = await staff_tokens(app, client)
+    for code in ("XX", "ZZ", "UK"):
+        refused = await client.put(
+            f"{API}/tax-rates/{code}", json={"name": "VAT", "rate_bp": 2000}, headers=bearer(admin)
+        )
+        assert refused.status_code == 422, (code, refused.text)
+        assert refused.headers["content-type"].startswith("application/problem+json")
+        assert refused.json()["errors"][0]["field"] == "country"
+    accepted = await client.put(
+        f"{API}/tax-rates/gb", json={"name": "VAT", "rate_bp": 2000}, headers=bearer(admin)
+    )
+    assert accepted.status_code == 200, accepted.text
+    assert accepted.json()["country"] == "GB"
+    assert "XX" not in {r["country"] for r in (await client.get(f"{API}/tax-rates")).json()}
+
+    method = {
+        "code": "iso-check",
+        "name": "ISO check",
+        "kind": "flat",
+        "rates": {"EUR": [{"amount": 100}]},
+    }
+    refused = await client.post(
+        f"{API}/shipping-methods", json={**method, "countries": ["ES", "QQ"]}, headers=bearer(admin)
+    )
+    assert refused.status_code == 422, refused.text
+    assert refused.json()["errors"][0]["field"].endswith("countries")
+    created = await client.post(
+        f"{API}/shipping-methods", json={**method, "countries": ["es"]}, headers=bearer(admin)
+    )
+    assert created.status_code == 201, created.text
+
+    cart = await client.post(f"{API}/carts", json={"currency": "EUR", "country": "XX"})
+    assert cart.status_code == 422, cart.text
+    assert cart.json()["errors"][0]["field"] == "country"

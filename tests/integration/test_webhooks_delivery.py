@@ -504,3 +504,36 @@ async def test_finished_deliveries_are_purged_after_the_retention_and_pending_on
     assert left["id"] != done["id"] and left["status"] == "pending"
     gone = await client.get(f"{API}/webhook-deliveries/{done['id']}", headers=bearer(admin))
     assert gone.status_code == 404
+
+
+async def test_events_no_enabled_subscription_wants_cost_no_write_and_leave_no_record(
+    app: FastAPI, client: httpx.AsyncClient, receiver: Receiver
+) -> None:
+    ctx = webhooks_ctx(app)
+    consumer = "webhooks.deliveries"
+    processed = ctx.outbox.processed
+
+    async def recorded_ids() -> set[str]:
+        async with ctx.db.read() as session:
+            rows = await session.execute(
+                select(processed.c.event_id).where(processed.c.consumer == consumer)
+            )
+            return {row[0] for row in rows}
+
+    await publish(app, "OrderPaid", ORDER)  # no subscription at all
+    admin = await staff_tokens(app, client)
+    sub = await subscribe(client, admin, receiver.url, ["order.refunded"])
+    await publish(app, "OrderPaid", ORDER)  # a subscription, to another event type
+    assert await recorded_ids() == set()
+    assert await deliveries(client, admin) == []
+
+    changed = await client.patch(
+        f"{API}/webhook-subscriptions/{sub['id']}",
+        json={"event_types": ["order.paid"]},
+        headers=bearer(admin),
+    )
+    assert changed.status_code == 200, changed.text
+    wanted = await publish(app, "OrderPaid", ORDER)
+    [pending] = await recorded(client, admin, 1)
+    assert pending["event_id"] == wanted.id
+    assert await recorded_ids() == {wanted.id}

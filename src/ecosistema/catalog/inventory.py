@@ -11,7 +11,7 @@ PostgreSQL the guarded update re-checks its condition on the row it locked. A CH
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -116,13 +116,16 @@ async def _announce(
     changes: dict[str, int],
     reason: MovementReason,
     reference: str | None,
+    *,
+    known: Mapping[str, int] | None = None,
 ) -> None:
     """StockChanged per SKU, and StockLow when availability just fell below the threshold.
 
-    ``changes`` maps each SKU to how much its availability moved in this transaction."""
+    ``changes`` maps each SKU to how much its availability moved in this transaction;
+    ``known``, the availability after it of SKUs the caller has just read."""
     threshold = ctx.settings.catalog_low_stock_threshold
     for sku in sorted(changes):
-        after = await _available(session, sku)
+        after = known[sku] if known is not None and sku in known else await _available(session, sku)
         before = after - changes[sku]
         await ctx.outbox.add(
             session,
@@ -192,10 +195,11 @@ async def reserve(
         held: list[dict[str, Any]] = []
         movements: list[dict[str, Any]] = []
         short = False
+        after: dict[str, int] = {}
         for sku, quantity in merged:
             taken = await _take(session, order_id, sku, quantity, now, held, movements, actor)
-            available_before = await _available(session, sku) + taken
-            report.append({"sku": sku, "requested": quantity, "available": available_before})
+            after[sku] = await _available(session, sku)
+            report.append({"sku": sku, "requested": quantity, "available": after[sku] + taken})
             short = short or taken < quantity
         if short:
             # Raising rolls back every guarded update this transaction made.
@@ -203,7 +207,12 @@ async def reserve(
         await session.execute(insert(reservation_lines), held)
         await _record(session, movements)
         await _announce(
-            ctx, session, {sku: -q for sku, q in merged}, MovementReason.RESERVE, order_id
+            ctx,
+            session,
+            {sku: -q for sku, q in merged},
+            MovementReason.RESERVE,
+            order_id,
+            known=after,
         )
     await invalidate(ctx)
 

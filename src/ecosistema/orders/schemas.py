@@ -8,7 +8,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, EmailStr, Field, field_validator, model_validator
 
-from ecosistema.orders.domain import OrderStatus, VoucherKind
+from ecosistema.orders.domain import OrderStatus, VoucherKind, is_country
 from ecosistema.platform.money import ISO_4217
 
 _SKU = r"^[A-Za-z0-9][A-Za-z0-9._\-]*$"
@@ -278,8 +278,9 @@ class ShippingMethodCreate(Input):
     @classmethod
     def _countries(cls, value: list[str]) -> list[str]:
         out = [c.upper() for c in value]
-        if any(len(c) != 2 or not c.isascii() or not c.isalpha() for c in out):
-            raise ValueError("countries are ISO 3166 two-letter codes")
+        unknown = [c for c in out if not is_country(c)]
+        if unknown:
+            raise ValueError(f"not ISO 3166-1 alpha-2 country codes: {', '.join(unknown[:5])}")
         return out
 
     @model_validator(mode="after")

@@ -14,7 +14,17 @@ from datetime import datetime, timedelta
 from typing import Any, Literal, Protocol
 
 import structlog
-from sqlalchemy import CursorResult, RowMapping, and_, func, insert, or_, select, update
+from sqlalchemy import (
+    CursorResult,
+    RowMapping,
+    and_,
+    bindparam,
+    func,
+    insert,
+    or_,
+    select,
+    update,
+)
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.exc import IntegrityError
@@ -45,7 +55,7 @@ from ecosistema.orders.models import (
 )
 from ecosistema.platform.auth import Principal
 from ecosistema.platform.crypto import DecryptionError
-from ecosistema.platform.db import new_id, utcnow
+from ecosistema.platform.db import as_utc_datetime, new_id, utcnow
 from ecosistema.platform.errors import (
     Conflict,
     NotFound,
@@ -251,8 +261,12 @@ async def set_tax_rate(
 
 def _country(value: str, field_name: str) -> str:
     code = value.strip().upper()
-    if len(code) != 2 or not code.isascii() or not code.isalpha():
-        raise field_error(field_name, "must be an ISO 3166 two-letter country code")
+    if not domain.is_country(code):
+        raise field_error(
+            field_name,
+            f"{value.strip()[:10]!r} is not an ISO 3166-1 alpha-2 country code",
+            code="invalid_country",
+        )
     return code
 
 
@@ -740,13 +754,19 @@ async def _view_cart(ctx: ServiceContext, cart_id: str, token: str | None = None
     return _cart_view(ctx, cart, await _price(ctx, state), token)
 
 
+async def _served_rate(session: AsyncSession, country: str) -> tuple[str, int]:
+    """A country the shop sells to, and its tax rate; a 422 on ``country`` otherwise."""
+    code = _country(country, "country")
+    rate = await _tax_rate_bp(session, code)
+    if rate is None:
+        raise field_error("country", f"the shop does not sell to {code}", code="not_served")
+    return code, rate
+
+
 async def _served_country(session: AsyncSession, country: str | None) -> str | None:
     if country is None:
         return None
-    code = _country(country, "country")
-    if await _tax_rate_bp(session, code) is None:
-        raise field_error("country", f"the shop does not sell to {code}", code="not_served")
-    return code
+    return (await _served_rate(session, country))[0]
 
 
 async def create_cart(
@@ -762,9 +782,14 @@ async def create_cart(
         now = _now()
         token = None if principal is not None else secrets.token_urlsafe(32)
         async with ctx.db.read() as session:
-            country = await _served_country(session, data.country)
-            where = country or ctx.settings.orders_default_country
-            rate = await _tax_rate_bp(session, where)
+            country: str | None = None
+            rate: int | None
+            if data.country is not None:
+                country, rate = await _served_rate(session, data.country)
+                where = country
+            else:
+                where = ctx.settings.orders_default_country
+                rate = await _tax_rate_bp(session, where)
             methods = list((await session.execute(select(shipping_methods))).mappings())
         cart_id = new_id()
         values: dict[str, Any] = {
@@ -1556,14 +1581,43 @@ async def get_order(
         return await _order_view(ctx, session, row)
 
 
+_SUMMARY_ORDER = (
+    *("id", "number", "customer_id", "email_encrypted", "status", "currency", "subtotal"),
+    *("discount_total", "tax_total", "shipping_total", "total", "created_at"),
+    "reservation_expires_at",
+)
+_SUMMARY_LINE = (
+    *("id", "sku", "product_id", "name", "quantity", "unit_price", "subtotal", "discount"),
+    *("tax", "total", "fulfilled_quantity", "returned_quantity", "refunded_quantity"),
+)
+# The order and its lines in one statement (one snapshot), run on the driver: other services
+# ask for it several times per checkout.
+_ORDER_SUMMARY = (
+    select(
+        *(orders.c[name] for name in _SUMMARY_ORDER),
+        *(order_lines.c[name].label(f"line_{name}") for name in _SUMMARY_LINE),
+    )
+    .select_from(orders.outerjoin(order_lines, order_lines.c.order_id == orders.c.id))
+    .where(orders.c.id == bindparam("order_id"))
+    .order_by(order_lines.c.position)
+)
+
+
 async def get_order_summary(ctx: ServiceContext, *, order_id: str) -> schemas.OrderSummary:
     """What payments needs to charge an order (amount, currency, buyer, lines)."""
-    async with ctx.db.read() as session:
-        row = await _order_row(session, order_id)
-        if row is None:
-            raise NotFound(ORDER_NOT_FOUND)
-        lines = await _line_rows(session, order_id)
-        return schemas.OrderSummary(**_summary_fields(ctx, row, lines))
+    found = await ctx.db.fetch(ctx.db.compile_read(_ORDER_SUMMARY), order_id=order_id)
+    if not found:
+        raise NotFound(ORDER_NOT_FOUND)
+    width = len(_SUMMARY_ORDER)
+    row = dict(zip(_SUMMARY_ORDER, found[0][:width], strict=True))
+    for name in ("created_at", "reservation_expires_at"):
+        row[name] = as_utc_datetime(row[name])
+    lines = [
+        dict(zip(_SUMMARY_LINE, line[width:], strict=True))
+        for line in found
+        if line[width] is not None
+    ]
+    return schemas.OrderSummary(**_summary_fields(ctx, row, lines))
 
 
 async def list_orders(

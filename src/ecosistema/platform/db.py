@@ -78,6 +78,16 @@ class UTCDateTime(TypeDecorator[datetime]):
         return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
 
 
+def as_utc_datetime(value: datetime | str | None) -> datetime | None:
+    """A timestamp as a driver returns it (SQLite: text, naive; PostgreSQL: aware) as a
+    timezone-aware UTC datetime, as a ``UTCDateTime`` column gives it through SQLAlchemy."""
+    if value is None:
+        return None
+    if isinstance(value, str):
+        value = datetime.fromisoformat(value)
+    return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+
 def id_column_type() -> String:
     return String(32)
 

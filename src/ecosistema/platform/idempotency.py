@@ -34,6 +34,7 @@ from sqlalchemy import (
     String,
     Table,
     and_,
+    bindparam,
     delete,
     select,
     update,
@@ -226,10 +227,10 @@ async def _claim(
         "claimed_until": now + CLAIM_TTL,
         "created_at": now,
     }
+    claim = ctx.db.compile_read(_statements(table, postgres=ctx.db.is_postgres).claim)
     async with ctx.db.write() as session:
-        insert = pg_insert if ctx.db.is_postgres else sqlite_insert
-        result = await session.execute(insert(table).values(**values).on_conflict_do_nothing())
-        if _rowcount(result) == 1:
+        result = await session.exec_driver_sql(claim.sql, claim.arguments(values))
+        if result.rowcount == 1:
             return claim_id, None
         where = and_(table.c.principal_id == principal_id, table.c.key == key)
         row = (await session.execute(select(table).where(where))).mappings().one_or_none()
@@ -251,6 +252,56 @@ async def _claim(
         return None, existing
 
 
+@dataclass(frozen=True, slots=True)
+class _Statements:
+    """The two statements every idempotent request runs, built once per table and dialect and
+    compiled once per database (``Database.compile_read``)."""
+
+    claim: Any
+    complete: Any
+
+
+_STATEMENTS: dict[tuple[int, bool], tuple[Table, _Statements]] = {}
+
+
+def _statements(table: Table, *, postgres: bool) -> _Statements:
+    found = _STATEMENTS.get((id(table), postgres))
+    if found is not None and found[0] is table:
+        return found[1]
+    insert = pg_insert if postgres else sqlite_insert
+    c = table.c
+    claim = (
+        insert(table)
+        .values(
+            {
+                name: bindparam(name, type_=c[name].type)
+                for name in (
+                    *("principal_id", "key", "request_hash", "method", "path", "state"),
+                    *("claim_id", "claimed_until", "created_at"),
+                )
+            }
+        )
+        .on_conflict_do_nothing()
+    )
+    complete = (
+        update(table)
+        .where(
+            c.principal_id == bindparam("principal_id"),
+            c.key == bindparam("key"),
+            c.claim_id == bindparam("claim_id"),
+        )
+        .values(
+            state=COMPLETED,
+            response_status=bindparam("status", type_=c.response_status.type),
+            response_body=bindparam("body", type_=c.response_body.type),
+            completed_at=bindparam("at", type_=c.completed_at.type),
+        )
+    )
+    statements = _Statements(claim, complete)
+    _STATEMENTS[(id(table), postgres)] = (table, statements)
+    return statements
+
+
 async def _run_claimed(
     ctx: ServiceContext,
     table: Table,
@@ -262,35 +313,39 @@ async def _run_claimed(
     mine = and_(
         table.c.principal_id == principal_id, table.c.key == key, table.c.claim_id == claim_id
     )
+    ids = {"principal_id": principal_id, "key": key, "claim_id": claim_id}
     try:
         status, response = await handler()
     except ProblemError as problem:
         if problem.status >= 500 or problem.status == 429:
             await _release(ctx, table, mine)
             raise
-        await _complete(ctx, table, mine, problem.status, {"problem": _problem_record(problem)})
+        await _complete(ctx, table, ids, problem.status, {"problem": _problem_record(problem)})
         raise
     except BaseException:
         await _release(ctx, table, mine)
         raise
-    await _complete(ctx, table, mine, status, response)
+    await _complete(ctx, table, ids, status, response)
     return IdempotentResult(status, response)
 
 
 async def _complete(
-    ctx: ServiceContext, table: Table, mine: Any, status: int, response: dict[str, Any]
+    ctx: ServiceContext,
+    table: Table,
+    ids: Mapping[str, str],
+    status: int,
+    response: dict[str, Any],
 ) -> None:
+    complete = ctx.db.compile_read(_statements(table, postgres=ctx.db.is_postgres).complete)
+    values = {
+        **ids,
+        "status": status,
+        # Through JSON and back, so what is stored is what a replay will read.
+        "body": json.loads(json.dumps(response, default=str)),
+        "at": utcnow(),
+    }
     async with ctx.db.write() as session:
-        await session.execute(
-            update(table)
-            .where(mine)
-            .values(
-                state=COMPLETED,
-                response_status=status,
-                response_body=json.loads(json.dumps(response, default=str)),
-                completed_at=utcnow(),
-            )
-        )
+        await session.exec_driver_sql(complete.sql, complete.arguments(values))
 
 
 async def _release(ctx: ServiceContext, table: Table, mine: Any) -> None:

@@ -99,7 +99,19 @@ class Runtime:
         async def _handle(session: Any, envelope: Any) -> None:
             await sub.handler(ctx, session, envelope)
 
-        consumer = IdempotentConsumer(f"{ctx.name}.{sub.name}", ctx.db, ctx.outbox, _handle)
+        wanted = sub.wanted
+
+        async def _wanted(envelope: Any) -> bool:
+            assert wanted is not None
+            return await wanted(ctx, envelope)
+
+        consumer = IdempotentConsumer(
+            f"{ctx.name}.{sub.name}",
+            ctx.db,
+            ctx.outbox,
+            _handle,
+            wanted=_wanted if wanted is not None else None,
+        )
         await self.bus.subscribe(consumer.name, sub.types, consumer)
 
     async def _run_job(self, ctx: ServiceContext, job: Job) -> None:

@@ -21,6 +21,7 @@ if TYPE_CHECKING:
     from ecosistema.platform.runtime import Runtime
 
 EventHandler = Callable[["ServiceContext", AsyncSession, EventEnvelope], Awaitable[None]]
+EventFilter = Callable[["ServiceContext", EventEnvelope], Awaitable[bool]]
 JobFn = Callable[["ServiceContext"], Awaitable[None]]
 StartHook = Callable[["ServiceContext"], Awaitable[None]]
 DemoSeeder = Callable[["ServiceContext"], Awaitable[dict[str, Any]]]
@@ -28,11 +29,15 @@ DemoSeeder = Callable[["ServiceContext"], Awaitable[dict[str, Any]]]
 
 @dataclass(frozen=True)
 class Subscription:
-    """A handler for some event types; it runs in the consumer service's own transaction."""
+    """A handler for some event types; it runs in the consumer service's own transaction.
+
+    ``wanted``, when given, is asked first and outside any transaction; an event it declines is
+    one the handler would have done nothing with (no write, no record of it)."""
 
     name: str
     types: tuple[str, ...]
     handler: EventHandler
+    wanted: EventFilter | None = None
 
 
 @dataclass(frozen=True)

@@ -10,7 +10,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from ecosistema.platform.events import EventEnvelope
 from ecosistema.platform.service import ServiceContext, Subscription
 from ecosistema.webhooks.domain import PUBLIC_NAMES
-from ecosistema.webhooks.service import record_event
+from ecosistema.webhooks.service import record_event, wants_event
 
 PUBLISHED: Final[tuple[str, ...]] = ()
 
@@ -25,4 +25,11 @@ async def on_forwarded_event(
     await record_event(ctx, session, envelope)
 
 
-SUBSCRIPTIONS: Final = (Subscription("deliveries", FORWARDED, on_forwarded_event),)
+async def wants_forwarded_event(ctx: ServiceContext, envelope: EventEnvelope) -> bool:
+    """Whether some enabled subscription receives the event (else nothing is recorded)."""
+    return await wants_event(ctx, envelope)
+
+
+SUBSCRIPTIONS: Final = (
+    Subscription("deliveries", FORWARDED, on_forwarded_event, wanted=wants_forwarded_event),
+)

@@ -4,6 +4,7 @@ causes, listing, replaying and purging deliveries. Sending lives in ``delivery.p
 from __future__ import annotations
 
 import asyncio
+import json
 import socket
 from collections.abc import Mapping
 from datetime import datetime, timedelta
@@ -273,6 +274,25 @@ async def rotate_secret(
 
 
 # --- recording events -------------------------------------------------------------------------
+
+
+_ENABLED_EVENT_TYPES = select(subscriptions.c.event_types).where(
+    subscriptions.c.status == SubscriptionStatus.ENABLED.value
+)
+
+
+async def wants_event(ctx: ServiceContext, envelope: EventEnvelope) -> bool:
+    """Whether any enabled subscription receives this bus event: one read on the driver, so the
+    many events nobody subscribed to cost no write transaction."""
+    public_type = domain.public_name(envelope.type)
+    if public_type is None:
+        return False
+    rows = await ctx.db.fetch(ctx.db.compile_read(_ENABLED_EVENT_TYPES))
+    for (event_types,) in rows:
+        listed = json.loads(event_types) if isinstance(event_types, str | bytes) else event_types
+        if domain.subscribed(list(listed or ()), public_type):
+            return True
+    return False
 
 
 async def record_event(ctx: ServiceContext, session: AsyncSession, envelope: EventEnvelope) -> int:

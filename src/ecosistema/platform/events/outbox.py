@@ -5,8 +5,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hashlib
+import json
 import weakref
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
@@ -19,9 +20,9 @@ from sqlalchemy import (
     Index,
     Integer,
     MetaData,
-    RowMapping,
     String,
     Table,
+    bindparam,
     delete,
     func,
     select,
@@ -30,7 +31,7 @@ from sqlalchemy import (
 from sqlalchemy import event as sa_event
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from ecosistema.platform.db import Database, UTCDateTime, utcnow
+from ecosistema.platform.db import CompiledRead, Database, UTCDateTime, as_utc_datetime, utcnow
 from ecosistema.platform.events.bus import EventBus
 from ecosistema.platform.events.envelope import EventEnvelope
 
@@ -146,6 +147,40 @@ class Outbox:
         return int(result.rowcount) if isinstance(result, CursorResult) else 0
 
 
+def _row_columns(t: Table) -> tuple[Any, ...]:
+    c = t.c
+    return (
+        *(c.position, c.event_id, c.type, c.version),
+        *(c.source, c.correlation_id, c.occurred_at, c.payload),
+    )
+
+
+def _row_mapping(row: Sequence[Any]) -> dict[str, Any]:
+    """A row of the relay's driver read, with the values the columns' types would give."""
+    position, event_id, type_, version, source, correlation_id, occurred_at, payload = row
+    if isinstance(payload, str | bytes):
+        payload = json.loads(payload)
+    return {
+        "position": position,
+        "event_id": event_id,
+        "type": type_,
+        "version": version,
+        "source": source,
+        "correlation_id": correlation_id,
+        "occurred_at": as_utc_datetime(occurred_at),
+        "payload": payload,
+    }
+
+
+@dataclass(frozen=True)
+class _RelayStatements:
+    """The single-writer relay's statements, compiled once for its database."""
+
+    pending: CompiledRead
+    mark: CompiledRead
+    attempt: CompiledRead
+
+
 @dataclass(frozen=True)
 class _Batch:
     published: int = 0
@@ -160,9 +195,10 @@ class OutboxRelay:
     one transaction that takes a per-outbox advisory lock, so a single relay publishes at a time
     and events leave in position order, and locks its rows (``FOR UPDATE SKIP LOCKED``) while it
     publishes and marks them. A relay that dies mid-batch rolls back, and the next one publishes
-    the batch again: at least once, never lost. On SQLite one process writes, so rows are read,
-    published and marked one by one, outside any write transaction: an in-process handler may
-    then write to the same database while the relay runs.
+    the batch again: at least once, never lost. On SQLite one process writes, so a batch is read
+    on the driver and published outside any write transaction (an in-process handler may then
+    write to the same database while the relay runs), and the rows published are marked in one
+    short write afterwards.
     """
 
     def __init__(
@@ -181,6 +217,11 @@ class OutboxRelay:
         self.batch_size = batch_size
         self.poll_interval = poll_interval
         self.max_backoff = max_backoff
+        self._compiled: _RelayStatements | None = None
+        # SQLite: rows published by this relay and not yet marked, and the last one published.
+        self._unmarked: list[int] = []
+        self._unmarked_since = 0.0
+        self._published_through = 0
         self._task: asyncio.Task[None] | None = None
         self._wakeup: asyncio.Event | None = None
         self._stopping = False
@@ -192,10 +233,10 @@ class OutboxRelay:
         """Publish one batch; returns how many rows were published."""
         return (await self._relay_batch()).published
 
-    async def _relay_batch(self) -> _Batch:
+    async def _relay_batch(self, *, defer_marks: bool = False) -> _Batch:
         if self.db.is_postgres:
             return await self._relay_locked()
-        return await self._relay_single_writer()
+        return await self._relay_single_writer(defer_marks=defer_marks)
 
     async def _relay_locked(self) -> _Batch:
         t = self.outbox.table
@@ -226,37 +267,88 @@ class OutboxRelay:
                 )
         return _Batch(published=len(published), failed=failed is not None)
 
-    async def _relay_single_writer(self) -> _Batch:
-        t = self.outbox.table
-        async with self.db.read() as session:
-            rows = (
-                (
-                    await session.execute(
-                        select(t)
-                        .where(t.c.published_at.is_(None))
-                        .order_by(t.c.position)
-                        .limit(self.batch_size)
-                    )
-                )
-                .mappings()
-                .all()
-            )
-        published = 0
-        for row in rows:
-            done, failed = await self._publish([row])
-            async with self.db.transaction() as session:
-                if failed is not None:
-                    await session.execute(
-                        update(t).where(t.c.position == failed).values(attempts=t.c.attempts + 1)
-                    )
-                    return _Batch(published=published, failed=True)
-                await session.execute(
-                    update(t).where(t.c.position.in_(done)).values(published_at=utcnow())
-                )
-            published += 1
-        return _Batch(published=published)
+    async def _relay_single_writer(self, *, defer_marks: bool) -> _Batch:
+        # Rows are read on the driver (no transaction) past the last one this relay published
+        # and has not marked yet, published in order, and marked in one short write: at once, or
+        # (the background relay) gathered over up to a poll interval. A crash before the marks
+        # only publishes those rows again, which idempotent consumers absorb. Positions grow in
+        # commit order here, since SQLite admits one writer at a time, so no row can appear
+        # behind one published and not marked.
+        statements = self._statements()
+        found = await self.db.fetch(
+            statements.pending, after=self._published_through, limit=self.batch_size
+        )
+        if not found:
+            if not defer_marks:
+                await self.flush_marks()
+            return _Batch()
+        rows = [_row_mapping(row) for row in found]
+        published, failed = await self._publish(rows)
+        if published:
+            if not self._unmarked:
+                self._unmarked_since = asyncio.get_running_loop().time()
+            self._unmarked.extend(published)
+            self._published_through = published[-1]
+        if failed is not None:
+            attempt = statements.attempt
+            async with self.db.write() as conn:
+                await conn.exec_driver_sql(attempt.sql, attempt.arguments({"p": failed}))
+        if not defer_marks or len(self._unmarked) >= self.batch_size:
+            await self.flush_marks()
+        return _Batch(published=len(published), failed=failed is not None)
 
-    async def _publish(self, rows: Sequence[RowMapping]) -> tuple[list[int], int | None]:
+    async def flush_marks(self) -> None:
+        """Mark published the rows this relay published and has not marked yet."""
+        if not self._unmarked:
+            return
+        positions, self._unmarked = self._unmarked, []
+        mark, now = self._statements().mark, utcnow()
+        try:
+            async with self.db.write() as conn:
+                await conn.exec_driver_sql(
+                    mark.sql, [mark.arguments({"at": now, "p": p}) for p in positions]
+                )
+        except BaseException:
+            self._unmarked = positions + self._unmarked
+            raise
+        if not self._unmarked:
+            # Every row published is marked: reading unmarked rows needs no lower bound. (SQLite
+            # may reuse the positions of rows purged from the top of the table.)
+            self._published_through = 0
+
+    def _marks_due(self) -> float | None:
+        """Seconds until the gathered marks must be written; ``None`` when there are none."""
+        if not self._unmarked:
+            return None
+        elapsed = asyncio.get_running_loop().time() - self._unmarked_since
+        return max(0.0, self.poll_interval - elapsed)
+
+    def _statements(self) -> _RelayStatements:
+        found = self._compiled
+        if found is None:
+            t = self.outbox.table
+            pending = (
+                select(*_row_columns(t))
+                .where(t.c.published_at.is_(None), t.c.position > bindparam("after"))
+                .order_by(t.c.position)
+                .limit(bindparam("limit"))
+            )
+            mark = (
+                update(t)
+                .where(t.c.position == bindparam("p"))
+                .values(published_at=bindparam("at", type_=t.c.published_at.type))
+            )
+            attempt = (
+                update(t).where(t.c.position == bindparam("p")).values(attempts=t.c.attempts + 1)
+            )
+            found = self._compiled = _RelayStatements(
+                self.db.compile_read(pending),
+                self.db.compile_read(mark),
+                self.db.compile_read(attempt),
+            )
+        return found
+
+    async def _publish(self, rows: Sequence[Mapping[Any, Any]]) -> tuple[list[int], int | None]:
         """Publish rows in order until one fails: the positions published, and the failed one."""
         published: list[int] = []
         for row in rows:
@@ -293,21 +385,26 @@ class OutboxRelay:
         assert self._wakeup is not None
         failures = 0
         while not self._stopping:
+            # Cleared before reading, so a commit that lands while a batch is being published
+            # wakes the next round at once instead of waiting for the poll interval.
+            self._wakeup.clear()
             try:
-                batch = await self._relay_batch()
+                batch = await self._relay_batch(defer_marks=True)
+                if self._marks_due() == 0.0:
+                    await self.flush_marks()
             except Exception as exc:
                 log.warning("outbox_relay_error", service=self.outbox.source, error=repr(exc))
                 batch = _Batch(failed=True)
             failures = failures + 1 if batch.failed else 0
             if batch.published >= self.batch_size:
                 continue
-            self._wakeup.clear()
             if failures:
                 # The bus or database is in trouble: back off, and ignore new commits meanwhile.
                 await asyncio.sleep(min(self.max_backoff, self.poll_interval * 2**failures))
                 continue
+            due = self._marks_due()
             with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(self.poll_interval):
+                async with asyncio.timeout(self.poll_interval if due is None else due):
                     await self._wakeup.wait()
 
     def start(self) -> None:
@@ -328,3 +425,7 @@ class OutboxRelay:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
             self._task = None
+        try:
+            await self.flush_marks()
+        except Exception as exc:  # the rows stay unmarked and are published again later
+            log.warning("outbox_marks_not_written", service=self.outbox.source, error=repr(exc))
