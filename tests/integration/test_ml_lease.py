@@ -102,3 +102,14 @@ def test_a_lease_lasts_a_positive_time(tmp_path: Path) -> None:
     db = Database("probe", f"sqlite+aiosqlite:///{tmp_path}/probe.db")
     with pytest.raises(ValueError, match="positive"):
         Lease(db, "job", seconds=0)
+
+
+async def test_a_new_database_at_a_url_used_before_gets_its_lease_table(tmp_path: Path) -> None:
+    url = f"sqlite+aiosqlite:///{tmp_path}/sales.db"
+    for _ in range(2):  # the same URL, a new empty file each time (as a fresh data directory)
+        (tmp_path / "sales.db").unlink(missing_ok=True)
+        db = Database("sales", url)
+        try:
+            assert await Lease(db, "default-model", seconds=5).acquire()
+        finally:
+            await db.dispose()

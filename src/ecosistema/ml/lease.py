@@ -13,11 +13,13 @@ import asyncio
 import os
 import socket
 import uuid
+import weakref
 from datetime import UTC, datetime, timedelta
 
 import structlog
 from sqlalchemy import Column, MetaData, String, Table, delete, insert, select, update
 from sqlalchemy.exc import DBAPIError, IntegrityError
+from sqlalchemy.ext.asyncio import AsyncEngine
 
 from ecosistema.platform.db import Database, UTCDateTime
 
@@ -32,7 +34,9 @@ leases = Table(
     Column("acquired_at", UTCDateTime(), nullable=False),
     Column("expires_at", UTCDateTime(), nullable=False),
 )
-_ready: set[str] = set()
+# The engines whose database has the table: per engine, not per URL, since a URL such as an
+# in-memory SQLite database or a recreated file names a new, empty database each time.
+_ready: weakref.WeakSet[AsyncEngine] = weakref.WeakSet()
 
 
 def holder_id() -> str:
@@ -59,8 +63,8 @@ class Lease:
         self.holder = holder or holder_id()
 
     async def _ensure_table(self) -> None:
-        key = f"{self.db.url}|{self.db.schema}"
-        if key in _ready:
+        engine = self.db.engine
+        if engine in _ready:
             return
         try:
             async with self.db.engine.begin() as conn:
@@ -69,7 +73,7 @@ class Lease:
             # Another process created it at the same moment (PostgreSQL's catalogue race).
             async with self.db.engine.connect() as conn:
                 await conn.execute(select(leases.c.name).limit(1))
-        _ready.add(key)
+        _ready.add(engine)
 
     @staticmethod
     def _now() -> datetime:
