@@ -9,7 +9,7 @@ import secrets
 import sys
 from collections.abc import Awaitable, Callable, Collection
 from pathlib import Path
-from typing import Annotated, Any, TypeVar
+from typing import Annotated, Any, NoReturn, TypeVar
 
 import typer
 from rich.console import Console
@@ -84,7 +84,7 @@ def _with_runtime(
     return asyncio.run(_main())
 
 
-def _fail(message: str) -> None:
+def _fail(message: str) -> NoReturn:
     err_console.print(f"[bold red]error:[/] {message}")
     raise typer.Exit(code=1)
 
@@ -244,6 +244,7 @@ def up(
     """Run the whole platform: in one process (embedded shape), or with --distributed as one
     process per service replica behind the gateway; migrate, optionally seed, serve."""
     _check_tls_files(certfile, keyfile)
+    _check_port_free(host, port)
     if distributed:
         _up_distributed(
             host, port, demo, replicas or [], base_port, gateway_workers, certfile, keyfile
@@ -269,6 +270,29 @@ def up(
     console.print(Panel("\n".join(lines), title="ecosistema up", expand=False))
     tls = {"certfile": certfile, "keyfile": keyfile} if certfile else {}
     _serve(EMBEDDED_APP, host, port, settings, **tls)
+
+
+def _check_port_free(host: str, port: int) -> None:
+    """Fail before migrating and seeding when the address cannot be listened on (another server
+    there, a host name that does not resolve)."""
+    import socket
+
+    if port == 0:
+        return
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    except socket.gaierror as exc:
+        _fail(f"cannot listen on {host}:{port}: {exc.strerror}")
+    family, kind, proto, _, address = infos[0]
+    with socket.socket(family, kind, proto) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind(address)
+        except OSError as exc:
+            _fail(
+                f"cannot listen on {host}:{port}: {exc.strerror}. Is another server running "
+                "there? Choose another port with --port."
+            )
 
 
 def _check_tls_files(certfile: str | None, keyfile: str | None) -> None:
@@ -364,6 +388,7 @@ def serve(
     if service not in SERVICE_NAMES:
         _fail(f"unknown service {service!r}; known: {', '.join(SERVICE_NAMES)}")
     settings = _settings()
+    _check_port_free(host, port)
     os.environ["ECOSISTEMA_SERVE_SERVICE"] = service
     _serve("ecosistema.asgi:single_service_app", host, port, settings)
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import re
+import socket
 from pathlib import Path
 
 import pytest
@@ -217,3 +218,16 @@ def test_up_keeps_an_explicit_public_url(monkeypatch: pytest.MonkeyPatch) -> Non
     served = _serving_public_url(monkeypatch)
     invoke("up", "--port", "8123")
     assert served == ["https://shop.example.com"]
+
+
+@pytest.mark.parametrize("command", [["up"], ["up", "--distributed"], ["serve", "catalog"]])
+def test_a_port_in_use_fails_at_once_with_a_clear_error(workdir: Path, command: list[str]) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        result = runner.invoke(app, [*command, "--port", str(port)])
+    assert result.exit_code == 1
+    assert f"cannot listen on 127.0.0.1:{port}" in result.output
+    assert "--port" in result.output
+    assert not (workdir / "data").exists()  # nothing migrated or seeded
