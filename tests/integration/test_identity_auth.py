@@ -4,6 +4,7 @@ rotation and replay, brute-force throttling, MFA, password change and reset."""
 from __future__ import annotations
 
 import asyncio
+import time
 from pathlib import Path
 from typing import Any
 
@@ -251,13 +252,31 @@ async def test_mfa_enrol_confirm_then_login_needs_a_code_and_recovery_codes_work
     assert (await login(client, "mfa@example.com", mfa_code=code)).status_code == 200
     replayed = await login(client, "mfa@example.com", mfa_code=code)
     assert replayed.status_code == 401
-    assert replayed.json()["type"].endswith("/invalid-credentials")
+    assert replayed.json()["type"].endswith("/invalid-second-factor")
+    assert "code is wrong or was already used" in replayed.json()["detail"]
+    assert "password" not in replayed.json()["detail"]
+    wrong_code = await login(client, "mfa@example.com", mfa_code=wrong_totp(secret))
+    assert wrong_code.json()["type"].endswith("/invalid-second-factor")
+    # A wrong password with a code still says nothing about the code.
+    bad_password = await login(
+        client, "mfa@example.com", password="not-the-password-1", mfa_code=code
+    )
+    assert bad_password.json()["type"].endswith("/invalid-credentials")
 
     assert (
         await login(client, "mfa@example.com", recovery_code=recovery[0].upper())
     ).status_code == 200
-    assert (await login(client, "mfa@example.com", recovery_code=recovery[0])).status_code == 401
+    used = await login(client, "mfa@example.com", recovery_code=recovery[0])
+    assert used.status_code == 401
+    assert used.json()["detail"] == "The recovery code is wrong or was already used."
     assert (await login(client, "mfa@example.com", recovery_code=recovery[1])).status_code == 200
+
+
+def wrong_totp(secret: str) -> str:
+    """A six-digit code that is none of the codes accepted around now."""
+    totp = pyotp.TOTP(secret)
+    accepted = {totp.at(time.time() + drift) for drift in range(-120, 121, 30)}
+    return next(c for c in (f"{n:06d}" for n in range(1_000_000)) if c not in accepted)
 
 
 def tokens_sub(app: FastAPI, tokens: dict[str, Any]) -> str:

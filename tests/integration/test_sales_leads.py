@@ -238,6 +238,7 @@ async def test_repeat_lead_reads_the_outcome_of_the_earlier_one(
     second = await create(client, people["sales"], email="REPEAT@example.com")
     async with sales_ctx(app).db.read() as session:
         features = await session.scalar(select(leads.c.features).where(leads.c.id == second["id"]))
+    assert features is not None
     assert features["previous"] == 1 and features["poutcome"] == "success"
     assert features["pdays"] == 0
 
@@ -322,9 +323,10 @@ async def test_bad_lead_input_is_a_problem_naming_the_field(
     auth = bearer(people["sales"])
     cases = [
         (lead_body(email=None, phone=None), "body"),
-        (lead_body(attributes={"age": "forty"}), "attributes"),
-        (lead_body(attributes={"age": 300}), "attributes"),
-        (lead_body(attributes={"Bad Key": 1}), "attributes"),
+        (lead_body(attributes={"age": "forty"}), "attributes.age"),
+        (lead_body(attributes={"age": 300}), "attributes.age"),
+        (lead_body(attributes={"Bad Key": 1}), "attributes.Bad Key"),
+        (lead_body(attributes={"job": "astronaut"}), "attributes.job"),
         (lead_body(attributes={f"k{i}": i for i in range(51)}), "attributes"),
         (lead_body(email="not-an-email"), "email"),
         (lead_body(surprise=True), "surprise"),

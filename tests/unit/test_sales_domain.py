@@ -148,3 +148,23 @@ def test_weekend_leads_get_a_weekday_the_model_has_not_seen() -> None:
 
 def test_emails_normalise_like_identity() -> None:
     assert domain.normalise_email("  Ana.García@Example.COM ") == "ana.garcía@example.com"
+
+
+def test_category_attributes_are_stored_in_lower_case() -> None:
+    assert domain.check_attributes({"job": " Retired ", "segment": "VIP"}) == {
+        "job": "retired",
+        "segment": "VIP",
+    }
+
+
+def test_every_bad_attribute_is_named_not_only_the_first() -> None:
+    with pytest.raises(domain.AttributeError_) as caught:
+        domain.check_attributes({"age": "forty", "pdays": -3, "job": 7})
+    assert [key for key, _ in caught.value.problems] == ["age", "pdays", "job"]
+
+
+def test_an_unknown_category_lists_the_allowed_values() -> None:
+    [(key, message, allowed)] = domain.check_categories(
+        {"job": "astronaut", "marital": "MARRIED"}, domain.CATEGORY_VALUES
+    )
+    assert key == "job" and "astronaut" in message and "retired" in allowed

@@ -350,6 +350,14 @@ class VariantQuote(BaseModel):
     weight_grams: int
     available: int
     purchasable: bool
+    reason: Literal["archived", "draft", "not_priced"] | None = Field(
+        None,
+        description="Why it cannot be bought (null when it can): the product is archived or "
+        "still a draft, or the variant has no price in this currency.",
+    )
+    reason_message: str | None = Field(
+        None, description='The reason in words, e.g. "SKU-1 is archived: no longer sold".'
+    )
 
 
 # --- warehouses and inventory -------------------------------------------------------------------
@@ -458,8 +466,17 @@ class ImportReport(BaseModel):
     products_updated: int
     variants_written: int
     rows_skipped: int
+    products_unchanged: int = Field(
+        0, description="Products whose rows matched what is stored: nothing written or emitted."
+    )
+    products_draft: int = Field(
+        0,
+        description="Products created or updated as draft (invisible to customers), e.g. from "
+        "a CSV without a status column.",
+    )
+    notes: list[str] = Field(default_factory=list, description="Things worth knowing.")
     errors: list[RowError]
 
     def summary(self) -> dict[str, Any]:
         """The counts without the error list (for logs and the CLI)."""
-        return self.model_dump(exclude={"errors"})
+        return self.model_dump(exclude={"errors", "notes"})

@@ -13,7 +13,7 @@ import asyncio
 from collections import defaultdict
 from collections.abc import Iterable, Sequence
 from datetime import datetime
-from typing import Any
+from typing import Any, Literal
 
 from sqlalchemy import Row, and_, delete, func, insert, or_, select, update
 from sqlalchemy import event as sa_event
@@ -850,7 +850,10 @@ async def quote(
         unit = domain.effective_unit_price(
             base=r.base, price_list=listed.get(r.id), sales=sales.get(r.id, ()), at=moment
         )
+        reason, why = _not_purchasable(r.sku, r.status, currency, priced=unit is not None)
         out[r.sku] = VariantQuote(
+            reason=reason,
+            reason_message=why,
             sku=r.sku,
             product_id=r.product_id,
             product_name=r.product_name,
@@ -860,6 +863,19 @@ async def quote(
             tax_inclusive=tax_inclusive,
             weight_grams=r.weight_grams,
             available=max(0, int(free.get(r.sku) or 0)),
-            purchasable=r.status == ProductStatus.ACTIVE and unit is not None,
+            purchasable=reason is None,
         )
     return out
+
+
+def _not_purchasable(
+    sku: str, status: str, currency: str, *, priced: bool
+) -> tuple[Literal["archived", "draft", "not_priced"] | None, str | None]:
+    """Why a known SKU cannot be bought, as a code and in words; (None, None) when it can."""
+    if status == ProductStatus.ARCHIVED:
+        return "archived", f"{sku} is archived: it is no longer sold"
+    if status != ProductStatus.ACTIVE:
+        return "draft", f"{sku} is not on sale yet (its product is a draft)"
+    if not priced:
+        return "not_priced", f"{sku} has no price in {currency}"
+    return None, None

@@ -51,6 +51,7 @@ from ecosistema.catalog.schemas import (
     Slug,
     TransferFormat,
 )
+from ecosistema.platform.csvsafe import escape_row, unescape_cell
 from ecosistema.platform.db import utcnow
 from ecosistema.platform.errors import BadRequest, Unprocessable, field_error
 from ecosistema.platform.money import ISO_4217
@@ -148,7 +149,10 @@ class _Tally:
     rows_read: int = 0
     created: int = 0
     updated: int = 0
+    unchanged: int = 0
+    drafts: int = 0
     variants: int = 0
+    status_column: bool = True
     errors: list[RowError] = field(default_factory=list)
     skipped_lines: set[int] = field(default_factory=set)
 
@@ -171,13 +175,27 @@ class _Tally:
             products_updated=self.updated if applied else 0,
             variants_written=self.variants if applied else 0,
             rows_skipped=len(self.skipped_lines) if applied else self.rows_read,
+            products_unchanged=self.unchanged if applied else 0,
+            products_draft=self.drafts if applied else 0,
+            notes=self.notes() if applied else [],
             errors=sorted(self.errors, key=lambda e: e.line),
         )
 
+    def notes(self) -> list[str]:
+        if not self.drafts:
+            return []
+        why = " (the file has no status column, and draft is the default)"
+        return [
+            f"{self.drafts} product{'s were' if self.drafts > 1 else ' was'} imported as draft"
+            f"{'' if self.status_column else why}: customers do not see drafts until their "
+            "status is active."
+        ]
+
 
 def _describe(exc: ValidationError) -> str:
+    """Every problem of a row, each with the field it is about."""
     parts = []
-    for err in exc.errors()[:5]:
+    for err in exc.errors():
         where = ".".join(str(p) for p in err.get("loc", ()))
         parts.append(f"{where}: {err.get('msg')}" if where else str(err.get("msg")))
     return "; ".join(parts)
@@ -225,18 +243,44 @@ def _format_options(options: dict[str, str]) -> str:
     return plain
 
 
+class CellError(ValueError):
+    """A cell that is not of its column's type; the message names the column."""
+
+
+def _whole_number(row: dict[str, str], column: str, expected: str) -> int | None:
+    text = (row.get(column) or "").strip()
+    if not text:
+        return None
+    try:
+        return int(text)
+    except ValueError:
+        raise CellError(f"{column}: expected {expected}, got {text[:40]!r}") from None
+
+
 def _csv_variant(row: dict[str, str], price_columns: Sequence[str]) -> ImportVariant:
-    weight = (row.get("weight_grams") or "").strip()
+    problems: list[str] = []
+    weight: int | None = None
+    try:
+        weight = _whole_number(row, "weight_grams", "a whole number of grams")
+    except CellError as exc:
+        problems.append(str(exc))
+    amounts: dict[str, int] = {}
+    for column in price_columns:
+        try:
+            amount = _whole_number(row, column, "a whole number of minor units (1999 for 19.99)")
+        except CellError as exc:
+            problems.append(str(exc))
+            continue
+        if amount is not None:
+            amounts[column[len(PRICE_PREFIX) :].upper()] = amount
+    if problems:
+        raise CellError("; ".join(problems))
     data: dict[str, Any] = {
         "sku": (row.get("sku") or "").strip(),
         "name": (row.get("variant_name") or "").strip() or None,
         "options": _parse_options(row.get("options") or ""),
-        "weight_grams": int(weight) if weight else 0,
-        "prices": {
-            column[len(PRICE_PREFIX) :].upper(): int(value)
-            for column in price_columns
-            if (value := (row.get(column) or "").strip())
-        },
+        "weight_grams": weight or 0,
+        "prices": amounts,
     }
     return ImportVariant.model_validate(data)
 
@@ -264,8 +308,16 @@ def _read_csv(stream: IO[bytes], tally: _Tally) -> Iterator[_Record]:
         header = reader.fieldnames or []
     except (csv.Error, UnicodeDecodeError) as exc:
         raise field_error("body", f"unreadable CSV header: {exc}") from exc
+    twice = sorted({h for h in header if header.count(h) > 1})
+    if twice:
+        raise field_error(
+            "body",
+            f"column {', '.join(repr(h[:40]) for h in twice)} appears more than once in the header",
+            code="duplicate_columns",
+        )
     if "name" not in header:
         raise field_error("body", "the CSV header needs at least a name column")
+    tally.status_column = "status" in header
     unknown = [h for h in header if h not in CSV_FIELDS and not h.startswith(PRICE_PREFIX)]
     if unknown:
         raise field_error("body", f"unknown CSV columns: {', '.join(unknown)}")
@@ -290,6 +342,8 @@ def _read_csv(stream: IO[bytes], tally: _Tally) -> Iterator[_Record]:
         if None in row:
             tally.refuse(line, "the row has more fields than the header")
             continue
+        # Cells an export escaped against spreadsheet formulas come back as they were.
+        row = {k: unescape_cell(v) if isinstance(v, str) else v for k, v in row.items()}
         slug_hint = (row.get("slug") or "").strip() or domain.slugify(row.get("name") or "")
         if current is None or current.slug != slug_hint:
             if current is not None:
@@ -405,25 +459,46 @@ class _Importer:
     async def check(self, session: AsyncSession, batch: _Batch) -> tuple[list[_Record], Any]:
         """The batch's records that can be written, and what the database already holds."""
         slugs = sorted(batch.slugs)
-        existing = {
-            r.slug: r.id
-            for r in (
-                await session.execute(
-                    select(products.c.slug, products.c.id).where(products.c.slug.in_(slugs))
-                )
-            ).all()
-        }
+        stored = (
+            await session.execute(
+                select(
+                    products.c.id, products.c.slug, *(products.c[k] for k in _PRODUCT_FIELDS)
+                ).where(products.c.slug.in_(slugs))
+            )
+        ).all()
+        existing = {r.slug: r.id for r in stored}
         skus = sorted({v.sku for rec in batch.records for v in rec.product.variants})
-        known_skus = {
-            r.sku: (r.id, r.product_id)
-            for r in (
-                await session.execute(
-                    select(variants.c.sku, variants.c.id, variants.c.product_id).where(
-                        variants.c.sku.in_(skus)
-                    )
+        known_skus: dict[str, tuple[str, str]] = {}
+        # What each known SKU holds now, to tell an unchanged row from a change.
+        variant_state: dict[str, _VariantState] = {}
+        for r in (
+            await session.execute(
+                select(
+                    variants.c.sku,
+                    variants.c.id,
+                    variants.c.product_id,
+                    variants.c.name,
+                    variants.c.options,
+                    variants.c.weight_grams,
+                    variants.c.position,
+                    prices.c.currency,
+                    prices.c.amount,
                 )
-            ).all()
-        }
+                .select_from(variants.outerjoin(prices, prices.c.variant_id == variants.c.id))
+                .where(variants.c.sku.in_(skus))
+            )
+        ).all():
+            if r.sku not in known_skus:
+                known_skus[r.sku] = (r.id, r.product_id)
+                variant_state[r.sku] = (
+                    r.name,
+                    dict(r.options or {}),
+                    r.weight_grams,
+                    r.position,
+                    {},
+                )
+            if r.currency is not None:
+                variant_state[r.sku][4][r.currency] = r.amount
         wanted_categories = sorted(
             {rec.product.category for rec in batch.records if rec.product.category}
         )
@@ -462,7 +537,8 @@ class _Importer:
             if self.refused(rec):
                 continue
             good.append(rec)
-        return good, (existing, known_skus, category_ids)
+        current = {r.id: {k: getattr(r, k) for k in _PRODUCT_FIELDS} for r in stored}
+        return good, (existing, known_skus, category_ids, (current, variant_state))
 
     def refused(self, record: _Record) -> bool:
         """Whether nothing of the record may be written: a refused row changes nothing, so a
@@ -472,7 +548,7 @@ class _Importer:
 
     async def write(self, session: AsyncSession, records: list[_Record], known: Any) -> None:
         """Create or update the records' products, variants and prices, with their events."""
-        existing, known_skus, category_ids = known
+        existing, known_skus, category_ids, (current, variant_state) = known
         now = utcnow()
         new_products: list[dict[str, Any]] = []
         changed_products: list[dict[str, Any]] = []
@@ -480,6 +556,7 @@ class _Importer:
         events: list[tuple[str, dict[str, Any]]] = []
         fresh: list[tuple[str, str, str, str]] = []
         updated_slugs: set[str] = set()
+        skipped: set[str] = set()
         for rec in records:
             p = rec.product
             values = {
@@ -490,6 +567,15 @@ class _Importer:
                 "images": list(p.images),
                 "updated_at": now,
             }
+            if rec.slug in existing and _unchanged(
+                values, p.variants, current.get(existing[rec.slug]), variant_state
+            ):
+                # An unchanged product writes nothing and emits nothing.
+                self.tally.unchanged += 1
+                skipped.add(rec.slug)
+                continue
+            if p.status == ProductStatus.DRAFT:
+                self.tally.drafts += 1
             if rec.slug in existing:
                 pid = existing[rec.slug]
                 updated_slugs.add(rec.slug)
@@ -538,6 +624,8 @@ class _Importer:
         price_rows: list[dict[str, Any]] = []
         repriced: list[str] = []
         for rec in records:
+            if rec.slug in skipped:
+                continue
             pid = existing[rec.slug]
             for position, v in enumerate(rec.product.variants):
                 values = {
@@ -588,6 +676,27 @@ class _Importer:
         good, known = await self.check(session, batch)
         if good:
             await self.write(session, good, known)
+
+
+_PRODUCT_FIELDS = ("name", "description", "status", "category_id", "images")
+_VariantState = tuple[str, dict[str, str], int, int, dict[str, int]]
+
+
+def _unchanged(
+    values: dict[str, Any],
+    wanted: Sequence[ImportVariant],
+    stored: dict[str, Any] | None,
+    variant_state: dict[str, _VariantState],
+) -> bool:
+    """Whether writing the product would leave it exactly as stored (its fields, and each
+    listed variant, which ``check`` has made sure belongs to it)."""
+    if stored is None or any(values[k] != stored[k] for k in _PRODUCT_FIELDS):
+        return False
+    for position, v in enumerate(wanted):
+        have = variant_state.get(v.sku)
+        if have != (v.name or v.sku, dict(v.options), v.weight_grams, position, dict(v.prices)):
+            return False
+    return True
 
 
 async def _add_events(
@@ -834,7 +943,7 @@ async def export_chunks(ctx: ServiceContext, format: TransferFormat) -> AsyncIte
 
 def _csv_line(values: Sequence[str]) -> bytes:
     buffer = io.StringIO()
-    csv.writer(buffer, lineterminator="\n").writerow(values)
+    csv.writer(buffer, lineterminator="\n").writerow(escape_row(values))
     return buffer.getvalue().encode()
 
 
@@ -894,6 +1003,8 @@ def import_products_command(
     for name, value in report.summary().items():
         table.add_row(name, str(value))
     console.print(table)
+    for note in report.notes:
+        console.print(f"[yellow]note[/]: {note}")
     for error in report.errors[:20]:
         console.print(f"[red]line {error.line}[/]: {error.reason}")
     if len(report.errors) > 20:

@@ -74,6 +74,13 @@ EMAIL_INDEX_PURPOSE = "identity.user.email"
 LOGIN_FAILED_DETAIL = "Sign-in failed: check your email and password, or try again later."
 MFA_REQUIRED_TYPE = "mfa-required"
 INVALID_CREDENTIALS_TYPE = "invalid-credentials"
+INVALID_SECOND_FACTOR_TYPE = "invalid-second-factor"
+# Said only once the password was right, which the mfa-required answer already tells.
+WRONG_TOTP_DETAIL = (
+    "The one-time code is wrong or was already used: enter the next code your authenticator "
+    "app shows, or a recovery code."
+)
+WRONG_RECOVERY_DETAIL = "The recovery code is wrong or was already used."
 USER_NOT_FOUND = "No user with this id."
 API_KEY_NOT_FOUND = "No API key with this id."
 _API_KEY_TOUCH_SECONDS = 60
@@ -860,7 +867,13 @@ async def login(
     m = row._mapping if row is not None else None
     password_ok = await verify_password(ctx, m["password_hash"] if m else None, password)
 
-    async def fail(reason: str, *, counted: bool = True) -> ProblemError:
+    async def fail(
+        reason: str,
+        *,
+        counted: bool = True,
+        detail: str = LOGIN_FAILED_DETAIL,
+        type_: str = INVALID_CREDENTIALS_TYPE,
+    ) -> ProblemError:
         if counted:
             locked = await _settle_failure(ctx, throttles, claimed)
         else:
@@ -871,7 +884,7 @@ async def login(
         )
         if locked:
             await record_audit(ctx, AuditType.LOGIN_LOCKED, meta, user_id=user_id)
-        return Unauthorized(LOGIN_FAILED_DETAIL, type=INVALID_CREDENTIALS_TYPE)
+        return Unauthorized(detail, type=type_)
 
     if m is None:
         raise await fail("unknown_account")
@@ -923,7 +936,12 @@ async def login(
                 details={"session_id": session_id, "mfa": m["totp_enabled_at"] is not None},
             )
     if second_factor_failed:
-        raise await fail("wrong_second_factor", counted=False)
+        raise await fail(
+            "wrong_second_factor",
+            counted=False,
+            detail=WRONG_TOTP_DETAIL if mfa_code else WRONG_RECOVERY_DETAIL,
+            type_=INVALID_SECOND_FACTOR_TYPE,
+        )
     await _clear_account_throttle(ctx, index)
     return await _token_response(
         ctx,

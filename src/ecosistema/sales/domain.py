@@ -6,7 +6,7 @@ from __future__ import annotations
 import math
 import re
 import unicodedata
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from enum import StrEnum
@@ -67,6 +67,18 @@ class TransitionNotAllowed(Conflict):
         )
 
 
+class LeadExists(Conflict):
+    type, title = "lead-exists", "Lead already exists"
+
+    def __init__(self, lead_id: str) -> None:
+        super().__init__(
+            "An open lead already has this email: log a call or email on it, or change it, "
+            "instead of creating another.",
+            lead_id=lead_id,
+            errors=[{"field": "email", "message": "an open lead has this email", "code": "exists"}],
+        )
+
+
 def check_transition(current: LeadStatus, wanted: LeadStatus) -> bool:
     """True when the status changes, False when it stays; raises when the change is not allowed."""
     if current == wanted:
@@ -120,47 +132,108 @@ MACRO_INDICATORS: Final = (
 AttributeValue = str | int | float | bool | None
 
 
-class AttributeError_(ValueError):
-    """A custom attribute that cannot be stored; ``key`` names it."""
+# The categories of the bundled reference data; a serving model trained on other data brings
+# its own (``known_categories`` in the service).
+CATEGORY_VALUES: Final[Mapping[str, tuple[str, ...]]] = {
+    "job": (
+        *("admin.", "blue-collar", "entrepreneur", "housemaid", "management", "retired"),
+        *("self-employed", "services", "student", "technician", "unemployed", "unknown"),
+    ),
+    "marital": ("divorced", "married", "single", "unknown"),
+    "education": (
+        *("basic.4y", "basic.6y", "basic.9y", "high.school", "illiterate"),
+        *("professional.course", "university.degree", "unknown"),
+    ),
+    "default": ("no", "unknown", "yes"),
+    "housing": ("no", "unknown", "yes"),
+    "loan": ("no", "unknown", "yes"),
+    "poutcome": ("failure", "nonexistent", "success"),
+}
 
-    def __init__(self, key: str, message: str) -> None:
+
+class AttributeError_(ValueError):
+    """Custom attributes that cannot be stored; ``problems`` lists each as (key, message)."""
+
+    def __init__(self, key: str, message: str, problems: list[tuple[str, str]] | None = None):
         super().__init__(message)
         self.key = key
         self.message = message
+        self.problems = problems or [(key, message)]
+
+
+def normalise_category(value: str) -> str:
+    """The form category values are stored and matched in: trimmed, lower case."""
+    return value.strip().lower()
+
+
+def check_categories(
+    attributes: Mapping[str, AttributeValue], known: Mapping[str, Sequence[str]]
+) -> list[tuple[str, str, list[str]]]:
+    """Category attributes whose value the model does not know: (key, message, allowed)."""
+    problems: list[tuple[str, str, list[str]]] = []
+    for key in sorted(CATEGORY_ATTRIBUTES):
+        value = attributes.get(key)
+        allowed = known.get(key)
+        if not isinstance(value, str) or not allowed:
+            continue
+        if normalise_category(value) not in {normalise_category(a) for a in allowed}:
+            shown = sorted(allowed)
+            problems.append(
+                (key, f"unknown {key} {value[:40]!r}; allowed: {', '.join(shown)}", shown)
+            )
+    return problems
 
 
 def check_attributes(attributes: Mapping[str, Any]) -> dict[str, AttributeValue]:
-    """Bounded, typed custom attributes; raises ``AttributeError_`` naming the first bad one."""
+    """Bounded, typed custom attributes; raises ``AttributeError_`` listing every bad one.
+
+    Category values are normalised (``"Retired"`` is stored as ``"retired"``); whether the model
+    knows them is checked by the service, which knows the serving model.
+    """
     if len(attributes) > MAX_ATTRIBUTES:
         raise AttributeError_("", f"at most {MAX_ATTRIBUTES} attributes")
     out: dict[str, AttributeValue] = {}
+    problems: list[tuple[str, str]] = []
     size = 2
     for key, value in attributes.items():
-        if not isinstance(key, str) or not ATTRIBUTE_KEY.match(key):
-            raise AttributeError_(
-                str(key)[:50], "keys are 1-50 characters: a-z first, then a-z 0-9 _ ."
-            )
-        if value is not None and not isinstance(value, str | int | float | bool):
-            raise AttributeError_(key, "values are text, numbers, true/false or null")
-        if isinstance(value, float) and not math.isfinite(value):
-            raise AttributeError_(key, "numbers must be finite")
-        if isinstance(value, str) and len(value) > MAX_ATTRIBUTE_TEXT:
-            raise AttributeError_(key, f"text values are at most {MAX_ATTRIBUTE_TEXT} characters")
+        problem = _attribute_problem(key, value)
+        if problem is not None:
+            problems.append(problem)
+            continue
         if key in NUMERIC_ATTRIBUTES and value is not None:
-            low, high = NUMERIC_ATTRIBUTES[key]
             number = _number(value)
-            if number is None:
-                raise AttributeError_(key, f"{key} must be a number")
-            if not low <= number <= high:
-                raise AttributeError_(key, f"{key} must be between {low:g} and {high:g}")
+            assert number is not None
             value = int(number) if number.is_integer() else number
-        if key in CATEGORY_ATTRIBUTES and value is not None and not isinstance(value, str):
-            raise AttributeError_(key, f"{key} must be text")
+        if key in CATEGORY_ATTRIBUTES and isinstance(value, str):
+            value = normalise_category(value)
         size += len(key) + len(str(value)) + 6
         out[key] = value
+    if problems:
+        raise AttributeError_(problems[0][0], problems[0][1], problems)
     if size > MAX_ATTRIBUTES_BYTES:
         raise AttributeError_("", f"attributes take at most {MAX_ATTRIBUTES_BYTES} bytes")
     return out
+
+
+def _attribute_problem(key: Any, value: Any) -> tuple[str, str] | None:
+    if not isinstance(key, str) or not ATTRIBUTE_KEY.match(key):
+        return str(key)[:50], "keys are 1-50 characters: a-z first, then a-z 0-9 _ ."
+    if value is not None and not isinstance(value, str | int | float | bool):
+        return key, "values are text, numbers, true/false or null"
+    if isinstance(value, float) and not math.isfinite(value):
+        return key, "numbers must be finite"
+    if isinstance(value, str) and len(value) > MAX_ATTRIBUTE_TEXT:
+        return key, f"text values are at most {MAX_ATTRIBUTE_TEXT} characters"
+    if key in NUMERIC_ATTRIBUTES and value is not None:
+        low, high = NUMERIC_ATTRIBUTES[key]
+        number = _number(value)
+        if number is None:
+            return key, f"{key} must be a number"
+        if not low <= number <= high:
+            return key, f"{key} must be between {low:g} and {high:g}"
+    if key in CATEGORY_ATTRIBUTES and value is not None and not isinstance(value, str):
+        return key, f"{key} must be text"
+    return None
 
 
 def _number(value: AttributeValue) -> float | None:

@@ -5,7 +5,16 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, EmailStr, Field, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    EmailStr,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+from pydantic_core import InitErrorDetails, PydanticCustomError
 
 from ecosistema.sales import domain
 from ecosistema.sales.domain import ActivityKind, LeadStatus
@@ -36,8 +45,18 @@ def _checked_attributes(value: Attributes | None) -> Attributes | None:
     try:
         return domain.check_attributes(value)
     except domain.AttributeError_ as exc:
-        where = f"attribute {exc.key!r}: " if exc.key else ""
-        raise ValueError(f"{where}{exc.message}") from exc
+        # Raised as a ValidationError so each problem names its own key (``attributes.age``).
+        raise ValidationError.from_exception_data(
+            "attributes",
+            [
+                InitErrorDetails(
+                    type=PydanticCustomError("attribute", "{message}", {"message": message}),
+                    loc=(key,) if key else (),
+                    input=value.get(key) if key else value,
+                )
+                for key, message in exc.problems
+            ],
+        ) from exc
 
 
 class LeadCreate(_Input):
@@ -169,11 +188,18 @@ class ActivityPage(BaseModel):
 
 
 class ImportRowError(BaseModel):
-    """Why the row at ``line`` (1-based, header is line 1) was refused."""
+    """One problem of the row at ``line`` (1-based, header is line 1); a row may have several.
+
+    The same shape lists refused rows in a ``skip-invalid`` report and in the 422 of an
+    ``all-or-nothing`` import, and skipped duplicates (``code`` ``lead-exists``).
+    """
 
     line: int
-    reason: str
-    field: str | None = None
+    field: str = Field(description="e.g. email, attributes.job; body for the whole row")
+    code: str
+    message: str
+    lead_id: str | None = Field(None, description="For a duplicate: the lead that exists.")
+    allowed: list[str] | None = Field(None, description="For a category: the values known.")
 
 
 class LeadImportReport(BaseModel):
@@ -184,7 +210,11 @@ class LeadImportReport(BaseModel):
     created: int
     scored: int
     model_version: str | None
-    errors: list[ImportRowError]
+    errors: list[ImportRowError] = Field(description="Every problem of every refused row.")
+    duplicates: list[ImportRowError] = Field(
+        default_factory=list,
+        description="Rows skipped because an open lead (or an earlier row) has their email.",
+    )
     lead_ids: list[str] = Field(description="The created leads, in file order.")
 
 

@@ -21,7 +21,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from ecosistema.platform.auth import Principal
 from ecosistema.platform.db import new_id, utcnow
-from ecosistema.platform.errors import Conflict, NotFound, field_error
+from ecosistema.platform.errors import Conflict, NotFound, Unprocessable, field_error
 from ecosistema.platform.events import EventEnvelope
 from ecosistema.platform.pagination import decode_cursor, encode_cursor
 from ecosistema.platform.policy import Role, ensure, ensure_owner, owner_filter
@@ -33,6 +33,7 @@ from ecosistema.sales.domain import (
     CONTACTS,
     ActivityKind,
     History,
+    LeadExists,
     LeadFacts,
     LeadStatus,
 )
@@ -124,13 +125,25 @@ def lead_view(ctx: ServiceContext, row: Row[Any] | Mapping[str, Any]) -> Lead:
 async def _histories(
     session: AsyncSession, indexes: Sequence[str], *, before: datetime | None = None
 ) -> dict[str, History]:
-    """Per email index: earlier leads, how the latest ended, and when it was last touched."""
+    """Per email index: the earlier leads that were really contacted (a call or email logged on
+    them, or an outcome: won or lost), how the latest ended, and when it was last touched.
+
+    A lead nobody contacted is no contact: entering the same person twice must not read as
+    "contacted today".
+    """
     wanted = sorted({i for i in indexes if i})
     if not wanted:
         return {}
     statement = select(
-        leads.c.email_index, leads.c.status, leads.c.created_at, leads.c.updated_at
-    ).where(leads.c.email_index.in_(wanted))
+        leads.c.email_index,
+        leads.c.status,
+        leads.c.created_at,
+        leads.c.updated_at,
+        leads.c.closed_at,
+    ).where(
+        leads.c.email_index.in_(wanted),
+        or_(leads.c.status.in_([s.value for s in CLOSED]), leads.c.contacts > 0),
+    )
     if before is not None:
         statement = statement.where(leads.c.created_at < before)
     rows = (await session.execute(statement.order_by(leads.c.created_at, leads.c.id))).all()
@@ -140,9 +153,67 @@ async def _histories(
         out[r.email_index] = History(
             previous=earlier.previous + 1,
             last_outcome=LeadStatus(r.status),
-            last_contact_at=r.updated_at,
+            last_contact_at=r.closed_at or r.updated_at,
         )
     return out
+
+
+async def open_leads_by_email(session: AsyncSession, indexes: Sequence[str]) -> dict[str, str]:
+    """Email index -> the id of an open lead with that email (the oldest one)."""
+    wanted = sorted({i for i in indexes if i})
+    found: dict[str, str] = {}
+    for start in range(0, len(wanted), 500):
+        rows = (
+            await session.execute(
+                select(leads.c.email_index, leads.c.id)
+                .where(
+                    leads.c.email_index.in_(wanted[start : start + 500]),
+                    leads.c.status.not_in([s.value for s in CLOSED]),
+                )
+                .order_by(leads.c.created_at.desc(), leads.c.id.desc())
+            )
+        ).all()
+        found.update({r.email_index: r.id for r in rows})
+    return found
+
+
+async def known_categories(ctx: ServiceContext) -> Mapping[str, Sequence[str]]:
+    """The category values the serving model knows, and the reference data's."""
+    from ecosistema.ml import NoServingModel
+
+    try:
+        learnt = scoring_of(ctx).server.model.pipeline.categories
+    except (NoServingModel, RuntimeError):  # no model serving yet, or scoring not started
+        return domain.CATEGORY_VALUES
+    # The reference data's values stay allowed: a rare one (``default: yes``, 3 rows) is not
+    # in the model's vocabulary, yet is a true answer the model scores as "other".
+    return {
+        key: sorted({*learnt.get(key, ()), *values})
+        for key, values in domain.CATEGORY_VALUES.items()
+    }
+
+
+def category_problems(
+    known: Mapping[str, Sequence[str]], attributes: Mapping[str, Any]
+) -> list[dict[str, Any]]:
+    """Unknown category values as problem+json errors naming ``attributes.<key>``."""
+    return [
+        {
+            "field": f"attributes.{key}",
+            "message": message,
+            "code": "unknown_category",
+            "allowed": allowed,
+        }
+        for key, message, allowed in domain.check_categories(attributes, known)
+    ]
+
+
+async def _check_categories(ctx: ServiceContext, attributes: Mapping[str, Any]) -> None:
+    errors = category_problems(await known_categories(ctx), attributes)
+    if errors:
+        raise Unprocessable(
+            "; ".join(f"{e['field']}: {e['message']}" for e in errors), errors=errors
+        )
 
 
 def _facts(values: Mapping[str, Any], history: History) -> LeadFacts:
@@ -255,8 +326,6 @@ async def score_new_leads(
         # Earlier rows of the same batch count as history too, as if created one by one.
         history = seen.get(index) or histories.get(index, History()) if index else History()
         row["features"] = _features(ctx, row, history)
-        if index:
-            seen[index] = History(history.previous + 1, LeadStatus.NEW, row["created_at"])
     features = [r["features"] for r in rows]
     if len(rows) >= THREADED_SCORING:
         scored = await asyncio.to_thread(_scored, ctx, features)
@@ -309,10 +378,21 @@ async def insert_leads(
 async def create_lead(ctx: ServiceContext, principal: Principal, data: LeadCreate) -> Lead:
     """Create a lead, scored by the serving model before the request returns."""
     owner = await resolve_owner(ctx, principal, data.owner_id)
+    await _check_categories(ctx, data.attributes)
     now = utcnow()
     values = new_lead_values(ctx, data, owner_id=owner, created_by=principal.subject, now=now)
+    index = values["email_index"]
+    if index:
+        async with ctx.db.read() as session:
+            existing = (await open_leads_by_email(session, [index])).get(index)
+        if existing is not None:
+            raise LeadExists(existing)
     await score_new_leads(ctx, [values])
     async with ctx.db.transaction() as session:
+        # Checked again in the write transaction: another request may have created it meanwhile.
+        existing = (await open_leads_by_email(session, [index])).get(index) if index else None
+        if existing is not None:
+            raise LeadExists(existing)
         await insert_leads(ctx, session, [values])
     return lead_view(ctx, values)
 
@@ -369,6 +449,7 @@ async def update_lead(
                 values[name] = getattr(data, name)
         if "attributes" in changes:
             values["attributes"] = dict(data.attributes or {})
+            await _check_categories(ctx, values["attributes"])
         if data.name is not None:
             values["name_encrypted"] = _enc(ctx, data.name, "name_encrypted", lead_id)
         if "phone" in changes:
@@ -376,6 +457,10 @@ async def update_lead(
         if "email" in changes:
             values["email_encrypted"] = _enc(ctx, data.email, "email_encrypted", lead_id)
             values["email_index"] = email_index(ctx, data.email) if data.email else None
+            index = values["email_index"]
+            other = (await open_leads_by_email(session, [index])).get(index) if index else None
+            if other is not None and other != lead_id:
+                raise LeadExists(other)
         has_email = values.get("email_encrypted", current["email_encrypted"]) is not None
         has_phone = values.get("phone_encrypted", current["phone_encrypted"]) is not None
         if not has_email and not has_phone:

@@ -16,7 +16,7 @@ import io
 import os
 import re
 import tempfile
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any, Literal
@@ -60,10 +60,7 @@ class ImportRejected(Unprocessable):
         super().__init__(
             "Nothing was imported because some rows were refused (listed by line in errors); "
             "fix them, or import with mode=skip-invalid to write the valid rows.",
-            errors=[
-                {"field": e.field or "body", "line": e.line, "message": e.reason, "code": "row"}
-                for e in report.errors
-            ],
+            errors=[e.model_dump(exclude_none=True) for e in report.errors],
             report=report.model_dump(exclude={"errors", "lead_ids"}),
         )
 
@@ -78,12 +75,25 @@ class _Row:
 class _Tally:
     rows_read: int = 0
     errors: list[ImportRowError] = field(default_factory=list)
+    duplicates: list[ImportRowError] = field(default_factory=list)
     refused: int = 0
 
-    def refuse(self, line: int, reason: str, field_name: str | None = None) -> None:
+    def refuse(self, line: int, problems: list[ImportRowError]) -> None:
+        """Refuse a row, keeping every one of its problems (up to the report's limit)."""
         self.refused += 1
-        if len(self.errors) < MAX_ERRORS_REPORTED:
-            self.errors.append(ImportRowError(line=line, reason=reason, field=field_name))
+        room = MAX_ERRORS_REPORTED - len(self.errors)
+        self.errors.extend(problems[: max(0, room)])
+
+    def problem(self, line: int, message: str, field_name: str = "body", code: str = "row") -> None:
+        self.refuse(line, [ImportRowError(line=line, field=field_name, code=code, message=message)])
+
+    def duplicate(self, line: int, lead_id: str | None, message: str) -> None:
+        if len(self.duplicates) < MAX_ERRORS_REPORTED:
+            self.duplicates.append(
+                ImportRowError(
+                    line=line, field="email", code="lead-exists", message=message, lead_id=lead_id
+                )
+            )
 
 
 def _check_text(head: bytes) -> None:
@@ -102,6 +112,14 @@ def _columns(header: list[str]) -> dict[str, str]:
     """CSV column -> where it goes (a lead field, or ``attributes.<key>``)."""
     if not header or not any(h.strip() for h in header):
         raise field_error("body", "the file is empty: a header row and leads are needed", "empty")
+    names = [h.strip() for h in header]
+    twice = sorted({n for n in names if names.count(n) > 1})
+    if twice:
+        raise field_error(
+            "body",
+            f"column {', '.join(repr(n[:40]) for n in twice)} appears more than once in the header",
+            code="duplicate_columns",
+        )
     mapping: dict[str, str] = {}
     unknown: list[str] = []
     for raw in header:
@@ -127,8 +145,6 @@ def _columns(header: list[str]) -> dict[str, str]:
         )
     if "name" not in mapping.values():
         raise field_error("body", "the header needs a name column", code="missing_columns")
-    if len(set(mapping.values())) != len(mapping):
-        raise field_error("body", "a column appears twice in the header", code="duplicate_columns")
     return mapping
 
 
@@ -159,19 +175,23 @@ def _lead_of(row: dict[str, str | None], mapping: dict[str, str]) -> LeadCreate:
     return LeadCreate.model_validate(data)
 
 
-def _describe(exc: ValidationError) -> tuple[str, str | None]:
-    errors = exc.errors()
-    if not errors:
-        return "invalid row", None
-    first = errors[0]
-    where = ".".join(str(p) for p in first["loc"] if p != "__root__")
-    message = str(first["msg"]).removeprefix("Value error, ")
-    more = len(errors) - 1
-    suffix = f" (and {more} more problem{'s' if more > 1 else ''})" if more > 0 else ""
-    return (f"{where}: {message}{suffix}" if where else f"{message}{suffix}"), where or None
+def _describe(line: int, exc: ValidationError) -> list[ImportRowError]:
+    """Every problem of a row, each naming its field (``attributes.age``, ``email``)."""
+    problems = [
+        ImportRowError(
+            line=line,
+            field=".".join(str(p) for p in error["loc"] if p != "__root__") or "body",
+            code=str(error["type"]),
+            message=str(error["msg"]).removeprefix("Value error, "),
+        )
+        for error in exc.errors()
+    ]
+    return problems or [ImportRowError(line=line, field="body", code="row", message="invalid row")]
 
 
-def _rows(stream: IO[bytes], tally: _Tally) -> Iterator[_Row]:
+def _rows(
+    stream: IO[bytes], tally: _Tally, categories: Mapping[str, Sequence[str]]
+) -> Iterator[_Row]:
     text = io.TextIOWrapper(stream, encoding="utf-8-sig", newline="")
     reader = csv.reader(text)
     try:
@@ -188,7 +208,7 @@ def _rows(stream: IO[bytes], tally: _Tally) -> Iterator[_Row]:
             break
         except (csv.Error, UnicodeDecodeError) as exc:
             tally.rows_read += 1
-            tally.refuse(last_line + 1, f"unreadable row: {exc}")
+            tally.problem(last_line + 1, f"unreadable row: {exc}")
             last_line = reader.line_num
             continue
         line = last_line + 1
@@ -197,13 +217,16 @@ def _rows(stream: IO[bytes], tally: _Tally) -> Iterator[_Row]:
             continue
         tally.rows_read += 1
         if len(cells) != len(columns):
-            tally.refuse(line, f"the row has {len(cells)} fields, the header {len(columns)}")
+            tally.problem(line, f"the row has {len(cells)} fields, the header {len(columns)}")
             continue
         try:
             lead = _lead_of(dict(zip(columns, cells, strict=True)), mapping)
         except ValidationError as exc:
-            reason, where = _describe(exc)
-            tally.refuse(line, reason, where)
+            tally.refuse(line, _describe(line, exc))
+            continue
+        unknown = service.category_problems(categories, lead.attributes)
+        if unknown:
+            tally.refuse(line, [ImportRowError(line=line, **e) for e in unknown])
             continue
         yield _Row(line, lead)
     text.detach()
@@ -224,7 +247,7 @@ async def _owners(
                 decided[wanted] = exc
         owner = decided[wanted]
         if isinstance(owner, ProblemError):
-            tally.refuse(row.line, f"owner_id: {owner.detail}", "owner_id")
+            tally.problem(row.line, str(owner.detail), "owner_id", owner.type)
             continue
         out.append((row, owner))
     return out
@@ -239,9 +262,10 @@ async def import_file(
         _check_text(stream.read(_SNIFF))
         stream.seek(0)
         tally = _Tally()
-        rows = list(_rows(stream, tally))
+        rows = list(_rows(stream, tally, await service.known_categories(ctx)))
     if tally.rows_read == 0:
         raise field_error("body", "the file holds no leads, only a header", code="empty")
+    rows = await _skip_duplicates(ctx, rows, tally)
     owned = await _owners(ctx, principal, rows, tally)
     if tally.refused and mode == "all-or-nothing":
         raise ImportRejected(_report(tally, applied=False, created=[]))
@@ -264,6 +288,30 @@ async def import_file(
     return _report(tally, applied=True, created=created)
 
 
+async def _skip_duplicates(ctx: ServiceContext, rows: list[_Row], tally: _Tally) -> list[_Row]:
+    """Rows whose email an open lead (or an earlier row of the file) has are skipped, not
+    refused: importing the same file twice creates nothing the second time."""
+    indexes = {id(r): service.email_index(ctx, r.lead.email) for r in rows if r.lead.email}
+    async with ctx.db.read() as session:
+        existing = await service.open_leads_by_email(session, list(indexes.values()))
+    first_line: dict[str, int] = {}
+    kept: list[_Row] = []
+    for row in rows:
+        index = indexes.get(id(row))
+        if index is None:
+            kept.append(row)
+        elif index in existing:
+            tally.duplicate(row.line, existing[index], "an open lead already has this email")
+        elif index in first_line:
+            tally.duplicate(
+                row.line, None, f"the same email as line {first_line[index]} of this file"
+            )
+        else:
+            first_line[index] = row.line
+            kept.append(row)
+    return kept
+
+
 def _report(tally: _Tally, *, applied: bool, created: list[dict[str, Any]]) -> LeadImportReport:
     versions = {r["model_version"] for r in created if r["model_version"]}
     return LeadImportReport(
@@ -273,6 +321,7 @@ def _report(tally: _Tally, *, applied: bool, created: list[dict[str, Any]]) -> L
         scored=sum(1 for r in created if r["model_version"]),
         model_version=versions.pop() if len(versions) == 1 else None,
         errors=sorted(tally.errors, key=lambda e: e.line),
+        duplicates=sorted(tally.duplicates, key=lambda e: e.line),
         lead_ids=[r["id"] for r in created],
     )
 
