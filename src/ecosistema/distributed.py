@@ -229,6 +229,9 @@ def route_table(
     table: dict[str, Any] = {
         "services": services,
         "routes": service_routes(names, settings),
+        # The routes list every method of every service: a method they do not list on a path
+        # is one the service refuses there, with that path's own Allow.
+        "forward_unlisted_methods": True,
         "response_cache": {"max_bytes": settings.gateway_cache_max_bytes},
         "access_log": settings.gateway_access_log,
         "max_body_bytes": settings.max_body_bytes,

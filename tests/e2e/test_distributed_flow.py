@@ -325,6 +325,29 @@ async def test_the_gateway_serves_https_with_tls_1_2_or_later_and_hsts(platform:
             await client.get(f"{API}/products")
 
 
+async def test_the_gateway_answers_health_readiness_and_the_whole_api_description(
+    platform: Platform,
+) -> None:
+    from ecosistema.platform.app import create_app
+
+    async with platform.client() as client:
+        alive = await client.get("/healthz")
+        ready = await client.get("/readyz")
+        described = await client.get("/openapi.json")
+        docs = await client.get("/docs")
+        bundle = await client.head("/docs/static/swagger-ui-bundle.js")
+        wrong = await client.put(f"{API}/categories", json={})
+    assert alive.status_code == 200
+    assert ready.status_code == 200, ready.text
+    assert ready.json()["checks"] == dict.fromkeys(SERVICE_NAMES, "ok")
+    assert described.status_code == 200, described.text
+    embedded = create_app(load_services(), Settings(environment="test")).openapi()
+    assert set(described.json()["paths"]) == set(embedded["paths"])
+    assert docs.status_code == 200 and "/docs/static/swagger-ui-bundle.js" in docs.text
+    assert bundle.status_code == 200 and int(bundle.headers["content-length"]) > 0
+    assert wrong.status_code == 405 and wrong.headers["allow"] == "GET, HEAD, POST"
+
+
 def _pid_serving(platform: Platform, url: str) -> int:
     """The process of the platform that serves the service instance at ``url``."""
     port = url.rsplit(":", 1)[1]

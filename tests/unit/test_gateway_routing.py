@@ -98,3 +98,20 @@ def test_route_for_picks_the_same_route_as_match(method: str, path: str) -> None
         [*routes(), RouteConfig(prefix="/api/v1/auth/login", service="a", methods={"PUT"})]
     )
     assert router.route_for(method, path) is router.match(method, path).route
+
+
+def test_the_owner_of_a_path_is_its_most_specific_route_when_one_service_covers_it() -> None:
+    router = Router(
+        [
+            RouteConfig(prefix="/api/v1/products", service="catalog", methods={"GET"}),
+            RouteConfig(prefix="/api/v1/products/export", service="catalog", methods={"GET"}),
+            RouteConfig(prefix="/api/v1/", service="fallback"),
+        ]
+    )
+    owner = router.owner("/api/v1/categories")
+    assert owner is not None and owner.service == "fallback"
+    assert router.owner("/api/v1/products/export") is None  # also covered by "fallback"
+    assert router.owner("/elsewhere") is None
+    alone = Router([RouteConfig(prefix="/api/v1/products", service="catalog", methods={"GET"})])
+    owned = alone.owner("/api/v1/products/p1")
+    assert owned is not None and owned.prefix == "/api/v1/products"

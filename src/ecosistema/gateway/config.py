@@ -211,6 +211,10 @@ class GatewayConfig(_Model):
     access_log: bool = True
     metrics_path: str | None = "/metrics"
     trust_forwarded: bool = False
+    # A method no route of the path lists goes, as public and uncached, to the one service whose
+    # routes cover the path, which answers 405 with the Allow of that very path. Only for tables
+    # that list every method their services serve (generated ones): none can then run anything.
+    forward_unlisted_methods: bool = False
 
     @model_validator(mode="after")
     def _services_exist(self) -> GatewayConfig:

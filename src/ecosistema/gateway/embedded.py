@@ -37,26 +37,23 @@ _CACHED_PREFIXES = frozenset({f"{API_PREFIX}/products", f"{API_PREFIX}/categorie
 _AUTH_PREFIX = f"{API_PREFIX}/auth"
 
 
-def _route_prefixes(service: Service) -> dict[str, set[str]]:
-    """Each first path segment of a service's API routes (``/api/v1/products``) with the
-    methods served under it, and its root routes (``/.well-known/jwks.json``) as they are."""
-    prefixes: dict[str, set[str]] = {}
+def _route_prefixes(service: Service) -> set[str]:
+    """Each first path segment of a service's API routes (``/api/v1/products``), and its root
+    routes (``/.well-known/jwks.json``) as they are."""
+    prefixes: set[str] = set()
     if service.router is not None:
         for route in service.router.routes:
             path = getattr(route, "path", None)
             if not isinstance(path, str):
                 continue
             first = path.strip("/").split("/", 1)[0]
-            if not first or first.startswith("{"):
-                continue
-            methods = getattr(route, "methods", None) or set()
-            prefixes.setdefault(f"{API_PREFIX}/{first}", set()).update(methods)
+            if first and not first.startswith("{"):
+                prefixes.add(f"{API_PREFIX}/{first}")
     if service.root_router is not None:
         for route in service.root_router.routes:
             path = getattr(route, "path", None)
             if isinstance(path, str) and "{" not in path:
-                methods = getattr(route, "methods", None) or set()
-                prefixes.setdefault(path, set()).update(methods)
+                prefixes.add(path)
     return prefixes
 
 
@@ -66,23 +63,20 @@ def embedded_route_table(services: Sequence[Service], settings: Settings) -> dic
     does when reached directly), a stricter rate limit on the auth endpoints, and the response
     cache on public catalog reads."""
     table_services: dict[str, Any] = {PLATFORM: {"in_process": True, "health_path": None}}
+    # No methods on any route: the app knows which methods each path takes, so it answers a
+    # method a path does not take (405 with that path's Allow), not the gateway, which only
+    # sees prefixes shared by many paths.
     routes: list[dict[str, Any]] = [
-        {"prefix": path, "service": PLATFORM, "methods": ["GET"], "public": True}
-        for path in _PLATFORM_PATHS
+        {"prefix": path, "service": PLATFORM, "public": True} for path in _PLATFORM_PATHS
     ]
     claimed: set[str] = set(_PLATFORM_PATHS)
     for service in services:
         table_services[service.name] = {"in_process": True, "health_path": None}
-        for prefix, methods in sorted(_route_prefixes(service).items()):
+        for prefix in sorted(_route_prefixes(service)):
             if prefix in claimed:
                 continue  # one app serves every service, so the first claim routes it right
             claimed.add(prefix)
-            route: dict[str, Any] = {
-                "prefix": prefix,
-                "service": service.name,
-                "methods": sorted(methods - {"HEAD"}),
-                "public": True,
-            }
+            route: dict[str, Any] = {"prefix": prefix, "service": service.name, "public": True}
             if prefix == _AUTH_PREFIX:
                 route["rate_limit"] = {
                     "rate": settings.gateway_auth_rate,

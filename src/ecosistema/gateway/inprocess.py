@@ -268,7 +268,7 @@ class _Response:
         ex = self._ex
         ex.status = status
         headers: Headers = [(bytes(n).lower(), bytes(v)) for n, v in raw_headers]
-        out = [b"HTTP/1.1 %d %s\r\n" % (status, _REASONS.get(status, b"Unknown"))]
+        out = [b"HTTP/1.1 %d %s\r\n" % (status, _REASONS.get(status, b""))]
         has_length = False
         for name, value in headers:
             if name in _HOP_BY_HOP or name in _RESPONSE_OWNED:

@@ -20,6 +20,7 @@ import sys
 import time
 from collections import deque
 from collections.abc import Callable, Mapping
+from http import HTTPStatus
 from json.encoder import encode_basestring_ascii  # type: ignore[attr-defined]
 from typing import IO, TYPE_CHECKING, Any, cast
 from urllib.parse import unquote
@@ -32,6 +33,22 @@ from ecosistema.gateway.balancer import Balancer, BreakerState, Instance
 from ecosistema.gateway.cache import CachedResponse, CacheFill, ResponseCache, purge_tags
 from ecosistema.gateway.config import GatewayConfig, RateLimitRule, RouteConfig
 from ecosistema.gateway.metrics import GatewayMetrics
+from ecosistema.gateway.own import (
+    DOCS_PATH,
+    DOCS_REDIRECT_PATH,
+    DOCS_STATIC,
+    HEALTH_PATH,
+    OPENAPI_PATH,
+    OWN_PATHS,
+    READY_PATH,
+    Asset,
+    OpenAPIDocument,
+    OpenAPIUnavailable,
+    docs_page,
+    docs_redirect_page,
+    readiness,
+    static_asset,
+)
 from ecosistema.gateway.principal import (
     PRINCIPAL_HEADER,
     Principal,
@@ -119,7 +136,7 @@ _PAUSE_BUFFER, _PAUSE_UPSTREAM, _PAUSE_PIPELINE = 1, 2, 4
 
 # Where a request goes on from once it needs to wait for something; _PENDING: sent upstream
 # without a task, the upstream connection's callbacks finish it.
-_DONE, _STAGE_AUTH, _STAGE_LIMIT, _STAGE_FORWARD, _PENDING, _STAGE_METRICS = range(6)
+_DONE, _STAGE_AUTH, _STAGE_LIMIT, _STAGE_FORWARD, _PENDING, _STAGE_METRICS, _STAGE_OWN = range(7)
 _RETRY = -1
 _BREAKER_CLOSED = BreakerState.CLOSED
 # The instance label of routes served by an app in the gateway's process.
@@ -137,21 +154,16 @@ def _backoff(attempt: int) -> float:
 _CACHE_STATE = ("null", '"HIT"', '"MISS"')
 _json_str: Callable[[str], str] = encode_basestring_ascii
 
-_REASONS = {
-    200: b"OK",
-    204: b"No Content",
-    400: b"Bad Request",
-    401: b"Unauthorized",
-    403: b"Forbidden",
-    404: b"Not Found",
-    405: b"Method Not Allowed",
-    413: b"Content Too Large",
-    429: b"Too Many Requests",
-    431: b"Request Header Fields Too Large",
-    500: b"Internal Server Error",
-    502: b"Bad Gateway",
-    503: b"Service Unavailable",
-    504: b"Gateway Timeout",
+# RFC 9110 renamed a few phrases that this Python's HTTPStatus still spells the old way.
+_RFC9110_PHRASES = {
+    413: "Content Too Large",
+    414: "URI Too Long",
+    416: "Range Not Satisfiable",
+    422: "Unprocessable Content",
+}
+_REASONS: dict[int, bytes] = {
+    int(status): _RFC9110_PHRASES.get(int(status), status.phrase).encode("ascii")
+    for status in HTTPStatus
 }
 
 
@@ -572,7 +584,7 @@ class Exchange:
             self.timer = None
         self.status = status
         gw = self.conn.gateway
-        out = [b"HTTP/1.1 %d %s\r\n" % (status, reason or b"Unknown")]
+        out = [b"HTTP/1.1 %d %s\r\n" % (status, _REASONS.get(status) or reason)]
         add = out.extend
         has_length = False
         connection = None
@@ -871,8 +883,9 @@ def problem_bytes(
     instance: str | None = None,
     close: bool = False,
     fields: dict[str, Any] | None = None,
+    head_only: bool = False,
 ) -> bytes:
-    """A whole problem+json (RFC 9457) response, head and body."""
+    """A whole problem+json (RFC 9457) response, head and body (no body for a HEAD)."""
     body: dict[str, Any] = {
         "type": PROBLEM_BASE + type_,
         "title": title,
@@ -886,13 +899,13 @@ def problem_bytes(
     payload = json.dumps(body, separators=(",", ":")).encode()
     return b"".join(
         (
-            b"HTTP/1.1 %d %s\r\n" % (status, _REASONS.get(status, b"Error")),
+            b"HTTP/1.1 %d %s\r\n" % (status, _REASONS.get(status, b"")),
             b"content-type: application/problem+json\r\ncache-control: no-store\r\n",
             b"content-length: %d\r\n" % len(payload),
             extra_headers,
             b"connection: close\r\n" if close else b"",
             b"\r\n",
-            payload,
+            b"" if head_only else payload,
         )
     )
 
@@ -912,6 +925,15 @@ class Gateway:
         self.config = config
         self.tls = tls
         self.router = Router(config.routes)
+        # Each route as it serves the methods it does not list (forward_unlisted_methods).
+        self._unlisted: dict[int, RouteConfig] = (
+            {
+                id(route): route.model_copy(update={"public": True, "methods": None, "cache": None})
+                for route in config.routes
+            }
+            if config.forward_unlisted_methods
+            else {}
+        )
         self.local_apps: Mapping[str, LocalService] = local_apps or {}
         for name, svc in config.services.items():
             if svc.in_process and name not in self.local_apps:
@@ -985,6 +1007,8 @@ class Gateway:
         self.connections: set[ClientConnection] = set()
         self._deadlines: _Deadlines | None = None
         self._rate_limit_errors = 0
+        self._openapi = OpenAPIDocument(self.router, self.balancers)
+        self._own_assets: dict[str, Asset] = {}
 
     def deadlines(self, loop: asyncio.AbstractEventLoop) -> _Deadlines:
         """The request timeouts of this gateway's event loop."""
@@ -1108,6 +1132,10 @@ class Gateway:
         if not path.startswith("/"):
             return
         route = self.router.route_for(ex.method, path)
+        if route is None and self._unlisted:
+            owner = self.router.owner(path)
+            if owner is not None:
+                route = self._unlisted[id(owner)]
         if route is not None:
             ex.route = route
             if route.max_body_bytes is not None:
@@ -1227,6 +1255,7 @@ class Gateway:
                 instance=ex.path or None,
                 close=close,
                 fields=fields,
+                head_only=ex.method == "HEAD",
             )
         )
 
@@ -1275,6 +1304,10 @@ class Gateway:
             return _DONE
         route = ex.route
         if route is None:
+            if (method == "GET" or method == "HEAD") and (
+                path in OWN_PATHS or path.startswith(DOCS_STATIC)
+            ):
+                return self._serve_own(ex)
             self._no_route(ex)
             return _DONE
         if ex.content_length < 0 or (ex.chunked and ex.content_length):
@@ -1313,6 +1346,9 @@ class Gateway:
         if stage == _STAGE_METRICS:
             await self._metrics_with_app(ex)
             return True
+        if stage == _STAGE_OWN:
+            await self._serve_openapi(ex)
+            return True
         route = ex.route
         assert route is not None
         if stage == _STAGE_AUTH:
@@ -1345,8 +1381,11 @@ class Gateway:
 
     def _no_route(self, ex: Exchange) -> None:
         match = self.router.match(ex.method, ex.path)
-        if match.allowed:
-            allow = ", ".join(sorted(match.allowed)).encode()
+        allowed = match.allowed
+        if not allowed and (ex.path in OWN_PATHS or ex.path.startswith(DOCS_STATIC)):
+            allowed = frozenset({"GET", "HEAD"})
+        if allowed:
+            allow = ", ".join(sorted(allowed)).encode()
             self._problem(
                 ex,
                 405,
@@ -1357,6 +1396,91 @@ class Gateway:
             )
         else:
             self._problem(ex, 404, "not-found", "Not found", f"No resource at {ex.path}.")
+
+    # What the gateway answers itself (gateway.own), on paths no route claims.
+
+    def _serve_own(self, ex: Exchange) -> int:
+        path = ex.path
+        if path == HEALTH_PATH:
+            self._respond(ex, 200, Asset(b"application/json", b'{"status":"ok"}'))
+        elif path == READY_PATH:
+            self._ready(ex)
+        elif path == OPENAPI_PATH:
+            return _STAGE_OWN
+        else:
+            asset = self._own_assets.get(path)
+            if asset is None:
+                if path == DOCS_PATH:
+                    asset = docs_page()
+                elif path == DOCS_REDIRECT_PATH:
+                    asset = docs_redirect_page()
+                else:
+                    asset = static_asset(path)
+                if asset is None:
+                    self._problem(ex, 404, "not-found", "Not found", f"No resource at {path}.")
+                    return _DONE
+                self._own_assets[path] = asset
+            self._respond(ex, 200, asset)
+        return _DONE
+
+    def _ready(self, ex: Exchange) -> None:
+        """Ready while every upstream service has an instance to send requests to."""
+        checks = readiness(self.balancers.values(), time.monotonic())
+        down = sorted(name for name, state in checks.items() if state != "ok")
+        if not down:
+            body = json.dumps({"status": "ready", "checks": checks}, separators=(",", ":"))
+            self._respond(ex, 200, Asset(b"application/json", body.encode()))
+            return
+        self._problem(
+            ex,
+            503,
+            "not-ready",
+            "Not ready",
+            f"No healthy instance of: {', '.join(down)}.",
+            fields={"checks": checks},
+        )
+
+    async def _serve_openapi(self, ex: Exchange) -> None:
+        try:
+            asset = await self._openapi.asset()
+        except OpenAPIUnavailable as exc:
+            self._problem(
+                ex,
+                503,
+                "openapi-unavailable",
+                "API description unavailable",
+                f"No OpenAPI document from: {', '.join(sorted(exc.services))}.",
+                fields={"checks": exc.services},
+            )
+            return
+        self._respond(ex, 200, asset)
+
+    def _respond(self, ex: Exchange, status: int, asset: Asset) -> None:
+        """A whole response from the gateway itself; HEAD gets the same head and no body."""
+        if ex.response_started:
+            ex.conn.abort()
+            return
+        body = asset.body
+        close = not ex.keep_alive or not ex.body_done or ex.close_after
+        ex.close_after = close
+        ex.status = status
+        ex.response_started = True
+        head_only = ex.method == "HEAD"
+        ex.response_bytes = 0 if head_only else len(body)
+        ex.conn.write(
+            b"HTTP/1.1 %d %s\r\ncontent-type: %s\r\ncache-control: %s\r\n"
+            b"content-length: %d\r\n%s%s\r\n%s"
+            % (
+                status,
+                _REASONS[status],
+                asset.content_type,
+                asset.cache_control,
+                len(body),
+                self.response_headers(ex),
+                b"connection: close\r\n" if close else b"",
+                b"" if head_only else body,
+            )
+        )
 
     def _too_large(self, ex: Exchange) -> None:
         self._problem(

@@ -37,6 +37,11 @@ class Router:
             for route in self._routes
         ]
 
+    @property
+    def routes(self) -> list[RouteConfig]:
+        """The routes, most specific prefix first."""
+        return self._routes
+
     def route_for(self, method: str, path: str) -> RouteConfig | None:
         """``match(method, path).route``, without building the reasons for a miss."""
         for route, exact, under, methods in self._table:
@@ -45,6 +50,18 @@ class Router:
             ):
                 return route
         return None
+
+    def owner(self, path: str) -> RouteConfig | None:
+        """The most specific route covering ``path`` when every route covering it sends to the
+        same service, whatever the method; else None."""
+        found: RouteConfig | None = None
+        for route in self._routes:
+            if _covers(route.prefix, path):
+                if found is None:
+                    found = route
+                elif route.service != found.service:
+                    return None
+        return found
 
     def match(self, method: str, path: str) -> RouteMatch:
         """The route serving ``method`` on ``path``; HEAD is served by routes that allow GET."""

@@ -10,7 +10,10 @@ from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.middleware.cors import CORSMiddleware
+from starlette.exceptions import HTTPException
 from starlette.responses import JSONResponse
+from starlette.routing import BaseRoute, Match, Mount, Router
+from starlette.types import Message, Receive, Scope, Send
 
 from ecosistema import __version__
 from ecosistema.platform.config import Settings
@@ -65,6 +68,7 @@ def create_app(
             app.include_router(service.root_router)
     _install_health(app, runtime)
     _install_docs(app, title)
+    _install_method_semantics(app.router)
     _document_problems(app)
     from ecosistema.platform import telemetry_http
 
@@ -91,6 +95,24 @@ def create_app(
 
 
 DOCS_STATIC = "/docs/static"
+DOCS_REDIRECT = "/docs/oauth2-redirect"
+
+
+def swagger_ui_html(title: str) -> str:
+    """The Swagger UI page over ``/openapi.json``, its files under ``/docs/static``."""
+    from fastapi.openapi.docs import get_swagger_ui_html
+
+    page = get_swagger_ui_html(
+        openapi_url="/openapi.json",
+        title=f"{title} - Swagger UI",
+        swagger_js_url=f"{DOCS_STATIC}/swagger-ui-bundle.js",
+        swagger_css_url=f"{DOCS_STATIC}/swagger-ui.css",
+        swagger_favicon_url=f"{DOCS_STATIC}/favicon-32x32.png",
+        oauth2_redirect_url=DOCS_REDIRECT,
+        # No badge fetched from the public validator either.
+        swagger_ui_parameters={"validatorUrl": None},
+    )
+    return bytes(page.body).decode()
 
 
 def _install_docs(app: FastAPI, title: str) -> None:
@@ -98,11 +120,10 @@ def _install_docs(app: FastAPI, title: str) -> None:
     Swagger UI, see platform/static/swagger-ui/README.md), so it works offline."""
     from pathlib import Path
 
-    from fastapi.openapi.docs import get_swagger_ui_html, get_swagger_ui_oauth2_redirect_html
+    from fastapi.openapi.docs import get_swagger_ui_oauth2_redirect_html
     from fastapi.responses import HTMLResponse
     from starlette.staticfiles import StaticFiles
 
-    redirect = "/docs/oauth2-redirect"
     app.mount(
         DOCS_STATIC,
         StaticFiles(directory=Path(__file__).parent / "static" / "swagger-ui"),
@@ -111,35 +132,98 @@ def _install_docs(app: FastAPI, title: str) -> None:
 
     @app.get("/docs", include_in_schema=False)
     async def swagger_ui() -> HTMLResponse:
-        return get_swagger_ui_html(
-            openapi_url="/openapi.json",
-            title=f"{title} - Swagger UI",
-            swagger_js_url=f"{DOCS_STATIC}/swagger-ui-bundle.js",
-            swagger_css_url=f"{DOCS_STATIC}/swagger-ui.css",
-            swagger_favicon_url=f"{DOCS_STATIC}/favicon-32x32.png",
-            oauth2_redirect_url=redirect,
-            # No badge fetched from the public validator either.
-            swagger_ui_parameters={"validatorUrl": None},
-        )
+        return HTMLResponse(swagger_ui_html(title))
 
-    @app.get(redirect, include_in_schema=False)
+    @app.get(DOCS_REDIRECT, include_in_schema=False)
     async def swagger_ui_redirect() -> HTMLResponse:
         return get_swagger_ui_oauth2_redirect_html()
 
 
+def _install_method_semantics(router: Router) -> None:
+    """HEAD wherever GET is served, answered as GET without the body (RFC 9110 section 9.3.2),
+    and a 405 whose Allow names every method of the requested path (section 15.5.6).
+
+    FastAPI routes declare HEAD only when asked to, and Starlette's 405 names the methods of the
+    first route whose path matched, not of all the routes sharing that path."""
+    routes = router.routes
+    route = router.middleware_stack
+    # Finding a path's methods tries each method on every route: keep the answers for the paths
+    # refused most recently, bounded so that arbitrary paths cannot grow it.
+    allow_of: dict[str, str] = {}
+
+    async def routed(scope: Scope, receive: Receive, send: Send) -> None:
+        if (
+            scope["type"] == "http"
+            and scope["method"] == "HEAD"
+            and not _served(routes, scope, "HEAD")
+            and _served(routes, scope, "GET")
+        ):
+            await route(dict(scope, method="GET"), receive, _without_body(send))
+            return
+        try:
+            await route(scope, receive, send)
+        except HTTPException as exc:
+            if exc.status_code != 405:
+                raise
+            path = scope["path"]
+            allow = allow_of.get(path)
+            if allow is None:
+                allowed = {m for m in _METHODS if _served(routes, scope, m)}
+                if "GET" in allowed:
+                    allowed.add("HEAD")
+                allow = ", ".join(sorted(allowed))
+                if len(allow_of) >= 1024:
+                    allow_of.clear()
+                allow_of[path] = allow
+            if not allow:
+                raise
+            raise HTTPException(405, exc.detail, headers={"Allow": allow}) from None
+
+    router.middleware_stack = routed
+
+
+# HEAD is found by GET: a route serving GET serves HEAD too.
+_METHODS = ("DELETE", "GET", "OPTIONS", "PATCH", "POST", "PUT")
+
+
+def _served(routes: Sequence[BaseRoute], scope: Scope, method: str) -> bool:
+    """Whether a route other than a mount answers ``method`` on the request's path."""
+    # A fresh scope: routing leaves the matched route in the request's, which steers matching.
+    probe = {
+        "type": "http",
+        "method": method,
+        "path": scope["path"],
+        "root_path": scope.get("root_path", ""),
+    }
+    return any(
+        not isinstance(route, Mount) and route.matches(probe)[0] is Match.FULL for route in routes
+    )
+
+
+def _without_body(send: Send) -> Send:
+    """``send`` for a GET answering a HEAD: the same head (Content-Length included), no body."""
+
+    async def head_only(message: Message) -> None:
+        if message["type"] == "http.response.body":
+            if message.get("more_body", False):
+                return
+            message = {"type": "http.response.body", "body": b"", "more_body": False}
+        await send(message)
+
+    return head_only
+
+
 def _install_health(app: FastAPI, runtime: Runtime) -> None:
-    @app.api_route(
+    @app.get(
         "/healthz",
-        methods=["GET", "HEAD"],
         tags=["operations"],
         summary="Liveness: the process answers",
     )
     async def healthz() -> dict[str, str]:
         return {"status": "ok"}
 
-    @app.api_route(
+    @app.get(
         "/readyz",
-        methods=["GET", "HEAD"],
         tags=["operations"],
         summary="Readiness: database, bus and cache answer",
         responses={503: {"description": "A dependency is down"}},
