@@ -10,6 +10,7 @@ from tests.integration.test_identity_support import API, bearer
 from tests.integration.test_orders_support import (
     CART_TOKEN,
     app,
+    checkout,
     customer,
     guest_cart,
     outbox_payloads,
@@ -232,3 +233,128 @@ async def test_tax_rates_and_shipping_countries_take_only_iso_3166_codes(
     cart = await client.post(f"{API}/carts", json={"currency": "EUR", "country": "XX"})
     assert cart.status_code == 422, cart.text
     assert cart.json()["errors"][0]["field"] == "country"
+
+
+async def test_problems_list_every_line_short_of_stock_with_what_is_available(
+    app: FastAPI, client: httpx.AsyncClient
+) -> None:
+    admin = await staff_tokens(app, client)
+    await seed_shop(app, client, admin, {"TEE-20": 6, "MUG-20": 50})
+    cart_id, token = await guest_cart(client, {"TEE-20": 10_000, "MUG-20": 1}, country="ES")
+    cart = await client.patch(
+        f"{API}/carts/{cart_id}", json={"shipping_method": "standard"}, headers=token
+    )
+
+    assert cart.json()["problems"] == ["TEE-20: 10000 wanted, 6 available."]
+    short = await client.post(
+        f"{API}/orders",
+        json={"cart_id": cart_id, "email": "g@example.com"},
+        headers=token,
+    )
+    assert short.status_code == 409 and short.json()["type"].endswith("insufficient-stock")
+
+    fixed = await client.patch(
+        f"{API}/carts/{cart_id}/items/TEE-20", json={"quantity": 6}, headers=token
+    )
+    assert fixed.json()["problems"] == []
+
+
+async def test_a_voucher_that_stopped_applying_is_a_problem_and_a_422_at_checkout(
+    app: FastAPI, client: httpx.AsyncClient
+) -> None:
+    admin = await staff_tokens(app, client)
+    await seed_shop(app, client, admin, {"TEE-21": 10})
+    cart_id, token = await guest_cart(client, {"TEE-21": 1}, email="g@example.com")
+    await client.patch(
+        f"{API}/carts/{cart_id}", json={"shipping_method": "standard"}, headers=token
+    )
+    applied = await client.post(
+        f"{API}/carts/{cart_id}/vouchers", json={"code": "WELCOME10"}, headers=token
+    )
+    assert applied.status_code == 200 and applied.json()["problems"] == []
+    switched_off = await client.patch(
+        f"{API}/vouchers/WELCOME10", json={"active": False}, headers=bearer(admin)
+    )
+    assert switched_off.status_code == 200, switched_off.text
+
+    cart = (await client.get(f"{API}/carts/{cart_id}", headers=token)).json()
+    assert cart["problems"] == ["The voucher is no longer active."]
+    refused = await checkout(client, cart_id, token)
+    assert refused.status_code == 422, refused.text
+    assert [e["field"] for e in refused.json()["errors"]] == ["voucher_code"]
+
+
+async def test_an_archived_sku_is_refused_with_catalogs_reason_and_listed_in_problems(
+    app: FastAPI, client: httpx.AsyncClient
+) -> None:
+    admin = await staff_tokens(app, client)
+    await seed_shop(app, client, admin, {"TEE-22": 10, "OLD-22": 10})
+    cart_id, token = await guest_cart(client, {"TEE-22": 1, "OLD-22": 1})
+    cart = (await client.get(f"{API}/carts/{cart_id}", headers=token)).json()
+    old = next(line for line in cart["lines"] if line["sku"] == "OLD-22")
+    archived = await client.delete(f"{API}/products/{old['product_id']}", headers=bearer(admin))
+    assert archived.status_code == 204
+
+    again = await client.post(
+        f"{API}/carts/{cart_id}/items", json={"sku": "OLD-22", "quantity": 1}, headers=token
+    )
+    assert again.status_code == 422
+    [error] = again.json()["errors"]
+    assert error["field"] == "sku" and "archived" in error["message"]
+    assert "EUR" not in error["message"]
+    problems = (await client.get(f"{API}/carts/{cart_id}", headers=token)).json()["problems"]
+    assert any("OLD-22" in problem and "archived" in problem for problem in problems), problems
+
+
+async def test_staff_and_api_keys_cannot_merge_a_guests_cart(
+    app: FastAPI, client: httpx.AsyncClient
+) -> None:
+    admin = await staff_tokens(app, client)
+    await seed_shop(app, client, admin, {"TEE-23": 5})
+    anon_id, token = await guest_cart(client, {"TEE-23": 1})
+    key = await client.post(
+        f"{API}/api-keys",
+        json={"name": "shop front", "scopes": ["orders:write_own", "orders:read_own"]},
+        headers=bearer(admin),
+    )
+    assert key.status_code == 201, key.text
+
+    for who in (bearer(admin), {"X-API-Key": key.json()["key"]}):
+        taken = await client.post(f"{API}/carts/{anon_id}/merge", headers={**who, **token})
+        assert taken.status_code == 403, taken.text
+        assert taken.json()["type"].endswith("cart-merge-forbidden")
+    # The guest's cart is untouched and still theirs.
+    still = await client.get(f"{API}/carts/{anon_id}", headers=token)
+    assert still.status_code == 200 and still.json()["customer_id"] is None
+
+
+async def test_a_deleted_tax_rate_stops_sales_to_its_country(
+    app: FastAPI, client: httpx.AsyncClient
+) -> None:
+    admin = await staff_tokens(app, client)
+    await seed_shop(app, client, admin, {"TEE-24": 5})
+    cart_id, token = await guest_cart(client, {"TEE-24": 1}, country="PT")
+    url = f"{API}/tax-rates/PT"
+
+    assert (await client.delete(url)).status_code == 401
+    dana = await customer(client, "dana")
+    assert (await client.delete(url, headers=bearer(dana))).status_code == 403
+    assert (await client.delete(url, headers=bearer(admin))).status_code == 204
+    assert (await client.delete(url, headers=bearer(admin))).status_code == 404
+    invalid = await client.delete(f"{API}/tax-rates/X1", headers=bearer(admin))
+    assert invalid.status_code == 422 and invalid.json()["errors"][0]["field"] == "country"
+    rates = (await client.get(f"{API}/tax-rates")).json()
+    assert "PT" not in {rate["country"] for rate in rates}
+
+    cart = (await client.get(f"{API}/carts/{cart_id}", headers=token)).json()
+    assert "The shop does not sell to PT." in cart["problems"]
+    refused = await checkout(client, cart_id, token, email="g@example.com")
+    assert refused.status_code == 422
+    assert "country" in {e["field"] for e in refused.json()["errors"]}
+    moved = await client.patch(f"{API}/carts/{cart_id}", json={"country": "PT"}, headers=token)
+    assert moved.status_code == 422 and moved.json()["errors"][0]["code"] == "not_served"
+
+    put_back = await client.put(url, json={"name": "IVA", "rate_bp": 2300}, headers=bearer(admin))
+    assert put_back.status_code == 200
+    placed = await checkout(client, cart_id, token, email="g@example.com")
+    assert placed.status_code == 201, placed.text

@@ -11,7 +11,7 @@ from fastapi import FastAPI
 
 from ecosistema.orders.schemas import VoucherCreate
 from ecosistema.orders.service import create_voucher, get_voucher
-from tests.integration.test_identity_support import API, bearer
+from tests.integration.test_identity_support import API, bearer, register, signed_in
 from tests.integration.test_orders_support import (
     app,
     available,
@@ -234,3 +234,95 @@ async def test_two_hundred_simultaneous_checkouts_of_fifty_units_place_exactly_f
     stock = (await client.get(f"{API}/inventory/TEE-50", headers=bearer(admin))).json()
     assert stock["reserved"] == 50 and stock["on_hand"] == 50, stock
     assert len(await outbox_payloads(app, "OrderPlaced")) == 50
+
+
+async def test_checkout_without_an_idempotency_key_is_accepted(
+    app: FastAPI, client: httpx.AsyncClient
+) -> None:
+    admin = await staff_tokens(app, client)
+    await seed_shop(app, client, admin, {"TEE-17": 5})
+    cart_id, token = await guest_cart(client, {"TEE-17": 1})
+    placed = await client.post(
+        f"{API}/orders",
+        json={"cart_id": cart_id, "email": "g@example.com", "shipping_method": "standard"},
+        headers=token,
+    )
+    assert placed.status_code == 201, placed.text
+    assert "Idempotent-Replayed" not in placed.headers
+    # A retry without a key cannot replay: it learns which order the cart became.
+    retried = await client.post(
+        f"{API}/orders",
+        json={"cart_id": cart_id, "email": "g@example.com", "shipping_method": "standard"},
+        headers=token,
+    )
+    assert retried.status_code == 409 and retried.json()["type"].endswith("cart-already-ordered")
+    assert retried.json()["order_id"] == placed.json()["id"]
+
+
+async def welcome_cart(
+    client: httpx.AsyncClient, sku: str, headers: dict[str, str] | None = None, **cart: object
+) -> tuple[str, dict[str, str]]:
+    """A cart (the customer's with ``headers``, else a guest's) holding ``sku`` and WELCOME10."""
+    if headers is None:
+        cart_id, headers = await guest_cart(client, {sku: 1}, **cart)
+    else:
+        created = await client.post(f"{API}/carts", json={"currency": "EUR"}, headers=headers)
+        cart_id = created.json()["id"]
+        added = await client.post(
+            f"{API}/carts/{cart_id}/items", json={"sku": sku, "quantity": 1}, headers=headers
+        )
+        assert added.status_code == 200, added.text
+    applied = await client.post(
+        f"{API}/carts/{cart_id}/vouchers", json={"code": "WELCOME10"}, headers=headers
+    )
+    assert applied.status_code == 200, applied.text
+    return cart_id, headers
+
+
+async def test_a_guest_giving_a_customers_email_counts_against_that_customers_voucher_limit(
+    app: FastAPI, client: httpx.AsyncClient
+) -> None:
+    admin = await staff_tokens(app, client)
+    await seed_shop(app, client, admin, {"TEE-18": 10})
+    fay = await customer(client, "fay")
+    first = await checkout(client, *(await welcome_cart(client, "TEE-18", bearer(fay))))
+    assert first.status_code == 201 and first.json()["discount_total"] == 200
+
+    # The same address, as a guest, in other case and with spaces around it.
+    guest_id, token = await welcome_cart(client, "TEE-18", email=fay["email"].upper())
+    cart = (await client.get(f"{API}/carts/{guest_id}", headers=token)).json()
+    assert any("per customer" in problem for problem in cart["problems"]), cart["problems"]
+    refused = await checkout(client, guest_id, token, email=f"  {fay['email'].upper()} ")
+    assert refused.status_code == 409, refused.text
+    assert refused.json()["type"].endswith("voucher-used-up")
+    assert refused.json()["voucher_code"] == "WELCOME10"
+
+    # And the other way round: a guest's use counts when the address signs up as a customer.
+    guest_id, token = await welcome_cart(client, "TEE-18", email="gil@example.com")
+    assert (await checkout(client, guest_id, token)).status_code == 201
+    await register(client, "gil@example.com")
+    gil = await signed_in(client, "gil@example.com")
+    own_id, headers = await welcome_cart(client, "TEE-18", bearer(gil))
+    used = await checkout(client, own_id, headers)
+    assert used.status_code == 409 and used.json()["type"].endswith("voucher-used-up")
+
+
+async def test_a_customer_and_guests_with_its_email_at_once_get_one_per_customer_use(
+    app: FastAPI, client: httpx.AsyncClient
+) -> None:
+    admin = await staff_tokens(app, client)
+    await seed_shop(app, client, admin, {"TEE-19": 20})
+    hal = await customer(client, "hal")
+    carts = [await welcome_cart(client, "TEE-19", bearer(hal))]
+    for email in (hal["email"], hal["email"].upper(), f" {hal['email']} ", hal["email"]):
+        carts.append(await welcome_cart(client, "TEE-19", email=email))
+
+    results = await asyncio.gather(*(checkout(client, cart_id, h) for cart_id, h in carts))
+
+    statuses = sorted(r.status_code for r in results)
+    assert statuses == [201] + [409] * 4, [r.text for r in results]
+    assert all(
+        r.json()["type"].endswith("voucher-used-up") for r in results if r.status_code == 409
+    )
+    assert (await get_voucher(orders_ctx(app), code="WELCOME10")).times_used == 1
+    assert await available(client, admin, "TEE-19") == 19

@@ -10,8 +10,10 @@ from datetime import timedelta
 import pytest
 from sqlalchemy import func, select
 
+from ecosistema.catalog.demo import demo_skus
 from ecosistema.orders import demo
 from ecosistema.orders.models import order_history, orders
+from ecosistema.orders.schemas import CartCreate
 from ecosistema.payments.models import invoices, payments
 from ecosistema.payments.service import journal_totals, reconcile, sales_report
 from ecosistema.platform.auth import Principal
@@ -80,7 +82,7 @@ async def test_demo_seeds_weeks_of_past_orders_through_the_real_use_cases(
         captured = await session.scalar(
             select(func.count()).select_from(payments).where(payments.c.captured_amount > 0)
         )
-        kinds = dict(
+        kinds: dict[str, int] = dict(
             (
                 await session.execute(
                     select(invoices.c.kind, func.count()).group_by(invoices.c.kind)
@@ -121,8 +123,31 @@ async def test_demo_customer_account_has_past_orders_of_its_own(runtime: Runtime
         guests = await session.scalar(
             select(func.count()).select_from(orders).where(orders.c.customer_id.is_(None))
         )
-    assert 1 <= int(own or 0) <= demo.CUSTOMER_ORDERS and int(guests or 0) > int(own or 0)
+    assert own == demo.CUSTOMER_ORDERS and int(guests or 0) > own
     # The customer sees them, with the account's email, when signed in.
     listed = await orders_service.list_orders(ctx, principal=customer)
     assert len(listed.items) == own
     assert all(o.customer_id == user.id and o.email == user.email for o in listed.items)
+    # Signing in, the customer starts a cart of their own: nothing is left over from the demo.
+    for currency in ("EUR", "USD"):
+        cart, new = await orders_service.create_cart(
+            ctx, principal=customer, data=CartCreate(currency=currency)
+        )
+        assert new and cart.lines == [] and cart.voucher_code is None
+
+    # A demo order that cannot be placed leaves no cart behind for the next one to fill.
+    plan = demo._Plan(
+        at=utcnow() - timedelta(days=1),
+        buyer=demo.CUSTOMER,
+        currency="EUR",
+        country="ES",
+        shipping="standard",
+        lines=[(demo_skus()[0], 10_000)],  # more than the demo keeps of anything
+        fate="paid",
+        customer=customer,
+    )
+    assert await demo._place(ctx, plan) is None
+    cart, new = await orders_service.create_cart(
+        ctx, principal=customer, data=CartCreate(currency="EUR")
+    )
+    assert new and cart.lines == []

@@ -68,9 +68,19 @@ class OrdersStandIn:
         return self.orders[order_id]
 
     def place(
-        self, *, customer_id: str = CUSTOMER, currency: str = "EUR", lines: list[Any] | None = None
+        self,
+        *,
+        customer_id: str = CUSTOMER,
+        currency: str = "EUR",
+        lines: list[Any] | None = None,
+        tax_rate_bp: int | None = None,
+        shipping: tuple[int, int] = (0, 0),
+        prices_include_tax: bool = True,
     ) -> dict[str, Any]:
-        """A pending order: two shirts at 10.00 (tax 1.74 each incl.) and a mug at 15.00."""
+        """A pending order: two shirts at 10.00 (tax 1.74 each incl.) and a mug at 15.00.
+
+        ``tax_rate_bp`` is the rate the order reports (orders' summary carries it); without it
+        the order looks like one from before it did. ``shipping`` is (price, tax)."""
         lines = lines or [
             {
                 "line_id": "l1",
@@ -91,7 +101,9 @@ class OrdersStandIn:
                 "total": 1500,
             },
         ]
-        total = sum(int(line["total"]) for line in lines)
+        shipping_total, shipping_tax = shipping
+        lines_total = sum(int(line["total"]) for line in lines)
+        total = lines_total + shipping_total + (0 if prices_include_tax else shipping_tax)
         order_id = new_id()
         order = {
             "id": order_id,
@@ -100,13 +112,19 @@ class OrdersStandIn:
             "email": "buyer@example.com",
             "status": "pending_payment",
             "currency": currency,
-            "subtotal": total,
+            "subtotal": lines_total,
             "discount_total": 0,
-            "tax_total": sum(int(line["tax"]) for line in lines),
-            "shipping_total": 0,
+            "tax_total": sum(int(line["tax"]) for line in lines) + shipping_tax,
+            "shipping_total": shipping_total,
             "total": total,
             "lines": lines,
         }
+        if tax_rate_bp is not None:
+            order.update(
+                tax_rate_bp=tax_rate_bp,
+                shipping_tax=shipping_tax,
+                prices_include_tax=prices_include_tax,
+            )
         self.orders[order_id] = order
         return order
 

@@ -197,3 +197,65 @@ def test_average_order_value_rounds_and_survives_no_orders() -> None:
     assert domain.average(1001, 2) == 500
     assert domain.average(1003, 2) == 502
     assert domain.average(0, 0) == 0
+
+
+def test_tax_breakdown_takes_the_rate_the_order_applied_not_one_worked_out_from_rounding() -> None:
+    # A German order at 19 %: shipping 4.90 contains 0.78 of tax, which reads as 18.99 %.
+    lines = [
+        {"net": 2521, "tax": 479, "total": 3000, "rate_bp": 1900},
+        {"net": 412, "tax": 78, "total": 490, "rate_bp": 1900},
+    ]
+    assert domain.tax_breakdown(lines) == [{"rate_bp": 1900, "net": 2933, "tax": 557}]
+
+
+def test_allocate_by_rate_gives_a_partial_amount_its_share_of_each_rate() -> None:
+    lines = [
+        {"total": 12100, "tax": 2100, "rate_bp": 2100},
+        {"total": 1100, "tax": 100, "rate_bp": 1000},
+    ]
+    assert domain.allocate_by_rate(6600, lines) == [
+        {"rate_bp": 1000, "total": 550, "tax": 50},
+        {"rate_bp": 2100, "total": 6050, "tax": 1050},
+    ]
+    assert domain.allocate_by_rate(-6600, lines)[1] == {
+        "rate_bp": 2100,
+        "total": -6050,
+        "tax": -1050,
+    }
+
+
+_RATES = st.sampled_from([0, 400, 1000, 1900, 2000, 2100, 2300])
+
+
+@st.composite
+def _order_lines(draw: st.DrawFn) -> list[dict[str, int]]:
+    lines = []
+    for rate in draw(st.lists(_RATES, min_size=1, max_size=6)):
+        total = draw(st.integers(min_value=1, max_value=10**7))
+        tax = total * rate // (10_000 + rate)
+        lines.append({"total": total, "tax": tax, "net": total - tax, "rate_bp": rate})
+    return lines
+
+
+@given(_order_lines(), st.data(), st.booleans())
+def test_partial_documents_split_by_rate_add_up_to_the_amount_with_one_row_per_rate(
+    lines: list[dict[str, int]], data: st.DataObject, credit: bool
+) -> None:
+    whole = sum(line["total"] for line in lines)
+    amount = data.draw(st.integers(min_value=1, max_value=whole))
+    amount = -amount if credit else amount
+    parts = domain.allocate_by_rate(amount, lines)
+    document = [
+        {"net": p["total"] - p["tax"], "tax": p["tax"], "rate_bp": p["rate_bp"]} for p in parts
+    ]
+    rows = domain.tax_breakdown(document)
+
+    assert sum(p["total"] for p in parts) == amount
+    assert sum(r["net"] + r["tax"] for r in rows) == amount
+    assert sum(r["tax"] for r in rows) == sum(p["tax"] for p in parts)
+    rates = [r["rate_bp"] for r in rows]
+    assert len(rates) == len(set(rates))
+    assert set(rates) <= {line["rate_bp"] for line in lines}
+    for part in parts:
+        assert abs(part["tax"]) <= abs(part["total"])
+        assert (part["total"] < 0) == credit and (part["tax"] <= 0 if credit else part["tax"] >= 0)

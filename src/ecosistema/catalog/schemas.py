@@ -9,6 +9,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 
 from ecosistema.catalog.domain import SKU_PATTERN, SLUG_PATTERN, ProductStatus
 from ecosistema.platform.money import ISO_4217
+from ecosistema.platform.timestamps import Timestamp
 
 Slug = Annotated[str, Field(min_length=1, max_length=120, pattern=SLUG_PATTERN)]
 Sku = Annotated[str, Field(min_length=1, max_length=64, pattern=SKU_PATTERN)]
@@ -48,17 +49,10 @@ class SalePriceInput(_Input):
 
     currency: Currency
     amount: Amount
-    starts_at: datetime | None = None
-    ends_at: datetime | None = None
+    starts_at: Timestamp | None = None
+    ends_at: Timestamp | None = None
 
     _currency = field_validator("currency")(_known_currency)
-
-    @field_validator("starts_at", "ends_at")
-    @classmethod
-    def _aware(cls, value: datetime | None) -> datetime | None:
-        if value is not None and value.tzinfo is None:
-            raise ValueError("give a timezone (e.g. 2026-12-01T00:00:00Z)")
-        return value
 
     @model_validator(mode="after")
     def _window(self) -> SalePriceInput:
@@ -303,7 +297,7 @@ class QuoteRequest(_Input):
     skus: list[Sku] = Field(max_length=500)
     currency: Currency
     customer_id: Annotated[str, Field(min_length=1, max_length=64)] | None = None
-    at: datetime | None = None
+    at: Timestamp | None = None
 
     _currency = field_validator("currency")(_known_currency)
 

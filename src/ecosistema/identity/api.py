@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import ipaddress
 from collections.abc import Awaitable, Callable
-from datetime import datetime
 from functools import lru_cache
 from typing import Annotated, Any
 
@@ -45,6 +44,7 @@ from ecosistema.platform.errors import Forbidden, Unauthorized
 from ecosistema.platform.errors import error_responses as _errors
 from ecosistema.platform.policy import ensure_owner
 from ecosistema.platform.service import ServiceContext, context_of
+from ecosistema.platform.timestamps import QueryTimestamp
 
 Context = Annotated[ServiceContext, Depends(context_of("identity"))]
 
@@ -501,8 +501,8 @@ async def list_audit_events(
     event_type: Annotated[str | None, Query(alias="type", max_length=64)] = None,
     actor_id: Annotated[str | None, Query(max_length=64)] = None,
     user_id: Annotated[str | None, Query(max_length=64)] = None,
-    since: datetime | None = None,
-    until: datetime | None = None,
+    since: QueryTimestamp | None = None,
+    until: QueryTimestamp | None = None,
     cursor: Annotated[str | None, Query(max_length=100)] = None,
     limit: Annotated[int, Query(ge=1, le=200)] = 50,
 ) -> AuditPage:

@@ -4,7 +4,6 @@ and vouchers. Anonymous carts are reached with the token given at creation (``X-
 from __future__ import annotations
 
 from dataclasses import replace
-from datetime import UTC, datetime
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Header, Path, Query, Request, Response, status
@@ -45,6 +44,7 @@ from ecosistema.platform.idempotency import (
     run_idempotent,
 )
 from ecosistema.platform.service import ServiceContext, context_of
+from ecosistema.platform.timestamps import QueryTimestamp
 
 CART_TOKEN_HEADER = "X-Cart-Token"
 
@@ -216,13 +216,6 @@ async def place_order(
     return idempotent_response(replace(result, body=service.open_order_body(ctx, result.body)))
 
 
-def _as_utc(value: datetime | None) -> datetime | None:
-    """A query instant without an offset (``2026-11-28``) is read as UTC."""
-    if value is None or value.tzinfo is not None:
-        return value
-    return value.replace(tzinfo=UTC)
-
-
 @router.get("/orders", response_model=OrderPage, responses=_errors(400, 401, 403))
 async def list_orders(
     ctx: Context,
@@ -234,11 +227,11 @@ async def list_orders(
         Query(max_length=320, description="The buyer's exact email (case-insensitive)."),
     ] = None,
     created_from: Annotated[
-        datetime | None,
+        QueryTimestamp | None,
         Query(description="From this instant (ISO 8601; without an offset, UTC)."),
     ] = None,
     created_to: Annotated[
-        datetime | None,
+        QueryTimestamp | None,
         Query(description="Before this instant (ISO 8601; without an offset, UTC)."),
     ] = None,
     cursor: Annotated[str | None, Query(max_length=200)] = None,
@@ -250,8 +243,8 @@ async def list_orders(
         status=status_is,
         customer_id=customer_id,
         email=email,
-        created_from=_as_utc(created_from),
-        created_to=_as_utc(created_to),
+        created_from=created_from,
+        created_to=created_to,
         cursor=cursor,
         limit=limit,
     )
@@ -365,6 +358,22 @@ async def set_tax_rate(
     principal: Manager,
 ) -> TaxRate:
     return await service.set_tax_rate(ctx, country=country, data=data)
+
+
+@router.delete(
+    "/tax-rates/{country}",
+    status_code=status.HTTP_204_NO_CONTENT,
+    tags=["orders: configuration"],
+    summary="Stop selling to a country (its carts then cannot be checked out)",
+    responses=_errors(401, 403, 404, 422),
+)
+async def delete_tax_rate(
+    country: Annotated[str, Path(min_length=2, max_length=2)],
+    ctx: Context,
+    principal: Manager,
+) -> Response:
+    await service.delete_tax_rate(ctx, country=country)
+    return Response(status_code=status.HTTP_204_NO_CONTENT)
 
 
 @router.get(

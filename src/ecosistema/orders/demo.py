@@ -141,10 +141,15 @@ async def seed_order_history(ctx: ServiceContext, *, skus: list[str]) -> dict[st
             plan.buyer, plan.customer = CUSTOMER, customer
 
     async def _placed(plan: _Plan) -> tuple[_Plan, schemas.Order] | None:
+        if plan.customer is not None:
+            plan.lines = await _lines_in_stock(ctx, plan, skus)
         order = await _place(ctx, plan)
         return None if order is None else (plan, order)
 
     placed = [p for p in await _in_groups(plans, _placed) if p is not None]
+    own = sum(1 for plan, _ in placed if plan.customer is not None)
+    if customer is not None and own != CUSTOMER_ORDERS:
+        log.warning("demo_customer_orders_short", placed=own, planned=CUSTOMER_ORDERS)
 
     async def _paid(item: tuple[_Plan, schemas.Order]) -> tuple[_Plan, schemas.Order, Any] | None:
         plan, order = item
@@ -207,9 +212,37 @@ async def _demo_customer(ctx: ServiceContext) -> Principal | None:
     return Principal.for_user(user.id, str(user.role))
 
 
+async def _lines_in_stock(
+    ctx: ServiceContext, plan: _Plan, skus: list[str]
+) -> list[tuple[str, int]]:
+    """The demo customer's lines, each swapped for the next demo SKU when it could run short:
+    its orders must all be placed (the docs promise how many), whatever the guests in the same
+    group buy meanwhile."""
+    # What the other orders of a group can take of one SKU: two units each.
+    margin = 2 * GROUP
+    customer_id = plan.customer.subject if plan.customer is not None else None
+    quotes = await ctx.client("catalog").quote(
+        skus, currency=plan.currency, customer_id=customer_id
+    )
+
+    def sellable(sku: str, quantity: int) -> bool:
+        quote = quotes.get(sku)
+        return quote is not None and quote.purchasable and quote.available >= quantity + margin
+
+    lines: list[tuple[str, int]] = []
+    for sku, quantity in plan.lines:
+        start = skus.index(sku) if sku in skus else 0
+        for candidate in (*skus[start:], *skus[:start]):
+            if sellable(candidate, quantity) and candidate not in (s for s, _ in lines):
+                lines.append((candidate, quantity))
+                break
+    return lines or plan.lines
+
+
 async def _place(ctx: ServiceContext, plan: _Plan) -> schemas.Order | None:
     # A guest gives the email with the cart; a signed-in customer's comes from their account.
     email = None if plan.customer is not None else demo_email(plan.buyer)
+    cart: schemas.Cart | None = None
     try:
         cart, _ = await service.create_cart(
             ctx,
@@ -235,6 +268,10 @@ async def _place(ctx: ServiceContext, plan: _Plan) -> schemas.Order | None:
         )
     except ProblemError as problem:  # out of stock, not sold in that currency: skip the order
         log.debug("demo_order_skipped", reason=problem.detail)
+        if cart is not None:
+            # Left active, the cart would be the one the customer's next order (and the demo
+            # customer signing in) gets back, lines and all.
+            await service.discard_cart(ctx, cart_id=cart.id)
         return None
 
 

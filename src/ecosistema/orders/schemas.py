@@ -10,6 +10,7 @@ from pydantic import BaseModel, ConfigDict, EmailStr, Field, field_validator, mo
 
 from ecosistema.orders.domain import OrderStatus, VoucherKind, is_country
 from ecosistema.platform.money import ISO_4217
+from ecosistema.platform.timestamps import Timestamp
 
 _SKU = r"^[A-Za-z0-9][A-Za-z0-9._\-]*$"
 _COUNTRY = r"^[A-Za-z]{2}$"
@@ -153,6 +154,9 @@ class OrderSummary(BaseModel):
     tax_total: int
     shipping_total: int
     total: int
+    prices_include_tax: bool
+    tax_rate_bp: int = Field(description="The rate applied to every line and to shipping.")
+    shipping_tax: int
     lines: list[OrderLine]
     created_at: datetime
     reservation_expires_at: datetime | None
@@ -170,9 +174,6 @@ class Order(OrderSummary):
     country: str
     shipping_method: str | None
     voucher_code: str | None
-    prices_include_tax: bool
-    tax_rate_bp: int
-    shipping_tax: int
     refunded_total: int
     allowed_actions: list[str]
     fulfillments: list[Fulfillment]
@@ -314,8 +315,8 @@ class VoucherCreate(Input):
     value: int = Field(ge=1, le=MAX_AMOUNT, description="Basis points, or minor units if fixed.")
     currency: str | None = Field(default=None, min_length=3, max_length=3)
     minimum_spend: int = Field(default=0, ge=0, le=MAX_AMOUNT)
-    starts_at: datetime | None = None
-    ends_at: datetime | None = None
+    starts_at: Timestamp | None = None
+    ends_at: Timestamp | None = None
     usage_limit: int | None = Field(default=None, ge=1, le=10**9)
     per_customer_limit: int | None = Field(default=None, ge=1, le=10**9)
     active: bool = True
@@ -328,9 +329,6 @@ class VoucherCreate(Input):
             raise ValueError("a fixed voucher needs its currency")
         if self.currency is not None:
             _currency(self.currency)
-        for moment in (self.starts_at, self.ends_at):
-            if moment is not None and moment.tzinfo is None:
-                raise ValueError("dates need a timezone")
         if self.starts_at and self.ends_at and self.ends_at <= self.starts_at:
             raise ValueError("ends_at must be after starts_at")
         return self
@@ -338,15 +336,8 @@ class VoucherCreate(Input):
 
 class VoucherUpdate(Input):
     active: bool | None = None
-    ends_at: datetime | None = None
+    ends_at: Timestamp | None = None
     usage_limit: int | None = Field(default=None, ge=1, le=10**9)
-
-    @field_validator("ends_at")
-    @classmethod
-    def _aware(cls, value: datetime | None) -> datetime | None:
-        if value is not None and value.tzinfo is None:
-            raise ValueError("dates need a timezone")
-        return value
 
 
 class Voucher(BaseModel):

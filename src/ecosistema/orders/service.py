@@ -58,6 +58,7 @@ from ecosistema.platform.crypto import DecryptionError
 from ecosistema.platform.db import as_utc_datetime, new_id, utcnow
 from ecosistema.platform.errors import (
     Conflict,
+    Forbidden,
     NotFound,
     ProblemError,
     ServiceUnavailable,
@@ -132,6 +133,9 @@ class Quote(Protocol):
     weight_grams: int
     available: int
     purchasable: bool
+    # Why it cannot be bought: ``archived``, ``draft`` or ``not_priced``, and in words.
+    reason: str | None
+    reason_message: str | None
 
 
 @dataclass(frozen=True, slots=True)
@@ -257,6 +261,15 @@ async def set_tax_rate(
     async with ctx.db.transaction() as session:
         await session.execute(statement)
     return schemas.TaxRate(**values)
+
+
+async def delete_tax_rate(ctx: ServiceContext, *, country: str) -> None:
+    """Stop selling to a country: carts shipping there then list it among their problems."""
+    code = _country(country, "country")
+    async with ctx.db.transaction() as session:
+        result = await session.execute(tax_rates.delete().where(tax_rates.c.country == code))
+        if _rowcount(result) != 1:
+            raise NotFound(f"No tax rate for {code}.")
 
 
 def _country(value: str, field_name: str) -> str:
@@ -484,6 +497,82 @@ async def _voucher_row(session: AsyncSession, code: str) -> RowMapping | None:
     return (await session.execute(query)).mappings().one_or_none()
 
 
+async def _uses_by_buyer(
+    ctx: ServiceContext,
+    session: AsyncSession,
+    voucher_id: str,
+    *,
+    customer_id: str | None,
+    email: str | None,
+) -> int:
+    """Uses of a voucher not given back, by this customer account or by this email address
+    (trimmed, lower-cased) whoever presented it: a guest giving a customer's address counts
+    against that customer's limit, and so does the customer under another address."""
+    # A use is held by the customer id, or by ``email:<blind index>`` for a guest. Counting
+    # through the (voucher_id, holder) index keeps this independent of how often the voucher
+    # was used by others: it runs while the voucher's row is locked.
+    holders: set[str] = set()
+    if customer_id is not None:
+        holders.add(customer_id)
+    if email is not None:
+        index = email_index(ctx, email)
+        holders.add(f"email:{index}")
+        # The customers who bought with this address hold their uses under their account.
+        holders.update(
+            str(account)
+            for account in await session.scalars(
+                select(orders.c.customer_id)
+                .where(orders.c.email_index == index, orders.c.customer_id.is_not(None))
+                .distinct()
+            )
+        )
+    if not holders:
+        return 0
+    used = await session.scalar(
+        select(func.count())
+        .select_from(voucher_usages)
+        .where(
+            voucher_usages.c.voucher_id == voucher_id,
+            voucher_usages.c.holder.in_(sorted(holders)),
+            voucher_usages.c.released_at.is_(None),
+        )
+    )
+    return int(used or 0)
+
+
+def _per_customer_message(voucher: Mapping[Any, Any]) -> str:
+    limit = voucher["per_customer_limit"]
+    return (
+        f"The voucher {voucher['code']} can be used {limit} time(s) per customer, "
+        "and this customer has used it up."
+    )
+
+
+async def _voucher_used_up(
+    ctx: ServiceContext, state: _CartState, *, email: str | None = None
+) -> None:
+    """Note on ``state`` whether its voucher is used up, overall or for the cart's buyer (the
+    cart's customer and ``email``, by default the cart's email or the customer's account's)."""
+    voucher, cart = state.voucher, state.cart
+    state.voucher_used_up = None
+    if voucher is None:
+        return
+    if voucher["usage_limit"] is not None and voucher["times_used"] >= voucher["usage_limit"]:
+        state.voucher_used_up = f"The voucher {voucher['code']} has been used up."
+        return
+    if voucher["per_customer_limit"] is None:
+        return
+    email = email or _email_of(ctx, cart, "carts")
+    if email is None and cart["customer_id"] is not None:
+        email = await _customer_email(ctx, cart["customer_id"])
+    async with ctx.db.read() as session:
+        used = await _uses_by_buyer(
+            ctx, session, voucher["id"], customer_id=cart["customer_id"], email=email
+        )
+    if used >= voucher["per_customer_limit"]:
+        state.voucher_used_up = _per_customer_message(voucher)
+
+
 # --- carts --------------------------------------------------------------------------------------
 
 
@@ -499,6 +588,9 @@ class _Priced:
     voucher: RowMapping | None = None
     country: str = ""
     shipping_method: str | None = None
+    # Why the voucher cannot be counted once more (used up, globally or by this buyer): a state
+    # conflict, so checkout answers 409 rather than 422 for it.
+    voucher_used_up: str | None = None
 
 
 @dataclass
@@ -509,6 +601,7 @@ class _CartState:
     shipping: RowMapping | None
     shipping_options: int
     voucher: RowMapping | None
+    voucher_used_up: str | None = None
 
 
 async def _cart_row(session: AsyncSession, cart_id: str) -> RowMapping | None:
@@ -604,19 +697,21 @@ async def _price(
 
     priced_input: list[domain.CartLine] = []
     for index, line in enumerate(state.lines):
-        quote = quotes.get(line["sku"])
+        sku, quantity = line["sku"], line["quantity"]
+        quote = quotes.get(sku)
         if quote is None or not quote.purchasable or quote.currency != currency:
-            message = (
-                f"{line['sku']} is no longer sold{'' if quote is None else ' in ' + currency}."
-            )
+            if quote is None:
+                message, code = f"{sku} is not in the catalogue.", "unknown_sku"
+            else:
+                message, code = _not_for_sale(quote, sku, currency) + ".", "not_purchasable"
             problems.append(message)
-            errors.append(
-                {"field": f"lines.{index}.sku", "message": message, "code": "not_purchasable"}
-            )
+            errors.append({"field": f"lines.{index}.sku", "message": message, "code": code})
             continue
-        priced_input.append(
-            domain.CartLine(line["sku"], line["quantity"], quote.unit_price, quote.weight_grams)
-        )
+        if quote.available < quantity:
+            # Catalog's reservation at checkout is the authority (a 409 with each line's
+            # availability); the cart says beforehand what it would refuse.
+            problems.append(f"{sku}: {quantity} wanted, {quote.available} available.")
+        priced_input.append(domain.CartLine(sku, quantity, quote.unit_price, quote.weight_grams))
     include_tax = (
         next(iter(quotes.values())).tax_inclusive if quotes else ctx.settings.prices_include_tax
     )
@@ -654,6 +749,8 @@ async def _price(
             problems.append(reason)
             errors.append({"field": "voucher_code", "message": reason, "code": "not_applicable"})
             voucher_rule = None
+        elif state.voucher_used_up is not None:
+            problems.append(state.voucher_used_up)
     elif cart["voucher_code"]:
         message = f"The voucher {cart['voucher_code']} no longer exists."
         problems.append(message)
@@ -708,6 +805,7 @@ async def _price(
         voucher=state.voucher if voucher_rule is not None else None,
         country=where,
         shipping_method=method["code"] if method is not None and brackets is not None else None,
+        voucher_used_up=state.voucher_used_up if voucher_rule is not None else None,
     )
 
 
@@ -751,6 +849,7 @@ async def _view_cart(ctx: ServiceContext, cart_id: str, token: str | None = None
         cart = await _cart_row(session, cart_id)
         assert cart is not None
         state = await _load_cart_state(ctx, session, cart)
+    await _voucher_used_up(ctx, state)
     return _cart_view(ctx, cart, await _price(ctx, state), token)
 
 
@@ -851,6 +950,7 @@ async def get_cart(
     async with ctx.db.read() as session:
         cart = _check_cart_access(await _cart_row(session, cart_id), principal, token)
         state = await _load_cart_state(ctx, session, cart)
+    await _voucher_used_up(ctx, state)
     return _cart_view(ctx, cart, await _price(ctx, state))
 
 
@@ -891,12 +991,29 @@ async def update_cart(
     return await _view_cart(ctx, cart_id)
 
 
+def _not_for_sale(quote: Quote, sku: str, currency: str) -> str:
+    """Why a known SKU cannot be bought, in catalog's words when its quote says."""
+    if quote.purchasable and quote.currency != currency:
+        return f"{sku} is not sold in {currency}"
+    message = getattr(quote, "reason_message", None)
+    if message:
+        return str(message)
+    reason = getattr(quote, "reason", None)
+    if reason == "archived":
+        return f"{sku} is archived: it is no longer sold"
+    if reason == "draft":
+        return f"{sku} is not on sale yet"
+    if reason == "not_priced":
+        return f"{sku} has no price in {currency}"
+    return f"{sku} is not for sale"
+
+
 def _check_quote(quote: Quote | None, cart: Mapping[Any, Any], sku: str) -> Quote:
     if quote is None:
         raise field_error("sku", f"no product variant has the SKU {sku!r}", code="unknown_sku")
     if not quote.purchasable:
         raise field_error(
-            "sku", f"{sku} cannot be bought in {cart['currency']}", code="not_purchasable"
+            "sku", _not_for_sale(quote, sku, cart["currency"]), code="not_purchasable"
         )
     return quote
 
@@ -939,6 +1056,7 @@ async def add_cart_item(
         state.lines = lines
         updated = {**cart, "updated_at": now}
         state.cart = updated
+        await _voucher_used_up(ctx, state)
         return _cart_view(ctx, updated, await _price(ctx, state, quotes=quotes))
 
 
@@ -1001,6 +1119,16 @@ async def _add_quantity(
     )
     await session.execute(statement)
     await session.execute(update(carts).where(carts.c.id == cart_id).values(updated_at=_now()))
+
+
+async def discard_cart(ctx: ServiceContext, *, cart_id: str) -> None:
+    """Delete an active cart and its lines (a checkout that will not be retried)."""
+    async with ctx.db.transaction() as session:
+        active = and_(carts.c.id == cart_id, carts.c.status == "active")
+        if await session.scalar(select(carts.c.id).where(active)) is None:
+            return
+        await session.execute(cart_lines.delete().where(cart_lines.c.cart_id == cart_id))
+        await session.execute(carts.delete().where(active))
 
 
 async def set_cart_item(
@@ -1090,6 +1218,14 @@ async def merge_cart(
 ) -> schemas.Cart:
     """At login: fold the anonymous cart (its id and token) into the customer's active cart in
     the same currency, summing quantities; with no such cart, the customer adopts it."""
+    if principal.kind != "user" or principal.has(STAFF):
+        # Merging is the customer's own sign-in step: staff or a machine client holding a
+        # cart's token would otherwise take a guest's cart.
+        raise Forbidden(
+            "Only the signed-in customer can merge an anonymous cart into their own; staff and "
+            "API keys cannot.",
+            type="cart-merge-forbidden",
+        )
     async with ctx.db.transaction() as session:
         anonymous = await _cart_row(session, cart_id)
         if anonymous is None or anonymous["customer_id"] is not None:
@@ -1197,16 +1333,23 @@ async def place_order(
             state = await _load_cart_state(
                 ctx, session, cart, country=country, shipping_method=data.shipping_method
             )
+        email = str(data.email) if data.email else _email_of(ctx, cart, "carts")
+        if email is None and cart["customer_id"] is not None:
+            email = await _customer_email(ctx, cart["customer_id"])
+        await _voucher_used_up(ctx, state, email=email)
         priced = await _price(ctx, state, country=country, shipping_method=data.shipping_method)
         if priced.errors:
             raise Unprocessable(
                 "The cart cannot be checked out: " + " ".join(priced.problems), errors=priced.errors
             )
-        email = str(data.email) if data.email else _email_of(ctx, cart, "carts")
-        if email is None and cart["customer_id"] is not None:
-            email = await _customer_email(ctx, cart["customer_id"])
         if email is None:
             raise field_error("email", "an email address is needed for the order", code="missing")
+        if priced.voucher_used_up is not None:
+            raise Conflict(
+                priced.voucher_used_up,
+                type="voucher-used-up",
+                voucher_code=priced.voucher["code"] if priced.voucher is not None else None,
+            )
 
         order_id = new_id()
         now = _now()
@@ -1257,8 +1400,15 @@ async def _write_order(
         raise Conflict("This cart has already been checked out.", type="cart-already-ordered")
     totals = priced.totals
     if priced.voucher is not None:
-        holder = cart["customer_id"] or f"email:{email_index(ctx, email)}"
-        await _use_voucher(session, priced.voucher, order_id=order_id, holder=holder, now=now)
+        await _use_voucher(
+            ctx,
+            session,
+            priced.voucher,
+            order_id=order_id,
+            customer_id=cart["customer_id"],
+            email=email,
+            now=now,
+        )
     number = await _next_order_number(ctx, session)
     order_row: dict[str, Any] = {
         "id": order_id,
@@ -1341,7 +1491,14 @@ async def _write_order(
 
 
 async def _use_voucher(
-    session: AsyncSession, voucher: RowMapping, *, order_id: str, holder: str, now: datetime
+    ctx: ServiceContext,
+    session: AsyncSession,
+    voucher: RowMapping,
+    *,
+    order_id: str,
+    customer_id: str | None,
+    email: str,
+    now: datetime,
 ) -> None:
     # The guarded increment takes the voucher's row lock until commit, so concurrent checkouts
     # with the same voucher queue here; the per-customer count below then sees every use that
@@ -1356,23 +1513,23 @@ async def _use_voucher(
         .values(times_used=vouchers.c.times_used + 1)
     )
     if _rowcount(counted) != 1:
-        raise Conflict(f"The voucher {voucher['code']} has been used up.", type="voucher-used-up")
+        raise Conflict(
+            f"The voucher {voucher['code']} has been used up.",
+            type="voucher-used-up",
+            voucher_code=voucher["code"],
+        )
     limit = voucher["per_customer_limit"]
     if limit is not None:
-        used = await session.scalar(
-            select(func.count())
-            .select_from(voucher_usages)
-            .where(
-                voucher_usages.c.voucher_id == voucher["id"],
-                voucher_usages.c.holder == holder,
-                voucher_usages.c.released_at.is_(None),
-            )
+        used = await _uses_by_buyer(
+            ctx, session, voucher["id"], customer_id=customer_id, email=email
         )
-        if int(used or 0) >= limit:
+        if used >= limit:
             raise Conflict(
-                f"The voucher {voucher['code']} can be used {limit} time(s) per customer.",
+                _per_customer_message(voucher),
                 type="voucher-used-up",
+                voucher_code=voucher["code"],
             )
+    holder = customer_id or f"email:{email_index(ctx, email)}"
     await session.execute(
         insert(voucher_usages).values(
             id=new_id(), voucher_id=voucher["id"], order_id=order_id, holder=holder, created_at=now
@@ -1495,6 +1652,9 @@ def _summary_fields(
         "tax_total": row["tax_total"],
         "shipping_total": row["shipping_total"],
         "total": row["total"],
+        "prices_include_tax": bool(row["prices_include_tax"]),
+        "tax_rate_bp": row["tax_rate_bp"],
+        "shipping_tax": row["shipping_tax"],
         "lines": [_line_view(line) for line in lines],
         "created_at": row["created_at"],
         "reservation_expires_at": row["reservation_expires_at"],
@@ -1524,9 +1684,6 @@ def _order_from(
         country=row["country"],
         shipping_method=row["shipping_method"],
         voucher_code=row["voucher_code"],
-        prices_include_tax=row["prices_include_tax"],
-        tax_rate_bp=row["tax_rate_bp"],
-        shipping_tax=row["shipping_tax"],
         refunded_total=row["refunded_total"],
         allowed_actions=domain.allowed_actions(row["status"]),
         fulfillments=[
@@ -1584,7 +1741,7 @@ async def get_order(
 _SUMMARY_ORDER = (
     *("id", "number", "customer_id", "email_encrypted", "status", "currency", "subtotal"),
     *("discount_total", "tax_total", "shipping_total", "total", "created_at"),
-    "reservation_expires_at",
+    *("reservation_expires_at", "prices_include_tax", "tax_rate_bp", "shipping_tax"),
 )
 _SUMMARY_LINE = (
     *("id", "sku", "product_id", "name", "quantity", "unit_price", "subtotal", "discount"),

@@ -259,16 +259,62 @@ def document_number(series: str, year: int, sequence: int) -> str:
     return f"{series}-{year:04d}-{sequence:06d}"
 
 
+def line_rate(line: Mapping[str, Any]) -> int:
+    """A document line's tax rate in basis points: the rate the order applied to it
+    (``rate_bp``). Lines of documents issued before orders carried their rate have none; their
+    rate is read back from the line's net and tax."""
+    rate = line.get("rate_bp")
+    if rate is not None:
+        return int(rate)
+    net, tax = int(line["net"]), int(line["tax"])
+    return divide_rounding(tax * 10_000, net, Rounding.HALF_EVEN) if net else 0
+
+
 def tax_breakdown(lines: Sequence[Mapping[str, Any]]) -> list[dict[str, int]]:
-    """Net and tax per effective rate (basis points), from lines carrying ``net`` and ``tax``."""
+    """Net and tax per rate (basis points), one row per rate, from lines carrying ``net``,
+    ``tax`` and ``rate_bp``; the rows add up to the lines' net and tax."""
     groups: dict[int, list[int]] = {}
     for line in lines:
-        net, tax = int(line["net"]), int(line["tax"])
-        rate = divide_rounding(tax * 10_000, net, Rounding.HALF_EVEN) if net else 0
-        bucket = groups.setdefault(rate, [0, 0])
-        bucket[0] += net
-        bucket[1] += tax
+        bucket = groups.setdefault(line_rate(line), [0, 0])
+        bucket[0] += int(line["net"])
+        bucket[1] += int(line["tax"])
     return [{"rate_bp": r, "net": v[0], "tax": v[1]} for r, v in sorted(groups.items())]
+
+
+def allocate_by_rate(amount: int, lines: Sequence[Mapping[str, Any]]) -> list[dict[str, int]]:
+    """Part of a document worth ``amount`` (a partial capture, a refund by amount), split over
+    the rates of ``lines`` (the whole order's document lines: ``total``, ``tax``, ``rate_bp``).
+
+    Each rate gets a share of ``amount`` in proportion to its lines' totals (largest remainder,
+    so the shares add up to ``amount`` exactly) and the tax that share contains at that rate's
+    tax-to-total ratio. Returns ``{"rate_bp", "total", "tax"}`` per rate with a non-zero share,
+    lowest rate first.
+    """
+    groups: dict[int, list[int]] = {}
+    for line in lines:
+        bucket = groups.setdefault(line_rate(line), [0, 0])
+        bucket[0] += int(line["total"])
+        bucket[1] += int(line["tax"])
+    rates = sorted(r for r, v in groups.items() if v[0] > 0)
+    if not rates:
+        return [{"rate_bp": 0, "total": amount, "tax": 0}] if amount else []
+    weights = [groups[r][0] for r in rates]
+    whole, magnitude = sum(weights), abs(amount)
+    shares = [magnitude * w // whole for w in weights]
+    remainders = [magnitude * w % whole for w in weights]
+    for i in sorted(range(len(rates)), key=lambda i: (-remainders[i], i))[
+        : magnitude - sum(shares)
+    ]:
+        shares[i] += 1
+    sign = -1 if amount < 0 else 1
+    out = []
+    for rate, share in zip(rates, shares, strict=True):
+        if share:
+            gross, tax = groups[rate]
+            out.append(
+                {"rate_bp": rate, "total": sign * share, "tax": sign * split_tax(share, gross, tax)}
+            )
+    return out
 
 
 def split_tax(amount: int, total: int, tax_total: int) -> int:

@@ -115,7 +115,12 @@ class RefundCreate(Input):
     amount: int | None = Field(default=None, ge=1, le=MAX_AMOUNT)
     lines: list[RefundLineInput] | None = Field(default=None, min_length=1, max_length=500)
     reason: str = Field(min_length=1, max_length=255)
-    restock: bool = False
+    restock: bool = Field(
+        default=False,
+        description="Put units back in stock: the given lines' units, or, refunding all that is "
+        "left, every unit no earlier refund took back by line. Refused (422) with an amount "
+        "below what is left.",
+    )
 
     @model_validator(mode="after")
     def _amount_or_lines(self) -> RefundCreate:
@@ -170,6 +175,11 @@ class InvoiceLine(BaseModel):
     net: int
     tax: int
     total: int
+    rate_bp: int | None = Field(
+        default=None,
+        description="The line's tax rate in basis points (none on documents issued before "
+        "invoices recorded each line's rate).",
+    )
 
 
 class TaxBreakdown(BaseModel):

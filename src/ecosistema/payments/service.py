@@ -70,6 +70,7 @@ from ecosistema.payments.schemas import (
     WebhookAck,
 )
 from ecosistema.platform.auth import Principal
+from ecosistema.platform.csvsafe import escape_row
 from ecosistema.platform.db import new_id, utcnow
 from ecosistema.platform.errors import (
     Conflict,
@@ -271,6 +272,8 @@ def _snapshot(order: Mapping[str, Any]) -> dict[str, Any]:
         "total",
         "lines",
         "prices_include_tax",
+        "tax_rate_bp",
+        "shipping_tax",
     )
     return {k: order.get(k) for k in keep if k in order}
 
@@ -838,12 +841,20 @@ async def create_refund(
                 status_now=row["status"],
             )
         lines = _refund_lines(row["order_snapshot"], data)
+        left = domain.refundable(int(row["captured_amount"]), int(row["refunded_amount"]))
+        if data.restock and not lines and data.amount is not None and data.amount < left:
+            raise field_error(
+                "restock",
+                "a refund of part of the amount cannot tell which units come back; "
+                "give lines to restock, or refund all that is left",
+                "restock_needs_lines",
+            )
         if data.amount is not None:
             amount = data.amount
         elif lines:
             amount = sum(line["amount"] for line in lines)
         else:
-            amount = domain.refundable(int(row["captured_amount"]), int(row["refunded_amount"]))
+            amount = left
         if amount <= 0:
             raise domain.RefundExceedsCaptured("Nothing is left to refund.", refundable=0)
         refund_id = new_id()
@@ -925,6 +936,13 @@ async def _settle_refund(
         if _rowcount(settled) != 1:
             return
         current = await _load(session, str(payment["id"]))
+        restock_lines: list[dict[str, Any]] = []
+        if refund["restock"]:
+            restock_lines = (
+                [{"sku": line["sku"], "quantity": line["quantity"]} for line in lines]
+                if lines
+                else await _units_left(session, current, refund_id)
+            )
         await _post(
             session,
             domain.refund_postings(amount),
@@ -945,17 +963,39 @@ async def _settle_refund(
                 "currency": current["currency"],
                 "lines": lines,
                 "restock": bool(refund["restock"]),
-                "restock_lines": [
-                    {"sku": line["sku"], "quantity": line["quantity"]} for line in lines
-                ]
-                if refund["restock"]
-                else [],
+                "restock_lines": restock_lines,
                 "reason": refund["reason"],
                 "fully_refunded": fully,
                 "occurred_at": _now().isoformat(),
             },
         )
         await _issue_credit_note(ctx, session, current, refund_id, amount, lines)
+
+
+async def _units_left(
+    session: AsyncSession, payment: Mapping[str, Any], refund_id: str
+) -> list[dict[str, Any]]:
+    """Each order line's units no other refund of the payment has taken back (by lines): what
+    a refund of everything left with ``restock`` puts back in stock."""
+    earlier = (
+        await session.execute(
+            select(refunds.c.lines).where(
+                refunds.c.payment_id == payment["id"],
+                refunds.c.status != "failed",
+                refunds.c.id != refund_id,
+            )
+        )
+    ).scalars()
+    taken: dict[str, int] = {}
+    for refund_lines in earlier:
+        for line in refund_lines or []:
+            taken[str(line["line_id"])] = taken.get(str(line["line_id"]), 0) + int(line["quantity"])
+    out = []
+    for line in payment["order_snapshot"].get("lines") or []:
+        left = int(line["quantity"]) - taken.get(str(line.get("line_id")), 0)
+        if left > 0 and line.get("sku"):
+            out.append({"sku": str(line["sku"]), "quantity": left})
+    return out
 
 
 async def resume_pending_refunds(ctx: ServiceContext) -> int:
@@ -1127,7 +1167,15 @@ def _buyer(order: Mapping[str, Any]) -> dict[str, Any]:
     }
 
 
+def _order_rate(order: Mapping[str, Any]) -> int | None:
+    """The tax rate the order applied to its lines and shipping (None in snapshots taken
+    before orders reported it)."""
+    rate = order.get("tax_rate_bp")
+    return None if rate is None else int(rate)
+
+
 def _invoice_lines(order: Mapping[str, Any]) -> list[dict[str, Any]]:
+    rate = _order_rate(order)
     out = []
     for line in order.get("lines") or []:
         total, tax = int(line["total"]), int(line.get("tax") or 0)
@@ -1140,14 +1188,21 @@ def _invoice_lines(order: Mapping[str, Any]) -> list[dict[str, Any]]:
                 "net": total - tax,
                 "tax": tax,
                 "total": total,
+                "rate_bp": rate,
             }
         )
     lines_total = sum(line["total"] for line in out)
     lines_tax = sum(line["tax"] for line in out)
     shipping = int(order.get("shipping_total") or 0)
     if shipping:
-        shipping_tax = max(0, int(order.get("tax_total") or 0) - lines_tax)
-        out.append(_extra_line("Shipping", shipping, shipping_tax))
+        if order.get("shipping_tax") is not None:
+            shipping_tax = int(order["shipping_tax"])
+        else:
+            shipping_tax = max(0, int(order.get("tax_total") or 0) - lines_tax)
+        # With tax-exclusive prices the order's shipping_total is before tax.
+        if order.get("prices_include_tax") is False:
+            shipping += shipping_tax
+        out.append(_extra_line("Shipping", shipping, shipping_tax, rate))
     discount = int(order.get("discount_total") or 0)
     expected = int(order.get("total") or 0)
     gap = expected - (lines_total + shipping)
@@ -1156,7 +1211,7 @@ def _invoice_lines(order: Mapping[str, Any]) -> list[dict[str, Any]]:
     return out
 
 
-def _extra_line(description: str, total: int, tax: int) -> dict[str, Any]:
+def _extra_line(description: str, total: int, tax: int, rate: int | None = None) -> dict[str, Any]:
     return {
         "sku": None,
         "description": description,
@@ -1165,15 +1220,23 @@ def _extra_line(description: str, total: int, tax: int) -> dict[str, Any]:
         "net": total - tax,
         "tax": tax,
         "total": total,
+        "rate_bp": rate,
     }
+
+
+def _by_rate(description: str, amount: int, lines: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """One line per tax rate of ``lines`` for a document worth ``amount`` in all."""
+    return [
+        _extra_line(description, part["total"], part["tax"], part["rate_bp"])
+        for part in domain.allocate_by_rate(amount, lines)
+    ]
 
 
 def _scaled(lines: list[dict[str, Any]], amount: int, total: int) -> list[dict[str, Any]]:
     """Lines for a document worth ``amount`` when the order was worth ``total``."""
     if amount == total or total <= 0:
         return lines
-    tax = domain.split_tax(amount, total, sum(line["tax"] for line in lines))
-    return [_extra_line("Partial capture of the order", amount, tax)]
+    return _by_rate("Partial capture of the order", amount, lines)
 
 
 async def _issue_document(
@@ -1270,8 +1333,7 @@ async def _issue_credit_note(
             )
         )
     ).scalar_one_or_none()
-    total = int(order.get("total") or payment["captured_amount"])
-    tax = -domain.split_tax(amount, total, int(order.get("tax_total") or 0))
+    rate = _order_rate(order)
     by_id = {str(line.get("line_id")): line for line in order.get("lines") or []}
     lines: list[dict[str, Any]] = []
     for refunded in refund_lines:
@@ -1288,10 +1350,11 @@ async def _issue_credit_note(
                 "net": -int(refunded["amount"]) - line_tax,
                 "tax": line_tax,
                 "total": -int(refunded["amount"]),
+                "rate_bp": rate,
             }
         )
     if not lines:
-        lines = [_extra_line("Refund", -amount, tax)]
+        lines = _by_rate("Refund", -amount, _invoice_lines(order))
     await _issue_document(
         ctx,
         session,
@@ -1573,14 +1636,25 @@ async def reconcile(ctx: ServiceContext, *, provider: str | None = None) -> Reco
 # --- reports ------------------------------------------------------------------------------------
 
 
-def _range(start: date | None, end: date | None) -> tuple[datetime, datetime]:
-    low = datetime.combine(start, dtime.min, UTC) if start else datetime(1970, 1, 1, tzinfo=UTC)
+def _range(start: date | None, end: date | None) -> tuple[datetime | None, datetime | None]:
+    """The instants ``[low, high)`` of the days ``start`` to ``end`` (inclusive), in UTC; no
+    bound where a day is not given, and none after ``end`` when it is the calendar's last day."""
+    low = datetime.combine(start, dtime.min, UTC) if start else None
     high = (
         datetime.combine(end + timedelta(days=1), dtime.min, UTC)
-        if end
-        else datetime(9999, 1, 1, tzinfo=UTC)
+        if end and end < date.max
+        else None
     )
     return low, high
+
+
+def _within(column: Any, low: datetime | None, high: datetime | None) -> list[Any]:
+    bounds = []
+    if low is not None:
+        bounds.append(column >= low)
+    if high is not None:
+        bounds.append(column < high)
+    return bounds
 
 
 async def sales_report(
@@ -1602,17 +1676,17 @@ async def sales_report(
     captured = select(
         payments.c.captured_at, payments.c.currency, payments.c.captured_amount
     ).where(
-        payments.c.captured_at >= low,
-        payments.c.captured_at < high,
+        payments.c.captured_at.is_not(None),
+        *_within(payments.c.captured_at, low, high),
         payments.c.captured_amount > 0,
     )
     refunded = select(refunds.c.completed_at, refunds.c.currency, refunds.c.amount).where(
         refunds.c.status == "succeeded",
-        refunds.c.completed_at >= low,
-        refunds.c.completed_at < high,
+        refunds.c.completed_at.is_not(None),
+        *_within(refunds.c.completed_at, low, high),
     )
     sold = select(invoices.c.currency, invoices.c.lines).where(
-        invoices.c.kind == "invoice", invoices.c.issued_at >= low, invoices.c.issued_at < high
+        invoices.c.kind == "invoice", *_within(invoices.c.issued_at, low, high)
     )
     if currency:
         captured = captured.where(payments.c.currency == currency)
@@ -1662,7 +1736,8 @@ async def sales_report(
 
 
 def sales_report_csv(report: SalesReport) -> str:
-    """The report's rows as CSV (one header line, amounts in minor units)."""
+    """The report's rows as CSV (one header line, amounts in minor units); a cell a spreadsheet
+    would run as a formula is written with a leading quote (``platform/csvsafe.py``)."""
     out = io.StringIO()
     writer = csv.writer(out)
     writer.writerow(
@@ -1670,15 +1745,17 @@ def sales_report_csv(report: SalesReport) -> str:
     )
     for row in report.rows:
         writer.writerow(
-            [
-                row.period.isoformat(),
-                row.currency,
-                row.revenue,
-                row.refunds,
-                row.net,
-                row.orders,
-                row.average_order_value,
-            ]
+            escape_row(
+                [
+                    row.period.isoformat(),
+                    row.currency,
+                    row.revenue,
+                    row.refunds,
+                    row.net,
+                    row.orders,
+                    row.average_order_value,
+                ]
+            )
         )
     return out.getvalue()
 

@@ -9,8 +9,11 @@ from typing import Any
 import structlog
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
+from sqlalchemy.exc import StatementError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import JSONResponse
+
+from ecosistema.platform.timestamps import TimestampOutOfRange
 
 PROBLEM_BASE = "https://ecosistema.dev/problems/"
 PROBLEM_JSON = "application/problem+json"
@@ -268,6 +271,17 @@ def install_error_handlers(app: FastAPI) -> None:
             headers=dict(exc.headers or {}),
         )
 
+    @app.exception_handler(TimestampOutOfRange)
+    async def _out_of_range(request: Request, exc: TimestampOutOfRange) -> JSONResponse:
+        return _timestamp_problem(request, exc)
+
+    @app.exception_handler(StatementError)
+    async def _statement(request: Request, exc: StatementError) -> JSONResponse:
+        # A value the database layer refused while binding it (an instant UTC cannot hold).
+        if isinstance(exc.orig, TimestampOutOfRange):
+            return _timestamp_problem(request, exc.orig)
+        raise exc
+
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
         log.exception("unhandled_error", path=request.url.path, error=type(exc).__name__)
@@ -278,6 +292,18 @@ def install_error_handlers(app: FastAPI) -> None:
             "An unexpected error occurred; it has been logged.",
             instance=request.url.path,
         )
+
+
+def _timestamp_problem(request: Request, exc: TimestampOutOfRange) -> JSONResponse:
+    """422 for an instant out of range that no field check caught (the field is not known)."""
+    return problem_response(
+        422,
+        "validation-error",
+        "Validation failed",
+        f"A date or time {exc}.",
+        instance=request.url.path,
+        errors=[{"field": "body", "in": "body", "message": str(exc), "code": "value_error"}],
+    )
 
 
 def _is_json(content_type: str) -> bool:
