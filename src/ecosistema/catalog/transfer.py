@@ -51,7 +51,7 @@ from ecosistema.catalog.schemas import (
     Slug,
     TransferFormat,
 )
-from ecosistema.platform.csvsafe import escape_row, unescape_cell
+from ecosistema.platform.csvsafe import escape_row, refuse_repeated_columns, unescape_cell
 from ecosistema.platform.db import utcnow
 from ecosistema.platform.errors import BadRequest, Unprocessable, field_error
 from ecosistema.platform.money import ISO_4217
@@ -308,13 +308,7 @@ def _read_csv(stream: IO[bytes], tally: _Tally) -> Iterator[_Record]:
         header = reader.fieldnames or []
     except (csv.Error, UnicodeDecodeError) as exc:
         raise field_error("body", f"unreadable CSV header: {exc}") from exc
-    twice = sorted({h for h in header if header.count(h) > 1})
-    if twice:
-        raise field_error(
-            "body",
-            f"column {', '.join(repr(h[:40]) for h in twice)} appears more than once in the header",
-            code="duplicate_columns",
-        )
+    refuse_repeated_columns(header)
     if "name" not in header:
         raise field_error("body", "the CSV header needs at least a name column")
     tally.status_column = "status" in header

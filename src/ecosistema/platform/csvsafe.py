@@ -15,6 +15,8 @@ import re
 from collections.abc import Iterable
 from typing import Final
 
+from ecosistema.platform.errors import field_error
+
 FORMULA_STARTS: Final = frozenset("=+-@\t\r")
 QUOTE: Final = "'"
 # A plain signed number (-12, +3.5) runs nothing and must stay a number in the spreadsheet.
@@ -42,3 +44,16 @@ def unescape_cell(value: str) -> str:
 def escape_row(values: Iterable[object]) -> list[str]:
     """A row of cells for ``csv.writer``, each escaped (``None`` becomes an empty cell)."""
     return [escape_cell("" if v is None else str(v)) for v in values]
+
+
+def refuse_repeated_columns(names: Iterable[str]) -> None:
+    """A 422 naming the columns a CSV header gives more than once (which one would win is a
+    guess, so neither is taken)."""
+    seen = list(names)
+    twice = sorted({name for name in seen if seen.count(name) > 1})
+    if twice:
+        raise field_error(
+            "body",
+            f"column {', '.join(repr(n[:40]) for n in twice)} appears more than once in the header",
+            code="duplicate_columns",
+        )

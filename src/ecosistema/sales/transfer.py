@@ -24,6 +24,7 @@ from typing import IO, Any, Literal
 from pydantic import ValidationError
 
 from ecosistema.platform.auth import Principal
+from ecosistema.platform.csvsafe import refuse_repeated_columns
 from ecosistema.platform.db import utcnow
 from ecosistema.platform.errors import BadRequest, ProblemError, Unprocessable, field_error
 from ecosistema.platform.policy import ensure
@@ -113,13 +114,7 @@ def _columns(header: list[str]) -> dict[str, str]:
     if not header or not any(h.strip() for h in header):
         raise field_error("body", "the file is empty: a header row and leads are needed", "empty")
     names = [h.strip() for h in header]
-    twice = sorted({n for n in names if names.count(n) > 1})
-    if twice:
-        raise field_error(
-            "body",
-            f"column {', '.join(repr(n[:40]) for n in twice)} appears more than once in the header",
-            code="duplicate_columns",
-        )
+    refuse_repeated_columns(names)
     mapping: dict[str, str] = {}
     unknown: list[str] = []
     for raw in header:
