@@ -382,14 +382,9 @@ async def create_lead(ctx: ServiceContext, principal: Principal, data: LeadCreat
     now = utcnow()
     values = new_lead_values(ctx, data, owner_id=owner, created_by=principal.subject, now=now)
     index = values["email_index"]
-    if index:
-        async with ctx.db.read() as session:
-            existing = (await open_leads_by_email(session, [index])).get(index)
-        if existing is not None:
-            raise LeadExists(existing)
     await score_new_leads(ctx, [values])
     async with ctx.db.transaction() as session:
-        # Checked again in the write transaction: another request may have created it meanwhile.
+        # Checked in the write transaction, so a lead created meanwhile is seen too.
         existing = (await open_leads_by_email(session, [index])).get(index) if index else None
         if existing is not None:
             raise LeadExists(existing)
