@@ -1,5 +1,6 @@
 """Replicas starting on an empty registry: one trains the default model under a database lease
-(SQLite and PostgreSQL), the others wait and load it; a dead holder's lease expires."""
+(SQLite and PostgreSQL), the others wait and load it; a dead holder's lease expires. The lease
+table is the sales migrations' (a database without it is refused with the fix named)."""
 
 from __future__ import annotations
 
@@ -12,8 +13,10 @@ import pytest
 from sqlalchemy import text
 
 from ecosistema.ml import Lease, ModelRegistry, ensure_default_model_once, load_reference_dataset
+from ecosistema.ml.lease import LeaseTableMissing
 from ecosistema.platform.config import Settings
 from ecosistema.platform.db import Database
+from ecosistema.sales import descriptor as sales_service
 from tests.conftest import drop_test_schemas
 
 
@@ -29,8 +32,9 @@ async def _database(settings: Settings) -> Database:
 
 @pytest.fixture
 async def replicas(settings: Settings) -> AsyncIterator[list[Database]]:
-    """Three processes' connections to one service database."""
+    """Three processes' connections to one sales database, migrated."""
     dbs = [await _database(settings) for _ in range(3)]
+    await dbs[0].migrate(sales_service.migrations)
     yield dbs
     for db in dbs:
         await db.dispose()
@@ -104,12 +108,31 @@ def test_a_lease_lasts_a_positive_time(tmp_path: Path) -> None:
         Lease(db, "job", seconds=0)
 
 
-async def test_a_new_database_at_a_url_used_before_gets_its_lease_table(tmp_path: Path) -> None:
+async def test_a_lease_needs_the_table_its_services_migrations_create(
+    settings: Settings,
+) -> None:
+    db = await _database(settings)
+    try:
+        with pytest.raises(LeaseTableMissing, match=r"ml_leases.*migrations"):
+            await Lease(db, "default-model", seconds=5).acquire()
+        await db.migrate(sales_service.migrations)
+        assert await Lease(db, "default-model", seconds=5).acquire()
+    finally:
+        await db.dispose()
+        await drop_test_schemas(settings)
+
+
+async def test_a_new_database_at_a_url_used_before_is_checked_again(tmp_path: Path) -> None:
     url = f"sqlite+aiosqlite:///{tmp_path}/sales.db"
-    for _ in range(2):  # the same URL, a new empty file each time (as a fresh data directory)
+    for migrated in (True, False):  # the same URL, a new empty file (a fresh data directory)
         (tmp_path / "sales.db").unlink(missing_ok=True)
         db = Database("sales", url)
         try:
-            assert await Lease(db, "default-model", seconds=5).acquire()
+            if migrated:
+                await db.migrate(sales_service.migrations)
+                assert await Lease(db, "default-model", seconds=5).acquire()
+            else:
+                with pytest.raises(LeaseTableMissing):
+                    await Lease(db, "default-model", seconds=5).acquire()
         finally:
             await db.dispose()

@@ -41,7 +41,7 @@ def test_open_leads_move_forward_or_close(current: LeadStatus, wanted: LeadStatu
     assert domain.check_transition(current, wanted) is True
 
 
-@pytest.mark.parametrize("closed", [LeadStatus.WON, LeadStatus.LOST])
+@pytest.mark.parametrize("closed", [LeadStatus.WON, LeadStatus.LOST, LeadStatus.DUPLICATE])
 @pytest.mark.parametrize("wanted", [LeadStatus.NEW, LeadStatus.CONTACTED, LeadStatus.WON])
 def test_closed_leads_never_change_status(closed: LeadStatus, wanted: LeadStatus) -> None:
     if wanted == closed:
@@ -50,6 +50,27 @@ def test_closed_leads_never_change_status(closed: LeadStatus, wanted: LeadStatus
     with pytest.raises(TransitionNotAllowed) as caught:
         domain.check_transition(closed, wanted)
     assert caught.value.status == 409 and "closed" in caught.value.detail
+
+
+@pytest.mark.parametrize("current", [LeadStatus.NEW, LeadStatus.CONTACTED, LeadStatus.QUALIFIED])
+def test_only_an_upgrade_closes_a_lead_as_a_duplicate(current: LeadStatus) -> None:
+    with pytest.raises(TransitionNotAllowed):
+        domain.check_transition(current, LeadStatus.DUPLICATE)
+
+
+def test_a_duplicate_is_closed_but_no_outcome_to_learn_from() -> None:
+    assert {LeadStatus.NEW, LeadStatus.CONTACTED, LeadStatus.QUALIFIED} == domain.OPEN
+    assert LeadStatus.DUPLICATE in domain.CLOSED and LeadStatus.DUPLICATE not in domain.OUTCOMES
+    assert domain.label_of(LeadStatus.DUPLICATE) is None
+    assert domain.label_of(LeadStatus.WON) == 1 and domain.label_of(LeadStatus.LOST) == 0
+
+
+def test_lead_exists_names_the_lead_only_when_given_one() -> None:
+    named = domain.LeadExists("l1")
+    hidden = domain.LeadExists(None)
+    assert named.status == hidden.status == 409 and named.type == hidden.type
+    assert named.extra["lead_id"] == "l1" and "lead_id" not in hidden.extra
+    assert hidden.extra["errors"][0]["field"] == "email"
 
 
 @pytest.mark.parametrize("current", [LeadStatus.NEW, LeadStatus.CONTACTED, LeadStatus.QUALIFIED])

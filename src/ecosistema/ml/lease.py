@@ -3,8 +3,8 @@ piece of work, such as training the default model when several replicas start on
 registry. The holder renews it while it works; a holder that dies stops renewing, the lease
 expires, and another process may take it over.
 
-The table (``ml_leases``) is created on first use in the database it is given (on PostgreSQL,
-in the service's own schema).
+The table (``ml_leases``) belongs to the service whose database holds the leases: its models
+declare it with :func:`lease_table` and its migrations create it (sales does).
 """
 
 from __future__ import annotations
@@ -17,26 +17,37 @@ import weakref
 from datetime import UTC, datetime, timedelta
 
 import structlog
-from sqlalchemy import Column, MetaData, String, Table, delete, insert, select, update
-from sqlalchemy.exc import DBAPIError, IntegrityError
+from sqlalchemy import Column, MetaData, String, Table, delete, insert, inspect, select, update
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from ecosistema.platform.db import Database, UTCDateTime
 
 log = structlog.get_logger(__name__)
 
-_metadata = MetaData()
-leases = Table(
-    "ml_leases",
-    _metadata,
-    Column("name", String(100), primary_key=True),
-    Column("holder", String(200), nullable=False),
-    Column("acquired_at", UTCDateTime(), nullable=False),
-    Column("expires_at", UTCDateTime(), nullable=False),
-)
-# The engines whose database has the table: per engine, not per URL, since a URL such as an
-# in-memory SQLite database or a recreated file names a new, empty database each time.
+TABLE = "ml_leases"
+
+
+def lease_table(metadata: MetaData) -> Table:
+    """Declare the lease table in a service's metadata, for its migrations to create."""
+    return Table(
+        TABLE,
+        metadata,
+        Column("name", String(100), primary_key=True),
+        Column("holder", String(200), nullable=False),
+        Column("acquired_at", UTCDateTime(), nullable=False),
+        Column("expires_at", UTCDateTime(), nullable=False),
+    )
+
+
+leases = lease_table(MetaData())
+# The engines whose database was seen to have the table: per engine, not per URL, since a URL
+# such as an in-memory SQLite database or a recreated file names a new, empty database each time.
 _ready: weakref.WeakSet[AsyncEngine] = weakref.WeakSet()
+
+
+class LeaseTableMissing(RuntimeError):
+    """The database has no ``ml_leases`` table: the owning service's migrations create it."""
 
 
 def holder_id() -> str:
@@ -62,17 +73,18 @@ class Lease:
         self.seconds = seconds
         self.holder = holder or holder_id()
 
-    async def _ensure_table(self) -> None:
+    async def _check_table(self) -> None:
         engine = self.db.engine
         if engine in _ready:
             return
-        try:
-            async with self.db.engine.begin() as conn:
-                await conn.run_sync(_metadata.create_all, checkfirst=True)
-        except (IntegrityError, DBAPIError):
-            # Another process created it at the same moment (PostgreSQL's catalogue race).
-            async with self.db.engine.connect() as conn:
-                await conn.execute(select(leases.c.name).limit(1))
+        async with engine.connect() as conn:
+            present = await conn.run_sync(lambda sync: inspect(sync).has_table(TABLE))
+        if not present:
+            raise LeaseTableMissing(
+                f"the {self.db.service} database has no {TABLE} table: apply its migrations "
+                f"(`ecosistema migrate`); a service holding leases declares the table with "
+                f"ecosistema.ml.lease.lease_table(metadata) and creates it in a migration"
+            )
         _ready.add(engine)
 
     @staticmethod
@@ -81,7 +93,7 @@ class Lease:
 
     async def acquire(self) -> bool:
         """Take the lease if it is free, expired, or already ours (renewing it); True if held."""
-        await self._ensure_table()
+        await self._check_table()
         now = self._now()
         until = now + timedelta(seconds=self.seconds)
         try:
@@ -118,7 +130,7 @@ class Lease:
 
     async def renew(self) -> bool:
         """Push the expiry forward; False when the lease is no longer ours."""
-        await self._ensure_table()
+        await self._check_table()
         until = self._now() + timedelta(seconds=self.seconds)
         async with self.db.transaction() as session:
             result = await session.execute(
@@ -130,7 +142,7 @@ class Lease:
 
     async def release(self) -> None:
         """Give the lease up (if it is ours)."""
-        await self._ensure_table()
+        await self._check_table()
         async with self.db.transaction() as session:
             await session.execute(
                 delete(leases).where(leases.c.name == self.name, leases.c.holder == self.holder)
@@ -138,7 +150,7 @@ class Lease:
 
     async def holder_now(self) -> str | None:
         """Who holds the lease now (None when free or expired)."""
-        await self._ensure_table()
+        await self._check_table()
         async with self.db.read() as session:
             row = (
                 await session.execute(
@@ -165,4 +177,4 @@ def _aware(moment: datetime) -> datetime:
     return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
 
 
-__all__ = ["Lease", "holder_id", "leases"]
+__all__ = ["Lease", "LeaseTableMissing", "holder_id", "lease_table", "leases"]

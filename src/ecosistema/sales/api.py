@@ -48,7 +48,8 @@ router = APIRouter(tags=["sales"])
     response_model=Lead,
     status_code=status.HTTP_201_CREATED,
     summary="Create a lead; it is scored before the answer",
-    description="An open lead with the same email answers 409 `lead-exists` with its `lead_id`.",
+    description="An open lead with the same email answers 409 `lead-exists`, with its `lead_id` "
+    "when the caller may read that lead.",
     responses=_errors(401, 403, 409, 422),
 )
 async def create_lead(body: LeadCreate, ctx: Context, principal: LeadWriter) -> Lead:

@@ -16,13 +16,18 @@ from ecosistema.platform.errors import Conflict
 
 
 class LeadStatus(StrEnum):
-    """Where a lead stands; ``won`` and ``lost`` are final and become training labels."""
+    """Where a lead stands; ``won`` and ``lost`` are final and become training labels.
+
+    ``duplicate`` is final too but no outcome: an open lead closed because another open lead
+    has the same email (only an upgrade that finds such pairs sets it).
+    """
 
     NEW = "new"
     CONTACTED = "contacted"
     QUALIFIED = "qualified"
     WON = "won"
     LOST = "lost"
+    DUPLICATE = "duplicate"
 
 
 TRANSITIONS: Final[Mapping[LeadStatus, frozenset[LeadStatus]]] = {
@@ -33,8 +38,13 @@ TRANSITIONS: Final[Mapping[LeadStatus, frozenset[LeadStatus]]] = {
     LeadStatus.QUALIFIED: frozenset({LeadStatus.CONTACTED, LeadStatus.WON, LeadStatus.LOST}),
     LeadStatus.WON: frozenset(),
     LeadStatus.LOST: frozenset(),
+    LeadStatus.DUPLICATE: frozenset(),
 }
-CLOSED: Final = frozenset({LeadStatus.WON, LeadStatus.LOST})
+# The closed statuses that say how a lead ended: the training labels and a lead's history.
+OUTCOMES: Final = frozenset({LeadStatus.WON, LeadStatus.LOST})
+CLOSED: Final = OUTCOMES | {LeadStatus.DUPLICATE}
+# At most one open lead per email: the service checks it and a partial unique index enforces it.
+OPEN: Final = frozenset(LeadStatus) - CLOSED
 
 
 class ActivityKind(StrEnum):
@@ -70,12 +80,21 @@ class TransitionNotAllowed(Conflict):
 class LeadExists(Conflict):
     type, title = "lead-exists", "Lead already exists"
 
-    def __init__(self, lead_id: str) -> None:
+    def __init__(self, lead_id: str | None) -> None:
+        """``lead_id`` only when the caller may read that lead; else the answer names none."""
+        errors = [{"field": "email", "message": "an open lead has this email", "code": "exists"}]
+        if lead_id is None:
+            super().__init__(
+                "An open lead you cannot see already has this email: ask its owner or a staff "
+                "member to log a call or email on it instead of creating another.",
+                errors=errors,
+            )
+            return
         super().__init__(
             "An open lead already has this email: log a call or email on it, or change it, "
             "instead of creating another.",
             lead_id=lead_id,
-            errors=[{"field": "email", "message": "an open lead has this email", "code": "exists"}],
+            errors=errors,
         )
 
 
@@ -89,7 +108,7 @@ def check_transition(current: LeadStatus, wanted: LeadStatus) -> bool:
 
 
 def label_of(status: LeadStatus) -> int | None:
-    """The training label a status gives: 1 won, 0 lost, None while the lead is open."""
+    """The training label a status gives: 1 won, 0 lost, None while open or a duplicate."""
     return 1 if status == LeadStatus.WON else 0 if status == LeadStatus.LOST else None
 
 

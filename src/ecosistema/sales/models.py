@@ -1,15 +1,21 @@
 """The sales service's tables: leads (contact data field-encrypted, email blind-indexed), their
-activity timeline, the sales users it has heard of, training runs, and its outbox."""
+activity timeline, the sales users it has heard of, training runs, the ML training lease, and
+its outbox."""
 
 from __future__ import annotations
 
-from sqlalchemy import JSON, Column, Float, Index, Integer, String, Table, Text
+from sqlalchemy import JSON, Column, Float, Index, Integer, String, Table, Text, text
 
+from ecosistema.ml.lease import lease_table
 from ecosistema.platform.db import UTCDateTime, id_column_type, new_metadata
 from ecosistema.platform.events import Outbox
+from ecosistema.sales.domain import OPEN
 
 metadata = new_metadata()
 outbox = Outbox("sales", metadata)
+
+# The rows the one-open-lead-per-email index covers; ``ON CONFLICT`` names the same predicate.
+OPEN_LEAD = text(f"status IN ({', '.join(repr(s.value) for s in sorted(OPEN))})")
 
 leads = Table(
     "leads",
@@ -48,6 +54,14 @@ leads = Table(
     Index("ix_leads_created", "created_at", "id"),
     Index("ix_leads_model_version", "model_version"),
     Index("ix_leads_status_closed", "status", "closed_at"),
+    # One open lead per email, whatever the races between writers (NULL emails never collide).
+    Index(
+        "ux_leads_open_email",
+        "email_index",
+        unique=True,
+        sqlite_where=OPEN_LEAD,
+        postgresql_where=OPEN_LEAD,
+    ),
 )
 
 activities = Table(
@@ -92,3 +106,6 @@ training_runs = Table(
     Column("finished_at", UTCDateTime()),
     Index("ix_training_runs_created", "created_at"),
 )
+
+# The lease that lets one replica train the default model (``ecosistema.ml.Lease``).
+ml_leases = lease_table(metadata)

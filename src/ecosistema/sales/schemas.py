@@ -198,7 +198,9 @@ class ImportRowError(BaseModel):
     field: str = Field(description="e.g. email, attributes.job; body for the whole row")
     code: str
     message: str
-    lead_id: str | None = Field(None, description="For a duplicate: the lead that exists.")
+    lead_id: str | None = Field(
+        None, description="For a duplicate: the lead that exists, if the caller may read it."
+    )
     allowed: list[str] | None = Field(None, description="For a category: the values known.")
 
 

@@ -16,7 +16,7 @@ from sqlalchemy import bindparam, func, or_, select, update
 from ecosistema.platform.db import new_id, utcnow
 from ecosistema.platform.errors import Conflict, NotFound, Unprocessable
 from ecosistema.platform.service import Job, ServiceContext
-from ecosistema.sales.domain import CLOSED, LeadStatus
+from ecosistema.sales.domain import OUTCOMES, LeadStatus
 from ecosistema.sales.models import leads, training_runs
 from ecosistema.sales.schemas import (
     DriftInfo,
@@ -224,7 +224,7 @@ def jobs() -> tuple[Job, ...]:
 
 
 async def feedback_rows(ctx: ServiceContext) -> list[dict[str, Any]]:
-    """Closed leads as labelled training rows (their model inputs plus ``y``), oldest first."""
+    """Won and lost leads as labelled training rows (model inputs plus ``y``), oldest first."""
     from ecosistema.ml import lead_scoring_spec
 
     scoring = ctx.extras.get("scoring")
@@ -235,7 +235,7 @@ async def feedback_rows(ctx: ServiceContext) -> list[dict[str, Any]]:
         rows = (
             await session.execute(
                 select(leads.c.features, leads.c.status)
-                .where(leads.c.status.in_([s.value for s in CLOSED]))
+                .where(leads.c.status.in_([s.value for s in OUTCOMES]))
                 .order_by(leads.c.closed_at, leads.c.id)
             )
         ).all()
@@ -297,7 +297,7 @@ async def serving_info(ctx: ServiceContext) -> ServingInfo:
         closed = await session.scalar(
             select(func.count())
             .select_from(leads)
-            .where(leads.c.status.in_([s.value for s in CLOSED]))
+            .where(leads.c.status.in_([s.value for s in OUTCOMES]))
         )
     return ServingInfo(
         version=version,

@@ -11,12 +11,14 @@ import asyncio
 import random
 from collections.abc import Mapping, Sequence
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Any, NamedTuple
 
 import httpx
 import structlog
 from sqlalchemy import Select, and_, delete, func, insert, or_, select, update
+from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Row
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from ecosistema.platform.auth import Principal
@@ -24,13 +26,15 @@ from ecosistema.platform.db import new_id, utcnow
 from ecosistema.platform.errors import Conflict, NotFound, Unprocessable, field_error
 from ecosistema.platform.events import EventEnvelope
 from ecosistema.platform.pagination import decode_cursor, encode_cursor
-from ecosistema.platform.policy import Role, ensure, ensure_owner, owner_filter
+from ecosistema.platform.policy import Role, can_reach, ensure, ensure_owner, owner_filter
 from ecosistema.platform.service import ServiceContext
 from ecosistema.platform.telemetry import current_request_id
 from ecosistema.sales import domain
 from ecosistema.sales.domain import (
     CLOSED,
     CONTACTS,
+    OPEN,
+    OUTCOMES,
     ActivityKind,
     History,
     LeadExists,
@@ -43,7 +47,7 @@ from ecosistema.sales.events import (
     ORDER_PAID,
     USER_REGISTERED,
 )
-from ecosistema.sales.models import activities, leads, sales_users
+from ecosistema.sales.models import OPEN_LEAD, activities, leads, sales_users
 from ecosistema.sales.schemas import (
     Activity,
     ActivityCreate,
@@ -129,7 +133,7 @@ async def _histories(
     them, or an outcome: won or lost), how the latest ended, and when it was last touched.
 
     A lead nobody contacted is no contact: entering the same person twice must not read as
-    "contacted today".
+    "contacted today". A lead closed as a duplicate is no outcome.
     """
     wanted = sorted({i for i in indexes if i})
     if not wanted:
@@ -142,7 +146,7 @@ async def _histories(
         leads.c.closed_at,
     ).where(
         leads.c.email_index.in_(wanted),
-        or_(leads.c.status.in_([s.value for s in CLOSED]), leads.c.contacts > 0),
+        or_(leads.c.status.in_([s.value for s in OUTCOMES]), leads.c.contacts > 0),
     )
     if before is not None:
         statement = statement.where(leads.c.created_at < before)
@@ -158,23 +162,50 @@ async def _histories(
     return out
 
 
-async def open_leads_by_email(session: AsyncSession, indexes: Sequence[str]) -> dict[str, str]:
-    """Email index -> the id of an open lead with that email (the oldest one)."""
+class OpenLead(NamedTuple):
+    """The open lead an email is taken by, and who owns it."""
+
+    id: str
+    owner_id: str | None
+
+
+async def open_leads_by_email(session: AsyncSession, indexes: Sequence[str]) -> dict[str, OpenLead]:
+    """Email index -> the open lead with that email (the index ``ux_leads_open_email`` allows
+    one at most)."""
     wanted = sorted({i for i in indexes if i})
-    found: dict[str, str] = {}
+    found: dict[str, OpenLead] = {}
     for start in range(0, len(wanted), 500):
         rows = (
             await session.execute(
-                select(leads.c.email_index, leads.c.id)
-                .where(
+                select(leads.c.email_index, leads.c.id, leads.c.owner_id).where(
                     leads.c.email_index.in_(wanted[start : start + 500]),
-                    leads.c.status.not_in([s.value for s in CLOSED]),
+                    leads.c.status.in_([s.value for s in OPEN]),
                 )
-                .order_by(leads.c.created_at.desc(), leads.c.id.desc())
             )
         ).all()
-        found.update({r.email_index: r.id for r in rows})
+        found.update({r.email_index: OpenLead(r.id, r.owner_id) for r in rows})
     return found
+
+
+def readable_id(principal: Principal, lead: OpenLead) -> str | None:
+    """The lead's id if the caller may read that lead, else None: a duplicate answer must not
+    hand a salesperson the id of someone else's lead."""
+    if READ_ALL not in principal.permissions and READ_OWN not in principal.permissions:
+        return None
+    return lead.id if can_reach(principal, lead.owner_id, bypass=READ_ALL) else None
+
+
+def _open_email_taken(exc: IntegrityError) -> bool:
+    """Whether a write broke the one-open-lead-per-email index (PostgreSQL names the index,
+    SQLite its column)."""
+    message = str(exc.orig)
+    return "ux_leads_open_email" in message or "leads.email_index" in message
+
+
+async def _lead_exists(session: AsyncSession, principal: Principal, index: str) -> LeadExists:
+    """The 409 for an email an open lead has, naming that lead only to those who may read it."""
+    found = (await open_leads_by_email(session, [index])).get(index)
+    return LeadExists(readable_id(principal, found) if found is not None else None)
 
 
 async def known_categories(ctx: ServiceContext) -> Mapping[str, Sequence[str]]:
@@ -338,8 +369,23 @@ async def score_new_leads(
 async def insert_leads(
     ctx: ServiceContext, session: AsyncSession, rows: list[dict[str, Any]]
 ) -> list[dict[str, Any]]:
-    """Insert scored new leads (in the caller's transaction), with their events."""
-    await session.execute(insert(leads), rows)
+    """Insert scored new leads (in the caller's transaction), with their events; returns those
+    inserted. A lead whose email an open lead has (one committed meanwhile included) is left
+    out, not an error: on PostgreSQL a concurrent insert of the same email is waited for."""
+    if not rows:
+        return []
+    builder = (
+        postgresql.insert if session.get_bind().dialect.name == "postgresql" else sqlite.insert
+    )
+    statement = (
+        builder(leads)
+        .on_conflict_do_nothing(index_elements=[leads.c.email_index], index_where=OPEN_LEAD)
+        .returning(leads.c.id)
+    )
+    inserted = set((await session.execute(statement, rows)).scalars().all())
+    rows = [row for row in rows if row["id"] in inserted]
+    if not rows:
+        return []
     events = [
         {
             "lead_id": row["id"],
@@ -384,11 +430,10 @@ async def create_lead(ctx: ServiceContext, principal: Principal, data: LeadCreat
     index = values["email_index"]
     await score_new_leads(ctx, [values])
     async with ctx.db.transaction() as session:
-        # Checked in the write transaction, so a lead created meanwhile is seen too.
-        existing = (await open_leads_by_email(session, [index])).get(index) if index else None
-        if existing is not None:
-            raise LeadExists(existing)
-        await insert_leads(ctx, session, [values])
+        # The unique index decides, whatever the concurrent writers: nothing inserted means an
+        # open lead has the email (committed before, or meanwhile).
+        if not await insert_leads(ctx, session, [values]):
+            raise await _lead_exists(session, principal, index)
     return lead_view(ctx, values)
 
 
@@ -433,6 +478,24 @@ async def update_lead(
         if data.owner_id is None:
             raise field_error("owner_id", "a lead always has an owner", code="null")
         new_owner = await resolve_owner(ctx, principal, data.owner_id)
+    try:
+        return await _update_lead(ctx, principal, lead_id, data, new_owner)
+    except IntegrityError as exc:
+        # Another lead took the new email between the check and the write (PostgreSQL).
+        if not _open_email_taken(exc) or data.email is None:
+            raise
+        async with ctx.db.read() as session:
+            raise await _lead_exists(session, principal, email_index(ctx, data.email)) from exc
+
+
+async def _update_lead(
+    ctx: ServiceContext,
+    principal: Principal,
+    lead_id: str,
+    data: LeadUpdate,
+    new_owner: str | None,
+) -> Lead:
+    changes = data.model_fields_set
     now = utcnow()
     async with ctx.db.transaction() as session:
         row = await _load(session, lead_id, lock=True)
@@ -454,8 +517,8 @@ async def update_lead(
             values["email_index"] = email_index(ctx, data.email) if data.email else None
             index = values["email_index"]
             other = (await open_leads_by_email(session, [index])).get(index) if index else None
-            if other is not None and other != lead_id:
-                raise LeadExists(other)
+            if other is not None and other.id != lead_id:
+                raise LeadExists(readable_id(principal, other))
         has_email = values.get("email_encrypted", current["email_encrypted"]) is not None
         has_phone = values.get("phone_encrypted", current["phone_encrypted"]) is not None
         if not has_email and not has_phone:

@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import IO, Any, Literal
 
 from pydantic import ValidationError
+from sqlalchemy.ext.asyncio import AsyncSession
 
 from ecosistema.platform.auth import Principal
 from ecosistema.platform.csvsafe import refuse_repeated_columns
@@ -260,32 +261,61 @@ async def import_file(
         rows = list(_rows(stream, tally, await service.known_categories(ctx)))
     if tally.rows_read == 0:
         raise field_error("body", "the file holds no leads, only a header", code="empty")
-    rows = await _skip_duplicates(ctx, rows, tally)
+    rows = await _skip_duplicates(ctx, principal, rows, tally)
     owned = await _owners(ctx, principal, rows, tally)
     if tally.refused and mode == "all-or-nothing":
         raise ImportRejected(_report(tally, applied=False, created=[]))
     now = utcnow()
     batches: list[list[dict[str, Any]]] = []
+    lines: dict[str, int] = {}  # lead id -> its line in the file
     seen: dict[str, History] = {}
     for start in range(0, len(owned), BATCH):
-        batch = [
-            service.new_lead_values(
+        batch = []
+        for row, owner in owned[start : start + BATCH]:
+            values = service.new_lead_values(
                 ctx, row.lead, owner_id=owner, created_by=principal.subject, now=now
             )
-            for row, owner in owned[start : start + BATCH]
-        ]
+            lines[values["id"]] = row.line
+            batch.append(values)
         await service.score_new_leads(ctx, batch, seen=seen)
         batches.append(batch)
     created: list[dict[str, Any]] = []
     async with ctx.db.transaction() as session:
         for batch in batches:
-            created.extend(await service.insert_leads(ctx, session, batch))
+            inserted = await service.insert_leads(ctx, session, batch)
+            created.extend(inserted)
+            if len(inserted) < len(batch):
+                await _skipped_meanwhile(session, principal, batch, inserted, lines, tally)
     return _report(tally, applied=True, created=created)
 
 
-async def _skip_duplicates(ctx: ServiceContext, rows: list[_Row], tally: _Tally) -> list[_Row]:
+async def _skipped_meanwhile(
+    session: AsyncSession,
+    principal: Principal,
+    batch: list[dict[str, Any]],
+    inserted: list[dict[str, Any]],
+    lines: Mapping[str, int],
+    tally: _Tally,
+) -> None:
+    """Report as duplicates the rows an open lead created since the file was checked took."""
+    done = {values["id"] for values in inserted}
+    skipped = [values for values in batch if values["id"] not in done]
+    existing = await service.open_leads_by_email(session, [v["email_index"] for v in skipped])
+    for values in skipped:
+        found = existing.get(values["email_index"])
+        tally.duplicate(
+            lines[values["id"]],
+            service.readable_id(principal, found) if found is not None else None,
+            "an open lead already has this email",
+        )
+
+
+async def _skip_duplicates(
+    ctx: ServiceContext, principal: Principal, rows: list[_Row], tally: _Tally
+) -> list[_Row]:
     """Rows whose email an open lead (or an earlier row of the file) has are skipped, not
-    refused: importing the same file twice creates nothing the second time."""
+    refused: importing the same file twice creates nothing the second time. The existing
+    lead's id is reported only to a caller who may read that lead."""
     indexes = {id(r): service.email_index(ctx, r.lead.email) for r in rows if r.lead.email}
     async with ctx.db.read() as session:
         existing = await service.open_leads_by_email(session, list(indexes.values()))
@@ -296,7 +326,11 @@ async def _skip_duplicates(ctx: ServiceContext, rows: list[_Row], tally: _Tally)
         if index is None:
             kept.append(row)
         elif index in existing:
-            tally.duplicate(row.line, existing[index], "an open lead already has this email")
+            tally.duplicate(
+                row.line,
+                service.readable_id(principal, existing[index]),
+                "an open lead already has this email",
+            )
         elif index in first_line:
             tally.duplicate(
                 row.line, None, f"the same email as line {first_line[index]} of this file"
