@@ -7,8 +7,10 @@ import gc
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from typing import Any
+from urllib.parse import parse_qsl
 
-from fastapi import FastAPI, Request
+from fastapi import Depends, FastAPI, Request
+from fastapi.exceptions import RequestValidationError
 from fastapi.middleware.cors import CORSMiddleware
 from starlette.exceptions import HTTPException
 from starlette.responses import JSONResponse
@@ -57,6 +59,7 @@ def create_app(
         docs_url=None,  # served by _install_docs, with Swagger UI's files from this package
         redoc_url=None,
         openapi_url="/openapi.json",
+        dependencies=[Depends(refuse_unknown_query_parameters)],
     )
     app.state.runtime = runtime
     app.state.settings = settings
@@ -180,6 +183,54 @@ def _install_method_semantics(router: Router) -> None:
             raise HTTPException(405, exc.detail, headers={"Allow": allow}) from None
 
     router.middleware_stack = routed
+
+
+async def refuse_unknown_query_parameters(request: Request) -> None:
+    """A query parameter an operation does not declare is refused (422, naming it), as Stripe
+    does, instead of being ignored: a misspelt filter or option (``interval=week`` where the
+    parameter is ``group_by``) would otherwise answer as if it had not been given. Installed as
+    a dependency of every operation of the API."""
+    query: bytes = request.scope.get("query_string", b"")
+    if not query:
+        return
+    route = request.scope.get("route")
+    if route is None or not getattr(route, "include_in_schema", False):
+        return  # Swagger UI's OAuth2 redirect, for one, receives the provider's parameters
+    declared: frozenset[str] | None = getattr(route, _DECLARED_QUERY, None)
+    if declared is None:
+        declared = _query_names(route.dependant)
+        setattr(route, _DECLARED_QUERY, declared)  # found once: routes live as long as the app
+    names = dict.fromkeys(
+        name for name, _ in parse_qsl(query.decode("latin-1"), keep_blank_values=True)
+    )
+    unknown = [name for name in names if name not in declared]
+    if unknown:
+        takes = ", ".join(sorted(declared)) if declared else None
+        message = (
+            f"Unknown query parameter; this operation takes {takes}."
+            if takes
+            else "Unknown query parameter; this operation takes none."
+        )
+        raise RequestValidationError(
+            [
+                {"type": "unknown_parameter", "loc": ("query", name), "msg": message}
+                for name in unknown
+            ]
+        )
+
+
+_DECLARED_QUERY = "_ecosistema_declared_query"
+
+
+def _query_names(dependant: Any) -> frozenset[str]:
+    """The query parameters an operation reads, its dependencies' included."""
+    names: set[str] = set()
+    pending = [dependant]
+    while pending:
+        current = pending.pop()
+        names.update(param.alias for param in current.query_params)
+        pending.extend(current.dependencies)
+    return frozenset(names)
 
 
 # HEAD is found by GET: a route serving GET serves HEAD too.

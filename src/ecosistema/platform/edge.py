@@ -305,6 +305,7 @@ class HttpEdge:
                 and not credentials
                 and not (origin and self.cors)
                 and not scope.get("root_path")
+                and not scope.get("query_string")  # the route itself refuses unknown parameters
             ):
                 matched = self.fast.match(method, scope["path"])
                 if matched is not None:
