@@ -19,6 +19,7 @@ from fastapi import FastAPI
 
 from ecosistema.platform.app import create_app
 from ecosistema.platform.config import Settings
+from tests.default_model import DefaultModelCache
 
 PG_URL = os.environ.get(
     "ECOSISTEMA_TEST_PG_URL", "postgresql+asyncpg://postgres@127.0.0.1:5432/test"
@@ -118,6 +119,15 @@ def settings(shape: str, tmp_path: Path) -> Settings:
     return make_settings(shape, tmp_path)
 
 
+@pytest.fixture(scope="session")
+def default_model_cache(tmp_path_factory: pytest.TempPathFactory) -> DefaultModelCache:
+    """The default lead-scoring model, trained at most once in the session (by whichever xdist
+    worker needs it first); ``default_model_cache.seed(settings)`` before a platform hosting sales
+    starts, so the start loads the model rather than training it."""
+    base = tmp_path_factory.getbasetemp()
+    return DefaultModelCache(base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base)
+
+
 async def drop_test_schemas(settings: Settings) -> None:
     """Remove the PostgreSQL schemas and NATS stream a distributed test created."""
     if settings.bus_url.startswith("nats://"):
@@ -147,10 +157,11 @@ async def drop_test_schemas(settings: Settings) -> None:
 
 
 @pytest.fixture
-async def app(settings: Settings) -> AsyncIterator[FastAPI]:
+async def app(settings: Settings, default_model_cache: DefaultModelCache) -> AsyncIterator[FastAPI]:
     """The embedded app with every service, its runtime started (migrations applied)."""
     from ecosistema.services import load_services
 
+    default_model_cache.seed(settings)
     application = create_app(load_services(), settings)
     async with application.router.lifespan_context(application):
         yield application

@@ -40,6 +40,7 @@ from tests.conftest import (
     requires_postgres,
     requires_redis,
 )
+from tests.default_model import DefaultModelCache
 from tests.integration.test_certs_dev import _legacy_client, _legacy_server_accepts
 from tests.integration.test_distributed_support import (
     SECRET,
@@ -109,9 +110,12 @@ def _ready(url: str, trust: ssl.SSLContext | None = None) -> bool:
 
 
 @pytest.fixture(scope="module")
-def platform(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Platform]:
+def platform(
+    tmp_path_factory: pytest.TempPathFactory, default_model_cache: DefaultModelCache
+) -> Iterator[Platform]:
     data_dir = tmp_path_factory.mktemp("distributed")
     settings = make_settings("distributed", data_dir, gateway_secret=SECRET, **FAST_HASHING)
+    default_model_cache.seed(settings)
     replicas = {name: 1 for name in SERVICE_NAMES} | {"catalog": 2}
     base = consecutive_free_ports(sum(replicas.values()))
     (port,) = free_ports(1)

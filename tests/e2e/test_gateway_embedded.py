@@ -19,6 +19,7 @@ from ecosistema.platform.app import create_app
 from ecosistema.platform.config import Settings
 from ecosistema.services import SERVICE_NAMES, load_services
 from tests.conftest import drop_test_schemas
+from tests.default_model import DefaultModelCache
 from tests.integration.test_identity_support import fast_settings
 
 API = "/api/v1"
@@ -30,7 +31,10 @@ def settings(shape: str, tmp_path: Path) -> Settings:
 
 
 @pytest.fixture
-async def edge(settings: Settings) -> AsyncIterator[tuple[Any, httpx.AsyncClient]]:
+async def edge(
+    settings: Settings, default_model_cache: DefaultModelCache
+) -> AsyncIterator[tuple[Any, httpx.AsyncClient]]:
+    default_model_cache.seed(settings)
     services = load_services()
     app = create_app(services, settings)
     running: EmbeddedGateway = await serve_embedded(
@@ -197,7 +201,7 @@ async def test_metrics_expose_the_gateways_and_the_apps_series_in_one_exposition
 
 
 async def test_identitys_own_login_throttle_passes_without_the_gateways_limit_headers(
-    shape: str, tmp_path: Path
+    shape: str, tmp_path: Path, default_model_cache: DefaultModelCache
 ) -> None:
     # The gateway's auth budget is generous here; identity locks the account after 2 failures.
     settings = fast_settings(
@@ -207,6 +211,7 @@ async def test_identitys_own_login_throttle_passes_without_the_gateways_limit_he
         lockout_threshold=2,
         login_delay_after_failures=100,
     )
+    default_model_cache.seed(settings)
     running = await serve_embedded(settings, port=0, access_log=io.StringIO())
     try:
         async with httpx.AsyncClient(

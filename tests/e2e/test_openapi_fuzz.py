@@ -22,6 +22,7 @@ from schemathesis.python import asgi
 from ecosistema.platform.app import create_app
 from ecosistema.services import load_services
 from tests.conftest import make_settings
+from tests.default_model import DefaultModelCache
 
 # Bounded so the whole run stays near a minute on two shared cores.
 MAX_EXAMPLES = 25
@@ -57,13 +58,15 @@ CHECKS = [
 # The schema is read from the app itself rather than over HTTP, so building it starts nothing;
 # schemathesis's lazy fixture loading does not work with this pytest version.
 DATA_DIR = Path(tempfile.mkdtemp(prefix="ecosistema-fuzz-"))
-app = create_app(load_services(), make_settings("embedded", DATA_DIR))
+APP_SETTINGS = make_settings("embedded", DATA_DIR)
+app = create_app(load_services(), APP_SETTINGS)
 schema = schemathesis.openapi.from_dict(app.openapi())
 schema.app = app
 
 
 @pytest.fixture(scope="module", autouse=True)
-def running_app() -> Iterator[None]:
+def running_app(default_model_cache: DefaultModelCache) -> Iterator[None]:
+    default_model_cache.seed(APP_SETTINGS)  # before the first call starts the app
     yield
     try:
         asgi.shutdown_lifespans()

@@ -13,6 +13,7 @@ from typer.testing import CliRunner
 from ecosistema import __version__
 from ecosistema.cli import app
 from ecosistema.platform.config import get_settings
+from tests.default_model import DefaultModelCache
 
 runner = CliRunner()
 
@@ -171,9 +172,12 @@ def test_payments_reconcile_on_a_fresh_install_is_clean() -> None:
     assert '"mismatched": []' in output
 
 
-def test_up_with_demo_seeds_every_service_that_has_demo_data() -> None:
+def test_up_with_demo_seeds_every_service_that_has_demo_data(
+    default_model_cache: DefaultModelCache,
+) -> None:
     from ecosistema.cli import _seed_demo
 
+    default_model_cache.seed(get_settings())
     seeded = _seed_demo(get_settings())
     assert seeded["identity"]["admin"]["email"] == "admin@demo.ecosistema.dev"
     assert {"identity", "catalog", "orders"} <= set(seeded)
@@ -203,18 +207,24 @@ def _serving_public_url(monkeypatch: pytest.MonkeyPatch) -> list[str]:
     return served
 
 
-def test_up_points_mail_links_at_where_it_listens(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_up_points_mail_links_at_where_it_listens(
+    monkeypatch: pytest.MonkeyPatch, default_model_cache: DefaultModelCache
+) -> None:
     monkeypatch.setenv("ECOSISTEMA_PUBLIC_URL", "placeholder")  # restored to unset afterwards
     monkeypatch.delenv("ECOSISTEMA_PUBLIC_URL")
     get_settings.cache_clear()
+    default_model_cache.seed(get_settings())
     served = _serving_public_url(monkeypatch)
     invoke("up", "--host", "0.0.0.0", "--port", "8123")
     assert served == ["http://127.0.0.1:8123"]
 
 
-def test_up_keeps_an_explicit_public_url(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_up_keeps_an_explicit_public_url(
+    monkeypatch: pytest.MonkeyPatch, default_model_cache: DefaultModelCache
+) -> None:
     monkeypatch.setenv("ECOSISTEMA_PUBLIC_URL", "https://shop.example.com")
     get_settings.cache_clear()
+    default_model_cache.seed(get_settings())
     served = _serving_public_url(monkeypatch)
     invoke("up", "--port", "8123")
     assert served == ["https://shop.example.com"]

@@ -21,6 +21,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
 from ecosistema.gateway import create_ssl_context, gateway_config, serve
+from tests.default_model import DefaultModelCache
 from tests.integration.test_gateway_upstream import start_upstream, stop
 
 
@@ -107,7 +108,9 @@ def test_up_refuses_a_key_without_a_certificate_or_a_certificate_it_cannot_load(
 
 
 @pytest.mark.filterwarnings("ignore::DeprecationWarning")
-def test_up_serves_https_with_tls_1_2_or_later_and_a_dev_certificate(tmp_path: Path) -> None:
+def test_up_serves_https_with_tls_1_2_or_later_and_a_dev_certificate(
+    tmp_path: Path, default_model_cache: DefaultModelCache
+) -> None:
     from ecosistema.certs import create_dev_certificates
     from tests.conftest import make_settings
     from tests.integration.test_certs_dev import _legacy_client, _legacy_server_accepts
@@ -115,6 +118,7 @@ def test_up_serves_https_with_tls_1_2_or_later_and_a_dev_certificate(tmp_path: P
 
     certs = create_dev_certificates(tmp_path / "certs", ("localhost", "127.0.0.1"))
     settings = make_settings("embedded", tmp_path)
+    default_model_cache.seed(settings)
     (port,) = free_ports(1)
     log = (tmp_path / "up.log").open("wb")
     process = subprocess.Popen(

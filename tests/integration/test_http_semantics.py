@@ -31,6 +31,7 @@ from ecosistema.gateway.server import GatewayServer
 from ecosistema.platform.app import create_app
 from ecosistema.platform.config import Settings
 from ecosistema.services import load_services
+from tests.default_model import DefaultModelCache
 from tests.integration.test_distributed_support import child_environment, free_ports
 from tests.integration.test_gateway_upstream import start_upstream, stop
 from tests.integration.test_identity_support import fast_settings
@@ -65,8 +66,11 @@ async def raw_status_line(port: int, request: bytes) -> bytes:
 
 
 @pytest.fixture
-async def embedded(tmp_path: Path) -> AsyncIterator[tuple[Any, EmbeddedGateway]]:
+async def embedded(
+    tmp_path: Path, default_model_cache: DefaultModelCache
+) -> AsyncIterator[tuple[Any, EmbeddedGateway]]:
     settings = fast_settings("embedded", tmp_path)
+    default_model_cache.seed(settings)
     services = load_services()
     app = create_app(services, settings)
     running = await serve_embedded(

@@ -19,6 +19,7 @@ from ecosistema.sales.domain import LeadStatus
 from ecosistema.sales.schemas import LeadCreate, LeadUpdate
 from ecosistema.sales.service import create_lead, update_lead
 from tests.conftest import make_settings
+from tests.default_model import DefaultModelCache
 
 
 async def close_some_leads(settings: Settings) -> None:
@@ -39,9 +40,10 @@ async def close_some_leads(settings: Settings) -> None:
 
 
 def test_retrain_from_leads_uses_the_closed_leads(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, default_model_cache: DefaultModelCache
 ) -> None:
     settings = make_settings("embedded", tmp_path)
+    default_model_cache.seed(settings)
     asyncio.run(close_some_leads(settings))
     monkeypatch.setenv("ECOSISTEMA_DATA_DIR", str(tmp_path))
     monkeypatch.setenv("ECOSISTEMA_DATABASE_URL", settings.database_url)

@@ -18,6 +18,7 @@ from ecosistema.platform.app import create_app
 from ecosistema.platform.config import Settings
 from ecosistema.platform.service import Service, ServiceContext
 from tests.conftest import drop_test_schemas
+from tests.default_model import DefaultModelCache
 from tests.integration.test_identity_support import API, bearer, fast_settings, register, signed_in
 from tests.integration.test_orders_support import eventually
 
@@ -45,7 +46,8 @@ def settings(shape: str, tmp_path: Path) -> Settings:
 
 
 @pytest.fixture
-async def app(settings: Settings) -> AsyncIterator[FastAPI]:
+async def app(settings: Settings, default_model_cache: DefaultModelCache) -> AsyncIterator[FastAPI]:
+    default_model_cache.seed(settings)
     application = create_app(sales_services(), settings)
     async with application.router.lifespan_context(application):
         yield application
