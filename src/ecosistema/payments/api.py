@@ -1,10 +1,13 @@
 """HTTP for payments: intents, capture, void, refunds, invoices, provider webhooks, reports.
 
-Every POST takes an ``Idempotency-Key``: the same key and body replay the first answer.
+Every POST takes an ``Idempotency-Key``: the same key and body replay the first answer. A guest
+(no account) creates, reads, confirms and cancels the payment of their order with the token of
+the cart the order came from (``X-Cart-Token``), as they read the order itself.
 """
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Awaitable, Callable
 from datetime import date
 from typing import Annotated, Any, Literal
@@ -31,7 +34,7 @@ from ecosistema.payments.schemas import (
     SalesReport,
     WebhookAck,
 )
-from ecosistema.platform.auth import CurrentPrincipal, Principal
+from ecosistema.platform.auth import CurrentPrincipal, OptionalPrincipal, Principal
 from ecosistema.platform.errors import error_responses as _errors
 from ecosistema.platform.idempotency import (
     IdempotencyKeyHeader,
@@ -43,25 +46,47 @@ from ecosistema.platform.service import ServiceContext, context_of
 router = APIRouter(tags=["payments"])
 Context = Annotated[ServiceContext, Depends(context_of("payments"))]
 PaymentId = Annotated[str, Path(min_length=1, max_length=64)]
+CART_TOKEN_HEADER = "X-Cart-Token"
+CartToken = Annotated[
+    str | None,
+    Header(
+        alias=CART_TOKEN_HEADER,
+        max_length=200,
+        description="A guest's cart token: the cart the order was placed from.",
+    ),
+]
+
+
+def _caller_id(principal: Principal | None, cart_token: str | None) -> str | None:
+    """Whose idempotency keys a request shares: the signed-in caller, or the guest's cart
+    token (hashed), so one guest's keys never meet another's; ``None`` for neither."""
+    if principal is not None:
+        return principal.subject
+    if cart_token:
+        return "guest:" + hashlib.sha256(cart_token.encode()).hexdigest()[:32]
+    return None
 
 
 async def _idempotent(
     ctx: ServiceContext,
     request: Request,
-    principal: Principal,
+    principal: Principal | None,
     key: str | None,
     body: BaseModel | None,
     status_code: int,
     use_case: Callable[[], Awaitable[BaseModel]],
+    cart_token: str | None = None,
 ) -> JSONResponse:
     async def handler() -> tuple[int, dict[str, Any]]:
         return status_code, (await use_case()).model_dump(mode="json")
 
+    caller = _caller_id(principal, cart_token)
     result = await run_idempotent(
         ctx,
         idempotency,
-        key=key,
-        principal_id=principal.subject,
+        # Without credentials or a cart token the use case answers 404: nothing to keep.
+        key=key if caller is not None else None,
+        principal_id=caller or "",
         method=request.method,
         path=request.url.path,
         body=body.model_dump(mode="json") if body is not None else None,
@@ -74,15 +99,17 @@ async def _idempotent(
     "/payments",
     response_model=Payment,
     status_code=status.HTTP_201_CREATED,
-    summary="Create a payment intent for an order (confirmed at once with a payment method)",
+    summary="Create a payment intent for an order (confirmed at once with a payment method); "
+    "a guest sends their cart token",
     responses=_errors(401, 403, 404, 409, 422, 503),
 )
 async def create_payment(
     body: PaymentCreate,
     request: Request,
     ctx: Context,
-    principal: CurrentPrincipal,
+    principal: OptionalPrincipal,
     idempotency_key: IdempotencyKeyHeader = None,
+    cart_token: CartToken = None,
 ) -> Response:
     return await _idempotent(
         ctx,
@@ -91,7 +118,8 @@ async def create_payment(
         idempotency_key,
         body,
         201,
-        lambda: service.create_payment(ctx, principal=principal, data=body),
+        lambda: service.create_payment(ctx, principal=principal, data=body, cart_token=cart_token),
+        cart_token,
     )
 
 
@@ -117,11 +145,18 @@ async def list_payments(
 @router.get(
     "/payments/{payment_id}",
     response_model=Payment,
-    summary="One payment",
+    summary="One payment (a guest sends their cart token)",
     responses=_errors(401, 403, 404),
 )
-async def get_payment(payment_id: PaymentId, ctx: Context, principal: CurrentPrincipal) -> Payment:
-    return await service.get_payment(ctx, principal=principal, payment_id=payment_id)
+async def get_payment(
+    payment_id: PaymentId,
+    ctx: Context,
+    principal: OptionalPrincipal,
+    cart_token: CartToken = None,
+) -> Payment:
+    return await service.get_payment(
+        ctx, principal=principal, payment_id=payment_id, cart_token=cart_token
+    )
 
 
 @router.post(
@@ -134,8 +169,9 @@ async def confirm_payment(
     payment_id: PaymentId,
     request: Request,
     ctx: Context,
-    principal: CurrentPrincipal,
+    principal: OptionalPrincipal,
     idempotency_key: IdempotencyKeyHeader = None,
+    cart_token: CartToken = None,
     body: PaymentConfirm | None = None,
 ) -> Response:
     data = body or PaymentConfirm()
@@ -147,8 +183,13 @@ async def confirm_payment(
         data,
         200,
         lambda: service.confirm_payment(
-            ctx, principal=principal, payment_id=payment_id, payment_method=data.payment_method
+            ctx,
+            principal=principal,
+            payment_id=payment_id,
+            payment_method=data.payment_method,
+            cart_token=cart_token,
         ),
+        cart_token,
     )
 
 
@@ -190,8 +231,9 @@ async def cancel_payment(
     payment_id: PaymentId,
     request: Request,
     ctx: Context,
-    principal: CurrentPrincipal,
+    principal: OptionalPrincipal,
     idempotency_key: IdempotencyKeyHeader = None,
+    cart_token: CartToken = None,
     body: PaymentCancel | None = None,
 ) -> Response:
     return await _idempotent(
@@ -201,7 +243,10 @@ async def cancel_payment(
         idempotency_key,
         body or PaymentCancel(),
         200,
-        lambda: service.cancel_payment(ctx, principal=principal, payment_id=payment_id),
+        lambda: service.cancel_payment(
+            ctx, principal=principal, payment_id=payment_id, cart_token=cart_token
+        ),
+        cart_token,
     )
 
 

@@ -183,12 +183,58 @@ def _ensure_reach(principal: Principal, row: Mapping[str, Any], *, bypass: str) 
     ensure_owner(principal, row["created_by"], bypass=bypass, detail=PAYMENT_NOT_FOUND)
 
 
-async def get_payment(ctx: ServiceContext, *, principal: Principal, payment_id: str) -> Payment:
-    """One payment, if the caller may see it."""
-    _ensure_any(principal, "payments:read_own", "payments:read_all")
+def _check_caller(principal: Principal | None, cart_token: str | None, *permissions: str) -> None:
+    """A signed-in caller without a cart token needs one of ``permissions`` (403); a caller with
+    neither credentials nor a cart token is told what a missing id is told."""
+    if principal is not None and not cart_token:
+        _ensure_any(principal, *permissions)
+    elif principal is None and not cart_token:
+        raise NotFound(PAYMENT_NOT_FOUND)
+
+
+async def _ensure_payer(
+    ctx: ServiceContext,
+    principal: Principal | None,
+    cart_token: str | None,
+    row: Mapping[str, Any],
+    *,
+    own: str,
+    bypass: str,
+) -> None:
+    """Let through the payment's customer (or whoever started it), staff holding ``bypass``,
+    and a guest holding the token of the cart the payment's order came from; anyone else gets
+    the answer a missing id gets."""
+    if (
+        principal is not None
+        and (principal.has(own) or principal.has(bypass))
+        and any(can_reach(principal, row[c], bypass=bypass) for c in ("customer_id", "created_by"))
+    ):
+        return
+    # Orders decides who holds a guest order: the same check as the guest's own order reads.
+    if cart_token and row["customer_id"] is None:
+        try:
+            await _order(ctx, row["order_id"], cart_token=cart_token)
+        except NotFound:
+            pass
+        else:
+            return
+    raise NotFound(PAYMENT_NOT_FOUND)
+
+
+async def get_payment(
+    ctx: ServiceContext,
+    *,
+    principal: Principal | None,
+    payment_id: str,
+    cart_token: str | None = None,
+) -> Payment:
+    """One payment, if the caller may see it (a guest: with their order's cart token)."""
+    _check_caller(principal, cart_token, "payments:read_own", "payments:read_all")
     async with ctx.db.read() as session:
         row = await _load(session, payment_id)
-    _ensure_reach(principal, row, bypass="payments:read_all")
+    await _ensure_payer(
+        ctx, principal, cart_token, row, own="payments:read_own", bypass="payments:read_all"
+    )
     return _payment(row)
 
 
@@ -246,13 +292,40 @@ def _plain(value: Any) -> Any:
     return json.loads(json.dumps(value, default=str))
 
 
-async def _order(ctx: ServiceContext, order_id: str) -> dict[str, Any]:
+async def _order(
+    ctx: ServiceContext, order_id: str, *, cart_token: str | None = None
+) -> dict[str, Any]:
+    """The order's summary; with ``cart_token``, only if the guest holding it may read it."""
     try:
         orders = ctx.client("orders")
     except LookupError as exc:
         raise ServiceUnavailable("The orders service cannot be reached from here.") from exc
-    summary: dict[str, Any] = _plain(await orders.get_order(order_id))
+    if cart_token is None:
+        found = await orders.get_order(order_id)
+    else:
+        found = await orders.get_order(order_id, cart_token=cart_token)
+    summary: dict[str, Any] = _plain(found)
     return summary
+
+
+async def _payable_order(
+    ctx: ServiceContext, principal: Principal | None, cart_token: str | None, order_id: str
+) -> dict[str, Any]:
+    """The order to pay, if the caller may pay it: their own (staff: any), or a guest order
+    whose cart token they hold; anyone else gets the answer a missing order gets."""
+    if principal is not None and (
+        principal.has("payments:write_own") or principal.has("payments:write_all")
+    ):
+        order = await _order(ctx, order_id)
+        if can_reach(principal, order.get("customer_id"), bypass="payments:write_all"):
+            return order
+        if not cart_token or order.get("customer_id") is not None:
+            raise NotFound(ORDER_NOT_FOUND)
+    elif not cart_token:
+        if principal is not None:
+            _ensure_any(principal, "payments:write_own", "payments:write_all")
+        raise NotFound(ORDER_NOT_FOUND)
+    return await _order(ctx, order_id, cart_token=cart_token)
 
 
 # The buyer's personal data in an order: kept apart from the snapshot, encrypted.
@@ -305,18 +378,16 @@ def _open(ctx: ServiceContext, row: Mapping[str, Any], table: str) -> dict[str, 
 async def create_payment(
     ctx: ServiceContext,
     *,
-    principal: Principal,
+    principal: Principal | None,
     data: PaymentCreate,
     at: datetime | None = None,
+    cart_token: str | None = None,
 ) -> Payment:
     """A payment intent for an order, amount and currency from the order; confirmed at once
-    when a payment method is given."""
+    when a payment method is given. A guest pays with the token of the cart the order came
+    from."""
     with _recorded_at(at):
-        _ensure_any(principal, "payments:write_own", "payments:write_all")
-        order = await _order(ctx, data.order_id)
-        ensure_owner(
-            principal, order.get("customer_id"), bypass="payments:write_all", detail=ORDER_NOT_FOUND
-        )
+        order = await _payable_order(ctx, principal, cart_token, data.order_id)
         if order.get("status") not in PAYABLE_ORDER_STATUSES:
             raise OrderNotPayable(
                 f"Order {order.get('number')} is {order.get('status')}, not payable."
@@ -348,6 +419,7 @@ async def create_payment(
             return await _confirm(
                 ctx,
                 principal,
+                None,
                 payment_id,
                 data.payment_method,
                 "payment_method",
@@ -374,10 +446,14 @@ _EMPTY_OUTCOME: dict[str, Any] = {
 }
 
 
+# ``created_by`` of a payment a guest (no account, a cart token) started.
+GUEST = "guest"
+
+
 def _new_payment(
     ctx: ServiceContext,
     payment_id: str,
-    principal: Principal,
+    principal: Principal | None,
     data: PaymentCreate,
     order: Mapping[str, Any],
     now: datetime,
@@ -387,7 +463,7 @@ def _new_payment(
         "order_id": data.order_id,
         "live_order_id": data.order_id,
         "customer_id": order.get("customer_id"),
-        "created_by": principal.subject,
+        "created_by": principal.subject if principal is not None else GUEST,
         "status": PaymentStatus.REQUIRES_PAYMENT_METHOD.value,
         "capture_method": data.capture_method.value,
         "amount": int(order["total"]),
@@ -410,18 +486,20 @@ def _new_payment(
 async def confirm_payment(
     ctx: ServiceContext,
     *,
-    principal: Principal,
+    principal: Principal | None,
     payment_id: str,
     payment_method: PaymentMethodInput | None,
+    cart_token: str | None = None,
 ) -> Payment:
     """Charge (or authorize) with a payment method, or finish a required customer action."""
-    _ensure_any(principal, "payments:write_own", "payments:write_all")
-    return await _confirm(ctx, principal, payment_id, payment_method, "payment_method")
+    _check_caller(principal, cart_token, "payments:write_own", "payments:write_all")
+    return await _confirm(ctx, principal, cart_token, payment_id, payment_method, "payment_method")
 
 
 async def _confirm(
     ctx: ServiceContext,
-    principal: Principal,
+    principal: Principal | None,
+    cart_token: str | None,
     payment_id: str,
     method: PaymentMethodInput | None,
     field: str,
@@ -431,9 +509,13 @@ async def _confirm(
     if created is None:
         async with ctx.db.read() as session:
             row = await _load(session, payment_id)
+        await _ensure_payer(
+            ctx, principal, cart_token, row, own="payments:write_own", bypass="payments:write_all"
+        )
     else:
-        row = created  # just inserted by this request: nothing else has touched it
-    _ensure_reach(principal, row, bypass="payments:write_all")
+        # Just inserted by this request, for an order the caller may pay: nothing else has
+        # touched it.
+        row = created
     previous = PaymentStatus(row["status"])
     if previous not in domain.CONFIRMABLE:
         raise IllegalTransition(
@@ -740,12 +822,20 @@ async def _claim(
         return await _load(session, payment_id)
 
 
-async def cancel_payment(ctx: ServiceContext, *, principal: Principal, payment_id: str) -> Payment:
+async def cancel_payment(
+    ctx: ServiceContext,
+    *,
+    principal: Principal | None,
+    payment_id: str,
+    cart_token: str | None = None,
+) -> Payment:
     """Cancel a payment that has taken no money; an authorization is voided at the provider."""
-    _ensure_any(principal, "payments:write_own", "payments:write_all")
+    _check_caller(principal, cart_token, "payments:write_own", "payments:write_all")
     async with ctx.db.read() as session:
         row = await _load(session, payment_id)
-    _ensure_reach(principal, row, bypass="payments:write_all")
+    await _ensure_payer(
+        ctx, principal, cart_token, row, own="payments:write_own", bypass="payments:write_all"
+    )
     previous = PaymentStatus(row["status"])
     domain.ensure_transition(previous, PaymentStatus.CANCELED)
     claimed = await _claim(ctx, payment_id, previous, "void")
