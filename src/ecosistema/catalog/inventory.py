@@ -16,7 +16,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 import structlog
-from sqlalchemy import CursorResult, func, insert, select, update
+from sqlalchemy import CursorResult, bindparam, func, insert, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from ecosistema.catalog import domain
@@ -56,23 +56,34 @@ def _rowcount(result: Any) -> int:
     return int(result.rowcount) if isinstance(result, CursorResult) else 0
 
 
+# Reservation paths' reads, built once (building a statement costs more than running it).
+_LEVELS = (
+    select(stock.c.warehouse_id, stock.c.on_hand - stock.c.reserved)
+    .select_from(stock.join(warehouses, warehouses.c.id == stock.c.warehouse_id))
+    .where(stock.c.sku == bindparam("sku"))
+    .order_by(warehouses.c.priority, warehouses.c.code)
+)
+_AVAILABLE = select(func.coalesce(func.sum(stock.c.on_hand - stock.c.reserved), 0)).where(
+    stock.c.sku == bindparam("sku")
+)
+_HELD_LINES = (
+    select(reservation_lines)
+    .select_from(
+        reservation_lines.join(warehouses, warehouses.c.id == reservation_lines.c.warehouse_id)
+    )
+    .where(reservation_lines.c.order_id == bindparam("order_id"))
+    .order_by(reservation_lines.c.sku, warehouses.c.priority, warehouses.c.code)
+)
+
+
 async def _levels(session: AsyncSession, sku: str) -> list[tuple[str, int]]:
     """``[(warehouse_id, available)]`` for a SKU in allocation order."""
-    rows = await session.execute(
-        select(stock.c.warehouse_id, stock.c.on_hand - stock.c.reserved)
-        .select_from(stock.join(warehouses, warehouses.c.id == stock.c.warehouse_id))
-        .where(stock.c.sku == sku)
-        .order_by(warehouses.c.priority, warehouses.c.code)
-    )
+    rows = await session.execute(_LEVELS, {"sku": sku})
     return [(wid, max(0, int(free))) for wid, free in rows.all()]
 
 
 async def _available(session: AsyncSession, sku: str) -> int:
-    total = await session.scalar(
-        select(func.coalesce(func.sum(stock.c.on_hand - stock.c.reserved), 0)).where(
-            stock.c.sku == sku
-        )
-    )
+    total = await session.scalar(_AVAILABLE, {"sku": sku})
     return max(0, int(total or 0))
 
 
@@ -269,20 +280,7 @@ async def _take(
 
 
 async def _held_lines(session: AsyncSession, order_id: str) -> list[Any]:
-    return list(
-        (
-            await session.execute(
-                select(reservation_lines)
-                .select_from(
-                    reservation_lines.join(
-                        warehouses, warehouses.c.id == reservation_lines.c.warehouse_id
-                    )
-                )
-                .where(reservation_lines.c.order_id == order_id)
-                .order_by(reservation_lines.c.sku, warehouses.c.priority, warehouses.c.code)
-            )
-        ).all()
-    )
+    return list((await session.execute(_HELD_LINES, {"order_id": order_id})).all())
 
 
 async def _settle(

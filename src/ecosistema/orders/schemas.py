@@ -34,10 +34,24 @@ def _currency(value: str) -> str:
 # --- carts --------------------------------------------------------------------------------------
 
 
+class CartItemAdd(Input):
+    sku: str = Field(min_length=1, max_length=64, pattern=_SKU)
+    quantity: int = Field(strict=True, ge=1, le=10_000)
+
+
+MAX_CART_CREATE_ITEMS = 100
+
+
 class CartCreate(Input):
     currency: str = Field(default="EUR", min_length=3, max_length=3)
     country: str | None = Field(default=None, pattern=_COUNTRY)
     email: EmailStr | None = None
+    items: list[CartItemAdd] | None = Field(
+        default=None,
+        max_length=MAX_CART_CREATE_ITEMS,
+        description="Lines to put in the cart, each checked as POST /carts/{id}/items checks "
+        "one; a bad line refuses the whole request. A repeated SKU adds up.",
+    )
 
     _check_currency = field_validator("currency")(_currency)
 
@@ -48,11 +62,6 @@ class CartUpdate(Input):
     country: str | None = Field(default=None, pattern=_COUNTRY)
     shipping_method: str | None = Field(default=None, max_length=50, pattern=_METHOD)
     email: EmailStr | None = None
-
-
-class CartItemAdd(Input):
-    sku: str = Field(min_length=1, max_length=64, pattern=_SKU)
-    quantity: int = Field(strict=True, ge=1, le=10_000)
 
 
 class CartItemUpdate(Input):

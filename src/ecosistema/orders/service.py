@@ -283,8 +283,37 @@ def _country(value: str, field_name: str) -> str:
     return code
 
 
+# The hot paths' statements are built once: building one costs more than running it on SQLite.
+_TAX_RATE = select(tax_rates.c.rate_bp).where(tax_rates.c.country == bindparam("country"))
+_CART = select(carts).where(carts.c.id == bindparam("cart_id"))
+_CART_LINES = (
+    select(cart_lines)
+    .where(cart_lines.c.cart_id == bindparam("cart_id"))
+    .order_by(cart_lines.c.added_at, cart_lines.c.sku)
+)
+_SHIPPING_METHOD = select(shipping_methods).where(shipping_methods.c.code == bindparam("code"))
+_ALL_SHIPPING_METHODS = select(shipping_methods)
+_ACTIVE_CART_OF = (
+    select(carts.c.id)
+    .where(
+        carts.c.customer_id == bindparam("customer_id"),
+        carts.c.status == "active",
+        carts.c.currency == bindparam("currency"),
+    )
+    .order_by(carts.c.updated_at.desc())
+    .limit(1)
+)
+_ORDER = select(orders).where(orders.c.id == bindparam("order_id"))
+_ORDER_LOCKED = _ORDER.with_for_update()
+_ORDER_LINES = (
+    select(order_lines)
+    .where(order_lines.c.order_id == bindparam("order_id"))
+    .order_by(order_lines.c.position)
+)
+
+
 async def _tax_rate_bp(session: AsyncSession, country: str) -> int | None:
-    rate = await session.scalar(select(tax_rates.c.rate_bp).where(tax_rates.c.country == country))
+    rate = await session.scalar(_TAX_RATE, {"country": country})
     return None if rate is None else int(rate)
 
 
@@ -605,9 +634,7 @@ class _CartState:
 
 
 async def _cart_row(session: AsyncSession, cart_id: str) -> RowMapping | None:
-    return (
-        (await session.execute(select(carts).where(carts.c.id == cart_id))).mappings().one_or_none()
-    )
+    return (await session.execute(_CART, {"cart_id": cart_id})).mappings().one_or_none()
 
 
 def _check_cart_access(
@@ -644,13 +671,7 @@ async def _load_cart_state(
     shipping_method: str | None = None,
 ) -> _CartState:
     lines: list[Mapping[Any, Any]] = list(
-        (
-            await session.execute(
-                select(cart_lines)
-                .where(cart_lines.c.cart_id == cart["id"])
-                .order_by(cart_lines.c.added_at, cart_lines.c.sku)
-            )
-        ).mappings()
+        (await session.execute(_CART_LINES, {"cart_id": cart["id"]})).mappings()
     )
     where = country or cart["country"] or ctx.settings.orders_default_country
     rate = await _tax_rate_bp(session, where)
@@ -658,17 +679,13 @@ async def _load_cart_state(
     shipping = None
     if method_code:
         shipping = (
-            (
-                await session.execute(
-                    select(shipping_methods).where(shipping_methods.c.code == method_code)
-                )
-            )
+            (await session.execute(_SHIPPING_METHOD, {"code": method_code}))
             .mappings()
             .one_or_none()
         )
     options = 0
     if shipping is None:
-        candidates = (await session.execute(select(shipping_methods))).mappings()
+        candidates = (await session.execute(_ALL_SHIPPING_METHODS)).mappings()
         options = sum(1 for m in candidates if _serves(m, where, cart["currency"]))
     voucher = await _voucher_row(session, cart["voucher_code"]) if cart["voucher_code"] else None
     return _CartState(cart, lines, rate, shipping, options, voucher)
@@ -876,7 +893,8 @@ async def create_cart(
     at: datetime | None = None,
 ) -> tuple[schemas.Cart, bool]:
     """A new cart: a customer's (one active per currency, returned if it exists) or an
-    anonymous one, whose token is returned once. Returns the cart and whether it is new."""
+    anonymous one, whose token is returned once; ``items`` are added to it in the same
+    transaction. Returns the cart and whether it is new."""
     with _recorded_at(at):
         now = _now()
         token = None if principal is not None else secrets.token_urlsafe(32)
@@ -889,7 +907,8 @@ async def create_cart(
             else:
                 where = ctx.settings.orders_default_country
                 rate = await _tax_rate_bp(session, where)
-            methods = list((await session.execute(select(shipping_methods))).mappings())
+            methods = list((await session.execute(_ALL_SHIPPING_METHODS)).mappings())
+        items, quotes = await _checked_items(ctx, principal, data)
         cart_id = new_id()
         values: dict[str, Any] = {
             "id": cart_id,
@@ -908,22 +927,23 @@ async def create_cart(
             "created_at": now,
             "updated_at": now,
         }
+        # A new cart's lines, in the order a read of the cart gives them.
+        lines: list[Mapping[Any, Any]] = [
+            {"cart_id": cart_id, "sku": sku, "quantity": quantity, "added_at": now}
+            for sku, (quantity, _index) in sorted(items.items())
+        ]
         async with ctx.db.transaction() as session:
+            existing = None
             if principal is not None:
                 existing = await session.scalar(
-                    select(carts.c.id)
-                    .where(
-                        carts.c.customer_id == principal.subject,
-                        carts.c.status == "active",
-                        carts.c.currency == data.currency,
-                    )
-                    .order_by(carts.c.updated_at.desc())
-                    .limit(1)
+                    _ACTIVE_CART_OF, {"customer_id": principal.subject, "currency": data.currency}
                 )
-            else:
-                existing = None
+            if existing is not None and items:
+                existing = await _add_items(ctx, session, str(existing), items, now)
             if existing is None:
-                await session.execute(insert(carts).values(**values))
+                await session.execute(insert(carts), values)
+                if lines:
+                    await session.execute(insert(cart_lines), lines)
                 if principal is not None:
                     # No email: the event is kept in the outbox and on the bus (personal data).
                     await ctx.outbox.add(
@@ -937,10 +957,42 @@ async def create_cart(
                     )
         if existing is not None:
             return await _view_cart(ctx, str(existing), token), False
-        # A new cart is empty: its view needs no second read.
+        # The cart is what was just written: its view needs no second read.
         options = sum(1 for m in methods if _serves(m, where, data.currency))
-        state = _CartState(values, [], rate, None, options, None)
-        return _cart_view(ctx, values, await _price(ctx, state), token), True
+        state = _CartState(values, lines, rate, None, options, None)
+        return _cart_view(ctx, values, await _price(ctx, state, quotes=quotes), token), True
+
+
+async def _add_items(
+    ctx: ServiceContext,
+    session: AsyncSession,
+    cart_id: str,
+    items: Mapping[str, tuple[int, int]],
+    now: datetime,
+) -> str | None:
+    """Add a new cart's ``items`` to the customer's active cart found instead; ``None`` when
+    that cart has just stopped being active (a new one is created)."""
+    # The guarded UPDATE takes the cart's row lock, as adding an item does.
+    taken = await session.execute(
+        update(carts)
+        .where(carts.c.id == cart_id, carts.c.status == "active")
+        .values(updated_at=now)
+    )
+    if _rowcount(taken) != 1:
+        return None
+    for sku, (quantity, index) in items.items():
+        statement = (
+            _upsert(ctx)(cart_lines)
+            .values(cart_id=cart_id, sku=sku, quantity=quantity, added_at=now)
+            .on_conflict_do_update(
+                index_elements=[cart_lines.c.cart_id, cart_lines.c.sku],
+                set_={"quantity": cart_lines.c.quantity + quantity},
+            )
+            .returning(cart_lines.c.quantity)
+        )
+        if int((await session.execute(statement)).scalar_one()) > MAX_LINE_QUANTITY:
+            raise _line_too_big(f"items.{index}.quantity")  # raising rolls the write back
+    return cart_id
 
 
 async def get_cart(
@@ -1008,14 +1060,53 @@ def _not_for_sale(quote: Quote, sku: str, currency: str) -> str:
     return f"{sku} is not for sale"
 
 
-def _check_quote(quote: Quote | None, cart: Mapping[Any, Any], sku: str) -> Quote:
+def _check_quote(
+    quote: Quote | None, cart: Mapping[Any, Any], sku: str, field: str = "sku"
+) -> Quote:
     if quote is None:
-        raise field_error("sku", f"no product variant has the SKU {sku!r}", code="unknown_sku")
+        raise field_error(field, f"no product variant has the SKU {sku!r}", code="unknown_sku")
     if not quote.purchasable:
         raise field_error(
-            "sku", _not_for_sale(quote, sku, cart["currency"]), code="not_purchasable"
+            field, _not_for_sale(quote, sku, cart["currency"]), code="not_purchasable"
         )
     return quote
+
+
+def _line_too_big(field_name: str) -> Unprocessable:
+    return field_error(field_name, f"a line holds at most {MAX_LINE_QUANTITY} units")
+
+
+def _merged_items(items: Sequence[schemas.CartItemAdd]) -> dict[str, tuple[int, int]]:
+    """A new cart's ``items`` by SKU (a repeated SKU adds up, as adding it twice would):
+    quantity, and the index of the item the line's field errors point at."""
+    merged: dict[str, tuple[int, int]] = {}
+    for index, item in enumerate(items):
+        quantity = merged.get(item.sku, (0, index))[0] + item.quantity
+        merged[item.sku] = (quantity, index)
+        if quantity > MAX_LINE_QUANTITY:
+            raise _line_too_big(f"items.{index}.quantity")
+    return merged
+
+
+async def _checked_items(
+    ctx: ServiceContext, principal: Principal | None, data: schemas.CartCreate
+) -> tuple[dict[str, tuple[int, int]], dict[str, Quote]]:
+    """The items of a cart being created, each checked as adding it to a cart checks it; and
+    catalog's quotes for them (one call), which also price the new cart."""
+    merged = _merged_items(data.items or [])
+    if not merged:
+        return merged, {}
+    quotes = await _catalog(ctx).quote(
+        list(merged),
+        currency=data.currency,
+        customer_id=principal.subject if principal is not None else None,
+    )
+    first: dict[str, int] = {}
+    for index, item in enumerate(data.items or []):
+        first.setdefault(item.sku, index)
+    for sku in merged:
+        _check_quote(quotes.get(sku), {"currency": data.currency}, sku, f"items.{first[sku]}.sku")
+    return merged, dict(quotes)
 
 
 async def add_cart_item(
@@ -1101,7 +1192,7 @@ async def _grow_line(
     )
     total = int((await session.execute(statement)).scalar_one())
     if total > MAX_LINE_QUANTITY:  # raising rolls the write back
-        raise field_error("quantity", f"a line holds at most {MAX_LINE_QUANTITY} units")
+        raise _line_too_big("quantity")
     return total
 
 
@@ -1437,7 +1528,7 @@ async def _write_order(
         "created_at": now,
         "updated_at": now,
     }
-    await session.execute(insert(orders).values(**order_row))
+    await session.execute(insert(orders), order_row)
     line_rows = []
     for position, line in enumerate(totals.lines):
         quote = priced.quotes[line.sku]
@@ -1554,15 +1645,16 @@ async def _release_voucher(session: AsyncSession, order_id: str, now: datetime) 
         )
 
 
+_NEXT_ORDER_NUMBER = (
+    update(order_numbers)
+    .where(order_numbers.c.id == 1)
+    .values(last_number=order_numbers.c.last_number + 1)
+    .returning(order_numbers.c.last_number)
+)
+
+
 async def _next_order_number(ctx: ServiceContext, session: AsyncSession) -> str:
-    number = (
-        await session.execute(
-            update(order_numbers)
-            .where(order_numbers.c.id == 1)
-            .values(last_number=order_numbers.c.last_number + 1)
-            .returning(order_numbers.c.last_number)
-        )
-    ).scalar_one_or_none()
+    number = (await session.execute(_NEXT_ORDER_NUMBER)).scalar_one_or_none()
     if number is None:
         try:
             async with session.begin_nested():
@@ -1604,19 +1696,12 @@ def _event_lines(lines: Sequence[Mapping[str, Any] | RowMapping]) -> list[dict[s
 async def _order_row(
     session: AsyncSession, order_id: str, *, lock: bool = False
 ) -> RowMapping | None:
-    query = select(orders).where(orders.c.id == order_id)
-    if lock:
-        query = query.with_for_update()
-    return (await session.execute(query)).mappings().one_or_none()
+    query = _ORDER_LOCKED if lock else _ORDER
+    return (await session.execute(query, {"order_id": order_id})).mappings().one_or_none()
 
 
 async def _line_rows(session: AsyncSession, order_id: str) -> list[RowMapping]:
-    query = (
-        select(order_lines)
-        .where(order_lines.c.order_id == order_id)
-        .order_by(order_lines.c.position)
-    )
-    return list((await session.execute(query)).mappings())
+    return list((await session.execute(_ORDER_LINES, {"order_id": order_id})).mappings())
 
 
 def _line_view(row: Mapping[Any, Any]) -> schemas.OrderLine:
@@ -1880,19 +1965,20 @@ async def _record(
     now: datetime | None = None,
 ) -> None:
     await session.execute(
-        insert(order_history).values(
-            id=new_id(),
-            order_id=order_id,
-            occurred_at=now or _now(),
-            kind=kind,
-            action=action,
-            from_status=from_status,
-            to_status=to_status,
-            actor_kind=actor.kind,
-            actor_id=actor.id,
-            reason=reason,
-            details=dict(details or {}),
-        )
+        insert(order_history),
+        {
+            "id": new_id(),
+            "order_id": order_id,
+            "occurred_at": now or _now(),
+            "kind": kind,
+            "action": action,
+            "from_status": from_status,
+            "to_status": to_status,
+            "actor_kind": actor.kind,
+            "actor_id": actor.id,
+            "reason": reason,
+            "details": dict(details or {}),
+        },
     )
 
 

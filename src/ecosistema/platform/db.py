@@ -115,6 +115,23 @@ class CompiledRead:
         return tuple(out)
 
 
+def compile_statement(statement: ClauseElement, dialect: Dialect) -> CompiledRead:
+    """A statement compiled for ``dialect``, to run with ``exec_driver_sql`` or
+    :meth:`Database.fetch`; its parameters are ``bindparam`` names."""
+    compiled: Any = statement.compile(dialect=dialect)
+    names = tuple(compiled.positiontup or ())
+    binds = {name: compiled.binds[name] for name in names}
+    if any(bind.expanding for bind in binds.values()):
+        raise ValueError("fetch takes no expanding (IN list) parameters; use one per item")
+    return CompiledRead(
+        str(compiled),
+        names,
+        {name: bind.value for name, bind in binds.items() if not bind.required},
+        # The types' conversions (dates on SQLite, JSON), as an execution applies them.
+        dict(compiled._bind_processors),
+    )
+
+
 Rows = list[Sequence[Any]]
 
 # How long a SQLite writer waits for the database's write lock, in this process (the in-process
@@ -257,18 +274,7 @@ class Database:
         found = self._compiled.get(id(statement))
         if found is not None and found[0] is statement:
             return found[1]
-        compiled: Any = statement.compile(dialect=self.engine.dialect)
-        names = tuple(compiled.positiontup or ())
-        binds = {name: compiled.binds[name] for name in names}
-        if any(bind.expanding for bind in binds.values()):
-            raise ValueError("fetch takes no expanding (IN list) parameters; use one per item")
-        query = CompiledRead(
-            str(compiled),
-            names,
-            {name: bind.value for name, bind in binds.items() if not bind.required},
-            # The types' conversions (dates on SQLite, JSON paths), as an execution applies them.
-            dict(compiled._bind_processors),
-        )
+        query = compile_statement(statement, self.engine.dialect)
         self._compiled[id(statement)] = (statement, query)
         return query
 

@@ -310,20 +310,24 @@ async def _run_claimed(
     claim_id: str,
     handler: Handler,
 ) -> IdempotentResult:
-    mine = and_(
-        table.c.principal_id == principal_id, table.c.key == key, table.c.claim_id == claim_id
-    )
     ids = {"principal_id": principal_id, "key": key, "claim_id": claim_id}
+
+    def mine() -> Any:
+        # Built only when a claim is released: most requests complete theirs.
+        return and_(
+            table.c.principal_id == principal_id, table.c.key == key, table.c.claim_id == claim_id
+        )
+
     try:
         status, response = await handler()
     except ProblemError as problem:
         if problem.status >= 500 or problem.status == 429:
-            await _release(ctx, table, mine)
+            await _release(ctx, table, mine())
             raise
         await _complete(ctx, table, ids, problem.status, {"problem": _problem_record(problem)})
         raise
     except BaseException:
-        await _release(ctx, table, mine)
+        await _release(ctx, table, mine())
         raise
     await _complete(ctx, table, ids, status, response)
     return IdempotentResult(status, response)

@@ -9,15 +9,19 @@ Consumed: ``UserRegistered`` and ``UserRoleChanged`` (identity), ``CartCreated``
 and ``OrderPaid`` (orders). None carries the email address, so the handlers ask identity's or
 orders' client for it and match leads by the email's blind index. Handlers run in the
 consumer's transaction, where the platform records the event id, so a redelivered event changes
-nothing.
+nothing. A cart or an order whose buyer's email is no lead's is declined before that transaction
+(most buyers are not leads): it writes nothing, as the handler would not have.
 """
 
 from __future__ import annotations
 
-from typing import Final
+from typing import Any, Final
 
+import httpx
+from sqlalchemy import bindparam, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from ecosistema.platform.errors import NotFound
 from ecosistema.platform.events import EventEnvelope
 from ecosistema.platform.service import ServiceContext, Subscription
 
@@ -54,7 +58,65 @@ async def on_order_event(
         await record_order(ctx, session, envelope)
 
 
+_lead_by_email: Any = None
+
+
+def _lead_by_email_statement() -> Any:
+    """One lead with a given email index (a statement made once, so it is compiled once)."""
+    global _lead_by_email
+    if _lead_by_email is None:
+        from ecosistema.sales.models import leads
+
+        _lead_by_email = (
+            select(leads.c.id).where(leads.c.email_index == bindparam("index")).limit(1)
+        )
+    return _lead_by_email
+
+
+async def _buyer_email(ctx: ServiceContext, envelope: EventEnvelope) -> str | None:
+    """The email of the customer who created the cart or placed the order; ``None`` when the
+    event names none or the customer or order is gone."""
+    payload = envelope.payload
+    if envelope.type == CART_CREATED:
+        customer_id = str(payload.get("customer_id") or "")
+        if not customer_id or not payload.get("cart_id"):
+            return None
+        user = await ctx.client("identity").get_user(customer_id)
+        return None if user is None else str(user.email)
+    order_id = str(payload.get("order_id") or "")
+    if not order_id:
+        return None
+    email = payload.get("email")
+    if email:
+        return str(email)
+    try:
+        order = await ctx.client("orders").get_order(order_id)
+    except NotFound:
+        return None
+    return None if order.email is None else str(order.email)
+
+
+async def order_event_concerns_a_lead(ctx: ServiceContext, envelope: EventEnvelope) -> bool:
+    """Whether some lead has the email of the cart's or order's buyer: only then does
+    ``on_order_event`` have anything to record."""
+    from ecosistema.sales.service import email_index
+
+    try:
+        email = await _buyer_email(ctx, envelope)
+    except (LookupError, httpx.HTTPStatusError):
+        return True  # the handler meets the same failure and says so
+    if email is None:
+        return False
+    query = ctx.db.compile_read(_lead_by_email_statement())
+    return bool(await ctx.db.fetch(query, index=email_index(ctx, email)))
+
+
 SUBSCRIPTIONS: Final = (
     Subscription("identity", (USER_REGISTERED, USER_ROLE_CHANGED), on_user_event),
-    Subscription("orders", (CART_CREATED, ORDER_PLACED, ORDER_PAID), on_order_event),
+    Subscription(
+        "orders",
+        (CART_CREATED, ORDER_PLACED, ORDER_PAID),
+        on_order_event,
+        wanted=order_event_concerns_a_lead,
+    ),
 )

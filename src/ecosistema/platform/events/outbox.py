@@ -13,6 +13,7 @@ from datetime import timedelta
 from typing import Any
 
 import structlog
+from pydantic_core import to_jsonable_python
 from sqlalchemy import (
     JSON,
     Column,
@@ -31,7 +32,14 @@ from sqlalchemy import (
 from sqlalchemy import event as sa_event
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from ecosistema.platform.db import CompiledRead, Database, UTCDateTime, as_utc_datetime, utcnow
+from ecosistema.platform.db import (
+    CompiledRead,
+    Database,
+    UTCDateTime,
+    as_utc_datetime,
+    compile_statement,
+    utcnow,
+)
 from ecosistema.platform.events.bus import EventBus
 from ecosistema.platform.events.envelope import EventEnvelope
 
@@ -76,6 +84,27 @@ class Outbox:
         # Outboxes live at module level and outlast event loops, so each relay brings its own
         # loop-bound event and the outbox only keeps a weak reference to it.
         self._watchers: weakref.WeakSet[asyncio.Event] = weakref.WeakSet()
+        t = self.table
+        # One INSERT, compiled once per dialect and run on the session's connection: an event
+        # costs a statement, not a statement's construction, compilation and ORM execution.
+        self._insert = t.insert().values(
+            event_id=bindparam("event_id"),
+            type=bindparam("type"),
+            version=bindparam("version"),
+            source=bindparam("source"),
+            correlation_id=bindparam("correlation_id", type_=t.c.correlation_id.type),
+            occurred_at=bindparam("occurred_at", type_=t.c.occurred_at.type),
+            payload=bindparam("payload", type_=t.c.payload.type),
+            attempts=bindparam("attempts"),
+        )
+        self._compiled_insert: dict[tuple[str, str], CompiledRead] = {}
+
+    def _insert_for(self, dialect: Any) -> CompiledRead:
+        key = (dialect.name, dialect.driver)
+        found = self._compiled_insert.get(key)
+        if found is None:
+            found = self._compiled_insert[key] = compile_statement(self._insert, dialect)
+        return found
 
     async def add(
         self,
@@ -98,19 +127,25 @@ class Outbox:
             correlation_id=correlation_id,
             payload=payload,
         )
-        await session.execute(
-            self.table.insert().values(
-                event_id=envelope.id,
-                type=envelope.type,
-                version=envelope.version,
-                source=envelope.source,
-                correlation_id=envelope.correlation_id,
-                occurred_at=envelope.occurred_at,
-                payload=envelope.model_dump(mode="json")["payload"],
-                attempts=0,
-            )
-        )
-        sa_event.listen(session.sync_session, "after_commit", self._wake, once=True)
+        conn = await session.connection()
+        insert = self._insert_for(conn.dialect)
+        values = {
+            "event_id": envelope.id,
+            "type": envelope.type,
+            "version": envelope.version,
+            "source": envelope.source,
+            "correlation_id": envelope.correlation_id,
+            "occurred_at": envelope.occurred_at,
+            "payload": to_jsonable_python(envelope.payload),
+            "attempts": 0,
+        }
+        await conn.exec_driver_sql(insert.sql, insert.arguments(values))
+        # One wake-up per transaction, however many events it adds.
+        watched = session.sync_session.info
+        if not watched.get(self._watch_key):
+            watched[self._watch_key] = True
+            sa_event.listen(session.sync_session, "after_commit", self._wake, once=True)
+            sa_event.listen(session.sync_session, "after_rollback", self._unwatched, once=True)
         return envelope
 
     def watch(self, wakeup: asyncio.Event) -> None:
@@ -121,7 +156,15 @@ class Outbox:
         """Stop setting ``wakeup`` on commits."""
         self._watchers.discard(wakeup)
 
-    def _wake(self, _session: Any) -> None:
+    @property
+    def _watch_key(self) -> str:
+        return f"outbox-wake:{id(self)}"
+
+    def _unwatched(self, session: Any) -> None:
+        session.info.pop(self._watch_key, None)
+
+    def _wake(self, session: Any) -> None:
+        session.info.pop(self._watch_key, None)
         for wakeup in list(self._watchers):
             with contextlib.suppress(RuntimeError):  # its loop has closed
                 wakeup.set()

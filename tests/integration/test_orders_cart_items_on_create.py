@@ -1,0 +1,153 @@
+"""Creating a cart with its lines (``items`` on POST /carts), on both shapes: each line checked as
+adding it to a cart checks it, the whole request refused with the field at fault, and a
+customer's active cart receiving the lines instead of a second cart."""
+
+from __future__ import annotations
+
+import httpx
+from fastapi import FastAPI
+
+from tests.integration.test_identity_support import API, bearer
+from tests.integration.test_orders_support import (
+    CART_TOKEN,
+    app,
+    checkout,
+    customer,
+    guest_cart,
+    outbox_payloads,
+    seed_shop,
+    settings,
+    staff_tokens,
+)
+
+__all__ = ["app", "settings"]
+
+
+def _lines(cart: dict[str, object]) -> list[tuple[object, ...]]:
+    return [
+        (line["sku"], line["quantity"], line["unit_price"], line["total"])
+        for line in cart["lines"]  # type: ignore[attr-defined]
+    ]
+
+
+async def test_a_cart_created_with_items_is_the_cart_built_one_item_at_a_time(
+    app: FastAPI, client: httpx.AsyncClient
+) -> None:
+    admin = await staff_tokens(app, client)
+    await seed_shop(app, client, admin, {"TEE-31": 10, "MUG-31": 10})
+    created = await client.post(
+        f"{API}/carts",
+        json={
+            "currency": "EUR",
+            "country": "ES",
+            "items": [
+                {"sku": "TEE-31", "quantity": 2},
+                {"sku": "MUG-31", "quantity": 1},
+                {"sku": "TEE-31", "quantity": 1},
+            ],
+        },
+    )
+    assert created.status_code == 201, created.text
+    cart = created.json()
+    token = {CART_TOKEN: created.headers[CART_TOKEN]}
+    assert [(x["sku"], x["quantity"]) for x in cart["lines"]] == [("MUG-31", 1), ("TEE-31", 3)]
+
+    # The answer is what a read of the cart gives, and what adding the items one by one gives.
+    read = (await client.get(f"{API}/carts/{cart['id']}", headers=token)).json()
+    assert _lines(read) == _lines(cart) and read["totals"] == cart["totals"]
+    assert read["problems"] == cart["problems"]
+    one_by_one_id, one_by_one_token = await guest_cart(
+        client, {"MUG-31": 1, "TEE-31": 3}, country="ES"
+    )
+    one_by_one = (await client.get(f"{API}/carts/{one_by_one_id}", headers=one_by_one_token)).json()
+    assert _lines(one_by_one) == _lines(cart) and one_by_one["totals"] == cart["totals"]
+
+    placed = await checkout(client, cart["id"], token, email="guest@example.com")
+    assert placed.status_code == 201, placed.text
+    assert [(x["sku"], x["quantity"]) for x in placed.json()["lines"]] == [
+        ("MUG-31", 1),
+        ("TEE-31", 3),
+    ]
+
+
+async def test_one_bad_line_refuses_the_whole_cart_naming_the_line_at_fault(
+    app: FastAPI, client: httpx.AsyncClient
+) -> None:
+    admin = await staff_tokens(app, client)
+    await seed_shop(app, client, admin, {"TEE-32": 10, "OLD-32": 10})
+    buyer = await customer(client, "items")
+
+    async def create(items: list[object]) -> httpx.Response:
+        return await client.post(
+            f"{API}/carts", json={"currency": "EUR", "items": items}, headers=bearer(buyer)
+        )
+
+    unknown = await create([{"sku": "TEE-32", "quantity": 1}, {"sku": "NOPE-32", "quantity": 1}])
+    assert unknown.status_code == 422, unknown.text
+    assert unknown.headers["content-type"].startswith("application/problem+json")
+    [error] = unknown.json()["errors"]
+    assert (error["field"], error["code"]) == ("items.1.sku", "unknown_sku")
+
+    zero = await create([{"sku": "TEE-32", "quantity": 0}])
+    assert zero.status_code == 422 and zero.json()["errors"][0]["field"] == "items.0.quantity"
+    text = await create([{"sku": "TEE-32", "quantity": "2"}])
+    assert text.status_code == 422 and text.json()["errors"][0]["field"] == "items.0.quantity"
+    extra = await create([{"sku": "TEE-32", "quantity": 1, "unit_price": 1}])
+    assert extra.status_code == 422 and extra.json()["errors"][0]["field"] == "items.0.unit_price"
+    too_many = await create(
+        [{"sku": "TEE-32", "quantity": 6000}, {"sku": "TEE-32", "quantity": 5000}]
+    )
+    assert too_many.status_code == 422, too_many.text
+    assert too_many.json()["errors"][0]["field"] == "items.1.quantity"
+
+    # An archived SKU is refused with catalog's reason, as adding it to a cart is.
+    cart_id, token = await guest_cart(client, {"OLD-32": 1})
+    product_id = (await client.get(f"{API}/carts/{cart_id}", headers=token)).json()["lines"][0][
+        "product_id"
+    ]
+    assert (
+        await client.delete(f"{API}/products/{product_id}", headers=bearer(admin))
+    ).status_code == 204
+    archived = await create([{"sku": "TEE-32", "quantity": 1}, {"sku": "OLD-32", "quantity": 1}])
+    assert archived.status_code == 422
+    [error] = archived.json()["errors"]
+    assert error["field"] == "items.1.sku" and "archived" in error["message"]
+
+    # Nothing was written by the refused requests: the customer's first cart is new and empty.
+    first = await create([])
+    assert first.status_code == 201, first.text
+    assert first.json()["lines"] == []
+    assert len(await outbox_payloads(app, "CartCreated")) == 1
+
+
+async def test_a_customers_active_cart_receives_the_items_instead_of_a_second_cart(
+    app: FastAPI, client: httpx.AsyncClient
+) -> None:
+    admin = await staff_tokens(app, client)
+    await seed_shop(app, client, admin, {"TEE-33": 10, "MUG-33": 10})
+    buyer = await customer(client, "again")
+
+    async def create(items: list[object]) -> httpx.Response:
+        return await client.post(
+            f"{API}/carts", json={"currency": "EUR", "items": items}, headers=bearer(buyer)
+        )
+
+    first = await create([{"sku": "TEE-33", "quantity": 1}])
+    assert first.status_code == 201, first.text
+    second = await create([{"sku": "TEE-33", "quantity": 2}, {"sku": "MUG-33", "quantity": 1}])
+    assert second.status_code == 200, second.text
+    assert second.json()["id"] == first.json()["id"]
+    assert sorted((x["sku"], x["quantity"]) for x in second.json()["lines"]) == [
+        ("MUG-33", 1),
+        ("TEE-33", 3),
+    ]
+    # A line cannot pass its limit through the existing cart either; the cart is unchanged.
+    over = await create([{"sku": "MUG-33", "quantity": 10_000}])
+    assert over.status_code == 422 and over.json()["errors"][0]["field"] == "items.0.quantity"
+    read = await client.get(f"{API}/carts/{first.json()['id']}", headers=bearer(buyer))
+    assert sorted((x["sku"], x["quantity"]) for x in read.json()["lines"]) == [
+        ("MUG-33", 1),
+        ("TEE-33", 3),
+    ]
+    [event] = await outbox_payloads(app, "CartCreated")
+    assert event["cart_id"] == first.json()["id"]
