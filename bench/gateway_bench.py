@@ -10,7 +10,8 @@
 (b) Overhead: a tiny keep-alive upstream (uvloop + httptools) directly, through the gateway and
     through nginx (proxy_pass with an upstream keep-alive pool), one worker each; the ratio
     gateway/nginx. Target: >= 0.7. Each case also gives the CPU time (user + system) per
-    request of the process serving it.
+    request of the process serving it. For scale, a reference: the least a Python proxy does
+    per request (uvloop + httptools, pooled, head rewriting only; no gateway features).
 (c) Hot path (``--only hotpath``): the gateway's own CPU per proxied request, without sockets: a
     request is fed to a client connection and a canned response to its pooled upstream
     connection, in memory. Less noisy than (b) on a busy machine, as it leaves out the kernel.
@@ -63,6 +64,98 @@ def serve_tiny_upstream(port: int) -> None:
         server = await asyncio.get_running_loop().create_server(
             Tiny, "127.0.0.1", port, backlog=2048
         )
+        await server.serve_forever()
+
+    uvloop.run(main())
+
+
+def serve_reference_proxy(port: int, upstream: int) -> None:
+    """The least a Python proxy does per request, for scale: uvloop + httptools, a pool of
+    keep-alive upstream connections, the request head rebuilt with X-Forwarded-*, a request id
+    and a traceparent, the response head rebuilt with the request id and two security headers.
+    No routing, authentication, limits, balancing, timeouts, metrics or error handling."""
+    import itertools
+
+    import httptools
+    import uvloop
+
+    security = b"x-content-type-options: nosniff\r\nx-frame-options: DENY\r\n"
+    idle: list[Any] = []
+    ids = itertools.count(1)
+
+    class Upstream(asyncio.Protocol):
+        def __init__(self) -> None:
+            self.parser = httptools.HttpResponseParser(self)
+            self.headers: list[bytes] = []
+            self.client: Any = None
+            self.out: list[bytes] = []
+
+        def connection_made(self, transport: asyncio.BaseTransport) -> None:
+            self.transport = transport
+
+        def data_received(self, data: bytes) -> None:
+            self.parser.feed_data(data)
+
+        def on_header(self, name: bytes, value: bytes) -> None:
+            self.headers.append(name + b": " + value + b"\r\n")
+
+        def on_headers_complete(self) -> None:
+            out = [b"HTTP/1.1 %d OK\r\n" % self.parser.get_status_code(), *self.headers]
+            out.append(b"x-request-id: " + self.client.request_id + b"\r\n" + security + b"\r\n")
+            self.headers = []
+            self.out = out
+
+        def on_body(self, body: bytes) -> None:
+            self.out.append(body)
+
+        def on_message_complete(self) -> None:
+            client, self.client = self.client, None
+            client.transport.write(b"".join(self.out))
+            idle.append(self)
+
+    class Client(asyncio.Protocol):
+        def connection_made(self, transport: asyncio.BaseTransport) -> None:
+            self.transport = transport
+            self.parser = httptools.HttpRequestParser(self)
+            self.headers: list[tuple[bytes, bytes]] = []
+            self.url = b""
+            self.ip = str(transport.get_extra_info("peername")[0]).encode()
+
+        def data_received(self, data: bytes) -> None:
+            self.parser.feed_data(data)
+
+        def on_url(self, url: bytes) -> None:
+            self.url += url
+
+        def on_header(self, name: bytes, value: bytes) -> None:
+            self.headers.append((name.lower(), value))
+
+        def on_headers_complete(self) -> None:
+            rid = self.request_id = b"%032x" % next(ids)
+            head = [self.parser.get_method(), b" ", self.url, b" HTTP/1.1\r\nhost: upstream\r\n"]
+            host = b""
+            for name, value in self.headers:
+                if name == b"host":
+                    host = value
+                else:
+                    head.append(name + b": " + value + b"\r\n")
+            head.append(
+                b"x-forwarded-for: %s\r\nx-forwarded-proto: http\r\nx-forwarded-host: %s\r\n"
+                b"x-request-id: %s\r\ntraceparent: 00-%s-%s-01\r\n\r\n"
+                % (self.ip, host, rid, rid, rid[16:])
+            )
+            self.headers = []
+            self.url = b""
+            conn = idle.pop()
+            conn.client = self
+            conn.transport.write(b"".join(head))
+
+    async def main() -> None:
+        loop = asyncio.get_running_loop()
+        for _ in range(256):
+            _, conn = await loop.create_connection(Upstream, "127.0.0.1", upstream)
+            idle.append(conn)
+        server = await loop.create_server(Client, "127.0.0.1", port, backlog=2048)
         await server.serve_forever()
 
     uvloop.run(main())
@@ -228,6 +321,16 @@ def overhead(args: argparse.Namespace, tmp: Path, env: dict[str, str]) -> dict[s
             wait_for(f"http://127.0.0.1:{port}/")
             results[label] = wrk(f"http://127.0.0.1:{port}/", seconds, conns, proc.pid)
             stop(proc)
+        ref_port = free_port()
+        reference = subprocess.Popen(
+            [PYTHON, __file__, "--reference-proxy", str(ref_port), "--upstream-port", str(up_port)]
+        )
+        procs.append(reference)
+        wait_for(f"http://127.0.0.1:{ref_port}/")
+        results["reference: least Python proxy, 1 process"] = wrk(
+            f"http://127.0.0.1:{ref_port}/", seconds, conns, reference.pid
+        )
+        stop(reference)
         ng_port = free_port()
         conf = tmp / "nginx.conf"
         conf.write_text(NGINX_CONF.format(tmp=tmp, upstream=up_port, port=ng_port))
@@ -417,7 +520,12 @@ def main() -> None:
     parser.add_argument("--only", choices=["read", "overhead", "hotpath"])
     parser.add_argument("--hotpath-requests", type=int, default=20_000)
     parser.add_argument("--upstream", type=int, help=argparse.SUPPRESS)
+    parser.add_argument("--reference-proxy", type=int, help=argparse.SUPPRESS)
+    parser.add_argument("--upstream-port", type=int, help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.reference_proxy:
+        serve_reference_proxy(args.reference_proxy, args.upstream_port)
+        return
     if args.upstream:
         serve_tiny_upstream(args.upstream)
         return
@@ -464,6 +572,10 @@ def main() -> None:
         )
         ratio = over["gateway, 1 worker"]["rps"] / over["nginx, 1 worker"]["rps"]
         print(f"ratio gateway/nginx (1 worker each): {ratio:.2f} (target >= 0.7)")
+        floor = (
+            over["reference: least Python proxy, 1 process"]["rps"] / over["nginx, 1 worker"]["rps"]
+        )
+        print(f"ratio reference proxy/nginx: {floor:.2f}")
 
 
 if __name__ == "__main__":
