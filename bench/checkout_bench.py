@@ -142,28 +142,37 @@ def auth_header(token: str) -> bytes:
     return f"Authorization: Bearer {token}\r\n".encode()
 
 
+def idempotent(who: bytes) -> bytes:
+    """The caller's headers with a fresh Idempotency-Key."""
+    return who + f"Idempotency-Key: {uuid.uuid4().hex}\r\n".encode()
+
+
+async def place_order(client: LeanClient, who: bytes, cart_id: str) -> Any:
+    return await client.json(
+        "POST",
+        "/api/v1/orders",
+        {"cart_id": cart_id, "shipping_method": "standard"},
+        headers=idempotent(who),
+    )
+
+
 async def checkout(client: LeanClient, token: str) -> None:
     """One purchase, start to finish; raises on any answer that is not the expected one."""
     who = auth_header(token)
     cart = await client.json("POST", "/api/v1/carts", CART, headers=who)
     await client.json("POST", f"/api/v1/carts/{cart['id']}/items", ITEM, headers=who)
-    order = await client.json(
-        "POST",
-        "/api/v1/orders",
-        {"cart_id": cart["id"], "shipping_method": "standard"},
-        headers=who + f"Idempotency-Key: {uuid.uuid4().hex}\r\n".encode(),
-    )
+    order = await place_order(client, who, cart["id"])
     payment = await client.json(
         "POST",
         "/api/v1/payments",
         {"order_id": order["id"]},
-        headers=who + f"Idempotency-Key: {uuid.uuid4().hex}\r\n".encode(),
+        headers=idempotent(who),
     )
     confirmed = await client.json(
         "POST",
         f"/api/v1/payments/{payment['id']}/confirm",
         {"payment_method": CARD},
-        headers=who + f"Idempotency-Key: {uuid.uuid4().hex}\r\n".encode(),
+        headers=idempotent(who),
     )
     if confirmed["status"] != "succeeded":
         raise RuntimeError(f"payment not succeeded: {confirmed}")
@@ -174,17 +183,12 @@ async def lean_checkout(client: LeanClient, token: str) -> None:
     created with its method (and so confirmed)."""
     who = auth_header(token)
     cart = await client.json("POST", "/api/v1/carts", {**CART, "items": [ITEM]}, headers=who)
-    order = await client.json(
-        "POST",
-        "/api/v1/orders",
-        {"cart_id": cart["id"], "shipping_method": "standard"},
-        headers=who + f"Idempotency-Key: {uuid.uuid4().hex}\r\n".encode(),
-    )
+    order = await place_order(client, who, cart["id"])
     payment = await client.json(
         "POST",
         "/api/v1/payments",
         {"order_id": order["id"], "payment_method": CARD},
-        headers=who + f"Idempotency-Key: {uuid.uuid4().hex}\r\n".encode(),
+        headers=idempotent(who),
     )
     if payment["status"] != "succeeded":
         raise RuntimeError(f"payment not succeeded: {payment}")
