@@ -246,3 +246,36 @@ async def test_docs_and_their_assets_come_through_the_gateway_from_the_app(
     assert "http://" not in page.text and "https://" not in page.text
     assert css.status_code == 200
     assert css.headers["content-type"].startswith("text/css")
+
+
+async def test_probes_are_never_rate_limited_and_tolerate_query_strings(
+    shape: str, tmp_path: Path, default_model_cache: DefaultModelCache
+) -> None:
+    # Every anonymous caller gets a burst of 3: an API route runs out, the probes never do.
+    settings = fast_settings(
+        shape, tmp_path, gateway_rate_limits={"anonymous": {"rate": 0.01, "burst": 3}}
+    )
+    table = embedded_route_table(load_services(), settings)
+    probes = {r["prefix"]: r for r in table["routes"] if r["prefix"] in ("/healthz", "/readyz")}
+    assert all(route["rate_limited"] is False for route in probes.values())
+    default_model_cache.seed(settings)
+    services = load_services()
+    app = create_app(services, settings)
+    running = await serve_embedded(
+        settings, port=0, app=app, services=services, access_log=io.StringIO()
+    )
+    try:
+        async with httpx.AsyncClient(
+            base_url=f"http://127.0.0.1:{running.port}", timeout=30
+        ) as client:
+            api = [(await client.get(f"{API}/categories")).status_code for _ in range(5)]
+            assert api[:3] == [200] * 3 and api[3:] == [429, 429], api
+            for _ in range(10):
+                assert (await client.get("/healthz")).status_code == 200
+                assert (await client.get("/readyz")).status_code == 200
+            # A monitor's cache-buster is not an API parameter: probes answer as usual.
+            assert (await client.get("/healthz?probe=1")).status_code == 200
+            assert (await client.get("/readyz?verbose=1")).status_code == 200
+    finally:
+        await running.close(2)
+        await drop_test_schemas(settings)

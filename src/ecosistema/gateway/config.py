@@ -114,6 +114,9 @@ class RouteConfig(_Model):
     timeout_seconds: float = Field(default=30.0, gt=0)
     retries: int = Field(default=2, ge=0)
     rate_limit: RateLimitRule | None = None
+    # False for probes (liveness, readiness): behind one proxy address, a limited probe would
+    # read as the platform being down.
+    rate_limited: bool = True
     max_body_bytes: int | None = Field(default=None, ge=0)
     cache: CacheRule | None = None
 

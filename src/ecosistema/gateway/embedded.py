@@ -32,6 +32,8 @@ API_PREFIX = "/api/v1"
 PLATFORM = "platform"
 # Served by the app itself rather than by a service's router.
 _PLATFORM_PATHS = ("/healthz", "/readyz", "/docs", "/openapi.json")
+# Probes are never rate limited: many may come from one address (a load balancer, a kubelet).
+_PROBE_PATHS = frozenset({"/healthz", "/readyz"})
 # Read by anyone, changed only through catalog's use cases (whose events purge the cache).
 _CACHED_PREFIXES = frozenset({f"{API_PREFIX}/products", f"{API_PREFIX}/categories"})
 _AUTH_PREFIX = f"{API_PREFIX}/auth"
@@ -69,6 +71,9 @@ def embedded_route_table(services: Sequence[Service], settings: Settings) -> dic
     routes: list[dict[str, Any]] = [
         {"prefix": path, "service": PLATFORM, "public": True} for path in _PLATFORM_PATHS
     ]
+    for probe in routes:
+        if probe["prefix"] in _PROBE_PATHS:
+            probe["rate_limited"] = False
     claimed: set[str] = set(_PLATFORM_PATHS)
     for service in services:
         table_services[service.name] = {"in_process": True, "health_path": None}

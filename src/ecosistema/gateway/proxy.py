@@ -1326,7 +1326,9 @@ class Gateway:
 
     def _after_auth_now(self, ex: Exchange, route: RouteConfig) -> int:
         limiter = self._memory_limiter
-        if limiter is not None:
+        if not route.rate_limited:
+            pass
+        elif limiter is not None:
             admitted = limiter.admit(self._limit_key(ex, route), self._rule_for(ex, route))
             if type(admitted) is bytes:
                 ex.rate_headers = admitted

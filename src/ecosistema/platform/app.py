@@ -190,10 +190,17 @@ async def refuse_unknown_query_parameters(request: Request) -> None:
     does, instead of being ignored: a misspelt filter or option (``interval=week`` where the
     parameter is ``group_by``) would otherwise answer as if it had not been given. Installed as
     a dependency of every operation of the API."""
-    query: bytes = request.scope.get("query_string", b"")
+    scope = request.scope
+    query: bytes = scope.get("query_string", b"")
     if not query:
         return
-    route = request.scope.get("route")
+    path: str = scope["path"]
+    root: str = scope.get("root_path", "")
+    if root and path.startswith(root):
+        path = path[len(root) :]
+    if not path.startswith(API_PREFIX):
+        return  # probes, the key set, metrics: tolerant of whatever a monitor appends
+    route = scope.get("route")
     if route is None or not getattr(route, "include_in_schema", False):
         return  # Swagger UI's OAuth2 redirect, for one, receives the provider's parameters
     declared: frozenset[str] | None = getattr(route, _DECLARED_QUERY, None)
