@@ -162,3 +162,48 @@ async def test_a_column_given_twice_refuses_the_file_naming_it(
     error = response.json()["errors"][0]
     assert error["code"] == "duplicate_columns" and "'age'" in error["message"]
     assert await lead_count(app) == 0
+
+
+async def test_every_bad_attribute_is_reported_by_the_api_and_the_import(
+    app: FastAPI, client: httpx.AsyncClient
+) -> None:
+    people = await users(app, client)
+    auth = bearer(people["sales"])
+    bad = {"age": "abc", "job": "nojob", "marital": "zz"}
+    created = await client.post(f"{API}/leads", json=lead_body(attributes=bad), headers=auth)
+    assert created.status_code == 422, created.text
+    assert [e["field"] for e in created.json()["errors"]] == [
+        "attributes.age",
+        "attributes.job",
+        "attributes.marital",
+    ]
+    body = (
+        "name,email,age,job,marital\n"
+        "Ana,ana@example.com,abc,nojob,single\n"
+        "Bad Mail,not-an-email,40,nojob,zz\n"
+    )
+    rejected = await post_csv(client, people["sales"], body)
+    assert rejected.status_code == 422, rejected.text
+    errors = rejected.json()["errors"]
+    assert [(e["line"], e["field"]) for e in errors] == [
+        (2, "attributes.age"),
+        (2, "attributes.job"),
+        (3, "email"),
+        (3, "attributes.job"),
+        (3, "attributes.marital"),
+    ]
+    assert "retired" in errors[1]["allowed"] and errors[1]["code"] == "unknown_category"
+    assert await lead_count(app) == 0
+
+
+async def test_import_reads_header_names_in_any_case(
+    app: FastAPI, client: httpx.AsyncClient
+) -> None:
+    people = await users(app, client)
+    body = "Name, Email ,AGE,Attr.Segment\nAna,ana@example.com,41,vip\n"
+    response = await post_csv(client, people["sales"], body)
+    assert response.status_code == 200, response.text
+    [lead_id] = response.json()["lead_ids"]
+    lead = (await client.get(f"{API}/leads/{lead_id}", headers=bearer(people["sales"]))).json()
+    assert lead["email"] == "ana@example.com"
+    assert lead["attributes"] == {"age": 41, "segment": "vip"}

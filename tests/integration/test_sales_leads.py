@@ -15,7 +15,7 @@ from ecosistema.sales import descriptor
 from ecosistema.sales.models import activities, leads, sales_users
 from ecosistema.sales.service import email_index, seed_demo
 from tests.integration.test_identity_support import register, signed_in
-from tests.integration.test_orders_support import place_guest_order, seed_shop
+from tests.integration.test_orders_support import place_guest_order, publish, seed_shop
 from tests.integration.test_sales_support import (
     API,
     another_sales_user,
@@ -243,25 +243,86 @@ async def test_repeat_lead_reads_the_outcome_of_the_earlier_one(
     assert features["pdays"] == 0
 
 
-async def test_order_by_the_leads_email_wins_it_and_shows_on_its_timeline(
+async def _timeline(
+    app: FastAPI, client: httpx.AsyncClient, who: dict[str, Any], lead_id: str
+) -> list[dict[str, Any]]:
+    await app.state.runtime.drain_outboxes()
+    path = f"{API}/leads/{lead_id}/activities"
+    items: list[dict[str, Any]] = (await client.get(path, headers=bearer(who))).json()["items"]
+    return items
+
+
+async def test_a_placed_order_shows_on_the_timeline_and_its_payment_wins_the_lead(
     app: FastAPI, client: httpx.AsyncClient
 ) -> None:
     people = await users(app, client)
+    sales = people["sales"]
     await seed_shop(app, client, people["admin"], {"SALES-TEE": 5})
-    lead = await create(client, people["sales"], email="buyer@example.com")
-    await place_guest_order(client, {"SALES-TEE": 1}, email="Buyer@Example.com")
-    path, auth = f"{API}/leads/{lead['id']}", bearer(people["sales"])
+    lead = await create(client, sales, email="buyer@example.com")
+    order = await place_guest_order(client, {"SALES-TEE": 1}, email="Buyer@Example.com")
+    path, auth = f"{API}/leads/{lead['id']}", bearer(sales)
+
+    async def placed() -> bool:
+        items = await _timeline(app, client, sales, lead["id"])
+        return any(a["kind"] == "order_placed" for a in items)
+
+    await eventually(placed, what="the placed order on the lead's timeline")
+    # Placed is not paid: the order may still be cancelled, so the lead stays open.
+    still = (await client.get(path, headers=auth)).json()
+    assert still["status"] == "new" and still["closed_at"] is None
+    timeline = await _timeline(app, client, sales, lead["id"])
+    assert all(a["kind"] != "status" for a in timeline)
+    shown = next(a for a in timeline if a["kind"] == "order_placed")
+    assert shown["details"]["number"] and shown["actor_id"] is None
+
+    succeeded = {
+        "payment_id": "p1",
+        "order_id": order["id"],
+        "amount": order["total"],
+        "currency": order["currency"],
+        "captured_amount": order["total"],
+    }
+    await publish(app, "PaymentSucceeded", succeeded)
 
     async def won() -> bool:
         await app.state.runtime.drain_outboxes()
         return bool((await client.get(path, headers=auth)).json()["status"] == "won")
 
-    await eventually(won, what="the order to win the lead")
-    timeline = (await client.get(f"{path}/activities", headers=auth)).json()["items"]
-    kinds = [a["kind"] for a in timeline]
-    assert "order_placed" in kinds and "status" in kinds
-    placed = next(a for a in timeline if a["kind"] == "order_placed")
-    assert placed["details"]["number"] and placed["actor_id"] is None
+    await eventually(won, what="the order's payment to win the lead")
+    timeline = await _timeline(app, client, sales, lead["id"])
+    assert {"order_placed", "order_paid"} <= {a["kind"] for a in timeline}
+    changes = [a["details"] for a in timeline if a["kind"] == "status"]
+    assert changes == [{"from": "new", "to": "won", "reason": "OrderPaid"}]
+
+
+async def test_a_cancelled_order_never_wins_the_lead(
+    app: FastAPI, client: httpx.AsyncClient
+) -> None:
+    people = await users(app, client)
+    sales = people["sales"]
+    await seed_shop(app, client, people["admin"], {"SALES-TEE": 5})
+    lead = await create(client, sales, email="never.paid@example.com")
+    order = await place_guest_order(client, {"SALES-TEE": 1}, email="never.paid@example.com")
+    cancelled = await client.post(
+        f"{API}/orders/{order['id']}/cancel", headers=bearer(people["admin"])
+    )
+    assert cancelled.status_code == 200, cancelled.text
+
+    async def placed() -> bool:
+        items = await _timeline(app, client, sales, lead["id"])
+        return any(a["kind"] == "order_placed" for a in items)
+
+    await eventually(placed, what="the placed order on the lead's timeline")
+    await app.state.runtime.drain_outboxes()
+    seen = (await client.get(f"{API}/leads/{lead['id']}", headers=bearer(sales))).json()
+    assert seen["status"] == "new" and seen["closed_at"] is None
+    timeline = await _timeline(app, client, sales, lead["id"])
+    assert [a["kind"] for a in timeline] == ["order_placed"]
+    # The lead is still open, so the same email cannot open a second one, and is no label.
+    again = await client.post(
+        f"{API}/leads", json=lead_body(email="never.paid@example.com"), headers=bearer(sales)
+    )
+    assert again.status_code == 409, again.text
 
 
 async def test_registration_with_the_leads_email_shows_on_its_timeline(

@@ -171,13 +171,21 @@ CATEGORY_VALUES: Final[Mapping[str, tuple[str, ...]]] = {
 
 
 class AttributeError_(ValueError):
-    """Custom attributes that cannot be stored; ``problems`` lists each as (key, message)."""
+    """Custom attributes that cannot be stored; ``problems`` lists each as (key, message), and
+    ``unknown`` the category values no model knows, as (key, message, allowed)."""
 
-    def __init__(self, key: str, message: str, problems: list[tuple[str, str]] | None = None):
+    def __init__(
+        self,
+        key: str,
+        message: str,
+        problems: list[tuple[str, str]] | None = None,
+        unknown: list[tuple[str, str, list[str]]] | None = None,
+    ):
         super().__init__(message)
         self.key = key
         self.message = message
-        self.problems = problems or [(key, message)]
+        self.problems = problems if problems is not None else [(key, message)]
+        self.unknown = unknown or []
 
 
 def normalise_category(value: str) -> str:
@@ -203,11 +211,15 @@ def check_categories(
     return problems
 
 
-def check_attributes(attributes: Mapping[str, Any]) -> dict[str, AttributeValue]:
+def check_attributes(
+    attributes: Mapping[str, Any], known: Mapping[str, Sequence[str]] | None = None
+) -> dict[str, AttributeValue]:
     """Bounded, typed custom attributes; raises ``AttributeError_`` listing every bad one.
 
     Category values are normalised (``"Retired"`` is stored as ``"retired"``); whether the model
-    knows them is checked by the service, which knows the serving model.
+    knows them is checked by the service, which knows the serving model. When other attributes
+    are bad, the unknown categories are listed too (against ``known``, else the reference
+    data's values), so that one answer names every bad attribute.
     """
     if len(attributes) > MAX_ATTRIBUTES:
         raise AttributeError_("", f"at most {MAX_ATTRIBUTES} attributes")
@@ -228,7 +240,8 @@ def check_attributes(attributes: Mapping[str, Any]) -> dict[str, AttributeValue]
         size += len(key) + len(str(value)) + 6
         out[key] = value
     if problems:
-        raise AttributeError_(problems[0][0], problems[0][1], problems)
+        unknown = check_categories(out, CATEGORY_VALUES if known is None else known)
+        raise AttributeError_(problems[0][0], problems[0][1], problems, unknown)
     if size > MAX_ATTRIBUTES_BYTES:
         raise AttributeError_("", f"attributes take at most {MAX_ATTRIBUTES_BYTES} bytes")
     return out

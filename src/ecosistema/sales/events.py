@@ -48,8 +48,8 @@ async def on_user_event(
 async def on_order_event(
     ctx: ServiceContext, session: AsyncSession, envelope: EventEnvelope
 ) -> None:
-    """A cart or an order by a lead's email shows on its timeline; an order wins the lead (a
-    training label)."""
+    """A cart or an order by a lead's email shows on its timeline; a paid order (OrderPaid, not
+    OrderPlaced) wins the lead (a training label)."""
     from ecosistema.sales.service import record_cart, record_order
 
     if envelope.type == CART_CREATED:

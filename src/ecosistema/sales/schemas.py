@@ -11,6 +11,7 @@ from pydantic import (
     EmailStr,
     Field,
     ValidationError,
+    ValidationInfo,
     field_validator,
     model_validator,
 )
@@ -39,24 +40,38 @@ class _Input(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
-def _checked_attributes(value: Attributes | None) -> Attributes | None:
+def _checked_attributes(value: Attributes | None, info: ValidationInfo) -> Attributes | None:
+    """Attributes as ``domain.check_attributes`` keeps them. The validation context may hold the
+    serving model's ``categories`` (the import has them), used when other attributes are bad."""
     if value is None:
         return None
+    context = info.context if isinstance(info.context, dict) else {}
     try:
-        return domain.check_attributes(value)
+        return domain.check_attributes(value, context.get("categories"))
     except domain.AttributeError_ as exc:
         # Raised as a ValidationError so each problem names its own key (``attributes.age``).
-        raise ValidationError.from_exception_data(
-            "attributes",
-            [
-                InitErrorDetails(
-                    type=PydanticCustomError("attribute", "{message}", {"message": message}),
-                    loc=(key,) if key else (),
-                    input=value.get(key) if key else value,
-                )
-                for key, message in exc.problems
-            ],
-        ) from exc
+        details = [
+            InitErrorDetails(
+                type=PydanticCustomError("attribute", "{message}", {"message": message}),
+                loc=(key,) if key else (),
+                input=value.get(key) if key else value,
+            )
+            for key, message in exc.problems
+        ]
+        details += [
+            InitErrorDetails(
+                type=PydanticCustomError(
+                    "unknown_category", "{message}", {"message": message, "allowed": allowed}
+                ),
+                loc=(key,),
+                input=value.get(key),
+            )
+            for key, message, allowed in exc.unknown
+        ]
+        # In the order the attributes were given (a bad key's problem first: it has no place).
+        order = {key: position for position, key in enumerate(value)}
+        details.sort(key=lambda d: order.get(str(d["loc"][0]) if d["loc"] else "", -1))
+        raise ValidationError.from_exception_data("attributes", details) from exc
 
 
 class LeadCreate(_Input):

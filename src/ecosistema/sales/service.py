@@ -871,7 +871,8 @@ async def record_user(ctx: ServiceContext, session: AsyncSession, event: EventEn
 
 
 async def record_order(ctx: ServiceContext, session: AsyncSession, event: EventEnvelope) -> None:
-    """OrderPlaced / OrderPaid: shown on the leads with the buyer's email; open leads are won."""
+    """OrderPlaced / OrderPaid: shown on the leads with the buyer's email. Only OrderPaid wins
+    an open lead: a placed order may still be cancelled or expire unpaid, and won is final."""
     order_id = str(event.payload.get("order_id") or "")
     if not order_id:
         return
@@ -900,7 +901,7 @@ async def record_order(ctx: ServiceContext, session: AsyncSession, event: EventE
             event=event,
         )
         status = LeadStatus(lead.status)
-        if not added or status in CLOSED:
+        if not added or not paid or status in CLOSED:
             continue
         values = {"status": LeadStatus.WON.value, "closed_at": now, "updated_at": now}
         await session.execute(update(leads).where(leads.c.id == lead.id).values(**values))

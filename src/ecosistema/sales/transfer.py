@@ -111,34 +111,48 @@ def _check_text(head: bytes) -> None:
 
 
 def _columns(header: list[str]) -> dict[str, str]:
-    """CSV column -> where it goes (a lead field, or ``attributes.<key>``)."""
+    """CSV column -> where it goes (a lead field, or ``attributes.<key>``). Names are trimmed and
+    matched ignoring case (attribute keys are lower case); ``campaign`` is the lead's campaign
+    name, so the model's contact count of that name is ``attr.campaign``."""
     if not header or not any(h.strip() for h in header):
         raise field_error("body", "the file is empty: a header row and leads are needed", "empty")
-    names = [h.strip() for h in header]
-    refuse_repeated_columns(names)
+    refuse_repeated_columns([h.strip().lower() for h in header])
     mapping: dict[str, str] = {}
     unknown: list[str] = []
     for raw in header:
         name = raw.strip()
-        if name in LEAD_COLUMNS:
-            mapping[raw] = name
-        elif name in MODEL_ATTRIBUTES:
-            mapping[raw] = f"attributes.{name}"
-        elif name.startswith(ATTRIBUTE_PREFIX) and domain.ATTRIBUTE_KEY.match(
-            name[len(ATTRIBUTE_PREFIX) :]
-        ):
-            mapping[raw] = f"attributes.{name[len(ATTRIBUTE_PREFIX) :]}"
+        folded = name.lower()
+        key = folded.removeprefix(ATTRIBUTE_PREFIX)
+        if folded in LEAD_COLUMNS:
+            mapping[raw] = folded
+        elif folded in MODEL_ATTRIBUTES:
+            mapping[raw] = f"attributes.{folded}"
+        elif folded.startswith(ATTRIBUTE_PREFIX) and domain.ATTRIBUTE_KEY.match(key):
+            mapping[raw] = f"attributes.{key}"
         else:
             unknown.append(name[:40] or "(empty)")
     if unknown:
         shown = ", ".join(repr(u) for u in unknown[:10])
         more = f" and {len(unknown) - 10} more" if len(unknown) > 10 else ""
+        attributes = [a for a in MODEL_ATTRIBUTES if a not in LEAD_COLUMNS]
         raise field_error(
             "body",
-            f"unknown columns {shown}{more}; known: {', '.join(LEAD_COLUMNS)}, "
-            f"{', '.join(MODEL_ATTRIBUTES)}, and attr.<key> for other attributes",
+            f"unknown columns {shown}{more}; known (in any case): {', '.join(LEAD_COLUMNS)}, "
+            f"{', '.join(attributes)}, and attr.<key> for other attributes (campaign is the "
+            "campaign's name; the model's contact count goes in attr.campaign)",
             code="unknown_columns",
         )
+    targets: dict[str, list[str]] = {}
+    for raw, target in mapping.items():
+        targets.setdefault(target, []).append(raw.strip()[:40])
+    same = [
+        f"columns {' and '.join(repr(c) for c in columns)} both give attribute "
+        f"{target.removeprefix('attributes.')}"
+        for target, columns in targets.items()
+        if len(columns) > 1
+    ]
+    if same:
+        raise field_error("body", "; ".join(same) + ": keep one", code="duplicate_columns")
     if "name" not in mapping.values():
         raise field_error("body", "the header needs a name column", code="missing_columns")
     return mapping
@@ -155,7 +169,8 @@ def _attribute_value(key: str, text: str) -> Any:
     return text
 
 
-def _lead_of(row: dict[str, str | None], mapping: dict[str, str]) -> LeadCreate:
+def _row_data(row: dict[str, str | None], mapping: dict[str, str]) -> dict[str, Any]:
+    """A CSV row as a lead's fields, ``attributes`` holding its attribute cells."""
     data: dict[str, Any] = {}
     attributes: dict[str, Any] = {}
     for column, target in mapping.items():
@@ -168,7 +183,7 @@ def _lead_of(row: dict[str, str | None], mapping: dict[str, str]) -> LeadCreate:
         else:
             data[target] = value
     data["attributes"] = attributes
-    return LeadCreate.model_validate(data)
+    return data
 
 
 def _describe(line: int, exc: ValidationError) -> list[ImportRowError]:
@@ -179,6 +194,7 @@ def _describe(line: int, exc: ValidationError) -> list[ImportRowError]:
             field=".".join(str(p) for p in error["loc"] if p != "__root__") or "body",
             code=str(error["type"]),
             message=str(error["msg"]).removeprefix("Value error, "),
+            allowed=(error.get("ctx") or {}).get("allowed"),
         )
         for error in exc.errors()
     ]
@@ -215,10 +231,20 @@ def _rows(
         if len(cells) != len(columns):
             tally.problem(line, f"the row has {len(cells)} fields, the header {len(columns)}")
             continue
+        data = _row_data(dict(zip(columns, cells, strict=True)), mapping)
         try:
-            lead = _lead_of(dict(zip(columns, cells, strict=True)), mapping)
+            lead = LeadCreate.model_validate(data, context={"categories": categories})
         except ValidationError as exc:
-            tally.refuse(line, _describe(line, exc))
+            problems = _describe(line, exc)
+            # A valid lead's categories are checked below; a refused row's are listed here, so
+            # that its report names every bad cell.
+            named = {p.field for p in problems}
+            problems += [
+                ImportRowError(line=line, **e)
+                for e in service.category_problems(categories, data["attributes"])
+                if e["field"] not in named
+            ]
+            tally.refuse(line, problems)
             continue
         unknown = service.category_problems(categories, lead.attributes)
         if unknown:
