@@ -228,3 +228,52 @@ async def test_an_all_or_nothing_import_with_bad_rows_is_a_422_listing_them(
     assert [e["line"] for e in skipped.json()["errors"]] == [2, 3]
     assert clean.status_code == 200, clean.text
     assert clean.json()["errors"] == []
+
+
+async def test_currency_codes_are_read_in_any_case_and_unknown_ones_refused(
+    shop_app: FastAPI, shop: httpx.AsyncClient
+) -> None:
+    catalog = ctx_of(shop_app)
+    await make_product(catalog, "Cheap Mug", skus={"MUG-2": 500})
+
+    lower = await shop.get(f"{API}/products", params={"currency": "eur", "min_price": 100})
+    upper = await shop.get(f"{API}/products", params={"currency": "EUR", "min_price": 100})
+    assert lower.status_code == 200, lower.text
+    assert lower.json()["items"] == upper.json()["items"]
+    assert lower.json()["items"][0]["price_from"] == {"currency": "EUR", "amount": 500}
+
+    for code in ("xyz", "XYZ"):
+        refused = await shop.get(f"{API}/products", params={"currency": code})
+        assert refused.status_code == 422, refused.text
+        [error] = refused.json()["errors"]
+        assert (error["field"], error["message"]) == ("currency", "not an ISO 4217 currency code")
+
+    staff = await sign_in_demo(shop_app, shop, "staff")
+    created = await shop.post(
+        f"{API}/products",
+        json={
+            "name": "Lower-case Prices",
+            "status": "active",
+            "variants": [{"sku": "LOW-1", "prices": [{"currency": "usd", "amount": 700}]}],
+        },
+        headers=staff,
+    )
+    assert created.status_code == 201, created.text
+    assert created.json()["variants"][0]["prices"] == [{"currency": "USD", "amount": 700}]
+    twice = await shop.post(
+        f"{API}/products",
+        json={
+            "name": "Twice Priced",
+            "variants": [
+                {
+                    "sku": "TWO-1",
+                    "prices": [
+                        {"currency": "usd", "amount": 700},
+                        {"currency": "USD", "amount": 800},
+                    ],
+                }
+            ],
+        },
+        headers=staff,
+    )
+    assert twice.status_code == 422, twice.text

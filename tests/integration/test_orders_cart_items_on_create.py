@@ -151,3 +151,73 @@ async def test_a_customers_active_cart_receives_the_items_instead_of_a_second_ca
     ]
     [event] = await outbox_payloads(app, "CartCreated")
     assert event["cart_id"] == first.json()["id"]
+
+
+async def test_a_customers_active_cart_takes_the_country_and_email_given_with_the_items(
+    app: FastAPI, client: httpx.AsyncClient
+) -> None:
+    admin = await staff_tokens(app, client)
+    await seed_shop(app, client, admin, {"TEE-34": 10})
+    buyer = await customer(client, "moves")
+    first = await client.post(
+        f"{API}/carts",
+        json={
+            "currency": "EUR",
+            "email": "me@example.com",
+            "items": [{"sku": "TEE-34", "quantity": 1}],
+        },
+        headers=bearer(buyer),
+    )
+    assert first.status_code == 201, first.text
+    cart_id = first.json()["id"]
+
+    again = await client.post(
+        f"{API}/carts",
+        json={
+            "currency": "EUR",
+            "country": "fr",
+            "email": "other@example.com",
+            "items": [{"sku": "TEE-34", "quantity": 1}],
+        },
+        headers=bearer(buyer),
+    )
+    assert again.status_code == 200, again.text
+    cart = again.json()
+    assert cart["id"] == cart_id
+    assert (cart["country"], cart["email"]) == ("FR", "other@example.com")
+    assert [(x["sku"], x["quantity"]) for x in cart["lines"]] == [("TEE-34", 2)]
+    # Priced as a cart shipping to France, as PATCH /carts/{id} would leave it.
+    guest_id, guest_token = await guest_cart(client, {"TEE-34": 2}, country="FR")
+    french = (await client.get(f"{API}/carts/{guest_id}", headers=guest_token)).json()
+    assert cart["totals"] == french["totals"]
+    read = (await client.get(f"{API}/carts/{cart_id}", headers=bearer(buyer))).json()
+    assert (read["country"], read["email"], read["totals"]) == (
+        "FR",
+        "other@example.com",
+        french["totals"],
+    )
+
+    # A field left out is left as it is; one given as null is cleared, as PATCH does.
+    kept = await client.post(
+        f"{API}/carts", json={"currency": "EUR", "email": None}, headers=bearer(buyer)
+    )
+    assert kept.status_code == 200, kept.text
+    assert (kept.json()["country"], kept.json()["email"]) == ("FR", None)
+
+    # The same validation as PATCH: a country the shop does not sell to refuses the whole
+    # request, and neither the lines nor the fields change.
+    refused = await client.post(
+        f"{API}/carts",
+        json={
+            "currency": "EUR",
+            "country": "AQ",
+            "email": "third@example.com",
+            "items": [{"sku": "TEE-34", "quantity": 1}],
+        },
+        headers=bearer(buyer),
+    )
+    assert refused.status_code == 422, refused.text
+    assert refused.json()["errors"][0]["field"] == "country"
+    read = (await client.get(f"{API}/carts/{cart_id}", headers=bearer(buyer))).json()
+    assert (read["country"], read["email"]) == ("FR", None)
+    assert [(x["sku"], x["quantity"]) for x in read["lines"]] == [("TEE-34", 2)]

@@ -358,3 +358,44 @@ async def test_a_deleted_tax_rate_stops_sales_to_its_country(
     assert put_back.status_code == 200
     placed = await checkout(client, cart_id, token, email="g@example.com")
     assert placed.status_code == 201, placed.text
+
+
+async def test_currency_codes_are_read_in_any_case_and_unknown_ones_refused(
+    app: FastAPI, client: httpx.AsyncClient
+) -> None:
+    admin = await staff_tokens(app, client)
+    await seed_shop(app, client, admin, {"TEE-25": 10})
+    guest = await client.post(
+        f"{API}/carts", json={"currency": "eur", "items": [{"sku": "TEE-25", "quantity": 1}]}
+    )
+    assert guest.status_code == 201, guest.text
+    assert guest.json()["currency"] == guest.json()["totals"]["currency"] == "EUR"
+    assert guest.json()["lines"][0]["unit_price"] == 2000
+
+    buyer = await customer(client, "lower")
+    first = await client.post(f"{API}/carts", json={"currency": "EUR"}, headers=bearer(buyer))
+    again = await client.post(f"{API}/carts", json={"currency": "eur"}, headers=bearer(buyer))
+    assert (first.status_code, again.status_code) == (201, 200), again.text
+    assert again.json()["id"] == first.json()["id"]
+
+    for body in ({"currency": "xyz"}, {"currency": "XYZ"}):
+        refused = await client.post(f"{API}/carts", json=body)
+        assert refused.status_code == 422, refused.text
+        [error] = refused.json()["errors"]
+        assert error["field"].endswith("currency")
+        assert "not an ISO 4217 currency code" in error["message"]
+
+    method = await client.post(
+        f"{API}/shipping-methods",
+        json={"code": "lower", "name": "Lower", "kind": "flat", "rates": {"eur": [{"amount": 1}]}},
+        headers=bearer(admin),
+    )
+    assert method.status_code == 201, method.text
+    assert list(method.json()["rates"]) == ["EUR"]
+    voucher = await client.post(
+        f"{API}/vouchers",
+        json={"code": "LOWER5", "kind": "fixed", "value": 500, "currency": "eur"},
+        headers=bearer(admin),
+    )
+    assert voucher.status_code == 201, voucher.text
+    assert voucher.json()["currency"] == "EUR"

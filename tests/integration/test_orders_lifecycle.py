@@ -335,3 +335,45 @@ async def test_sweeper_cancels_orders_whose_reservation_expired(
 
     await eventually(released, what="catalog to release the reservation")
     assert await cancel_expired_orders(ctx, now=utcnow() + timedelta(hours=2)) == 0
+
+
+async def test_a_guest_cancels_their_own_pending_order_with_the_carts_token(
+    app: FastAPI, client: httpx.AsyncClient
+) -> None:
+    admin = await staff_tokens(app, client)
+    await seed_shop(app, client, admin, {"TEE-24": 5})
+    order = await place_guest_order(client, {"TEE-24": 2})
+    other = await place_guest_order(client, {"TEE-24": 1})
+    url = f"{API}/orders/{order['id']}/cancel"
+
+    # No token, a wrong one, or another guest's: the answer a missing order gets.
+    missing = await client.post(f"{API}/orders/{'0' * 32}/cancel", headers=order["_headers"])
+    assert missing.status_code == 404, missing.text
+    for headers in ({}, {"X-Cart-Token": "not-the-token"}, other["_headers"]):
+        refused = await client.post(url, headers=headers)
+        assert refused.status_code == 404, refused.text
+        assert refused.json()["detail"] == missing.json()["detail"]
+    assert await _status(client, admin, order["id"]) == "pending_payment"
+
+    cancelled = await client.post(
+        url, json={"reason": "changed my mind"}, headers=order["_headers"]
+    )
+    assert cancelled.status_code == 200, cancelled.text
+    assert cancelled.json()["status"] == "cancelled"
+    history = await _history(client, admin, order["id"])
+    assert (history[-1]["action"], history[-1]["actor_kind"], history[-1]["reason"]) == (
+        "cancel",
+        "guest",
+        "changed my mind",
+    )
+    [event] = await outbox_payloads(app, "OrderCancelled")
+    assert event["order_id"] == order["id"]
+    # The same rules as a customer's cancel: a cancelled order cannot be cancelled again.
+    again = await client.post(url, headers=order["_headers"])
+    assert again.status_code == 409, again.text
+
+    async def released() -> bool:
+        await app.state.runtime.drain_outboxes()
+        return await available(client, admin, "TEE-24") == 4
+
+    await eventually(released, what="catalog to release the reservation")

@@ -115,6 +115,15 @@ async def test_sales_report_by_day_and_currency_with_top_products(shop: Shop) ->
     parsed = list(csv.DictReader(io.StringIO(only_usd.text)))
     assert [(r["currency"], r["revenue"], r["orders"]) for r in parsed] == [("USD", "3500", "1")]
 
+    lower = await shop.http.get(
+        "/api/v1/reports/sales?currency=usd&format=csv", headers=shop.as_("staff")
+    )
+    assert lower.status_code == 200, lower.text
+    assert list(csv.DictReader(io.StringIO(lower.text))) == parsed
+    unknown = await shop.http.get("/api/v1/reports/sales?currency=xyz", headers=shop.as_("staff"))
+    assert unknown.status_code == 422, unknown.text
+    assert unknown.json()["errors"][0]["field"] == "currency"
+
     empty = await shop.http.get(
         "/api/v1/reports/sales?from=2001-01-01&to=2001-12-31", headers=shop.as_("staff")
     )

@@ -17,6 +17,7 @@ from ecosistema.platform.money import (
     Rounding,
     UnknownCurrency,
     divide_rounding,
+    iso_currency,
     minor_unit_exponent,
     tax_from_inclusive,
     tax_on_exclusive,
@@ -243,6 +244,19 @@ def test_money_model_validates_and_converts() -> None:
     model = MoneyModel.model_validate({"amount": 1234, "currency": "EUR"})
     assert model.to_money() == eur(1234)
     assert MoneyModel.of(eur(5)).model_dump() == {"amount": 5, "currency": "EUR"}
+    # A currency as input is read in any case; Money itself only holds the upper-case code.
+    assert MoneyModel.model_validate({"amount": 5, "currency": "eur"}).to_money() == eur(5)
+
+
+@pytest.mark.parametrize(("given", "code"), [("eur", "EUR"), ("Usd", "USD"), ("JPY", "JPY")])
+def test_an_input_currency_is_read_in_any_case(given: str, code: str) -> None:
+    assert iso_currency(given) == code
+
+
+@pytest.mark.parametrize("given", ["xyz", "EURO", "", "eu"])
+def test_an_input_currency_that_is_not_iso_4217_is_refused(given: str) -> None:
+    with pytest.raises(UnknownCurrency, match="not an ISO 4217 currency code"):
+        iso_currency(given)
 
 
 @pytest.mark.parametrize(
@@ -251,7 +265,7 @@ def test_money_model_validates_and_converts() -> None:
         ({"amount": 12.5, "currency": "EUR"}, "amount"),
         ({"amount": 12.0, "currency": "EUR"}, "amount"),
         ({"amount": "12", "currency": "EUR"}, "amount"),
-        ({"amount": 1, "currency": "eur"}, "currency"),
+        ({"amount": 1, "currency": "eu"}, "currency"),
         ({"amount": 1, "currency": "ZZZ"}, "currency"),
         ({"amount": 1}, "currency"),
     ],

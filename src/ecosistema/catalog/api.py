@@ -45,11 +45,17 @@ from ecosistema.catalog.schemas import (
     WarehouseCreate,
 )
 from ecosistema.catalog.search import SearchQuery, search_page
-from ecosistema.platform.auth import OptionalPrincipal, Principal, current_principal, require
+from ecosistema.platform.auth import (
+    OptionalPrincipal,
+    Principal,
+    current_principal,
+    document_optional_credentials,
+    require,
+)
 from ecosistema.platform.edge import FastRequest, FastResponse, serve_fast
 from ecosistema.platform.errors import NotFound, field_error
 from ecosistema.platform.errors import error_responses as _errors
-from ecosistema.platform.money import ISO_4217
+from ecosistema.platform.money import UnknownCurrency, iso_currency
 from ecosistema.platform.policy import ensure
 from ecosistema.platform.service import ServiceContext, context_of
 
@@ -184,9 +190,10 @@ async def list_products(
     limit: Annotated[int, Query(ge=1, le=100)] = 20,
 ) -> Response:
     staff = _is_staff(principal)
-    chosen = currency or ctx.settings.catalog_default_currency
-    if chosen not in ISO_4217:
-        raise field_error("currency", "not an ISO 4217 currency code")
+    try:
+        chosen = iso_currency(currency or ctx.settings.catalog_default_currency)
+    except UnknownCurrency as exc:
+        raise field_error("currency", str(exc)) from None
     statuses: tuple[str, ...] = ("active",)
     if status_:
         if not staff:
@@ -697,3 +704,6 @@ async def restock(body: RestockRequest, ctx: Context, _writer: InventoryWriter) 
     lines = [(line.sku, line.quantity) for line in body.lines]
     await inventory.restock(ctx, body.order_id, lines, body.reason)
     return Response(status_code=status.HTTP_204_NO_CONTENT)
+
+
+document_optional_credentials(router)

@@ -8,7 +8,7 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from ecosistema.catalog.domain import SKU_PATTERN, SLUG_PATTERN, ProductStatus
-from ecosistema.platform.money import ISO_4217
+from ecosistema.platform.money import iso_currency
 from ecosistema.platform.timestamps import Timestamp
 
 Slug = Annotated[str, Field(min_length=1, max_length=120, pattern=SLUG_PATTERN)]
@@ -23,9 +23,7 @@ Description = Annotated[str, Field(max_length=20_000)]
 
 
 def _known_currency(value: str) -> str:
-    if value not in ISO_4217:
-        raise ValueError("not an ISO 4217 currency code")
-    return value
+    return iso_currency(value)
 
 
 class _Input(BaseModel):

@@ -127,11 +127,12 @@ async def cache_generation(ctx: ServiceContext) -> int:
 
 
 def _currency_ok(currency: str, field: str) -> str:
-    from ecosistema.platform.money import ISO_4217
+    from ecosistema.platform.money import UnknownCurrency, iso_currency
 
-    if currency not in ISO_4217:
-        raise field_error(field, "not an ISO 4217 currency code")
-    return currency
+    try:
+        return iso_currency(currency)
+    except UnknownCurrency as exc:
+        raise field_error(field, str(exc)) from None
 
 
 # --- categories ---------------------------------------------------------------------------------
@@ -774,7 +775,7 @@ async def quote(
     channel: str | None = None,
 ) -> dict[str, VariantQuote]:
     """What each known SKU costs this customer at ``at`` (default now); unknown SKUs are absent."""
-    _currency_ok(currency, "currency")
+    currency = _currency_ok(currency, "currency")
     wanted = sorted(set(skus))
     if not wanted:
         return {}

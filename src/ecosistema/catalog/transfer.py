@@ -114,10 +114,13 @@ class ImportVariant(BaseModel):
     @field_validator("prices")
     @classmethod
     def _currencies(cls, value: dict[str, int]) -> dict[str, int]:
-        unknown = [c for c in value if c not in ISO_4217]
+        unknown = [c for c in value if c.upper() not in ISO_4217]
         if unknown:
             raise ValueError(f"unknown currencies: {', '.join(unknown)}")
-        return value
+        prices = {c.upper(): amount for c, amount in value.items()}
+        if len(prices) != len(value):
+            raise ValueError("one price per currency")
+        return prices
 
 
 class ImportProduct(BaseModel):

@@ -36,7 +36,12 @@ from ecosistema.orders.schemas import (
     VoucherCreate,
     VoucherUpdate,
 )
-from ecosistema.platform.auth import OptionalPrincipal, Principal, require
+from ecosistema.platform.auth import (
+    OptionalPrincipal,
+    Principal,
+    document_optional_credentials,
+    require,
+)
 from ecosistema.platform.errors import error_responses as _errors
 from ecosistema.platform.idempotency import (
     IdempotencyKeyHeader,
@@ -270,10 +275,20 @@ async def order_history(
     "/orders/{order_id}/cancel", response_model=Order, responses=_errors(401, 403, 404, 409)
 )
 async def cancel_order(
-    order_id: Id, ctx: Context, principal: Customer, data: StatusChange | None = None
+    order_id: Id,
+    ctx: Context,
+    principal: OptionalPrincipal,
+    token: CartToken = None,
+    data: StatusChange | None = None,
 ) -> Order:
+    """Cancel an unpaid order: its customer, staff, or the guest who placed it, with the token
+    of the cart it came from."""
     return await service.cancel_order(
-        ctx, order_id=order_id, principal=principal, reason=data.reason if data else None
+        ctx,
+        order_id=order_id,
+        principal=principal,
+        token=token,
+        reason=data.reason if data else None,
     )
 
 
@@ -449,3 +464,6 @@ async def update_voucher(
     code: Code, data: VoucherUpdate, ctx: Context, principal: Manager
 ) -> Voucher:
     return await service.update_voucher(ctx, code=code, data=data)
+
+
+document_optional_credentials(router)

@@ -9,7 +9,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, EmailStr, Field, field_validator, model_validator
 
 from ecosistema.orders.domain import OrderStatus, VoucherKind, is_country
-from ecosistema.platform.money import ISO_4217
+from ecosistema.platform.money import iso_currency
 from ecosistema.platform.timestamps import Timestamp
 
 _SKU = r"^[A-Za-z0-9][A-Za-z0-9._\-]*$"
@@ -26,9 +26,7 @@ class Input(BaseModel):
 
 
 def _currency(value: str) -> str:
-    if value not in ISO_4217:
-        raise ValueError("not an ISO 4217 currency code")
-    return value
+    return iso_currency(value)
 
 
 # --- carts --------------------------------------------------------------------------------------
@@ -278,11 +276,15 @@ class ShippingMethodCreate(Input):
     @field_validator("rates")
     @classmethod
     def _rates(cls, value: dict[str, list[Bracket]]) -> dict[str, list[Bracket]]:
+        out: dict[str, list[Bracket]] = {}
         for currency, brackets in value.items():
-            _currency(currency)
+            code = _currency(currency)
             if not brackets or len(brackets) > 50:
                 raise ValueError(f"{currency}: give between 1 and 50 brackets")
-        return value
+            if code in out:
+                raise ValueError(f"{code} is given twice")
+            out[code] = brackets
+        return out
 
     @field_validator("countries")
     @classmethod
@@ -337,7 +339,7 @@ class VoucherCreate(Input):
         if self.kind is VoucherKind.FIXED and self.currency is None:
             raise ValueError("a fixed voucher needs its currency")
         if self.currency is not None:
-            _currency(self.currency)
+            self.currency = _currency(self.currency)
         if self.starts_at and self.ends_at and self.ends_at <= self.starts_at:
             raise ValueError("ends_at must be after starts_at")
         return self

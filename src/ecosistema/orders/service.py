@@ -67,7 +67,7 @@ from ecosistema.platform.errors import (
 )
 from ecosistema.platform.money import Money
 from ecosistema.platform.pagination import decode_cursor, encode_cursor
-from ecosistema.platform.policy import ensure_owner, owner_filter
+from ecosistema.platform.policy import ensure, ensure_owner, owner_filter
 from ecosistema.platform.service import ServiceContext
 
 log = structlog.get_logger(__name__)
@@ -113,6 +113,7 @@ def event_time(payload: Mapping[str, Any]) -> datetime | None:
 CART_NOT_FOUND = "No cart with this id."
 ORDER_NOT_FOUND = "No order with this id."
 STAFF = "orders:write_all"
+WRITE_OWN = "orders:write_own"
 READ_ALL = "orders:read_all"
 MAX_LINE_QUANTITY = 10_000
 PAGE_LIMIT = 100
@@ -909,6 +910,14 @@ async def create_cart(
                 rate = await _tax_rate_bp(session, where)
             methods = list((await session.execute(_ALL_SHIPPING_METHODS)).mappings())
         items, quotes = await _checked_items(ctx, principal, data)
+        # What the request sets on a customer's existing cart, as PATCH /carts/{id} would;
+        # the email is sealed under that cart's id, so it is sealed once the cart is found.
+        given = data.model_fields_set
+        set_fields: dict[str, Any] = {}
+        if "country" in given:
+            set_fields["country"] = country
+        if "email" in given:
+            set_fields["email_encrypted"] = str(data.email) if data.email else None
         cart_id = new_id()
         values: dict[str, Any] = {
             "id": cart_id,
@@ -938,8 +947,13 @@ async def create_cart(
                 existing = await session.scalar(
                     _ACTIVE_CART_OF, {"customer_id": principal.subject, "currency": data.currency}
                 )
-            if existing is not None and items:
-                existing = await _add_items(ctx, session, str(existing), items, now)
+            if existing is not None and (items or set_fields):
+                found = str(existing)
+                changes = {
+                    name: _seal(ctx, value, "carts", found) if name == "email_encrypted" else value
+                    for name, value in set_fields.items()
+                }
+                existing = await _fill_existing(ctx, session, found, items, changes, now)
             if existing is None:
                 await session.execute(insert(carts), values)
                 if lines:
@@ -963,20 +977,22 @@ async def create_cart(
         return _cart_view(ctx, values, await _price(ctx, state, quotes=quotes), token), True
 
 
-async def _add_items(
+async def _fill_existing(
     ctx: ServiceContext,
     session: AsyncSession,
     cart_id: str,
     items: Mapping[str, tuple[int, int]],
+    changes: Mapping[str, Any],
     now: datetime,
 ) -> str | None:
-    """Add a new cart's ``items`` to the customer's active cart found instead; ``None`` when
-    that cart has just stopped being active (a new one is created)."""
+    """Set a new cart's fields (``changes``, cart columns) and add its ``items`` to the
+    customer's active cart found instead; ``None`` when that cart has just stopped being
+    active (a new one is created)."""
     # The guarded UPDATE takes the cart's row lock, as adding an item does.
     taken = await session.execute(
         update(carts)
         .where(carts.c.id == cart_id, carts.c.status == "active")
-        .values(updated_at=now)
+        .values(**changes, updated_at=now)
     )
     if _rowcount(taken) != 1:
         return None
@@ -2037,15 +2053,20 @@ async def cancel_order(
     ctx: ServiceContext,
     *,
     order_id: str,
-    principal: Principal,
+    principal: Principal | None,
     reason: str | None,
+    token: str | None = None,
     at: datetime | None = None,
 ) -> schemas.Order:
-    """Cancel an unpaid order (its customer or staff); the stock and voucher use are released."""
+    """Cancel an unpaid order (its customer, its guest with the cart's token, or staff); the
+    stock and voucher use are released."""
+    if principal is not None:
+        ensure(principal, WRITE_OWN)
     with _recorded_at(at):
         async with ctx.db.transaction() as session:
-            order = await _locked_order(session, order_id)
-            ensure_owner(principal, order["customer_id"], bypass=STAFF, detail=ORDER_NOT_FOUND)
+            order = _ensure_reach(
+                await _order_row(session, order_id, lock=True), principal, token, bypass=STAFF
+            )
             await _cancel(
                 ctx, session, order, OrderAction.CANCEL, actor=Actor.of(principal), reason=reason
             )

@@ -34,13 +34,20 @@ from ecosistema.payments.schemas import (
     SalesReport,
     WebhookAck,
 )
-from ecosistema.platform.auth import CurrentPrincipal, OptionalPrincipal, Principal
+from ecosistema.platform.auth import (
+    CurrentPrincipal,
+    OptionalPrincipal,
+    Principal,
+    document_optional_credentials,
+)
 from ecosistema.platform.errors import error_responses as _errors
+from ecosistema.platform.errors import field_error
 from ecosistema.platform.idempotency import (
     IdempotencyKeyHeader,
     idempotent_response,
     run_idempotent,
 )
+from ecosistema.platform.money import UnknownCurrency, iso_currency
 from ecosistema.platform.service import ServiceContext, context_of
 
 router = APIRouter(tags=["payments"])
@@ -351,11 +358,18 @@ async def sales_report(
     ctx: Context,
     principal: CurrentPrincipal,
     group_by: Period = Period.DAY,
-    currency: Annotated[str | None, Query(pattern=r"^[A-Z]{3}$")] = None,
+    currency: Annotated[
+        str | None, Query(pattern=r"^[A-Za-z]{3}$", description="ISO 4217 code, any case.")
+    ] = None,
     from_: Annotated[date | None, Query(alias="from")] = None,
     to: Annotated[date | None, Query()] = None,
     format: Annotated[Literal["json", "csv"], Query()] = "json",
 ) -> Any:
+    if currency is not None:
+        try:
+            currency = iso_currency(currency)
+        except UnknownCurrency as exc:
+            raise field_error("currency", str(exc)) from None
     report = await service.sales_report(
         ctx, principal=principal, group_by=group_by, currency=currency, start=from_, end=to
     )
@@ -366,3 +380,6 @@ async def sales_report(
             headers={"Content-Disposition": 'attachment; filename="sales.csv"'},
         )
     return report
+
+
+document_optional_credentials(router)

@@ -24,13 +24,15 @@ import hashlib
 import json
 import math
 import time
-from collections.abc import Awaitable, Callable, Iterable, Mapping
+from collections.abc import Awaitable, Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, replace
 from typing import Annotated, Any, Literal
 
 import httpx
 import structlog
-from fastapi import Depends, Request, Security
+from fastapi import APIRouter, Depends, Request, Security
+from fastapi.dependencies.models import Dependant
+from fastapi.routing import APIRoute
 from fastapi.security import APIKeyHeader, HTTPAuthorizationCredentials, HTTPBearer
 
 from ecosistema.gateway.principal import (
@@ -565,3 +567,27 @@ def require(permission: str) -> Callable[[Principal], Awaitable[Principal]]:
 
     _require.__name__ = f"require_{permission.replace(':', '_')}"
     return _require
+
+
+def _dependency_calls(dependant: Dependant) -> Iterator[Callable[..., Any] | None]:
+    for dependency in dependant.dependencies:
+        yield dependency.call
+        yield from _dependency_calls(dependency)
+
+
+def document_optional_credentials(router: APIRouter) -> APIRouter:
+    """Add the empty security requirement (``{}``) to the OpenAPI operations of ``router`` that
+    anonymous callers may call (``OptionalPrincipal`` without ``CurrentPrincipal``), so generated
+    clients let them call without credentials. Call it before the router is included."""
+    for route in router.routes:
+        if not isinstance(route, APIRoute):
+            continue
+        calls = set(_dependency_calls(route.dependant))
+        if optional_principal not in calls or current_principal in calls:
+            continue
+        extra = dict(route.openapi_extra or {})
+        # FastAPI appends a list given here to the security requirements it derives.
+        if {} not in extra.get("security", []):
+            extra["security"] = [*extra.get("security", []), {}]
+        route.openapi_extra = extra
+    return router

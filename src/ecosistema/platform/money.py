@@ -57,6 +57,14 @@ class Rounding(StrEnum):
     UP = "up"
 
 
+def iso_currency(value: str) -> str:
+    """A currency code as input by a user, upper-cased; ``UnknownCurrency`` if not ISO 4217."""
+    code = value.upper()
+    if code not in ISO_4217:
+        raise UnknownCurrency("not an ISO 4217 currency code")
+    return code
+
+
 def minor_unit_exponent(currency: str) -> int:
     """Digits after the decimal point for an ISO 4217 code (EUR 2, JPY 0, KWD 3)."""
     try:
@@ -266,9 +274,7 @@ class MoneyModel(BaseModel):
     @field_validator("currency")
     @classmethod
     def _known_currency(cls, value: str) -> str:
-        if value not in ISO_4217:
-            raise ValueError("not an ISO 4217 currency code")
-        return value
+        return iso_currency(value)
 
     @classmethod
     def of(cls, money: Money) -> MoneyModel:
