@@ -1325,17 +1325,16 @@ class Gateway:
         return self._after_auth_now(ex, route)
 
     def _after_auth_now(self, ex: Exchange, route: RouteConfig) -> int:
-        limiter = self._memory_limiter
-        if not route.rate_limited:
-            pass
-        elif limiter is not None:
-            admitted = limiter.admit(self._limit_key(ex, route), self._rule_for(ex, route))
-            if type(admitted) is bytes:
-                ex.rate_headers = admitted
-            elif not self._apply_decision(ex, route, cast(Decision, admitted)):
-                return _DONE
-        elif self.limiter is not None:
-            return _STAGE_LIMIT
+        if route.rate_limited:
+            limiter = self._memory_limiter
+            if limiter is not None:
+                admitted = limiter.admit(self._limit_key(ex, route), self._rule_for(ex, route))
+                if type(admitted) is bytes:
+                    ex.rate_headers = admitted
+                elif not self._apply_decision(ex, route, cast(Decision, admitted)):
+                    return _DONE
+            elif self.limiter is not None:
+                return _STAGE_LIMIT
         if route.cache is not None and self.cache is not None and self._serve_cached(ex, route):
             return _DONE
         if route.service in self.local_apps:
