@@ -11,7 +11,7 @@ PORT    ?= 8000
 # Test processes: the suite waits on databases, brokers and sockets, so more than the cores pays.
 TEST_WORKERS ?= 3
 
-.PHONY: up test lint format bench clean help
+.PHONY: up test lint format bench clean help native
 
 help:
 	@echo "make up      install into .venv, migrate, seed demo data, serve on http://$(HOST):$(PORT)"
@@ -26,10 +26,16 @@ $(STAMP): pyproject.toml
 	$(BIN)/pip install --quiet -e '.[dev]'
 	@touch $(STAMP)
 
-up: $(STAMP)
+# The gateway's hot path compiled with mypyc (about a minute, again only when its sources change);
+# without a C compiler the gateway runs the same code interpreted.
+native: $(STAMP)
+	@$(BIN)/ecosistema native status >/dev/null 2>&1 || $(BIN)/ecosistema native build \
+	  || echo "note: the gateway runs interpreted (compiling its hot path failed)"
+
+up: native
 	$(BIN)/ecosistema up --demo --host $(HOST) --port $(PORT)
 
-test: $(STAMP)
+test: native
 	$(BIN)/pytest -n $(TEST_WORKERS)
 
 lint: $(STAMP)
@@ -41,7 +47,7 @@ format: $(STAMP)
 	$(BIN)/ruff check --fix src tests bench
 	$(BIN)/ruff format src tests bench
 
-bench: $(STAMP)
+bench: native
 	$(BIN)/python bench/run_all.py
 
 clean:

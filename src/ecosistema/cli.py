@@ -586,6 +586,35 @@ def certs_dev(
         console.print(line, soft_wrap=True, highlight=False, markup=False)
 
 
+native_app = typer.Typer(help="The gateway's compiled hot path.", no_args_is_help=True)
+app.add_typer(native_app, name="native")
+
+
+@native_app.command("build")
+def native_build() -> None:
+    """Compile the gateway's hot path with mypyc (needs mypy and a C compiler)."""
+    from ecosistema.gateway import native
+
+    try:
+        directory = native.build()
+    except ImportError:
+        _fail("mypy is not installed (pip install mypy); the gateway runs interpreted")
+    except Exception as exc:  # the compiler's own output went to stderr
+        _fail(f"compiling failed ({exc}); the gateway runs interpreted")
+    console.print(f"gateway hot path compiled into {directory}", highlight=False)
+
+
+@native_app.command("status")
+def native_status() -> None:
+    """Whether the gateway runs compiled: current, stale (sources changed), absent or disabled."""
+    from ecosistema.gateway import native
+
+    state, why = native.status()
+    console.print(f"{state}: {why}", highlight=False, markup=False)
+    if state not in ("current", "disabled"):
+        raise typer.Exit(1)
+
+
 def _mount_subcommands() -> None:
     from ecosistema.ml_cli import app as ml_app
 

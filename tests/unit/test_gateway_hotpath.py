@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 
 from ecosistema.gateway.config import gateway_config
-from ecosistema.gateway.proxy import ClientConnection, Gateway, _Deadlines, _IdSource
+from ecosistema.gateway.proxy import ClientConnection, Exchange, Gateway, _Deadlines, _IdSource
 from ecosistema.gateway.server import settle_heap
 from ecosistema.gateway.upstream import Headers, UpstreamConnection
 
@@ -123,25 +123,28 @@ def test_bytes_after_a_complete_response_spoil_the_parser_for_reuse() -> None:
     assert conn._parser is not parser
 
 
-class Waiting:
-    def __init__(self) -> None:
-        self.fired = asyncio.Event()
-
-    def timed_out(self) -> None:
-        self.fired.set()
-
-
 async def test_deadlines_time_out_what_is_still_waiting_and_nothing_else() -> None:
+    conn, _, _ = _connect(_gateway())
+    fired: dict[str, asyncio.Event] = {}
+
+    def waiting(name: str) -> Exchange:
+        ex = Exchange(
+            conn, "GET", b"/" + name.encode(), [], http11=True, keep_alive=True, max_body=0
+        )
+        fired[name] = asyncio.Event()
+        ex.on_done = lambda _ex, _outcome: fired[name].set()
+        return ex
+
     deadlines = _Deadlines(asyncio.get_running_loop())
-    late, answered, other = Waiting(), Waiting(), Waiting()
-    deadlines.add(late, 0.01)  # type: ignore[arg-type]
-    slot = deadlines.add(answered, 0.01)  # type: ignore[arg-type]
-    deadlines.add(other, 0.2)  # type: ignore[arg-type]
-    slot.discard(answered)  # type: ignore[arg-type]  # answered: off its slot
-    await asyncio.wait_for(late.fired.wait(), 5)
-    assert not answered.fired.is_set()
-    await asyncio.wait_for(other.fired.wait(), 5)
-    assert not answered.fired.is_set()
+    late, answered, other = waiting("late"), waiting("answered"), waiting("other")
+    deadlines.add(late, 0.01)
+    slot = deadlines.add(answered, 0.01)
+    deadlines.add(other, 0.2)
+    slot.discard(answered)  # answered: off its slot
+    await asyncio.wait_for(fired["late"].wait(), 5)
+    assert not fired["answered"].is_set()
+    await asyncio.wait_for(fired["other"].wait(), 5)
+    assert not fired["answered"].is_set()
 
 
 def _gateway(**extra: Any) -> Gateway:

@@ -1,5 +1,10 @@
 """The API gateway: routing, edge authentication, rate limiting, load balancing and breaking."""
 
+# ruff: noqa: E402 - the compiled hot path goes on the package path before any module loads.
+from ecosistema.gateway import native
+
+native.activate(__path__)
+
 from ecosistema.gateway.config import GatewayConfig, gateway_config, load_route_table
 from ecosistema.gateway.principal import (
     PRINCIPAL_HEADER,

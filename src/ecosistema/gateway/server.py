@@ -19,6 +19,7 @@ from typing import IO, TYPE_CHECKING
 
 import structlog
 
+from ecosistema.gateway import native
 from ecosistema.gateway.config import GatewayConfig
 from ecosistema.gateway.metrics import enable_multiprocess, forget_worker
 from ecosistema.gateway.proxy import ClientConnection, Gateway
@@ -183,7 +184,16 @@ def run_gateway(
     signal.signal(signal.SIGINT, stop)
     for _ in range(workers):
         spawn()
-    log.info("gateway_started", host=host, port=sock.getsockname()[1], workers=workers)
+    native_state, native_why = native.status()
+    log.info(
+        "gateway_started",
+        host=host,
+        port=sock.getsockname()[1],
+        workers=workers,
+        compiled=native.active(),
+        native=native_state,
+        native_detail=native_why,
+    )
     try:
         while children:
             try:
