@@ -12,7 +12,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hashlib
-import itertools
 import json
 import os
 import random
@@ -22,7 +21,7 @@ from collections import deque
 from collections.abc import Callable, Mapping
 from http import HTTPStatus
 from json.encoder import encode_basestring_ascii  # type: ignore[attr-defined]
-from typing import IO, TYPE_CHECKING, Any, cast
+from typing import IO, TYPE_CHECKING, Any, Final, cast
 from urllib.parse import unquote
 
 import httptools
@@ -168,11 +167,12 @@ _REASONS: dict[int, bytes] = {
 
 
 class _IdSource:
-    """Request and trace ids: unique, not unguessable. A random 64-bit half per process and a
-    counter spread over the other 64 bits by an odd multiplier (a bijection, so no repeats),
-    which keeps the low half of a trace id well mixed for ratio-based trace samplers."""
+    """Request and trace ids: unique, not unguessable. A random 64-bit half per process, and a
+    64-bit Weyl sequence (a random start stepped by an odd constant modulo 2**64: no repeats
+    within 2**64 ids) that keeps the low half of a trace id well mixed for ratio-based trace
+    samplers."""
 
-    __slots__ = ("_count", "_high", "_salt")
+    __slots__ = ("_prefix", "_state")
 
     def __init__(self) -> None:
         self.reseed()
@@ -180,18 +180,17 @@ class _IdSource:
     def reseed(self) -> None:
         """New random halves (after a fork, so that workers never share ids)."""
         seed = int.from_bytes(os.urandom(16), "big")
-        self._high = seed >> 64
-        self._salt = seed & _MASK64
-        self._count = itertools.count(1)
+        self._prefix = b"%016x" % ((seed >> 64) or 1)
+        self._state = seed & _MASK64
 
     def next(self) -> bytes:
         """32 lower-case hex digits, never zero in either half."""
-        low = (next(self._count) * _ID_MULTIPLIER + self._salt) & _MASK64 or 1
-        return b"%016x%016x" % (self._high or 1, low)
+        state = self._state = (self._state + _ID_INCREMENT) & _MASK64
+        return self._prefix + (state or 1).to_bytes(8, "big").hex().encode()
 
 
-_MASK64 = (1 << 64) - 1
-_ID_MULTIPLIER = 0x9E3779B97F4A7C15
+_MASK64: Final = (1 << 64) - 1
+_ID_INCREMENT: Final = 0x9E3779B97F4A7C15
 _ids = _IdSource()
 os.register_at_fork(after_in_child=_ids.reseed)
 
@@ -671,6 +670,10 @@ class ClientConnection(asyncio.Protocol):
 
     def __init__(self, gateway: Gateway) -> None:
         self.gateway = gateway
+        # Read per header and per request: kept here rather than looked up through the config.
+        self._max_header_bytes = gateway.config.max_header_bytes
+        self._max_body_bytes = gateway.config.max_body_bytes
+        self._header_kinds = gateway.header_kinds
         self.transport: asyncio.Transport | None = None
         self.client_ip = ""
         self.client_port = 0
@@ -736,12 +739,12 @@ class ClientConnection(asyncio.Protocol):
     def on_url(self, url: bytes) -> None:
         self._url += url
         self._header_bytes += len(url)
-        if self._header_bytes > self.gateway.config.max_header_bytes:
+        if self._header_bytes > self._max_header_bytes:
             raise _HeadersTooLarge
 
     def on_header(self, name: bytes, value: bytes) -> None:
         self._header_bytes += len(name) + len(value)
-        if self._header_bytes > self.gateway.config.max_header_bytes:
+        if self._header_bytes > self._max_header_bytes:
             raise _HeadersTooLarge
         self._headers.append((name.lower(), value))
 
@@ -754,8 +757,8 @@ class ClientConnection(asyncio.Protocol):
             self._headers,
             http11=parser.get_http_version() == "1.1",
             keep_alive=parser.should_keep_alive(),
-            max_body=self.gateway.config.max_body_bytes,
-            kinds=self.gateway.header_kinds,
+            max_body=self._max_body_bytes,
+            kinds=self._header_kinds,
         )
         # Ready for the next request's head (instead of an on_message_begin callback each).
         self._url = b""
