@@ -601,7 +601,7 @@ def native_build() -> None:
         _fail("mypy is not installed (pip install mypy); the gateway runs interpreted")
     except Exception as exc:  # the compiler's own output went to stderr
         _fail(f"compiling failed ({exc}); the gateway runs interpreted")
-    console.print(f"gateway hot path compiled into {directory}", highlight=False)
+    console.print(f"gateway hot path compiled into {directory}", highlight=False, soft_wrap=True)
 
 
 @native_app.command("status")
@@ -610,7 +610,7 @@ def native_status() -> None:
     from ecosistema.gateway import native
 
     state, why = native.status()
-    console.print(f"{state}: {why}", highlight=False, markup=False)
+    console.print(f"{state}: {why}", highlight=False, markup=False, soft_wrap=True)
     if state not in ("current", "disabled"):
         raise typer.Exit(1)
 

@@ -120,3 +120,23 @@ def test_the_hot_path_behaves_the_same_interpreted() -> None:
         timeout=300,
     )
     assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-2000:]
+
+
+def test_the_status_command_says_why_and_fails_only_when_a_build_is_wanted_but_unusable(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from typer.testing import CliRunner
+
+    from ecosistema.cli import app
+
+    runner = CliRunner()
+    monkeypatch.setenv("ECOSISTEMA_NATIVE_DIR", str(tmp_path))
+    monkeypatch.delenv("ECOSISTEMA_NATIVE", raising=False)
+    absent = runner.invoke(app, ["native", "status"])
+    assert absent.exit_code == 1 and absent.output.startswith("absent: no build in ")
+    _fake_build(tmp_path)
+    current = runner.invoke(app, ["native", "status"])
+    assert current.exit_code == 0 and current.output.strip() == f"current: {tmp_path}"
+    monkeypatch.setenv("ECOSISTEMA_NATIVE", "0")
+    disabled = runner.invoke(app, ["native", "status"])
+    assert disabled.exit_code == 0 and disabled.output.startswith("disabled:")

@@ -20,6 +20,7 @@ from typing import IO, Any
 
 import structlog
 
+from ecosistema.gateway import native
 from ecosistema.gateway.config import GatewayConfig, gateway_config
 from ecosistema.gateway.inprocess import ASGIApp, LocalService
 from ecosistema.gateway.server import GatewayServer, create_ssl_context, serve
@@ -195,7 +196,13 @@ def run_embedded(
         stop = asyncio.Event()
         for signum in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(signum, stop.set)
-        log.info("embedded_gateway_started", host=host, port=running.port)
+        log.info(
+            "embedded_gateway_started",
+            host=host,
+            port=running.port,
+            compiled=native.active(),
+            native=native.status()[0],
+        )
         await stop.wait()
         await running.close()
 
