@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import enum
 from dataclasses import dataclass, field
+from typing import Final
 from urllib.parse import urlsplit
 
 from ecosistema.gateway.config import ServiceConfig
@@ -16,7 +17,7 @@ class BreakerState(enum.Enum):
     HALF_OPEN = "half_open"
 
 
-_CLOSED = BreakerState.CLOSED
+_CLOSED: Final = BreakerState.CLOSED
 
 
 class CircuitBreaker:

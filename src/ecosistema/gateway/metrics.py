@@ -10,6 +10,7 @@ import asyncio
 import os
 from bisect import bisect_left
 from collections.abc import Callable, Iterable
+from typing import Final
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest, values
 from prometheus_client.core import GaugeMetricFamily, Metric
@@ -21,9 +22,26 @@ from ecosistema.gateway.balancer import Balancer, BreakerState
 _multiprocess_dir: str | None = None
 
 # Tallies reach prometheus_client at most this often (and before every scrape of this worker).
-FLUSH_INTERVAL_SECONDS = 0.1
+FLUSH_INTERVAL_SECONDS: Final = 0.1
+_bisect_left: Final = bisect_left  # compiled: a static reference, not a lookup
 
-_LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
+# Seconds: 1 ms to 30 s.
+_LATENCY_BUCKETS: Final = (
+    0.001,
+    0.0025,
+    0.005,
+    0.01,
+    0.025,
+    0.05,
+    0.1,
+    0.25,
+    0.5,
+    1,
+    2.5,
+    5,
+    10,
+    30,
+)
 
 
 def enable_multiprocess(directory: str) -> None:
@@ -131,7 +149,7 @@ class GatewayMetrics:
         if tally is None:
             # One count per bucket, then the +Inf bucket, then the sum of the durations.
             tally = self._latency[route] = [0.0] * (len(_LATENCY_BUCKETS) + 2)
-        tally[bisect_left(_LATENCY_BUCKETS, seconds)] += 1
+        tally[_bisect_left(_LATENCY_BUCKETS, seconds)] += 1
         tally[-1] += seconds
         if not self._flush_scheduled:
             self._schedule_flush()

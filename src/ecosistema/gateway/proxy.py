@@ -69,12 +69,15 @@ if TYPE_CHECKING:
 from ecosistema.platform.errors import PROBLEM_BASE
 
 log = structlog.get_logger(__name__)
+# Module-level aliases: compiled, a Final name is a static reference rather than two lookups.
+_perf_counter: Final = time.perf_counter
+_monotonic: Final = time.monotonic
 
-REPLAY_LIMIT = 64 * 1024
+REPLAY_LIMIT: Final = 64 * 1024
 # Request bytes held while no upstream connection is ready yet, before the client is paused.
-BUFFER_HIGH_WATER = 256 * 1024
+BUFFER_HIGH_WATER: Final = 256 * 1024
 
-HOP_BY_HOP = frozenset(
+HOP_BY_HOP: Final = frozenset(
     {
         b"connection",
         b"keep-alive",
@@ -88,7 +91,7 @@ HOP_BY_HOP = frozenset(
     }
 )
 # Request headers the gateway sets itself, so a client's copies never reach a service.
-_REQUEST_OWNED = frozenset(
+_REQUEST_OWNED: Final = frozenset(
     {
         b"host",
         b"content-length",
@@ -110,8 +113,8 @@ _REQUEST_OWNED = frozenset(
         b"remote-user",
     }
 )
-_FORWARDED = frozenset({b"x-forwarded-for", b"x-forwarded-proto", b"x-forwarded-host"})
-_RESPONSE_OWNED = frozenset(
+_FORWARDED: Final = frozenset({b"x-forwarded-for", b"x-forwarded-proto", b"x-forwarded-host"})
+_RESPONSE_OWNED: Final = frozenset(
     {
         b"x-request-id",
         b"x-content-type-options",
@@ -125,23 +128,44 @@ _RESPONSE_OWNED = frozenset(
         b"ratelimit-reset",
     }
 )
-_RESPONSE_DROP = HOP_BY_HOP | _RESPONSE_OWNED
-IDEMPOTENT_METHODS = frozenset({"GET", "HEAD", "OPTIONS", "PUT", "DELETE"})
+_RESPONSE_DROP: Final = HOP_BY_HOP | _RESPONSE_OWNED
+IDEMPOTENT_METHODS: Final = frozenset({"GET", "HEAD", "OPTIONS", "PUT", "DELETE"})
 
-_OK, _LOST_BEFORE_HEAD, _LOST_AFTER_HEAD, _TIMEOUT, _TOO_LARGE, _CLIENT_GONE = range(6)
-_OUTCOME_NAMES = ("ok", "connection_lost", "lost_mid_response", "timeout", "too_large", "gone")
+# Outcomes of an attempt on an upstream (Final: compiled, they are constants, not lookups).
+_OK: Final = 0
+_LOST_BEFORE_HEAD: Final = 1
+_LOST_AFTER_HEAD: Final = 2
+_TIMEOUT: Final = 3
+_TOO_LARGE: Final = 4
+_CLIENT_GONE: Final = 5
+_OUTCOME_NAMES: Final = (
+    "ok",
+    "connection_lost",
+    "lost_mid_response",
+    "timeout",
+    "too_large",
+    "gone",
+)
 
-_PAUSE_BUFFER, _PAUSE_UPSTREAM, _PAUSE_PIPELINE = 1, 2, 4
+_PAUSE_BUFFER: Final = 1
+_PAUSE_UPSTREAM: Final = 2
+_PAUSE_PIPELINE: Final = 4
 
 # Where a request goes on from once it needs to wait for something; _PENDING: sent upstream
 # without a task, the upstream connection's callbacks finish it.
-_DONE, _STAGE_AUTH, _STAGE_LIMIT, _STAGE_FORWARD, _PENDING, _STAGE_METRICS, _STAGE_OWN = range(7)
-_RETRY = -1
-_BREAKER_CLOSED = BreakerState.CLOSED
+_DONE: Final = 0
+_STAGE_AUTH: Final = 1
+_STAGE_LIMIT: Final = 2
+_STAGE_FORWARD: Final = 3
+_PENDING: Final = 4
+_STAGE_METRICS: Final = 5
+_STAGE_OWN: Final = 6
+_RETRY: Final = -1
+_BREAKER_CLOSED: Final = BreakerState.CLOSED
 # The instance label of routes served by an app in the gateway's process.
-_IN_PROCESS = "in-process"
+_IN_PROCESS: Final = "in-process"
 # Where an app served in process exposes its own metrics (platform.telemetry_http).
-_APP_METRICS_PATH = "/metrics"
+_APP_METRICS_PATH: Final = "/metrics"
 
 
 def _backoff(attempt: int) -> float:
@@ -150,17 +174,17 @@ def _backoff(attempt: int) -> float:
 
 
 # Exchange.cache_state: not cacheable, answered from the cache, fetched to be stored.
-_CACHE_STATE = ("null", '"HIT"', '"MISS"')
-_json_str: Callable[[str], str] = encode_basestring_ascii
+_CACHE_STATE: Final = ("null", '"HIT"', '"MISS"')
+_json_str: Final[Callable[[str], str]] = encode_basestring_ascii
 
 # RFC 9110 renamed a few phrases that this Python's HTTPStatus still spells the old way.
-_RFC9110_PHRASES = {
+_RFC9110_PHRASES: Final = {
     413: "Content Too Large",
     414: "URI Too Long",
     416: "Range Not Satisfiable",
     422: "Unprocessable Content",
 }
-_REASONS: dict[int, bytes] = {
+_REASONS: Final[dict[int, bytes]] = {
     int(status): _RFC9110_PHRASES.get(int(status), status.phrase).encode("ascii")
     for status in HTTPStatus
 }
@@ -191,12 +215,12 @@ class _IdSource:
 
 _MASK64: Final = (1 << 64) - 1
 _ID_INCREMENT: Final = 0x9E3779B97F4A7C15
-_ids = _IdSource()
+_ids: Final = _IdSource()
 os.register_at_fork(after_in_child=_ids.reseed)
 
 # Request timeouts fire within this many seconds after they are due: one timer per slot of that
 # length instead of one timer set and cancelled per request.
-DEADLINE_RESOLUTION = 0.05
+DEADLINE_RESOLUTION: Final = 0.05
 
 
 class _Deadlines:
@@ -250,17 +274,15 @@ def _valid_traceparent(value: bytes) -> bool:
 
 
 # The request headers Exchange reads on its one pass over them.
-(
-    _H_CONTENT_LENGTH,
-    _H_TRANSFER_ENCODING,
-    _H_REQUEST_ID,
-    _H_TRACEPARENT,
-    _H_EXPECT,
-    _H_ORIGIN,
-    _H_AUTHORIZATION,
-    _H_API_KEY,
-) = range(8)
-_REQUEST_HEADER_KINDS = {
+_H_CONTENT_LENGTH: Final = 0
+_H_TRANSFER_ENCODING: Final = 1
+_H_REQUEST_ID: Final = 2
+_H_TRACEPARENT: Final = 3
+_H_EXPECT: Final = 4
+_H_ORIGIN: Final = 5
+_H_AUTHORIZATION: Final = 6
+_H_API_KEY: Final = 7
+_REQUEST_HEADER_KINDS: Final[dict[bytes, int]] = {
     b"content-length": _H_CONTENT_LENGTH,
     b"transfer-encoding": _H_TRANSFER_ENCODING,
     b"x-request-id": _H_REQUEST_ID,
@@ -272,8 +294,11 @@ _REQUEST_HEADER_KINDS = {
 
 
 # What the gateway does with a response header, by its name as the upstream spelled it.
-_R_KEEP, _R_LENGTH, _R_DROP, _R_CONNECTION = range(4)
-_RESPONSE_HEADER_KINDS: dict[bytes, int] = {}
+_R_KEEP: Final = 0
+_R_LENGTH: Final = 1
+_R_DROP: Final = 2
+_R_CONNECTION: Final = 3
+_RESPONSE_HEADER_KINDS: Final[dict[bytes, int]] = {}
 
 
 def _response_header_kind(name: bytes) -> int:
@@ -365,7 +390,7 @@ class Exchange:
         self.keep_alive = keep_alive
         self.max_body = max_body
         self.client_ip = conn.client_ip
-        self.started = time.perf_counter()
+        self.started = _perf_counter()
         self.path = ""
         self.route: RouteConfig | None = None
         self.chunked = False
@@ -677,7 +702,13 @@ class ClientConnection(asyncio.Protocol):
         self.transport: asyncio.Transport | None = None
         self.client_ip = ""
         self.client_port = 0
-        self._parser = httptools.HttpRequestParser(self)
+        parser = self._parser = httptools.HttpRequestParser(self)
+        # Bound once: compiled code would otherwise look each method up per call.
+        self._feed = parser.feed_data
+        self._get_method = parser.get_method
+        self._get_http_version = parser.get_http_version
+        self._should_keep_alive = parser.should_keep_alive
+        self._send: Callable[[bytes], object] = _nowhere
         self._url = b""
         self._headers: Headers = []
         self._header_bytes = 0
@@ -691,6 +722,7 @@ class ClientConnection(asyncio.Protocol):
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = cast(asyncio.Transport, transport)
+        self._send = self.transport.write
         # Kept, as asyncio.get_running_loop() costs a getpid() system call each time.
         self.loop = asyncio.get_running_loop()
         self.deadlines = self.gateway.deadlines(self.loop)
@@ -714,7 +746,7 @@ class ClientConnection(asyncio.Protocol):
 
     def data_received(self, data: bytes) -> None:
         try:
-            self._parser.feed_data(data)
+            self._feed(data)
         except httptools.HttpParserUpgrade:
             self._reject(
                 501, "not-implemented", "Not implemented", "Protocol upgrades are not proxied."
@@ -749,14 +781,14 @@ class ClientConnection(asyncio.Protocol):
         self._headers.append((name.lower(), value))
 
     def on_headers_complete(self) -> None:
-        parser = self._parser
+        method = self._get_method()
         ex = Exchange(
             self,
-            parser.get_method().decode("ascii", "replace"),
+            _METHODS.get(method) or method.decode("ascii", "replace"),
             self._url,
             self._headers,
-            http11=parser.get_http_version() == "1.1",
-            keep_alive=parser.should_keep_alive(),
+            http11=self._get_http_version() == "1.1",
+            keep_alive=self._should_keep_alive(),
             max_body=self._max_body_bytes,
             kinds=self._header_kinds,
         )
@@ -791,7 +823,7 @@ class ClientConnection(asyncio.Protocol):
     def write(self, data: bytes) -> None:
         """Send bytes to the client."""
         if self.transport is not None and not self._closed:
-            self.transport.write(data)
+            self._send(data)
 
     def pause(self, reason: int) -> None:
         """Stop reading from the client for ``reason`` until it is resumed."""
@@ -870,6 +902,14 @@ class ClientConnection(asyncio.Protocol):
     def idle(self) -> bool:
         """No request is being served on this connection."""
         return self._active is None and self._current is None
+
+
+def _nowhere(data: bytes) -> None:
+    """Where a connection's writes go before it is connected: nowhere."""
+
+
+# The usual request methods, already decoded.
+_METHODS: Final = {m.encode(): m for m in IDEMPOTENT_METHODS | {"POST", "PATCH"}}
 
 
 class _HeadersTooLarge(Exception):
@@ -1191,7 +1231,7 @@ class Gateway:
             sink = ex.detach()
             if sink is not None:
                 sink.abort()
-        duration = time.perf_counter() - ex.started
+        duration = _perf_counter() - ex.started
         route_label = ex.route.label if ex.route is not None else "unmatched"
         self.metrics.observe_request(route_label, ex.method, ex.status, duration)
         if self._log_enabled:
@@ -1862,7 +1902,7 @@ class Gateway:
         if ex.expect_continue and not ex.body_done:
             return _STAGE_FORWARD
         balancer = self.balancers[route.service]
-        instance = balancer.pick(time.monotonic())
+        instance = balancer.pick(_monotonic())
         if instance is None:
             self._no_instance(ex, balancer, -1)
             return _DONE

@@ -6,7 +6,8 @@ from __future__ import annotations
 import asyncio
 import ssl
 import time
-from typing import Protocol, cast
+from collections.abc import Callable
+from typing import Final, Protocol, cast
 
 import httptools
 
@@ -14,6 +15,7 @@ from ecosistema.gateway.balancer import Instance
 from ecosistema.gateway.config import ServiceConfig
 
 Headers = list[tuple[bytes, bytes]]
+_monotonic: Final = time.monotonic  # compiled: a static reference, not two lookups
 
 
 class ResponseHandler(Protocol):
@@ -40,6 +42,10 @@ def _has_body_framing(headers: Headers) -> bool:
     return False
 
 
+def _unparsed(data: bytes) -> None:
+    """Stands in for the parser and the transport before there is one."""
+
+
 class UpstreamConnection(asyncio.Protocol):
     """One TCP connection to an upstream instance, serving one exchange at a time."""
 
@@ -49,6 +55,8 @@ class UpstreamConnection(asyncio.Protocol):
         self.closed = False
         self.idle_since = 0.0
         self._parser: httptools.HttpResponseParser | None = None
+        self._feed: Callable[[bytes], None] = _unparsed
+        self._send: Callable[[bytes], object] = _unparsed
         self._headers: Headers = []
         self._reason = b""
         self._head_only = False
@@ -61,12 +69,14 @@ class UpstreamConnection(asyncio.Protocol):
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = cast(asyncio.Transport, transport)
+        self._send = self.transport.write  # bound once, not looked up per write
 
     def begin(self, handler: ResponseHandler, *, head_only: bool) -> None:
         """Start waiting for the response to a request about to be written."""
         self.handler = handler
         if not self._reusable:
-            self._parser = httptools.HttpResponseParser(self)
+            parser = self._parser = httptools.HttpResponseParser(self)
+            self._feed = parser.feed_data
         self._reusable = False
         self._headers = []
         self._reason = b""
@@ -78,7 +88,7 @@ class UpstreamConnection(asyncio.Protocol):
     def write(self, data: bytes) -> None:
         """Send request bytes."""
         if self.transport is not None and not self.closed:
-            self.transport.write(data)
+            self._send(data)
 
     def pause_reading(self) -> None:
         """Stop reading the response while the client cannot take more."""
@@ -110,7 +120,7 @@ class UpstreamConnection(asyncio.Protocol):
             self.close()  # bytes nobody asked for: the connection cannot be trusted again
             return
         try:
-            self._parser.feed_data(data)
+            self._feed(data)
         except httptools.HttpParserError as exc:
             lost = self.handler
             self.abort()
@@ -217,7 +227,7 @@ class ConnectionPool:
         idle = self._idle
         if not idle:
             return None
-        now = time.monotonic()
+        now = _monotonic()
         while idle:
             conn = idle.pop()
             if not conn.closed and now - conn.idle_since < self._idle_timeout:
@@ -253,7 +263,7 @@ class ConnectionPool:
         if conn.closed or len(self._idle) >= self._max_idle:
             conn.close()
             return
-        conn.idle_since = time.monotonic()
+        conn.idle_since = _monotonic()
         self._idle.append(conn)
 
     def close_expired(self, now: float) -> None:
