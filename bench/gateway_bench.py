@@ -10,11 +10,14 @@
 (b) Overhead: a tiny keep-alive upstream (uvloop + httptools) directly, through the gateway and
     through nginx (proxy_pass with an upstream keep-alive pool), one worker each; the ratio
     gateway/nginx. Target: >= 0.7. Each case also gives the CPU time (user + system) per
-    request of the process serving it. For scale, a reference: the least a Python proxy does
-    per request (uvloop + httptools, pooled, head rewriting only; no gateway features).
+    request of the process serving it. The gateway runs compiled when its build is current
+    (``ecosistema native status``), and once more interpreted (ECOSISTEMA_NATIVE=0). For scale,
+    a reference: the least a Python proxy does per request (uvloop + httptools, pooled, head
+    rewriting only; no gateway features).
 (c) Hot path (``--only hotpath``): the gateway's own CPU per proxied request, without sockets: a
     request is fed to a client connection and a canned response to its pooled upstream
     connection, in memory. Less noisy than (b) on a busy machine, as it leaves out the kernel.
+    Compiled, then the same code interpreted in a second process.
 
 (a) and (b) need wrk and nginx; when missing and running as root they are installed with apt-get.
 """
@@ -55,7 +58,10 @@ def serve_tiny_upstream(port: int) -> None:
             self.parser = httptools.HttpRequestParser(self)
 
         def data_received(self, data: bytes) -> None:
-            self.parser.feed_data(data)
+            try:
+                self.parser.feed_data(data)
+            except httptools.HttpParserError:  # e.g. bytes after a request with Connection: close
+                self.transport.close()  # type: ignore[attr-defined]
 
         def on_message_complete(self) -> None:
             self.transport.write(response)  # type: ignore[attr-defined]
@@ -312,11 +318,13 @@ def overhead(args: argparse.Namespace, tmp: Path, env: dict[str, str]) -> dict[s
         base["services"]["tiny"]["health_path"] = None
         lean = {**base, "rate_limits": {"enabled": False}, "access_log": False}
         full = {**base, "rate_limits": {"anonymous": {"rate": 1e9, "burst": 1_000_000_000}}}
-        for label, table in (
-            ("gateway, 1 worker", lean),
-            ("gateway, 1 worker, access log + rate limit", full),
+        interpreted = {**env, "ECOSISTEMA_NATIVE": "0"}
+        for label, table, case_env in (
+            ("gateway, 1 worker", lean, env),
+            ("gateway, 1 worker, access log + rate limit", full, env),
+            ("gateway, 1 worker, interpreted (ECOSISTEMA_NATIVE=0)", lean, interpreted),
         ):
-            proc, port = start_gateway(table, tmp, 1, env)
+            proc, port = start_gateway(table, tmp, 1, case_env)
             procs.append(proc)
             wait_for(f"http://127.0.0.1:{port}/")
             results[label] = wrk(f"http://127.0.0.1:{port}/", seconds, conns, proc.pid)
@@ -534,16 +542,32 @@ def main() -> None:
             f"machine: {platform.machine()}, {os.cpu_count()} cores, Python"
             f" {platform.python_version()}; load average {Path('/proc/loadavg').read_text()[:15]}"
         )
-        from ecosistema.gateway import proxy
+        from ecosistema.gateway import native
 
-        kind = "compiled" if not proxy.__file__.endswith(".py") else "interpreted"
+        kind = "compiled" if native.active() else "interpreted"
         for full in (False, True):
             r = hot_path(args.hotpath_requests, full)
             label = "access log + rate limit" if full else "access log and rate limit off"
             print(f"(c) hot path ({kind}), {label}: {r['cpu_us']:.2f} µs CPU per request")
+        if kind == "compiled":  # the same code interpreted, for comparison
+            command = [PYTHON, __file__, "--only", "hotpath"]
+            command += ["--hotpath-requests", str(args.hotpath_requests)]
+            child = subprocess.run(
+                command,
+                env={**os.environ, "ECOSISTEMA_NATIVE": "0"},
+                capture_output=True,
+                text=True,
+                check=True,
+            )
+            print("\n".join(child.stdout.splitlines()[1:]))
         return
     ensure_tools()
     env = {**os.environ, "ECOSISTEMA_CACHE_URL": "memory://", "ECOSISTEMA_BUS_URL": "memory://"}
+    from ecosistema.gateway import native
+
+    state, why = native.status()
+    kind = "compiled" if state == "current" else "interpreted"
+    print(f"gateway hot path: {kind} ({state}: {why})")
     load_before = Path("/proc/loadavg").read_text().split()[:3]
     with tempfile.TemporaryDirectory(prefix="gateway-bench-") as name:
         tmp = Path(name)
