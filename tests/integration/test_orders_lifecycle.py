@@ -110,6 +110,9 @@ async def test_payment_events_drive_the_order_to_paid_once_and_refunds_follow(
     assert refund["restock_lines"] == [{"sku": "TEE-20", "quantity": 1}]
     detail = (await client.get(f"{API}/orders/{oid}", headers=bearer(admin))).json()
     assert detail["refunded_total"] == 2000 and detail["lines"][0]["refunded_quantity"] == 1
+    # One of the two units is left to fulfil; none was fulfilled, so none can be returned.
+    assert "fulfil" in detail["allowed_actions"]
+    assert "return_lines" not in detail["allowed_actions"]
 
     await publish(
         app,

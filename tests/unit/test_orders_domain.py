@@ -354,3 +354,32 @@ def test_only_fulfilled_units_not_yet_returned_can_come_back() -> None:
         domain.check_return(LINES, {"l1": 1})
     with pytest.raises(Unprocessable):
         domain.check_return([LineProgress("l", 2, fulfilled=2, returned=2)], {"l": 1})
+
+
+def test_allowed_actions_offer_fulfilling_and_returns_only_while_units_are_left_for_them() -> None:
+    progress = domain.LineProgress
+    open_line = [progress("l1", 3, fulfilled=1, refunded=1), progress("l2", 1, fulfilled=1)]
+    assert domain.allowed_actions(OrderStatus.PARTIALLY_REFUNDED, open_line) == [
+        "fulfil_partially",
+        "fulfil",
+        "ship",
+        "deliver",
+        "return_lines",
+        "refund_partially",
+        "refund",
+    ]
+    # Every unit fulfilled or refunded: nothing left to fulfil.
+    done = [progress("l1", 3, fulfilled=1, refunded=2), progress("l2", 1, fulfilled=1)]
+    actions = domain.allowed_actions(OrderStatus.PARTIALLY_REFUNDED, done)
+    assert "fulfil" not in actions and "fulfil_partially" not in actions
+    assert "return_lines" in actions
+    # Every fulfilled unit already returned, and nothing fulfilled on a paid order: no return.
+    returned = [progress("l1", 2, fulfilled=2, returned=2)]
+    assert "return_lines" not in domain.allowed_actions(OrderStatus.FULFILLED, returned)
+    fresh = [progress("l1", 2)]
+    assert domain.allowed_actions(OrderStatus.PAID, fresh) == [
+        "fulfil_partially",
+        "fulfil",
+        "refund_partially",
+        "refund",
+    ]

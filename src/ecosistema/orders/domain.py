@@ -123,9 +123,19 @@ def next_status(current: OrderStatus | str, action: OrderAction | str) -> OrderS
     return target
 
 
-def allowed_actions(current: OrderStatus | str) -> list[str]:
-    """The actions an order in ``current`` status accepts, for clients to show buttons."""
-    return [a.value for a in TRANSITIONS.get(OrderStatus(current), {})]
+def allowed_actions(
+    current: OrderStatus | str, lines: Sequence[LineProgress] | None = None
+) -> list[str]:
+    """The actions an order in ``current`` status accepts, for clients to show buttons. Given
+    its ``lines``, fulfilling needs a unit left to fulfil (neither fulfilled nor refunded) and a
+    return a fulfilled unit not yet returned."""
+    actions = list(TRANSITIONS.get(OrderStatus(current), {}))
+    if lines is not None:
+        if not any(line.quantity - line.fulfilled - line.refunded > 0 for line in lines):
+            actions = [a for a in actions if a not in (A.FULFIL, A.FULFIL_PARTIALLY)]
+        if not any(line.fulfilled - line.returned > 0 for line in lines):
+            actions = [a for a in actions if a is not A.RETURN_LINES]
+    return [a.value for a in actions]
 
 
 # --- shipping -----------------------------------------------------------------------------------

@@ -1786,7 +1786,7 @@ def _order_from(
         shipping_method=row["shipping_method"],
         voucher_code=row["voucher_code"],
         refunded_total=row["refunded_total"],
-        allowed_actions=domain.allowed_actions(row["status"]),
+        allowed_actions=domain.allowed_actions(row["status"], _progress(lines)),
         fulfillments=[
             schemas.Fulfillment(
                 id=f["id"],
@@ -2151,7 +2151,7 @@ async def add_note(
     return history[-1]
 
 
-def _progress(lines: Sequence[RowMapping]) -> list[domain.LineProgress]:
+def _progress(lines: Sequence[Mapping[Any, Any]]) -> list[domain.LineProgress]:
     return [
         domain.LineProgress(
             line_id=line["id"],
