@@ -26,7 +26,7 @@ $(STAMP): pyproject.toml
 	$(BIN)/pip install --quiet -e '.[dev]'
 	@touch $(STAMP)
 
-# The gateway's hot path compiled with mypyc (about a minute, again only when its sources change);
+# The gateway's hot path compiled with mypyc (under a minute, again only when its sources change);
 # without a C compiler the gateway runs the same code interpreted.
 native: $(STAMP)
 	@$(BIN)/ecosistema native status >/dev/null 2>&1 || $(BIN)/ecosistema native build \

@@ -140,3 +140,14 @@ def test_the_status_command_says_why_and_fails_only_when_a_build_is_wanted_but_u
     monkeypatch.setenv("ECOSISTEMA_NATIVE", "0")
     disabled = runner.invoke(app, ["native", "status"])
     assert disabled.exit_code == 0 and disabled.output.startswith("disabled:")
+
+
+def test_the_build_compiles_a_copy_of_the_python_files_only(tmp_path: Path) -> None:
+    """An installed package is compiled from a copy (mypy must not take site-packages for a
+    source tree); only sources, the typing marker and directories are copied."""
+    for name in ("a.py", "py.typed", "data.csv", "model.joblib"):
+        (tmp_path / name).write_text("")
+    (tmp_path / "sub").mkdir()
+    (tmp_path / "__pycache__").mkdir()
+    names = ["a.py", "py.typed", "data.csv", "model.joblib", "sub", "__pycache__"]
+    assert native._not_python(str(tmp_path), names) == {"data.csv", "model.joblib", "__pycache__"}

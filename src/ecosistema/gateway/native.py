@@ -27,7 +27,6 @@ from typing import Any
 # __file__), auth.py (JWT verification, mostly in the cryptography library) and the configuration
 # models (pydantic) stay interpreted.
 MODULES = ("balancer", "metrics", "proxy", "ratelimit", "routing", "upstream")
-GROUP = "ecosistema_gateway"
 MANIFEST = "manifest.json"
 _PACKAGE_DIR = Path(__file__).resolve().parent
 
@@ -118,16 +117,25 @@ def build(directory: Path | None = None, *, quiet: bool = True) -> Path:
     from setuptools import Distribution
 
     directory = directory or native_dir()
-    sources = [str(_PACKAGE_DIR / f"{name}.py") for name in MODULES]
     before = digests()
     with tempfile.TemporaryDirectory(prefix="ecosistema-native-") as tmp:
         work = Path(tmp)
+        # Compiled from a copy of the package's Python files: an installed package sits in
+        # site-packages, which mypy must not take for a source tree of its own.
+        package = work / "src" / "ecosistema"
+        shutil.copytree(_PACKAGE_DIR.parent, package, ignore=_not_python)
+        if digests(package / "gateway") != before:
+            raise RuntimeError("the sources changed while being copied; build again")
+        sources = [str(package / "gateway" / f"{name}.py") for name in MODULES]
+        # Errors outside the compiled modules, and libraries without type information, are not
+        # the build's concern: they run interpreted either way.
+        flags = ["--ignore-missing-imports", "--follow-imports=silent"]
         cwd = Path.cwd()
         os.chdir(work)  # mypy's cache and the generated C stay out of the source tree
         try:
             log = work / "build.log"
             with log.open("w") as out, _redirect(out if quiet else None):
-                extensions = mypycify(sources, opt_level="3", group_name=GROUP)
+                extensions = mypycify([*flags, *sources], opt_level="3")
                 dist = Distribution({"name": "ecosistema-native", "ext_modules": extensions})
                 command: Any = dist.get_command_obj("build_ext")
                 command.build_lib = str(work / "out")
@@ -155,6 +163,13 @@ def build(directory: Path | None = None, *, quiet: bool = True) -> Path:
     directory.parent.mkdir(parents=True, exist_ok=True)
     staging.rename(directory)
     return directory
+
+
+def _not_python(directory: str, names: list[str]) -> set[str]:
+    """For copytree: leave out everything but Python sources, their marker and directories."""
+    kept = {name for name in names if name.endswith(".py") or name == "py.typed"}
+    kept |= {name for name in names if os.path.isdir(os.path.join(directory, name))}
+    return set(names) - kept | {"__pycache__"}
 
 
 class _redirect:
