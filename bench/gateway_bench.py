@@ -2,7 +2,7 @@
 
     .venv/bin/python bench/gateway_bench.py [--seconds 30] [--overhead-seconds 10]
                                             [--read-connections 256] [--connections 64]
-                                            [--only read|overhead|hotpath]
+                                            [--only read|overhead|hotpath] [--rounds N]
 
 (a) Read path: GET one product through the gateway (2 workers, response cache on, rate limit and
     access log on), cache hits, 256 connections; baseline: the same GET on the catalog service
@@ -33,6 +33,7 @@ import re
 import shutil
 import signal
 import socket
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -322,7 +323,7 @@ def overhead(args: argparse.Namespace, tmp: Path, env: dict[str, str]) -> dict[s
         for label, table, case_env in (
             ("gateway, 1 worker", lean, env),
             ("gateway, 1 worker, access log + rate limit", full, env),
-            ("gateway, 1 worker, interpreted (ECOSISTEMA_NATIVE=0)", lean, interpreted),
+            ("gateway, 1 worker, interpreted", lean, interpreted),
         ):
             proc, port = start_gateway(table, tmp, 1, case_env)
             procs.append(proc)
@@ -508,6 +509,14 @@ def hot_path(requests: int, full: bool) -> dict[str, float]:
         devnull.close()
 
 
+def _medians(rounds: list[dict[str, Any]]) -> dict[str, Any]:
+    """Each case's figures as the median over the rounds."""
+    return {
+        label: {key: statistics.median(r[label][key] for r in rounds) for key in rounds[0][label]}
+        for label in rounds[0]
+    }
+
+
 def show(title: str, results: dict[str, Any], cmd: str) -> None:
     print(f"\n{title}  ({cmd})")
     print(f"{'case':<52}{'req/s':>10}{'p50 ms':>9}{'p99 ms':>9}{'non-2xx':>9}{'CPU µs/req':>12}")
@@ -527,6 +536,9 @@ def main() -> None:
     parser.add_argument("--read-connections", type=int, default=256)
     parser.add_argument("--only", choices=["read", "overhead", "hotpath"])
     parser.add_argument("--hotpath-requests", type=int, default=20_000)
+    parser.add_argument(
+        "--rounds", type=int, default=1, help="(b) repeated; medians and each round's ratio"
+    )
     parser.add_argument("--upstream", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--reference-proxy", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--upstream-port", type=int, help=argparse.SUPPRESS)
@@ -572,7 +584,10 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="gateway-bench-") as name:
         tmp = Path(name)
         reads = read_path(args, tmp, env) if args.only != "overhead" else {}
-        over = overhead(args, tmp, env) if args.only != "read" else {}
+        rounds = []
+        if args.only != "read":
+            rounds = [overhead(args, tmp, env) for _ in range(args.rounds)]
+    over = _medians(rounds) if rounds else {}
     load_after = Path("/proc/loadavg").read_text().split()[:3]
     print(
         f"machine: {platform.machine()}, {os.cpu_count()} cores, Python"
@@ -594,11 +609,18 @@ def main() -> None:
             over,
             f"-c{args.connections}, {args.overhead_seconds}s each",
         )
-        ratio = over["gateway, 1 worker"]["rps"] / over["nginx, 1 worker"]["rps"]
+        ratios = [r["gateway, 1 worker"]["rps"] / r["nginx, 1 worker"]["rps"] for r in rounds]
+        ratio = statistics.median(ratios)
+        if len(rounds) > 1:
+            gw, ng = "gateway, 1 worker", "nginx, 1 worker"
+            each = [
+                f"{q:.2f} ({r[gw]['rps']:,.0f} / {r[ng]['rps']:,.0f} req/s)"
+                for q, r in zip(ratios, rounds, strict=True)
+            ]
+            print(f"medians of {len(rounds)} rounds; gateway/nginx per round: {', '.join(each)}")
         print(f"ratio gateway/nginx (1 worker each): {ratio:.2f} (target >= 0.7)")
-        floor = (
-            over["reference: least Python proxy, 1 process"]["rps"] / over["nginx, 1 worker"]["rps"]
-        )
+        reference = "reference: least Python proxy, 1 process"
+        floor = statistics.median(r[reference]["rps"] / r["nginx, 1 worker"]["rps"] for r in rounds)
         print(f"ratio reference proxy/nginx: {floor:.2f}")
 
 
