@@ -61,9 +61,13 @@ class OrdersStandIn:
     """Answers ``get_order`` like the orders service's client does."""
 
     orders: dict[str, dict[str, Any]] = field(default_factory=dict)
+    # Guest orders' cart tokens, by order id: with a token, only its own guest order is found.
+    cart_tokens: dict[str, str] = field(default_factory=dict)
 
-    async def get_order(self, order_id: str) -> dict[str, Any]:
-        if order_id not in self.orders:
+    async def get_order(self, order_id: str, *, cart_token: str | None = None) -> dict[str, Any]:
+        if order_id not in self.orders or (
+            cart_token is not None and self.cart_tokens.get(order_id) != cart_token
+        ):
             raise NotFound("No order with this id.")
         return self.orders[order_id]
 

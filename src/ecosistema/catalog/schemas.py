@@ -22,10 +22,6 @@ Name = Annotated[str, Field(min_length=1, max_length=300)]
 Description = Annotated[str, Field(max_length=20_000)]
 
 
-def _known_currency(value: str) -> str:
-    return iso_currency(value)
-
-
 class _Input(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -39,7 +35,7 @@ class PriceInput(_Input):
     currency: Currency
     amount: Amount
 
-    _currency = field_validator("currency")(_known_currency)
+    _currency = field_validator("currency")(iso_currency)
 
 
 class SalePriceInput(_Input):
@@ -50,7 +46,7 @@ class SalePriceInput(_Input):
     starts_at: Timestamp | None = None
     ends_at: Timestamp | None = None
 
-    _currency = field_validator("currency")(_known_currency)
+    _currency = field_validator("currency")(iso_currency)
 
     @model_validator(mode="after")
     def _window(self) -> SalePriceInput:
@@ -269,7 +265,7 @@ class PriceListPrice(_Input):
     currency: Currency
     amount: Amount
 
-    _currency = field_validator("currency")(_known_currency)
+    _currency = field_validator("currency")(iso_currency)
 
 
 class PriceListPrices(_Input):
@@ -297,7 +293,7 @@ class QuoteRequest(_Input):
     customer_id: Annotated[str, Field(min_length=1, max_length=64)] | None = None
     at: Timestamp | None = None
 
-    _currency = field_validator("currency")(_known_currency)
+    _currency = field_validator("currency")(iso_currency)
 
 
 class OrderLine(_Input):

@@ -61,7 +61,13 @@ from ecosistema.gateway.ratelimit import (
     create_rate_limiter,
 )
 from ecosistema.gateway.routing import Router
-from ecosistema.gateway.upstream import ConnectionPool, Headers, UpstreamConnection, fetch
+from ecosistema.gateway.upstream import (
+    ConnectionPool,
+    Headers,
+    UpstreamConnection,
+    discard,
+    fetch,
+)
 
 if TYPE_CHECKING:
     from ecosistema.gateway.inprocess import LocalService
@@ -708,7 +714,7 @@ class ClientConnection(asyncio.Protocol):
         self._get_method = parser.get_method
         self._get_http_version = parser.get_http_version
         self._should_keep_alive = parser.should_keep_alive
-        self._send: Callable[[bytes], object] = _nowhere
+        self._send: Callable[[bytes], object] = discard
         self._url = b""
         self._headers: Headers = []
         self._header_bytes = 0
@@ -902,10 +908,6 @@ class ClientConnection(asyncio.Protocol):
     def idle(self) -> bool:
         """No request is being served on this connection."""
         return self._active is None and self._current is None
-
-
-def _nowhere(data: bytes) -> None:
-    """Where a connection's writes go before it is connected: nowhere."""
 
 
 # The usual request methods, already decoded.

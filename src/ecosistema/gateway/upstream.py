@@ -42,8 +42,8 @@ def _has_body_framing(headers: Headers) -> bool:
     return False
 
 
-def _unparsed(data: bytes) -> None:
-    """Stands in for the parser and the transport before there is one."""
+def discard(data: bytes) -> None:
+    """Stands in for a connection's parser and transport before it has them: bytes go nowhere."""
 
 
 class UpstreamConnection(asyncio.Protocol):
@@ -55,8 +55,8 @@ class UpstreamConnection(asyncio.Protocol):
         self.closed = False
         self.idle_since = 0.0
         self._parser: httptools.HttpResponseParser | None = None
-        self._feed: Callable[[bytes], None] = _unparsed
-        self._send: Callable[[bytes], object] = _unparsed
+        self._feed: Callable[[bytes], None] = discard
+        self._send: Callable[[bytes], object] = discard
         self._headers: Headers = []
         self._reason = b""
         self._head_only = False

@@ -7,13 +7,11 @@ from urllib.parse import quote
 
 from ecosistema.orders.api import CART_TOKEN_HEADER
 from ecosistema.orders.schemas import OrderSummary
-from ecosistema.orders.service import get_order, get_order_summary
+from ecosistema.orders.service import ORDER_NOT_FOUND, get_order, get_order_summary
 from ecosistema.platform.config import Settings
 from ecosistema.platform.errors import NotFound
 from ecosistema.platform.http import service_client
 from ecosistema.platform.service import ServiceContext
-
-ORDER_NOT_FOUND = "No order with this id."
 
 
 class OrdersClient(Protocol):

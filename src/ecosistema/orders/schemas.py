@@ -25,10 +25,6 @@ class Input(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
-def _currency(value: str) -> str:
-    return iso_currency(value)
-
-
 # --- carts --------------------------------------------------------------------------------------
 
 
@@ -51,7 +47,7 @@ class CartCreate(Input):
         "one; a bad line refuses the whole request. A repeated SKU adds up.",
     )
 
-    _check_currency = field_validator("currency")(_currency)
+    _check_currency = field_validator("currency")(iso_currency)
 
 
 class CartUpdate(Input):
@@ -278,7 +274,7 @@ class ShippingMethodCreate(Input):
     def _rates(cls, value: dict[str, list[Bracket]]) -> dict[str, list[Bracket]]:
         out: dict[str, list[Bracket]] = {}
         for currency, brackets in value.items():
-            code = _currency(currency)
+            code = iso_currency(currency)
             if not brackets or len(brackets) > 50:
                 raise ValueError(f"{currency}: give between 1 and 50 brackets")
             if code in out:
@@ -339,7 +335,7 @@ class VoucherCreate(Input):
         if self.kind is VoucherKind.FIXED and self.currency is None:
             raise ValueError("a fixed voucher needs its currency")
         if self.currency is not None:
-            self.currency = _currency(self.currency)
+            self.currency = iso_currency(self.currency)
         if self.starts_at and self.ends_at and self.ends_at <= self.starts_at:
             raise ValueError("ends_at must be after starts_at")
         return self

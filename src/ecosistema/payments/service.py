@@ -300,11 +300,7 @@ async def _order(
         orders = ctx.client("orders")
     except LookupError as exc:
         raise ServiceUnavailable("The orders service cannot be reached from here.") from exc
-    if cart_token is None:
-        found = await orders.get_order(order_id)
-    else:
-        found = await orders.get_order(order_id, cart_token=cart_token)
-    summary: dict[str, Any] = _plain(found)
+    summary: dict[str, Any] = _plain(await orders.get_order(order_id, cart_token=cart_token))
     return summary
 
 

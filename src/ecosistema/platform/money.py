@@ -271,10 +271,7 @@ class MoneyModel(BaseModel):
         min_length=3, max_length=3, description="ISO 4217 code.", examples=["EUR"]
     )
 
-    @field_validator("currency")
-    @classmethod
-    def _known_currency(cls, value: str) -> str:
-        return iso_currency(value)
+    _known_currency = field_validator("currency")(iso_currency)
 
     @classmethod
     def of(cls, money: Money) -> MoneyModel:

@@ -98,6 +98,8 @@ class Outbox:
             attempts=bindparam("attempts"),
         )
         self._compiled_insert: dict[tuple[str, str], CompiledRead] = {}
+        # Marks, in a session's info, that this outbox wakes its relay after that commit.
+        self._watch_key = f"outbox-wake:{id(self)}"
 
     def _insert_for(self, dialect: Any) -> CompiledRead:
         key = (dialect.name, dialect.driver)
@@ -155,10 +157,6 @@ class Outbox:
     def unwatch(self, wakeup: asyncio.Event) -> None:
         """Stop setting ``wakeup`` on commits."""
         self._watchers.discard(wakeup)
-
-    @property
-    def _watch_key(self) -> str:
-        return f"outbox-wake:{id(self)}"
 
     def _unwatched(self, session: Any) -> None:
         session.info.pop(self._watch_key, None)
