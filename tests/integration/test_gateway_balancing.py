@@ -261,3 +261,71 @@ def test_dead_worker_is_replaced_and_the_port_keeps_serving(
     assert len(replaced) == 2 and first[0] not in replaced and first[1] in replaced
     assert statuses == Counter({200: 20})
     assert proc.returncode == 0
+
+
+async def _half_answering_upstream(
+    *, length: int, sent: int, stall: bool = False
+) -> tuple[asyncio.Server, str]:
+    """An instance that answers every request with a head announcing ``length`` bytes, sends
+    ``sent`` of them, then dies (closes the connection) or, with ``stall``, goes quiet."""
+
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.readuntil(b"\r\n\r\n")
+        writer.write(b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\n")
+        writer.write(b"content-length: %d\r\n\r\n" % length + b"x" * sent)
+        await writer.drain()
+        if stall:
+            await asyncio.sleep(30)
+        writer.transport.abort()
+
+    server = await asyncio.start_server(handle, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    return server, f"http://127.0.0.1:{port}"
+
+
+async def test_an_instance_dying_mid_response_is_retried_not_a_truncated_answer(
+    pair: list[str], gateway_factory: Any
+) -> None:
+    upstream, dying = await _half_answering_upstream(length=2265, sent=100)
+    try:
+        server = await gateway_factory(table([dying, pair[0]], breaker_failures=1000))
+        async with client(server) as c:
+            gets = [await c.get("/echo") for _ in range(6)]
+            posts = [await c.post("/echo", content=b"p") for _ in range(6)]
+    finally:
+        upstream.close()
+    # Nothing of the dying instance's answer reached the client, so each GET went on to the
+    # other instance; a POST without an idempotency key is not repeated and gets a clear 502.
+    assert [r.status_code for r in gets] == [200] * 6
+    assert {r.json()["instance"] for r in gets} == {"a"}
+    assert sorted({r.status_code for r in posts}) == [200, 502]
+    failed = [r for r in posts if r.status_code == 502]
+    assert all(r.json()["type"].endswith("/bad-gateway") for r in failed)
+
+
+async def test_a_large_response_streams_so_an_instance_dying_mid_way_cuts_it(
+    gateway_factory: Any,
+) -> None:
+    # Above the hold limit the head goes out at once: the client sees the cut, not a retry.
+    upstream, dying = await _half_answering_upstream(length=1 << 20, sent=100)
+    try:
+        server = await gateway_factory(table([dying]))
+        async with client(server) as c:
+            with pytest.raises(httpx.RemoteProtocolError):
+                await c.get("/big")
+    finally:
+        upstream.close()
+
+
+async def test_an_instance_stalling_mid_response_is_a_504(gateway_factory: Any) -> None:
+    upstream, stalling = await _half_answering_upstream(length=2265, sent=100, stall=True)
+    try:
+        server = await gateway_factory(
+            table([stalling], route={"timeout_seconds": 0.3, "retries": 0})
+        )
+        async with client(server) as c:
+            response = await c.get("/echo")
+    finally:
+        upstream.close()
+    assert response.status_code == 504
+    assert response.json()["type"].endswith("/gateway-timeout")

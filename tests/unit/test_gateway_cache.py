@@ -151,3 +151,16 @@ def test_a_fill_stores_only_a_whole_cacheable_200_within_the_entry_bound() -> No
     ok.complete()
     assert list(cache) == [b"/ok"]
     assert cache.purge({"p9"}) == 1
+
+
+def test_a_fill_retried_after_a_lost_attempt_keeps_only_the_answer_that_completed() -> None:
+    cache = ResponseCache(ResponseCacheConfig())
+    rule = CacheRule(ttl_seconds=60, max_entry_bytes=10)
+    fill = CacheFill(cache, b"/p", rule)
+    fill.head(200, headers(cache_control="public"))
+    fill.body(b"lost-")  # the instance died here; the request went to another one
+    fill.head(200, headers(cache_control="public"))
+    fill.body(b'{"a":1}')
+    fill.complete()
+    stored = cache.get(b"/p", now=0.0)
+    assert stored is not None and stored.body == b'{"a":1}'

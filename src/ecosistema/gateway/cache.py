@@ -288,7 +288,10 @@ class CacheFill:
         self._ttl = 0.0
 
     def head(self, status: int, headers: Headers) -> None:
-        """The response head arrived: decide whether to keep the body."""
+        """The response head arrived (again, when an attempt is retried): decide whether to
+        keep the body."""
+        self._body = None
+        self._size = 0
         if status != 200:
             return
         ttl = freshness(headers, self._rule)

@@ -4,7 +4,8 @@ one ``Exchange`` per request, streamed to a pooled upstream connection and back.
 Bodies are never gathered whole: request chunks go to the upstream as they arrive and response
 chunks to the client, with reading paused on one side while the other side's write buffer is
 full. Only a small request body (``REPLAY_LIMIT``) is kept, so that an idempotent request can be
-retried on another instance.
+retried on another instance. A response of known length up to ``HOLD_LIMIT`` is held until it is
+complete, so that an instance dying in the middle of it costs a retry, not a truncated answer.
 """
 
 from __future__ import annotations
@@ -80,6 +81,8 @@ _perf_counter: Final = time.perf_counter
 _monotonic: Final = time.monotonic
 
 REPLAY_LIMIT: Final = 64 * 1024
+# A response with a Content-Length up to this is sent to the client only once it is complete.
+HOLD_LIMIT: Final = 64 * 1024
 # Request bytes held while no upstream connection is ready yet, before the client is paused.
 BUFFER_HIGH_WATER: Final = 256 * 1024
 
@@ -138,6 +141,8 @@ _RESPONSE_DROP: Final = HOP_BY_HOP | _RESPONSE_OWNED
 IDEMPOTENT_METHODS: Final = frozenset({"GET", "HEAD", "OPTIONS", "PUT", "DELETE"})
 
 # Outcomes of an attempt on an upstream (Final: compiled, they are constants, not lookups).
+# "Before head" and "after head" are from the client's side: whether any of the response had
+# been written to it when the upstream connection was lost.
 _OK: Final = 0
 _LOST_BEFORE_HEAD: Final = 1
 _LOST_AFTER_HEAD: Final = 2
@@ -344,6 +349,7 @@ class Exchange:
         "first_instance",
         "has_content_length",
         "headers",
+        "holding",
         "http11",
         "instance",
         "keep_alive",
@@ -453,6 +459,7 @@ class Exchange:
         self.waiter: asyncio.Future[int] | None = None
         self.timer: set[Exchange] | None = None
         self.response_started = False
+        self.holding = False
         self.rechunk = False
         self.status = 0
         self.response_bytes = 0
@@ -592,11 +599,21 @@ class Exchange:
     def timed_out(self) -> None:
         """The route's timeout passed while waiting on the upstream."""
         self.timer = None
-        if self.response_started:
+        if self.holding:
+            self._drop_held()
+        elif self.response_started:
             return
         if self.sink is not None:
             self.sink.abort()
         self._resolve(_TIMEOUT)
+
+    def _drop_held(self) -> None:
+        """Forget a held, incomplete response: none of it reached the client."""
+        self.holding = False
+        self.response_started = False
+        self.pending.clear()
+        self.status = 0
+        self.response_bytes = 0
 
     def client_gone(self) -> None:
         """The client connection closed; give up the upstream attempt."""
@@ -609,14 +626,12 @@ class Exchange:
     # Reports from the upstream connection (ResponseHandler).
 
     def on_response_head(self, status: int, reason: bytes, headers: Headers) -> None:
-        if self.timer is not None:
-            self.timer.discard(self)
-            self.timer = None
         self.status = status
         gw = self.conn.gateway
         out = [b"HTTP/1.1 %d %s\r\n" % (status, _REASONS.get(status) or reason)]
         add = out.extend
         has_length = False
+        length = -1
         connection = None
         kinds = _RESPONSE_HEADER_KINDS
         for name, value in headers:
@@ -626,6 +641,7 @@ class Exchange:
             if kind:
                 if kind == _R_LENGTH:
                     has_length = True
+                    length = int(value) if value.isdigit() else -1
                 elif kind == _R_DROP:
                     continue
                 elif kind == _R_CONNECTION:
@@ -653,6 +669,12 @@ class Exchange:
             out.append(b"connection: close\r\n")
         out.append(b"\r\n")
         self.response_started = True
+        # A small response of known length is held until complete (the route's timeout still
+        # running); anything else streams from here on.
+        self.holding = 0 <= length <= HOLD_LIMIT and not no_body
+        if not self.holding and self.timer is not None:
+            self.timer.discard(self)
+            self.timer = None
         self.pending.append(b"".join(out))
         if self.fill is not None:
             self.fill.head(status, headers)
@@ -669,11 +691,12 @@ class Exchange:
     def flush(self) -> None:
         """Send what the last read from the upstream produced, in one write."""
         pending = self.pending
-        if pending:
+        if pending and not self.holding:
             self.conn.write(pending[0] if len(pending) == 1 else b"".join(pending))
             pending.clear()
 
     def on_response_complete(self, keep_alive: bool) -> None:
+        self.holding = False
         if self.rechunk:
             self.pending.append(b"0\r\n\r\n")
         if self.fill is not None:
@@ -683,6 +706,8 @@ class Exchange:
         self._resolve(_OK)
 
     def on_upstream_lost(self, exc: BaseException | None) -> None:
+        if self.holding:
+            self._drop_held()
         self.flush()
         self._resolve(_LOST_AFTER_HEAD if self.response_started else _LOST_BEFORE_HEAD)
 
