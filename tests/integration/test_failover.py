@@ -87,7 +87,7 @@ def test_killing_one_catalog_replica_during_2000_gets_fails_none(
     supervisor = Supervisor(specs)
     try:
         supervisor.start(ready_timeout=120)
-        statuses, killed_at, at_kill = asyncio.run(_load(gateway_port, supervisor))
+        statuses, killed_at, settled = asyncio.run(_load(gateway_port, supervisor))
         samples = metric_samples(
             f"http://127.0.0.1:{gateway_port}/metrics", "ecosistema_gateway_upstream_requests_total"
         )
@@ -100,17 +100,15 @@ def test_killing_one_catalog_replica_during_2000_gets_fails_none(
         "gets": TOTAL,
         "statuses": dict(statuses),
         "killed": f"catalog-1 after {killed_at} responses",
-        "ok attempts per instance at the kill": at_kill,
+        "ok attempts per instance once the kill settled": settled,
         "upstream attempts": dict(sorted(per_instance.items())),
     }
     print("\nfailover:", json.dumps(report, indent=2))
     assert statuses == Counter({200: TOTAL})
     served = {k.split()[0]: v for k, v in per_instance.items() if k.endswith(" ok")}
     assert set(served) == {instances[0].url, instances[1].url}, per_instance
-    # After the kill the dead instance answers nothing: at most the requests already in flight
-    # were counted late.
-    killed_ok_after = served[instances[0].url] - at_kill.get(instances[0].url, 0)
-    assert killed_ok_after <= CONCURRENCY, (at_kill, served)
+    # Once what was in flight at the kill has ended, the dead instance answers nothing more.
+    assert served[instances[0].url] == settled.get(instances[0].url, 0), (settled, served)
 
 
 def _ok_attempts(port: int) -> dict[str, int]:
@@ -123,7 +121,7 @@ def _ok_attempts(port: int) -> dict[str, int]:
 async def _load(port: int, supervisor: Supervisor) -> tuple[Counter[int], int, dict[str, int]]:
     statuses: Counter[int] = Counter()
     killed_at = -1
-    at_kill: dict[str, int] = {}
+    settled: dict[str, int] = {}
     queue: asyncio.Queue[int] = asyncio.Queue()
     for i in range(TOTAL):
         queue.put_nowait(i)
@@ -145,7 +143,10 @@ async def _load(port: int, supervisor: Supervisor) -> tuple[Counter[int], int, d
                 if killed_at < 0 and sum(statuses.values()) >= KILL_AFTER:
                     killed_at = sum(statuses.values())
                     supervisor.kill("catalog-1", signal.SIGKILL)
-                    at_kill.update(await asyncio.to_thread(_ok_attempts, port))
+                    # The others keep loading meanwhile: the requests in flight at the kill end,
+                    # and every gateway worker hands its counts to /metrics (each 0.1 s).
+                    await asyncio.sleep(0.5)
+                    settled.update(await asyncio.to_thread(_ok_attempts, port))
 
         await asyncio.gather(*(worker() for _ in range(CONCURRENCY)))
-    return statuses, killed_at, at_kill
+    return statuses, killed_at, settled
