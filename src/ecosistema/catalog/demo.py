@@ -1,8 +1,9 @@
 """Demo data: a shop a new user recognises, generated deterministically from word lists.
 
-Running it again changes nothing: categories, warehouses and the price list are matched by
-slug or code, products by slug and variants by SKU (through the importer), and stock is only
-received where a SKU has none in a warehouse yet.
+Running it again changes nothing. Demo products are known by their own slugs and SKUs; only
+those missing from the catalogue (neither slug nor any SKU taken) are created, and only the
+variants this run created receive opening stock, wholesale prices and the sale. Existing rows,
+a merchant's or a demo product a merchant edited, are never written.
 """
 
 from __future__ import annotations
@@ -15,14 +16,14 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import func, insert, select
+from sqlalchemy import insert, select
 
 from ecosistema.catalog import domain, service, transfer
 from ecosistema.catalog.domain import MovementReason
 from ecosistema.catalog.models import (
     categories,
+    price_list_prices,
     price_lists,
-    prices,
     products,
     sale_prices,
     stock,
@@ -33,7 +34,6 @@ from ecosistema.catalog.models import (
 from ecosistema.catalog.schemas import (
     CategoryCreate,
     PriceListCreate,
-    PriceListPrice,
     WarehouseCreate,
 )
 from ecosistema.platform.db import new_id, utcnow
@@ -160,7 +160,7 @@ async def _ensure_categories(ctx: ServiceContext) -> int:
     return sum(1 + len(children) for children in TREE.values())
 
 
-async def _ensure_warehouses(ctx: ServiceContext) -> list[str]:
+async def _ensure_warehouses(ctx: ServiceContext) -> dict[str, str]:
     async with ctx.db.read() as session:
         have = dict((await session.execute(select(warehouses.c.code, warehouses.c.id))).all())
     for code, name, priority in WAREHOUSES:
@@ -169,117 +169,175 @@ async def _ensure_warehouses(ctx: ServiceContext) -> list[str]:
                 ctx, WarehouseCreate(code=code, name=name, priority=priority)
             )
             have[code] = created.id
-    return [have[code] for code, _, _ in WAREHOUSES]
+    return {code: str(have[code]) for code, _, _ in WAREHOUSES}
+
+
+def _initial_stock(
+    rng: random.Random, skus: Sequence[str], warehouse_codes: Sequence[str]
+) -> dict[tuple[str, str], int]:
+    """Each demo SKU's opening quantity per warehouse (deterministic, whatever the database)."""
+    return {
+        (sku, code): rng.choice((0, 3, 8, 12, 20, 35, 60))
+        for sku in sorted(skus)
+        for code in warehouse_codes
+    }
 
 
 async def _receive_initial_stock(
-    ctx: ServiceContext, rng: random.Random, warehouse_ids: list[str]
+    ctx: ServiceContext,
+    quantities: dict[tuple[str, str], int],
+    new_skus: set[str],
+    warehouse_ids: dict[str, str],
 ) -> None:
+    """Open stock for the demo SKUs this run created, and only those."""
     now = utcnow()
+    rows, moves = [], []
+    for (sku, code), quantity in quantities.items():
+        if sku not in new_skus:
+            continue
+        warehouse_id = warehouse_ids[code]
+        rows.append(
+            {
+                "sku": sku,
+                "warehouse_id": warehouse_id,
+                "on_hand": quantity,
+                "reserved": 0,
+                "updated_at": now,
+            }
+        )
+        if quantity:
+            moves.append(
+                {
+                    "id": new_id(),
+                    "sku": sku,
+                    "warehouse_id": warehouse_id,
+                    "on_hand_delta": quantity,
+                    "reserved_delta": 0,
+                    "reason": MovementReason.RECEIVE.value,
+                    "reference": "demo",
+                    "note": "initial stock",
+                    "actor": "system",
+                    "occurred_at": now,
+                }
+            )
+    if not rows:
+        return
     async with ctx.db.transaction() as session:
-        skus = sorted((await session.scalars(select(variants.c.sku))).all())
-        have = set((await session.execute(select(stock.c.sku, stock.c.warehouse_id))).all())
-        rows, moves = [], []
-        for sku in skus:
-            for warehouse_id in warehouse_ids:
-                quantity = rng.choice((0, 3, 8, 12, 20, 35, 60))
-                if (sku, warehouse_id) in have:
-                    continue
-                rows.append(
-                    {
-                        "sku": sku,
-                        "warehouse_id": warehouse_id,
-                        "on_hand": quantity,
-                        "reserved": 0,
-                        "updated_at": now,
-                    }
+        # A stock row someone wrote between the import and now is theirs: leave it be.
+        have = set(
+            (
+                await session.execute(
+                    select(stock.c.sku, stock.c.warehouse_id).where(stock.c.sku.in_(new_skus))
                 )
-                if quantity:
-                    moves.append(
-                        {
-                            "id": new_id(),
-                            "sku": sku,
-                            "warehouse_id": warehouse_id,
-                            "on_hand_delta": quantity,
-                            "reserved_delta": 0,
-                            "reason": MovementReason.RECEIVE.value,
-                            "reference": "demo",
-                            "note": "initial stock",
-                            "actor": "system",
-                            "occurred_at": now,
-                        }
-                    )
+            ).all()
+        )
+        rows = [r for r in rows if (r["sku"], r["warehouse_id"]) not in have]
+        moves = [m for m in moves if (m["sku"], m["warehouse_id"]) not in have]
         if rows:
             await session.execute(insert(stock), rows)
         if moves:
             await session.execute(insert(stock_movements), moves)
 
 
-async def _ensure_wholesale(ctx: ServiceContext, customer_ids: Sequence[str]) -> str:
+async def _variant_ids(ctx: ServiceContext, skus: set[str]) -> dict[str, str]:
+    async with ctx.db.read() as session:
+        return dict(
+            (
+                await session.execute(
+                    select(variants.c.sku, variants.c.id).where(variants.c.sku.in_(skus))
+                )
+            ).all()
+        )
+
+
+async def _add_wholesale_prices(
+    ctx: ServiceContext, documents: Sequence[dict[str, Any]], variant_ids: dict[str, str]
+) -> None:
+    """Price the demo SKUs this run created at 80 % in the ``wholesale`` list (created if
+    missing); prices already in the list are never touched."""
     async with ctx.db.read() as session:
         price_list_id = await session.scalar(
             select(price_lists.c.id).where(price_lists.c.code == "wholesale")
         )
-        base = (
-            await session.execute(
-                select(variants.c.sku, prices.c.currency, prices.c.amount)
-                .select_from(prices.join(variants, variants.c.id == prices.c.variant_id))
-                .order_by(variants.c.sku, prices.c.currency)
-            )
-        ).all()
     if price_list_id is None:
         created = await service.create_price_list(
             ctx, PriceListCreate(code="wholesale", name="Wholesale")
         )
         price_list_id = created.id
-    await service.set_price_list_prices(
-        ctx,
-        price_list_id,
-        [
-            PriceListPrice(
-                sku=r.sku, currency=r.currency, amount=r.amount * WHOLESALE_DISCOUNT_BP // 10_000
-            )
-            for r in base
-        ],
-    )
-    if customer_ids:
-        current = await service.get_price_list_customers(ctx, price_list_id)
-        await service.set_price_list_customers(
-            ctx, price_list_id, sorted({*current, *customer_ids})
-        )
-    return str(price_list_id)
-
-
-async def _ensure_sales(ctx: ServiceContext, rng: random.Random) -> None:
-    """A running autumn sale (25 % off in EUR) on a few variants, once."""
+    rows = [
+        {
+            "price_list_id": price_list_id,
+            "variant_id": variant_ids[v["sku"]],
+            "currency": currency,
+            "amount": amount * WHOLESALE_DISCOUNT_BP // 10_000,
+        }
+        for document in documents
+        for v in document["variants"]
+        if v["sku"] in variant_ids
+        for currency, amount in sorted(v["prices"].items())
+    ]
     async with ctx.db.transaction() as session:
-        if await session.scalar(select(sale_prices.c.id).limit(1)):
-            return
-        rows = (
-            await session.execute(
-                select(variants.c.id, prices.c.amount)
-                .select_from(prices.join(variants, variants.c.id == prices.c.variant_id))
-                .where(prices.c.currency == "EUR")
-                .order_by(variants.c.sku)
-            )
-        ).all()
-        chosen = rng.sample(rows, k=min(30, len(rows)))
-        now = utcnow()
-        await session.execute(
-            insert(sale_prices),
-            [
-                {
-                    "id": new_id(),
-                    "variant_id": r.id,
-                    "currency": "EUR",
-                    "amount": r.amount * 3 // 4,
-                    "starts_at": now - timedelta(days=1),
-                    "ends_at": now + timedelta(days=30),
-                }
-                for r in chosen
-            ],
+        have = set(
+            (
+                await session.execute(
+                    select(price_list_prices.c.variant_id, price_list_prices.c.currency).where(
+                        price_list_prices.c.price_list_id == price_list_id,
+                        price_list_prices.c.variant_id.in_(set(variant_ids.values())),
+                    )
+                )
+            ).all()
         )
-    await service.invalidate(ctx)
+        rows = [r for r in rows if (r["variant_id"], r["currency"]) not in have]
+        if rows:
+            await session.execute(insert(price_list_prices), rows)
+
+
+async def _wholesale_id(ctx: ServiceContext) -> str | None:
+    async with ctx.db.read() as session:
+        found = await session.scalar(
+            select(price_lists.c.id).where(price_lists.c.code == "wholesale")
+        )
+    return None if found is None else str(found)
+
+
+async def _assign_wholesale(ctx: ServiceContext, customer_ids: Sequence[str]) -> str | None:
+    """Add the given customers to the wholesale list (never removes anyone)."""
+    price_list_id = await _wholesale_id(ctx)
+    if price_list_id is not None and customer_ids:
+        current = await service.get_price_list_customers(ctx, price_list_id)
+        if not set(customer_ids) <= set(current):
+            await service.set_price_list_customers(
+                ctx, price_list_id, sorted({*current, *customer_ids})
+            )
+    return price_list_id
+
+
+def _sale_skus(rng: random.Random, documents: Sequence[dict[str, Any]]) -> dict[str, int]:
+    """The demo SKUs on the autumn sale and their EUR regular price (deterministic)."""
+    priced = sorted((v["sku"], v["prices"]["EUR"]) for d in documents for v in d["variants"])
+    return dict(rng.sample(priced, k=min(30, len(priced))))
+
+
+async def _start_sale(
+    ctx: ServiceContext, on_sale: dict[str, int], variant_ids: dict[str, str]
+) -> None:
+    """A running autumn sale (25 % off in EUR) on the sale SKUs this run created."""
+    now = utcnow()
+    rows = [
+        {
+            "id": new_id(),
+            "variant_id": variant_ids[sku],
+            "currency": "EUR",
+            "amount": eur * 3 // 4,
+            "starts_at": now - timedelta(days=1),
+            "ends_at": now + timedelta(days=30),
+        }
+        for sku, eur in sorted(on_sale.items())
+        if sku in variant_ids
+    ]
+    if rows:
+        async with ctx.db.transaction() as session:
+            await session.execute(insert(sale_prices), rows)
 
 
 async def _import(ctx: ServiceContext, documents: Sequence[dict[str, Any]]) -> None:
@@ -293,25 +351,54 @@ async def _import(ctx: ServiceContext, documents: Sequence[dict[str, Any]]) -> N
         raise RuntimeError(f"demo catalogue did not import: {report.errors[:3]}")
 
 
+async def _missing(
+    ctx: ServiceContext, documents: Sequence[dict[str, Any]]
+) -> list[dict[str, Any]]:
+    """The demo products not in the catalogue: neither their slug nor any of their SKUs is
+    taken (a product or SKU that exists may have been edited, or be a merchant's own)."""
+    slugs = [d["slug"] for d in documents]
+    skus = [v["sku"] for d in documents for v in d["variants"]]
+    async with ctx.db.read() as session:
+        taken_slugs = set(
+            (await session.scalars(select(products.c.slug).where(products.c.slug.in_(slugs)))).all()
+        )
+        taken_skus = set(
+            (await session.scalars(select(variants.c.sku).where(variants.c.sku.in_(skus)))).all()
+        )
+    return [
+        d
+        for d in documents
+        if d["slug"] not in taken_slugs and not any(v["sku"] in taken_skus for v in d["variants"])
+    ]
+
+
 async def seed_demo(
     ctx: ServiceContext, *, wholesale_customer_ids: Sequence[str] = ()
 ) -> dict[str, Any]:
     """Create (once) the demo catalogue: 240 products with variants in 16 categories, two
-    warehouses with stock, EUR and USD prices, a wholesale price list and a running sale."""
+    warehouses with stock, EUR and USD prices, a wholesale price list and a running sale.
+
+    Only demo products that are missing are created, and only they get stock, wholesale
+    prices and a sale: nothing that already exists is changed, so a merchant's products,
+    stock and prices, and their edits to demo ones, survive any number of reseeds."""
     rng = random.Random(SEED)  # noqa: S311 - demo data, not secrets
-    category_count = await _ensure_categories(ctx)
-    warehouse_ids = await _ensure_warehouses(ctx)
     documents = catalogue(rng)
-    async with ctx.db.read() as session:
-        present = await session.scalar(
-            select(func.count()).where(products.c.slug.in_([d["slug"] for d in documents]))
-        )
-    if present != len(documents):
-        await _import(ctx, documents)
-    await _receive_initial_stock(ctx, rng, warehouse_ids)
-    price_list_id = await _ensure_wholesale(ctx, wholesale_customer_ids)
-    await _ensure_sales(ctx, rng)
-    await service.invalidate(ctx)
+    quantities = _initial_stock(
+        rng, [v["sku"] for d in documents for v in d["variants"]], [w[0] for w in WAREHOUSES]
+    )
+    on_sale = _sale_skus(rng, documents)
+    missing = await _missing(ctx, documents)
+    category_count = sum(1 + len(children) for children in TREE.values())
+    if missing:
+        await _ensure_categories(ctx)
+        warehouse_ids = await _ensure_warehouses(ctx)
+        await _import(ctx, missing)
+        variant_ids = await _variant_ids(ctx, {v["sku"] for d in missing for v in d["variants"]})
+        await _receive_initial_stock(ctx, quantities, set(variant_ids), warehouse_ids)
+        await _add_wholesale_prices(ctx, missing, variant_ids)
+        await _start_sale(ctx, on_sale, variant_ids)
+        await service.invalidate(ctx)
+    price_list_id = await _assign_wholesale(ctx, wholesale_customer_ids)
     return {
         "products": len(documents),
         "variants": sum(len(d["variants"]) for d in documents),
