@@ -18,7 +18,11 @@ from sqlalchemy import select
 
 from ecosistema.payments.domain import sign_payload
 from ecosistema.payments.models import journal
-from ecosistema.payments.providers.base import CardDetails, ProviderUnavailable
+from ecosistema.payments.providers.base import (
+    CardDetails,
+    ProviderUnavailable,
+    UnknownPaymentMethod,
+)
 from ecosistema.payments.providers.stripe import StripeProvider
 from ecosistema.payments.service import reconcile
 from tests.conftest import make_settings
@@ -114,6 +118,28 @@ async def test_tokenize_sends_the_card_and_keeps_only_token_brand_last4_expiry(
     [request] = recorded.received
     assert request.path == "/v1/payment_methods"
     assert request.params["card[number]"] == VISA
+
+
+async def test_saved_payment_method_is_read_back_and_an_unknown_one_is_refused(
+    recorded: RecordedStripe,
+) -> None:
+    saved = json.loads((FIXTURES / "payment_method_create.json").read_text())["response"]
+    recorded.exchanges.append(
+        {
+            "request": {
+                "method": "GET",
+                "path": f"/v1/payment_methods/{saved['body']['id']}",
+                "params": {},
+            },
+            "response": saved,
+        }
+    )
+    token = await provider(recorded).payment_method(saved["body"]["id"])
+    assert (token.token, token.brand, token.last4) == ("pm_1QvisaRecorded", "visa", "4242")
+    assert (token.exp_month, token.exp_year) == (12, 2099)
+    # Stripe answers 404 resource_missing for a PaymentMethod it does not have.
+    with pytest.raises(UnknownPaymentMethod):
+        await provider(recorded).payment_method("pm_nobody")
 
 
 async def test_automatic_charge_reports_capture_fee_and_balance_transaction(

@@ -163,6 +163,9 @@ sandbox_cards = Table(
     Column("behaviour", String(32), nullable=False),
     Column("brand", String(16), nullable=False),
     Column("last4", String(4), nullable=False),
+    # Null on cards tokenized before the sandbox kept the expiry.
+    Column("exp_month", Integer, nullable=True),
+    Column("exp_year", Integer, nullable=True),
     Column("created_at", UTCDateTime(), nullable=False),
 )
 

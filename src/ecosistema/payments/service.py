@@ -614,33 +614,29 @@ def _attempt_before(row: Mapping[str, Any], previous: PaymentStatus) -> int:
 async def _tokenize(
     provider: PaymentProvider, method: PaymentMethodInput, field: str
 ) -> dict[str, Any]:
+    """The card to keep for ``method``: a new card tokenized, or a token the provider already
+    knows; an unknown token is refused here, before any payment is written for it."""
     if method.card is None:
         assert method.token is not None
-        return {
-            "token": method.token,
-            "brand": "unknown",
-            "last4": "",
-            "exp_month": 0,
-            "exp_year": 0,
-        }
-    card = method.card
-    errors = domain.card_errors(
-        card.number,
-        card.exp_month,
-        card.exp_year,
-        card.cvc,
-        today=_now().date(),
-        prefix=f"{field}.card.",
-    )
-    if errors:
-        raise Unprocessable(
-            "; ".join(f"{e['field']}: {e['message']}" for e in errors), errors=errors
+        token = await provider.payment_method(method.token)
+    else:
+        card = method.card
+        errors = domain.card_errors(
+            card.number,
+            card.exp_month,
+            card.exp_year,
+            card.cvc,
+            today=_now().date(),
+            prefix=f"{field}.card.",
         )
-    token = await provider.tokenize(
-        CardDetails(
-            card.number.replace(" ", "").replace("-", ""), card.exp_month, card.exp_year, card.cvc
+        if errors:
+            raise Unprocessable(
+                "; ".join(f"{e['field']}: {e['message']}" for e in errors), errors=errors
+            )
+        number = card.number.replace(" ", "").replace("-", "")
+        token = await provider.tokenize(
+            CardDetails(number, card.exp_month, card.exp_year, card.cvc)
         )
-    )
     return {
         "token": token.token,
         "brand": token.brand,

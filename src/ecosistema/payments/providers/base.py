@@ -105,6 +105,11 @@ class PaymentProvider(Protocol):
         """Exchange card details for the provider's reusable token."""
         ...
 
+    async def payment_method(self, token: str) -> CardToken:
+        """The card behind a token the provider issued earlier; ``UnknownPaymentMethod`` when
+        the provider knows no such token."""
+        ...
+
     async def authorize(
         self,
         *,

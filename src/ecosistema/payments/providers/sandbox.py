@@ -60,10 +60,30 @@ class SandboxProvider:
                     behaviour=TEST_CARDS.get(number, "succeed"),
                     brand=brand,
                     last4=number[-4:],
+                    exp_month=card.exp_month,
+                    exp_year=card.exp_year,
                     created_at=utcnow(),
                 )
             )
         return CardToken(token, brand, number[-4:], card.exp_month, card.exp_year)
+
+    async def payment_method(self, token: str) -> CardToken:
+        """The card kept under ``token``."""
+        async with self._db.read() as session:
+            card = (
+                (await session.execute(select(sandbox_cards).where(sandbox_cards.c.token == token)))
+                .mappings()
+                .one_or_none()
+            )
+        if card is None:
+            raise UnknownPaymentMethod()
+        return CardToken(
+            token,
+            str(card["brand"]),
+            str(card["last4"]),
+            int(card["exp_month"] or 0),
+            int(card["exp_year"] or 0),
+        )
 
     async def authorize(
         self,

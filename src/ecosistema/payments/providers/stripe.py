@@ -13,6 +13,7 @@ from ecosistema.payments.providers.base import (
     ProviderRefund,
     ProviderTransaction,
     ProviderUnavailable,
+    UnknownPaymentMethod,
 )
 
 _EXPAND = ["latest_charge.balance_transaction"]
@@ -51,14 +52,21 @@ class StripeProvider:
                 },
             },
         )
-        details = method["card"]
-        return CardToken(
-            token=str(method["id"]),
-            brand=str(details["brand"]),
-            last4=str(details["last4"]),
-            exp_month=int(details["exp_month"]),
-            exp_year=int(details["exp_year"]),
-        )
+        return _card_token(method)
+
+    async def payment_method(self, token: str) -> CardToken:
+        """Read a PaymentMethod back; one Stripe does not have, or not a card, is unknown."""
+        try:
+            method = _plain(await self._client.v1.payment_methods.retrieve_async(token))
+        except stripe.InvalidRequestError as exc:
+            if exc.http_status == 404 or exc.code == "resource_missing":
+                raise UnknownPaymentMethod() from exc
+            raise ProviderUnavailable(f"Stripe answered with an error: {exc.user_message}") from exc
+        except stripe.StripeError as exc:
+            raise ProviderUnavailable(f"Stripe answered with an error: {exc.user_message}") from exc
+        if not isinstance(method.get("card"), dict):
+            raise UnknownPaymentMethod()
+        return _card_token(method)
 
     async def authorize(
         self,
@@ -177,6 +185,17 @@ class StripeProvider:
 
 def _plain(value: Any) -> Any:
     return value.to_dict() if isinstance(value, stripe.StripeObject) else value
+
+
+def _card_token(method: dict[str, Any]) -> CardToken:
+    details = method["card"]
+    return CardToken(
+        token=str(method["id"]),
+        brand=str(details["brand"]),
+        last4=str(details["last4"]),
+        exp_month=int(details["exp_month"]),
+        exp_year=int(details["exp_year"]),
+    )
 
 
 def _id_of(value: Any) -> str | None:
