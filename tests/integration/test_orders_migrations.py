@@ -1,16 +1,18 @@
-"""Orders' Alembic migration builds exactly the tables its models declare, on both shapes."""
+"""Orders' Alembic migrations build exactly the tables its models declare, on both shapes, and
+bring older data up to today's rules."""
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
 from typing import Any
 
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
-from sqlalchemy import inspect, select
+from sqlalchemy import insert, inspect, select
 from sqlalchemy.engine import Connection
 
 from ecosistema.orders import descriptor as orders_service
-from ecosistema.orders.models import metadata, order_numbers
+from ecosistema.orders.models import metadata, order_numbers, orders, voucher_usages, vouchers
 from ecosistema.platform.config import Settings
 from ecosistema.platform.db import Database
 
@@ -38,6 +40,84 @@ async def test_migration_creates_the_models_tables_with_no_drift(settings: Setti
         assert set(metadata.tables) <= tables
         async with db.read() as session:
             assert await session.scalar(select(order_numbers.c.last_number)) == 100_000
+    finally:
+        await db.drop_schema()
+        await db.dispose()
+
+
+async def test_vouchers_with_a_minimum_spend_get_the_currency_of_their_orders(
+    settings: Settings,
+) -> None:
+    db = Database(
+        "orders",
+        settings.database_url_for("orders"),
+        schema_prefix=settings.database_schema_prefix,
+    )
+    now = datetime(2026, 11, 1, tzinfo=UTC)
+
+    def voucher(code: str, currency: str | None, minimum_spend: int) -> dict[str, Any]:
+        return {
+            "id": code.lower(),
+            "code": code,
+            "kind": "percentage",
+            "value": 1000,
+            "currency": currency,
+            "minimum_spend": minimum_spend,
+            "times_used": 0,
+            "active": True,
+            "created_at": now,
+            "updated_at": now,
+        }
+
+    def order(order_id: str, currency: str) -> dict[str, Any]:
+        amounts = ("subtotal", "discount_total", "shipping_total", "shipping_tax", "tax_total")
+        return {
+            "id": order_id,
+            "number": f"ORD-{order_id}",
+            "cart_id": order_id,
+            "email_encrypted": "sealed",
+            "email_index": "index",
+            "status": "paid",
+            "currency": currency,
+            "country": "US",
+            "prices_include_tax": True,
+            "tax_rate_bp": 0,
+            **dict.fromkeys(amounts, 0),
+            "total": 0,
+            "refunded_total": 0,
+            "weight_grams": 0,
+            "created_at": now,
+            "updated_at": now,
+        }
+
+    try:
+        await db.migrate(orders_service.migrations, "0002_orders_encrypt_email")
+        async with db.transaction() as session:
+            await session.execute(
+                insert(vouchers),
+                [
+                    voucher("USED", None, 10_000),
+                    voucher("UNUSED", None, 5_000),
+                    voucher("NOSPEND", None, 0),
+                    voucher("GBP", "GBP", 5_000),
+                ],
+            )
+            await session.execute(
+                insert(orders), [order("o1", "USD"), order("o2", "USD"), order("o3", "EUR")]
+            )
+            await session.execute(
+                insert(voucher_usages),
+                [
+                    {"id": f"u{n}", "voucher_id": "used", "order_id": f"o{n}", "holder": "x"}
+                    | {"created_at": now}
+                    for n in (1, 2, 3)
+                ],
+            )
+        await db.migrate(orders_service.migrations)
+        async with db.read() as session:
+            rows = await session.execute(select(vouchers.c.code, vouchers.c.currency))
+            currencies = {code: currency for code, currency in rows}
+        assert currencies == {"USED": "USD", "UNUSED": "EUR", "NOSPEND": None, "GBP": "GBP"}
     finally:
         await db.drop_schema()
         await db.dispose()

@@ -110,7 +110,7 @@ def test_a_voucher_that_does_not_apply_is_refused_by_the_pricing_function() -> N
             currency="EUR",
             prices_include_tax=True,
             tax_rate_bp=2100,
-            voucher=pct(1000, minimum_spend=5000),
+            voucher=pct(1000, currency="EUR", minimum_spend=5000),
             now=NOW,
         )
     assert caught.value.status == 422
@@ -239,8 +239,11 @@ def test_a_parcel_heavier_than_every_bracket_cannot_ship() -> None:
         (pct(1000, active=False), 1000, "no longer active"),
         (pct(1000, starts_at=NOW + timedelta(days=1)), 1000, "not valid yet"),
         (pct(1000, ends_at=NOW), 1000, "expired"),
-        (pct(1000, minimum_spend=1001), 1000, "minimum spend of EUR 10.01"),
+        (pct(1000, currency="EUR", minimum_spend=1001), 1000, "minimum spend of EUR 10.01"),
         (Voucher("X", VoucherKind.FIXED, 500, currency="USD"), 1000, "USD carts"),
+        (pct(500, currency="USD"), 1000, "USD carts"),
+        (pct(2000, currency="USD", minimum_spend=100), 1_000_000, "USD carts"),
+        (pct(2000, minimum_spend=100), 1_000_000, "minimum spend has no currency"),
     ],
 )
 def test_voucher_rules_say_why_a_voucher_does_not_apply(
@@ -252,9 +255,80 @@ def test_voucher_rules_say_why_a_voucher_does_not_apply(
 
 def test_voucher_applies_inside_its_window_at_the_minimum_spend() -> None:
     voucher = pct(
-        1000, minimum_spend=1000, starts_at=NOW - timedelta(days=1), ends_at=NOW + timedelta(1)
+        1000,
+        currency="EUR",
+        minimum_spend=1000,
+        starts_at=NOW - timedelta(days=1),
+        ends_at=NOW + timedelta(1),
     )
     assert domain.voucher_problem(voucher, subtotal=Money(1000, "EUR"), now=NOW) is None
+
+
+def test_a_percentage_voucher_without_currency_or_minimum_spend_applies_in_any_currency() -> None:
+    for currency in ("EUR", "USD", "JPY"):
+        assert domain.voucher_problem(pct(1000), subtotal=Money(1, currency), now=NOW) is None
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    voucher_currency=st.sampled_from([None, "EUR", "USD"]),
+    cart_currency=st.sampled_from(["EUR", "USD", "GBP"]),
+    kind=st.sampled_from(list(VoucherKind)),
+    minimum_spend=st.integers(0, 10_000),
+    subtotal=st.integers(0, 20_000),
+)
+def test_a_voucher_applies_only_in_its_currency_and_from_its_minimum_spend(
+    voucher_currency: str | None,
+    cart_currency: str,
+    kind: VoucherKind,
+    minimum_spend: int,
+    subtotal: int,
+) -> None:
+    voucher = Voucher("V", kind, 100, currency=voucher_currency, minimum_spend=minimum_spend)
+    terms = domain.voucher_definition_problems(
+        kind=kind,
+        value=100,
+        currency=voucher_currency,
+        minimum_spend=minimum_spend,
+        starts_at=None,
+        ends_at=None,
+    )
+    applies = domain.voucher_problem(voucher, subtotal=Money(subtotal, cart_currency), now=NOW)
+    expected = (
+        not terms
+        and voucher_currency in (None, cart_currency)
+        and (minimum_spend == 0 or subtotal >= minimum_spend)
+    )
+    assert (applies is None) == expected
+
+
+@pytest.mark.parametrize(
+    ("terms", "fields"),
+    [
+        ({"kind": VoucherKind.FIXED, "value": 500}, ["currency"]),
+        ({"kind": VoucherKind.PERCENTAGE, "value": 10_001, "currency": "EUR"}, ["value"]),
+        ({"kind": VoucherKind.PERCENTAGE, "value": 1000, "minimum_spend": 1}, ["currency"]),
+        ({"kind": VoucherKind.PERCENTAGE, "value": 1000, "ends_at": NOW}, ["ends_at"]),
+        (
+            {"kind": VoucherKind.PERCENTAGE, "value": 20_000, "minimum_spend": 1, "ends_at": NOW},
+            ["value", "currency", "ends_at"],
+        ),
+        ({"kind": VoucherKind.PERCENTAGE, "value": 10_000}, []),
+        ({"kind": VoucherKind.FIXED, "value": 500, "currency": "USD", "minimum_spend": 1}, []),
+    ],
+)
+def test_voucher_terms_name_every_field_at_fault(
+    terms: dict[str, object], fields: list[str]
+) -> None:
+    given_terms: dict[str, object] = {
+        "currency": None,
+        "minimum_spend": 0,
+        "starts_at": NOW,
+        "ends_at": None,
+        **terms,
+    }
+    problems = domain.voucher_definition_problems(**given_terms)  # type: ignore[arg-type]
+    assert [name for name, _ in problems] == fields
 
 
 def test_voucher_codes_match_case_insensitively() -> None:

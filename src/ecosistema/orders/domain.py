@@ -206,12 +206,46 @@ def voucher_problem(voucher: Voucher, *, subtotal: Money, now: datetime) -> str 
         return "The voucher is not valid yet."
     if voucher.ends_at is not None and now >= voucher.ends_at:
         return "The voucher has expired."
-    if voucher.kind is VoucherKind.FIXED and voucher.currency != subtotal.currency:
+    if voucher.currency is not None and voucher.currency != subtotal.currency:
         return f"The voucher is for {voucher.currency} carts."
-    if subtotal.amount < voucher.minimum_spend:
-        spend = Money(voucher.minimum_spend, subtotal.currency)
-        return f"The voucher needs a minimum spend of {spend}."
+    # An amount is meaningless without its currency: such a voucher cannot be created (nor is
+    # one left by migration 0003), so it never applies rather than guessing the cart's.
+    if voucher.currency is None and voucher.kind is VoucherKind.FIXED:
+        return "The voucher's amount has no currency."
+    if voucher.minimum_spend > 0:
+        if voucher.currency is None:
+            return "The voucher's minimum spend has no currency."
+        if subtotal.amount < voucher.minimum_spend:
+            spend = Money(voucher.minimum_spend, voucher.currency)
+            return f"The voucher needs a minimum spend of {spend}."
     return None
+
+
+def voucher_definition_problems(
+    *,
+    kind: VoucherKind,
+    value: int,
+    currency: str | None,
+    minimum_spend: int,
+    starts_at: datetime | None,
+    ends_at: datetime | None,
+) -> list[tuple[str, str]]:
+    """What is wrong with a voucher's terms, as ``(field, message)`` pairs; empty if nothing.
+    A fixed amount and a minimum spend are money, so either needs the voucher's currency; a
+    voucher with a currency applies only to carts in that currency."""
+    problems: list[tuple[str, str]] = []
+    if kind is VoucherKind.PERCENTAGE and value > 10_000:
+        problems.append(("value", "a percentage voucher is at most 10000 basis points (100 %)"))
+    if currency is None:
+        if kind is VoucherKind.FIXED:
+            problems.append(("currency", "a fixed voucher needs its currency"))
+        elif minimum_spend > 0:
+            problems.append(
+                ("currency", "a voucher with a minimum spend needs the currency it is in")
+            )
+    if starts_at is not None and ends_at is not None and ends_at <= starts_at:
+        problems.append(("ends_at", "must be after starts_at"))
+    return problems
 
 
 def check_voucher(voucher: Voucher, *, subtotal: Money, now: datetime) -> None:

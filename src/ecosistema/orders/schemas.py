@@ -6,9 +6,23 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, EmailStr, Field, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    EmailStr,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+from pydantic_core import InitErrorDetails, PydanticCustomError
 
-from ecosistema.orders.domain import OrderStatus, VoucherKind, is_country
+from ecosistema.orders.domain import (
+    OrderStatus,
+    VoucherKind,
+    is_country,
+    voucher_definition_problems,
+)
 from ecosistema.platform.money import iso_currency
 from ecosistema.platform.timestamps import Timestamp
 
@@ -23,6 +37,23 @@ class Input(BaseModel):
     """Base for request bodies: unknown fields are an error (no mass assignment)."""
 
     model_config = ConfigDict(extra="forbid")
+
+
+def _refuse(title: str, problems: list[tuple[tuple[str | int, ...], str, Any]]) -> None:
+    """Raise the ``(location, message, input)`` problems a model validator found, each at the
+    field at fault (``currency``, ``rates.EUR.0.up_to_grams``) rather than at the whole body."""
+    if problems:
+        raise ValidationError.from_exception_data(
+            title,
+            [
+                InitErrorDetails(
+                    type=PydanticCustomError("invalid", "{message}", {"message": message}),
+                    loc=loc,
+                    input=value,
+                )
+                for loc, message, value in problems
+            ],
+        )
 
 
 # --- carts --------------------------------------------------------------------------------------
@@ -293,12 +324,16 @@ class ShippingMethodCreate(Input):
 
     @model_validator(mode="after")
     def _flat_is_one_bracket(self) -> ShippingMethodCreate:
+        problems: list[tuple[tuple[str | int, ...], str, Any]] = []
         if self.kind == "flat":
+            message = "a flat rate is one bracket with no weight limit"
             for currency, brackets in self.rates.items():
-                if len(brackets) != 1 or brackets[0].up_to_grams is not None:
-                    raise ValueError(
-                        f"a flat rate is one bracket with no weight limit ({currency})"
-                    )
+                if len(brackets) != 1:
+                    problems.append((("rates", currency), message, len(brackets)))
+                elif brackets[0].up_to_grams is not None:
+                    loc = ("rates", currency, 0, "up_to_grams")
+                    problems.append((loc, message, brackets[0].up_to_grams))
+        _refuse("shipping_method", problems)
         return self
 
 
@@ -320,24 +355,38 @@ class VoucherCreate(Input):
     code: str = Field(min_length=1, max_length=64, pattern=_CODE)
     kind: VoucherKind
     value: int = Field(ge=1, le=MAX_AMOUNT, description="Basis points, or minor units if fixed.")
-    currency: str | None = Field(default=None, min_length=3, max_length=3)
-    minimum_spend: int = Field(default=0, ge=0, le=MAX_AMOUNT)
+    currency: str | None = Field(
+        default=None,
+        min_length=3,
+        max_length=3,
+        description="Needed by a fixed voucher and by a minimum spend; a voucher with a "
+        "currency applies only to carts in that currency.",
+    )
+    minimum_spend: int = Field(
+        default=0, ge=0, le=MAX_AMOUNT, description="Minor units of the voucher's currency."
+    )
     starts_at: Timestamp | None = None
     ends_at: Timestamp | None = None
     usage_limit: int | None = Field(default=None, ge=1, le=10**9)
     per_customer_limit: int | None = Field(default=None, ge=1, le=10**9)
     active: bool = True
 
+    @field_validator("currency")
+    @classmethod
+    def _currency(cls, value: str | None) -> str | None:
+        return None if value is None else iso_currency(value)
+
     @model_validator(mode="after")
     def _coherent(self) -> VoucherCreate:
-        if self.kind is VoucherKind.PERCENTAGE and self.value > 10_000:
-            raise ValueError("a percentage voucher is at most 10000 basis points (100 %)")
-        if self.kind is VoucherKind.FIXED and self.currency is None:
-            raise ValueError("a fixed voucher needs its currency")
-        if self.currency is not None:
-            self.currency = iso_currency(self.currency)
-        if self.starts_at and self.ends_at and self.ends_at <= self.starts_at:
-            raise ValueError("ends_at must be after starts_at")
+        problems = voucher_definition_problems(
+            kind=self.kind,
+            value=self.value,
+            currency=self.currency,
+            minimum_spend=self.minimum_spend,
+            starts_at=self.starts_at,
+            ends_at=self.ends_at,
+        )
+        _refuse("voucher", [((name,), message, getattr(self, name)) for name, message in problems])
         return self
 
 

@@ -2433,6 +2433,7 @@ DEMO_VOUCHERS: tuple[dict[str, Any], ...] = (
         "code": "VIP20",
         "kind": "percentage",
         "value": 2000,
+        "currency": "EUR",
         "minimum_spend": 10000,
         "usage_limit": 100,
     },
