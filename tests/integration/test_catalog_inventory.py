@@ -4,6 +4,8 @@ expired; no oversell under 200 concurrent reservations; adjustments, movements a
 from __future__ import annotations
 
 import asyncio
+import base64
+import json
 from datetime import timedelta
 from typing import Any
 
@@ -29,6 +31,7 @@ from ecosistema.platform.errors import Conflict, Unprocessable
 from ecosistema.platform.events import EventEnvelope, IdempotentConsumer
 from ecosistema.platform.service import ServiceContext
 from tests.integration.test_catalog_support import (
+    API,
     catalog_fixture,  # noqa: F401 - a fixture
     ctx_of,
     make_product,
@@ -345,3 +348,93 @@ async def test_http_client_reserves_quotes_and_raises_insufficient_stock_like_in
     assert list(quotes) == ["A-1"] and quotes["A-1"].unit_price == 1000
     assert caught.value.extra["lines"] == [{"sku": "A-1", "requested": 4, "available": 3}]
     assert await level(ctx, "A-1") == (4, 0, 4)
+
+
+def _subject(headers: dict[str, str]) -> str:
+    """The user id a bearer token names (its ``sub`` claim)."""
+    payload = headers["Authorization"].removeprefix("Bearer ").split(".")[1]
+    claims: dict[str, Any] = json.loads(
+        base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4))
+    )
+    return str(claims["sub"])
+
+
+async def test_restock_is_refused_for_an_order_that_took_no_stock(
+    shop_app: FastAPI, shop: httpx.AsyncClient
+) -> None:
+    staff = await sign_in_demo(shop_app, shop, "staff")
+    ctx = ctx_of(shop_app)
+    await stocked(ctx, {"A-1": {"main": 5}})
+    await InProcessCatalogClient(ctx).reserve("unpaid", [("A-1", 2)], 600)
+    body = {"lines": [{"sku": "A-1", "quantity": 5}], "reason": "returned"}
+
+    unknown = await shop.post(f"{API}/restocks", json={"order_id": "nope", **body}, headers=staff)
+    unpaid = await shop.post(f"{API}/restocks", json={"order_id": "unpaid", **body}, headers=staff)
+
+    assert unknown.status_code == 404, unknown.text
+    assert unknown.headers["content-type"].startswith("application/problem+json")
+    assert [e["field"] for e in unknown.json()["errors"]] == ["order_id"]
+    assert unpaid.status_code == 409, unpaid.text
+    assert unpaid.json()["type"].endswith("order-not-committed")
+    assert [e["field"] for e in unpaid.json()["errors"]] == ["order_id"]
+    assert await level(ctx, "A-1") == (5, 2, 3)
+
+
+async def test_restock_is_capped_at_what_the_order_took_and_records_the_staff_user(
+    shop_app: FastAPI, shop: httpx.AsyncClient
+) -> None:
+    staff = await sign_in_demo(shop_app, shop, "staff")
+    ctx = ctx_of(shop_app)
+    await stocked(ctx, {"A-1": {"main": 10}, "B-1": {"main": 10}})
+    client = InProcessCatalogClient(ctx)
+    await client.reserve("paid", [("A-1", 3), ("B-1", 1)], 600)
+    await client.commit_reservation("paid")
+
+    def body(quantity: int) -> dict[str, Any]:
+        lines = [{"sku": "B-1", "quantity": 1}, {"sku": "A-1", "quantity": quantity}]
+        return {"order_id": "paid", "lines": lines, "reason": "returned"}
+
+    too_many = await shop.post(f"{API}/restocks", json=body(50), headers=staff)
+    first = await shop.post(f"{API}/restocks", json=body(2), headers=staff)
+    again = await shop.post(f"{API}/restocks", json=body(2), headers=staff)
+
+    assert too_many.status_code == 409, too_many.text
+    assert too_many.json()["lines"] == [{"sku": "A-1", "requested": 50, "restockable": 3}]
+    assert [e["field"] for e in too_many.json()["errors"]] == ["lines.1.quantity"]
+    assert first.status_code == 204, first.text
+    assert again.status_code == 409, again.text
+    assert again.json()["lines"] == [
+        {"sku": "A-1", "requested": 2, "restockable": 1},
+        {"sku": "B-1", "requested": 1, "restockable": 0},
+    ]
+    assert (await level(ctx, "A-1"), await level(ctx, "B-1")) == ((9, 0, 9), (10, 0, 10))
+    latest = (await movements(ctx, "A-1")).items[0]
+    assert (latest.reason, latest.on_hand_delta, latest.actor) == ("restock", 2, _subject(staff))
+
+
+async def test_a_refund_event_restocks_no_more_than_the_order_took(
+    catalog: ServiceContext,
+) -> None:
+    await stocked(catalog, {"A-1": {"main": 10}})
+    client = InProcessCatalogClient(catalog)
+    await client.reserve("paid", [("A-1", 3)], 600)
+    await client.commit_reservation("paid")
+    async with catalog.db.transaction() as session:
+        await on_order_refunded(
+            catalog,
+            session,
+            envelope(
+                "OrderRefunded",
+                {"order_id": "paid", "restock_lines": [{"sku": "A-1", "quantity": 5}]},
+            ),
+        )
+        await on_order_refunded(
+            catalog,
+            session,
+            envelope(
+                "OrderRefunded",
+                {"order_id": "unknown", "restock_lines": [{"sku": "A-1", "quantity": 5}]},
+            ),
+        )
+
+    assert await level(catalog, "A-1") == (10, 0, 10)

@@ -698,11 +698,11 @@ async def release_reservation(
     "/restocks",
     status_code=status.HTTP_204_NO_CONTENT,
     summary="Units of an order come back on hand (a refund with restock)",
-    responses=_errors(401, 403, 409, 422),
+    responses=_errors(401, 403, 404, 409, 422),
 )
-async def restock(body: RestockRequest, ctx: Context, _writer: InventoryWriter) -> Response:
+async def restock(body: RestockRequest, ctx: Context, writer: InventoryWriter) -> Response:
     lines = [(line.sku, line.quantity) for line in body.lines]
-    await inventory.restock(ctx, body.order_id, lines, body.reason)
+    await inventory.restock(ctx, body.order_id, lines, body.reason, actor=writer.subject)
     return Response(status_code=status.HTTP_204_NO_CONTENT)
 
 

@@ -1,8 +1,9 @@
 """How other services ask catalog for prices and stock: one protocol, in process or over HTTP.
 
 Orders calls ``quote`` to price a cart and ``reserve`` at checkout; payments and orders events
-drive ``commit_reservation``, ``release_reservation`` and ``restock`` (they are idempotent, so a
-direct call and an event for the same order do no harm).
+drive ``commit_reservation``, ``release_reservation`` and ``restock``. Commit and release are
+idempotent, so a direct call and an event for the same order do no harm; a restock is capped at
+the units the order took from stock and has not had restocked yet (beyond that, 409).
 """
 
 from __future__ import annotations

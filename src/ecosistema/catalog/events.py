@@ -64,7 +64,13 @@ async def on_order_refunded(
     if lines:
         reason = f"refund {payload.get('refund_id') or ''}".strip()
         await inventory.restock_in(
-            ctx, session, str(payload["order_id"]), lines, reason, actor=envelope.source
+            ctx,
+            session,
+            str(payload["order_id"]),
+            lines,
+            reason,
+            actor=envelope.source,
+            strict=False,  # the refund has happened: restock what the order can take back
         )
         await _after_stock_change(ctx, session)
 

@@ -489,6 +489,92 @@ async def _ensure_stock_row(session: AsyncSession, sku: str, warehouse_id: str) 
     )
 
 
+async def _restockable(session: AsyncSession, order_id: str) -> dict[str, int]:
+    """Per SKU, the units of an order's committed reservation not restocked yet.
+
+    Raises 404 when catalog holds no reservation for the order, 409 when it was never committed
+    (nothing left stock, so nothing can come back). The reservation row is locked so two
+    restocks of one order are counted one after the other."""
+    status = await session.scalar(
+        select(reservations.c.status).where(reservations.c.order_id == order_id).with_for_update()
+    )
+    if status is None:
+        raise NotFound(
+            "No stock was reserved for this order: there is nothing to restock.",
+            errors=[
+                {
+                    "field": "order_id",
+                    "message": "no reservation for this order",
+                    "code": "not_found",
+                }
+            ],
+        )
+    if status != ReservationStatus.COMMITTED:
+        raise Conflict(
+            f"This order's reservation is {status}, not committed: none of its units left "
+            "stock, so none can be restocked.",
+            type="order-not-committed",
+            errors=[
+                {
+                    "field": "order_id",
+                    "message": f"the order's reservation is {status}",
+                    "code": "not_committed",
+                }
+            ],
+        )
+    committed = dict(
+        (
+            await session.execute(
+                select(reservation_lines.c.sku, func.sum(reservation_lines.c.quantity))
+                .where(reservation_lines.c.order_id == order_id)
+                .group_by(reservation_lines.c.sku)
+            )
+        ).all()
+    )
+    restocked = dict(
+        (
+            await session.execute(
+                select(stock_movements.c.sku, func.sum(stock_movements.c.on_hand_delta))
+                .where(
+                    stock_movements.c.reference == order_id,
+                    stock_movements.c.reason == MovementReason.RESTOCK.value,
+                )
+                .group_by(stock_movements.c.sku)
+            )
+        ).all()
+    )
+    return {
+        sku: max(0, int(units) - int(restocked.get(sku) or 0)) for sku, units in committed.items()
+    }
+
+
+def _over_restock(
+    lines: Sequence[tuple[str, int]], merged: Sequence[tuple[str, int]], allowed: dict[str, int]
+) -> Conflict | None:
+    """A 409 naming every line that asks for more than the order has left to restock."""
+    over = [(sku, q) for sku, q in merged if q > allowed.get(sku, 0)]
+    if not over:
+        return None
+    first: dict[str, int] = {}
+    for index, (sku, _) in enumerate(lines):
+        first.setdefault(sku, index)
+    return Conflict(
+        "More units than the order has left to restock: "
+        + ", ".join(f"{sku} ({q} requested, {allowed.get(sku, 0)} restockable)" for sku, q in over)
+        + ".",
+        type="restock-exceeds-order",
+        lines=[{"sku": sku, "requested": q, "restockable": allowed.get(sku, 0)} for sku, q in over],
+        errors=[
+            {
+                "field": f"lines.{first[sku]}.quantity",
+                "message": f"{q} requested, {allowed.get(sku, 0)} restockable for this order",
+                "code": "exceeds_restockable",
+            }
+            for sku, q in over
+        ],
+    )
+
+
 async def restock_in(
     ctx: ServiceContext,
     session: AsyncSession,
@@ -497,12 +583,33 @@ async def restock_in(
     reason: str,
     *,
     actor: str = SYSTEM_ACTOR,
+    strict: bool = True,
 ) -> None:
-    """Put returned units back on hand, in the caller's transaction."""
+    """Put returned units back on hand, in the caller's transaction.
+
+    Only units the order took from stock (its committed reservation) and has not had restocked
+    yet can come back. ``strict`` refuses anything beyond that (404/409); otherwise (an event
+    that has already happened elsewhere) the excess is left out and logged."""
     now = utcnow()
+    merged = domain.merge_lines(lines)
+    try:
+        allowed = await _restockable(session, order_id)
+    except (NotFound, Conflict):
+        if strict:
+            raise
+        log.warning("restock_without_committed_reservation", order_id=order_id)
+        return
+    refused = _over_restock(lines, merged, allowed)
+    if refused is not None:
+        if strict:
+            raise refused
+        log.warning("restock_capped", order_id=order_id, lines=refused.extra["lines"])
+        merged = [(sku, min(q, allowed.get(sku, 0))) for sku, q in merged]
     movements = []
     changes: dict[str, int] = {}
-    for sku, quantity in domain.merge_lines(lines):
+    for sku, quantity in merged:
+        if quantity <= 0:
+            continue
         warehouse_id = await _default_warehouse(session, order_id, sku)
         await _ensure_stock_row(session, sku, warehouse_id)
         await session.execute(
@@ -528,15 +635,20 @@ async def restock_in(
 
 
 async def restock(
-    ctx: ServiceContext, order_id: str, lines: Sequence[tuple[str, int]], reason: str
+    ctx: ServiceContext,
+    order_id: str,
+    lines: Sequence[tuple[str, int]],
+    reason: str,
+    *,
+    actor: str = SYSTEM_ACTOR,
 ) -> None:
-    """Returned units (a refund with restock) go back on hand."""
+    """Returned units (a refund with restock) go back on hand, at most what the order took."""
     try:
         domain.merge_lines(lines)
     except ValueError as exc:
         raise field_error("lines", str(exc)) from exc
     async with ctx.db.transaction() as session:
-        await restock_in(ctx, session, order_id, lines, reason)
+        await restock_in(ctx, session, order_id, lines, reason, actor=actor)
     await invalidate(ctx)
 
 
