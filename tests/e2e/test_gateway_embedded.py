@@ -279,3 +279,39 @@ async def test_probes_are_never_rate_limited_and_tolerate_query_strings(
     finally:
         await running.close(2)
         await drop_test_schemas(settings)
+
+
+async def test_chunked_bodies_past_the_limit_are_413_for_json_and_for_an_import(
+    edge: tuple[Any, httpx.AsyncClient],
+) -> None:
+    app, client = edge
+    staff = await login(app, client, "staff")
+    limit = app.state.runtime.settings.max_body_bytes
+
+    def chunked(first: bytes, filler: bytes) -> Any:
+        async def parts() -> AsyncIterator[bytes]:
+            yield first
+            sent = len(first)
+            while sent <= limit:
+                yield filler
+                sent += len(filler)
+
+        return parts()
+
+    big_json = await client.post(
+        f"{API}/carts",
+        content=chunked(b'{"currency": "EUR", "note": "', b"x" * 65536),
+        headers={"content-type": "application/json"},
+    )
+    rows = "".join(f"b-{i},B {i}\n" for i in range(4000)).encode()
+    big_csv = await client.post(
+        f"{API}/products/import",
+        content=chunked(b"slug,name\n", rows),
+        headers={**staff, "content-type": "text/csv"},
+    )
+    for response in (big_json, big_csv):
+        assert response.status_code == 413, response.text
+        assert response.json()["type"].endswith("/payload-too-large")
+    listed = await client.get(f"{API}/products", params={"q": "B 1"}, headers=staff)
+    assert listed.status_code == 200
+    assert not [p for p in listed.json()["items"] if p["slug"].startswith("b-")]

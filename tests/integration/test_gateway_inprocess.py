@@ -85,7 +85,10 @@ class App:
 
 TABLE = {
     "services": {"local": {"in_process": True, "health_path": None}},
-    "routes": [{"prefix": "/", "service": "local", "public": True, "max_body_bytes": 64 * MB}],
+    "routes": [
+        {"prefix": "/small", "service": "local", "public": True, "max_body_bytes": MB},
+        {"prefix": "/", "service": "local", "public": True, "max_body_bytes": 64 * MB},
+    ],
     "rate_limits": {"enabled": False},
 }
 
@@ -145,6 +148,25 @@ async def test_a_20_mb_chunked_upload_reaches_the_app_whole_in_pieces(
     seen = response.json()
     assert seen["size"] == 20 * MB
     assert seen["sha256"] == digest.hexdigest()
+
+
+async def test_a_chunked_body_past_the_routes_limit_is_the_gateways_413_not_the_apps_answer(
+    served: tuple[GatewayServer, App],
+) -> None:
+    # The app reads what it is given and would answer 200 about a body cut short.
+    server, _ = served
+
+    async def chunks() -> AsyncIterator[bytes]:
+        for _ in range(8):
+            yield b"z" * (256 * 1024)
+
+    async with client(server) as c:
+        refused = await c.post("/small/upload", content=chunks())
+        within = await c.post("/small/upload", content=b"z" * 1000)
+    assert refused.status_code == 413
+    assert refused.headers["content-type"] == "application/problem+json"
+    assert refused.json()["type"].endswith("/payload-too-large")
+    assert within.status_code == 200 and within.json()["size"] == 1000
 
 
 async def test_a_streamed_response_without_length_is_rechunked(

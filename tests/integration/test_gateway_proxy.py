@@ -247,6 +247,21 @@ async def test_malformed_request_is_a_400(gateway: tuple[GatewayServer, io.Strin
     assert data.startswith(b"HTTP/1.1 400")
 
 
+async def test_a_broken_chunked_body_is_a_400_not_a_silent_close(
+    gateway: tuple[GatewayServer, io.StringIO],
+) -> None:
+    reader, writer = await asyncio.open_connection("127.0.0.1", gateway[0].port)
+    writer.write(
+        b"POST /echo HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n"
+        b"5\r\nhello\r\nzz\r\nnot a chunk\r\n"
+    )
+    data = await asyncio.wait_for(reader.read(-1), 10)
+    writer.close()
+    assert data.startswith(b"HTTP/1.1 400")
+    assert b"application/problem+json" in data and b"bad-request" in data
+    assert len(re.findall(rb"HTTP/1\.1 \d{3} ", data)) == 1
+
+
 async def test_cors_preflight_and_response_headers_follow_the_config(
     gateway: tuple[GatewayServer, io.StringIO],
 ) -> None:

@@ -15,7 +15,7 @@ from typing import Any
 
 import httpx
 import pytest
-from fastapi import APIRouter, FastAPI, Query
+from fastapi import APIRouter, FastAPI, Query, Request
 from pydantic import BaseModel, Field
 
 from ecosistema.platform.app import create_app
@@ -58,6 +58,13 @@ def add_test_routes(app: FastAPI) -> None:
     @app.post("/api/v1/uploads")
     async def upload(body: dict[str, Any]) -> dict[str, int]:
         return {"keys": len(body)}
+
+    @app.post("/api/v1/streamed-uploads")
+    async def streamed_upload(request: Request) -> dict[str, int]:
+        size = 0
+        async for chunk in request.stream():
+            size += len(chunk)
+        return {"size": size}
 
     @app.get("/api/v1/broken")
     async def broken() -> None:
@@ -745,3 +752,45 @@ async def test_a_bug_in_a_fast_handler_is_a_logged_500_problem(
     assert [(line["route"], line["status"]) for line in access] == [
         ("/api/v1/gadgets/{gadget_id}", 500)
     ]
+
+
+@pytest.mark.parametrize("path", ["/api/v1/uploads", "/api/v1/streamed-uploads"])
+async def test_a_client_leaving_mid_body_is_an_incomplete_body_not_an_error(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture, path: str
+) -> None:
+    async with serve(edge_settings(tmp_path)) as (app, _client):
+        messages = iter(
+            [
+                {"type": "http.request", "body": b'{"blob": "', "more_body": True},
+                {"type": "http.disconnect"},
+            ]
+        )
+        sent: list[dict[str, Any]] = []
+
+        async def receive() -> dict[str, Any]:
+            return next(messages)
+
+        async def send(message: dict[str, Any]) -> None:
+            sent.append(message)
+
+        scope = {
+            "type": "http",
+            "asgi": {"version": "3.0"},
+            "http_version": "1.1",
+            "method": "POST",
+            "scheme": "http",
+            "path": path,
+            "raw_path": path.encode(),
+            "query_string": b"",
+            "root_path": "",
+            "headers": [(b"content-type", b"application/json"), (b"transfer-encoding", b"chunked")],
+            "client": ("203.0.113.7", 50000),
+            "server": ("test", 80),
+            "state": {},
+        }
+        await app(scope, receive, send)
+    start = next(m for m in sent if m["type"] == "http.response.start")
+    body = json.loads(b"".join(m.get("body", b"") for m in sent[1:]))
+    assert start["status"] == 400
+    assert body["type"].endswith("/incomplete-body")
+    assert "unhandled_error" not in caplog.text

@@ -86,7 +86,9 @@ class _RequestBody:
 
     async def receive(self) -> Message:
         while True:
-            if self._disconnected:
+            # Past the route's limit the app is told the client left: what it read so far is
+            # not the whole body, and the gateway answers 413 in its place.
+            if self._disconnected or self._ex.body_too_large:
                 return {"type": "http.disconnect"}
             if self._chunks:
                 chunk = self._chunks.popleft()
@@ -95,8 +97,6 @@ class _RequestBody:
                     self._chunks.clear()
                 self._queued = 0
                 self._ex.conn.resume(1)
-                if self._ex.body_too_large:
-                    return {"type": "http.disconnect"}
                 self._ended = self._finished
                 return {"type": "http.request", "body": chunk, "more_body": not self._finished}
             if self._finished and not self._ended:
@@ -188,9 +188,17 @@ class LocalService:
         response = _Response(ex, gateway)
         try:
             await self.app(self._scope(ex, headers, gateway), body.receive, response.send)
+        except Exception:
+            if not (ex.body_too_large and not ex.response_started):
+                raise
         finally:
             ex.local = None
             body.disconnect()
+        if ex.body_too_large and not ex.response_started:
+            # The body outgrew the route's limit before the app answered: whatever the app made
+            # of a body cut short, the client gets the gateway's 413.
+            gateway._too_large(ex)
+            return
         if not response.complete:
             if ex.response_started:
                 ex.conn.abort()
@@ -240,7 +248,7 @@ class LocalService:
 class _Response:
     """The ``send`` side of one in-process exchange."""
 
-    __slots__ = ("_ex", "_gateway", "_head", "_head_only", "_rechunk", "complete")
+    __slots__ = ("_ex", "_gateway", "_head", "_head_only", "_rechunk", "complete", "refused")
 
     def __init__(self, ex: Exchange, gateway: Gateway) -> None:
         self._ex = ex
@@ -249,10 +257,14 @@ class _Response:
         self._rechunk = False
         self._head_only = ex.method == "HEAD"
         self.complete = False
+        self.refused = False
 
     async def send(self, message: Message) -> None:
         kind = message["type"]
         ex = self._ex
+        if self.refused or (ex.body_too_large and not ex.response_started):
+            self.refused = True  # the app's answer to a body cut short is not sent
+            return
         if kind == "http.response.start":
             if ex.response_started:
                 raise RuntimeError("http.response.start sent twice")

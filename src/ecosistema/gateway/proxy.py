@@ -83,6 +83,9 @@ _monotonic: Final = time.monotonic
 REPLAY_LIMIT: Final = 64 * 1024
 # A response with a Content-Length up to this is sent to the client only once it is complete.
 HOLD_LIMIT: Final = 64 * 1024
+# How long a connection closed while its client is still sending a body keeps reading (and
+# ignoring) it, so that the client gets to read the answer rather than a reset.
+LINGER_SECONDS: Final = 2.0
 # Request bytes held while no upstream connection is ready yet, before the client is paused.
 BUFFER_HIGH_WATER: Final = 256 * 1024
 
@@ -748,6 +751,7 @@ class ClientConnection(asyncio.Protocol):
         self._queue: deque[Exchange] = deque()
         self._paused = 0
         self._closed = False
+        self._lingering = False
         self._write_waiter: asyncio.Future[None] | None = None
         self._writing_paused = False
 
@@ -776,6 +780,8 @@ class ClientConnection(asyncio.Protocol):
         self._queue.clear()
 
     def data_received(self, data: bytes) -> None:
+        if self._lingering:
+            return
         try:
             self._feed(data)
         except httptools.HttpParserUpgrade:
@@ -793,7 +799,14 @@ class ClientConnection(asyncio.Protocol):
             )
 
     def _reject(self, status: int, type_: str, title: str, detail: str) -> None:
-        if self._active is None and not self._closed:
+        ex = self._active
+        if not self._closed and (ex is None or not ex.response_started):
+            if ex is not None:
+                # A request whose body broke off is answered in place of whatever was to come;
+                # its upstream attempt or app ends when the connection does.
+                ex.response_started = True
+                ex.status = status
+                ex.close_after = True
             self.write(problem_bytes(status, type_, title, detail, close=True))
         self.close()
 
@@ -900,10 +913,23 @@ class ClientConnection(asyncio.Protocol):
         await waiter
 
     def close(self) -> None:
-        """Close once everything written has been sent."""
+        """Close once everything written has been sent. A client still sending a request body
+        is first read (and ignored) for up to ``LINGER_SECONDS`` after the answer went out, as
+        a reset would otherwise drop the answer before the client reads it."""
+        if self._closed:
+            return
         self._closed = True
-        if self.transport is not None:
-            self.transport.close()
+        transport = self.transport
+        if transport is None:
+            return
+        if self._current is not None and transport.can_write_eof():
+            self._lingering = True
+            transport.write_eof()
+            self._paused = 0
+            transport.resume_reading()
+            self.loop.call_later(LINGER_SECONDS, transport.close)
+            return
+        transport.close()
 
     def abort(self) -> None:
         """Drop the connection: a response already begun cannot be finished."""

@@ -11,6 +11,7 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from sqlalchemy.exc import StatementError
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.requests import ClientDisconnect
 from starlette.responses import JSONResponse
 
 from ecosistema.platform.timestamps import TimestampOutOfRange
@@ -257,6 +258,8 @@ def install_error_handlers(app: FastAPI) -> None:
         if exc.status_code == 404 and detail == "Not Found":
             detail = f"No resource at {request.url.path}."
         if exc.status_code == 400 and detail == "There was an error parsing the body":
+            if isinstance(exc.__cause__, ClientDisconnect):
+                return _incomplete_body(request)
             # FastAPI's answer to bodies its JSON parser chokes on (bad UTF-8, absurd nesting).
             type_, title = "malformed-json", "Malformed JSON"
             detail = "The request body is not valid JSON."
@@ -282,6 +285,10 @@ def install_error_handlers(app: FastAPI) -> None:
             return _timestamp_problem(request, exc.orig)
         raise exc
 
+    @app.exception_handler(ClientDisconnect)
+    async def _client_gone(request: Request, exc: ClientDisconnect) -> JSONResponse:
+        return _incomplete_body(request)
+
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
         log.exception("unhandled_error", path=request.url.path, error=type(exc).__name__)
@@ -292,6 +299,19 @@ def install_error_handlers(app: FastAPI) -> None:
             "An unexpected error occurred; it has been logged.",
             instance=request.url.path,
         )
+
+
+def _incomplete_body(request: Request) -> JSONResponse:
+    """400 for a body the client stopped sending (or the gateway cut at its limit) while it was
+    being read: nothing was applied, and no one may be listening for the answer."""
+    log.info("request_body_incomplete", path=request.url.path)
+    return problem_response(
+        400,
+        "incomplete-body",
+        "Incomplete request body",
+        "The connection closed before the request body was complete; nothing was applied.",
+        instance=request.url.path,
+    )
 
 
 def _timestamp_problem(request: Request, exc: TimestampOutOfRange) -> JSONResponse:
