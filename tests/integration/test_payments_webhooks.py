@@ -10,9 +10,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from sqlalchemy import select
 
 from ecosistema.payments.domain import sign_payload
-from ecosistema.payments.models import payments
+from ecosistema.payments.models import payments, provider_events
 from ecosistema.platform.config import Settings
 from tests.conftest import make_settings
 from tests.integration.test_payments_support import THREE_DS, Shop, open_shop
@@ -148,3 +149,95 @@ async def test_failed_event_marks_the_payment_failed(shop: Shop) -> None:
     assert (await deliver(shop, payload)).status_code == 200
     [failed] = await shop.events("PaymentFailed")
     assert failed["decline_code"] == "authentication_required"
+
+
+@pytest.mark.parametrize(
+    "document",
+    [
+        {"id": "evt_any", "type": "charge.refunded", "data": {}},
+        {"id": "evt_any", "type": "charge.refunded", "data": []},
+        {"id": "evt_any", "type": "payout.paid"},
+    ],
+    ids=["empty-data", "data-not-an-object", "no-data"],
+)
+async def test_event_the_platform_does_not_act_on_is_recorded_whatever_its_data(
+    shop: Shop, document: dict[str, Any]
+) -> None:
+    payload = json.dumps(document).encode()
+    first = await deliver(shop, payload)
+    again = await deliver(shop, payload)
+
+    assert first.status_code == 200, first.text
+    assert first.json() == {"received": True, "duplicate": False, "outcome": "ignored"}
+    assert again.status_code == 200
+    assert again.json()["duplicate"] is True
+    async with shop.ctx.db.read() as session:
+        recorded = (await session.execute(select(provider_events))).mappings().all()
+    assert [(r["event_id"], r["type"], r["outcome"]) for r in recorded] == [
+        ("evt_any", document["type"], "ignored")
+    ]
+
+
+@pytest.mark.parametrize(
+    ("payload", "fields"),
+    [
+        (b"not json", ["body"]),
+        (b"[1, 2]", ["body"]),
+        (b"{}", ["id", "type"]),
+        (json.dumps({"id": 7, "type": "", "data": {}}).encode(), ["id", "type"]),
+        (
+            json.dumps({"id": "evt_m", "type": "payment_intent.succeeded", "data": {}}).encode(),
+            ["data.object"],
+        ),
+        (
+            json.dumps({"id": "evt_m", "type": "payment_intent.canceled"}).encode(),
+            ["data"],
+        ),
+        (
+            event(
+                "evt_m",
+                "payment_intent.payment_failed",
+                {"amount_received": "35.00", "last_payment_error": "declined"},
+            ),
+            [
+                "data.object.id",
+                "data.object.amount_received",
+                "data.object.last_payment_error",
+            ],
+        ),
+        (
+            event(
+                "evt_m",
+                "payment_intent.succeeded",
+                {
+                    "id": "pi_1",
+                    "latest_charge": {"balance_transaction": {"id": 1, "fee": -5}},
+                },
+            ),
+            [
+                "data.object.latest_charge.balance_transaction.fee",
+                "data.object.latest_charge.balance_transaction.id",
+            ],
+        ),
+    ],
+    ids=[
+        "not-json",
+        "not-an-object",
+        "no-id-or-type",
+        "id-and-type-of-the-wrong-kind",
+        "acted-on-type-without-object",
+        "acted-on-type-without-data",
+        "payment-intent-fields",
+        "balance-transaction-fields",
+    ],
+)
+async def test_malformed_event_is_a_422_naming_each_field_at_fault(
+    shop: Shop, payload: bytes, fields: list[str]
+) -> None:
+    response = await deliver(shop, payload)
+
+    assert response.status_code == 422, response.text
+    assert response.headers["content-type"].startswith("application/problem+json")
+    assert [e["field"] for e in response.json()["errors"]] == fields
+    async with shop.ctx.db.read() as session:
+        assert (await session.execute(select(provider_events))).first() is None

@@ -353,6 +353,85 @@ def signature_valid(
     return any(hmac.compare_digest(expected, s) for s in signatures)
 
 
+# The provider events that move a payment, and the status each moves it to. Any other type is
+# recorded and ignored, whatever its ``data`` holds.
+PROVIDER_EVENT_TARGETS: Mapping[str, PaymentStatus] = MappingProxyType(
+    {
+        "payment_intent.succeeded": S.SUCCEEDED,
+        "payment_intent.amount_capturable_updated": S.REQUIRES_CAPTURE,
+        "payment_intent.payment_failed": S.FAILED,
+        "payment_intent.canceled": S.CANCELED,
+    }
+)
+
+
+def provider_event_errors(event: object) -> list[dict[str, str]]:
+    """Field errors for a provider's event document: an ``id`` and a ``type`` always, and for a
+    type that moves a payment, a ``data.object`` whose fields the platform reads are of the
+    kind Stripe sends."""
+    if not isinstance(event, dict):
+        return [_err("body", "must be a JSON object", "invalid")]
+    errors = [
+        _missing_or_invalid(name, event.get(name), "must be a non-empty string")
+        for name in ("id", "type")
+        if not (isinstance(event.get(name), str) and event[name])
+    ]
+    if event.get("type") not in PROVIDER_EVENT_TARGETS:
+        return errors
+    data = event.get("data")
+    if not isinstance(data, dict):
+        return [*errors, _missing_or_invalid("data", data, "must be an object")]
+    obj = data.get("object")
+    if not isinstance(obj, dict):
+        return [*errors, _missing_or_invalid("data.object", obj, "must be an object")]
+    return errors + _payment_intent_errors(obj, "data.object.")
+
+
+def _payment_intent_errors(obj: Mapping[str, Any], prefix: str) -> list[dict[str, str]]:
+    errors: list[dict[str, str]] = []
+    if not (isinstance(obj.get("id"), str) and obj["id"]):
+        errors.append(
+            _missing_or_invalid(prefix + "id", obj.get("id"), "must be a non-empty string")
+        )
+    if not _is_count(obj.get("amount_received")):
+        errors.append(
+            _err(prefix + "amount_received", "must be a whole number, zero or more", "invalid")
+        )
+    failure = obj.get("last_payment_error")
+    if failure is not None and not isinstance(failure, dict):
+        errors.append(_err(prefix + "last_payment_error", "must be an object", "invalid"))
+    elif failure is not None:
+        errors += [
+            _err(f"{prefix}last_payment_error.{k}", "must be a string", "invalid")
+            for k in ("decline_code", "code", "message")
+            if failure.get(k) is not None and not isinstance(failure[k], str)
+        ]
+    charge = obj.get("latest_charge")
+    if charge is not None and not isinstance(charge, str | dict):
+        errors.append(_err(prefix + "latest_charge", "must be an id or an object", "invalid"))
+    txn = charge.get("balance_transaction") if isinstance(charge, dict) else None
+    where = prefix + "latest_charge.balance_transaction"
+    if txn is not None and not isinstance(txn, str | dict):
+        errors.append(_err(where, "must be an id or an object", "invalid"))
+    elif isinstance(txn, dict):
+        if not _is_count(txn.get("fee")):
+            errors.append(_err(where + ".fee", "must be a whole number, zero or more", "invalid"))
+        if txn.get("id") is not None and not isinstance(txn["id"], str):
+            errors.append(_err(where + ".id", "must be a string", "invalid"))
+    return errors
+
+
+def _is_count(value: object) -> bool:
+    """Absent, or a whole number of minor units, zero or more (a JSON ``true`` is no number)."""
+    return value is None or (isinstance(value, int) and not isinstance(value, bool) and value >= 0)
+
+
+def _missing_or_invalid(field: str, value: object, message: str) -> dict[str, str]:
+    if value is None:
+        return _err(field, "is required", "missing")
+    return _err(field, message, "invalid")
+
+
 # --- reports ------------------------------------------------------------------------------------
 
 

@@ -1523,14 +1523,7 @@ async def receive_provider_event(
             type="invalid-webhook-signature",
             headers={},
         )
-    try:
-        event = json.loads(payload)
-        event_id, event_type = str(event["id"]), str(event["type"])
-        obj = event["data"]["object"]
-        if not isinstance(obj, dict):
-            raise TypeError("object")
-    except (ValueError, KeyError, TypeError):
-        raise Unprocessable("The event is not a provider event document.") from None
+    event_id, event_type, obj = _provider_event(payload)
     latest = await _provider_view(ctx, provider, event_type, obj)
     async with ctx.db.transaction() as session:
         insert = pg_insert if ctx.db.is_postgres else sqlite_insert
@@ -1554,6 +1547,25 @@ async def receive_provider_event(
             .values(outcome=outcome)
         )
     return WebhookAck(received=True, duplicate=False, outcome=outcome)
+
+
+def _provider_event(payload: bytes) -> tuple[str, str, dict[str, Any]]:
+    """The id, type and payment object of a provider's event document (``{}`` for a type the
+    platform does not act on); a 422 naming each field at fault when it is not one."""
+    try:
+        event = json.loads(payload)
+    except (ValueError, RecursionError):  # also bytes that are not UTF-8, or nesting too deep
+        event = None
+    errors = domain.provider_event_errors(event)
+    if errors:
+        raise Unprocessable(
+            "The event is not a provider event document: "
+            + "; ".join(f"{e['field']} {e['message']}" for e in errors),
+            errors=errors,
+        )
+    data = event.get("data")
+    obj = data.get("object") if isinstance(data, dict) else None
+    return str(event["id"]), str(event["type"]), obj if isinstance(obj, dict) else {}
 
 
 async def _provider_view(
@@ -1581,13 +1593,7 @@ async def _apply_provider_event(
     obj: dict[str, Any],
     latest: ProviderOutcome | None = None,
 ) -> str:
-    targets = {
-        "payment_intent.succeeded": PaymentStatus.SUCCEEDED,
-        "payment_intent.amount_capturable_updated": PaymentStatus.REQUIRES_CAPTURE,
-        "payment_intent.payment_failed": PaymentStatus.FAILED,
-        "payment_intent.canceled": PaymentStatus.CANCELED,
-    }
-    target = targets.get(event_type)
+    target = domain.PROVIDER_EVENT_TARGETS.get(event_type)
     if target is None:
         return "ignored"
     row = (
@@ -1623,9 +1629,10 @@ async def _apply_provider_event(
         ref=str(obj["id"]),
         captured=int(obj.get("amount_received") or 0),
         fee=int(txn.get("fee") or 0) if isinstance(txn, dict) else 0,
-        transaction_ref=str(txn.get("id")) if isinstance(txn, dict) else None,
-        decline_code=error.get("decline_code") or error.get("code"),
-        message=error.get("message"),
+        transaction_ref=txn.get("id") if isinstance(txn, dict) else None,
+        # Cut to the columns that keep them: a provider's text must not fail the recording.
+        decline_code=(error.get("decline_code") or error.get("code") or "")[:64] or None,
+        message=(error.get("message") or "")[:255] or None,
     )
     await _record_outcome(ctx, session, str(row["id"]), latest or outcome)
     return f"applied_{target.value}"
