@@ -57,6 +57,27 @@ async def test_quote_without_a_price_in_the_currency_is_not_purchasable(
         await InProcessCatalogClient(catalog).quote(["LAMP-1"], currency="EURO")
 
 
+async def test_a_price_list_price_without_a_regular_price_does_not_make_a_variant_purchasable(
+    catalog: ServiceContext,
+) -> None:
+    await make_product(catalog, "Desk Lamp", skus={"LAMP-1": 4990})
+    wholesale = await catalog_service.create_price_list(
+        catalog, PriceListCreate(code="wholesale", name="Wholesale")
+    )
+    await catalog_service.set_price_list_prices(
+        catalog, wholesale.id, [PriceListPrice(sku="LAMP-1", currency="USD", amount=50)]
+    )
+    await catalog_service.set_price_list_customers(catalog, wholesale.id, ["buyer-1"])
+
+    quote = (
+        await InProcessCatalogClient(catalog).quote(
+            ["LAMP-1"], currency="USD", customer_id="buyer-1"
+        )
+    )["LAMP-1"]
+
+    assert (quote.unit_price, quote.purchasable, quote.reason) == (0, False, "not_priced")
+
+
 async def test_scheduled_sale_applies_only_inside_its_window(catalog: ServiceContext) -> None:
     product = await make_product(catalog, "Desk Lamp", skus={"LAMP-1": 4990})
     now = utcnow()

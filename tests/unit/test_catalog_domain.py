@@ -74,6 +74,12 @@ def test_price_list_replaces_the_base_price_and_a_lower_running_sale_wins() -> N
     assert domain.effective_unit_price(base=None, price_list=None, sales=[running], at=NOW) is None
 
 
+def test_a_price_list_price_alone_does_not_make_a_variant_purchasable() -> None:
+    running = SalePrice(700, NOW - HOUR, NOW + HOUR)
+    assert domain.effective_unit_price(base=None, price_list=500, sales=[], at=NOW) is None
+    assert domain.effective_unit_price(base=None, price_list=500, sales=[running], at=NOW) is None
+
+
 amounts = st.integers(min_value=0, max_value=10**9)
 offsets = st.integers(min_value=-100, max_value=100)
 
@@ -96,7 +102,7 @@ def test_effective_price_never_exceeds_the_regular_price(
     ]
     price = domain.effective_unit_price(base=base, price_list=listed, sales=windows, at=NOW)
     regular = listed if listed is not None else base
-    if regular is None:
+    if base is None or regular is None:
         assert price is None
     else:
         running = [s.amount for s in windows if s.active_at(NOW)]

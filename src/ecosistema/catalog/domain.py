@@ -126,11 +126,12 @@ def effective_unit_price(
     at: datetime,
 ) -> int | None:
     """The price a customer pays: their price list's if they have one, else the base price;
-    a sale running at ``at`` wins when it is lower. ``None`` without a regular price."""
+    a sale running at ``at`` wins when it is lower. ``None`` without a regular price: a price
+    list or a sale alone does not put a variant on sale in a currency."""
+    if base is None:
+        return None
     regular = price_list if price_list is not None else base
     running = [s.amount for s in sales if s.active_at(at)]
-    if regular is None:
-        return None
     return min([regular, *running])
 
 
