@@ -143,3 +143,29 @@ async def test_reconciliation_command_runs_on_its_own_runtime(settings: Settings
         report = await reconcile_with_provider(settings, provider="sandbox")
     assert report.clean
     assert report.matched == 4
+
+
+async def test_partly_captured_order_counts_in_top_products_by_its_lines(shop: Shop) -> None:
+    order = shop.orders.place(tax_rate_bp=2100)
+    authorized = (await shop.pay(order["id"], VISA, capture_method="manual")).json()
+    captured = await shop.http.post(
+        f"/api/v1/payments/{authorized['id']}/capture",
+        json={"amount_to_capture": 1000},
+        headers={**shop.as_("staff"), "Idempotency-Key": "capture-part"},
+    )
+    assert captured.status_code == 200, captured.text
+
+    [invoice] = (await shop.http.get("/api/v1/invoices", headers=shop.as_("staff"))).json()["items"]
+    # 1000 of 3500 over 2000 and 1500: 571.4 and 428.6, the largest remainder to the mug.
+    assert [(line["sku"], line["description"], line["quantity"]) for line in invoice["lines"]] == [
+        ("SHIRT-M", "Shirt M", 2),
+        ("MUG", "Mug", 1),
+    ]
+    assert [(line["total"], line["tax"]) for line in invoice["lines"]] == [(571, 99), (429, 74)]
+    assert invoice["total"] == 1000
+
+    report = (await shop.http.get("/api/v1/reports/sales", headers=shop.as_("staff"))).json()
+    assert [(p["sku"], p["name"], p["quantity"], p["revenue"]) for p in report["top_products"]] == [
+        ("SHIRT-M", "Shirt M", 2, 571),
+        ("MUG", "Mug", 1, 429),
+    ]

@@ -259,3 +259,33 @@ def test_partial_documents_split_by_rate_add_up_to_the_amount_with_one_row_per_r
     for part in parts:
         assert abs(part["tax"]) <= abs(part["total"])
         assert (part["total"] < 0) == credit and (part["tax"] <= 0 if credit else part["tax"] >= 0)
+
+
+def test_allocate_by_line_gives_each_line_its_share_and_a_discount_its_negative_share() -> None:
+    lines = [
+        {"total": 2000, "tax": 347},
+        {"total": 1500, "tax": 260},
+        {"total": 490, "tax": 85},
+        {"total": -490, "tax": 0},
+    ]
+    assert domain.allocate_by_line(1000, lines) == [
+        {"total": 571, "tax": 99},
+        {"total": 429, "tax": 74},
+        {"total": 140, "tax": 24},
+        {"total": -140, "tax": 0},
+    ]
+
+
+@given(_order_lines(), st.data())
+def test_partial_capture_split_by_line_adds_up_to_the_amount_and_never_passes_a_line(
+    lines: list[dict[str, int]], data: st.DataObject
+) -> None:
+    whole = sum(line["total"] for line in lines)
+    amount = data.draw(st.integers(min_value=1, max_value=whole))
+    parts = domain.allocate_by_line(amount, lines)
+
+    assert len(parts) == len(lines)
+    assert sum(p["total"] for p in parts) == amount
+    for line, part in zip(lines, parts, strict=True):
+        assert 0 <= part["total"] <= line["total"]
+        assert 0 <= part["tax"] <= min(part["total"], line["tax"])

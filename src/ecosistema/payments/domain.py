@@ -317,6 +317,37 @@ def allocate_by_rate(amount: int, lines: Sequence[Mapping[str, Any]]) -> list[di
     return out
 
 
+def allocate_by_line(amount: int, lines: Sequence[Mapping[str, Any]]) -> list[dict[str, int]]:
+    """Part of a document worth ``amount`` (a partial capture) split over the order's document
+    ``lines`` themselves, so each keeps its product.
+
+    Each line gets a share of ``amount`` in proportion to its ``total`` (largest remainder, so
+    the shares add up to ``amount`` exactly; a discount line's negative total gets its negative
+    share) and the tax that share contains at the line's tax-to-total ratio. Returns
+    ``{"total", "tax"}`` per line, in the order of ``lines``, which must add up to more than
+    zero.
+    """
+    weights = [int(line["total"]) for line in lines]
+    whole, magnitude = sum(weights), abs(amount)
+    if whole <= 0:
+        raise ValueError("lines that add up to nothing have no share to give")
+    # Floor division keeps every remainder in [0, whole), negative weights included.
+    shares = [magnitude * w // whole for w in weights]
+    remainders = [magnitude * w - share * whole for w, share in zip(weights, shares, strict=True)]
+    for i in sorted(range(len(lines)), key=lambda i: (-remainders[i], i))[
+        : magnitude - sum(shares)
+    ]:
+        shares[i] += 1
+    sign = -1 if amount < 0 else 1
+    return [
+        {
+            "total": sign * share,
+            "tax": sign * split_tax(share, int(line["total"]), int(line["tax"])),
+        }
+        for line, share in zip(lines, shares, strict=True)
+    ]
+
+
 def split_tax(amount: int, total: int, tax_total: int) -> int:
     """The tax contained in ``amount`` when ``total`` carries ``tax_total`` of tax."""
     if total <= 0:

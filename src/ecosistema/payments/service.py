@@ -1315,10 +1315,17 @@ def _by_rate(description: str, amount: int, lines: list[dict[str, Any]]) -> list
 
 
 def _scaled(lines: list[dict[str, Any]], amount: int, total: int) -> list[dict[str, Any]]:
-    """Lines for a document worth ``amount`` when the order was worth ``total``."""
+    """Lines for a document worth ``amount`` when the order was worth ``total``: each order
+    line keeps its SKU, name, quantity, unit price and rate, with its pro-rated share of the
+    amount and of its tax."""
     if amount == total or total <= 0:
         return lines
-    return _by_rate("Partial capture of the order", amount, lines)
+    if sum(int(line["total"]) for line in lines) <= 0:
+        return _by_rate("Partial capture of the order", amount, lines)
+    return [
+        {**line, "net": part["total"] - part["tax"], "tax": part["tax"], "total": part["total"]}
+        for line, part in zip(lines, domain.allocate_by_line(amount, lines), strict=True)
+    ]
 
 
 async def _issue_document(
