@@ -438,3 +438,60 @@ async def test_a_refund_event_restocks_no_more_than_the_order_took(
         )
 
     assert await level(catalog, "A-1") == (10, 0, 10)
+
+
+async def test_adjustment_and_sale_window_errors_name_the_field_at_fault(
+    shop_app: FastAPI, shop: httpx.AsyncClient
+) -> None:
+    staff = await sign_in_demo(shop_app, shop, "staff")
+    ctx = ctx_of(shop_app)
+    await stocked(ctx, {"A-1": {"main": 5}})
+    await InProcessCatalogClient(ctx).reserve("order-1", [("A-1", 4)], 600)
+    url = f"{API}/inventory/A-1/adjustments"
+    cases = [
+        ({"warehouse": "main", "reason": "count"}, 422, "on_hand"),
+        ({"warehouse": "main", "delta": 1, "on_hand": 2, "reason": "x"}, 422, "on_hand"),
+        ({"warehouse": "main", "delta": 0, "reason": "x"}, 422, "delta"),
+        ({"warehouse": "main", "delta": -2, "reason": "broken"}, 409, "delta"),
+        ({"warehouse": "main", "on_hand": 3, "reason": "count"}, 409, "on_hand"),
+    ]
+    for body, status, field in cases:
+        response = await shop.post(url, json=body, headers=staff)
+        assert response.status_code == status, (body, response.text)
+        assert response.headers["content-type"].startswith("application/problem+json")
+        assert [e["field"] for e in response.json()["errors"]] == [field], body
+
+    product = await make_product(ctx, "On sale", skus={"S-1": 1000})
+    product_id, variant_id = product.id, product.variants[0].id
+    window = {
+        "sale_prices": [
+            {
+                "currency": "EUR",
+                "amount": 1,
+                "starts_at": "2026-12-02T00:00:00Z",
+                "ends_at": "2026-12-01T00:00:00Z",
+            }
+        ]
+    }
+    refused = await shop.patch(
+        f"{API}/products/{product_id}/variants/{variant_id}", json=window, headers=staff
+    )
+    assert refused.status_code == 422, refused.text
+    assert [e["field"] for e in refused.json()["errors"]] == ["sale_prices.0.ends_at"]
+
+
+async def test_a_count_is_recorded_as_an_adjustment_either_way_and_a_delivery_as_received(
+    catalog: ServiceContext,
+) -> None:
+    await stocked(catalog, {"A-1": {"main": 5}})
+
+    for change in ({"on_hand": 9}, {"on_hand": 7}, {"delta": 2}, {"delta": -1}):
+        await adjust_stock(
+            catalog,
+            "A-1",
+            StockAdjustment.model_validate({"warehouse": "main", "reason": "x", **change}),
+            actor=STAFF,
+        )
+
+    recorded = [(m.on_hand_delta, m.reason) for m in (await movements(catalog, "A-1")).items]
+    assert recorded[:4] == [(-1, "adjust"), (2, "receive"), (-2, "adjust"), (4, "adjust")]

@@ -677,12 +677,22 @@ async def adjust_stock(
                 .with_for_update()
             )
         ).one()
-        delta = data.delta if data.delta is not None else int(data.on_hand or 0) - row.on_hand
+        counted = data.delta is None
+        delta = int(data.on_hand or 0) - row.on_hand if counted else int(data.delta or 0)
         if row.on_hand + delta < row.reserved:
+            field = "on_hand" if counted else "delta"
             raise Conflict(
                 f"On-hand stock cannot fall below the {row.reserved} units reserved.",
                 type="below-reserved",
                 reserved=row.reserved,
+                errors=[
+                    {
+                        "field": field,
+                        "message": f"on hand would be {row.on_hand + delta}, below the "
+                        f"{row.reserved} units reserved",
+                        "code": "below_reserved",
+                    }
+                ],
             )
         if delta:
             await session.execute(
@@ -690,7 +700,9 @@ async def adjust_stock(
                 .where(stock.c.sku == sku, stock.c.warehouse_id == warehouse_id)
                 .values(on_hand=stock.c.on_hand + delta, updated_at=now)
             )
-            reason = MovementReason.RECEIVE if delta > 0 else MovementReason.ADJUST
+            # A count corrects the books whichever way it goes; a positive delta is a delivery.
+            receive = delta > 0 and not counted
+            reason = MovementReason.RECEIVE if receive else MovementReason.ADJUST
             await _record(
                 session,
                 [

@@ -5,7 +5,13 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationInfo,
+    field_validator,
+)
 
 from ecosistema.catalog.domain import SKU_PATTERN, SLUG_PATTERN, ProductStatus
 from ecosistema.platform.money import iso_currency
@@ -48,11 +54,14 @@ class SalePriceInput(_Input):
 
     _currency = field_validator("currency")(iso_currency)
 
-    @model_validator(mode="after")
-    def _window(self) -> SalePriceInput:
-        if self.starts_at and self.ends_at and self.ends_at <= self.starts_at:
+    @field_validator("ends_at")
+    @classmethod
+    def _window(cls, value: datetime | None, info: ValidationInfo) -> datetime | None:
+        # A field validator (not a model one) so the error points at ends_at itself.
+        starts_at = info.data.get("starts_at")
+        if value is not None and starts_at is not None and value <= starts_at:
             raise ValueError("ends_at must be after starts_at")
-        return self
+        return value
 
 
 class Price(BaseModel):
@@ -394,16 +403,30 @@ class StockAdjustment(_Input):
 
     warehouse: Annotated[str, Field(min_length=1, max_length=64, description="Warehouse code.")]
     delta: Annotated[int, Field(strict=True, ge=-1_000_000, le=1_000_000)] | None = None
-    on_hand: Annotated[int, Field(strict=True, ge=0, le=1_000_000_000)] | None = None
+    on_hand: Annotated[int, Field(strict=True, ge=0, le=1_000_000_000)] | None = Field(
+        default=None, validate_default=True
+    )
     reason: Annotated[str, Field(min_length=1, max_length=500)]
 
-    @model_validator(mode="after")
-    def _one_of(self) -> StockAdjustment:
-        if (self.delta is None) == (self.on_hand is None):
-            raise ValueError("give exactly one of delta or on_hand")
-        if self.delta == 0:
+    # Field validators (not a model one) so an error points at delta or on_hand, not the body.
+    @field_validator("delta")
+    @classmethod
+    def _not_zero(cls, value: int | None) -> int | None:
+        if value == 0:
             raise ValueError("delta must not be zero")
-        return self
+        return value
+
+    @field_validator("on_hand")
+    @classmethod
+    def _one_of(cls, value: int | None, info: ValidationInfo) -> int | None:
+        if "delta" not in info.data:  # delta itself was refused; that error says enough
+            return value
+        delta = info.data["delta"]
+        if value is None and delta is None:
+            raise ValueError("give on_hand (after a count) or delta (a change)")
+        if value is not None and delta is not None:
+            raise ValueError("give on_hand or delta, not both")
+        return value
 
 
 class StockMovement(BaseModel):
