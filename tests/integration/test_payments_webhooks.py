@@ -13,7 +13,9 @@ import pytest
 from sqlalchemy import select
 
 from ecosistema.payments.domain import sign_payload
-from ecosistema.payments.models import payments, provider_events
+from ecosistema.payments.models import journal, payments, provider_events
+from ecosistema.payments.providers.base import ProviderUnavailable
+from ecosistema.payments.service import use_provider
 from ecosistema.platform.config import Settings
 from tests.conftest import make_settings
 from tests.integration.test_payments_support import THREE_DS, Shop, open_shop
@@ -241,3 +243,58 @@ async def test_malformed_event_is_a_422_naming_each_field_at_fault(
     assert [e["field"] for e in response.json()["errors"]] == fields
     async with shop.ctx.db.read() as session:
         assert (await session.execute(select(provider_events))).first() is None
+
+
+class SandboxNotAnswering:
+    """The sandbox as seen while it cannot be asked for a payment's current state."""
+
+    name = "sandbox"
+
+    async def confirm(self, ref: str, *, idempotency_key: str) -> Any:
+        raise ProviderUnavailable("The sandbox does not answer.")
+
+
+async def test_success_event_read_as_sent_when_the_provider_cannot_be_asked(
+    shop: Shop,
+) -> None:
+    payment = await waiting_for_action(shop)
+    use_provider(shop.ctx, SandboxNotAnswering())  # type: ignore[arg-type]
+    payload = event(
+        "evt_9",
+        "payment_intent.succeeded",
+        {
+            "id": payment["provider_ref"],
+            "amount_received": 3500,
+            "latest_charge": {"id": "ch_1", "balance_transaction": {"fee": 74}},
+        },
+    )
+    delivered = await deliver(shop, payload)
+
+    assert delivered.json()["outcome"] == "applied_succeeded", delivered.text
+    async with shop.ctx.db.read() as session:
+        booked = (await session.execute(select(journal.c.provider_ref, journal.c.account))).all()
+    # A balance transaction without an id books no reference, not the text "None".
+    assert booked and {ref for ref, _ in booked} == {None}
+
+
+async def test_failure_event_with_overlong_code_and_message_is_recorded_cut_to_fit(
+    shop: Shop,
+) -> None:
+    payment = await waiting_for_action(shop)
+    payload = event(
+        "evt_10",
+        "payment_intent.payment_failed",
+        {
+            "id": payment["provider_ref"],
+            "last_payment_error": {"decline_code": "d" * 100, "message": "m" * 400},
+        },
+    )
+    delivered = await deliver(shop, payload)
+
+    assert delivered.status_code == 200, delivered.text
+    failed = await shop.http.get(f"/api/v1/payments/{payment['id']}", headers=shop.as_("staff"))
+    assert failed.json()["status"] == "failed"
+    assert (failed.json()["failure_code"], failed.json()["failure_message"]) == (
+        "d" * 64,
+        "m" * 255,
+    )
