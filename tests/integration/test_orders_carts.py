@@ -60,7 +60,10 @@ async def test_anonymous_cart_lifecycle_prices_lines_from_catalog(
     # Catalog's prices include tax by default: 4 x 20.00 with 21 % inside, plus 4.95 shipping.
     assert totals["subtotal"] == 8000 and totals["shipping_total"] == 495
     assert totals["total"] == 8495 and totals["tax_total"] == 1388 + 86
-    assert shipped.json()["problems"] == []
+    # A guest's order needs an email: the cart says so before checkout does.
+    assert shipped.json()["problems"] == ["An email address is needed for the order."]
+    with_email = await client.patch(url, json={"email": "g@example.com"}, headers=token)
+    assert with_email.json()["problems"] == []
 
     germany = await client.patch(url, json={"country": "DE"}, headers=token)
     assert germany.json()["totals"]["tax_rate_bp"] == 1900
@@ -240,7 +243,9 @@ async def test_problems_list_every_line_short_of_stock_with_what_is_available(
 ) -> None:
     admin = await staff_tokens(app, client)
     await seed_shop(app, client, admin, {"TEE-20": 6, "MUG-20": 50})
-    cart_id, token = await guest_cart(client, {"TEE-20": 10_000, "MUG-20": 1}, country="ES")
+    cart_id, token = await guest_cart(
+        client, {"TEE-20": 10_000, "MUG-20": 1}, country="ES", email="g@example.com"
+    )
     cart = await client.patch(
         f"{API}/carts/{cart_id}", json={"shipping_method": "standard"}, headers=token
     )

@@ -578,11 +578,21 @@ def _per_customer_message(voucher: Mapping[Any, Any]) -> str:
     )
 
 
-async def _voucher_used_up(
-    ctx: ServiceContext, state: _CartState, *, email: str | None = None
-) -> None:
+async def _know_buyer(ctx: ServiceContext, state: _CartState, *, email: str | None = None) -> None:
+    """Note on ``state`` who would buy the cart: the email an order would carry (``email`` given
+    at checkout, else the cart's, else the signed-in customer's account's), and whether the
+    voucher is used up, overall or for that buyer. Cart views and checkout both call this, so
+    a cart's ``problems`` list what checkout would refuse."""
+    cart = state.cart
+    state.email = email or _email_of(ctx, cart, "carts")
+    if state.email is None and cart["customer_id"] is not None:
+        state.email = await _customer_email(ctx, cart["customer_id"])
+    await _voucher_used_up(ctx, state)
+
+
+async def _voucher_used_up(ctx: ServiceContext, state: _CartState) -> None:
     """Note on ``state`` whether its voucher is used up, overall or for the cart's buyer (the
-    cart's customer and ``email``, by default the cart's email or the customer's account's)."""
+    cart's customer and ``state.email``)."""
     voucher, cart = state.voucher, state.cart
     state.voucher_used_up = None
     if voucher is None:
@@ -592,12 +602,9 @@ async def _voucher_used_up(
         return
     if voucher["per_customer_limit"] is None:
         return
-    email = email or _email_of(ctx, cart, "carts")
-    if email is None and cart["customer_id"] is not None:
-        email = await _customer_email(ctx, cart["customer_id"])
     async with ctx.db.read() as session:
         used = await _uses_by_buyer(
-            ctx, session, voucher["id"], customer_id=cart["customer_id"], email=email
+            ctx, session, voucher["id"], customer_id=cart["customer_id"], email=state.email
         )
     if used >= voucher["per_customer_limit"]:
         state.voucher_used_up = _per_customer_message(voucher)
@@ -632,6 +639,8 @@ class _CartState:
     shipping_options: int
     voucher: RowMapping | None
     voucher_used_up: str | None = None
+    # The email an order from this cart would carry, once ``_know_buyer`` has looked.
+    email: str | None = None
 
 
 async def _cart_row(session: AsyncSession, cart_id: str) -> RowMapping | None:
@@ -755,6 +764,10 @@ async def _price(
     if not state.lines:
         problems.append("The cart is empty.")
         errors.append({"field": "lines", "message": "The cart is empty.", "code": "empty"})
+    if state.email is None:
+        message = "An email address is needed for the order."
+        problems.append(message)
+        errors.append({"field": "email", "message": message, "code": "missing"})
 
     voucher_rule = None
     if state.voucher is not None:
@@ -867,7 +880,7 @@ async def _view_cart(ctx: ServiceContext, cart_id: str, token: str | None = None
         cart = await _cart_row(session, cart_id)
         assert cart is not None
         state = await _load_cart_state(ctx, session, cart)
-    await _voucher_used_up(ctx, state)
+    await _know_buyer(ctx, state)
     return _cart_view(ctx, cart, await _price(ctx, state), token)
 
 
@@ -974,6 +987,7 @@ async def create_cart(
         # The cart is what was just written: its view needs no second read.
         options = sum(1 for m in methods if _serves(m, where, data.currency))
         state = _CartState(values, lines, rate, None, options, None)
+        await _know_buyer(ctx, state)
         return _cart_view(ctx, values, await _price(ctx, state, quotes=quotes), token), True
 
 
@@ -1018,7 +1032,7 @@ async def get_cart(
     async with ctx.db.read() as session:
         cart = _check_cart_access(await _cart_row(session, cart_id), principal, token)
         state = await _load_cart_state(ctx, session, cart)
-    await _voucher_used_up(ctx, state)
+    await _know_buyer(ctx, state)
     return _cart_view(ctx, cart, await _price(ctx, state))
 
 
@@ -1163,7 +1177,7 @@ async def add_cart_item(
         state.lines = lines
         updated = {**cart, "updated_at": now}
         state.cart = updated
-        await _voucher_used_up(ctx, state)
+        await _know_buyer(ctx, state)
         return _cart_view(ctx, updated, await _price(ctx, state, quotes=quotes))
 
 
@@ -1440,17 +1454,15 @@ async def place_order(
             state = await _load_cart_state(
                 ctx, session, cart, country=country, shipping_method=data.shipping_method
             )
-        email = str(data.email) if data.email else _email_of(ctx, cart, "carts")
-        if email is None and cart["customer_id"] is not None:
-            email = await _customer_email(ctx, cart["customer_id"])
-        await _voucher_used_up(ctx, state, email=email)
+        await _know_buyer(ctx, state, email=str(data.email) if data.email else None)
         priced = await _price(ctx, state, country=country, shipping_method=data.shipping_method)
         if priced.errors:
+            # Every field at fault at once, as the cart's ``problems`` list them.
             raise Unprocessable(
                 "The cart cannot be checked out: " + " ".join(priced.problems), errors=priced.errors
             )
-        if email is None:
-            raise field_error("email", "an email address is needed for the order", code="missing")
+        email = state.email
+        assert email is not None  # a missing email is among ``priced.errors``
         if priced.voucher_used_up is not None:
             raise Conflict(
                 priced.voucher_used_up,
