@@ -257,7 +257,7 @@ async def test_jsonl_errors_carry_line_numbers(catalog: ServiceContext, tmp_path
     assert [(e.line, e.reason.split(":")[0]) for e in report.errors] == [
         (3, "not JSON"),
         (4, "unexpected"),
-        (5, "a SKU appears twice in this product"),
+        (5, "variants.1.sku"),
     ]
     assert (report.rows_read, report.rows_skipped, report.products_created) == (4, 3, 1)
 

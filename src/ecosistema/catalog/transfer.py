@@ -30,7 +30,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Annotated, Any
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+)
 from sqlalchemy import bindparam, delete, insert, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -100,6 +107,16 @@ class _IdPool:
 _IDS = _IdPool()
 
 
+def _known_currency(code: str) -> str:
+    if code.upper() not in ISO_4217:
+        raise ValueError(f"unknown currency {code}")
+    return code
+
+
+# Checked key by key, so every unknown currency of a row is reported along with its other faults.
+CurrencyKey = Annotated[str, AfterValidator(_known_currency)]
+
+
 class ImportVariant(BaseModel):
     """One variant row of an import."""
 
@@ -109,14 +126,11 @@ class ImportVariant(BaseModel):
     name: Name | None = None
     options: dict[OptionName, OptionValue] = Field(default_factory=dict, max_length=20)
     weight_grams: Annotated[int, Field(ge=0, le=10_000_000)] = 0
-    prices: dict[str, Amount] = Field(default_factory=dict, max_length=50)
+    prices: dict[CurrencyKey, Amount] = Field(default_factory=dict, max_length=50)
 
     @field_validator("prices")
     @classmethod
     def _currencies(cls, value: dict[str, int]) -> dict[str, int]:
-        unknown = [c for c in value if c.upper() not in ISO_4217]
-        if unknown:
-            raise ValueError(f"unknown currencies: {', '.join(unknown)}")
         prices = {c.upper(): amount for c, amount in value.items()}
         if len(prices) != len(value):
             raise ValueError("one price per currency")
@@ -195,12 +209,22 @@ class _Tally:
         ]
 
 
+def _problems(exc: ValidationError) -> list[tuple[tuple[Any, ...], str]]:
+    """Each problem of a validation error: where (without pydantic's ``[key]`` marker) and what."""
+    out = []
+    for err in exc.errors():
+        loc = tuple(p for p in err.get("loc", ()) if p != "[key]")
+        message = str(err.get("msg")).removeprefix("Value error, ")
+        out.append((loc, message))
+    return out
+
+
 def _describe(exc: ValidationError) -> str:
     """Every problem of a row, each with the field it is about."""
     parts = []
-    for err in exc.errors():
-        where = ".".join(str(p) for p in err.get("loc", ()))
-        parts.append(f"{where}: {err.get('msg')}" if where else str(err.get("msg")))
+    for loc, message in _problems(exc):
+        where = ".".join(str(p) for p in loc)
+        parts.append(f"{where}: {message}" if where else message)
     return "; ".join(parts)
 
 
@@ -260,51 +284,103 @@ def _whole_number(row: dict[str, str], column: str, expected: str) -> int | None
         raise CellError(f"{column}: expected {expected}, got {text[:40]!r}") from None
 
 
-def _csv_variant(row: dict[str, str], price_columns: Sequence[str]) -> ImportVariant:
-    problems: list[str] = []
+_Problem = tuple[str, str]  # (CSV column, what is wrong with its cell)
+_VARIANT_COLUMNS = {"sku": "sku", "name": "variant_name", "options": "options"}
+
+
+def _csv_variant(
+    row: dict[str, str], price_columns: Sequence[str]
+) -> tuple[ImportVariant | None, list[_Problem]]:
+    """A CSV row's variant, or every problem of its variant cells, each named by its column."""
+    problems: list[_Problem] = []
     weight: int | None = None
     try:
         weight = _whole_number(row, "weight_grams", "a whole number of grams")
     except CellError as exc:
-        problems.append(str(exc))
+        problems.append(("weight_grams", str(exc).partition(": ")[2]))
     amounts: dict[str, int] = {}
+    column_of: dict[str, str] = {}
     for column in price_columns:
         try:
             amount = _whole_number(row, column, "a whole number of minor units (1999 for 19.99)")
         except CellError as exc:
-            problems.append(str(exc))
+            problems.append((column, str(exc).partition(": ")[2]))
             continue
-        if amount is not None:
-            amounts[column[len(PRICE_PREFIX) :].upper()] = amount
-    if problems:
-        raise CellError("; ".join(problems))
+        code = column[len(PRICE_PREFIX) :]
+        if amount is None:
+            continue
+        if code.upper() not in ISO_4217:
+            problems.append((column, f"{code!r} is not an ISO 4217 currency"))
+            continue
+        amounts[code.upper()] = amount
+        column_of[code.upper()] = column
+    options: dict[str, str] = {}
+    try:
+        options = _parse_options(row.get("options") or "")
+    except ValueError as exc:  # json.JSONDecodeError is one
+        problems.append(("options", str(exc)))
     data: dict[str, Any] = {
         "sku": (row.get("sku") or "").strip(),
         "name": (row.get("variant_name") or "").strip() or None,
-        "options": _parse_options(row.get("options") or ""),
+        "options": options,
         "weight_grams": weight or 0,
         "prices": amounts,
     }
-    return ImportVariant.model_validate(data)
+    try:
+        variant = ImportVariant.model_validate(data)
+    except ValidationError as exc:
+        for loc, message in _problems(exc):
+            head = str(loc[0]) if loc else ""
+            if head == "prices" and len(loc) > 1:
+                column = column_of.get(str(loc[1]).upper(), f"{PRICE_PREFIX}{loc[1]}")
+            else:
+                column = _VARIANT_COLUMNS.get(head, head or "sku")
+            problems.append((column, message))
+        return None, problems
+    return (None, problems) if problems else (variant, [])
 
 
-def _csv_product(row: dict[str, str]) -> ImportProduct:
+def _csv_product(
+    row: dict[str, str], known_categories: set[str]
+) -> tuple[ImportProduct | None, list[_Problem]]:
+    """A CSV row's product fields, or every problem of its product cells, named by column."""
+    category = (row.get("category") or "").strip() or None
     data: dict[str, Any] = {
         "slug": (row.get("slug") or "").strip() or None,
         "name": (row.get("name") or "").strip(),
         "description": row.get("description") or "",
         "status": (row.get("status") or "").strip() or ProductStatus.DRAFT.value,
-        "category": (row.get("category") or "").strip() or None,
+        "category": category,
         "images": (row.get("images") or "").split(),
     }
-    return ImportProduct.model_validate(data)
+    problems: list[_Problem] = []
+    product: ImportProduct | None = None
+    try:
+        product = ImportProduct.model_validate(data)
+    except ValidationError as exc:
+        for loc, message in _problems(exc):
+            column = str(loc[0]) if loc else "name"
+            if column == "images" and len(loc) > 1 and isinstance(loc[1], int):
+                message = f"{data['images'][loc[1]][:80]!r}: {message}"
+            problems.append((column, message))
+    bad_category = any(column == "category" for column, _ in problems)
+    if category and not bad_category and category not in known_categories:
+        problems.append(("category", f"unknown category {category}"))
+    return (None, problems) if problems else (product, [])
+
+
+def _by_column(problems: Sequence[_Problem], header: Sequence[str]) -> str:
+    """A row's problems in the order of the header's columns, each named by its column."""
+    order = {column: index for index, column in enumerate(header)}
+    ranked = sorted(problems, key=lambda p: order.get(p[0], len(order)))
+    return "; ".join(f"{column}: {message}" for column, message in ranked)
 
 
 def _slug_of(product: ImportProduct) -> str:
     return product.slug or domain.slugify(product.name)
 
 
-def _read_csv(stream: IO[bytes], tally: _Tally) -> Iterator[_Record]:
+def _read_csv(stream: IO[bytes], tally: _Tally, known_categories: set[str]) -> Iterator[_Record]:
     text = io.TextIOWrapper(stream, encoding="utf-8-sig", newline="")
     reader = csv.DictReader(text)
     try:
@@ -342,39 +418,95 @@ def _read_csv(stream: IO[bytes], tally: _Tally) -> Iterator[_Record]:
         # Cells an export escaped against spreadsheet formulas come back as they were.
         row = {k: unescape_cell(v) if isinstance(v, str) else v for k, v in row.items()}
         slug_hint = (row.get("slug") or "").strip() or domain.slugify(row.get("name") or "")
-        if current is None or current.slug != slug_hint:
+        sku = (row.get("sku") or "").strip()
+        problems: list[_Problem] = []
+        product: ImportProduct | None = None
+        starts_product = current is None or current.slug != slug_hint
+        if starts_product:
             if current is not None:
                 yield current
             current = None
-            try:
-                product = _csv_product(row)
-            except ValidationError as exc:
-                tally.refuse(line, _describe(exc), slug=slug_hint or None)
-                continue
+            # This row supplies the product's fields; its cells are checked with the variant's.
+            product, found = _csv_product(row, known_categories)
+            problems += found
+        variant: ImportVariant | None = None
+        if sku:
+            variant, found = _csv_variant(row, price_columns)
+            problems += found
+        if problems:
+            # A refused row changes nothing: when it was to supply the product's fields, the
+            # next row of the same product (if any) supplies them instead, and a product none
+            # of whose rows is accepted is not written at all.
+            tally.refuse(
+                line, _by_column(problems, header), sku=sku or None, slug=slug_hint or None
+            )
+            continue
+        if product is not None:
             current = _Record(product, _slug_of(product), [], [])
-        if not (row.get("sku") or "").strip():
-            current.lines.append(line)
-            continue
-        try:
-            variant = _csv_variant(row, price_columns)
-        except (ValidationError, ValueError) as exc:
-            reason = _describe(exc) if isinstance(exc, ValidationError) else str(exc)
-            tally.refuse(line, reason, sku=row.get("sku"), slug=current.slug)
-            if not current.lines:
-                # The product's fields came from this refused row: the next row of the same
-                # product (if any) supplies them instead, and a product none of whose rows is
-                # accepted is not written at all.
-                current = None
-            continue
+        assert current is not None  # a row either starts a product or continues the current one
         current.lines.append(line)
-        current.product.variants.append(variant)
-        current.variant_lines.append(line)
+        if variant is not None:
+            current.product.variants.append(variant)
+            current.variant_lines.append(line)
     if current is not None:
         yield current
     text.detach()
 
 
-def _read_jsonl(stream: IO[bytes], tally: _Tally) -> Iterator[_Record]:
+def _jsonl_problems(
+    data: Any, known_categories: set[str]
+) -> tuple[ImportProduct | None, list[tuple[tuple[Any, ...], str]]]:
+    """A JSON line's product, or every problem of it, each with its field path."""
+    problems: list[tuple[tuple[Any, ...], str]] = []
+    product: ImportProduct | None = None
+    try:
+        product = ImportProduct.model_validate(data)
+    except ValidationError as exc:
+        problems += _problems(exc)
+    if not isinstance(data, dict):
+        return None, problems
+    category = data.get("category")
+    if (
+        isinstance(category, str)
+        and category
+        and category not in known_categories
+        and not any(loc[:1] == ("category",) for loc, _ in problems)
+    ):
+        problems.append((("category",), f"unknown category {category}"))
+    raw_variants = data.get("variants")
+    seen: set[str] = set()
+    for index, raw in enumerate(raw_variants if isinstance(raw_variants, list) else []):
+        sku = raw.get("sku") if isinstance(raw, dict) else None
+        if isinstance(sku, str) and sku in seen:
+            problems.append(
+                (("variants", index, "sku"), f"SKU {sku} appears twice in this product")
+            )
+        elif isinstance(sku, str):
+            seen.add(sku)
+    return (None, problems) if problems else (product, [])
+
+
+def _jsonl_names(data: Any, problems: Sequence[tuple[tuple[Any, ...], str]]) -> dict[str, Any]:
+    """The slug and SKU a refused JSON line names, for its report entry (None when absent)."""
+    if not isinstance(data, dict):
+        return {"slug": None, "sku": None}
+    slug = data.get("slug") if isinstance(data.get("slug"), str) else None
+    name = data.get("name")
+    if not slug and isinstance(name, str) and name.strip():
+        slug = domain.slugify(name)
+    sku = None
+    raw_variants = data.get("variants")
+    for loc, _ in problems:
+        if len(loc) > 1 and loc[0] == "variants" and isinstance(loc[1], int):
+            if isinstance(raw_variants, list) and loc[1] < len(raw_variants):
+                raw = raw_variants[loc[1]]
+                found = raw.get("sku") if isinstance(raw, dict) else None
+                sku = found if isinstance(found, str) and found else None
+            break
+    return {"slug": slug or None, "sku": sku}
+
+
+def _read_jsonl(stream: IO[bytes], tally: _Tally, known_categories: set[str]) -> Iterator[_Record]:
     decoder = codecs.getincrementaldecoder("utf-8")("strict")
     for number, raw in enumerate(stream, start=1):
         try:
@@ -389,22 +521,26 @@ def _read_jsonl(stream: IO[bytes], tally: _Tally) -> Iterator[_Record]:
         tally.rows_read += 1
         try:
             data = json.loads(line)
-            product = ImportProduct.model_validate(data)
         except json.JSONDecodeError as exc:
             tally.refuse(number, f"not JSON: {exc.msg}")
             continue
-        except ValidationError as exc:
-            tally.refuse(number, _describe(exc))
-            continue
-        skus = [v.sku for v in product.variants]
-        if len(set(skus)) != len(skus):
-            tally.refuse(number, "a SKU appears twice in this product")
+        product, problems = _jsonl_problems(data, known_categories)
+        if product is None:
+            reason = "; ".join(
+                f"{'.'.join(str(p) for p in loc)}: {message}" if loc else message
+                for loc, message in problems
+            )
+            tally.refuse(number, reason, **_jsonl_names(data, problems))
             continue
         yield _Record(product, _slug_of(product), [number], [number] * len(product.variants))
 
 
-def _records(stream: IO[bytes], format: TransferFormat, tally: _Tally) -> Iterator[_Record]:
-    return _read_csv(stream, tally) if format == "csv" else _read_jsonl(stream, tally)
+def _records(
+    stream: IO[bytes], format: TransferFormat, tally: _Tally, known_categories: set[str]
+) -> Iterator[_Record]:
+    if format == "csv":
+        return _read_csv(stream, tally, known_categories)
+    return _read_jsonl(stream, tally, known_categories)
 
 
 # --- validation and writing ---------------------------------------------------------------------
@@ -786,6 +922,10 @@ async def import_file(
 ) -> ImportReport:
     """Import products from a file; the report is exact (see the module docstring)."""
     size = max(1, ctx.settings.catalog_import_batch_size)
+    # Read once up front so each row's report can name an unknown category with its other faults
+    # (an import creates no categories; the write still checks them against the database).
+    async with ctx.db.read() as session:
+        known_categories = set((await session.scalars(select(categories.c.slug))).all())
 
     def _progress(stream: IO[bytes]) -> None:
         if on_progress is not None:
@@ -805,7 +945,8 @@ async def import_file(
                         _progress(stream)
 
                     await _each_batch(
-                        _batches(_records(stream, format, tally), importer, size), _apply_in_one
+                        _batches(_records(stream, format, tally, known_categories), importer, size),
+                        _apply_in_one,
                     )
                     if tally.skipped_lines:
                         raise _AbortImport
@@ -823,7 +964,9 @@ async def import_file(
                 await importer.apply(session, batch)
             _progress(stream)
 
-        await _each_batch(_batches(_records(stream, format, tally), importer, size), _apply_each)
+        await _each_batch(
+            _batches(_records(stream, format, tally, known_categories), importer, size), _apply_each
+        )
     await service.invalidate(ctx)
     return tally.report(mode, format, applied=True)
 
