@@ -20,6 +20,7 @@ from tests.integration.test_catalog_support import (
     catalog_fixture,  # noqa: F401 - a fixture
     catalog_runtime,
     catalog_service,
+    ctx_of,
     make_product,
     settings_fixture,  # noqa: F401 - a fixture
     shop_app_fixture,  # noqa: F401 - a fixture
@@ -197,3 +198,48 @@ async def test_staff_manage_price_lists_over_http(
         f"{API}/price-lists", json={"code": "wholesale", "name": "Again"}, headers=staff
     )
     assert duplicate.status_code == 409
+
+
+async def test_staff_delete_a_price_list_and_its_customers_pay_regular_prices(
+    shop_app: FastAPI, shop: httpx.AsyncClient
+) -> None:
+    staff = await sign_in_demo(shop_app, shop, "staff")
+    customer = await sign_in_demo(shop_app, shop, "customer")
+    catalog = ctx_of(shop_app)
+    await make_product(catalog, "Desk Lamp", skus={"LAMP-1": 4990})
+    created = await shop.post(
+        f"{API}/price-lists", json={"code": "wholesale", "name": "Wholesale"}, headers=staff
+    )
+    list_id = created.json()["id"]
+    await shop.put(
+        f"{API}/price-lists/{list_id}/prices",
+        json={"prices": [{"sku": "LAMP-1", "currency": "EUR", "amount": 3900}]},
+        headers=staff,
+    )
+    await shop.put(
+        f"{API}/price-lists/{list_id}/customers",
+        json={"customer_ids": ["buyer-1"]},
+        headers=staff,
+    )
+
+    forbidden = await shop.delete(f"{API}/price-lists/{list_id}", headers=customer)
+    deleted = await shop.delete(f"{API}/price-lists/{list_id}", headers=staff)
+    again = await shop.delete(f"{API}/price-lists/{list_id}", headers=staff)
+
+    assert forbidden.status_code == 403
+    assert deleted.status_code == 204, deleted.text
+    assert again.status_code == 404
+    assert again.headers["content-type"].startswith("application/problem+json")
+    assert (await shop.get(f"{API}/price-lists/{list_id}", headers=staff)).status_code == 404
+    assert (await shop.get(f"{API}/price-lists", headers=staff)).json() == []
+    quote = await InProcessCatalogClient(catalog).quote(
+        ["LAMP-1"], currency="EUR", customer_id="buyer-1"
+    )
+    assert quote["LAMP-1"].unit_price == 4990
+    recreated = await shop.post(
+        f"{API}/price-lists", json={"code": "wholesale", "name": "Wholesale"}, headers=staff
+    )
+    assert recreated.status_code == 201
+    assert (
+        await shop.get(f"{API}/price-lists/{recreated.json()['id']}/customers", headers=staff)
+    ).json() == {"customer_ids": []}

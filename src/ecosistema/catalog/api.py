@@ -517,6 +517,17 @@ async def update_price_list(
     return await service.update_price_list(ctx, price_list_id, body)
 
 
+@router.delete(
+    "/price-lists/{price_list_id}",
+    status_code=status.HTTP_204_NO_CONTENT,
+    summary="Remove a price list, its prices and its customer assignments (staff)",
+    responses=_errors(401, 403, 404),
+)
+async def delete_price_list(price_list_id: str, ctx: Context, _staff: CatalogWriter) -> Response:
+    await service.delete_price_list(ctx, price_list_id)
+    return Response(status_code=status.HTTP_204_NO_CONTENT)
+
+
 @router.get(
     "/price-lists/{price_list_id}/prices",
     response_model=list[PriceListPrice],

@@ -654,6 +654,16 @@ async def update_price_list(
         return await _price_list_view(session, price_list_id)
 
 
+async def delete_price_list(ctx: ServiceContext, price_list_id: str) -> None:
+    """Remove a price list with its prices and customer assignments: those customers pay
+    regular prices (or another list's) from then on."""
+    async with ctx.db.transaction() as session:
+        await _price_list_view(session, price_list_id)
+        for table in (price_list_customers, price_list_prices):
+            await session.execute(delete(table).where(table.c.price_list_id == price_list_id))
+        await session.execute(delete(price_lists).where(price_lists.c.id == price_list_id))
+
+
 async def set_price_list_prices(
     ctx: ServiceContext, price_list_id: str, entries: Sequence[PriceListPrice]
 ) -> list[PriceListPrice]:
