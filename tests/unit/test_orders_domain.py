@@ -457,3 +457,37 @@ def test_allowed_actions_offer_fulfilling_and_returns_only_while_units_are_left_
         "refund_partially",
         "refund",
     ]
+
+
+# --- refunds ------------------------------------------------------------------------------------
+
+
+def test_a_refund_by_lines_refunds_the_named_units_up_to_what_is_left() -> None:
+    lines = [LineProgress("a", 2, refunded=1), LineProgress("b", 1)]
+    gained = domain.refunded_units(lines, {"a": 5, "b": 1, "zz": 3}, settles_the_order=False)
+    assert gained == {"a": 1, "b": 1}
+
+
+def test_a_refund_of_the_rest_refunds_every_unit_no_earlier_refund_took() -> None:
+    lines = [LineProgress("a", 2, refunded=1), LineProgress("b", 1), LineProgress("c", 3, 3, 0, 3)]
+    assert domain.refunded_units(lines, {}, settles_the_order=True) == {"a": 1, "b": 1}
+
+
+def test_a_refund_of_an_amount_that_leaves_money_to_refund_touches_no_line() -> None:
+    lines = [LineProgress("a", 2), LineProgress("b", 1)]
+    assert domain.refunded_units(lines, {}, settles_the_order=False) == {}
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    quantities=st.lists(st.tuples(st.integers(1, 20), st.integers(0, 20)), min_size=1, max_size=5)
+)
+def test_after_a_refund_of_the_rest_every_line_is_wholly_refunded(
+    quantities: list[tuple[int, int]],
+) -> None:
+    lines = [
+        LineProgress(f"l{i}", quantity, refunded=min(refunded, quantity))
+        for i, (quantity, refunded) in enumerate(quantities)
+    ]
+    gained = domain.refunded_units(lines, {}, settles_the_order=True)
+    assert all(line.refunded + gained.get(line.line_id, 0) == line.quantity for line in lines)

@@ -450,6 +450,28 @@ def check_return(lines: Sequence[LineProgress], returning: Mapping[str, int]) ->
             )
 
 
+def refunded_units(
+    lines: Sequence[LineProgress], named: Mapping[str, int], *, settles_the_order: bool
+) -> dict[str, int]:
+    """The units each line gains as refunded by one refund (line id -> units, none at 0).
+
+    A refund naming lines refunds those units, each capped at what the line has left to
+    refund; lines the order does not have are ignored. A refund naming no lines that settles
+    the order (nothing left to refund: "the rest") refunds every unit left, which are the units
+    payments puts back in stock when it restocks the rest, so the lines agree with the stock.
+    A refund of an amount that leaves money to refund touches no line."""
+    by_id = {line.line_id: line for line in lines}
+    gained: dict[str, int] = {}
+    if named:
+        for line_id, quantity in named.items():
+            line = by_id.get(line_id)
+            if line is not None:
+                gained[line_id] = max(0, min(quantity, line.quantity - line.refunded))
+    elif settles_the_order:
+        gained = {line.line_id: max(0, line.quantity - line.refunded) for line in lines}
+    return {line_id: units for line_id, units in gained.items() if units}
+
+
 def _line_error(field_name: str, message: str) -> Unprocessable:
     return Unprocessable(
         message, errors=[{"field": field_name, "message": message, "code": "invalid"}]

@@ -2367,20 +2367,19 @@ async def record_payment_refunded(
             details=details,
         )
         return
-    lines = {line["id"]: line for line in await _line_rows(session, order["id"])}
+    named: dict[str, int] = {}
     for item in payload.get("lines") or []:
-        line = lines.get(str(item.get("line_id")))
-        if line is None:
-            continue
-        quantity = max(
-            0, min(int(item.get("quantity") or 0), line["quantity"] - line["refunded_quantity"])
+        line_id = str(item.get("line_id"))
+        named[line_id] = named.get(line_id, 0) + int(item.get("quantity") or 0)
+    gained = domain.refunded_units(
+        _progress(await _line_rows(session, order["id"])), named, settles_the_order=fully
+    )
+    for line_id, quantity in gained.items():
+        await session.execute(
+            update(order_lines)
+            .where(order_lines.c.id == line_id)
+            .values(refunded_quantity=order_lines.c.refunded_quantity + quantity)
         )
-        if quantity:
-            await session.execute(
-                update(order_lines)
-                .where(order_lines.c.id == line["id"])
-                .values(refunded_quantity=order_lines.c.refunded_quantity + quantity)
-            )
     await _transition(
         session,
         order,
