@@ -81,7 +81,7 @@ async def test_refunding_the_rest_with_restock_records_the_restocked_units_on_th
         return body
 
     async def status_is(status: str) -> bool:
-        return (await order_now())["status"] == status
+        return bool((await order_now())["status"] == status)
 
     await eventually(lambda: status_is("paid"), what="the order to become paid")
     sold = {sku: await available(client, admin, sku) for sku in ("RR-TEE", "RR-MUG")}
