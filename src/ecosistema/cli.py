@@ -36,6 +36,9 @@ app.add_typer(keys_app, name="keys")
 
 console = Console()
 err_console = Console(stderr=True)
+# How long a command relays the events it caused before it exits; what is left waits in the
+# outboxes for the platform's relay.
+RELAY_AT_EXIT_SECONDS = 10.0
 
 HostOpt = Annotated[str, typer.Option("--host", help="Interface to listen on.")]
 PortOpt = Annotated[int, typer.Option("--port", help="TCP port to listen on.")]
@@ -76,7 +79,15 @@ def _with_runtime(
         try:
             result = await work(runtime)
             if names is None:
-                await runtime.drain_outboxes()
+                try:
+                    await runtime.drain_outboxes(RELAY_AT_EXIT_SECONDS)
+                except TimeoutError:
+                    # A backlog (a large import, say) is no reason to fail: the events are kept
+                    # in the outboxes, and the platform's relay sends them once it runs.
+                    err_console.print(
+                        "[yellow]note:[/] events are still waiting to be relayed; "
+                        "the platform sends them once it is running."
+                    )
             return result
         finally:
             await runtime.stop()

@@ -185,6 +185,33 @@ def test_up_with_demo_seeds_every_service_that_has_demo_data(
     assert again["identity"] == seeded["identity"]
 
 
+def test_a_backlog_of_events_left_after_a_command_waits_in_the_outbox_instead_of_failing(
+    default_model_cache: DefaultModelCache,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    import sqlite3
+
+    from ecosistema.cli import _seed_demo
+
+    def pending() -> int:
+        catalog = Path(get_settings().data_dir) / "catalog.db"
+        with sqlite3.connect(catalog) as conn:
+            query = "SELECT count(*) FROM outbox WHERE published_at IS NULL"
+            return int(conn.execute(query).fetchone()[0])
+
+    default_model_cache.seed(get_settings())
+    # The demo's thousands of events cannot be relayed in no time at all: as with a big import.
+    monkeypatch.setattr("ecosistema.cli.RELAY_AT_EXIT_SECONDS", 0.0)
+    seeded = _seed_demo(get_settings())
+    assert "catalog" in seeded
+    assert "still waiting to be relayed" in capsys.readouterr().err
+    assert pending() > 0
+    monkeypatch.undo()
+    _seed_demo(get_settings())  # the next run with time to spare relays them
+    assert pending() == 0
+
+
 @pytest.mark.parametrize("email", ["bad", "root@", "two@@example.com"])
 def test_create_admin_refuses_an_email_registration_would_refuse(email: str) -> None:
     result = runner.invoke(
