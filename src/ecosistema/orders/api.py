@@ -85,8 +85,10 @@ router = APIRouter(tags=["orders"])
     responses={200: {"model": Cart, "description": "The customer's active cart"}, **_errors(422)},
 )
 async def create_cart(
-    data: CartCreate, ctx: Context, principal: OptionalPrincipal, response: Response
+    ctx: Context, principal: OptionalPrincipal, response: Response, data: CartCreate | None = None
 ) -> Cart:
+    # Every field has a default, so no body at all is an empty one (malformed JSON is not).
+    data = data if data is not None else CartCreate()
     cart, created = await service.create_cart(ctx, principal=principal, data=data)
     if not created:
         response.status_code = status.HTTP_200_OK
