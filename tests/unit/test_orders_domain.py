@@ -416,18 +416,36 @@ def test_fulfilling_every_open_unit_completes_the_order() -> None:
     assert domain.fulfilment_action(LINES, {"l1": 1}) is OrderAction.FULFIL_PARTIALLY
 
 
-@pytest.mark.parametrize("shipping", [{}, {"l1": 3}, {"l2": 1}, {"l3": 1}, {"nope": 1}, {"l1": 0}])
-def test_a_fulfilment_beyond_what_is_open_is_a_422(shipping: dict[str, int]) -> None:
-    with pytest.raises(Unprocessable):
+@pytest.mark.parametrize(
+    ("shipping", "field"),
+    [
+        ({}, "lines"),
+        ({"l1": 3}, "lines.0.quantity"),
+        ({"l1": 1, "l2": 1}, "lines.1.quantity"),
+        ({"l3": 1}, "lines.0.quantity"),
+        ({"l1": 1, "nope": 1}, "lines.1.line_id"),
+        ({"l1": 0}, "lines.0.quantity"),
+    ],
+)
+def test_a_fulfilment_beyond_what_is_open_is_a_422_on_the_line_at_fault(
+    shipping: dict[str, int], field: str
+) -> None:
+    with pytest.raises(Unprocessable) as caught:
         domain.fulfilment_action(LINES, shipping)
+    assert [e["field"] for e in caught.value.extra["errors"]] == [field]
 
 
 def test_only_fulfilled_units_not_yet_returned_can_come_back() -> None:
     domain.check_return(LINES, {"l2": 1})
-    with pytest.raises(Unprocessable):
-        domain.check_return(LINES, {"l1": 1})
-    with pytest.raises(Unprocessable):
+    with pytest.raises(Unprocessable) as caught:
+        domain.check_return(LINES, {"l2": 1, "l1": 1})
+    assert [e["field"] for e in caught.value.extra["errors"]] == ["lines.1.quantity"]
+    with pytest.raises(Unprocessable) as caught:
         domain.check_return([LineProgress("l", 2, fulfilled=2, returned=2)], {"l": 1})
+    assert [e["field"] for e in caught.value.extra["errors"]] == ["lines.0.quantity"]
+    with pytest.raises(Unprocessable) as caught:
+        domain.check_return(LINES, {"nope": 1})
+    assert [e["field"] for e in caught.value.extra["errors"]] == ["lines.0.line_id"]
 
 
 def test_allowed_actions_offer_fulfilling_and_returns_only_while_units_are_left_for_them() -> None:

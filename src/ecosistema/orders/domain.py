@@ -412,19 +412,20 @@ class LineProgress:
 
 
 def fulfilment_action(lines: Sequence[LineProgress], shipping: Mapping[str, int]) -> OrderAction:
-    """Check a fulfilment of ``shipping`` (line id -> quantity) and say whether it completes the
-    order (``FULFIL``) or not (``FULFIL_PARTIALLY``). Refunded units need no fulfilment."""
+    """Check a fulfilment of ``shipping`` (line id -> quantity, in the request's order, so a
+    problem names ``lines.N.quantity``) and say whether it completes the order (``FULFIL``) or
+    not (``FULFIL_PARTIALLY``). Refunded units need no fulfilment."""
     by_id = {line.line_id: line for line in lines}
     if not shipping:
         raise _line_error("lines", "A fulfilment needs at least one line.")
-    for line_id, quantity in shipping.items():
+    for index, (line_id, quantity) in enumerate(shipping.items()):
         line = by_id.get(line_id)
         if line is None:
-            raise _line_error("lines", f"The order has no line {line_id!r}.")
+            raise _line_error(f"lines.{index}.line_id", f"The order has no line {line_id!r}.")
         open_quantity = line.quantity - line.fulfilled - line.refunded
         if quantity <= 0 or quantity > open_quantity:
             raise _line_error(
-                "lines",
+                f"lines.{index}.quantity",
                 f"Line {line_id!r} has {max(open_quantity, 0)} unit(s) left to fulfil.",
             )
     complete = all(
@@ -435,18 +436,20 @@ def fulfilment_action(lines: Sequence[LineProgress], shipping: Mapping[str, int]
 
 
 def check_return(lines: Sequence[LineProgress], returning: Mapping[str, int]) -> None:
-    """A return may only bring back units that were fulfilled and not yet returned."""
+    """A return may only bring back units that were fulfilled and not yet returned; a problem
+    names the line as the request gave it (``lines.N.quantity``)."""
     by_id = {line.line_id: line for line in lines}
     if not returning:
         raise _line_error("lines", "A return needs at least one line.")
-    for line_id, quantity in returning.items():
+    for index, (line_id, quantity) in enumerate(returning.items()):
         line = by_id.get(line_id)
         if line is None:
-            raise _line_error("lines", f"The order has no line {line_id!r}.")
+            raise _line_error(f"lines.{index}.line_id", f"The order has no line {line_id!r}.")
         returnable = line.fulfilled - line.returned
         if quantity <= 0 or quantity > returnable:
             raise _line_error(
-                "lines", f"Line {line_id!r} has {max(returnable, 0)} unit(s) that can be returned."
+                f"lines.{index}.quantity",
+                f"Line {line_id!r} has {max(returnable, 0)} unit(s) that can be returned.",
             )
 
 
