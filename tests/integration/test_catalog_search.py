@@ -184,3 +184,12 @@ async def test_newest_sort_is_the_default_without_words(catalog: ServiceContext)
         await add(catalog, name)
 
     assert names(await search(catalog)) == ["Third", "Second", "First"]
+
+
+async def test_option_values_match_whatever_their_case(catalog: ServiceContext) -> None:
+    await add(catalog, "Red Tee", options={"colour": "Red", "size": "M"})
+    await add(catalog, "Blue Tee", options={"colour": "blue", "size": "L"})
+
+    assert names(await search(catalog, options=(("size", "m"),))) == ["Red Tee"]
+    assert names(await search(catalog, options=(("colour", "RED"), ("size", "M")))) == ["Red Tee"]
+    assert names(await search(catalog, options=(("colour", "Blue"),))) == ["Blue Tee"]

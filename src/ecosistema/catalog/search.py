@@ -300,10 +300,13 @@ def _statement(shape: _Shape) -> Any:
             exists(
                 select(variants.c.id).where(
                     variants.c.product_id == p.c.id,
-                    variants.c.options[
-                        bindparam(f"option_name_{n}", type_=JSON.JSONStrIndexType())
-                    ].as_string()
-                    == bindparam(f"option_value_{n}"),
+                    # Values match whatever their case (size:m finds M); names exactly.
+                    func.lower(
+                        variants.c.options[
+                            bindparam(f"option_name_{n}", type_=JSON.JSONStrIndexType())
+                        ].as_string()
+                    )
+                    == func.lower(bindparam(f"option_value_{n}")),
                 )
             )
         )
