@@ -285,3 +285,54 @@ async def test_routes_declared_before_the_product_route_keep_their_paths(
     response = await shop.get(f"{API}/products/export")
     assert response.status_code == 401
     assert response.json()["type"].endswith("/unauthorized")
+
+
+async def test_blank_names_and_control_characters_are_refused_on_the_field(
+    shop_app: FastAPI, shop: httpx.AsyncClient
+) -> None:
+    staff = await sign_in_demo(shop_app, shop, "staff")
+    cases = [
+        ("products", {**TEE, "name": "  "}, "name"),
+        ("products", {**TEE, "name": "Tee\u0000"}, "name"),
+        ("products", {**TEE, "name": "Two\nlines"}, "name"),
+        ("products", {**TEE, "description": "nul \u0000 here"}, "description"),
+        ("products", {**TEE, "variants": [variant("V-1", 1, name=" ")]}, "variants.0.name"),
+        ("products", {**TEE, "variants": [variant("V-1", 1, options={"size": "\u0000"})]},
+         "variants.0.options.size"),
+        ("categories", {"name": "\t "}, "name"),
+        ("warehouses", {"code": "main", "name": " "}, "name"),
+        ("price-lists", {"code": "vip", "name": "V\u0000IP"}, "name"),
+    ]  # fmt: skip
+    for path, body, field in cases:
+        response = await shop.post(f"{API}/{path}", json=body, headers=staff)
+        assert response.status_code == 422, (body, response.text)
+        assert response.headers["content-type"] == "application/problem+json"
+        assert [e["field"] for e in response.json()["errors"]] == [field], body
+    listed = await shop.get(f"{API}/products", headers=staff)
+    assert listed.json()["items"] == []
+
+
+async def test_names_in_any_script_get_slugs_of_their_own_for_products_and_categories(
+    shop_app: FastAPI, shop: httpx.AsyncClient
+) -> None:
+    staff = await sign_in_demo(shop_app, shop, "staff")
+
+    tea = await created(shop, staff, {**TEE, "name": "Чай зелёный", "variants": []})
+    tower = await created(shop, staff, {**TEE, "name": "東京タワー", "variants": []})
+    again = await created(shop, staff, {**TEE, "name": "Чай  зелёный!", "variants": []})
+    given = await created(shop, staff, {**TEE, "slug": "чай-чёрный", "variants": []})
+    category = await shop.post(f"{API}/categories", json={"name": "Чай"}, headers=staff)
+    upper = await shop.post(f"{API}/products", json={**TEE, "slug": "Чай"}, headers=staff)
+
+    assert [p["slug"] for p in (tea, tower, again, given)] == [
+        "чай-зелёный",
+        "東京タワー",
+        "чай-зелёный-2",
+        "чай-чёрный",
+    ]
+    assert category.status_code == 201, category.text
+    assert category.json()["slug"] == "чай"
+    assert upper.status_code == 422
+    assert [e["field"] for e in upper.json()["errors"]] == ["slug"]
+    read = await shop.get(f"{API}/products/{tea['id']}")
+    assert read.json()["slug"] == "чай-зелёный"

@@ -6,7 +6,7 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 
 import pytest
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from ecosistema.catalog import domain
@@ -25,12 +25,24 @@ HOUR = timedelta(hours=1)
         ("Chef's Knife 20cm", "chef-s-knife-20cm"),
         ("Ünïcödé — Dash", "unicode-dash"),
         ("!!!", ""),
+        ("Чай зелёный", "чай-зелёный"),
+        ("東京 タワー", "東京-タワー"),
+        ("Ελληνικό Μέλι", "ελληνικό-μέλι"),
+        ("हिन्दी किताब", "हिन्दी-किताब"),
+        ("Straße 5", "straße-5"),
     ],
 )
-def test_slug_is_ascii_words_joined_by_hyphens(name: str, slug: str) -> None:
+def test_slug_is_the_names_words_in_lower_case_joined_by_hyphens(name: str, slug: str) -> None:
     assert domain.slugify(name) == slug
+    assert slug == "" or domain.is_slug(slug)
 
 
+@pytest.mark.parametrize("value", ["Tee", "tee--x", "-tee", "café", "Чай", "a b", ""])
+def test_a_slug_is_what_slugify_leaves_unchanged(value: str) -> None:
+    assert not domain.is_slug(value)
+
+
+@settings(max_examples=2_000)
 @given(st.text(max_size=300))
 def test_slugify_always_gives_a_valid_slug_or_nothing(name: str) -> None:
     slug = domain.slugify(name)

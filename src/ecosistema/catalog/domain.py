@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import re
 import unicodedata
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -13,9 +12,8 @@ from typing import Any
 from ecosistema.platform.errors import ProblemError
 
 SLUG_MAX_LENGTH = 120
-_NON_SLUG = re.compile(r"[^a-z0-9]+")
-SLUG_PATTERN = r"^[a-z0-9]+(?:-[a-z0-9]+)*$"
-_SLUG_RE = re.compile(SLUG_PATTERN)
+# Codes (warehouses, price lists) are ASCII; slugs (products, categories) may hold any letters.
+CODE_PATTERN = r"^[a-z0-9]+(?:-[a-z0-9]+)*$"
 SKU_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._\-/]{0,63}$"
 
 
@@ -63,18 +61,44 @@ class InsufficientStock(ProblemError):
         self.lines = [dict(line) for line in lines]
 
 
-def slugify(text: str) -> str:
-    """A URL slug from a name: ASCII letters and digits joined by single hyphens."""
-    folded = unicodedata.normalize("NFKD", text).encode("ascii", "ignore").decode("ascii")
-    slug = _NON_SLUG.sub("-", folded.lower()).strip("-")
+def _slug_words(text: str) -> str:
+    out: list[str] = []
+    for char in unicodedata.normalize("NFC", text):
+        # Latin letters lose their accents (Crème -> creme); letters and digits with no ASCII
+        # form (Cyrillic, Greek, CJK, ...) are kept as they are, lower-cased, and so are the
+        # combining marks that belong to them (Devanagari vowel signs).
+        ascii_form = unicodedata.normalize("NFKD", char).encode("ascii", "ignore").decode()
+        ascii_form = "".join(c for c in ascii_form if c.isalnum())
+        if ascii_form:
+            out.append(ascii_form.lower())
+        elif char.isalnum():
+            out.append(char.lower())
+        elif unicodedata.category(char).startswith("M") and out and out[-1] != "-":
+            out.append(char)
+        else:
+            out.append("-")
+    slug = "-".join(part for part in "".join(out).split("-") if part)
     if len(slug) > SLUG_MAX_LENGTH:
         slug = slug[:SLUG_MAX_LENGTH].rstrip("-")
     return slug
 
 
+def slugify(text: str) -> str:
+    """A URL slug from a name: its words, lower case, joined by single hyphens. Latin letters
+    lose their accents; other scripts keep their letters (``Чай зелёный`` -> ``чай-зелёный``),
+    so a name in any script gets a slug of its own."""
+    slug = _slug_words(text)
+    for _ in range(3):  # lower-casing can, rarely, expose a letter with an ASCII form
+        again = _slug_words(slug)
+        if again == slug:
+            break
+        slug = again
+    return slug
+
+
 def is_slug(value: str) -> bool:
-    """Whether ``value`` is already a well-formed slug."""
-    return len(value) <= SLUG_MAX_LENGTH and bool(_SLUG_RE.match(value))
+    """Whether ``value`` is already a well-formed slug (``slugify`` leaves it as it is)."""
+    return 0 < len(value) <= SLUG_MAX_LENGTH and slugify(value) == value
 
 
 def unique_slug(base: str, taken: Iterable[str]) -> str:

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import unicodedata
 from datetime import datetime
 from typing import Annotated, Any, Literal
 
 from pydantic import (
+    AfterValidator,
     BaseModel,
     ConfigDict,
     Field,
@@ -13,19 +15,53 @@ from pydantic import (
     field_validator,
 )
 
-from ecosistema.catalog.domain import SKU_PATTERN, SLUG_PATTERN, ProductStatus
+from ecosistema.catalog.domain import CODE_PATTERN, SKU_PATTERN, ProductStatus, is_slug
 from ecosistema.platform.money import iso_currency
 from ecosistema.platform.timestamps import Timestamp
 
-Slug = Annotated[str, Field(min_length=1, max_length=120, pattern=SLUG_PATTERN)]
+
+def _slug(value: str) -> str:
+    if not is_slug(value):
+        raise ValueError(
+            "must be a slug: lower-case letters and digits joined by single hyphens, "
+            "e.g. winter-boots or зимние-ботинки"
+        )
+    return value
+
+
+Slug = Annotated[str, Field(min_length=1, max_length=120), AfterValidator(_slug)]
+Code = Annotated[str, Field(min_length=1, max_length=120, pattern=CODE_PATTERN)]
 Sku = Annotated[str, Field(min_length=1, max_length=64, pattern=SKU_PATTERN)]
 Currency = Annotated[str, Field(min_length=3, max_length=3, examples=["EUR"])]
 Amount = Annotated[int, Field(strict=True, ge=0, le=10**12, description="Minor units.")]
 ImageUrl = Annotated[str, Field(max_length=2000, pattern=r"^https?://[^\s]+$")]
-OptionName = Annotated[str, Field(min_length=1, max_length=50)]
-OptionValue = Annotated[str, Field(min_length=1, max_length=100)]
-Name = Annotated[str, Field(min_length=1, max_length=300)]
-Description = Annotated[str, Field(max_length=20_000)]
+
+
+def _no_control_characters(value: str) -> str:
+    if any(unicodedata.category(c) == "Cc" for c in value):
+        raise ValueError("must not contain control characters (NUL, line breaks, tabs…)")
+    return value
+
+
+def _not_blank(value: str) -> str:
+    if not value.strip():
+        raise ValueError("must not be blank")
+    return value
+
+
+def _no_nul(value: str) -> str:
+    if "\x00" in value:
+        raise ValueError("must not contain NUL characters")
+    return value
+
+
+# A name is one line a person can read: not blank, no control characters.
+_Readable = (AfterValidator(_not_blank), AfterValidator(_no_control_characters))
+OptionName = Annotated[str, Field(min_length=1, max_length=50), *_Readable]
+OptionValue = Annotated[str, Field(min_length=1, max_length=100), *_Readable]
+Name = Annotated[str, Field(min_length=1, max_length=300), *_Readable]
+ShortName = Annotated[str, Field(min_length=1, max_length=200), *_Readable]
+Description = Annotated[str, Field(max_length=20_000), AfterValidator(_no_nul)]
 
 
 class _Input(BaseModel):
@@ -86,7 +122,7 @@ class SalePrice(BaseModel):
 class CategoryCreate(_Input):
     """A new category; its slug comes from the name when not given."""
 
-    name: Annotated[str, Field(min_length=1, max_length=200)]
+    name: ShortName
     slug: Slug | None = None
     parent_id: Annotated[str, Field(max_length=64)] | None = None
     description: Description = ""
@@ -95,7 +131,7 @@ class CategoryCreate(_Input):
 class CategoryUpdate(_Input):
     """Rename or re-describe a category (its slug and place in the tree stay)."""
 
-    name: Annotated[str, Field(min_length=1, max_length=200)] | None = None
+    name: ShortName | None = None
     description: Description | None = None
 
 
@@ -246,14 +282,14 @@ SearchSort = Literal["relevance", "price_asc", "price_desc", "newest"]
 class PriceListCreate(_Input):
     """A named set of prices for some customers (e.g. ``wholesale``)."""
 
-    code: Slug
-    name: Annotated[str, Field(min_length=1, max_length=200)]
+    code: Code
+    name: ShortName
 
 
 class PriceListUpdate(_Input):
     """Rename a price list."""
 
-    name: Annotated[str, Field(min_length=1, max_length=200)]
+    name: ShortName
 
 
 class PriceList(BaseModel):
@@ -363,8 +399,8 @@ class VariantQuote(BaseModel):
 class WarehouseCreate(_Input):
     """A place stock is kept; lower ``priority`` ships first."""
 
-    code: Slug
-    name: Annotated[str, Field(min_length=1, max_length=200)]
+    code: Code
+    name: ShortName
     priority: Annotated[int, Field(ge=0, le=10_000)] = 0
 
 
