@@ -495,3 +495,36 @@ async def test_a_count_is_recorded_as_an_adjustment_either_way_and_a_delivery_as
 
     recorded = [(m.on_hand_delta, m.reason) for m in (await movements(catalog, "A-1")).items]
     assert recorded[:4] == [(-1, "adjust"), (2, "receive"), (-2, "adjust"), (4, "adjust")]
+
+
+async def test_a_restock_sent_again_with_its_idempotency_key_is_replayed_not_applied_twice(
+    shop_app: FastAPI, shop: httpx.AsyncClient
+) -> None:
+    staff = await sign_in_demo(shop_app, shop, "staff")
+    ctx = ctx_of(shop_app)
+    await stocked(ctx, {"A-1": {"main": 10}})
+    client = InProcessCatalogClient(ctx)
+    await client.reserve("paid", [("A-1", 4)], 600)
+    await client.commit_reservation("paid")
+    body = {"order_id": "paid", "lines": [{"sku": "A-1", "quantity": 1}], "reason": "refund r1"}
+    keyed = {**staff, "Idempotency-Key": "refund-r1"}
+
+    first = await shop.post(f"{API}/restocks", json=body, headers=keyed)
+    again = await shop.post(f"{API}/restocks", json=body, headers=keyed)
+    remote = HttpCatalogClient(
+        "http://testserver",
+        credential=staff["Authorization"].removeprefix("Bearer "),
+        transport=httpx.ASGITransport(app=shop_app),
+    )
+    try:
+        await remote.restock("paid", [("A-1", 2)], "refund r2")
+        await remote.restock("paid", [("A-1", 2)], "refund r2")  # a retry: replayed
+    finally:
+        await remote.aclose()
+
+    assert (first.status_code, again.status_code) == (204, 204)
+    assert "Idempotent-Replayed" not in first.headers
+    assert again.headers["Idempotent-Replayed"] == "true"
+    assert await level(ctx, "A-1") == (9, 0, 9)
+    restocks = [m for m in (await movements(ctx, "A-1")).items if m.reason == "restock"]
+    assert [m.on_hand_delta for m in restocks] == [2, 1]

@@ -10,8 +10,9 @@ from ecosistema.catalog.api import router
 from ecosistema.catalog.client import InProcessCatalogClient
 from ecosistema.catalog.demo import seed_demo
 from ecosistema.catalog.events import SUBSCRIPTIONS
-from ecosistema.catalog.models import metadata, outbox
+from ecosistema.catalog.models import idempotency_keys, metadata, outbox
 from ecosistema.catalog.transfer import import_products_command
+from ecosistema.platform.idempotency import idempotency_purge_job
 from ecosistema.platform.service import Job, Service
 
 descriptor = Service(
@@ -27,6 +28,7 @@ descriptor = Service(
             lambda settings: settings.catalog_reservation_sweep_seconds,
             inventory.sweep_expired_reservations,
         ),
+        idempotency_purge_job(idempotency_keys),
     ),
     make_client=InProcessCatalogClient,
     seed_demo=seed_demo,

@@ -11,6 +11,7 @@ from fastapi.responses import StreamingResponse
 from pydantic_core import to_json
 
 from ecosistema.catalog import inventory, service, transfer
+from ecosistema.catalog.models import idempotency_keys
 from ecosistema.catalog.reads import etag_of
 from ecosistema.catalog.schemas import (
     Availability,
@@ -55,6 +56,7 @@ from ecosistema.platform.auth import (
 from ecosistema.platform.edge import FastRequest, FastResponse, serve_fast
 from ecosistema.platform.errors import NotFound, field_error
 from ecosistema.platform.errors import error_responses as _errors
+from ecosistema.platform.idempotency import REPLAYED_HEADER, IdempotencyKeyHeader, run_idempotent
 from ecosistema.platform.money import UnknownCurrency, iso_currency
 from ecosistema.platform.policy import ensure
 from ecosistema.platform.service import ServiceContext, context_of
@@ -711,10 +713,31 @@ async def release_reservation(
     summary="Units of an order come back on hand (a refund with restock)",
     responses=_errors(401, 403, 404, 409, 422),
 )
-async def restock(body: RestockRequest, ctx: Context, writer: InventoryWriter) -> Response:
+async def restock(
+    request: Request,
+    body: RestockRequest,
+    ctx: Context,
+    writer: InventoryWriter,
+    idempotency_key: IdempotencyKeyHeader = None,
+) -> Response:
     lines = [(line.sku, line.quantity) for line in body.lines]
-    await inventory.restock(ctx, body.order_id, lines, body.reason, actor=writer.subject)
-    return Response(status_code=status.HTTP_204_NO_CONTENT)
+
+    async def _restock() -> tuple[int, dict[str, Any]]:
+        await inventory.restock(ctx, body.order_id, lines, body.reason, actor=writer.subject)
+        return status.HTTP_204_NO_CONTENT, {}
+
+    result = await run_idempotent(
+        ctx,
+        idempotency_keys,
+        key=idempotency_key,
+        principal_id=writer.subject,
+        method=request.method,
+        path=request.url.path,
+        body=body.model_dump(mode="json"),
+        handler=_restock,
+    )
+    headers = {REPLAYED_HEADER: "true"} if result.replayed else {}
+    return Response(status_code=result.status, headers=headers)
 
 
 document_optional_credentials(router)

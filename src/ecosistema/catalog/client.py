@@ -8,6 +8,8 @@ the units the order took from stock and has not had restocked yet (beyond that, 
 
 from __future__ import annotations
 
+import hashlib
+import json
 from collections.abc import Sequence
 from datetime import datetime
 from typing import Protocol
@@ -22,8 +24,9 @@ from ecosistema.platform.errors import ProblemError
 from ecosistema.platform.http import RETRY_SAFE, service_client
 from ecosistema.platform.service import ServiceContext
 
-# Quotes only read, and reservations are idempotent per order id: a call lost with a catalog
-# instance may be sent again to another. Restocks are not (each refund restocks once).
+# Quotes only read, reservations are idempotent per order id, and a restock carries an
+# Idempotency-Key made of its content: a call lost with a catalog instance may be sent again
+# to another.
 _ONCE = {RETRY_SAFE: True}
 
 __all__ = [
@@ -169,7 +172,12 @@ class HttpCatalogClient:
             "lines": [{"sku": sku, "quantity": quantity} for sku, quantity in lines],
             "reason": reason,
         }
-        _raise_for_problem(await self._http.post("/restocks", json=body))
+        # The same restock sent again (a retry after a lost answer) replays the first answer.
+        key = "restock-" + hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()
+        response = await self._http.post(
+            "/restocks", json=body, headers={"Idempotency-Key": key}, extensions=_ONCE
+        )
+        _raise_for_problem(response)
 
     async def aclose(self) -> None:
         """Close the connection pool."""

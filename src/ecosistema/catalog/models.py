@@ -23,9 +23,12 @@ from sqlalchemy import (
 
 from ecosistema.platform.db import UTCDateTime, id_column_type, new_metadata
 from ecosistema.platform.events import Outbox
+from ecosistema.platform.idempotency import idempotency_table
 
 metadata = new_metadata()
 outbox = Outbox("catalog", metadata)
+# Keys of POST /restocks: a retried restock replays its first answer instead of adding twice.
+idempotency_keys = idempotency_table(metadata)
 
 categories = Table(
     "categories",
