@@ -11,6 +11,7 @@ from ecosistema.platform.service import ServiceContext
 from tests.integration.test_catalog_support import (
     catalog_fixture,  # noqa: F401 - a fixture
     make_category,
+    make_product,
     settings_fixture,  # noqa: F401 - a fixture
 )
 
@@ -102,3 +103,27 @@ async def test_a_json_line_lists_every_problem_by_its_path_with_its_sku_and_slug
     ]
     assert "unknown currency XYZ" in error.reason
     assert "SKU J-1 appears twice in this product" in error.reason
+
+
+async def test_sku_conflicts_are_all_named_by_column_or_path(
+    catalog: ServiceContext, tmp_path: Path
+) -> None:
+    await make_product(catalog, "Mug", skus={"MUG-1": 500, "MUG-2": 600})
+    line = {"name": "Cup", "variants": [{"sku": "MUG-1"}, {"sku": "CUP-1"}, {"sku": "MUG-2"}]}
+    jsonl = write(tmp_path, "a.jsonl", json.dumps(line) + "\n")
+    csv_source = HEADER + "tee,Tee,,,,,TEE-S,,,,,\nbag,Bag,,,,,TEE-S,,,,,\n"
+
+    from_jsonl = await import_file(catalog, jsonl, format="jsonl", mode="skip-invalid")
+    from_csv = await import_file(
+        catalog, write(tmp_path, "a.csv", csv_source), format="csv", mode="skip-invalid"
+    )
+
+    [error] = from_jsonl.errors
+    assert (error.sku, error.slug) == ("MUG-1", "cup")
+    assert error.reason == (
+        "variants.0.sku: SKU MUG-1 belongs to another product; "
+        "variants.2.sku: SKU MUG-2 belongs to another product"
+    )
+    [clash] = from_csv.errors
+    assert (clash.line, clash.sku, clash.slug) == (3, "TEE-S", "bag")
+    assert clash.reason == "sku: SKU TEE-S is already used by product tee (line 2)"

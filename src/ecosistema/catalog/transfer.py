@@ -159,6 +159,11 @@ class _Record:
     slug: str
     lines: list[int]
     variant_lines: list[int]
+    jsonl: bool = False
+
+    def sku_field(self, index: int) -> str:
+        """How the input names the SKU of its ``index``-th variant: a column or a path."""
+        return f"variants.{index}.sku" if self.jsonl else "sku"
 
 
 @dataclass
@@ -172,14 +177,23 @@ class _Tally:
     status_column: bool = True
     errors: list[RowError] = field(default_factory=list)
     skipped_lines: set[int] = field(default_factory=set)
+    error_at: dict[int, int] = field(default_factory=dict)
 
     def refuse(
         self, line: int, reason: str, *, sku: str | None = None, slug: str | None = None
     ) -> None:
+        """Record a problem of a line; a line refused already gets it added to its reason."""
         if line in self.skipped_lines:
+            at = self.error_at.get(line)
+            if at is not None and reason not in self.errors[at].reason.split("; "):
+                known = self.errors[at]
+                self.errors[at] = known.model_copy(
+                    update={"reason": f"{known.reason}; {reason}", "sku": known.sku or sku}
+                )
             return
         self.skipped_lines.add(line)
         if len(self.errors) < MAX_ERRORS_REPORTED:
+            self.error_at[line] = len(self.errors)
             self.errors.append(RowError(line=line, reason=reason, sku=sku, slug=slug))
 
     def report(self, mode: ImportMode, format: TransferFormat, applied: bool) -> ImportReport:
@@ -532,7 +546,9 @@ def _read_jsonl(stream: IO[bytes], tally: _Tally, known_categories: set[str]) ->
             )
             tally.refuse(number, reason, **_jsonl_names(data, problems))
             continue
-        yield _Record(product, _slug_of(product), [number], [number] * len(product.variants))
+        yield _Record(
+            product, _slug_of(product), [number], [number] * len(product.variants), jsonl=True
+        )
 
 
 def _records(
@@ -567,12 +583,13 @@ class _Importer:
     def claim_skus(self, record: _Record) -> None:
         """Refuse variants whose SKU an earlier product of the same file already uses."""
         pairs = list(zip(record.product.variants, record.variant_lines, strict=True))
-        for variant, line in pairs:
+        for index, (variant, line) in enumerate(pairs):
             owner = self.sku_owner.get(variant.sku)
             if owner is not None and owner[0] != record.slug:
                 self.tally.refuse(
                     line,
-                    f"SKU {variant.sku} is already used by product {owner[0]} (line {owner[1]})",
+                    f"{record.sku_field(index)}: SKU {variant.sku} is already used by product "
+                    f"{owner[0]} (line {owner[1]})",
                     sku=variant.sku,
                     slug=record.slug,
                 )
@@ -648,17 +665,18 @@ class _Importer:
             category = rec.product.category
             if category and category not in category_ids:
                 for line in rec.lines:
-                    self.tally.refuse(line, f"unknown category {category}", slug=rec.slug)
+                    self.tally.refuse(line, f"category: unknown category {category}", slug=rec.slug)
                 continue
             product_id = existing.get(rec.slug)
             kept: list[ImportVariant] = []
             kept_lines: list[int] = []
-            for variant, line in zip(rec.product.variants, rec.variant_lines, strict=True):
+            pairs = zip(rec.product.variants, rec.variant_lines, strict=True)
+            for index, (variant, line) in enumerate(pairs):
                 found = known_skus.get(variant.sku)
                 if found is not None and found[1] != product_id:
                     self.tally.refuse(
                         line,
-                        f"SKU {variant.sku} belongs to another product",
+                        f"{rec.sku_field(index)}: SKU {variant.sku} belongs to another product",
                         sku=variant.sku,
                         slug=rec.slug,
                     )
