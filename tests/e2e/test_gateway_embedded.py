@@ -8,6 +8,7 @@ import asyncio
 import io
 import time
 from collections.abc import AsyncIterator
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -315,3 +316,42 @@ async def test_chunked_bodies_past_the_limit_are_413_for_json_and_for_an_import(
     listed = await client.get(f"{API}/products", params={"q": "B 1"}, headers=staff)
     assert listed.status_code == 200
     assert not [p for p in listed.json()["items"] if p["slug"].startswith("b-")]
+
+
+async def test_a_sale_starting_shows_at_once_through_the_gateways_cache(
+    edge: tuple[Any, httpx.AsyncClient],
+) -> None:
+    app, client = edge
+    staff = await login(app, client, "staff")
+    starts = time.time() + 3
+    sale_start = datetime.fromtimestamp(starts, UTC).isoformat()
+    created = await client.post(
+        f"{API}/products",
+        json={
+            "name": "Sale Lamp",
+            "status": "active",
+            "variants": [
+                {
+                    "sku": "SALE-LAMP-1",
+                    "options": {},
+                    "prices": [{"currency": "EUR", "amount": 4900}],
+                    "sale_prices": [{"currency": "EUR", "amount": 2900, "starts_at": sale_start}],
+                }
+            ],
+        },
+        headers=staff,
+    )
+    assert created.status_code == 201, created.text
+    url = f"{API}/products/{created.json()['id']}"
+
+    def price(response: httpx.Response) -> int:
+        variant = response.json()["variants"][0]
+        amount: int = next(p["amount"] for p in variant["current_prices"] if p["currency"] == "EUR")
+        return amount
+
+    before = [await client.get(url) for _ in range(2)]
+    assert [price(r) for r in before] == [4900, 4900]
+    assert before[1].headers["x-cache"] == "HIT"  # kept, but only until the sale starts
+    await asyncio.sleep(max(0.0, starts - time.time()) + 0.2)
+    after = await client.get(url)
+    assert price(after) == 2900, after.json()

@@ -9,7 +9,7 @@ from ecosistema.catalog import inventory
 from ecosistema.catalog.api import router
 from ecosistema.catalog.client import InProcessCatalogClient
 from ecosistema.catalog.demo import seed_demo
-from ecosistema.catalog.events import SUBSCRIPTIONS
+from ecosistema.catalog.events import SUBSCRIPTIONS, follow_writes_of_other_processes
 from ecosistema.catalog.models import idempotency_keys, metadata, outbox
 from ecosistema.catalog.transfer import import_products_command
 from ecosistema.platform.idempotency import idempotency_purge_job
@@ -32,6 +32,7 @@ descriptor = Service(
     ),
     make_client=InProcessCatalogClient,
     seed_demo=seed_demo,
+    on_start=follow_writes_of_other_processes,
 )
 
 __all__ = ["descriptor", "import_products_command", "seed_demo"]

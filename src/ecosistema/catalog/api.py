@@ -4,6 +4,7 @@ search, import and export. Staff write; anyone reads active products."""
 from __future__ import annotations
 
 import hashlib
+import time
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Query, Request, Response, status
@@ -81,20 +82,31 @@ def _matches(if_none_match: str | None, etag: str) -> bool:
     return "*" in candidates or any(c.removeprefix("W/") == etag for c in candidates)
 
 
-def _cache_control(public: bool) -> str:
-    return ("public" if public else "private") + ", no-cache"
+def _cache_control(public: bool, fresh_until: float | None = None) -> str:
+    value = ("public" if public else "private") + ", no-cache"
+    if public and fresh_until is not None:
+        # A shared cache (the gateway's) keeps it no longer than until its prices change.
+        value += f", s-maxage={max(0, int(fresh_until - time.time()))}"
+    return value
 
 
-def _json_with_etag(request: Request, body: bytes, etag: str, *, public: bool) -> Response:
-    headers = {"ETag": etag, "Cache-Control": _cache_control(public)}
+def _json_with_etag(
+    request: Request, body: bytes, etag: str, *, public: bool, fresh_until: float | None = None
+) -> Response:
+    headers = {"ETag": etag, "Cache-Control": _cache_control(public, fresh_until)}
     if _matches(request.headers.get("if-none-match"), etag):
         return Response(status_code=status.HTTP_304_NOT_MODIFIED, headers=headers)
     return Response(body, media_type="application/json", headers=headers)
 
 
-def _fast_json_with_etag(request: FastRequest, body: bytes, etag: str) -> FastResponse:
+def _fast_json_with_etag(
+    request: FastRequest, body: bytes, etag: str, fresh_until: float | None = None
+) -> FastResponse:
     """``_json_with_etag`` for a fast handler, for public documents."""
-    headers = [(b"etag", etag.encode()), (b"cache-control", _cache_control(True).encode())]
+    headers = [
+        (b"etag", etag.encode()),
+        (b"cache-control", _cache_control(True, fresh_until).encode()),
+    ]
     if _matches(request.header(b"if-none-match"), etag):
         return FastResponse(status.HTTP_304_NOT_MODIFIED, b"", headers)
     return FastResponse(
@@ -216,12 +228,16 @@ async def list_products(
         limit=limit,
         cursor=cursor,
     )
-    body = await _cached_search(ctx, query)
-    return _json_with_etag(request, body, etag_of(body), public=not staff)
+    body, fresh_until = await _cached_search(ctx, query)
+    return _json_with_etag(request, body, etag_of(body), public=not staff, fresh_until=fresh_until)
 
 
-async def _cached_search(ctx: ServiceContext, query: SearchQuery) -> bytes:
+async def _cached_search(ctx: ServiceContext, query: SearchQuery) -> tuple[bytes, float | None]:
+    """A search page's JSON, and until when its prices hold (a sale starting or ending)."""
+    fresh_until = await service.next_price_change(ctx)
     ttl = ctx.settings.catalog_cache_seconds
+    if fresh_until is not None:
+        ttl = min(ttl, fresh_until - time.time())
     key = ""
     if ttl > 0:
         generation = await service.cache_generation(ctx)
@@ -231,11 +247,11 @@ async def _cached_search(ctx: ServiceContext, query: SearchQuery) -> bytes:
         key = f"catalog:search:{generation}:{digest}"
         cached = await ctx.cache.get(key)
         if cached is not None:
-            return cached
+            return cached, fresh_until
     body = to_json(await search_page(ctx.db, query))
     if key:
         await ctx.cache.set(key, body, ttl=ttl)
-    return body
+    return body, fresh_until
 
 
 @router.post(
@@ -319,7 +335,11 @@ async def get_product(
     if not service.visible(document.status, staff=staff):
         raise NotFound(service.PRODUCT_NOT_FOUND)
     return _json_with_etag(
-        request, document.body, document.etag, public=document.status == "active"
+        request,
+        document.body,
+        document.etag,
+        public=document.status == "active",
+        fresh_until=document.changes_at,
     )
 
 
@@ -329,7 +349,7 @@ async def _get_product_anonymously(request: FastRequest) -> FastResponse | None:
     document = await service.product_document(ctx, request.path_params["product_id"])
     if not service.visible(document.status, staff=False):
         raise NotFound(service.PRODUCT_NOT_FOUND)
-    return _fast_json_with_etag(request, document.body, document.etag)
+    return _fast_json_with_etag(request, document.body, document.etag, document.changes_at)
 
 
 # The storefront's hottest read skips the framework's routing and dependency resolution; signed-in

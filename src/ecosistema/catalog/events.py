@@ -11,6 +11,7 @@ from typing import Any, Final
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from ecosistema.catalog import inventory, service
+from ecosistema.platform.cache import MemoryCache
 from ecosistema.platform.events import EventEnvelope
 from ecosistema.platform.service import ServiceContext, Subscription
 
@@ -30,6 +31,25 @@ STOCK_LOW: Final = inventory.STOCK_LOW
 """``{sku, available, threshold}``: availability just fell below the threshold."""
 
 PUBLISHED: Final = (PRODUCT_CREATED, PRODUCT_UPDATED, PRODUCT_ARCHIVED, STOCK_CHANGED, STOCK_LOW)
+
+# What changes a cached product or list.
+_CACHED_READS_CHANGE: Final = (PRODUCT_CREATED, PRODUCT_UPDATED, PRODUCT_ARCHIVED, STOCK_CHANGED)
+
+
+async def follow_writes_of_other_processes(ctx: ServiceContext) -> None:
+    """Start hook: with a cache of this process's own (the embedded shape), catalog's events
+    also clear it, so writes another process makes on the same database (``ecosistema catalog
+    import`` while the platform runs) are seen at once rather than when the cache expires. A
+    shared cache (Redis) is cleared by the writing process itself."""
+    if not isinstance(ctx.cache, MemoryCache):
+        return
+
+    async def forget(envelope: EventEnvelope) -> None:
+        product_id = envelope.payload.get("product_id")
+        await service.invalidate(ctx, [product_id] if isinstance(product_id, str) else ())
+
+    await ctx.bus.subscribe_broadcast(_CACHED_READS_CHANGE, forget)
+
 
 ORDER_PAID: Final = "OrderPaid"
 ORDER_CANCELLED: Final = "OrderCancelled"

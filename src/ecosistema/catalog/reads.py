@@ -24,20 +24,24 @@ from ecosistema.platform.db import Database
 
 @dataclass(frozen=True, slots=True)
 class ProductDocument:
-    """A product serialized once: its status (for visibility), ETag and JSON body."""
+    """A product serialized once: its status (for visibility), ETag and JSON body, and when
+    its prices next change (Unix time), if a sale price is scheduled to start or end."""
 
     status: str
     etag: str
     body: bytes
+    changes_at: float | None = None
 
     def to_cache(self) -> bytes:
-        return f"{self.status} {self.etag}\n".encode() + self.body
+        changes = "-" if self.changes_at is None else repr(self.changes_at)
+        return f"{self.status} {self.etag} {changes}\n".encode() + self.body
 
     @classmethod
     def from_cache(cls, raw: bytes) -> ProductDocument:
         head, _, body = raw.partition(b"\n")
-        status, _, etag = head.decode().partition(" ")
-        return cls(status=status, etag=etag, body=body)
+        status, etag, *rest = head.decode().split(" ")
+        changes = float(rest[0]) if rest and rest[0] != "-" else None
+        return cls(status=status, etag=etag, body=body, changes_at=changes)
 
 
 def etag_of(body: bytes) -> str:
@@ -219,4 +223,8 @@ async def load_product(
         return None
     doc, changes_at = folded
     body = to_json(doc)
-    return ProductDocument(status=doc["status"], etag=etag_of(body), body=body), changes_at
+    changes = changes_at.timestamp() if changes_at is not None else None
+    document = ProductDocument(
+        status=doc["status"], etag=etag_of(body), body=body, changes_at=changes
+    )
+    return document, changes_at

@@ -57,7 +57,7 @@ from ecosistema.catalog.schemas import (
     Warehouse,
     WarehouseCreate,
 )
-from ecosistema.platform.db import new_id, utcnow
+from ecosistema.platform.db import as_utc_datetime, new_id, utcnow
 from ecosistema.platform.errors import Conflict, NotFound, field_error
 from ecosistema.platform.service import ServiceContext
 
@@ -66,6 +66,7 @@ CATEGORY_NOT_FOUND = "No category with this id."
 VARIANT_NOT_FOUND = "No variant with this id on this product."
 PRICE_LIST_NOT_FOUND = "No price list with this id."
 GENERATION_KEY = "catalog:generation"
+NEXT_PRICE_CHANGE_KEY = "catalog:next-price-change"
 
 PRODUCT_CREATED = "ProductCreated"
 PRODUCT_UPDATED = "ProductUpdated"
@@ -124,6 +125,36 @@ async def cache_generation(ctx: ServiceContext) -> int:
     """The catalog's write generation; cached lists carry it in their key."""
     raw = await ctx.cache.get(GENERATION_KEY)
     return int(raw) if raw else 0
+
+
+async def next_price_change(ctx: ServiceContext) -> float | None:
+    """When a sale price next starts or ends anywhere in the catalog (Unix time), if one is
+    scheduled: lists and search pages, cached or not, are fresh until then at most."""
+    ttl = ctx.settings.catalog_cache_seconds
+    now = utcnow()
+    key = f"{NEXT_PRICE_CHANGE_KEY}:{await cache_generation(ctx)}"
+    if ttl > 0:
+        raw = await ctx.cache.get(key)
+        if raw is not None:
+            cached = None if raw == b"-" else float(raw)
+            if cached is None or cached > now.timestamp():
+                return cached
+    starts = sale_prices.c.starts_at
+    ends = sale_prices.c.ends_at
+    async with ctx.db.read() as session:
+        row = (
+            await session.execute(
+                select(
+                    select(func.min(starts)).where(starts > now).scalar_subquery(),
+                    select(func.min(ends)).where(ends > now).scalar_subquery(),
+                )
+            )
+        ).one()
+    moments = [as_utc_datetime(value) for value in row if value is not None]
+    found = min(m.timestamp() for m in moments if m is not None) if moments else None
+    if ttl > 0:
+        await ctx.cache.set(key, b"-" if found is None else repr(found).encode(), ttl=ttl)
+    return found
 
 
 def _currency_ok(currency: str, field: str) -> str:
