@@ -3,6 +3,7 @@ HTTP to the gateway: lifespan once, bodies streamed both ways, the edge's header
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import io
 import json
@@ -167,6 +168,27 @@ async def test_a_chunked_body_past_the_routes_limit_is_the_gateways_413_not_the_
     assert refused.headers["content-type"] == "application/problem+json"
     assert refused.json()["type"].endswith("/payload-too-large")
     assert within.status_code == 200 and within.json()["size"] == 1000
+
+
+async def test_a_broken_chunked_body_is_the_gateways_400_and_the_apps_late_answer_is_dropped(
+    served: tuple[GatewayServer, App], capfd: pytest.CaptureFixture[str]
+) -> None:
+    server, _ = served
+    reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
+    writer.write(
+        b"POST /upload HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n"
+        b"5\r\nhello\r\nzz\r\n"
+    )
+    head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 10)
+    writer.close()  # the app, still waiting for the body, now hears the client has gone
+    await asyncio.sleep(0.2)
+    async with client(server) as c:
+        after = await c.get("/fine")
+    assert head.startswith(b"HTTP/1.1 400 ")
+    assert after.status_code == 200
+    logged = capfd.readouterr()
+    assert "gateway_error" not in logged.out + logged.err
+    assert "sent twice" not in logged.out + logged.err
 
 
 async def test_a_streamed_response_without_length_is_rechunked(

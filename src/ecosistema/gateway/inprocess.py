@@ -189,7 +189,7 @@ class LocalService:
         try:
             await self.app(self._scope(ex, headers, gateway), body.receive, response.send)
         except Exception:
-            if not (ex.body_too_large and not ex.response_started):
+            if not (response.refused or (ex.body_too_large and not ex.response_started)):
                 raise
         finally:
             ex.local = None
@@ -199,6 +199,8 @@ class LocalService:
             # of a body cut short, the client gets the gateway's 413.
             gateway._too_large(ex)
             return
+        if response.refused:
+            return  # the gateway answered in the app's place
         if not response.complete:
             if ex.response_started:
                 ex.conn.abort()
@@ -248,7 +250,16 @@ class LocalService:
 class _Response:
     """The ``send`` side of one in-process exchange."""
 
-    __slots__ = ("_ex", "_gateway", "_head", "_head_only", "_rechunk", "complete", "refused")
+    __slots__ = (
+        "_ex",
+        "_gateway",
+        "_head",
+        "_head_only",
+        "_rechunk",
+        "_started",
+        "complete",
+        "refused",
+    )
 
     def __init__(self, ex: Exchange, gateway: Gateway) -> None:
         self._ex = ex
@@ -256,21 +267,27 @@ class _Response:
         self._head: bytes | None = None
         self._rechunk = False
         self._head_only = ex.method == "HEAD"
+        self._started = False
         self.complete = False
+        # Set when the gateway answers in the app's place (a body past the route's limit, or
+        # one that broke off): the app's own answer is then dropped.
         self.refused = False
 
     async def send(self, message: Message) -> None:
         kind = message["type"]
         ex = self._ex
-        if self.refused or (ex.body_too_large and not ex.response_started):
-            self.refused = True  # the app's answer to a body cut short is not sent
+        if self.refused:
             return
         if kind == "http.response.start":
-            if ex.response_started:
+            if self._started:
                 raise RuntimeError("http.response.start sent twice")
+            if ex.response_started or ex.body_too_large:
+                self.refused = True
+                return
+            self._started = True
             self._start(int(message["status"]), list(message.get("headers") or ()))
         elif kind == "http.response.body":
-            if self._head is None and not ex.response_started:
+            if not self._started:
                 raise RuntimeError("http.response.body before http.response.start")
             await self._body(bytes(message.get("body", b"")), bool(message.get("more_body")))
 
