@@ -63,6 +63,22 @@ async def test_a_refused_checkout_names_every_field_at_fault(
         assert problem in refused.json()["detail"]
 
 
+async def test_a_country_the_shop_does_not_sell_to_is_named_with_the_other_faults(
+    app: FastAPI, client: httpx.AsyncClient
+) -> None:
+    admin = await staff_tokens(app, client)
+    await seed_shop(app, client, admin, {"TEE-P4": 5})
+    cart_id, token = await guest_cart(client, {"TEE-P4": 1}, country="ES")
+    refused = await client.post(
+        f"{API}/orders", json={"cart_id": cart_id, "country": "JP"}, headers=token
+    )
+    assert refused.status_code == 422, refused.text
+    fields = [e["field"] for e in refused.json()["errors"]]
+    assert fields[0] == "country" and {"shipping_method", "email"} <= set(fields)
+    assert fields.count("country") == 1
+    assert "does not sell to JP" in refused.json()["detail"]
+
+
 async def test_a_customers_cart_needs_no_email_of_its_own(
     app: FastAPI, client: httpx.AsyncClient
 ) -> None:
