@@ -625,14 +625,14 @@ async def test_a_credential_that_is_no_api_key_is_refused_as_such_not_as_a_jwt(
     edge: Edge,
 ) -> None:
     client, settings, key, _ = edge
-    for headers in (
-        {API_KEY_HEADER: "zzz"},
-        {API_KEY_HEADER: issue(settings, key)},
-        bearer("zzz"),
+    for headers, detail in (
+        ({API_KEY_HEADER: "zzz"}, "Not a valid API key."),
+        ({API_KEY_HEADER: issue(settings, key)}, "Not a valid API key."),
+        (bearer("zzz"), "Not a valid access token or API key."),
     ):
         response = await client.get("/me", headers=headers)
         assert response.status_code == 401
-        assert response.json()["detail"] == "Not a valid API key."
+        assert response.json()["detail"] == detail
         assert "JWT" not in response.headers["www-authenticate"]
 
 

@@ -69,6 +69,7 @@ API_KEY_PREFIX = "eco_"
 REVOKED_SESSION_KEY = "auth:revoked-session:{session_id}"
 API_KEY_HEADER = "X-API-Key"
 NOT_AN_API_KEY = "Not a valid API key."
+NOT_A_CREDENTIAL = "Not a valid access token or API key."
 JWKS_PATH = "/.well-known/jwks.json"
 JWKS_CACHE_KEY = "auth:jwks"
 TOKEN_LEEWAY_SECONDS = 30
@@ -240,8 +241,11 @@ class TokenVerifier:
         """
         if is_api_key(credential):
             return await self.verify_api_key(credential)
-        if sent_as_api_key or not _looks_like_jwt(credential):
+        if sent_as_api_key:
             raise _invalid(NOT_AN_API_KEY)
+        if not _looks_like_jwt(credential):
+            # A bearer credential may be either; this one is neither.
+            raise _invalid(NOT_A_CREDENTIAL)
         return await self.verify_access_token(credential)
 
     async def verify_gateway_principal(self, value: str, *, binding: str) -> Principal | None:
