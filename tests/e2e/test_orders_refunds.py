@@ -5,17 +5,12 @@ in stock."""
 from __future__ import annotations
 
 import uuid
-from collections.abc import AsyncIterator
 from typing import Any
 
 import httpx
-import pytest
 from fastapi import FastAPI
 
-from ecosistema.platform.app import create_app
-from ecosistema.platform.config import Settings
-from ecosistema.services import load_services
-from tests.conftest import drop_test_schemas
+from tests.e2e.test_payments_flow import CARD, app
 from tests.integration.test_identity_support import API, bearer
 from tests.integration.test_orders_support import (
     available,
@@ -27,18 +22,7 @@ from tests.integration.test_orders_support import (
     staff_tokens,
 )
 
-__all__ = ["settings"]
-
-CARD = {"card": {"number": "4242 4242 4242 4242", "exp_month": 12, "exp_year": 2099, "cvc": "123"}}
-
-
-@pytest.fixture
-async def app(settings: Settings) -> AsyncIterator[FastAPI]:
-    names = ("identity", "catalog", "orders", "payments")
-    application = create_app(load_services(names), settings)
-    async with application.router.lifespan_context(application):
-        yield application
-    await drop_test_schemas(settings)
+__all__ = ["app", "settings"]
 
 
 async def _refund(
