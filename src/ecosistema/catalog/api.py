@@ -57,7 +57,11 @@ from ecosistema.platform.auth import (
 from ecosistema.platform.edge import FastRequest, FastResponse, serve_fast
 from ecosistema.platform.errors import NotFound, field_error
 from ecosistema.platform.errors import error_responses as _errors
-from ecosistema.platform.idempotency import REPLAYED_HEADER, IdempotencyKeyHeader, run_idempotent
+from ecosistema.platform.idempotency import (
+    IdempotencyKeyHeader,
+    idempotent_response,
+    run_idempotent,
+)
 from ecosistema.platform.money import UnknownCurrency, iso_currency
 from ecosistema.platform.policy import ensure
 from ecosistema.platform.service import ServiceContext, context_of
@@ -756,8 +760,7 @@ async def restock(
         body=body.model_dump(mode="json"),
         handler=_restock,
     )
-    headers = {REPLAYED_HEADER: "true"} if result.replayed else {}
-    return Response(status_code=result.status, headers=headers)
+    return idempotent_response(result)
 
 
 document_optional_credentials(router)

@@ -7,7 +7,6 @@ from dataclasses import replace
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Header, Path, Query, Request, Response, status
-from starlette.responses import JSONResponse
 
 from ecosistema.orders import service
 from ecosistema.orders.domain import OrderAction, OrderStatus
@@ -204,7 +203,7 @@ async def place_order(
     principal: OptionalPrincipal,
     token: CartToken = None,
     idempotency_key: IdempotencyKeyHeader = None,
-) -> JSONResponse:
+) -> Response:
     async def _place() -> tuple[int, dict[str, Any]]:
         order = await service.place_order(ctx, principal=principal, token=token, data=data)
         # The answer is kept for replays; the buyer's email is kept in it encrypted.

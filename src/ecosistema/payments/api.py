@@ -14,7 +14,7 @@ from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Depends, Header, Path, Query, Request, status
 from pydantic import BaseModel
-from starlette.responses import JSONResponse, Response
+from starlette.responses import Response
 
 from ecosistema.payments import service
 from ecosistema.payments.domain import PaymentStatus, Period
@@ -83,7 +83,7 @@ async def _idempotent(
     status_code: int,
     use_case: Callable[[], Awaitable[BaseModel]],
     cart_token: str | None = None,
-) -> JSONResponse:
+) -> Response:
     async def handler() -> tuple[int, dict[str, Any]]:
         return status_code, (await use_case()).model_dump(mode="json")
 

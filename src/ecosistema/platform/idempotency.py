@@ -42,7 +42,7 @@ from sqlalchemy import (
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.ext.asyncio import AsyncSession
-from starlette.responses import JSONResponse
+from starlette.responses import JSONResponse, Response
 
 from ecosistema.platform.db import UTCDateTime, new_id, utcnow
 from ecosistema.platform.errors import Conflict, ProblemError, Unprocessable, field_error
@@ -384,11 +384,14 @@ def _replay(row: Mapping[str, Any]) -> IdempotentResult:
 
 def idempotent_response(
     result: IdempotentResult, *, headers: Mapping[str, str] | None = None
-) -> JSONResponse:
-    """The HTTP response for a result, marked ``Idempotent-Replayed: true`` when replayed."""
+) -> Response:
+    """The HTTP response for a result, marked ``Idempotent-Replayed: true`` when replayed; a
+    204 has no body."""
     out = dict(headers or {})
     if result.replayed:
         out[REPLAYED_HEADER] = "true"
+    if result.status == 204:
+        return Response(status_code=204, headers=out)
     return JSONResponse(result.body, status_code=result.status, headers=out)
 
 
