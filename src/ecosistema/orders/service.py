@@ -1450,27 +1450,17 @@ async def place_order(
                     order_id=cart["order_id"],
                 )
             _ensure_active(cart)
-            # A country the shop does not sell to is one fault among the others, not the only one.
-            unserved: Unprocessable | None = None
-            try:
-                country = await _served_country(session, data.country)
-            except Unprocessable as exc:
-                unserved, country = exc, None
+            # A country the shop does not sell to is among the faults the pricing lists.
+            country = _country(data.country, "country") if data.country is not None else None
             state = await _load_cart_state(
                 ctx, session, cart, country=country, shipping_method=data.shipping_method
             )
         await _know_buyer(ctx, state, email=str(data.email) if data.email else None)
         priced = await _price(ctx, state, country=country, shipping_method=data.shipping_method)
-        if priced.errors or unserved is not None:
+        if priced.errors:
             # Every field at fault at once, as the cart's ``problems`` list them.
-            problems, errors = priced.problems, priced.errors
-            if unserved is not None:
-                [fault] = unserved.extra["errors"]
-                message = fault["message"]
-                problems = [message[:1].upper() + message[1:] + ".", *problems]
-                errors = [fault, *(e for e in errors if e["field"] != "country")]
             raise Unprocessable(
-                "The cart cannot be checked out: " + " ".join(problems), errors=errors
+                "The cart cannot be checked out: " + " ".join(priced.problems), errors=priced.errors
             )
         email = state.email
         assert email is not None  # a missing email is among ``priced.errors``
