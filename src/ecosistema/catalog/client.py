@@ -8,8 +8,6 @@ the units the order took from stock and has not had restocked yet (beyond that, 
 
 from __future__ import annotations
 
-import hashlib
-import json
 from collections.abc import Sequence
 from datetime import datetime
 from typing import Protocol
@@ -22,6 +20,7 @@ from ecosistema.catalog.schemas import VariantQuote
 from ecosistema.platform.config import Settings
 from ecosistema.platform.errors import ProblemError
 from ecosistema.platform.http import RETRY_SAFE, service_client
+from ecosistema.platform.idempotency import request_fingerprint
 from ecosistema.platform.service import ServiceContext
 
 # Quotes only read, reservations are idempotent per order id, and a restock carries an
@@ -173,7 +172,7 @@ class HttpCatalogClient:
             "reason": reason,
         }
         # The same restock sent again (a retry after a lost answer) replays the first answer.
-        key = "restock-" + hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()
+        key = "restock-" + request_fingerprint("POST", "/restocks", body)
         response = await self._http.post(
             "/restocks", json=body, headers={"Idempotency-Key": key}, extensions=_ONCE
         )
