@@ -238,13 +238,13 @@ async def list_products(
 
 async def _cached_search(ctx: ServiceContext, query: SearchQuery) -> tuple[bytes, float | None]:
     """A search page's JSON, and until when its prices hold (a sale starting or ending)."""
-    fresh_until = await service.next_price_change(ctx)
+    generation = await service.cache_generation(ctx)
+    fresh_until = await service.next_price_change(ctx, generation)
     ttl = ctx.settings.catalog_cache_seconds
     if fresh_until is not None:
         ttl = min(ttl, fresh_until - time.time())
     key = ""
     if ttl > 0:
-        generation = await service.cache_generation(ctx)
         digest = hashlib.blake2b(
             f"{query.fingerprint()}|{query.cursor}".encode(), digest_size=16
         ).hexdigest()

@@ -127,12 +127,15 @@ async def cache_generation(ctx: ServiceContext) -> int:
     return int(raw) if raw else 0
 
 
-async def next_price_change(ctx: ServiceContext) -> float | None:
+async def next_price_change(ctx: ServiceContext, generation: int | None = None) -> float | None:
     """When a sale price next starts or ends anywhere in the catalog (Unix time), if one is
-    scheduled: lists and search pages, cached or not, are fresh until then at most."""
+    scheduled: lists and search pages, cached or not, are fresh until then at most.
+    ``generation``: the cache generation, when the caller has read it already."""
     ttl = ctx.settings.catalog_cache_seconds
     now = utcnow()
-    key = f"{NEXT_PRICE_CHANGE_KEY}:{await cache_generation(ctx)}"
+    if generation is None:
+        generation = await cache_generation(ctx)
+    key = f"{NEXT_PRICE_CHANGE_KEY}:{generation}"
     if ttl > 0:
         raw = await ctx.cache.get(key)
         if raw is not None:
