@@ -12,8 +12,9 @@ import secrets
 from collections.abc import Mapping
 from typing import Any
 
-from sqlalchemy import select, update
+from sqlalchemy import RowMapping, select, update
 from sqlalchemy.exc import IntegrityError
+from sqlalchemy.ext.asyncio import AsyncSession
 
 from ecosistema.payments.domain import card_brand, sandbox_fee
 from ecosistema.payments.models import sandbox_cards, sandbox_intents, sandbox_ledger
@@ -70,13 +71,7 @@ class SandboxProvider:
     async def payment_method(self, token: str) -> CardToken:
         """The card kept under ``token``."""
         async with self._db.read() as session:
-            card = (
-                (await session.execute(select(sandbox_cards).where(sandbox_cards.c.token == token)))
-                .mappings()
-                .one_or_none()
-            )
-        if card is None:
-            raise UnknownPaymentMethod()
+            card = await _card(session, token)
         return CardToken(
             token,
             str(card["brand"]),
@@ -110,13 +105,7 @@ class SandboxProvider:
             )
             if existing is not None:
                 return await self._outcome_of(session, dict(existing))
-            card = (
-                (await session.execute(select(sandbox_cards).where(sandbox_cards.c.token == token)))
-                .mappings()
-                .one_or_none()
-            )
-            if card is None:
-                raise UnknownPaymentMethod()
+            card = await _card(session, token)
             behaviour = str(card["behaviour"])
             if behaviour in ("generic_decline", "insufficient_funds"):
                 status = "failed"
@@ -332,3 +321,15 @@ class SandboxProvider:
 
 def _refund_ref(entry_id: str) -> str:
     return "re_" + entry_id.removeprefix("txn_")
+
+
+async def _card(session: AsyncSession, token: str) -> RowMapping:
+    """The test card kept under ``token``; ``UnknownPaymentMethod`` when there is none."""
+    card = (
+        (await session.execute(select(sandbox_cards).where(sandbox_cards.c.token == token)))
+        .mappings()
+        .one_or_none()
+    )
+    if card is None:
+        raise UnknownPaymentMethod()
+    return card
