@@ -222,9 +222,14 @@ async def measure(
 
 
 async def profile(
-    server_pid: int, port: int, tokens: list[str], level: int, args: argparse.Namespace
+    server_pid: int,
+    port: int,
+    tokens: list[str],
+    level: int,
+    args: argparse.Namespace,
+    flow: LeanOperation,
 ) -> None:
-    """Checkouts at ``level`` clients while py-spy samples the server (not part of the figures:
+    """Checkouts of the last flow measured at ``level`` clients while py-spy samples the server (not part of the figures:
     sampling slows the server)."""
     spy = str(Path(sys.executable).parent / "py-spy")
     sampler = await asyncio.create_subprocess_exec(
@@ -233,7 +238,7 @@ async def profile(
         stdout=asyncio.subprocess.DEVNULL,
     )
     await asyncio.sleep(0.5)
-    await run_lean_clients("127.0.0.1", port, tokens, level, args.seconds - 1, checkout)
+    await run_lean_clients("127.0.0.1", port, tokens, level, args.seconds - 1, flow)
     await sampler.wait()
 
 
@@ -408,7 +413,9 @@ def main() -> None:
                             server.pid, port, tokens, level, args.seconds, flow
                         )
                 if args.profile:
-                    await profile(server.pid, port, tokens, max(args.concurrency), args)
+                    await profile(
+                        server.pid, port, tokens, max(args.concurrency), args, flow
+                    )
 
             # uvloop: the client's own event loop costs a fraction of asyncio's default one.
             uvloop.run(_all())

@@ -10,7 +10,7 @@ import sqlite3
 import threading
 import uuid
 import weakref
-from collections.abc import AsyncIterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -20,9 +20,19 @@ from typing import Any
 import aiosqlite
 from alembic import command
 from alembic.config import Config
-from sqlalchemy import DateTime, MetaData, String, TypeDecorator, event, text
+from sqlalchemy import (
+    DateTime,
+    MetaData,
+    String,
+    Table,
+    TypeDecorator,
+    bindparam,
+    event,
+    insert,
+    text,
+)
 from sqlalchemy.engine import Connection, Dialect, make_url
-from sqlalchemy.exc import OperationalError
+from sqlalchemy.exc import DBAPIError, OperationalError, StatementError
 from sqlalchemy.ext.asyncio import (
     AsyncConnection,
     AsyncEngine,
@@ -97,13 +107,16 @@ def id_column_type() -> String:
 
 @dataclass(frozen=True, slots=True)
 class CompiledRead:
-    """A SELECT compiled once for one database's dialect: its SQL, its parameters in order,
-    the values of those the statement fixed, and the type conversions of its parameters."""
+    """A statement compiled once for one database's dialect: its SQL, its parameters in order,
+    the values of those the statement fixed, the type conversions of its parameters, and, for a
+    statement that returns rows, the names of its columns and their type conversions."""
 
     sql: str
     params: tuple[str, ...]
     fixed: Mapping[str, Any]
     processors: Mapping[str, Any]
+    keys: tuple[str, ...] = ()
+    results: tuple[Any, ...] = ()
 
     def arguments(self, given: Mapping[str, Any]) -> tuple[Any, ...]:
         """The driver's positional arguments for the named parameter values ``given``."""
@@ -114,21 +127,32 @@ class CompiledRead:
             out.append(process(value) if process is not None else value)
         return tuple(out)
 
+    def mapping(self, row: Sequence[Any]) -> dict[str, Any]:
+        """A driver's row as the column names and the values SQLAlchemy would give."""
+        return {
+            key: (value if process is None or value is None else process(value))
+            for key, process, value in zip(self.keys, self.results, row, strict=True)
+        }
+
 
 def compile_statement(statement: ClauseElement, dialect: Dialect) -> CompiledRead:
-    """A statement compiled for ``dialect``, to run with ``exec_driver_sql`` or
-    :meth:`Database.fetch`; its parameters are ``bindparam`` names."""
+    """A statement compiled for ``dialect``, to run with ``exec_driver_sql``,
+    :meth:`Database.fetch` or a :class:`DriverTransaction`; its parameters are ``bindparam``
+    names."""
     compiled: Any = statement.compile(dialect=dialect)
     names = tuple(compiled.positiontup or ())
     binds = {name: compiled.binds[name] for name in names}
     if any(bind.expanding for bind in binds.values()):
         raise ValueError("fetch takes no expanding (IN list) parameters; use one per item")
+    columns = list(compiled._result_columns or ())
     return CompiledRead(
         str(compiled),
         names,
         {name: bind.value for name, bind in binds.items() if not bind.required},
         # The types' conversions (dates on SQLite, JSON), as an execution applies them.
         dict(compiled._bind_processors),
+        tuple(column.keyname for column in columns),
+        tuple(column.type._cached_result_processor(dialect, None) for column in columns),
     )
 
 
@@ -219,8 +243,10 @@ class Database:
                 f"memory:{id(self)}" if in_memory else str(Path(database).resolve())
             )
         self._driver: _SqliteDriverReads | _PostgresDriverReads | None = None
+        self._sqlite_writer: _SqliteWriter | None = None
         if self.is_sqlite and (self.url.database or "") not in ("", ":memory:"):
             self._driver = _SqliteDriverReads(self.url.database or "")
+            self._sqlite_writer = _SqliteWriter(self.url.database or "")
         elif self.is_postgres and self.schema is not None:
             self._driver = _PostgresDriverReads(self.url, self.schema, max(2, pool_size // 2))
 
@@ -240,6 +266,51 @@ class Database:
         hot writes of Core statements. Same guarantees as :meth:`transaction`."""
         async with self._queued_writer(), self._writer.begin() as conn:
             yield conn
+
+    @asynccontextmanager
+    async def driver_write(self) -> AsyncIterator[DriverTransaction]:
+        """A write transaction whose statements run on the driver itself, compiled once: for
+        the hot paths (checkout, payment, stock). Same guarantees as :meth:`transaction`.
+
+        On a SQLite file the statements run on a connection of this process's own, on the
+        event loop's thread, behind the same in-process writer queue and ``BEGIN IMMEDIATE``;
+        elsewhere they run on a bare Core connection. Statements are SQLAlchemy Core with
+        ``bindparam`` names, built once (at module level); errors are SQLAlchemy's own."""
+        if self._sqlite_writer is None:
+            async with self.write() as conn:
+                tx: DriverTransaction = _EngineTransaction(self, conn)
+                yield tx
+            tx._committed()
+            return
+        async with self._queued_writer():
+            sqlite_tx = _SqliteTransaction(self, self._sqlite_writer.connection())
+            await sqlite_tx.begin_immediate()
+            try:
+                yield sqlite_tx
+            except BaseException:
+                sqlite_tx.rollback()
+                raise
+            sqlite_tx.commit()
+        sqlite_tx._committed()
+
+    @asynccontextmanager
+    async def driver_read(self) -> AsyncIterator[DriverTransaction]:
+        """A read-only snapshot whose statements run on the driver (see :meth:`driver_write`);
+        nothing it does is committed."""
+        if self._driver is None or not isinstance(self._driver, _SqliteDriverReads):
+            async with self.engine.connect() as core:
+                yield _EngineTransaction(self, core)
+                await core.rollback()
+            return
+        reader = self._driver.acquire()
+        try:
+            reader.execute("BEGIN")
+            try:
+                yield _SqliteTransaction(self, reader)
+            finally:
+                reader.execute("ROLLBACK")
+        finally:
+            self._driver.release(reader)
 
     @asynccontextmanager
     async def _queued_writer(self) -> AsyncIterator[None]:
@@ -336,16 +407,36 @@ class Database:
     async def dispose(self) -> None:
         if self._driver is not None:
             await self._driver.close()
+        if self._sqlite_writer is not None:
+            self._sqlite_writer.close()
         await self.engine.dispose()
 
 
 class _SqliteDriverReads:
-    """Read-only sqlite3 connections, one per thread that reads (in practice the event loop's)."""
+    """Read-only sqlite3 connections, one per thread that reads (in practice the event loop's),
+    and a few more for snapshots held across awaits (:meth:`Database.driver_read`)."""
 
     def __init__(self, path: str) -> None:
         self._path = path
         self._local = threading.local()
         self._all: list[sqlite3.Connection] = []
+        self._free: list[sqlite3.Connection] = []
+
+    def acquire(self) -> sqlite3.Connection:
+        """A read-only connection for one snapshot; give it back with :meth:`release`."""
+        if self._free:
+            return self._free.pop()
+        conn = sqlite3.connect(
+            self._path, isolation_level=None, cached_statements=256, check_same_thread=False
+        )
+        conn.execute("PRAGMA busy_timeout=0")
+        conn.execute("PRAGMA query_only=1")
+        self._all.append(conn)
+        return conn
+
+    def release(self, conn: sqlite3.Connection) -> None:
+        if conn in self._all:
+            self._free.append(conn)
 
     def _connection(self) -> sqlite3.Connection:
         conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
@@ -373,6 +464,7 @@ class _SqliteDriverReads:
             with contextlib.suppress(sqlite3.ProgrammingError):
                 conn.close()
         self._all.clear()
+        self._free.clear()
         self._local = threading.local()
 
 
@@ -490,3 +582,226 @@ def _configure_sqlite(engine: AsyncEngine) -> None:
     def _on_begin(conn: Connection) -> None:
         immediate = conn.get_execution_options().get("sqlite_immediate", False)
         conn.exec_driver_sql("BEGIN IMMEDIATE" if immediate else "BEGIN")
+
+
+class DriverTransaction:
+    """One transaction of :meth:`Database.driver_write` or :meth:`Database.driver_read`.
+
+    Statements are SQLAlchemy Core built once, at module level, with ``bindparam`` names; each
+    is compiled once per database and run on the driver with the types' conversions applied
+    both ways, so rows read here hold the values a Core ``execute`` would give."""
+
+    def __init__(self, db: Database) -> None:
+        self.db = db
+        self._after_commit: list[Callable[[], None]] = []
+
+    async def execute(self, statement: ClauseElement, /, **params: Any) -> int:
+        """Run an INSERT, UPDATE or DELETE; the number of rows it touched."""
+        raise NotImplementedError
+
+    async def executemany(
+        self, statement: ClauseElement, rows: Sequence[Mapping[str, Any]]
+    ) -> None:
+        """Run one statement for each of ``rows``."""
+        raise NotImplementedError
+
+    async def _fetch(self, query: CompiledRead, args: tuple[Any, ...]) -> Rows:
+        raise NotImplementedError
+
+    async def rows(self, statement: ClauseElement, /, **params: Any) -> list[dict[str, Any]]:
+        """The rows of a SELECT (or a statement with RETURNING), as column-name mappings."""
+        query = self.db.compile_read(statement)
+        found = await self._fetch(query, _arguments(query, params))
+        return [query.mapping(row) for row in found]
+
+    async def row(self, statement: ClauseElement, /, **params: Any) -> dict[str, Any] | None:
+        """The first row, or None."""
+        found = await self.rows(statement, **params)
+        return found[0] if found else None
+
+    async def scalar(self, statement: ClauseElement, /, **params: Any) -> Any:
+        """The first column of the first row, or None."""
+        found = await self.row(statement, **params)
+        return None if found is None else next(iter(found.values()))
+
+    async def insert(
+        self, table: Table, rows: Mapping[str, Any] | Sequence[Mapping[str, Any]]
+    ) -> None:
+        """Insert one row or several with the same columns; columns left out take their
+        Python-side defaults as ``session.execute(insert(table), rows)`` would."""
+        many = [rows] if isinstance(rows, Mapping) else list(rows)
+        if not many:
+            return
+        filled = [_with_defaults(table, row) for row in many]
+        statement = _insert_statement(table, tuple(filled[0]))
+        if len(filled) == 1:
+            await self.execute(statement, **filled[0])
+        else:
+            await self.executemany(statement, filled)
+
+    def after_commit(self, callback: Callable[[], None]) -> None:
+        """Call ``callback`` once the transaction has committed (never after a rollback)."""
+        if callback not in self._after_commit:
+            self._after_commit.append(callback)
+
+    def _committed(self) -> None:
+        callbacks, self._after_commit = self._after_commit, []
+        for callback in callbacks:
+            callback()
+
+
+def _arguments(query: CompiledRead, params: Mapping[str, Any]) -> tuple[Any, ...]:
+    try:
+        return query.arguments(params)
+    except (KeyError, TypeError, ValueError) as exc:
+        # As a Core execution reports a value its column type refused.
+        raise StatementError(str(exc), query.sql, params, exc) from exc
+
+
+_insert_statements: dict[tuple[Table, tuple[str, ...]], Any] = {}
+
+
+def _insert_statement(table: Table, names: tuple[str, ...]) -> Any:
+    key = (table, names)
+    found = _insert_statements.get(key)
+    if found is None:
+        found = _insert_statements[key] = insert(table).values(
+            {table.c[name]: bindparam(name, type_=table.c[name].type) for name in names}
+        )
+    return found
+
+
+def _with_defaults(table: Table, row: Mapping[str, Any]) -> dict[str, Any]:
+    out = dict(row)
+    for column in table.columns:
+        if column.key in out or column.default is None:
+            continue
+        default: Any = column.default
+        if default.is_scalar:
+            out[column.key] = default.arg
+        elif default.is_callable:
+            out[column.key] = default.arg(None)
+    return out
+
+
+class _SqliteTransaction(DriverTransaction):
+    """Statements on a sqlite3 connection of this process, on the calling thread."""
+
+    def __init__(self, db: Database, conn: sqlite3.Connection) -> None:
+        super().__init__(db)
+        self._conn = conn
+
+    async def begin_immediate(self) -> None:
+        try:
+            self._conn.execute("BEGIN IMMEDIATE")
+        except sqlite3.OperationalError as exc:
+            if getattr(exc, "sqlite_errorcode", None) not in _SQLITE_BUSY_CODES:
+                raise _translated(exc, "BEGIN IMMEDIATE", ()) from exc
+            # Another process holds the write lock: wait for it off the event loop's thread.
+            await asyncio.to_thread(_begin_waiting, self._conn)
+
+    def commit(self) -> None:
+        try:
+            self._conn.execute("COMMIT")
+        except sqlite3.Error as exc:
+            self.rollback()
+            raise _translated(exc, "COMMIT", ()) from exc
+
+    def rollback(self) -> None:
+        if self._conn.in_transaction:
+            self._conn.execute("ROLLBACK")
+
+    async def execute(self, statement: ClauseElement, /, **params: Any) -> int:
+        query = self.db.compile_read(statement)
+        args = _arguments(query, params)
+        try:
+            return self._conn.execute(query.sql, args).rowcount
+        except sqlite3.Error as exc:
+            raise _translated(exc, query.sql, args) from exc
+
+    async def executemany(
+        self, statement: ClauseElement, rows: Sequence[Mapping[str, Any]]
+    ) -> None:
+        query = self.db.compile_read(statement)
+        many = [_arguments(query, row) for row in rows]
+        try:
+            self._conn.executemany(query.sql, many)
+        except sqlite3.Error as exc:
+            raise _translated(exc, query.sql, many) from exc
+
+    async def _fetch(self, query: CompiledRead, args: tuple[Any, ...]) -> Rows:
+        try:
+            rows: Rows = self._conn.execute(query.sql, args).fetchall()
+        except sqlite3.Error as exc:
+            raise _translated(exc, query.sql, args) from exc
+        return rows
+
+
+def _begin_waiting(conn: sqlite3.Connection) -> None:
+    conn.execute(f"PRAGMA busy_timeout={int(SQLITE_WRITE_WAIT_SECONDS * 1000)}")
+    try:
+        conn.execute("BEGIN IMMEDIATE")
+    except sqlite3.Error as exc:
+        raise _translated(exc, "BEGIN IMMEDIATE", ()) from exc
+    finally:
+        conn.execute("PRAGMA busy_timeout=0")
+
+
+def _translated(exc: sqlite3.Error, sql: str, args: Any) -> Exception:
+    """A driver's error as SQLAlchemy raises it (IntegrityError, OperationalError ...)."""
+    return DBAPIError.instance(sql, args, exc, sqlite3.Error)
+
+
+class _EngineTransaction(DriverTransaction):
+    """Statements compiled once, run with ``exec_driver_sql`` on a Core connection (PostgreSQL,
+    and SQLite in memory)."""
+
+    def __init__(self, db: Database, conn: AsyncConnection) -> None:
+        super().__init__(db)
+        self._conn = conn
+
+    async def execute(self, statement: ClauseElement, /, **params: Any) -> int:
+        query = self.db.compile_read(statement)
+        result = await self._conn.exec_driver_sql(query.sql, _arguments(query, params))
+        return int(result.rowcount)
+
+    async def executemany(
+        self, statement: ClauseElement, rows: Sequence[Mapping[str, Any]]
+    ) -> None:
+        query = self.db.compile_read(statement)
+        await self._conn.exec_driver_sql(query.sql, [_arguments(query, row) for row in rows])
+
+    async def _fetch(self, query: CompiledRead, args: tuple[Any, ...]) -> Rows:
+        result = await self._conn.exec_driver_sql(query.sql, args)
+        return [tuple(row) for row in result.all()]
+
+
+class _SqliteWriter:
+    """The write connection of this process to one SQLite file, one per thread that writes (in
+    practice the event loop's); the in-process writer queue gives it to one writer at a time."""
+
+    def __init__(self, path: str) -> None:
+        self._path = path
+        self._local = threading.local()
+        self._all: list[sqlite3.Connection] = []
+
+    def connection(self) -> sqlite3.Connection:
+        conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
+        if conn is None:
+            conn = sqlite3.connect(
+                self._path, isolation_level=None, cached_statements=256, check_same_thread=False
+            )
+            conn.execute("PRAGMA journal_mode=WAL")
+            conn.execute("PRAGMA synchronous=NORMAL")
+            conn.execute("PRAGMA foreign_keys=ON")
+            conn.execute("PRAGMA busy_timeout=0")
+            self._local.conn = conn
+            self._all.append(conn)
+        return conn
+
+    def close(self) -> None:
+        for conn in self._all:
+            with contextlib.suppress(sqlite3.ProgrammingError):
+                conn.close()
+        self._all.clear()
+        self._local = threading.local()

@@ -227,11 +227,12 @@ async def _claim(
         "claimed_until": now + CLAIM_TTL,
         "created_at": now,
     }
-    claim = ctx.db.compile_read(_statements(table, postgres=ctx.db.is_postgres).claim)
-    async with ctx.db.write() as session:
-        result = await session.exec_driver_sql(claim.sql, claim.arguments(values))
-        if result.rowcount == 1:
+    claim = _statements(table, postgres=ctx.db.is_postgres).claim
+    async with ctx.db.driver_write() as tx:
+        if await tx.execute(claim, **values) == 1:
             return claim_id, None
+    # The key is taken (or was, a moment ago): read its row, and take it over if it is spent.
+    async with ctx.db.write() as session:
         where = and_(table.c.principal_id == principal_id, table.c.key == key)
         row = (await session.execute(select(table).where(where))).mappings().one_or_none()
         if row is None:
@@ -255,7 +256,7 @@ async def _claim(
 @dataclass(frozen=True, slots=True)
 class _Statements:
     """The two statements every idempotent request runs, built once per table and dialect and
-    compiled once per database (``Database.compile_read``)."""
+    run in driver transactions (``Database.driver_write``)."""
 
     claim: Any
     complete: Any
@@ -340,7 +341,7 @@ async def _complete(
     status: int,
     response: dict[str, Any],
 ) -> None:
-    complete = ctx.db.compile_read(_statements(table, postgres=ctx.db.is_postgres).complete)
+    complete = _statements(table, postgres=ctx.db.is_postgres).complete
     values = {
         **ids,
         "status": status,
@@ -348,8 +349,8 @@ async def _complete(
         "body": json.loads(json.dumps(response, default=str)),
         "at": utcnow(),
     }
-    async with ctx.db.write() as session:
-        await session.exec_driver_sql(complete.sql, complete.arguments(values))
+    async with ctx.db.driver_write() as tx:
+        await tx.execute(complete, **values)
 
 
 async def _release(ctx: ServiceContext, table: Table, mine: Any) -> None:

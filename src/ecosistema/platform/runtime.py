@@ -111,6 +111,7 @@ class Runtime:
             ctx.outbox,
             _handle,
             wanted=_wanted if wanted is not None else None,
+            driver=sub.driver,
         )
         await self.bus.subscribe(consumer.name, sub.types, consumer)
 

@@ -32,12 +32,15 @@ class Subscription:
     """A handler for some event types; it runs in the consumer service's own transaction.
 
     ``wanted``, when given, is asked first and outside any transaction; an event it declines is
-    one the handler would have done nothing with (no write, no record of it)."""
+    one the handler would have done nothing with (no write, no record of it). With ``driver``,
+    the handler is given a :class:`~ecosistema.platform.db.DriverTransaction` instead of an ORM
+    session (hot paths)."""
 
     name: str
     types: tuple[str, ...]
     handler: EventHandler
     wanted: EventFilter | None = None
+    driver: bool = False
 
 
 @dataclass(frozen=True)

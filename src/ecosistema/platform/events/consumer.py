@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
+from typing import Any
 
 from sqlalchemy import bindparam, select
 from sqlalchemy.dialects.postgresql import insert as pg_insert
@@ -14,12 +15,13 @@ from ecosistema.platform.db import CompiledRead, Database, utcnow
 from ecosistema.platform.events.envelope import EventEnvelope
 from ecosistema.platform.events.outbox import Outbox
 
-SessionHandler = Callable[[AsyncSession, EventEnvelope], Awaitable[None]]
+SessionHandler = Callable[[Any, EventEnvelope], Awaitable[None]]
 Wanted = Callable[[EventEnvelope], Awaitable[bool]]
 
 
 class IdempotentConsumer:
-    """Runs a handler and records the event id in the same transaction as its effects.
+    """Runs a handler and records the event id in the same transaction as its effects (an ORM
+    session, or with ``driver`` a driver transaction).
 
     The record is written first (``INSERT ... ON CONFLICT DO NOTHING``): when the event was
     already processed nothing is inserted and the handler is skipped, in one statement; on
@@ -36,14 +38,16 @@ class IdempotentConsumer:
         handler: SessionHandler,
         *,
         wanted: Wanted | None = None,
+        driver: bool = False,
     ) -> None:
         self.name = name
+        self.driver = driver
         self.db = db
         self.table = outbox.processed
         self.handler = handler
         self.wanted = wanted
         insert = pg_insert if db.is_postgres else sqlite_insert
-        self._record: CompiledRead = db.compile_read(
+        self._statement = (
             insert(self.table)
             .values(
                 consumer=bindparam("consumer"),
@@ -52,15 +56,21 @@ class IdempotentConsumer:
             )
             .on_conflict_do_nothing()
         )
+        self._record: CompiledRead = db.compile_read(self._statement)
 
     async def __call__(self, envelope: EventEnvelope) -> None:
         if self.wanted is not None and not await self.wanted(envelope):
             return
-        record = self._record
-        arguments = record.arguments(
-            {"consumer": self.name, "event_id": envelope.id, "at": utcnow()}
-        )
+        values = {"consumer": self.name, "event_id": envelope.id, "at": utcnow()}
         try:
+            if self.driver:
+                async with self.db.driver_write() as tx:
+                    if await tx.execute(self._statement, **values) != 1:
+                        return  # processed before: the transaction wrote nothing
+                    await self.handler(tx, envelope)
+                return
+            record = self._record
+            arguments = record.arguments(values)
             async with self.db.transaction() as session:
                 conn = await session.connection()
                 recorded = await conn.exec_driver_sql(record.sql, arguments)

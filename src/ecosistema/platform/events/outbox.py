@@ -35,6 +35,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from ecosistema.platform.db import (
     CompiledRead,
     Database,
+    DriverTransaction,
     UTCDateTime,
     as_utc_datetime,
     compile_statement,
@@ -110,14 +111,15 @@ class Outbox:
 
     async def add(
         self,
-        session: AsyncSession,
+        session: AsyncSession | DriverTransaction,
         type: str,
         payload: dict[str, Any],
         *,
         version: int = 1,
         correlation_id: str | None = None,
     ) -> EventEnvelope:
-        """Record an event in the caller's transaction; it is published only if that commits."""
+        """Record an event in the caller's transaction (an ORM session or a driver transaction);
+        it is published only if that commits."""
         if correlation_id is None:
             from ecosistema.platform.telemetry import current_request_id
 
@@ -129,8 +131,6 @@ class Outbox:
             correlation_id=correlation_id,
             payload=payload,
         )
-        conn = await session.connection()
-        insert = self._insert_for(conn.dialect)
         values = {
             "event_id": envelope.id,
             "type": envelope.type,
@@ -141,6 +141,12 @@ class Outbox:
             "payload": to_jsonable_python(envelope.payload),
             "attempts": 0,
         }
+        if isinstance(session, DriverTransaction):
+            await session.execute(self._insert, **values)
+            session.after_commit(self._wake_watchers)
+            return envelope
+        conn = await session.connection()
+        insert = self._insert_for(conn.dialect)
         await conn.exec_driver_sql(insert.sql, insert.arguments(values))
         # One wake-up per transaction, however many events it adds.
         watched = session.sync_session.info
@@ -163,6 +169,9 @@ class Outbox:
 
     def _wake(self, session: Any) -> None:
         session.info.pop(self._watch_key, None)
+        self._wake_watchers()
+
+    def _wake_watchers(self) -> None:
         for wakeup in list(self._watchers):
             with contextlib.suppress(RuntimeError):  # its loop has closed
                 wakeup.set()
