@@ -69,8 +69,8 @@ async def test_simultaneous_numbering_leaves_no_gap_and_no_duplicate(shop: Shop)
 
     async def issue(rollback: bool) -> None:
         try:
-            async with shop.ctx.db.transaction() as session:
-                number = await next_document_number(session, "TST", 2026)
+            async with shop.ctx.db.driver_write() as tx:
+                number = await next_document_number(tx, "TST", 2026)
                 if rollback:
                     raise RuntimeError("the issuing use case failed")
                 taken.append(number)
@@ -80,9 +80,9 @@ async def test_simultaneous_numbering_leaves_no_gap_and_no_duplicate(shop: Shop)
     await asyncio.gather(*(issue(rollback=i % 4 == 0) for i in range(24)))
 
     assert sorted(taken) == list(range(1, 19))
-    async with shop.ctx.db.transaction() as session:
-        assert await next_document_number(session, "TST", 2026) == 19
-        assert await next_document_number(session, "TST", 2027) == 1
+    async with shop.ctx.db.driver_write() as tx:
+        assert await next_document_number(tx, "TST", 2026) == 19
+        assert await next_document_number(tx, "TST", 2027) == 1
 
 
 async def test_simultaneous_captures_get_consecutive_invoice_numbers(shop: Shop) -> None:

@@ -22,7 +22,7 @@ from datetime import time as dtime
 from typing import Any
 
 import structlog
-from sqlalchemy import and_, func, or_, select, update
+from sqlalchemy import and_, bindparam, func, or_, select, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.exc import IntegrityError
@@ -71,7 +71,7 @@ from ecosistema.payments.schemas import (
 )
 from ecosistema.platform.auth import Principal
 from ecosistema.platform.csvsafe import escape_row
-from ecosistema.platform.db import new_id, utcnow
+from ecosistema.platform.db import DriverTransaction, new_id, utcnow
 from ecosistema.platform.errors import (
     Conflict,
     NotFound,
@@ -113,6 +113,119 @@ ORDER_NOT_FOUND = "No order with this id."
 PAYABLE_ORDER_STATUSES = frozenset({"pending_payment"})
 # A claimed payment whose provider call has not been recorded after this long is resumed.
 RESUME_AFTER = timedelta(minutes=2)
+
+
+# Statements of the payment path and of the helpers it shares with refunds, captures and
+# webhooks, built once for driver transactions (``Database.driver_write``).
+_PAYMENT = select(payments).where(payments.c.id == bindparam("payment_id"))
+_PAYMENT_BY_PROVIDER_REF = select(payments).where(
+    payments.c.provider == bindparam("provider"), payments.c.provider_ref == bindparam("ref")
+)
+_TAKE_REFUND = (
+    update(payments)
+    .where(
+        payments.c.id == bindparam("payment_id"),
+        payments.c.status == PaymentStatus.SUCCEEDED.value,
+        payments.c.refunded_amount + bindparam("amount") <= payments.c.captured_amount,
+    )
+    .values(
+        refunded_amount=payments.c.refunded_amount + bindparam("amount"),
+        updated_at=bindparam("at"),
+    )
+)
+_REFUNDS_OF_PAYMENT = (
+    select(refunds)
+    .where(refunds.c.payment_id == bindparam("payment_id"))
+    .order_by(refunds.c.created_at, refunds.c.id)
+)
+_REFUNDED_LINES = select(refunds.c.lines).where(
+    refunds.c.payment_id == bindparam("payment_id"), refunds.c.status != "failed"
+)
+_OTHER_REFUNDED_LINES = _REFUNDED_LINES.where(refunds.c.id != bindparam("refund_id"))
+_SETTLE_REFUND = (
+    update(refunds)
+    .where(refunds.c.id == bindparam("refund_id"), refunds.c.status == "pending")
+    .values(
+        status="succeeded",
+        provider_ref=bindparam("provider_ref"),
+        completed_at=bindparam("completed_at"),
+    )
+)
+_INVOICE_OF_PAYMENT = select(invoices.c.id).where(
+    invoices.c.payment_id == bindparam("payment_id"), invoices.c.kind == "invoice"
+)
+_BUMP_COUNTER = (
+    update(document_counters)
+    .where(
+        document_counters.c.series == bindparam("series"),
+        document_counters.c.year == bindparam("year"),
+    )
+    .values(last_value=document_counters.c.last_value + 1)
+    .returning(document_counters.c.last_value)
+)
+# By ``Database.is_postgres``: the counter's first row, unless a concurrent issuer made it.
+_START_COUNTER = {
+    postgres: dialect_insert(document_counters)
+    .values(series=bindparam("series"), year=bindparam("year"), last_value=1)
+    .on_conflict_do_nothing()
+    for postgres, dialect_insert in ((False, sqlite_insert), (True, pg_insert))
+}
+_RECEIVE_PROVIDER_EVENT = {
+    postgres: dialect_insert(provider_events)
+    .values(
+        provider=bindparam("provider"),
+        event_id=bindparam("event_id"),
+        type=bindparam("type"),
+        outcome="received",
+        received_at=bindparam("received_at"),
+    )
+    .on_conflict_do_nothing()
+    for postgres, dialect_insert in ((False, sqlite_insert), (True, pg_insert))
+}
+_PROVIDER_EVENT_OUTCOME = (
+    update(provider_events)
+    .where(
+        provider_events.c.provider == bindparam("provider"),
+        provider_events.c.event_id == bindparam("event_id"),
+    )
+    .values(outcome=bindparam("outcome"))
+)
+
+# UPDATE statements of a payment by the columns they set, and whether they are guarded by the
+# status the payment must still be in; built once per shape (a handful).
+_PAYMENT_UPDATES: dict[tuple[tuple[str, ...], bool], Any] = {}
+
+
+def _payment_update(columns: tuple[str, ...], *, guarded: bool) -> Any:
+    key = (columns, guarded)
+    found = _PAYMENT_UPDATES.get(key)
+    if found is None:
+        where = [payments.c.id == bindparam("payment_id")]
+        if guarded:
+            where.append(payments.c.status == bindparam("expected_status"))
+        found = _PAYMENT_UPDATES[key] = (
+            update(payments)
+            .where(*where)
+            .values({payments.c[name]: bindparam(name) for name in columns})
+        )
+    return found
+
+
+async def _update_payment(
+    tx: DriverTransaction,
+    payment_id: str,
+    values: Mapping[str, Any],
+    *,
+    expected: PaymentStatus | None = None,
+) -> int:
+    """Set ``values`` on a payment (only while it is in status ``expected``, when given); the
+    number of rows changed."""
+    statement = _payment_update(tuple(values), guarded=expected is not None)
+    if expected is None:
+        return await tx.execute(statement, payment_id=payment_id, **values)
+    return await tx.execute(
+        statement, payment_id=payment_id, expected_status=expected.value, **values
+    )
 
 
 class OrderNotPayable(Conflict):
@@ -165,15 +278,11 @@ def _payment(row: Mapping[str, Any]) -> Payment:
     return Payment.model_validate({**row, "card": row["card"]}, from_attributes=False)
 
 
-async def _load(session: AsyncSession, payment_id: str) -> dict[str, Any]:
-    row = (
-        (await session.execute(select(payments).where(payments.c.id == payment_id)))
-        .mappings()
-        .one_or_none()
-    )
+async def _load(tx: DriverTransaction, payment_id: str) -> dict[str, Any]:
+    row = await tx.row(_PAYMENT, payment_id=payment_id)
     if row is None:
         raise NotFound(PAYMENT_NOT_FOUND)
-    return dict(row)
+    return row
 
 
 def _ensure_reach(principal: Principal, row: Mapping[str, Any], *, bypass: str) -> None:
@@ -230,8 +339,8 @@ async def get_payment(
 ) -> Payment:
     """One payment, if the caller may see it (a guest: with their order's cart token)."""
     _check_caller(principal, cart_token, "payments:read_own", "payments:read_all")
-    async with ctx.db.read() as session:
-        row = await _load(session, payment_id)
+    async with ctx.db.driver_read() as tx:
+        row = await _load(tx, payment_id)
     await _ensure_payer(
         ctx, principal, cart_token, row, own="payments:read_own", bypass="payments:read_all"
     )
@@ -398,8 +507,8 @@ async def create_payment(
         try:
             # ``live_order_id`` is unique while a payment is not canceled: one live payment per
             # order, even when two requests race.
-            async with ctx.db.transaction() as session:
-                await session.execute(payments.insert().values(**values))
+            async with ctx.db.driver_write() as tx:
+                await tx.insert(payments, values)
         except IntegrityError:
             async with ctx.db.read() as session:
                 active = await session.scalar(
@@ -503,8 +612,8 @@ async def _confirm(
     created: dict[str, Any] | None = None,
 ) -> Payment:
     if created is None:
-        async with ctx.db.read() as session:
-            row = await _load(session, payment_id)
+        async with ctx.db.driver_read() as tx:
+            row = await _load(tx, payment_id)
         await _ensure_payer(
             ctx, principal, cart_token, row, own="payments:write_own", bypass="payments:write_all"
         )
@@ -536,13 +645,8 @@ async def _confirm(
         "next_action": None,
         **_pending(operation),
     }
-    async with ctx.db.transaction() as session:
-        claimed = await session.execute(
-            update(payments)
-            .where(payments.c.id == payment_id, payments.c.status == previous.value)
-            .values(**claim)
-        )
-        if _rowcount(claimed) != 1:
+    async with ctx.db.driver_write() as tx:
+        if await _update_payment(tx, payment_id, claim, expected=previous) != 1:
             raise IllegalTransition("The payment changed while confirming; read it again.")
     # The guarded update changed only what ``claim`` says, on the row read above.
     return await _finish(ctx, {**row, **claim}, previous)
@@ -600,8 +704,8 @@ async def _finish(ctx: ServiceContext, row: Mapping[str, Any], previous: Payment
     except BaseException:
         await _restore(ctx, str(row["id"]), previous, attempt=_attempt_before(row, previous))
         raise
-    async with ctx.db.transaction() as session:
-        recorded = await _record_outcome(ctx, session, str(row["id"]), outcome)
+    async with ctx.db.driver_write() as tx:
+        recorded = await _record_outcome(ctx, tx, str(row["id"]), outcome)
     return _payment(recorded)
 
 
@@ -662,10 +766,10 @@ async def _restore(
 
 
 async def _record_outcome(
-    ctx: ServiceContext, session: AsyncSession, payment_id: str, outcome: ProviderOutcome
+    ctx: ServiceContext, tx: DriverTransaction, payment_id: str, outcome: ProviderOutcome
 ) -> dict[str, Any]:
     """Record a provider's answer for a claimed payment; the payment as it now is."""
-    row = await _load(session, payment_id)
+    row = await _load(tx, payment_id)
     now = _now()
     target = PaymentStatus(outcome.status)
     domain.ensure_transition(PaymentStatus(row["status"]), target)
@@ -675,7 +779,7 @@ async def _record_outcome(
     if target is PaymentStatus.FAILED:
         values.update(failure_code=outcome.decline_code, failure_message=outcome.message)
         await ctx.outbox.add(
-            session,
+            tx,
             events.PAYMENT_FAILED,
             {
                 "payment_id": payment_id,
@@ -698,19 +802,19 @@ async def _record_outcome(
         )
     elif target is PaymentStatus.CANCELED:
         values.update(amount_capturable=0, live_order_id=None)
-    await session.execute(update(payments).where(payments.c.id == payment_id).values(**values))
+    await _update_payment(tx, payment_id, values)
     recorded = {**row, **values}
     if target is PaymentStatus.SUCCEEDED:
-        await _record_capture(ctx, session, recorded, outcome)
+        await _record_capture(ctx, tx, recorded, outcome)
     return recorded
 
 
 async def _record_capture(
-    ctx: ServiceContext, session: AsyncSession, row: Mapping[str, Any], outcome: ProviderOutcome
+    ctx: ServiceContext, tx: DriverTransaction, row: Mapping[str, Any], outcome: ProviderOutcome
 ) -> None:
     """Journal, invoice and PaymentSucceeded for a capture, in the capture's transaction."""
     await _post(
-        session,
+        tx,
         domain.capture_postings(outcome.captured, outcome.fee),
         kind="capture",
         payment=row,
@@ -718,7 +822,7 @@ async def _record_capture(
         provider_ref=outcome.transaction_ref,
     )
     await ctx.outbox.add(
-        session,
+        tx,
         events.PAYMENT_SUCCEEDED,
         {
             "payment_id": row["id"],
@@ -729,11 +833,11 @@ async def _record_capture(
             "occurred_at": (row.get("captured_at") or _now()).isoformat(),
         },
     )
-    await _issue_invoice(ctx, session, row, outcome.captured)
+    await _issue_invoice(ctx, tx, row, outcome.captured)
 
 
 async def _post(
-    session: AsyncSession,
+    tx: DriverTransaction,
     postings: Sequence[Posting],
     *,
     kind: str,
@@ -745,8 +849,8 @@ async def _post(
         raise ValueError("an unbalanced journal transaction")
     transaction_id = new_id()
     now = _now()
-    await session.execute(
-        journal.insert(),
+    await tx.insert(
+        journal,
         [
             {
                 "transaction_id": transaction_id,
@@ -780,8 +884,8 @@ async def capture_payment(
     """Capture all or part of an authorization; the rest is released."""
     with _recorded_at(at):
         ensure(principal, "payments:write_all")
-        async with ctx.db.read() as session:
-            row = await _load(session, payment_id)
+        async with ctx.db.driver_read() as tx:
+            row = await _load(tx, payment_id)
         if row["status"] != PaymentStatus.REQUIRES_CAPTURE.value:
             raise IllegalTransition(
                 f"Only an authorized payment can be captured; this one is {row['status']}.",
@@ -803,15 +907,11 @@ async def _claim(
     amount: int | None = None,
 ) -> dict[str, Any]:
     """Move a payment from ``previous`` to processing for ``operation``, or raise 409."""
-    async with ctx.db.transaction() as session:
-        claimed = await session.execute(
-            update(payments)
-            .where(payments.c.id == payment_id, payments.c.status == previous.value)
-            .values(status=PaymentStatus.PROCESSING.value, **_pending(operation, amount))
-        )
-        if _rowcount(claimed) != 1:
+    claim = {"status": PaymentStatus.PROCESSING.value, **_pending(operation, amount)}
+    async with ctx.db.driver_write() as tx:
+        if await _update_payment(tx, payment_id, claim, expected=previous) != 1:
             raise IllegalTransition("The payment changed meanwhile; read it again.")
-        return await _load(session, payment_id)
+        return await _load(tx, payment_id)
 
 
 async def cancel_payment(
@@ -823,8 +923,8 @@ async def cancel_payment(
 ) -> Payment:
     """Cancel a payment that has taken no money; an authorization is voided at the provider."""
     _check_caller(principal, cart_token, "payments:write_own", "payments:write_all")
-    async with ctx.db.read() as session:
-        row = await _load(session, payment_id)
+    async with ctx.db.driver_read() as tx:
+        row = await _load(tx, payment_id)
     await _ensure_payer(
         ctx, principal, cart_token, row, own="payments:write_own", bypass="payments:write_all"
     )
@@ -856,11 +956,11 @@ async def resume_interrupted_payments(ctx: ServiceContext) -> int:
     for row in due:
         try:
             outcome = await _perform(ctx, row)
-            async with ctx.db.transaction() as session:
-                current = await _load(session, str(row["id"]))
+            async with ctx.db.driver_write() as tx:
+                current = await _load(tx, str(row["id"]))
                 if current["status"] != PaymentStatus.PROCESSING.value:
                     continue
-                await _record_outcome(ctx, session, str(row["id"]), outcome)
+                await _record_outcome(ctx, tx, str(row["id"]), outcome)
             settled += 1
         except Exception as exc:
             log.warning("payment_resume_failed", payment_id=row["id"], error=repr(exc))
@@ -915,8 +1015,8 @@ async def create_refund(
     """Refund an amount, some lines, or all that is left; never more than was captured."""
     with _recorded_at(at):
         ensure(principal, "payments:refund")
-        async with ctx.db.read() as session:
-            row = await _load(session, payment_id)
+        async with ctx.db.driver_read() as tx:
+            row = await _load(tx, payment_id)
         if row["status"] != PaymentStatus.SUCCEEDED.value:
             raise IllegalTransition(
                 f"Only a captured payment can be refunded; this one is {row['status']}.",
@@ -941,40 +1041,33 @@ async def create_refund(
             raise domain.RefundExceedsCaptured("Nothing is left to refund.", refundable=0)
         refund_id = new_id()
         now = _now()
-        async with ctx.db.transaction() as session:
+        async with ctx.db.driver_write() as tx:
             # The guard is the limit: concurrent refunds serialize on this row and the sum of
             # refunds can never pass the captured amount, whatever the interleaving.
-            taken = await session.execute(
-                update(payments)
-                .where(
-                    payments.c.id == payment_id,
-                    payments.c.status == PaymentStatus.SUCCEEDED.value,
-                    payments.c.refunded_amount + amount <= payments.c.captured_amount,
-                )
-                .values(refunded_amount=payments.c.refunded_amount + amount, updated_at=now)
-            )
-            if _rowcount(taken) != 1:
-                current = await _load(session, payment_id)
+            taken = await tx.execute(_TAKE_REFUND, payment_id=payment_id, amount=amount, at=now)
+            if taken != 1:
+                current = await _load(tx, payment_id)
                 domain.check_refund(
                     int(current["captured_amount"]), int(current["refunded_amount"]), amount
                 )
                 raise IllegalTransition("The payment changed meanwhile; read it again.")
             if lines:
-                await _check_line_quantities(session, payment_id, row["order_snapshot"], lines)
-            await session.execute(
-                refunds.insert().values(
-                    id=refund_id,
-                    payment_id=payment_id,
-                    order_id=row["order_id"],
-                    status="pending",
-                    amount=amount,
-                    currency=row["currency"],
-                    reason=data.reason,
-                    restock=data.restock,
-                    lines=lines,
-                    created_by=principal.subject,
-                    created_at=now,
-                )
+                await _check_line_quantities(tx, payment_id, row["order_snapshot"], lines)
+            await tx.insert(
+                refunds,
+                {
+                    "id": refund_id,
+                    "payment_id": payment_id,
+                    "order_id": row["order_id"],
+                    "status": "pending",
+                    "amount": amount,
+                    "currency": row["currency"],
+                    "reason": data.reason,
+                    "restock": data.restock,
+                    "lines": lines,
+                    "created_by": principal.subject,
+                    "created_at": now,
+                },
             )
         async with ctx.db.read() as session:
             pending = await _refund_row(session, refund_id)
@@ -1009,24 +1102,22 @@ async def _settle_refund(
         await _fail_refund(ctx, refund_id, str(payment["id"]), amount, result.message or "failed")
         return
     lines: list[dict[str, Any]] = list(refund["lines"] or [])
-    async with ctx.db.transaction() as session:
-        settled = await session.execute(
-            update(refunds)
-            .where(refunds.c.id == refund_id, refunds.c.status == "pending")
-            .values(status="succeeded", provider_ref=result.ref, completed_at=_now())
+    async with ctx.db.driver_write() as tx:
+        settled = await tx.execute(
+            _SETTLE_REFUND, refund_id=refund_id, provider_ref=result.ref, completed_at=_now()
         )
-        if _rowcount(settled) != 1:
+        if settled != 1:
             return
-        current = await _load(session, str(payment["id"]))
+        current = await _load(tx, str(payment["id"]))
         restock_lines: list[dict[str, Any]] = []
         if refund["restock"]:
             restock_lines = (
                 [{"sku": line["sku"], "quantity": line["quantity"]} for line in lines]
                 if lines
-                else await _units_left(session, current, refund_id)
+                else await _units_left(tx, current, refund_id)
             )
         await _post(
-            session,
+            tx,
             domain.refund_postings(amount),
             kind="refund",
             payment=current,
@@ -1035,7 +1126,7 @@ async def _settle_refund(
         )
         fully = int(current["refunded_amount"]) >= int(current["captured_amount"])
         await ctx.outbox.add(
-            session,
+            tx,
             events.PAYMENT_REFUNDED,
             {
                 "payment_id": current["id"],
@@ -1051,26 +1142,18 @@ async def _settle_refund(
                 "occurred_at": _now().isoformat(),
             },
         )
-        await _issue_credit_note(ctx, session, current, refund_id, amount, lines)
+        await _issue_credit_note(ctx, tx, current, refund_id, amount, lines)
 
 
 async def _units_left(
-    session: AsyncSession, payment: Mapping[str, Any], refund_id: str
+    tx: DriverTransaction, payment: Mapping[str, Any], refund_id: str
 ) -> list[dict[str, Any]]:
     """Each order line's units no other refund of the payment has taken back (by lines): what
     a refund of everything left with ``restock`` puts back in stock."""
-    earlier = (
-        await session.execute(
-            select(refunds.c.lines).where(
-                refunds.c.payment_id == payment["id"],
-                refunds.c.status != "failed",
-                refunds.c.id != refund_id,
-            )
-        )
-    ).scalars()
+    earlier = await tx.rows(_OTHER_REFUNDED_LINES, payment_id=payment["id"], refund_id=refund_id)
     taken: dict[str, int] = {}
-    for refund_lines in earlier:
-        for line in refund_lines or []:
+    for earlier_refund in earlier:
+        for line in earlier_refund["lines"] or []:
             taken[str(line["line_id"])] = taken.get(str(line["line_id"]), 0) + int(line["quantity"])
     out = []
     for line in payment["order_snapshot"].get("lines") or []:
@@ -1098,8 +1181,8 @@ async def resume_pending_refunds(ctx: ServiceContext) -> int:
     settled = 0
     for refund in due:
         try:
-            async with ctx.db.read() as session:
-                payment = await _load(session, str(refund["payment_id"]))
+            async with ctx.db.driver_read() as tx:
+                payment = await _load(tx, str(refund["payment_id"]))
             await _settle_refund(ctx, refund, payment, on_error="keep")
             settled += 1
         except Exception as exc:
@@ -1133,21 +1216,15 @@ def _refund_lines(order: Mapping[str, Any], data: RefundCreate) -> list[dict[str
 
 
 async def _check_line_quantities(
-    session: AsyncSession,
+    tx: DriverTransaction,
     payment_id: str,
     order: Mapping[str, Any],
     lines: Sequence[Mapping[str, Any]],
 ) -> None:
-    earlier = (
-        await session.execute(
-            select(refunds.c.lines).where(
-                refunds.c.payment_id == payment_id, refunds.c.status != "failed"
-            )
-        )
-    ).scalars()
+    earlier = await tx.rows(_REFUNDED_LINES, payment_id=payment_id)
     refunded: dict[str, int] = {}
-    for refund_lines in earlier:
-        for line in refund_lines or []:
+    for earlier_refund in earlier:
+        for line in earlier_refund["lines"] or []:
             refunded[line["line_id"]] = refunded.get(line["line_id"], 0) + int(line["quantity"])
     ordered = {str(line["line_id"]): int(line["quantity"]) for line in order.get("lines") or []}
     for index, line in enumerate(lines):
@@ -1185,47 +1262,29 @@ async def _refund(ctx: ServiceContext, refund_id: str) -> Refund:
 async def list_refunds(ctx: ServiceContext, *, principal: Principal, payment_id: str) -> RefundList:
     """A payment's refunds, oldest first."""
     _ensure_any(principal, "payments:read_own", "payments:read_all")
-    async with ctx.db.read() as session:
-        row = await _load(session, payment_id)
+    async with ctx.db.driver_read() as tx:
+        row = await _load(tx, payment_id)
         _ensure_reach(principal, row, bypass="payments:read_all")
-        rows = (
-            await session.execute(
-                select(refunds)
-                .where(refunds.c.payment_id == payment_id)
-                .order_by(refunds.c.created_at, refunds.c.id)
-            )
-        ).mappings()
-        return RefundList(items=[Refund.model_validate(dict(r)) for r in rows])
+        rows = await tx.rows(_REFUNDS_OF_PAYMENT, payment_id=payment_id)
+    return RefundList(items=[Refund.model_validate(r) for r in rows])
 
 
 # --- invoices -----------------------------------------------------------------------------------
 
 
-async def next_document_number(session: AsyncSession, series: str, year: int) -> int:
+async def next_document_number(tx: DriverTransaction, series: str, year: int) -> int:
     """Take the next number of a series and year in the caller's transaction.
 
     The counter row is bumped with one guarded UPDATE, so concurrent issuers queue on the row
     and a rolled-back transaction gives its number back: no gaps, no duplicates.
     """
-    bump = (
-        update(document_counters)
-        .where(document_counters.c.series == series, document_counters.c.year == year)
-        .values(last_value=document_counters.c.last_value + 1)
-        .returning(document_counters.c.last_value)
-    )
-    value = (await session.execute(bump)).scalar_one_or_none()
+    value = await tx.scalar(_BUMP_COUNTER, series=series, year=year)
     if value is not None:
         return int(value)
-    dialect = session.get_bind().dialect.name
-    dialect_insert = pg_insert if dialect == "postgresql" else sqlite_insert
-    created = await session.execute(
-        dialect_insert(document_counters)
-        .values(series=series, year=year, last_value=1)
-        .on_conflict_do_nothing()
-    )
-    if _rowcount(created) == 1:
+    if await tx.execute(_START_COUNTER[tx.db.is_postgres], series=series, year=year) == 1:
         return 1
-    return int((await session.execute(bump)).scalar_one())
+    # A concurrent issuer created the row first (and has committed): bump it after all.
+    return int(await tx.scalar(_BUMP_COUNTER, series=series, year=year))
 
 
 def _seller(ctx: ServiceContext) -> dict[str, Any]:
@@ -1330,7 +1389,7 @@ def _scaled(lines: list[dict[str, Any]], amount: int, total: int) -> list[dict[s
 
 async def _issue_document(
     ctx: ServiceContext,
-    session: AsyncSession,
+    tx: DriverTransaction,
     *,
     kind: str,
     series: str,
@@ -1340,7 +1399,7 @@ async def _issue_document(
     related_invoice_id: str | None,
 ) -> dict[str, Any]:
     now = _now()
-    sequence = await next_document_number(session, series, now.year)
+    sequence = await next_document_number(tx, series, now.year)
     total = sum(int(line["total"]) for line in lines)
     tax_total = sum(int(line["tax"]) for line in lines)
     order = {**payment["order_snapshot"], **_open(ctx, payment, "payments")}
@@ -1368,10 +1427,10 @@ async def _issue_document(
         "related_invoice_id": related_invoice_id,
         "issued_at": now,
     }
-    await session.execute(invoices.insert().values(**document))
+    await tx.insert(invoices, document)
     event = events.INVOICE_ISSUED if kind == "invoice" else events.CREDIT_NOTE_ISSUED
     await ctx.outbox.add(
-        session,
+        tx,
         event,
         {
             "invoice_id": document["id"],
@@ -1390,13 +1449,13 @@ async def _issue_document(
 
 
 async def _issue_invoice(
-    ctx: ServiceContext, session: AsyncSession, payment: Mapping[str, Any], captured: int
+    ctx: ServiceContext, tx: DriverTransaction, payment: Mapping[str, Any], captured: int
 ) -> None:
     order = payment["order_snapshot"]
     lines = _scaled(_invoice_lines(order), captured, int(order.get("total") or captured))
     await _issue_document(
         ctx,
-        session,
+        tx,
         kind="invoice",
         series=INVOICE_SERIES,
         payment=payment,
@@ -1408,20 +1467,14 @@ async def _issue_invoice(
 
 async def _issue_credit_note(
     ctx: ServiceContext,
-    session: AsyncSession,
+    tx: DriverTransaction,
     payment: Mapping[str, Any],
     refund_id: str,
     amount: int,
     refund_lines: Sequence[Mapping[str, Any]],
 ) -> None:
     order = payment["order_snapshot"]
-    invoice_id = (
-        await session.execute(
-            select(invoices.c.id).where(
-                invoices.c.payment_id == payment["id"], invoices.c.kind == "invoice"
-            )
-        )
-    ).scalar_one_or_none()
+    invoice_id = await tx.scalar(_INVOICE_OF_PAYMENT, payment_id=payment["id"])
     rate = _order_rate(order)
     by_id = {str(line.get("line_id")): line for line in order.get("lines") or []}
     lines: list[dict[str, Any]] = []
@@ -1446,7 +1499,7 @@ async def _issue_credit_note(
         lines = _by_rate("Refund", -amount, _invoice_lines(order))
     await _issue_document(
         ctx,
-        session,
+        tx,
         kind="credit_note",
         series=CREDIT_NOTE_SERIES,
         payment=payment,
@@ -1532,26 +1585,19 @@ async def receive_provider_event(
         )
     event_id, event_type, obj = _provider_event(payload)
     latest = await _provider_view(ctx, provider, event_type, obj)
-    async with ctx.db.transaction() as session:
-        insert = pg_insert if ctx.db.is_postgres else sqlite_insert
-        fresh = await session.execute(
-            insert(provider_events)
-            .values(
-                provider=provider,
-                event_id=event_id[:255],
-                type=event_type[:100],
-                outcome="received",
-                received_at=_now(),
-            )
-            .on_conflict_do_nothing()
+    async with ctx.db.driver_write() as tx:
+        fresh = await tx.execute(
+            _RECEIVE_PROVIDER_EVENT[ctx.db.is_postgres],
+            provider=provider,
+            event_id=event_id[:255],
+            type=event_type[:100],
+            received_at=_now(),
         )
-        if _rowcount(fresh) != 1:
+        if fresh != 1:
             return WebhookAck(received=True, duplicate=True, outcome="duplicate")
-        outcome = await _apply_provider_event(ctx, session, provider, event_type, obj, latest)
-        await session.execute(
-            update(provider_events)
-            .where(provider_events.c.provider == provider, provider_events.c.event_id == event_id)
-            .values(outcome=outcome)
+        outcome = await _apply_provider_event(ctx, tx, provider, event_type, obj, latest)
+        await tx.execute(
+            _PROVIDER_EVENT_OUTCOME, provider=provider, event_id=event_id, outcome=outcome
         )
     return WebhookAck(received=True, duplicate=False, outcome=outcome)
 
@@ -1594,7 +1640,7 @@ async def _provider_view(
 
 async def _apply_provider_event(
     ctx: ServiceContext,
-    session: AsyncSession,
+    tx: DriverTransaction,
     provider: str,
     event_type: str,
     obj: dict[str, Any],
@@ -1603,17 +1649,7 @@ async def _apply_provider_event(
     target = domain.PROVIDER_EVENT_TARGETS.get(event_type)
     if target is None:
         return "ignored"
-    row = (
-        (
-            await session.execute(
-                select(payments).where(
-                    payments.c.provider == provider, payments.c.provider_ref == str(obj.get("id"))
-                )
-            )
-        )
-        .mappings()
-        .one_or_none()
-    )
+    row = await tx.row(_PAYMENT_BY_PROVIDER_REF, provider=provider, ref=str(obj.get("id")))
     if row is None:
         return "unknown_payment"
     current = PaymentStatus(row["status"])
@@ -1625,9 +1661,7 @@ async def _apply_provider_event(
         return f"ignored_in_{current.value}"
     if current is not PaymentStatus.PROCESSING:
         # The provider finished what the customer started elsewhere; pass through processing.
-        await session.execute(
-            update(payments).where(payments.c.id == row["id"]).values(status="processing")
-        )
+        await _update_payment(tx, str(row["id"]), {"status": PaymentStatus.PROCESSING.value})
     error = obj.get("last_payment_error") or {}
     charge = obj.get("latest_charge") if isinstance(obj.get("latest_charge"), dict) else {}
     txn = charge.get("balance_transaction") if isinstance(charge, dict) else None
@@ -1641,7 +1675,7 @@ async def _apply_provider_event(
         decline_code=(error.get("decline_code") or error.get("code") or "")[:64] or None,
         message=(error.get("message") or "")[:255] or None,
     )
-    await _record_outcome(ctx, session, str(row["id"]), latest or outcome)
+    await _record_outcome(ctx, tx, str(row["id"]), latest or outcome)
     return f"applied_{target.value}"
 
 
@@ -1854,7 +1888,3 @@ def sales_report_csv(report: SalesReport) -> str:
             )
         )
     return out.getvalue()
-
-
-def _rowcount(result: Any) -> int:
-    return int(getattr(result, "rowcount", 0) or 0)

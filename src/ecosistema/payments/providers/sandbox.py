@@ -4,6 +4,10 @@ Test cards: 4242424242424242 succeeds, 4000000000000002 is declined, 40000000000
 declined for insufficient funds, 4000002500003155 requires an action and then succeeds on
 confirm. Any other valid card succeeds. Only the card's behaviour, brand and last four digits are
 kept, under a random token.
+
+The sandbox stands in for an external provider, so it keeps transactions of its own, apart from
+the payments service's; they run on the driver (``Database.driver_write``) with statements built
+once below.
 """
 
 from __future__ import annotations
@@ -12,9 +16,8 @@ import secrets
 from collections.abc import Mapping
 from typing import Any
 
-from sqlalchemy import RowMapping, select, update
+from sqlalchemy import bindparam, select, update
 from sqlalchemy.exc import IntegrityError
-from sqlalchemy.ext.asyncio import AsyncSession
 
 from ecosistema.payments.domain import card_brand, sandbox_fee
 from ecosistema.payments.models import sandbox_cards, sandbox_intents, sandbox_ledger
@@ -27,7 +30,7 @@ from ecosistema.payments.providers.base import (
     ProviderUnavailable,
     UnknownPaymentMethod,
 )
-from ecosistema.platform.db import Database, utcnow
+from ecosistema.platform.db import Database, DriverTransaction, utcnow
 
 TEST_CARDS: Mapping[str, str] = {
     "4242424242424242": "succeed",
@@ -35,6 +38,27 @@ TEST_CARDS: Mapping[str, str] = {
     "4000000000009995": "insufficient_funds",
     "4000002500003155": "requires_action",
 }
+
+
+_CARD = select(sandbox_cards).where(sandbox_cards.c.token == bindparam("token"))
+_CARD_BEHAVIOUR = select(sandbox_cards.c.behaviour).where(
+    sandbox_cards.c.token == bindparam("token")
+)
+_INTENT = select(sandbox_intents).where(sandbox_intents.c.ref == bindparam("ref"))
+_INTENT_BY_KEY = select(sandbox_intents).where(
+    sandbox_intents.c.idempotency_key == bindparam("idempotency_key")
+)
+_SET_INTENT_STATUS = (
+    update(sandbox_intents)
+    .where(sandbox_intents.c.ref == bindparam("ref"))
+    .values(status=bindparam("status"))
+)
+_ENTRY_BY_KEY = select(sandbox_ledger.c.id).where(
+    sandbox_ledger.c.idempotency_key == bindparam("idempotency_key")
+)
+_CHARGE = select(sandbox_ledger).where(
+    sandbox_ledger.c.intent_ref == bindparam("ref"), sandbox_ledger.c.kind == "charge"
+)
 
 
 def _ref(prefix: str) -> str:
@@ -54,24 +78,25 @@ class SandboxProvider:
         number = card.number.replace(" ", "").replace("-", "")
         token = _ref("tok")
         brand = card_brand(number)
-        async with self._db.transaction() as session:
-            await session.execute(
-                sandbox_cards.insert().values(
-                    token=token,
-                    behaviour=TEST_CARDS.get(number, "succeed"),
-                    brand=brand,
-                    last4=number[-4:],
-                    exp_month=card.exp_month,
-                    exp_year=card.exp_year,
-                    created_at=utcnow(),
-                )
+        async with self._db.driver_write() as tx:
+            await tx.insert(
+                sandbox_cards,
+                {
+                    "token": token,
+                    "behaviour": TEST_CARDS.get(number, "succeed"),
+                    "brand": brand,
+                    "last4": number[-4:],
+                    "exp_month": card.exp_month,
+                    "exp_year": card.exp_year,
+                    "created_at": utcnow(),
+                },
             )
         return CardToken(token, brand, number[-4:], card.exp_month, card.exp_year)
 
     async def payment_method(self, token: str) -> CardToken:
         """The card kept under ``token``."""
-        async with self._db.read() as session:
-            card = await _card(session, token)
+        async with self._db.driver_read() as tx:
+            card = await _card(tx, token)
         return CardToken(
             token,
             str(card["brand"]),
@@ -91,21 +116,11 @@ class SandboxProvider:
         description: str,
     ) -> ProviderOutcome:
         """Charge or authorize per the test card's behaviour, once per idempotency key."""
-        async with self._db.transaction() as session:
-            existing = (
-                (
-                    await session.execute(
-                        select(sandbox_intents).where(
-                            sandbox_intents.c.idempotency_key == idempotency_key
-                        )
-                    )
-                )
-                .mappings()
-                .one_or_none()
-            )
+        async with self._db.driver_write() as tx:
+            existing = await tx.row(_INTENT_BY_KEY, idempotency_key=idempotency_key)
             if existing is not None:
-                return await self._outcome_of(session, dict(existing))
-            card = await _card(session, token)
+                return await self._outcome_of(tx, existing)
+            card = await _card(tx, token)
             behaviour = str(card["behaviour"])
             if behaviour in ("generic_decline", "insufficient_funds"):
                 status = "failed"
@@ -124,79 +139,65 @@ class SandboxProvider:
                 "currency": currency,
                 "created_at": utcnow(),
             }
-            await session.execute(sandbox_intents.insert().values(**row))
+            await tx.insert(sandbox_intents, row)
             if status == "succeeded":
                 # A new intent has no charge yet: booked without the lookups a retry needs.
                 fee = sandbox_fee(amount)
                 entry_id = await self._book(
-                    session, ref, "charge", amount, currency, f"{ref}:capture", fee=fee, fresh=True
+                    tx, ref, "charge", amount, currency, f"{ref}:capture", fee=fee, fresh=True
                 )
                 return ProviderOutcome(
                     "succeeded", ref, captured=amount, fee=fee, transaction_ref=entry_id
                 )
-            return await self._outcome_of(session, row)
+            return await self._outcome_of(tx, row)
 
     async def confirm(self, ref: str, *, idempotency_key: str) -> ProviderOutcome:
         """Complete the customer's action; the payment then succeeds (or awaits capture)."""
-        async with self._db.transaction() as session:
-            intent = await self._intent(session, ref)
+        async with self._db.driver_write() as tx:
+            intent = await self._intent(tx, ref)
             if intent["status"] == "requires_action":
                 status = "succeeded" if intent["capture"] else "requires_capture"
-                await session.execute(
-                    update(sandbox_intents)
-                    .where(sandbox_intents.c.ref == ref)
-                    .values(status=status)
-                )
+                await tx.execute(_SET_INTENT_STATUS, ref=ref, status=status)
                 if status == "succeeded":
                     await self._book(
-                        session,
+                        tx,
                         ref,
                         "charge",
                         int(intent["amount"]),
                         intent["currency"],
                         f"{ref}:capture",
                     )
-                intent = await self._intent(session, ref)
-            return await self._outcome_of(session, intent)
+                intent = await self._intent(tx, ref)
+            return await self._outcome_of(tx, intent)
 
     async def capture(self, ref: str, amount: int, *, idempotency_key: str) -> ProviderOutcome:
         """Capture part or all of an authorization."""
-        async with self._db.transaction() as session:
-            intent = await self._intent(session, ref)
+        async with self._db.driver_write() as tx:
+            intent = await self._intent(tx, ref)
             if intent["status"] == "requires_capture":
                 if amount > int(intent["amount"]):
                     raise ProviderUnavailable(
                         "The sandbox refuses to capture more than authorized."
                     )
-                await session.execute(
-                    update(sandbox_intents)
-                    .where(sandbox_intents.c.ref == ref)
-                    .values(status="succeeded")
-                )
-                await self._book(
-                    session, ref, "charge", amount, intent["currency"], f"{ref}:capture"
-                )
-                intent = await self._intent(session, ref)
-            return await self._outcome_of(session, intent)
+                await tx.execute(_SET_INTENT_STATUS, ref=ref, status="succeeded")
+                await self._book(tx, ref, "charge", amount, intent["currency"], f"{ref}:capture")
+                intent = await self._intent(tx, ref)
+            return await self._outcome_of(tx, intent)
 
     async def void(self, ref: str, *, idempotency_key: str) -> None:
         """Release an authorization that was not captured."""
-        async with self._db.transaction() as session:
-            intent = await self._intent(session, ref)
+        async with self._db.driver_write() as tx:
+            intent = await self._intent(tx, ref)
             if intent["status"] == "succeeded":
                 raise ProviderUnavailable("The sandbox cannot void a captured payment.")
-            await session.execute(
-                update(sandbox_intents)
-                .where(sandbox_intents.c.ref == ref)
-                .values(status="canceled")
-            )
+            await tx.execute(_SET_INTENT_STATUS, ref=ref, status="canceled")
 
     async def refund(self, ref: str, amount: int, *, idempotency_key: str) -> ProviderRefund:
         """Give back part of a capture, once per idempotency key."""
-        async with self._db.transaction() as session:
-            intent = await self._intent(session, ref)
+        async with self._db.driver_write() as tx:
+            intent = await self._intent(tx, ref)
             entry_id = await self._book(
-                session, ref, "refund", -amount, intent["currency"], idempotency_key, fee=0
+                tx, ref, "refund", -amount, intent["currency"], idempotency_key, fee=0
             )
         return ProviderRefund(
             ref=_refund_ref(entry_id), status="succeeded", transaction_ref=entry_id
@@ -220,19 +221,15 @@ class SandboxProvider:
                 for r in rows
             ]
 
-    async def _intent(self, session: Any, ref: str) -> Mapping[str, Any]:
-        intent = (
-            (await session.execute(select(sandbox_intents).where(sandbox_intents.c.ref == ref)))
-            .mappings()
-            .one_or_none()
-        )
+    async def _intent(self, tx: DriverTransaction, ref: str) -> Mapping[str, Any]:
+        intent = await tx.row(_INTENT, ref=ref)
         if intent is None:
             raise ProviderUnavailable(f"The sandbox has no payment {ref}.")
-        return dict(intent)
+        return intent
 
     async def _book(
         self,
-        session: Any,
+        tx: DriverTransaction,
         ref: str,
         kind: str,
         amount: int,
@@ -243,46 +240,36 @@ class SandboxProvider:
         fresh: bool = False,
     ) -> str:
         entry_id = _ref("txn")
-        insert = sandbox_ledger.insert().values(
-            id=entry_id,
-            idempotency_key=idempotency_key,
-            intent_ref=ref,
-            kind=kind,
-            amount=amount,
-            fee=sandbox_fee(amount) if fee is None else fee,
-            currency=currency,
-            created_at=utcnow(),
-        )
-        if fresh:  # the key is new by construction: no lookup, no savepoint
-            await session.execute(insert)
+        entry = {
+            "id": entry_id,
+            "idempotency_key": idempotency_key,
+            "intent_ref": ref,
+            "kind": kind,
+            "amount": amount,
+            "fee": sandbox_fee(amount) if fee is None else fee,
+            "currency": currency,
+            "created_at": utcnow(),
+        }
+        if fresh:  # the key is new by construction: no lookup
+            await tx.insert(sandbox_ledger, entry)
             return entry_id
-        found = (
-            await session.execute(
-                select(sandbox_ledger.c.id).where(
-                    sandbox_ledger.c.idempotency_key == idempotency_key
-                )
-            )
-        ).scalar_one_or_none()
+        found = await tx.scalar(_ENTRY_BY_KEY, idempotency_key=idempotency_key)
         if found is not None:
             return str(found)
         try:
-            async with session.begin_nested():
-                await session.execute(insert)
+            await tx.insert(sandbox_ledger, entry)
         except IntegrityError:
+            # Another transaction booked the key meanwhile; this one is rolled back whole.
             raise ProviderUnavailable("A sandbox operation with this key is in flight.") from None
         return entry_id
 
-    async def _outcome_of(self, session: Any, intent: Mapping[str, Any]) -> ProviderOutcome:
+    async def _outcome_of(
+        self, tx: DriverTransaction, intent: Mapping[str, Any]
+    ) -> ProviderOutcome:
         ref = str(intent["ref"])
         status = str(intent["status"])
         if status == "failed":
-            card = (
-                await session.execute(
-                    select(sandbox_cards.c.behaviour).where(
-                        sandbox_cards.c.token == intent["token"]
-                    )
-                )
-            ).scalar_one()
+            card = await tx.scalar(_CARD_BEHAVIOUR, token=intent["token"])
             message = (
                 "Your card has insufficient funds."
                 if card == "insufficient_funds"
@@ -296,17 +283,9 @@ class SandboxProvider:
                 next_action={"type": "use_stripe_sdk", "three_d_secure": {"ref": ref}},
             )
         if status == "succeeded":
-            charge = (
-                (
-                    await session.execute(
-                        select(sandbox_ledger).where(
-                            sandbox_ledger.c.intent_ref == ref, sandbox_ledger.c.kind == "charge"
-                        )
-                    )
-                )
-                .mappings()
-                .one()
-            )
+            charge = await tx.row(_CHARGE, ref=ref)
+            if charge is None:
+                raise ProviderUnavailable(f"The sandbox has no charge for payment {ref}.")
             return ProviderOutcome(
                 "succeeded",
                 ref,
@@ -323,13 +302,9 @@ def _refund_ref(entry_id: str) -> str:
     return "re_" + entry_id.removeprefix("txn_")
 
 
-async def _card(session: AsyncSession, token: str) -> RowMapping:
+async def _card(tx: DriverTransaction, token: str) -> dict[str, Any]:
     """The test card kept under ``token``; ``UnknownPaymentMethod`` when there is none."""
-    card = (
-        (await session.execute(select(sandbox_cards).where(sandbox_cards.c.token == token)))
-        .mappings()
-        .one_or_none()
-    )
+    card = await tx.row(_CARD, token=token)
     if card is None:
         raise UnknownPaymentMethod()
     return card
