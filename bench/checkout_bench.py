@@ -229,8 +229,8 @@ async def profile(
     args: argparse.Namespace,
     flow: LeanOperation,
 ) -> None:
-    """Checkouts of the last flow measured at ``level`` clients while py-spy samples the server (not part of the figures:
-    sampling slows the server)."""
+    """Checkouts of the last flow measured, at ``level`` clients, while py-spy samples the
+    server (not part of the figures: sampling slows the server)."""
     spy = str(Path(sys.executable).parent / "py-spy")
     sampler = await asyncio.create_subprocess_exec(
         *(spy, "record", "--pid", str(server_pid), "--format", "raw", "--rate", "250"),
