@@ -17,6 +17,7 @@ from typing import Final
 
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from ecosistema.platform.db import DriverTransaction
 from ecosistema.platform.events import EventEnvelope
 from ecosistema.platform.service import ServiceContext, Subscription
 
@@ -38,9 +39,9 @@ PAYMENT_REFUNDED: Final = "PaymentRefunded"
 
 
 async def on_payment_event(
-    ctx: ServiceContext, session: AsyncSession, envelope: EventEnvelope
+    ctx: ServiceContext, tx: AsyncSession | DriverTransaction, envelope: EventEnvelope
 ) -> None:
-    """Apply a payment's outcome to its order, in the consumer's transaction."""
+    """Apply a payment's outcome to its order, in the consumer's (driver) transaction."""
     # Imported here: the service writes the event types above, so it imports this module.
     from ecosistema.orders.service import (
         event_time,
@@ -54,15 +55,19 @@ async def on_payment_event(
     # The order's history says when the payment changed, not when the event arrived.
     with recorded_at(event_time(payload)):
         if envelope.type == PAYMENT_SUCCEEDED:
-            await record_payment_succeeded(ctx, session, payload)
+            await record_payment_succeeded(ctx, tx, payload)
         elif envelope.type == PAYMENT_FAILED:
-            await record_payment_failed(ctx, session, payload)
+            await record_payment_failed(ctx, tx, payload)
         elif envelope.type == PAYMENT_REFUNDED:
-            await record_payment_refunded(ctx, session, payload)
+            await record_payment_refunded(ctx, tx, payload)
 
 
 SUBSCRIPTIONS: Final = (
+    # A paid order is on every checkout's path: its handler runs on a driver transaction.
     Subscription(
-        "payments", (PAYMENT_SUCCEEDED, PAYMENT_FAILED, PAYMENT_REFUNDED), on_payment_event
+        "payments",
+        (PAYMENT_SUCCEEDED, PAYMENT_FAILED, PAYMENT_REFUNDED),
+        on_payment_event,
+        driver=True,
     ),
 )

@@ -1,6 +1,8 @@
 """Orders' use cases: carts, checkout, the order life cycle, and shop configuration (tax rates,
 shipping methods, vouchers). Each command owns its transaction and writes its events to the
-outbox inside it. Data access is SQLAlchemy Core: checkout and cart reads are hot paths."""
+outbox inside it. Data access is SQLAlchemy Core: checkout and cart reads are hot paths, and
+checkout's own transactions (a new cart, placing the order, the payment's outcome) run on the
+driver with statements built once."""
 
 from __future__ import annotations
 
@@ -27,7 +29,6 @@ from sqlalchemy import (
 )
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
-from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from ecosistema.orders import domain, schemas
@@ -55,7 +56,7 @@ from ecosistema.orders.models import (
 )
 from ecosistema.platform.auth import Principal
 from ecosistema.platform.crypto import DecryptionError
-from ecosistema.platform.db import as_utc_datetime, new_id, utcnow
+from ecosistema.platform.db import DriverTransaction, as_utc_datetime, new_id, utcnow
 from ecosistema.platform.errors import (
     Conflict,
     Forbidden,
@@ -217,6 +218,32 @@ def _rowcount(result: Any) -> int:
     return int(result.rowcount) if isinstance(result, CursorResult) else 0
 
 
+# The transaction a helper shared by checkout and the rarer use cases runs in: checkout and
+# payments' events run on driver transactions, the others on an ORM session. Such helpers run
+# statements built once, with ``bindparam`` names, through the three functions below.
+Tx = AsyncSession | DriverTransaction
+
+
+async def _execute(tx: Tx, statement: Any, /, **params: Any) -> int:
+    """Run an INSERT, UPDATE or DELETE; the number of rows it touched."""
+    if isinstance(tx, DriverTransaction):
+        return await tx.execute(statement, **params)
+    return _rowcount(await tx.execute(statement, params))
+
+
+async def _rows(tx: Tx, statement: Any, /, **params: Any) -> list[Mapping[Any, Any]]:
+    """The rows of a SELECT (or of a statement with RETURNING), as column-name mappings."""
+    if isinstance(tx, DriverTransaction):
+        return list(await tx.rows(statement, **params))
+    return list((await tx.execute(statement, params)).mappings())
+
+
+async def _row(tx: Tx, statement: Any, /, **params: Any) -> Mapping[Any, Any] | None:
+    """The first row, or None."""
+    found = await _rows(tx, statement, **params)
+    return found[0] if found else None
+
+
 def _upsert(ctx: ServiceContext) -> Any:
     return pg_insert if ctx.db.is_postgres else sqlite_insert
 
@@ -304,6 +331,7 @@ _ACTIVE_CART_OF = (
     .order_by(carts.c.updated_at.desc())
     .limit(1)
 )
+_VOUCHER = select(vouchers).where(vouchers.c.code == bindparam("code"))
 _ORDER = select(orders).where(orders.c.id == bindparam("order_id"))
 _ORDER_LOCKED = _ORDER.with_for_update()
 _ORDER_LINES = (
@@ -313,9 +341,9 @@ _ORDER_LINES = (
 )
 
 
-async def _tax_rate_bp(session: AsyncSession, country: str) -> int | None:
-    rate = await session.scalar(_TAX_RATE, {"country": country})
-    return None if rate is None else int(rate)
+async def _tax_rate_bp(tx: Tx, country: str) -> int | None:
+    found = await _row(tx, _TAX_RATE, country=country)
+    return None if found is None else int(found["rate_bp"])
 
 
 # --- configuration: shipping methods ------------------------------------------------------------
@@ -406,14 +434,14 @@ async def update_shipping_method(
     return _shipping_view(row)
 
 
-def _brackets(row: RowMapping, currency: str) -> list[domain.WeightBracket] | None:
+def _brackets(row: Mapping[Any, Any], currency: str) -> list[domain.WeightBracket] | None:
     rates = row["rates"].get(currency)
     if not rates:
         return None
     return [domain.WeightBracket(up_to_grams=b[0], amount=int(b[1])) for b in rates]
 
 
-def _serves(row: RowMapping, country: str, currency: str) -> bool:
+def _serves(row: Mapping[Any, Any], country: str, currency: str) -> bool:
     countries = row["countries"]
     return (
         bool(row["active"]) and currency in row["rates"] and (not countries or country in countries)
@@ -440,7 +468,7 @@ def _voucher_view(row: Mapping[str, Any] | RowMapping) -> schemas.Voucher:
     )
 
 
-def _voucher_rule(row: RowMapping) -> domain.Voucher:
+def _voucher_rule(row: Mapping[Any, Any]) -> domain.Voucher:
     return domain.Voucher(
         code=row["code"],
         kind=domain.VoucherKind(row["kind"]),
@@ -522,14 +550,29 @@ async def update_voucher(
     return _voucher_view(fresh)
 
 
-async def _voucher_row(session: AsyncSession, code: str) -> RowMapping | None:
-    query = select(vouchers).where(vouchers.c.code == domain.normalise_code(code))
-    return (await session.execute(query)).mappings().one_or_none()
+async def _voucher_row(tx: Tx, code: str) -> Mapping[Any, Any] | None:
+    return await _row(tx, _VOUCHER, code=domain.normalise_code(code))
+
+
+_BUYERS_BY_EMAIL = (
+    select(orders.c.customer_id)
+    .where(orders.c.email_index == bindparam("email_index"), orders.c.customer_id.is_not(None))
+    .distinct()
+)
+_USES_BY_HOLDER = (
+    select(func.count().label("uses"))
+    .select_from(voucher_usages)
+    .where(
+        voucher_usages.c.voucher_id == bindparam("voucher_id"),
+        voucher_usages.c.holder == bindparam("holder"),
+        voucher_usages.c.released_at.is_(None),
+    )
+)
 
 
 async def _uses_by_buyer(
     ctx: ServiceContext,
-    session: AsyncSession,
+    tx: Tx,
     voucher_id: str,
     *,
     customer_id: str | None,
@@ -549,25 +592,14 @@ async def _uses_by_buyer(
         holders.add(f"email:{index}")
         # The customers who bought with this address hold their uses under their account.
         holders.update(
-            str(account)
-            for account in await session.scalars(
-                select(orders.c.customer_id)
-                .where(orders.c.email_index == index, orders.c.customer_id.is_not(None))
-                .distinct()
-            )
+            str(row["customer_id"]) for row in await _rows(tx, _BUYERS_BY_EMAIL, email_index=index)
         )
-    if not holders:
-        return 0
-    used = await session.scalar(
-        select(func.count())
-        .select_from(voucher_usages)
-        .where(
-            voucher_usages.c.voucher_id == voucher_id,
-            voucher_usages.c.holder.in_(sorted(holders)),
-            voucher_usages.c.released_at.is_(None),
-        )
-    )
-    return int(used or 0)
+    # One count per holder (a use has one holder): statements of one shape, built once.
+    used = 0
+    for holder in sorted(holders):
+        found = await _row(tx, _USES_BY_HOLDER, voucher_id=voucher_id, holder=holder)
+        used += int(found["uses"]) if found is not None else 0
+    return used
 
 
 def _per_customer_message(voucher: Mapping[Any, Any]) -> str:
@@ -622,7 +654,7 @@ class _Priced:
     quotes: dict[str, Quote]
     problems: list[str] = field(default_factory=list)
     errors: list[dict[str, Any]] = field(default_factory=list)
-    voucher: RowMapping | None = None
+    voucher: Mapping[Any, Any] | None = None
     country: str = ""
     shipping_method: str | None = None
     # Why the voucher cannot be counted once more (used up, globally or by this buyer): a state
@@ -635,21 +667,21 @@ class _CartState:
     cart: Mapping[Any, Any]
     lines: list[Mapping[Any, Any]]
     tax_rate_bp: int | None
-    shipping: RowMapping | None
+    shipping: Mapping[Any, Any] | None
     shipping_options: int
-    voucher: RowMapping | None
+    voucher: Mapping[Any, Any] | None
     voucher_used_up: str | None = None
     # The email an order from this cart would carry, once ``_know_buyer`` has looked.
     email: str | None = None
 
 
-async def _cart_row(session: AsyncSession, cart_id: str) -> RowMapping | None:
-    return (await session.execute(_CART, {"cart_id": cart_id})).mappings().one_or_none()
+async def _cart_row(tx: Tx, cart_id: str) -> Mapping[Any, Any] | None:
+    return await _row(tx, _CART, cart_id=cart_id)
 
 
 def _check_cart_access(
-    cart: RowMapping | None, principal: Principal | None, token: str | None
-) -> RowMapping:
+    cart: Mapping[Any, Any] | None, principal: Principal | None, token: str | None
+) -> Mapping[Any, Any]:
     if cart is None:
         raise NotFound(CART_NOT_FOUND)
     if cart["customer_id"] is not None:
@@ -662,7 +694,7 @@ def _check_cart_access(
     return cart
 
 
-def _ensure_active(cart: RowMapping) -> None:
+def _ensure_active(cart: Mapping[Any, Any]) -> None:
     if cart["status"] != "active":
         raise Conflict(
             f"The cart is {cart['status']} and can no longer change.",
@@ -674,30 +706,24 @@ def _ensure_active(cart: RowMapping) -> None:
 
 async def _load_cart_state(
     ctx: ServiceContext,
-    session: AsyncSession,
-    cart: RowMapping,
+    tx: Tx,
+    cart: Mapping[Any, Any],
     *,
     country: str | None = None,
     shipping_method: str | None = None,
 ) -> _CartState:
-    lines: list[Mapping[Any, Any]] = list(
-        (await session.execute(_CART_LINES, {"cart_id": cart["id"]})).mappings()
-    )
+    lines = await _rows(tx, _CART_LINES, cart_id=cart["id"])
     where = country or cart["country"] or ctx.settings.orders_default_country
-    rate = await _tax_rate_bp(session, where)
+    rate = await _tax_rate_bp(tx, where)
     method_code = shipping_method or cart["shipping_method"]
     shipping = None
     if method_code:
-        shipping = (
-            (await session.execute(_SHIPPING_METHOD, {"code": method_code}))
-            .mappings()
-            .one_or_none()
-        )
+        shipping = await _row(tx, _SHIPPING_METHOD, code=method_code)
     options = 0
     if shipping is None:
-        candidates = (await session.execute(_ALL_SHIPPING_METHODS)).mappings()
+        candidates = await _rows(tx, _ALL_SHIPPING_METHODS)
         options = sum(1 for m in candidates if _serves(m, where, cart["currency"]))
-    voucher = await _voucher_row(session, cart["voucher_code"]) if cart["voucher_code"] else None
+    voucher = await _voucher_row(tx, cart["voucher_code"]) if cart["voucher_code"] else None
     return _CartState(cart, lines, rate, shipping, options, voucher)
 
 
@@ -884,10 +910,10 @@ async def _view_cart(ctx: ServiceContext, cart_id: str, token: str | None = None
     return _cart_view(ctx, cart, await _price(ctx, state), token)
 
 
-async def _served_rate(session: AsyncSession, country: str) -> tuple[str, int]:
+async def _served_rate(tx: Tx, country: str) -> tuple[str, int]:
     """A country the shop sells to, and its tax rate; a 422 on ``country`` otherwise."""
     code = _country(country, "country")
-    rate = await _tax_rate_bp(session, code)
+    rate = await _tax_rate_bp(tx, code)
     if rate is None:
         raise field_error("country", f"the shop does not sell to {code}", code="not_served")
     return code, rate
@@ -912,16 +938,16 @@ async def create_cart(
     with _recorded_at(at):
         now = _now()
         token = None if principal is not None else secrets.token_urlsafe(32)
-        async with ctx.db.read() as session:
+        async with ctx.db.driver_read() as reading:
             country: str | None = None
             rate: int | None
             if data.country is not None:
-                country, rate = await _served_rate(session, data.country)
+                country, rate = await _served_rate(reading, data.country)
                 where = country
             else:
                 where = ctx.settings.orders_default_country
-                rate = await _tax_rate_bp(session, where)
-            methods = list((await session.execute(_ALL_SHIPPING_METHODS)).mappings())
+                rate = await _tax_rate_bp(reading, where)
+            methods = await reading.rows(_ALL_SHIPPING_METHODS)
         items, quotes = await _checked_items(ctx, principal, data)
         # What the request sets on a customer's existing cart, as PATCH /carts/{id} would;
         # the email is sealed under that cart's id, so it is sealed once the cart is found.
@@ -954,11 +980,11 @@ async def create_cart(
             {"cart_id": cart_id, "sku": sku, "quantity": quantity, "added_at": now}
             for sku, (quantity, _index) in sorted(items.items())
         ]
-        async with ctx.db.transaction() as session:
+        async with ctx.db.driver_write() as tx:
             existing = None
             if principal is not None:
-                existing = await session.scalar(
-                    _ACTIVE_CART_OF, {"customer_id": principal.subject, "currency": data.currency}
+                existing = await tx.scalar(
+                    _ACTIVE_CART_OF, customer_id=principal.subject, currency=data.currency
                 )
             if existing is not None and (items or set_fields):
                 found = str(existing)
@@ -966,15 +992,14 @@ async def create_cart(
                     name: _seal(ctx, value, "carts", found) if name == "email_encrypted" else value
                     for name, value in set_fields.items()
                 }
-                existing = await _fill_existing(ctx, session, found, items, changes, now)
+                existing = await _fill_existing(ctx, tx, found, items, changes, now)
             if existing is None:
-                await session.execute(insert(carts), values)
-                if lines:
-                    await session.execute(insert(cart_lines), lines)
+                await tx.insert(carts, values)
+                await tx.insert(cart_lines, lines)
                 if principal is not None:
                     # No email: the event is kept in the outbox and on the bus (personal data).
                     await ctx.outbox.add(
-                        session,
+                        tx,
                         CART_CREATED,
                         {
                             "cart_id": cart_id,
@@ -991,9 +1016,47 @@ async def create_cart(
         return _cart_view(ctx, values, await _price(ctx, state, quotes=quotes), token), True
 
 
+_FILL_CART: dict[tuple[str, ...], Any] = {}
+
+
+def _fill_cart(names: tuple[str, ...]) -> Any:
+    """The guarded UPDATE that sets the cart columns ``names`` (``new_<name>``) on an active
+    cart, built once per set of names."""
+    found = _FILL_CART.get(names)
+    if found is None:
+        found = _FILL_CART[names] = (
+            update(carts)
+            .where(carts.c.id == bindparam("cart_id"), carts.c.status == "active")
+            .values(
+                {
+                    **{carts.c[name]: bindparam(f"new_{name}") for name in names},
+                    carts.c.updated_at: bindparam("at"),
+                }
+            )
+        )
+    return found
+
+
+def _add_units_statement(upsert: Any) -> Any:
+    statement = upsert(cart_lines).values(
+        cart_id=bindparam("cart_id"),
+        sku=bindparam("sku"),
+        quantity=bindparam("quantity"),
+        added_at=bindparam("added_at"),
+    )
+    return statement.on_conflict_do_update(
+        index_elements=[cart_lines.c.cart_id, cart_lines.c.sku],
+        set_={"quantity": cart_lines.c.quantity + statement.excluded.quantity},
+    ).returning(cart_lines.c.quantity)
+
+
+# Units added to a cart's line (the line is made if missing), per dialect: the line's quantity.
+_ADD_UNITS = {False: _add_units_statement(sqlite_insert), True: _add_units_statement(pg_insert)}
+
+
 async def _fill_existing(
     ctx: ServiceContext,
-    session: AsyncSession,
+    tx: DriverTransaction,
     cart_id: str,
     items: Mapping[str, tuple[int, int]],
     changes: Mapping[str, Any],
@@ -1003,24 +1066,16 @@ async def _fill_existing(
     customer's active cart found instead; ``None`` when that cart has just stopped being
     active (a new one is created)."""
     # The guarded UPDATE takes the cart's row lock, as adding an item does.
-    taken = await session.execute(
-        update(carts)
-        .where(carts.c.id == cart_id, carts.c.status == "active")
-        .values(**changes, updated_at=now)
-    )
-    if _rowcount(taken) != 1:
+    names = tuple(sorted(changes))
+    values = {f"new_{name}": changes[name] for name in names}
+    if await tx.execute(_fill_cart(names), cart_id=cart_id, at=now, **values) != 1:
         return None
+    add_units = _ADD_UNITS[ctx.db.is_postgres]
     for sku, (quantity, index) in items.items():
-        statement = (
-            _upsert(ctx)(cart_lines)
-            .values(cart_id=cart_id, sku=sku, quantity=quantity, added_at=now)
-            .on_conflict_do_update(
-                index_elements=[cart_lines.c.cart_id, cart_lines.c.sku],
-                set_={"quantity": cart_lines.c.quantity + quantity},
-            )
-            .returning(cart_lines.c.quantity)
+        total = await tx.scalar(
+            add_units, cart_id=cart_id, sku=sku, quantity=quantity, added_at=now
         )
-        if int((await session.execute(statement)).scalar_one()) > MAX_LINE_QUANTITY:
+        if int(total) > MAX_LINE_QUANTITY:
             raise _line_too_big(f"items.{index}.quantity")  # raising rolls the write back
     return cart_id
 
@@ -1211,16 +1266,9 @@ async def _grow_line(
         if current is not None:
             _ensure_active(current)
         raise NotFound(CART_NOT_FOUND)
-    statement = (
-        _upsert(ctx)(cart_lines)
-        .values(cart_id=cart["id"], sku=sku, quantity=quantity, added_at=now)
-        .on_conflict_do_update(
-            index_elements=[cart_lines.c.cart_id, cart_lines.c.sku],
-            set_={"quantity": cart_lines.c.quantity + quantity},
-        )
-        .returning(cart_lines.c.quantity)
-    )
-    total = int((await session.execute(statement)).scalar_one())
+    statement = _ADD_UNITS[ctx.db.is_postgres]
+    params = {"cart_id": cart["id"], "sku": sku, "quantity": quantity, "added_at": now}
+    total = int((await session.execute(statement, params)).scalar_one())
     if total > MAX_LINE_QUANTITY:  # raising rolls the write back
         raise _line_too_big("quantity")
     return total
@@ -1441,8 +1489,8 @@ async def place_order(
     """Turn a cart into an order awaiting payment: prices from catalog's quotes, stock reserved
     through catalog, a voucher use counted under its limits, and OrderPlaced in the outbox."""
     with _recorded_at(at):
-        async with ctx.db.read() as session:
-            cart = _check_cart_access(await _cart_row(session, data.cart_id), principal, token)
+        async with ctx.db.driver_read() as reading:
+            cart = _check_cart_access(await _cart_row(reading, data.cart_id), principal, token)
             if cart["status"] == "ordered":
                 raise Conflict(
                     "This cart has already been checked out.",
@@ -1453,7 +1501,7 @@ async def place_order(
             # A country the shop does not sell to is among the faults the pricing lists.
             country = _country(data.country, "country") if data.country is not None else None
             state = await _load_cart_state(
-                ctx, session, cart, country=country, shipping_method=data.shipping_method
+                ctx, reading, cart, country=country, shipping_method=data.shipping_method
             )
         await _know_buyer(ctx, state, email=str(data.email) if data.email else None)
         priced = await _price(ctx, state, country=country, shipping_method=data.shipping_method)
@@ -1477,10 +1525,10 @@ async def place_order(
         wanted = [(line.sku, line.quantity) for line in priced.totals.lines]
         await _catalog(ctx).reserve(order_id, wanted, ctx.settings.orders_reservation_ttl_seconds)
         try:
-            async with ctx.db.transaction() as session:
+            async with ctx.db.driver_write() as tx:
                 written, line_rows = await _write_order(
                     ctx,
-                    session,
+                    tx,
                     order_id=order_id,
                     cart=cart,
                     priced=priced,
@@ -1499,37 +1547,39 @@ async def place_order(
         return _order_from(ctx, written, line_rows, [])
 
 
+_TAKE_CART = (
+    update(carts)
+    .where(carts.c.id == bindparam("cart_id"), carts.c.status == "active")
+    .values(status="ordered", order_id=bindparam("order_id"), updated_at=bindparam("at"))
+)
+
+
 async def _write_order(
     ctx: ServiceContext,
-    session: AsyncSession,
+    tx: DriverTransaction,
     *,
     order_id: str,
-    cart: RowMapping,
+    cart: Mapping[Any, Any],
     priced: _Priced,
     email: str,
     principal: Principal | None,
     now: datetime,
     expires_at: datetime,
 ) -> tuple[dict[str, Any], list[dict[str, Any]]]:
-    taken = await session.execute(
-        update(carts)
-        .where(carts.c.id == cart["id"], carts.c.status == "active")
-        .values(status="ordered", order_id=order_id, updated_at=now)
-    )
-    if _rowcount(taken) != 1:
+    if await tx.execute(_TAKE_CART, cart_id=cart["id"], order_id=order_id, at=now) != 1:
         raise Conflict("This cart has already been checked out.", type="cart-already-ordered")
     totals = priced.totals
     if priced.voucher is not None:
         await _use_voucher(
             ctx,
-            session,
+            tx,
             priced.voucher,
             order_id=order_id,
             customer_id=cart["customer_id"],
             email=email,
             now=now,
         )
-    number = await _next_order_number(ctx, session)
+    number = await _next_order_number(ctx, tx)
     order_row: dict[str, Any] = {
         "id": order_id,
         "number": number,
@@ -1557,7 +1607,7 @@ async def _write_order(
         "created_at": now,
         "updated_at": now,
     }
-    await session.execute(insert(orders), order_row)
+    await tx.insert(orders, order_row)
     line_rows = []
     for position, line in enumerate(totals.lines):
         quote = priced.quotes[line.sku]
@@ -1584,9 +1634,9 @@ async def _write_order(
                 "refunded_quantity": 0,
             }
         )
-    await session.execute(insert(order_lines), line_rows)
+    await tx.insert(order_lines, line_rows)
     await _record(
-        session,
+        tx,
         order_id,
         kind="transition",
         actor=Actor.of(principal),
@@ -1606,14 +1656,25 @@ async def _write_order(
     )
     payload["lines"] = _event_lines(line_rows)
     payload["reservation_expires_at"] = expires_at.isoformat()
-    await ctx.outbox.add(session, ORDER_PLACED, payload)
+    await ctx.outbox.add(tx, ORDER_PLACED, payload)
     return order_row, line_rows
+
+
+_COUNT_VOUCHER_USE = (
+    update(vouchers)
+    .where(
+        vouchers.c.id == bindparam("voucher_id"),
+        vouchers.c.active.is_(True),
+        or_(vouchers.c.usage_limit.is_(None), vouchers.c.times_used < vouchers.c.usage_limit),
+    )
+    .values(times_used=vouchers.c.times_used + 1)
+)
 
 
 async def _use_voucher(
     ctx: ServiceContext,
-    session: AsyncSession,
-    voucher: RowMapping,
+    tx: DriverTransaction,
+    voucher: Mapping[Any, Any],
     *,
     order_id: str,
     customer_id: str | None,
@@ -1623,16 +1684,7 @@ async def _use_voucher(
     # The guarded increment takes the voucher's row lock until commit, so concurrent checkouts
     # with the same voucher queue here; the per-customer count below then sees every use that
     # committed before it.
-    counted = await session.execute(
-        update(vouchers)
-        .where(
-            vouchers.c.id == voucher["id"],
-            vouchers.c.active.is_(True),
-            or_(vouchers.c.usage_limit.is_(None), vouchers.c.times_used < vouchers.c.usage_limit),
-        )
-        .values(times_used=vouchers.c.times_used + 1)
-    )
-    if _rowcount(counted) != 1:
+    if await tx.execute(_COUNT_VOUCHER_USE, voucher_id=voucher["id"]) != 1:
         raise Conflict(
             f"The voucher {voucher['code']} has been used up.",
             type="voucher-used-up",
@@ -1640,9 +1692,7 @@ async def _use_voucher(
         )
     limit = voucher["per_customer_limit"]
     if limit is not None:
-        used = await _uses_by_buyer(
-            ctx, session, voucher["id"], customer_id=customer_id, email=email
-        )
+        used = await _uses_by_buyer(ctx, tx, voucher["id"], customer_id=customer_id, email=email)
         if used >= limit:
             raise Conflict(
                 _per_customer_message(voucher),
@@ -1650,10 +1700,15 @@ async def _use_voucher(
                 voucher_code=voucher["code"],
             )
     holder = customer_id or f"email:{email_index(ctx, email)}"
-    await session.execute(
-        insert(voucher_usages).values(
-            id=new_id(), voucher_id=voucher["id"], order_id=order_id, holder=holder, created_at=now
-        )
+    await tx.insert(
+        voucher_usages,
+        {
+            "id": new_id(),
+            "voucher_id": voucher["id"],
+            "order_id": order_id,
+            "holder": holder,
+            "created_at": now,
+        },
     )
 
 
@@ -1682,15 +1737,20 @@ _NEXT_ORDER_NUMBER = (
 )
 
 
-async def _next_order_number(ctx: ServiceContext, session: AsyncSession) -> str:
-    number = (await session.execute(_NEXT_ORDER_NUMBER)).scalar_one_or_none()
+# The counter's first row, should the migration's be missing; a concurrent first insert wins
+# and this one then counts on from it.
+_FIRST_ORDER_NUMBER = {
+    postgres: upsert(order_numbers).values(id=1, last_number=100_001).on_conflict_do_nothing()
+    for postgres, upsert in ((False, sqlite_insert), (True, pg_insert))
+}
+
+
+async def _next_order_number(ctx: ServiceContext, tx: DriverTransaction) -> str:
+    number = await tx.scalar(_NEXT_ORDER_NUMBER)
     if number is None:
-        try:
-            async with session.begin_nested():
-                await session.execute(insert(order_numbers).values(id=1, last_number=100_001))
-            number = 100_001
-        except IntegrityError:
-            return await _next_order_number(ctx, session)
+        if await tx.execute(_FIRST_ORDER_NUMBER[ctx.db.is_postgres]) != 1:
+            return await _next_order_number(ctx, tx)
+        number = 100_001
     return f"{ctx.settings.orders_number_prefix}{number}"
 
 
@@ -1722,15 +1782,12 @@ def _event_lines(lines: Sequence[Mapping[str, Any] | RowMapping]) -> list[dict[s
 # --- orders: reads ------------------------------------------------------------------------------
 
 
-async def _order_row(
-    session: AsyncSession, order_id: str, *, lock: bool = False
-) -> RowMapping | None:
-    query = _ORDER_LOCKED if lock else _ORDER
-    return (await session.execute(query, {"order_id": order_id})).mappings().one_or_none()
+async def _order_row(tx: Tx, order_id: str, *, lock: bool = False) -> Mapping[Any, Any] | None:
+    return await _row(tx, _ORDER_LOCKED if lock else _ORDER, order_id=order_id)
 
 
-async def _line_rows(session: AsyncSession, order_id: str) -> list[RowMapping]:
-    return list((await session.execute(_ORDER_LINES, {"order_id": order_id})).mappings())
+async def _line_rows(tx: Tx, order_id: str) -> list[Mapping[Any, Any]]:
+    return await _rows(tx, _ORDER_LINES, order_id=order_id)
 
 
 def _line_view(row: Mapping[Any, Any]) -> schemas.OrderLine:
@@ -1775,7 +1832,9 @@ def _summary_fields(
     }
 
 
-async def _order_view(ctx: ServiceContext, session: AsyncSession, row: RowMapping) -> schemas.Order:
+async def _order_view(
+    ctx: ServiceContext, session: AsyncSession, row: Mapping[Any, Any]
+) -> schemas.Order:
     lines = await _line_rows(session, row["id"])
     shipped = (
         await session.execute(
@@ -1815,8 +1874,8 @@ def _order_from(
 
 
 def _ensure_reach(
-    row: RowMapping | None, principal: Principal | None, token: str | None, *, bypass: str
-) -> RowMapping:
+    row: Mapping[Any, Any] | None, principal: Principal | None, token: str | None, *, bypass: str
+) -> Mapping[Any, Any]:
     if row is None:
         raise NotFound(ORDER_NOT_FOUND)
     if principal is not None and (principal.has(bypass) or row["customer_id"] is not None):
@@ -1980,8 +2039,17 @@ async def order_history_of(
 # --- orders: the life cycle ---------------------------------------------------------------------
 
 
+_HISTORY_COLUMNS = (
+    *("id", "order_id", "occurred_at", "kind", "action", "from_status", "to_status"),
+    *("actor_kind", "actor_id", "reason", "details"),
+)
+_RECORD = insert(order_history).values(
+    {order_history.c[name]: bindparam(name) for name in _HISTORY_COLUMNS}
+)
+
+
 async def _record(
-    session: AsyncSession,
+    tx: Tx,
     order_id: str,
     *,
     kind: str,
@@ -1993,27 +2061,51 @@ async def _record(
     details: Mapping[str, Any] | None = None,
     now: datetime | None = None,
 ) -> None:
-    await session.execute(
-        insert(order_history),
-        {
-            "id": new_id(),
-            "order_id": order_id,
-            "occurred_at": now or _now(),
-            "kind": kind,
-            "action": action,
-            "from_status": from_status,
-            "to_status": to_status,
-            "actor_kind": actor.kind,
-            "actor_id": actor.id,
-            "reason": reason,
-            "details": dict(details or {}),
-        },
+    await _execute(
+        tx,
+        _RECORD,
+        id=new_id(),
+        order_id=order_id,
+        occurred_at=now or _now(),
+        kind=kind,
+        action=action,
+        from_status=from_status,
+        to_status=to_status,
+        actor_kind=actor.kind,
+        actor_id=actor.id,
+        reason=reason,
+        details=dict(details or {}),
     )
 
 
+_MOVES: dict[tuple[str, ...], Any] = {}
+
+
+def _move(names: tuple[str, ...]) -> Any:
+    """The UPDATE that moves an order from ``from_status`` to ``to_status`` (guarded: it must
+    still be in ``from_status``), also setting the columns ``names`` (``new_<name>``); built
+    once per set of names."""
+    found = _MOVES.get(names)
+    if found is None:
+        found = _MOVES[names] = (
+            update(orders)
+            .where(
+                orders.c.id == bindparam("order_id"), orders.c.status == bindparam("from_status")
+            )
+            .values(
+                {
+                    orders.c.status: bindparam("to_status"),
+                    orders.c.updated_at: bindparam("at"),
+                    **{orders.c[name]: bindparam(f"new_{name}") for name in names},
+                }
+            )
+        )
+    return found
+
+
 async def _transition(
-    session: AsyncSession,
-    order: RowMapping,
+    tx: Tx,
+    order: Mapping[Any, Any],
     action: OrderAction,
     *,
     actor: Actor,
@@ -2025,15 +2117,21 @@ async def _transition(
     current = OrderStatus(order["status"])
     target = domain.next_status(current, action)
     now = _now()
-    changed = await session.execute(
-        update(orders)
-        .where(orders.c.id == order["id"], orders.c.status == current.value)
-        .values(status=target.value, updated_at=now, **dict(extra_values or {}))
+    extra = dict(extra_values or {})
+    names = tuple(sorted(extra))
+    changed = await _execute(
+        tx,
+        _move(names),
+        order_id=order["id"],
+        from_status=current.value,
+        to_status=target.value,
+        at=now,
+        **{f"new_{name}": extra[name] for name in names},
     )
-    if _rowcount(changed) != 1:
+    if changed != 1:
         raise domain.IllegalTransition("The order changed meanwhile; reload it and try again.")
     await _record(
-        session,
+        tx,
         order["id"],
         kind="transition",
         actor=actor,
@@ -2055,7 +2153,7 @@ async def _final_view(ctx: ServiceContext, session: AsyncSession, order_id: str)
     return await _order_view(ctx, session, row)
 
 
-async def _locked_order(session: AsyncSession, order_id: str) -> RowMapping:
+async def _locked_order(session: AsyncSession, order_id: str) -> Mapping[Any, Any]:
     row = await _order_row(session, order_id, lock=True)
     if row is None:
         raise NotFound(ORDER_NOT_FOUND)
@@ -2089,7 +2187,7 @@ async def cancel_order(
 async def _cancel(
     ctx: ServiceContext,
     session: AsyncSession,
-    order: RowMapping,
+    order: Mapping[Any, Any],
     action: OrderAction,
     *,
     actor: Actor,
@@ -2281,11 +2379,9 @@ async def return_lines(
 # --- payments' events ---------------------------------------------------------------------------
 
 
-async def record_payment_succeeded(
-    ctx: ServiceContext, session: AsyncSession, payload: Mapping[str, Any]
-) -> None:
+async def record_payment_succeeded(ctx: ServiceContext, tx: Tx, payload: Mapping[str, Any]) -> None:
     """A payment captured or authorised: a pending order becomes paid and OrderPaid goes out."""
-    order = await _order_row(session, str(payload.get("order_id")), lock=True)
+    order = await _order_row(tx, str(payload.get("order_id")), lock=True)
     if order is None:
         log.warning("payment_for_unknown_order", order_id=payload.get("order_id"))
         return
@@ -2297,7 +2393,7 @@ async def record_payment_succeeded(
     if order["status"] != OrderStatus.PENDING_PAYMENT.value:
         # Paid already (a second payment) or cancelled before the money came: staff must act.
         await _record(
-            session,
+            tx,
             order["id"],
             kind="event",
             actor=PAYMENTS,
@@ -2307,7 +2403,7 @@ async def record_payment_succeeded(
         )
         return
     await _transition(
-        session,
+        tx,
         order,
         OrderAction.PAY,
         actor=PAYMENTS,
@@ -2315,21 +2411,19 @@ async def record_payment_succeeded(
         extra_values={"reservation_expires_at": None},
     )
     payload_out = _event_base(order)
-    payload_out["lines"] = _event_lines(await _line_rows(session, order["id"]))
+    payload_out["lines"] = _event_lines(await _line_rows(tx, order["id"]))
     payload_out["payment_id"] = payload.get("payment_id")
-    await ctx.outbox.add(session, ORDER_PAID, payload_out)
+    await ctx.outbox.add(tx, ORDER_PAID, payload_out)
 
 
-async def record_payment_failed(
-    ctx: ServiceContext, session: AsyncSession, payload: Mapping[str, Any]
-) -> None:
+async def record_payment_failed(ctx: ServiceContext, tx: Tx, payload: Mapping[str, Any]) -> None:
     """A failed payment is noted; the order stays awaiting payment so the customer can retry."""
-    order = await _order_row(session, str(payload.get("order_id")))
+    order = await _order_row(tx, str(payload.get("order_id")))
     if order is None:
         log.warning("payment_for_unknown_order", order_id=payload.get("order_id"))
         return
     await _record(
-        session,
+        tx,
         order["id"],
         kind="event",
         actor=PAYMENTS,
@@ -2339,12 +2433,17 @@ async def record_payment_failed(
     )
 
 
-async def record_payment_refunded(
-    ctx: ServiceContext, session: AsyncSession, payload: Mapping[str, Any]
-) -> None:
+_REFUND_UNITS = (
+    update(order_lines)
+    .where(order_lines.c.id == bindparam("line_id"))
+    .values(refunded_quantity=order_lines.c.refunded_quantity + bindparam("units"))
+)
+
+
+async def record_payment_refunded(ctx: ServiceContext, tx: Tx, payload: Mapping[str, Any]) -> None:
     """A refund: the order becomes partially or fully refunded and OrderRefunded goes out with
     the lines to restock."""
-    order = await _order_row(session, str(payload.get("order_id")), lock=True)
+    order = await _order_row(tx, str(payload.get("order_id")), lock=True)
     if order is None:
         log.warning("refund_for_unknown_order", order_id=payload.get("order_id"))
         return
@@ -2359,7 +2458,7 @@ async def record_payment_refunded(
         domain.next_status(order["status"], action)
     except domain.IllegalTransition as exc:
         await _record(
-            session,
+            tx,
             order["id"],
             kind="event",
             actor=PAYMENTS,
@@ -2373,16 +2472,12 @@ async def record_payment_refunded(
         line_id = str(item.get("line_id"))
         named[line_id] = named.get(line_id, 0) + int(item.get("quantity") or 0)
     gained = domain.refunded_units(
-        _progress(await _line_rows(session, order["id"])), named, settles_the_order=fully
+        _progress(await _line_rows(tx, order["id"])), named, settles_the_order=fully
     )
     for line_id, quantity in gained.items():
-        await session.execute(
-            update(order_lines)
-            .where(order_lines.c.id == line_id)
-            .values(refunded_quantity=order_lines.c.refunded_quantity + quantity)
-        )
+        await _execute(tx, _REFUND_UNITS, line_id=line_id, units=quantity)
     await _transition(
-        session,
+        tx,
         order,
         action,
         actor=PAYMENTS,
@@ -2402,7 +2497,7 @@ async def record_payment_refunded(
         restock_lines=restock,
         fully_refunded=fully,
     )
-    await ctx.outbox.add(session, ORDER_REFUNDED, payload_out)
+    await ctx.outbox.add(tx, ORDER_REFUNDED, payload_out)
 
 
 # --- demo data ----------------------------------------------------------------------------------
