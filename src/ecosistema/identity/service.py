@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from functools import lru_cache
@@ -19,7 +19,7 @@ import structlog
 from argon2 import PasswordHasher, Type
 from argon2.exceptions import InvalidHashError, VerificationError, VerifyMismatchError
 from pydantic import ValidationError
-from sqlalchemy import Row, and_, delete, func, insert, or_, select, update
+from sqlalchemy import Row, and_, bindparam, delete, func, insert, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from ecosistema.identity import domain, events
@@ -52,7 +52,7 @@ from ecosistema.identity.schemas import (
     valid_email,
 )
 from ecosistema.platform import auth, tokens
-from ecosistema.platform.db import new_id, utcnow
+from ecosistema.platform.db import DriverTransaction, new_id, utcnow
 from ecosistema.platform.errors import (
     Conflict,
     Forbidden,
@@ -221,43 +221,60 @@ async def record_audit(
         await _audit(session, type_, meta, actor_id=actor_id, user_id=user_id, details=details)
 
 
+_USER = select(users).where(users.c.id == bindparam("user_id"))
+_PROFILE = select(profiles).where(profiles.c.user_id == bindparam("user_id"))
+
+
 async def _user_row(session: AsyncSession, user_id: str) -> Row[Any] | None:
-    return (await session.execute(select(users).where(users.c.id == user_id))).first()
+    return (await session.execute(_USER, {"user_id": user_id})).first()
 
 
-def _user_view(ctx: ServiceContext, row: Row[Any], profile: Row[Any] | None) -> User:
-    m = row._mapping
-    uid = m["id"]
-    email = _dec(ctx, m["email_encrypted"], "users", "email_encrypted", uid) or ""
+async def _first(
+    tx: AsyncSession | DriverTransaction, statement: Any, /, **params: Any
+) -> Mapping[Any, Any] | None:
+    """The first row of a statement built once, read in an ORM session or, on the hot reads,
+    in a driver transaction."""
+    if isinstance(tx, DriverTransaction):
+        return await tx.row(statement, **params)
+    return (await tx.execute(statement, params)).mappings().first()
+
+
+def _user_view(
+    ctx: ServiceContext, row: Mapping[Any, Any], profile: Mapping[Any, Any] | None
+) -> User:
+    uid = row["id"]
+    email = _dec(ctx, row["email_encrypted"], "users", "email_encrypted", uid) or ""
     view = Profile()
     if profile is not None:
-        p = profile._mapping
-        addresses_json = _dec(ctx, p["addresses_encrypted"], "profiles", "addresses_encrypted", uid)
+        addresses_json = _dec(
+            ctx, profile["addresses_encrypted"], "profiles", "addresses_encrypted", uid
+        )
         view = Profile(
-            name=_dec(ctx, p["name_encrypted"], "profiles", "name_encrypted", uid),
-            phone=_dec(ctx, p["phone_encrypted"], "profiles", "phone_encrypted", uid),
+            name=_dec(ctx, profile["name_encrypted"], "profiles", "name_encrypted", uid),
+            phone=_dec(ctx, profile["phone_encrypted"], "profiles", "phone_encrypted", uid),
             addresses=[SavedAddress.model_validate(a) for a in json.loads(addresses_json or "[]")],
-            locale=p["locale"],
-            preferences=dict(p["preferences"] or {}),
+            locale=profile["locale"],
+            preferences=dict(profile["preferences"] or {}),
         )
     return User(
         id=uid,
         email=email,
-        role=m["role"],
-        status=UserStatus(m["status"]),
-        email_verified=m["email_verified_at"] is not None,
-        mfa_enabled=m["totp_enabled_at"] is not None,
-        created_at=m["created_at"],
+        role=row["role"],
+        status=UserStatus(row["status"]),
+        email_verified=row["email_verified_at"] is not None,
+        mfa_enabled=row["totp_enabled_at"] is not None,
+        created_at=row["created_at"],
         profile=view,
     )
 
 
-async def _load_user(ctx: ServiceContext, session: AsyncSession, user_id: str) -> User:
-    row = await _user_row(session, user_id)
+async def _load_user(
+    ctx: ServiceContext, tx: AsyncSession | DriverTransaction, user_id: str
+) -> User:
+    row = await _first(tx, _USER, user_id=user_id)
     if row is None:
         raise NotFound(USER_NOT_FOUND)
-    profile = (await session.execute(select(profiles).where(profiles.c.user_id == user_id))).first()
-    return _user_view(ctx, row, profile)
+    return _user_view(ctx, row, await _first(tx, _PROFILE, user_id=user_id))
 
 
 def _seconds_left(ttl: float | None, fallback: int) -> int:
@@ -1419,8 +1436,8 @@ async def disable_totp(
 
 async def get_user(ctx: ServiceContext, *, user_id: str) -> User:
     """One user with their profile, decrypted."""
-    async with ctx.db.read() as session:
-        return await _load_user(ctx, session, user_id)
+    async with ctx.db.driver_read() as tx:
+        return await _load_user(ctx, tx, user_id)
 
 
 async def find_user_by_email(ctx: ServiceContext, *, email: str) -> User | None:
@@ -1506,7 +1523,7 @@ async def list_users(
         ids = [r._mapping["id"] for r in rows]
         profile_rows = (
             {
-                p._mapping["user_id"]: p
+                p._mapping["user_id"]: p._mapping
                 for p in (
                     await session.execute(select(profiles).where(profiles.c.user_id.in_(ids)))
                 ).all()
@@ -1514,7 +1531,7 @@ async def list_users(
             if ids
             else {}
         )
-    items = [_user_view(ctx, r, profile_rows.get(r._mapping["id"])) for r in rows]
+    items = [_user_view(ctx, r._mapping, profile_rows.get(r._mapping["id"])) for r in rows]
     return UserPage(items=items, total=total, limit=limit, offset=offset)
 
 
