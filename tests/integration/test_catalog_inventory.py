@@ -278,10 +278,10 @@ async def test_order_events_commit_release_and_restock_once_each(
     await client.reserve("cancelled", [("A-1", 2)], 600)
 
     def consumer(name: str, handler: Any) -> IdempotentConsumer:
-        async def _run(session: Any, env: EventEnvelope) -> None:
-            await handler(catalog, session, env)
+        async def _run(tx: Any, env: EventEnvelope) -> None:
+            await handler(catalog, tx, env)
 
-        return IdempotentConsumer(name, catalog.db, catalog.outbox, _run)
+        return IdempotentConsumer(name, catalog.db, catalog.outbox, _run, driver=True)
 
     paid = envelope("OrderPaid", {"order_id": "paid"})
     cancelled = envelope("OrderCancelled", {"order_id": "cancelled"})
@@ -419,10 +419,10 @@ async def test_a_refund_event_restocks_no_more_than_the_order_took(
     client = InProcessCatalogClient(catalog)
     await client.reserve("paid", [("A-1", 3)], 600)
     await client.commit_reservation("paid")
-    async with catalog.db.transaction() as session:
+    async with catalog.db.driver_write() as tx:
         await on_order_refunded(
             catalog,
-            session,
+            tx,
             envelope(
                 "OrderRefunded",
                 {"order_id": "paid", "restock_lines": [{"sku": "A-1", "quantity": 5}]},
@@ -430,7 +430,7 @@ async def test_a_refund_event_restocks_no_more_than_the_order_took(
         )
         await on_order_refunded(
             catalog,
-            session,
+            tx,
             envelope(
                 "OrderRefunded",
                 {"order_id": "unknown", "restock_lines": [{"sku": "A-1", "quantity": 5}]},

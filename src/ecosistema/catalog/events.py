@@ -1,19 +1,20 @@
 """The events catalog publishes, and its handlers for the orders events it reacts to.
 
-Handlers run inside the consumer's transaction (the platform records the event id there, so a
-redelivered event changes nothing) and the reservation use cases they call are idempotent too.
+Handlers run inside the consumer's driver transaction (the platform records the event id there,
+so a redelivered event changes nothing) and the reservation use cases they call are idempotent
+too.
 """
 
 from __future__ import annotations
 
-from typing import Any, Final
-
-from sqlalchemy.ext.asyncio import AsyncSession
+from collections.abc import Awaitable, Callable
+from typing import Any, Final, cast
 
 from ecosistema.catalog import inventory, service
 from ecosistema.platform.cache import MemoryCache
+from ecosistema.platform.db import DriverTransaction
 from ecosistema.platform.events import EventEnvelope
-from ecosistema.platform.service import ServiceContext, Subscription
+from ecosistema.platform.service import EventHandler, ServiceContext, Subscription
 
 PRODUCT_CREATED: Final = service.PRODUCT_CREATED
 """``{product_id, slug}``"""
@@ -57,26 +58,26 @@ ORDER_REFUNDED: Final = "OrderRefunded"
 
 
 async def on_order_paid(
-    ctx: ServiceContext, session: AsyncSession, envelope: EventEnvelope
+    ctx: ServiceContext, tx: DriverTransaction, envelope: EventEnvelope
 ) -> None:
     """A paid order's reserved stock leaves on-hand for good."""
     order_id = str(envelope.payload["order_id"])
-    await inventory.commit_reservation_in(ctx, session, order_id, actor=envelope.source)
-    await _after_stock_change(ctx, session)
+    await inventory.commit_reservation_in(ctx, tx, order_id, actor=envelope.source)
+    _after_stock_change(ctx, tx)
 
 
 async def on_order_cancelled(
-    ctx: ServiceContext, session: AsyncSession, envelope: EventEnvelope
+    ctx: ServiceContext, tx: DriverTransaction, envelope: EventEnvelope
 ) -> None:
     """A cancelled order's reserved stock becomes available again."""
     order_id = str(envelope.payload["order_id"])
     reason = str(envelope.payload.get("reason") or "order cancelled")
-    await inventory.release_reservation_in(ctx, session, order_id, reason, actor=envelope.source)
-    await _after_stock_change(ctx, session)
+    await inventory.release_reservation_in(ctx, tx, order_id, reason, actor=envelope.source)
+    _after_stock_change(ctx, tx)
 
 
 async def on_order_refunded(
-    ctx: ServiceContext, session: AsyncSession, envelope: EventEnvelope
+    ctx: ServiceContext, tx: DriverTransaction, envelope: EventEnvelope
 ) -> None:
     """Units refunded with restock go back on hand."""
     payload = envelope.payload
@@ -85,14 +86,14 @@ async def on_order_refunded(
         reason = f"refund {payload.get('refund_id') or ''}".strip()
         await inventory.restock_in(
             ctx,
-            session,
+            tx,
             str(payload["order_id"]),
             lines,
             reason,
             actor=envelope.source,
             strict=False,  # the refund has happened: restock what the order can take back
         )
-        await _after_stock_change(ctx, session)
+        _after_stock_change(ctx, tx)
 
 
 def _restock_lines(raw: Any) -> list[tuple[str, int]]:
@@ -104,13 +105,26 @@ def _restock_lines(raw: Any) -> list[tuple[str, int]]:
     return lines
 
 
-async def _after_stock_change(ctx: ServiceContext, session: AsyncSession) -> None:
+def _after_stock_change(ctx: ServiceContext, tx: DriverTransaction) -> None:
     # Cached search pages may filter on stock; their generation moves once this commits.
-    service.invalidate_after_commit(ctx, session)
+    service.invalidate_after_commit(ctx, tx)
+
+
+def _driver(
+    handler: Callable[[ServiceContext, DriverTransaction, EventEnvelope], Awaitable[None]],
+) -> EventHandler:
+    # ``Subscription.handler`` is typed for a session; with ``driver`` it is given a
+    # DriverTransaction instead.
+    return cast(EventHandler, handler)
 
 
 SUBSCRIPTIONS: Final = (
-    Subscription("commit-paid-reservations", (ORDER_PAID,), on_order_paid),
-    Subscription("release-cancelled-reservations", (ORDER_CANCELLED,), on_order_cancelled),
-    Subscription("restock-refunds", (ORDER_REFUNDED,), on_order_refunded),
+    Subscription("commit-paid-reservations", (ORDER_PAID,), _driver(on_order_paid), driver=True),
+    Subscription(
+        "release-cancelled-reservations",
+        (ORDER_CANCELLED,),
+        _driver(on_order_cancelled),
+        driver=True,
+    ),
+    Subscription("restock-refunds", (ORDER_REFUNDED,), _driver(on_order_refunded), driver=True),
 )

@@ -16,8 +16,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 import structlog
-from sqlalchemy import CursorResult, bindparam, func, insert, select, update
-from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy import Integer, bindparam, func, select, update
 
 from ecosistema.catalog import domain
 from ecosistema.catalog.domain import InsufficientStock, MovementReason, ReservationStatus
@@ -37,7 +36,7 @@ from ecosistema.catalog.schemas import (
     StockMovement,
 )
 from ecosistema.catalog.service import insert_ignoring_conflicts, invalidate
-from ecosistema.platform.db import new_id, utcnow
+from ecosistema.platform.db import DriverTransaction, new_id, utcnow
 from ecosistema.platform.errors import Conflict, NotFound, field_error
 from ecosistema.platform.pagination import decode_cursor, encode_cursor
 from ecosistema.platform.service import ServiceContext
@@ -52,20 +51,16 @@ _ALLOCATION_ATTEMPTS = 3
 MAX_RESERVATION_TTL_SECONDS = 7 * 24 * 3600
 
 
-def _rowcount(result: Any) -> int:
-    return int(result.rowcount) if isinstance(result, CursorResult) else 0
-
-
-# Reservation paths' reads, built once (building a statement costs more than running it).
+# Inventory's statements, built once: each is compiled once per database and run on the driver.
 _LEVELS = (
-    select(stock.c.warehouse_id, stock.c.on_hand - stock.c.reserved)
+    select(stock.c.warehouse_id, (stock.c.on_hand - stock.c.reserved).label("free"))
     .select_from(stock.join(warehouses, warehouses.c.id == stock.c.warehouse_id))
     .where(stock.c.sku == bindparam("sku"))
     .order_by(warehouses.c.priority, warehouses.c.code)
 )
-_AVAILABLE = select(func.coalesce(func.sum(stock.c.on_hand - stock.c.reserved), 0)).where(
-    stock.c.sku == bindparam("sku")
-)
+_AVAILABLE = select(
+    func.coalesce(func.sum(stock.c.on_hand - stock.c.reserved), 0).label("available")
+).where(stock.c.sku == bindparam("sku"))
 _HELD_LINES = (
     select(reservation_lines)
     .select_from(
@@ -74,25 +69,57 @@ _HELD_LINES = (
     .where(reservation_lines.c.order_id == bindparam("order_id"))
     .order_by(reservation_lines.c.sku, warehouses.c.priority, warehouses.c.code)
 )
+_STATUS = select(reservations.c.status).where(reservations.c.order_id == bindparam("order_id"))
+# The guarded update: it happens only while the warehouse still has ``amount`` free, so two
+# reservations can never both take the last units (see the module's docstring).
+_TAKE = (
+    update(stock)
+    .where(
+        stock.c.sku == bindparam("sku"),
+        stock.c.warehouse_id == bindparam("warehouse_id"),
+        stock.c.on_hand - stock.c.reserved >= bindparam("amount"),
+    )
+    .values(reserved=stock.c.reserved + bindparam("amount"), updated_at=bindparam("at"))
+)
+_SETTLE = (
+    update(reservations)
+    .where(
+        reservations.c.order_id == bindparam("order_id"),
+        reservations.c.status == ReservationStatus.ACTIVE.value,
+    )
+    .values(status=bindparam("to"), updated_at=bindparam("at"))
+)
+_SETTLE_EXPIRED = _SETTLE.where(reservations.c.expires_at <= bindparam("expired_before"))
+_SETTLE_STOCK = (
+    update(stock)
+    .where(stock.c.sku == bindparam("sku"), stock.c.warehouse_id == bindparam("warehouse_id"))
+    .values(
+        on_hand=stock.c.on_hand - bindparam("shipped"),
+        reserved=stock.c.reserved - bindparam("quantity"),
+        updated_at=bindparam("at"),
+    )
+)
+_ADD_ON_HAND = (
+    update(stock)
+    .where(stock.c.sku == bindparam("sku"), stock.c.warehouse_id == bindparam("warehouse_id"))
+    .values(on_hand=stock.c.on_hand + bindparam("delta"), updated_at=bindparam("at"))
+)
 
 
-async def _levels(session: AsyncSession, sku: str) -> list[tuple[str, int]]:
+async def _levels(tx: DriverTransaction, sku: str) -> list[tuple[str, int]]:
     """``[(warehouse_id, available)]`` for a SKU in allocation order."""
-    rows = await session.execute(_LEVELS, {"sku": sku})
-    return [(wid, max(0, int(free))) for wid, free in rows.all()]
+    rows = await tx.rows(_LEVELS, sku=sku)
+    return [(r["warehouse_id"], max(0, int(r["free"]))) for r in rows]
 
 
-async def _available(session: AsyncSession, sku: str) -> int:
-    total = await session.scalar(_AVAILABLE, {"sku": sku})
+async def _available(tx: DriverTransaction, sku: str) -> int:
+    total = await tx.scalar(_AVAILABLE, sku=sku)
     return max(0, int(total or 0))
 
 
-async def _record(
-    session: AsyncSession,
-    rows: Sequence[dict[str, Any]],
-) -> None:
+async def _record(tx: DriverTransaction, rows: Sequence[dict[str, Any]]) -> None:
     if rows:
-        await session.execute(insert(stock_movements), list(rows))
+        await tx.insert(stock_movements, rows)
 
 
 def _movement(
@@ -123,7 +150,7 @@ def _movement(
 
 async def _announce(
     ctx: ServiceContext,
-    session: AsyncSession,
+    tx: DriverTransaction,
     changes: dict[str, int],
     reason: MovementReason,
     reference: str | None,
@@ -136,10 +163,10 @@ async def _announce(
     ``known``, the availability after it of SKUs the caller has just read."""
     threshold = ctx.settings.catalog_low_stock_threshold
     for sku in sorted(changes):
-        after = known[sku] if known is not None and sku in known else await _available(session, sku)
+        after = known[sku] if known is not None and sku in known else await _available(tx, sku)
         before = after - changes[sku]
         await ctx.outbox.add(
-            session,
+            tx,
             STOCK_CHANGED,
             {
                 "sku": sku,
@@ -151,7 +178,7 @@ async def _announce(
         )
         if domain.crosses_below(before, after, threshold):
             await ctx.outbox.add(
-                session, STOCK_LOW, {"sku": sku, "available": after, "threshold": threshold}
+                tx, STOCK_LOW, {"sku": sku, "available": after, "threshold": threshold}
             )
 
 
@@ -179,9 +206,9 @@ async def reserve(
     if not 0 < ttl_seconds <= MAX_RESERVATION_TTL_SECONDS:
         raise field_error("ttl_seconds", f"must be between 1 and {MAX_RESERVATION_TTL_SECONDS}")
     now = utcnow()
-    async with ctx.db.transaction() as session:
+    async with ctx.db.driver_write() as tx:
         created = await insert_ignoring_conflicts(
-            session,
+            tx,
             reservations,
             {
                 "order_id": order_id,
@@ -193,9 +220,7 @@ async def reserve(
             ["order_id"],
         )
         if not created:
-            status = await session.scalar(
-                select(reservations.c.status).where(reservations.c.order_id == order_id)
-            )
+            status = await tx.scalar(_STATUS, order_id=order_id)
             if status == ReservationStatus.RELEASED:
                 raise Conflict(
                     "This order's reservation was released; place the order again.",
@@ -208,18 +233,18 @@ async def reserve(
         short = False
         after: dict[str, int] = {}
         for sku, quantity in merged:
-            taken = await _take(session, order_id, sku, quantity, now, held, movements, actor)
-            after[sku] = await _available(session, sku)
+            taken = await _take(tx, order_id, sku, quantity, now, held, movements, actor)
+            after[sku] = await _available(tx, sku)
             report.append({"sku": sku, "requested": quantity, "available": after[sku] + taken})
             short = short or taken < quantity
         if short:
             # Raising rolls back every guarded update this transaction made.
             raise InsufficientStock(report)
-        await session.execute(insert(reservation_lines), held)
-        await _record(session, movements)
+        await tx.insert(reservation_lines, held)
+        await _record(tx, movements)
         await _announce(
             ctx,
-            session,
+            tx,
             {sku: -q for sku, q in merged},
             MovementReason.RESERVE,
             order_id,
@@ -229,7 +254,7 @@ async def reserve(
 
 
 async def _take(
-    session: AsyncSession,
+    tx: DriverTransaction,
     order_id: str,
     sku: str,
     quantity: int,
@@ -242,19 +267,13 @@ async def _take(
     remaining = quantity
     taken_from: dict[str, int] = {}
     for _ in range(_ALLOCATION_ATTEMPTS):
-        plan = domain.allocate(remaining, await _levels(session, sku))
+        plan = domain.allocate(remaining, await _levels(tx, sku))
         raced = False
         for warehouse_id, amount in plan:
-            result = await session.execute(
-                update(stock)
-                .where(
-                    stock.c.sku == sku,
-                    stock.c.warehouse_id == warehouse_id,
-                    stock.c.on_hand - stock.c.reserved >= amount,
-                )
-                .values(reserved=stock.c.reserved + amount, updated_at=now)
+            done = await tx.execute(
+                _TAKE, sku=sku, warehouse_id=warehouse_id, amount=amount, at=now
             )
-            if _rowcount(result) != 1:
+            if done != 1:
                 raced = True  # another reservation took it first; plan again with fresh levels
                 break
             taken_from[warehouse_id] = taken_from.get(warehouse_id, 0) + amount
@@ -279,13 +298,13 @@ async def _take(
     return quantity - remaining
 
 
-async def _held_lines(session: AsyncSession, order_id: str) -> list[Any]:
-    return list((await session.execute(_HELD_LINES, {"order_id": order_id})).all())
+async def _held_lines(tx: DriverTransaction, order_id: str) -> list[dict[str, Any]]:
+    return await tx.rows(_HELD_LINES, order_id=order_id)
 
 
 async def _settle(
     ctx: ServiceContext,
-    session: AsyncSession,
+    tx: DriverTransaction,
     order_id: str,
     *,
     to: ReservationStatus,
@@ -296,36 +315,31 @@ async def _settle(
 ) -> bool:
     """Move an active reservation to committed or released; False when it was not active."""
     now = utcnow()
-    guard = [
-        reservations.c.order_id == order_id,
-        reservations.c.status == ReservationStatus.ACTIVE.value,
-    ]
-    if only_expired_before is not None:
-        guard.append(reservations.c.expires_at <= only_expired_before)
-    result = await session.execute(
-        update(reservations).where(*guard).values(status=to.value, updated_at=now)
-    )
-    if _rowcount(result) != 1:
+    if only_expired_before is None:
+        moved = await tx.execute(_SETTLE, order_id=order_id, to=to.value, at=now)
+    else:
+        moved = await tx.execute(
+            _SETTLE_EXPIRED,
+            order_id=order_id,
+            to=to.value,
+            at=now,
+            expired_before=only_expired_before,
+        )
+    if moved != 1:
         return False
-    lines = await _held_lines(session, order_id)
+    lines = await _held_lines(tx, order_id)
     movements = []
     changes: dict[str, int] = {}
     for line in lines:
-        q = line.quantity
+        sku, warehouse_id, q = line["sku"], line["warehouse_id"], line["quantity"]
         shipped = q if to is ReservationStatus.COMMITTED else 0
-        await session.execute(
-            update(stock)
-            .where(stock.c.sku == line.sku, stock.c.warehouse_id == line.warehouse_id)
-            .values(
-                on_hand=stock.c.on_hand - shipped,
-                reserved=stock.c.reserved - q,
-                updated_at=now,
-            )
+        await tx.execute(
+            _SETTLE_STOCK, sku=sku, warehouse_id=warehouse_id, shipped=shipped, quantity=q, at=now
         )
         movements.append(
             _movement(
-                line.sku,
-                line.warehouse_id,
+                sku,
+                warehouse_id,
                 on_hand=-shipped,
                 reserved=-q,
                 reason=reason,
@@ -336,31 +350,29 @@ async def _settle(
             )
         )
         if to is ReservationStatus.RELEASED:
-            changes[line.sku] = changes.get(line.sku, 0) + q
-    await _record(session, movements)
+            changes[sku] = changes.get(sku, 0) + q
+    await _record(tx, movements)
     if to is ReservationStatus.RELEASED:
-        await _announce(ctx, session, changes, reason, order_id)
+        await _announce(ctx, tx, changes, reason, order_id)
     else:
-        await _announce(ctx, session, {line.sku: 0 for line in lines}, reason, order_id)
+        await _announce(ctx, tx, {line["sku"]: 0 for line in lines}, reason, order_id)
     return True
 
 
 async def commit_reservation_in(
-    ctx: ServiceContext, session: AsyncSession, order_id: str, *, actor: str = SYSTEM_ACTOR
+    ctx: ServiceContext, tx: DriverTransaction, order_id: str, *, actor: str = SYSTEM_ACTOR
 ) -> bool:
     """Turn an order's reservation into shipped-from-stock, in the caller's transaction."""
     done = await _settle(
         ctx,
-        session,
+        tx,
         order_id,
         to=ReservationStatus.COMMITTED,
         reason=MovementReason.COMMIT,
         actor=actor,
     )
     if not done:
-        status = await session.scalar(
-            select(reservations.c.status).where(reservations.c.order_id == order_id)
-        )
+        status = await tx.scalar(_STATUS, order_id=order_id)
         if status == ReservationStatus.RELEASED:
             log.warning("paid_order_reservation_already_released", order_id=order_id)
     return done
@@ -368,7 +380,7 @@ async def commit_reservation_in(
 
 async def release_reservation_in(
     ctx: ServiceContext,
-    session: AsyncSession,
+    tx: DriverTransaction,
     order_id: str,
     reason: str,
     *,
@@ -377,7 +389,7 @@ async def release_reservation_in(
     """Give an order's reserved stock back, in the caller's transaction."""
     return await _settle(
         ctx,
-        session,
+        tx,
         order_id,
         to=ReservationStatus.RELEASED,
         reason=MovementReason.RELEASE,
@@ -388,16 +400,16 @@ async def release_reservation_in(
 
 async def commit_reservation(ctx: ServiceContext, order_id: str) -> None:
     """The order was paid: its reserved stock leaves on-hand for good (idempotent)."""
-    async with ctx.db.transaction() as session:
-        changed = await commit_reservation_in(ctx, session, order_id)
+    async with ctx.db.driver_write() as tx:
+        changed = await commit_reservation_in(ctx, tx, order_id)
     if changed:
         await invalidate(ctx)
 
 
 async def release_reservation(ctx: ServiceContext, order_id: str, reason: str) -> None:
     """The order will not be paid: its reserved stock is available again (idempotent)."""
-    async with ctx.db.transaction() as session:
-        changed = await release_reservation_in(ctx, session, order_id, reason)
+    async with ctx.db.driver_write() as tx:
+        changed = await release_reservation_in(ctx, tx, order_id, reason)
     if changed:
         await invalidate(ctx)
 
@@ -419,10 +431,10 @@ async def release_expired_reservations(ctx: ServiceContext, *, limit: int = 500)
         ).all()
     released = 0
     for order_id in due:
-        async with ctx.db.transaction() as session:
+        async with ctx.db.driver_write() as tx:
             if await _settle(
                 ctx,
-                session,
+                tx,
                 order_id,
                 to=ReservationStatus.RELEASED,
                 reason=MovementReason.EXPIRE,
@@ -445,38 +457,77 @@ async def sweep_expired_reservations(ctx: ServiceContext) -> None:
 
 async def reservation_status(ctx: ServiceContext, order_id: str) -> str | None:
     """An order's reservation status, or None when it has none."""
-    async with ctx.db.read() as session:
-        status: str | None = await session.scalar(
-            select(reservations.c.status).where(reservations.c.order_id == order_id)
-        )
+    async with ctx.db.driver_read() as tx:
+        status: str | None = await tx.scalar(_STATUS, order_id=order_id)
     return status
 
 
 # --- restock and adjustments --------------------------------------------------------------------
 
+# Where returned units go: where the order's stock came from, else the first warehouse holding
+# the SKU, else the first warehouse.
+_RESTOCK_WAREHOUSES = (
+    select(reservation_lines.c.warehouse_id)
+    .where(
+        reservation_lines.c.order_id == bindparam("order_id"),
+        reservation_lines.c.sku == bindparam("sku"),
+    )
+    .limit(1),
+    select(stock.c.warehouse_id)
+    .select_from(stock.join(warehouses, warehouses.c.id == stock.c.warehouse_id))
+    .where(stock.c.sku == bindparam("sku"))
+    .order_by(warehouses.c.priority, warehouses.c.code)
+    .limit(1),
+    select(warehouses.c.id).order_by(warehouses.c.priority, warehouses.c.code).limit(1),
+)
+_STATUS_LOCKED = _STATUS.with_for_update()
+_COMMITTED_UNITS = (
+    select(reservation_lines.c.sku, func.sum(reservation_lines.c.quantity).label("units"))
+    .where(reservation_lines.c.order_id == bindparam("order_id"))
+    .group_by(reservation_lines.c.sku)
+)
+_RESTOCKED_UNITS = (
+    select(stock_movements.c.sku, func.sum(stock_movements.c.on_hand_delta).label("units"))
+    .where(
+        stock_movements.c.reference == bindparam("order_id"),
+        stock_movements.c.reason == MovementReason.RESTOCK.value,
+    )
+    .group_by(stock_movements.c.sku)
+)
+_VARIANT_OF_SKU = select(variants.c.id).where(variants.c.sku == bindparam("sku"))
+_WAREHOUSE_OF_CODE = select(warehouses.c.id).where(warehouses.c.code == bindparam("code"))
+_LEVEL_LOCKED = (
+    select(stock.c.on_hand, stock.c.reserved)
+    .where(stock.c.sku == bindparam("sku"), stock.c.warehouse_id == bindparam("warehouse_id"))
+    .with_for_update()
+)
+_WAREHOUSE_LEVELS = (
+    select(stock.c.warehouse_id, warehouses.c.code, stock.c.on_hand, stock.c.reserved)
+    .select_from(stock.join(warehouses, warehouses.c.id == stock.c.warehouse_id))
+    .where(stock.c.sku == bindparam("sku"))
+    .order_by(warehouses.c.priority, warehouses.c.code)
+)
+_MOVEMENTS = (
+    select(stock_movements)
+    .where(stock_movements.c.sku == bindparam("sku"))
+    .order_by(stock_movements.c.position.desc())
+    .limit(bindparam("limit", type_=Integer))
+)
+_MOVEMENTS_BEFORE = _MOVEMENTS.where(stock_movements.c.position < bindparam("before"))
 
-async def _default_warehouse(session: AsyncSession, order_id: str, sku: str) -> str:
-    """Where returned units go: where the order's stock came from, else the first warehouse
-    holding the SKU, else the first warehouse."""
-    for statement in (
-        select(reservation_lines.c.warehouse_id).where(
-            reservation_lines.c.order_id == order_id, reservation_lines.c.sku == sku
-        ),
-        select(stock.c.warehouse_id)
-        .select_from(stock.join(warehouses, warehouses.c.id == stock.c.warehouse_id))
-        .where(stock.c.sku == sku)
-        .order_by(warehouses.c.priority, warehouses.c.code),
-        select(warehouses.c.id).order_by(warehouses.c.priority, warehouses.c.code),
-    ):
-        found: str | None = await session.scalar(statement.limit(1))
+
+async def _default_warehouse(tx: DriverTransaction, order_id: str, sku: str) -> str:
+    """Where returned units of ``sku`` go (see ``_RESTOCK_WAREHOUSES``)."""
+    for statement in _RESTOCK_WAREHOUSES:
+        found: str | None = await tx.scalar(statement, order_id=order_id, sku=sku)
         if found is not None:
             return found
     raise Conflict("There is no warehouse to restock into.", type="no-warehouse")
 
 
-async def _ensure_stock_row(session: AsyncSession, sku: str, warehouse_id: str) -> None:
+async def _ensure_stock_row(tx: DriverTransaction, sku: str, warehouse_id: str) -> None:
     await insert_ignoring_conflicts(
-        session,
+        tx,
         stock,
         {
             "sku": sku,
@@ -489,15 +540,13 @@ async def _ensure_stock_row(session: AsyncSession, sku: str, warehouse_id: str) 
     )
 
 
-async def _restockable(session: AsyncSession, order_id: str) -> dict[str, int]:
+async def _restockable(tx: DriverTransaction, order_id: str) -> dict[str, int]:
     """Per SKU, the units of an order's committed reservation not restocked yet.
 
     Raises 404 when catalog holds no reservation for the order, 409 when it was never committed
     (nothing left stock, so nothing can come back). The reservation row is locked so two
     restocks of one order are counted one after the other."""
-    status = await session.scalar(
-        select(reservations.c.status).where(reservations.c.order_id == order_id).with_for_update()
-    )
+    status = await tx.scalar(_STATUS_LOCKED, order_id=order_id)
     if status is None:
         raise NotFound(
             "No stock was reserved for this order: there is nothing to restock.",
@@ -522,27 +571,8 @@ async def _restockable(session: AsyncSession, order_id: str) -> dict[str, int]:
                 }
             ],
         )
-    committed = dict(
-        (
-            await session.execute(
-                select(reservation_lines.c.sku, func.sum(reservation_lines.c.quantity))
-                .where(reservation_lines.c.order_id == order_id)
-                .group_by(reservation_lines.c.sku)
-            )
-        ).all()
-    )
-    restocked = dict(
-        (
-            await session.execute(
-                select(stock_movements.c.sku, func.sum(stock_movements.c.on_hand_delta))
-                .where(
-                    stock_movements.c.reference == order_id,
-                    stock_movements.c.reason == MovementReason.RESTOCK.value,
-                )
-                .group_by(stock_movements.c.sku)
-            )
-        ).all()
-    )
+    committed = {r["sku"]: r["units"] for r in await tx.rows(_COMMITTED_UNITS, order_id=order_id)}
+    restocked = {r["sku"]: r["units"] for r in await tx.rows(_RESTOCKED_UNITS, order_id=order_id)}
     return {
         sku: max(0, int(units) - int(restocked.get(sku) or 0)) for sku, units in committed.items()
     }
@@ -577,7 +607,7 @@ def _over_restock(
 
 async def restock_in(
     ctx: ServiceContext,
-    session: AsyncSession,
+    tx: DriverTransaction,
     order_id: str,
     lines: Sequence[tuple[str, int]],
     reason: str,
@@ -593,7 +623,7 @@ async def restock_in(
     now = utcnow()
     merged = domain.merge_lines(lines)
     try:
-        allowed = await _restockable(session, order_id)
+        allowed = await _restockable(tx, order_id)
     except (NotFound, Conflict):
         if strict:
             raise
@@ -610,13 +640,9 @@ async def restock_in(
     for sku, quantity in merged:
         if quantity <= 0:
             continue
-        warehouse_id = await _default_warehouse(session, order_id, sku)
-        await _ensure_stock_row(session, sku, warehouse_id)
-        await session.execute(
-            update(stock)
-            .where(stock.c.sku == sku, stock.c.warehouse_id == warehouse_id)
-            .values(on_hand=stock.c.on_hand + quantity, updated_at=now)
-        )
+        warehouse_id = await _default_warehouse(tx, order_id, sku)
+        await _ensure_stock_row(tx, sku, warehouse_id)
+        await tx.execute(_ADD_ON_HAND, sku=sku, warehouse_id=warehouse_id, delta=quantity, at=now)
         movements.append(
             _movement(
                 sku,
@@ -630,8 +656,8 @@ async def restock_in(
             )
         )
         changes[sku] = quantity
-    await _record(session, movements)
-    await _announce(ctx, session, changes, MovementReason.RESTOCK, order_id)
+    await _record(tx, movements)
+    await _announce(ctx, tx, changes, MovementReason.RESTOCK, order_id)
 
 
 async def restock(
@@ -647,13 +673,13 @@ async def restock(
         domain.merge_lines(lines)
     except ValueError as exc:
         raise field_error("lines", str(exc)) from exc
-    async with ctx.db.transaction() as session:
-        await restock_in(ctx, session, order_id, lines, reason, actor=actor)
+    async with ctx.db.driver_write() as tx:
+        await restock_in(ctx, tx, order_id, lines, reason, actor=actor)
     await invalidate(ctx)
 
 
-async def _require_sku(session: AsyncSession, sku: str) -> None:
-    if not await session.scalar(select(variants.c.id).where(variants.c.sku == sku)):
+async def _require_sku(tx: DriverTransaction, sku: str) -> None:
+    if not await tx.scalar(_VARIANT_OF_SKU, sku=sku):
         raise NotFound(SKU_NOT_FOUND)
 
 
@@ -662,49 +688,39 @@ async def adjust_stock(
 ) -> Availability:
     """Change on-hand stock after a delivery, a count or a loss; never below what is reserved."""
     now = utcnow()
-    async with ctx.db.transaction() as session:
-        await _require_sku(session, sku)
-        warehouse_id = await session.scalar(
-            select(warehouses.c.id).where(warehouses.c.code == data.warehouse)
-        )
+    async with ctx.db.driver_write() as tx:
+        await _require_sku(tx, sku)
+        warehouse_id = await tx.scalar(_WAREHOUSE_OF_CODE, code=data.warehouse)
         if warehouse_id is None:
             raise field_error("warehouse", "no warehouse with this code", "not_found")
-        await _ensure_stock_row(session, sku, warehouse_id)
-        row = (
-            await session.execute(
-                select(stock.c.on_hand, stock.c.reserved)
-                .where(stock.c.sku == sku, stock.c.warehouse_id == warehouse_id)
-                .with_for_update()
-            )
-        ).one()
+        await _ensure_stock_row(tx, sku, warehouse_id)
+        row = await tx.row(_LEVEL_LOCKED, sku=sku, warehouse_id=warehouse_id)
+        assert row is not None  # ensured just above
+        on_hand, reserved = int(row["on_hand"]), int(row["reserved"])
         counted = data.delta is None
-        delta = int(data.on_hand or 0) - row.on_hand if counted else int(data.delta or 0)
-        if row.on_hand + delta < row.reserved:
+        delta = int(data.on_hand or 0) - on_hand if counted else int(data.delta or 0)
+        if on_hand + delta < reserved:
             field = "on_hand" if counted else "delta"
             raise Conflict(
-                f"On-hand stock cannot fall below the {row.reserved} units reserved.",
+                f"On-hand stock cannot fall below the {reserved} units reserved.",
                 type="below-reserved",
-                reserved=row.reserved,
+                reserved=reserved,
                 errors=[
                     {
                         "field": field,
-                        "message": f"on hand would be {row.on_hand + delta}, below the "
-                        f"{row.reserved} units reserved",
+                        "message": f"on hand would be {on_hand + delta}, below the "
+                        f"{reserved} units reserved",
                         "code": "below_reserved",
                     }
                 ],
             )
         if delta:
-            await session.execute(
-                update(stock)
-                .where(stock.c.sku == sku, stock.c.warehouse_id == warehouse_id)
-                .values(on_hand=stock.c.on_hand + delta, updated_at=now)
-            )
+            await tx.execute(_ADD_ON_HAND, sku=sku, warehouse_id=warehouse_id, delta=delta, at=now)
             # A count corrects the books whichever way it goes; a positive delta is a delivery.
             receive = delta > 0 and not counted
             reason = MovementReason.RECEIVE if receive else MovementReason.ADJUST
             await _record(
-                session,
+                tx,
                 [
                     _movement(
                         sku,
@@ -717,35 +733,23 @@ async def adjust_stock(
                     )
                 ],
             )
-            await _announce(ctx, session, {sku: delta}, reason, None)
+            await _announce(ctx, tx, {sku: delta}, reason, None)
     await invalidate(ctx)
     return await availability(ctx, sku)
 
 
 async def availability(ctx: ServiceContext, sku: str) -> Availability:
     """A SKU's stock per warehouse and in total."""
-    async with ctx.db.read() as session:
-        await _require_sku(session, sku)
-        rows = (
-            await session.execute(
-                select(
-                    stock.c.warehouse_id,
-                    warehouses.c.code,
-                    stock.c.on_hand,
-                    stock.c.reserved,
-                )
-                .select_from(stock.join(warehouses, warehouses.c.id == stock.c.warehouse_id))
-                .where(stock.c.sku == sku)
-                .order_by(warehouses.c.priority, warehouses.c.code)
-            )
-        ).all()
+    async with ctx.db.driver_read() as tx:
+        await _require_sku(tx, sku)
+        rows = await tx.rows(_WAREHOUSE_LEVELS, sku=sku)
     levels = [
         StockLevel(
-            warehouse_id=r.warehouse_id,
-            warehouse_code=r.code,
-            on_hand=r.on_hand,
-            reserved=r.reserved,
-            available=domain.available(r.on_hand, r.reserved),
+            warehouse_id=r["warehouse_id"],
+            warehouse_code=r["code"],
+            on_hand=r["on_hand"],
+            reserved=r["reserved"],
+            available=domain.available(r["on_hand"], r["reserved"]),
         )
         for r in rows
     ]
@@ -764,17 +768,15 @@ async def movements(
     ctx: ServiceContext, sku: str, *, cursor: str | None = None, limit: int = 50
 ) -> MovementPage:
     """A SKU's stock movements, newest first."""
-    t = stock_movements
-    statement = select(t).where(t.c.sku == sku)
-    if cursor:
-        statement = statement.where(t.c.position < decode_cursor(cursor, int)[0])
-    async with ctx.db.read() as session:
-        await _require_sku(session, sku)
-        rows = (
-            await session.execute(statement.order_by(t.c.position.desc()).limit(limit + 1))
-        ).all()
+    before = decode_cursor(cursor, int)[0] if cursor else None
+    async with ctx.db.driver_read() as tx:
+        await _require_sku(tx, sku)
+        if before is None:
+            rows = await tx.rows(_MOVEMENTS, sku=sku, limit=limit + 1)
+        else:
+            rows = await tx.rows(_MOVEMENTS_BEFORE, sku=sku, before=before, limit=limit + 1)
     page = rows[:limit]
     return MovementPage(
-        items=[StockMovement.model_validate(r._mapping) for r in page],
-        next_cursor=encode_cursor(page[-1].position) if len(rows) > limit else None,
+        items=[StockMovement.model_validate(r) for r in page],
+        next_cursor=encode_cursor(page[-1]["position"]) if len(rows) > limit else None,
     )

@@ -10,13 +10,11 @@ Reads go through SQLAlchemy Core. The product-by-id read is the hot path: it run
 from __future__ import annotations
 
 import asyncio
-from collections import defaultdict
 from collections.abc import Iterable, Sequence
 from datetime import datetime
 from typing import Any, Literal
 
-from sqlalchemy import Row, and_, delete, func, insert, or_, select, update
-from sqlalchemy import event as sa_event
+from sqlalchemy import Row, and_, bindparam, delete, exists, func, insert, or_, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -57,7 +55,7 @@ from ecosistema.catalog.schemas import (
     Warehouse,
     WarehouseCreate,
 )
-from ecosistema.platform.db import as_utc_datetime, new_id, utcnow
+from ecosistema.platform.db import DriverTransaction, as_utc_datetime, new_id, utcnow
 from ecosistema.platform.errors import Conflict, NotFound, field_error
 from ecosistema.platform.service import ServiceContext
 
@@ -76,17 +74,42 @@ PRODUCT_ARCHIVED = "ProductArchived"
 # --- shared helpers -----------------------------------------------------------------------------
 
 
+_inserts_ignoring_conflicts: dict[tuple[Table, tuple[str, ...], tuple[str, ...], bool], Any] = {}
+
+
+def _insert_ignoring_conflicts(
+    table: Table, columns: tuple[str, ...], keys: tuple[str, ...], postgres: bool
+) -> Any:
+    """The statement for these columns, built once (a driver transaction compiles it once)."""
+    found = _inserts_ignoring_conflicts.get((table, columns, keys, postgres))
+    if found is None:
+        builder = postgresql.insert if postgres else sqlite.insert
+        found = _inserts_ignoring_conflicts[(table, columns, keys, postgres)] = (
+            builder(table)
+            .values({table.c[name]: bindparam(name, type_=table.c[name].type) for name in columns})
+            .on_conflict_do_nothing(index_elements=list(keys))
+        )
+    return found
+
+
 async def insert_ignoring_conflicts(
-    session: AsyncSession, table: Table, values: dict[str, Any], keys: Sequence[str]
+    session: AsyncSession | DriverTransaction,
+    table: Table,
+    values: dict[str, Any],
+    keys: Sequence[str],
 ) -> bool:
     """Insert a row unless one with the same ``keys`` exists; True when this call inserted it.
 
     On PostgreSQL a concurrent insert of the same key waits for the other transaction and then
     does nothing, so the caller never sees a unique violation abort its transaction."""
-    dialect = session.get_bind().dialect.name
-    builder = postgresql.insert if dialect == "postgresql" else sqlite.insert
-    statement = builder(table).values(**values).on_conflict_do_nothing(index_elements=list(keys))
-    result = await session.execute(statement)
+    if isinstance(session, DriverTransaction):
+        statement = _insert_ignoring_conflicts(
+            table, tuple(values), tuple(keys), session.db.is_postgres
+        )
+        return await session.execute(statement, **values) > 0
+    postgres = session.get_bind().dialect.name == "postgresql"
+    statement = _insert_ignoring_conflicts(table, tuple(values), tuple(keys), postgres)
+    result = await session.execute(statement, values)
     return bool(getattr(result, "rowcount", 0))
 
 
@@ -107,18 +130,18 @@ _pending_invalidations: set[asyncio.Task[None]] = set()
 
 
 def invalidate_after_commit(
-    ctx: ServiceContext, session: AsyncSession, product_ids: Iterable[str] = ()
+    ctx: ServiceContext, tx: DriverTransaction, product_ids: Iterable[str] = ()
 ) -> None:
     """Invalidate once the caller's transaction commits (for writes made inside a transaction
     the catalog does not own, such as an event consumer's)."""
     ids = list(product_ids)
 
-    def _after_commit(_session: Any) -> None:
+    def _after_commit() -> None:
         task = asyncio.get_running_loop().create_task(invalidate(ctx, ids))
         _pending_invalidations.add(task)
         task.add_done_callback(_pending_invalidations.discard)
 
-    sa_event.listen(session.sync_session, "after_commit", _after_commit, once=True)
+    tx.after_commit(_after_commit)
 
 
 async def cache_generation(ctx: ServiceContext) -> int:
@@ -809,6 +832,58 @@ def channel_prices_include_tax(ctx: ServiceContext, channel: str | None = None) 
     )
 
 
+# A quote's reads, built once: one statement per SKU (its variant, product, regular price, best
+# price-list price for the customer, availability, and whether it has sale prices), and one for
+# the sale prices of a variant that has some.
+_QUOTE_VARIANT = (
+    select(
+        variants.c.id,
+        variants.c.sku,
+        variants.c.name,
+        variants.c.weight_grams,
+        products.c.id.label("product_id"),
+        products.c.name.label("product_name"),
+        products.c.status,
+        prices.c.amount.label("base"),
+        select(func.min(price_list_prices.c.amount))
+        .select_from(
+            price_list_prices.join(
+                price_list_customers,
+                price_list_customers.c.price_list_id == price_list_prices.c.price_list_id,
+            )
+        )
+        .where(
+            price_list_customers.c.customer_id == bindparam("customer_id"),
+            price_list_prices.c.currency == bindparam("currency"),
+            price_list_prices.c.variant_id == variants.c.id,
+        )
+        .scalar_subquery()
+        .label("listed"),
+        select(func.coalesce(func.sum(stock.c.on_hand - stock.c.reserved), 0))
+        .where(stock.c.sku == variants.c.sku)
+        .scalar_subquery()
+        .label("available"),
+        exists()
+        .where(
+            sale_prices.c.variant_id == variants.c.id,
+            sale_prices.c.currency == bindparam("currency"),
+        )
+        .label("on_sale"),
+    )
+    .select_from(
+        variants.join(products, products.c.id == variants.c.product_id).outerjoin(
+            prices,
+            and_(prices.c.variant_id == variants.c.id, prices.c.currency == bindparam("currency")),
+        )
+    )
+    .where(variants.c.sku == bindparam("sku"))
+)
+_QUOTE_SALES = select(sale_prices.c.amount, sale_prices.c.starts_at, sale_prices.c.ends_at).where(
+    sale_prices.c.variant_id == bindparam("variant_id"),
+    sale_prices.c.currency == bindparam("currency"),
+)
+
+
 async def quote(
     ctx: ServiceContext,
     skus: Sequence[str],
@@ -825,91 +900,42 @@ async def quote(
         return {}
     moment = at or utcnow()
     tax_inclusive = channel_prices_include_tax(ctx, channel)
-    async with ctx.db.read() as session:
-        rows = (
-            await session.execute(
-                select(
-                    variants.c.id,
-                    variants.c.sku,
-                    variants.c.name,
-                    variants.c.weight_grams,
-                    products.c.id.label("product_id"),
-                    products.c.name.label("product_name"),
-                    products.c.status,
-                    prices.c.amount.label("base"),
-                )
-                .select_from(
-                    variants.join(products, products.c.id == variants.c.product_id).outerjoin(
-                        prices,
-                        and_(prices.c.variant_id == variants.c.id, prices.c.currency == currency),
-                    )
-                )
-                .where(variants.c.sku.in_(wanted))
-            )
-        ).all()
-        ids = [r.id for r in rows]
-        sales: dict[str, list[SalePrice]] = defaultdict(list)
-        for s in (
-            await session.execute(
-                select(sale_prices).where(
-                    sale_prices.c.variant_id.in_(ids), sale_prices.c.currency == currency
-                )
-            )
-        ).all():
-            sales[s.variant_id].append(SalePrice(s.amount, s.starts_at, s.ends_at))
-        listed: dict[str, int] = {}
-        if customer_id is not None:
-            for variant_id, amount in (
-                await session.execute(
-                    select(price_list_prices.c.variant_id, func.min(price_list_prices.c.amount))
-                    .select_from(
-                        price_list_prices.join(
-                            price_list_customers,
-                            price_list_customers.c.price_list_id
-                            == price_list_prices.c.price_list_id,
-                        )
-                    )
-                    .where(
-                        price_list_customers.c.customer_id == customer_id,
-                        price_list_prices.c.currency == currency,
-                        price_list_prices.c.variant_id.in_(ids),
-                    )
-                    .group_by(price_list_prices.c.variant_id)
-                )
-            ).all():
-                listed[variant_id] = int(amount)
-        free = dict(
-            (
-                await session.execute(
-                    select(
-                        stock.c.sku,
-                        func.sum(stock.c.on_hand - stock.c.reserved),
-                    )
-                    .where(stock.c.sku.in_(wanted))
-                    .group_by(stock.c.sku)
-                )
-            ).all()
-        )
     out: dict[str, VariantQuote] = {}
-    for r in rows:
-        unit = domain.effective_unit_price(
-            base=r.base, price_list=listed.get(r.id), sales=sales.get(r.id, ()), at=moment
-        )
-        reason, why = _not_purchasable(r.sku, r.status, currency, priced=unit is not None)
-        out[r.sku] = VariantQuote(
-            reason=reason,
-            reason_message=why,
-            sku=r.sku,
-            product_id=r.product_id,
-            product_name=r.product_name,
-            variant_name=r.name,
-            unit_price=unit if unit is not None else 0,
-            currency=currency,
-            tax_inclusive=tax_inclusive,
-            weight_grams=r.weight_grams,
-            available=max(0, int(free.get(r.sku) or 0)),
-            purchasable=reason is None,
-        )
+    async with ctx.db.driver_read() as tx:
+        for sku in wanted:
+            r = await tx.row(_QUOTE_VARIANT, sku=sku, currency=currency, customer_id=customer_id)
+            if r is None:
+                continue
+            sales = (
+                [
+                    SalePrice(s["amount"], s["starts_at"], s["ends_at"])
+                    for s in await tx.rows(_QUOTE_SALES, variant_id=r["id"], currency=currency)
+                ]
+                if r["on_sale"]
+                else []
+            )
+            listed = r["listed"]
+            unit = domain.effective_unit_price(
+                base=r["base"],
+                price_list=int(listed) if listed is not None else None,
+                sales=sales,
+                at=moment,
+            )
+            reason, why = _not_purchasable(sku, r["status"], currency, priced=unit is not None)
+            out[sku] = VariantQuote(
+                reason=reason,
+                reason_message=why,
+                sku=sku,
+                product_id=r["product_id"],
+                product_name=r["product_name"],
+                variant_name=r["name"],
+                unit_price=unit if unit is not None else 0,
+                currency=currency,
+                tax_inclusive=tax_inclusive,
+                weight_grams=r["weight_grams"],
+                available=max(0, int(r["available"] or 0)),
+                purchasable=reason is None,
+            )
     return out
 
 
