@@ -152,8 +152,17 @@ def compile_statement(statement: ClauseElement, dialect: Dialect) -> CompiledRea
         # The types' conversions (dates on SQLite, JSON), as an execution applies them.
         dict(compiled._bind_processors),
         tuple(column.keyname for column in columns),
-        tuple(column.type._cached_result_processor(dialect, None) for column in columns),
+        tuple(_result_processor(column.type, dialect) for column in columns),
     )
+
+
+def _result_processor(type_: Any, dialect: Dialect) -> Any:
+    """The conversion a Core execution applies to a column's values; None where it depends on
+    what the driver reports at run time (asyncpg's numerics come as ``Decimal`` either way)."""
+    try:
+        return type_._cached_result_processor(dialect, None)
+    except (TypeError, KeyError, NotImplementedError):
+        return None
 
 
 Rows = list[Sequence[Any]]
