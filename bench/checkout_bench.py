@@ -413,9 +413,7 @@ def main() -> None:
                             server.pid, port, tokens, level, args.seconds, flow
                         )
                 if args.profile:
-                    await profile(
-                        server.pid, port, tokens, max(args.concurrency), args, flow
-                    )
+                    await profile(server.pid, port, tokens, max(args.concurrency), args, flow)
 
             # uvloop: the client's own event loop costs a fraction of asyncio's default one.
             uvloop.run(_all())

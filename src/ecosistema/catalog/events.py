@@ -7,14 +7,13 @@ too.
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
-from typing import Any, Final, cast
+from typing import Any, Final
 
 from ecosistema.catalog import inventory, service
 from ecosistema.platform.cache import MemoryCache
 from ecosistema.platform.db import DriverTransaction
 from ecosistema.platform.events import EventEnvelope
-from ecosistema.platform.service import EventHandler, ServiceContext, Subscription
+from ecosistema.platform.service import ServiceContext, Subscription
 
 PRODUCT_CREATED: Final = service.PRODUCT_CREATED
 """``{product_id, slug}``"""
@@ -110,21 +109,13 @@ def _after_stock_change(ctx: ServiceContext, tx: DriverTransaction) -> None:
     service.invalidate_after_commit(ctx, tx)
 
 
-def _driver(
-    handler: Callable[[ServiceContext, DriverTransaction, EventEnvelope], Awaitable[None]],
-) -> EventHandler:
-    # ``Subscription.handler`` is typed for a session; with ``driver`` it is given a
-    # DriverTransaction instead.
-    return cast(EventHandler, handler)
-
-
 SUBSCRIPTIONS: Final = (
-    Subscription("commit-paid-reservations", (ORDER_PAID,), _driver(on_order_paid), driver=True),
+    Subscription("commit-paid-reservations", (ORDER_PAID,), on_order_paid, driver=True),
     Subscription(
         "release-cancelled-reservations",
         (ORDER_CANCELLED,),
-        _driver(on_order_cancelled),
+        on_order_cancelled,
         driver=True,
     ),
-    Subscription("restock-refunds", (ORDER_REFUNDED,), _driver(on_order_refunded), driver=True),
+    Subscription("restock-refunds", (ORDER_REFUNDED,), on_order_refunded, driver=True),
 )

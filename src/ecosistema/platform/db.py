@@ -680,16 +680,22 @@ def _insert_statement(table: Table, names: tuple[str, ...]) -> Any:
     return found
 
 
+_python_defaults: dict[Table, tuple[tuple[str, bool, Any], ...]] = {}
+
+
 def _with_defaults(table: Table, row: Mapping[str, Any]) -> dict[str, Any]:
+    defaults = _python_defaults.get(table)
+    if defaults is None:
+        found = []
+        for column in table.columns:
+            default: Any = column.default
+            if default is not None and (default.is_scalar or default.is_callable):
+                found.append((column.key, bool(default.is_callable), default.arg))
+        defaults = _python_defaults[table] = tuple(found)
     out = dict(row)
-    for column in table.columns:
-        if column.key in out or column.default is None:
-            continue
-        default: Any = column.default
-        if default.is_scalar:
-            out[column.key] = default.arg
-        elif default.is_callable:
-            out[column.key] = default.arg(None)
+    for key, is_callable, arg in defaults:
+        if key not in out:
+            out[key] = arg(None) if is_callable else arg
     return out
 
 

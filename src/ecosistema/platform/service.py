@@ -9,7 +9,6 @@ from typing import TYPE_CHECKING, Any
 
 from fastapi import APIRouter, Request
 from sqlalchemy import MetaData
-from sqlalchemy.ext.asyncio import AsyncSession
 
 from ecosistema.platform.cache import Cache
 from ecosistema.platform.config import Settings
@@ -20,7 +19,8 @@ if TYPE_CHECKING:
     from ecosistema.platform.crypto import FieldCipher
     from ecosistema.platform.runtime import Runtime
 
-EventHandler = Callable[["ServiceContext", AsyncSession, EventEnvelope], Awaitable[None]]
+# A handler is given an ORM session, or with ``Subscription.driver`` a DriverTransaction.
+EventHandler = Callable[["ServiceContext", Any, EventEnvelope], Awaitable[None]]
 EventFilter = Callable[["ServiceContext", EventEnvelope], Awaitable[bool]]
 JobFn = Callable[["ServiceContext"], Awaitable[None]]
 StartHook = Callable[["ServiceContext"], Awaitable[None]]

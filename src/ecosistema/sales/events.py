@@ -15,6 +15,7 @@ nothing. A cart or an order whose buyer's email is no lead's is declined before 
 
 from __future__ import annotations
 
+from collections import OrderedDict
 from typing import Any, Final
 
 import httpx
@@ -96,19 +97,33 @@ async def _buyer_email(ctx: ServiceContext, envelope: EventEnvelope) -> str | No
     return None if order.email is None else str(order.email)
 
 
+# An order's email is fixed when it is placed, so OrderPaid need not ask orders again for the
+# email OrderPlaced asked for: the blind index (never the address) of the latest orders.
+_ORDER_EMAIL_INDEXES: OrderedDict[str, str] = OrderedDict()
+ORDER_EMAIL_INDEXES_KEPT: Final = 4096
+
+
 async def order_event_concerns_a_lead(ctx: ServiceContext, envelope: EventEnvelope) -> bool:
     """Whether some lead has the email of the cart's or order's buyer: only then does
     ``on_order_event`` have anything to record."""
     from ecosistema.sales.service import email_index
 
-    try:
-        email = await _buyer_email(ctx, envelope)
-    except (LookupError, httpx.HTTPStatusError):
-        return True  # the handler meets the same failure and says so
-    if email is None:
-        return False
+    order_id = str(envelope.payload.get("order_id") or "") if envelope.type != CART_CREATED else ""
+    index = _ORDER_EMAIL_INDEXES.get(order_id) if order_id else None
+    if index is None:
+        try:
+            email = await _buyer_email(ctx, envelope)
+        except (LookupError, httpx.HTTPStatusError):
+            return True  # the handler meets the same failure and says so
+        if email is None:
+            return False
+        index = email_index(ctx, email)
+        if order_id:
+            _ORDER_EMAIL_INDEXES[order_id] = index
+            if len(_ORDER_EMAIL_INDEXES) > ORDER_EMAIL_INDEXES_KEPT:
+                _ORDER_EMAIL_INDEXES.popitem(last=False)
     query = ctx.db.compile_read(_lead_by_email_statement())
-    return bool(await ctx.db.fetch(query, index=email_index(ctx, email)))
+    return bool(await ctx.db.fetch(query, index=index))
 
 
 SUBSCRIPTIONS: Final = (
