@@ -11,14 +11,17 @@ import os
 import socket
 import uuid
 from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from pathlib import Path
 
 import httpx
 import pytest
 from fastapi import FastAPI
+from sqlalchemy import MetaData
 
 from ecosistema.platform.app import create_app
 from ecosistema.platform.config import Settings
+from ecosistema.platform.db import Database
 from tests.default_model import DefaultModelCache
 
 PG_URL = os.environ.get(
@@ -50,6 +53,31 @@ SHAPES = [
     for s in os.environ.get("ECOSISTEMA_TEST_SHAPES", "embedded,distributed").split(",")
     if s.strip()
 ]
+
+
+@asynccontextmanager
+async def tables_database(
+    shape: str, tmp_path: Path, name: str, metadata: MetaData
+) -> AsyncIterator[Database]:
+    """A database of one shape (a SQLite file, or a PostgreSQL schema of its own) holding
+    ``metadata``'s tables, dropped afterwards; skips when PostgreSQL is not reachable."""
+    if shape == "embedded":
+        database = Database(name, f"sqlite+aiosqlite:///{tmp_path.as_posix()}/{name}.db")
+    elif not SERVICES_UP["postgresql"]:
+        pytest.skip("PostgreSQL not reachable on 127.0.0.1:5432")
+    else:
+        database = Database(name, PG_URL, schema_prefix=unique() + "_")
+    try:
+        if database.schema:
+            async with database.engine.begin() as conn:
+                await conn.exec_driver_sql(f'CREATE SCHEMA "{database.schema}"')
+        async with database.engine.begin() as conn:
+            await conn.run_sync(metadata.create_all)
+        yield database
+    finally:
+        await database.drop_schema()
+        await database.dispose()
+
 
 requires_postgres = pytest.mark.skipif(
     not SERVICES_UP["postgresql"], reason="PostgreSQL not reachable on 127.0.0.1:5432"

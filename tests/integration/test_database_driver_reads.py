@@ -12,7 +12,7 @@ import pytest
 from sqlalchemy import JSON, Column, Integer, Table, bindparam, insert, select
 
 from ecosistema.platform.db import Database, UTCDateTime, id_column_type, new_metadata
-from tests.conftest import PG_URL, SERVICES_UP, SHAPES, unique
+from tests.conftest import SHAPES, tables_database
 
 metadata = new_metadata()
 events = Table(
@@ -39,18 +39,7 @@ BY_ATTRIBUTE = select(events.c.id).where(
 
 @pytest.fixture(params=SHAPES)
 async def db(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Database]:
-    if request.param == "embedded":
-        database = Database("events", f"sqlite+aiosqlite:///{tmp_path.as_posix()}/events.db")
-    elif not SERVICES_UP["postgresql"]:
-        pytest.skip("PostgreSQL not reachable on 127.0.0.1:5432")
-    else:
-        database = Database("events", PG_URL, schema_prefix=unique() + "_")
-    try:
-        if database.schema:
-            async with database.engine.begin() as conn:
-                await conn.exec_driver_sql(f'CREATE SCHEMA "{database.schema}"')
-        async with database.engine.begin() as conn:
-            await conn.run_sync(metadata.create_all)
+    async with tables_database(request.param, tmp_path, "events", metadata) as database:
         async with database.transaction() as session:
             await session.execute(
                 insert(events),
@@ -65,9 +54,6 @@ async def db(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Da
                 ],
             )
         yield database
-    finally:
-        await database.drop_schema()
-        await database.dispose()
 
 
 async def test_driver_read_converts_parameters_as_the_column_types_do(db: Database) -> None:

@@ -27,7 +27,7 @@ from sqlalchemy import (
 from sqlalchemy.exc import IntegrityError, StatementError
 
 from ecosistema.platform.db import Database, UTCDateTime, id_column_type, new_metadata
-from tests.conftest import PG_URL, SERVICES_UP, SHAPES, unique
+from tests.conftest import SHAPES, tables_database
 
 metadata = new_metadata()
 accounts = Table(
@@ -52,22 +52,8 @@ TOTAL = select(func.coalesce(func.sum(accounts.c.balance), 0))
 
 @pytest.fixture(params=SHAPES)
 async def db(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Database]:
-    if request.param == "embedded":
-        database = Database("bank", f"sqlite+aiosqlite:///{tmp_path.as_posix()}/bank.db")
-    elif not SERVICES_UP["postgresql"]:
-        pytest.skip("PostgreSQL not reachable on 127.0.0.1:5432")
-    else:
-        database = Database("bank", PG_URL, schema_prefix=unique() + "_")
-    try:
-        if database.schema:
-            async with database.engine.begin() as conn:
-                await conn.exec_driver_sql(f'CREATE SCHEMA "{database.schema}"')
-        async with database.engine.begin() as conn:
-            await conn.run_sync(metadata.create_all)
+    async with tables_database(request.param, tmp_path, "bank", metadata) as database:
         yield database
-    finally:
-        await database.drop_schema()
-        await database.dispose()
 
 
 def _account(id: str, balance: int) -> dict[str, object]:
