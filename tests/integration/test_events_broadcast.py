@@ -207,3 +207,37 @@ async def test_a_killed_broadcast_subscriber_leaves_no_nats_consumer_behind() ->
         await eventually(removed_by_the_server, what="NATS to remove the inactive consumer")
     finally:
         await made.close()
+
+
+@requires_nats
+async def test_a_stream_create_the_server_fails_once_is_tried_again(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The server can fail a create that races another stream's deletion ("error creating
+    store for stream"): starting the bus tries again instead of failing the process's start."""
+    from nats.js import JetStreamContext
+    from nats.js.errors import ServerError
+
+    add_stream = JetStreamContext.add_stream
+    failures = [ServerError(code=500, err_code=10049, description="error creating store")]
+
+    async def flaky_add_stream(self: JetStreamContext, *args: object, **kwargs: object) -> object:
+        if failures:
+            raise failures.pop()
+        return await add_stream(self, *args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(JetStreamContext, "add_stream", flaky_add_stream)
+    made = Buses("nats")
+    try:
+        bus = await made.new()
+        assert failures == []
+        seen: list[tuple[str, int]] = []
+        await bus.subscribe("observer", ("Tick",), recorder(seen))
+        await bus.publish(event("Tick", 1))
+
+        async def delivered() -> bool:
+            return seen == [("Tick", 1)]
+
+        await eventually(delivered, what="the event on the stream created on a second try")
+    finally:
+        await made.close()

@@ -22,7 +22,7 @@ from nats.js.api import (
     StorageType,
     StreamConfig,
 )
-from nats.js.errors import NotFoundError
+from nats.js.errors import NotFoundError, ServerError
 from pydantic import ValidationError
 
 from ecosistema.platform.events.bus import (
@@ -35,6 +35,9 @@ from ecosistema.platform.events.bus import (
 from ecosistema.platform.events.envelope import EventEnvelope
 
 log = structlog.get_logger(__name__)
+
+# How often a stream create the server fails (ServerError) is tried before the bus gives up.
+STREAM_CREATE_ATTEMPTS = 3
 
 _UNSAFE = re.compile(r"[^A-Za-z0-9_-]")
 
@@ -125,10 +128,20 @@ class NatsBus:
             max_age=self.max_age,
             duplicate_window=self.duplicate_window,
         )
-        try:
-            await self._js.update_stream(config)
-        except NotFoundError:
-            await self._js.add_stream(config)
+        for attempt in range(STREAM_CREATE_ATTEMPTS):
+            try:
+                try:
+                    await self._js.update_stream(config)
+                except NotFoundError:
+                    await self._js.add_stream(config)
+                return
+            except ServerError as exc:
+                # The server can fail a create that races the deletion of another stream (its
+                # store directory removed under it); the next attempt succeeds.
+                if attempt == STREAM_CREATE_ATTEMPTS - 1:
+                    raise
+                log.warning("nats_stream_create_retried", stream=self.stream, error=repr(exc))
+                await asyncio.sleep(0.1 * (attempt + 1))
 
     async def stop(self) -> None:
         """Let running handlers finish, then drain the connection."""
