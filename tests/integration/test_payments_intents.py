@@ -220,6 +220,9 @@ async def test_amount_sent_by_the_payer_is_refused(shop: Shop) -> None:
         ({"number": "4242424242424241"}, "payment_method.card.number"),
         ({"exp_month": 1, "exp_year": 2001}, "payment_method.card.exp_year"),
         ({"cvc": "12a"}, "payment_method.card.cvc"),
+        # Numbers as text are refused, as everywhere else in the API.
+        ({"exp_month": "12"}, "payment_method.card.exp_month"),
+        ({"exp_year": "2099"}, "payment_method.card.exp_year"),
     ],
 )
 async def test_invalid_card_is_refused_with_its_field_path(

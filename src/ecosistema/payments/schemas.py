@@ -23,8 +23,8 @@ class CardInput(Input):
     """A card as typed by the payer; checked (Luhn, expiry, CVC) and sent to the provider only."""
 
     number: str = Field(min_length=12, max_length=23, pattern=r"^[0-9 \-]+$")
-    exp_month: int = Field(ge=1, le=12)
-    exp_year: int = Field(ge=2000, le=2100)
+    exp_month: int = Field(strict=True, ge=1, le=12)
+    exp_year: int = Field(strict=True, ge=2000, le=2100)
     cvc: str = Field(min_length=3, max_length=4)
 
     def __repr__(self) -> str:
@@ -61,7 +61,7 @@ class PaymentConfirm(Input):
 class PaymentCapture(Input):
     """POST payments/{id}/capture: all of the authorization, or part of it."""
 
-    amount_to_capture: int | None = Field(default=None, ge=1, le=MAX_AMOUNT)
+    amount_to_capture: int | None = Field(default=None, strict=True, ge=1, le=MAX_AMOUNT)
 
 
 class PaymentCancel(Input):
@@ -106,13 +106,13 @@ class RefundLineInput(Input):
     """Refund ``quantity`` units of one order line."""
 
     line_id: str = Field(min_length=1, max_length=64)
-    quantity: int = Field(ge=1, le=1_000_000)
+    quantity: int = Field(strict=True, ge=1, le=1_000_000)
 
 
 class RefundCreate(Input):
     """POST payments/{id}/refunds: an amount, or lines, or neither for all that is left."""
 
-    amount: int | None = Field(default=None, ge=1, le=MAX_AMOUNT)
+    amount: int | None = Field(default=None, strict=True, ge=1, le=MAX_AMOUNT)
     lines: list[RefundLineInput] | None = Field(default=None, min_length=1, max_length=500)
     reason: str = Field(min_length=1, max_length=255)
     restock: bool = Field(
