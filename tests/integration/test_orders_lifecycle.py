@@ -327,6 +327,8 @@ async def test_sweeper_cancels_orders_whose_reservation_expired(
     assert await cancel_expired_orders(ctx) == 0
     assert await cancel_expired_orders(ctx, now=utcnow() + timedelta(hours=1)) == 1
     assert await _status(client, admin, order["id"]) == "cancelled"
+    cancelled = await client.get(f"{API}/orders/{order['id']}", headers=bearer(admin))
+    assert cancelled.json()["reservation_expires_at"] is None  # nothing is held any more
     [event] = await outbox_payloads(app, "OrderCancelled")
     assert event["order_id"] == order["id"] and event["reason"] == "reservation_expired"
     history = await _history(client, admin, order["id"])

@@ -2193,7 +2193,15 @@ async def _cancel(
     actor: Actor,
     reason: str | None,
 ) -> None:
-    await _transition(session, order, action, actor=actor, reason=reason)
+    # No stock is held for a cancelled order any more, as for a paid one.
+    await _transition(
+        session,
+        order,
+        action,
+        actor=actor,
+        reason=reason,
+        extra_values={"reservation_expires_at": None},
+    )
     await _release_voucher(session, order["id"], _now())
     payload = _event_base(order)
     payload["reason"] = reason or action.value
