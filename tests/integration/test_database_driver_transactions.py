@@ -199,3 +199,31 @@ async def test_insert_returning_rows(db: Database) -> None:
     async with db.driver_write() as tx:
         row = await tx.row(statement, id="r", balance=3, at=T0, tags=[])
     assert row == {"id": "r", "opened_at": T0}
+
+
+async def test_a_writer_cancelled_while_waiting_for_the_lock_leaves_the_connection_free(
+    db: Database,
+) -> None:
+    if not db.is_sqlite:
+        pytest.skip("the SQLite file lock")
+    async with db.driver_write() as tx:
+        await tx.insert(accounts, _account("a", 2))
+    other = sqlite3.connect(db.url.database or "", isolation_level=None, check_same_thread=False)
+    other.execute("BEGIN IMMEDIATE")
+
+    async def debit() -> None:
+        async with db.driver_write() as tx:
+            await tx.execute(DEBIT, id="a", amount=1)
+
+    waiting = asyncio.create_task(debit())
+    await asyncio.sleep(0.2)  # waiting for the other process's lock, off the event loop
+    waiting.cancel()
+    other.execute("COMMIT")
+    with pytest.raises(asyncio.CancelledError):
+        await waiting
+    other.close()
+    # The cancelled writer neither wrote nor kept the lock: the next one goes through.
+    async with db.driver_write() as tx:
+        assert await tx.execute(DEBIT, id="a", amount=2) == 1
+    async with db.driver_read() as tx:
+        assert await tx.scalar(TOTAL) == 0

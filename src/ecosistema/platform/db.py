@@ -713,7 +713,16 @@ class _SqliteTransaction(DriverTransaction):
             if getattr(exc, "sqlite_errorcode", None) not in _SQLITE_BUSY_CODES:
                 raise _translated(exc, "BEGIN IMMEDIATE", ()) from exc
             # Another process holds the write lock: wait for it off the event loop's thread.
-            await asyncio.to_thread(_begin_waiting, self._conn)
+            waiting = asyncio.ensure_future(asyncio.to_thread(_begin_waiting, self._conn))
+            try:
+                await asyncio.shield(waiting)
+            except asyncio.CancelledError:
+                # The thread may still take the lock after this caller is gone: let it finish,
+                # and give the lock back, so the connection is free for the next writer.
+                with contextlib.suppress(Exception):
+                    await asyncio.wait([waiting])
+                self.rollback()
+                raise
 
     def commit(self) -> None:
         try:
