@@ -245,6 +245,10 @@ async def test_malformed_request_is_a_400(gateway: tuple[GatewayServer, io.Strin
     data = await asyncio.wait_for(reader.read(-1), 10)
     writer.close()
     assert data.startswith(b"HTTP/1.1 400")
+    head = data.split(b"\r\n\r\n", 1)[0].lower()
+    # Even an answer to no request at all can be quoted: it has an id, and the usual headers.
+    assert re.search(rb"\r\nx-request-id: [0-9a-f]{16,}\r\n", head + b"\r\n")
+    assert b"\r\nx-content-type-options: nosniff" in head
 
 
 async def test_a_broken_chunked_body_is_a_400_not_a_silent_close(
@@ -260,6 +264,7 @@ async def test_a_broken_chunked_body_is_a_400_not_a_silent_close(
     assert data.startswith(b"HTTP/1.1 400")
     assert b"application/problem+json" in data and b"bad-request" in data
     assert len(re.findall(rb"HTTP/1\.1 \d{3} ", data)) == 1
+    assert re.search(rb"\r\nx-request-id: [0-9a-zA-Z-]+\r\n", data)
 
 
 async def test_cors_preflight_and_response_headers_follow_the_config(

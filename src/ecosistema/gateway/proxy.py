@@ -807,7 +807,13 @@ class ClientConnection(asyncio.Protocol):
                 ex.response_started = True
                 ex.status = status
                 ex.close_after = True
-            self.write(problem_bytes(status, type_, title, detail, close=True))
+            # Before a request head is whole there is no exchange: the answer gets an id of
+            # its own, so that it can be quoted and found in the logs like any other.
+            request_id = ex.request_id if ex is not None else _ids.next()
+            headers = self.gateway.id_headers(request_id)
+            self.write(
+                problem_bytes(status, type_, title, detail, extra_headers=headers, close=True)
+            )
         self.close()
 
     # httptools callbacks.
@@ -1354,6 +1360,10 @@ class Gateway:
                 head_only=ex.method == "HEAD",
             )
         )
+
+    def id_headers(self, request_id: bytes) -> bytes:
+        """The request id and security headers, for answers given before a request is routed."""
+        return b"x-request-id: %s\r\n%s" % (request_id, self._security)
 
     def response_headers(self, ex: Exchange, *, limits: bool = True) -> bytes:
         """Headers the gateway adds to every response: request id, security, CORS, limits.
