@@ -43,6 +43,8 @@ descriptor = Service(
     encrypted_columns=(
         EncryptedColumn("carts", "email_encrypted"),
         EncryptedColumn("orders", "email_encrypted"),
+        EncryptedColumn("orders", "shipping_address_encrypted"),
+        EncryptedColumn("orders", "billing_address_encrypted"),
     ),
     seed_demo=_seed_demo,
     make_client=InProcessOrdersClient,

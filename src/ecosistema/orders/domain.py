@@ -3,6 +3,7 @@ machine (as a table of transitions). No I/O; amounts are integer minor units."""
 
 from __future__ import annotations
 
+import unicodedata
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -511,6 +512,16 @@ _ISO_3166_ALPHA_2_TABLE = """
 
 ISO_3166_ALPHA_2: frozenset[str] = frozenset(_ISO_3166_ALPHA_2_TABLE.split())
 """The ISO 3166-1 alpha-2 codes officially assigned to countries and territories."""
+
+
+def check_address_text(text: str) -> str:
+    """Text printed on a parcel or an invoice: not blank, no control or invisible format
+    characters (a NUL or a bidirectional override would garble the label)."""
+    if any(unicodedata.category(c) in ("Cc", "Cf") for c in text):
+        raise ValueError("must not contain control or invisible formatting characters")
+    if not text.strip():
+        raise ValueError("must not be blank")
+    return text.strip()
 
 
 def is_country(code: str) -> bool:

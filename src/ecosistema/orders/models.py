@@ -130,6 +130,9 @@ orders = Table(
     Column("customer_id", id_column_type()),
     Column("email_encrypted", Text, nullable=False),
     Column("email_index", String(64), nullable=False),
+    # JSON of the addresses given at checkout, encrypted (personal data).
+    Column("shipping_address_encrypted", Text),
+    Column("billing_address_encrypted", Text),
     Column("status", String(32), nullable=False),
     Column("currency", String(3), nullable=False),
     Column("country", String(2), nullable=False),

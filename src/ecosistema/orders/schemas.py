@@ -20,6 +20,7 @@ from pydantic_core import InitErrorDetails, PydanticCustomError
 from ecosistema.orders.domain import (
     OrderStatus,
     VoucherKind,
+    check_address_text,
     is_country,
     voucher_definition_problems,
 )
@@ -149,6 +150,47 @@ class Cart(BaseModel):
 # --- orders -------------------------------------------------------------------------------------
 
 
+class PostalAddress(BaseModel):
+    """A postal address, as printed on the parcel or the invoice."""
+
+    name: str = Field(min_length=1, max_length=200, description="Recipient or company name.")
+    company: str | None = Field(default=None, max_length=200)
+    line1: str = Field(min_length=1, max_length=200)
+    line2: str | None = Field(default=None, max_length=200)
+    city: str = Field(min_length=1, max_length=100)
+    region: str | None = Field(default=None, max_length=100, description="State or province.")
+    postal_code: str | None = Field(default=None, max_length=20)
+    country: str = Field(pattern=_COUNTRY, description="ISO 3166-1 alpha-2 code.")
+    phone: str | None = Field(
+        default=None,
+        max_length=32,
+        pattern=r"^\+?[0-9][0-9 ()./-]{2,31}$",
+        description="For the carrier.",
+    )
+
+
+class Address(PostalAddress):
+    """A postal address given with an order: unknown fields refused, text checked. (Stored
+    addresses are read back as ``PostalAddress``: rules tightened later must not make older
+    ones unreadable.)"""
+
+    model_config = ConfigDict(extra="forbid")
+
+    _text = field_validator("name", "line1", "city")(check_address_text)
+
+    @field_validator("company", "line2", "region", "postal_code")
+    @classmethod
+    def _optional_text(cls, value: str | None) -> str | None:
+        return None if value is None or not value.strip() else check_address_text(value)
+
+    @field_validator("country")
+    @classmethod
+    def _iso_country(cls, value: str) -> str:
+        if not is_country(value.upper()):
+            raise ValueError("must be an ISO 3166-1 alpha-2 country code")
+        return value.upper()
+
+
 class CheckoutRequest(Input):
     """POST orders: the cart to buy. Amounts always come from the server."""
 
@@ -156,6 +198,24 @@ class CheckoutRequest(Input):
     email: EmailStr | None = None
     country: str | None = Field(default=None, pattern=_COUNTRY)
     shipping_method: str | None = Field(default=None, max_length=50, pattern=_METHOD)
+    shipping_address: Address | None = Field(
+        default=None,
+        description="Where to deliver. Its country is the order's country (taxes follow it).",
+    )
+    billing_address: Address | None = Field(
+        default=None, description="For the invoice; the shipping address when left out."
+    )
+
+    @model_validator(mode="after")
+    def _one_country(self) -> CheckoutRequest:
+        shipping, country = self.shipping_address, self.country
+        if shipping is not None and country is not None and country.upper() != shipping.country:
+            message = (
+                f"the shipping address is in {shipping.country} but the order is for "
+                f"{country.upper()}: taxes follow where the order is delivered"
+            )
+            _refuse("checkout", [(("shipping_address", "country"), message, shipping.country)])
+        return self
 
 
 class OrderLine(BaseModel):
@@ -191,6 +251,10 @@ class OrderSummary(BaseModel):
     prices_include_tax: bool
     tax_rate_bp: int = Field(description="The rate applied to every line and to shipping.")
     shipping_tax: int
+    shipping_address: PostalAddress | None = None
+    billing_address: PostalAddress | None = Field(
+        default=None, description="The shipping address when the buyer gave no other."
+    )
     lines: list[OrderLine]
     created_at: datetime
     reservation_expires_at: datetime | None

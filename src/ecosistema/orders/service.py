@@ -7,6 +7,7 @@ driver with statements built once."""
 from __future__ import annotations
 
 import hashlib
+import json
 import secrets
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
@@ -171,27 +172,65 @@ def _seal(ctx: ServiceContext, value: str | None, table: str, row_id: str) -> st
     return ctx.cipher.encrypt(value, table=table, column="email_encrypted", row_id=row_id)
 
 
+def _seal_address(
+    ctx: ServiceContext, address: schemas.Address | None, column: str, order_id: str
+) -> str | None:
+    if address is None:
+        return None
+    plain = address.model_dump_json(exclude_none=True)
+    return ctx.cipher.encrypt(plain, table="orders", column=column, row_id=order_id)
+
+
+def _address_of(
+    ctx: ServiceContext, row: Mapping[Any, Any], column: str
+) -> schemas.PostalAddress | None:
+    """The decrypted address an order row keeps in ``column`` (None when none was given)."""
+    token = row.get(column)
+    if token is None:
+        return None
+    plain = ctx.cipher.decrypt(token, table="orders", column=column, row_id=str(row["id"]))
+    return schemas.PostalAddress.model_validate_json(plain)
+
+
+# The buyer's personal data in an order's JSON, sealed when the JSON is kept as an idempotent
+# answer.
+_PERSONAL_KEYS = ("email", "shipping_address", "billing_address")
+
+
 def seal_order_body(ctx: ServiceContext, body: dict[str, Any]) -> dict[str, Any]:
-    """An order's JSON with its email encrypted, to be stored as an idempotent answer."""
-    if isinstance(body.get("email"), str) and isinstance(body.get("id"), str):
-        sealed = ctx.cipher.encrypt(
-            body["email"], table="idempotency_keys", column="response_body", row_id=body["id"]
+    """An order's JSON with its email and addresses encrypted, to be stored as an idempotent
+    answer."""
+    if not isinstance(body.get("id"), str):
+        return body
+    sealed = dict(body)
+    for key in _PERSONAL_KEYS:
+        value = body.get(key)
+        if value is None:
+            continue
+        plain = value if key == "email" else json.dumps(value, separators=(",", ":"))
+        sealed[key] = ctx.cipher.encrypt(
+            plain, table="idempotency_keys", column="response_body", row_id=body["id"]
         )
-        return {**body, "email": sealed}
-    return body
+    return sealed
 
 
 def open_order_body(ctx: ServiceContext, body: dict[str, Any]) -> dict[str, Any]:
-    """The order JSON ``seal_order_body`` made, with its email readable again."""
-    if isinstance(body.get("email"), str) and isinstance(body.get("id"), str):
+    """The order JSON ``seal_order_body`` made, with its email and addresses readable again."""
+    if not isinstance(body.get("id"), str):
+        return body
+    opened = dict(body)
+    for key in _PERSONAL_KEYS:
+        value = body.get(key)
+        if not isinstance(value, str):
+            continue  # none given, or an address kept before addresses were sealed
         try:
-            email = ctx.cipher.decrypt(
-                body["email"], table="idempotency_keys", column="response_body", row_id=body["id"]
+            plain = ctx.cipher.decrypt(
+                value, table="idempotency_keys", column="response_body", row_id=body["id"]
             )
         except DecryptionError:
-            return body  # an answer stored before emails were sealed
-        return {**body, "email": email}
-    return body
+            continue  # an answer stored before emails were sealed
+        opened[key] = plain if key == "email" else json.loads(plain)
+    return opened
 
 
 def _email_of(ctx: ServiceContext, row: Mapping[Any, Any], table: str) -> str | None:
@@ -1499,7 +1538,12 @@ async def place_order(
                 )
             _ensure_active(cart)
             # A country the shop does not sell to is among the faults the pricing lists.
-            country = _country(data.country, "country") if data.country is not None else None
+            if data.country is not None:
+                country: str | None = _country(data.country, "country")
+            elif data.shipping_address is not None:
+                country = _country(data.shipping_address.country, "shipping_address.country")
+            else:
+                country = None
             state = await _load_cart_state(
                 ctx, reading, cart, country=country, shipping_method=data.shipping_method
             )
@@ -1536,6 +1580,7 @@ async def place_order(
                     principal=principal,
                     now=now,
                     expires_at=expires_at,
+                    addresses=(data.shipping_address, data.billing_address),
                 )
         except BaseException:
             try:
@@ -1565,6 +1610,7 @@ async def _write_order(
     principal: Principal | None,
     now: datetime,
     expires_at: datetime,
+    addresses: tuple[schemas.Address | None, schemas.Address | None] = (None, None),
 ) -> tuple[dict[str, Any], list[dict[str, Any]]]:
     if await tx.execute(_TAKE_CART, cart_id=cart["id"], order_id=order_id, at=now) != 1:
         raise Conflict("This cart has already been checked out.", type="cart-already-ordered")
@@ -1588,6 +1634,12 @@ async def _write_order(
         "customer_id": cart["customer_id"],
         "email_encrypted": _seal(ctx, email, "orders", order_id),
         "email_index": email_index(ctx, email),
+        "shipping_address_encrypted": _seal_address(
+            ctx, addresses[0], "shipping_address_encrypted", order_id
+        ),
+        "billing_address_encrypted": _seal_address(
+            ctx, addresses[1], "billing_address_encrypted", order_id
+        ),
         "status": OrderStatus.PENDING_PAYMENT.value,
         "currency": totals.currency,
         "country": priced.country,
@@ -1811,6 +1863,7 @@ def _line_view(row: Mapping[Any, Any]) -> schemas.OrderLine:
 def _summary_fields(
     ctx: ServiceContext, row: Mapping[Any, Any], lines: Sequence[Mapping[Any, Any]]
 ) -> dict[str, Any]:
+    shipping = _address_of(ctx, row, "shipping_address_encrypted")
     return {
         "id": row["id"],
         "number": row["number"],
@@ -1826,6 +1879,8 @@ def _summary_fields(
         "prices_include_tax": bool(row["prices_include_tax"]),
         "tax_rate_bp": row["tax_rate_bp"],
         "shipping_tax": row["shipping_tax"],
+        "shipping_address": shipping,
+        "billing_address": _address_of(ctx, row, "billing_address_encrypted") or shipping,
         "lines": [_line_view(line) for line in lines],
         "created_at": row["created_at"],
         "reservation_expires_at": row["reservation_expires_at"],
@@ -1915,6 +1970,7 @@ _SUMMARY_ORDER = (
     *("id", "number", "customer_id", "email_encrypted", "status", "currency", "subtotal"),
     *("discount_total", "tax_total", "shipping_total", "total", "created_at"),
     *("reservation_expires_at", "prices_include_tax", "tax_rate_bp", "shipping_tax"),
+    *("shipping_address_encrypted", "billing_address_encrypted"),
 )
 _SUMMARY_LINE = (
     *("id", "sku", "product_id", "name", "quantity", "unit_price", "subtotal", "discount"),

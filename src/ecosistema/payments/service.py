@@ -1292,11 +1292,15 @@ def _seller(ctx: ServiceContext) -> dict[str, Any]:
     return {"name": s.seller_name, "address": s.seller_address, "tax_id": s.seller_tax_id}
 
 
+# An address's parts in the order they are printed on an invoice, after the name.
+_ADDRESS_PARTS = ("company", "line1", "line2", "postal_code", "city", "region", "country")
+
+
 def _buyer(order: Mapping[str, Any]) -> dict[str, Any]:
     address = order.get("billing_address") or order.get("shipping_address")
     name = address.get("name") if isinstance(address, dict) else None
     text = (
-        ", ".join(str(v) for k, v in address.items() if v and k != "name")
+        ", ".join(str(address[k]) for k in _ADDRESS_PARTS if address.get(k)) or None
         if isinstance(address, dict)
         else None
     )

@@ -1,0 +1,30 @@
+"""Orders keep the shipping and billing addresses given at checkout, encrypted.
+
+Revision ID: 0004_orders_addresses
+Revises: 0003_orders_voucher_currency
+Create Date: 2026-11-29 00:00:00
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import sqlalchemy as sa
+from alembic import op
+
+revision: str = "0004_orders_addresses"
+down_revision: str | Sequence[str] | None = "0003_orders_voucher_currency"
+branch_labels: str | Sequence[str] | None = None
+depends_on: str | Sequence[str] | None = None
+
+
+def upgrade() -> None:
+    with op.batch_alter_table("orders") as batch:
+        batch.add_column(sa.Column("shipping_address_encrypted", sa.Text(), nullable=True))
+        batch.add_column(sa.Column("billing_address_encrypted", sa.Text(), nullable=True))
+
+
+def downgrade() -> None:
+    with op.batch_alter_table("orders") as batch:
+        batch.drop_column("billing_address_encrypted")
+        batch.drop_column("shipping_address_encrypted")
