@@ -528,3 +528,42 @@ async def test_a_restock_sent_again_with_its_idempotency_key_is_replayed_not_app
     assert await level(ctx, "A-1") == (9, 0, 9)
     restocks = [m for m in (await movements(ctx, "A-1")).items if m.reason == "restock"]
     assert [m.on_hand_delta for m in restocks] == [2, 1]
+
+
+async def test_anyone_sees_what_can_be_bought_of_active_products_only(
+    shop_app: FastAPI, shop: httpx.AsyncClient
+) -> None:
+    ctx = ctx_of(shop_app)
+    await stocked(ctx, {"AV-1": {"main": 5, "back": 2}, "AV-2": {"main": 1}})
+    await make_product(ctx, "Secret", skus={"AV-DRAFT": 900}, status="draft")
+    await make_product(ctx, "Never stocked", skus={"AV-EMPTY": 900})
+    await InProcessCatalogClient(ctx).reserve("o-1", [("AV-1", 3), ("AV-2", 1)], 600)
+
+    seen = await shop.get(
+        f"{API}/availability",
+        params=[("sku", s) for s in ("AV-2", "AV-1", "AV-DRAFT", "NOPE", "AV-EMPTY", "AV-1")],
+    )
+
+    assert seen.status_code == 200, seen.text
+    assert seen.headers["cache-control"] == "no-store"
+    assert seen.json()["items"] == [
+        {"sku": "AV-2", "available": 0, "in_stock": False},
+        {"sku": "AV-1", "available": 4, "in_stock": True},
+        {"sku": "AV-EMPTY", "available": 0, "in_stock": False},
+    ]
+
+
+@pytest.mark.parametrize(
+    ("params", "field"),
+    [
+        ([], "sku"),
+        ([("sku", "bad sku!")], "sku.0"),
+        ([("sku", f"S-{n}") for n in range(101)], "sku"),
+    ],
+)
+async def test_availability_refuses_what_is_not_a_list_of_skus(
+    shop: httpx.AsyncClient, params: list[tuple[str, str]], field: str
+) -> None:
+    refused = await shop.get(f"{API}/availability", params=params)
+    assert refused.status_code == 422, refused.text
+    assert [e["field"] for e in refused.json()["errors"]] == [field]

@@ -16,6 +16,7 @@ from ecosistema.catalog.models import idempotency_keys
 from ecosistema.catalog.reads import etag_of
 from ecosistema.catalog.schemas import (
     Availability,
+    AvailabilityList,
     Category,
     CategoryCreate,
     CategoryUpdate,
@@ -37,6 +38,7 @@ from ecosistema.catalog.schemas import (
     ReservationRequest,
     RestockRequest,
     SearchSort,
+    Sku,
     StockAdjustment,
     TransferFormat,
     Variant,
@@ -629,6 +631,29 @@ async def create_warehouse(
     body: WarehouseCreate, ctx: Context, _writer: InventoryWriter
 ) -> Warehouse:
     return await service.create_warehouse(ctx, body)
+
+
+@router.get(
+    "/availability",
+    response_model=AvailabilityList,
+    summary="How many units of each SKU can be bought now (anyone; active products only)",
+    responses=_errors(422),
+)
+async def get_shopper_availability(
+    response: Response,
+    ctx: Context,
+    sku: Annotated[
+        list[Sku],
+        Query(
+            min_length=1,
+            max_length=100,
+            description="A SKU; repeat for several (up to 100): ?sku=A&sku=B.",
+        ),
+    ],
+) -> AvailabilityList:
+    # Stock moves with every order: a browser or proxy asks again rather than reuse an answer.
+    response.headers["Cache-Control"] = "no-store"
+    return await inventory.shopper_availability(ctx, sku)
 
 
 @router.get(

@@ -21,6 +21,7 @@ from sqlalchemy import Integer, bindparam, func, select, update
 from ecosistema.catalog import domain
 from ecosistema.catalog.domain import InsufficientStock, MovementReason, ReservationStatus
 from ecosistema.catalog.models import (
+    products,
     reservation_lines,
     reservations,
     stock,
@@ -30,10 +31,12 @@ from ecosistema.catalog.models import (
 )
 from ecosistema.catalog.schemas import (
     Availability,
+    AvailabilityList,
     MovementPage,
     StockAdjustment,
     StockLevel,
     StockMovement,
+    VariantAvailability,
 )
 from ecosistema.catalog.service import insert_ignoring_conflicts, invalidate
 from ecosistema.platform.db import DriverTransaction, new_id, utcnow
@@ -762,6 +765,34 @@ async def availability(ctx: ServiceContext, sku: str) -> Availability:
         available=sum(level.available for level in levels),
         warehouses=levels,
     )
+
+
+# A SKU's stock summed over warehouses, for a variant of an active product only.
+_SHOPPER_AVAILABLE = (
+    select(func.coalesce(func.sum(stock.c.on_hand - stock.c.reserved), 0).label("available"))
+    .select_from(
+        variants.join(products, products.c.id == variants.c.product_id).outerjoin(
+            stock, stock.c.sku == variants.c.sku
+        )
+    )
+    .where(
+        variants.c.sku == bindparam("sku"), products.c.status == domain.ProductStatus.ACTIVE.value
+    )
+    .group_by(variants.c.sku)
+)
+
+
+async def shopper_availability(ctx: ServiceContext, skus: Sequence[str]) -> AvailabilityList:
+    """How many units of each SKU can be bought now, for SKUs of active products (others are
+    left out, so drafts and archived products reveal nothing)."""
+    items = []
+    async with ctx.db.driver_read() as tx:
+        for sku in dict.fromkeys(skus):
+            found = await tx.scalar(_SHOPPER_AVAILABLE, sku=sku)
+            if found is not None:
+                units = max(0, int(found))
+                items.append(VariantAvailability(sku=sku, available=units, in_stock=units > 0))
+    return AvailabilityList(items=items)
 
 
 async def movements(

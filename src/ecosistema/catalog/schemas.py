@@ -434,6 +434,21 @@ class Availability(BaseModel):
     warehouses: list[StockLevel]
 
 
+class VariantAvailability(BaseModel):
+    """What a shopper may know of a SKU's stock: how many units can be bought now."""
+
+    sku: str
+    available: int = Field(description="Units on hand in every warehouse, less those reserved.")
+    in_stock: bool
+
+
+class AvailabilityList(BaseModel):
+    """The SKUs asked for that belong to active products, in the order asked; others are
+    absent, as unknown SKUs are."""
+
+    items: list[VariantAvailability]
+
+
 class StockAdjustment(_Input):
     """Change on-hand stock: by ``delta``, or to an absolute ``on_hand`` after a count."""
 
