@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator
+from typing import Any
 
 import pytest
 
@@ -47,6 +48,76 @@ async def test_capture_issues_an_invoice_with_seller_buyer_lines_and_taxes(shop:
     assert sum(b["net"] for b in invoice["tax_breakdown"]) == 2893
     [event] = await shop.events("InvoiceIssued")
     assert event["number"] == invoice["number"]
+
+
+DISCOUNTED = [
+    {
+        "line_id": "l1",
+        "sku": "SHIRT-M",
+        "name": "Shirt M",
+        "quantity": 2,
+        "unit_price": 1000,
+        "subtotal": 2000,
+        "discount": 300,
+        "tax": 295,
+        "total": 1700,
+    },
+    {
+        "line_id": "l2",
+        "sku": "MUG",
+        "name": "Mug",
+        "quantity": 1,
+        "unit_price": 1500,
+        "subtotal": 1500,
+        "discount": 0,
+        "tax": 260,
+        "total": 1500,
+    },
+]
+
+
+async def documents(shop: Shop) -> list[dict[str, Any]]:
+    listing = await shop.http.get("/api/v1/invoices", headers=shop.as_("staff"))
+    return [
+        (await shop.http.get(f"/api/v1/invoices/{d['id']}", headers=shop.as_("staff"))).json()
+        for d in listing.json()["items"]
+    ]
+
+
+async def test_invoice_and_credit_note_lines_show_the_discount_their_totals_take_off(
+    shop: Shop,
+) -> None:
+    order = shop.orders.place(lines=DISCOUNTED, tax_rate_bp=2100)
+    payment = (await shop.pay(order["id"], VISA)).json()
+    refund = await shop.http.post(
+        f"/api/v1/payments/{payment['id']}/refunds",
+        json={"lines": [{"line_id": "l1", "quantity": 1}], "reason": "one torn"},
+        headers={**shop.as_("staff"), "Idempotency-Key": "refund-shirt"},
+    )
+    assert refund.status_code == 201, refund.text
+
+    [credit_note, invoice] = await documents(shop)
+    assert [
+        (line["sku"], line["quantity"], line["unit_price"], line["discount"], line["total"])
+        for line in invoice["lines"]
+    ] == [("SHIRT-M", 2, 1000, 300, 1700), ("MUG", 1, 1500, 0, 1500)]
+    [credited] = credit_note["lines"]
+    assert (credited["quantity"], credited["discount"], credited["total"]) == (1, -150, -850)
+
+
+async def test_a_partial_captures_line_shares_carry_no_discount(shop: Shop) -> None:
+    order = shop.orders.place(lines=DISCOUNTED, tax_rate_bp=2100)
+    authorized = (await shop.pay(order["id"], VISA, capture_method="manual")).json()
+    captured = await shop.http.post(
+        f"/api/v1/payments/{authorized['id']}/capture",
+        json={"amount_to_capture": 1600},
+        headers={**shop.as_("staff"), "Idempotency-Key": "capture-part"},
+    )
+    assert captured.status_code == 200, captured.text
+
+    [invoice] = await documents(shop)
+    assert sum(line["total"] for line in invoice["lines"]) == 1600
+    assert {line["discount"] for line in invoice["lines"]} == {None}
 
 
 async def test_customers_see_only_their_own_invoices(shop: Shop) -> None:

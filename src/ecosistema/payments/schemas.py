@@ -180,6 +180,12 @@ class InvoiceLine(BaseModel):
         description="The line's tax rate in basis points (none on documents issued before "
         "invoices recorded each line's rate).",
     )
+    discount: int | None = Field(
+        default=None,
+        description="The discount (a voucher's share) the line's total already takes off "
+        "quantity times unit price; negative on a credit note. None on shipping and summary lines, "
+        "on a partial capture's shares, and on documents issued before lines recorded it.",
+    )
 
 
 class TaxBreakdown(BaseModel):

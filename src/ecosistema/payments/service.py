@@ -1334,6 +1334,7 @@ def _invoice_lines(order: Mapping[str, Any]) -> list[dict[str, Any]]:
                 "tax": tax,
                 "total": total,
                 "rate_bp": rate,
+                "discount": int(line.get("discount") or 0),
             }
         )
     lines_total = sum(line["total"] for line in out)
@@ -1385,8 +1386,15 @@ def _scaled(lines: list[dict[str, Any]], amount: int, total: int) -> list[dict[s
         return lines
     if sum(int(line["total"]) for line in lines) <= 0:
         return _by_rate("Partial capture of the order", amount, lines)
+    # A share of a line is not a number of its units: no discount can be told apart in it.
     return [
-        {**line, "net": part["total"] - part["tax"], "tax": part["tax"], "total": part["total"]}
+        {
+            **line,
+            "net": part["total"] - part["tax"],
+            "tax": part["tax"],
+            "total": part["total"],
+            "discount": None,
+        }
         for line, part in zip(lines, domain.allocate_by_line(amount, lines), strict=True)
     ]
 
@@ -1497,6 +1505,11 @@ async def _issue_credit_note(
                 "tax": line_tax,
                 "total": -int(refunded["amount"]),
                 "rate_bp": rate,
+                "discount": -domain.prorated_line_amount(
+                    int(source.get("discount") or 0),
+                    int(source["quantity"]),
+                    int(refunded["quantity"]),
+                ),
             }
         )
     if not lines:
