@@ -10,7 +10,7 @@ import re
 import subprocess
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import httpx
 import pytest
@@ -246,9 +246,45 @@ async def test_malformed_request_is_a_400(gateway: tuple[GatewayServer, io.Strin
     writer.close()
     assert data.startswith(b"HTTP/1.1 400")
     head = data.split(b"\r\n\r\n", 1)[0].lower()
-    # Even an answer to no request at all can be quoted: it has an id, and the usual headers.
-    assert re.search(rb"\r\nx-request-id: [0-9a-f]{16,}\r\n", head + b"\r\n")
+    # Even an answer to no request at all can be quoted: it has an id, and the usual headers,
+    # and the access log has a line with that id.
+    found = re.search(rb"\r\nx-request-id: ([0-9a-f]{16,})\r\n", head + b"\r\n")
+    assert found is not None
     assert b"\r\nx-content-type-options: nosniff" in head
+    line = await access_line(gateway[1], found.group(1).decode())
+    assert (line["status"], line["route"], line["method"]) == (400, "unparsed", None)
+
+
+async def access_line(log: io.StringIO, request_id: str) -> dict[str, Any]:
+    """The access-log line of ``request_id``, once the gateway has written it."""
+    deadline = asyncio.get_running_loop().time() + 5
+    while f'"{request_id}"' not in log.getvalue():
+        assert asyncio.get_running_loop().time() < deadline, "no access line within 5 s"
+        await asyncio.sleep(0.05)
+    [line] = [json.loads(x) for x in log.getvalue().splitlines() if f'"{request_id}"' in x]
+    return cast(dict[str, Any], line)
+
+
+async def test_a_request_head_over_the_limit_is_a_431(
+    gateway: tuple[GatewayServer, io.StringIO],
+) -> None:
+    reader, writer = await asyncio.open_connection("127.0.0.1", gateway[0].port)
+    writer.write(b"GET /status/200 HTTP/1.1\r\nHost: x\r\nX-Big: " + b"a" * 70_000 + b"\r\n\r\n")
+    data = await asyncio.wait_for(reader.read(-1), 10)
+    writer.close()
+    assert data.startswith(b"HTTP/1.1 431"), data[:100]
+    assert b"headers-too-large" in data
+
+
+async def test_a_protocol_upgrade_is_a_501(gateway: tuple[GatewayServer, io.StringIO]) -> None:
+    reader, writer = await asyncio.open_connection("127.0.0.1", gateway[0].port)
+    writer.write(
+        b"GET /echo HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n"
+    )
+    data = await asyncio.wait_for(reader.read(-1), 10)
+    writer.close()
+    assert data.startswith(b"HTTP/1.1 501"), data[:100]
+    assert re.search(rb"\r\nx-request-id: [0-9a-zA-Z-]+\r\n", data)
 
 
 async def test_a_broken_chunked_body_is_a_400_not_a_silent_close(

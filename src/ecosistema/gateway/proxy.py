@@ -788,15 +788,19 @@ class ClientConnection(asyncio.Protocol):
             self._reject(
                 501, "not-implemented", "Not implemented", "Protocol upgrades are not proxied."
             )
-        except httptools.HttpParserError:
-            self._reject(400, "bad-request", "Bad request", "The request is not valid HTTP/1.1.")
-        except _HeadersTooLarge:
-            self._reject(
-                431,
-                "headers-too-large",
-                "Request headers too large",
-                "The request head is too large.",
-            )
+        except (httptools.HttpParserError, _HeadersTooLarge) as exc:
+            # httptools wraps an exception raised in a callback in an HttpParserError.
+            if isinstance(exc, _HeadersTooLarge) or isinstance(exc.__context__, _HeadersTooLarge):
+                self._reject(
+                    431,
+                    "headers-too-large",
+                    "Request headers too large",
+                    "The request head is too large.",
+                )
+            else:
+                self._reject(
+                    400, "bad-request", "Bad request", "The request is not valid HTTP/1.1."
+                )
 
     def _reject(self, status: int, type_: str, title: str, detail: str) -> None:
         ex = self._active
@@ -807,10 +811,14 @@ class ClientConnection(asyncio.Protocol):
                 ex.response_started = True
                 ex.status = status
                 ex.close_after = True
-            # Before a request head is whole there is no exchange: the answer gets an id of
-            # its own, so that it can be quoted and found in the logs like any other.
-            request_id = ex.request_id if ex is not None else _ids.next()
-            headers = self.gateway.id_headers(request_id)
+            if ex is not None:
+                headers = self.gateway.response_headers(ex, limits=False)
+            else:
+                # Before a request head is whole there is no exchange: the answer gets an id of
+                # its own, so that it can be quoted and found in the access log like any other.
+                request_id = _ids.next()
+                headers = self.gateway.id_headers(request_id)
+                self.gateway.refused_unparsed(request_id, status, self.client_ip)
             self.write(
                 problem_bytes(status, type_, title, detail, extra_headers=headers, close=True)
             )
@@ -969,6 +977,10 @@ class ClientConnection(asyncio.Protocol):
 
 # The usual request methods, already decoded.
 _METHODS: Final = {m.encode(): m for m in IDEMPOTENT_METHODS | {"POST", "PATCH"}}
+
+
+# The route label of answers to requests that could not be parsed.
+UNPARSED_ROUTE: Final = "unparsed"
 
 
 class _HeadersTooLarge(Exception):
@@ -1302,6 +1314,21 @@ class Gateway:
             conn.finished(ex)
         else:
             conn.close()
+
+    def refused_unparsed(self, request_id: bytes, status: int, client: str) -> None:
+        """Count and log an answer to bytes that never made a request (no method, no path)."""
+        self.metrics.observe_request(UNPARSED_ROUTE, "", status, 0.0)
+        if not self._log_enabled:
+            return
+        self._log_lines.append(
+            f'{{"ts":{time.time():.6f},"level":"info","event":"access",'
+            f'"request_id":"{request_id.decode("ascii")}","trace_id":null,'
+            f'"method":null,"path":null,"status":{status},"duration_ms":0.000,'
+            f'"route":"{UNPARSED_ROUTE}","upstream":null,"attempts":0,"cache":null,'
+            f'"bytes_in":0,"bytes_out":0,"client":{_json_str(client)},"sub":null}}\n'
+        )
+        if len(self._log_lines) >= 256:
+            self._flush_log()
 
     def _log_access(self, ex: Exchange, route: str, duration: float) -> None:
         # Formatted by hand: json.dumps of a dict per request costs more than proxying it.
