@@ -46,7 +46,7 @@ BILLING = {
     "postal_code": "44001",
     "country": "ES",
 }
-SECRETS = ("escondida", "cuenca", "reservada", "teruel", "oculta", "600 000")
+SECRETS = ("fernández", "escondida", "cuenca", "reservada", "teruel", "oculta", "600 000")
 
 
 async def test_addresses_are_kept_encrypted_shown_and_printed_on_the_invoice(
@@ -137,6 +137,29 @@ async def test_billing_defaults_to_shipping_and_the_country_follows_the_shipping
     assert order["billing_address"] == order["shipping_address"]
     assert order["shipping_address"]["city"] == "Berlin"
 
+    # Text in scripts written with joiners is kept; a blank phone is dropped.
+    tehran = {"name": "Mehr\u200cnaz", "line1": "Kh. Azadi 5", "city": "Tehran", "phone": " "}
+    cart_id, headers = await guest_cart(client, {"ADDR-MUG": 1}, country="ES")
+    placed = await checkout(
+        client,
+        cart_id,
+        headers,
+        email="m@example.com",
+        shipping_address={**tehran, "country": "DE"},
+    )
+    assert placed.status_code == 201, placed.text
+    assert placed.json()["shipping_address"]["name"] == "Mehr\u200cnaz"
+    assert placed.json()["shipping_address"]["phone"] is None
+
+    # A shipping address in a country the shop does not sell to is the field at fault.
+    cart_id, headers = await guest_cart(client, {"ADDR-MUG": 1})
+    japan = {**berlin, "city": "Tokyo", "country": "JP"}
+    refused = await checkout(
+        client, cart_id, headers, email="j@example.com", shipping_address=japan
+    )
+    assert refused.status_code == 422, refused.text
+    assert [e["field"] for e in refused.json()["errors"]] == ["shipping_address.country"]
+
     # Without addresses an order is placed as before, with none.
     cart_id, headers = await guest_cart(client, {"ADDR-MUG": 1})
     bare = await checkout(client, cart_id, headers, email="bare@example.com")
@@ -151,6 +174,7 @@ async def test_billing_defaults_to_shipping_and_the_country_follows_the_shipping
         ({"shipping_address": {k: v for k, v in SHIPPING.items() if k != "city"}}, None),
         ({"shipping_address": {**SHIPPING, "country": "XX"}}, "shipping_address.country"),
         ({"shipping_address": {**SHIPPING, "name": "Ana\u202eevil"}}, "shipping_address.name"),
+        ({"shipping_address": {**SHIPPING, "line2": "3\u2028B"}}, "shipping_address.line2"),
         ({"shipping_address": {**SHIPPING, "phone": "call me"}}, "shipping_address.phone"),
         ({"shipping_address": {**SHIPPING, "floor": 3}}, "shipping_address.floor"),
         ({"billing_address": {**BILLING, "postal_code": "1" * 21}}, "billing_address.postal_code"),

@@ -19,6 +19,8 @@ from typing import Any
 
 import pyotp
 
+# Shared with the other services' rules for text people see; names kept for identity's callers.
+
 PASSWORD_MIN_LENGTH = 12
 PASSWORD_MAX_LENGTH = 128
 EMAIL_VERIFICATION_TTL_SECONDS = 24 * 3600
@@ -249,31 +251,9 @@ _LANGUAGE_TAG = re.compile(
     r"(?P<language>[A-Za-z]{2,3})(?:[-_](?P<script>[A-Za-z]{4}))?"
     r"(?:[-_](?P<region>[A-Za-z]{2}|[0-9]{3}))?"
 )
-# Joiners are part of how some scripts are written; every other format character can reorder or
-# hide text (bidi overrides, invisible separators).
-_ALLOWED_FORMAT_CHARACTERS = frozenset({"\u200c", "\u200d"})
-
 PREFERENCES_MAX_DEPTH = 8
 PREFERENCES_MAX_BYTES = 8 * 1024
 PREFERENCE_KEY_MAX_LENGTH = 64
-
-
-def has_control_characters(text: str) -> bool:
-    """Whether ``text`` holds control or invisible format characters (NUL, bidi overrides…)."""
-    return any(
-        unicodedata.category(c) == "Cc"
-        or (unicodedata.category(c) == "Cf" and c not in _ALLOWED_FORMAT_CHARACTERS)
-        for c in text
-    )
-
-
-def check_display_text(text: str, *, blank_allowed: bool = False) -> str:
-    """Text shown to people (names, address lines): no control characters; blank only if allowed."""
-    if has_control_characters(text):
-        raise ValueError("must not contain control or invisible formatting characters")
-    if not blank_allowed and not text.strip():
-        raise ValueError("must not be blank")
-    return text
 
 
 def check_country(code: str) -> str:

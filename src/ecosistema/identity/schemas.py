@@ -10,6 +10,7 @@ from pydantic import BaseModel, ConfigDict, EmailStr, Field, TypeAdapter, field_
 
 from ecosistema.identity import domain
 from ecosistema.identity.domain import UserStatus
+from ecosistema.platform.text import check_display_text
 
 RoleName = Literal["admin", "staff", "sales", "customer"]
 
@@ -19,7 +20,7 @@ _PASSWORD = Field(min_length=1, max_length=1024)
 
 
 def _person_name(value: str | None) -> str | None:
-    return None if value is None else domain.check_display_text(value)
+    return None if value is None else check_display_text(value)
 
 
 def _language_tag(value: str | None) -> str | None:
@@ -27,7 +28,7 @@ def _language_tag(value: str | None) -> str | None:
 
 
 def _optional_text(value: str | None) -> str | None:
-    return None if value is None else domain.check_display_text(value, blank_allowed=True)
+    return None if value is None else check_display_text(value, blank_allowed=True)
 
 
 _EMAIL: TypeAdapter[str] = TypeAdapter(EmailStr)
@@ -130,7 +131,7 @@ class Address(Input):
     postal_code: str | None = Field(default=None, max_length=20)
     country: str = Field(min_length=2, max_length=2, description="ISO 3166-1 alpha-2 code.")
 
-    _required_text = field_validator("line1", "city")(domain.check_display_text)
+    _required_text = field_validator("line1", "city")(check_display_text)
     _optional_lines = field_validator("label", "line2", "region", "postal_code")(_optional_text)
     _country = field_validator("country")(domain.check_country)
 

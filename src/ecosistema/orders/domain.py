@@ -3,7 +3,6 @@ machine (as a table of transitions). No I/O; amounts are integer minor units."""
 
 from __future__ import annotations
 
-import unicodedata
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -17,6 +16,7 @@ from ecosistema.platform.money import (
     tax_from_inclusive,
     tax_on_exclusive,
 )
+from ecosistema.platform.text import check_display_text
 
 # --- state machine ------------------------------------------------------------------------------
 
@@ -515,13 +515,9 @@ ISO_3166_ALPHA_2: frozenset[str] = frozenset(_ISO_3166_ALPHA_2_TABLE.split())
 
 
 def check_address_text(text: str) -> str:
-    """Text printed on a parcel or an invoice: not blank, no control or invisible format
-    characters (a NUL or a bidirectional override would garble the label)."""
-    if any(unicodedata.category(c) in ("Cc", "Cf") for c in text):
-        raise ValueError("must not contain control or invisible formatting characters")
-    if not text.strip():
-        raise ValueError("must not be blank")
-    return text.strip()
+    """Text printed on a parcel or an invoice: not blank, nothing that garbles a label (control
+    characters, line separators, bidi overrides); surrounding spaces trimmed."""
+    return check_display_text(text).strip()
 
 
 def is_country(code: str) -> bool:

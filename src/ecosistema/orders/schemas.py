@@ -3,6 +3,7 @@ Every request body forbids unknown fields; amounts are integer minor units with 
 
 from __future__ import annotations
 
+import re
 from datetime import datetime
 from typing import Any, Literal
 
@@ -31,6 +32,7 @@ _SKU = r"^[A-Za-z0-9][A-Za-z0-9._\-]*$"
 _COUNTRY = r"^[A-Za-z]{2}$"
 _CODE = r"^\s*[A-Za-z0-9][A-Za-z0-9_\-]*\s*$"
 _METHOD = r"^[a-z0-9][a-z0-9_\-]*$"
+_PHONE = re.compile(r"\+?[0-9][0-9 ()./-]{2,31}")
 MAX_AMOUNT = 10**12
 
 
@@ -151,7 +153,22 @@ class Cart(BaseModel):
 
 
 class PostalAddress(BaseModel):
-    """A postal address, as printed on the parcel or the invoice."""
+    """A postal address as an order keeps it (read back without the rules for new ones, so
+    that rules tightened later never make older orders unreadable)."""
+
+    name: str
+    company: str | None = None
+    line1: str
+    line2: str | None = None
+    city: str
+    region: str | None = Field(default=None, description="State or province.")
+    postal_code: str | None = None
+    country: str = Field(description="ISO 3166-1 alpha-2 code.")
+    phone: str | None = Field(default=None, description="For the carrier.")
+
+
+class Address(Input):
+    """A postal address given with an order, as printed on the parcel or the invoice."""
 
     name: str = Field(min_length=1, max_length=200, description="Recipient or company name.")
     company: str | None = Field(default=None, max_length=200)
@@ -164,17 +181,9 @@ class PostalAddress(BaseModel):
     phone: str | None = Field(
         default=None,
         max_length=32,
-        pattern=r"^\+?[0-9][0-9 ()./-]{2,31}$",
-        description="For the carrier.",
+        description="For the carrier: digits, an optional leading +, and spaces, dots, "
+        "dashes, slashes or parentheses between them.",
     )
-
-
-class Address(PostalAddress):
-    """A postal address given with an order: unknown fields refused, text checked. (Stored
-    addresses are read back as ``PostalAddress``: rules tightened later must not make older
-    ones unreadable.)"""
-
-    model_config = ConfigDict(extra="forbid")
 
     _text = field_validator("name", "line1", "city")(check_address_text)
 
@@ -182,6 +191,18 @@ class Address(PostalAddress):
     @classmethod
     def _optional_text(cls, value: str | None) -> str | None:
         return None if value is None or not value.strip() else check_address_text(value)
+
+    @field_validator("phone")
+    @classmethod
+    def _phone(cls, value: str | None) -> str | None:
+        if value is None or not value.strip():
+            return None
+        if not _PHONE.fullmatch(value.strip()):
+            raise ValueError(
+                "use digits, an optional leading +, and spaces, dots, dashes, slashes or "
+                "parentheses between them"
+            )
+        return value.strip()
 
     @field_validator("country")
     @classmethod

@@ -1550,9 +1550,16 @@ async def place_order(
         await _know_buyer(ctx, state, email=str(data.email) if data.email else None)
         priced = await _price(ctx, state, country=country, shipping_method=data.shipping_method)
         if priced.errors:
+            errors = priced.errors
+            if data.country is None and data.shipping_address is not None:
+                # The country came from the shipping address: the fault is there.
+                errors = [
+                    {**e, "field": "shipping_address.country"} if e["field"] == "country" else e
+                    for e in errors
+                ]
             # Every field at fault at once, as the cart's ``problems`` list them.
             raise Unprocessable(
-                "The cart cannot be checked out: " + " ".join(priced.problems), errors=priced.errors
+                "The cart cannot be checked out: " + " ".join(priced.problems), errors=errors
             )
         email = state.email
         assert email is not None  # a missing email is among ``priced.errors``

@@ -1,0 +1,32 @@
+"""Rules for text people see: names, address lines, labels."""
+
+from __future__ import annotations
+
+import unicodedata
+
+# Joiners are part of how some scripts are written (Persian, the Indic scripts); every other
+# format character can reorder or hide text (bidi overrides, invisible separators).
+_ALLOWED_FORMAT_CHARACTERS = frozenset({"\u200c", "\u200d"})
+# Control characters, and the line and paragraph separators that break a printed line.
+_REFUSED_CATEGORIES = frozenset({"Cc", "Zl", "Zp"})
+
+
+def has_control_characters(text: str) -> bool:
+    """Whether ``text`` holds control, line-breaking or invisible format characters (NUL, a
+    bidi override, U+2028…)."""
+    for c in text:
+        category = unicodedata.category(c)
+        if category in _REFUSED_CATEGORIES or (
+            category == "Cf" and c not in _ALLOWED_FORMAT_CHARACTERS
+        ):
+            return True
+    return False
+
+
+def check_display_text(text: str, *, blank_allowed: bool = False) -> str:
+    """Text shown to people: no control characters; blank only if allowed. ValueError else."""
+    if has_control_characters(text):
+        raise ValueError("must not contain control or invisible formatting characters")
+    if not blank_allowed and not text.strip():
+        raise ValueError("must not be blank")
+    return text
