@@ -767,32 +767,35 @@ async def availability(ctx: ServiceContext, sku: str) -> Availability:
     )
 
 
-# A SKU's stock summed over warehouses, for a variant of an active product only.
-_SHOPPER_AVAILABLE = (
-    select(func.coalesce(func.sum(stock.c.on_hand - stock.c.reserved), 0).label("available"))
-    .select_from(
-        variants.join(products, products.c.id == variants.c.product_id).outerjoin(
-            stock, stock.c.sku == variants.c.sku
-        )
-    )
-    .where(
-        variants.c.sku == bindparam("sku"), products.c.status == domain.ProductStatus.ACTIVE.value
-    )
-    .group_by(variants.c.sku)
-)
-
-
 async def shopper_availability(ctx: ServiceContext, skus: Sequence[str]) -> AvailabilityList:
     """How many units of each SKU can be bought now, for SKUs of active products (others are
-    left out, so drafts and archived products reveal nothing)."""
-    items = []
-    async with ctx.db.driver_read() as tx:
-        for sku in dict.fromkeys(skus):
-            found = await tx.scalar(_SHOPPER_AVAILABLE, sku=sku)
-            if found is not None:
-                units = max(0, int(found))
-                items.append(VariantAvailability(sku=sku, available=units, in_stock=units > 0))
-    return AvailabilityList(items=items)
+    left out, so drafts and archived products reveal nothing); one statement for them all."""
+    wanted = list(dict.fromkeys(skus))
+    query = (
+        select(
+            variants.c.sku,
+            func.coalesce(func.sum(stock.c.on_hand - stock.c.reserved), 0).label("available"),
+        )
+        .select_from(
+            variants.join(products, products.c.id == variants.c.product_id).outerjoin(
+                stock, stock.c.sku == variants.c.sku
+            )
+        )
+        .where(
+            variants.c.sku.in_(wanted),
+            products.c.status == domain.ProductStatus.ACTIVE.value,
+        )
+        .group_by(variants.c.sku)
+    )
+    async with ctx.db.read() as session:
+        found = {sku: max(0, int(units)) for sku, units in (await session.execute(query)).all()}
+    return AvailabilityList(
+        items=[
+            VariantAvailability(sku=sku, available=found[sku], in_stock=found[sku] > 0)
+            for sku in wanted
+            if sku in found
+        ]
+    )
 
 
 async def movements(
