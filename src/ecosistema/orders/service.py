@@ -56,7 +56,14 @@ from ecosistema.orders.models import (
 )
 from ecosistema.platform.auth import Principal
 from ecosistema.platform.crypto import DecryptionError
-from ecosistema.platform.db import DriverTransaction, as_utc_datetime, new_id, utcnow
+from ecosistema.platform.db import (
+    DriverTransaction,
+    Statements,
+    as_utc_datetime,
+    new_id,
+    statements,
+    utcnow,
+)
 from ecosistema.platform.errors import (
     Conflict,
     Forbidden,
@@ -218,32 +225,6 @@ def _rowcount(result: Any) -> int:
     return int(result.rowcount) if isinstance(result, CursorResult) else 0
 
 
-# The transaction a helper shared by checkout and the rarer use cases runs in: checkout and
-# payments' events run on driver transactions, the others on an ORM session. Such helpers run
-# statements built once, with ``bindparam`` names, through the three functions below.
-Tx = AsyncSession | DriverTransaction
-
-
-async def _execute(tx: Tx, statement: Any, /, **params: Any) -> int:
-    """Run an INSERT, UPDATE or DELETE; the number of rows it touched."""
-    if isinstance(tx, DriverTransaction):
-        return await tx.execute(statement, **params)
-    return _rowcount(await tx.execute(statement, params))
-
-
-async def _rows(tx: Tx, statement: Any, /, **params: Any) -> list[Mapping[Any, Any]]:
-    """The rows of a SELECT (or of a statement with RETURNING), as column-name mappings."""
-    if isinstance(tx, DriverTransaction):
-        return list(await tx.rows(statement, **params))
-    return list((await tx.execute(statement, params)).mappings())
-
-
-async def _row(tx: Tx, statement: Any, /, **params: Any) -> Mapping[Any, Any] | None:
-    """The first row, or None."""
-    found = await _rows(tx, statement, **params)
-    return found[0] if found else None
-
-
 def _upsert(ctx: ServiceContext) -> Any:
     return pg_insert if ctx.db.is_postgres else sqlite_insert
 
@@ -341,8 +322,8 @@ _ORDER_LINES = (
 )
 
 
-async def _tax_rate_bp(tx: Tx, country: str) -> int | None:
-    found = await _row(tx, _TAX_RATE, country=country)
+async def _tax_rate_bp(tx: Statements, country: str) -> int | None:
+    found = await tx.row(_TAX_RATE, country=country)
     return None if found is None else int(found["rate_bp"])
 
 
@@ -519,7 +500,7 @@ async def list_vouchers(ctx: ServiceContext) -> list[schemas.Voucher]:
 async def get_voucher(ctx: ServiceContext, *, code: str) -> schemas.Voucher:
     """One voucher by its code."""
     async with ctx.db.read() as session:
-        row = await _voucher_row(session, code)
+        row = await _voucher_row(statements(session), code)
     if row is None:
         raise NotFound("No voucher with this code.")
     return _voucher_view(row)
@@ -533,7 +514,7 @@ async def update_voucher(
     if "active" in changes and changes["active"] is None:
         raise field_error("active", "must be true or false")
     async with ctx.db.transaction() as session:
-        row = await _voucher_row(session, code)
+        row = await _voucher_row(statements(session), code)
         if row is None:
             raise NotFound("No voucher with this code.")
         ends = changes.get("ends_at", row["ends_at"])
@@ -545,13 +526,13 @@ async def update_voucher(
                 .where(vouchers.c.id == row["id"])
                 .values(**changes, updated_at=_now())
             )
-        fresh = await _voucher_row(session, code)
+        fresh = await _voucher_row(statements(session), code)
     assert fresh is not None
     return _voucher_view(fresh)
 
 
-async def _voucher_row(tx: Tx, code: str) -> Mapping[Any, Any] | None:
-    return await _row(tx, _VOUCHER, code=domain.normalise_code(code))
+async def _voucher_row(tx: Statements, code: str) -> Mapping[Any, Any] | None:
+    return await tx.row(_VOUCHER, code=domain.normalise_code(code))
 
 
 _BUYERS_BY_EMAIL = (
@@ -572,7 +553,7 @@ _USES_BY_HOLDER = (
 
 async def _uses_by_buyer(
     ctx: ServiceContext,
-    tx: Tx,
+    tx: Statements,
     voucher_id: str,
     *,
     customer_id: str | None,
@@ -592,12 +573,12 @@ async def _uses_by_buyer(
         holders.add(f"email:{index}")
         # The customers who bought with this address hold their uses under their account.
         holders.update(
-            str(row["customer_id"]) for row in await _rows(tx, _BUYERS_BY_EMAIL, email_index=index)
+            str(row["customer_id"]) for row in await tx.rows(_BUYERS_BY_EMAIL, email_index=index)
         )
     # One count per holder (a use has one holder): statements of one shape, built once.
     used = 0
     for holder in sorted(holders):
-        found = await _row(tx, _USES_BY_HOLDER, voucher_id=voucher_id, holder=holder)
+        found = await tx.row(_USES_BY_HOLDER, voucher_id=voucher_id, holder=holder)
         used += int(found["uses"]) if found is not None else 0
     return used
 
@@ -636,7 +617,11 @@ async def _voucher_used_up(ctx: ServiceContext, state: _CartState) -> None:
         return
     async with ctx.db.read() as session:
         used = await _uses_by_buyer(
-            ctx, session, voucher["id"], customer_id=cart["customer_id"], email=state.email
+            ctx,
+            statements(session),
+            voucher["id"],
+            customer_id=cart["customer_id"],
+            email=state.email,
         )
     if used >= voucher["per_customer_limit"]:
         state.voucher_used_up = _per_customer_message(voucher)
@@ -675,8 +660,8 @@ class _CartState:
     email: str | None = None
 
 
-async def _cart_row(tx: Tx, cart_id: str) -> Mapping[Any, Any] | None:
-    return await _row(tx, _CART, cart_id=cart_id)
+async def _cart_row(tx: Statements, cart_id: str) -> Mapping[Any, Any] | None:
+    return await tx.row(_CART, cart_id=cart_id)
 
 
 def _check_cart_access(
@@ -706,22 +691,22 @@ def _ensure_active(cart: Mapping[Any, Any]) -> None:
 
 async def _load_cart_state(
     ctx: ServiceContext,
-    tx: Tx,
+    tx: Statements,
     cart: Mapping[Any, Any],
     *,
     country: str | None = None,
     shipping_method: str | None = None,
 ) -> _CartState:
-    lines = await _rows(tx, _CART_LINES, cart_id=cart["id"])
+    lines = list(await tx.rows(_CART_LINES, cart_id=cart["id"]))
     where = country or cart["country"] or ctx.settings.orders_default_country
     rate = await _tax_rate_bp(tx, where)
     method_code = shipping_method or cart["shipping_method"]
     shipping = None
     if method_code:
-        shipping = await _row(tx, _SHIPPING_METHOD, code=method_code)
+        shipping = await tx.row(_SHIPPING_METHOD, code=method_code)
     options = 0
     if shipping is None:
-        candidates = await _rows(tx, _ALL_SHIPPING_METHODS)
+        candidates = await tx.rows(_ALL_SHIPPING_METHODS)
         options = sum(1 for m in candidates if _serves(m, where, cart["currency"]))
     voucher = await _voucher_row(tx, cart["voucher_code"]) if cart["voucher_code"] else None
     return _CartState(cart, lines, rate, shipping, options, voucher)
@@ -903,14 +888,14 @@ def _cart_view(
 
 async def _view_cart(ctx: ServiceContext, cart_id: str, token: str | None = None) -> schemas.Cart:
     async with ctx.db.read() as session:
-        cart = await _cart_row(session, cart_id)
+        cart = await _cart_row(statements(session), cart_id)
         assert cart is not None
-        state = await _load_cart_state(ctx, session, cart)
+        state = await _load_cart_state(ctx, statements(session), cart)
     await _know_buyer(ctx, state)
     return _cart_view(ctx, cart, await _price(ctx, state), token)
 
 
-async def _served_rate(tx: Tx, country: str) -> tuple[str, int]:
+async def _served_rate(tx: Statements, country: str) -> tuple[str, int]:
     """A country the shop sells to, and its tax rate; a 422 on ``country`` otherwise."""
     code = _country(country, "country")
     rate = await _tax_rate_bp(tx, code)
@@ -922,7 +907,7 @@ async def _served_rate(tx: Tx, country: str) -> tuple[str, int]:
 async def _served_country(session: AsyncSession, country: str | None) -> str | None:
     if country is None:
         return None
-    return (await _served_rate(session, country))[0]
+    return (await _served_rate(statements(session), country))[0]
 
 
 async def create_cart(
@@ -1085,8 +1070,8 @@ async def get_cart(
 ) -> schemas.Cart:
     """A cart with its lines priced now from catalog's quotes."""
     async with ctx.db.read() as session:
-        cart = _check_cart_access(await _cart_row(session, cart_id), principal, token)
-        state = await _load_cart_state(ctx, session, cart)
+        cart = _check_cart_access(await _cart_row(statements(session), cart_id), principal, token)
+        state = await _load_cart_state(ctx, statements(session), cart)
     await _know_buyer(ctx, state)
     return _cart_view(ctx, cart, await _price(ctx, state))
 
@@ -1102,7 +1087,7 @@ async def update_cart(
     """Set where the cart ships, the shipping method, or the contact email."""
     changes = data.model_dump(exclude_unset=True)
     async with ctx.db.transaction() as session:
-        cart = _check_cart_access(await _cart_row(session, cart_id), principal, token)
+        cart = _check_cart_access(await _cart_row(statements(session), cart_id), principal, token)
         _ensure_active(cart)
         values: dict[str, Any] = {}
         if "country" in changes:
@@ -1206,9 +1191,11 @@ async def add_cart_item(
     """Add units of a SKU to the cart (a line for the SKU grows)."""
     with _recorded_at(at):
         async with ctx.db.read() as session:
-            cart = _check_cart_access(await _cart_row(session, cart_id), principal, token)
+            cart = _check_cart_access(
+                await _cart_row(statements(session), cart_id), principal, token
+            )
             _ensure_active(cart)
-            state = await _load_cart_state(ctx, session, cart)
+            state = await _load_cart_state(ctx, statements(session), cart)
         # One quote for the new SKU and the lines already there: it checks the SKU and prices
         # the cart the answer shows.
         skus = [line["sku"] for line in state.lines]
@@ -1262,7 +1249,7 @@ async def _grow_line(
         .values(updated_at=now)
     )
     if _rowcount(taken) != 1:
-        current = await _cart_row(session, cart["id"])
+        current = await _cart_row(statements(session), cart["id"])
         if current is not None:
             _ensure_active(current)
         raise NotFound(CART_NOT_FOUND)
@@ -1311,7 +1298,7 @@ async def set_cart_item(
 ) -> schemas.Cart:
     """Set a line's quantity; 0 removes the line."""
     async with ctx.db.transaction() as session:
-        cart = _check_cart_access(await _cart_row(session, cart_id), principal, token)
+        cart = _check_cart_access(await _cart_row(statements(session), cart_id), principal, token)
         _ensure_active(cart)
         where = and_(cart_lines.c.cart_id == cart_id, cart_lines.c.sku == sku)
         if quantity == 0:
@@ -1336,12 +1323,12 @@ async def apply_voucher(
 ) -> schemas.Cart:
     """Put a voucher on the cart (one at a time); it must apply to the cart as it is now."""
     async with ctx.db.read() as session:
-        cart = _check_cart_access(await _cart_row(session, cart_id), principal, token)
+        cart = _check_cart_access(await _cart_row(statements(session), cart_id), principal, token)
         _ensure_active(cart)
-        voucher = await _voucher_row(session, code)
+        voucher = await _voucher_row(statements(session), code)
         if voucher is None:
             raise field_error("code", "no voucher has this code", code="unknown_voucher")
-        state = await _load_cart_state(ctx, session, cart)
+        state = await _load_cart_state(ctx, statements(session), cart)
     state.voucher = None
     priced = await _price(ctx, state)
     domain.check_voucher(
@@ -1352,7 +1339,7 @@ async def apply_voucher(
     if voucher["usage_limit"] is not None and voucher["times_used"] >= voucher["usage_limit"]:
         raise field_error("code", "the voucher has been used up", code="used_up")
     async with ctx.db.transaction() as session:
-        cart = _check_cart_access(await _cart_row(session, cart_id), principal, token)
+        cart = _check_cart_access(await _cart_row(statements(session), cart_id), principal, token)
         _ensure_active(cart)
         await session.execute(
             update(carts)
@@ -1372,7 +1359,7 @@ async def remove_voucher(
 ) -> schemas.Cart:
     """Take the voucher off the cart."""
     async with ctx.db.transaction() as session:
-        cart = _check_cart_access(await _cart_row(session, cart_id), principal, token)
+        cart = _check_cart_access(await _cart_row(statements(session), cart_id), principal, token)
         _ensure_active(cart)
         if cart["voucher_code"] != domain.normalise_code(code):
             raise NotFound("The cart does not carry this voucher.")
@@ -1396,7 +1383,7 @@ async def merge_cart(
             type="cart-merge-forbidden",
         )
     async with ctx.db.transaction() as session:
-        anonymous = await _cart_row(session, cart_id)
+        anonymous = await _cart_row(statements(session), cart_id)
         if anonymous is None or anonymous["customer_id"] is not None:
             raise NotFound(CART_NOT_FOUND)
         _check_cart_access(anonymous, None, token)
@@ -1782,12 +1769,14 @@ def _event_lines(lines: Sequence[Mapping[str, Any] | RowMapping]) -> list[dict[s
 # --- orders: reads ------------------------------------------------------------------------------
 
 
-async def _order_row(tx: Tx, order_id: str, *, lock: bool = False) -> Mapping[Any, Any] | None:
-    return await _row(tx, _ORDER_LOCKED if lock else _ORDER, order_id=order_id)
+async def _order_row(
+    tx: Statements, order_id: str, *, lock: bool = False
+) -> Mapping[Any, Any] | None:
+    return await tx.row(_ORDER_LOCKED if lock else _ORDER, order_id=order_id)
 
 
-async def _line_rows(tx: Tx, order_id: str) -> list[Mapping[Any, Any]]:
-    return await _rows(tx, _ORDER_LINES, order_id=order_id)
+async def _line_rows(tx: Statements, order_id: str) -> list[Mapping[Any, Any]]:
+    return list(await tx.rows(_ORDER_LINES, order_id=order_id))
 
 
 def _line_view(row: Mapping[Any, Any]) -> schemas.OrderLine:
@@ -1835,7 +1824,7 @@ def _summary_fields(
 async def _order_view(
     ctx: ServiceContext, session: AsyncSession, row: Mapping[Any, Any]
 ) -> schemas.Order:
-    lines = await _line_rows(session, row["id"])
+    lines = await _line_rows(statements(session), row["id"])
     shipped = (
         await session.execute(
             select(fulfillments)
@@ -1903,7 +1892,7 @@ async def get_order(
 ) -> schemas.Order:
     """One order with its lines and fulfilments; others' orders answer like missing ones."""
     async with ctx.db.read() as session:
-        row = await _order_row(session, order_id)
+        row = await _order_row(statements(session), order_id)
         if check_access:
             row = _ensure_reach(row, principal, token, bypass=READ_ALL)
         elif row is None:
@@ -2017,7 +2006,9 @@ async def order_history_of(
     if principal is None or not principal.has(READ_ALL):
         query = query.where(order_history.c.kind != "note")
     async with ctx.db.read() as session:
-        _ensure_reach(await _order_row(session, order_id), principal, token, bypass=READ_ALL)
+        _ensure_reach(
+            await _order_row(statements(session), order_id), principal, token, bypass=READ_ALL
+        )
         rows = (await session.execute(query.order_by(order_history.c.position))).mappings()
         return [
             schemas.HistoryEntry(
@@ -2049,7 +2040,7 @@ _RECORD = insert(order_history).values(
 
 
 async def _record(
-    tx: Tx,
+    tx: Statements,
     order_id: str,
     *,
     kind: str,
@@ -2061,8 +2052,7 @@ async def _record(
     details: Mapping[str, Any] | None = None,
     now: datetime | None = None,
 ) -> None:
-    await _execute(
-        tx,
+    await tx.execute(
         _RECORD,
         id=new_id(),
         order_id=order_id,
@@ -2104,7 +2094,7 @@ def _move(names: tuple[str, ...]) -> Any:
 
 
 async def _transition(
-    tx: Tx,
+    tx: Statements,
     order: Mapping[Any, Any],
     action: OrderAction,
     *,
@@ -2119,8 +2109,7 @@ async def _transition(
     now = _now()
     extra = dict(extra_values or {})
     names = tuple(sorted(extra))
-    changed = await _execute(
-        tx,
+    changed = await tx.execute(
         _move(names),
         order_id=order["id"],
         from_status=current.value,
@@ -2147,14 +2136,14 @@ async def _transition(
 
 async def _final_view(ctx: ServiceContext, session: AsyncSession, order_id: str) -> schemas.Order:
     """The order as the caller's transaction leaves it (read before it commits)."""
-    row = await _order_row(session, order_id)
+    row = await _order_row(statements(session), order_id)
     if row is None:
         raise NotFound(ORDER_NOT_FOUND)
     return await _order_view(ctx, session, row)
 
 
 async def _locked_order(session: AsyncSession, order_id: str) -> Mapping[Any, Any]:
-    row = await _order_row(session, order_id, lock=True)
+    row = await _order_row(statements(session), order_id, lock=True)
     if row is None:
         raise NotFound(ORDER_NOT_FOUND)
     return row
@@ -2176,7 +2165,10 @@ async def cancel_order(
     with _recorded_at(at):
         async with ctx.db.transaction() as session:
             order = _ensure_reach(
-                await _order_row(session, order_id, lock=True), principal, token, bypass=STAFF
+                await _order_row(statements(session), order_id, lock=True),
+                principal,
+                token,
+                bypass=STAFF,
             )
             await _cancel(
                 ctx, session, order, OrderAction.CANCEL, actor=Actor.of(principal), reason=reason
@@ -2195,7 +2187,7 @@ async def _cancel(
 ) -> None:
     # No stock is held for a cancelled order any more, as for a paid one.
     await _transition(
-        session,
+        statements(session),
         order,
         action,
         actor=actor,
@@ -2265,7 +2257,9 @@ async def add_note(
     """Staff add a note to an order's history."""
     async with ctx.db.transaction() as session:
         order = await _locked_order(session, order_id)
-        await _record(session, order["id"], kind="note", actor=Actor.of(principal), reason=text)
+        await _record(
+            statements(session), order["id"], kind="note", actor=Actor.of(principal), reason=text
+        )
     history = await order_history_of(ctx, order_id=order_id, principal=principal)
     return history[-1]
 
@@ -2296,7 +2290,7 @@ async def fulfil_lines(
         shipping = {line.line_id: line.quantity for line in data.lines}
         async with ctx.db.transaction() as session:
             order = await _locked_order(session, order_id)
-            lines = await _line_rows(session, order_id)
+            lines = await _line_rows(statements(session), order_id)
             domain.next_status(order["status"], OrderAction.FULFIL_PARTIALLY)
             action = domain.fulfilment_action(_progress(lines), shipping)
             fulfillment_id = new_id()
@@ -2306,7 +2300,7 @@ async def fulfil_lines(
                 for line_id, quantity in shipping.items()
             ]
             await _transition(
-                session,
+                statements(session),
                 order,
                 action,
                 actor=Actor.of(principal),
@@ -2353,7 +2347,9 @@ async def change_status(
     with _recorded_at(at):
         async with ctx.db.transaction() as session:
             order = await _locked_order(session, order_id)
-            await _transition(session, order, action, actor=Actor.of(principal), reason=reason)
+            await _transition(
+                statements(session), order, action, actor=Actor.of(principal), reason=reason
+            )
             return await _final_view(ctx, session, order_id)
 
 
@@ -2365,7 +2361,7 @@ async def return_lines(
     async with ctx.db.transaction() as session:
         order = await _locked_order(session, order_id)
         domain.next_status(order["status"], OrderAction.RETURN_LINES)
-        lines = await _line_rows(session, order_id)
+        lines = await _line_rows(statements(session), order_id)
         domain.check_return(_progress(lines), returning)
         for line_id, quantity in returning.items():
             await session.execute(
@@ -2374,7 +2370,7 @@ async def return_lines(
                 .values(returned_quantity=order_lines.c.returned_quantity + quantity)
             )
         await _transition(
-            session,
+            statements(session),
             order,
             OrderAction.RETURN_LINES,
             actor=Actor.of(principal),
@@ -2387,7 +2383,9 @@ async def return_lines(
 # --- payments' events ---------------------------------------------------------------------------
 
 
-async def record_payment_succeeded(ctx: ServiceContext, tx: Tx, payload: Mapping[str, Any]) -> None:
+async def record_payment_succeeded(
+    ctx: ServiceContext, tx: Statements, payload: Mapping[str, Any]
+) -> None:
     """A payment captured or authorised: a pending order becomes paid and OrderPaid goes out."""
     order = await _order_row(tx, str(payload.get("order_id")), lock=True)
     if order is None:
@@ -2424,7 +2422,9 @@ async def record_payment_succeeded(ctx: ServiceContext, tx: Tx, payload: Mapping
     await ctx.outbox.add(tx, ORDER_PAID, payload_out)
 
 
-async def record_payment_failed(ctx: ServiceContext, tx: Tx, payload: Mapping[str, Any]) -> None:
+async def record_payment_failed(
+    ctx: ServiceContext, tx: Statements, payload: Mapping[str, Any]
+) -> None:
     """A failed payment is noted; the order stays awaiting payment so the customer can retry."""
     order = await _order_row(tx, str(payload.get("order_id")))
     if order is None:
@@ -2448,7 +2448,9 @@ _REFUND_UNITS = (
 )
 
 
-async def record_payment_refunded(ctx: ServiceContext, tx: Tx, payload: Mapping[str, Any]) -> None:
+async def record_payment_refunded(
+    ctx: ServiceContext, tx: Statements, payload: Mapping[str, Any]
+) -> None:
     """A refund: the order becomes partially or fully refunded and OrderRefunded goes out with
     the lines to restock."""
     order = await _order_row(tx, str(payload.get("order_id")), lock=True)
@@ -2483,7 +2485,7 @@ async def record_payment_refunded(ctx: ServiceContext, tx: Tx, payload: Mapping[
         _progress(await _line_rows(tx, order["id"])), named, settles_the_order=fully
     )
     for line_id, quantity in gained.items():
-        await _execute(tx, _REFUND_UNITS, line_id=line_id, units=quantity)
+        await tx.execute(_REFUND_UNITS, line_id=line_id, units=quantity)
     await _transition(
         tx,
         order,
