@@ -21,7 +21,6 @@ from sqlalchemy import (
     RowMapping,
     and_,
     bindparam,
-    func,
     insert,
     or_,
     select,
@@ -540,15 +539,12 @@ _BUYERS_BY_EMAIL = (
     .where(orders.c.email_index == bindparam("email_index"), orders.c.customer_id.is_not(None))
     .distinct()
 )
-_USES_BY_HOLDER = (
-    select(func.count().label("uses"))
-    .select_from(voucher_usages)
-    .where(
-        voucher_usages.c.voucher_id == bindparam("voucher_id"),
-        voucher_usages.c.holder == bindparam("holder"),
-        voucher_usages.c.released_at.is_(None),
-    )
+_USE = select(voucher_usages.c.id).where(
+    voucher_usages.c.voucher_id == bindparam("voucher_id"),
+    voucher_usages.c.released_at.is_(None),
 )
+_USES_BY_HOLDER = _USE.where(voucher_usages.c.holder == bindparam("holder"))
+_USES_BY_EMAIL = _USE.where(voucher_usages.c.email_index == bindparam("email_index"))
 
 
 async def _uses_by_buyer(
@@ -562,10 +558,12 @@ async def _uses_by_buyer(
     """Uses of a voucher not given back, by this customer account or by this email address
     (trimmed, lower-cased) whoever presented it: a guest giving a customer's address counts
     against that customer's limit, and so does the customer under another address."""
-    # A use is held by the customer id, or by ``email:<blind index>`` for a guest. Counting
-    # through the (voucher_id, holder) index keeps this independent of how often the voucher
-    # was used by others: it runs while the voucher's row is locked.
+    # A use is held by the customer id, or by ``email:<blind index>`` for a guest, and carries
+    # its order's address (a use is counted before its order is written). Reading through the
+    # (voucher_id, holder) and (voucher_id, email_index) indexes keeps this independent of how
+    # often the voucher was used by others: it runs while the voucher's row is locked.
     holders: set[str] = set()
+    uses: set[str] = set()
     if customer_id is not None:
         holders.add(customer_id)
     if email is not None:
@@ -575,12 +573,15 @@ async def _uses_by_buyer(
         holders.update(
             str(row["customer_id"]) for row in await tx.rows(_BUYERS_BY_EMAIL, email_index=index)
         )
-    # One count per holder (a use has one holder): statements of one shape, built once.
-    used = 0
+        uses.update(
+            str(row["id"])
+            for row in await tx.rows(_USES_BY_EMAIL, voucher_id=voucher_id, email_index=index)
+        )
+    # One read per holder: statements of one shape, built once.
     for holder in sorted(holders):
-        found = await tx.row(_USES_BY_HOLDER, voucher_id=voucher_id, holder=holder)
-        used += int(found["uses"]) if found is not None else 0
-    return used
+        found = await tx.rows(_USES_BY_HOLDER, voucher_id=voucher_id, holder=holder)
+        uses.update(str(row["id"]) for row in found)
+    return len(uses)
 
 
 def _per_customer_message(voucher: Mapping[Any, Any]) -> str:
@@ -1510,8 +1511,26 @@ async def place_order(
         now = _now()
         expires_at = now + timedelta(seconds=ctx.settings.orders_reservation_ttl_seconds)
         wanted = [(line.sku, line.quantity) for line in priced.totals.lines]
-        await _catalog(ctx).reserve(order_id, wanted, ctx.settings.orders_reservation_ttl_seconds)
+        claimed = priced.voucher is not None
+        if priced.voucher is not None:
+            # The voucher's use is counted before any stock is held: a checkout that loses the
+            # voucher's race hears so at once, and never holds units another buyer is refused.
+            async with ctx.db.driver_write() as tx:
+                await _use_voucher(
+                    ctx,
+                    tx,
+                    priced.voucher,
+                    order_id=order_id,
+                    customer_id=cart["customer_id"],
+                    email=email,
+                    now=now,
+                )
+        reserved = False
         try:
+            await _catalog(ctx).reserve(
+                order_id, wanted, ctx.settings.orders_reservation_ttl_seconds
+            )
+            reserved = True
             async with ctx.db.driver_write() as tx:
                 written, line_rows = await _write_order(
                     ctx,
@@ -1525,13 +1544,29 @@ async def place_order(
                     expires_at=expires_at,
                 )
         except BaseException:
-            try:
-                await _catalog(ctx).release_reservation(order_id, "checkout_failed")
-            except Exception as exc:  # the reservation then expires on its own
-                log.warning("reservation_release_failed", order_id=order_id, error=repr(exc))
+            await _abandon_checkout(ctx, order_id, reserved=reserved, claimed=claimed)
             raise
         # The answer is built from what was written: nothing else can have changed it yet.
         return _order_from(ctx, written, line_rows, [])
+
+
+async def _abandon_checkout(
+    ctx: ServiceContext, order_id: str, *, reserved: bool, claimed: bool
+) -> None:
+    """Give back what a checkout that placed no order took: its stock reservation and its
+    voucher use. What cannot be given back now expires (the reservation) or is swept (the use,
+    see :func:`release_unplaced_voucher_uses`)."""
+    if reserved:
+        try:
+            await _catalog(ctx).release_reservation(order_id, "checkout_failed")
+        except Exception as exc:
+            log.warning("reservation_release_failed", order_id=order_id, error=repr(exc))
+    if claimed:
+        try:
+            async with ctx.db.driver_write() as tx:
+                await _give_back_use(tx, _RELEASE_UNPLACED_USE, for_order=order_id, at=_now())
+        except Exception as exc:
+            log.warning("voucher_use_release_failed", order_id=order_id, error=repr(exc))
 
 
 _TAKE_CART = (
@@ -1556,16 +1591,6 @@ async def _write_order(
     if await tx.execute(_TAKE_CART, cart_id=cart["id"], order_id=order_id, at=now) != 1:
         raise Conflict("This cart has already been checked out.", type="cart-already-ordered")
     totals = priced.totals
-    if priced.voucher is not None:
-        await _use_voucher(
-            ctx,
-            tx,
-            priced.voucher,
-            order_id=order_id,
-            customer_id=cart["customer_id"],
-            email=email,
-            now=now,
-        )
     number = await _next_order_number(ctx, tx)
     order_row: dict[str, Any] = {
         "id": order_id,
@@ -1670,7 +1695,7 @@ async def _use_voucher(
 ) -> None:
     # The guarded increment takes the voucher's row lock until commit, so concurrent checkouts
     # with the same voucher queue here; the per-customer count below then sees every use that
-    # committed before it.
+    # committed before it, its order written or not.
     if await tx.execute(_COUNT_VOUCHER_USE, voucher_id=voucher["id"]) != 1:
         raise Conflict(
             f"The voucher {voucher['code']} has been used up.",
@@ -1686,34 +1711,46 @@ async def _use_voucher(
                 type="voucher-used-up",
                 voucher_code=voucher["code"],
             )
-    holder = customer_id or f"email:{email_index(ctx, email)}"
+    index = email_index(ctx, email)
     await tx.insert(
         voucher_usages,
         {
             "id": new_id(),
             "voucher_id": voucher["id"],
             "order_id": order_id,
-            "holder": holder,
+            "holder": customer_id or f"email:{index}",
+            "email_index": index,
             "created_at": now,
         },
     )
 
 
-async def _release_voucher(session: AsyncSession, order_id: str, now: datetime) -> None:
-    released = (
-        await session.execute(
-            update(voucher_usages)
-            .where(voucher_usages.c.order_id == order_id, voucher_usages.c.released_at.is_(None))
-            .values(released_at=now)
-            .returning(voucher_usages.c.voucher_id)
-        )
-    ).scalar_one_or_none()
-    if released is not None:
-        await session.execute(
-            update(vouchers)
-            .where(vouchers.c.id == released, vouchers.c.times_used > 0)
-            .values(times_used=vouchers.c.times_used - 1)
-        )
+_RELEASE_USE = (
+    update(voucher_usages)
+    .where(
+        voucher_usages.c.order_id == bindparam("for_order"), voucher_usages.c.released_at.is_(None)
+    )
+    .values(released_at=bindparam("at"))
+    .returning(voucher_usages.c.voucher_id)
+)
+# The use counted for a checkout whose order was never written; one whose order did commit keeps
+# its use, however its request ended.
+_RELEASE_UNPLACED_USE = _RELEASE_USE.where(
+    ~select(orders.c.id).where(orders.c.id == bindparam("for_order")).exists()
+)
+_UNCOUNT_VOUCHER_USE = (
+    update(vouchers)
+    .where(vouchers.c.id == bindparam("voucher_id"), vouchers.c.times_used > 0)
+    .values(times_used=vouchers.c.times_used - 1)
+)
+
+
+async def _give_back_use(tx: Statements, release: Any, **params: Any) -> None:
+    """Release an order's voucher use with ``release`` (one of the statements above), and
+    count it off its voucher."""
+    voucher_id = await tx.scalar(release, **params)
+    if voucher_id is not None:
+        await tx.execute(_UNCOUNT_VOUCHER_USE, voucher_id=voucher_id)
 
 
 _NEXT_ORDER_NUMBER = (
@@ -2194,7 +2231,7 @@ async def _cancel(
         reason=reason,
         extra_values={"reservation_expires_at": None},
     )
-    await _release_voucher(session, order["id"], _now())
+    await _give_back_use(statements(session), _RELEASE_USE, for_order=order["id"], at=_now())
     payload = _event_base(order)
     payload["reason"] = reason or action.value
     await ctx.outbox.add(session, ORDER_CANCELLED, payload)
@@ -2245,9 +2282,35 @@ async def cancel_expired_orders(
     return cancelled
 
 
+_UNPLACED_USES = (
+    select(voucher_usages.c.order_id)
+    .where(
+        voucher_usages.c.released_at.is_(None),
+        voucher_usages.c.created_at <= bindparam("before"),
+        ~select(orders.c.id).where(orders.c.id == voucher_usages.c.order_id).exists(),
+    )
+    .order_by(voucher_usages.c.created_at)
+    .limit(100)
+)
+
+
+async def release_unplaced_voucher_uses(ctx: ServiceContext, *, now: datetime | None = None) -> int:
+    """Give back voucher uses counted for checkouts that never wrote their order (the process
+    stopped between the two), once older than a stock reservation lasts; returns how many."""
+    before = (now or _now()) - timedelta(seconds=ctx.settings.orders_reservation_ttl_seconds)
+    async with ctx.db.driver_read() as reading:
+        found = [row["order_id"] for row in await reading.rows(_UNPLACED_USES, before=before)]
+    for order_id in found:
+        async with ctx.db.driver_write() as tx:
+            await _give_back_use(tx, _RELEASE_UNPLACED_USE, for_order=order_id, at=_now())
+    return len(found)
+
+
 async def sweep_expired_orders(ctx: ServiceContext) -> None:
     """The periodic job's entry point."""
     while await cancel_expired_orders(ctx) == 100:
+        pass
+    while await release_unplaced_voucher_uses(ctx) == 100:
         pass
 
 
