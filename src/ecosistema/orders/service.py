@@ -1989,10 +1989,21 @@ async def list_orders(
     limit: int = 50,
 ) -> schemas.OrderPage:
     """Orders newest first: a customer's own, or (staff) everyone's, filtered (by customer id,
-    or by the buyer's exact email through its blind index)."""
+    or by the buyer's exact email through its blind index). A customer asking for another
+    customer's orders is refused rather than shown their own under that filter."""
     query = select(orders)
     owner = owner_filter(principal, bypass=READ_ALL)
     if owner is not None:
+        if customer_id is not None and customer_id != owner:
+            message = "a customer lists only their own orders: leave it out or give your own id"
+            raise Forbidden(
+                f"customer_id: {message}.",
+                type="orders-of-another-customer",
+                title="Another customer's orders",
+                errors=[
+                    {"field": "customer_id", "in": "query", "message": message, "code": "not_own"}
+                ],
+            )
         query = query.where(orders.c.customer_id == owner)
     elif customer_id is not None:
         query = query.where(orders.c.customer_id == customer_id)
