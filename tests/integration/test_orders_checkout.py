@@ -64,7 +64,8 @@ async def test_checkout_reserves_stock_and_places_an_order_awaiting_payment(
     assert (await client.get(f"{API}/orders/{order['id']}", headers=token)).status_code == 200
     assert (await client.get(f"{API}/orders/{order['id']}")).status_code == 404
     again = await checkout(client, cart_id, token, email="guest@example.com")
-    assert again.status_code == 409 and again.json()["type"].endswith("cart-already-ordered")
+    assert again.status_code == 409 and again.json()["type"].endswith("/cart-already-ordered")
+    assert again.json()["title"] == "Cart already ordered"
 
     [event] = await outbox_payloads(app, "OrderPlaced")
     assert event["order_id"] == order["id"] and event["total"] == order["total"]
@@ -201,6 +202,7 @@ async def test_voucher_race_losers_hear_voucher_used_up_and_hold_no_stock_others
 
     refused = [r.json() for r in results if r.status_code == 409]
     assert [r["type"].rsplit("/", 1)[-1] for r in refused] == ["voucher-used-up"] * 7, refused
+    assert {r["title"] for r in refused} == {"Voucher used up"}
     assert all(r.status_code in (201, 409) for r in results), [r.text for r in results]
     placed = [r.json() for r in results if r.status_code == 201]
     assert sorted(order["discount_total"] for order in placed) == [0, 0, 0, 300, 300, 300]

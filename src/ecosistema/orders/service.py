@@ -1480,10 +1480,8 @@ async def place_order(
         async with ctx.db.driver_read() as reading:
             cart = _check_cart_access(await _cart_row(reading, data.cart_id), principal, token)
             if cart["status"] == "ordered":
-                raise Conflict(
-                    "This cart has already been checked out.",
-                    type="cart-already-ordered",
-                    order_id=cart["order_id"],
+                raise domain.CartAlreadyOrdered(
+                    "This cart has already been checked out.", order_id=cart["order_id"]
                 )
             _ensure_active(cart)
             # A country the shop does not sell to is among the faults the pricing lists.
@@ -1501,9 +1499,8 @@ async def place_order(
         email = state.email
         assert email is not None  # a missing email is among ``priced.errors``
         if priced.voucher_used_up is not None:
-            raise Conflict(
+            raise domain.VoucherUsedUp(
                 priced.voucher_used_up,
-                type="voucher-used-up",
                 voucher_code=priced.voucher["code"] if priced.voucher is not None else None,
             )
 
@@ -1589,7 +1586,7 @@ async def _write_order(
     expires_at: datetime,
 ) -> tuple[dict[str, Any], list[dict[str, Any]]]:
     if await tx.execute(_TAKE_CART, cart_id=cart["id"], order_id=order_id, at=now) != 1:
-        raise Conflict("This cart has already been checked out.", type="cart-already-ordered")
+        raise domain.CartAlreadyOrdered("This cart has already been checked out.")
     totals = priced.totals
     number = await _next_order_number(ctx, tx)
     order_row: dict[str, Any] = {
@@ -1697,20 +1694,14 @@ async def _use_voucher(
     # with the same voucher queue here; the per-customer count below then sees every use that
     # committed before it, its order written or not.
     if await tx.execute(_COUNT_VOUCHER_USE, voucher_id=voucher["id"]) != 1:
-        raise Conflict(
-            f"The voucher {voucher['code']} has been used up.",
-            type="voucher-used-up",
-            voucher_code=voucher["code"],
+        raise domain.VoucherUsedUp(
+            f"The voucher {voucher['code']} has been used up.", voucher_code=voucher["code"]
         )
     limit = voucher["per_customer_limit"]
     if limit is not None:
         used = await _uses_by_buyer(ctx, tx, voucher["id"], customer_id=customer_id, email=email)
         if used >= limit:
-            raise Conflict(
-                _per_customer_message(voucher),
-                type="voucher-used-up",
-                voucher_code=voucher["code"],
-            )
+            raise domain.VoucherUsedUp(_per_customer_message(voucher), voucher_code=voucher["code"])
     index = email_index(ctx, email)
     await tx.insert(
         voucher_usages,
