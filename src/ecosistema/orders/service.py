@@ -1164,7 +1164,7 @@ async def _checked_items(
 ) -> tuple[dict[str, tuple[int, int]], dict[str, Quote]]:
     """The items of a cart being created, each checked as adding it to a cart checks it; and
     catalog's quotes for them (one call), which also price the new cart."""
-    merged = _merged_items(data.items or [])
+    merged = _merged_items(data.items)
     if not merged:
         return merged, {}
     quotes = await _catalog(ctx).quote(
@@ -1173,7 +1173,7 @@ async def _checked_items(
         customer_id=principal.subject if principal is not None else None,
     )
     first: dict[str, int] = {}
-    for index, item in enumerate(data.items or []):
+    for index, item in enumerate(data.items):
         first.setdefault(item.sku, index)
     for sku in merged:
         _check_quote(quotes.get(sku), {"currency": data.currency}, sku, f"items.{first[sku]}.sku")
