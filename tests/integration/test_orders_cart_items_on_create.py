@@ -99,6 +99,12 @@ async def test_one_bad_line_refuses_the_whole_cart_naming_the_line_at_fault(
     )
     assert too_many.status_code == 422, too_many.text
     assert too_many.json()["errors"][0]["field"] == "items.1.quantity"
+    # ``items`` may be left out, not given as null.
+    null = await client.post(
+        f"{API}/carts", json={"currency": "EUR", "items": None}, headers=bearer(buyer)
+    )
+    assert null.status_code == 422, null.text
+    assert [e["field"] for e in null.json()["errors"]] == ["items"]
 
     # An archived SKU is refused with catalog's reason, as adding it to a cart is.
     cart_id, token = await guest_cart(client, {"OLD-32": 1})
@@ -118,6 +124,8 @@ async def test_one_bad_line_refuses_the_whole_cart_naming_the_line_at_fault(
     assert first.status_code == 201, first.text
     assert first.json()["lines"] == []
     assert len(await outbox_payloads(app, "CartCreated")) == 1
+    left_out = await client.post(f"{API}/carts", json={"currency": "EUR"}, headers=bearer(buyer))
+    assert left_out.status_code == 200 and left_out.json()["id"] == first.json()["id"]
 
 
 async def test_a_customers_active_cart_receives_the_items_instead_of_a_second_cart(

@@ -5,12 +5,23 @@ from __future__ import annotations
 
 import asyncio
 import uuid
+from collections.abc import Mapping
+from datetime import timedelta
+from typing import Any
 
 import httpx
 from fastapi import FastAPI
 
 from ecosistema.orders.schemas import VoucherCreate
-from ecosistema.orders.service import create_voucher, get_voucher
+from ecosistema.orders.service import (
+    _use_voucher,
+    _voucher_row,
+    create_voucher,
+    get_voucher,
+    release_unplaced_voucher_uses,
+)
+from ecosistema.platform.db import new_id, statements, utcnow
+from ecosistema.platform.service import ServiceContext
 from tests.integration.test_identity_support import API, bearer, register, signed_in
 from tests.integration.test_orders_support import (
     app,
@@ -53,7 +64,8 @@ async def test_checkout_reserves_stock_and_places_an_order_awaiting_payment(
     assert (await client.get(f"{API}/orders/{order['id']}", headers=token)).status_code == 200
     assert (await client.get(f"{API}/orders/{order['id']}")).status_code == 404
     again = await checkout(client, cart_id, token, email="guest@example.com")
-    assert again.status_code == 409 and again.json()["type"].endswith("cart-already-ordered")
+    assert again.status_code == 409 and again.json()["type"].endswith("/cart-already-ordered")
+    assert again.json()["title"] == "Cart already ordered"
 
     [event] = await outbox_payloads(app, "OrderPlaced")
     assert event["order_id"] == order["id"] and event["total"] == order["total"]
@@ -147,14 +159,7 @@ async def test_a_voucher_limited_to_five_uses_gives_exactly_five_of_twenty_concu
     await create_voucher(
         ctx, VoucherCreate(code="FIVE", kind="percentage", value=1500, usage_limit=5)
     )
-    carts = []
-    for _ in range(20):
-        cart_id, token = await guest_cart(client, {"TEE-15": 1})
-        voucher = await client.post(
-            f"{API}/carts/{cart_id}/vouchers", json={"code": "FIVE"}, headers=token
-        )
-        assert voucher.status_code == 200, voucher.text
-        carts.append((cart_id, token))
+    carts = [await voucher_cart(client, "TEE-15", "FIVE") for _ in range(20)]
 
     results = await asyncio.gather(
         *(
@@ -171,6 +176,100 @@ async def test_a_voucher_limited_to_five_uses_gives_exactly_five_of_twenty_concu
     assert (await get_voucher(ctx, code="five")).times_used == 5
     # Checkouts that lost the race released the stock they had reserved.
     assert await available(client, admin, "TEE-15") == 35
+
+
+async def test_voucher_race_losers_hear_voucher_used_up_and_hold_no_stock_others_need(
+    app: FastAPI, client: httpx.AsyncClient
+) -> None:
+    """Ten buyers race for a voucher's last three uses while three others buy without it, for
+    six units: the voucher's use is counted before stock is held, so the losers hear
+    voucher-used-up and every unit goes to a buyer who can pay for it."""
+    admin = await staff_tokens(app, client)
+    await seed_shop(app, client, admin, {"TEE-21": 6})
+    ctx = orders_ctx(app)
+    await create_voucher(
+        ctx, VoucherCreate(code="LAST3", kind="percentage", value=1500, usage_limit=3)
+    )
+    with_voucher = [await voucher_cart(client, "TEE-21", "LAST3") for _ in range(10)]
+    without = [await guest_cart(client, {"TEE-21": 1}) for _ in range(3)]
+
+    results = await asyncio.gather(
+        *(
+            checkout(client, cart_id, token, email=f"race{i}@example.com")
+            for i, (cart_id, token) in enumerate(with_voucher + without)
+        )
+    )
+
+    refused = [r.json() for r in results if r.status_code == 409]
+    assert [r["type"].rsplit("/", 1)[-1] for r in refused] == ["voucher-used-up"] * 7, refused
+    assert {r["title"] for r in refused} == {"Voucher used up"}
+    assert all(r.status_code in (201, 409) for r in results), [r.text for r in results]
+    placed = [r.json() for r in results if r.status_code == 201]
+    assert sorted(order["discount_total"] for order in placed) == [0, 0, 0, 300, 300, 300]
+    assert all(r.status_code == 201 for r in results[10:])
+    assert (await get_voucher(ctx, code="LAST3")).times_used == 3
+    assert await available(client, admin, "TEE-21") == 0
+
+
+async def test_a_voucher_use_is_given_back_when_the_stock_cannot_be_reserved(
+    app: FastAPI, client: httpx.AsyncClient
+) -> None:
+    admin = await staff_tokens(app, client)
+    await seed_shop(app, client, admin, {"TEE-22": 1})
+    ctx = orders_ctx(app)
+    await create_voucher(
+        ctx, VoucherCreate(code="ONCE", kind="percentage", value=1000, usage_limit=1)
+    )
+    cart_id, token = await voucher_cart(client, "TEE-22", "ONCE")
+    # Someone else buys the only unit first.
+    other_id, other_token = await guest_cart(client, {"TEE-22": 1})
+    assert (await checkout(client, other_id, other_token, email="o@example.com")).status_code == 201
+
+    short = await checkout(client, cart_id, token, email="v@example.com")
+    assert short.status_code == 409 and short.json()["type"].endswith("insufficient-stock")
+    assert (await get_voucher(ctx, code="ONCE")).times_used == 0
+
+    await add_stock(client, admin, "TEE-22", 1)
+    placed = await checkout(client, cart_id, token, email="v@example.com")
+    assert placed.status_code == 201, placed.text
+    assert placed.json()["discount_total"] == 200
+    assert (await get_voucher(ctx, code="ONCE")).times_used == 1
+
+
+async def test_a_voucher_use_whose_order_was_never_written_is_swept_after_a_reservation_ttl(
+    app: FastAPI, client: httpx.AsyncClient
+) -> None:
+    """A process stopping between counting the use and writing the order leaves a use with no
+    order: the sweeper gives it back once no checkout can still be writing that order."""
+    admin = await staff_tokens(app, client)
+    await seed_shop(app, client, admin, {"TEE-23": 5})
+    ctx = orders_ctx(app)
+    await create_voucher(
+        ctx, VoucherCreate(code="TWICE", kind="percentage", value=1000, usage_limit=2)
+    )
+    cart_id, token = await voucher_cart(client, "TEE-23", "TWICE")
+    assert (await checkout(client, cart_id, token, email="p@example.com")).status_code == 201
+    voucher = await voucher_row(ctx, "TWICE")
+    started = utcnow()
+    async with ctx.db.driver_write() as tx:
+        await _use_voucher(
+            ctx,
+            tx,
+            voucher,
+            order_id=new_id(),
+            customer_id=None,
+            email="s@example.com",
+            now=started,
+        )
+    assert (await get_voucher(ctx, code="TWICE")).times_used == 2
+
+    ttl = timedelta(seconds=ctx.settings.orders_reservation_ttl_seconds)
+    assert await release_unplaced_voucher_uses(ctx, now=started + ttl / 2) == 0
+    assert await release_unplaced_voucher_uses(ctx, now=started + ttl) == 1
+    # The placed order keeps its use; nothing is given back twice.
+    assert (await get_voucher(ctx, code="TWICE")).times_used == 1
+    assert await release_unplaced_voucher_uses(ctx, now=started + 2 * ttl) == 0
+    assert (await get_voucher(ctx, code="TWICE")).times_used == 1
 
 
 async def test_a_per_customer_limit_counts_uses_and_a_cancellation_gives_it_back(
@@ -326,3 +425,33 @@ async def test_a_customer_and_guests_with_its_email_at_once_get_one_per_customer
     )
     assert (await get_voucher(orders_ctx(app), code="WELCOME10")).times_used == 1
     assert await available(client, admin, "TEE-19") == 19
+
+
+async def voucher_row(ctx: ServiceContext, code: str) -> Mapping[Any, Any]:
+    async with ctx.db.read() as session:
+        row = await _voucher_row(statements(session), code)
+    assert row is not None
+    return row
+
+
+async def add_stock(
+    client: httpx.AsyncClient, admin: dict[str, Any], sku: str, quantity: int
+) -> None:
+    moved = await client.post(
+        f"{API}/inventory/{sku}/adjustments",
+        json={"warehouse": "main", "delta": quantity, "reason": "restock"},
+        headers=bearer(admin),
+    )
+    assert moved.status_code in (200, 201), moved.text
+
+
+async def voucher_cart(
+    client: httpx.AsyncClient, sku: str, code: str
+) -> tuple[str, dict[str, str]]:
+    """A guest's cart holding one ``sku`` with the voucher ``code`` on it."""
+    cart_id, token = await guest_cart(client, {sku: 1})
+    applied = await client.post(
+        f"{API}/carts/{cart_id}/vouchers", json={"code": code}, headers=token
+    )
+    assert applied.status_code == 200, applied.text
+    return cart_id, token

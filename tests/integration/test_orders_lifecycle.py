@@ -266,10 +266,18 @@ async def test_customers_see_only_their_own_orders_and_staff_filter_all(
 
     mine = (await client.get(f"{API}/orders", headers=bearer(bob))).json()["items"]
     assert [o["id"] for o in mine] == [placed[bob["id"]]["id"]]
+    # Another customer's id is refused, naming the parameter; one's own id is a filter.
     spoof = await client.get(
         f"{API}/orders", params={"customer_id": ana["id"]}, headers=bearer(bob)
     )
-    assert [o["id"] for o in spoof.json()["items"]] == [placed[bob["id"]]["id"]]
+    assert spoof.status_code == 403, spoof.text
+    assert spoof.headers["content-type"].startswith("application/problem+json")
+    problem = spoof.json()
+    assert problem["type"].endswith("/orders-of-another-customer")
+    assert problem["title"] == "Another customer's orders"
+    assert [(e["field"], e["in"]) for e in problem["errors"]] == [("customer_id", "query")]
+    own = await client.get(f"{API}/orders", params={"customer_id": bob["id"]}, headers=bearer(bob))
+    assert [o["id"] for o in own.json()["items"]] == [placed[bob["id"]]["id"]]
 
     everyone = (await client.get(f"{API}/orders", headers=bearer(admin))).json()["items"]
     assert len(everyone) == 2

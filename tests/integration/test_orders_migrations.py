@@ -117,7 +117,11 @@ async def test_vouchers_with_a_minimum_spend_get_the_currency_of_their_orders(
         async with db.read() as session:
             rows = await session.execute(select(vouchers.c.code, vouchers.c.currency))
             currencies = {code: currency for code, currency in rows}
+            used_by = (await session.execute(select(voucher_usages.c.email_index))).scalars()
+            addresses = list(used_by)
         assert currencies == {"USED": "USD", "UNUSED": "EUR", "NOSPEND": None, "GBP": "GBP"}
+        # Uses written before they carried their address take their order's.
+        assert addresses == ["index"] * 3
     finally:
         await db.drop_schema()
         await db.dispose()

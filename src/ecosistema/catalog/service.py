@@ -55,7 +55,14 @@ from ecosistema.catalog.schemas import (
     Warehouse,
     WarehouseCreate,
 )
-from ecosistema.platform.db import DriverTransaction, as_utc_datetime, new_id, utcnow
+from ecosistema.platform.db import (
+    DriverTransaction,
+    Statements,
+    as_utc_datetime,
+    new_id,
+    statements,
+    utcnow,
+)
 from ecosistema.platform.errors import Conflict, NotFound, field_error
 from ecosistema.platform.service import ServiceContext
 
@@ -93,7 +100,7 @@ def _insert_ignoring_conflicts(
 
 
 async def insert_ignoring_conflicts(
-    session: AsyncSession | DriverTransaction,
+    session: AsyncSession | Statements,
     table: Table,
     values: dict[str, Any],
     keys: Sequence[str],
@@ -102,15 +109,9 @@ async def insert_ignoring_conflicts(
 
     On PostgreSQL a concurrent insert of the same key waits for the other transaction and then
     does nothing, so the caller never sees a unique violation abort its transaction."""
-    if isinstance(session, DriverTransaction):
-        statement = _insert_ignoring_conflicts(
-            table, tuple(values), tuple(keys), session.db.is_postgres
-        )
-        return await session.execute(statement, **values) > 0
-    postgres = session.get_bind().dialect.name == "postgresql"
-    statement = _insert_ignoring_conflicts(table, tuple(values), tuple(keys), postgres)
-    result = await session.execute(statement, values)
-    return bool(getattr(result, "rowcount", 0))
+    tx = statements(session)
+    statement = _insert_ignoring_conflicts(table, tuple(values), tuple(keys), tx.is_postgres)
+    return await tx.execute(statement, **values) > 0
 
 
 def product_cache_key(product_id: str) -> str:

@@ -52,7 +52,7 @@ from ecosistema.identity.schemas import (
     valid_email,
 )
 from ecosistema.platform import auth, tokens
-from ecosistema.platform.db import DriverTransaction, new_id, utcnow
+from ecosistema.platform.db import Statements, new_id, statements, utcnow
 from ecosistema.platform.errors import (
     Conflict,
     Forbidden,
@@ -229,16 +229,6 @@ async def _user_row(session: AsyncSession, user_id: str) -> Row[Any] | None:
     return (await session.execute(_USER, {"user_id": user_id})).first()
 
 
-async def _first(
-    tx: AsyncSession | DriverTransaction, statement: Any, /, **params: Any
-) -> Mapping[Any, Any] | None:
-    """The first row of a statement built once, read in an ORM session or, on the hot reads,
-    in a driver transaction."""
-    if isinstance(tx, DriverTransaction):
-        return await tx.row(statement, **params)
-    return (await tx.execute(statement, params)).mappings().first()
-
-
 def _user_view(
     ctx: ServiceContext, row: Mapping[Any, Any], profile: Mapping[Any, Any] | None
 ) -> User:
@@ -268,13 +258,14 @@ def _user_view(
     )
 
 
-async def _load_user(
-    ctx: ServiceContext, tx: AsyncSession | DriverTransaction, user_id: str
-) -> User:
-    row = await _first(tx, _USER, user_id=user_id)
+async def _load_user(ctx: ServiceContext, tx: AsyncSession | Statements, user_id: str) -> User:
+    """A user with their profile, read in an ORM session or, on the hot reads, in a driver
+    transaction."""
+    reading = statements(tx)
+    row = await reading.row(_USER, user_id=user_id)
     if row is None:
         raise NotFound(USER_NOT_FOUND)
-    return _user_view(ctx, row, await _first(tx, _PROFILE, user_id=user_id))
+    return _user_view(ctx, row, await reading.row(_PROFILE, user_id=user_id))
 
 
 def _seconds_left(ttl: float | None, fallback: int) -> int:

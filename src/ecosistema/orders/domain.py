@@ -104,6 +104,19 @@ TRANSITIONS: Mapping[OrderStatus, Mapping[OrderAction, OrderStatus]] = MappingPr
 TERMINAL: frozenset[OrderStatus] = frozenset(s for s, row in TRANSITIONS.items() if not row)
 
 
+class CartAlreadyOrdered(Conflict):
+    """The cart has been checked out already: it is an order now."""
+
+    type, title = "cart-already-ordered", "Cart already ordered"
+
+
+class VoucherUsedUp(Conflict):
+    """The voucher applies but cannot be counted once more: its usage limit, or the buyer's
+    per-customer limit, is reached."""
+
+    type, title = "voucher-used-up", "Voucher used up"
+
+
 class IllegalTransition(Conflict):
     """The order's status does not allow the action."""
 

@@ -17,7 +17,7 @@ from typing import Final
 
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from ecosistema.platform.db import DriverTransaction
+from ecosistema.platform.db import DriverTransaction, statements
 from ecosistema.platform.events import EventEnvelope
 from ecosistema.platform.service import ServiceContext, Subscription
 
@@ -52,14 +52,15 @@ async def on_payment_event(
     )
 
     payload = envelope.payload
+    writing = statements(tx)
     # The order's history says when the payment changed, not when the event arrived.
     with recorded_at(event_time(payload)):
         if envelope.type == PAYMENT_SUCCEEDED:
-            await record_payment_succeeded(ctx, tx, payload)
+            await record_payment_succeeded(ctx, writing, payload)
         elif envelope.type == PAYMENT_FAILED:
-            await record_payment_failed(ctx, tx, payload)
+            await record_payment_failed(ctx, writing, payload)
         elif envelope.type == PAYMENT_REFUNDED:
-            await record_payment_refunded(ctx, tx, payload)
+            await record_payment_refunded(ctx, writing, payload)
 
 
 SUBSCRIPTIONS: Final = (

@@ -79,9 +79,13 @@ voucher_usages = Table(
     # A customer id, or ``email:<blind index of the address>`` for a guest: per-customer limits
     # count either.
     Column("holder", String(320), nullable=False),
+    # The blind index of the order's email address: a use is counted before its order is
+    # written, and per-customer limits also count uses by the address.
+    Column("email_index", String(64)),
     Column("created_at", UTCDateTime(), nullable=False),
     Column("released_at", UTCDateTime()),
     Index("ix_voucher_usages_voucher_id_holder", "voucher_id", "holder"),
+    Index("ix_voucher_usages_voucher_id_email_index", "voucher_id", "email_index"),
 )
 
 carts = Table(

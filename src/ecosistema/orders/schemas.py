@@ -74,11 +74,13 @@ class CartCreate(Input):
     currency: str = Field(default="EUR", min_length=3, max_length=3)
     country: str | None = Field(default=None, pattern=_COUNTRY)
     email: EmailStr | None = None
-    items: list[CartItemAdd] | None = Field(
-        default=None,
+    # Left out, there are no lines; ``null`` is refused like any other value that is no list.
+    items: list[CartItemAdd] = Field(
+        default_factory=list,
         max_length=MAX_CART_CREATE_ITEMS,
         description="Lines to put in the cart, each checked as POST /carts/{id}/items checks "
-        "one; a bad line refuses the whole request. A repeated SKU adds up.",
+        "one; a bad line refuses the whole request. A repeated SKU adds up. May be left out, "
+        "not null.",
     )
 
     _check_currency = field_validator("currency")(iso_currency)

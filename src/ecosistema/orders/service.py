@@ -22,7 +22,6 @@ from sqlalchemy import (
     RowMapping,
     and_,
     bindparam,
-    func,
     insert,
     or_,
     select,
@@ -57,7 +56,14 @@ from ecosistema.orders.models import (
 )
 from ecosistema.platform.auth import Principal
 from ecosistema.platform.crypto import DecryptionError
-from ecosistema.platform.db import DriverTransaction, as_utc_datetime, new_id, utcnow
+from ecosistema.platform.db import (
+    DriverTransaction,
+    Statements,
+    as_utc_datetime,
+    new_id,
+    statements,
+    utcnow,
+)
 from ecosistema.platform.errors import (
     Conflict,
     Forbidden,
@@ -257,32 +263,6 @@ def _rowcount(result: Any) -> int:
     return int(result.rowcount) if isinstance(result, CursorResult) else 0
 
 
-# The transaction a helper shared by checkout and the rarer use cases runs in: checkout and
-# payments' events run on driver transactions, the others on an ORM session. Such helpers run
-# statements built once, with ``bindparam`` names, through the three functions below.
-Tx = AsyncSession | DriverTransaction
-
-
-async def _execute(tx: Tx, statement: Any, /, **params: Any) -> int:
-    """Run an INSERT, UPDATE or DELETE; the number of rows it touched."""
-    if isinstance(tx, DriverTransaction):
-        return await tx.execute(statement, **params)
-    return _rowcount(await tx.execute(statement, params))
-
-
-async def _rows(tx: Tx, statement: Any, /, **params: Any) -> list[Mapping[Any, Any]]:
-    """The rows of a SELECT (or of a statement with RETURNING), as column-name mappings."""
-    if isinstance(tx, DriverTransaction):
-        return list(await tx.rows(statement, **params))
-    return list((await tx.execute(statement, params)).mappings())
-
-
-async def _row(tx: Tx, statement: Any, /, **params: Any) -> Mapping[Any, Any] | None:
-    """The first row, or None."""
-    found = await _rows(tx, statement, **params)
-    return found[0] if found else None
-
-
 def _upsert(ctx: ServiceContext) -> Any:
     return pg_insert if ctx.db.is_postgres else sqlite_insert
 
@@ -380,8 +360,8 @@ _ORDER_LINES = (
 )
 
 
-async def _tax_rate_bp(tx: Tx, country: str) -> int | None:
-    found = await _row(tx, _TAX_RATE, country=country)
+async def _tax_rate_bp(tx: Statements, country: str) -> int | None:
+    found = await tx.row(_TAX_RATE, country=country)
     return None if found is None else int(found["rate_bp"])
 
 
@@ -558,7 +538,7 @@ async def list_vouchers(ctx: ServiceContext) -> list[schemas.Voucher]:
 async def get_voucher(ctx: ServiceContext, *, code: str) -> schemas.Voucher:
     """One voucher by its code."""
     async with ctx.db.read() as session:
-        row = await _voucher_row(session, code)
+        row = await _voucher_row(statements(session), code)
     if row is None:
         raise NotFound("No voucher with this code.")
     return _voucher_view(row)
@@ -572,7 +552,7 @@ async def update_voucher(
     if "active" in changes and changes["active"] is None:
         raise field_error("active", "must be true or false")
     async with ctx.db.transaction() as session:
-        row = await _voucher_row(session, code)
+        row = await _voucher_row(statements(session), code)
         if row is None:
             raise NotFound("No voucher with this code.")
         ends = changes.get("ends_at", row["ends_at"])
@@ -584,13 +564,13 @@ async def update_voucher(
                 .where(vouchers.c.id == row["id"])
                 .values(**changes, updated_at=_now())
             )
-        fresh = await _voucher_row(session, code)
+        fresh = await _voucher_row(statements(session), code)
     assert fresh is not None
     return _voucher_view(fresh)
 
 
-async def _voucher_row(tx: Tx, code: str) -> Mapping[Any, Any] | None:
-    return await _row(tx, _VOUCHER, code=domain.normalise_code(code))
+async def _voucher_row(tx: Statements, code: str) -> Mapping[Any, Any] | None:
+    return await tx.row(_VOUCHER, code=domain.normalise_code(code))
 
 
 _BUYERS_BY_EMAIL = (
@@ -598,20 +578,17 @@ _BUYERS_BY_EMAIL = (
     .where(orders.c.email_index == bindparam("email_index"), orders.c.customer_id.is_not(None))
     .distinct()
 )
-_USES_BY_HOLDER = (
-    select(func.count().label("uses"))
-    .select_from(voucher_usages)
-    .where(
-        voucher_usages.c.voucher_id == bindparam("voucher_id"),
-        voucher_usages.c.holder == bindparam("holder"),
-        voucher_usages.c.released_at.is_(None),
-    )
+_USE = select(voucher_usages.c.id).where(
+    voucher_usages.c.voucher_id == bindparam("voucher_id"),
+    voucher_usages.c.released_at.is_(None),
 )
+_USES_BY_HOLDER = _USE.where(voucher_usages.c.holder == bindparam("holder"))
+_USES_BY_EMAIL = _USE.where(voucher_usages.c.email_index == bindparam("email_index"))
 
 
 async def _uses_by_buyer(
     ctx: ServiceContext,
-    tx: Tx,
+    tx: Statements,
     voucher_id: str,
     *,
     customer_id: str | None,
@@ -620,10 +597,12 @@ async def _uses_by_buyer(
     """Uses of a voucher not given back, by this customer account or by this email address
     (trimmed, lower-cased) whoever presented it: a guest giving a customer's address counts
     against that customer's limit, and so does the customer under another address."""
-    # A use is held by the customer id, or by ``email:<blind index>`` for a guest. Counting
-    # through the (voucher_id, holder) index keeps this independent of how often the voucher
-    # was used by others: it runs while the voucher's row is locked.
+    # A use is held by the customer id, or by ``email:<blind index>`` for a guest, and carries
+    # its order's address (a use is counted before its order is written). Reading through the
+    # (voucher_id, holder) and (voucher_id, email_index) indexes keeps this independent of how
+    # often the voucher was used by others: it runs while the voucher's row is locked.
     holders: set[str] = set()
+    uses: set[str] = set()
     if customer_id is not None:
         holders.add(customer_id)
     if email is not None:
@@ -631,14 +610,17 @@ async def _uses_by_buyer(
         holders.add(f"email:{index}")
         # The customers who bought with this address hold their uses under their account.
         holders.update(
-            str(row["customer_id"]) for row in await _rows(tx, _BUYERS_BY_EMAIL, email_index=index)
+            str(row["customer_id"]) for row in await tx.rows(_BUYERS_BY_EMAIL, email_index=index)
         )
-    # One count per holder (a use has one holder): statements of one shape, built once.
-    used = 0
+        uses.update(
+            str(row["id"])
+            for row in await tx.rows(_USES_BY_EMAIL, voucher_id=voucher_id, email_index=index)
+        )
+    # One read per holder: statements of one shape, built once.
     for holder in sorted(holders):
-        found = await _row(tx, _USES_BY_HOLDER, voucher_id=voucher_id, holder=holder)
-        used += int(found["uses"]) if found is not None else 0
-    return used
+        found = await tx.rows(_USES_BY_HOLDER, voucher_id=voucher_id, holder=holder)
+        uses.update(str(row["id"]) for row in found)
+    return len(uses)
 
 
 def _per_customer_message(voucher: Mapping[Any, Any]) -> str:
@@ -675,7 +657,11 @@ async def _voucher_used_up(ctx: ServiceContext, state: _CartState) -> None:
         return
     async with ctx.db.read() as session:
         used = await _uses_by_buyer(
-            ctx, session, voucher["id"], customer_id=cart["customer_id"], email=state.email
+            ctx,
+            statements(session),
+            voucher["id"],
+            customer_id=cart["customer_id"],
+            email=state.email,
         )
     if used >= voucher["per_customer_limit"]:
         state.voucher_used_up = _per_customer_message(voucher)
@@ -714,8 +700,8 @@ class _CartState:
     email: str | None = None
 
 
-async def _cart_row(tx: Tx, cart_id: str) -> Mapping[Any, Any] | None:
-    return await _row(tx, _CART, cart_id=cart_id)
+async def _cart_row(tx: Statements, cart_id: str) -> Mapping[Any, Any] | None:
+    return await tx.row(_CART, cart_id=cart_id)
 
 
 def _check_cart_access(
@@ -745,22 +731,22 @@ def _ensure_active(cart: Mapping[Any, Any]) -> None:
 
 async def _load_cart_state(
     ctx: ServiceContext,
-    tx: Tx,
+    tx: Statements,
     cart: Mapping[Any, Any],
     *,
     country: str | None = None,
     shipping_method: str | None = None,
 ) -> _CartState:
-    lines = await _rows(tx, _CART_LINES, cart_id=cart["id"])
+    lines = list(await tx.rows(_CART_LINES, cart_id=cart["id"]))
     where = country or cart["country"] or ctx.settings.orders_default_country
     rate = await _tax_rate_bp(tx, where)
     method_code = shipping_method or cart["shipping_method"]
     shipping = None
     if method_code:
-        shipping = await _row(tx, _SHIPPING_METHOD, code=method_code)
+        shipping = await tx.row(_SHIPPING_METHOD, code=method_code)
     options = 0
     if shipping is None:
-        candidates = await _rows(tx, _ALL_SHIPPING_METHODS)
+        candidates = await tx.rows(_ALL_SHIPPING_METHODS)
         options = sum(1 for m in candidates if _serves(m, where, cart["currency"]))
     voucher = await _voucher_row(tx, cart["voucher_code"]) if cart["voucher_code"] else None
     return _CartState(cart, lines, rate, shipping, options, voucher)
@@ -942,14 +928,14 @@ def _cart_view(
 
 async def _view_cart(ctx: ServiceContext, cart_id: str, token: str | None = None) -> schemas.Cart:
     async with ctx.db.read() as session:
-        cart = await _cart_row(session, cart_id)
+        cart = await _cart_row(statements(session), cart_id)
         assert cart is not None
-        state = await _load_cart_state(ctx, session, cart)
+        state = await _load_cart_state(ctx, statements(session), cart)
     await _know_buyer(ctx, state)
     return _cart_view(ctx, cart, await _price(ctx, state), token)
 
 
-async def _served_rate(tx: Tx, country: str) -> tuple[str, int]:
+async def _served_rate(tx: Statements, country: str) -> tuple[str, int]:
     """A country the shop sells to, and its tax rate; a 422 on ``country`` otherwise."""
     code = _country(country, "country")
     rate = await _tax_rate_bp(tx, code)
@@ -961,7 +947,7 @@ async def _served_rate(tx: Tx, country: str) -> tuple[str, int]:
 async def _served_country(session: AsyncSession, country: str | None) -> str | None:
     if country is None:
         return None
-    return (await _served_rate(session, country))[0]
+    return (await _served_rate(statements(session), country))[0]
 
 
 async def create_cart(
@@ -1124,8 +1110,8 @@ async def get_cart(
 ) -> schemas.Cart:
     """A cart with its lines priced now from catalog's quotes."""
     async with ctx.db.read() as session:
-        cart = _check_cart_access(await _cart_row(session, cart_id), principal, token)
-        state = await _load_cart_state(ctx, session, cart)
+        cart = _check_cart_access(await _cart_row(statements(session), cart_id), principal, token)
+        state = await _load_cart_state(ctx, statements(session), cart)
     await _know_buyer(ctx, state)
     return _cart_view(ctx, cart, await _price(ctx, state))
 
@@ -1141,7 +1127,7 @@ async def update_cart(
     """Set where the cart ships, the shipping method, or the contact email."""
     changes = data.model_dump(exclude_unset=True)
     async with ctx.db.transaction() as session:
-        cart = _check_cart_access(await _cart_row(session, cart_id), principal, token)
+        cart = _check_cart_access(await _cart_row(statements(session), cart_id), principal, token)
         _ensure_active(cart)
         values: dict[str, Any] = {}
         if "country" in changes:
@@ -1217,7 +1203,7 @@ async def _checked_items(
 ) -> tuple[dict[str, tuple[int, int]], dict[str, Quote]]:
     """The items of a cart being created, each checked as adding it to a cart checks it; and
     catalog's quotes for them (one call), which also price the new cart."""
-    merged = _merged_items(data.items or [])
+    merged = _merged_items(data.items)
     if not merged:
         return merged, {}
     quotes = await _catalog(ctx).quote(
@@ -1226,7 +1212,7 @@ async def _checked_items(
         customer_id=principal.subject if principal is not None else None,
     )
     first: dict[str, int] = {}
-    for index, item in enumerate(data.items or []):
+    for index, item in enumerate(data.items):
         first.setdefault(item.sku, index)
     for sku in merged:
         _check_quote(quotes.get(sku), {"currency": data.currency}, sku, f"items.{first[sku]}.sku")
@@ -1245,9 +1231,11 @@ async def add_cart_item(
     """Add units of a SKU to the cart (a line for the SKU grows)."""
     with _recorded_at(at):
         async with ctx.db.read() as session:
-            cart = _check_cart_access(await _cart_row(session, cart_id), principal, token)
+            cart = _check_cart_access(
+                await _cart_row(statements(session), cart_id), principal, token
+            )
             _ensure_active(cart)
-            state = await _load_cart_state(ctx, session, cart)
+            state = await _load_cart_state(ctx, statements(session), cart)
         # One quote for the new SKU and the lines already there: it checks the SKU and prices
         # the cart the answer shows.
         skus = [line["sku"] for line in state.lines]
@@ -1301,7 +1289,7 @@ async def _grow_line(
         .values(updated_at=now)
     )
     if _rowcount(taken) != 1:
-        current = await _cart_row(session, cart["id"])
+        current = await _cart_row(statements(session), cart["id"])
         if current is not None:
             _ensure_active(current)
         raise NotFound(CART_NOT_FOUND)
@@ -1350,7 +1338,7 @@ async def set_cart_item(
 ) -> schemas.Cart:
     """Set a line's quantity; 0 removes the line."""
     async with ctx.db.transaction() as session:
-        cart = _check_cart_access(await _cart_row(session, cart_id), principal, token)
+        cart = _check_cart_access(await _cart_row(statements(session), cart_id), principal, token)
         _ensure_active(cart)
         where = and_(cart_lines.c.cart_id == cart_id, cart_lines.c.sku == sku)
         if quantity == 0:
@@ -1375,12 +1363,12 @@ async def apply_voucher(
 ) -> schemas.Cart:
     """Put a voucher on the cart (one at a time); it must apply to the cart as it is now."""
     async with ctx.db.read() as session:
-        cart = _check_cart_access(await _cart_row(session, cart_id), principal, token)
+        cart = _check_cart_access(await _cart_row(statements(session), cart_id), principal, token)
         _ensure_active(cart)
-        voucher = await _voucher_row(session, code)
+        voucher = await _voucher_row(statements(session), code)
         if voucher is None:
             raise field_error("code", "no voucher has this code", code="unknown_voucher")
-        state = await _load_cart_state(ctx, session, cart)
+        state = await _load_cart_state(ctx, statements(session), cart)
     state.voucher = None
     priced = await _price(ctx, state)
     domain.check_voucher(
@@ -1391,7 +1379,7 @@ async def apply_voucher(
     if voucher["usage_limit"] is not None and voucher["times_used"] >= voucher["usage_limit"]:
         raise field_error("code", "the voucher has been used up", code="used_up")
     async with ctx.db.transaction() as session:
-        cart = _check_cart_access(await _cart_row(session, cart_id), principal, token)
+        cart = _check_cart_access(await _cart_row(statements(session), cart_id), principal, token)
         _ensure_active(cart)
         await session.execute(
             update(carts)
@@ -1411,7 +1399,7 @@ async def remove_voucher(
 ) -> schemas.Cart:
     """Take the voucher off the cart."""
     async with ctx.db.transaction() as session:
-        cart = _check_cart_access(await _cart_row(session, cart_id), principal, token)
+        cart = _check_cart_access(await _cart_row(statements(session), cart_id), principal, token)
         _ensure_active(cart)
         if cart["voucher_code"] != domain.normalise_code(code):
             raise NotFound("The cart does not carry this voucher.")
@@ -1435,7 +1423,7 @@ async def merge_cart(
             type="cart-merge-forbidden",
         )
     async with ctx.db.transaction() as session:
-        anonymous = await _cart_row(session, cart_id)
+        anonymous = await _cart_row(statements(session), cart_id)
         if anonymous is None or anonymous["customer_id"] is not None:
             raise NotFound(CART_NOT_FOUND)
         _check_cart_access(anonymous, None, token)
@@ -1531,10 +1519,8 @@ async def place_order(
         async with ctx.db.driver_read() as reading:
             cart = _check_cart_access(await _cart_row(reading, data.cart_id), principal, token)
             if cart["status"] == "ordered":
-                raise Conflict(
-                    "This cart has already been checked out.",
-                    type="cart-already-ordered",
-                    order_id=cart["order_id"],
+                raise domain.CartAlreadyOrdered(
+                    "This cart has already been checked out.", order_id=cart["order_id"]
                 )
             _ensure_active(cart)
             # A country the shop does not sell to is among the faults the pricing lists.
@@ -1564,9 +1550,8 @@ async def place_order(
         email = state.email
         assert email is not None  # a missing email is among ``priced.errors``
         if priced.voucher_used_up is not None:
-            raise Conflict(
+            raise domain.VoucherUsedUp(
                 priced.voucher_used_up,
-                type="voucher-used-up",
                 voucher_code=priced.voucher["code"] if priced.voucher is not None else None,
             )
 
@@ -1574,8 +1559,26 @@ async def place_order(
         now = _now()
         expires_at = now + timedelta(seconds=ctx.settings.orders_reservation_ttl_seconds)
         wanted = [(line.sku, line.quantity) for line in priced.totals.lines]
-        await _catalog(ctx).reserve(order_id, wanted, ctx.settings.orders_reservation_ttl_seconds)
+        claimed = priced.voucher is not None
+        if priced.voucher is not None:
+            # The voucher's use is counted before any stock is held: a checkout that loses the
+            # voucher's race hears so at once, and never holds units another buyer is refused.
+            async with ctx.db.driver_write() as tx:
+                await _use_voucher(
+                    ctx,
+                    tx,
+                    priced.voucher,
+                    order_id=order_id,
+                    customer_id=cart["customer_id"],
+                    email=email,
+                    now=now,
+                )
+        reserved = False
         try:
+            await _catalog(ctx).reserve(
+                order_id, wanted, ctx.settings.orders_reservation_ttl_seconds
+            )
+            reserved = True
             async with ctx.db.driver_write() as tx:
                 written, line_rows = await _write_order(
                     ctx,
@@ -1590,13 +1593,29 @@ async def place_order(
                     addresses=(data.shipping_address, data.billing_address),
                 )
         except BaseException:
-            try:
-                await _catalog(ctx).release_reservation(order_id, "checkout_failed")
-            except Exception as exc:  # the reservation then expires on its own
-                log.warning("reservation_release_failed", order_id=order_id, error=repr(exc))
+            await _abandon_checkout(ctx, order_id, reserved=reserved, claimed=claimed)
             raise
         # The answer is built from what was written: nothing else can have changed it yet.
         return _order_from(ctx, written, line_rows, [])
+
+
+async def _abandon_checkout(
+    ctx: ServiceContext, order_id: str, *, reserved: bool, claimed: bool
+) -> None:
+    """Give back what a checkout that placed no order took: its stock reservation and its
+    voucher use. What cannot be given back now expires (the reservation) or is swept (the use,
+    see :func:`release_unplaced_voucher_uses`)."""
+    if reserved:
+        try:
+            await _catalog(ctx).release_reservation(order_id, "checkout_failed")
+        except Exception as exc:
+            log.warning("reservation_release_failed", order_id=order_id, error=repr(exc))
+    if claimed:
+        try:
+            async with ctx.db.driver_write() as tx:
+                await _give_back_use(tx, _RELEASE_UNPLACED_USE, for_order=order_id, at=_now())
+        except Exception as exc:
+            log.warning("voucher_use_release_failed", order_id=order_id, error=repr(exc))
 
 
 _TAKE_CART = (
@@ -1620,18 +1639,8 @@ async def _write_order(
     addresses: tuple[schemas.Address | None, schemas.Address | None] = (None, None),
 ) -> tuple[dict[str, Any], list[dict[str, Any]]]:
     if await tx.execute(_TAKE_CART, cart_id=cart["id"], order_id=order_id, at=now) != 1:
-        raise Conflict("This cart has already been checked out.", type="cart-already-ordered")
+        raise domain.CartAlreadyOrdered("This cart has already been checked out.")
     totals = priced.totals
-    if priced.voucher is not None:
-        await _use_voucher(
-            ctx,
-            tx,
-            priced.voucher,
-            order_id=order_id,
-            customer_id=cart["customer_id"],
-            email=email,
-            now=now,
-        )
     number = await _next_order_number(ctx, tx)
     order_row: dict[str, Any] = {
         "id": order_id,
@@ -1742,50 +1751,56 @@ async def _use_voucher(
 ) -> None:
     # The guarded increment takes the voucher's row lock until commit, so concurrent checkouts
     # with the same voucher queue here; the per-customer count below then sees every use that
-    # committed before it.
+    # committed before it, its order written or not.
     if await tx.execute(_COUNT_VOUCHER_USE, voucher_id=voucher["id"]) != 1:
-        raise Conflict(
-            f"The voucher {voucher['code']} has been used up.",
-            type="voucher-used-up",
-            voucher_code=voucher["code"],
+        raise domain.VoucherUsedUp(
+            f"The voucher {voucher['code']} has been used up.", voucher_code=voucher["code"]
         )
     limit = voucher["per_customer_limit"]
     if limit is not None:
         used = await _uses_by_buyer(ctx, tx, voucher["id"], customer_id=customer_id, email=email)
         if used >= limit:
-            raise Conflict(
-                _per_customer_message(voucher),
-                type="voucher-used-up",
-                voucher_code=voucher["code"],
-            )
-    holder = customer_id or f"email:{email_index(ctx, email)}"
+            raise domain.VoucherUsedUp(_per_customer_message(voucher), voucher_code=voucher["code"])
+    index = email_index(ctx, email)
     await tx.insert(
         voucher_usages,
         {
             "id": new_id(),
             "voucher_id": voucher["id"],
             "order_id": order_id,
-            "holder": holder,
+            "holder": customer_id or f"email:{index}",
+            "email_index": index,
             "created_at": now,
         },
     )
 
 
-async def _release_voucher(session: AsyncSession, order_id: str, now: datetime) -> None:
-    released = (
-        await session.execute(
-            update(voucher_usages)
-            .where(voucher_usages.c.order_id == order_id, voucher_usages.c.released_at.is_(None))
-            .values(released_at=now)
-            .returning(voucher_usages.c.voucher_id)
-        )
-    ).scalar_one_or_none()
-    if released is not None:
-        await session.execute(
-            update(vouchers)
-            .where(vouchers.c.id == released, vouchers.c.times_used > 0)
-            .values(times_used=vouchers.c.times_used - 1)
-        )
+_RELEASE_USE = (
+    update(voucher_usages)
+    .where(
+        voucher_usages.c.order_id == bindparam("for_order"), voucher_usages.c.released_at.is_(None)
+    )
+    .values(released_at=bindparam("at"))
+    .returning(voucher_usages.c.voucher_id)
+)
+# The use counted for a checkout whose order was never written; one whose order did commit keeps
+# its use, however its request ended.
+_RELEASE_UNPLACED_USE = _RELEASE_USE.where(
+    ~select(orders.c.id).where(orders.c.id == bindparam("for_order")).exists()
+)
+_UNCOUNT_VOUCHER_USE = (
+    update(vouchers)
+    .where(vouchers.c.id == bindparam("voucher_id"), vouchers.c.times_used > 0)
+    .values(times_used=vouchers.c.times_used - 1)
+)
+
+
+async def _give_back_use(tx: Statements, release: Any, **params: Any) -> None:
+    """Release an order's voucher use with ``release`` (one of the statements above), and
+    count it off its voucher."""
+    voucher_id = await tx.scalar(release, **params)
+    if voucher_id is not None:
+        await tx.execute(_UNCOUNT_VOUCHER_USE, voucher_id=voucher_id)
 
 
 _NEXT_ORDER_NUMBER = (
@@ -1841,12 +1856,14 @@ def _event_lines(lines: Sequence[Mapping[str, Any] | RowMapping]) -> list[dict[s
 # --- orders: reads ------------------------------------------------------------------------------
 
 
-async def _order_row(tx: Tx, order_id: str, *, lock: bool = False) -> Mapping[Any, Any] | None:
-    return await _row(tx, _ORDER_LOCKED if lock else _ORDER, order_id=order_id)
+async def _order_row(
+    tx: Statements, order_id: str, *, lock: bool = False
+) -> Mapping[Any, Any] | None:
+    return await tx.row(_ORDER_LOCKED if lock else _ORDER, order_id=order_id)
 
 
-async def _line_rows(tx: Tx, order_id: str) -> list[Mapping[Any, Any]]:
-    return await _rows(tx, _ORDER_LINES, order_id=order_id)
+async def _line_rows(tx: Statements, order_id: str) -> list[Mapping[Any, Any]]:
+    return list(await tx.rows(_ORDER_LINES, order_id=order_id))
 
 
 def _line_view(row: Mapping[Any, Any]) -> schemas.OrderLine:
@@ -1897,7 +1914,7 @@ def _summary_fields(
 async def _order_view(
     ctx: ServiceContext, session: AsyncSession, row: Mapping[Any, Any]
 ) -> schemas.Order:
-    lines = await _line_rows(session, row["id"])
+    lines = await _line_rows(statements(session), row["id"])
     shipped = (
         await session.execute(
             select(fulfillments)
@@ -1965,7 +1982,7 @@ async def get_order(
 ) -> schemas.Order:
     """One order with its lines and fulfilments; others' orders answer like missing ones."""
     async with ctx.db.read() as session:
-        row = await _order_row(session, order_id)
+        row = await _order_row(statements(session), order_id)
         if check_access:
             row = _ensure_reach(row, principal, token, bypass=READ_ALL)
         elif row is None:
@@ -2026,10 +2043,21 @@ async def list_orders(
     limit: int = 50,
 ) -> schemas.OrderPage:
     """Orders newest first: a customer's own, or (staff) everyone's, filtered (by customer id,
-    or by the buyer's exact email through its blind index)."""
+    or by the buyer's exact email through its blind index). A customer asking for another
+    customer's orders is refused rather than shown their own under that filter."""
     query = select(orders)
     owner = owner_filter(principal, bypass=READ_ALL)
     if owner is not None:
+        if customer_id is not None and customer_id != owner:
+            message = "a customer lists only their own orders: leave it out or give your own id"
+            raise Forbidden(
+                f"customer_id: {message}.",
+                type="orders-of-another-customer",
+                title="Another customer's orders",
+                errors=[
+                    {"field": "customer_id", "in": "query", "message": message, "code": "not_own"}
+                ],
+            )
         query = query.where(orders.c.customer_id == owner)
     elif customer_id is not None:
         query = query.where(orders.c.customer_id == customer_id)
@@ -2080,7 +2108,9 @@ async def order_history_of(
     if principal is None or not principal.has(READ_ALL):
         query = query.where(order_history.c.kind != "note")
     async with ctx.db.read() as session:
-        _ensure_reach(await _order_row(session, order_id), principal, token, bypass=READ_ALL)
+        _ensure_reach(
+            await _order_row(statements(session), order_id), principal, token, bypass=READ_ALL
+        )
         rows = (await session.execute(query.order_by(order_history.c.position))).mappings()
         return [
             schemas.HistoryEntry(
@@ -2112,7 +2142,7 @@ _RECORD = insert(order_history).values(
 
 
 async def _record(
-    tx: Tx,
+    tx: Statements,
     order_id: str,
     *,
     kind: str,
@@ -2124,8 +2154,7 @@ async def _record(
     details: Mapping[str, Any] | None = None,
     now: datetime | None = None,
 ) -> None:
-    await _execute(
-        tx,
+    await tx.execute(
         _RECORD,
         id=new_id(),
         order_id=order_id,
@@ -2167,7 +2196,7 @@ def _move(names: tuple[str, ...]) -> Any:
 
 
 async def _transition(
-    tx: Tx,
+    tx: Statements,
     order: Mapping[Any, Any],
     action: OrderAction,
     *,
@@ -2182,8 +2211,7 @@ async def _transition(
     now = _now()
     extra = dict(extra_values or {})
     names = tuple(sorted(extra))
-    changed = await _execute(
-        tx,
+    changed = await tx.execute(
         _move(names),
         order_id=order["id"],
         from_status=current.value,
@@ -2210,14 +2238,14 @@ async def _transition(
 
 async def _final_view(ctx: ServiceContext, session: AsyncSession, order_id: str) -> schemas.Order:
     """The order as the caller's transaction leaves it (read before it commits)."""
-    row = await _order_row(session, order_id)
+    row = await _order_row(statements(session), order_id)
     if row is None:
         raise NotFound(ORDER_NOT_FOUND)
     return await _order_view(ctx, session, row)
 
 
 async def _locked_order(session: AsyncSession, order_id: str) -> Mapping[Any, Any]:
-    row = await _order_row(session, order_id, lock=True)
+    row = await _order_row(statements(session), order_id, lock=True)
     if row is None:
         raise NotFound(ORDER_NOT_FOUND)
     return row
@@ -2239,7 +2267,10 @@ async def cancel_order(
     with _recorded_at(at):
         async with ctx.db.transaction() as session:
             order = _ensure_reach(
-                await _order_row(session, order_id, lock=True), principal, token, bypass=STAFF
+                await _order_row(statements(session), order_id, lock=True),
+                principal,
+                token,
+                bypass=STAFF,
             )
             await _cancel(
                 ctx, session, order, OrderAction.CANCEL, actor=Actor.of(principal), reason=reason
@@ -2258,14 +2289,14 @@ async def _cancel(
 ) -> None:
     # No stock is held for a cancelled order any more, as for a paid one.
     await _transition(
-        session,
+        statements(session),
         order,
         action,
         actor=actor,
         reason=reason,
         extra_values={"reservation_expires_at": None},
     )
-    await _release_voucher(session, order["id"], _now())
+    await _give_back_use(statements(session), _RELEASE_USE, for_order=order["id"], at=_now())
     payload = _event_base(order)
     payload["reason"] = reason or action.value
     await ctx.outbox.add(session, ORDER_CANCELLED, payload)
@@ -2316,9 +2347,35 @@ async def cancel_expired_orders(
     return cancelled
 
 
+_UNPLACED_USES = (
+    select(voucher_usages.c.order_id)
+    .where(
+        voucher_usages.c.released_at.is_(None),
+        voucher_usages.c.created_at <= bindparam("before"),
+        ~select(orders.c.id).where(orders.c.id == voucher_usages.c.order_id).exists(),
+    )
+    .order_by(voucher_usages.c.created_at)
+    .limit(100)
+)
+
+
+async def release_unplaced_voucher_uses(ctx: ServiceContext, *, now: datetime | None = None) -> int:
+    """Give back voucher uses counted for checkouts that never wrote their order (the process
+    stopped between the two), once older than a stock reservation lasts; returns how many."""
+    before = (now or _now()) - timedelta(seconds=ctx.settings.orders_reservation_ttl_seconds)
+    async with ctx.db.driver_read() as reading:
+        found = [row["order_id"] for row in await reading.rows(_UNPLACED_USES, before=before)]
+    for order_id in found:
+        async with ctx.db.driver_write() as tx:
+            await _give_back_use(tx, _RELEASE_UNPLACED_USE, for_order=order_id, at=_now())
+    return len(found)
+
+
 async def sweep_expired_orders(ctx: ServiceContext) -> None:
     """The periodic job's entry point."""
     while await cancel_expired_orders(ctx) == 100:
+        pass
+    while await release_unplaced_voucher_uses(ctx) == 100:
         pass
 
 
@@ -2328,7 +2385,9 @@ async def add_note(
     """Staff add a note to an order's history."""
     async with ctx.db.transaction() as session:
         order = await _locked_order(session, order_id)
-        await _record(session, order["id"], kind="note", actor=Actor.of(principal), reason=text)
+        await _record(
+            statements(session), order["id"], kind="note", actor=Actor.of(principal), reason=text
+        )
     history = await order_history_of(ctx, order_id=order_id, principal=principal)
     return history[-1]
 
@@ -2359,7 +2418,7 @@ async def fulfil_lines(
         shipping = {line.line_id: line.quantity for line in data.lines}
         async with ctx.db.transaction() as session:
             order = await _locked_order(session, order_id)
-            lines = await _line_rows(session, order_id)
+            lines = await _line_rows(statements(session), order_id)
             domain.next_status(order["status"], OrderAction.FULFIL_PARTIALLY)
             action = domain.fulfilment_action(_progress(lines), shipping)
             fulfillment_id = new_id()
@@ -2369,7 +2428,7 @@ async def fulfil_lines(
                 for line_id, quantity in shipping.items()
             ]
             await _transition(
-                session,
+                statements(session),
                 order,
                 action,
                 actor=Actor.of(principal),
@@ -2416,7 +2475,9 @@ async def change_status(
     with _recorded_at(at):
         async with ctx.db.transaction() as session:
             order = await _locked_order(session, order_id)
-            await _transition(session, order, action, actor=Actor.of(principal), reason=reason)
+            await _transition(
+                statements(session), order, action, actor=Actor.of(principal), reason=reason
+            )
             return await _final_view(ctx, session, order_id)
 
 
@@ -2428,7 +2489,7 @@ async def return_lines(
     async with ctx.db.transaction() as session:
         order = await _locked_order(session, order_id)
         domain.next_status(order["status"], OrderAction.RETURN_LINES)
-        lines = await _line_rows(session, order_id)
+        lines = await _line_rows(statements(session), order_id)
         domain.check_return(_progress(lines), returning)
         for line_id, quantity in returning.items():
             await session.execute(
@@ -2437,7 +2498,7 @@ async def return_lines(
                 .values(returned_quantity=order_lines.c.returned_quantity + quantity)
             )
         await _transition(
-            session,
+            statements(session),
             order,
             OrderAction.RETURN_LINES,
             actor=Actor.of(principal),
@@ -2450,7 +2511,9 @@ async def return_lines(
 # --- payments' events ---------------------------------------------------------------------------
 
 
-async def record_payment_succeeded(ctx: ServiceContext, tx: Tx, payload: Mapping[str, Any]) -> None:
+async def record_payment_succeeded(
+    ctx: ServiceContext, tx: Statements, payload: Mapping[str, Any]
+) -> None:
     """A payment captured or authorised: a pending order becomes paid and OrderPaid goes out."""
     order = await _order_row(tx, str(payload.get("order_id")), lock=True)
     if order is None:
@@ -2487,7 +2550,9 @@ async def record_payment_succeeded(ctx: ServiceContext, tx: Tx, payload: Mapping
     await ctx.outbox.add(tx, ORDER_PAID, payload_out)
 
 
-async def record_payment_failed(ctx: ServiceContext, tx: Tx, payload: Mapping[str, Any]) -> None:
+async def record_payment_failed(
+    ctx: ServiceContext, tx: Statements, payload: Mapping[str, Any]
+) -> None:
     """A failed payment is noted; the order stays awaiting payment so the customer can retry."""
     order = await _order_row(tx, str(payload.get("order_id")))
     if order is None:
@@ -2511,7 +2576,9 @@ _REFUND_UNITS = (
 )
 
 
-async def record_payment_refunded(ctx: ServiceContext, tx: Tx, payload: Mapping[str, Any]) -> None:
+async def record_payment_refunded(
+    ctx: ServiceContext, tx: Statements, payload: Mapping[str, Any]
+) -> None:
     """A refund: the order becomes partially or fully refunded and OrderRefunded goes out with
     the lines to restock."""
     order = await _order_row(tx, str(payload.get("order_id")), lock=True)
@@ -2546,7 +2613,7 @@ async def record_payment_refunded(ctx: ServiceContext, tx: Tx, payload: Mapping[
         _progress(await _line_rows(tx, order["id"])), named, settles_the_order=fully
     )
     for line_id, quantity in gained.items():
-        await _execute(tx, _REFUND_UNITS, line_id=line_id, units=quantity)
+        await tx.execute(_REFUND_UNITS, line_id=line_id, units=quantity)
     await _transition(
         tx,
         order,

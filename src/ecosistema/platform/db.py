@@ -15,7 +15,7 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol, cast
 
 import aiosqlite
 from alembic import command
@@ -31,7 +31,7 @@ from sqlalchemy import (
     insert,
     text,
 )
-from sqlalchemy.engine import Connection, Dialect, make_url
+from sqlalchemy.engine import Connection, Dialect, Result, make_url
 from sqlalchemy.exc import DBAPIError, OperationalError, StatementError
 from sqlalchemy.ext.asyncio import (
     AsyncConnection,
@@ -41,6 +41,7 @@ from sqlalchemy.ext.asyncio import (
     create_async_engine,
 )
 from sqlalchemy.pool import StaticPool
+from sqlalchemy.sql.base import Executable
 from sqlalchemy.sql.elements import ClauseElement
 
 from ecosistema.platform.timestamps import to_utc
@@ -638,15 +639,12 @@ class DriverTransaction:
     ) -> None:
         """Insert one row or several with the same columns; columns left out take their
         Python-side defaults as ``session.execute(insert(table), rows)`` would."""
-        many = [rows] if isinstance(rows, Mapping) else list(rows)
-        if not many:
-            return
-        filled = [_with_defaults(table, row) for row in many]
-        statement = _insert_statement(table, tuple(filled[0]))
-        if len(filled) == 1:
-            await self.execute(statement, **filled[0])
-        else:
-            await self.executemany(statement, filled)
+        await _insert_rows(self, table, rows)
+
+    @property
+    def is_postgres(self) -> bool:
+        """Whether the statements run on PostgreSQL (for dialect-specific statements)."""
+        return self.db.is_postgres
 
     def after_commit(self, callback: Callable[[], None]) -> None:
         """Call ``callback`` once the transaction has committed (never after a rollback)."""
@@ -657,6 +655,154 @@ class DriverTransaction:
         callbacks, self._after_commit = self._after_commit, []
         for callback in callbacks:
             callback()
+
+
+class Statements(Protocol):
+    """What code shared by ORM sessions and driver transactions runs its statements with: a
+    :class:`DriverTransaction`, or an ``AsyncSession`` seen through :func:`statements`.
+    Statements are SQLAlchemy Core built once, at module level, with ``bindparam`` names.
+    ``execute`` runs an INSERT as written, giving left-out columns no Python-side default;
+    ``insert`` fills them in."""
+
+    @property
+    def is_postgres(self) -> bool: ...
+
+    async def execute(self, statement: ClauseElement, /, **params: Any) -> int: ...
+
+    async def executemany(
+        self, statement: ClauseElement, rows: Sequence[Mapping[str, Any]]
+    ) -> None: ...
+
+    async def rows(
+        self, statement: ClauseElement, /, **params: Any
+    ) -> Sequence[Mapping[str, Any]]: ...
+
+    async def row(self, statement: ClauseElement, /, **params: Any) -> Mapping[str, Any] | None: ...
+
+    async def scalar(self, statement: ClauseElement, /, **params: Any) -> Any: ...
+
+    async def insert(
+        self, table: Table, rows: Mapping[str, Any] | Sequence[Mapping[str, Any]]
+    ) -> None: ...
+
+    def after_commit(self, callback: Callable[[], None]) -> None: ...
+
+
+def statements(tx: AsyncSession | Statements) -> Statements:
+    """The statement API of ``tx``: a driver transaction as it is, an ORM session adapted."""
+    return SessionStatements(tx) if isinstance(tx, AsyncSession) else tx
+
+
+# The callbacks to run once an ORM session's transaction commits, in the session's ``info``.
+_AFTER_COMMIT_KEY = "ecosistema-after-commit"
+
+
+class SessionStatements:
+    """An ``AsyncSession`` with the statement API of a :class:`DriverTransaction`, for code that
+    runs in either.
+
+    Reads go through the session, so rows are the session's own (``RowMapping``, converted by
+    the columns' types as any session read). Writes return only a count, so they run as a
+    driver transaction's do: compiled once per dialect and run on the session's connection,
+    without a statement's construction and ORM execution each time (the session holds no
+    mapped objects to flush first)."""
+
+    __slots__ = ("session",)
+
+    def __init__(self, session: AsyncSession) -> None:
+        self.session = session
+
+    @property
+    def is_postgres(self) -> bool:
+        return self.session.get_bind().dialect.name == "postgresql"
+
+    async def execute(self, statement: ClauseElement, /, **params: Any) -> int:
+        """Run an INSERT, UPDATE or DELETE; the number of rows it touched."""
+        conn = await self.session.connection()
+        query = _compiled_for(statement, conn.dialect)
+        result = await conn.exec_driver_sql(query.sql, _arguments(query, params))
+        return int(result.rowcount)
+
+    async def executemany(
+        self, statement: ClauseElement, rows: Sequence[Mapping[str, Any]]
+    ) -> None:
+        """Run one statement for each of ``rows``."""
+        conn = await self.session.connection()
+        query = _compiled_for(statement, conn.dialect)
+        await conn.exec_driver_sql(query.sql, [_arguments(query, row) for row in rows])
+
+    async def rows(self, statement: ClauseElement, /, **params: Any) -> Sequence[Mapping[str, Any]]:
+        """The rows of a SELECT (or a statement with RETURNING), as column-name mappings."""
+        result = await self._read(statement, params)
+        return cast(list[Mapping[str, Any]], list(result.mappings()))
+
+    async def row(self, statement: ClauseElement, /, **params: Any) -> Mapping[str, Any] | None:
+        """The first row, or None."""
+        result = await self._read(statement, params)
+        return cast(Mapping[str, Any] | None, result.mappings().first())
+
+    async def scalar(self, statement: ClauseElement, /, **params: Any) -> Any:
+        """The first column of the first row, or None."""
+        return (await self._read(statement, params)).scalar()
+
+    async def _read(self, statement: ClauseElement, params: dict[str, Any]) -> Result[Any]:
+        return await self.session.execute(cast(Executable, statement), params)
+
+    async def insert(
+        self, table: Table, rows: Mapping[str, Any] | Sequence[Mapping[str, Any]]
+    ) -> None:
+        """Insert one row or several with the same columns, as :meth:`DriverTransaction.insert`."""
+        await _insert_rows(self, table, rows)
+
+    def after_commit(self, callback: Callable[[], None]) -> None:
+        """Call ``callback`` once the session's transaction has committed (never after a
+        rollback); once per transaction however often it is asked."""
+        sync = self.session.sync_session
+        pending: list[Callable[[], None]] | None = sync.info.get(_AFTER_COMMIT_KEY)
+        if pending is None:
+            pending = sync.info[_AFTER_COMMIT_KEY] = []
+            event.listen(sync, "after_commit", _run_after_commit, once=True)
+            event.listen(sync, "after_rollback", _forget_after_commit, once=True)
+        if callback not in pending:
+            pending.append(callback)
+
+
+def _run_after_commit(session: Any) -> None:
+    for callback in session.info.pop(_AFTER_COMMIT_KEY, ()):
+        callback()
+
+
+def _forget_after_commit(session: Any) -> None:
+    session.info.pop(_AFTER_COMMIT_KEY, None)
+
+
+# Statements compiled for sessions, per dialect; like ``Database.compile_read`` it holds the
+# statement itself, so an id is never reused while its entry lives (statements are module-level).
+_session_compiled: dict[tuple[int, str, str], tuple[ClauseElement, CompiledRead]] = {}
+
+
+def _compiled_for(statement: ClauseElement, dialect: Dialect) -> CompiledRead:
+    key = (id(statement), dialect.name, dialect.driver)
+    found = _session_compiled.get(key)
+    if found is not None and found[0] is statement:
+        return found[1]
+    query = compile_statement(statement, dialect)
+    _session_compiled[key] = (statement, query)
+    return query
+
+
+async def _insert_rows(
+    tx: Statements, table: Table, rows: Mapping[str, Any] | Sequence[Mapping[str, Any]]
+) -> None:
+    many = [rows] if isinstance(rows, Mapping) else list(rows)
+    if not many:
+        return
+    filled = [_with_defaults(table, row) for row in many]
+    statement = _insert_statement(table, tuple(filled[0]))
+    if len(filled) == 1:
+        await tx.execute(statement, **filled[0])
+    else:
+        await tx.executemany(statement, filled)
 
 
 def _arguments(query: CompiledRead, params: Mapping[str, Any]) -> tuple[Any, ...]:

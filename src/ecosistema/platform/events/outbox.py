@@ -29,16 +29,15 @@ from sqlalchemy import (
     select,
     update,
 )
-from sqlalchemy import event as sa_event
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from ecosistema.platform.db import (
     CompiledRead,
     Database,
-    DriverTransaction,
+    Statements,
     UTCDateTime,
     as_utc_datetime,
-    compile_statement,
+    statements,
     utcnow,
 )
 from ecosistema.platform.events.bus import EventBus
@@ -86,8 +85,8 @@ class Outbox:
         # loop-bound event and the outbox only keeps a weak reference to it.
         self._watchers: weakref.WeakSet[asyncio.Event] = weakref.WeakSet()
         t = self.table
-        # One INSERT, compiled once per dialect and run on the session's connection: an event
-        # costs a statement, not a statement's construction, compilation and ORM execution.
+        # One INSERT, compiled once per dialect and run on the transaction's connection: an
+        # event costs a statement, not a statement's construction, compilation and ORM execution.
         self._insert = t.insert().values(
             event_id=bindparam("event_id"),
             type=bindparam("type"),
@@ -98,20 +97,10 @@ class Outbox:
             payload=bindparam("payload", type_=t.c.payload.type),
             attempts=bindparam("attempts"),
         )
-        self._compiled_insert: dict[tuple[str, str], CompiledRead] = {}
-        # Marks, in a session's info, that this outbox wakes its relay after that commit.
-        self._watch_key = f"outbox-wake:{id(self)}"
-
-    def _insert_for(self, dialect: Any) -> CompiledRead:
-        key = (dialect.name, dialect.driver)
-        found = self._compiled_insert.get(key)
-        if found is None:
-            found = self._compiled_insert[key] = compile_statement(self._insert, dialect)
-        return found
 
     async def add(
         self,
-        session: AsyncSession | DriverTransaction,
+        session: AsyncSession | Statements,
         type: str,
         payload: dict[str, Any],
         *,
@@ -141,19 +130,10 @@ class Outbox:
             "payload": to_jsonable_python(envelope.payload),
             "attempts": 0,
         }
-        if isinstance(session, DriverTransaction):
-            await session.execute(self._insert, **values)
-            session.after_commit(self._wake_watchers)
-            return envelope
-        conn = await session.connection()
-        insert = self._insert_for(conn.dialect)
-        await conn.exec_driver_sql(insert.sql, insert.arguments(values))
+        tx = statements(session)
+        await tx.execute(self._insert, **values)
         # One wake-up per transaction, however many events it adds.
-        watched = session.sync_session.info
-        if not watched.get(self._watch_key):
-            watched[self._watch_key] = True
-            sa_event.listen(session.sync_session, "after_commit", self._wake, once=True)
-            sa_event.listen(session.sync_session, "after_rollback", self._unwatched, once=True)
+        tx.after_commit(self._wake_watchers)
         return envelope
 
     def watch(self, wakeup: asyncio.Event) -> None:
@@ -163,13 +143,6 @@ class Outbox:
     def unwatch(self, wakeup: asyncio.Event) -> None:
         """Stop setting ``wakeup`` on commits."""
         self._watchers.discard(wakeup)
-
-    def _unwatched(self, session: Any) -> None:
-        session.info.pop(self._watch_key, None)
-
-    def _wake(self, session: Any) -> None:
-        session.info.pop(self._watch_key, None)
-        self._wake_watchers()
 
     def _wake_watchers(self) -> None:
         for wakeup in list(self._watchers):
