@@ -1575,9 +1575,17 @@ async def place_order(
                 )
         reserved = False
         try:
-            await _catalog(ctx).reserve(
-                order_id, wanted, ctx.settings.orders_reservation_ttl_seconds
-            )
+            try:
+                await _catalog(ctx).reserve(
+                    order_id, wanted, ctx.settings.orders_reservation_ttl_seconds
+                )
+            except ProblemError as refused:
+                if refused.status >= 500:
+                    reserved = True  # catalog could not be reached: it may have reserved
+                raise  # else catalog refused (short stock, unknown SKU): it holds nothing
+            except BaseException:
+                reserved = True  # the call broke off: catalog may have reserved all the same
+                raise
             reserved = True
             async with ctx.db.driver_write() as tx:
                 written, line_rows = await _write_order(

@@ -1,7 +1,7 @@
 """Orders keep the shipping and billing addresses given at checkout, encrypted.
 
-Revision ID: 0004_orders_addresses
-Revises: 0003_orders_voucher_currency
+Revision ID: 0005_orders_addresses
+Revises: 0004_orders_voucher_use_email
 Create Date: 2026-11-29 00:00:00
 """
 
@@ -12,8 +12,8 @@ from collections.abc import Sequence
 import sqlalchemy as sa
 from alembic import op
 
-revision: str = "0004_orders_addresses"
-down_revision: str | Sequence[str] | None = "0003_orders_voucher_currency"
+revision: str = "0005_orders_addresses"
+down_revision: str | Sequence[str] | None = "0004_orders_voucher_use_email"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
