@@ -455,3 +455,38 @@ async def voucher_cart(
     )
     assert applied.status_code == 200, applied.text
     return cart_id, token
+
+
+class _BreaksAfterReserving:
+    """Catalog's client whose reservation call is lost on the way back, after catalog
+    reserved (a timeout, a dropped connection)."""
+
+    def __init__(self, inner: Any) -> None:
+        self._inner = inner
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._inner, name)
+
+    async def reserve(self, order_id: str, lines: Any, ttl_seconds: int) -> None:
+        await self._inner.reserve(order_id, lines, ttl_seconds)
+        raise ConnectionResetError("the answer was lost")
+
+
+async def test_a_reservation_whose_answer_was_lost_is_released(
+    app: FastAPI, client: httpx.AsyncClient
+) -> None:
+    admin = await staff_tokens(app, client)
+    await seed_shop(app, client, admin, {"TEE-LOST": 2})
+    runtime = app.state.runtime
+    catalog = runtime.client("catalog")
+    cart_id, token = await guest_cart(client, {"TEE-LOST": 2})
+    runtime.use_client("catalog", _BreaksAfterReserving(catalog))
+    try:
+        lost = await checkout(client, cart_id, token, email="lost@example.com")
+    finally:
+        runtime.use_client("catalog", catalog)
+    assert lost.status_code == 500, lost.text  # a fault inside, not in the request
+    # The units it took are free again at once, not only when the reservation expires.
+    assert await available(client, admin, "TEE-LOST") == 2
+    placed = await checkout(client, cart_id, token, email="lost@example.com")
+    assert placed.status_code == 201, placed.text
