@@ -51,16 +51,17 @@ async def _admin_token(settings: Settings) -> str:
             return str(response.json()["access_token"])
 
 
-TOKEN = asyncio.run(_admin_token(SETTINGS))
 app = create_app(load_services(NAMES), SETTINGS)
 schema = schemathesis.openapi.from_dict(app.openapi()).include(path_regex="webhook")
 schema.app = app
 
 
-@pytest.fixture(scope="module", autouse=True)
-def running_app() -> Iterator[None]:
-    yield
+@pytest.fixture(scope="module")
+def admin_token() -> Iterator[str]:
+    """An administrator's token, made before the first call starts the fuzzed app (only in the
+    test process that runs this module), and the app stopped when the module is done."""
     try:
+        yield asyncio.run(_admin_token(SETTINGS))
         asgi.shutdown_lifespans()
     finally:
         shutil.rmtree(DATA_DIR, ignore_errors=True)
@@ -75,6 +76,6 @@ def running_app() -> Iterator[None]:
     suppress_health_check=list(HealthCheck),
 )
 def test_no_input_from_an_administrator_breaks_the_webhooks_contract(
-    case: schemathesis.Case[Any],
+    case: schemathesis.Case[Any], admin_token: str
 ) -> None:
-    case.call_and_validate(headers={"Authorization": f"Bearer {TOKEN}"}, checks=CHECKS)
+    case.call_and_validate(headers={"Authorization": f"Bearer {admin_token}"}, checks=CHECKS)

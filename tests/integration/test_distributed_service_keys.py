@@ -25,6 +25,7 @@ from ecosistema.platform.config import Settings
 from ecosistema.platform.runtime import Runtime
 from ecosistema.services import load_services
 from tests.conftest import drop_test_schemas, make_settings
+from tests.default_model import DefaultModelCache
 
 SCOPES = {
     "catalog": CATALOG_KEY_SCOPES,
@@ -34,8 +35,12 @@ SCOPES = {
 
 
 @pytest.fixture
-async def settings(shape: str, tmp_path: Path) -> AsyncIterator[Settings]:
+async def settings(
+    shape: str, tmp_path: Path, default_model_cache: DefaultModelCache
+) -> AsyncIterator[Settings]:
     made = make_settings(shape, tmp_path, password_hash_memory_kib=1024)
+    # ``prepare`` starts every service: sales loads the default model rather than training it.
+    default_model_cache.seed(made)
     yield made
     await drop_test_schemas(made)
 

@@ -19,7 +19,6 @@ from ecosistema.ml import (
     ModelServer,
     NumericFeature,
     TrainedModel,
-    default_model,
     lead_scoring_spec,
     load_reference_dataset,
     train,
@@ -27,14 +26,19 @@ from ecosistema.ml import (
 from ecosistema.ml.evaluation import HOLDOUT_TOLERANCE
 from ecosistema.sales import domain
 from ecosistema.sales.domain import LeadFacts
+from tests.default_model import DefaultModelCache
 
 CONTEXT = {"emp.var.rate", "cons.price.idx", "cons.conf.idx", "euribor3m", "nr.employed"}
 PERSON = ("job", "marital", "education", "default", "housing", "loan")
 
 
 @pytest.fixture(scope="module")
-def model() -> TrainedModel:
-    return default_model()
+def model(default_model_cache: DefaultModelCache) -> TrainedModel:
+    """The default model as a new install serves it: registered by ``default_model()`` and
+    loaded (trained once in the session, not again in each test process)."""
+    loaded = default_model_cache.registry().load_serving()
+    assert loaded is not None
+    return loaded
 
 
 @pytest.fixture(scope="module")

@@ -217,11 +217,11 @@ async def test_protected_route_needs_credentials_found_in_the_one_header_pass(
 
 def test_settling_the_heap_freezes_startup_objects_and_widens_the_young_generation() -> None:
     threshold = gc.get_threshold()
+    gc.unfreeze()  # the test session's heap is frozen already (tests/conftest.py)
     try:
         settle_heap()
         assert gc.get_freeze_count() > 0
         assert gc.get_threshold()[0] > threshold[0]
         assert gc.isenabled()
     finally:
-        gc.unfreeze()
         gc.set_threshold(*threshold)

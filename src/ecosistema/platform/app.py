@@ -43,13 +43,18 @@ def create_app(
         await runtime.start()
         # What exists now (modules, routes, schemas, pools) lives as long as the app. Frozen, a
         # full collection no longer walks it: otherwise each one stalls every request in flight
-        # for tens of milliseconds, the largest share of the tail latency under load.
-        gc.collect()
-        gc.freeze()
+        # for tens of milliseconds, the largest share of the tail latency under load. A heap
+        # someone else froze (another app of the process, or its host) is left as it was found:
+        # neither collected again nor thawed when this app stops.
+        freezes = gc.get_freeze_count() == 0
+        if freezes:
+            gc.collect()
+            gc.freeze()
         try:
             yield
         finally:
-            gc.unfreeze()
+            if freezes:
+                gc.unfreeze()
             await runtime.stop()
 
     app = FastAPI(
