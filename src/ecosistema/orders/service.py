@@ -417,7 +417,9 @@ async def create_shipping_method(
         )
         if _rowcount(result) != 1:
             raise Conflict(
-                f"A shipping method with code {data.code!r} exists.", type="shipping-method-exists"
+                f"A shipping method with code {data.code!r} exists.",
+                type="shipping-method-exists",
+                title="Shipping method exists",
             )
         row = (
             (
@@ -524,7 +526,11 @@ async def create_voucher(ctx: ServiceContext, data: schemas.VoucherCreate) -> sc
             _upsert(ctx)(vouchers).values(**values).on_conflict_do_nothing()
         )
         if _rowcount(result) != 1:
-            raise Conflict(f"The voucher code {values['code']!r} exists.", type="voucher-exists")
+            raise Conflict(
+                f"The voucher code {values['code']!r} exists.",
+                type="voucher-exists",
+                title="Voucher code exists",
+            )
     return _voucher_view(values)
 
 
@@ -724,6 +730,7 @@ def _ensure_active(cart: Mapping[Any, Any]) -> None:
         raise Conflict(
             f"The cart is {cart['status']} and can no longer change.",
             type="cart-not-active",
+            title="Cart no longer active",
             order_id=cart["order_id"],
             merged_into=cart["merged_into"],
         )
@@ -1421,6 +1428,7 @@ async def merge_cart(
             "Only the signed-in customer can merge an anonymous cart into their own; staff and "
             "API keys cannot.",
             type="cart-merge-forbidden",
+            title="Cart merge forbidden",
         )
     async with ctx.db.transaction() as session:
         anonymous = await _cart_row(statements(session), cart_id)
