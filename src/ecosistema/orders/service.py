@@ -764,9 +764,12 @@ async def _price(
     state: _CartState,
     *,
     country: str | None = None,
+    country_field: str = "country",
     shipping_method: str | None = None,
     quotes: Mapping[str, Quote] | None = None,
 ) -> _Priced:
+    """The cart priced, with every fault that blocks its checkout; ``country_field`` names
+    where the country came from (``country``, or the shipping address's)."""
     cart = state.cart
     currency = cart["currency"]
     where = country or cart["country"] or ctx.settings.orders_default_country
@@ -804,7 +807,7 @@ async def _price(
     if rate is None:
         message = f"The shop does not sell to {where}."
         problems.append(message)
-        errors.append({"field": "country", "message": message, "code": "not_served"})
+        errors.append({"field": country_field, "message": message, "code": "not_served"})
         rate = 0
     brackets = None
     method = state.shipping
@@ -1532,28 +1535,28 @@ async def place_order(
                 )
             _ensure_active(cart)
             # A country the shop does not sell to is among the faults the pricing lists.
+            country: str | None = None
+            country_field = "country"
             if data.country is not None:
-                country: str | None = _country(data.country, "country")
+                country = _country(data.country, country_field)
             elif data.shipping_address is not None:
-                country = _country(data.shipping_address.country, "shipping_address.country")
-            else:
-                country = None
+                country_field = "shipping_address.country"
+                country = _country(data.shipping_address.country, country_field)
             state = await _load_cart_state(
                 ctx, reading, cart, country=country, shipping_method=data.shipping_method
             )
         await _know_buyer(ctx, state, email=str(data.email) if data.email else None)
-        priced = await _price(ctx, state, country=country, shipping_method=data.shipping_method)
+        priced = await _price(
+            ctx,
+            state,
+            country=country,
+            country_field=country_field,
+            shipping_method=data.shipping_method,
+        )
         if priced.errors:
-            errors = priced.errors
-            if data.country is None and data.shipping_address is not None:
-                # The country came from the shipping address: the fault is there.
-                errors = [
-                    {**e, "field": "shipping_address.country"} if e["field"] == "country" else e
-                    for e in errors
-                ]
             # Every field at fault at once, as the cart's ``problems`` list them.
             raise Unprocessable(
-                "The cart cannot be checked out: " + " ".join(priced.problems), errors=errors
+                "The cart cannot be checked out: " + " ".join(priced.problems), errors=priced.errors
             )
         email = state.email
         assert email is not None  # a missing email is among ``priced.errors``
