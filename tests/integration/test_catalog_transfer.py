@@ -329,8 +329,16 @@ async def test_import_and_export_over_http(shop_app: FastAPI, shop: httpx.AsyncC
     assert refused.status_code == 403
     assert imported.status_code == 200, imported.text
     assert imported.json()["products_created"] == 50
+    reason = imported.json()["errors"][0]["reason"]
+    assert reason.startswith("not JSON: ")
     assert imported.json()["errors"] == [
-        {"line": 51, "reason": imported.json()["errors"][0]["reason"], "sku": None, "slug": None}
+        {
+            "line": 51,
+            "reason": reason,
+            "sku": None,
+            "slug": None,
+            "problems": [{"field": None, "reason": reason}],
+        }
     ]
     assert exported.headers["content-type"].startswith("text/csv")
     assert len(exported.text.splitlines()) == 51

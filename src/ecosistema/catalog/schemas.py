@@ -508,13 +508,32 @@ ImportMode = Literal["all-or-nothing", "skip-invalid"]
 TransferFormat = Literal["csv", "jsonl"]
 
 
+class RowProblem(BaseModel):
+    """One problem of a refused row, and where in the row it is."""
+
+    field: str | None = Field(
+        description="The CSV column (`price_EUR`) or JSON Lines field path "
+        "(`variants.1.prices.EUR`) at fault; null for a problem of the whole row (not JSON, "
+        "unreadable, more fields than the header)."
+    )
+    reason: str
+
+
 class RowError(BaseModel):
     """Why the row at ``line`` (1-based, as an editor counts) was refused."""
 
     line: int
-    reason: str
+    reason: str = Field(
+        description="Every problem of the row, `field: reason` joined by `; `, in the order of "
+        "`problems`."
+    )
     sku: str | None = None
     slug: str | None = None
+    problems: list[RowProblem] = Field(
+        default_factory=list,
+        description="Every problem of the row, each with its column or field path, in the "
+        "order of the CSV header's columns or of a product's fields in JSON Lines.",
+    )
 
 
 class ImportReport(BaseModel):

@@ -25,6 +25,7 @@ import io
 import json
 import os
 import tempfile
+import threading
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -35,6 +36,7 @@ from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
+    TypeAdapter,
     ValidationError,
     field_validator,
 )
@@ -54,6 +56,7 @@ from ecosistema.catalog.schemas import (
     OptionName,
     OptionValue,
     RowError,
+    RowProblem,
     Sku,
     Slug,
     TransferFormat,
@@ -166,6 +169,13 @@ class _Record:
         return f"variants.{index}.sku" if self.jsonl else "sku"
 
 
+Problem = tuple[str | None, str]  # (CSV column or JSON Lines field path, what is wrong)
+
+
+def _no_rank(_field: str | None) -> tuple[int, ...]:
+    return ()
+
+
 @dataclass
 class _Tally:
     rows_read: int = 0
@@ -178,23 +188,56 @@ class _Tally:
     errors: list[RowError] = field(default_factory=list)
     skipped_lines: set[int] = field(default_factory=set)
     error_at: dict[int, int] = field(default_factory=dict)
+    # Where a field comes in a row: the header's column order (CSV), a product's field order
+    # (JSON Lines); a row's problems are listed in that order, whichever step found them.
+    rank: Callable[[str | None], tuple[int, ...]] = _no_rank
+    # Rows are refused both by the parser (in a worker thread) and by the batch checks (on the
+    # event loop), at the same time.
+    lock: threading.Lock = field(default_factory=threading.Lock)
 
     def refuse(
-        self, line: int, reason: str, *, sku: str | None = None, slug: str | None = None
+        self,
+        line: int,
+        problems: Sequence[Problem],
+        *,
+        sku: str | None = None,
+        slug: str | None = None,
     ) -> None:
-        """Record a problem of a line; a line refused already gets it added to its reason."""
+        """Record problems of a line; a line refused already gets them added to its own."""
+        with self.lock:
+            self._refuse(line, problems, sku=sku, slug=slug)
+
+    def _refuse(
+        self, line: int, problems: Sequence[Problem], *, sku: str | None, slug: str | None
+    ) -> None:
         if line in self.skipped_lines:
             at = self.error_at.get(line)
-            if at is not None and reason not in self.errors[at].reason.split("; "):
-                known = self.errors[at]
-                self.errors[at] = known.model_copy(
-                    update={"reason": f"{known.reason}; {reason}", "sku": known.sku or sku}
+            if at is None:
+                return
+            known = self.errors[at]
+            have = [(p.field, p.reason) for p in known.problems]
+            added = [p for p in problems if p not in have]
+            if added:
+                self.errors[at] = self._error(
+                    line, [*have, *added], sku=known.sku or sku, slug=known.slug or slug
                 )
             return
         self.skipped_lines.add(line)
         if len(self.errors) < MAX_ERRORS_REPORTED:
             self.error_at[line] = len(self.errors)
-            self.errors.append(RowError(line=line, reason=reason, sku=sku, slug=slug))
+            self.errors.append(self._error(line, problems, sku=sku, slug=slug))
+
+    def _error(
+        self, line: int, problems: Sequence[Problem], *, sku: str | None, slug: str | None
+    ) -> RowError:
+        ranked = sorted(dict.fromkeys(problems), key=lambda p: self.rank(p[0]))
+        return RowError(
+            line=line,
+            reason="; ".join(f"{where}: {what}" if where else what for where, what in ranked),
+            sku=sku,
+            slug=slug,
+            problems=[RowProblem(field=where, reason=what) for where, what in ranked],
+        )
 
     def report(self, mode: ImportMode, format: TransferFormat, applied: bool) -> ImportReport:
         return ImportReport(
@@ -231,15 +274,6 @@ def _problems(exc: ValidationError) -> list[tuple[tuple[Any, ...], str]]:
         message = str(err.get("msg")).removeprefix("Value error, ")
         out.append((loc, message))
     return out
-
-
-def _describe(exc: ValidationError) -> str:
-    """Every problem of a row, each with the field it is about."""
-    parts = []
-    for loc, message in _problems(exc):
-        where = ".".join(str(p) for p in loc)
-        parts.append(f"{where}: {message}" if where else message)
-    return "; ".join(parts)
 
 
 def format_for_content_type(content_type: str | None) -> TransferFormat:
@@ -300,6 +334,18 @@ def _whole_number(row: dict[str, str], column: str, expected: str) -> int | None
 
 _Problem = tuple[str, str]  # (CSV column, what is wrong with its cell)
 _VARIANT_COLUMNS = {"sku": "sku", "name": "variant_name", "options": "options"}
+_VARIANT_CELLS = ("variant_name", "options", "weight_grams")
+_SKU = TypeAdapter(Sku)
+
+
+def _checked_sku(value: Any) -> str | None:
+    """``value`` when it is a well-formed SKU (worth checking against other products)."""
+    if not isinstance(value, str):
+        return None
+    try:
+        return _SKU.validate_python(value)
+    except ValidationError:
+        return None
 
 
 def _csv_variant(
@@ -333,8 +379,9 @@ def _csv_variant(
         options = _parse_options(row.get("options") or "")
     except ValueError as exc:  # json.JSONDecodeError is one
         problems.append(("options", str(exc)))
+    sku = (row.get("sku") or "").strip()
     data: dict[str, Any] = {
-        "sku": (row.get("sku") or "").strip(),
+        "sku": sku,
         "name": (row.get("variant_name") or "").strip() or None,
         "options": options,
         "weight_grams": weight or 0,
@@ -349,6 +396,12 @@ def _csv_variant(
                 column = column_of.get(str(loc[1]).upper(), f"{PRICE_PREFIX}{loc[1]}")
             else:
                 column = _VARIANT_COLUMNS.get(head, head or "sku")
+            if column == "sku" and not sku:
+                # Variant cells without a SKU would otherwise be dropped without a word.
+                filled = [
+                    c for c in (*_VARIANT_CELLS, *price_columns) if (row.get(c) or "").strip()
+                ]
+                message = f"empty, but the row has a variant's cells ({', '.join(filled)})"
             problems.append((column, message))
         return None, problems
     return (None, problems) if problems else (variant, [])
@@ -383,18 +436,60 @@ def _csv_product(
     return (None, problems) if problems else (product, [])
 
 
-def _by_column(problems: Sequence[_Problem], header: Sequence[str]) -> str:
-    """A row's problems in the order of the header's columns, each named by its column."""
+def _column_rank(header: Sequence[str]) -> Callable[[str | None], tuple[int, ...]]:
+    """A row's problems in the order of the header's columns; those of the whole row first."""
     order = {column: index for index, column in enumerate(header)}
-    ranked = sorted(problems, key=lambda p: order.get(p[0], len(order)))
-    return "; ".join(f"{column}: {message}" for column, message in ranked)
+
+    def rank(column: str | None) -> tuple[int, ...]:
+        return (-1,) if column is None else (order.get(column, len(order)),)
+
+    return rank
+
+
+_PRODUCT_ORDER = {
+    name: index
+    for index, name in enumerate(
+        ("slug", "name", "description", "status", "category", "images", "variants")
+    )
+}
+_VARIANT_ORDER = {
+    name: index for index, name in enumerate(("sku", "name", "options", "weight_grams", "prices"))
+}
+
+
+def _path_rank(path: str | None) -> tuple[int, ...]:
+    """A JSON line's problems in the order of a product's fields, variant by variant; those of
+    the whole line first."""
+    if path is None:
+        return (-1,)
+    head, _, rest = path.partition(".")
+    key = [_PRODUCT_ORDER.get(head, len(_PRODUCT_ORDER))]
+    index, _, inner = rest.partition(".")
+    if head in ("images", "variants") and index.isdigit():
+        key.append(int(index))
+        if head == "variants" and inner:
+            key.append(_VARIANT_ORDER.get(inner.partition(".")[0], len(_VARIANT_ORDER)))
+    return tuple(key)
 
 
 def _slug_of(product: ImportProduct) -> str:
     return product.slug or domain.slugify(product.name)
 
 
-def _read_csv(stream: IO[bytes], tally: _Tally, known_categories: set[str]) -> Iterator[_Record]:
+@dataclass
+class _Unclaimed:
+    """The SKU of a refused row: it claims nothing, but the row's report still says when
+    another product (of the file or of the catalogue) has it, checked with its batch."""
+
+    line: int
+    field: str
+    sku: str
+    slug: str
+
+
+def _read_csv(
+    stream: IO[bytes], tally: _Tally, known_categories: set[str]
+) -> Iterator[_Record | _Unclaimed]:
     text = io.TextIOWrapper(stream, encoding="utf-8-sig", newline="")
     reader = csv.DictReader(text)
     try:
@@ -405,11 +500,16 @@ def _read_csv(stream: IO[bytes], tally: _Tally, known_categories: set[str]) -> I
     if "name" not in header:
         raise field_error("body", "the CSV header needs at least a name column")
     tally.status_column = "status" in header
+    tally.rank = _column_rank(header)
     unknown = [h for h in header if h not in CSV_FIELDS and not h.startswith(PRICE_PREFIX)]
     if unknown:
         raise field_error("body", f"unknown CSV columns: {', '.join(unknown)}")
     price_columns = [h for h in header if h.startswith(PRICE_PREFIX)]
+    variant_cells = (*_VARIANT_CELLS, *price_columns)
     current: _Record | None = None
+    # The SKUs of the product being read, and the line of each: a SKU twice in one product
+    # would make the second row overwrite the first.
+    current_skus: dict[str, int] = {}
     last_line = reader.line_num
     while True:
         try:
@@ -418,7 +518,7 @@ def _read_csv(stream: IO[bytes], tally: _Tally, known_categories: set[str]) -> I
             break
         except (csv.Error, UnicodeDecodeError, ValueError) as exc:
             tally.rows_read += 1
-            tally.refuse(last_line + 1, f"unreadable row: {exc}")
+            tally.refuse(last_line + 1, [(None, f"unreadable row: {exc}")])
             last_line = reader.line_num
             continue
         line = last_line + 1
@@ -426,34 +526,41 @@ def _read_csv(stream: IO[bytes], tally: _Tally, known_categories: set[str]) -> I
         if not any((v or "").strip() for v in row.values() if isinstance(v, str)):
             continue
         tally.rows_read += 1
+        problems: list[Problem] = []
         if None in row:
-            tally.refuse(line, "the row has more fields than the header")
-            continue
+            # The cells that have a column are still checked, so the report is complete.
+            del row[None]  # type: ignore[arg-type]
+            problems.append((None, "the row has more fields than the header"))
         # Cells an export escaped against spreadsheet formulas come back as they were.
         row = {k: unescape_cell(v) if isinstance(v, str) else v for k, v in row.items()}
         slug_hint = (row.get("slug") or "").strip() or domain.slugify(row.get("name") or "")
         sku = (row.get("sku") or "").strip()
-        problems: list[_Problem] = []
         product: ImportProduct | None = None
         starts_product = current is None or current.slug != slug_hint
         if starts_product:
             if current is not None:
                 yield current
             current = None
+            current_skus = {}
             # This row supplies the product's fields; its cells are checked with the variant's.
             product, found = _csv_product(row, known_categories)
             problems += found
         variant: ImportVariant | None = None
-        if sku:
+        if sku or any((row.get(c) or "").strip() for c in variant_cells):
             variant, found = _csv_variant(row, price_columns)
             problems += found
+        if sku in current_skus:
+            problems.append(
+                ("sku", f"SKU {sku} appears twice in this product (line {current_skus[sku]})")
+            )
         if problems:
             # A refused row changes nothing: when it was to supply the product's fields, the
             # next row of the same product (if any) supplies them instead, and a product none
             # of whose rows is accepted is not written at all.
-            tally.refuse(
-                line, _by_column(problems, header), sku=sku or None, slug=slug_hint or None
-            )
+            tally.refuse(line, problems, sku=sku or None, slug=slug_hint or None)
+            checked = _checked_sku(sku)
+            if checked is not None and checked not in current_skus:
+                yield _Unclaimed(line, "sku", checked, slug_hint)
             continue
         if product is not None:
             current = _Record(product, _slug_of(product), [], [])
@@ -462,6 +569,7 @@ def _read_csv(stream: IO[bytes], tally: _Tally, known_categories: set[str]) -> I
         if variant is not None:
             current.product.variants.append(variant)
             current.variant_lines.append(line)
+            current_skus[variant.sku] = line
     if current is not None:
         yield current
     text.detach()
@@ -469,14 +577,14 @@ def _read_csv(stream: IO[bytes], tally: _Tally, known_categories: set[str]) -> I
 
 def _jsonl_problems(
     data: Any, known_categories: set[str]
-) -> tuple[ImportProduct | None, list[tuple[tuple[Any, ...], str]]]:
+) -> tuple[ImportProduct | None, list[Problem]]:
     """A JSON line's product, or every problem of it, each with its field path."""
-    problems: list[tuple[tuple[Any, ...], str]] = []
+    problems: list[Problem] = []
     product: ImportProduct | None = None
     try:
         product = ImportProduct.model_validate(data)
     except ValidationError as exc:
-        problems += _problems(exc)
+        problems += [(".".join(str(p) for p in loc) or None, msg) for loc, msg in _problems(exc)]
     if not isinstance(data, dict):
         return None, problems
     category = data.get("category")
@@ -484,23 +592,27 @@ def _jsonl_problems(
         isinstance(category, str)
         and category
         and category not in known_categories
-        and not any(loc[:1] == ("category",) for loc, _ in problems)
+        and not any(where == "category" for where, _ in problems)
     ):
-        problems.append((("category",), f"unknown category {category}"))
+        problems.append(("category", f"unknown category {category}"))
+    for index, sku, repeated in _jsonl_skus(data):
+        if repeated:
+            problems.append((f"variants.{index}.sku", f"SKU {sku} appears twice in this product"))
+    return (None, problems) if problems else (product, [])
+
+
+def _jsonl_skus(data: dict[str, Any]) -> Iterator[tuple[int, str, bool]]:
+    """Each variant's SKU: its index, the SKU, and whether an earlier variant has it."""
     raw_variants = data.get("variants")
     seen: set[str] = set()
     for index, raw in enumerate(raw_variants if isinstance(raw_variants, list) else []):
         sku = raw.get("sku") if isinstance(raw, dict) else None
-        if isinstance(sku, str) and sku in seen:
-            problems.append(
-                (("variants", index, "sku"), f"SKU {sku} appears twice in this product")
-            )
-        elif isinstance(sku, str):
+        if isinstance(sku, str):
+            yield index, sku, sku in seen
             seen.add(sku)
-    return (None, problems) if problems else (product, [])
 
 
-def _jsonl_names(data: Any, problems: Sequence[tuple[tuple[Any, ...], str]]) -> dict[str, Any]:
+def _jsonl_names(data: Any, problems: Sequence[Problem]) -> dict[str, Any]:
     """The slug and SKU a refused JSON line names, for its report entry (None when absent)."""
     if not isinstance(data, dict):
         return {"slug": None, "sku": None}
@@ -510,24 +622,29 @@ def _jsonl_names(data: Any, problems: Sequence[tuple[tuple[Any, ...], str]]) -> 
         slug = domain.slugify(name)
     sku = None
     raw_variants = data.get("variants")
-    for loc, _ in problems:
-        if len(loc) > 1 and loc[0] == "variants" and isinstance(loc[1], int):
-            if isinstance(raw_variants, list) and loc[1] < len(raw_variants):
-                raw = raw_variants[loc[1]]
+    for where, _ in problems:
+        head, _, rest = (where or "").partition(".")
+        index = rest.partition(".")[0]
+        if head == "variants" and index.isdigit():
+            if isinstance(raw_variants, list) and int(index) < len(raw_variants):
+                raw = raw_variants[int(index)]
                 found = raw.get("sku") if isinstance(raw, dict) else None
                 sku = found if isinstance(found, str) and found else None
             break
     return {"slug": slug or None, "sku": sku}
 
 
-def _read_jsonl(stream: IO[bytes], tally: _Tally, known_categories: set[str]) -> Iterator[_Record]:
+def _read_jsonl(
+    stream: IO[bytes], tally: _Tally, known_categories: set[str]
+) -> Iterator[_Record | _Unclaimed]:
+    tally.rank = _path_rank
     decoder = codecs.getincrementaldecoder("utf-8")("strict")
     for number, raw in enumerate(stream, start=1):
         try:
             line = decoder.decode(raw)
         except UnicodeDecodeError as exc:
             tally.rows_read += 1
-            tally.refuse(number, f"not UTF-8: {exc.reason}")
+            tally.refuse(number, [(None, f"not UTF-8: {exc.reason}")])
             decoder.reset()
             continue
         if not line.strip():
@@ -536,15 +653,18 @@ def _read_jsonl(stream: IO[bytes], tally: _Tally, known_categories: set[str]) ->
         try:
             data = json.loads(line)
         except json.JSONDecodeError as exc:
-            tally.refuse(number, f"not JSON: {exc.msg}")
+            tally.refuse(number, [(None, f"not JSON: {exc.msg}")])
             continue
         product, problems = _jsonl_problems(data, known_categories)
         if product is None:
-            reason = "; ".join(
-                f"{'.'.join(str(p) for p in loc)}: {message}" if loc else message
-                for loc, message in problems
-            )
-            tally.refuse(number, reason, **_jsonl_names(data, problems))
+            names = _jsonl_names(data, problems)
+            tally.refuse(number, problems, **names)
+            if isinstance(data, dict):
+                slug = names["slug"] or ""
+                for index, sku, repeated in _jsonl_skus(data):
+                    checked = None if repeated else _checked_sku(sku)
+                    if checked is not None:
+                        yield _Unclaimed(number, f"variants.{index}.sku", checked, slug)
             continue
         yield _Record(
             product, _slug_of(product), [number], [number] * len(product.variants), jsonl=True
@@ -553,7 +673,7 @@ def _read_jsonl(stream: IO[bytes], tally: _Tally, known_categories: set[str]) ->
 
 def _records(
     stream: IO[bytes], format: TransferFormat, tally: _Tally, known_categories: set[str]
-) -> Iterator[_Record]:
+) -> Iterator[_Record | _Unclaimed]:
     if format == "csv":
         return _read_csv(stream, tally, known_categories)
     return _read_jsonl(stream, tally, known_categories)
@@ -566,10 +686,14 @@ def _records(
 class _Batch:
     records: list[_Record] = field(default_factory=list)
     slugs: set[str] = field(default_factory=set)
+    unclaimed: list[_Unclaimed] = field(default_factory=list)
 
     def add(self, record: _Record) -> None:
         self.records.append(record)
         self.slugs.add(record.slug)
+
+    def __len__(self) -> int:
+        return len(self.records) + len(self.unclaimed)
 
 
 class _Importer:
@@ -588,8 +712,7 @@ class _Importer:
             if owner is not None and owner[0] != record.slug:
                 self.tally.refuse(
                     line,
-                    f"{record.sku_field(index)}: SKU {variant.sku} is already used by product "
-                    f"{owner[0]} (line {owner[1]})",
+                    [(record.sku_field(index), _used_by(variant.sku, owner))],
                     sku=variant.sku,
                     slug=record.slug,
                 )
@@ -606,9 +729,23 @@ class _Importer:
         record.product.variants[:] = kept
         record.variant_lines[:] = kept_lines
 
+    def check_unclaimed(self, unclaimed: _Unclaimed) -> bool:
+        """Report on a refused row that an earlier accepted row of another product has its SKU
+        (it claims nothing itself: a refused row changes nothing); whether it was reported."""
+        owner = self.sku_owner.get(unclaimed.sku)
+        if owner is None or owner[0] == unclaimed.slug or owner[1] > unclaimed.line:
+            return False
+        self.tally.refuse(
+            unclaimed.line, [(unclaimed.field, _used_by(unclaimed.sku, owner))], sku=unclaimed.sku
+        )
+        return True
+
     async def check(self, session: AsyncSession, batch: _Batch) -> tuple[list[_Record], Any]:
-        """The batch's records that can be written, and what the database already holds."""
-        slugs = sorted(batch.slugs)
+        """The batch's records that can be written, and what the database already holds.
+
+        The refused rows' SKUs are looked up in the same statements, so their reports also
+        name a SKU another product has."""
+        slugs = sorted(batch.slugs | {u.slug for u in batch.unclaimed})
         stored = (
             await session.execute(
                 select(
@@ -617,7 +754,10 @@ class _Importer:
             )
         ).all()
         existing = {r.slug: r.id for r in stored}
-        skus = sorted({v.sku for rec in batch.records for v in rec.product.variants})
+        skus = sorted(
+            {v.sku for rec in batch.records for v in rec.product.variants}
+            | {u.sku for u in batch.unclaimed}
+        )
         known_skus: dict[str, tuple[str, str]] = {}
         # What each known SKU holds now, to tell an unchanged row from a change.
         variant_state: dict[str, _VariantState] = {}
@@ -665,7 +805,9 @@ class _Importer:
             category = rec.product.category
             if category and category not in category_ids:
                 for line in rec.lines:
-                    self.tally.refuse(line, f"category: unknown category {category}", slug=rec.slug)
+                    self.tally.refuse(
+                        line, [("category", f"unknown category {category}")], slug=rec.slug
+                    )
                 continue
             product_id = existing.get(rec.slug)
             kept: list[ImportVariant] = []
@@ -676,7 +818,7 @@ class _Importer:
                 if found is not None and found[1] != product_id:
                     self.tally.refuse(
                         line,
-                        f"{rec.sku_field(index)}: SKU {variant.sku} belongs to another product",
+                        [(rec.sku_field(index), _OTHER_PRODUCTS.format(sku=variant.sku))],
                         sku=variant.sku,
                         slug=rec.slug,
                     )
@@ -688,6 +830,14 @@ class _Importer:
             if self.refused(rec):
                 continue
             good.append(rec)
+        for unclaimed in batch.unclaimed:
+            found = known_skus.get(unclaimed.sku)
+            if found is not None and found[1] != existing.get(unclaimed.slug):
+                self.tally.refuse(
+                    unclaimed.line,
+                    [(unclaimed.field, _OTHER_PRODUCTS.format(sku=unclaimed.sku))],
+                    sku=unclaimed.sku,
+                )
         current = {r.id: {k: getattr(r, k) for k in _PRODUCT_FIELDS} for r in stored}
         return good, (existing, known_skus, category_ids, (current, variant_state))
 
@@ -829,6 +979,13 @@ class _Importer:
             await self.write(session, good, known)
 
 
+_OTHER_PRODUCTS = "SKU {sku} belongs to another product"
+
+
+def _used_by(sku: str, owner: tuple[str, int]) -> str:
+    return f"SKU {sku} is already used by product {owner[0]} (line {owner[1]})"
+
+
 _PRODUCT_FIELDS = ("name", "description", "status", "category_id", "images")
 _VariantState = tuple[str, dict[str, str], int, int, dict[str, int]]
 
@@ -880,15 +1037,25 @@ async def _add_events(
     await ctx.outbox.add(session, last_type, last_payload)
 
 
-def _batches(records: Iterator[_Record], importer: _Importer, size: int) -> Iterator[_Batch]:
+def _batches(
+    records: Iterator[_Record | _Unclaimed], importer: _Importer, size: int
+) -> Iterator[_Batch]:
     batch = _Batch()
     for record in records:
+        if isinstance(record, _Unclaimed):
+            if importer.check_unclaimed(record):
+                continue  # the database would only say the same of the file's product
+            if len(batch) >= size:
+                yield batch
+                batch = _Batch()
+            batch.unclaimed.append(record)
+            continue
         importer.claim_skus(record)
-        if record.slug in batch.slugs or len(batch.records) >= size:
+        if record.slug in batch.slugs or len(batch) >= size:
             yield batch
             batch = _Batch()
         batch.add(record)
-    if batch.records:
+    if len(batch):
         yield batch
 
 

@@ -25,6 +25,9 @@ def upgrade() -> None:
 
 
 def downgrade() -> None:
-    with op.batch_alter_table("orders") as batch:
-        batch.drop_column("billing_address_encrypted")
-        batch.drop_column("shipping_address_encrypted")
+    # ALTER TABLE ... DROP COLUMN on both dialects (SQLite has it since 3.35, which RETURNING
+    # needs already), not a batch rebuild: on SQLite a rebuild drops and recreates orders, which
+    # the foreign keys of order lines, history, fulfilments and voucher uses refuse once they
+    # have rows, and foreign keys cannot be turned off inside the migration's transaction.
+    op.drop_column("orders", "billing_address_encrypted")
+    op.drop_column("orders", "shipping_address_encrypted")
