@@ -59,6 +59,8 @@ ADMIN = ("bench-admin@example.com", "bench admin passphrase 2026")
 PASSWORD = "bench customer passphrase"
 SKU = "BENCH-CHECKOUT-1"
 CART = {"currency": "EUR", "country": "ES"}
+# A parcel needs an address: checkout with a shipping method gives one.
+ADDRESS = {"name": "Bench Buyer", "line1": "Calle Mayor 1", "city": "Madrid", "country": "ES"}
 ITEM = {"sku": SKU, "quantity": 1}
 CARD = {"card": {"number": "4242424242424242", "exp_month": 12, "exp_year": 2099, "cvc": "123"}}
 
@@ -151,7 +153,7 @@ async def place_order(client: LeanClient, who: bytes, cart_id: str) -> Any:
     return await client.json(
         "POST",
         "/api/v1/orders",
-        {"cart_id": cart_id, "shipping_method": "standard"},
+        {"cart_id": cart_id, "shipping_method": "standard", "shipping_address": ADDRESS},
         headers=idempotent(who),
     )
 

@@ -42,6 +42,8 @@ ECOSISTEMA = str(Path(sys.executable).parent / "ecosistema")
 ADMIN = ("bench-admin@example.com", "bench admin passphrase 2026")
 PASSWORD = "bench customer passphrase"
 SKU = "BENCH-DIST-1"
+# A parcel needs an address: checkout with a shipping method gives one.
+ADDRESS = {"name": "Bench Buyer", "line1": "Calle Mayor 1", "city": "Madrid", "country": "ES"}
 CARD = {"card": {"number": "4242424242424242", "exp_month": 12, "exp_year": 2099, "cvc": "123"}}
 BASELINE = "/.well-known/jwks.json"
 
@@ -138,7 +140,7 @@ async def place_order(client: httpx.AsyncClient, token: str) -> str:
     (await client.post(f"/api/v1/carts/{cart_id}/items", json=item, headers=who)).raise_for_status()
     order = await client.post(
         "/api/v1/orders",
-        json={"cart_id": cart_id, "shipping_method": "standard"},
+        json={"cart_id": cart_id, "shipping_method": "standard", "shipping_address": ADDRESS},
         headers={**who, "Idempotency-Key": uuid.uuid4().hex},
     )
     order.raise_for_status()

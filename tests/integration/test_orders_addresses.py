@@ -160,11 +160,28 @@ async def test_billing_defaults_to_shipping_and_the_country_follows_the_shipping
     assert refused.status_code == 422, refused.text
     assert [e["field"] for e in refused.json()["errors"]] == ["shipping_address.country"]
 
-    # Without addresses an order is placed as before, with none.
+    # A parcel needs an address: a shipping method without one is refused at the address.
     cart_id, headers = await guest_cart(client, {"ADDR-MUG": 1})
-    bare = await checkout(client, cart_id, headers, email="bare@example.com")
-    assert bare.status_code == 201, bare.text
-    assert bare.json()["shipping_address"] is None and bare.json()["billing_address"] is None
+    bare = await checkout(client, cart_id, headers, email="bare@example.com", shipping_address=None)
+    assert bare.status_code == 422, bare.text
+    assert [e["field"] for e in bare.json()["errors"]] == ["shipping_address"]
+    assert "parcel" in bare.json()["errors"][0]["message"]
+
+    # Where no shipping method serves the cart (digital goods), no address is needed, and the
+    # order is placed with none.
+    for method in ("standard", "express"):
+        switched_off = await client.patch(
+            f"{API}/shipping-methods/{method}", json={"active": False}, headers=bearer(admin)
+        )
+        assert switched_off.status_code == 200, switched_off.text
+    cart = (await client.get(f"{API}/carts/{cart_id}", headers=headers)).json()
+    assert cart["problems"] == ["An email address is needed for the order."]
+    digital = await checkout(
+        client, cart_id, headers, email="bare@example.com", shipping_method=None
+    )
+    assert digital.status_code == 201, digital.text
+    assert digital.json()["shipping_address"] is None and digital.json()["billing_address"] is None
+    assert digital.json()["shipping_method"] is None and digital.json()["shipping_total"] == 0
 
 
 @pytest.mark.parametrize(

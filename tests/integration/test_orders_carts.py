@@ -9,6 +9,7 @@ from fastapi import FastAPI
 from tests.integration.test_identity_support import API, bearer
 from tests.integration.test_orders_support import (
     CART_TOKEN,
+    DELIVERY,
     app,
     checkout,
     customer,
@@ -60,12 +61,23 @@ async def test_anonymous_cart_lifecycle_prices_lines_from_catalog(
     # Catalog's prices include tax by default: 4 x 20.00 with 21 % inside, plus 4.95 shipping.
     assert totals["subtotal"] == 8000 and totals["shipping_total"] == 495
     assert totals["total"] == 8495 and totals["tax_total"] == 1388 + 86
-    # A guest's order needs an email: the cart says so before checkout does.
-    assert shipped.json()["problems"] == ["An email address is needed for the order."]
+    # A guest's order needs an email, and a parcel an address: the cart says so before
+    # checkout does.
+    assert shipped.json()["problems"] == [
+        "A shipping address is needed: the parcel is delivered to it.",
+        "An email address is needed for the order.",
+    ]
     with_email = await client.patch(url, json={"email": "g@example.com"}, headers=token)
-    assert with_email.json()["problems"] == []
+    assert with_email.json()["problems"] == [
+        "A shipping address is needed: the parcel is delivered to it."
+    ]
+    madrid = {**DELIVERY, "country": "ES"}
+    addressed = await client.patch(url, json={"shipping_address": madrid}, headers=token)
+    assert addressed.json()["problems"] == []
 
-    germany = await client.patch(url, json={"country": "DE"}, headers=token)
+    berlin = {**DELIVERY, "city": "Berlin", "country": "DE"}
+    germany = await client.patch(url, json={"shipping_address": berlin}, headers=token)
+    assert germany.json()["country"] == "DE"
     assert germany.json()["totals"]["tax_rate_bp"] == 1900
     nowhere = await client.patch(url, json={"country": "ZZ"}, headers=token)
     assert nowhere.status_code == 422 and nowhere.json()["errors"][0]["field"] == "country"
@@ -247,7 +259,9 @@ async def test_problems_list_every_line_short_of_stock_with_what_is_available(
         client, {"TEE-20": 10_000, "MUG-20": 1}, country="ES", email="g@example.com"
     )
     cart = await client.patch(
-        f"{API}/carts/{cart_id}", json={"shipping_method": "standard"}, headers=token
+        f"{API}/carts/{cart_id}",
+        json={"shipping_method": "standard", "shipping_address": {**DELIVERY, "country": "ES"}},
+        headers=token,
     )
 
     assert cart.json()["problems"] == ["TEE-20: 10000 wanted, 6 available."]
@@ -271,7 +285,9 @@ async def test_a_voucher_that_stopped_applying_is_a_problem_and_a_422_at_checkou
     await seed_shop(app, client, admin, {"TEE-21": 10})
     cart_id, token = await guest_cart(client, {"TEE-21": 1}, email="g@example.com")
     await client.patch(
-        f"{API}/carts/{cart_id}", json={"shipping_method": "standard"}, headers=token
+        f"{API}/carts/{cart_id}",
+        json={"shipping_method": "standard", "shipping_address": {**DELIVERY, "country": "ES"}},
+        headers=token,
     )
     applied = await client.post(
         f"{API}/carts/{cart_id}/vouchers", json={"code": "WELCOME10"}, headers=token
@@ -353,9 +369,14 @@ async def test_a_deleted_tax_rate_stops_sales_to_its_country(
 
     cart = (await client.get(f"{API}/carts/{cart_id}", headers=token)).json()
     assert "The shop does not sell to PT." in cart["problems"]
-    refused = await checkout(client, cart_id, token, email="g@example.com")
+    refused = await checkout(client, cart_id, token, email="g@example.com", country="PT")
     assert refused.status_code == 422
     assert "country" in {e["field"] for e in refused.json()["errors"]}
+    # Given by the parcel's address, the country is named there.
+    lisbon = {**DELIVERY, "city": "Lisboa", "country": "PT"}
+    refused = await checkout(client, cart_id, token, email="g@example.com", shipping_address=lisbon)
+    assert refused.status_code == 422
+    assert "shipping_address.country" in {e["field"] for e in refused.json()["errors"]}
     moved = await client.patch(f"{API}/carts/{cart_id}", json={"country": "PT"}, headers=token)
     assert moved.status_code == 422 and moved.json()["errors"][0]["code"] == "not_served"
 

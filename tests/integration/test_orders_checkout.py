@@ -24,6 +24,7 @@ from ecosistema.platform.db import new_id, statements, utcnow
 from ecosistema.platform.service import ServiceContext
 from tests.integration.test_identity_support import API, bearer, register, signed_in
 from tests.integration.test_orders_support import (
+    DELIVERY,
     app,
     available,
     checkout,
@@ -341,19 +342,17 @@ async def test_checkout_without_an_idempotency_key_is_accepted(
     admin = await staff_tokens(app, client)
     await seed_shop(app, client, admin, {"TEE-17": 5})
     cart_id, token = await guest_cart(client, {"TEE-17": 1})
-    placed = await client.post(
-        f"{API}/orders",
-        json={"cart_id": cart_id, "email": "g@example.com", "shipping_method": "standard"},
-        headers=token,
-    )
+    body = {
+        "cart_id": cart_id,
+        "email": "g@example.com",
+        "shipping_method": "standard",
+        "shipping_address": {**DELIVERY, "country": "ES"},
+    }
+    placed = await client.post(f"{API}/orders", json=body, headers=token)
     assert placed.status_code == 201, placed.text
     assert "Idempotent-Replayed" not in placed.headers
     # A retry without a key cannot replay: it learns which order the cart became.
-    retried = await client.post(
-        f"{API}/orders",
-        json={"cart_id": cart_id, "email": "g@example.com", "shipping_method": "standard"},
-        headers=token,
-    )
+    retried = await client.post(f"{API}/orders", json=body, headers=token)
     assert retried.status_code == 409 and retried.json()["type"].endswith("cart-already-ordered")
     assert retried.json()["order_id"] == placed.json()["id"]
 

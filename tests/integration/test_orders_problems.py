@@ -8,6 +8,7 @@ from fastapi import FastAPI
 
 from tests.integration.test_identity_support import API, bearer
 from tests.integration.test_orders_support import (
+    DELIVERY,
     app,
     checkout,
     customer,
@@ -27,7 +28,10 @@ async def test_a_guest_cart_without_email_lists_it_and_checkout_refuses_on_email
     await seed_shop(app, client, admin, {"TEE-P1": 5})
     cart_id, token = await guest_cart(client, {"TEE-P1": 1}, country="ES")
     url = f"{API}/carts/{cart_id}"
-    cart = await client.patch(url, json={"shipping_method": "standard"}, headers=token)
+    madrid = {**DELIVERY, "country": "ES"}
+    cart = await client.patch(
+        url, json={"shipping_method": "standard", "shipping_address": madrid}, headers=token
+    )
     assert cart.json()["problems"] == ["An email address is needed for the order."]
 
     refused = await checkout(client, cart_id, token)
@@ -51,6 +55,7 @@ async def test_a_refused_checkout_names_every_field_at_fault(
     cart = (await client.get(f"{API}/carts/{cart_id}", headers=token)).json()
     assert cart["problems"] == [
         "Choose a shipping method.",
+        "A shipping address is needed: the parcel is delivered to it.",
         "An email address is needed for the order.",
         "The voucher is no longer active.",
     ]
@@ -58,7 +63,7 @@ async def test_a_refused_checkout_names_every_field_at_fault(
     refused = await client.post(f"{API}/orders", json={"cart_id": cart_id}, headers=token)
     assert refused.status_code == 422, refused.text
     fields = [e["field"] for e in refused.json()["errors"]]
-    assert sorted(fields) == ["email", "shipping_method", "voucher_code"]
+    assert sorted(fields) == ["email", "shipping_address", "shipping_method", "voucher_code"]
     for problem in cart["problems"]:
         assert problem in refused.json()["detail"]
 
@@ -93,7 +98,9 @@ async def test_a_customers_cart_needs_no_email_of_its_own(
     assert created.status_code == 201, created.text
     cart_id = created.json()["id"]
     cart = await client.patch(
-        f"{API}/carts/{cart_id}", json={"shipping_method": "standard"}, headers=bearer(buyer)
+        f"{API}/carts/{cart_id}",
+        json={"shipping_method": "standard", "shipping_address": {**DELIVERY, "country": "ES"}},
+        headers=bearer(buyer),
     )
     assert cart.json()["problems"] == []
     placed = await checkout(client, cart_id, bearer(buyer))

@@ -162,8 +162,9 @@ async def test_key_rotation_reencrypts_orders_and_payments_columns(
     for name in ("orders", "payments"):
         ctx = ctx_of(app, name)
         rewritten += await reencrypt_columns(ctx.db, runtime.cipher, ctx.service.encrypted_columns)
-    # the order; the payment, its invoice and its credit note (the cart had no email of its own)
-    assert rewritten == 4
+    # the order's email and shipping address; the payment, its invoice and its credit note (the
+    # cart had no email or address of its own)
+    assert rewritten == 5
     for name, where in (("orders", "orders"), ("payments", "payments"), ("payments", "invoices")):
         async with ctx_of(app, name).db.read() as session:
             sealed = "email_encrypted" if where == "orders" else "buyer_encrypted"

@@ -42,6 +42,8 @@ descriptor = Service(
     ),
     encrypted_columns=(
         EncryptedColumn("carts", "email_encrypted"),
+        EncryptedColumn("carts", "shipping_address_encrypted"),
+        EncryptedColumn("carts", "billing_address_encrypted"),
         EncryptedColumn("orders", "email_encrypted"),
         EncryptedColumn("orders", "shipping_address_encrypted"),
         EncryptedColumn("orders", "billing_address_encrypted"),

@@ -103,7 +103,12 @@ async def get_cart(
     return await service.get_cart(ctx, cart_id=cart_id, principal=principal, token=token)
 
 
-@router.patch("/carts/{cart_id}", response_model=Cart, responses=_errors(404, 409, 422))
+@router.patch(
+    "/carts/{cart_id}",
+    response_model=Cart,
+    summary="Set the cart's country, shipping method, email or addresses",
+    responses=_errors(404, 409, 422),
+)
 async def update_cart(
     cart_id: Id,
     data: CartUpdate,
@@ -111,6 +116,9 @@ async def update_cart(
     principal: OptionalPrincipal,
     token: CartToken = None,
 ) -> Cart:
+    """A field left out keeps its value; null clears it. A shipping address sets the cart's
+    country (taxes follow delivery) and prices the cart again; while the cart has one, a
+    different `country` alone is refused (422 on `country`)."""
     return await service.update_cart(
         ctx, cart_id=cart_id, principal=principal, token=token, data=data
     )
@@ -183,6 +191,9 @@ async def remove_voucher(
 async def merge_cart(
     cart_id: Id, ctx: Context, principal: Customer, token: CartToken = None
 ) -> Cart:
+    """Lines are added up; the voucher, email, country and shipping method fill what the
+    customer's cart lacks. The addresses go as a pair: a customer's cart with either keeps its
+    own, one with none takes the anonymous cart's (and its country)."""
     return await service.merge_cart(ctx, cart_id=cart_id, principal=principal, token=token)
 
 
@@ -204,6 +215,10 @@ async def place_order(
     token: CartToken = None,
     idempotency_key: IdempotencyKeyHeader = None,
 ) -> Response:
+    """What the body leaves out comes from the cart (email, country, shipping method,
+    addresses). An order with a shipping method needs a shipping address (422 on
+    `shipping_address`); its country is the order's."""
+
     async def _place() -> tuple[int, dict[str, Any]]:
         order = await service.place_order(ctx, principal=principal, token=token, data=data)
         # The answer is kept for replays; the buyer's email is kept in it encrypted.

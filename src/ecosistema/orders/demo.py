@@ -60,8 +60,32 @@ CUSTOMER = "customer"
 CUSTOMER_ORDERS = 5
 
 
+# Where demo parcels go: a street, a postal code and a city per country.
+DEMO_STREETS = {
+    "ES": ("Calle de Alcalá", "28014", "Madrid"),
+    "DE": ("Friedrichstraße", "10117", "Berlin"),
+    "FR": ("Rue de Rivoli", "75001", "Paris"),
+    "IT": ("Via del Corso", "00186", "Roma"),
+    "PT": ("Rua Augusta", "1100-048", "Lisboa"),
+    "NL": ("Damrak", "1012 LG", "Amsterdam"),
+    "US": ("Market Street", "94103", "San Francisco"),
+}
+
+
 def demo_email(name: str) -> str:
     return f"{name}@demo.ecosistema.dev"
+
+
+def demo_address(name: str, country: str) -> schemas.Address:
+    """A demo buyer's shipping address in ``country``: a parcel needs one."""
+    street, postal_code, city = DEMO_STREETS[country]
+    return schemas.Address(
+        name=name.replace(".", " ").title(),
+        line1=f"{street} {len(name) * 3 + 1}",
+        city=city,
+        postal_code=postal_code,
+        country=country,
+    )
 
 
 @dataclass
@@ -247,7 +271,11 @@ async def _place(ctx: ServiceContext, plan: _Plan) -> schemas.Order | None:
         cart, _ = await service.create_cart(
             ctx,
             principal=plan.customer,
-            data=schemas.CartCreate(currency=plan.currency, country=plan.country, email=email),
+            data=schemas.CartCreate(
+                currency=plan.currency,
+                email=email,
+                shipping_address=demo_address(plan.buyer, plan.country),
+            ),
             at=plan.at - timedelta(minutes=6),
         )
         for sku, quantity in plan.lines:

@@ -98,6 +98,10 @@ carts = Table(
     Column("currency", String(3), nullable=False),
     Column("country", String(2)),
     Column("email_encrypted", Text),
+    # JSON of the addresses given before checkout, encrypted (personal data). With a shipping
+    # address, ``country`` is that address's country.
+    Column("shipping_address_encrypted", Text),
+    Column("billing_address_encrypted", Text),
     Column("shipping_method", String(50)),
     Column("voucher_code", String(64)),
     Column("merged_into", id_column_type()),

@@ -59,6 +59,92 @@ def _refuse(title: str, problems: list[tuple[tuple[str | int, ...], str, Any]]) 
         )
 
 
+# --- addresses ----------------------------------------------------------------------------------
+
+
+class PostalAddress(BaseModel):
+    """A postal address as a cart or an order keeps it (read back without the rules for new
+    ones, so that rules tightened later never make older carts or orders unreadable)."""
+
+    name: str
+    company: str | None = None
+    line1: str
+    line2: str | None = None
+    city: str
+    region: str | None = Field(default=None, description="State or province.")
+    postal_code: str | None = None
+    country: str = Field(description="ISO 3166-1 alpha-2 code.")
+    phone: str | None = Field(default=None, description="For the carrier.")
+
+
+class Address(Input):
+    """A postal address given with a cart or an order, as printed on the parcel or the
+    invoice."""
+
+    name: str = Field(min_length=1, max_length=200, description="Recipient or company name.")
+    company: str | None = Field(default=None, max_length=200)
+    line1: str = Field(min_length=1, max_length=200)
+    line2: str | None = Field(default=None, max_length=200)
+    city: str = Field(min_length=1, max_length=100)
+    region: str | None = Field(default=None, max_length=100, description="State or province.")
+    postal_code: str | None = Field(default=None, max_length=20)
+    country: str = Field(pattern=_COUNTRY, description="ISO 3166-1 alpha-2 code.")
+    phone: str | None = Field(
+        default=None,
+        max_length=32,
+        description="For the carrier: digits, an optional leading +, and spaces, dots, "
+        "dashes, slashes or parentheses between them.",
+    )
+
+    _text = field_validator("name", "line1", "city")(check_address_text)
+
+    @field_validator("company", "line2", "region", "postal_code")
+    @classmethod
+    def _optional_text(cls, value: str | None) -> str | None:
+        return None if value is None or not value.strip() else check_address_text(value)
+
+    @field_validator("phone")
+    @classmethod
+    def _phone(cls, value: str | None) -> str | None:
+        if value is None or not value.strip():
+            return None
+        if not _PHONE.fullmatch(value.strip()):
+            raise ValueError(
+                "use digits, an optional leading +, and spaces, dots, dashes, slashes or "
+                "parentheses between them"
+            )
+        return value.strip()
+
+    @field_validator("country")
+    @classmethod
+    def _iso_country(cls, value: str) -> str:
+        if not is_country(value.upper()):
+            raise ValueError("must be an ISO 3166-1 alpha-2 country code")
+        return value.upper()
+
+
+def address_conflict(address_country: str, country: str) -> str | None:
+    """Why ``country`` cannot go with a shipping address in ``address_country`` (None when
+    they agree): taxes follow where the order is delivered."""
+    if country.upper() == address_country:
+        return None
+    return (
+        f"the shipping address is in {address_country} but the order is for "
+        f"{country.upper()}: taxes follow where the order is delivered"
+    )
+
+
+def _country_follows_address(model: Any) -> Any:
+    """A request giving both a shipping address and a ``country`` must name one country."""
+    shipping, country = model.shipping_address, model.country
+    if shipping is not None and country is not None:
+        message = address_conflict(shipping.country, country)
+        if message is not None:
+            loc: tuple[str | int, ...] = ("shipping_address", "country")
+            _refuse(type(model).__name__, [(loc, message, shipping.country)])
+    return model
+
+
 # --- carts --------------------------------------------------------------------------------------
 
 
@@ -70,10 +156,27 @@ class CartItemAdd(Input):
 MAX_CART_CREATE_ITEMS = 100
 
 
+SHIPPING_ADDRESS_ON_CART = (
+    "Where to deliver. The cart's country becomes the address's country (taxes follow "
+    "delivery); null clears it. Checkout uses it unless the checkout request gives one."
+)
+BILLING_ADDRESS_ON_CART = (
+    "For the invoice; shown as the shipping address when left out. Null clears it. Checkout "
+    "uses it unless the checkout request gives one."
+)
+
+
 class CartCreate(Input):
     currency: str = Field(default="EUR", min_length=3, max_length=3)
-    country: str | None = Field(default=None, pattern=_COUNTRY)
+    country: str | None = Field(
+        default=None,
+        pattern=_COUNTRY,
+        description="Where the cart ships (ISO 3166-1 alpha-2); with a shipping address, "
+        "that address's country.",
+    )
     email: EmailStr | None = None
+    shipping_address: Address | None = Field(default=None, description=SHIPPING_ADDRESS_ON_CART)
+    billing_address: Address | None = Field(default=None, description=BILLING_ADDRESS_ON_CART)
     # Left out, there are no lines; ``null`` is refused like any other value that is no list.
     items: list[CartItemAdd] = Field(
         default_factory=list,
@@ -84,14 +187,25 @@ class CartCreate(Input):
     )
 
     _check_currency = field_validator("currency")(iso_currency)
+    _one_country = model_validator(mode="after")(_country_follows_address)
 
 
 class CartUpdate(Input):
-    """PATCH carts/{id}: where it ships, how, and the contact email."""
+    """PATCH carts/{id}: where it ships, how, the contact email and the addresses; a field
+    left out keeps its value, null clears it."""
 
-    country: str | None = Field(default=None, pattern=_COUNTRY)
+    country: str | None = Field(
+        default=None,
+        pattern=_COUNTRY,
+        description="Where the cart ships (ISO 3166-1 alpha-2). While the cart has a shipping "
+        "address, its country is that address's: another one is refused.",
+    )
     shipping_method: str | None = Field(default=None, max_length=50, pattern=_METHOD)
     email: EmailStr | None = None
+    shipping_address: Address | None = Field(default=None, description=SHIPPING_ADDRESS_ON_CART)
+    billing_address: Address | None = Field(default=None, description=BILLING_ADDRESS_ON_CART)
+
+    _one_country = model_validator(mode="after")(_country_follows_address)
 
 
 class CartItemUpdate(Input):
@@ -140,6 +254,10 @@ class Cart(BaseModel):
     currency: str
     country: str | None
     email: str | None
+    shipping_address: PostalAddress | None = None
+    billing_address: PostalAddress | None = Field(
+        default=None, description="The shipping address when no other was given."
+    )
     shipping_method: str | None
     voucher_code: str | None
     lines: list[CartLine]
@@ -154,66 +272,6 @@ class Cart(BaseModel):
 # --- orders -------------------------------------------------------------------------------------
 
 
-class PostalAddress(BaseModel):
-    """A postal address as an order keeps it (read back without the rules for new ones, so
-    that rules tightened later never make older orders unreadable)."""
-
-    name: str
-    company: str | None = None
-    line1: str
-    line2: str | None = None
-    city: str
-    region: str | None = Field(default=None, description="State or province.")
-    postal_code: str | None = None
-    country: str = Field(description="ISO 3166-1 alpha-2 code.")
-    phone: str | None = Field(default=None, description="For the carrier.")
-
-
-class Address(Input):
-    """A postal address given with an order, as printed on the parcel or the invoice."""
-
-    name: str = Field(min_length=1, max_length=200, description="Recipient or company name.")
-    company: str | None = Field(default=None, max_length=200)
-    line1: str = Field(min_length=1, max_length=200)
-    line2: str | None = Field(default=None, max_length=200)
-    city: str = Field(min_length=1, max_length=100)
-    region: str | None = Field(default=None, max_length=100, description="State or province.")
-    postal_code: str | None = Field(default=None, max_length=20)
-    country: str = Field(pattern=_COUNTRY, description="ISO 3166-1 alpha-2 code.")
-    phone: str | None = Field(
-        default=None,
-        max_length=32,
-        description="For the carrier: digits, an optional leading +, and spaces, dots, "
-        "dashes, slashes or parentheses between them.",
-    )
-
-    _text = field_validator("name", "line1", "city")(check_address_text)
-
-    @field_validator("company", "line2", "region", "postal_code")
-    @classmethod
-    def _optional_text(cls, value: str | None) -> str | None:
-        return None if value is None or not value.strip() else check_address_text(value)
-
-    @field_validator("phone")
-    @classmethod
-    def _phone(cls, value: str | None) -> str | None:
-        if value is None or not value.strip():
-            return None
-        if not _PHONE.fullmatch(value.strip()):
-            raise ValueError(
-                "use digits, an optional leading +, and spaces, dots, dashes, slashes or "
-                "parentheses between them"
-            )
-        return value.strip()
-
-    @field_validator("country")
-    @classmethod
-    def _iso_country(cls, value: str) -> str:
-        if not is_country(value.upper()):
-            raise ValueError("must be an ISO 3166-1 alpha-2 country code")
-        return value.upper()
-
-
 class CheckoutRequest(Input):
     """POST orders: the cart to buy. Amounts always come from the server."""
 
@@ -223,22 +281,15 @@ class CheckoutRequest(Input):
     shipping_method: str | None = Field(default=None, max_length=50, pattern=_METHOD)
     shipping_address: Address | None = Field(
         default=None,
-        description="Where to deliver. Its country is the order's country (taxes follow it).",
+        description="Where to deliver; the cart's when left out. Its country is the order's "
+        "country (taxes follow it). Needed when the order has a shipping method.",
     )
     billing_address: Address | None = Field(
-        default=None, description="For the invoice; the shipping address when left out."
+        default=None,
+        description="For the invoice; the cart's when left out, else the shipping address.",
     )
 
-    @model_validator(mode="after")
-    def _one_country(self) -> CheckoutRequest:
-        shipping, country = self.shipping_address, self.country
-        if shipping is not None and country is not None and country.upper() != shipping.country:
-            message = (
-                f"the shipping address is in {shipping.country} but the order is for "
-                f"{country.upper()}: taxes follow where the order is delivered"
-            )
-            _refuse("checkout", [(("shipping_address", "country"), message, shipping.country)])
-        return self
+    _one_country = model_validator(mode="after")(_country_follows_address)
 
 
 class OrderLine(BaseModel):

@@ -178,23 +178,36 @@ def _seal(ctx: ServiceContext, value: str | None, table: str, row_id: str) -> st
     return ctx.cipher.encrypt(value, table=table, column="email_encrypted", row_id=row_id)
 
 
+SHIPPING_ADDRESS = "shipping_address_encrypted"
+BILLING_ADDRESS = "billing_address_encrypted"
+
+
 def _seal_address(
-    ctx: ServiceContext, address: schemas.Address | None, column: str, order_id: str
+    ctx: ServiceContext,
+    address: schemas.Address | schemas.PostalAddress | None,
+    column: str,
+    row_id: str,
+    table: Literal["carts", "orders"] = "orders",
 ) -> str | None:
+    """An address as a cart or order row keeps it in ``column``: JSON, encrypted."""
     if address is None:
         return None
     plain = address.model_dump_json(exclude_none=True)
-    return ctx.cipher.encrypt(plain, table="orders", column=column, row_id=order_id)
+    return ctx.cipher.encrypt(plain, table=table, column=column, row_id=row_id)
 
 
 def _address_of(
-    ctx: ServiceContext, row: Mapping[Any, Any], column: str
+    ctx: ServiceContext,
+    row: Mapping[Any, Any],
+    column: str,
+    table: Literal["carts", "orders"] = "orders",
 ) -> schemas.PostalAddress | None:
-    """The decrypted address an order row keeps in ``column`` (None when none was given)."""
+    """The decrypted address a cart or order row keeps in ``column`` (None when none was
+    given)."""
     token = row.get(column)
     if token is None:
         return None
-    plain = ctx.cipher.decrypt(token, table="orders", column=column, row_id=str(row["id"]))
+    plain = ctx.cipher.decrypt(token, table=table, column=column, row_id=str(row["id"]))
     return schemas.PostalAddress.model_validate_json(plain)
 
 
@@ -767,10 +780,14 @@ async def _price(
     country_field: str = "country",
     shipping_method: str | None = None,
     quotes: Mapping[str, Quote] | None = None,
+    has_shipping_address: bool | None = None,
 ) -> _Priced:
     """The cart priced, with every fault that blocks its checkout; ``country_field`` names
-    where the country came from (``country``, or the shipping address's)."""
+    where the country came from (``country``, or the shipping address's), and
+    ``has_shipping_address`` whether the order would have one (the cart's when not said)."""
     cart = state.cart
+    if has_shipping_address is None:
+        has_shipping_address = cart.get(SHIPPING_ADDRESS) is not None
     currency = cart["currency"]
     where = country or cart["country"] or ctx.settings.orders_default_country
     skus = [line["sku"] for line in state.lines]
@@ -822,6 +839,12 @@ async def _price(
         message = "Choose a shipping method."
         problems.append(message)
         errors.append({"field": "shipping_method", "message": message, "code": "missing"})
+    if (requested_method or state.shipping_options) and not has_shipping_address:
+        # A cart that ships (a method chosen, or one needed) is a parcel, and a parcel needs
+        # an address; a cart no method serves (digital goods) needs none.
+        message = "A shipping address is needed: the parcel is delivered to it."
+        problems.append(message)
+        errors.append({"field": "shipping_address", "message": message, "code": "missing"})
     if not state.lines:
         problems.append("The cart is empty.")
         errors.append({"field": "lines", "message": "The cart is empty.", "code": "empty"})
@@ -918,6 +941,7 @@ def _totals_view(totals: domain.Totals) -> schemas.Totals:
 def _cart_view(
     ctx: ServiceContext, cart: Mapping[Any, Any], priced: _Priced, token: str | None = None
 ) -> schemas.Cart:
+    shipping = _address_of(ctx, cart, SHIPPING_ADDRESS, "carts")
     return schemas.Cart(
         id=cart["id"],
         token=token,
@@ -926,6 +950,8 @@ def _cart_view(
         currency=cart["currency"],
         country=cart["country"],
         email=_email_of(ctx, cart, "carts"),
+        shipping_address=shipping,
+        billing_address=_address_of(ctx, cart, BILLING_ADDRESS, "carts") or shipping,
         shipping_method=cart["shipping_method"],
         voucher_code=cart["voucher_code"],
         lines=priced.lines,
@@ -945,19 +971,46 @@ async def _view_cart(ctx: ServiceContext, cart_id: str, token: str | None = None
     return _cart_view(ctx, cart, await _price(ctx, state), token)
 
 
-async def _served_rate(tx: Statements, country: str) -> tuple[str, int]:
-    """A country the shop sells to, and its tax rate; a 422 on ``country`` otherwise."""
-    code = _country(country, "country")
+async def _served_rate(
+    tx: Statements, country: str, field_name: str = "country"
+) -> tuple[str, int]:
+    """A country the shop sells to, and its tax rate; a 422 on ``field_name`` otherwise."""
+    code = _country(country, field_name)
     rate = await _tax_rate_bp(tx, code)
     if rate is None:
-        raise field_error("country", f"the shop does not sell to {code}", code="not_served")
+        raise field_error(field_name, f"the shop does not sell to {code}", code="not_served")
     return code, rate
 
 
-async def _served_country(session: AsyncSession, country: str | None) -> str | None:
+async def _served_country(
+    session: AsyncSession, country: str | None, field_name: str = "country"
+) -> str | None:
     if country is None:
         return None
-    return (await _served_rate(statements(session), country))[0]
+    return (await _served_rate(statements(session), country, field_name))[0]
+
+
+COUNTRY_OF_SHIPPING_ADDRESS = "shipping_address.country"
+
+
+def _check_kept_address(cart: Mapping[Any, Any], country: str | None) -> None:
+    """Refuse a ``country`` for a cart that keeps a shipping address elsewhere (a 422 on
+    ``country``): while it has a shipping address, a cart's country is that address's."""
+    kept = cart["country"]
+    if cart.get(SHIPPING_ADDRESS) is None or (
+        country is not None and country.strip().upper() == kept
+    ):
+        return
+    reason = (
+        schemas.address_conflict(kept, country.strip())
+        if country is not None
+        else f"the cart's country follows its shipping address, in {kept}"
+    )
+    raise field_error(
+        "country",
+        f"{reason}; give a shipping address in that country, or clear the address",
+        code="address_elsewhere",
+    )
 
 
 async def create_cart(
@@ -976,7 +1029,14 @@ async def create_cart(
         async with ctx.db.driver_read() as reading:
             country: str | None = None
             rate: int | None
-            if data.country is not None:
+            if data.shipping_address is not None:
+                # The cart's country is its shipping address's (a different ``country`` in the
+                # request was refused with the body).
+                country, rate = await _served_rate(
+                    reading, data.shipping_address.country, COUNTRY_OF_SHIPPING_ADDRESS
+                )
+                where = country
+            elif data.country is not None:
                 country, rate = await _served_rate(reading, data.country)
                 where = country
             else:
@@ -985,13 +1045,17 @@ async def create_cart(
             methods = await reading.rows(_ALL_SHIPPING_METHODS)
         items, quotes = await _checked_items(ctx, principal, data)
         # What the request sets on a customer's existing cart, as PATCH /carts/{id} would;
-        # the email is sealed under that cart's id, so it is sealed once the cart is found.
+        # the email and addresses are sealed under that cart's id, so once the cart is found.
         given = data.model_fields_set
         set_fields: dict[str, Any] = {}
-        if "country" in given:
+        if "country" in given or data.shipping_address is not None:
             set_fields["country"] = country
         if "email" in given:
             set_fields["email_encrypted"] = str(data.email) if data.email else None
+        if "shipping_address" in given:
+            set_fields[SHIPPING_ADDRESS] = data.shipping_address
+        if "billing_address" in given:
+            set_fields[BILLING_ADDRESS] = data.billing_address
         cart_id = new_id()
         values: dict[str, Any] = {
             "id": cart_id,
@@ -1002,6 +1066,12 @@ async def create_cart(
             "country": country,
             "email_encrypted": _seal(
                 ctx, str(data.email) if data.email else None, "carts", cart_id
+            ),
+            SHIPPING_ADDRESS: _seal_address(
+                ctx, data.shipping_address, SHIPPING_ADDRESS, cart_id, "carts"
+            ),
+            BILLING_ADDRESS: _seal_address(
+                ctx, data.billing_address, BILLING_ADDRESS, cart_id, "carts"
             ),
             "shipping_method": None,
             "voucher_code": None,
@@ -1023,8 +1093,12 @@ async def create_cart(
                 )
             if existing is not None and (items or set_fields):
                 found = str(existing)
+                if "country" in given and "shipping_address" not in given:
+                    kept = await _cart_row(tx, found)
+                    if kept is not None:
+                        _check_kept_address(kept, country)  # raising rolls the write back
                 changes = {
-                    name: _seal(ctx, value, "carts", found) if name == "email_encrypted" else value
+                    name: _sealed_cart_field(ctx, name, value, found)
                     for name, value in set_fields.items()
                 }
                 existing = await _fill_existing(ctx, tx, found, items, changes, now)
@@ -1049,6 +1123,15 @@ async def create_cart(
         state = _CartState(values, lines, rate, None, options, None)
         await _know_buyer(ctx, state)
         return _cart_view(ctx, values, await _price(ctx, state, quotes=quotes), token), True
+
+
+def _sealed_cart_field(ctx: ServiceContext, name: str, value: Any, cart_id: str) -> Any:
+    """A cart column's value as stored: the email and the addresses encrypted for the row."""
+    if name == "email_encrypted":
+        return _seal(ctx, value, "carts", cart_id)
+    if name in (SHIPPING_ADDRESS, BILLING_ADDRESS):
+        return _seal_address(ctx, value, name, cart_id, "carts")
+    return value
 
 
 _FILL_CART: dict[tuple[str, ...], Any] = {}
@@ -1134,14 +1217,28 @@ async def update_cart(
     token: str | None,
     data: schemas.CartUpdate,
 ) -> schemas.Cart:
-    """Set where the cart ships, the shipping method, or the contact email."""
+    """Set where the cart ships (its country, or its shipping address, whose country it then
+    takes), the shipping method, the contact email, or the billing address."""
     changes = data.model_dump(exclude_unset=True)
     async with ctx.db.transaction() as session:
         cart = _check_cart_access(await _cart_row(statements(session), cart_id), principal, token)
         _ensure_active(cart)
         values: dict[str, Any] = {}
-        if "country" in changes:
+        shipping = data.shipping_address
+        if shipping is not None:
+            # A different ``country`` in the same request was refused with the body.
+            values["country"] = await _served_country(
+                session, shipping.country, COUNTRY_OF_SHIPPING_ADDRESS
+            )
+        elif "country" in changes:
+            if "shipping_address" not in changes:
+                _check_kept_address(cart, changes["country"])
             values["country"] = await _served_country(session, changes["country"])
+        for name in ("shipping_address", "billing_address"):
+            if name in changes:
+                column = f"{name}_encrypted"
+                address = getattr(data, name)
+                values[column] = _seal_address(ctx, address, column, cart_id, "carts")
         if "shipping_method" in changes:
             code = changes["shipping_method"]
             if code is not None:
@@ -1493,6 +1590,7 @@ async def merge_cart(
                 # The ciphertext is bound to its row: the address is sealed anew for the target.
                 address = _email_of(ctx, anonymous, "carts")
                 fill["email_encrypted"] = _seal(ctx, address, "carts", result_id)
+            fill.update(_merged_addresses(ctx, target, anonymous))
             await session.execute(
                 update(carts).where(carts.c.id == result_id).values(**fill, updated_at=now)
             )
@@ -1502,6 +1600,25 @@ async def merge_cart(
                 .values(status="merged", merged_into=result_id, token_hash=None, updated_at=now)
             )
     return await _view_cart(ctx, result_id)
+
+
+def _merged_addresses(
+    ctx: ServiceContext, target: Mapping[Any, Any], anonymous: Mapping[Any, Any]
+) -> dict[str, Any]:
+    """The address columns a merge sets on the customer's cart: the addresses go as a pair,
+    so a cart with either keeps its own, and one with none takes the anonymous cart's, with
+    its country (a cart's country follows its shipping address)."""
+    columns = (SHIPPING_ADDRESS, BILLING_ADDRESS)
+    if any(target[c] is not None for c in columns) or all(anonymous[c] is None for c in columns):
+        return {}
+    fill: dict[str, Any] = {}
+    for column in columns:
+        # Each ciphertext is bound to its row: sealed anew for the target.
+        address = _address_of(ctx, anonymous, column, "carts")
+        fill[column] = _seal_address(ctx, address, column, target["id"], "carts")
+    if anonymous[SHIPPING_ADDRESS] is not None:
+        fill["country"] = anonymous["country"]
+    return fill
 
 
 # --- checkout -----------------------------------------------------------------------------------
@@ -1534,14 +1651,20 @@ async def place_order(
                     "This cart has already been checked out.", order_id=cart["order_id"]
                 )
             _ensure_active(cart)
+            # Each address the request gives replaces the cart's.
+            shipping = data.shipping_address or _address_of(ctx, cart, SHIPPING_ADDRESS, "carts")
+            billing = data.billing_address or _address_of(ctx, cart, BILLING_ADDRESS, "carts")
             # A country the shop does not sell to is among the faults the pricing lists.
             country: str | None = None
             country_field = "country"
             if data.country is not None:
                 country = _country(data.country, country_field)
-            elif data.shipping_address is not None:
-                country_field = "shipping_address.country"
-                country = _country(data.shipping_address.country, country_field)
+                if data.shipping_address is None and shipping is not None:
+                    # The request's own address was checked with the body; the cart's is here.
+                    _check_kept_address(cart, country)
+            elif shipping is not None:
+                country_field = COUNTRY_OF_SHIPPING_ADDRESS
+                country = _country(shipping.country, country_field)
             state = await _load_cart_state(
                 ctx, reading, cart, country=country, shipping_method=data.shipping_method
             )
@@ -1552,6 +1675,7 @@ async def place_order(
             country=country,
             country_field=country_field,
             shipping_method=data.shipping_method,
+            has_shipping_address=shipping is not None,
         )
         if priced.errors:
             # Every field at fault at once, as the cart's ``problems`` list them.
@@ -1609,7 +1733,7 @@ async def place_order(
                     principal=principal,
                     now=now,
                     expires_at=expires_at,
-                    addresses=(data.shipping_address, data.billing_address),
+                    addresses=(shipping, billing),
                 )
         except BaseException:
             await _abandon_checkout(ctx, order_id, reserved=reserved, claimed=claimed)
@@ -1644,6 +1768,24 @@ _TAKE_CART = (
 )
 
 
+_AnyAddress = schemas.Address | schemas.PostalAddress
+
+
+async def _refuse_taken_cart(tx: Statements, cart_id: str) -> None:
+    """Raise why the cart could not be taken for an order at the last write: another checkout
+    ordered it meanwhile (a 409 carrying that order's id), or it was merged or deleted."""
+    current = await _cart_row(tx, cart_id)
+    if current is None:
+        raise NotFound(CART_NOT_FOUND)
+    if current["status"] != "ordered":
+        _ensure_active(current)
+    # The winner's write has committed (SQLite writes one at a time; PostgreSQL's guarded
+    # UPDATE waited for it), so this read sees the order it placed.
+    raise domain.CartAlreadyOrdered(
+        "This cart has already been checked out.", order_id=current["order_id"]
+    )
+
+
 async def _write_order(
     ctx: ServiceContext,
     tx: DriverTransaction,
@@ -1655,10 +1797,10 @@ async def _write_order(
     principal: Principal | None,
     now: datetime,
     expires_at: datetime,
-    addresses: tuple[schemas.Address | None, schemas.Address | None] = (None, None),
+    addresses: tuple[_AnyAddress | None, _AnyAddress | None] = (None, None),
 ) -> tuple[dict[str, Any], list[dict[str, Any]]]:
     if await tx.execute(_TAKE_CART, cart_id=cart["id"], order_id=order_id, at=now) != 1:
-        raise domain.CartAlreadyOrdered("This cart has already been checked out.")
+        await _refuse_taken_cart(tx, cart["id"])
     totals = priced.totals
     number = await _next_order_number(ctx, tx)
     order_row: dict[str, Any] = {
@@ -1669,12 +1811,8 @@ async def _write_order(
         "customer_id": cart["customer_id"],
         "email_encrypted": _seal(ctx, email, "orders", order_id),
         "email_index": email_index(ctx, email),
-        "shipping_address_encrypted": _seal_address(
-            ctx, addresses[0], "shipping_address_encrypted", order_id
-        ),
-        "billing_address_encrypted": _seal_address(
-            ctx, addresses[1], "billing_address_encrypted", order_id
-        ),
+        SHIPPING_ADDRESS: _seal_address(ctx, addresses[0], SHIPPING_ADDRESS, order_id),
+        BILLING_ADDRESS: _seal_address(ctx, addresses[1], BILLING_ADDRESS, order_id),
         "status": OrderStatus.PENDING_PAYMENT.value,
         "currency": totals.currency,
         "country": priced.country,
@@ -1906,7 +2044,7 @@ def _line_view(row: Mapping[Any, Any]) -> schemas.OrderLine:
 def _summary_fields(
     ctx: ServiceContext, row: Mapping[Any, Any], lines: Sequence[Mapping[Any, Any]]
 ) -> dict[str, Any]:
-    shipping = _address_of(ctx, row, "shipping_address_encrypted")
+    shipping = _address_of(ctx, row, SHIPPING_ADDRESS)
     return {
         "id": row["id"],
         "number": row["number"],
@@ -1923,7 +2061,7 @@ def _summary_fields(
         "tax_rate_bp": row["tax_rate_bp"],
         "shipping_tax": row["shipping_tax"],
         "shipping_address": shipping,
-        "billing_address": _address_of(ctx, row, "billing_address_encrypted") or shipping,
+        "billing_address": _address_of(ctx, row, BILLING_ADDRESS) or shipping,
         "lines": [_line_view(line) for line in lines],
         "created_at": row["created_at"],
         "reservation_expires_at": row["reservation_expires_at"],
