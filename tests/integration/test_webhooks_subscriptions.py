@@ -128,6 +128,24 @@ async def test_bad_subscriptions_get_422_naming_the_field(
     assert [e["field"] for e in response.json()["errors"]] == [field]
 
 
+@pytest.mark.parametrize("field", ["url", "event_types", "description", "status"])
+async def test_null_in_a_change_is_refused_and_changes_nothing(
+    app: FastAPI, client: httpx.AsyncClient, receiver: Receiver, field: str
+) -> None:
+    admin = await staff_tokens(app, client)
+    sub = await subscribe(client, admin, receiver.url, ["order.paid"])
+    before = await client.get(f"{API}/webhook-subscriptions/{sub['id']}", headers=bearer(admin))
+    response = await client.patch(
+        f"{API}/webhook-subscriptions/{sub['id']}",
+        json={field: None, "description": "changed"} if field != "description" else {field: None},
+        headers=bearer(admin),
+    )
+    assert response.status_code == 422, response.text
+    assert [e["field"] for e in response.json()["errors"]] == [field]
+    after = await client.get(f"{API}/webhook-subscriptions/{sub['id']}", headers=bearer(admin))
+    assert after.json() == before.json()
+
+
 async def test_unknown_event_types_are_named_in_the_error(
     app: FastAPI, client: httpx.AsyncClient
 ) -> None:

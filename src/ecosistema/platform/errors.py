@@ -9,6 +9,7 @@ from typing import Any
 import structlog
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
+from pydantic import BaseModel
 from sqlalchemy.exc import StatementError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import ClientDisconnect
@@ -109,6 +110,14 @@ def field_error(field: str, message: str, code: str = "invalid") -> Unprocessabl
     return Unprocessable(
         f"{field}: {message}", errors=[{"field": field, "message": message, "code": code}]
     )
+
+
+def refuse_nulls(data: BaseModel, fields: Sequence[str]) -> None:
+    """A PATCH that sets to null a field that cannot be empty: a 422 at the field. Leaving a
+    field out keeps its value; null neither keeps nor clears it silently."""
+    for name in fields:
+        if name in data.model_fields_set and getattr(data, name) is None:
+            raise field_error(name, "must not be null")
 
 
 _RESPONSE_DESCRIPTIONS = {

@@ -17,7 +17,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from ecosistema.platform.auth import Principal
 from ecosistema.platform.config import Settings
 from ecosistema.platform.db import new_id, utcnow
-from ecosistema.platform.errors import Conflict, NotFound, field_error
+from ecosistema.platform.errors import Conflict, NotFound, field_error, refuse_nulls
 from ecosistema.platform.events import EventEnvelope
 from ecosistema.platform.pagination import decode_cursor, encode_cursor
 from ecosistema.platform.service import ServiceContext
@@ -196,6 +196,7 @@ async def update_subscription(
     ctx: ServiceContext, *, subscription_id: str, data: schemas.SubscriptionUpdate
 ) -> schemas.Subscription:
     """Change a subscription; enabling it again clears its failure record."""
+    refuse_nulls(data, ("url", "event_types", "description", "status"))
     if data.url is not None:
         await _check_target(ctx, data.url)
     now = utcnow()
