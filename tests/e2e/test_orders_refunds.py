@@ -1,6 +1,7 @@
 """Refunds seen from the order, with identity, catalog, orders and payments in one app: after a
 refund of the rest with restock, the order's lines count as refunded exactly the units put back
-in stock."""
+in stock; restocked units go back to the warehouses they came from; a fully discounted line is
+not refunded."""
 
 from __future__ import annotations
 
@@ -17,6 +18,8 @@ from tests.integration.test_orders_support import (
     checkout,
     customer,
     eventually,
+    guest_cart,
+    place_guest_order,
     seed_shop,
     settings,
     staff_tokens,
@@ -97,3 +100,168 @@ async def test_refunding_the_rest_with_restock_records_the_restocked_units_on_th
     restocked = {sku: await available(client, admin, sku) - sold[sku] for sku in sold}
     assert {sku: line["refunded_quantity"] for sku, line in lines.items()} == restocked
     assert restocked == {"RR-TEE": 3, "RR-MUG": 2}
+
+
+async def test_refunds_with_restock_return_units_to_the_warehouses_they_came_from(
+    app: FastAPI, client: httpx.AsyncClient
+) -> None:
+    admin = await staff_tokens(app, client)
+    await seed_shop(app, client, admin, {"WH-TEE": 8})
+    overflow = await client.post(
+        f"{API}/warehouses",
+        json={"code": "overflow", "name": "Overflow", "priority": 1},
+        headers=bearer(admin),
+    )
+    assert overflow.status_code == 201, overflow.text
+    moved = await client.post(
+        f"{API}/inventory/WH-TEE/adjustments",
+        json={"warehouse": "overflow", "delta": 60, "reason": "delivery"},
+        headers=bearer(admin),
+    )
+    assert moved.status_code in (200, 201), moved.text
+    order = await place_guest_order(client, {"WH-TEE": 65})
+    paid = await client.post(
+        f"{API}/payments",
+        json={"order_id": order["id"], "payment_method": CARD},
+        headers={**order["_headers"], "Idempotency-Key": uuid.uuid4().hex},
+    )
+    assert paid.status_code == 201, paid.text
+
+    async def on_hand() -> dict[str, int]:
+        response = await client.get(f"{API}/inventory/WH-TEE", headers=bearer(admin))
+        assert response.status_code == 200, response.text
+        return {w["warehouse_code"]: w["on_hand"] for w in response.json()["warehouses"]}
+
+    async def stock_is(expected: dict[str, int]) -> bool:
+        return await on_hand() == expected
+
+    await eventually(lambda: stock_is({"main": 0, "overflow": 3}), what="the sale to commit")
+    [line] = order["lines"]
+    for quantity, expected in ((63, {"main": 8, "overflow": 58}), (2, {"main": 8, "overflow": 60})):
+        refunded = await _refund(
+            client,
+            admin,
+            paid.json()["id"],
+            {
+                "reason": "returned",
+                "lines": [{"line_id": line["line_id"], "quantity": quantity}],
+                "restock": True,
+            },
+        )
+        assert refunded.status_code == 201, refunded.text
+        await eventually(lambda e=expected: stock_is(e), what=f"{quantity} units restocked")
+
+
+async def test_a_fully_discounted_line_is_not_refunded_and_its_unit_can_be_restocked(
+    app: FastAPI, client: httpx.AsyncClient
+) -> None:
+    admin = await staff_tokens(app, client)
+    await seed_shop(app, client, admin, {"FREE-TEE": 5})
+    voucher = await client.post(
+        f"{API}/vouchers",
+        json={"code": "ALLFREE", "kind": "fixed", "value": 100000, "currency": "EUR"},
+        headers=bearer(admin),
+    )
+    assert voucher.status_code == 201, voucher.text
+    cart_id, headers = await guest_cart(client, {"FREE-TEE": 1})
+    applied = await client.post(
+        f"{API}/carts/{cart_id}/vouchers", json={"code": "ALLFREE"}, headers=headers
+    )
+    assert applied.status_code == 200, applied.text
+    placed = await checkout(client, cart_id, headers, email="free@example.com")
+    assert placed.status_code == 201, placed.text
+    order = placed.json()
+    [line] = order["lines"]
+    assert line["total"] == 0 and order["total"] == order["shipping_total"] > 0
+    paid = await client.post(
+        f"{API}/payments",
+        json={"order_id": order["id"], "payment_method": CARD},
+        headers={**headers, "Idempotency-Key": uuid.uuid4().hex},
+    )
+    assert paid.status_code == 201, paid.text
+    await eventually(lambda: _on_hand_is(client, admin, "FREE-TEE", 4), what="the sale to commit")
+
+    refused = await _refund(
+        client,
+        admin,
+        paid.json()["id"],
+        {
+            "reason": "zero line",
+            "lines": [{"line_id": line["line_id"], "quantity": 1}],
+            "restock": True,
+        },
+    )
+
+    assert refused.status_code == 422, refused.text
+    [error] = refused.json()["errors"]
+    assert (error["field"], error["code"]) == ("lines.0.line_id", "line_fully_discounted")
+    assert "POST /api/v1/restocks" in error["message"]
+    restocked = await client.post(
+        f"{API}/restocks",
+        json={
+            "order_id": order["id"],
+            "lines": [{"sku": "FREE-TEE", "quantity": 1}],
+            "reason": "returned, fully discounted",
+        },
+        headers=bearer(admin),
+    )
+    assert restocked.status_code == 204, restocked.text
+    assert await available(client, admin, "FREE-TEE") == 5
+    payment = await client.get(f"{API}/payments/{paid.json()['id']}", headers=bearer(admin))
+    assert payment.json()["refunded_amount"] == 0
+
+
+async def _on_hand_is(
+    client: httpx.AsyncClient, admin: dict[str, Any], sku: str, expected: int
+) -> bool:
+    response = await client.get(f"{API}/inventory/{sku}", headers=bearer(admin))
+    assert response.status_code == 200, response.text
+    return bool(response.json()["on_hand"] == expected)
+
+
+async def test_unit_refunds_of_a_partly_captured_line_credit_what_its_invoice_shows(
+    app: FastAPI, client: httpx.AsyncClient
+) -> None:
+    admin = await staff_tokens(app, client)
+    await seed_shop(app, client, admin, {"PART-TEE": 10})
+    order = await place_guest_order(client, {"PART-TEE": 3})
+    authorized = await client.post(
+        f"{API}/payments",
+        json={"order_id": order["id"], "payment_method": CARD, "capture_method": "manual"},
+        headers={**order["_headers"], "Idempotency-Key": uuid.uuid4().hex},
+    )
+    assert authorized.status_code == 201, authorized.text
+    payment_id = authorized.json()["id"]
+    captured = await client.post(
+        f"{API}/payments/{payment_id}/capture",
+        json={"amount_to_capture": order["total"] // 3},
+        headers={**bearer(admin), "Idempotency-Key": uuid.uuid4().hex},
+    )
+    assert captured.status_code == 200, captured.text
+
+    async def documents() -> list[dict[str, Any]]:
+        listing = await client.get(
+            f"{API}/invoices", params={"order_id": order["id"]}, headers=bearer(admin)
+        )
+        assert listing.status_code == 200, listing.text
+        return sorted(listing.json()["items"], key=lambda d: d["number"])
+
+    [invoice] = await documents()
+    [line] = order["lines"]
+    [invoiced] = [i for i in invoice["lines"] if i["sku"] == "PART-TEE"]
+    assert invoiced["quantity"] == 3 and invoiced["total"] < line["total"]
+
+    amounts = []
+    for _ in range(3):
+        refunded = await _refund(
+            client,
+            admin,
+            payment_id,
+            {"reason": "one unit", "lines": [{"line_id": line["line_id"], "quantity": 1}]},
+        )
+        assert refunded.status_code == 201, refunded.text
+        amounts.append(refunded.json()["amount"])
+
+    assert sum(amounts) == invoiced["total"]
+    notes = [d for d in await documents() if d["kind"] == "credit_note"]
+    assert sorted(-n["total"] for n in notes) == sorted(amounts)

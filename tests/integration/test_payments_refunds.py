@@ -136,3 +136,155 @@ async def test_each_refund_issues_a_credit_note_against_the_invoice(shop: Shop) 
     assert notes[0]["lines"][0]["sku"] == "MUG"
     assert notes[1]["total"] == -500
     assert len(await shop.events("CreditNoteIssued")) == 2
+
+
+AMD = {
+    "line_id": "amd",
+    "sku": "AMD",
+    "name": "AMD",
+    "quantity": 3,
+    "unit_price": 4890,
+    "tax": 2546,
+    "total": 14670,
+}
+
+
+async def partly_captured(
+    shop: Shop, lines: list[dict[str, Any]], capture: int, **order: Any
+) -> str:
+    placed = shop.orders.place(lines=lines, tax_rate_bp=2100, **order)
+    authorized = await shop.pay(placed["id"], VISA, capture_method="manual")
+    assert authorized.status_code == 201, authorized.text
+    payment_id: str = authorized.json()["id"]
+    captured = await shop.http.post(
+        f"/api/v1/payments/{payment_id}/capture",
+        json={"amount_to_capture": capture},
+        headers={**shop.as_("staff"), "Idempotency-Key": f"capture-{payment_id}"},
+    )
+    assert captured.status_code == 200, captured.text
+    return payment_id
+
+
+async def documents(shop: Shop) -> list[dict[str, Any]]:
+    listing = await shop.http.get("/api/v1/invoices", headers=shop.as_("staff"))
+    assert listing.status_code == 200, listing.text
+    return sorted(listing.json()["items"], key=lambda d: (d["kind"] != "invoice", d["number"]))
+
+
+async def test_a_line_refund_of_a_partial_capture_is_priced_per_unit_from_the_lines_share(
+    shop: Shop,
+) -> None:
+    # 3 x 48.90 and 4.95 shipping (151.65); 50.55 captured, of which the invoice gives the line
+    # 48.90 for its 3 units: one unit is 16.30, not the whole share.
+    payment_id = await partly_captured(shop, [AMD], 5055, shipping=(495, 86))
+    [invoice] = await documents(shop)
+    assert [(line["sku"], line["quantity"], line["total"]) for line in invoice["lines"]] == [
+        ("AMD", 3, 4890),
+        (None, 1, 165),
+    ]
+
+    one_by_one = [
+        await refund(shop, payment_id, {"lines": [{"line_id": "amd", "quantity": 1}]}, key=f"u{i}")
+        for i in range(3)
+    ]
+
+    assert [r.status_code for r in one_by_one] == [201, 201, 201], one_by_one[-1].text
+    assert [r.json()["amount"] for r in one_by_one] == [1630, 1630, 1630]
+    notes = (await documents(shop))[1:]
+    assert [(n["lines"][0]["quantity"], n["total"]) for n in notes] == [(1, -1630)] * 3
+    fourth = await refund(
+        shop, payment_id, {"lines": [{"line_id": "amd", "quantity": 1}]}, key="u3"
+    )
+    assert fourth.status_code == 422
+    assert fourth.json()["errors"][0]["field"] == "lines.0.quantity"
+    rest = await refund(shop, payment_id, {})
+    assert rest.status_code == 201 and rest.json()["amount"] == 165
+
+
+async def test_units_refunded_one_by_one_add_up_to_the_lines_captured_share_exactly(
+    shop: Shop,
+) -> None:
+    line = {**AMD, "unit_price": 1000, "tax": 174, "total": 3000}
+    payment_id = await partly_captured(shop, [line], 100)
+
+    amounts = []
+    for i in range(3):
+        response = await refund(
+            shop, payment_id, {"lines": [{"line_id": "amd", "quantity": 1}]}, key=f"u{i}"
+        )
+        assert response.status_code == 201, response.text
+        amounts.append(response.json()["amount"])
+
+    assert sum(amounts) == 100
+    assert max(amounts) - min(amounts) <= 1
+    payment = await shop.http.get(f"/api/v1/payments/{payment_id}", headers=shop.as_("staff"))
+    assert payment.json()["refunded_amount"] == 100
+
+
+async def test_simultaneous_unit_refunds_of_a_line_add_up_to_its_captured_share(
+    shop: Shop,
+) -> None:
+    line = {**AMD, "unit_price": 1000, "tax": 174, "total": 3000}
+    payment_id = await partly_captured(shop, [line], 100)
+
+    responses = await asyncio.gather(
+        *(
+            refund(shop, payment_id, {"lines": [{"line_id": "amd", "quantity": 1}]}, key=f"u{i}")
+            for i in range(4)
+        )
+    )
+
+    assert sorted(r.status_code for r in responses) == [201, 201, 201, 422]
+    assert sum(r.json()["amount"] for r in responses if r.status_code == 201) == 100
+
+
+async def test_refunding_a_fully_discounted_line_is_refused_and_says_how_to_take_it_back(
+    shop: Shop,
+) -> None:
+    # A voucher larger than the goods: the line costs nothing, only shipping was paid.
+    free = {**AMD, "quantity": 1, "tax": 0, "total": 0, "discount": 4890}
+    order = shop.orders.place(lines=[free], tax_rate_bp=2100, shipping=(495, 86))
+    order["discount_total"] = 4890
+    paid = await shop.pay(order["id"], VISA)
+    assert paid.status_code == 201, paid.text
+    payment_id = paid.json()["id"]
+
+    response = await refund(
+        shop,
+        payment_id,
+        {"reason": "zero line", "lines": [{"line_id": "amd", "quantity": 1}], "restock": True},
+    )
+
+    assert response.status_code == 422, response.text
+    [error] = response.json()["errors"]
+    assert (error["field"], error["code"]) == ("lines.0.line_id", "line_fully_discounted")
+    assert f"/api/v1/orders/{order['id']}/returns" in error["message"]
+    assert "/api/v1/restocks" in error["message"]
+    listing = await shop.http.get(
+        f"/api/v1/payments/{payment_id}/refunds", headers=shop.as_("staff")
+    )
+    assert listing.json()["items"] == []
+    assert await shop.events("PaymentRefunded") == []
+    rest = await refund(shop, payment_id, {})
+    assert rest.status_code == 201 and rest.json()["amount"] == 495
+
+
+async def test_units_whose_captured_share_is_nothing_are_not_refunded(shop: Shop) -> None:
+    cheap = {
+        "line_id": "pin",
+        "sku": "PIN",
+        "name": "Pin",
+        "quantity": 3,
+        "unit_price": 1,
+        "tax": 0,
+        "total": 3,
+    }
+    payment_id = await partly_captured(shop, [AMD, cheap], 100)
+
+    response = await refund(shop, payment_id, {"lines": [{"line_id": "pin", "quantity": 1}]})
+
+    assert response.status_code == 422, response.text
+    [error] = response.json()["errors"]
+    assert (error["field"], error["code"]) == ("lines.0.quantity", "nothing_captured_for_units")
+    payment = await shop.http.get(f"/api/v1/payments/{payment_id}", headers=shop.as_("staff"))
+    assert payment.json()["refunded_amount"] == 0

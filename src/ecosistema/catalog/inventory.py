@@ -467,15 +467,9 @@ async def reservation_status(ctx: ServiceContext, order_id: str) -> str | None:
 
 # --- restock and adjustments --------------------------------------------------------------------
 
-# Where returned units go: where the order's stock came from, else the first warehouse holding
-# the SKU, else the first warehouse.
+# Where returned units with no reservation record go: the first warehouse holding the SKU, else
+# the first warehouse. Units the order's reservation took go back where they came from.
 _RESTOCK_WAREHOUSES = (
-    select(reservation_lines.c.warehouse_id)
-    .where(
-        reservation_lines.c.order_id == bindparam("order_id"),
-        reservation_lines.c.sku == bindparam("sku"),
-    )
-    .limit(1),
     select(stock.c.warehouse_id)
     .select_from(stock.join(warehouses, warehouses.c.id == stock.c.warehouse_id))
     .where(stock.c.sku == bindparam("sku"))
@@ -496,6 +490,18 @@ _RESTOCKED_UNITS = (
         stock_movements.c.reason == MovementReason.RESTOCK.value,
     )
     .group_by(stock_movements.c.sku)
+)
+_RESTOCKED_BY_WAREHOUSE = (
+    select(
+        stock_movements.c.sku,
+        stock_movements.c.warehouse_id,
+        func.sum(stock_movements.c.on_hand_delta).label("units"),
+    )
+    .where(
+        stock_movements.c.reference == bindparam("order_id"),
+        stock_movements.c.reason == MovementReason.RESTOCK.value,
+    )
+    .group_by(stock_movements.c.sku, stock_movements.c.warehouse_id)
 )
 _VARIANT_OF_SKU = select(variants.c.id).where(variants.c.sku == bindparam("sku"))
 _WAREHOUSE_OF_CODE = select(warehouses.c.id).where(warehouses.c.code == bindparam("code"))
@@ -519,10 +525,10 @@ _MOVEMENTS = (
 _MOVEMENTS_BEFORE = _MOVEMENTS.where(stock_movements.c.position < bindparam("before"))
 
 
-async def _default_warehouse(tx: DriverTransaction, order_id: str, sku: str) -> str:
-    """Where returned units of ``sku`` go (see ``_RESTOCK_WAREHOUSES``)."""
+async def _default_warehouse(tx: DriverTransaction, sku: str) -> str:
+    """Where returned units of ``sku`` with no reservation record go (``_RESTOCK_WAREHOUSES``)."""
     for statement in _RESTOCK_WAREHOUSES:
-        found: str | None = await tx.scalar(statement, order_id=order_id, sku=sku)
+        found: str | None = await tx.scalar(statement, sku=sku)
         if found is not None:
             return found
     raise Conflict("There is no warehouse to restock into.", type="no-warehouse")
@@ -581,6 +587,45 @@ async def _restockable(tx: DriverTransaction, order_id: str) -> dict[str, int]:
     }
 
 
+async def _returnable_by_warehouse(
+    tx: DriverTransaction, order_id: str
+) -> dict[str, list[tuple[str, int]]]:
+    """Per SKU, ``[(warehouse_id, units)]``: what the order's reservation took from each
+    warehouse less what restocks of the order already put back there, in allocation order.
+
+    Call it after ``_restockable``, which locks the reservation, so concurrent restocks of one
+    order count each other's movements."""
+    returned = {
+        (r["sku"], r["warehouse_id"]): int(r["units"] or 0)
+        for r in await tx.rows(_RESTOCKED_BY_WAREHOUSE, order_id=order_id)
+    }
+    out: dict[str, list[tuple[str, int]]] = {}
+    for line in await _held_lines(tx, order_id):
+        sku, warehouse_id = line["sku"], line["warehouse_id"]
+        left = int(line["quantity"]) - returned.get((sku, warehouse_id), 0)
+        out.setdefault(sku, []).append((warehouse_id, max(0, left)))
+    return out
+
+
+def _split_restock(
+    quantity: int, returnable: Sequence[tuple[str, int]]
+) -> list[tuple[str | None, int]]:
+    """``quantity`` units over the warehouses they came from, none getting more than it has
+    left to take back; a remainder (units with no reservation record) is paired with ``None``."""
+    out: list[tuple[str | None, int]] = []
+    left = quantity
+    for warehouse_id, room in returnable:
+        if left <= 0:
+            break
+        units = min(left, room)
+        if units > 0:
+            out.append((warehouse_id, units))
+            left -= units
+    if left > 0:
+        out.append((None, left))
+    return out
+
+
 def _over_restock(
     lines: Sequence[tuple[str, int]], merged: Sequence[tuple[str, int]], allowed: dict[str, int]
 ) -> Conflict | None:
@@ -618,7 +663,8 @@ async def restock_in(
     actor: str = SYSTEM_ACTOR,
     strict: bool = True,
 ) -> None:
-    """Put returned units back on hand, in the caller's transaction.
+    """Put returned units back on hand where the order took them from, in the caller's
+    transaction.
 
     Only units the order took from stock (its committed reservation) and has not had restocked
     yet can come back. ``strict`` refuses anything beyond that (404/409); otherwise (an event
@@ -638,26 +684,28 @@ async def restock_in(
             raise refused
         log.warning("restock_capped", order_id=order_id, lines=refused.extra["lines"])
         merged = [(sku, min(q, allowed.get(sku, 0))) for sku, q in merged]
+    returnable = await _returnable_by_warehouse(tx, order_id)
     movements = []
     changes: dict[str, int] = {}
     for sku, quantity in merged:
         if quantity <= 0:
             continue
-        warehouse_id = await _default_warehouse(tx, order_id, sku)
-        await _ensure_stock_row(tx, sku, warehouse_id)
-        await tx.execute(_ADD_ON_HAND, sku=sku, warehouse_id=warehouse_id, delta=quantity, at=now)
-        movements.append(
-            _movement(
-                sku,
-                warehouse_id,
-                on_hand=quantity,
-                reason=MovementReason.RESTOCK,
-                actor=actor,
-                reference=order_id,
-                note=reason[:500],
-                at=now,
+        for came_from, units in _split_restock(quantity, returnable.get(sku, [])):
+            warehouse_id = came_from or await _default_warehouse(tx, sku)
+            await _ensure_stock_row(tx, sku, warehouse_id)
+            await tx.execute(_ADD_ON_HAND, sku=sku, warehouse_id=warehouse_id, delta=units, at=now)
+            movements.append(
+                _movement(
+                    sku,
+                    warehouse_id,
+                    on_hand=units,
+                    reason=MovementReason.RESTOCK,
+                    actor=actor,
+                    reference=order_id,
+                    note=reason[:500],
+                    at=now,
+                )
             )
-        )
         changes[sku] = quantity
     await _record(tx, movements)
     await _announce(ctx, tx, changes, MovementReason.RESTOCK, order_id)

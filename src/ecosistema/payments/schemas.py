@@ -113,7 +113,13 @@ class RefundCreate(Input):
     """POST payments/{id}/refunds: an amount, or lines, or neither for all that is left."""
 
     amount: int | None = Field(default=None, strict=True, ge=1, le=MAX_AMOUNT)
-    lines: list[RefundLineInput] | None = Field(default=None, min_length=1, max_length=500)
+    lines: list[RefundLineInput] | None = Field(
+        default=None,
+        min_length=1,
+        max_length=500,
+        description="Units of order lines, each priced per unit from what was captured for its "
+        "line (its total on the invoice). A fully discounted line cannot be refunded (422).",
+    )
     reason: str = Field(min_length=1, max_length=255)
     restock: bool = Field(
         default=False,

@@ -118,6 +118,7 @@ RESUME_AFTER = timedelta(minutes=2)
 # Statements of the payment path and of the helpers it shares with refunds, captures and
 # webhooks, built once for driver transactions (``Database.driver_write``).
 _PAYMENT = select(payments).where(payments.c.id == bindparam("payment_id"))
+_PAYMENT_LOCKED = _PAYMENT.with_for_update()
 _PAYMENT_BY_PROVIDER_REF = select(payments).where(
     payments.c.provider == bindparam("provider"), payments.c.provider_ref == bindparam("ref")
 )
@@ -1022,26 +1023,30 @@ async def create_refund(
                 f"Only a captured payment can be refunded; this one is {row['status']}.",
                 status_now=row["status"],
             )
-        lines = _refund_lines(row["order_snapshot"], data)
+        order = row["order_snapshot"]
+        wanted = _refund_lines(order, data, order_id=str(row["order_id"]))
         left = domain.refundable(int(row["captured_amount"]), int(row["refunded_amount"]))
-        if data.restock and not lines and data.amount is not None and data.amount < left:
+        if data.restock and not wanted and data.amount is not None and data.amount < left:
             raise field_error(
                 "restock",
                 "a refund of part of the amount cannot tell which units come back; "
                 "give lines to restock, or refund all that is left",
                 "restock_needs_lines",
             )
-        if data.amount is not None:
-            amount = data.amount
-        elif lines:
-            amount = sum(line["amount"] for line in lines)
-        else:
-            amount = left
-        if amount <= 0:
+        amount = data.amount if data.amount is not None else left
+        if not wanted and amount <= 0:
             raise domain.RefundExceedsCaptured("Nothing is left to refund.", refundable=0)
         refund_id = new_id()
         now = _now()
+        lines: list[dict[str, Any]] = []
         async with ctx.db.driver_write() as tx:
+            if wanted:
+                # Units are priced from what earlier line refunds took, so line refunds of one
+                # payment are counted one after the other.
+                locked = await tx.row(_PAYMENT_LOCKED, payment_id=payment_id)
+                assert locked is not None  # payments are never deleted
+                lines = await _priced_refund_lines(tx, locked, wanted)
+                amount = sum(line["amount"] for line in lines)
             # The guard is the limit: concurrent refunds serialize on this row and the sum of
             # refunds can never pass the captured amount, whatever the interleaving.
             taken = await tx.execute(_TAKE_REFUND, payment_id=payment_id, amount=amount, at=now)
@@ -1051,8 +1056,6 @@ async def create_refund(
                     int(current["captured_amount"]), int(current["refunded_amount"]), amount
                 )
                 raise IllegalTransition("The payment changed meanwhile; read it again.")
-            if lines:
-                await _check_line_quantities(tx, payment_id, row["order_snapshot"], lines)
             await tx.insert(
                 refunds,
                 {
@@ -1190,7 +1193,10 @@ async def resume_pending_refunds(ctx: ServiceContext) -> int:
     return settled
 
 
-def _refund_lines(order: Mapping[str, Any], data: RefundCreate) -> list[dict[str, Any]]:
+def _refund_lines(
+    order: Mapping[str, Any], data: RefundCreate, *, order_id: str
+) -> list[dict[str, Any]]:
+    """The order lines a refund names, each with its units (not priced yet)."""
     if not data.lines:
         return []
     by_id = {str(line.get("line_id")): line for line in order.get("lines") or []}
@@ -1204,33 +1210,95 @@ def _refund_lines(order: Mapping[str, Any], data: RefundCreate) -> list[dict[str
         ordered = int(line["quantity"])
         if wanted.quantity > ordered:
             raise field_error(f"lines.{index}.quantity", f"the order has {ordered}")
+        if int(line["total"]) <= 0:
+            raise _nothing_to_refund(
+                index,
+                order_id,
+                str(line["sku"]),
+                "this line was fully discounted: the buyer paid nothing for it, so there is "
+                "nothing to refund for it",
+                "line_fully_discounted",
+                field="line_id",
+            )
         out.append(
             {
+                "index": index,
                 "line_id": wanted.line_id,
                 "sku": str(line["sku"]),
                 "quantity": wanted.quantity,
-                "amount": domain.prorated_line_amount(int(line["total"]), ordered, wanted.quantity),
             }
         )
     return out
 
 
-async def _check_line_quantities(
+def _nothing_to_refund(
+    index: int, order_id: str, sku: str, reason: str, code: str, *, field: str
+) -> Unprocessable:
+    """A 422 for a refund line worth nothing, saying how its units come back instead."""
+    how = (
+        f"to take its units back, put them in stock with POST /api/v1/restocks (order_id "
+        f"{order_id}, lines [{{sku: {sku}, quantity}}], a reason) and record units that had "
+        f"shipped with POST /api/v1/orders/{order_id}/returns"
+    )
+    return Unprocessable(
+        f"Line {index} cannot be refunded: {reason}. No refund was made; {how}.",
+        errors=[{"field": f"lines.{index}.{field}", "message": f"{reason}; {how}", "code": code}],
+    )
+
+
+def _captured_line_totals(order: Mapping[str, Any], captured: int) -> dict[str, int]:
+    """What the capture took for each order line, by line id: the line's total on the invoice
+    (its share of a partial capture, ``_invoiced_lines``)."""
+    order_lines = list(order.get("lines") or [])
+    invoiced = _invoiced_lines(order, captured)
+    if len(invoiced) < len(order_lines) or any(
+        line["sku"] is None for line in invoiced[: len(order_lines)]
+    ):
+        # An order worth nothing has no share per line; nothing was captured for any of them.
+        return {str(line.get("line_id")): 0 for line in order_lines}
+    return {
+        str(line.get("line_id")): int(share["total"])
+        for line, share in zip(order_lines, invoiced, strict=False)
+    }
+
+
+async def _priced_refund_lines(
     tx: DriverTransaction,
-    payment_id: str,
-    order: Mapping[str, Any],
-    lines: Sequence[Mapping[str, Any]],
-) -> None:
-    earlier = await tx.rows(_REFUNDED_LINES, payment_id=payment_id)
+    payment: Mapping[str, Any],
+    wanted: Sequence[Mapping[str, Any]],
+) -> list[dict[str, Any]]:
+    """Refund lines priced from what the capture took for each line, per unit: ``quantity``
+    units after the ``r`` earlier refunds took cost ``share(r + quantity) - share(r)``, so a
+    line refunded unit by unit adds up to exactly its captured total. Refuses units beyond what
+    is left of a line, and units worth nothing."""
+    order = payment["order_snapshot"]
     refunded: dict[str, int] = {}
-    for earlier_refund in earlier:
+    for earlier_refund in await tx.rows(_REFUNDED_LINES, payment_id=payment["id"]):
         for line in earlier_refund["lines"] or []:
             refunded[line["line_id"]] = refunded.get(line["line_id"], 0) + int(line["quantity"])
     ordered = {str(line["line_id"]): int(line["quantity"]) for line in order.get("lines") or []}
-    for index, line in enumerate(lines):
-        if refunded.get(line["line_id"], 0) + int(line["quantity"]) > ordered[line["line_id"]]:
-            left = ordered[line["line_id"]] - refunded.get(line["line_id"], 0)
-            raise field_error(f"lines.{index}.quantity", f"only {left} left to refund")
+    captured = _captured_line_totals(order, int(payment["captured_amount"]))
+    out: list[dict[str, Any]] = []
+    for line in wanted:
+        index, line_id, quantity = line["index"], line["line_id"], int(line["quantity"])
+        before, units = refunded.get(line_id, 0), ordered[line_id]
+        if before + quantity > units:
+            raise field_error(f"lines.{index}.quantity", f"only {units - before} left to refund")
+        share = captured.get(line_id, 0)
+        amount = domain.prorated_line_amount(
+            share, units, before + quantity
+        ) - domain.prorated_line_amount(share, units, before)
+        if amount <= 0:
+            raise _nothing_to_refund(
+                index,
+                str(payment["order_id"]),
+                str(line["sku"]),
+                f"the captured amount's share of these {quantity} unit(s) is 0",
+                "nothing_captured_for_units",
+                field="quantity",
+            )
+        out.append({"line_id": line_id, "sku": line["sku"], "quantity": quantity, "amount": amount})
+    return out
 
 
 async def _fail_refund(
@@ -1460,11 +1528,16 @@ async def _issue_document(
     return document
 
 
+def _invoiced_lines(order: Mapping[str, Any], captured: int) -> list[dict[str, Any]]:
+    """The invoice's lines for a capture of ``captured``: the order's lines, or for a partial
+    capture each one's share of it."""
+    return _scaled(_invoice_lines(order), captured, int(order.get("total") or captured))
+
+
 async def _issue_invoice(
     ctx: ServiceContext, tx: DriverTransaction, payment: Mapping[str, Any], captured: int
 ) -> None:
-    order = payment["order_snapshot"]
-    lines = _scaled(_invoice_lines(order), captured, int(order.get("total") or captured))
+    lines = _invoiced_lines(payment["order_snapshot"], captured)
     await _issue_document(
         ctx,
         tx,
