@@ -192,6 +192,9 @@ async def test_a_line_refund_of_a_partial_capture_is_priced_per_unit_from_the_li
     assert [r.json()["amount"] for r in one_by_one] == [1630, 1630, 1630]
     notes = (await documents(shop))[1:]
     assert [(n["lines"][0]["quantity"], n["total"]) for n in notes] == [(1, -1630)] * 3
+    # Neither the invoice's share of the line nor a credit note of it tells a discount apart.
+    assert invoice["lines"][0]["discount"] is None
+    assert [n["lines"][0]["discount"] for n in notes] == [None] * 3
     fourth = await refund(
         shop, payment_id, {"lines": [{"line_id": "amd", "quantity": 1}]}, key="u3"
     )

@@ -1446,11 +1446,17 @@ def _by_rate(description: str, amount: int, lines: list[dict[str, Any]]) -> list
     ]
 
 
+def _is_share(amount: int, total: int) -> bool:
+    """Whether a document worth ``amount`` of an order worth ``total`` gives its lines shares
+    (a partial capture) rather than the order's own lines."""
+    return amount != total and total > 0
+
+
 def _scaled(lines: list[dict[str, Any]], amount: int, total: int) -> list[dict[str, Any]]:
     """Lines for a document worth ``amount`` when the order was worth ``total``: each order
     line keeps its SKU, name, quantity, unit price and rate, with its pro-rated share of the
     amount and of its tax."""
-    if amount == total or total <= 0:
+    if not _is_share(amount, total):
         return lines
     if sum(int(line["total"]) for line in lines) <= 0:
         return _by_rate("Partial capture of the order", amount, lines)
@@ -1562,6 +1568,9 @@ async def _issue_credit_note(
     invoice_id = await tx.scalar(_INVOICE_OF_PAYMENT, payment_id=payment["id"])
     rate = _order_rate(order)
     by_id = {str(line.get("line_id")): line for line in order.get("lines") or []}
+    # As on the invoice: a line's share of a partial capture tells no discount apart.
+    captured = int(payment["captured_amount"])
+    shares = _is_share(captured, int(order.get("total") or captured))
     lines: list[dict[str, Any]] = []
     for refunded in refund_lines:
         source = by_id[refunded["line_id"]]
@@ -1578,7 +1587,9 @@ async def _issue_credit_note(
                 "tax": line_tax,
                 "total": -int(refunded["amount"]),
                 "rate_bp": rate,
-                "discount": -domain.prorated_line_amount(
+                "discount": None
+                if shares
+                else -domain.prorated_line_amount(
                     int(source.get("discount") or 0),
                     int(source["quantity"]),
                     int(refunded["quantity"]),
