@@ -53,8 +53,7 @@ from ecosistema.catalog.schemas import (
     ImportMode,
     ImportReport,
     Name,
-    OptionName,
-    OptionValue,
+    Options,
     RowError,
     RowProblem,
     Sku,
@@ -127,7 +126,7 @@ class ImportVariant(BaseModel):
 
     sku: Sku
     name: Name | None = None
-    options: dict[OptionName, OptionValue] = Field(default_factory=dict, max_length=20)
+    options: Options = Field(default_factory=dict)
     weight_grams: Annotated[int, Field(ge=0, le=10_000_000)] = 0
     prices: dict[CurrencyKey, Amount] = Field(default_factory=dict, max_length=50)
 
