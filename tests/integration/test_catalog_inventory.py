@@ -265,6 +265,36 @@ async def test_stock_low_is_emitted_when_availability_falls_below_the_threshold(
     assert low == [{"sku": "A-1", "available": threshold - 1, "threshold": threshold}]
 
 
+async def test_stock_changed_is_sent_per_sku_for_every_movement_as_the_webhook_docs_say(
+    catalog: ServiceContext,
+) -> None:
+    await stocked(catalog, {"A-1": {"main": 6, "spare": 4}})
+    client = InProcessCatalogClient(catalog)
+    before = len(await outbox_types(catalog))
+
+    await client.reserve("order-1", [("A-1", 7)], 600)  # both warehouses, one event
+    await client.commit_reservation("order-1")
+    await client.reserve("order-2", [("A-1", 2)], 600)
+    await client.release_reservation("order-2", "cancelled")
+    count = StockAdjustment(warehouse="main", on_hand=0, reason="count")
+    await adjust_stock(catalog, "A-1", count, actor=STAFF)  # already 0: nothing moves
+    delivery = StockAdjustment(warehouse="main", delta=5, reason="delivery")
+    await adjust_stock(catalog, "A-1", delivery, actor=STAFF)
+
+    changed = [
+        (p["reason"], p["delta"], p["available"], p["reference"])
+        for t, p in (await outbox_types(catalog))[before:]
+        if t == "StockChanged"
+    ]
+    assert changed == [
+        ("reserve", -7, 3, "order-1"),
+        ("commit", 0, 3, "order-1"),
+        ("reserve", -2, 1, "order-2"),
+        ("release", 2, 3, "order-2"),
+        ("receive", 5, 8, None),
+    ]
+
+
 def envelope(type_: str, payload: dict[str, Any]) -> EventEnvelope:
     return EventEnvelope(type=type_, version=1, source="orders", payload=payload)
 

@@ -9,6 +9,7 @@ import pytest
 from pydantic import BaseModel, ValidationError
 
 from ecosistema.catalog import schemas
+from ecosistema.orders.schemas import CartItemAdd
 
 
 @pytest.mark.parametrize(
@@ -68,3 +69,30 @@ def test_a_product_with_variants_and_prices_is_accepted() -> None:
     )
     assert product.status == "draft"
     assert product.variants[0].sale_prices[0].starts_at is None
+
+
+@pytest.mark.parametrize(
+    "sku",
+    ["TEE-M", "mug_2.0", "9", "A" * 64, "QA/SL-fe24a", "has space", "-LEAD", ".dot", "", "A" * 65],
+)
+def test_a_sku_catalog_creates_is_one_orders_takes_in_a_cart(sku: str) -> None:
+    def accepted(model: type[BaseModel], data: dict[str, Any]) -> bool:
+        try:
+            model.model_validate(data)
+        except ValidationError:
+            return False
+        return True
+
+    in_catalog = accepted(schemas.VariantCreate, {"sku": sku})
+    in_cart = accepted(CartItemAdd, {"sku": sku, "quantity": 1})
+    assert in_catalog == in_cart, sku
+    assert in_catalog == (sku in ("TEE-M", "mug_2.0", "9", "A" * 64)), sku
+
+
+def test_a_description_keeps_line_breaks_and_tabs_but_not_invisible_characters() -> None:
+    kept = schemas.ProductCreate.model_validate({"name": "Tee", "description": "a\n\tb\r\nc"})
+    assert kept.description == "a\n\tb\r\nc"
+    for char in ("\u202e", "\u200b", "\u00ad", "\x00", "\u2028"):
+        with pytest.raises(ValidationError) as refused:
+            schemas.ProductCreate.model_validate({"name": "Tee", "description": f"a{char}b"})
+        assert [e["loc"] for e in refused.value.errors()] == [("description",)], repr(char)

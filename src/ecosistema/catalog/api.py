@@ -38,7 +38,7 @@ from ecosistema.catalog.schemas import (
     ReservationRequest,
     RestockRequest,
     SearchSort,
-    Sku,
+    SkuReference,
     StockAdjustment,
     TransferFormat,
     Variant,
@@ -643,7 +643,7 @@ async def get_shopper_availability(
     response: Response,
     ctx: Context,
     sku: Annotated[
-        list[Sku],
+        list[SkuReference],
         Query(
             min_length=1,
             max_length=100,

@@ -14,7 +14,9 @@ from ecosistema.platform.errors import ProblemError
 SLUG_MAX_LENGTH = 120
 # Codes (warehouses, price lists) are ASCII; slugs (products, categories) may hold any letters.
 CODE_PATTERN = r"^[a-z0-9]+(?:-[a-z0-9]+)*$"
-SKU_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._\-/]{0,63}$"
+# A new SKU follows the platform's rule (the one orders checks carts against). Catalogues from
+# before that rule may hold SKUs with "/": requests that name an existing SKU still take them.
+STORED_SKU_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._\-/]*$"
 
 
 class ProductStatus(StrEnum):

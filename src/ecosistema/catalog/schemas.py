@@ -2,21 +2,23 @@
 
 from __future__ import annotations
 
-import unicodedata
 from datetime import datetime
 from typing import Annotated, Any, Literal
 
 from pydantic import (
     AfterValidator,
     BaseModel,
+    BeforeValidator,
     ConfigDict,
     Field,
     ValidationInfo,
     field_validator,
 )
 
-from ecosistema.catalog.domain import CODE_PATTERN, SKU_PATTERN, ProductStatus, is_slug
+from ecosistema.catalog.domain import CODE_PATTERN, STORED_SKU_PATTERN, ProductStatus, is_slug
 from ecosistema.platform.money import iso_currency
+from ecosistema.platform.sku import SKU_MAX_LENGTH, SKU_PATTERN
+from ecosistema.platform.text import check_display_text, has_control_characters
 from ecosistema.platform.timestamps import Timestamp
 
 
@@ -31,37 +33,79 @@ def _slug(value: str) -> str:
 
 Slug = Annotated[str, Field(min_length=1, max_length=120), AfterValidator(_slug)]
 Code = Annotated[str, Field(min_length=1, max_length=120, pattern=CODE_PATTERN)]
-Sku = Annotated[str, Field(min_length=1, max_length=64, pattern=SKU_PATTERN)]
+# A SKU a request creates; one it names (to price, quote, reserve) may also be an older one.
+Sku = Annotated[str, Field(min_length=1, max_length=SKU_MAX_LENGTH, pattern=SKU_PATTERN)]
+SkuReference = Annotated[
+    str, Field(min_length=1, max_length=SKU_MAX_LENGTH, pattern=STORED_SKU_PATTERN)
+]
 Currency = Annotated[str, Field(min_length=3, max_length=3, examples=["EUR"])]
 Amount = Annotated[int, Field(strict=True, ge=0, le=10**12, description="Minor units.")]
 ImageUrl = Annotated[str, Field(max_length=2000, pattern=r"^https?://[^\s]+$")]
 
 
-def _no_control_characters(value: str) -> str:
-    if any(unicodedata.category(c) == "Cc" for c in value):
-        raise ValueError("must not contain control characters (NUL, line breaks, tabs…)")
+def _display_text(value: str) -> str:
+    return check_display_text(value)
+
+
+# Line breaks and tabs lay out a description; other control and invisible characters do not.
+_LAYOUT = str.maketrans("", "", "\n\r\t")
+
+
+def _description_text(value: str) -> str:
+    if has_control_characters(value.translate(_LAYOUT)):
+        raise ValueError(
+            "must not contain control or invisible formatting characters (line breaks and "
+            "tabs are fine)"
+        )
     return value
 
 
-def _not_blank(value: str) -> str:
-    if not value.strip():
-        raise ValueError("must not be blank")
+OPTION_NAME_MAX_LENGTH = 50
+
+
+def _option_name_problem(name: Any) -> str | None:
+    """What is wrong with an option's name, or None when it is a good one."""
+    if not isinstance(name, str):
+        return "must be a string"
+    if not name:
+        return "must not be empty"
+    if len(name) > OPTION_NAME_MAX_LENGTH:
+        return f"must have at most {OPTION_NAME_MAX_LENGTH} characters"
+    try:
+        check_display_text(name)
+    except ValueError as exc:
+        return str(exc)
+    return None
+
+
+def _option_names(value: Any) -> Any:
+    # Checked here, not as the dict's key type: pydantic would place a key's error at a path
+    # made of the key itself (options..[key] for an empty one), which names no field.
+    if isinstance(value, dict):
+        bad = [
+            f"option name {str(name)[:60]!r} {problem}"
+            for name in value
+            if (problem := _option_name_problem(name)) is not None
+        ]
+        if bad:
+            raise ValueError("; ".join(bad))
     return value
 
 
-def _no_nul(value: str) -> str:
-    if "\x00" in value:
-        raise ValueError("must not contain NUL characters")
-    return value
-
-
-# A name is one line a person can read: not blank, no control characters.
-_Readable = (AfterValidator(_not_blank), AfterValidator(_no_control_characters))
-OptionName = Annotated[str, Field(min_length=1, max_length=50), *_Readable]
-OptionValue = Annotated[str, Field(min_length=1, max_length=100), *_Readable]
-Name = Annotated[str, Field(min_length=1, max_length=300), *_Readable]
-ShortName = Annotated[str, Field(min_length=1, max_length=200), *_Readable]
-Description = Annotated[str, Field(max_length=20_000), AfterValidator(_no_nul)]
+# A name is one line a person can read: not blank, no control or invisible characters.
+_Readable = AfterValidator(_display_text)
+OptionValue = Annotated[str, Field(min_length=1, max_length=100), _Readable]
+Options = Annotated[
+    dict[str, OptionValue],
+    Field(
+        max_length=20,
+        json_schema_extra={"propertyNames": {"minLength": 1, "maxLength": OPTION_NAME_MAX_LENGTH}},
+    ),
+    BeforeValidator(_option_names),
+]
+Name = Annotated[str, Field(min_length=1, max_length=300), _Readable]
+ShortName = Annotated[str, Field(min_length=1, max_length=200), _Readable]
+Description = Annotated[str, Field(max_length=20_000), AfterValidator(_description_text)]
 
 
 class _Input(BaseModel):
@@ -156,7 +200,7 @@ class VariantCreate(_Input):
 
     sku: Sku
     name: Name | None = None
-    options: dict[OptionName, OptionValue] = Field(default_factory=dict, max_length=20)
+    options: Options = Field(default_factory=dict)
     weight_grams: Annotated[int, Field(strict=True, ge=0, le=10_000_000)] = 0
     position: Annotated[int, Field(ge=0, le=10_000)] | None = None
     prices: list[PriceInput] = Field(default_factory=list, max_length=50)
@@ -175,7 +219,7 @@ class VariantUpdate(_Input):
     """Change a variant; ``prices`` and ``sale_prices``, when given, replace the current ones."""
 
     name: Name | None = None
-    options: dict[OptionName, OptionValue] | None = Field(default=None, max_length=20)
+    options: Options | None = None
     weight_grams: Annotated[int, Field(strict=True, ge=0, le=10_000_000)] | None = None
     position: Annotated[int, Field(ge=0, le=10_000)] | None = None
     prices: list[PriceInput] | None = Field(default=None, max_length=50)
@@ -306,7 +350,7 @@ class PriceList(BaseModel):
 class PriceListPrice(_Input):
     """A price list's price for one variant in one currency."""
 
-    sku: Sku
+    sku: SkuReference
     currency: Currency
     amount: Amount
 
@@ -333,7 +377,7 @@ class PriceListCustomers(_Input):
 class QuoteRequest(_Input):
     """SKUs to price for a customer in a currency, now or at ``at``."""
 
-    skus: list[Sku] = Field(max_length=500)
+    skus: list[SkuReference] = Field(max_length=500)
     currency: Currency
     customer_id: Annotated[str, Field(min_length=1, max_length=64)] | None = None
     at: Timestamp | None = None
@@ -344,7 +388,7 @@ class QuoteRequest(_Input):
 class OrderLine(_Input):
     """A SKU and how many units of it."""
 
-    sku: Sku
+    sku: SkuReference
     quantity: Annotated[int, Field(strict=True, ge=1, le=1_000_000)]
 
 

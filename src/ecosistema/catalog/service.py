@@ -259,7 +259,10 @@ async def get_category(ctx: ServiceContext, category_id: str) -> Category:
 
 async def update_category(ctx: ServiceContext, category_id: str, data: CategoryUpdate) -> Category:
     """Rename or re-describe a category."""
-    values: dict[str, Any] = data.model_dump(exclude_unset=True, exclude_none=True)
+    values: dict[str, Any] = data.model_dump(exclude_unset=True)
+    for required in ("name", "description"):
+        if required in values and values[required] is None:
+            raise field_error(required, "must not be null")
     async with ctx.db.transaction() as session:
         if values:
             values["updated_at"] = utcnow()
@@ -572,8 +575,8 @@ async def update_variant(
 ) -> Variant:
     """Change a variant; given price lists replace the current ones."""
     values = data.model_dump(exclude_unset=True, exclude={"prices", "sale_prices"})
-    for required in ("name", "options", "weight_grams", "position"):
-        if required in values and values[required] is None:
+    for required in ("name", "options", "weight_grams", "position", "prices", "sale_prices"):
+        if required in data.model_fields_set and getattr(data, required) is None:
             raise field_error(required, "must not be null")
     async with ctx.db.transaction() as session:
         found = await session.scalar(

@@ -53,8 +53,7 @@ from ecosistema.catalog.schemas import (
     ImportMode,
     ImportReport,
     Name,
-    OptionName,
-    OptionValue,
+    Options,
     RowError,
     RowProblem,
     Sku,
@@ -127,7 +126,7 @@ class ImportVariant(BaseModel):
 
     sku: Sku
     name: Name | None = None
-    options: dict[OptionName, OptionValue] = Field(default_factory=dict, max_length=20)
+    options: Options = Field(default_factory=dict)
     weight_grams: Annotated[int, Field(ge=0, le=10_000_000)] = 0
     prices: dict[CurrencyKey, Amount] = Field(default_factory=dict, max_length=50)
 
@@ -487,11 +486,37 @@ class _Unclaimed:
     slug: str
 
 
+def _refuse_repeated_currencies(price_columns: Sequence[str]) -> None:
+    """A 422 naming price columns of one currency in different cases (``price_EUR`` and
+    ``price_eur``): which one would win is a guess, so neither is taken."""
+    by_currency: dict[str, list[str]] = {}
+    for column in price_columns:
+        by_currency.setdefault(column[len(PRICE_PREFIX) :].upper(), []).append(column)
+    twice = [columns for columns in by_currency.values() if len(columns) > 1]
+    if twice:
+        named = "; ".join(" and ".join(repr(c[:40]) for c in columns) for columns in twice)
+        raise field_error(
+            "body",
+            f"columns {named} price the same currency (currency codes are read in any case)",
+            code="duplicate_columns",
+        )
+
+
+def _csv_problem(exc: Exception) -> str:
+    """Why the csv module could not read a row, in the words of someone editing the file."""
+    message = str(exc)
+    if message == "unexpected end of data":
+        return 'a quoted cell is never closed (its closing " is missing)'
+    return message
+
+
 def _read_csv(
     stream: IO[bytes], tally: _Tally, known_categories: set[str]
 ) -> Iterator[_Record | _Unclaimed]:
     text = io.TextIOWrapper(stream, encoding="utf-8-sig", newline="")
-    reader = csv.DictReader(text)
+    # Strict, so a quote left open is an error: the lenient reader would take the rest of the
+    # file as one cell and say nothing.
+    reader = csv.DictReader(text, strict=True)
     try:
         header = reader.fieldnames or []
     except (csv.Error, UnicodeDecodeError) as exc:
@@ -505,12 +530,16 @@ def _read_csv(
     if unknown:
         raise field_error("body", f"unknown CSV columns: {', '.join(unknown)}")
     price_columns = [h for h in header if h.startswith(PRICE_PREFIX)]
+    _refuse_repeated_currencies(price_columns)
     variant_cells = (*_VARIANT_CELLS, *price_columns)
     current: _Record | None = None
     # The SKUs of the product being read, and the line of each: a SKU twice in one product
     # would make the second row overwrite the first.
     current_skus: dict[str, int] = {}
-    last_line = reader.line_num
+    # The csv reader's own count: DictReader's stays behind when a row raises, so the rows
+    # after an unreadable one would be numbered as if it had not been read.
+    lines_read = reader.reader
+    last_line = lines_read.line_num
     while True:
         try:
             row = next(reader)
@@ -518,11 +547,11 @@ def _read_csv(
             break
         except (csv.Error, UnicodeDecodeError, ValueError) as exc:
             tally.rows_read += 1
-            tally.refuse(last_line + 1, [(None, f"unreadable row: {exc}")])
-            last_line = reader.line_num
+            tally.refuse(last_line + 1, [(None, f"unreadable row: {_csv_problem(exc)}")])
+            last_line = lines_read.line_num
             continue
         line = last_line + 1
-        last_line = reader.line_num
+        last_line = lines_read.line_num
         if not any((v or "").strip() for v in row.values() if isinstance(v, str)):
             continue
         tally.rows_read += 1

@@ -26,9 +26,9 @@ from ecosistema.orders.domain import (
     voucher_definition_problems,
 )
 from ecosistema.platform.money import iso_currency
+from ecosistema.platform.sku import SKU_PATTERN as _SKU
 from ecosistema.platform.timestamps import Timestamp
 
-_SKU = r"^[A-Za-z0-9][A-Za-z0-9._\-]*$"
 _COUNTRY = r"^[A-Za-z]{2}$"
 _CODE = r"^\s*[A-Za-z0-9][A-Za-z0-9_\-]*\s*$"
 _METHOD = r"^[a-z0-9][a-z0-9_\-]*$"
