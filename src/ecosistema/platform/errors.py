@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import structlog
@@ -194,6 +194,14 @@ def _field_path(loc: Sequence[Any]) -> str:
     return ".".join(parts) if parts else str(loc[0]) if loc else "body"
 
 
+def _message(err: Mapping[str, Any]) -> str:
+    """Pydantic's message without the prefix it puts before a validator's own words."""
+    message = str(err.get("msg", "invalid"))
+    if err.get("type") == "value_error":
+        return message.removeprefix("Value error, ")
+    return message
+
+
 def validation_errors(exc: RequestValidationError) -> list[dict[str, Any]]:
     """Pydantic errors as ``{field, message, code}`` with dotted field paths."""
     out = []
@@ -204,7 +212,7 @@ def validation_errors(exc: RequestValidationError) -> list[dict[str, Any]]:
             {
                 "field": _field_path(loc),
                 "in": where if where in _LOCATIONS else "body",
-                "message": str(err.get("msg", "invalid")),
+                "message": _message(err),
                 "code": str(err.get("type", "invalid")),
             }
         )
