@@ -24,6 +24,7 @@ from ecosistema.orders.domain import (
     OrderStatus,
     VoucherKind,
     check_address_text,
+    check_note_text,
     is_country,
     voucher_definition_problems,
 )
@@ -386,7 +387,14 @@ class ReturnCreate(Input):
 
 
 class NoteCreate(Input):
-    text: str = Field(min_length=1, max_length=5000)
+    text: str = Field(
+        min_length=1,
+        max_length=5000,
+        description="Not blank; line breaks and tabs are kept, other control or invisible "
+        "formatting characters are refused.",
+    )
+
+    _text = field_validator("text")(check_note_text)
 
 
 class StatusChange(Input):
