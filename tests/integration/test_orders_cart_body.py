@@ -40,3 +40,21 @@ async def test_a_cart_body_that_is_not_json_is_still_refused(client: httpx.Async
     assert wrong.status_code == 422 and wrong.json()["errors"][0]["field"] == "currency"
     listed = await client.post(f"{API}/carts", json=[])
     assert listed.status_code == 422, listed.text
+
+
+async def test_a_json_null_cart_body_is_refused_at_body(client: httpx.AsyncClient) -> None:
+    for body in (b"null", b" null\n"):
+        refused = await client.post(
+            f"{API}/carts", content=body, headers={"Content-Type": "application/json"}
+        )
+        assert refused.status_code == 422, refused.text
+        assert refused.headers["content-type"].startswith("application/problem+json")
+        [error] = refused.json()["errors"]
+        assert (error["field"], error["in"]) == ("body", "body")
+        assert error["message"].startswith("Input should be a valid dictionary")
+    # As a body that is no object, and as JSON null anywhere else.
+    listed = await client.post(f"{API}/carts", json=[])
+    orders = await client.post(
+        f"{API}/orders", content=b"null", headers={"Content-Type": "application/json"}
+    )
+    assert refused.json()["errors"] == listed.json()["errors"] == orders.json()["errors"]

@@ -390,3 +390,20 @@ async def test_a_guest_cancels_their_own_pending_order_with_the_carts_token(
         return await available(client, admin, "TEE-24") == 4
 
     await eventually(released, what="catalog to release the reservation")
+
+
+async def test_a_status_change_body_may_be_left_out_but_is_not_null(
+    app: FastAPI, client: httpx.AsyncClient
+) -> None:
+    admin = await staff_tokens(app, client)
+    await seed_shop(app, client, admin, {"TEE-NULL": 5})
+    order = await place_guest_order(client, {"TEE-NULL": 1})
+    url = f"{API}/orders/{order['id']}"
+    json_null = {"Content-Type": "application/json", **bearer(admin)}
+    for action in ("cancel", "ship", "deliver"):
+        refused = await client.post(f"{url}/{action}", content=b"null", headers=json_null)
+        assert refused.status_code == 422, (action, refused.text)
+        assert [e["field"] for e in refused.json()["errors"]] == ["body"]
+    assert await _status(client, admin, order["id"]) == "pending_payment"
+    cancelled = await client.post(f"{url}/cancel", headers=bearer(admin))
+    assert cancelled.status_code == 200 and cancelled.json()["status"] == "cancelled"

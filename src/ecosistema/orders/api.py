@@ -7,6 +7,7 @@ from dataclasses import replace
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Header, Path, Query, Request, Response, status
+from fastapi.exceptions import RequestValidationError
 
 from ecosistema.orders import service
 from ecosistema.orders.domain import OrderAction, OrderStatus
@@ -73,6 +74,22 @@ Code = Annotated[str, Path(min_length=1, max_length=64)]
 router = APIRouter(tags=["orders"])
 
 
+async def _refuse_json_null(request: Request) -> None:
+    """A body that may be left out, when there is one, is an object, as every other body:
+    FastAPI reads JSON ``null`` as no body at all."""
+    if (await request.body()).strip():
+        raise RequestValidationError(
+            [
+                {
+                    "type": "model_attributes_type",
+                    "loc": ("body",),
+                    "msg": "Input should be a valid dictionary or object to extract fields from",
+                    "input": None,
+                }
+            ]
+        )
+
+
 # --- carts --------------------------------------------------------------------------------------
 
 
@@ -84,10 +101,16 @@ router = APIRouter(tags=["orders"])
     responses={200: {"model": Cart, "description": "The customer's active cart"}, **_errors(422)},
 )
 async def create_cart(
-    ctx: Context, principal: OptionalPrincipal, response: Response, data: CartCreate | None = None
+    request: Request,
+    ctx: Context,
+    principal: OptionalPrincipal,
+    response: Response,
+    data: CartCreate | None = None,
 ) -> Cart:
-    # Every field has a default, so no body at all is an empty one (malformed JSON is not).
-    data = data if data is not None else CartCreate()
+    # Every field has a default, so no body at all is an empty one.
+    if data is None:
+        await _refuse_json_null(request)
+        data = CartCreate()
     cart, created = await service.create_cart(ctx, principal=principal, data=data)
     if not created:
         response.status_code = status.HTTP_200_OK
@@ -291,6 +314,7 @@ async def order_history(
     "/orders/{order_id}/cancel", response_model=Order, responses=_errors(401, 403, 404, 409)
 )
 async def cancel_order(
+    request: Request,
     order_id: Id,
     ctx: Context,
     principal: OptionalPrincipal,
@@ -299,6 +323,8 @@ async def cancel_order(
 ) -> Order:
     """Cancel an unpaid order: its customer, staff, or the guest who placed it, with the token
     of the cart it came from."""
+    if data is None:
+        await _refuse_json_null(request)
     return await service.cancel_order(
         ctx,
         order_id=order_id,
@@ -332,8 +358,10 @@ async def fulfil_lines(
 
 @router.post("/orders/{order_id}/ship", response_model=Order, responses=_errors(401, 403, 404, 409))
 async def mark_shipped(
-    order_id: Id, ctx: Context, principal: Staff, data: StatusChange | None = None
+    request: Request, order_id: Id, ctx: Context, principal: Staff, data: StatusChange | None = None
 ) -> Order:
+    if data is None:
+        await _refuse_json_null(request)
     return await service.change_status(
         ctx,
         order_id=order_id,
@@ -347,8 +375,10 @@ async def mark_shipped(
     "/orders/{order_id}/deliver", response_model=Order, responses=_errors(401, 403, 404, 409)
 )
 async def mark_delivered(
-    order_id: Id, ctx: Context, principal: Staff, data: StatusChange | None = None
+    request: Request, order_id: Id, ctx: Context, principal: Staff, data: StatusChange | None = None
 ) -> Order:
+    if data is None:
+        await _refuse_json_null(request)
     return await service.change_status(
         ctx,
         order_id=order_id,

@@ -4,10 +4,12 @@ Every request body forbids unknown fields; amounts are integer minor units with 
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping, Sequence
 from datetime import datetime
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import (
+    AfterValidator,
     BaseModel,
     ConfigDict,
     EmailStr,
@@ -22,6 +24,7 @@ from ecosistema.orders.domain import (
     OrderStatus,
     VoucherKind,
     check_address_text,
+    check_note_text,
     is_country,
     voucher_definition_problems,
 )
@@ -384,7 +387,14 @@ class ReturnCreate(Input):
 
 
 class NoteCreate(Input):
-    text: str = Field(min_length=1, max_length=5000)
+    text: str = Field(
+        min_length=1,
+        max_length=5000,
+        description="Not blank; line breaks and tabs are kept, other control or invisible "
+        "formatting characters are refused.",
+    )
+
+    _text = field_validator("text")(check_note_text)
 
 
 class StatusChange(Input):
@@ -426,58 +436,107 @@ class Bracket(Input):
     amount: int = Field(ge=0, le=MAX_AMOUNT)
 
 
+MAX_BRACKETS = 50
+FLAT_RATE = "a flat rate is one bracket with no weight limit"
+ShippingKind = Literal["flat", "weight"]
+RATES = (
+    "Per currency: flat, one bracket with no limit; by weight, brackets by grams, the last one "
+    "may have no limit."
+)
+COUNTRIES = "Where the method ships (ISO 3166-1 alpha-2); empty: everywhere."
+
+
+def _check_rates(value: dict[str, list[Bracket]]) -> dict[str, list[Bracket]]:
+    out: dict[str, list[Bracket]] = {}
+    for currency, brackets in value.items():
+        code = iso_currency(currency)
+        if not brackets or len(brackets) > MAX_BRACKETS:
+            raise ValueError(f"{currency}: give between 1 and {MAX_BRACKETS} brackets")
+        if code in out:
+            raise ValueError(f"{code} is given twice")
+        out[code] = brackets
+    return out
+
+
+def _check_countries(value: list[str]) -> list[str]:
+    out = [c.upper() for c in value]
+    unknown = [c for c in out if not is_country(c)]
+    if unknown:
+        raise ValueError(f"not ISO 3166-1 alpha-2 country codes: {', '.join(unknown[:5])}")
+    return out
+
+
+# Creation and PATCH take rates and countries by the same rules.
+Rates = Annotated[dict[str, list[Bracket]], Field(min_length=1), AfterValidator(_check_rates)]
+Countries = Annotated[list[str], Field(max_length=300), AfterValidator(_check_countries)]
+MethodName = Annotated[str, Field(min_length=1, max_length=200)]
+
+
+def flat_rate_problems(
+    kind: str, limits: Mapping[str, Sequence[int | None]]
+) -> list[tuple[tuple[str | int, ...], str, Any]]:
+    """Where rates (each currency's brackets' ``up_to_grams``) break what ``kind`` allows:
+    a flat rate is one bracket with no weight limit."""
+    problems: list[tuple[tuple[str | int, ...], str, Any]] = []
+    if kind == "flat":
+        for currency, up_to in limits.items():
+            if len(up_to) != 1:
+                problems.append((("rates", currency), FLAT_RATE, len(up_to)))
+            elif up_to[0] is not None:
+                problems.append((("rates", currency, 0, "up_to_grams"), FLAT_RATE, up_to[0]))
+    return problems
+
+
+def weight_limits(rates: Mapping[str, Sequence[Bracket]]) -> dict[str, list[int | None]]:
+    """Each currency's brackets' weight limits, what ``flat_rate_problems`` reads."""
+    return {currency: [b.up_to_grams for b in brackets] for currency, brackets in rates.items()}
+
+
 class ShippingMethodCreate(Input):
     code: str = Field(min_length=1, max_length=50, pattern=_METHOD)
-    name: str = Field(min_length=1, max_length=200)
-    kind: Literal["flat", "weight"]
-    rates: dict[str, list[Bracket]] = Field(
-        min_length=1,
-        description="Per currency: flat, one bracket with no limit; by weight, brackets by "
-        "grams, the last one may have no limit.",
-    )
-    countries: list[str] = Field(default_factory=list, max_length=300)
+    name: MethodName
+    kind: ShippingKind
+    rates: Rates = Field(description=RATES)
+    countries: Countries = Field(default_factory=list, description=COUNTRIES)
     active: bool = True
-
-    @field_validator("rates")
-    @classmethod
-    def _rates(cls, value: dict[str, list[Bracket]]) -> dict[str, list[Bracket]]:
-        out: dict[str, list[Bracket]] = {}
-        for currency, brackets in value.items():
-            code = iso_currency(currency)
-            if not brackets or len(brackets) > 50:
-                raise ValueError(f"{currency}: give between 1 and 50 brackets")
-            if code in out:
-                raise ValueError(f"{code} is given twice")
-            out[code] = brackets
-        return out
-
-    @field_validator("countries")
-    @classmethod
-    def _countries(cls, value: list[str]) -> list[str]:
-        out = [c.upper() for c in value]
-        unknown = [c for c in out if not is_country(c)]
-        if unknown:
-            raise ValueError(f"not ISO 3166-1 alpha-2 country codes: {', '.join(unknown[:5])}")
-        return out
 
     @model_validator(mode="after")
     def _flat_is_one_bracket(self) -> ShippingMethodCreate:
-        problems: list[tuple[tuple[str | int, ...], str, Any]] = []
-        if self.kind == "flat":
-            message = "a flat rate is one bracket with no weight limit"
-            for currency, brackets in self.rates.items():
-                if len(brackets) != 1:
-                    problems.append((("rates", currency), message, len(brackets)))
-                elif brackets[0].up_to_grams is not None:
-                    loc = ("rates", currency, 0, "up_to_grams")
-                    problems.append((loc, message, brackets[0].up_to_grams))
-        _refuse("shipping_method", problems)
+        _refuse("shipping_method", flat_rate_problems(self.kind, weight_limits(self.rates)))
         return self
 
 
+def _not_null(schema: dict[str, Any]) -> None:
+    """The published schema of a field that may be left out but not null: its value's."""
+    options = schema.pop("anyOf", [])
+    schema.pop("default", None)
+    for option in options:
+        if option != {"type": "null"}:
+            schema.update(option)
+
+
 class ShippingMethodUpdate(Input):
-    name: str | None = Field(default=None, min_length=1, max_length=200)
-    active: bool | None = None
+    """PATCH shipping-methods/{code}: a field left out keeps its value; none may be null. The
+    method as it would be after the change is checked as creation checks a new one."""
+
+    name: MethodName | None = Field(default=None, json_schema_extra=_not_null)
+    kind: ShippingKind | None = Field(default=None, json_schema_extra=_not_null)
+    rates: Rates | None = Field(
+        default=None,
+        description=RATES + " Replaces every currency's rates.",
+        json_schema_extra=_not_null,
+    )
+    countries: Countries | None = Field(
+        default=None, description=COUNTRIES, json_schema_extra=_not_null
+    )
+    active: bool | None = Field(default=None, json_schema_extra=_not_null)
+
+    @model_validator(mode="after")
+    def _no_nulls(self) -> ShippingMethodUpdate:
+        given = self.model_fields_set
+        nulls = [n for n in type(self).model_fields if n in given and getattr(self, n) is None]
+        _refuse("shipping_method", [((name,), "must not be null", None) for name in nulls])
+        return self
 
 
 class ShippingMethod(BaseModel):

@@ -415,10 +415,7 @@ async def create_shipping_method(
         "code": data.code,
         "name": data.name,
         "kind": data.kind,
-        "rates": {
-            currency: [[b.up_to_grams, b.amount] for b in brackets]
-            for currency, brackets in data.rates.items()
-        },
+        "rates": _stored_rates(data.rates),
         "countries": data.countries,
         "active": data.active,
         "created_at": now,
@@ -449,23 +446,74 @@ async def create_shipping_method(
 async def update_shipping_method(
     ctx: ServiceContext, *, code: str, data: schemas.ShippingMethodUpdate
 ) -> schemas.ShippingMethod:
-    """Rename, activate or retire a shipping method."""
-    changes: dict[str, Any] = data.model_dump(exclude_unset=True, exclude_none=True)
+    """Change a shipping method's name, kind, rates, countries or whether it is offered.
+    Carts are priced with the new rates; orders keep the shipping they were placed with."""
+    changes: dict[str, Any] = data.model_dump(exclude_unset=True)
+    if "rates" in changes:
+        changes["rates"] = _stored_rates(data.rates or {})
     async with ctx.db.transaction() as session:
+        row = (
+            (
+                await session.execute(
+                    select(shipping_methods)
+                    .where(shipping_methods.c.code == code)
+                    .with_for_update()
+                )
+            )
+            .mappings()
+            .one_or_none()
+        )
+        if row is None:
+            raise NotFound("No shipping method with this code.")
+        _check_shipping_change(row, changes)
         if changes:
             await session.execute(
                 update(shipping_methods)
                 .where(shipping_methods.c.code == code)
                 .values(**changes, updated_at=_now())
             )
-        row = (
-            (await session.execute(select(shipping_methods).where(shipping_methods.c.code == code)))
-            .mappings()
-            .one_or_none()
-        )
-    if row is None:
-        raise NotFound("No shipping method with this code.")
+            row = (
+                (
+                    await session.execute(
+                        select(shipping_methods).where(shipping_methods.c.code == code)
+                    )
+                )
+                .mappings()
+                .one()
+            )
     return _shipping_view(row)
+
+
+def _stored_rates(rates: Mapping[str, Sequence[schemas.Bracket]]) -> dict[str, list[list[Any]]]:
+    return {
+        currency: [[b.up_to_grams, b.amount] for b in brackets]
+        for currency, brackets in rates.items()
+    }
+
+
+def _check_shipping_change(row: Mapping[Any, Any], changes: Mapping[str, Any]) -> None:
+    """The method as it would be after ``changes`` keeps creation's rules. A conflict is put
+    on the field the request gave: on its rates, or on its kind when the rates are stored."""
+    kind = changes.get("kind", row["kind"])
+    rates = changes.get("rates", row["rates"])
+    limits = {currency: [b[0] for b in brackets] for currency, brackets in rates.items()}
+    problems = schemas.flat_rate_problems(kind, limits)
+    if not problems:
+        return
+    if "rates" in changes:
+        errors = [
+            {"field": ".".join(str(p) for p in loc), "message": message, "code": "invalid"}
+            for loc, message, _ in problems
+        ]
+    else:
+        currencies = ", ".join(str(loc[1]) for loc, _, _ in problems)
+        message = (
+            f"{schemas.FLAT_RATE}, and the {currencies} rates are not: give flat rates "
+            "with the kind"
+        )
+        errors = [{"field": "kind", "message": message, "code": "invalid"}]
+    detail = "; ".join(f"{e['field']}: {e['message']}" for e in errors)
+    raise Unprocessable(detail, errors=errors)
 
 
 def _brackets(row: Mapping[Any, Any], currency: str) -> list[domain.WeightBracket] | None:

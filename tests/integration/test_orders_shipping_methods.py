@@ -1,0 +1,184 @@
+"""PATCH /shipping-methods/{code} on both shapes: every field creation takes, checked by the same
+rules against the method as it would be after the change; null is no value for any of them.
+Carts are priced with the rates of now, orders keep the rates they were placed with."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import httpx
+import pytest
+from fastapi import FastAPI
+
+from tests.integration.test_identity_support import API, bearer
+from tests.integration.test_orders_support import (
+    app,
+    guest_cart,
+    place_guest_order,
+    seed_shop,
+    settings,
+    staff_tokens,
+)
+
+__all__ = ["app", "settings"]
+
+
+async def _patch(
+    client: httpx.AsyncClient, admin: dict[str, Any], code: str, body: Any
+) -> httpx.Response:
+    return await client.patch(f"{API}/shipping-methods/{code}", json=body, headers=bearer(admin))
+
+
+def _fields(response: httpx.Response) -> list[str]:
+    assert response.status_code == 422, response.text
+    assert response.headers["content-type"].startswith("application/problem+json")
+    return [e["field"] for e in response.json()["errors"]]
+
+
+async def _method(client: httpx.AsyncClient, code: str) -> dict[str, Any]:
+    listed = await client.get(f"{API}/shipping-methods")
+    [method] = [m for m in listed.json() if m["code"] == code]
+    return method
+
+
+async def test_a_shipping_method_takes_new_rates_countries_kind_and_name(
+    app: FastAPI, client: httpx.AsyncClient
+) -> None:
+    admin = await staff_tokens(app, client)
+    await seed_shop(app, client, admin, {})
+
+    cheaper = await _patch(client, admin, "standard", {"rates": {"eur": [{"amount": 100}]}})
+    assert cheaper.status_code == 200, cheaper.text
+    assert cheaper.json()["rates"] == {"EUR": [{"up_to_grams": None, "amount": 100}]}
+    assert cheaper.json()["kind"] == "flat" and cheaper.json()["name"] == "Standard (3-5 days)"
+
+    everything = await _patch(
+        client,
+        admin,
+        "standard",
+        {
+            "name": "Standard by weight",
+            "kind": "weight",
+            "rates": {
+                "EUR": [{"up_to_grams": 2000, "amount": 300}, {"amount": 900}],
+                "USD": [{"amount": 700}],
+            },
+            "countries": ["es", "PT"],
+            "active": True,
+        },
+    )
+    assert everything.status_code == 200, everything.text
+    assert everything.json() == {
+        "code": "standard",
+        "name": "Standard by weight",
+        "kind": "weight",
+        "rates": {
+            "EUR": [{"up_to_grams": 2000, "amount": 300}, {"up_to_grams": None, "amount": 900}],
+            "USD": [{"up_to_grams": None, "amount": 700}],
+        },
+        "countries": ["ES", "PT"],
+        "active": True,
+    }
+    assert await _method(client, "standard") == everything.json()
+
+    anywhere = await _patch(client, admin, "standard", {"countries": []})
+    assert anywhere.status_code == 200 and anywhere.json()["countries"] == []
+    missing = await _patch(client, admin, "nowhere", {"rates": {"EUR": [{"amount": 1}]}})
+    assert missing.status_code == 404, missing.text
+
+
+async def test_patched_rates_are_checked_as_creation_checks_them(
+    app: FastAPI, client: httpx.AsyncClient
+) -> None:
+    admin = await staff_tokens(app, client)
+    await seed_shop(app, client, admin, {})
+    before = await _method(client, "express")
+
+    cases: list[tuple[dict[str, Any], str]] = [
+        ({"rates": {"XYZ": [{"amount": 1}]}}, "rates"),
+        ({"rates": {}}, "rates"),
+        ({"rates": {"EUR": []}}, "rates"),
+        ({"rates": {"EUR": [{"amount": 1}] * 51}}, "rates"),
+        ({"rates": {"EUR": [{"amount": -1}]}}, "rates.EUR.0.amount"),
+        ({"rates": {"EUR": [{"up_to_grams": 0, "amount": 1}]}}, "rates.EUR.0.up_to_grams"),
+        ({"rates": {"EUR": [{"amount": 1, "price": 1}]}}, "rates.EUR.0.price"),
+        ({"countries": ["ES", "QQ"]}, "countries"),
+        ({"kind": "parcel"}, "kind"),
+        ({"name": ""}, "name"),
+        ({"code": "renamed"}, "code"),
+    ]
+    for body, field in cases:
+        assert _fields(await _patch(client, admin, "express", body)) == [field], body
+    assert await _method(client, "express") == before
+
+
+async def test_a_flat_rate_stays_one_open_bracket_whichever_field_changes(
+    app: FastAPI, client: httpx.AsyncClient
+) -> None:
+    admin = await staff_tokens(app, client)
+    await seed_shop(app, client, admin, {})
+    express, standard = await _method(client, "express"), await _method(client, "standard")
+
+    # express has three brackets per currency: it cannot become flat as it is.
+    flat = await _patch(client, admin, "express", {"kind": "flat"})
+    assert _fields(flat) == ["kind"]
+    assert "one bracket with no weight limit" in flat.json()["errors"][0]["message"]
+    assert "EUR" in flat.json()["errors"][0]["message"]
+    # standard is flat: more brackets, or a weight limit, are refused where they are given.
+    several = {"rates": {"EUR": [{"up_to_grams": 500, "amount": 1}, {"amount": 2}]}}
+    assert _fields(await _patch(client, admin, "standard", several)) == ["rates.EUR"]
+    limited = {"rates": {"EUR": [{"up_to_grams": 500, "amount": 1}]}}
+    assert _fields(await _patch(client, admin, "standard", limited)) == ["rates.EUR.0.up_to_grams"]
+    both = await _patch(client, admin, "express", {"kind": "flat", **several})
+    assert _fields(both) == ["rates.EUR"]
+    assert await _method(client, "express") == express
+    assert await _method(client, "standard") == standard
+
+    # Kind and rates changed together, consistently, are taken.
+    made_flat = await _patch(
+        client, admin, "express", {"kind": "flat", "rates": {"EUR": [{"amount": 800}]}}
+    )
+    assert made_flat.status_code == 200, made_flat.text
+    assert made_flat.json()["kind"] == "flat"
+    assert made_flat.json()["rates"] == {"EUR": [{"up_to_grams": None, "amount": 800}]}
+    by_weight = await _patch(client, admin, "standard", {"kind": "weight"})
+    assert by_weight.status_code == 200 and by_weight.json()["kind"] == "weight"
+
+
+@pytest.mark.parametrize("field", ["name", "kind", "rates", "countries", "active"])
+async def test_null_is_refused_for_every_shipping_method_field(
+    app: FastAPI, client: httpx.AsyncClient, field: str
+) -> None:
+    admin = await staff_tokens(app, client)
+    await seed_shop(app, client, admin, {})
+    before = await _method(client, "standard")
+    refused = await _patch(client, admin, "standard", {field: None})
+    assert _fields(refused) == [field]
+    assert refused.json()["errors"][0]["message"] == "must not be null"
+    assert await _method(client, "standard") == before
+
+
+async def test_carts_take_new_rates_and_orders_keep_theirs(
+    app: FastAPI, client: httpx.AsyncClient
+) -> None:
+    admin = await staff_tokens(app, client)
+    await seed_shop(app, client, admin, {"TEE-SM": 10})
+    order = await place_guest_order(client, {"TEE-SM": 1})
+    assert order["shipping_method"] == "standard" and order["shipping_total"] == 495
+    cart_id, headers = await guest_cart(client, {"TEE-SM": 1})
+    cart = await client.patch(
+        f"{API}/carts/{cart_id}", json={"shipping_method": "standard"}, headers=headers
+    )
+    assert cart.status_code == 200, cart.text
+    assert cart.json()["totals"]["shipping_total"] == 495
+
+    changed = await _patch(client, admin, "standard", {"rates": {"EUR": [{"amount": 100}]}})
+    assert changed.status_code == 200, changed.text
+
+    repriced = await client.get(f"{API}/carts/{cart_id}", headers=headers)
+    assert repriced.json()["totals"]["shipping_total"] == 100
+    kept = await client.get(f"{API}/orders/{order['id']}", headers=bearer(admin))
+    assert kept.json()["shipping_total"] == 495 and kept.json()["total"] == order["total"]
+    later = await place_guest_order(client, {"TEE-SM": 1})
+    assert later["shipping_total"] == 100
+    assert later["total"] == order["total"] - 395
