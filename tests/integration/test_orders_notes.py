@@ -46,3 +46,30 @@ async def test_notes_must_say_something_readable_and_may_span_lines(
     assert note.json()["reason"] == text
     history = await client.get(f"{url}/history", headers=bearer(admin))
     assert [e["reason"] for e in history.json() if e["kind"] == "note"] == [text]
+
+
+async def test_reasons_of_changes_and_returns_follow_the_rule_of_notes(
+    app: FastAPI, client: httpx.AsyncClient
+) -> None:
+    admin = await staff_tokens(app, client)
+    await seed_shop(app, client, admin, {"TEE-R": 5})
+    order = await place_guest_order(client, {"TEE-R": 1})
+    url = f"{API}/orders/{order['id']}"
+
+    for body in ({"reason": "  "}, {"reason": "late \u202eparcel"}):
+        cancelled = await client.post(f"{url}/cancel", json=body, headers=bearer(admin))
+        assert cancelled.status_code == 422, cancelled.text
+        assert [e["field"] for e in cancelled.json()["errors"]] == ["reason"]
+    line = order["lines"][0]["line_id"]
+    returned = await client.post(
+        f"{url}/returns",
+        json={"lines": [{"line_id": line, "quantity": 1}], "reason": "\x07"},
+        headers=bearer(admin),
+    )
+    assert returned.status_code == 422, returned.text
+    assert [e["field"] for e in returned.json()["errors"]] == ["reason"]
+
+    cancelled = await client.post(
+        f"{url}/cancel", json={"reason": "Buyer asked.\nBy phone."}, headers=bearer(admin)
+    )
+    assert cancelled.status_code == 200, cancelled.text

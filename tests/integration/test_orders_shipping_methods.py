@@ -105,6 +105,13 @@ async def test_patched_rates_are_checked_as_creation_checks_them(
         ({"countries": ["ES", "QQ"]}, "countries"),
         ({"kind": "parcel"}, "kind"),
         ({"name": ""}, "name"),
+        ({"name": "   "}, "name"),
+        ({"name": "Express\u202e"}, "name"),
+        ({"rates": {"EUR": [{"amount": 1}, {"amount": 2}]}}, "rates"),
+        (
+            {"rates": {"EUR": [{"up_to_grams": 500, "amount": 1}] * 2 + [{"amount": 3}]}},
+            "rates",
+        ),
         ({"code": "renamed"}, "code"),
     ]
     for body, field in cases:

@@ -63,7 +63,7 @@ from ecosistema.platform.db import (
     statements,
     utcnow,
 )
-from ecosistema.platform.errors import Conflict, NotFound, field_error
+from ecosistema.platform.errors import Conflict, NotFound, field_error, refuse_nulls
 from ecosistema.platform.service import ServiceContext
 
 PRODUCT_NOT_FOUND = "No product with this id."
@@ -259,10 +259,8 @@ async def get_category(ctx: ServiceContext, category_id: str) -> Category:
 
 async def update_category(ctx: ServiceContext, category_id: str, data: CategoryUpdate) -> Category:
     """Rename or re-describe a category."""
+    refuse_nulls(data, ("name", "description"))
     values: dict[str, Any] = data.model_dump(exclude_unset=True)
-    for required in ("name", "description"):
-        if required in values and values[required] is None:
-            raise field_error(required, "must not be null")
     async with ctx.db.transaction() as session:
         if values:
             values["updated_at"] = utcnow()
@@ -471,10 +469,8 @@ async def create_product(ctx: ServiceContext, data: ProductCreate) -> Product:
 
 async def update_product(ctx: ServiceContext, product_id: str, data: ProductUpdate) -> Product:
     """Change a product's fields; emits ProductUpdated, or ProductArchived when archived."""
+    refuse_nulls(data, ("name", "slug", "description", "status", "images"))
     values: dict[str, Any] = data.model_dump(exclude_unset=True)
-    for required in ("name", "slug", "description", "status", "images"):
-        if required in values and values[required] is None:
-            raise field_error(required, "must not be null")
     try:
         async with ctx.db.transaction() as session:
             row = (
@@ -574,10 +570,8 @@ async def update_variant(
     ctx: ServiceContext, product_id: str, variant_id: str, data: VariantUpdate
 ) -> Variant:
     """Change a variant; given price lists replace the current ones."""
+    refuse_nulls(data, ("name", "options", "weight_grams", "position", "prices", "sale_prices"))
     values = data.model_dump(exclude_unset=True, exclude={"prices", "sale_prices"})
-    for required in ("name", "options", "weight_grams", "position", "prices", "sale_prices"):
-        if required in data.model_fields_set and getattr(data, required) is None:
-            raise field_error(required, "must not be null")
     async with ctx.db.transaction() as session:
         found = await session.scalar(
             select(variants.c.id).where(

@@ -30,6 +30,7 @@ from ecosistema.orders.domain import (
 )
 from ecosistema.platform.money import iso_currency
 from ecosistema.platform.sku import SKU_PATTERN as _SKU
+from ecosistema.platform.text import check_display_text
 from ecosistema.platform.timestamps import Timestamp
 
 _COUNTRY = r"^[A-Za-z]{2}$"
@@ -371,6 +372,12 @@ def _distinct_lines(lines: list[LineQuantity]) -> list[LineQuantity]:
     return lines
 
 
+NOTE_TEXT = (
+    "Not blank; line breaks and tabs are kept, other control or invisible formatting "
+    "characters are refused."
+)
+
+
 class FulfillmentCreate(Input):
     lines: list[LineQuantity] = Field(min_length=1, max_length=500)
     tracking_number: str = Field(min_length=1, max_length=100)
@@ -381,18 +388,14 @@ class FulfillmentCreate(Input):
 
 class ReturnCreate(Input):
     lines: list[LineQuantity] = Field(min_length=1, max_length=500)
-    reason: str = Field(min_length=1, max_length=2000)
+    reason: str = Field(min_length=1, max_length=2000, description=NOTE_TEXT)
 
     _distinct = field_validator("lines")(_distinct_lines)
+    _reason = field_validator("reason")(check_note_text)
 
 
 class NoteCreate(Input):
-    text: str = Field(
-        min_length=1,
-        max_length=5000,
-        description="Not blank; line breaks and tabs are kept, other control or invisible "
-        "formatting characters are refused.",
-    )
+    text: str = Field(min_length=1, max_length=5000, description=NOTE_TEXT)
 
     _text = field_validator("text")(check_note_text)
 
@@ -400,7 +403,12 @@ class NoteCreate(Input):
 class StatusChange(Input):
     """cancel, ship, deliver: an optional reason, kept in the history."""
 
-    reason: str | None = Field(default=None, max_length=2000)
+    reason: str | None = Field(default=None, max_length=2000, description=NOTE_TEXT)
+
+    @field_validator("reason")
+    @classmethod
+    def _reason(cls, value: str | None) -> str | None:
+        return None if value is None else check_note_text(value)
 
 
 class HistoryEntry(BaseModel):
@@ -454,6 +462,12 @@ def _check_rates(value: dict[str, list[Bracket]]) -> dict[str, list[Bracket]]:
             raise ValueError(f"{currency}: give between 1 and {MAX_BRACKETS} brackets")
         if code in out:
             raise ValueError(f"{code} is given twice")
+        limits = [b.up_to_grams for b in brackets]
+        if limits.count(None) > 1:
+            raise ValueError(f"{code}: only one bracket may have no weight limit")
+        bounded = [limit for limit in limits if limit is not None]
+        if len(set(bounded)) != len(bounded):
+            raise ValueError(f"{code}: two brackets have the same weight limit")
         out[code] = brackets
     return out
 
@@ -469,7 +483,7 @@ def _check_countries(value: list[str]) -> list[str]:
 # Creation and PATCH take rates and countries by the same rules.
 Rates = Annotated[dict[str, list[Bracket]], Field(min_length=1), AfterValidator(_check_rates)]
 Countries = Annotated[list[str], Field(max_length=300), AfterValidator(_check_countries)]
-MethodName = Annotated[str, Field(min_length=1, max_length=200)]
+MethodName = Annotated[str, Field(min_length=1, max_length=200), AfterValidator(check_display_text)]
 
 
 def flat_rate_problems(
