@@ -203,10 +203,17 @@ def rotating(tmp: str, name: str, paths: list[str]) -> str:
     return str(script)
 
 
+WARMUP_SECONDS = 2
+
+
 def run_wrk_load(
     wrk: str, url: str, seconds: int, connections: int, *extra: str
 ) -> dict[str, float]:
-    """``run_wrk`` with the load average before and after."""
+    """``run_wrk`` after a warm-up of the same load (not counted), with the load average before
+    and after. Without it the figures would fold in the server's first seconds: the first
+    requests through each code path (imports, caches, compiled statements) under concurrency."""
+    if WARMUP_SECONDS:
+        run_wrk(wrk, url, WARMUP_SECONDS, connections, *extra)
     before = os.getloadavg()[0]
     result = run_wrk(wrk, url, seconds, connections, *extra)
     result["load_before"] = round(before, 2)
