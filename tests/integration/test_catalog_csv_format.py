@@ -74,3 +74,33 @@ async def test_a_csv_row_whose_quote_is_never_closed_is_refused_with_its_line(
     assert after_quote.json()["products_created"] == 1
     assert multi_line.status_code == 200, multi_line.text
     assert (multi_line.json()["products_created"], multi_line.json()["errors"]) == (1, [])
+
+
+async def test_a_row_that_is_not_utf8_is_refused_alone_wherever_it_falls(
+    shop_app: FastAPI, shop: httpx.AsyncClient
+) -> None:
+    staff = {**await sign_in_demo(shop_app, shop, "staff"), **CSV}
+    header = b"slug,name,status,sku,price_EUR\r\n"
+
+    def good(n: int) -> bytes:
+        return b"nu-%d,Row %d,active,NU-%d,100\r\n" % (n, n, n)
+
+    # The bad row well past the first 8 KiB, with good rows after it; and a bad second line.
+    far = header + b"".join(good(n) for n in range(2, 300)) + b"nu-bad,B\xe9ad,active,NU-B,1\r\n"
+    far += b"".join(good(n) for n in range(301, 900))
+    near = header + b"nu-x,B\xe9ad,active,NU-X,1\r\n" + good(1000)
+    answers = [
+        await shop.post(f"{API}/products/import", params=SKIP, content=body, headers=staff)
+        for body in (far, near)
+    ]
+
+    for answer, bad_line, rows in zip(answers, (300, 2), (898, 2), strict=True):
+        assert answer.status_code == 200, answer.text
+        report = answer.json()
+        assert report["rows_read"] == rows
+        assert report["products_created"] == rows - 1
+        [error] = report["errors"]
+        assert error["line"] == bad_line
+        assert error["reason"].startswith("not UTF-8"), error
+    listed = await shop.get(f"{API}/inventory/NU-899", headers=staff)
+    assert listed.status_code == 200, listed.text
