@@ -71,6 +71,7 @@ async def test_a_csv_row_whose_quote_is_never_closed_is_refused_with_its_line(
     assert [e["line"] for e in rejected.json()["errors"]] == [2]
     assert after_quote.status_code == 200, after_quote.text
     assert [e["line"] for e in after_quote.json()["errors"]] == [2]
+    assert "text follows a closing" in after_quote.json()["errors"][0]["reason"]
     assert after_quote.json()["products_created"] == 1
     assert multi_line.status_code == 200, multi_line.text
     assert (multi_line.json()["products_created"], multi_line.json()["errors"]) == (1, [])

@@ -507,6 +507,11 @@ def _csv_problem(exc: Exception) -> str:
     message = str(exc)
     if message == "unexpected end of data":
         return 'a quoted cell is never closed (its closing " is missing)'
+    if message.endswith("expected after '\"'"):
+        return (
+            'text follows a closing " in a cell: quote the whole cell, and double the quotes '
+            'inside it ("")'
+        )
     return message
 
 
