@@ -7,7 +7,12 @@ import io
 
 import pytest
 
-from ecosistema.platform.csvsafe import escape_cell, escape_row, unescape_cell
+from ecosistema.platform.csvsafe import (
+    escape_cell,
+    escape_row,
+    unescape_cell,
+    unreadable_row_reason,
+)
 
 
 @pytest.mark.parametrize(
@@ -45,3 +50,20 @@ def test_an_escaped_row_survives_the_csv_writer_and_reader() -> None:
         "",
         "1990",
     ]
+
+
+@pytest.mark.parametrize(
+    ("text", "words"),
+    [
+        ('a,b\n1,"never closed\n', 'a quoted cell is never closed (its closing " is missing)'),
+        ('a,b\n1,"' + "x" * 200_000 + "\n", "a cell is longer than 131072 characters"),
+        ('a,b\n1,"2"x\n', 'text follows a closing " in a cell'),
+    ],
+)
+def test_a_strict_reader_s_error_is_told_in_an_editor_s_words(text: str, words: str) -> None:
+    reader = csv.reader(io.StringIO(text, newline=""), strict=True)
+    next(reader)
+    with pytest.raises(csv.Error) as raised:
+        next(reader)
+
+    assert words in unreadable_row_reason(raised.value)

@@ -60,7 +60,12 @@ from ecosistema.catalog.schemas import (
     Slug,
     TransferFormat,
 )
-from ecosistema.platform.csvsafe import escape_row, refuse_repeated_columns, unescape_cell
+from ecosistema.platform.csvsafe import (
+    escape_row,
+    refuse_repeated_columns,
+    unescape_cell,
+    unreadable_row_reason,
+)
 from ecosistema.platform.db import utcnow
 from ecosistema.platform.errors import BadRequest, Unprocessable, field_error
 from ecosistema.platform.money import ISO_4217
@@ -502,19 +507,6 @@ def _refuse_repeated_currencies(price_columns: Sequence[str]) -> None:
         )
 
 
-def _csv_problem(exc: Exception) -> str:
-    """Why the csv module could not read a row, in the words of someone editing the file."""
-    message = str(exc)
-    if message == "unexpected end of data":
-        return 'a quoted cell is never closed (its closing " is missing)'
-    if message.endswith("expected after '\"'"):
-        return (
-            'text follows a closing " in a cell: quote the whole cell, and double the quotes '
-            'inside it ("")'
-        )
-    return message
-
-
 class _CsvLines:
     """A CSV stream's lines as text, decoded one at a time, for the csv reader.
 
@@ -588,7 +580,7 @@ def _read_csv(
             break
         except (csv.Error, ValueError) as exc:
             tally.rows_read += 1
-            tally.refuse(last_line + 1, [(None, f"unreadable row: {_csv_problem(exc)}")])
+            tally.refuse(last_line + 1, [(None, f"unreadable row: {unreadable_row_reason(exc)}")])
             last_line = lines_read.line_num
             continue
         line = last_line + 1

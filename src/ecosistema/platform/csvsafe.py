@@ -17,6 +17,9 @@ from typing import Final
 
 from ecosistema.platform.errors import field_error
 
+# The csv module's words for a quote never closed; strict readers raise it at the end of the file.
+_OPEN_QUOTE: Final = "unexpected end of data"
+
 FORMULA_STARTS: Final = frozenset("=+-@\t\r")
 QUOTE: Final = "'"
 # A plain signed number (-12, +3.5) runs nothing and must stay a number in the spreadsheet.
@@ -57,3 +60,23 @@ def refuse_repeated_columns(names: Iterable[str]) -> None:
             f"column {', '.join(repr(n[:40]) for n in twice)} appears more than once in the header",
             code="duplicate_columns",
         )
+
+
+def unreadable_row_reason(exc: Exception) -> str:
+    """Why a strict ``csv`` reader could not read a row, in the words of someone editing the
+    file."""
+    message = str(exc)
+    if message == _OPEN_QUOTE:
+        return 'a quoted cell is never closed (its closing " is missing)'
+    if message.endswith("expected after '\"'"):
+        return (
+            'text follows a closing " in a cell: quote the whole cell, and double the quotes '
+            'inside it ("")'
+        )
+    if message.startswith("field larger than field limit"):
+        limit = message.rpartition("(")[2].rstrip(")")
+        return (
+            f"a cell is longer than {limit} characters "
+            '(a quoted cell whose closing " is missing runs on into the rows after it)'
+        )
+    return message

@@ -25,7 +25,7 @@ from pydantic import ValidationError
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from ecosistema.platform.auth import Principal
-from ecosistema.platform.csvsafe import refuse_repeated_columns
+from ecosistema.platform.csvsafe import refuse_repeated_columns, unreadable_row_reason
 from ecosistema.platform.db import utcnow
 from ecosistema.platform.errors import BadRequest, ProblemError, Unprocessable, field_error
 from ecosistema.platform.policy import ensure
@@ -159,6 +159,8 @@ def _columns(header: list[str]) -> dict[str, str]:
 
 
 _NUMBER = re.compile(r"^[+-]?(\d+(\.\d*)?|\.\d+)([eE][+-]?\d+)?$")
+# What the decoder makes of bytes that are not UTF-8 (``errors="surrogateescape"``).
+_NOT_UTF8 = re.compile("[\udc80-\udcff]")
 
 
 def _attribute_value(key: str, text: str) -> Any:
@@ -204,23 +206,34 @@ def _describe(line: int, exc: ValidationError) -> list[ImportRowError]:
 def _rows(
     stream: IO[bytes], tally: _Tally, categories: Mapping[str, Sequence[str]]
 ) -> Iterator[_Row]:
-    text = io.TextIOWrapper(stream, encoding="utf-8-sig", newline="")
-    reader = csv.reader(text)
+    # Bytes that are not UTF-8 past the start checked up front are read as surrogates and
+    # refuse the row holding them: a decoding error would cost the rest of the wrapper's chunk,
+    # rows and line count with it.
+    text = io.TextIOWrapper(stream, encoding="utf-8-sig", errors="surrogateescape", newline="")
+    # Strict, so a quote left open is an error: the lenient reader would take the rest of the
+    # file as one cell, rows included, and say nothing.
+    reader = csv.reader(text, strict=True)
     try:
         header = next(reader, [])
-    except (csv.Error, UnicodeDecodeError) as exc:
-        raise field_error("body", f"unreadable CSV header: {exc}", code="unreadable") from exc
+    except csv.Error as exc:
+        raise field_error(
+            "body", f"unreadable CSV header: {unreadable_row_reason(exc)}", code="unreadable"
+        ) from exc
+    if any(_NOT_UTF8.search(h) for h in header):
+        raise field_error("body", "the CSV header is not UTF-8 text", code="encoding")
     mapping = _columns(header)
     columns = list(header)
+    # The reader's count of physical lines: a row's line is the one it starts on, even when a
+    # quoted cell spans lines or the row before could not be read.
     last_line = reader.line_num
     while True:
         try:
             cells = next(reader)
         except StopIteration:
             break
-        except (csv.Error, UnicodeDecodeError) as exc:
+        except csv.Error as exc:
             tally.rows_read += 1
-            tally.problem(last_line + 1, f"unreadable row: {exc}")
+            tally.problem(last_line + 1, f"unreadable row: {unreadable_row_reason(exc)}")
             last_line = reader.line_num
             continue
         line = last_line + 1
@@ -228,6 +241,25 @@ def _rows(
         if not any(c.strip() for c in cells):
             continue
         tally.rows_read += 1
+        undecodable = [
+            mapping[columns[i]] if i < len(columns) else "body"
+            for i, cell in enumerate(cells)
+            if _NOT_UTF8.search(cell)
+        ]
+        if undecodable:
+            tally.refuse(
+                line,
+                [
+                    ImportRowError(
+                        line=line,
+                        field=where,
+                        code="encoding",
+                        message="not UTF-8 text: save the file as UTF-8",
+                    )
+                    for where in undecodable
+                ],
+            )
+            continue
         if len(cells) != len(columns):
             tally.problem(line, f"the row has {len(cells)} fields, the header {len(columns)}")
             continue
