@@ -291,3 +291,26 @@ async def test_units_whose_captured_share_is_nothing_are_not_refunded(shop: Shop
     assert (error["field"], error["code"]) == ("lines.0.quantity", "nothing_captured_for_units")
     payment = await shop.http.get(f"/api/v1/payments/{payment_id}", headers=shop.as_("staff"))
     assert payment.json()["refunded_amount"] == 0
+
+
+@pytest.mark.parametrize("reason", ["a\u202e", "a\x00b", "a\u2028b", " \n\t "])
+async def test_a_refund_reason_that_garbles_the_history_is_refused_at_reason(
+    shop: Shop, reason: str
+) -> None:
+    payment = await paid(shop)
+
+    response = await refund(shop, payment["id"], {"reason": reason, "amount": 100})
+
+    assert response.status_code == 422, response.text
+    assert [e["field"] for e in response.json()["errors"]] == ["reason"]
+    assert await shop.events("PaymentRefunded") == []
+
+
+async def test_a_refund_reason_keeps_its_line_breaks_and_tabs(shop: Shop) -> None:
+    payment = await paid(shop)
+
+    response = await refund(shop, payment["id"], {"reason": "Broken.\r\n\tPhotos sent."})
+
+    assert response.status_code == 201, response.text
+    assert response.json()["reason"] == "Broken.\r\n\tPhotos sent."
+

@@ -24,13 +24,12 @@ from ecosistema.orders.domain import (
     OrderStatus,
     VoucherKind,
     check_address_text,
-    check_note_text,
     is_country,
     voucher_definition_problems,
 )
 from ecosistema.platform.money import iso_currency
 from ecosistema.platform.sku import SKU_PATTERN as _SKU
-from ecosistema.platform.text import check_display_text
+from ecosistema.platform.text import check_display_text, check_note_text
 from ecosistema.platform.timestamps import Timestamp
 
 _COUNTRY = r"^[A-Za-z]{2}$"
