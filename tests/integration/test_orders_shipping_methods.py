@@ -189,3 +189,29 @@ async def test_carts_take_new_rates_and_orders_keep_theirs(
     later = await place_guest_order(client, {"TEE-SM": 1})
     assert later["shipping_total"] == 100
     assert later["total"] == order["total"] - 395
+
+
+async def test_countries_are_kept_once_each_in_the_order_first_given(
+    app: FastAPI, client: httpx.AsyncClient
+) -> None:
+    admin = await staff_tokens(app, client)
+    await seed_shop(app, client, admin, {})
+
+    patched = await _patch(client, admin, "express", {"countries": ["pt", "es", "ES", "PT", "fr"]})
+    assert patched.status_code == 200, patched.text
+    assert patched.json()["countries"] == ["PT", "ES", "FR"]
+    assert (await _method(client, "express"))["countries"] == ["PT", "ES", "FR"]
+
+    created = await client.post(
+        f"{API}/shipping-methods",
+        json={
+            "code": "pickup",
+            "name": "Pickup",
+            "kind": "flat",
+            "rates": {"EUR": [{"amount": 0}]},
+            "countries": ["es", "ES", "es"],
+        },
+        headers=bearer(admin),
+    )
+    assert created.status_code == 201, created.text
+    assert created.json()["countries"] == ["ES"]

@@ -450,7 +450,10 @@ RATES = (
     "Per currency: flat, one bracket with no limit; by weight, brackets by grams, the last one "
     "may have no limit."
 )
-COUNTRIES = "Where the method ships (ISO 3166-1 alpha-2); empty: everywhere."
+COUNTRIES = (
+    "Where the method ships (ISO 3166-1 alpha-2, any case; kept upper case, each once, in the "
+    "order given); empty: everywhere."
+)
 
 
 def _check_rates(value: dict[str, list[Bracket]]) -> dict[str, list[Bracket]]:
@@ -472,7 +475,8 @@ def _check_rates(value: dict[str, list[Bracket]]) -> dict[str, list[Bracket]]:
 
 
 def _check_countries(value: list[str]) -> list[str]:
-    out = [c.upper() for c in value]
+    # Upper case, each country once, in the order first given.
+    out = list(dict.fromkeys(c.upper() for c in value))
     unknown = [c for c in out if not is_country(c)]
     if unknown:
         raise ValueError(f"not ISO 3166-1 alpha-2 country codes: {', '.join(unknown[:5])}")
