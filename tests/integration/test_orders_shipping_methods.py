@@ -13,6 +13,7 @@ from fastapi import FastAPI
 from tests.integration.test_identity_support import API, bearer
 from tests.integration.test_orders_support import (
     app,
+    customer,
     guest_cart,
     place_guest_order,
     seed_shop,
@@ -189,3 +190,73 @@ async def test_carts_take_new_rates_and_orders_keep_theirs(
     later = await place_guest_order(client, {"TEE-SM": 1})
     assert later["shipping_total"] == 100
     assert later["total"] == order["total"] - 395
+
+
+async def test_countries_are_kept_once_each_in_the_order_first_given(
+    app: FastAPI, client: httpx.AsyncClient
+) -> None:
+    admin = await staff_tokens(app, client)
+    await seed_shop(app, client, admin, {})
+
+    patched = await _patch(client, admin, "express", {"countries": ["pt", "es", "ES", "PT", "fr"]})
+    assert patched.status_code == 200, patched.text
+    assert patched.json()["countries"] == ["PT", "ES", "FR"]
+    assert (await _method(client, "express"))["countries"] == ["PT", "ES", "FR"]
+
+    created = await client.post(
+        f"{API}/shipping-methods",
+        json={
+            "code": "pickup",
+            "name": "Pickup",
+            "kind": "flat",
+            "rates": {"EUR": [{"amount": 0}]},
+            "countries": ["es", "ES", "es"],
+        },
+        headers=bearer(admin),
+    )
+    assert created.status_code == 201, created.text
+    assert created.json()["countries"] == ["ES"]
+
+
+async def test_staff_list_inactive_shipping_methods_and_no_one_else_may(
+    app: FastAPI, client: httpx.AsyncClient
+) -> None:
+    admin = await staff_tokens(app, client)
+    await seed_shop(app, client, admin, {})
+    off = await _patch(client, admin, "express", {"active": False})
+    assert off.status_code == 200, off.text
+
+    listed = await client.get(f"{API}/shipping-methods")
+    assert listed.status_code == 200, listed.text
+    assert "express" not in [m["code"] for m in listed.json()]
+    everything = await client.get(
+        f"{API}/shipping-methods", params={"include_inactive": "true"}, headers=bearer(admin)
+    )
+    assert everything.status_code == 200, everything.text
+    assert {m["code"]: m["active"] for m in everything.json()}["express"] is False
+    assert len(everything.json()) == len(listed.json()) + 1
+    explicit_false = await client.get(
+        f"{API}/shipping-methods", params={"include_inactive": "false"}, headers=bearer(admin)
+    )
+    assert explicit_false.json() == listed.json()
+
+    buyer = await customer(client, "ship")
+    refused = await client.get(
+        f"{API}/shipping-methods", params={"include_inactive": "true"}, headers=bearer(buyer)
+    )
+    assert refused.status_code == 403, refused.text
+    assert refused.headers["content-type"].startswith("application/problem+json")
+    [error] = refused.json()["errors"]
+    assert (error["field"], error["in"], error["code"]) == (
+        "include_inactive",
+        "query",
+        "staff_only",
+    )
+    anonymous = await client.get(f"{API}/shipping-methods", params={"include_inactive": "true"})
+    assert anonymous.status_code == 401, anonymous.text
+    assert anonymous.headers["content-type"].startswith("application/problem+json")
+    nonsense = await client.get(
+        f"{API}/shipping-methods", params={"include_inactive": "maybe"}, headers=bearer(admin)
+    )
+    assert nonsense.status_code == 422, nonsense.text
+    assert [e["field"] for e in nonsense.json()["errors"]] == ["include_inactive"]

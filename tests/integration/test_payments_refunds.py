@@ -291,3 +291,62 @@ async def test_units_whose_captured_share_is_nothing_are_not_refunded(shop: Shop
     assert (error["field"], error["code"]) == ("lines.0.quantity", "nothing_captured_for_units")
     payment = await shop.http.get(f"/api/v1/payments/{payment_id}", headers=shop.as_("staff"))
     assert payment.json()["refunded_amount"] == 0
+
+
+@pytest.mark.parametrize("reason", ["a\u202e", "a\x00b", "a\u2028b", " \n\t "])
+async def test_a_refund_reason_that_garbles_the_history_is_refused_at_reason(
+    shop: Shop, reason: str
+) -> None:
+    payment = await paid(shop)
+
+    response = await refund(shop, payment["id"], {"reason": reason, "amount": 100})
+
+    assert response.status_code == 422, response.text
+    assert [e["field"] for e in response.json()["errors"]] == ["reason"]
+    assert await shop.events("PaymentRefunded") == []
+
+
+async def test_a_refund_reason_keeps_its_line_breaks_and_tabs(shop: Shop) -> None:
+    payment = await paid(shop)
+
+    response = await refund(shop, payment["id"], {"reason": "Broken.\r\n\tPhotos sent."})
+
+    assert response.status_code == 201, response.text
+    assert response.json()["reason"] == "Broken.\r\n\tPhotos sent."
+
+
+BIG = {
+    "line_id": "big",
+    "sku": "BIG",
+    "name": "Big",
+    "quantity": 3,
+    "unit_price": 14661,
+    "tax": 7633,
+    "total": 43983,
+}
+
+
+@pytest.mark.parametrize(
+    ("capture", "invoiced"), [(43983, (43983, 36350, 7633)), (19422, (19422, 16051, 3371))]
+)
+async def test_credit_notes_of_a_line_refunded_unit_by_unit_add_up_to_its_invoice_line(
+    shop: Shop, capture: int, invoiced: tuple[int, int, int]
+) -> None:
+    payment_id = await partly_captured(shop, [BIG], capture)
+    [invoice] = await documents(shop)
+    [line] = invoice["lines"]
+    assert (line["total"], line["net"], line["tax"]) == invoiced
+
+    for i in range(3):
+        response = await refund(
+            shop, payment_id, {"lines": [{"line_id": "big", "quantity": 1}]}, key=f"u{i}"
+        )
+        assert response.status_code == 201, response.text
+
+    notes = (await documents(shop))[1:]
+    credited = [n["lines"][0] for n in notes]
+    assert all(c["net"] + c["tax"] == c["total"] for c in credited)
+    assert max(c["tax"] for c in credited) - min(c["tax"] for c in credited) <= 1
+    sums = tuple(sum(c[key] for c in credited) for key in ("total", "net", "tax"))
+    assert sums == tuple(-value for value in invoiced)
+    assert sum(n["tax_total"] for n in notes) == -invoice["tax_total"]

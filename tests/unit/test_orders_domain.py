@@ -28,6 +28,7 @@ from ecosistema.orders.domain import (
 )
 from ecosistema.platform.errors import Conflict, Unprocessable
 from ecosistema.platform.money import Money
+from ecosistema.platform.text import check_note_text
 
 NOW = datetime(2026, 3, 1, 12, tzinfo=UTC)
 FLAT = [WeightBracket(None, 495)]
@@ -514,15 +515,15 @@ def test_after_a_refund_of_the_rest_every_line_is_wholly_refunded(
 @pytest.mark.parametrize("text", ["", "   ", "\n\n", " \t\r\n "])
 def test_a_blank_note_is_refused(text: str) -> None:
     with pytest.raises(ValueError, match="must not be blank"):
-        domain.check_note_text(text)
+        check_note_text(text)
 
 
 @pytest.mark.parametrize("text", ["a\x00b", "a\x1bb", "a\u202eb", "a\u2028b", "a\x0bb"])
 def test_a_note_with_control_or_invisible_characters_is_refused(text: str) -> None:
     with pytest.raises(ValueError, match="control or invisible"):
-        domain.check_note_text(text)
+        check_note_text(text)
 
 
 def test_a_note_keeps_its_lines_and_tabs_as_written() -> None:
     text = " Fragile.\r\n\tCall first.\n"
-    assert domain.check_note_text(text) == text
+    assert check_note_text(text) == text

@@ -438,10 +438,22 @@ async def delete_tax_rate(
 
 
 @router.get(
-    "/shipping-methods", response_model=list[ShippingMethod], tags=["orders: configuration"]
+    "/shipping-methods",
+    response_model=list[ShippingMethod],
+    tags=["orders: configuration"],
+    responses=_errors(401, 403),
 )
-async def list_shipping_methods(ctx: Context) -> list[ShippingMethod]:
-    return await service.list_shipping_methods(ctx)
+async def list_shipping_methods(
+    ctx: Context,
+    principal: OptionalPrincipal,
+    include_inactive: Annotated[
+        bool,
+        Query(description="Inactive methods too (`orders:manage` only: 401 anonymous, 403 else)."),
+    ] = False,
+) -> list[ShippingMethod]:
+    return await service.list_shipping_methods(
+        ctx, principal=principal, include_inactive=include_inactive
+    )
 
 
 @router.post(

@@ -533,17 +533,6 @@ def check_address_text(text: str) -> str:
     return check_display_text(text).strip()
 
 
-# A note is read in the order's history and may run over several lines.
-_NOTE_LAYOUT = str.maketrans("\n\r\t", "   ")
-
-
-def check_note_text(text: str) -> str:
-    """A staff note: not blank, and nothing that garbles or hides text (control characters, bidi
-    overrides) beyond its line breaks and tabs. Kept as written."""
-    check_display_text(text.translate(_NOTE_LAYOUT))
-    return text
-
-
 def is_country(code: str) -> bool:
     """Whether ``code`` (upper case) is an ISO 3166-1 alpha-2 country code."""
     return code in ISO_3166_ALPHA_2

@@ -24,13 +24,12 @@ from ecosistema.orders.domain import (
     OrderStatus,
     VoucherKind,
     check_address_text,
-    check_note_text,
     is_country,
     voucher_definition_problems,
 )
 from ecosistema.platform.money import iso_currency
 from ecosistema.platform.sku import SKU_PATTERN as _SKU
-from ecosistema.platform.text import check_display_text
+from ecosistema.platform.text import check_display_text, check_note_text
 from ecosistema.platform.timestamps import Timestamp
 
 _COUNTRY = r"^[A-Za-z]{2}$"
@@ -451,7 +450,10 @@ RATES = (
     "Per currency: flat, one bracket with no limit; by weight, brackets by grams, the last one "
     "may have no limit."
 )
-COUNTRIES = "Where the method ships (ISO 3166-1 alpha-2); empty: everywhere."
+COUNTRIES = (
+    "Where the method ships (ISO 3166-1 alpha-2, any case; kept upper case, each once, in the "
+    "order given); empty: everywhere."
+)
 
 
 def _check_rates(value: dict[str, list[Bracket]]) -> dict[str, list[Bracket]]:
@@ -473,7 +475,8 @@ def _check_rates(value: dict[str, list[Bracket]]) -> dict[str, list[Bracket]]:
 
 
 def _check_countries(value: list[str]) -> list[str]:
-    out = [c.upper() for c in value]
+    # Upper case, each country once, in the order first given.
+    out = list(dict.fromkeys(c.upper() for c in value))
     unknown = [c for c in out if not is_country(c)]
     if unknown:
         raise ValueError(f"not ISO 3166-1 alpha-2 country codes: {', '.join(unknown[:5])}")

@@ -70,6 +70,7 @@ from ecosistema.platform.errors import (
     NotFound,
     ProblemError,
     ServiceUnavailable,
+    Unauthorized,
     Unprocessable,
     field_error,
 )
@@ -123,6 +124,7 @@ ORDER_NOT_FOUND = "No order with this id."
 STAFF = "orders:write_all"
 WRITE_OWN = "orders:write_own"
 READ_ALL = "orders:read_all"
+MANAGE = "orders:manage"
 MAX_LINE_QUANTITY = 10_000
 PAGE_LIMIT = 100
 
@@ -396,9 +398,29 @@ def _shipping_view(row: RowMapping) -> schemas.ShippingMethod:
 
 
 async def list_shipping_methods(
-    ctx: ServiceContext, *, include_inactive: bool = False
+    ctx: ServiceContext, *, principal: Principal | None = None, include_inactive: bool = False
 ) -> list[schemas.ShippingMethod]:
-    """The shipping methods customers can choose (staff may ask for inactive ones too)."""
+    """The shipping methods customers can choose; those who manage the shop (``orders:manage``)
+    may ask for inactive ones too. Anyone else asking for them is refused (401 anonymous, 403
+    else) rather than shown the active ones only."""
+    if include_inactive:
+        if principal is None:
+            raise Unauthorized("include_inactive: inactive shipping methods are for staff.")
+        if not principal.has(MANAGE):
+            message = "inactive shipping methods are listed for staff only: leave it out"
+            raise Forbidden(
+                f"include_inactive: {message}.",
+                type="inactive-shipping-methods",
+                title="Inactive shipping methods",
+                errors=[
+                    {
+                        "field": "include_inactive",
+                        "in": "query",
+                        "message": message,
+                        "code": "staff_only",
+                    }
+                ],
+            )
     query = select(shipping_methods).order_by(shipping_methods.c.code)
     if not include_inactive:
         query = query.where(shipping_methods.c.active.is_(True))

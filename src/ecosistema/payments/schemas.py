@@ -6,9 +6,10 @@ from __future__ import annotations
 from datetime import date, datetime
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from ecosistema.payments.domain import CaptureMethod, PaymentStatus, Period
+from ecosistema.platform.text import check_note_text
 
 MAX_AMOUNT = 10**12
 
@@ -120,13 +121,20 @@ class RefundCreate(Input):
         description="Units of order lines, each priced per unit from what was captured for its "
         "line (its total on the invoice). A fully discounted line cannot be refunded (422).",
     )
-    reason: str = Field(min_length=1, max_length=255)
+    reason: str = Field(
+        min_length=1,
+        max_length=255,
+        description="Read in the order's history: not blank, no control or invisible formatting "
+        "characters beyond line breaks and tabs (422 at reason).",
+    )
     restock: bool = Field(
         default=False,
         description="Put units back in stock: the given lines' units, or, refunding all that is "
         "left, every unit no earlier refund took back by line. Refused (422) with an amount "
         "below what is left.",
     )
+
+    _reason = field_validator("reason")(check_note_text)
 
     @model_validator(mode="after")
     def _amount_or_lines(self) -> RefundCreate:

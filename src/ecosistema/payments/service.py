@@ -143,6 +143,11 @@ _REFUNDED_LINES = select(refunds.c.lines).where(
     refunds.c.payment_id == bindparam("payment_id"), refunds.c.status != "failed"
 )
 _OTHER_REFUNDED_LINES = _REFUNDED_LINES.where(refunds.c.id != bindparam("refund_id"))
+_OTHER_SETTLED_LINES = select(refunds.c.lines).where(
+    refunds.c.payment_id == bindparam("payment_id"),
+    refunds.c.status == "succeeded",
+    refunds.c.id != bindparam("refund_id"),
+)
 _SETTLE_REFUND = (
     update(refunds)
     .where(refunds.c.id == bindparam("refund_id"), refunds.c.status == "pending")
@@ -1249,16 +1254,11 @@ def _nothing_to_refund(
 def _captured_line_totals(order: Mapping[str, Any], captured: int) -> dict[str, int]:
     """What the capture took for each order line, by line id: the line's total on the invoice
     (its share of a partial capture, ``_invoiced_lines``)."""
-    order_lines = list(order.get("lines") or [])
-    invoiced = _invoiced_lines(order, captured)
-    if len(invoiced) < len(order_lines) or any(
-        line["sku"] is None for line in invoiced[: len(order_lines)]
-    ):
-        # An order worth nothing has no share per line; nothing was captured for any of them.
-        return {str(line.get("line_id")): 0 for line in order_lines}
+    invoiced = _invoiced_line_splits(order, captured)
+    # An order worth nothing has no share per line; nothing was captured for any of them.
     return {
-        str(line.get("line_id")): int(share["total"])
-        for line, share in zip(order_lines, invoiced, strict=False)
+        str(line.get("line_id")): invoiced.get(str(line.get("line_id")), (0, 0))[0]
+        for line in order.get("lines") or []
     }
 
 
@@ -1556,6 +1556,37 @@ async def _issue_invoice(
     )
 
 
+def _invoiced_line_splits(order: Mapping[str, Any], captured: int) -> dict[str, tuple[int, int]]:
+    """Each order line's total and tax on the invoice (its share of a partial capture), by line
+    id; none when the invoice has no line per order line (an order worth nothing)."""
+    order_lines = list(order.get("lines") or [])
+    invoiced = _invoiced_lines(order, captured)
+    if len(invoiced) < len(order_lines) or any(
+        line["sku"] is None for line in invoiced[: len(order_lines)]
+    ):
+        return {}
+    return {
+        str(line.get("line_id")): (int(share["total"]), int(share["tax"]))
+        for line, share in zip(order_lines, invoiced, strict=False)
+    }
+
+
+async def _credited_line_amounts(
+    tx: DriverTransaction, payment: Mapping[str, Any], refund_id: str
+) -> dict[str, int]:
+    """What the payment's other settled refunds gave back for each order line (their credit
+    notes), by line id. The payment is locked first so settlements of a line read them in turn."""
+    await tx.row(_PAYMENT_LOCKED, payment_id=payment["id"])
+    credited: dict[str, int] = {}
+    for earlier in await tx.rows(
+        _OTHER_SETTLED_LINES, payment_id=payment["id"], refund_id=refund_id
+    ):
+        for line in earlier["lines"] or []:
+            line_id = str(line["line_id"])
+            credited[line_id] = credited.get(line_id, 0) + int(line["amount"])
+    return credited
+
+
 async def _issue_credit_note(
     ctx: ServiceContext,
     tx: DriverTransaction,
@@ -1571,12 +1602,18 @@ async def _issue_credit_note(
     # As on the invoice: a line's share of a partial capture tells no discount apart.
     captured = int(payment["captured_amount"])
     shares = _is_share(captured, int(order.get("total") or captured))
+    invoiced = _invoiced_line_splits(order, captured)
+    credited = await _credited_line_amounts(tx, payment, refund_id) if refund_lines else {}
     lines: list[dict[str, Any]] = []
     for refunded in refund_lines:
-        source = by_id[refunded["line_id"]]
-        line_tax = -domain.split_tax(
-            int(refunded["amount"]), int(source["total"]), int(source.get("tax") or 0)
-        )
+        line_id = str(refunded["line_id"])
+        source = by_id[line_id]
+        # The tax of the line's credits so far, and with this one, as contained in the line's
+        # invoiced total: credits of every unit add up to the invoice line's net and tax.
+        total, tax = invoiced.get(line_id, (int(source["total"]), int(source.get("tax") or 0)))
+        before = credited.get(line_id, 0)
+        after = before + int(refunded["amount"])
+        line_tax = -(domain.split_tax(after, total, tax) - domain.split_tax(before, total, tax))
         lines.append(
             {
                 "sku": refunded["sku"],

@@ -1,4 +1,4 @@
-"""Rules for text people see: names, address lines, labels."""
+"""Rules for text people see: names, address lines, labels, notes."""
 
 from __future__ import annotations
 
@@ -29,4 +29,15 @@ def check_display_text(text: str, *, blank_allowed: bool = False) -> str:
         raise ValueError("must not contain control or invisible formatting characters")
     if not blank_allowed and not text.strip():
         raise ValueError("must not be blank")
+    return text
+
+
+# A note (a staff note, a reason) is read in a history and may run over several lines.
+_NOTE_LAYOUT = str.maketrans("\n\r\t", "   ")
+
+
+def check_note_text(text: str) -> str:
+    """A note or reason: not blank, and nothing that garbles or hides text (control characters,
+    bidi overrides) beyond its line breaks and tabs. Kept as written. ValueError else."""
+    check_display_text(text.translate(_NOTE_LAYOUT))
     return text
