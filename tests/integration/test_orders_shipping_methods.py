@@ -108,10 +108,10 @@ async def test_patched_rates_are_checked_as_creation_checks_them(
         ({"name": ""}, "name"),
         ({"name": "   "}, "name"),
         ({"name": "Express\u202e"}, "name"),
-        ({"rates": {"EUR": [{"amount": 1}, {"amount": 2}]}}, "rates"),
+        ({"rates": {"EUR": [{"amount": 1}, {"amount": 2}]}}, "rates.EUR"),
         (
             {"rates": {"EUR": [{"up_to_grams": 500, "amount": 1}] * 2 + [{"amount": 3}]}},
-            "rates",
+            "rates.EUR",
         ),
         ({"code": "renamed"}, "code"),
     ]

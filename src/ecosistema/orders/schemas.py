@@ -464,12 +464,6 @@ def _check_rates(value: dict[str, list[Bracket]]) -> dict[str, list[Bracket]]:
             raise ValueError(f"{currency}: give between 1 and {MAX_BRACKETS} brackets")
         if code in out:
             raise ValueError(f"{code} is given twice")
-        limits = [b.up_to_grams for b in brackets]
-        if limits.count(None) > 1:
-            raise ValueError(f"{code}: only one bracket may have no weight limit")
-        bounded = [limit for limit in limits if limit is not None]
-        if len(set(bounded)) != len(bounded):
-            raise ValueError(f"{code}: two brackets have the same weight limit")
         out[code] = brackets
     return out
 
@@ -489,23 +483,30 @@ Countries = Annotated[list[str], Field(max_length=300), AfterValidator(_check_co
 MethodName = Annotated[str, Field(min_length=1, max_length=200), AfterValidator(check_display_text)]
 
 
-def flat_rate_problems(
+def rate_problems(
     kind: str, limits: Mapping[str, Sequence[int | None]]
 ) -> list[tuple[tuple[str | int, ...], str, Any]]:
-    """Where rates (each currency's brackets' ``up_to_grams``) break what ``kind`` allows:
-    a flat rate is one bracket with no weight limit."""
+    """Where rates (each currency's brackets' ``up_to_grams``) break what ``kind`` allows: a
+    flat rate is one bracket with no weight limit; by weight, no two brackets of a currency
+    share a limit and one at most has none."""
     problems: list[tuple[tuple[str | int, ...], str, Any]] = []
-    if kind == "flat":
-        for currency, up_to in limits.items():
+    for currency, up_to in limits.items():
+        if kind == "flat":
             if len(up_to) != 1:
                 problems.append((("rates", currency), FLAT_RATE, len(up_to)))
             elif up_to[0] is not None:
                 problems.append((("rates", currency, 0, "up_to_grams"), FLAT_RATE, up_to[0]))
+        elif up_to.count(None) > 1:
+            message = "only one bracket may have no weight limit"
+            problems.append((("rates", currency), message, up_to.count(None)))
+        elif len(set(up_to)) != len(up_to):
+            message = "two brackets have the same weight limit"
+            problems.append((("rates", currency), message, len(up_to)))
     return problems
 
 
 def weight_limits(rates: Mapping[str, Sequence[Bracket]]) -> dict[str, list[int | None]]:
-    """Each currency's brackets' weight limits, what ``flat_rate_problems`` reads."""
+    """Each currency's brackets' weight limits, what ``rate_problems`` reads."""
     return {currency: [b.up_to_grams for b in brackets] for currency, brackets in rates.items()}
 
 
@@ -519,7 +520,7 @@ class ShippingMethodCreate(Input):
 
     @model_validator(mode="after")
     def _flat_is_one_bracket(self) -> ShippingMethodCreate:
-        _refuse("shipping_method", flat_rate_problems(self.kind, weight_limits(self.rates)))
+        _refuse("shipping_method", rate_problems(self.kind, weight_limits(self.rates)))
         return self
 
 

@@ -519,7 +519,7 @@ def _check_shipping_change(row: Mapping[Any, Any], changes: Mapping[str, Any]) -
     kind = changes.get("kind", row["kind"])
     rates = changes.get("rates", row["rates"])
     limits = {currency: [b[0] for b in brackets] for currency, brackets in rates.items()}
-    problems = schemas.flat_rate_problems(kind, limits)
+    problems = schemas.rate_problems(kind, limits)
     if not problems:
         return
     if "rates" in changes:
