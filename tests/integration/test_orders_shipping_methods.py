@@ -260,3 +260,25 @@ async def test_staff_list_inactive_shipping_methods_and_no_one_else_may(
     )
     assert nonsense.status_code == 422, nonsense.text
     assert [e["field"] for e in nonsense.json()["errors"]] == ["include_inactive"]
+
+
+async def test_a_cart_says_why_its_chosen_method_no_longer_ships_it(
+    app: FastAPI, client: httpx.AsyncClient
+) -> None:
+    admin = await staff_tokens(app, client)
+    await seed_shop(app, client, admin, {"TEE-WHY": 10})
+    cart_id, headers = await guest_cart(client, {"TEE-WHY": 1})
+    chosen = await client.patch(
+        f"{API}/carts/{cart_id}", json={"shipping_method": "standard"}, headers=headers
+    )
+    assert chosen.status_code == 200, chosen.text
+
+    async def why() -> list[str]:
+        cart = await client.get(f"{API}/carts/{cart_id}", headers=headers)
+        return [p for p in cart.json()["problems"] if "standard" in p]
+
+    assert await why() == []
+    assert (await _patch(client, admin, "standard", {"countries": ["PT"]})).status_code == 200
+    assert await why() == ["The shipping method 'standard' does not ship to ES."]
+    assert (await _patch(client, admin, "standard", {"active": False})).status_code == 200
+    assert await why() == ["The shipping method 'standard' is no longer offered."]

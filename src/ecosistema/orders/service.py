@@ -545,6 +545,17 @@ def _brackets(row: Mapping[Any, Any], currency: str) -> list[domain.WeightBracke
     return [domain.WeightBracket(up_to_grams=b[0], amount=int(b[1])) for b in rates]
 
 
+def _not_serving(code: str, row: Mapping[Any, Any] | None, country: str, currency: str) -> str:
+    """Why the shipping method ``code`` (``row``, None if gone) cannot ship this cart."""
+    if row is None:
+        return f"There is no shipping method {code!r} any more."
+    if not row["active"]:
+        return f"The shipping method {code!r} is no longer offered."
+    if currency not in row["rates"]:
+        return f"The shipping method {code!r} has no rates in {currency}."
+    return f"The shipping method {code!r} does not ship to {country}."
+
+
 def _serves(row: Mapping[Any, Any], country: str, currency: str) -> bool:
     countries = row["countries"]
     return (
@@ -900,7 +911,7 @@ async def _price(
     method = state.shipping
     requested_method = shipping_method or cart["shipping_method"]
     if requested_method and (method is None or not _serves(method, where, currency)):
-        message = f"The shipping method {requested_method!r} does not serve {where} in {currency}."
+        message = _not_serving(requested_method, method, where, currency)
         problems.append(message)
         errors.append({"field": "shipping_method", "message": message, "code": "not_served"})
     elif method is not None:
