@@ -49,6 +49,13 @@ def test_slugify_always_gives_a_valid_slug_or_nothing(name: str) -> None:
     assert slug == "" or domain.is_slug(slug)
 
 
+@settings(max_examples=2_000)
+@given(st.text(alphabet="abcXyz019-_ .é", max_size=40))
+def test_is_slug_says_whether_slugify_leaves_a_value_as_it_is(value: str) -> None:
+    expected = 0 < len(value) <= domain.SLUG_MAX_LENGTH and domain.slugify(value) == value
+    assert domain.is_slug(value) == expected
+
+
 def test_unique_slug_counts_up_past_taken_ones() -> None:
     assert domain.unique_slug("tee", []) == "tee"
     assert domain.unique_slug("tee", ["tee", "tee-2"]) == "tee-3"

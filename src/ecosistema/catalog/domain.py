@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import unicodedata
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -98,9 +99,16 @@ def slugify(text: str) -> str:
     return slug
 
 
+# The common case, told without slugifying: ASCII words joined by single hyphens, which
+# ``slugify`` always leaves as they are (an import checks one slug per row).
+_ASCII_SLUG = re.compile(r"[a-z0-9]+(?:-[a-z0-9]+)*")
+
+
 def is_slug(value: str) -> bool:
     """Whether ``value`` is already a well-formed slug (``slugify`` leaves it as it is)."""
-    return 0 < len(value) <= SLUG_MAX_LENGTH and slugify(value) == value
+    if not 0 < len(value) <= SLUG_MAX_LENGTH:
+        return False
+    return _ASCII_SLUG.fullmatch(value) is not None or slugify(value) == value
 
 
 def unique_slug(base: str, taken: Iterable[str]) -> str:

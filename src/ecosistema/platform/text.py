@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import unicodedata
 
 # Joiners are part of how some scripts are written (Persian, the Indic scripts); every other
@@ -11,9 +12,15 @@ _ALLOWED_FORMAT_CHARACTERS = frozenset({"\u200c", "\u200d"})
 _REFUSED_CATEGORIES = frozenset({"Cc", "Zl", "Zp"})
 
 
+# In ASCII only the C0 controls and DEL are any of those (no separator or format character).
+_ASCII_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+
+
 def has_control_characters(text: str) -> bool:
     """Whether ``text`` holds control, line-breaking or invisible format characters (NUL, a
     bidi override, U+2028…)."""
+    if text.isascii():
+        return _ASCII_CONTROL.search(text) is not None
     for c in text:
         category = unicodedata.category(c)
         if category in _REFUSED_CATEGORIES or (
