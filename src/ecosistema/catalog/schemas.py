@@ -18,7 +18,7 @@ from pydantic import (
 from ecosistema.catalog.domain import CODE_PATTERN, STORED_SKU_PATTERN, ProductStatus, is_slug
 from ecosistema.platform.money import iso_currency
 from ecosistema.platform.sku import SKU_MAX_LENGTH, SKU_PATTERN
-from ecosistema.platform.text import check_display_text, has_control_characters
+from ecosistema.platform.text import check_display_text, check_note_text
 from ecosistema.platform.timestamps import Timestamp
 
 
@@ -43,21 +43,9 @@ Amount = Annotated[int, Field(strict=True, ge=0, le=10**12, description="Minor u
 ImageUrl = Annotated[str, Field(max_length=2000, pattern=r"^https?://[^\s]+$")]
 
 
-def _display_text(value: str) -> str:
-    return check_display_text(value)
-
-
-# Line breaks and tabs lay out a description; other control and invisible characters do not.
-_LAYOUT = str.maketrans("", "", "\n\r\t")
-
-
 def _description_text(value: str) -> str:
-    if has_control_characters(value.translate(_LAYOUT)):
-        raise ValueError(
-            "must not contain control or invisible formatting characters (line breaks and "
-            "tabs are fine)"
-        )
-    return value
+    # Line breaks and tabs lay out a description; other control and invisible characters do not.
+    return check_note_text(value, blank_allowed=True)
 
 
 OPTION_NAME_MAX_LENGTH = 50
@@ -93,7 +81,7 @@ def _option_names(value: Any) -> Any:
 
 
 # A name is one line a person can read: not blank, no control or invisible characters.
-_Readable = AfterValidator(_display_text)
+_Readable = AfterValidator(check_display_text)
 OptionValue = Annotated[str, Field(min_length=1, max_length=100), _Readable]
 Options = Annotated[
     dict[str, OptionValue],

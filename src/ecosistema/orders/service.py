@@ -1315,11 +1315,12 @@ async def update_cart(
             if "shipping_address" not in changes:
                 _check_kept_address(cart, changes["country"])
             values["country"] = await _served_country(session, changes["country"])
-        for name in ("shipping_address", "billing_address"):
+        for name, column in (
+            ("shipping_address", SHIPPING_ADDRESS),
+            ("billing_address", BILLING_ADDRESS),
+        ):
             if name in changes:
-                column = f"{name}_encrypted"
-                address = getattr(data, name)
-                values[column] = _seal_address(ctx, address, column, cart_id, "carts")
+                values[column] = _sealed_cart_field(ctx, column, getattr(data, name), cart_id)
         if "shipping_method" in changes:
             code = changes["shipping_method"]
             if code is not None:

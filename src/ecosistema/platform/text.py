@@ -43,8 +43,9 @@ def check_display_text(text: str, *, blank_allowed: bool = False) -> str:
 _NOTE_LAYOUT = str.maketrans("\n\r\t", "   ")
 
 
-def check_note_text(text: str) -> str:
-    """A note or reason: not blank, and nothing that garbles or hides text (control characters,
-    bidi overrides) beyond its line breaks and tabs. Kept as written. ValueError else."""
-    check_display_text(text.translate(_NOTE_LAYOUT))
+def check_note_text(text: str, *, blank_allowed: bool = False) -> str:
+    """A note, a reason or a description: nothing that garbles or hides text (control
+    characters, bidi overrides) beyond its line breaks and tabs; blank only if allowed. Kept as
+    written. ValueError else."""
+    check_display_text(text.translate(_NOTE_LAYOUT), blank_allowed=blank_allowed)
     return text
