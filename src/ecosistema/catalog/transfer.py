@@ -61,7 +61,10 @@ from ecosistema.catalog.schemas import (
     TransferFormat,
 )
 from ecosistema.platform.csvsafe import (
+    NOT_UTF8_REASON,
+    csv_text,
     escape_row,
+    is_not_utf8,
     refuse_repeated_columns,
     unescape_cell,
     unreadable_row_reason,
@@ -507,53 +510,19 @@ def _refuse_repeated_currencies(price_columns: Sequence[str]) -> None:
         )
 
 
-class _CsvLines:
-    """A CSV stream's lines as text, decoded one at a time, for the csv reader.
-
-    A line that is not UTF-8 keeps its bad bytes as lone surrogates (``surrogateescape``) and
-    its number is noted, so its row alone is refused: decoding the stream in chunks would lose
-    every line read with the bad byte, and number the next rows wrongly. Lines end at ``\n``,
-    ``\r\n`` or a lone ``\r``, as the csv module expects."""
-
-    def __init__(self, stream: IO[bytes]) -> None:
-        self._stream = stream
-        self.count = 0
-        self.not_utf8: dict[int, str] = {}  # line number -> the decoder's reason
-
-    def __iter__(self) -> Iterator[str]:
-        for chunk in self._stream:
-            for raw in chunk.splitlines(keepends=True) if b"\r" in chunk else (chunk,):
-                self.count += 1
-                try:
-                    line = raw.decode("utf-8")
-                except UnicodeDecodeError as exc:
-                    self.not_utf8[self.count] = f"not UTF-8: {exc.reason} at byte {exc.start}"
-                    line = raw.decode("utf-8", "surrogateescape")
-                yield line.removeprefix("\ufeff") if self.count == 1 else line
-
-    def bad_between(self, first: int, last: int) -> str | None:
-        """Why lines ``first`` to ``last`` (a row) are not text, if one of them is not."""
-        for number in range(first, last + 1) if self.not_utf8 else ():
-            reason = self.not_utf8.get(number)
-            if reason is not None:
-                return reason if first == last else f"line {number}: {reason}"
-        return None
-
-
 def _read_csv(
     stream: IO[bytes], tally: _Tally, known_categories: set[str]
 ) -> Iterator[_Record | _Unclaimed]:
-    text = _CsvLines(stream)
+    text = csv_text(stream)
     # Strict, so a quote left open is an error: the lenient reader would take the rest of the
     # file as one cell and say nothing.
-    reader = csv.DictReader(iter(text), strict=True)
+    reader = csv.DictReader(text, strict=True)
     try:
         header = reader.fieldnames or []
     except csv.Error as exc:
         raise field_error("body", f"unreadable CSV header: {exc}") from exc
-    not_text = text.bad_between(1, reader.reader.line_num)
-    if not_text is not None:
-        raise field_error("body", f"unreadable CSV header: {not_text}")
+    if any(is_not_utf8(column) for column in header):
+        raise field_error("body", f"unreadable CSV header: {NOT_UTF8_REASON}")
     refuse_repeated_columns(header)
     if "name" not in header:
         raise field_error("body", "the CSV header needs at least a name column")
@@ -585,10 +554,9 @@ def _read_csv(
             continue
         line = last_line + 1
         last_line = lines_read.line_num
-        not_text = text.bad_between(line, last_line)
-        if not_text is not None:
+        if any(is_not_utf8(cell) for cell in _cells(row)):
             tally.rows_read += 1
-            tally.refuse(line, [(None, not_text)])
+            tally.refuse(line, [(None, NOT_UTF8_REASON)])
             continue
         if not any((v or "").strip() for v in row.values() if isinstance(v, str)):
             continue
@@ -639,6 +607,16 @@ def _read_csv(
             current_skus[variant.sku] = line
     if current is not None:
         yield current
+    text.detach()
+
+
+def _cells(row: dict[Any, Any]) -> Iterator[str]:
+    """A CSV row's cells, those beyond the header's columns too."""
+    for value in row.values():
+        if isinstance(value, str):
+            yield value
+        elif isinstance(value, list):
+            yield from value
 
 
 def _jsonl_problems(

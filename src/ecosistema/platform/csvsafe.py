@@ -11,9 +11,10 @@ really begins with ``'=`` also survives the round trip.
 
 from __future__ import annotations
 
+import io
 import re
 from collections.abc import Iterable
-from typing import Final
+from typing import IO, Final
 
 from ecosistema.platform.errors import field_error
 
@@ -60,6 +61,24 @@ def refuse_repeated_columns(names: Iterable[str]) -> None:
             f"column {', '.join(repr(n[:40]) for n in twice)} appears more than once in the header",
             code="duplicate_columns",
         )
+
+
+# What the decoder of ``csv_text`` makes of bytes that are not UTF-8.
+_NOT_UTF8: Final = re.compile("[\udc80-\udcff]")
+NOT_UTF8_REASON: Final = "not UTF-8 text: save the file as UTF-8"
+
+
+def csv_text(stream: IO[bytes]) -> io.TextIOWrapper:
+    """An uploaded CSV as text for the csv module. Bytes that are not UTF-8 come through as
+    lone surrogates (``is_not_utf8``), for the row holding them to be refused alone: a decoding
+    error would cost the rest of the wrapper's chunk, its rows and the line count with it.
+    ``detach()`` it when done, to leave the stream open."""
+    return io.TextIOWrapper(stream, encoding="utf-8-sig", errors="surrogateescape", newline="")
+
+
+def is_not_utf8(text: str) -> bool:
+    """Whether a cell read through ``csv_text`` held bytes that are not UTF-8."""
+    return _NOT_UTF8.search(text) is not None
 
 
 def unreadable_row_reason(exc: Exception) -> str:

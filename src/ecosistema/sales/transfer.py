@@ -12,7 +12,6 @@ other custom attribute as ``attr.<key>``. Any other column refuses the file befo
 from __future__ import annotations
 
 import csv
-import io
 import os
 import re
 import tempfile
@@ -25,7 +24,13 @@ from pydantic import ValidationError
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from ecosistema.platform.auth import Principal
-from ecosistema.platform.csvsafe import refuse_repeated_columns, unreadable_row_reason
+from ecosistema.platform.csvsafe import (
+    NOT_UTF8_REASON,
+    csv_text,
+    is_not_utf8,
+    refuse_repeated_columns,
+    unreadable_row_reason,
+)
 from ecosistema.platform.db import utcnow
 from ecosistema.platform.errors import BadRequest, ProblemError, Unprocessable, field_error
 from ecosistema.platform.policy import ensure
@@ -159,8 +164,6 @@ def _columns(header: list[str]) -> dict[str, str]:
 
 
 _NUMBER = re.compile(r"^[+-]?(\d+(\.\d*)?|\.\d+)([eE][+-]?\d+)?$")
-# What the decoder makes of bytes that are not UTF-8 (``errors="surrogateescape"``).
-_NOT_UTF8 = re.compile("[\udc80-\udcff]")
 
 
 def _attribute_value(key: str, text: str) -> Any:
@@ -206,10 +209,8 @@ def _describe(line: int, exc: ValidationError) -> list[ImportRowError]:
 def _rows(
     stream: IO[bytes], tally: _Tally, categories: Mapping[str, Sequence[str]]
 ) -> Iterator[_Row]:
-    # Bytes that are not UTF-8 past the start checked up front are read as surrogates and
-    # refuse the row holding them: a decoding error would cost the rest of the wrapper's chunk,
-    # rows and line count with it.
-    text = io.TextIOWrapper(stream, encoding="utf-8-sig", errors="surrogateescape", newline="")
+    # Bytes that are not UTF-8 past the start checked up front refuse the row holding them.
+    text = csv_text(stream)
     # Strict, so a quote left open is an error: the lenient reader would take the rest of the
     # file as one cell, rows included, and say nothing.
     reader = csv.reader(text, strict=True)
@@ -219,7 +220,7 @@ def _rows(
         raise field_error(
             "body", f"unreadable CSV header: {unreadable_row_reason(exc)}", code="unreadable"
         ) from exc
-    if any(_NOT_UTF8.search(h) for h in header):
+    if any(is_not_utf8(h) for h in header):
         raise field_error("body", "the CSV header is not UTF-8 text", code="encoding")
     mapping = _columns(header)
     columns = list(header)
@@ -244,7 +245,7 @@ def _rows(
         undecodable = [
             mapping[columns[i]] if i < len(columns) else "body"
             for i, cell in enumerate(cells)
-            if _NOT_UTF8.search(cell)
+            if is_not_utf8(cell)
         ]
         if undecodable:
             tally.refuse(
@@ -254,7 +255,7 @@ def _rows(
                         line=line,
                         field=where,
                         code="encoding",
-                        message="not UTF-8 text: save the file as UTF-8",
+                        message=NOT_UTF8_REASON,
                     )
                     for where in undecodable
                 ],
