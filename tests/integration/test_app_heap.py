@@ -28,7 +28,14 @@ async def test_an_app_leaves_a_heap_frozen_before_it_started_as_it_found_it(
     gc.freeze()
     frozen = gc.get_freeze_count()
     held = [[] for _ in range(1000)]  # young objects a full collection would freeze
+
+    def untouched() -> bool:
+        # Frozen objects that die meanwhile (a background thread's locals: SQLite's checkpoint
+        # thread rebinds its own each second) lower the count a little; a collection and a
+        # freeze by the app would raise it by the 1000 held lists, a thaw drop it to 0.
+        return frozen - 100 <= gc.get_freeze_count() <= frozen
+
     async with app.router.lifespan_context(app):
-        assert gc.get_freeze_count() == frozen
-    assert gc.get_freeze_count() == frozen
+        assert untouched()
+    assert untouched()
     del held
