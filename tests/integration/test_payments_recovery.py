@@ -17,6 +17,7 @@ from ecosistema.payments.service import (
     reconcile,
     resume_interrupted_payments,
     resume_pending_refunds,
+    use_provider,
 )
 from ecosistema.platform.config import Settings
 from ecosistema.platform.db import utcnow
@@ -90,6 +91,40 @@ async def test_charge_whose_answer_was_lost_is_recorded_once_by_the_resume_job(
     assert len(await shop.sandbox_charges()) == 1
     assert len(await shop.events("PaymentSucceeded")) == 1
     assert len(await shop.events("InvoiceIssued")) == 1
+
+
+async def test_payment_created_with_a_method_is_claimed_before_the_provider_is_called(
+    shop: Shop,
+) -> None:
+    # What a crash during the provider call would leave: the payment already written as
+    # claimed for its authorization, so the resume job finishes it instead of losing it.
+    sandbox = provider_for(shop.ctx, "sandbox")
+    seen: list[dict[str, Any]] = []
+
+    class Watching:
+        name = "sandbox"
+
+        def __getattr__(self, attribute: str) -> Any:
+            return getattr(sandbox, attribute)
+
+        async def authorize(self, **call: Any) -> Any:
+            [row] = await shop.payment_rows()
+            seen.append(row)
+            return await sandbox.authorize(**call)
+
+    use_provider(shop.ctx, Watching())  # type: ignore[arg-type]
+    paid = await shop.pay(shop.orders.place()["id"], VISA)
+
+    assert paid.status_code == 201, paid.text
+    [row] = seen
+    assert (row["status"], row["pending_operation"], row["attempt"]) == (
+        "processing",
+        "authorize",
+        1,
+    )
+    assert row["card"]["last4"] == "4242"
+    assert row["resume_after"] is not None
+    assert paid.json()["status"] == "succeeded"
 
 
 async def test_claim_that_is_not_yet_due_is_left_alone(shop: Shop) -> None:

@@ -510,6 +510,14 @@ async def create_payment(
         now = _now()
         payment_id = new_id()
         values = _new_payment(ctx, payment_id, principal, data, order, now)
+        if tokenized is not None:
+            # Confirmed at once: the payment is written already claimed for the authorization,
+            # as ``_confirm`` would claim it, in the same transaction that creates it.
+            values = {
+                **values,
+                **_EMPTY_OUTCOME,
+                **_claim_values(tokenized, attempt=1, operation="authorize"),
+            }
         try:
             # ``live_order_id`` is unique while a payment is not canceled: one live payment per
             # order, even when two requests race.
@@ -523,20 +531,10 @@ async def create_payment(
             raise PaymentAlreadyExists(
                 "This order already has a payment; confirm or cancel it.", payment_id=active
             ) from None
-        created = {**values, **_EMPTY_OUTCOME}
-        if data.payment_method is None:
-            return _payment(created)
+        if tokenized is None:
+            return _payment({**values, **_EMPTY_OUTCOME})
         try:
-            return await _confirm(
-                ctx,
-                principal,
-                None,
-                payment_id,
-                data.payment_method,
-                "payment_method",
-                tokenized,
-                created,
-            )
+            return await _finish(ctx, values, PaymentStatus.REQUIRES_PAYMENT_METHOD)
         except ProblemError as problem:
             # The intent exists; the caller confirms it with another method using this id.
             problem.extra.setdefault("payment_id", payment_id)
@@ -614,19 +612,12 @@ async def _confirm(
     payment_id: str,
     method: PaymentMethodInput | None,
     field: str,
-    tokenized: dict[str, Any] | None = None,
-    created: dict[str, Any] | None = None,
 ) -> Payment:
-    if created is None:
-        async with ctx.db.driver_read() as tx:
-            row = await _load(tx, payment_id)
-        await _ensure_payer(
-            ctx, principal, cart_token, row, own="payments:write_own", bypass="payments:write_all"
-        )
-    else:
-        # Just inserted by this request, for an order the caller may pay: nothing else has
-        # touched it.
-        row = created
+    async with ctx.db.driver_read() as tx:
+        row = await _load(tx, payment_id)
+    await _ensure_payer(
+        ctx, principal, cart_token, row, own="payments:write_own", bypass="payments:write_all"
+    )
     previous = PaymentStatus(row["status"])
     if previous not in domain.CONFIRMABLE:
         raise IllegalTransition(
@@ -635,14 +626,23 @@ async def _confirm(
         )
     provider = provider_for(ctx, row["provider"])
     completing_action = previous is PaymentStatus.REQUIRES_ACTION and method is None
-    card: dict[str, Any] | None = row["card"]
-    if not completing_action:
+    if completing_action:
+        claim = _claim_values(row["card"], attempt=int(row["attempt"]), operation="action")
+    else:
         if method is None:
             raise field_error(field, "a payment method is needed to confirm", code="missing")
-        card = tokenized or await _tokenize(provider, method, field)
-    attempt = int(row["attempt"]) + (0 if completing_action else 1)
-    operation = "action" if completing_action else "authorize"
-    claim = {
+        card = await _tokenize(provider, method, field)
+        claim = _claim_values(card, attempt=int(row["attempt"]) + 1, operation="authorize")
+    async with ctx.db.driver_write() as tx:
+        if await _update_payment(tx, payment_id, claim, expected=previous) != 1:
+            raise IllegalTransition("The payment changed while confirming; read it again.")
+    # The guarded update changed only what ``claim`` says, on the row read above.
+    return await _finish(ctx, {**row, **claim}, previous)
+
+
+def _claim_values(card: dict[str, Any] | None, *, attempt: int, operation: str) -> dict[str, Any]:
+    """Column values that claim a payment for a provider call (``_finish`` makes it)."""
+    return {
         "status": PaymentStatus.PROCESSING.value,
         "attempt": attempt,
         "card": card,
@@ -651,11 +651,6 @@ async def _confirm(
         "next_action": None,
         **_pending(operation),
     }
-    async with ctx.db.driver_write() as tx:
-        if await _update_payment(tx, payment_id, claim, expected=previous) != 1:
-            raise IllegalTransition("The payment changed while confirming; read it again.")
-    # The guarded update changed only what ``claim`` says, on the row read above.
-    return await _finish(ctx, {**row, **claim}, previous)
 
 
 def _pending(operation: str | None, amount: int | None = None) -> dict[str, Any]:
