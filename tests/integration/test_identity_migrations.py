@@ -2,38 +2,18 @@
 
 from __future__ import annotations
 
-from typing import Any
-
-from alembic.autogenerate import compare_metadata
-from alembic.migration import MigrationContext
-from sqlalchemy import inspect
-from sqlalchemy.engine import Connection
-
 from ecosistema.identity import descriptor as identity_service
 from ecosistema.identity.models import metadata
 from ecosistema.platform.config import Settings
-from ecosistema.platform.db import Database
+from tests.integration.migration_support import schema_drift, service_database
 
 
 async def test_migration_creates_the_models_tables_with_no_drift(settings: Settings) -> None:
-    db = Database(
-        "identity",
-        settings.database_url_for("identity"),
-        schema_prefix=settings.database_schema_prefix,
-    )
+    db = service_database(settings, "identity")
     try:
         await db.migrate(identity_service.migrations)
         await db.migrate(identity_service.migrations)  # a second run is a no-op
-
-        def _diff(conn: Connection) -> tuple[list[Any], set[str]]:
-            context = MigrationContext.configure(
-                conn, opts={"compare_type": True, "include_schemas": False}
-            )
-            tables = set(inspect(conn).get_table_names(schema=db.schema))
-            return compare_metadata(context, metadata), tables
-
-        async with db.engine.connect() as conn:
-            diff, tables = await conn.run_sync(_diff)
+        diff, tables = await schema_drift(db, metadata)
         assert diff == []
         assert set(metadata.tables) <= tables
         assert {"outbox", "processed_events", "users", "audit_events"} <= tables

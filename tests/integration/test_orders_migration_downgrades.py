@@ -6,10 +6,7 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Any
 
-from alembic import command
-from alembic.config import Config
-from sqlalchemy import func, insert, inspect, select
-from sqlalchemy.engine import Connection
+from sqlalchemy import func, insert, select
 
 from ecosistema.orders import descriptor as orders_service
 from ecosistema.orders.models import (
@@ -22,31 +19,9 @@ from ecosistema.orders.models import (
 )
 from ecosistema.platform.config import Settings
 from ecosistema.platform.db import Database
+from tests.integration.migration_support import columns_of, downgrade, service_database
 
 NOW = datetime(2026, 11, 1, tzinfo=UTC)
-
-
-async def downgrade(db: Database, revision: str) -> None:
-    """Take orders' schema down to ``revision``, as ``Database.migrate`` takes it up."""
-    config = Config()
-    config.set_main_option("script_location", str(orders_service.migrations))
-    async with db.engine.connect() as conn:
-
-        def _downgrade(sync_conn: Connection) -> None:
-            config.attributes["connection"] = sync_conn
-            config.attributes["schema"] = db.schema
-            command.downgrade(config, revision)
-
-        await conn.run_sync(_downgrade)
-        await conn.commit()
-
-
-async def columns_of(db: Database, table: str) -> set[str]:
-    async with db.engine.connect() as conn:
-        found = await conn.run_sync(
-            lambda sync_conn: inspect(sync_conn).get_columns(table, schema=db.schema)
-        )
-    return {column["name"] for column in found}
 
 
 async def count(db: Database, table: Any) -> int:
@@ -95,11 +70,7 @@ def line(order_id: str, position: int) -> dict[str, Any]:
 async def test_downgrades_keep_orders_and_every_row_that_refers_to_them(
     settings: Settings,
 ) -> None:
-    db = Database(
-        "orders",
-        settings.database_url_for("orders"),
-        schema_prefix=settings.database_schema_prefix,
-    )
+    db = service_database(settings, "orders")
     ids = ["o1", "o2", "o3"]
     try:
         await db.migrate(orders_service.migrations, "0005_orders_addresses")
@@ -169,10 +140,10 @@ async def test_downgrades_keep_orders_and_every_row_that_refers_to_them(
         tables = (orders, order_lines, order_history, fulfillments, vouchers, voucher_usages)
         before = {table.name: await count(db, table) for table in tables}
 
-        await downgrade(db, "0004_orders_voucher_use_email")
+        await downgrade(db, orders_service.migrations, "0004_orders_voucher_use_email")
         after_0005 = {table.name: await count(db, table) for table in tables}
         order_columns = await columns_of(db, "orders")
-        await downgrade(db, "0003_orders_voucher_currency")
+        await downgrade(db, orders_service.migrations, "0003_orders_voucher_currency")
         after_0004 = {table.name: await count(db, table) for table in tables}
         usage_columns = await columns_of(db, "voucher_usages")
         async with db.read() as session:

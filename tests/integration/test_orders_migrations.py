@@ -6,36 +6,20 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Any
 
-from alembic.autogenerate import compare_metadata
-from alembic.migration import MigrationContext
-from sqlalchemy import insert, inspect, select
-from sqlalchemy.engine import Connection
+from sqlalchemy import insert, select
 
 from ecosistema.orders import descriptor as orders_service
 from ecosistema.orders.models import metadata, order_numbers, orders, voucher_usages, vouchers
 from ecosistema.platform.config import Settings
-from ecosistema.platform.db import Database
+from tests.integration.migration_support import schema_drift, service_database
 
 
 async def test_migration_creates_the_models_tables_with_no_drift(settings: Settings) -> None:
-    db = Database(
-        "orders",
-        settings.database_url_for("orders"),
-        schema_prefix=settings.database_schema_prefix,
-    )
+    db = service_database(settings, "orders")
     try:
         await db.migrate(orders_service.migrations)
         await db.migrate(orders_service.migrations)  # a second run is a no-op
-
-        def _diff(conn: Connection) -> tuple[list[Any], set[str]]:
-            context = MigrationContext.configure(
-                conn, opts={"compare_type": True, "include_schemas": False}
-            )
-            tables = set(inspect(conn).get_table_names(schema=db.schema))
-            return compare_metadata(context, metadata), tables
-
-        async with db.engine.connect() as conn:
-            diff, tables = await conn.run_sync(_diff)
+        diff, tables = await schema_drift(db, metadata)
         assert diff == []
         assert set(metadata.tables) <= tables
         async with db.read() as session:
@@ -48,11 +32,7 @@ async def test_migration_creates_the_models_tables_with_no_drift(settings: Setti
 async def test_vouchers_with_a_minimum_spend_get_the_currency_of_their_orders(
     settings: Settings,
 ) -> None:
-    db = Database(
-        "orders",
-        settings.database_url_for("orders"),
-        schema_prefix=settings.database_schema_prefix,
-    )
+    db = service_database(settings, "orders")
     now = datetime(2026, 11, 1, tzinfo=UTC)
 
     def voucher(code: str, currency: str | None, minimum_spend: int) -> dict[str, Any]:

@@ -146,6 +146,7 @@ async def test_void_of_an_uncaptured_authorization_cancels_it(shop: Shop) -> Non
     assert voided.status_code == 200, voided.text
     assert voided.json()["status"] == "canceled"
     assert voided.json()["amount_capturable"] == 0
+    assert voided.json()["cancellation_reason"] is None
 
     capture = await shop.http.post(
         f"/api/v1/payments/{authorized['id']}/capture",
@@ -155,6 +156,34 @@ async def test_void_of_an_uncaptured_authorization_cancels_it(shop: Shop) -> Non
     assert await shop.sandbox_charges() == []
     # The order may be paid again once its payment is canceled.
     assert (await shop.pay(order["id"], VISA)).json()["status"] == "succeeded"
+
+
+async def test_cancellation_reason_is_kept_on_the_payment(shop: Shop) -> None:
+    authorized = (await shop.pay(shop.orders.place()["id"], VISA, capture_method="manual")).json()
+    assert authorized["cancellation_reason"] is None
+    canceled = await shop.http.post(
+        f"/api/v1/payments/{authorized['id']}/cancel",
+        json={"reason": "Customer ordered twice"},
+        headers={**shop.as_("customer"), "Idempotency-Key": "void-why"},
+    )
+    assert canceled.status_code == 200, canceled.text
+    assert canceled.json()["cancellation_reason"] == "Customer ordered twice"
+    shown = await shop.http.get(f"/api/v1/payments/{authorized['id']}", headers=shop.as_("staff"))
+    assert shown.json()["cancellation_reason"] == "Customer ordered twice"
+
+
+@pytest.mark.parametrize("reason", ["", "   ", "tab\u0007bell", "a" * 256])
+async def test_unreadable_cancellation_reason_is_refused_at_reason(shop: Shop, reason: str) -> None:
+    authorized = (await shop.pay(shop.orders.place()["id"], VISA, capture_method="manual")).json()
+    refused = await shop.http.post(
+        f"/api/v1/payments/{authorized['id']}/cancel",
+        json={"reason": reason},
+        headers={**shop.as_("customer"), "Idempotency-Key": "void-bad-why"},
+    )
+    assert refused.status_code == 422, refused.text
+    assert [e["field"] for e in refused.json()["errors"]] == ["reason"]
+    shown = await shop.http.get(f"/api/v1/payments/{authorized['id']}", headers=shop.as_("staff"))
+    assert shown.json()["status"] == "requires_capture"
 
 
 async def test_captured_payment_cannot_be_canceled(shop: Shop) -> None:

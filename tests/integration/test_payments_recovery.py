@@ -173,6 +173,9 @@ async def test_cancelled_order_voids_its_authorization_and_cancels_unpaid_intent
     await eventually(both_released)
     assert await resume_interrupted_payments(shop.ctx) == 1
     assert (await payment_row(shop, authorized["id"]))["status"] == "canceled"
+    for payment_id in (authorized["id"], unpaid.json()["id"]):
+        shown = await shop.http.get(f"/api/v1/payments/{payment_id}", headers=shop.as_("staff"))
+        assert shown.json()["cancellation_reason"] == "The order was cancelled."
     async with shop.ctx.db.read() as session:
         statuses = set((await session.execute(select(sandbox_intents.c.status))).scalars())
     assert statuses == {"canceled"}

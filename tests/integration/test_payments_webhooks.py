@@ -97,6 +97,22 @@ async def test_event_signed_with_another_secret_is_refused(shop: Shop) -> None:
     assert await shop.events("PaymentSucceeded") == []
 
 
+@pytest.mark.parametrize(
+    ("sent", "kept"),
+    [({"cancellation_reason": "abandoned"}, "abandoned"), ({}, "Canceled at the provider.")],
+)
+async def test_payment_canceled_at_the_provider_keeps_why(
+    shop: Shop, sent: dict[str, Any], kept: str
+) -> None:
+    payment = await waiting_for_action(shop)
+    payload = event("evt_c", "payment_intent.canceled", {"id": payment["provider_ref"], **sent})
+    delivered = await deliver(shop, payload)
+
+    assert delivered.json()["outcome"] == "applied_canceled", delivered.text
+    shown = await shop.http.get(f"/api/v1/payments/{payment['id']}", headers=shop.as_("staff"))
+    assert (shown.json()["status"], shown.json()["cancellation_reason"]) == ("canceled", kept)
+
+
 async def test_tampered_payload_is_refused(shop: Shop) -> None:
     payment = await waiting_for_action(shop)
     payload = event("evt_3", "payment_intent.canceled", {"id": payment["provider_ref"]})

@@ -251,7 +251,11 @@ async def cancel_payment(
         body or PaymentCancel(),
         200,
         lambda: service.cancel_payment(
-            ctx, principal=principal, payment_id=payment_id, cart_token=cart_token
+            ctx,
+            principal=principal,
+            payment_id=payment_id,
+            reason=body.reason if body is not None else None,
+            cart_token=cart_token,
         ),
         cart_token,
     )

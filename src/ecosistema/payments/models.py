@@ -49,6 +49,8 @@ payments = Table(
     Column("failure_code", String(64)),
     Column("failure_message", String(255)),
     Column("next_action", JSON),
+    # Why a canceled payment was canceled (the caller's reason, or its order's cancellation).
+    Column("cancellation_reason", String(255)),
     # While ``processing``: the provider call under way, so it can be resumed with the same
     # idempotency key if the process stops before recording its answer.
     Column("pending_operation", String(16)),

@@ -68,7 +68,18 @@ class PaymentCapture(Input):
 class PaymentCancel(Input):
     """POST payments/{id}/cancel."""
 
-    reason: str | None = Field(default=None, max_length=255)
+    reason: str | None = Field(
+        default=None,
+        min_length=1,
+        max_length=255,
+        description="Why, kept on the payment as `cancellation_reason`: not blank, no control "
+        "or invisible formatting characters beyond line breaks and tabs (422 at reason).",
+    )
+
+    @field_validator("reason")
+    @classmethod
+    def _reason(cls, value: str | None) -> str | None:
+        return None if value is None else check_note_text(value)
 
 
 class Card(BaseModel):
@@ -98,6 +109,10 @@ class Payment(BaseModel):
     failure_code: str | None
     failure_message: str | None
     next_action: dict[str, Any] | None
+    cancellation_reason: str | None = Field(
+        description="Why the payment was canceled: the reason given when canceling it, or "
+        "`The order was cancelled.`; null otherwise."
+    )
     created_at: datetime
     updated_at: datetime
     captured_at: datetime | None

@@ -548,6 +548,7 @@ _EMPTY_OUTCOME: dict[str, Any] = {
     "failure_code": None,
     "failure_message": None,
     "next_action": None,
+    "cancellation_reason": None,
     "pending_operation": None,
     "pending_amount": None,
     "resume_after": None,
@@ -755,7 +756,12 @@ async def _restore(
     ctx: ServiceContext, payment_id: str, previous: PaymentStatus, *, attempt: int | None = None
 ) -> None:
     """Undo a claim after a provider call that gave no answer."""
-    values: dict[str, Any] = {"status": previous.value, **_pending(None)}
+    # A payment is restored to a status it left, never to canceled: it has no cancellation.
+    values: dict[str, Any] = {
+        "status": previous.value,
+        "cancellation_reason": None,
+        **_pending(None),
+    }
     if attempt is not None:
         values["attempt"] = attempt
     async with ctx.db.transaction() as session:
@@ -906,9 +912,13 @@ async def _claim(
     previous: PaymentStatus,
     operation: str,
     amount: int | None = None,
+    *,
+    cancellation_reason: str | None = None,
 ) -> dict[str, Any]:
     """Move a payment from ``previous`` to processing for ``operation``, or raise 409."""
     claim = {"status": PaymentStatus.PROCESSING.value, **_pending(operation, amount)}
+    if cancellation_reason is not None:
+        claim["cancellation_reason"] = cancellation_reason
     async with ctx.db.driver_write() as tx:
         if await _update_payment(tx, payment_id, claim, expected=previous) != 1:
             raise IllegalTransition("The payment changed meanwhile; read it again.")
@@ -920,9 +930,11 @@ async def cancel_payment(
     *,
     principal: Principal | None,
     payment_id: str,
+    reason: str | None = None,
     cart_token: str | None = None,
 ) -> Payment:
-    """Cancel a payment that has taken no money; an authorization is voided at the provider."""
+    """Cancel a payment that has taken no money; an authorization is voided at the provider.
+    ``reason`` is kept on the payment as its ``cancellation_reason``."""
     _check_caller(principal, cart_token, "payments:write_own", "payments:write_all")
     async with ctx.db.driver_read() as tx:
         row = await _load(tx, payment_id)
@@ -931,7 +943,7 @@ async def cancel_payment(
     )
     previous = PaymentStatus(row["status"])
     domain.ensure_transition(previous, PaymentStatus.CANCELED)
-    claimed = await _claim(ctx, payment_id, previous, "void")
+    claimed = await _claim(ctx, payment_id, previous, "void", cancellation_reason=reason)
     return await _finish(ctx, claimed, previous)
 
 
@@ -968,6 +980,12 @@ async def resume_interrupted_payments(ctx: ServiceContext) -> int:
     return settled
 
 
+# ``cancellation_reason`` of the payments an order's cancellation cancels, and of those the
+# provider reports canceled without saying why.
+ORDER_CANCELLED_REASON = "The order was cancelled."
+CANCELED_AT_PROVIDER_REASON = "Canceled at the provider."
+
+
 async def cancel_payments_of_cancelled_order(
     ctx: ServiceContext, session: AsyncSession, order_id: str
 ) -> None:
@@ -982,7 +1000,12 @@ async def cancel_payments_of_cancelled_order(
                 [PaymentStatus.REQUIRES_PAYMENT_METHOD.value, PaymentStatus.FAILED.value]
             ),
         )
-        .values(status=PaymentStatus.CANCELED.value, live_order_id=None, updated_at=now)
+        .values(
+            status=PaymentStatus.CANCELED.value,
+            cancellation_reason=ORDER_CANCELLED_REASON,
+            live_order_id=None,
+            updated_at=now,
+        )
     )
     await session.execute(
         update(payments)
@@ -994,6 +1017,7 @@ async def cancel_payments_of_cancelled_order(
         )
         .values(
             status=PaymentStatus.PROCESSING.value,
+            cancellation_reason=ORDER_CANCELLED_REASON,
             pending_operation="void",
             pending_amount=None,
             resume_after=now,
@@ -1808,7 +1832,14 @@ async def _apply_provider_event(
         decline_code=(error.get("decline_code") or error.get("code") or "")[:64] or None,
         message=(error.get("message") or "")[:255] or None,
     )
-    await _record_outcome(ctx, tx, str(row["id"]), latest or outcome)
+    recorded = await _record_outcome(ctx, tx, str(row["id"]), latest or outcome)
+    if target is PaymentStatus.CANCELED and not recorded["cancellation_reason"]:
+        reason = obj.get("cancellation_reason")
+        await _update_payment(
+            tx,
+            str(row["id"]),
+            {"cancellation_reason": str(reason)[:255] if reason else CANCELED_AT_PROVIDER_REASON},
+        )
     return f"applied_{target.value}"
 
 
