@@ -29,7 +29,11 @@ from ecosistema.orders.domain import (
 )
 from ecosistema.platform.money import iso_currency
 from ecosistema.platform.sku import SKU_PATTERN as _SKU
-from ecosistema.platform.text import check_display_text, check_note_text
+from ecosistema.platform.text import (
+    check_display_text,
+    check_note_text,
+    check_optional_note_text,
+)
 from ecosistema.platform.timestamps import Timestamp
 
 _COUNTRY = r"^[A-Za-z]{2}$"
@@ -404,10 +408,7 @@ class StatusChange(Input):
 
     reason: str | None = Field(default=None, max_length=2000, description=NOTE_TEXT)
 
-    @field_validator("reason")
-    @classmethod
-    def _reason(cls, value: str | None) -> str | None:
-        return None if value is None else check_note_text(value)
+    _reason = field_validator("reason")(check_optional_note_text)
 
 
 class HistoryEntry(BaseModel):

@@ -9,7 +9,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from ecosistema.payments.domain import CaptureMethod, PaymentStatus, Period
-from ecosistema.platform.text import check_note_text
+from ecosistema.platform.text import check_note_text, check_optional_note_text
 
 MAX_AMOUNT = 10**12
 
@@ -76,10 +76,7 @@ class PaymentCancel(Input):
         "or invisible formatting characters beyond line breaks and tabs (422 at reason).",
     )
 
-    @field_validator("reason")
-    @classmethod
-    def _reason(cls, value: str | None) -> str | None:
-        return None if value is None else check_note_text(value)
+    _reason = field_validator("reason")(check_optional_note_text)
 
 
 class Card(BaseModel):

@@ -49,3 +49,8 @@ def check_note_text(text: str, *, blank_allowed: bool = False) -> str:
     written. ValueError else."""
     check_display_text(text.translate(_NOTE_LAYOUT), blank_allowed=blank_allowed)
     return text
+
+
+def check_optional_note_text(text: str | None) -> str | None:
+    """:func:`check_note_text` for a note that may be left out (``None``)."""
+    return None if text is None else check_note_text(text)
