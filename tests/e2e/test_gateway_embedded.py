@@ -136,6 +136,71 @@ async def test_a_product_read_is_a_hit_the_second_time_and_its_update_purges_it(
     assert (await client.get(url)).headers["x-cache"] == "HIT"
 
 
+async def _eventually_served(
+    client: httpx.AsyncClient, url: str, shows: Any, what: str
+) -> httpx.Response:
+    """The anonymous read of ``url`` once ``shows(response)`` holds; catalog's events purge
+    the shared cache, and until they arrive the old copy may still be served."""
+    deadline = time.monotonic() + 15
+    while True:
+        current = await client.get(url)
+        if shows(current):
+            return current
+        assert time.monotonic() < deadline, f"{what} never reached the cache"
+        await asyncio.sleep(0.05)
+
+
+async def test_category_writes_purge_the_cached_categories_and_searches(
+    edge: tuple[Any, httpx.AsyncClient],
+) -> None:
+    app, client = edge
+    staff = await login(app, client, "staff")
+    listed = f"{API}/categories"
+    assert (await client.get(listed)).status_code == 200
+    assert (await client.get(listed)).headers["x-cache"] == "HIT"
+
+    created = await client.post(listed, json={"name": "Quuxology"}, headers=staff)
+    assert created.status_code == 201, created.text
+    category = created.json()
+    await _eventually_served(
+        client,
+        listed,
+        lambda r: any(c["id"] == category["id"] for c in r.json()),
+        "the new category",
+    )
+    product = await client.post(
+        f"{API}/products",
+        json={
+            "name": "Cached Lamp",
+            "status": "active",
+            "category_id": category["id"],
+            "variants": [
+                {"sku": "QX-1", "options": {}, "prices": [{"currency": "EUR", "amount": 900}]}
+            ],
+        },
+        headers=staff,
+    )
+    assert product.status_code == 201, product.text
+    one = f"{listed}/{category['id']}"
+    search = f"{API}/products?q=quuxology"
+    await _eventually_served(client, search, lambda r: len(r.json()["items"]) == 1, "the product")
+    assert (await client.get(one)).json()["name"] == "Quuxology"
+    for url in (one, search):
+        assert (await client.get(url)).headers["x-cache"] == "HIT"
+
+    renamed = await client.patch(one, json={"name": "Frobnicate"}, headers=staff)
+    assert renamed.status_code == 200, renamed.text
+    await _eventually_served(client, one, lambda r: r.json()["name"] == "Frobnicate", "the name")
+    await _eventually_served(client, search, lambda r: r.json()["items"] == [], "the rename")
+
+    empty = await client.post(listed, json={"name": "Soon Gone"}, headers=staff)
+    gone = f"{listed}/{empty.json()['id']}"
+    await _eventually_served(client, gone, lambda r: r.status_code == 200, "the other category")
+    assert (await client.get(gone)).headers["x-cache"] == "HIT"
+    assert (await client.delete(gone, headers=staff)).status_code == 204
+    await _eventually_served(client, gone, lambda r: r.status_code == 404, "the deletion")
+
+
 async def test_auth_endpoints_answer_429_past_their_burst(
     edge: tuple[Any, httpx.AsyncClient],
 ) -> None:

@@ -24,16 +24,40 @@ PRODUCT_UPDATED: Final = service.PRODUCT_UPDATED
 PRODUCT_ARCHIVED: Final = service.PRODUCT_ARCHIVED
 """``{product_id, slug}``"""
 
+CATEGORY_CREATED: Final = service.CATEGORY_CREATED
+"""``{category_id, id, slug, parent_id}`` (``id`` repeats ``category_id``: caches purge by it)"""
+
+CATEGORY_UPDATED: Final = service.CATEGORY_UPDATED
+"""``{category_id, id, slug, parent_id}``: renamed or re-described."""
+
+CATEGORY_DELETED: Final = service.CATEGORY_DELETED
+"""``{category_id, id, slug, parent_id}``"""
+
 STOCK_CHANGED: Final = inventory.STOCK_CHANGED
 """``{sku, available, delta, reason, reference}``: availability of a SKU across warehouses."""
 
 STOCK_LOW: Final = inventory.STOCK_LOW
 """``{sku, available, threshold}``: availability just fell below the threshold."""
 
-PUBLISHED: Final = (PRODUCT_CREATED, PRODUCT_UPDATED, PRODUCT_ARCHIVED, STOCK_CHANGED, STOCK_LOW)
+_CATEGORY_EVENTS: Final = (CATEGORY_CREATED, CATEGORY_UPDATED, CATEGORY_DELETED)
+
+PUBLISHED: Final = (
+    PRODUCT_CREATED,
+    PRODUCT_UPDATED,
+    PRODUCT_ARCHIVED,
+    *_CATEGORY_EVENTS,
+    STOCK_CHANGED,
+    STOCK_LOW,
+)
 
 # What changes a cached product or list.
-_CACHED_READS_CHANGE: Final = (PRODUCT_CREATED, PRODUCT_UPDATED, PRODUCT_ARCHIVED, STOCK_CHANGED)
+_CACHED_READS_CHANGE: Final = (
+    PRODUCT_CREATED,
+    PRODUCT_UPDATED,
+    PRODUCT_ARCHIVED,
+    *_CATEGORY_EVENTS,
+    STOCK_CHANGED,
+)
 
 
 async def follow_writes_of_other_processes(ctx: ServiceContext) -> None:

@@ -76,6 +76,9 @@ NEXT_PRICE_CHANGE_KEY = "catalog:next-price-change"
 PRODUCT_CREATED = "ProductCreated"
 PRODUCT_UPDATED = "ProductUpdated"
 PRODUCT_ARCHIVED = "ProductArchived"
+CATEGORY_CREATED = "CategoryCreated"
+CATEGORY_UPDATED = "CategoryUpdated"
+CATEGORY_DELETED = "CategoryDeleted"
 
 
 # --- shared helpers -----------------------------------------------------------------------------
@@ -200,6 +203,11 @@ def _category(row: Row[Any]) -> Category:
     return Category.model_validate(row._mapping)
 
 
+def _category_event(row: Row[Any]) -> dict[str, Any]:
+    """The payload of a category's events: what names its cached reads."""
+    return {"category_id": row.id, "id": row.id, "slug": row.slug, "parent_id": row.parent_id}
+
+
 async def create_category(ctx: ServiceContext, data: CategoryCreate) -> Category:
     """Add a category under ``parent_id`` (or at the root); slugs are unique catalog-wide."""
     slug = data.slug or domain.slugify(data.name)
@@ -233,6 +241,7 @@ async def create_category(ctx: ServiceContext, data: CategoryCreate) -> Category
             row = (
                 await session.execute(select(categories).where(categories.c.id == category_id))
             ).one()
+            await ctx.outbox.add(session, CATEGORY_CREATED, _category_event(row))
     except IntegrityError as exc:
         raise Conflict(f"A category with slug {slug!r} exists.", type="slug-taken") from exc
     await invalidate(ctx)
@@ -281,6 +290,8 @@ async def update_category(ctx: ServiceContext, category_id: str, data: CategoryU
         ).all()
         if "name" in values:
             await search.refresh(session, ids)
+        if values:
+            await ctx.outbox.add(session, CATEGORY_UPDATED, _category_event(row))
     await invalidate(ctx, ids)
     return _category(row)
 
@@ -288,7 +299,10 @@ async def update_category(ctx: ServiceContext, category_id: str, data: CategoryU
 async def delete_category(ctx: ServiceContext, category_id: str) -> None:
     """Remove an empty leaf category; one with children or products is kept (409)."""
     async with ctx.db.transaction() as session:
-        if not await session.scalar(select(categories.c.id).where(categories.c.id == category_id)):
+        row = (
+            await session.execute(select(categories).where(categories.c.id == category_id))
+        ).first()
+        if row is None:
             raise NotFound(CATEGORY_NOT_FOUND)
         if await session.scalar(
             select(categories.c.id).where(categories.c.parent_id == category_id).limit(1)
@@ -299,6 +313,7 @@ async def delete_category(ctx: ServiceContext, category_id: str) -> None:
         ):
             raise Conflict("The category has products.", type="category-not-empty")
         await session.execute(delete(categories).where(categories.c.id == category_id))
+        await ctx.outbox.add(session, CATEGORY_DELETED, _category_event(row))
     await invalidate(ctx)
 
 

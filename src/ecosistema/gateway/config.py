@@ -94,6 +94,9 @@ class ResponseCacheConfig(_Model):
             "ProductCreated",
             "ProductUpdated",
             "ProductArchived",
+            "CategoryCreated",
+            "CategoryUpdated",
+            "CategoryDeleted",
             "StockChanged",
         ]
     )

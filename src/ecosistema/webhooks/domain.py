@@ -46,6 +46,9 @@ PUBLIC_NAMES: Final[Mapping[str, str]] = {
     "ProductCreated": "product.created",
     "ProductUpdated": "product.updated",
     "ProductArchived": "product.archived",
+    "CategoryCreated": "category.created",
+    "CategoryUpdated": "category.updated",
+    "CategoryDeleted": "category.deleted",
     "StockChanged": "stock.changed",
     "StockLow": "stock.low",
 }
