@@ -113,6 +113,22 @@ async def test_payment_canceled_at_the_provider_keeps_why(
     assert (shown.json()["status"], shown.json()["cancellation_reason"]) == ("canceled", kept)
 
 
+@pytest.mark.parametrize(
+    "signature",
+    ["t={now},v1=\u00e9", "t=\u00b2,v1=ab", "t={now},v1=\u00e9" + "0" * 63],
+)
+async def test_signature_header_in_another_script_is_refused_not_an_error(
+    shop: Shop, signature: str
+) -> None:
+    response = await shop.http.post(
+        "/api/v1/webhooks/providers/sandbox",
+        content=b'{"id":"e1","type":"charge.updated"}',
+        headers={b"Stripe-Signature": signature.format(now=int(time.time())).encode("latin-1")},
+    )
+    assert response.status_code == 401, response.text
+    assert response.json()["type"].endswith("/invalid-webhook-signature")
+
+
 async def test_tampered_payload_is_refused(shop: Shop) -> None:
     payment = await waiting_for_action(shop)
     payload = event("evt_3", "payment_intent.canceled", {"id": payment["provider_ref"]})

@@ -181,6 +181,14 @@ def test_webhook_signature_good_bad_and_stale() -> None:
     assert not domain.signature_valid("whsec_y", header, payload, now=1_000_000)
     assert not domain.signature_valid("whsec_x", header, payload + b" ", now=1_000_000)
     assert not domain.signature_valid("whsec_x", "garbage", payload, now=1_000_000)
+    # Untrusted text in any script is refused, never an exception.
+    for hostile in (
+        "t=1000000,v1=\u00e9",
+        "t=\u00b2,v1=ab",
+        "t=\uff11,v1=ab",
+        "t=1000000,v1=\udc80",
+    ):
+        assert not domain.signature_valid("whsec_x", hostile, payload, now=1_000_000)
     rotated = f"{header},v1={'0' * 64}"
     assert domain.signature_valid("whsec_x", rotated, payload, now=1_000_000)
 

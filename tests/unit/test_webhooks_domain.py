@@ -14,6 +14,7 @@ from ecosistema.catalog import events as catalog_events
 from ecosistema.orders import events as orders_events
 from ecosistema.payments import events as payments_events
 from ecosistema.platform.config import Settings
+from ecosistema.platform.signatures import sign, signature_header
 from ecosistema.webhooks import domain
 from ecosistema.webhooks.domain import (
     DeliveryStatus,
@@ -25,8 +26,6 @@ from ecosistema.webhooks.domain import (
     is_public_address,
     obviously_private_host,
     retry_delay,
-    sign,
-    signature_header,
     verify_signature,
 )
 from ecosistema.webhooks.schemas import SubscriptionCreate
@@ -71,7 +70,23 @@ def test_an_old_timestamp_is_refused_so_captured_requests_cannot_be_replayed() -
     assert verify_signature(BODY, header, SECRET, now=T + 301, tolerance=0) == T
 
 
-@pytest.mark.parametrize("header", ["", "t=1", f"v1={'0' * 64}", "t=abc,v1=00", "garbage"])
+@pytest.mark.parametrize(
+    "header",
+    [
+        "",
+        "t=1",
+        f"v1={'0' * 64}",
+        "t=abc,v1=00",
+        "garbage",
+        # Untrusted text in any script: refused, never an exception of another kind.
+        f"t={T},v1=\u00e9",
+        f"t={T},v1=\u00e9{'0' * 63}",
+        "t=\u00b2,v1=ab",
+        "t=\uff11\uff12,v1=ab",
+        f"t={'9' * 40},v1=ab",
+        f"t={T},v1=\udc80",
+    ],
+)
 def test_malformed_signature_headers_do_not_verify(header: str) -> None:
     with pytest.raises(InvalidSignature):
         verify_signature(BODY, header, SECRET, now=T)

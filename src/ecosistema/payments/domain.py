@@ -3,8 +3,6 @@ the double-entry journal, document numbering and report periods."""
 
 from __future__ import annotations
 
-import hashlib
-import hmac
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import date, datetime, timedelta
@@ -14,6 +12,7 @@ from typing import Any
 
 from ecosistema.platform.errors import Conflict, Unprocessable
 from ecosistema.platform.money import Rounding, divide_rounding
+from ecosistema.platform.signatures import parse_signature_header, signature_header
 
 
 class PaymentStatus(StrEnum):
@@ -362,26 +361,17 @@ SIGNATURE_TOLERANCE_SECONDS = 300
 
 def sign_payload(secret: str, timestamp: int, payload: bytes) -> str:
     """The ``Stripe-Signature`` header value for a payload: ``t=<ts>,v1=<hex hmac>``."""
-    mac = hmac.new(secret.encode(), f"{timestamp}.".encode() + payload, hashlib.sha256)
-    return f"t={timestamp},v1={mac.hexdigest()}"
+    return signature_header([secret], timestamp, payload)
 
 
 def signature_valid(
     secret: str, header: str, payload: bytes, *, now: int, tolerance: int = 300
 ) -> bool:
     """Whether a ``Stripe-Signature`` header signs ``payload`` and is within the tolerance."""
-    timestamp: int | None = None
-    signatures: list[str] = []
-    for part in header.split(","):
-        name, _, value = part.strip().partition("=")
-        if name == "t" and value.isdigit():
-            timestamp = int(value)
-        elif name == "v1":
-            signatures.append(value)
-    if timestamp is None or not signatures or abs(now - timestamp) > tolerance:
+    parsed = parse_signature_header(header)
+    if parsed.timestamp is None or abs(now - parsed.timestamp) > tolerance:
         return False
-    expected = sign_payload(secret, timestamp, payload).split("v1=", 1)[1]
-    return any(hmac.compare_digest(expected, s) for s in signatures)
+    return parsed.signed_by(secret, payload)
 
 
 # The provider events that move a payment, and the status each moves it to. Any other type is

@@ -6,11 +6,12 @@ from __future__ import annotations
 from pathlib import Path
 
 from ecosistema.platform.service import EncryptedColumn, Job, Service
+from ecosistema.platform.signatures import sign, signature_header
 from ecosistema.webhooks import delivery as _delivery
 from ecosistema.webhooks import service as _service
 from ecosistema.webhooks.api import router
 from ecosistema.webhooks.client import InProcessWebhooksClient
-from ecosistema.webhooks.domain import sign, signature_header, verify_signature
+from ecosistema.webhooks.domain import verify_signature
 from ecosistema.webhooks.events import SUBSCRIPTIONS
 from ecosistema.webhooks.models import metadata, outbox
 

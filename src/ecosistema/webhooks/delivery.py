@@ -25,6 +25,7 @@ from sqlalchemy import CursorResult, and_, or_, select, update
 
 from ecosistema.platform.db import new_id, utcnow
 from ecosistema.platform.service import ServiceContext
+from ecosistema.platform.signatures import signature_header
 from ecosistema.webhooks import domain, schemas, service
 from ecosistema.webhooks.domain import DeliveryStatus, SubscriptionStatus, TargetError
 from ecosistema.webhooks.models import attempts, deliveries, events, subscriptions
@@ -268,7 +269,7 @@ async def send(
     timestamp = int(now.timestamp())
     headers = {
         "Content-Type": "application/json",
-        domain.SIGNATURE_HEADER: domain.signature_header(claimed.secrets, timestamp, claimed.body),
+        domain.SIGNATURE_HEADER: signature_header(claimed.secrets, timestamp, claimed.body),
         domain.EVENT_ID_HEADER: claimed.event_id,
         domain.EVENT_TYPE_HEADER: claimed.event_type,
         domain.DELIVERY_ID_HEADER: claimed.delivery_id,

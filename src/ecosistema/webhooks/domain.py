@@ -3,8 +3,6 @@ which targets a subscription may point at. No I/O."""
 
 from __future__ import annotations
 
-import hashlib
-import hmac
 import ipaddress
 import json
 import random
@@ -17,6 +15,11 @@ from enum import StrEnum
 from typing import Any, Final
 from urllib.parse import urlsplit
 
+from ecosistema.platform.signatures import (
+    SCHEME,
+    parse_signature_header,
+)
+
 SIGNATURE_HEADER: Final = "Ecosistema-Signature"
 EVENT_ID_HEADER: Final = "Ecosistema-Event-Id"
 EVENT_TYPE_HEADER: Final = "Ecosistema-Event-Type"
@@ -24,7 +27,7 @@ DELIVERY_ID_HEADER: Final = "Ecosistema-Delivery-Id"
 ATTEMPT_HEADER: Final = "Ecosistema-Delivery-Attempt"
 USER_AGENT: Final = "Ecosistema-Webhooks/1"
 SECRET_PREFIX: Final = "whsec_"
-SIGNATURE_SCHEME: Final = "v1"
+SIGNATURE_SCHEME: Final = SCHEME
 DEFAULT_TOLERANCE_SECONDS: Final = 300
 
 ALL_EVENTS: Final = "*"
@@ -114,19 +117,6 @@ def event_body(event_id: str, event_type: str, created: datetime, data: Mapping[
     return json.dumps(document, separators=(",", ":"), default=str).encode()
 
 
-def sign(secret: str, timestamp: int, body: bytes) -> str:
-    """Hex HMAC-SHA256 of ``"<timestamp>.<body>"`` under ``secret``."""
-    message = str(timestamp).encode() + b"." + body
-    return hmac.new(secret.encode(), message, hashlib.sha256).hexdigest()
-
-
-def signature_header(secrets_: Sequence[str], timestamp: int, body: bytes) -> str:
-    """``t=<unix>,v1=<hex>[,v1=<hex>]``: one ``v1`` per active secret (two while rotating)."""
-    parts = [f"t={timestamp}"]
-    parts.extend(f"{SIGNATURE_SCHEME}={sign(s, timestamp, body)}" for s in secrets_)
-    return ",".join(parts)
-
-
 def verify_signature(
     body: bytes,
     header: str,
@@ -141,26 +131,17 @@ def verify_signature(
     timestamp must be within ``tolerance`` seconds of ``now`` so a captured request cannot be
     replayed later.
     """
-    timestamp: int | None = None
-    candidates: list[str] = []
-    for item in header.split(","):
-        key, _, value = item.strip().partition("=")
-        if key == "t":
-            try:
-                timestamp = int(value)
-            except ValueError as exc:
-                raise InvalidSignature("the timestamp is not an integer") from exc
-        elif key == SIGNATURE_SCHEME:
-            candidates.append(value)
-    if timestamp is None or not candidates:
+    parsed = parse_signature_header(header)
+    if parsed.timestamp_given and parsed.timestamp is None:
+        raise InvalidSignature("the timestamp is not an integer")
+    if parsed.timestamp is None or not parsed.signatures:
         raise InvalidSignature("the header needs t= and at least one v1=")
-    expected = sign(secret, timestamp, body)
-    if not any(hmac.compare_digest(expected, c) for c in candidates):
+    if not parsed.signed_by(secret, body):
         raise InvalidSignature("no signature matches the body and secret")
     current = time.time() if now is None else now
-    if tolerance > 0 and abs(current - timestamp) > tolerance:
+    if tolerance > 0 and abs(current - parsed.timestamp) > tolerance:
         raise InvalidSignature("the timestamp is outside the tolerance")
-    return timestamp
+    return parsed.timestamp
 
 
 def retry_delay(failures: int, rng: random.Random | None = None) -> float:
