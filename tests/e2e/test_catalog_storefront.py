@@ -112,3 +112,42 @@ async def test_staff_build_the_shop_and_a_customer_browses_and_searches(
     assert [(m["on_hand_delta"], m["reason"], m["note"]) for m in movements["items"]] == [
         (6, "receive", "delivery 1187")
     ]
+
+
+async def test_a_price_range_shows_and_sorts_by_the_prices_within_it(
+    shop_app: FastAPI, shop: httpx.AsyncClient
+) -> None:
+    staff = await sign_in_demo(shop_app, shop, "staff")
+    for name, amounts in (("Linen Shirt", (1790, 2290)), ("Wool Scarf", (2100,))):
+        created = await shop.post(
+            f"{API}/products",
+            json={
+                "name": name,
+                "status": "active",
+                "variants": [
+                    {
+                        "sku": f"{name.split()[0].upper()}-{n}",
+                        "prices": [{"currency": "EUR", "amount": amount}],
+                    }
+                    for n, amount in enumerate(amounts)
+                ],
+            },
+            headers=staff,
+        )
+        assert created.status_code == 201, created.text
+
+    async def shown(**params: str) -> list[tuple[str, int]]:
+        answer = await shop.get(f"{API}/products", params=params)
+        assert answer.status_code == 200, answer.text
+        return [(p["name"], p["price_from"]["amount"]) for p in answer.json()["items"]]
+
+    # Filtered to 20-25 EUR, the shirt is shown from its 22.90 variant, not its 17.90 one.
+    assert sorted(await shown(min_price="2000", max_price="2500")) == [
+        ("Linen Shirt", 2290),
+        ("Wool Scarf", 2100),
+    ]
+    assert await shown(min_price="2000", sort="price_asc") == [
+        ("Wool Scarf", 2100),
+        ("Linen Shirt", 2290),
+    ]
+    assert await shown(sort="price_asc") == [("Linen Shirt", 1790), ("Wool Scarf", 2100)]

@@ -230,10 +230,18 @@ class _Shape:
 def _statement(shape: _Shape) -> Any:
     """The search statement of one shape, built once; its parameters are named below."""
     p = products
+    # A product's prices in the currency; with a range, only those in it: the range keeps a
+    # product with a variant priced in it, and that variant's price is the one shown and sorted
+    # by, so a product listed for 20-25 is never shown "from" 17.90.
+    priced = [variants.c.product_id == p.c.id, prices.c.currency == bindparam("currency")]
+    if shape.min_price:
+        priced.append(prices.c.amount >= bindparam("min_price"))
+    if shape.max_price:
+        priced.append(prices.c.amount <= bindparam("max_price"))
     price_from = (
         select(func.min(prices.c.amount))
         .select_from(prices.join(variants, variants.c.id == prices.c.variant_id))
-        .where(variants.c.product_id == p.c.id, prices.c.currency == bindparam("currency"))
+        .where(*priced)
         .scalar_subquery()
     )
     columns: list[Any] = [
@@ -275,16 +283,11 @@ def _statement(shape: _Shape) -> Any:
             )
         )
     if shape.min_price or shape.max_price:
-        bounds = [variants.c.product_id == p.c.id, prices.c.currency == bindparam("currency")]
-        if shape.min_price:
-            bounds.append(prices.c.amount >= bindparam("min_price"))
-        if shape.max_price:
-            bounds.append(prices.c.amount <= bindparam("max_price"))
         conditions.append(
             exists(
                 select(prices.c.variant_id)
                 .select_from(prices.join(variants, variants.c.id == prices.c.variant_id))
-                .where(*bounds)
+                .where(*priced)
             )
         )
     if shape.in_stock:
