@@ -1525,7 +1525,16 @@ async def set_cart_item(
     token: str | None,
     quantity: int,
 ) -> schemas.Cart:
-    """Set a line's quantity; 0 removes the line."""
+    """Set a line's quantity; 0 removes the line. Raising it is checked as adding units is:
+    the SKU must still be for sale in the cart's currency. Lowering or removing a line is
+    always allowed, so a line that can no longer be bought can still be cleaned up."""
+    if quantity > 0:
+        cart, current = await _cart_and_line(ctx, cart_id, sku, principal, token)
+        if current is not None and quantity > current:
+            quotes = await _catalog(ctx).quote(
+                [sku], currency=cart["currency"], customer_id=cart["customer_id"]
+            )
+            _check_quote(quotes.get(sku), cart, sku)
     async with ctx.db.transaction() as session:
         cart = _check_cart_access(await _cart_row(statements(session), cart_id), principal, token)
         _ensure_active(cart)
@@ -1540,6 +1549,21 @@ async def set_cart_item(
             raise NotFound(f"The cart has no line for {sku}.")
         await session.execute(update(carts).where(carts.c.id == cart_id).values(updated_at=_now()))
     return await _view_cart(ctx, cart_id)
+
+
+async def _cart_and_line(
+    ctx: ServiceContext, cart_id: str, sku: str, principal: Principal | None, token: str | None
+) -> tuple[Mapping[Any, Any], int | None]:
+    """A cart the caller may change, and the quantity of its line for ``sku`` (None: none)."""
+    async with ctx.db.transaction() as session:
+        cart = _check_cart_access(await _cart_row(statements(session), cart_id), principal, token)
+        _ensure_active(cart)
+        current = await session.scalar(
+            select(cart_lines.c.quantity).where(
+                cart_lines.c.cart_id == cart_id, cart_lines.c.sku == sku
+            )
+        )
+    return cart, None if current is None else int(current)
 
 
 async def apply_voucher(
