@@ -122,6 +122,8 @@ def event_time(payload: Mapping[str, Any]) -> datetime | None:
 CART_NOT_FOUND = "No cart with this id."
 ORDER_NOT_FOUND = "No order with this id."
 STAFF = "orders:write_all"
+# Who catalog shows draft products to: to anyone else a draft's SKU is one it does not know.
+CATALOG_STAFF = "catalog:write"
 WRITE_OWN = "orders:write_own"
 READ_ALL = "orders:read_all"
 MANAGE = "orders:manage"
@@ -1359,10 +1361,23 @@ def _not_for_sale(quote: Quote, sku: str, currency: str) -> str:
     return f"{sku} is not for sale"
 
 
+def _sees_drafts(principal: Principal | None) -> bool:
+    """Whether catalog would show ``principal`` a draft product."""
+    return principal is not None and principal.has(CATALOG_STAFF)
+
+
 def _check_quote(
-    quote: Quote | None, cart: Mapping[Any, Any], sku: str, field: str = "sku"
+    quote: Quote | None,
+    cart: Mapping[Any, Any],
+    sku: str,
+    field: str = "sku",
+    *,
+    principal: Principal | None,
 ) -> Quote:
-    if quote is None:
+    draft = quote is not None and getattr(quote, "reason", None) == "draft"
+    if quote is None or (draft and not _sees_drafts(principal)):
+        # Catalog hides drafts from all but its staff: a draft's SKU is answered as an unknown
+        # one, so adding it to a cart reveals nothing of it.
         raise field_error(field, f"no product variant has the SKU {sku!r}", code="unknown_sku")
     if not quote.purchasable:
         raise field_error(
@@ -1404,7 +1419,13 @@ async def _checked_items(
     for index, item in enumerate(data.items):
         first.setdefault(item.sku, index)
     for sku in merged:
-        _check_quote(quotes.get(sku), {"currency": data.currency}, sku, f"items.{first[sku]}.sku")
+        _check_quote(
+            quotes.get(sku),
+            {"currency": data.currency},
+            sku,
+            f"items.{first[sku]}.sku",
+            principal=principal,
+        )
     return merged, dict(quotes)
 
 
@@ -1433,7 +1454,7 @@ async def add_cart_item(
         quotes = await _catalog(ctx).quote(
             skus, currency=cart["currency"], customer_id=cart["customer_id"]
         )
-        _check_quote(quotes.get(data.sku), cart, data.sku)
+        _check_quote(quotes.get(data.sku), cart, data.sku, principal=principal)
         now = _now()
         async with ctx.db.transaction() as session:
             quantity = await _grow_line(ctx, session, cart, data.sku, data.quantity, now)
@@ -1534,7 +1555,7 @@ async def set_cart_item(
             quotes = await _catalog(ctx).quote(
                 [sku], currency=cart["currency"], customer_id=cart["customer_id"]
             )
-            _check_quote(quotes.get(sku), cart, sku)
+            _check_quote(quotes.get(sku), cart, sku, principal=principal)
     async with ctx.db.transaction() as session:
         cart = _check_cart_access(await _cart_row(statements(session), cart_id), principal, token)
         _ensure_active(cart)
