@@ -1647,7 +1647,10 @@ async def merge_cart(
     ctx: ServiceContext, *, cart_id: str, principal: Principal, token: str | None
 ) -> schemas.Cart:
     """At login: fold the anonymous cart (its id and token) into the customer's active cart in
-    the same currency, summing quantities; with no such cart, the customer adopts it."""
+    the same currency, summing quantities; with no such cart, the customer adopts it. The
+    anonymous cart's email is not carried over: a signed-in customer's order goes to their
+    account's email unless they give one on their own cart or at checkout (on a shared device
+    the guest's address may be someone else's)."""
     if principal.kind != "user" or principal.has(STAFF):
         # Merging is the customer's own sign-in step: staff or a machine client holding a
         # cart's token would otherwise take a guest's cart.
@@ -1684,7 +1687,12 @@ async def merge_cart(
             await session.execute(
                 update(carts)
                 .where(carts.c.id == cart_id)
-                .values(customer_id=principal.subject, token_hash=None, updated_at=now)
+                .values(
+                    customer_id=principal.subject,
+                    token_hash=None,
+                    email_encrypted=None,
+                    updated_at=now,
+                )
             )
             result_id = cart_id
         else:
@@ -1713,10 +1721,6 @@ async def merge_cart(
                 for name in ("voucher_code", "country", "shipping_method")
                 if target[name] is None and anonymous[name] is not None
             }
-            if target["email_encrypted"] is None and anonymous["email_encrypted"] is not None:
-                # The ciphertext is bound to its row: the address is sealed anew for the target.
-                address = _email_of(ctx, anonymous, "carts")
-                fill["email_encrypted"] = _seal(ctx, address, "carts", result_id)
             fill.update(_merged_addresses(ctx, target, anonymous))
             await session.execute(
                 update(carts).where(carts.c.id == result_id).values(**fill, updated_at=now)
