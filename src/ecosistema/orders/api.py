@@ -214,9 +214,11 @@ async def remove_voucher(
 async def merge_cart(
     cart_id: Id, ctx: Context, principal: Customer, token: CartToken = None
 ) -> Cart:
-    """Lines are added up; the voucher, email, country and shipping method fill what the
-    customer's cart lacks. The addresses go as a pair: a customer's cart with either keeps its
-    own, one with none takes the anonymous cart's (and its country)."""
+    """Lines are added up; the voucher, country and shipping method fill what the customer's
+    cart lacks. The addresses go as a pair: a customer's cart with either keeps its own, one
+    with none takes the anonymous cart's (and its country). The anonymous cart's email is
+    dropped: the customer's orders go to their account's email unless they set another on
+    their own cart or at checkout."""
     return await service.merge_cart(ctx, cart_id=cart_id, principal=principal, token=token)
 
 

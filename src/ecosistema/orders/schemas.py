@@ -570,7 +570,9 @@ class ShippingMethod(BaseModel):
 class VoucherCreate(Input):
     code: str = Field(min_length=1, max_length=64, pattern=_CODE)
     kind: VoucherKind
-    value: int = Field(ge=1, le=MAX_AMOUNT, description="Basis points, or minor units if fixed.")
+    value: int = Field(
+        strict=True, ge=1, le=MAX_AMOUNT, description="Basis points, or minor units if fixed."
+    )
     currency: str | None = Field(
         default=None,
         min_length=3,
@@ -579,12 +581,16 @@ class VoucherCreate(Input):
         "currency applies only to carts in that currency.",
     )
     minimum_spend: int = Field(
-        default=0, ge=0, le=MAX_AMOUNT, description="Minor units of the voucher's currency."
+        default=0,
+        strict=True,
+        ge=0,
+        le=MAX_AMOUNT,
+        description="Minor units of the voucher's currency.",
     )
     starts_at: Timestamp | None = None
     ends_at: Timestamp | None = None
-    usage_limit: int | None = Field(default=None, ge=1, le=10**9)
-    per_customer_limit: int | None = Field(default=None, ge=1, le=10**9)
+    usage_limit: int | None = Field(default=None, strict=True, ge=1, le=10**9)
+    per_customer_limit: int | None = Field(default=None, strict=True, ge=1, le=10**9)
     active: bool = True
 
     @field_validator("currency")
@@ -609,7 +615,7 @@ class VoucherCreate(Input):
 class VoucherUpdate(Input):
     active: bool | None = None
     ends_at: Timestamp | None = None
-    usage_limit: int | None = Field(default=None, ge=1, le=10**9)
+    usage_limit: int | None = Field(default=None, strict=True, ge=1, le=10**9)
 
 
 class Voucher(BaseModel):

@@ -122,6 +122,8 @@ def event_time(payload: Mapping[str, Any]) -> datetime | None:
 CART_NOT_FOUND = "No cart with this id."
 ORDER_NOT_FOUND = "No order with this id."
 STAFF = "orders:write_all"
+# Who catalog shows draft products to: to anyone else a draft's SKU is one it does not know.
+CATALOG_STAFF = "catalog:write"
 WRITE_OWN = "orders:write_own"
 READ_ALL = "orders:read_all"
 MANAGE = "orders:manage"
@@ -1359,10 +1361,23 @@ def _not_for_sale(quote: Quote, sku: str, currency: str) -> str:
     return f"{sku} is not for sale"
 
 
+def _sees_drafts(principal: Principal | None) -> bool:
+    """Whether catalog would show ``principal`` a draft product."""
+    return principal is not None and principal.has(CATALOG_STAFF)
+
+
 def _check_quote(
-    quote: Quote | None, cart: Mapping[Any, Any], sku: str, field: str = "sku"
+    quote: Quote | None,
+    cart: Mapping[Any, Any],
+    sku: str,
+    field: str = "sku",
+    *,
+    principal: Principal | None,
 ) -> Quote:
-    if quote is None:
+    draft = quote is not None and getattr(quote, "reason", None) == "draft"
+    if quote is None or (draft and not _sees_drafts(principal)):
+        # Catalog hides drafts from all but its staff: a draft's SKU is answered as an unknown
+        # one, so adding it to a cart reveals nothing of it.
         raise field_error(field, f"no product variant has the SKU {sku!r}", code="unknown_sku")
     if not quote.purchasable:
         raise field_error(
@@ -1404,7 +1419,13 @@ async def _checked_items(
     for index, item in enumerate(data.items):
         first.setdefault(item.sku, index)
     for sku in merged:
-        _check_quote(quotes.get(sku), {"currency": data.currency}, sku, f"items.{first[sku]}.sku")
+        _check_quote(
+            quotes.get(sku),
+            {"currency": data.currency},
+            sku,
+            f"items.{first[sku]}.sku",
+            principal=principal,
+        )
     return merged, dict(quotes)
 
 
@@ -1433,7 +1454,7 @@ async def add_cart_item(
         quotes = await _catalog(ctx).quote(
             skus, currency=cart["currency"], customer_id=cart["customer_id"]
         )
-        _check_quote(quotes.get(data.sku), cart, data.sku)
+        _check_quote(quotes.get(data.sku), cart, data.sku, principal=principal)
         now = _now()
         async with ctx.db.transaction() as session:
             quantity = await _grow_line(ctx, session, cart, data.sku, data.quantity, now)
@@ -1525,7 +1546,16 @@ async def set_cart_item(
     token: str | None,
     quantity: int,
 ) -> schemas.Cart:
-    """Set a line's quantity; 0 removes the line."""
+    """Set a line's quantity; 0 removes the line. Raising it is checked as adding units is:
+    the SKU must still be for sale in the cart's currency. Lowering or removing a line is
+    always allowed, so a line that can no longer be bought can still be cleaned up."""
+    if quantity > 0:
+        cart, current = await _cart_and_line(ctx, cart_id, sku, principal, token)
+        if current is not None and quantity > current:
+            quotes = await _catalog(ctx).quote(
+                [sku], currency=cart["currency"], customer_id=cart["customer_id"]
+            )
+            _check_quote(quotes.get(sku), cart, sku, principal=principal)
     async with ctx.db.transaction() as session:
         cart = _check_cart_access(await _cart_row(statements(session), cart_id), principal, token)
         _ensure_active(cart)
@@ -1540,6 +1570,21 @@ async def set_cart_item(
             raise NotFound(f"The cart has no line for {sku}.")
         await session.execute(update(carts).where(carts.c.id == cart_id).values(updated_at=_now()))
     return await _view_cart(ctx, cart_id)
+
+
+async def _cart_and_line(
+    ctx: ServiceContext, cart_id: str, sku: str, principal: Principal | None, token: str | None
+) -> tuple[Mapping[Any, Any], int | None]:
+    """A cart the caller may change, and the quantity of its line for ``sku`` (None: none)."""
+    async with ctx.db.transaction() as session:
+        cart = _check_cart_access(await _cart_row(statements(session), cart_id), principal, token)
+        _ensure_active(cart)
+        current = await session.scalar(
+            select(cart_lines.c.quantity).where(
+                cart_lines.c.cart_id == cart_id, cart_lines.c.sku == sku
+            )
+        )
+    return cart, None if current is None else int(current)
 
 
 async def apply_voucher(
@@ -1602,7 +1647,10 @@ async def merge_cart(
     ctx: ServiceContext, *, cart_id: str, principal: Principal, token: str | None
 ) -> schemas.Cart:
     """At login: fold the anonymous cart (its id and token) into the customer's active cart in
-    the same currency, summing quantities; with no such cart, the customer adopts it."""
+    the same currency, summing quantities; with no such cart, the customer adopts it. The
+    anonymous cart's email is not carried over: a signed-in customer's order goes to their
+    account's email unless they give one on their own cart or at checkout (on a shared device
+    the guest's address may be someone else's)."""
     if principal.kind != "user" or principal.has(STAFF):
         # Merging is the customer's own sign-in step: staff or a machine client holding a
         # cart's token would otherwise take a guest's cart.
@@ -1639,7 +1687,12 @@ async def merge_cart(
             await session.execute(
                 update(carts)
                 .where(carts.c.id == cart_id)
-                .values(customer_id=principal.subject, token_hash=None, updated_at=now)
+                .values(
+                    customer_id=principal.subject,
+                    token_hash=None,
+                    email_encrypted=None,
+                    updated_at=now,
+                )
             )
             result_id = cart_id
         else:
@@ -1668,10 +1721,6 @@ async def merge_cart(
                 for name in ("voucher_code", "country", "shipping_method")
                 if target[name] is None and anonymous[name] is not None
             }
-            if target["email_encrypted"] is None and anonymous["email_encrypted"] is not None:
-                # The ciphertext is bound to its row: the address is sealed anew for the target.
-                address = _email_of(ctx, anonymous, "carts")
-                fill["email_encrypted"] = _seal(ctx, address, "carts", result_id)
             fill.update(_merged_addresses(ctx, target, anonymous))
             await session.execute(
                 update(carts).where(carts.c.id == result_id).values(**fill, updated_at=now)
