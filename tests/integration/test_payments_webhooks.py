@@ -18,7 +18,7 @@ from ecosistema.payments.providers.base import ProviderUnavailable
 from ecosistema.payments.service import use_provider
 from ecosistema.platform.config import Settings
 from tests.conftest import make_settings
-from tests.integration.test_payments_support import THREE_DS, Shop, open_shop
+from tests.integration.test_payments_support import THREE_DS, VISA, Shop, open_shop
 
 SECRET = "whsec_test_secret"
 
@@ -127,6 +127,34 @@ async def test_signature_header_in_another_script_is_refused_not_an_error(
     )
     assert response.status_code == 401, response.text
     assert response.json()["type"].endswith("/invalid-webhook-signature")
+
+
+async def test_success_event_the_provider_contradicts_changes_nothing(shop: Shop) -> None:
+    # An authorization waiting for capture: the provider holds 35.00, captured nothing.
+    order = shop.orders.place()
+    authorized = (await shop.pay(order["id"], VISA, capture_method="manual")).json()
+    assert authorized["status"] == "requires_capture"
+    async with shop.ctx.db.read() as session:
+        ref = await session.scalar(
+            select(payments.c.provider_ref).where(payments.c.id == authorized["id"])
+        )
+    payload = event("evt_w", "payment_intent.succeeded", {"id": ref, "amount_received": 1})
+    delivered = await deliver(shop, payload)
+
+    assert delivered.status_code == 200, delivered.text
+    assert delivered.json()["outcome"] == "ignored_provider_says_requires_capture"
+    shown = await shop.http.get(f"/api/v1/payments/{authorized['id']}", headers=shop.as_("staff"))
+    assert (shown.json()["status"], shown.json()["captured_amount"]) == ("requires_capture", 0)
+    assert shown.json()["amount_capturable"] == authorized["amount"]
+    async with shop.ctx.db.read() as session:
+        assert (await session.execute(select(journal))).first() is None
+    # Staff can still capture it, for the amount the provider holds.
+    captured = await shop.http.post(
+        f"/api/v1/payments/{authorized['id']}/capture",
+        headers={**shop.as_("staff"), "Idempotency-Key": "cap-after-event"},
+    )
+    assert captured.status_code == 200, captured.text
+    assert captured.json()["captured_amount"] == authorized["amount"]
 
 
 async def test_tampered_payload_is_refused(shop: Shop) -> None:

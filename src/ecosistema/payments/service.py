@@ -1782,7 +1782,8 @@ async def _provider_view(
     ctx: ServiceContext, provider: str, event_type: str, obj: Mapping[str, Any]
 ) -> ProviderOutcome | None:
     """The provider's own current view of a payment an event says succeeded: events carry no
-    fee or balance transaction, and the journal needs both. None when it cannot be had."""
+    fee or balance transaction, and the journal needs both, and an event may be older than
+    what happened since. None when it cannot be had."""
     if event_type != "payment_intent.succeeded" or not obj.get("id"):
         return None
     try:
@@ -1792,7 +1793,7 @@ async def _provider_view(
     except (ProblemError, ValueError) as exc:
         log.warning("provider_view_unavailable", provider=provider, error=repr(exc))
         return None
-    return outcome if outcome.status == "succeeded" else None
+    return outcome
 
 
 async def _apply_provider_event(
@@ -1806,6 +1807,10 @@ async def _apply_provider_event(
     target = domain.PROVIDER_EVENT_TARGETS.get(event_type)
     if target is None:
         return "ignored"
+    if latest is not None and latest.status != target.value:
+        # The provider, asked now, does not say what the event says: its word wins, and the
+        # event changes nothing (a later event will bring what did happen).
+        return f"ignored_provider_says_{latest.status}"
     row = await tx.row(_PAYMENT_BY_PROVIDER_REF, provider=provider, ref=str(obj.get("id")))
     if row is None:
         return "unknown_payment"
