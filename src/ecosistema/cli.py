@@ -95,9 +95,9 @@ def _with_runtime(
     return asyncio.run(_main())
 
 
-def _fail(message: str) -> NoReturn:
+def _fail(message: str, code: int = 1) -> NoReturn:
     err_console.print(f"[bold red]error:[/] {message}")
-    raise typer.Exit(code=1)
+    raise typer.Exit(code=code)
 
 
 @app.command()
@@ -510,10 +510,15 @@ def payments_reconcile(
         str | None, typer.Option("--provider", help="sandbox or stripe; default: the configured.")
     ] = None,
 ) -> None:
-    """Compare the payments journal with the provider's records; exit 1 on any mismatch."""
+    """Compare the payments journal with the provider's records; exit 1 on any mismatch, 2 when
+    they cannot be compared (an unknown or unconfigured provider, or one that does not answer)."""
     from ecosistema.payments import reconcile_with_provider
+    from ecosistema.platform.errors import ProblemError
 
-    report = asyncio.run(reconcile_with_provider(_settings(), provider=provider))
+    try:
+        report = asyncio.run(reconcile_with_provider(_settings(), provider=provider))
+    except ProblemError as problem:
+        _fail(f"cannot reconcile: {problem.detail}", code=2)
     console.print_json(report.model_dump_json())
     if not report.clean:
         raise typer.Exit(code=1)

@@ -173,6 +173,19 @@ def test_payments_reconcile_on_a_fresh_install_is_clean() -> None:
     assert '"mismatched": []' in output
 
 
+@pytest.mark.parametrize(
+    ("provider", "says"),
+    [("bogus", "No payment provider named 'bogus'"), ("stripe", "Stripe is not configured")],
+)
+def test_payments_reconcile_that_cannot_compare_says_why_in_one_line_and_exits_2(
+    provider: str, says: str
+) -> None:
+    result = runner.invoke(app, ["payments", "reconcile", "--provider", provider])
+    assert result.exit_code == 2, result.output
+    assert says in result.output
+    assert "Traceback" not in result.output
+
+
 def test_up_with_demo_seeds_every_service_that_has_demo_data(
     default_model_cache: DefaultModelCache,
 ) -> None:
