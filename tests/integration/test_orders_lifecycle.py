@@ -183,6 +183,24 @@ async def test_staff_fulfil_ship_and_deliver_and_history_records_every_step(
         headers=bearer(admin),
     )
     assert too_many.status_code == 422
+    for field, text in (
+        ("tracking_number", "  "),
+        ("tracking_number", "T\u202e1"),
+        ("tracking_number", "T1\nT2"),
+        ("carrier", "a\u0000b"),
+        ("carrier", ""),
+    ):
+        unreadable = await client.post(
+            f"{url}/fulfillments",
+            json={
+                "lines": [{"line_id": mug, "quantity": 1}],
+                "tracking_number": "TRK9",
+                field: text,
+            },
+            headers=bearer(admin),
+        )
+        assert unreadable.status_code == 422, (field, text, unreadable.text)
+        assert [e["field"] for e in unreadable.json()["errors"]] == [field]
     rest = await client.post(
         f"{url}/fulfillments",
         json={

@@ -282,3 +282,35 @@ async def test_a_cart_says_why_its_chosen_method_no_longer_ships_it(
     assert await why() == ["The shipping method 'standard' does not ship to ES."]
     assert (await _patch(client, admin, "standard", {"active": False})).status_code == 200
     assert await why() == ["The shipping method 'standard' is no longer offered."]
+
+
+@pytest.mark.parametrize(
+    ("body", "field"),
+    [
+        ({"rates": {"EUR": [{"amount": "500"}]}}, "rates.EUR.0.amount"),
+        ({"rates": {"EUR": [{"amount": 500.0}]}}, "rates.EUR.0.amount"),
+        ({"kind": "weight", "rates": {"EUR": [{"up_to_grams": "1000", "amount": 5}]}}, None),
+        ({"active": "false"}, "active"),
+        ({"active": 0}, "active"),
+    ],
+)
+async def test_shipping_method_numbers_and_flags_are_taken_only_as_json_numbers_and_booleans(
+    app: FastAPI, client: httpx.AsyncClient, body: dict[str, Any], field: str | None
+) -> None:
+    admin = await staff_tokens(app, client)
+    await seed_shop(app, client, admin, {})
+    before = await _method(client, "standard")
+    fields = _fields(await _patch(client, admin, "standard", body))
+    assert fields == [field] if field else fields[0].endswith("up_to_grams")
+    assert await _method(client, "standard") == before
+
+
+async def test_a_tax_rate_is_taken_only_as_a_json_integer(
+    app: FastAPI, client: httpx.AsyncClient
+) -> None:
+    admin = await staff_tokens(app, client)
+    for given in ("2100", 2100.0, True):
+        refused = await client.put(
+            f"{API}/tax-rates/ES", json={"name": "IVA", "rate_bp": given}, headers=bearer(admin)
+        )
+        assert _fields(refused) == ["rate_bp"], given

@@ -32,6 +32,7 @@ from ecosistema.platform.sku import SKU_PATTERN as _SKU
 from ecosistema.platform.text import (
     check_display_text,
     check_note_text,
+    check_optional_display_text,
     check_optional_note_text,
 )
 from ecosistema.platform.timestamps import Timestamp
@@ -383,10 +384,18 @@ NOTE_TEXT = (
 
 class FulfillmentCreate(Input):
     lines: list[LineQuantity] = Field(min_length=1, max_length=500)
-    tracking_number: str = Field(min_length=1, max_length=100)
-    carrier: str | None = Field(default=None, max_length=100)
+    tracking_number: str = Field(
+        min_length=1,
+        max_length=100,
+        description="Shown to the customer: one line, not blank, no control or invisible "
+        "formatting characters (422 at tracking_number).",
+    )
+    carrier: str | None = Field(
+        default=None, min_length=1, max_length=100, description="As tracking_number, if given."
+    )
 
     _distinct = field_validator("lines")(_distinct_lines)
+    _shown = field_validator("tracking_number", "carrier")(check_optional_display_text)
 
 
 class ReturnCreate(Input):
@@ -429,7 +438,7 @@ class HistoryEntry(BaseModel):
 
 class TaxRateSet(Input):
     name: str = Field(min_length=1, max_length=100)
-    rate_bp: int = Field(ge=0, le=10_000, description="Basis points: 2100 is 21 %.")
+    rate_bp: int = Field(strict=True, ge=0, le=10_000, description="Basis points: 2100 is 21 %.")
 
 
 class TaxRate(BaseModel):
@@ -440,8 +449,8 @@ class TaxRate(BaseModel):
 
 
 class Bracket(Input):
-    up_to_grams: int | None = Field(default=None, ge=1, le=10**9)
-    amount: int = Field(ge=0, le=MAX_AMOUNT)
+    up_to_grams: int | None = Field(default=None, strict=True, ge=1, le=10**9)
+    amount: int = Field(strict=True, ge=0, le=MAX_AMOUNT)
 
 
 MAX_BRACKETS = 50
@@ -517,7 +526,7 @@ class ShippingMethodCreate(Input):
     kind: ShippingKind
     rates: Rates = Field(description=RATES)
     countries: Countries = Field(default_factory=list, description=COUNTRIES)
-    active: bool = True
+    active: bool = Field(default=True, strict=True)
 
     @model_validator(mode="after")
     def _flat_is_one_bracket(self) -> ShippingMethodCreate:
@@ -548,7 +557,7 @@ class ShippingMethodUpdate(Input):
     countries: Countries | None = Field(
         default=None, description=COUNTRIES, json_schema_extra=_not_null
     )
-    active: bool | None = Field(default=None, json_schema_extra=_not_null)
+    active: bool | None = Field(default=None, strict=True, json_schema_extra=_not_null)
 
     @model_validator(mode="after")
     def _no_nulls(self) -> ShippingMethodUpdate:
@@ -591,7 +600,7 @@ class VoucherCreate(Input):
     ends_at: Timestamp | None = None
     usage_limit: int | None = Field(default=None, strict=True, ge=1, le=10**9)
     per_customer_limit: int | None = Field(default=None, strict=True, ge=1, le=10**9)
-    active: bool = True
+    active: bool = Field(default=True, strict=True)
 
     @field_validator("currency")
     @classmethod
@@ -613,7 +622,7 @@ class VoucherCreate(Input):
 
 
 class VoucherUpdate(Input):
-    active: bool | None = None
+    active: bool | None = Field(default=None, strict=True)
     ends_at: Timestamp | None = None
     usage_limit: int | None = Field(default=None, strict=True, ge=1, le=10**9)
 
