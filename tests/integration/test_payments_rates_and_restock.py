@@ -81,6 +81,11 @@ async def test_tax_exclusive_shipping_is_invoiced_with_its_tax_on_top(shop: Shop
     [invoice] = await documents(shop)
     assert invoice["total"] == 3490
     assert invoice["tax_breakdown"] == [{"rate_bp": 1900, "net": 2933, "tax": 557}]
+    # Unit prices on one basis, before tax, as the shop's prices are.
+    shipping = invoice["lines"][-1]
+    assert (shipping["description"], shipping["unit_price"]) == ("Shipping", 412)
+    assert (shipping["net"], shipping["tax"], shipping["total"]) == (412, 78, 490)
+    assert invoice["lines"][0]["unit_price"] == 2521
 
 
 async def test_partial_capture_and_refund_by_amount_keep_the_configured_rate(shop: Shop) -> None:

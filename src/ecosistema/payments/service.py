@@ -1432,10 +1432,12 @@ def _invoice_lines(order: Mapping[str, Any]) -> list[dict[str, Any]]:
             shipping_tax = int(order["shipping_tax"])
         else:
             shipping_tax = max(0, int(order.get("tax_total") or 0) - lines_tax)
-        # With tax-exclusive prices the order's shipping_total is before tax.
-        if order.get("prices_include_tax") is False:
+        # With tax-exclusive prices the order's shipping_total is before tax, and the unit
+        # price is shown before tax, like the lines' catalogue prices.
+        exclusive = order.get("prices_include_tax") is False
+        if exclusive:
             shipping += shipping_tax
-        out.append(_extra_line("Shipping", shipping, shipping_tax, rate))
+        out.append(_extra_line("Shipping", shipping, shipping_tax, rate, unit_before_tax=exclusive))
     discount = int(order.get("discount_total") or 0)
     expected = int(order.get("total") or 0)
     gap = expected - (lines_total + shipping)
@@ -1444,12 +1446,19 @@ def _invoice_lines(order: Mapping[str, Any]) -> list[dict[str, Any]]:
     return out
 
 
-def _extra_line(description: str, total: int, tax: int, rate: int | None = None) -> dict[str, Any]:
+def _extra_line(
+    description: str,
+    total: int,
+    tax: int,
+    rate: int | None = None,
+    *,
+    unit_before_tax: bool = False,
+) -> dict[str, Any]:
     return {
         "sku": None,
         "description": description,
         "quantity": 1,
-        "unit_price": total,
+        "unit_price": total - tax if unit_before_tax else total,
         "net": total - tax,
         "tax": tax,
         "total": total,
