@@ -582,6 +582,8 @@ async def test_identity_clients_find_users_and_verify_api_keys_in_process_and_ov
     found = await local.get_user(user["id"])
     assert found is not None and found.email == "client-lookup@example.com"
     assert await local.get_user("0" * 32) is None
+    assert await local.get_user_email(user["id"]) == "client-lookup@example.com"
+    assert await local.get_user_email("0" * 32) is None
     identity = await local.verify_api_key(key["key"])
     assert identity is not None and identity.scopes == ["users:read"]
     assert await local.verify_api_key(key["key"] + "x") is None
@@ -593,6 +595,8 @@ async def test_identity_clients_find_users_and_verify_api_keys_in_process_and_ov
         fetched = await remote.get_user(user["id"])
         assert fetched is not None and fetched.id == user["id"]
         assert await remote.get_user("0" * 32) is None
+        assert await remote.get_user_email(user["id"]) == "client-lookup@example.com"
+        assert await remote.get_user_email("0" * 32) is None
         verified = await remote.verify_api_key(key["key"])
         assert verified is not None and verified.key_id == key["id"]
         assert await remote.verify_api_key("eco_" + "0" * 32 + "_nope") is None

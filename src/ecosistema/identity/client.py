@@ -7,7 +7,7 @@ from typing import Protocol
 import httpx
 
 from ecosistema.identity.schemas import ApiKeyIdentity, User, WhoAmI
-from ecosistema.identity.service import get_user, verify_api_key
+from ecosistema.identity.service import get_user, get_user_email, verify_api_key
 from ecosistema.platform.config import Settings
 from ecosistema.platform.errors import NotFound
 from ecosistema.platform.http import AUTH_ERRORS_ARE_ANSWERS, service_client
@@ -19,6 +19,10 @@ class IdentityClient(Protocol):
 
     async def get_user(self, user_id: str) -> User | None:
         """The user with this id, or None."""
+        ...
+
+    async def get_user_email(self, user_id: str) -> str | None:
+        """The email address of the user with this id, or None."""
         ...
 
     async def verify_api_key(self, raw_key: str) -> ApiKeyIdentity | None:
@@ -38,6 +42,11 @@ class InProcessIdentityClient:
             return await get_user(self._ctx, user_id=user_id)
         except NotFound:
             return None
+
+    async def get_user_email(self, user_id: str) -> str | None:
+        """The email address of the user with this id, or None (one column read and
+        decrypted, not the whole profile)."""
+        return await get_user_email(self._ctx, user_id=user_id)
 
     async def verify_api_key(self, raw_key: str) -> ApiKeyIdentity | None:
         """Who a presented API key acts for, or None when it is not valid."""
@@ -72,6 +81,11 @@ class HttpIdentityClient:
             return None
         response.raise_for_status()
         return User.model_validate(response.json())
+
+    async def get_user_email(self, user_id: str) -> str | None:
+        """The email address of the user with this id, or None."""
+        user = await self.get_user(user_id)
+        return None if user is None else str(user.email)
 
     async def verify_api_key(self, raw_key: str) -> ApiKeyIdentity | None:
         """Asks identity who the key is, presenting the key itself; None when it is refused."""

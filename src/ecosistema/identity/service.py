@@ -223,6 +223,7 @@ async def record_audit(
 
 _USER = select(users).where(users.c.id == bindparam("user_id"))
 _PROFILE = select(profiles).where(profiles.c.user_id == bindparam("user_id"))
+_USER_EMAIL = select(users.c.email_encrypted).where(users.c.id == bindparam("user_id"))
 
 
 async def _user_row(session: AsyncSession, user_id: str) -> Row[Any] | None:
@@ -1429,6 +1430,16 @@ async def get_user(ctx: ServiceContext, *, user_id: str) -> User:
     """One user with their profile, decrypted."""
     async with ctx.db.driver_read() as tx:
         return await _load_user(ctx, tx, user_id)
+
+
+async def get_user_email(ctx: ServiceContext, *, user_id: str) -> str | None:
+    """A user's email address, decrypted (the one field other services ask for); None when
+    there is no such user."""
+    async with ctx.db.driver_read() as tx:
+        row = await tx.row(_USER_EMAIL, user_id=user_id)
+    if row is None:
+        return None
+    return _dec(ctx, row["email_encrypted"], "users", "email_encrypted", user_id) or None
 
 
 async def find_user_by_email(ctx: ServiceContext, *, email: str) -> User | None:

@@ -1760,8 +1760,8 @@ async def _customer_email(ctx: ServiceContext, customer_id: str) -> str | None:
         identity = ctx.client("identity")
     except LookupError:
         return None
-    user = await identity.get_user(customer_id)
-    return None if user is None else str(user.email)
+    email: str | None = await identity.get_user_email(customer_id)
+    return email
 
 
 async def place_order(

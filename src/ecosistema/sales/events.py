@@ -82,8 +82,8 @@ async def _buyer_email(ctx: ServiceContext, envelope: EventEnvelope) -> str | No
         customer_id = str(payload.get("customer_id") or "")
         if not customer_id or not payload.get("cart_id"):
             return None
-        user = await ctx.client("identity").get_user(customer_id)
-        return None if user is None else str(user.email)
+        email: str | None = await ctx.client("identity").get_user_email(customer_id)
+        return email
     order_id = str(payload.get("order_id") or "")
     if not order_id:
         return None
