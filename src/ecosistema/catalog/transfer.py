@@ -135,7 +135,7 @@ class ImportVariant(BaseModel):
     sku: Sku
     name: Name | None = None
     options: Options = Field(default_factory=dict)
-    weight_grams: Annotated[int, Field(ge=0, le=10_000_000)] = 0
+    weight_grams: Annotated[int, Field(strict=True, ge=0, le=10_000_000)] = 0
     prices: dict[CurrencyKey, Amount] = Field(default_factory=dict, max_length=50)
 
     @field_validator("prices")
@@ -330,13 +330,20 @@ class CellError(ValueError):
 
 
 def _whole_number(row: dict[str, str], column: str, expected: str) -> int | None:
+    """A cell's whole number: ASCII digits, with a leading ``-`` for a negative one (which the
+    column's range then refuses with its own message). ``int()`` would also take ``+100``,
+    ``1_000`` and digits of other scripts (Arabic-Indic, full-width), which the API
+    refuses."""
     text = (row.get(column) or "").strip()
     if not text:
         return None
-    try:
-        return int(text)
-    except ValueError:
-        raise CellError(f"{column}: expected {expected}, got {text[:40]!r}") from None
+    digits = text[1:] if text[0] == "-" else text
+    if digits.isascii() and digits.isdigit():
+        try:
+            return int(text)
+        except ValueError:  # more digits than int() reads
+            pass
+    raise CellError(f"{column}: expected {expected}, got {text[:40]!r}")
 
 
 _Problem = tuple[str, str]  # (CSV column, what is wrong with its cell)
