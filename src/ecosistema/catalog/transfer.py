@@ -396,7 +396,9 @@ def _csv_variant(
     sku = (row.get("sku") or "").strip()
     data: dict[str, Any] = {
         "sku": sku,
-        "name": (row.get("variant_name") or "").strip() or None,
+        # Names are read as the API takes them: kept as written, spaces and all (an export
+        # of a name stored with spaces imports back unchanged); a blank one is refused.
+        "name": row.get("variant_name") or None,
         "options": options,
         "weight_grams": weight or 0,
         "prices": amounts,
@@ -428,7 +430,7 @@ def _csv_product(
     category = (row.get("category") or "").strip() or None
     data: dict[str, Any] = {
         "slug": (row.get("slug") or "").strip() or None,
-        "name": (row.get("name") or "").strip(),
+        "name": row.get("name") or "",  # as written: see _csv_variant
         "description": row.get("description") or "",
         "status": (row.get("status") or "").strip() or ProductStatus.DRAFT.value,
         "category": category,
