@@ -64,7 +64,7 @@ SEVERAL_PROBLEMS_CSV = HEADER + (
     "bag,Bag,,bogus,,,BAG-1,,,10,500,,extra\n"
     "hat,Hat,,active,,,TEE-S,,,10,x1,\n"
 )
-SEVERAL_PROBLEMS_CSV_ERRORS = {
+SEVERAL_PROBLEMS_CSV_ERRORS: dict[int, list[tuple[str | None, str]]] = {
     3: [("sku", "SKU TEE-S appears twice in this product (line 2)")],
     4: [
         ("name", "String should have at least 1 character"),
@@ -112,16 +112,14 @@ def several_problems_jsonl() -> str:
     return "".join(json.dumps(doc) + "\n" for doc in (good, bad, clash))
 
 
-SEVERAL_PROBLEMS_JSONL_ERRORS = {
+SEVERAL_PROBLEMS_JSONL_ERRORS: dict[int, list[tuple[str | None, str]]] = {
     2: [
         ("name", "String should have at least 1 character"),
         ("status", "Input should be 'draft', 'active' or 'archived'"),
         ("category", "unknown category nosuchcat"),
         ("images.0", "String should match pattern '^https?://[^\\s]+$'"),
-        (
-            "variants.0.weight_grams",
-            "Input should be a valid integer, unable to parse string as an integer",
-        ),
+        # As POST /products says it: a JSON string is not an integer, whatever it holds.
+        ("variants.0.weight_grams", "Input should be a valid integer"),
         ("variants.0.prices.EUR", "Input should be a valid integer"),
         ("variants.1.sku", "SKU MUG-1 belongs to another product"),
         ("variants.1.options.size", "String should have at least 1 character"),

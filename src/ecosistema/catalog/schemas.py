@@ -393,6 +393,8 @@ class ReleaseRequest(_Input):
 
     reason: Annotated[str, Field(min_length=1, max_length=500)]
 
+    _reason = field_validator("reason")(check_note_text)
+
 
 class RestockRequest(_Input):
     """Units of an order that come back on hand (a refund with restock)."""
@@ -400,6 +402,8 @@ class RestockRequest(_Input):
     order_id: Annotated[str, Field(min_length=1, max_length=64)]
     lines: list[OrderLine] = Field(min_length=1, max_length=500)
     reason: Annotated[str, Field(min_length=1, max_length=500)]
+
+    _reason = field_validator("reason")(check_note_text)
 
 
 class VariantQuote(BaseModel):
@@ -490,6 +494,8 @@ class StockAdjustment(_Input):
         default=None, validate_default=True
     )
     reason: Annotated[str, Field(min_length=1, max_length=500)]
+
+    _reason = field_validator("reason")(check_note_text)
 
     # Field validators (not a model one) so an error points at delta or on_hand, not the body.
     @field_validator("delta")

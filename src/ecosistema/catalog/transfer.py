@@ -9,10 +9,10 @@ matched by slug and variants by SKU: rows update what exists and create the rest
 - ``skip-invalid``: valid rows are applied batch by batch; every refused row is reported.
 
 CSV has one row per variant (``sku`` empty for a product without variants); consecutive rows
-with the same ``slug`` form one product, whose fields come from its first row. Prices are
-``price_<CUR>`` columns (minor units), options ``name=value;name=value`` (or a JSON object when
-a value holds ``;`` or ``=``), images space-separated URLs. JSON Lines has one product per line,
-with nested ``variants`` and ``prices`` as ``{"EUR": 1999}``.
+with the same ``slug`` form one product, whose fields come from its first accepted row. Prices
+are ``price_<CUR>`` columns (minor units), options ``name=value;name=value`` (or a JSON object
+when a value holds ``;`` or ``=``), images space-separated URLs. JSON Lines has one product per
+line, with nested ``variants`` and ``prices`` as ``{"EUR": 1999}``.
 """
 
 from __future__ import annotations
@@ -135,7 +135,7 @@ class ImportVariant(BaseModel):
     sku: Sku
     name: Name | None = None
     options: Options = Field(default_factory=dict)
-    weight_grams: Annotated[int, Field(ge=0, le=10_000_000)] = 0
+    weight_grams: Annotated[int, Field(strict=True, ge=0, le=10_000_000)] = 0
     prices: dict[CurrencyKey, Amount] = Field(default_factory=dict, max_length=50)
 
     @field_validator("prices")
@@ -330,13 +330,20 @@ class CellError(ValueError):
 
 
 def _whole_number(row: dict[str, str], column: str, expected: str) -> int | None:
+    """A cell's whole number: ASCII digits, with a leading ``-`` for a negative one (which the
+    column's range then refuses with its own message). ``int()`` would also take ``+100``,
+    ``1_000`` and digits of other scripts (Arabic-Indic, full-width), which the API
+    refuses."""
     text = (row.get(column) or "").strip()
     if not text:
         return None
-    try:
-        return int(text)
-    except ValueError:
-        raise CellError(f"{column}: expected {expected}, got {text[:40]!r}") from None
+    digits = text[1:] if text[0] == "-" else text
+    if digits.isascii() and digits.isdigit():
+        try:
+            return int(text)
+        except ValueError:  # more digits than int() reads
+            pass
+    raise CellError(f"{column}: expected {expected}, got {text[:40]!r}")
 
 
 _Problem = tuple[str, str]  # (CSV column, what is wrong with its cell)
@@ -389,7 +396,9 @@ def _csv_variant(
     sku = (row.get("sku") or "").strip()
     data: dict[str, Any] = {
         "sku": sku,
-        "name": (row.get("variant_name") or "").strip() or None,
+        # Names are read as the API takes them: kept as written, spaces and all (an export
+        # of a name stored with spaces imports back unchanged); a blank one is refused.
+        "name": row.get("variant_name") or None,
         "options": options,
         "weight_grams": weight or 0,
         "prices": amounts,
@@ -421,7 +430,7 @@ def _csv_product(
     category = (row.get("category") or "").strip() or None
     data: dict[str, Any] = {
         "slug": (row.get("slug") or "").strip() or None,
-        "name": (row.get("name") or "").strip(),
+        "name": row.get("name") or "",  # as written: see _csv_variant
         "description": row.get("description") or "",
         "status": (row.get("status") or "").strip() or ProductStatus.DRAFT.value,
         "category": category,
@@ -538,6 +547,10 @@ def _read_csv(
     # The SKUs of the product being read, and the line of each: a SKU twice in one product
     # would make the second row overwrite the first.
     current_skus: dict[str, int] = {}
+    # The slug and line of a product whose first row was refused, until a row of it is
+    # accepted: its rows without a name of their own cannot supply its fields, and are refused
+    # saying why (not as rows with a blank name).
+    refused_first: tuple[str, int] | None = None
     # The csv reader's own count: DictReader's stays behind when a row raises, so the rows
     # after an unreadable one would be numbered as if it had not been read.
     lines_read = reader.reader
@@ -572,6 +585,16 @@ def _read_csv(
         sku = (row.get("sku") or "").strip()
         product: ImportProduct | None = None
         starts_product = current is None or current.slug != slug_hint
+        if starts_product and refused_first is not None:
+            if refused_first[0] != slug_hint:
+                refused_first = None
+            elif not (row.get("name") or "").strip():
+                # It continues a product whose first row was refused: only its variant's cells
+                # are read (as for any continuation), and nothing of it is written.
+                starts_product = False
+                problems.append(
+                    (None, f"the product's first row (line {refused_first[1]}) was refused")
+                )
         if starts_product:
             if current is not None:
                 yield current
@@ -590,15 +613,18 @@ def _read_csv(
             )
         if problems:
             # A refused row changes nothing: when it was to supply the product's fields, the
-            # next row of the same product (if any) supplies them instead, and a product none
-            # of whose rows is accepted is not written at all.
+            # next row of the same product with a name of its own (if any) supplies them
+            # instead, and a product none of whose rows is accepted is not written at all.
             tally.refuse(line, problems, sku=sku or None, slug=slug_hint or None)
+            if starts_product and refused_first is None and slug_hint:
+                refused_first = (slug_hint, line)
             checked = _checked_sku(sku)
             if checked is not None and checked not in current_skus:
                 yield _Unclaimed(line, "sku", checked, slug_hint)
             continue
         if product is not None:
             current = _Record(product, _slug_of(product), [], [])
+            refused_first = None
         assert current is not None  # a row either starts a product or continues the current one
         current.lines.append(line)
         if variant is not None:
