@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import gc
 import io
+import json
 import re
 from typing import Any
 
@@ -225,3 +226,65 @@ def test_settling_the_heap_freezes_startup_objects_and_widens_the_young_generati
         assert gc.isenabled()
     finally:
         gc.set_threshold(*threshold)
+
+
+CACHEABLE = (
+    b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nCache-Control: public, max-age=60\r\n"
+    b'ETag: "v1"\r\nTraceparent: 00-%s-%s-01\r\nX-Request-ID: %s\r\n'
+    b"Server-Timing: app;dur=3.1\r\nContent-Length: 9\r\n\r\n"
+    b'{"id": 1}'
+)
+TRACE = "00-{}-{}-01"
+
+
+def _ids_of(response: bytes) -> tuple[str, str]:
+    """The x-request-id and traceparent of a response head (each exactly once)."""
+    head = response.split(b"\r\n\r\n", 1)[0].decode().lower()
+    [request_id] = re.findall(r"\r\nx-request-id: ([^\r]*)", head)
+    [traceparent] = re.findall(r"\r\ntraceparent: ([^\r]*)", head)
+    return request_id, traceparent
+
+
+def _access_lines(gateway: Gateway) -> dict[str, dict[str, Any]]:
+    gateway._flush_log()
+    log = gateway._access_log
+    assert isinstance(log, io.StringIO)
+    lines = [json.loads(line) for line in log.getvalue().splitlines()]
+    return {line["request_id"]: line for line in lines}
+
+
+async def test_a_cache_hit_carries_this_requests_ids_and_trace_not_the_stored_ones() -> None:
+    gateway = _gateway(routes=[{"prefix": "/open", "service": "tiny", "public": True, "cache": {}}])
+    client, out, upstream = _connect(gateway)
+    # The first request fills the cache; its ids come back from the upstream and are stored.
+    first_trace = TRACE.format("1" * 32, "2" * 16)
+    client.data_received(
+        b"GET /open/p HTTP/1.1\r\nHost: x\r\nTraceparent: %s\r\nX-Request-ID: first\r\n\r\n"
+        % first_trace.encode()
+    )
+    upstream.data_received(CACHEABLE % (b"1" * 32, b"a" * 16, b"first"))
+    assert b"x-cache: MISS\r\n" in out.written[-1]
+    # A caller with its own trace and request id.
+    client.data_received(
+        b"GET /open/p HTTP/1.1\r\nHost: x\r\nTraceparent: %s\r\nX-Request-ID: second\r\n\r\n"
+        % TRACE.format("3" * 32, "4" * 16).encode()
+    )
+    hit = out.written[-1]
+    assert b"x-cache: HIT\r\n" in hit and hit.endswith(b'\r\n\r\n{"id": 1}')
+    request_id, traceparent = _ids_of(hit)
+    assert request_id == "second"
+    version, trace_id, span_id, flags = traceparent.split("-")
+    assert (version, trace_id, flags) == ("00", "3" * 32, "01")
+    # The gateway answered: the span is its own, neither the caller's nor the upstream's.
+    assert re.fullmatch("[0-9a-f]{16}", span_id) and span_id not in ("4" * 16, "a" * 16)
+    assert b"server-timing" not in hit.lower()
+    # A caller without either gets the ids the gateway made for it, also on a 304.
+    client.data_received(b'GET /open/p HTTP/1.1\r\nHost: x\r\nIf-None-Match: "v1"\r\n\r\n')
+    not_modified = out.written[-1]
+    assert not_modified.startswith(b"HTTP/1.1 304 ")
+    made_id, made_trace = _ids_of(not_modified)
+    assert re.fullmatch("[0-9a-f]{32}", made_id) and made_trace.startswith(f"00-{made_id}-")
+    lines = _access_lines(gateway)
+    assert (lines["second"]["cache"], lines["second"]["trace_id"]) == ("HIT", "3" * 32)
+    assert (lines[made_id]["cache"], lines[made_id]["trace_id"]) == ("HIT", made_id)
+    await gateway.close()

@@ -487,6 +487,14 @@ class Exchange:
                 return value
         return None
 
+    def own_traceparent(self) -> bytes:
+        """The ``traceparent`` of an answer the gateway gives itself (a cache hit, a problem,
+        its own pages): this request's trace and flags, and the gateway's span: the one it
+        started when the request brought no trace, else a new one under the caller's."""
+        if not self.traceparent_kept:
+            return self.traceparent
+        return b"00-" + self.trace_id + b"-" + _ids.next()[16:] + b"-" + self.traceparent[53:55]
+
     # Request body, from the client connection.
 
     def feed_body(self, chunk: bytes) -> None:
@@ -1663,8 +1671,11 @@ class Gateway:
     def _write_hit(self, ex: Exchange, entry: CachedResponse, now: float) -> None:
         ex.cache_state = 1
         close = not ex.keep_alive or not ex.body_done
-        tail = b"age: %d\r\n%s%s\r\n" % (
+        # The stored head holds nothing about the request that filled the entry: this
+        # request's ids and trace follow it here.
+        tail = b"age: %d\r\ntraceparent: %s\r\n%s%s\r\n" % (
             int(now - entry.stored_at),
+            ex.own_traceparent(),
             self.response_headers(ex),
             b"connection: close\r\n" if close else b"",
         )
