@@ -288,3 +288,47 @@ async def test_a_cache_hit_carries_this_requests_ids_and_trace_not_the_stored_on
     assert (lines["second"]["cache"], lines["second"]["trace_id"]) == ("HIT", "3" * 32)
     assert (lines[made_id]["cache"], lines[made_id]["trace_id"]) == ("HIT", made_id)
     await gateway.close()
+
+
+@pytest.mark.parametrize(
+    "request_head, status",
+    [
+        (b"GET /metrics HTTP/1.1\r\nHost: x\r\n", 200),
+        (b"GET /nowhere HTTP/1.1\r\nHost: x\r\n", 404),
+        (b"GET /closed HTTP/1.1\r\nHost: x\r\n", 401),
+        (b"GET /healthz HTTP/1.1\r\nHost: x\r\n", 200),
+        (
+            b"OPTIONS /open HTTP/1.1\r\nHost: x\r\nOrigin: https://shop.example\r\n"
+            b"Access-Control-Request-Method: GET\r\n",
+            204,
+        ),
+    ],
+)
+async def test_answers_the_gateway_gives_itself_carry_the_requests_trace(
+    request_head: bytes, status: int
+) -> None:
+    gateway = _gateway(cors={"allow_origins": ["https://shop.example"]})
+    client, out, _ = _connect(gateway)
+    for trace in (TRACE.format("5" * 32, "6" * 16), None):
+        extra = b"Traceparent: %s\r\n" % trace.encode() if trace else b""
+        client.data_received(request_head + extra + b"\r\n")
+        response = out.written[-1]
+        assert response.startswith(b"HTTP/1.1 %d " % status)
+        request_id, traceparent = _ids_of(response)
+        trace_id = "5" * 32 if trace else request_id
+        assert re.fullmatch(f"00-{trace_id}-[0-9a-f]{{16}}-01", traceparent)
+        assert traceparent != trace
+        assert _access_lines(gateway)[request_id]["trace_id"] == trace_id
+    await gateway.close()
+
+
+async def test_an_answer_to_bytes_that_make_no_request_has_a_trace_too() -> None:
+    gateway = _gateway()
+    client, out, _ = _connect(gateway)
+    client.data_received(b"GARBAGE\x00 / HTTP/1.1\r\n\r\n")
+    response = b"".join(out.written)
+    assert response.startswith(b"HTTP/1.1 400 ")
+    request_id, traceparent = _ids_of(response)
+    assert re.fullmatch(f"00-{request_id}-[0-9a-f]{{16}}-01", traceparent)
+    assert _access_lines(gateway)[request_id]["trace_id"] == request_id
+    await gateway.close()

@@ -820,7 +820,10 @@ class ClientConnection(asyncio.Protocol):
                 ex.status = status
                 ex.close_after = True
             if ex is not None:
-                headers = self.gateway.response_headers(ex, limits=False)
+                headers = b"traceparent: %s\r\n%s" % (
+                    ex.own_traceparent(),
+                    self.gateway.response_headers(ex, limits=False),
+                )
             else:
                 # Before a request head is whole there is no exchange: the answer gets an id of
                 # its own, so that it can be quoted and found in the access log like any other.
@@ -1328,9 +1331,10 @@ class Gateway:
         self.metrics.observe_request(UNPARSED_ROUTE, "", status, 0.0)
         if not self._log_enabled:
             return
+        rid = request_id.decode("ascii")  # also the trace id (id_headers)
         self._log_lines.append(
             f'{{"ts":{time.time():.6f},"level":"info","event":"access",'
-            f'"request_id":"{request_id.decode("ascii")}","trace_id":null,'
+            f'"request_id":"{rid}","trace_id":"{rid}",'
             f'"method":null,"path":null,"status":{status},"duration_ms":0.000,'
             f'"route":"{UNPARSED_ROUTE}","upstream":null,"attempts":0,"cache":null,'
             f'"bytes_in":0,"bytes_out":0,"client":{_json_str(client)},"sub":null}}\n'
@@ -1388,7 +1392,8 @@ class Gateway:
                 type_,
                 title,
                 detail,
-                extra_headers=extra_headers + self.response_headers(ex),
+                extra_headers=b"%straceparent: %s\r\n%s"
+                % (extra_headers, ex.own_traceparent(), self.response_headers(ex)),
                 instance=ex.path or None,
                 close=close,
                 fields=fields,
@@ -1397,8 +1402,14 @@ class Gateway:
         )
 
     def id_headers(self, request_id: bytes) -> bytes:
-        """The request id and security headers, for answers given before a request is routed."""
-        return b"x-request-id: %s\r\n%s" % (request_id, self._security)
+        """The request id, a trace of its own (the id is the trace id, as for any request that
+        brings none) and security headers, for answers given before a request is parsed."""
+        return b"x-request-id: %s\r\ntraceparent: 00-%s-%s-01\r\n%s" % (
+            request_id,
+            request_id,
+            request_id[16:],
+            self._security,
+        )
 
     def response_headers(self, ex: Exchange, *, limits: bool = True) -> bytes:
         """Headers the gateway adds to every response: request id, security, CORS, limits.
@@ -1611,13 +1622,14 @@ class Gateway:
         ex.response_bytes = 0 if head_only else len(body)
         ex.conn.write(
             b"HTTP/1.1 %d %s\r\ncontent-type: %s\r\ncache-control: %s\r\n"
-            b"content-length: %d\r\n%s%s\r\n%s"
+            b"content-length: %d\r\ntraceparent: %s\r\n%s%s\r\n%s"
             % (
                 status,
                 _REASONS[status],
                 asset.content_type,
                 asset.cache_control,
                 len(body),
+                ex.own_traceparent(),
                 self.response_headers(ex),
                 b"connection: close\r\n" if close else b"",
                 b"" if head_only else body,
@@ -1725,7 +1737,10 @@ class Gateway:
         ]
         if cors.allow_credentials:
             head.append(b"access-control-allow-credentials: true\r\n")
-        head.append(b"x-request-id: %s\r\n%s" % (ex.request_id, self._security))
+        head.append(
+            b"x-request-id: %s\r\ntraceparent: %s\r\n%s"
+            % (ex.request_id, ex.own_traceparent(), self._security)
+        )
         if not ex.keep_alive or not ex.body_done:
             head.append(b"connection: close\r\n")
         head.append(b"\r\n")
@@ -1756,10 +1771,11 @@ class Gateway:
         close = not ex.keep_alive or not ex.body_done
         ex.conn.write(
             b"HTTP/1.1 200 OK\r\ncontent-type: text/plain; version=0.0.4; charset=utf-8\r\n"
-            b"content-length: %d\r\nx-request-id: %s\r\n%s%s\r\n%s"
+            b"content-length: %d\r\nx-request-id: %s\r\ntraceparent: %s\r\n%s%s\r\n%s"
             % (
                 len(body),
                 ex.request_id,
+                ex.own_traceparent(),
                 self._security,
                 b"connection: close\r\n" if close else b"",
                 b"" if ex.method == "HEAD" else body,
