@@ -239,9 +239,9 @@ TRACE = "00-{}-{}-01"
 
 def _ids_of(response: bytes) -> tuple[str, str]:
     """The x-request-id and traceparent of a response head (each exactly once)."""
-    head = response.split(b"\r\n\r\n", 1)[0].decode().lower()
-    [request_id] = re.findall(r"\r\nx-request-id: ([^\r]*)", head)
-    [traceparent] = re.findall(r"\r\ntraceparent: ([^\r]*)", head)
+    head = response.split(b"\r\n\r\n", 1)[0].decode()
+    [request_id] = re.findall(r"\r\nx-request-id: ([^\r]*)", head, re.IGNORECASE)
+    [traceparent] = re.findall(r"\r\ntraceparent: ([^\r]*)", head, re.IGNORECASE)
     return request_id, traceparent
 
 
@@ -331,4 +331,81 @@ async def test_an_answer_to_bytes_that_make_no_request_has_a_trace_too() -> None
     request_id, traceparent = _ids_of(response)
     assert re.fullmatch(f"00-{request_id}-[0-9a-f]{{16}}-01", traceparent)
     assert _access_lines(gateway)[request_id]["trace_id"] == request_id
+    await gateway.close()
+
+
+@pytest.mark.parametrize(
+    "traceparent, kept",
+    [
+        ("00-" + "7" * 32 + "-" + "8" * 16 + "-01", True),
+        ("01-" + "7" * 32 + "-" + "8" * 16 + "-01-later-fields", True),
+        ("00-" + "A" * 32 + "-" + "8" * 16 + "-01", False),  # upper-case hex
+        ("00-" + "0" * 32 + "-" + "8" * 16 + "-01", False),
+        ("00-" + "7" * 32 + "-" + "0" * 16 + "-01", False),
+        ("ff-" + "7" * 32 + "-" + "8" * 16 + "-01", False),
+        ("00-" + "z" * 32 + "-" + "8" * 16 + "-01", False),
+        ("00-" + "7" * 32 + "-" + "8" * 16 + "-01-more", False),  # version 00 has 4 fields
+        ("00-" + "7" * 32 + "-" + "8" * 16 + "-0", False),
+    ],
+)
+async def test_the_gateway_keeps_only_a_traceparent_the_services_accept(
+    traceparent: str, kept: bool
+) -> None:
+    """An invalid one starts a new trace, as the service's edge would: the request sent on,
+    the gateway's own answers and the access lines all name the same trace, and the invalid
+    header is not sent on beside the new one."""
+    gateway = _gateway()
+    client, out, upstream = _connect(gateway)
+    sent: list[bytes] = upstream.transport.written  # type: ignore[union-attr]
+    lines = []
+    for path in (b"/open", b"/nowhere"):
+        client.data_received(
+            b"GET %s HTTP/1.1\r\nHost: x\r\nTraceparent: %s\r\n\r\n" % (path, traceparent.encode())
+        )
+        if path == b"/open":
+            upstream.data_received(RESPONSE)
+        head = out.written[-1].split(b"\r\n\r\n", 1)[0].decode()
+        [request_id] = re.findall(r"\r\nx-request-id: ([^\r]*)", head)
+        lines.append(_access_lines(gateway)[request_id])
+    [forwarded] = re.findall(r"\r\ntraceparent: ([^\r]*)", sent[-1].decode())
+    _, answered = _ids_of(out.written[-1])
+    if kept:
+        assert forwarded == traceparent
+        assert answered.split("-")[1] == "7" * 32
+    else:
+        assert forwarded == f"00-{lines[0]['request_id']}-{lines[0]['request_id'][16:]}-01"
+        assert answered.startswith(f"00-{lines[1]['request_id']}-")
+    assert lines[0]["trace_id"] == forwarded.split("-")[1]
+    assert lines[1]["trace_id"] == answered.split("-")[1]
+    await gateway.close()
+
+
+@pytest.mark.parametrize(
+    "request_id, kept",
+    [
+        ("order-42_retry.1", True),
+        ("x" * 128, True),
+        ("x" * 129, False),
+        ("a:b", False),
+        ("a/b", False),
+        ('a"b', False),
+    ],
+)
+async def test_the_gateway_keeps_only_a_request_id_the_services_accept(
+    request_id: str, kept: bool
+) -> None:
+    gateway = _gateway()
+    client, out, upstream = _connect(gateway)
+    sent: list[bytes] = upstream.transport.written  # type: ignore[union-attr]
+    client.data_received(
+        b"GET /open HTTP/1.1\r\nHost: x\r\nX-Request-ID: %s\r\n\r\n" % request_id.encode()
+    )
+    upstream.data_received(RESPONSE)
+    [answered] = re.findall(r"\r\nx-request-id: ([^\r]*)", out.written[-1].decode())
+    assert f"\r\nx-request-id: {answered}\r\n" in sent[-1].decode()
+    if kept:
+        assert answered == request_id
+    else:
+        assert re.fullmatch("[0-9a-f]{32}", answered)
+        assert request_id not in sent[-1].decode()
     await gateway.close()

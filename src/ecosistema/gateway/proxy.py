@@ -16,6 +16,7 @@ import hashlib
 import json
 import os
 import random
+import re
 import sys
 import time
 from collections import deque
@@ -272,19 +273,28 @@ def _is_dot_segment_path(path: str) -> bool:
     return any(seg in (".", "..") for seg in path.split("/"))
 
 
+# The ids the services accept (platform.telemetry: sanitize_request_id, parse_traceparent): the
+# gateway keeps no other, or its response and access line would name ids the service replaced.
+_REQUEST_ID: Final = re.compile(rb"[A-Za-z0-9._-]{1,128}")
+_TRACEPARENT: Final = re.compile(rb"[0-9a-f]{2}-[0-9a-f]{32}-[0-9a-f]{16}-[0-9a-f]{2}")
+_ZERO_TRACE_ID: Final = b"0" * 32
+_ZERO_SPAN_ID: Final = b"0" * 16
+
+
 def _valid_request_id(value: bytes) -> bool:
-    return 0 < len(value) <= 128 and all(33 <= c <= 126 for c in value)
+    return _REQUEST_ID.fullmatch(value) is not None
 
 
 def _valid_traceparent(value: bytes) -> bool:
-    parts = value.split(b"-")
-    return (
-        len(parts) == 4
-        and len(parts[0]) == 2
-        and len(parts[1]) == 32
-        and len(parts[2]) == 16
-        and len(parts[3]) == 2
-    )
+    """W3C Trace Context: lower-case hex, version ff invalid, version 00 exactly 55 characters
+    and a later version possibly more fields after a dash, neither id all zeros."""
+    length = len(value)
+    if length < 55 or _TRACEPARENT.fullmatch(value, 0, 55) is None:
+        return False
+    version = value[:2]
+    if version == b"ff" or (length > 55 and (version == b"00" or value[55:56] != b"-")):
+        return False
+    return value[3:35] != _ZERO_TRACE_ID and value[36:52] != _ZERO_SPAN_ID
 
 
 # The request headers Exchange reads on its one pass over them.
@@ -1915,9 +1925,12 @@ class Gateway:
         out: Headers = []
         forwarded_for = None
         trust = self.config.trust_forwarded
+        kept = ex.traceparent_kept
         for name, value in ex.headers:
             if name in HOP_BY_HOP or name in dropped or name == principal_header:
                 continue
+            if name == b"traceparent" and not kept:
+                continue  # invalid: replaced below
             if name == b"host" or name == b"content-length":
                 out.append((name, value))
                 continue
@@ -1935,7 +1948,7 @@ class Gateway:
         if host:
             out.append((b"x-forwarded-host", host))
         out.append((b"x-request-id", ex.request_id))
-        if ex.header(b"traceparent") != ex.traceparent:
+        if not kept:
             out.append((b"traceparent", ex.traceparent))
         if ex.chunked:
             out.append((b"transfer-encoding", b"chunked"))
@@ -1947,7 +1960,10 @@ class Gateway:
         parts: list[bytes] = []
         add = parts.extend
         forwarded_for = host = connection = None
+        kept = ex.traceparent_kept
         for name, value in ex.headers:
+            if name == b"traceparent" and not kept:
+                continue  # invalid: replaced below
             if name in drop:
                 if name == b"host":
                     host = value
@@ -1980,7 +1996,7 @@ class Gateway:
         )
         if host:
             add((b"x-forwarded-host: ", host, b"\r\n"))
-        if not ex.traceparent_kept:
+        if not kept:
             add((b"traceparent: ", ex.traceparent, b"\r\n"))
         principal = ex.principal
         if principal is not None and principal.kind == "user" and self._secret is not None:
