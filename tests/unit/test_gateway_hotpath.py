@@ -79,6 +79,9 @@ def test_generated_ids_are_unique_hex_and_differ_after_a_reseed() -> None:
     assert all(i[:16] != b"0" * 16 and i[16:] != b"0" * 16 for i in ids)
     source.reseed()
     assert source.next()[:16] != ids[0][:16]
+    spans = [source.span() for _ in range(20_000)]
+    assert len(set(spans)) == len(spans)
+    assert all(re.fullmatch(rb"[0-9a-f]{16}", s) and s != b"0" * 16 for s in spans)
 
 
 def test_an_upstream_connection_reuses_its_parser_for_responses_in_a_row() -> None:

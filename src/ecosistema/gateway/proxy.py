@@ -227,6 +227,11 @@ class _IdSource:
         state = self._state = (self._state + _ID_INCREMENT) & _MASK64
         return self._prefix + (state or 1).to_bytes(8, "big").hex().encode()
 
+    def span(self) -> bytes:
+        """16 lower-case hex digits, never zero: a span id (the sequence's half of an id)."""
+        state = self._state = (self._state + _ID_INCREMENT) & _MASK64
+        return (state or 1).to_bytes(8, "big").hex().encode()
+
 
 _MASK64: Final = (1 << 64) - 1
 _ID_INCREMENT: Final = 0x9E3779B97F4A7C15
@@ -503,7 +508,8 @@ class Exchange:
         started when the request brought no trace, else a new one under the caller's."""
         if not self.traceparent_kept:
             return self.traceparent
-        return b"00-" + self.trace_id + b"-" + _ids.next()[16:] + b"-" + self.traceparent[53:55]
+        # [52:55]: the dash and the flags.
+        return b"".join((b"00-", self.trace_id, b"-", _ids.span(), self.traceparent[52:55]))
 
     # Request body, from the client connection.
 
