@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import gc
 import io
+import json
 import re
 from typing import Any
 
@@ -78,6 +79,9 @@ def test_generated_ids_are_unique_hex_and_differ_after_a_reseed() -> None:
     assert all(i[:16] != b"0" * 16 and i[16:] != b"0" * 16 for i in ids)
     source.reseed()
     assert source.next()[:16] != ids[0][:16]
+    spans = [source.span() for _ in range(20_000)]
+    assert len(set(spans)) == len(spans)
+    assert all(re.fullmatch(rb"[0-9a-f]{16}", s) and s != b"0" * 16 for s in spans)
 
 
 def test_an_upstream_connection_reuses_its_parser_for_responses_in_a_row() -> None:
@@ -225,3 +229,186 @@ def test_settling_the_heap_freezes_startup_objects_and_widens_the_young_generati
         assert gc.isenabled()
     finally:
         gc.set_threshold(*threshold)
+
+
+CACHEABLE = (
+    b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nCache-Control: public, max-age=60\r\n"
+    b'ETag: "v1"\r\nTraceparent: 00-%s-%s-01\r\nX-Request-ID: %s\r\n'
+    b"Server-Timing: app;dur=3.1\r\nContent-Length: 9\r\n\r\n"
+    b'{"id": 1}'
+)
+TRACE = "00-{}-{}-01"
+
+
+def _ids_of(response: bytes) -> tuple[str, str]:
+    """The x-request-id and traceparent of a response head (each exactly once)."""
+    head = response.split(b"\r\n\r\n", 1)[0].decode()
+    [request_id] = re.findall(r"\r\nx-request-id: ([^\r]*)", head, re.IGNORECASE)
+    [traceparent] = re.findall(r"\r\ntraceparent: ([^\r]*)", head, re.IGNORECASE)
+    return request_id, traceparent
+
+
+def _access_lines(gateway: Gateway) -> dict[str, dict[str, Any]]:
+    gateway._flush_log()
+    log = gateway._access_log
+    assert isinstance(log, io.StringIO)
+    lines = [json.loads(line) for line in log.getvalue().splitlines()]
+    return {line["request_id"]: line for line in lines}
+
+
+async def test_a_cache_hit_carries_this_requests_ids_and_trace_not_the_stored_ones() -> None:
+    gateway = _gateway(routes=[{"prefix": "/open", "service": "tiny", "public": True, "cache": {}}])
+    client, out, upstream = _connect(gateway)
+    # The first request fills the cache; its ids come back from the upstream and are stored.
+    first_trace = TRACE.format("1" * 32, "2" * 16)
+    client.data_received(
+        b"GET /open/p HTTP/1.1\r\nHost: x\r\nTraceparent: %s\r\nX-Request-ID: first\r\n\r\n"
+        % first_trace.encode()
+    )
+    upstream.data_received(CACHEABLE % (b"1" * 32, b"a" * 16, b"first"))
+    assert b"x-cache: MISS\r\n" in out.written[-1]
+    # A caller with its own trace and request id.
+    client.data_received(
+        b"GET /open/p HTTP/1.1\r\nHost: x\r\nTraceparent: %s\r\nX-Request-ID: second\r\n\r\n"
+        % TRACE.format("3" * 32, "4" * 16).encode()
+    )
+    hit = out.written[-1]
+    assert b"x-cache: HIT\r\n" in hit and hit.endswith(b'\r\n\r\n{"id": 1}')
+    request_id, traceparent = _ids_of(hit)
+    assert request_id == "second"
+    version, trace_id, span_id, flags = traceparent.split("-")
+    assert (version, trace_id, flags) == ("00", "3" * 32, "01")
+    # The gateway answered: the span is its own, neither the caller's nor the upstream's.
+    assert re.fullmatch("[0-9a-f]{16}", span_id) and span_id not in ("4" * 16, "a" * 16)
+    assert b"server-timing" not in hit.lower()
+    # A caller without either gets the ids the gateway made for it, also on a 304.
+    client.data_received(b'GET /open/p HTTP/1.1\r\nHost: x\r\nIf-None-Match: "v1"\r\n\r\n')
+    not_modified = out.written[-1]
+    assert not_modified.startswith(b"HTTP/1.1 304 ")
+    made_id, made_trace = _ids_of(not_modified)
+    assert re.fullmatch("[0-9a-f]{32}", made_id) and made_trace.startswith(f"00-{made_id}-")
+    lines = _access_lines(gateway)
+    assert (lines["second"]["cache"], lines["second"]["trace_id"]) == ("HIT", "3" * 32)
+    assert (lines[made_id]["cache"], lines[made_id]["trace_id"]) == ("HIT", made_id)
+    await gateway.close()
+
+
+@pytest.mark.parametrize(
+    "request_head, status",
+    [
+        (b"GET /metrics HTTP/1.1\r\nHost: x\r\n", 200),
+        (b"GET /nowhere HTTP/1.1\r\nHost: x\r\n", 404),
+        (b"GET /closed HTTP/1.1\r\nHost: x\r\n", 401),
+        (b"GET /healthz HTTP/1.1\r\nHost: x\r\n", 200),
+        (
+            b"OPTIONS /open HTTP/1.1\r\nHost: x\r\nOrigin: https://shop.example\r\n"
+            b"Access-Control-Request-Method: GET\r\n",
+            204,
+        ),
+    ],
+)
+async def test_answers_the_gateway_gives_itself_carry_the_requests_trace(
+    request_head: bytes, status: int
+) -> None:
+    gateway = _gateway(cors={"allow_origins": ["https://shop.example"]})
+    client, out, _ = _connect(gateway)
+    for trace in (TRACE.format("5" * 32, "6" * 16), None):
+        extra = b"Traceparent: %s\r\n" % trace.encode() if trace else b""
+        client.data_received(request_head + extra + b"\r\n")
+        response = out.written[-1]
+        assert response.startswith(b"HTTP/1.1 %d " % status)
+        request_id, traceparent = _ids_of(response)
+        trace_id = "5" * 32 if trace else request_id
+        assert re.fullmatch(f"00-{trace_id}-[0-9a-f]{{16}}-01", traceparent)
+        assert traceparent != trace
+        assert _access_lines(gateway)[request_id]["trace_id"] == trace_id
+    await gateway.close()
+
+
+async def test_an_answer_to_bytes_that_make_no_request_has_a_trace_too() -> None:
+    gateway = _gateway()
+    client, out, _ = _connect(gateway)
+    client.data_received(b"GARBAGE\x00 / HTTP/1.1\r\n\r\n")
+    response = b"".join(out.written)
+    assert response.startswith(b"HTTP/1.1 400 ")
+    request_id, traceparent = _ids_of(response)
+    assert re.fullmatch(f"00-{request_id}-[0-9a-f]{{16}}-01", traceparent)
+    assert _access_lines(gateway)[request_id]["trace_id"] == request_id
+    await gateway.close()
+
+
+@pytest.mark.parametrize(
+    "traceparent, kept",
+    [
+        ("00-" + "7" * 32 + "-" + "8" * 16 + "-01", True),
+        ("01-" + "7" * 32 + "-" + "8" * 16 + "-01-later-fields", True),
+        ("00-" + "A" * 32 + "-" + "8" * 16 + "-01", False),  # upper-case hex
+        ("00-" + "0" * 32 + "-" + "8" * 16 + "-01", False),
+        ("00-" + "7" * 32 + "-" + "0" * 16 + "-01", False),
+        ("ff-" + "7" * 32 + "-" + "8" * 16 + "-01", False),
+        ("00-" + "z" * 32 + "-" + "8" * 16 + "-01", False),
+        ("00-" + "7" * 32 + "-" + "8" * 16 + "-01-more", False),  # version 00 has 4 fields
+        ("00-" + "7" * 32 + "-" + "8" * 16 + "-0", False),
+    ],
+)
+async def test_the_gateway_keeps_only_a_traceparent_the_services_accept(
+    traceparent: str, kept: bool
+) -> None:
+    """An invalid one starts a new trace, as the service's edge would: the request sent on,
+    the gateway's own answers and the access lines all name the same trace, and the invalid
+    header is not sent on beside the new one."""
+    gateway = _gateway()
+    client, out, upstream = _connect(gateway)
+    sent: list[bytes] = upstream.transport.written  # type: ignore[union-attr]
+    lines = []
+    for path in (b"/open", b"/nowhere"):
+        client.data_received(
+            b"GET %s HTTP/1.1\r\nHost: x\r\nTraceparent: %s\r\n\r\n" % (path, traceparent.encode())
+        )
+        if path == b"/open":
+            upstream.data_received(RESPONSE)
+        head = out.written[-1].split(b"\r\n\r\n", 1)[0].decode()
+        [request_id] = re.findall(r"\r\nx-request-id: ([^\r]*)", head)
+        lines.append(_access_lines(gateway)[request_id])
+    [forwarded] = re.findall(r"\r\ntraceparent: ([^\r]*)", sent[-1].decode())
+    _, answered = _ids_of(out.written[-1])
+    if kept:
+        assert forwarded == traceparent
+        assert answered.split("-")[1] == "7" * 32
+    else:
+        assert forwarded == f"00-{lines[0]['request_id']}-{lines[0]['request_id'][16:]}-01"
+        assert answered.startswith(f"00-{lines[1]['request_id']}-")
+    assert lines[0]["trace_id"] == forwarded.split("-")[1]
+    assert lines[1]["trace_id"] == answered.split("-")[1]
+    await gateway.close()
+
+
+@pytest.mark.parametrize(
+    "request_id, kept",
+    [
+        ("order-42_retry.1", True),
+        ("x" * 128, True),
+        ("x" * 129, False),
+        ("a:b", False),
+        ("a/b", False),
+        ('a"b', False),
+    ],
+)
+async def test_the_gateway_keeps_only_a_request_id_the_services_accept(
+    request_id: str, kept: bool
+) -> None:
+    gateway = _gateway()
+    client, out, upstream = _connect(gateway)
+    sent: list[bytes] = upstream.transport.written  # type: ignore[union-attr]
+    client.data_received(
+        b"GET /open HTTP/1.1\r\nHost: x\r\nX-Request-ID: %s\r\n\r\n" % request_id.encode()
+    )
+    upstream.data_received(RESPONSE)
+    [answered] = re.findall(r"\r\nx-request-id: ([^\r]*)", out.written[-1].decode())
+    assert f"\r\nx-request-id: {answered}\r\n" in sent[-1].decode()
+    if kept:
+        assert answered == request_id
+    else:
+        assert re.fullmatch("[0-9a-f]{32}", answered)
+        assert request_id not in sent[-1].decode()
+    await gateway.close()

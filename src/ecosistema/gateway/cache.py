@@ -3,7 +3,9 @@ bytes in this worker's memory, bounded in bytes (least recently used first out),
 and purged by tag when the owning service publishes an event about the cached resource.
 
 A hit is answered without touching the upstream: the stored status line, headers and body are
-written with only the per-request headers (request id, ``Age``, CORS, security) added.
+written with only the per-request headers (request id, ``traceparent``, ``Age``, CORS, security)
+added. Headers that describe the request that filled the entry (its ids, trace, timings) are
+not stored: each hit gets its own.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ Headers = list[tuple[bytes, bytes]]
 COLLECTION_TAG = "\x00collection"
 
 # Response headers never stored: per-connection, per-request, or added by the gateway itself.
+# ``Date`` is kept: with ``Age`` it says how old the stored response is (RFC 9111, section 4).
 _NOT_STORED = frozenset(
     {
         b"connection",
@@ -37,6 +40,9 @@ _NOT_STORED = frozenset(
         b"age",
         b"x-cache",
         b"x-request-id",
+        b"traceparent",
+        b"tracestate",
+        b"server-timing",
         b"x-content-type-options",
         b"x-frame-options",
         b"strict-transport-security",

@@ -16,6 +16,7 @@ import hashlib
 import json
 import os
 import random
+import re
 import sys
 import time
 from collections import deque
@@ -226,6 +227,11 @@ class _IdSource:
         state = self._state = (self._state + _ID_INCREMENT) & _MASK64
         return self._prefix + (state or 1).to_bytes(8, "big").hex().encode()
 
+    def span(self) -> bytes:
+        """16 lower-case hex digits, never zero: a span id (the sequence's half of an id)."""
+        state = self._state = (self._state + _ID_INCREMENT) & _MASK64
+        return (state or 1).to_bytes(8, "big").hex().encode()
+
 
 _MASK64: Final = (1 << 64) - 1
 _ID_INCREMENT: Final = 0x9E3779B97F4A7C15
@@ -272,19 +278,28 @@ def _is_dot_segment_path(path: str) -> bool:
     return any(seg in (".", "..") for seg in path.split("/"))
 
 
+# The ids the services accept (platform.telemetry: sanitize_request_id, parse_traceparent): the
+# gateway keeps no other, or its response and access line would name ids the service replaced.
+_REQUEST_ID: Final = re.compile(rb"[A-Za-z0-9._-]{1,128}")
+_TRACEPARENT: Final = re.compile(rb"[0-9a-f]{2}-[0-9a-f]{32}-[0-9a-f]{16}-[0-9a-f]{2}")
+_ZERO_TRACE_ID: Final = b"0" * 32
+_ZERO_SPAN_ID: Final = b"0" * 16
+
+
 def _valid_request_id(value: bytes) -> bool:
-    return 0 < len(value) <= 128 and all(33 <= c <= 126 for c in value)
+    return _REQUEST_ID.fullmatch(value) is not None
 
 
 def _valid_traceparent(value: bytes) -> bool:
-    parts = value.split(b"-")
-    return (
-        len(parts) == 4
-        and len(parts[0]) == 2
-        and len(parts[1]) == 32
-        and len(parts[2]) == 16
-        and len(parts[3]) == 2
-    )
+    """W3C Trace Context: lower-case hex, version ff invalid, version 00 exactly 55 characters
+    and a later version possibly more fields after a dash, neither id all zeros."""
+    length = len(value)
+    if length < 55 or _TRACEPARENT.fullmatch(value, 0, 55) is None:
+        return False
+    version = value[:2]
+    if version == b"ff" or (length > 55 and (version == b"00" or value[55:56] != b"-")):
+        return False
+    return value[3:35] != _ZERO_TRACE_ID and value[36:52] != _ZERO_SPAN_ID
 
 
 # The request headers Exchange reads on its one pass over them.
@@ -486,6 +501,15 @@ class Exchange:
             if key == name:
                 return value
         return None
+
+    def own_traceparent(self) -> bytes:
+        """The ``traceparent`` of an answer the gateway gives itself (a cache hit, a problem,
+        its own pages): this request's trace and flags, and the gateway's span: the one it
+        started when the request brought no trace, else a new one under the caller's."""
+        if not self.traceparent_kept:
+            return self.traceparent
+        # [52:55]: the dash and the flags.
+        return b"".join((b"00-", self.trace_id, b"-", _ids.span(), self.traceparent[52:55]))
 
     # Request body, from the client connection.
 
@@ -812,7 +836,10 @@ class ClientConnection(asyncio.Protocol):
                 ex.status = status
                 ex.close_after = True
             if ex is not None:
-                headers = self.gateway.response_headers(ex, limits=False)
+                headers = b"traceparent: %s\r\n%s" % (
+                    ex.own_traceparent(),
+                    self.gateway.response_headers(ex, limits=False),
+                )
             else:
                 # Before a request head is whole there is no exchange: the answer gets an id of
                 # its own, so that it can be quoted and found in the access log like any other.
@@ -1320,9 +1347,10 @@ class Gateway:
         self.metrics.observe_request(UNPARSED_ROUTE, "", status, 0.0)
         if not self._log_enabled:
             return
+        rid = request_id.decode("ascii")  # also the trace id (id_headers)
         self._log_lines.append(
             f'{{"ts":{time.time():.6f},"level":"info","event":"access",'
-            f'"request_id":"{request_id.decode("ascii")}","trace_id":null,'
+            f'"request_id":"{rid}","trace_id":"{rid}",'
             f'"method":null,"path":null,"status":{status},"duration_ms":0.000,'
             f'"route":"{UNPARSED_ROUTE}","upstream":null,"attempts":0,"cache":null,'
             f'"bytes_in":0,"bytes_out":0,"client":{_json_str(client)},"sub":null}}\n'
@@ -1380,7 +1408,8 @@ class Gateway:
                 type_,
                 title,
                 detail,
-                extra_headers=extra_headers + self.response_headers(ex),
+                extra_headers=b"%straceparent: %s\r\n%s"
+                % (extra_headers, ex.own_traceparent(), self.response_headers(ex)),
                 instance=ex.path or None,
                 close=close,
                 fields=fields,
@@ -1389,8 +1418,14 @@ class Gateway:
         )
 
     def id_headers(self, request_id: bytes) -> bytes:
-        """The request id and security headers, for answers given before a request is routed."""
-        return b"x-request-id: %s\r\n%s" % (request_id, self._security)
+        """The request id, a trace of its own (the id is the trace id, as for any request that
+        brings none) and security headers, for answers given before a request is parsed."""
+        return b"x-request-id: %s\r\ntraceparent: 00-%s-%s-01\r\n%s" % (
+            request_id,
+            request_id,
+            request_id[16:],
+            self._security,
+        )
 
     def response_headers(self, ex: Exchange, *, limits: bool = True) -> bytes:
         """Headers the gateway adds to every response: request id, security, CORS, limits.
@@ -1603,13 +1638,14 @@ class Gateway:
         ex.response_bytes = 0 if head_only else len(body)
         ex.conn.write(
             b"HTTP/1.1 %d %s\r\ncontent-type: %s\r\ncache-control: %s\r\n"
-            b"content-length: %d\r\n%s%s\r\n%s"
+            b"content-length: %d\r\ntraceparent: %s\r\n%s%s\r\n%s"
             % (
                 status,
                 _REASONS[status],
                 asset.content_type,
                 asset.cache_control,
                 len(body),
+                ex.own_traceparent(),
                 self.response_headers(ex),
                 b"connection: close\r\n" if close else b"",
                 b"" if head_only else body,
@@ -1663,8 +1699,11 @@ class Gateway:
     def _write_hit(self, ex: Exchange, entry: CachedResponse, now: float) -> None:
         ex.cache_state = 1
         close = not ex.keep_alive or not ex.body_done
-        tail = b"age: %d\r\n%s%s\r\n" % (
+        # The stored head holds nothing about the request that filled the entry: this
+        # request's ids and trace follow it here.
+        tail = b"age: %d\r\ntraceparent: %s\r\n%s%s\r\n" % (
             int(now - entry.stored_at),
+            ex.own_traceparent(),
             self.response_headers(ex),
             b"connection: close\r\n" if close else b"",
         )
@@ -1714,7 +1753,10 @@ class Gateway:
         ]
         if cors.allow_credentials:
             head.append(b"access-control-allow-credentials: true\r\n")
-        head.append(b"x-request-id: %s\r\n%s" % (ex.request_id, self._security))
+        head.append(
+            b"x-request-id: %s\r\ntraceparent: %s\r\n%s"
+            % (ex.request_id, ex.own_traceparent(), self._security)
+        )
         if not ex.keep_alive or not ex.body_done:
             head.append(b"connection: close\r\n")
         head.append(b"\r\n")
@@ -1745,10 +1787,11 @@ class Gateway:
         close = not ex.keep_alive or not ex.body_done
         ex.conn.write(
             b"HTTP/1.1 200 OK\r\ncontent-type: text/plain; version=0.0.4; charset=utf-8\r\n"
-            b"content-length: %d\r\nx-request-id: %s\r\n%s%s\r\n%s"
+            b"content-length: %d\r\nx-request-id: %s\r\ntraceparent: %s\r\n%s%s\r\n%s"
             % (
                 len(body),
                 ex.request_id,
+                ex.own_traceparent(),
                 self._security,
                 b"connection: close\r\n" if close else b"",
                 b"" if ex.method == "HEAD" else body,
@@ -1888,9 +1931,12 @@ class Gateway:
         out: Headers = []
         forwarded_for = None
         trust = self.config.trust_forwarded
+        kept = ex.traceparent_kept
         for name, value in ex.headers:
             if name in HOP_BY_HOP or name in dropped or name == principal_header:
                 continue
+            if name == b"traceparent" and not kept:
+                continue  # invalid: replaced below
             if name == b"host" or name == b"content-length":
                 out.append((name, value))
                 continue
@@ -1908,7 +1954,7 @@ class Gateway:
         if host:
             out.append((b"x-forwarded-host", host))
         out.append((b"x-request-id", ex.request_id))
-        if ex.header(b"traceparent") != ex.traceparent:
+        if not kept:
             out.append((b"traceparent", ex.traceparent))
         if ex.chunked:
             out.append((b"transfer-encoding", b"chunked"))
@@ -1920,7 +1966,10 @@ class Gateway:
         parts: list[bytes] = []
         add = parts.extend
         forwarded_for = host = connection = None
+        kept = ex.traceparent_kept
         for name, value in ex.headers:
+            if name == b"traceparent" and not kept:
+                continue  # invalid: replaced below
             if name in drop:
                 if name == b"host":
                     host = value
@@ -1953,7 +2002,7 @@ class Gateway:
         )
         if host:
             add((b"x-forwarded-host: ", host, b"\r\n"))
-        if not ex.traceparent_kept:
+        if not kept:
             add((b"traceparent: ", ex.traceparent, b"\r\n"))
         principal = ex.principal
         if principal is not None and principal.kind == "user" and self._secret is not None:
