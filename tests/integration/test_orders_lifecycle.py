@@ -4,11 +4,12 @@ their own orders, and the sweeper cancels orders whose reservation expired."""
 
 from __future__ import annotations
 
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 import httpx
 from fastapi import FastAPI
+from sqlalchemy import select
 
 from ecosistema.orders import cancel_expired_orders
 from ecosistema.platform.db import utcnow
@@ -79,8 +80,11 @@ async def test_payment_events_drive_the_order_to_paid_once_and_refunds_follow(
     await app.state.runtime.bus.publish(envelope)  # delivered twice: applied once
     await publish(app, "PaymentSucceeded", {**succeeded, "payment_id": "p2"})
     await eventually(
-        lambda: _has_history(client, admin, oid, "payment_succeeded"), what="second payment noted"
+        lambda: _has_history(client, admin, oid, "payment_refused"), what="second payment refused"
     )
+    # The order keeps the payment that paid it and refuses the other: payments refunds it.
+    [refused] = await outbox_payloads(app, "OrderPaymentRefused")
+    assert (refused["order_id"], refused["payment_id"], refused["status"]) == (oid, "p2", "paid")
     paid = await outbox_payloads(app, "OrderPaid")
     assert [p["order_id"] for p in paid] == [oid]
     assert paid[0]["lines"][0]["sku"] == "TEE-20" and paid[0]["total"] == order["total"]
@@ -366,6 +370,27 @@ async def test_sweeper_cancels_orders_whose_reservation_expired(
 
     await eventually(released, what="catalog to release the reservation")
     assert await cancel_expired_orders(ctx, now=utcnow() + timedelta(hours=2)) == 0
+
+
+async def test_catalog_holds_the_stock_past_the_orders_deadline_so_orders_expires_it_first(
+    app: FastAPI, client: httpx.AsyncClient
+) -> None:
+    from ecosistema.catalog.models import reservations
+    from ecosistema.orders.service import CATALOG_RESERVATION_GRACE_SECONDS
+
+    admin = await staff_tokens(app, client)
+    await seed_shop(app, client, admin, {"TEE-25": 3})
+    order = await place_guest_order(client, {"TEE-25": 1})
+    deadline = datetime.fromisoformat(order["reservation_expires_at"])
+    catalog = app.state.runtime.contexts["catalog"]
+    async with catalog.db.read() as session:
+        held_until = await session.scalar(
+            select(reservations.c.expires_at).where(reservations.c.order_id == order["id"])
+        )
+    # A payment landing after the order's deadline but before orders' sweeper cancels the
+    # order still finds its stock reserved: catalog's own expiry comes only later.
+    assert held_until is not None
+    assert abs((held_until - deadline).total_seconds() - CATALOG_RESERVATION_GRACE_SECONDS) < 1
 
 
 async def test_a_guest_cancels_their_own_pending_order_with_the_carts_token(

@@ -5,6 +5,10 @@ Payloads always carry ``order_id, number, customer_id, currency, total``, never 
 ``lines`` [{sku, quantity, unit_price, total}]; OrderRefunded adds ``amount, refund_id,
 restock_lines`` [{sku, quantity}] and ``fully_refunded``.
 
+``OrderPaymentRefused`` ``{order_id, number, payment_id, status}``: a payment succeeded for an
+order that no longer awaits payment (cancelled before the money came); payments refunds it in
+full. Internal, like ``CartCreated``.
+
 ``CartCreated`` ``{cart_id, customer_id, created_at}`` is published when a signed-in customer
 opens a new cart (not for anonymous carts, nor when the customer's active cart is returned), for
 the platform's own services only (no webhook). It carries no email either: a consumer asks
@@ -27,11 +31,13 @@ ORDER_PAID: Final = "OrderPaid"
 ORDER_CANCELLED: Final = "OrderCancelled"
 ORDER_FULFILLED: Final = "OrderFulfilled"
 ORDER_REFUNDED: Final = "OrderRefunded"
+ORDER_PAYMENT_REFUSED: Final = "OrderPaymentRefused"
 
 # Offered to the outside world too (webhooks give each a public name).
 PUBLISHED: Final = (ORDER_PLACED, ORDER_PAID, ORDER_CANCELLED, ORDER_FULFILLED, ORDER_REFUNDED)
-# For the platform's own services only (sales' timeline): carts are many and most are abandoned.
-PUBLISHED_INTERNAL: Final = (CART_CREATED,)
+# For the platform's own services only: carts (sales' timeline; carts are many and most are
+# abandoned), and a payment the order refuses (payments refunds it).
+PUBLISHED_INTERNAL: Final = (CART_CREATED, ORDER_PAYMENT_REFUSED)
 
 PAYMENT_SUCCEEDED: Final = "PaymentSucceeded"
 PAYMENT_FAILED: Final = "PaymentFailed"

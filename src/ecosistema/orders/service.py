@@ -38,6 +38,7 @@ from ecosistema.orders.events import (
     ORDER_CANCELLED,
     ORDER_FULFILLED,
     ORDER_PAID,
+    ORDER_PAYMENT_REFUSED,
     ORDER_PLACED,
     ORDER_REFUNDED,
 )
@@ -128,6 +129,11 @@ WRITE_OWN = "orders:write_own"
 READ_ALL = "orders:read_all"
 MANAGE = "orders:manage"
 MAX_LINE_QUANTITY = 10_000
+# Catalog holds an order's stock this long past the order's own deadline. Orders' sweeper
+# cancels an unpaid order first (and catalog releases its stock on OrderCancelled), so the two
+# never race: a payment that lands before the order is cancelled always finds its stock still
+# reserved. Catalog's own expiry stays as the backstop should orders not cancel at all.
+CATALOG_RESERVATION_GRACE_SECONDS = 600
 PAGE_LIMIT = 100
 
 ActorKind = Literal["customer", "staff", "guest", "system", "payments"]
@@ -1843,7 +1849,9 @@ async def place_order(
         try:
             try:
                 await _catalog(ctx).reserve(
-                    order_id, wanted, ctx.settings.orders_reservation_ttl_seconds
+                    order_id,
+                    wanted,
+                    ctx.settings.orders_reservation_ttl_seconds + CATALOG_RESERVATION_GRACE_SECONDS,
                 )
             except ProblemError as refused:
                 if refused.status >= 500:
@@ -2813,15 +2821,28 @@ async def record_payment_succeeded(
         if k in payload
     }
     if order["status"] != OrderStatus.PENDING_PAYMENT.value:
-        # Paid already (a second payment) or cancelled before the money came: staff must act.
+        if await _paid_by(tx, order["id"]) == payload.get("payment_id"):
+            return  # the payment that paid the order, told again
+        # Cancelled (by its buyer, staff or the reservation's expiry) before the money came, or
+        # paid by another payment: the order refuses this one, and payments refunds it in full.
         await _record(
             tx,
             order["id"],
             kind="event",
             actor=PAYMENTS,
-            action="payment_succeeded",
-            reason=f"Payment received while the order is {order['status']}.",
+            action="payment_refused",
+            reason=f"Payment received while the order is {order['status']}: refunded in full.",
             details=details,
+        )
+        await ctx.outbox.add(
+            tx,
+            ORDER_PAYMENT_REFUSED,
+            {
+                "order_id": order["id"],
+                "number": order["number"],
+                "payment_id": payload.get("payment_id"),
+                "status": order["status"],
+            },
         )
         return
     await _transition(
@@ -2836,6 +2857,21 @@ async def record_payment_succeeded(
     payload_out["lines"] = _event_lines(await _line_rows(tx, order["id"]))
     payload_out["payment_id"] = payload.get("payment_id")
     await ctx.outbox.add(tx, ORDER_PAID, payload_out)
+
+
+_PAYING = select(order_history.c.details).where(
+    order_history.c.order_id == bindparam("order_id"),
+    order_history.c.action == OrderAction.PAY.value,
+)
+
+
+async def _paid_by(tx: Statements, order_id: str) -> str | None:
+    """The payment that paid the order, as its history recorded it (None if none did)."""
+    for row in await tx.rows(_PAYING, order_id=order_id):
+        details = row["details"] or {}
+        if details.get("payment_id"):
+            return str(details["payment_id"])
+    return None
 
 
 async def record_payment_failed(
@@ -2880,6 +2916,19 @@ async def record_payment_refunded(
     details = {
         k: payload.get(k) for k in ("payment_id", "refund_id", "amount", "restock") if k in payload
     }
+    if payload.get("order_refund") is False:
+        # Money the order refused (a payment after its cancellation) going back: the order's
+        # own totals and lines are not what was refunded.
+        await _record(
+            tx,
+            order["id"],
+            kind="event",
+            actor=PAYMENTS,
+            action="refused_payment_refunded",
+            reason=payload.get("reason"),
+            details=details,
+        )
+        return
     try:
         domain.next_status(order["status"], action)
     except domain.IllegalTransition as exc:

@@ -7,7 +7,12 @@ from pathlib import Path
 from ecosistema.payments import service as _service
 from ecosistema.payments.api import router
 from ecosistema.payments.client import InProcessPaymentsClient
-from ecosistema.payments.events import ORDER_CANCELLED, on_order_cancelled
+from ecosistema.payments.events import (
+    ORDER_CANCELLED,
+    ORDER_PAYMENT_REFUSED,
+    on_order_cancelled,
+    on_order_payment_refused,
+)
 from ecosistema.payments.models import idempotency, metadata, outbox
 from ecosistema.payments.schemas import ReconciliationReport
 from ecosistema.platform.config import Settings
@@ -32,7 +37,12 @@ descriptor = Service(
     outbox=outbox,
     migrations=Path(__file__).parent / "migrations",
     router=router,
-    subscriptions=(Subscription("order-cancellations", (ORDER_CANCELLED,), on_order_cancelled),),
+    subscriptions=(
+        Subscription("order-cancellations", (ORDER_CANCELLED,), on_order_cancelled),
+        Subscription(
+            "refused-payments", (ORDER_PAYMENT_REFUSED,), on_order_payment_refused, driver=True
+        ),
+    ),
     jobs=(
         idempotency_purge_job(idempotency),
         Job("resume-interrupted-payments", 60.0, _resume_interrupted_payments),

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from ecosistema.platform.db import DriverTransaction
 from ecosistema.platform.events import EventEnvelope
 from ecosistema.platform.service import ServiceContext
 
@@ -23,6 +24,7 @@ PUBLISHED: tuple[str, ...] = (
 )
 
 ORDER_CANCELLED = "OrderCancelled"
+ORDER_PAYMENT_REFUSED = "OrderPaymentRefused"
 
 
 async def on_order_cancelled(
@@ -34,3 +36,14 @@ async def on_order_cancelled(
     order_id = envelope.payload.get("order_id")
     if isinstance(order_id, str) and order_id:
         await cancel_payments_of_cancelled_order(ctx, session, order_id)
+
+
+async def on_order_payment_refused(
+    ctx: ServiceContext, tx: DriverTransaction, envelope: EventEnvelope
+) -> None:
+    """An order refused a payment that succeeded after it was cancelled: refund all of it."""
+    from ecosistema.payments.service import refund_refused_payment
+
+    payment_id = envelope.payload.get("payment_id")
+    if isinstance(payment_id, str) and payment_id:
+        await refund_refused_payment(ctx, tx, payment_id)

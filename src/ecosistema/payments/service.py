@@ -10,11 +10,12 @@ provider answer leaves the claim to be undone; the same key then makes the retry
 
 from __future__ import annotations
 
+import asyncio
 import csv
 import io
 import json
 import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Coroutine, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from contextvars import ContextVar
 from datetime import UTC, date, datetime, timedelta
@@ -1102,6 +1103,65 @@ async def create_refund(
         return await _refund(ctx, refund_id)
 
 
+# A refund of a payment its order refused (it succeeded after the order was cancelled): made
+# by payments itself, settled by the resume job at once rather than after RESUME_AFTER, and not
+# a refund of the order (orders leaves the order's totals alone).
+REFUSED_PAYMENT_REFUNDER = "payments"
+REFUSED_PAYMENT_REASON = "The order was cancelled before this payment completed."
+
+
+async def refund_refused_payment(
+    ctx: ServiceContext, tx: DriverTransaction, payment_id: str
+) -> None:
+    """Take a refund of all that is left of a payment its order refused, in the consumer's
+    transaction; the ``resume-interrupted-payments`` job asks the provider for it."""
+    row = await tx.row(_PAYMENT_LOCKED, payment_id=payment_id)
+    if row is None or row["status"] != PaymentStatus.SUCCEEDED.value:
+        log.warning("refused_payment_not_refundable", payment_id=payment_id)
+        return
+    left = domain.refundable(int(row["captured_amount"]), int(row["refunded_amount"]))
+    if left <= 0:
+        return
+    now = _now()
+    if await tx.execute(_TAKE_REFUND, payment_id=payment_id, amount=left, at=now) != 1:
+        return
+    await tx.insert(
+        refunds,
+        {
+            "id": new_id(),
+            "payment_id": payment_id,
+            "order_id": row["order_id"],
+            "status": "pending",
+            "amount": left,
+            "currency": row["currency"],
+            "reason": REFUSED_PAYMENT_REASON,
+            "restock": False,
+            "lines": [],
+            "created_by": REFUSED_PAYMENT_REFUNDER,
+            "created_at": now,
+        },
+    )
+    tx.after_commit(lambda: _soon(resume_pending_refunds(ctx)))
+
+
+# Tasks started by ``_soon``, kept until done (the loop keeps only weak references).
+_background: set[asyncio.Task[Any]] = set()
+
+
+def _soon(work: Coroutine[Any, Any, Any]) -> None:
+    """Run ``work`` on the loop once the caller is done; what it raises is logged."""
+
+    async def _logged() -> None:
+        try:
+            await work
+        except Exception as exc:
+            log.warning("payments_background_work_failed", error=repr(exc))
+
+    task = asyncio.get_running_loop().create_task(_logged())
+    _background.add(task)
+    task.add_done_callback(_background.discard)
+
+
 async def _refund_row(session: AsyncSession, refund_id: str) -> dict[str, Any]:
     row = (await session.execute(select(refunds).where(refunds.c.id == refund_id))).mappings().one()
     return dict(row)
@@ -1166,6 +1226,8 @@ async def _settle_refund(
                 "restock_lines": restock_lines,
                 "reason": refund["reason"],
                 "fully_refunded": fully,
+                # False for a payment the order refused: not a refund of the order.
+                "order_refund": refund["created_by"] != REFUSED_PAYMENT_REFUNDER,
                 "occurred_at": _now().isoformat(),
             },
         )
@@ -1199,7 +1261,13 @@ async def resume_pending_refunds(ctx: ServiceContext) -> int:
             for r in (
                 await session.execute(
                     select(refunds)
-                    .where(refunds.c.status == "pending", refunds.c.created_at <= cutoff)
+                    .where(
+                        refunds.c.status == "pending",
+                        or_(
+                            refunds.c.created_at <= cutoff,
+                            refunds.c.created_by == REFUSED_PAYMENT_REFUNDER,
+                        ),
+                    )
                     .order_by(refunds.c.created_at)
                     .limit(100)
                 )
