@@ -152,6 +152,33 @@ async def test_channel_setting_decides_whether_prices_include_tax(settings: Sett
         assert catalog_service.channel_prices_include_tax(catalog, "web") is True
 
 
+async def _user_id(shop: httpx.AsyncClient, who: dict[str, str]) -> str:
+    return str((await shop.get(f"{API}/users/me", headers=who)).json()["id"])
+
+
+async def test_a_price_list_takes_only_customers_identity_knows(
+    shop_app: FastAPI, shop: httpx.AsyncClient
+) -> None:
+    staff = await sign_in_demo(shop_app, shop, "staff")
+    buyer = await _user_id(shop, await sign_in_demo(shop_app, shop, "customer"))
+    created = await shop.post(
+        f"{API}/price-lists", json={"code": "wholesale", "name": "Wholesale"}, headers=staff
+    )
+    url = f"{API}/price-lists/{created.json()['id']}/customers"
+    assert (await shop.put(url, json={"customer_ids": [buyer]}, headers=staff)).status_code == 200
+
+    refused = await shop.put(
+        url, json={"customer_ids": ["nobody-1", buyer, "no/body?2"]}, headers=staff
+    )
+    assert refused.status_code == 422, refused.text
+    assert refused.headers["content-type"].startswith("application/problem+json")
+    assert [(e["field"], e["code"]) for e in refused.json()["errors"]] == [
+        ("customer_ids.0", "not_found"),
+        ("customer_ids.2", "not_found"),
+    ]
+    assert (await shop.get(url, headers=staff)).json() == {"customer_ids": [buyer]}
+
+
 async def test_staff_manage_price_lists_over_http(
     shop_app: FastAPI, shop: httpx.AsyncClient
 ) -> None:
@@ -181,17 +208,16 @@ async def test_staff_manage_price_lists_over_http(
         json={"prices": [{"sku": "NOPE", "currency": "EUR", "amount": 1}]},
         headers=staff,
     )
+    buyers = sorted([await _user_id(shop, customer), await _user_id(shop, staff)])
     customers = await shop.put(
-        f"{API}/price-lists/{list_id}/customers",
-        json={"customer_ids": ["buyer-1", "buyer-2"]},
-        headers=staff,
+        f"{API}/price-lists/{list_id}/customers", json={"customer_ids": buyers}, headers=staff
     )
     listed = await shop.get(f"{API}/price-lists", headers=staff)
 
     assert created.status_code == 201
     assert prices.json() == [{"sku": "LAMP-1", "currency": "EUR", "amount": 3900}]
     assert unknown.status_code == 422
-    assert customers.json() == {"customer_ids": ["buyer-1", "buyer-2"]}
+    assert customers.json() == {"customer_ids": buyers}
     assert [(p["code"], p["customer_count"]) for p in listed.json()] == [("wholesale", 2)]
     assert (await shop.get(f"{API}/price-lists", headers=customer)).status_code == 403
     duplicate = await shop.post(
@@ -216,10 +242,9 @@ async def test_staff_delete_a_price_list_and_its_customers_pay_regular_prices(
         json={"prices": [{"sku": "LAMP-1", "currency": "EUR", "amount": 3900}]},
         headers=staff,
     )
+    buyer = await _user_id(shop, customer)
     await shop.put(
-        f"{API}/price-lists/{list_id}/customers",
-        json={"customer_ids": ["buyer-1"]},
-        headers=staff,
+        f"{API}/price-lists/{list_id}/customers", json={"customer_ids": [buyer]}, headers=staff
     )
 
     forbidden = await shop.delete(f"{API}/price-lists/{list_id}", headers=customer)
@@ -233,7 +258,7 @@ async def test_staff_delete_a_price_list_and_its_customers_pay_regular_prices(
     assert (await shop.get(f"{API}/price-lists/{list_id}", headers=staff)).status_code == 404
     assert (await shop.get(f"{API}/price-lists", headers=staff)).json() == []
     quote = await InProcessCatalogClient(catalog).quote(
-        ["LAMP-1"], currency="EUR", customer_id="buyer-1"
+        ["LAMP-1"], currency="EUR", customer_id=buyer
     )
     assert quote["LAMP-1"].unit_price == 4990
     recreated = await shop.post(

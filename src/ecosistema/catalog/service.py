@@ -14,6 +14,7 @@ from collections.abc import Iterable, Sequence
 from datetime import datetime
 from typing import Any, Literal
 
+import structlog
 from sqlalchemy import Row, and_, bindparam, delete, exists, func, insert, or_, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import IntegrityError
@@ -63,8 +64,16 @@ from ecosistema.platform.db import (
     statements,
     utcnow,
 )
-from ecosistema.platform.errors import Conflict, NotFound, field_error, refuse_nulls
+from ecosistema.platform.errors import (
+    Conflict,
+    NotFound,
+    Unprocessable,
+    field_error,
+    refuse_nulls,
+)
 from ecosistema.platform.service import ServiceContext
+
+log = structlog.get_logger(__name__)
 
 PRODUCT_NOT_FOUND = "No product with this id."
 CATEGORY_NOT_FOUND = "No category with this id."
@@ -798,8 +807,25 @@ async def get_price_list_prices(ctx: ServiceContext, price_list_id: str) -> list
 async def set_price_list_customers(
     ctx: ServiceContext, price_list_id: str, customer_ids: Sequence[str]
 ) -> list[str]:
-    """Replace the customers a price list applies to."""
+    """Replace the customers a price list applies to; each new one must be an identity user
+    (a 422 at ``customer_ids.N`` for each that is not)."""
     wanted = sorted(set(customer_ids))
+    async with ctx.db.read() as session:
+        await _price_list_view(session, price_list_id)
+    assigned = set(await get_price_list_customers(ctx, price_list_id))
+    unknown = await _unknown_users(ctx, [c for c in wanted if c not in assigned])
+    if unknown:
+        errors = [
+            {"field": f"customer_ids.{i}", "message": "no user with this id", "code": "not_found"}
+            for i, c in enumerate(customer_ids)
+            if c in unknown
+        ]
+        raise Unprocessable(
+            f"{len(unknown)} of the customer ids name no user: "
+            + ", ".join(sorted(unknown)[:10])
+            + (" …" if len(unknown) > 10 else ""),
+            errors=errors,
+        )
     now = utcnow()
     async with ctx.db.transaction() as session:
         await _price_list_view(session, price_list_id)
@@ -817,6 +843,30 @@ async def set_price_list_customers(
                 ],
             )
     return wanted
+
+
+# Identity is asked about this many users at a time when a price list gains customers.
+_USER_CHECKS_AT_ONCE = 16
+
+
+async def _unknown_users(ctx: ServiceContext, user_ids: Sequence[str]) -> set[str]:
+    """Which of ``user_ids`` identity does not know; none are checked when catalog runs where
+    identity cannot be reached (not hosted here and ``ECOSISTEMA_IDENTITY_URL`` unset)."""
+    if not user_ids:
+        return set()
+    try:
+        identity = ctx.client("identity")
+    except LookupError:
+        log.warning("price_list_customers_unchecked", reason="identity is not reachable")
+        return set()
+    gate = asyncio.Semaphore(_USER_CHECKS_AT_ONCE)
+
+    async def known(user_id: str) -> bool:
+        async with gate:
+            return await identity.get_user_email(user_id) is not None
+
+    found = await asyncio.gather(*(known(u) for u in user_ids))
+    return {u for u, is_known in zip(user_ids, found, strict=True) if not is_known}
 
 
 async def get_price_list_customers(ctx: ServiceContext, price_list_id: str) -> list[str]:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from typing import Protocol
+from urllib.parse import quote
 
 import httpx
 
@@ -76,8 +77,9 @@ class HttpIdentityClient:
 
     async def get_user(self, user_id: str) -> User | None:
         """The user with this id, or None."""
-        response = await self._http.get(f"/users/{user_id}")
-        if response.status_code == 404:
+        response = await self._http.get(f"/users/{quote(user_id, safe='')}")
+        # 422: an id identity could never have issued (too long).
+        if response.status_code in (404, 422):
             return None
         response.raise_for_status()
         return User.model_validate(response.json())
