@@ -1582,7 +1582,7 @@ async def _cart_and_line(
     ctx: ServiceContext, cart_id: str, sku: str, principal: Principal | None, token: str | None
 ) -> tuple[Mapping[Any, Any], int | None]:
     """A cart the caller may change, and the quantity of its line for ``sku`` (None: none)."""
-    async with ctx.db.transaction() as session:
+    async with ctx.db.read() as session:
         cart = _check_cart_access(await _cart_row(statements(session), cart_id), principal, token)
         _ensure_active(cart)
         current = await session.scalar(
