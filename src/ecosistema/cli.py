@@ -515,6 +515,8 @@ def payments_reconcile(
     from ecosistema.payments import reconcile_with_provider
     from ecosistema.platform.errors import ProblemError
 
+    if provider is not None and not provider.strip():
+        _fail("cannot reconcile: --provider needs a name (sandbox or stripe)", code=2)
     try:
         report = asyncio.run(reconcile_with_provider(_settings(), provider=provider))
     except ProblemError as problem:

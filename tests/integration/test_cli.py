@@ -175,7 +175,11 @@ def test_payments_reconcile_on_a_fresh_install_is_clean() -> None:
 
 @pytest.mark.parametrize(
     ("provider", "says"),
-    [("bogus", "No payment provider named 'bogus'"), ("stripe", "Stripe is not configured")],
+    [
+        ("bogus", "No payment provider named 'bogus'"),
+        ("stripe", "Stripe is not configured"),
+        ("", "--provider needs a name"),
+    ],
 )
 def test_payments_reconcile_that_cannot_compare_says_why_in_one_line_and_exits_2(
     provider: str, says: str

@@ -209,7 +209,7 @@ async def test_staff_fulfil_ship_and_deliver_and_history_records_every_step(
         f"{url}/fulfillments",
         json={
             "lines": [{"line_id": tee, "quantity": 1}, {"line_id": mug, "quantity": 1}],
-            "tracking_number": "TRK2",
+            "tracking_number": "  TRK2 ",
         },
         headers=bearer(admin),
     )

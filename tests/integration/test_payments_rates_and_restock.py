@@ -88,6 +88,20 @@ async def test_tax_exclusive_shipping_is_invoiced_with_its_tax_on_top(shop: Shop
     assert invoice["lines"][0]["unit_price"] == 2521
 
 
+async def test_tax_exclusive_credit_note_lines_show_unit_prices_before_tax(shop: Shop) -> None:
+    line = {**GERMAN_LINE, "unit_price": 2521, "tax": 479, "total": 3000}
+    order = shop.orders.place(
+        lines=[line], tax_rate_bp=1900, shipping=(412, 78), prices_include_tax=False
+    )
+    paid = (await shop.pay(order["id"], VISA)).json()
+    assert (await refund(shop, paid["id"], {"amount": 1190})).status_code == 201
+
+    credit = next(d for d in await documents(shop) if d["kind"] == "credit_note")
+    [part] = credit["lines"]
+    assert (part["description"], part["total"], part["tax"]) == ("Refund", -1190, -190)
+    assert part["unit_price"] == part["net"] == -1000
+
+
 async def test_partial_capture_and_refund_by_amount_keep_the_configured_rate(shop: Shop) -> None:
     order = shop.orders.place(tax_rate_bp=2100)
     authorized = (await shop.pay(order["id"], VISA, capture_method="manual")).json()

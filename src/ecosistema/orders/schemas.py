@@ -32,7 +32,6 @@ from ecosistema.platform.sku import SKU_PATTERN as _SKU
 from ecosistema.platform.text import (
     check_display_text,
     check_note_text,
-    check_optional_display_text,
     check_optional_note_text,
 )
 from ecosistema.platform.timestamps import Timestamp
@@ -382,6 +381,12 @@ NOTE_TEXT = (
 )
 
 
+def _shown_identifier(value: str | None) -> str | None:
+    """A tracking number or a carrier: one line of display text, without the spaces around
+    it (a customer copies it into a carrier's site)."""
+    return None if value is None else check_display_text(value).strip()
+
+
 class FulfillmentCreate(Input):
     lines: list[LineQuantity] = Field(min_length=1, max_length=500)
     tracking_number: str = Field(
@@ -395,7 +400,7 @@ class FulfillmentCreate(Input):
     )
 
     _distinct = field_validator("lines")(_distinct_lines)
-    _shown = field_validator("tracking_number", "carrier")(check_optional_display_text)
+    _shown = field_validator("tracking_number", "carrier")(_shown_identifier)
 
 
 class ReturnCreate(Input):

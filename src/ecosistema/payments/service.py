@@ -1502,7 +1502,7 @@ def _invoice_lines(order: Mapping[str, Any]) -> list[dict[str, Any]]:
             shipping_tax = max(0, int(order.get("tax_total") or 0) - lines_tax)
         # With tax-exclusive prices the order's shipping_total is before tax, and the unit
         # price is shown before tax, like the lines' catalogue prices.
-        exclusive = order.get("prices_include_tax") is False
+        exclusive = _prices_before_tax(order)
         if exclusive:
             shipping += shipping_tax
         out.append(_extra_line("Shipping", shipping, shipping_tax, rate, unit_before_tax=exclusive))
@@ -1534,10 +1534,23 @@ def _extra_line(
     }
 
 
-def _by_rate(description: str, amount: int, lines: list[dict[str, Any]]) -> list[dict[str, Any]]:
+def _prices_before_tax(order: Mapping[str, Any]) -> bool:
+    """Whether the order's prices excluded tax: its documents' unit prices are then net."""
+    return order.get("prices_include_tax") is False
+
+
+def _by_rate(
+    description: str, amount: int, lines: list[dict[str, Any]], *, unit_before_tax: bool
+) -> list[dict[str, Any]]:
     """One line per tax rate of ``lines`` for a document worth ``amount`` in all."""
     return [
-        _extra_line(description, part["total"], part["tax"], part["rate_bp"])
+        _extra_line(
+            description,
+            part["total"],
+            part["tax"],
+            part["rate_bp"],
+            unit_before_tax=unit_before_tax,
+        )
         for part in domain.allocate_by_rate(amount, lines)
     ]
 
@@ -1548,14 +1561,18 @@ def _is_share(amount: int, total: int) -> bool:
     return amount != total and total > 0
 
 
-def _scaled(lines: list[dict[str, Any]], amount: int, total: int) -> list[dict[str, Any]]:
+def _scaled(
+    lines: list[dict[str, Any]], amount: int, total: int, *, unit_before_tax: bool
+) -> list[dict[str, Any]]:
     """Lines for a document worth ``amount`` when the order was worth ``total``: each order
     line keeps its SKU, name, quantity, unit price and rate, with its pro-rated share of the
     amount and of its tax."""
     if not _is_share(amount, total):
         return lines
     if sum(int(line["total"]) for line in lines) <= 0:
-        return _by_rate("Partial capture of the order", amount, lines)
+        return _by_rate(
+            "Partial capture of the order", amount, lines, unit_before_tax=unit_before_tax
+        )
     # A share of a line is not a number of its units: no discount can be told apart in it.
     return [
         {
@@ -1633,7 +1650,12 @@ async def _issue_document(
 def _invoiced_lines(order: Mapping[str, Any], captured: int) -> list[dict[str, Any]]:
     """The invoice's lines for a capture of ``captured``: the order's lines, or for a partial
     capture each one's share of it."""
-    return _scaled(_invoice_lines(order), captured, int(order.get("total") or captured))
+    return _scaled(
+        _invoice_lines(order),
+        captured,
+        int(order.get("total") or captured),
+        unit_before_tax=_prices_before_tax(order),
+    )
 
 
 async def _issue_invoice(
@@ -1730,7 +1752,9 @@ async def _issue_credit_note(
             }
         )
     if not lines:
-        lines = _by_rate("Refund", -amount, _invoice_lines(order))
+        lines = _by_rate(
+            "Refund", -amount, _invoice_lines(order), unit_before_tax=_prices_before_tax(order)
+        )
     await _issue_document(
         ctx,
         tx,

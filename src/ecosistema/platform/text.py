@@ -39,11 +39,6 @@ def check_display_text(text: str, *, blank_allowed: bool = False) -> str:
     return text
 
 
-def check_optional_display_text(text: str | None) -> str | None:
-    """:func:`check_display_text` for a field that may be left out (``None``)."""
-    return None if text is None else check_display_text(text)
-
-
 # A note (a staff note, a reason) is read in a history and may run over several lines.
 _NOTE_LAYOUT = str.maketrans("\n\r\t", "   ")
 
