@@ -896,6 +896,10 @@ async def _price(
         if quote is None or not quote.purchasable or quote.currency != currency:
             if quote is None:
                 message, code = f"{sku} is not in the catalogue.", "unknown_sku"
+            elif getattr(quote, "reason", None) == "draft":
+                # A cart is read by its buyer, to whom catalog does not show drafts: the line
+                # is not for sale, and nothing more is said of its product.
+                message, code = f"{sku} is not for sale.", "not_purchasable"
             else:
                 message, code = _not_for_sale(quote, sku, currency) + ".", "not_purchasable"
             problems.append(message)
