@@ -22,7 +22,7 @@ from ecosistema.payments.service import (
 from ecosistema.platform.config import Settings
 from ecosistema.platform.db import utcnow
 from ecosistema.platform.events import EventEnvelope
-from tests.integration.test_payments_support import VISA, Shop, eventually, open_shop
+from tests.integration.test_payments_support import THREE_DS, VISA, Shop, eventually, open_shop
 
 
 @pytest.fixture
@@ -150,13 +150,16 @@ async def test_cancelled_order_voids_its_authorization_and_cancels_unpaid_intent
 ) -> None:
     authorized_order = shop.orders.place()
     authorized = (await shop.pay(authorized_order["id"], VISA, capture_method="manual")).json()
+    action_order = shop.orders.place()
+    waiting = (await shop.pay(action_order["id"], THREE_DS)).json()
+    assert waiting["status"] == "requires_action" and waiting["next_action"]
     unpaid_order = shop.orders.place()
     unpaid = await shop.http.post(
         "/api/v1/payments",
         json={"order_id": unpaid_order["id"]},
         headers={**shop.as_("customer"), "Idempotency-Key": "unpaid"},
     )
-    for order in (authorized_order, unpaid_order):
+    for order in (authorized_order, action_order, unpaid_order):
         await shop.ctx.bus.publish(
             EventEnvelope(
                 type="OrderCancelled",
@@ -164,18 +167,19 @@ async def test_cancelled_order_voids_its_authorization_and_cancels_unpaid_intent
                 payload={"order_id": order["id"], "number": order["number"]},
             )
         )
+    ids = [authorized["id"], waiting["id"], unpaid.json()["id"]]
 
-    async def both_released() -> bool:
-        voiding = await payment_row(shop, authorized["id"])
-        dropped = await payment_row(shop, unpaid.json()["id"])
-        return bool(voiding["status"] == "processing" and dropped["status"] == "canceled")
+    async def all_canceled() -> bool:
+        rows = [await payment_row(shop, payment_id) for payment_id in ids]
+        return all(row["status"] == "canceled" for row in rows)
 
-    await eventually(both_released)
-    assert await resume_interrupted_payments(shop.ctx) == 1
-    assert (await payment_row(shop, authorized["id"]))["status"] == "canceled"
-    for payment_id in (authorized["id"], unpaid.json()["id"]):
+    # Voided at the provider as soon as the cancellation is handled, not at the job's next run.
+    await eventually(all_canceled)
+    assert await resume_interrupted_payments(shop.ctx) == 0
+    for payment_id in ids:
         shown = await shop.http.get(f"/api/v1/payments/{payment_id}", headers=shop.as_("staff"))
         assert shown.json()["cancellation_reason"] == "The order was cancelled."
+        assert shown.json()["next_action"] is None
     async with shop.ctx.db.read() as session:
         statuses = set((await session.execute(select(sandbox_intents.c.status))).scalars())
     assert statuses == {"canceled"}

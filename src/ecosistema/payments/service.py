@@ -72,7 +72,7 @@ from ecosistema.payments.schemas import (
 )
 from ecosistema.platform.auth import Principal
 from ecosistema.platform.csvsafe import escape_row
-from ecosistema.platform.db import DriverTransaction, new_id, utcnow
+from ecosistema.platform.db import DriverTransaction, new_id, statements, utcnow
 from ecosistema.platform.errors import (
     Conflict,
     NotFound,
@@ -809,7 +809,8 @@ async def _record_outcome(
             captured_at=now,
         )
     elif target is PaymentStatus.CANCELED:
-        values.update(amount_capturable=0, live_order_id=None)
+        # A canceled payment asks nothing more of the customer.
+        values.update(amount_capturable=0, live_order_id=None, next_action=None)
     await _update_payment(tx, payment_id, values)
     recorded = {**row, **values}
     if target is PaymentStatus.SUCCEEDED:
@@ -1008,7 +1009,7 @@ async def cancel_payments_of_cancelled_order(
             updated_at=now,
         )
     )
-    await session.execute(
+    voiding = await session.execute(
         update(payments)
         .where(
             payments.c.order_id == order_id,
@@ -1025,6 +1026,10 @@ async def cancel_payments_of_cancelled_order(
             updated_at=now,
         )
     )
+    if getattr(voiding, "rowcount", 0):
+        # The provider is asked to void them as soon as this transaction commits, not at the
+        # job's next run; the job stays the fallback should that call fail.
+        statements(session).after_commit(lambda: _soon(resume_interrupted_payments(ctx)))
 
 
 # --- refunds ------------------------------------------------------------------------------------
