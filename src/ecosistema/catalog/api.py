@@ -4,11 +4,14 @@ search, import and export. Staff write; anyone reads active products."""
 from __future__ import annotations
 
 import hashlib
+import json
 import time
+from collections.abc import Awaitable, Callable
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Query, Request, Response, status
 from fastapi.responses import StreamingResponse
+from pydantic import BaseModel
 from pydantic_core import to_json
 
 from ecosistema.catalog import inventory, service, transfer
@@ -268,11 +271,19 @@ async def _cached_search(ctx: ServiceContext, query: SearchQuery) -> tuple[bytes
     responses=_errors(401, 403, 409, 422),
 )
 async def create_product(
-    body: ProductCreate, ctx: Context, _staff: CatalogWriter, response: Response
-) -> Product:
-    product = await service.create_product(ctx, body)
-    response.headers["Location"] = f"/api/v1/products/{product.id}"
-    return product
+    request: Request,
+    body: ProductCreate,
+    ctx: Context,
+    staff: CatalogWriter,
+    idempotency_key: IdempotencyKeyHeader = None,
+) -> Response:
+    answer = await _once(
+        request, ctx, staff, idempotency_key, body, lambda: service.create_product(ctx, body)
+    )
+    if answer.status_code == status.HTTP_201_CREATED:
+        created = json.loads(bytes(answer.body))
+        answer.headers["Location"] = f"/api/v1/products/{created['id']}"
+    return answer
 
 
 @router.get(
@@ -408,9 +419,21 @@ async def list_variants(
     responses=_errors(401, 403, 404, 409, 422),
 )
 async def add_variant(
-    product_id: str, body: VariantCreate, ctx: Context, _staff: CatalogWriter
-) -> Variant:
-    return await service.add_variant(ctx, product_id, body)
+    request: Request,
+    product_id: str,
+    body: VariantCreate,
+    ctx: Context,
+    staff: CatalogWriter,
+    idempotency_key: IdempotencyKeyHeader = None,
+) -> Response:
+    return await _once(
+        request,
+        ctx,
+        staff,
+        idempotency_key,
+        body,
+        lambda: service.add_variant(ctx, product_id, body),
+    )
 
 
 @router.patch(
@@ -458,8 +481,16 @@ async def list_categories(request: Request, ctx: Context) -> Response:
     summary="Add a category (staff)",
     responses=_errors(401, 403, 409, 422),
 )
-async def create_category(body: CategoryCreate, ctx: Context, _staff: CatalogWriter) -> Category:
-    return await service.create_category(ctx, body)
+async def create_category(
+    request: Request,
+    body: CategoryCreate,
+    ctx: Context,
+    staff: CatalogWriter,
+    idempotency_key: IdempotencyKeyHeader = None,
+) -> Response:
+    return await _once(
+        request, ctx, staff, idempotency_key, body, lambda: service.create_category(ctx, body)
+    )
 
 
 @router.get(
@@ -516,9 +547,15 @@ async def list_price_lists(request: Request, ctx: Context, _staff: CatalogWriter
     responses=_errors(401, 403, 409, 422),
 )
 async def create_price_list(
-    body: PriceListCreate, ctx: Context, _staff: CatalogWriter
-) -> PriceList:
-    return await service.create_price_list(ctx, body)
+    request: Request,
+    body: PriceListCreate,
+    ctx: Context,
+    staff: CatalogWriter,
+    idempotency_key: IdempotencyKeyHeader = None,
+) -> Response:
+    return await _once(
+        request, ctx, staff, idempotency_key, body, lambda: service.create_price_list(ctx, body)
+    )
 
 
 @router.get(
@@ -628,9 +665,15 @@ async def list_warehouses(request: Request, ctx: Context, _reader: InventoryRead
     responses=_errors(401, 403, 409, 422),
 )
 async def create_warehouse(
-    body: WarehouseCreate, ctx: Context, _writer: InventoryWriter
-) -> Warehouse:
-    return await service.create_warehouse(ctx, body)
+    request: Request,
+    body: WarehouseCreate,
+    ctx: Context,
+    writer: InventoryWriter,
+    idempotency_key: IdempotencyKeyHeader = None,
+) -> Response:
+    return await _once(
+        request, ctx, writer, idempotency_key, body, lambda: service.create_warehouse(ctx, body)
+    )
 
 
 @router.get(
@@ -676,9 +719,21 @@ async def get_availability(
     responses=_errors(401, 403, 404, 409, 422),
 )
 async def adjust_stock(
-    sku: str, body: StockAdjustment, ctx: Context, writer: InventoryWriter
-) -> Availability:
-    return await inventory.adjust_stock(ctx, sku, body, actor=writer.subject)
+    request: Request,
+    sku: str,
+    body: StockAdjustment,
+    ctx: Context,
+    writer: InventoryWriter,
+    idempotency_key: IdempotencyKeyHeader = None,
+) -> Response:
+    return await _once(
+        request,
+        ctx,
+        writer,
+        idempotency_key,
+        body,
+        lambda: inventory.adjust_stock(ctx, sku, body, actor=writer.subject),
+    )
 
 
 @router.get(
@@ -784,6 +839,35 @@ async def restock(
         path=request.url.path,
         body=body.model_dump(mode="json"),
         handler=_restock,
+    )
+    return idempotent_response(result)
+
+
+async def _once(
+    request: Request,
+    ctx: ServiceContext,
+    principal: Principal,
+    key: str | None,
+    body: BaseModel,
+    create: Callable[[], Awaitable[BaseModel]],
+) -> Response:
+    """Run a creating POST at most once per ``Idempotency-Key`` (Stripe's rules: the same key
+    and body replay the first answer, another body is a 422), answering 201 with what it
+    made."""
+
+    async def _create() -> tuple[int, dict[str, Any]]:
+        made = await create()
+        return status.HTTP_201_CREATED, made.model_dump(mode="json")
+
+    result = await run_idempotent(
+        ctx,
+        idempotency_keys,
+        key=key,
+        principal_id=principal.subject,
+        method=request.method,
+        path=request.url.path,
+        body=body.model_dump(mode="json"),
+        handler=_create,
     )
     return idempotent_response(result)
 
