@@ -25,6 +25,7 @@ from ecosistema.platform.service import ServiceContext
 from tests.integration.test_identity_support import API, bearer, register, signed_in
 from tests.integration.test_orders_support import (
     DELIVERY,
+    add_product,
     app,
     available,
     checkout,
@@ -489,3 +490,25 @@ async def test_a_reservation_whose_answer_was_lost_is_released(
     assert await available(client, admin, "TEE-LOST") == 2
     placed = await checkout(client, cart_id, token, email="lost@example.com")
     assert placed.status_code == 201, placed.text
+
+
+async def test_a_cart_above_the_most_one_order_holds_is_refused_not_an_error(
+    app: FastAPI, client: httpx.AsyncClient
+) -> None:
+    admin = await staff_tokens(app, client)
+    await seed_shop(app, client, admin, {})
+    await add_product(client, admin, "GOLD-1", 3, price=10**12)
+    cart_id, token = await guest_cart(client, {"GOLD-1": 1}, email="big@example.com")
+    fits = (await client.get(f"{API}/carts/{cart_id}", headers=token)).json()
+    assert not [p for p in fits["problems"] if "most one order" in p]
+
+    grown = await client.patch(
+        f"{API}/carts/{cart_id}/items/GOLD-1", json={"quantity": 3}, headers=token
+    )
+    assert grown.status_code == 200, grown.text
+    assert [p for p in grown.json()["problems"] if "the most one order can hold" in p]
+    refused = await checkout(client, cart_id, token, email="big@example.com")
+    assert refused.status_code == 422, refused.text
+    assert refused.headers["content-type"].startswith("application/problem+json")
+    assert {(e["field"], e["code"]) for e in refused.json()["errors"]} >= {("lines", "too_large")}
+    assert await available(client, admin, "GOLD-1") == 3

@@ -983,6 +983,15 @@ async def _price(
             tax_rate_bp=rate,
             voucher=voucher_rule,
         )
+    if max(totals.subtotal, totals.total) > schemas.MAX_AMOUNT:
+        # Payments charges at most this much at once, and amounts past it lose precision in
+        # the JSON most clients read: a cart above it is one order too many.
+        message = (
+            f"The cart comes to more than {schemas.MAX_AMOUNT} minor units, the most one order "
+            "can hold: split it into several orders."
+        )
+        problems.append(message)
+        errors.append({"field": "lines", "message": message, "code": "too_large"})
     by_sku = {line.sku: line for line in totals.lines}
     views: list[schemas.CartLine] = []
     for line in state.lines:
