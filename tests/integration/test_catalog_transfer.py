@@ -342,7 +342,9 @@ async def test_import_and_export_over_http(shop_app: FastAPI, shop: httpx.AsyncC
     ]
     assert exported.headers["content-type"].startswith("text/csv")
     assert len(exported.text.splitlines()) == 51
-    assert unknown_type.status_code == 400
+    assert unknown_type.status_code == 415
+    assert unknown_type.json()["type"].endswith("/unsupported-media-type")
+    assert "text/plain" in unknown_type.json()["detail"]
     assert ctx_of(shop_app).name == "catalog"
 
 

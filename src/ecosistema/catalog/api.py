@@ -316,7 +316,7 @@ async def export_products(
     "(200). When `all-or-nothing` applied nothing because of bad rows the answer is a 422 "
     "problem of type `import-rejected` whose `errors` list each refused row by line and "
     "whose `report` holds the counts.",
-    responses=_errors(400, 401, 403, 413, 422),
+    responses=_errors(400, 401, 403, 413, 415, 422),
     openapi_extra={
         "requestBody": {
             "required": True,

@@ -70,7 +70,7 @@ from ecosistema.platform.csvsafe import (
     unreadable_row_reason,
 )
 from ecosistema.platform.db import utcnow
-from ecosistema.platform.errors import BadRequest, Unprocessable, field_error
+from ecosistema.platform.errors import Unprocessable, UnsupportedMediaType, field_error
 from ecosistema.platform.money import ISO_4217
 from ecosistema.platform.service import ServiceContext
 
@@ -284,15 +284,15 @@ def _problems(exc: ValidationError) -> list[tuple[tuple[Any, ...], str]]:
 
 
 def format_for_content_type(content_type: str | None) -> TransferFormat:
-    """The import format a Content-Type names; 400 when it names neither."""
+    """The import format a Content-Type names; 415 when it names neither."""
     kind = (content_type or "").split(";")[0].strip().lower()
     if kind in ("text/csv", "application/csv"):
         return "csv"
     if kind in ("application/x-ndjson", "application/jsonl", "application/json-lines"):
         return "jsonl"
-    raise BadRequest(
-        "Send text/csv or application/x-ndjson, or say ?format=csv|jsonl.",
-        type="unsupported-import-format",
+    raise UnsupportedMediaType(
+        f"An import takes text/csv or application/x-ndjson, not {kind or 'an untyped body'} "
+        "(or say which with ?format=csv|jsonl)."
     )
 
 

@@ -84,6 +84,10 @@ class PayloadTooLarge(ProblemError):
     status, type, title = 413, "payload-too-large", "Request body too large"
 
 
+class UnsupportedMediaType(ProblemError):
+    status, type, title = 415, "unsupported-media-type", "Unsupported media type"
+
+
 class Unprocessable(ProblemError):
     status, type, title = 422, "validation-error", "Validation failed"
 
