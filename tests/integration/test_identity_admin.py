@@ -217,6 +217,10 @@ async def test_api_key_is_created_once_used_within_its_scopes_and_revoked(
     assert (await client.get(f"{API}/users", headers=as_key)).status_code == 200
     who = (await client.get(f"{API}/auth/whoami", headers=as_key)).json()
     assert who["kind"] == "api_key" and who["permissions"] == ["users:read"]
+    for scheme in ("ApiKey", "apikey", "Bearer"):  # the key in Authorization works alike
+        same = await client.get(f"{API}/auth/whoami", headers={"Authorization": f"{scheme} {key}"})
+        assert same.status_code == 200, (scheme, same.text)
+        assert same.json() == who
     beyond_scope = await client.patch(
         f"{API}/users/{who['subject']}", json={"role": "staff"}, headers=as_key
     )
@@ -237,6 +241,8 @@ async def test_api_key_is_created_once_used_within_its_scopes_and_revoked(
     revoked = await client.delete(f"{API}/api-keys/{created.json()['id']}", headers=bearer(admin))
     assert revoked.status_code == 204
     assert (await client.get(f"{API}/users", headers=as_key)).status_code == 401
+    revoked_in_authorization = {"Authorization": f"ApiKey {key}"}
+    assert (await client.get(f"{API}/users", headers=revoked_in_authorization)).status_code == 401
     types = [
         e["type"]
         for e in (await client.get(f"{API}/audit-events", headers=bearer(admin))).json()["items"]

@@ -536,6 +536,11 @@ async def optional_principal(
             request.state.principal = principal
             return principal
     token = bearer.credentials if bearer is not None else None
+    if token is None and api_key is None:
+        # ``Authorization: ApiKey <key>``, the scheme some API clients send a key with.
+        scheme, _, value = (request.headers.get("authorization") or "").partition(" ")
+        if scheme.lower() == "apikey" and value.strip():
+            api_key = value.strip()
     if token and api_key and token != api_key:
         raise _invalid(f"Send one credential: either Authorization or {API_KEY_HEADER}.")
     credential = token or api_key
