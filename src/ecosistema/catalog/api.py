@@ -732,7 +732,7 @@ async def adjust_stock(
         writer,
         idempotency_key,
         body,
-        lambda: inventory.adjust_stock(ctx, sku, body, actor=writer.subject),
+        lambda: inventory.adjust_stock(ctx, sku, body, actor=writer.actor),
     )
 
 
@@ -827,7 +827,7 @@ async def restock(
     lines = [(line.sku, line.quantity) for line in body.lines]
 
     async def _restock() -> tuple[int, dict[str, Any]]:
-        await inventory.restock(ctx, body.order_id, lines, body.reason, actor=writer.subject)
+        await inventory.restock(ctx, body.order_id, lines, body.reason, actor=writer.actor)
         return status.HTTP_204_NO_CONTENT, {}
 
     result = await run_idempotent(

@@ -169,7 +169,7 @@ class Actor:
         """The actor a request's principal (or its absence) stands for."""
         if principal is None:
             return cls("guest")
-        return cls("staff" if principal.has(STAFF) else "customer", principal.subject)
+        return cls("staff" if principal.has(STAFF) else "customer", principal.actor)
 
 
 SYSTEM = Actor("system")

@@ -1098,7 +1098,7 @@ async def create_refund(
                     "reason": data.reason,
                     "restock": data.restock,
                     "lines": lines,
-                    "created_by": principal.subject,
+                    "created_by": principal.actor,
                     "created_at": now,
                 },
             )

@@ -87,6 +87,10 @@ JwksProvider = Callable[[], Awaitable[Mapping[str, Any]]]
 ApiKeyResolver = Callable[[str], Awaitable["Principal | None"]]
 
 
+# How records of changes name an API key as the actor: ``api_key:<key id>``.
+API_KEY_ACTOR_PREFIX = "api_key:"
+
+
 @dataclass(frozen=True, slots=True)
 class Principal:
     """The authenticated caller: a user (by access token) or a machine client (by API key).
@@ -106,6 +110,15 @@ class Principal:
     def has(self, permission: str) -> bool:
         """Whether the caller holds ``permission``."""
         return permission in self.permissions
+
+    @property
+    def actor(self) -> str:
+        """Who did it, as records of changes name them (movements, histories, refunds): the
+        user's id, or ``api_key:<key id>`` for a machine client, so an integration's changes
+        are told apart from its creator's own."""
+        if self.kind == "api_key" and self.api_key_id:
+            return f"{API_KEY_ACTOR_PREFIX}{self.api_key_id}"
+        return self.subject
 
     @classmethod
     def for_user(cls, subject: str, role: str, session_id: str | None = None) -> Principal:
