@@ -9,7 +9,7 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, Query, Request, Response, status
+from fastapi import APIRouter, Depends, Header, Query, Request, Response, status
 from fastapi.responses import StreamingResponse
 from pydantic import BaseModel
 from pydantic_core import to_json
@@ -72,6 +72,8 @@ from ecosistema.platform.policy import ensure
 from ecosistema.platform.service import ServiceContext, context_of
 
 Context = Annotated[ServiceContext, Depends(context_of("catalog"))]
+# Lost-update protection for a product's writes: the ETag a GET of the product gave.
+IfMatch = Annotated[str | None, Header(alias="If-Match", max_length=1000)]
 CatalogWriter = Annotated[Principal, Depends(require("catalog:write"))]
 InventoryReader = Annotated[Principal, Depends(require("inventory:read"))]
 InventoryWriter = Annotated[Principal, Depends(require("inventory:write"))]
@@ -378,12 +380,21 @@ serve_fast(get_product, _get_product_anonymously)
     "/products/{product_id}",
     response_model=Product,
     summary="Change a product (staff)",
-    responses=_errors(401, 403, 404, 409, 422),
+    description="With `If-Match` (the ETag of a `GET` of the product), only while the product "
+    "is still as read: else 412, nothing changed. The answer carries the product's new ETag.",
+    responses=_errors(401, 403, 404, 409, 412, 422),
 )
 async def update_product(
-    product_id: str, body: ProductUpdate, ctx: Context, _staff: CatalogWriter
+    product_id: str,
+    body: ProductUpdate,
+    ctx: Context,
+    _staff: CatalogWriter,
+    response: Response,
+    if_match: IfMatch = None,
 ) -> Product:
-    return await service.update_product(ctx, product_id, body)
+    product = await service.update_product(ctx, product_id, body, if_match=if_match)
+    response.headers["ETag"] = (await service.product_document(ctx, product_id)).etag
+    return product
 
 
 @router.delete(
@@ -440,12 +451,22 @@ async def add_variant(
     "/products/{product_id}/variants/{variant_id}",
     response_model=Variant,
     summary="Change a variant; given prices replace the current ones (staff)",
-    responses=_errors(401, 403, 404, 422),
+    description="With `If-Match` (the ETag of a `GET` of the product), only while the product "
+    "is still as read: else 412, nothing changed. The answer carries the product's new ETag.",
+    responses=_errors(401, 403, 404, 412, 422),
 )
 async def update_variant(
-    product_id: str, variant_id: str, body: VariantUpdate, ctx: Context, _staff: CatalogWriter
+    product_id: str,
+    variant_id: str,
+    body: VariantUpdate,
+    ctx: Context,
+    _staff: CatalogWriter,
+    response: Response,
+    if_match: IfMatch = None,
 ) -> Variant:
-    return await service.update_variant(ctx, product_id, variant_id, body)
+    variant = await service.update_variant(ctx, product_id, variant_id, body, if_match=if_match)
+    response.headers["ETag"] = (await service.product_document(ctx, product_id)).etag
+    return variant
 
 
 @router.delete(

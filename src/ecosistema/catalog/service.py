@@ -67,6 +67,7 @@ from ecosistema.platform.db import (
 from ecosistema.platform.errors import (
     Conflict,
     NotFound,
+    PreconditionFailed,
     Unprocessable,
     field_error,
     refuse_nulls,
@@ -491,12 +492,16 @@ async def create_product(ctx: ServiceContext, data: ProductCreate) -> Product:
     return await get_product(ctx, product_id)
 
 
-async def update_product(ctx: ServiceContext, product_id: str, data: ProductUpdate) -> Product:
-    """Change a product's fields; emits ProductUpdated, or ProductArchived when archived."""
+async def update_product(
+    ctx: ServiceContext, product_id: str, data: ProductUpdate, *, if_match: str | None = None
+) -> Product:
+    """Change a product's fields; emits ProductUpdated, or ProductArchived when archived. With
+    ``if_match`` (an ``If-Match`` header), only while the product is still as that ETag says."""
     refuse_nulls(data, ("name", "slug", "description", "status", "images"))
     values: dict[str, Any] = data.model_dump(exclude_unset=True)
     try:
         async with ctx.db.transaction() as session:
+            await _check_unchanged(ctx, session, product_id, if_match)
             row = (
                 await session.execute(
                     select(products.c.slug, products.c.status).where(products.c.id == product_id)
@@ -536,6 +541,31 @@ async def update_product(ctx: ServiceContext, product_id: str, data: ProductUpda
         raise Conflict("The slug is already in use.", type="slug-taken") from exc
     await invalidate(ctx, [product_id])
     return await get_product(ctx, product_id)
+
+
+_PRODUCT_LOCKED = select(products.c.id).where(products.c.id == bindparam("product_id"))
+
+
+async def _check_unchanged(
+    ctx: ServiceContext, session: AsyncSession, product_id: str, if_match: str | None
+) -> None:
+    """A 412 unless the product's current ETag is one ``if_match`` names (``*``: any). The
+    product's row is locked first (on SQLite the write transaction is already the only one),
+    and its document read as committed, so no other writer can change it in between."""
+    if if_match is None:
+        return
+    await session.execute(_PRODUCT_LOCKED.with_for_update(), {"product_id": product_id})
+    loaded = await reads.load_product(ctx.db, product_id, utcnow())
+    if loaded is None:
+        raise NotFound(PRODUCT_NOT_FOUND)
+    current = loaded[0].etag
+    wanted = [tag.strip() for tag in if_match.split(",")]
+    if "*" in wanted or current in wanted:  # strong comparison: a weak tag never matches
+        return
+    raise PreconditionFailed(
+        "The product changed since the ETag given in If-Match: read it again, then change it.",
+        etag=current,
+    )
 
 
 async def archive_product(ctx: ServiceContext, product_id: str) -> None:
@@ -591,12 +621,19 @@ def _variant_of(product: Product, variant_id: str) -> Variant:
 
 
 async def update_variant(
-    ctx: ServiceContext, product_id: str, variant_id: str, data: VariantUpdate
+    ctx: ServiceContext,
+    product_id: str,
+    variant_id: str,
+    data: VariantUpdate,
+    *,
+    if_match: str | None = None,
 ) -> Variant:
-    """Change a variant; given price lists replace the current ones."""
+    """Change a variant; given price lists replace the current ones. With ``if_match`` (an
+    ``If-Match`` header naming the product's ETag), only while the product is still so."""
     refuse_nulls(data, ("name", "options", "weight_grams", "position", "prices", "sale_prices"))
     values = data.model_dump(exclude_unset=True, exclude={"prices", "sale_prices"})
     async with ctx.db.transaction() as session:
+        await _check_unchanged(ctx, session, product_id, if_match)
         found = await session.scalar(
             select(variants.c.id).where(
                 variants.c.id == variant_id, variants.c.product_id == product_id

@@ -84,6 +84,10 @@ class PayloadTooLarge(ProblemError):
     status, type, title = 413, "payload-too-large", "Request body too large"
 
 
+class PreconditionFailed(ProblemError):
+    status, type, title = 412, "precondition-failed", "Precondition failed"
+
+
 class UnsupportedMediaType(ProblemError):
     status, type, title = 415, "unsupported-media-type", "Unsupported media type"
 
@@ -131,8 +135,9 @@ _RESPONSE_DESCRIPTIONS = {
     404: "Not found",
     409: "Conflicts with the current state",
     410: "Gone",
+    412: "The resource changed since the ETag given in If-Match",
     413: "Request body too large",
-    415: "Body is not JSON",
+    415: "Body is not in a type the operation takes",
     422: "Validation failed",
     429: "Too many requests; retry after the time given",
     503: "A dependency is unavailable",
@@ -182,6 +187,7 @@ _STATUS_TYPES = {
     406: ("not-acceptable", "Not acceptable"),
     409: ("conflict", "Conflict"),
     413: ("payload-too-large", "Request body too large"),
+    412: ("precondition-failed", "Precondition failed"),
     415: ("unsupported-media-type", "Unsupported media type"),
     422: ("validation-error", "Validation failed"),
     429: ("too-many-requests", "Too many requests"),
