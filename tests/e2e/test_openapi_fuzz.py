@@ -84,3 +84,11 @@ def running_app(default_model_cache: DefaultModelCache) -> Iterator[None]:
 )
 def test_no_input_breaks_the_api_contract(case: schemathesis.Case[Any]) -> None:
     case.call_and_validate(checks=CHECKS)
+
+
+def test_every_operation_documents_the_problems_it_can_answer() -> None:
+    # An unknown query parameter is a 422 everywhere, so every operation says so.
+    for path, item in app.openapi()["paths"].items():
+        for method, operation in item.items():
+            problem = operation["responses"].get("422", {}).get("content", {})
+            assert "application/problem+json" in problem, (method, path)

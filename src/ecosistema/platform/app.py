@@ -369,6 +369,10 @@ def _document_problems(app: FastAPI) -> None:
                 for code, response in responses.items():
                     if code.startswith(("4", "5")):
                         response["content"] = ref
+                # Every operation refuses a query parameter it does not take.
+                responses.setdefault(
+                    "422", {"description": "Unknown or invalid parameter", "content": ref}
+                )
                 if "requestBody" in operation:
                     for code, text in (
                         ("400", "Malformed JSON"),
