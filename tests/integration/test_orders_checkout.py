@@ -30,6 +30,7 @@ from tests.integration.test_orders_support import (
     available,
     checkout,
     customer,
+    eventually,
     guest_cart,
     orders_ctx,
     outbox_payloads,
@@ -512,3 +513,45 @@ async def test_a_cart_above_the_most_one_order_holds_is_refused_not_an_error(
     assert refused.headers["content-type"].startswith("application/problem+json")
     assert {(e["field"], e["code"]) for e in refused.json()["errors"]} >= {("lines", "too_large")}
     assert await available(client, admin, "GOLD-1") == 3
+
+
+async def test_an_order_with_nothing_to_pay_is_paid_as_it_is_placed(
+    app: FastAPI, client: httpx.AsyncClient
+) -> None:
+    admin = await staff_tokens(app, client)
+    await seed_shop(app, client, admin, {"FREE-1": 5})
+    free_shipping = {
+        "code": "pickup",
+        "name": "Pickup",
+        "kind": "flat",
+        "rates": {"EUR": [{"amount": 0}]},
+        "countries": ["ES"],
+    }
+    assert (
+        await client.post(f"{API}/shipping-methods", json=free_shipping, headers=bearer(admin))
+    ).status_code == 201
+    voucher = {"code": "ALLFREE", "kind": "percentage", "value": 10_000}
+    assert (
+        await client.post(f"{API}/vouchers", json=voucher, headers=bearer(admin))
+    ).status_code == 201
+    cart_id, token = await guest_cart(client, {"FREE-1": 2}, email="free@example.com")
+    applied = await client.post(
+        f"{API}/carts/{cart_id}/vouchers", json={"code": "ALLFREE"}, headers=token
+    )
+    assert applied.status_code == 200, applied.text
+
+    placed = await checkout(client, cart_id, token, shipping_method="pickup")
+    assert placed.status_code == 201, placed.text
+    order = placed.json()
+    assert (order["total"], order["status"], order["reservation_expires_at"]) == (0, "paid", None)
+    [paid] = await outbox_payloads(app, "OrderPaid")
+    assert (paid["order_id"], paid["payment_id"]) == (order["id"], None)
+    history = await client.get(f"{API}/orders/{order['id']}/history", headers=bearer(admin))
+    assert [e["action"] for e in history.json()][-1] == "pay"
+
+    async def committed() -> bool:
+        await app.state.runtime.drain_outboxes()
+        stock = await client.get(f"{API}/inventory/FREE-1", headers=bearer(admin))
+        return bool(stock.json()["on_hand"] == 3 and stock.json()["reserved"] == 0)
+
+    await eventually(committed, what="the free order's stock to leave")

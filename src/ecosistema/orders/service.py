@@ -1887,11 +1887,36 @@ async def place_order(
                     expires_at=expires_at,
                     addresses=(shipping, billing),
                 )
+                if int(written["total"]) == 0:
+                    written = await _paid_as_placed(ctx, tx, written, line_rows)
         except BaseException:
             await _abandon_checkout(ctx, order_id, reserved=reserved, claimed=claimed)
             raise
         # The answer is built from what was written: nothing else can have changed it yet.
         return _order_from(ctx, written, line_rows, [])
+
+
+async def _paid_as_placed(
+    ctx: ServiceContext,
+    tx: Statements,
+    order: Mapping[str, Any],
+    line_rows: Sequence[Mapping[str, Any]],
+) -> dict[str, Any]:
+    """An order with nothing to pay (a voucher took it all, shipping free) is paid as it is
+    placed, in the same transaction: no payment, no card, and OrderPaid commits its stock."""
+    await _transition(
+        tx,
+        order,
+        OrderAction.PAY,
+        actor=SYSTEM,
+        reason="Nothing to pay.",
+        extra_values={"reservation_expires_at": None},
+    )
+    payload = _event_base(order)
+    payload["lines"] = _event_lines(line_rows)
+    payload["payment_id"] = None
+    await ctx.outbox.add(tx, ORDER_PAID, payload)
+    return {**order, "status": OrderStatus.PAID.value, "reservation_expires_at": None}
 
 
 async def _abandon_checkout(
