@@ -851,17 +851,7 @@ async def restock(
         await inventory.restock(ctx, body.order_id, lines, body.reason, actor=writer.actor)
         return status.HTTP_204_NO_CONTENT, {}
 
-    result = await run_idempotent(
-        ctx,
-        idempotency_keys,
-        key=idempotency_key,
-        principal_id=writer.subject,
-        method=request.method,
-        path=request.url.path,
-        body=body.model_dump(mode="json"),
-        handler=_restock,
-    )
-    return idempotent_response(result)
+    return await _idempotently(request, ctx, writer, idempotency_key, body, _restock)
 
 
 async def _once(
@@ -872,14 +862,26 @@ async def _once(
     body: BaseModel,
     create: Callable[[], Awaitable[BaseModel]],
 ) -> Response:
-    """Run a creating POST at most once per ``Idempotency-Key`` (Stripe's rules: the same key
-    and body replay the first answer, another body is a 422), answering 201 with what it
+    """A creating POST, run at most once per ``Idempotency-Key``, answering 201 with what it
     made."""
 
     async def _create() -> tuple[int, dict[str, Any]]:
         made = await create()
         return status.HTTP_201_CREATED, made.model_dump(mode="json")
 
+    return await _idempotently(request, ctx, principal, key, body, _create)
+
+
+async def _idempotently(
+    request: Request,
+    ctx: ServiceContext,
+    principal: Principal,
+    key: str | None,
+    body: BaseModel,
+    handler: Callable[[], Awaitable[tuple[int, dict[str, Any]]]],
+) -> Response:
+    """Run ``handler`` at most once per ``Idempotency-Key`` (Stripe's rules: the same key and
+    body replay the first answer, another body is a 422)."""
     result = await run_idempotent(
         ctx,
         idempotency_keys,
@@ -888,7 +890,7 @@ async def _once(
         method=request.method,
         path=request.url.path,
         body=body.model_dump(mode="json"),
-        handler=_create,
+        handler=handler,
     )
     return idempotent_response(result)
 
