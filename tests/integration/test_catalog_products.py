@@ -143,6 +143,25 @@ async def test_variants_are_added_changed_repriced_and_removed(
 
     assert added.status_code == 201
     assert duplicate.status_code == 409 and duplicate.json()["type"].endswith("sku-taken")
+    assert [(e["field"], e["code"]) for e in duplicate.json()["errors"]] == [("sku", "taken")]
+    again = await shop.post(
+        f"{API}/products",
+        json={
+            **TEE,
+            "slug": product["slug"],
+            "variants": [variant("TEE-X", 100), variant("TEE-L", 1)],
+        },
+        headers=staff,
+    )
+    assert again.status_code == 409 and again.json()["type"].endswith("slug-taken")
+    assert [e["field"] for e in again.json()["errors"]] == ["slug"]
+    renamed = {
+        **TEE,
+        "slug": "another-tee",
+        "variants": [variant("TEE-X", 100), variant("TEE-L", 1)],
+    }
+    taken = await shop.post(f"{API}/products", json=renamed, headers=staff)
+    assert [e["field"] for e in taken.json()["errors"]] == ["variants.1.sku"]
     assert repriced.json()["prices"] == [
         {"currency": "EUR", "amount": 2290},
         {"currency": "USD", "amount": 2490},

@@ -234,7 +234,7 @@ async def create_category(ctx: ServiceContext, data: CategoryCreate) -> Category
                 if parent_path is None:
                     raise field_error("parent_id", "no category with this id", "not_found")
             if await session.scalar(select(categories.c.id).where(categories.c.slug == slug)):
-                raise Conflict(f"A category with slug {slug!r} exists.", type="slug-taken")
+                raise _slug_conflict(slug)
             category_id = new_id()
             await session.execute(
                 insert(categories).values(
@@ -446,9 +446,22 @@ async def _insert_variant(
     return variant_id
 
 
-def _sku_conflict(skus: Sequence[str]) -> Conflict:
+def _slug_conflict(slug: str) -> Conflict:
+    """A 409 naming the slug in use, at ``slug``."""
     return Conflict(
-        f"SKU already in use: {', '.join(sorted(skus))}.", type="sku-taken", skus=sorted(skus)
+        f"The slug {slug!r} is taken.",
+        type="slug-taken",
+        errors=[{"field": "slug", "message": "slug already in use", "code": "taken"}],
+    )
+
+
+def _sku_conflict(skus: Sequence[str], fields: Sequence[str] = ("sku",)) -> Conflict:
+    """A 409 naming the SKUs in use (``skus``) and the fields that gave them (``errors``)."""
+    return Conflict(
+        f"SKU already in use: {', '.join(sorted(skus))}.",
+        type="sku-taken",
+        skus=sorted(skus),
+        errors=[{"field": f, "message": "SKU already in use", "code": "taken"} for f in fields],
     )
 
 
@@ -460,14 +473,17 @@ async def create_product(ctx: ServiceContext, data: ProductCreate) -> Product:
         async with ctx.db.transaction() as session:
             if data.slug is not None:
                 if await session.scalar(select(products.c.id).where(products.c.slug == data.slug)):
-                    raise Conflict(f"The slug {data.slug!r} is taken.", type="slug-taken")
+                    raise _slug_conflict(data.slug)
                 slug = data.slug
             else:
                 slug = await _free_slug(session, data.name)
             await _check_category(session, data.category_id)
             taken = await _sku_taken(session, [v.sku for v in data.variants])
             if taken:
-                raise _sku_conflict(taken)
+                raise _sku_conflict(
+                    taken,
+                    [f"variants.{i}.sku" for i, v in enumerate(data.variants) if v.sku in taken],
+                )
             await session.execute(
                 insert(products).values(
                     id=product_id,
@@ -516,7 +532,7 @@ async def update_product(
                     select(products.c.id).where(products.c.slug == values["slug"])
                 )
             ):
-                raise Conflict(f"The slug {values['slug']!r} is taken.", type="slug-taken")
+                raise _slug_conflict(values["slug"])
             if "category_id" in values:
                 await _check_category(session, values["category_id"])
             if "status" in values:
