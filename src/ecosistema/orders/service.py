@@ -1904,19 +1904,38 @@ async def _paid_as_placed(
 ) -> dict[str, Any]:
     """An order with nothing to pay (a voucher took it all, shipping free) is paid as it is
     placed, in the same transaction: no payment, no card, and OrderPaid commits its stock."""
+    await _mark_paid(
+        ctx, tx, order, line_rows, actor=SYSTEM, payment_id=None, reason="Nothing to pay."
+    )
+    return {**order, "status": OrderStatus.PAID.value, "reservation_expires_at": None}
+
+
+async def _mark_paid(
+    ctx: ServiceContext,
+    tx: Statements,
+    order: Mapping[str, Any],
+    line_rows: Sequence[Mapping[str, Any]],
+    *,
+    actor: Actor,
+    payment_id: str | None,
+    reason: str | None = None,
+    details: Mapping[str, Any] | None = None,
+) -> None:
+    """Move a pending order to paid (it holds no reservation any more) and publish OrderPaid,
+    whose lines catalog commits the stock of."""
     await _transition(
         tx,
         order,
         OrderAction.PAY,
-        actor=SYSTEM,
-        reason="Nothing to pay.",
+        actor=actor,
+        reason=reason,
+        details=details,
         extra_values={"reservation_expires_at": None},
     )
     payload = _event_base(order)
     payload["lines"] = _event_lines(line_rows)
-    payload["payment_id"] = None
+    payload["payment_id"] = payment_id
     await ctx.outbox.add(tx, ORDER_PAID, payload)
-    return {**order, "status": OrderStatus.PAID.value, "reservation_expires_at": None}
 
 
 async def _abandon_checkout(
@@ -2883,18 +2902,15 @@ async def record_payment_succeeded(
             },
         )
         return
-    await _transition(
+    await _mark_paid(
+        ctx,
         tx,
         order,
-        OrderAction.PAY,
+        await _line_rows(tx, order["id"]),
         actor=PAYMENTS,
+        payment_id=payload.get("payment_id"),
         details=details,
-        extra_values={"reservation_expires_at": None},
     )
-    payload_out = _event_base(order)
-    payload_out["lines"] = _event_lines(await _line_rows(tx, order["id"]))
-    payload_out["payment_id"] = payload.get("payment_id")
-    await ctx.outbox.add(tx, ORDER_PAID, payload_out)
 
 
 _PAYING = select(order_history.c.details).where(

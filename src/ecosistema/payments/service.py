@@ -1077,31 +1077,23 @@ async def create_refund(
                 assert locked is not None  # payments are never deleted
                 lines = await _priced_refund_lines(tx, locked, wanted)
                 amount = sum(line["amount"] for line in lines)
-            # The guard is the limit: concurrent refunds serialize on this row and the sum of
-            # refunds can never pass the captured amount, whatever the interleaving.
-            taken = await tx.execute(_TAKE_REFUND, payment_id=payment_id, amount=amount, at=now)
-            if taken != 1:
+            taken = await _take_refund(
+                tx,
+                row,
+                refund_id,
+                amount,
+                reason=data.reason,
+                restock=data.restock,
+                lines=lines,
+                created_by=principal.actor,
+                now=now,
+            )
+            if not taken:
                 current = await _load(tx, payment_id)
                 domain.check_refund(
                     int(current["captured_amount"]), int(current["refunded_amount"]), amount
                 )
                 raise IllegalTransition("The payment changed meanwhile; read it again.")
-            await tx.insert(
-                refunds,
-                {
-                    "id": refund_id,
-                    "payment_id": payment_id,
-                    "order_id": row["order_id"],
-                    "status": "pending",
-                    "amount": amount,
-                    "currency": row["currency"],
-                    "reason": data.reason,
-                    "restock": data.restock,
-                    "lines": lines,
-                    "created_by": principal.actor,
-                    "created_at": now,
-                },
-            )
         async with ctx.db.read() as session:
             pending = await _refund_row(session, refund_id)
         await _settle_refund(ctx, pending, row, on_error="raise")
@@ -1127,26 +1119,56 @@ async def refund_refused_payment(
     left = domain.refundable(int(row["captured_amount"]), int(row["refunded_amount"]))
     if left <= 0:
         return
-    now = _now()
-    if await tx.execute(_TAKE_REFUND, payment_id=payment_id, amount=left, at=now) != 1:
-        return
+    taken = await _take_refund(
+        tx,
+        row,
+        new_id(),
+        left,
+        reason=REFUSED_PAYMENT_REASON,
+        restock=False,
+        lines=[],
+        created_by=REFUSED_PAYMENT_REFUNDER,
+        now=_now(),
+    )
+    if taken:
+        tx.after_commit(lambda: _soon(resume_pending_refunds(ctx)))
+
+
+async def _take_refund(
+    tx: DriverTransaction,
+    payment: Mapping[str, Any],
+    refund_id: str,
+    amount: int,
+    *,
+    reason: str,
+    restock: bool,
+    lines: list[dict[str, Any]],
+    created_by: str,
+    now: datetime,
+) -> bool:
+    """Take ``amount`` off what is left of a payment and write the pending refund for it; False
+    (nothing written) when less than that is left. The guard is the limit: concurrent refunds
+    serialize on the payment's row and the sum of refunds can never pass the captured amount,
+    whatever the interleaving."""
+    if await tx.execute(_TAKE_REFUND, payment_id=payment["id"], amount=amount, at=now) != 1:
+        return False
     await tx.insert(
         refunds,
         {
-            "id": new_id(),
-            "payment_id": payment_id,
-            "order_id": row["order_id"],
+            "id": refund_id,
+            "payment_id": payment["id"],
+            "order_id": payment["order_id"],
             "status": "pending",
-            "amount": left,
-            "currency": row["currency"],
-            "reason": REFUSED_PAYMENT_REASON,
-            "restock": False,
-            "lines": [],
-            "created_by": REFUSED_PAYMENT_REFUNDER,
+            "amount": amount,
+            "currency": payment["currency"],
+            "reason": reason,
+            "restock": restock,
+            "lines": lines,
+            "created_by": created_by,
             "created_at": now,
         },
     )
-    tx.after_commit(lambda: _soon(resume_pending_refunds(ctx)))
+    return True
 
 
 # Tasks started by ``_soon``, kept until done (the loop keeps only weak references).
