@@ -169,3 +169,50 @@ async def test_partly_captured_order_counts_in_top_products_by_its_lines(shop: S
         ("SHIRT-M", "Shirt M", 2, 571),
         ("MUG", "Mug", 1, 429),
     ]
+
+
+async def test_top_products_rank_by_net_sales_after_refunds_of_their_lines(shop: Shop) -> None:
+    first, second = shop.orders.place(), shop.orders.place()
+    paid = [(await shop.pay(o["id"], VISA)).json() for o in (first, second)]
+    by_line = await shop.http.post(
+        f"/api/v1/payments/{paid[0]['id']}/refunds",
+        json={"lines": [{"line_id": "l1", "quantity": 2}], "reason": "both torn"},
+        headers={**shop.as_("staff"), "Idempotency-Key": "refund-shirts"},
+    )
+    assert by_line.status_code == 201, by_line.text
+    # An amount names no product: it is in the period's refunds, not in a product's.
+    by_amount = await shop.http.post(
+        f"/api/v1/payments/{paid[1]['id']}/refunds",
+        json={"amount": 500, "reason": "goodwill"},
+        headers={**shop.as_("staff"), "Idempotency-Key": "refund-goodwill"},
+    )
+    assert by_amount.status_code == 201, by_amount.text
+
+    report = (await shop.http.get("/api/v1/reports/sales", headers=shop.as_("staff"))).json()
+    fields = ("sku", "name", "quantity", "revenue", "refunded_quantity", "refunds", "net")
+    assert [tuple(p[f] for f in fields) for p in report["top_products"]] == [
+        ("MUG", "Mug", 2, 3000, 0, 0, 3000),
+        ("SHIRT-M", "Shirt M", 4, 4000, 2, 2000, 2000),
+    ]
+    assert report["rows"][0]["refunds"] == 2500
+
+    csv_text = await shop.http.get(
+        "/api/v1/reports/sales?format=csv&table=products&top=1", headers=shop.as_("staff")
+    )
+    assert csv_text.status_code == 200, csv_text.text
+    assert 'filename="top-products.csv"' in csv_text.headers["content-disposition"]
+    assert list(csv.DictReader(io.StringIO(csv_text.text))) == [
+        {
+            "sku": "MUG",
+            "name": "Mug",
+            "currency": "EUR",
+            "quantity": "2",
+            "revenue": "3000",
+            "refunded_quantity": "0",
+            "refunds": "0",
+            "net": "3000",
+        }
+    ]
+    too_many = await shop.http.get("/api/v1/reports/sales?top=1001", headers=shop.as_("staff"))
+    assert too_many.status_code == 422
+    assert too_many.json()["errors"][0]["field"] == "top"

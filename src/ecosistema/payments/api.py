@@ -368,6 +368,11 @@ async def sales_report(
     from_: Annotated[date | None, Query(alias="from")] = None,
     to: Annotated[date | None, Query()] = None,
     format: Annotated[Literal["json", "csv"], Query()] = "json",
+    top: Annotated[int, Query(ge=0, le=1000, description="How many top products.")] = 10,
+    table: Annotated[
+        Literal["periods", "products"],
+        Query(description="With format=csv: the period rows or the top products."),
+    ] = "periods",
 ) -> Any:
     if currency is not None:
         try:
@@ -375,13 +380,23 @@ async def sales_report(
         except UnknownCurrency as exc:
             raise field_error("currency", str(exc)) from None
     report = await service.sales_report(
-        ctx, principal=principal, group_by=group_by, currency=currency, start=from_, end=to
+        ctx,
+        principal=principal,
+        group_by=group_by,
+        currency=currency,
+        start=from_,
+        end=to,
+        top=top,
     )
     if format == "csv":
+        products = table == "products"
         return Response(
-            service.sales_report_csv(report),
+            service.top_products_csv(report) if products else service.sales_report_csv(report),
             media_type="text/csv; charset=utf-8",
-            headers={"Content-Disposition": 'attachment; filename="sales.csv"'},
+            headers={
+                "Content-Disposition": 'attachment; filename="%s.csv"'
+                % ("top-products" if products else "sales")
+            },
         )
     return report
 

@@ -285,13 +285,17 @@ class SalesRow(BaseModel):
 
 
 class TopProduct(BaseModel):
-    """A product's units and revenue over the report's range."""
+    """A product's units and sales over the report's range: invoiced (gross), given back by
+    refunds of its lines, and the difference."""
 
     sku: str
     name: str
     currency: str
     quantity: int
     revenue: int
+    refunded_quantity: int = 0
+    refunds: int = 0
+    net: int = 0
 
 
 class SalesReport(BaseModel):

@@ -2112,8 +2112,9 @@ async def sales_report(
         refunds.c.completed_at.is_not(None),
         *_within(refunds.c.completed_at, low, high),
     )
-    sold = select(invoices.c.currency, invoices.c.lines).where(
-        invoices.c.kind == "invoice", *_within(invoices.c.issued_at, low, high)
+    sold = select(invoices.c.kind, invoices.c.currency, invoices.c.lines).where(
+        invoices.c.kind.in_(("invoice", "credit_note")),
+        *_within(invoices.c.issued_at, low, high),
     )
     if currency:
         captured = captured.where(payments.c.currency == currency)
@@ -2143,23 +2144,38 @@ async def sales_report(
         )
         for (period, cur), v in sorted(buckets.items())
     ]
-    products: dict[tuple[str, str], list[Any]] = {}
-    for cur, lines in sold_rows:
+    return SalesReport(group_by=group_by, rows=rows, top_products=_top_products(sold_rows, top))
+
+
+def _top_products(documents: Sequence[Any], top: int) -> list[TopProduct]:
+    """Products ranked by net sales: what their invoice lines sold, less what credit notes of
+    refunds by line gave back for them. A refund of an amount, not of lines, names no product and
+    is left out here (it is in the period rows' refunds)."""
+    products: dict[tuple[str, str], TopProduct] = {}
+    for kind, cur, lines in documents:
         for line in lines or []:
             if not line.get("sku"):
                 continue
-            item = products.setdefault((str(line["sku"]), cur), [line["description"], 0, 0])
-            item[1] += int(line["quantity"])
-            item[2] += int(line["total"])
-    ranked = sorted(products.items(), key=lambda kv: (-kv[1][2], kv[0]))[:top]
-    return SalesReport(
-        group_by=group_by,
-        rows=rows,
-        top_products=[
-            TopProduct(sku=sku, name=str(v[0]), currency=cur, quantity=v[1], revenue=v[2])
-            for (sku, cur), v in ranked
-        ],
-    )
+            key = (str(line["sku"]), cur)
+            item = products.get(key)
+            if item is None:
+                name = str(line["description"])
+                if kind != "invoice":
+                    name = name.removeprefix("Refund: ")
+                item = products[key] = TopProduct(
+                    sku=key[0], name=name, currency=cur, quantity=0, revenue=0
+                )
+            elif kind == "invoice":
+                item.name = str(line["description"])
+            if kind == "invoice":
+                item.quantity += int(line["quantity"])
+                item.revenue += int(line["total"])
+            else:
+                item.refunded_quantity += int(line["quantity"])
+                item.refunds += -int(line["total"])
+            item.net = item.revenue - item.refunds
+    ranked = sorted(products.values(), key=lambda p: (-p.net, -p.revenue, p.sku, p.currency))
+    return ranked[:top]
 
 
 def sales_report_csv(report: SalesReport) -> str:
@@ -2181,6 +2197,32 @@ def sales_report_csv(report: SalesReport) -> str:
                     row.net,
                     row.orders,
                     row.average_order_value,
+                ]
+            )
+        )
+    return out.getvalue()
+
+
+def top_products_csv(report: SalesReport) -> str:
+    """The report's top products as CSV, in rank order (amounts in minor units), cells escaped
+    as in ``sales_report_csv``."""
+    out = io.StringIO()
+    writer = csv.writer(out)
+    writer.writerow(
+        ["sku", "name", "currency", "quantity", "revenue", "refunded_quantity", "refunds", "net"]
+    )
+    for p in report.top_products:
+        writer.writerow(
+            escape_row(
+                [
+                    p.sku,
+                    p.name,
+                    p.currency,
+                    p.quantity,
+                    p.revenue,
+                    p.refunded_quantity,
+                    p.refunds,
+                    p.net,
                 ]
             )
         )
