@@ -148,12 +148,6 @@ class RefundCreate(Input):
 
     _reason = field_validator("reason")(check_note_text)
 
-    @model_validator(mode="after")
-    def _amount_or_lines(self) -> RefundCreate:
-        if self.amount is not None and self.lines is not None:
-            raise ValueError("give an amount or lines, not both")
-        return self
-
 
 class RefundLine(BaseModel):
     """A refunded order line."""

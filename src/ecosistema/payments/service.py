@@ -1046,6 +1046,8 @@ async def create_refund(
     """Refund an amount, some lines, or all that is left; never more than was captured."""
     with _recorded_at(at):
         ensure(principal, "payments:refund")
+        if data.amount is not None and data.lines is not None:
+            raise field_error("amount", "give an amount or lines, not both", "amount_and_lines")
         async with ctx.db.driver_read() as tx:
             row = await _load(tx, payment_id)
         if row["status"] != PaymentStatus.SUCCEEDED.value:
@@ -1326,9 +1328,8 @@ def _refund_lines(
         if line is None or wanted.line_id in seen:
             raise field_error(f"lines.{index}.line_id", "is not a line of this order (or twice)")
         seen.add(wanted.line_id)
-        ordered = int(line["quantity"])
-        if wanted.quantity > ordered:
-            raise field_error(f"lines.{index}.quantity", f"the order has {ordered}")
+        # Units beyond the line's (or beyond what earlier refunds left of it) are refused when
+        # they are priced, against the line's refunds so far: "only N left to refund".
         if int(line["total"]) <= 0:
             raise _nothing_to_refund(
                 index,
