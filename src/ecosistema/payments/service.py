@@ -1799,22 +1799,56 @@ def _invoice(ctx: ServiceContext, row: Mapping[str, Any]) -> Invoice:
     return Invoice.model_validate({**row, "buyer": _open(ctx, row, "invoices")})
 
 
+async def _guest_order_id(ctx: ServiceContext, cart_token: str, order_id: str | None) -> str:
+    """The guest order whose invoices the cart token reaches (orders decides, as when the guest
+    reads the order); a token that does not reach it gets the answer a missing order gets."""
+    if order_id is None:
+        raise field_error(
+            "order_id", "a guest lists the invoices of their order: give its id", "required"
+        )
+    order = await _order(ctx, order_id, cart_token=cart_token)
+    if order.get("customer_id") is not None:
+        raise NotFound(ORDER_NOT_FOUND)
+    return order_id
+
+
+def _signed_in_reader(principal: Principal | None, cart_token: str | None) -> bool:
+    """Whether the caller reads invoices as a signed-in customer or staff (not with a guest's
+    cart token); with neither, a 401."""
+    if principal is not None and not cart_token:
+        _ensure_any(principal, "invoices:read_own", "invoices:read_all")
+        return True
+    if not cart_token:
+        raise Unauthorized("Sign in, or send the order's cart token in X-Cart-Token.")
+    return False
+
+
 async def list_invoices(
     ctx: ServiceContext,
     *,
-    principal: Principal,
+    principal: Principal | None,
+    cart_token: str | None = None,
     order_id: str | None = None,
+    kind: str | None = None,
     limit: int = 50,
     cursor: str | None = None,
 ) -> InvoicePage:
-    """Invoices and credit notes the caller may see, newest first."""
-    _ensure_any(principal, "invoices:read_own", "invoices:read_all")
+    """Invoices and credit notes the caller may see, newest first: staff all, a customer their
+    own, a guest those of the order their cart token reaches."""
     query = select(invoices)
-    owner = owner_filter(principal, bypass="invoices:read_all")
-    if owner is not None:
-        query = query.where(invoices.c.customer_id == owner)
+    if _signed_in_reader(principal, cart_token):
+        assert principal is not None
+        owner = owner_filter(principal, bypass="invoices:read_all")
+        if owner is not None:
+            query = query.where(invoices.c.customer_id == owner)
+    else:
+        assert cart_token is not None
+        order_id = await _guest_order_id(ctx, cart_token, order_id)
+        query = query.where(invoices.c.customer_id.is_(None))
     if order_id is not None:
         query = query.where(invoices.c.order_id == order_id)
+    if kind is not None:
+        query = query.where(invoices.c.kind == kind)
     query = _after_cursor(query, invoices.c.issued_at, invoices.c.id, cursor)
     query = query.order_by(invoices.c.issued_at.desc(), invoices.c.id.desc()).limit(limit + 1)
     async with ctx.db.read() as session:
@@ -1825,9 +1859,16 @@ async def list_invoices(
     )
 
 
-async def get_invoice(ctx: ServiceContext, *, principal: Principal, invoice_id: str) -> Invoice:
-    """One invoice or credit note; customers see only their own."""
-    _ensure_any(principal, "invoices:read_own", "invoices:read_all")
+async def get_invoice(
+    ctx: ServiceContext,
+    *,
+    principal: Principal | None,
+    invoice_id: str,
+    cart_token: str | None = None,
+) -> Invoice:
+    """One invoice or credit note: staff any, a customer their own, a guest one of the order
+    their cart token reaches; anyone else gets the answer a missing id gets."""
+    signed_in = _signed_in_reader(principal, cart_token)
     async with ctx.db.read() as session:
         row = (
             (await session.execute(select(invoices).where(invoices.c.id == invoice_id)))
@@ -1836,9 +1877,19 @@ async def get_invoice(ctx: ServiceContext, *, principal: Principal, invoice_id: 
         )
     if row is None:
         raise NotFound(INVOICE_NOT_FOUND)
-    ensure_owner(
-        principal, row["customer_id"], bypass="invoices:read_all", detail=INVOICE_NOT_FOUND
-    )
+    if signed_in:
+        assert principal is not None
+        ensure_owner(
+            principal, row["customer_id"], bypass="invoices:read_all", detail=INVOICE_NOT_FOUND
+        )
+    else:
+        assert cart_token is not None
+        if row["customer_id"] is not None:
+            raise NotFound(INVOICE_NOT_FOUND)
+        try:
+            await _order(ctx, row["order_id"], cart_token=cart_token)
+        except NotFound:
+            raise NotFound(INVOICE_NOT_FOUND) from None
     return _invoice(ctx, dict(row))
 
 
