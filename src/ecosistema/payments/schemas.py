@@ -158,6 +158,13 @@ class RefundLine(BaseModel):
     amount: int
 
 
+class RestockLine(BaseModel):
+    """Units a refund put back in stock."""
+
+    sku: str
+    quantity: int
+
+
 class Refund(BaseModel):
     """A refund of (part of) a payment."""
 
@@ -170,9 +177,19 @@ class Refund(BaseModel):
     reason: str
     restock: bool
     lines: list[RefundLine]
+    restock_lines: list[RestockLine] = Field(
+        default_factory=list,
+        description="The units put back in stock, once the refund succeeded: the lines' units, "
+        "or, refunding all that was left, every unit no earlier refund took back by line.",
+    )
     failure_message: str | None
     created_at: datetime
     completed_at: datetime | None
+
+    @field_validator("restock_lines", mode="before")
+    @classmethod
+    def _none_yet(cls, value: Any) -> Any:
+        return [] if value is None else value
 
 
 class Party(BaseModel):

@@ -156,6 +156,7 @@ _SETTLE_REFUND = (
         status="succeeded",
         provider_ref=bindparam("provider_ref"),
         completed_at=bindparam("completed_at"),
+        restock_lines=bindparam("restock_lines"),
     )
 )
 _INVOICE_OF_PAYMENT = select(invoices.c.id).where(
@@ -1219,19 +1220,23 @@ async def _settle_refund(
         return
     lines: list[dict[str, Any]] = list(refund["lines"] or [])
     async with ctx.db.driver_write() as tx:
-        settled = await tx.execute(
-            _SETTLE_REFUND, refund_id=refund_id, provider_ref=result.ref, completed_at=_now()
-        )
-        if settled != 1:
-            return
-        current = await _load(tx, str(payment["id"]))
         restock_lines: list[dict[str, Any]] = []
         if refund["restock"]:
             restock_lines = (
                 [{"sku": line["sku"], "quantity": line["quantity"]} for line in lines]
                 if lines
-                else await _units_left(tx, current, refund_id)
+                else await _units_left(tx, payment, refund_id)
             )
+        settled = await tx.execute(
+            _SETTLE_REFUND,
+            refund_id=refund_id,
+            provider_ref=result.ref,
+            completed_at=_now(),
+            restock_lines=restock_lines,
+        )
+        if settled != 1:
+            return
+        current = await _load(tx, str(payment["id"]))
         await _post(
             tx,
             domain.refund_postings(amount),
