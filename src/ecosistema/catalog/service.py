@@ -133,11 +133,15 @@ def product_cache_key(product_id: str) -> str:
     return f"catalog:product:{product_id}"
 
 
+# Cached documents deleted per call (an import may have changed a great many products).
+_KEYS_AT_ONCE = 1000
+
+
 async def invalidate(ctx: ServiceContext, product_ids: Iterable[str] = ()) -> None:
     """Forget cached reads after a write: the named products, and every cached list."""
-    keys = [product_cache_key(pid) for pid in product_ids]
-    if keys:
-        await ctx.cache.delete(*keys)
+    keys = [product_cache_key(pid) for pid in dict.fromkeys(product_ids)]
+    for start in range(0, len(keys), _KEYS_AT_ONCE):
+        await ctx.cache.delete(*keys[start : start + _KEYS_AT_ONCE])
     await ctx.cache.incr(GENERATION_KEY)
 
 

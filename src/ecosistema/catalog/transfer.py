@@ -773,6 +773,8 @@ class _Importer:
         self.ctx = ctx
         self.tally = tally
         self.sku_owner: dict[str, tuple[str, int]] = {}
+        # Stored products this import changed: their cached documents go once it commits.
+        self.updated: list[str] = []
 
     def claim_skus(self, record: _Record) -> None:
         """Refuse variants whose SKU an earlier product of the same file already uses."""
@@ -1042,6 +1044,7 @@ class _Importer:
         await search.index_new(session, fresh)
         await search.refresh(session, product_ids)
         await _add_events(self.ctx, session, events)
+        self.updated.extend(product_ids)
 
     async def apply(self, session: AsyncSession, batch: _Batch) -> None:
         good, known = await self.check(session, batch)
@@ -1207,7 +1210,7 @@ async def import_file(
                         raise _AbortImport
         except _AbortImport:
             return tally.report(mode, format, applied=False)
-        await service.invalidate(ctx)
+        await service.invalidate(ctx, importer.updated)
         return tally.report(mode, format, applied=True)
 
     tally = _Tally()
@@ -1222,7 +1225,7 @@ async def import_file(
         await _each_batch(
             _batches(_records(stream, format, tally, known_categories), importer, size), _apply_each
         )
-    await service.invalidate(ctx)
+    await service.invalidate(ctx, importer.updated)
     return tally.report(mode, format, applied=True)
 
 
