@@ -341,8 +341,9 @@ async def export_products(
     "memory. `all-or-nothing` validates every row first and applies nothing if any is bad; "
     "`skip-invalid` applies the good rows and reports each skipped one by line number "
     "(200). When `all-or-nothing` applied nothing because of bad rows the answer is a 422 "
-    "problem of type `import-rejected` whose `errors` list each refused row by line and "
-    "whose `report` holds the counts.",
+    "problem of type `import-rejected` whose `errors` have one entry per problem of each "
+    "refused row (`line`, `field`, `message`, `code`, and the row's `reason`, `sku`, `slug` "
+    "and `problems`) and whose `report` holds the counts.",
     responses=_errors(400, 401, 403, 413, 415, 422),
     openapi_extra={
         "requestBody": {
