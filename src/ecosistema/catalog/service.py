@@ -292,7 +292,9 @@ async def update_category(ctx: ServiceContext, category_id: str, data: CategoryU
     given: dict[str, Any] = data.model_dump(exclude_unset=True)
     async with ctx.db.transaction() as session:
         row = (
-            await session.execute(select(categories).where(categories.c.id == category_id))
+            await session.execute(
+                select(categories).where(categories.c.id == category_id).with_for_update()
+            )
         ).first()
         if row is None:
             raise NotFound(CATEGORY_NOT_FOUND)
