@@ -158,8 +158,11 @@ orders = Table(
     Column("weight_grams", Integer, nullable=False),
     Column("reservation_expires_at", UTCDateTime()),
     Column("created_at", UTCDateTime(), nullable=False),
+    # Moves with every change of the order: status, note, fulfilment, refund, return.
     Column("updated_at", UTCDateTime(), nullable=False),
     Index("ix_orders_customer_id_created_at", "customer_id", "created_at"),
+    Index("ix_orders_updated_at_id", "updated_at", "id"),
+    Index("ix_orders_customer_id_updated_at", "customer_id", "updated_at"),
     Index("ix_orders_status_reservation_expires_at", "status", "reservation_expires_at"),
     Index("ix_orders_created_at_id", "created_at", "id"),
     Index("ix_orders_email_index_created_at", "email_index", "created_at"),
