@@ -37,6 +37,7 @@ from ecosistema.orders.events import (
     CART_CREATED,
     ORDER_CANCELLED,
     ORDER_FULFILLED,
+    ORDER_FULFILLMENT_CREATED,
     ORDER_PAID,
     ORDER_PAYMENT_REFUSED,
     ORDER_PLACED,
@@ -1790,9 +1791,12 @@ async def place_order(
     token: str | None,
     data: schemas.CheckoutRequest,
     at: datetime | None = None,
+    notify_buyer: bool = True,
 ) -> schemas.Order:
     """Turn a cart into an order awaiting payment: prices from catalog's quotes, stock reserved
-    through catalog, a voucher use counted under its limits, and OrderPlaced in the outbox."""
+    through catalog, a voucher use counted under its limits, and OrderPlaced in the outbox.
+    Without ``notify_buyer`` (orders recorded after the fact, such as the demo's past ones) the
+    buyer is never mailed about the order."""
     with _recorded_at(at):
         async with ctx.db.driver_read() as reading:
             cart = _check_cart_access(await _cart_row(reading, data.cart_id), principal, token)
@@ -1886,6 +1890,7 @@ async def place_order(
                     now=now,
                     expires_at=expires_at,
                     addresses=(shipping, billing),
+                    notify_buyer=notify_buyer,
                 )
                 if int(written["total"]) == 0:
                     written = await _paid_as_placed(ctx, tx, written, line_rows)
@@ -1994,6 +1999,7 @@ async def _write_order(
     now: datetime,
     expires_at: datetime,
     addresses: tuple[_AnyAddress | None, _AnyAddress | None] = (None, None),
+    notify_buyer: bool = True,
 ) -> tuple[dict[str, Any], list[dict[str, Any]]]:
     if await tx.execute(_TAKE_CART, cart_id=cart["id"], order_id=order_id, at=now) != 1:
         await _refuse_taken_cart(tx, cart["id"])
@@ -2025,6 +2031,7 @@ async def _write_order(
         "refunded_total": 0,
         "weight_grams": totals.weight_grams,
         "reservation_expires_at": expires_at,
+        "notify_buyer": notify_buyer,
         "created_at": now,
         "updated_at": now,
     }
@@ -2849,6 +2856,14 @@ async def fulfil_lines(
                     created_at=_now(),
                 )
             )
+            parcel = _event_base(order)
+            parcel.update(
+                fulfillment_id=fulfillment_id,
+                tracking_number=data.tracking_number,
+                carrier=data.carrier,
+                lines=shipped,
+            )
+            await ctx.outbox.add(session, ORDER_FULFILLMENT_CREATED, parcel)
             if action is OrderAction.FULFIL:
                 payload = _event_base(order)
                 payload.update(fulfillment_id=fulfillment_id, tracking_number=data.tracking_number)
@@ -3041,9 +3056,8 @@ async def record_payment_refunded(
     for item in payload.get("lines") or []:
         line_id = str(item.get("line_id"))
         named[line_id] = named.get(line_id, 0) + int(item.get("quantity") or 0)
-    gained = domain.refunded_units(
-        _progress(await _line_rows(tx, order["id"])), named, settles_the_order=fully
-    )
+    line_rows = await _line_rows(tx, order["id"])
+    gained = domain.refunded_units(_progress(line_rows), named, settles_the_order=fully)
     for line_id, quantity in gained.items():
         await tx.execute(_REFUND_UNITS, line_id=line_id, units=quantity)
     await _transition(
@@ -3061,11 +3075,17 @@ async def record_payment_refunded(
         if item.get("sku") and int(item.get("quantity") or 0) > 0
     ]
     payload_out = _event_base(order)
+    skus = {line["id"]: line["sku"] for line in line_rows}
     payload_out.update(
         amount=amount,
         refund_id=payload.get("refund_id"),
         restock_lines=restock,
         fully_refunded=fully,
+        lines=[
+            {"line_id": line_id, "sku": skus.get(line_id), "quantity": quantity}
+            for line_id, quantity in gained.items()
+            if quantity > 0
+        ],
     )
     await ctx.outbox.add(tx, ORDER_REFUNDED, payload_out)
 
