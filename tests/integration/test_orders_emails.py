@@ -19,7 +19,7 @@ import pytest
 from fastapi import FastAPI
 from sqlalchemy import select
 
-from ecosistema.orders.emails import send_due_emails
+from ecosistema.orders.emails import purge_old_emails, send_due_emails
 from ecosistema.orders.models import order_emails, outbox
 from ecosistema.platform.app import create_app
 from ecosistema.platform.config import Settings
@@ -141,6 +141,7 @@ async def test_a_paid_order_mails_one_confirmation_even_when_its_event_comes_aga
 
     await pay(client, order)
     await eventually(lambda: _mails(settings, address, 1), what="the confirmation")
+    await all_sent(app, order["id"])
     [message] = mails_to(settings, address)
     assert message["Subject"] == f"Order {order['number']} confirmed"
     assert message["From"] == "Tienda Prueba <no-reply@ecosistema.local>"
@@ -179,6 +180,15 @@ async def test_a_paid_order_mails_one_confirmation_even_when_its_event_comes_aga
 
 async def _mails(settings: Settings, address: str, count: int) -> bool:
     return len(mails_to(settings, address)) >= count
+
+
+async def all_sent(app: FastAPI, order_id: str) -> None:
+    """Wait until the order's queued mail is marked sent (the file is written just before)."""
+
+    async def probe() -> bool:
+        return {m["status"] for m in await queued(app, order_id)} == {"sent"}
+
+    await eventually(probe, what="the mail marked sent")
 
 
 async def test_parcels_refunds_and_cancellations_are_mailed_in_the_buyers_words(
@@ -281,9 +291,14 @@ async def test_a_mail_server_that_is_down_holds_up_no_order_and_the_mail_goes_la
             return len(await queued(app, order["id"])) == 2
 
         await eventually(both_queued, what="the shipping mail queued")
-        later = utcnow() + timedelta(hours=2)
-        await send_due_emails(ctx, now=later)
-        await send_due_emails(ctx, now=later)
+
+        async def sent_after_the_backoff() -> bool:
+            # Past the first backoff (30 s), within a claim (10 min): a mail another sender
+            # holds is not taken from it.
+            await send_due_emails(ctx, now=utcnow() + timedelta(minutes=5))
+            return {m["status"] for m in await queued(app, order["id"])} == {"sent"}
+
+        await eventually(sent_after_the_backoff, what="both mails sent")
         assert sorted(subjects(settings, address)) == [
             f"Order {order['number']} confirmed",
             f"Order {order['number']} shipped",
@@ -304,3 +319,20 @@ async def test_order_mail_can_be_turned_off(shape: str, tmp_path: Path) -> None:
         await send_due_emails(orders_ctx(app), now=utcnow() + timedelta(days=1))
         assert mails_to(settings, address) == []
         assert await queued(app, order["id"]) == []
+
+
+async def test_sent_mail_is_forgotten_after_thirty_days(
+    app: FastAPI, client: httpx.AsyncClient, settings: Settings
+) -> None:
+    admin = await staff_tokens(app, client)
+    await seed_shop(app, client, admin, {SKU: 10})
+    address = buyer()
+    order = await place_guest_order(client, {SKU: 1}, email=address)
+    await pay(client, order)
+    await eventually(lambda: _mails(settings, address, 1), what="the confirmation")
+    await all_sent(app, order["id"])
+    ctx = orders_ctx(app)
+    assert await purge_old_emails(ctx, now=utcnow() + timedelta(days=29)) == 0
+    assert len(await queued(app, order["id"])) == 1
+    assert await purge_old_emails(ctx, now=utcnow() + timedelta(days=31)) == 1
+    assert await queued(app, order["id"]) == []

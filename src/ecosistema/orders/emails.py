@@ -23,7 +23,7 @@ from email.utils import formataddr, parseaddr
 from typing import Any, Final
 
 import structlog
-from sqlalchemy import bindparam, select, update
+from sqlalchemy import bindparam, delete, select, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
@@ -58,6 +58,8 @@ RETRY_CAP_SECONDS: Final = 3600
 # About half a day of attempts before a message is given up.
 MAX_ATTEMPTS: Final = 20
 BATCH: Final = 50
+# Sent and given-up mail is kept this long (to answer "was my confirmation sent?"), then deleted.
+KEEP_DAYS: Final = 30
 
 _SYMBOLS: Final = {"EUR": "€", "USD": "$", "GBP": "£", "JPY": "¥"}
 
@@ -493,7 +495,28 @@ async def send_due_emails(ctx: ServiceContext, *, now: datetime | None = None) -
     return sent
 
 
+_PURGE = delete(order_emails).where(
+    order_emails.c.id.in_(
+        select(order_emails.c.id)
+        .where(
+            order_emails.c.status != "pending",
+            order_emails.c.created_at < bindparam("before"),
+        )
+        .limit(1000)
+    )
+)
+
+
+async def purge_old_emails(ctx: ServiceContext, *, now: datetime | None = None) -> int:
+    """Delete sent and given-up mail older than ``KEEP_DAYS``; returns how many (at most 1000)."""
+    before = (now or utcnow()) - timedelta(days=KEEP_DAYS)
+    async with ctx.db.driver_write() as tx:
+        return await tx.execute(_PURGE, before=before)
+
+
 async def send_order_emails(ctx: ServiceContext) -> None:
-    """The periodic job's entry point: send until nothing more is due."""
+    """The periodic job's entry point: send until nothing more is due, then forget old mail."""
     while await send_due_emails(ctx) == BATCH:
+        pass
+    while await purge_old_emails(ctx) == 1000:
         pass
