@@ -54,7 +54,8 @@ def shop_settings(shape: str, tmp_path: Path, **overrides: object) -> Settings:
 
 @pytest.fixture
 def settings(shape: str, tmp_path: Path) -> Settings:
-    return shop_settings(shape, tmp_path)
+    # INFO: the tests read what the mail logs say.
+    return shop_settings(shape, tmp_path, log_level="INFO")
 
 
 @asynccontextmanager
@@ -192,7 +193,11 @@ async def all_sent(app: FastAPI, order_id: str) -> None:
 
 
 async def test_parcels_refunds_and_cancellations_are_mailed_in_the_buyers_words(
-    app: FastAPI, client: httpx.AsyncClient, settings: Settings
+    app: FastAPI,
+    client: httpx.AsyncClient,
+    settings: Settings,
+    capsys: pytest.CaptureFixture[str],
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
     admin = await staff_tokens(app, client)
     await seed_shop(app, client, admin, {SKU: 10})
@@ -246,6 +251,13 @@ async def test_parcels_refunds_and_cancellations_are_mailed_in_the_buyers_words(
     assert notice["Subject"] == f"Order {unpaid['number']} cancelled"
     assert "Reason: Ordered the wrong size" in text_of(notice)
     assert "Nothing is charged for it" in text_of(notice)
+
+    # The logs say a mail went, never to whom, about what or what it said.
+    captured = capsys.readouterr()
+    logged = captured.out + captured.err + caplog.text
+    assert "order_email_sent" in logged
+    for secret in (address, unpaid_address, str(notice["Subject"]), "Tracking number: TRK-123"):
+        assert secret not in logged, secret
 
 
 async def test_a_mail_server_that_is_down_holds_up_no_order_and_the_mail_goes_later(
