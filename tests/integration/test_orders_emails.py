@@ -348,3 +348,31 @@ async def test_sent_mail_is_forgotten_after_thirty_days(
     assert len(await queued(app, order["id"])) == 1
     assert await purge_old_emails(ctx, now=utcnow() + timedelta(days=31)) == 1
     assert await queued(app, order["id"]) == []
+
+
+async def test_a_broken_order_link_setting_holds_the_mail_back_instead_of_losing_it(
+    shape: str, tmp_path: Path
+) -> None:
+    settings = shop_settings(shape, tmp_path, orders_email_order_url="{public_url}/o/{id}")
+    async with started(settings) as app, client_of(app) as client:
+        admin = await staff_tokens(app, client)
+        await seed_shop(app, client, admin, {SKU: 10})
+        address = buyer()
+        order = await place_guest_order(client, {SKU: 1}, email=address)
+        await pay(client, order)
+
+        async def queued_once() -> bool:
+            return len(await queued(app, order["id"])) == 1
+
+        await eventually(queued_once, what="the confirmation queued")
+        ctx = orders_ctx(app)
+        with pytest.raises(ValueError, match="ORDERS_EMAIL_ORDER_URL"):
+            await send_due_emails(ctx)
+        [mail] = await queued(app, order["id"])
+        assert (mail["status"], mail["attempts"]) == ("pending", 0)
+        assert mails_to(settings, address) == []
+        # Fixed, the mail goes.
+        ctx.settings.orders_email_order_url = "{public_url}/o/{number}"
+        await send_due_emails(ctx)
+        [message] = mails_to(settings, address)
+        assert f"https://shop.example/o/{order['number']}" in text_of(message)

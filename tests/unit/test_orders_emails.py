@@ -11,6 +11,7 @@ import pytest
 from ecosistema.orders import schemas
 from ecosistema.orders.emails import (
     cancellation_reason,
+    check_order_url,
     format_amount,
     render,
     render_cancellation,
@@ -221,3 +222,10 @@ def test_the_sender_carries_the_shops_name() -> None:
         "Tienda Nora <no-reply@x.example>"
     )
     assert sender_in_shop_name("orders@x.example", "") == "orders@x.example"
+
+
+def test_a_link_template_with_other_placeholders_is_refused() -> None:
+    check_order_url("https://shop.example/account/orders/{number}?id={order_id}")
+    for template in ("{public_url}/orders/{id}", "{public_url}/orders/{0}", "/orders/{"):
+        with pytest.raises(ValueError, match="ORDERS_EMAIL_ORDER_URL"):
+            check_order_url(template)

@@ -387,6 +387,17 @@ def _mailer(ctx: ServiceContext) -> Any:
     return mailer
 
 
+def check_order_url(template: str) -> None:
+    """Refuse (ValueError) a link template that names anything but its three placeholders."""
+    try:
+        template.format(public_url="", order_id="", number="")
+    except (KeyError, IndexError, ValueError) as exc:
+        raise ValueError(
+            "ECOSISTEMA_ORDERS_EMAIL_ORDER_URL may use only {public_url}, {order_id} and "
+            f"{{number}}: {exc!r}"
+        ) from exc
+
+
 def order_url(ctx: ServiceContext, order: schemas.Order) -> str:
     """Where the buyer views the order (``orders_email_order_url`` filled in)."""
     template = ctx.settings.orders_email_order_url
@@ -431,9 +442,10 @@ async def send_due_emails(ctx: ServiceContext, *, now: datetime | None = None) -
     from ecosistema.orders.service import get_order
 
     moment = now or utcnow()
-    # Outside the loop: a mailer the settings cannot make is the operator's to fix, and the
-    # messages wait for it rather than being given up.
+    # Outside the loop: a mailer or a link the settings cannot make is the operator's to fix,
+    # and the messages wait for it rather than being given up.
     mailer = _mailer(ctx)
+    check_order_url(ctx.settings.orders_email_order_url)
     async with ctx.db.driver_read() as reading:
         due = await reading.rows(_DUE, now=moment)
     sent = 0
