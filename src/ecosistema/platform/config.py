@@ -164,8 +164,8 @@ class Settings(BaseSettings):
     # payments reading the order it charges.
     orders_api_key: SecretStr | None = None
     # Mail to buyers (order confirmation, shipping, cancellation, refund) through the mailer of
-    # ``mailer_url``, from ``orders_email_from`` (``mail_from`` when unset), signed with
-    # ``seller_name``; queued mail is sent every ``orders_email_interval_seconds``. The link to
+    # ``mailer_url``, from ``orders_email_from`` (unset: ``mail_from``'s address under
+    # ``seller_name``); queued mail is sent every ``orders_email_interval_seconds``. The link to
     # the order is ``orders_email_order_url`` with ``{public_url}``, ``{order_id}`` and
     # ``{number}`` filled in: point it at the storefront's order page.
     orders_emails: bool = True
