@@ -151,3 +151,24 @@ async def test_demo_customer_account_has_past_orders_of_its_own(runtime: Runtime
         ctx, principal=customer, data=CartCreate(currency="EUR")
     )
     assert new and cart.lines == []
+
+
+async def test_demo_orders_mail_no_one(runtime: Runtime, settings: Settings) -> None:
+    """Weeks of past orders, paid, shipped, cancelled and refunded: their buyers are not
+    mailed, so starting the demo does not fill the mail folder (or a real mailbox)."""
+    from ecosistema.orders.emails import send_due_emails
+    from ecosistema.orders.models import order_emails
+
+    seeded = await seed(runtime)
+    assert seeded["orders"]["history"]["orders"] >= 30  # type: ignore[index]
+    ctx = runtime.contexts["orders"]
+    assert await send_due_emails(ctx, now=utcnow() + timedelta(days=1)) == 0
+    async with ctx.db.read() as session:
+        assert await session.scalar(select(func.count()).select_from(order_emails)) == 0
+        flagged = await session.scalar(
+            select(func.count()).select_from(orders).where(orders.c.notify_buyer.is_(True))
+        )
+    assert flagged == 0
+    mail = settings.data_dir / "mail"
+    orders_mail = list(mail.glob("*.eml")) if mail.exists() else []
+    assert all(b"demo.ecosistema.dev" not in p.read_bytes() for p in orders_mail)

@@ -25,6 +25,12 @@ async def _seed_demo(ctx: ServiceContext) -> dict[str, Any]:
     return seeded
 
 
+async def _send_order_emails(ctx: ServiceContext) -> None:
+    from ecosistema.orders.emails import send_order_emails
+
+    await send_order_emails(ctx)
+
+
 descriptor = Service(
     name="orders",
     metadata=metadata,
@@ -39,6 +45,11 @@ descriptor = Service(
             _service.sweep_expired_orders,
         ),
         idempotency_purge_job(idempotency_keys),
+        Job(
+            "send-order-emails",
+            lambda settings: settings.orders_email_interval_seconds,
+            _send_order_emails,
+        ),
     ),
     encrypted_columns=(
         EncryptedColumn("carts", "email_encrypted"),

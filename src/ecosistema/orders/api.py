@@ -24,6 +24,7 @@ from ecosistema.orders.schemas import (
     NoteCreate,
     Order,
     OrderPage,
+    OrderSort,
     ReturnCreate,
     ShippingMethod,
     ShippingMethodCreate,
@@ -280,6 +281,20 @@ async def list_orders(
         QueryTimestamp | None,
         Query(description="Before this instant (ISO 8601; without an offset, UTC)."),
     ] = None,
+    updated_since: Annotated[
+        QueryTimestamp | None,
+        Query(
+            description="Orders changed at or after this instant (RFC 3339; without an offset, "
+            "UTC): with sort=updated_at, an incremental sync."
+        ),
+    ] = None,
+    sort: Annotated[
+        OrderSort,
+        Query(
+            description="-created_at: newest first (the default); updated_at: least recently "
+            "changed first, ties by id."
+        ),
+    ] = "-created_at",
     cursor: Annotated[str | None, Query(max_length=200)] = None,
     limit: Annotated[int, Query(ge=1, le=100)] = 50,
 ) -> OrderPage:
@@ -291,6 +306,8 @@ async def list_orders(
         email=email,
         created_from=created_from,
         created_to=created_to,
+        updated_since=updated_since,
+        sort=sort,
         cursor=cursor,
         limit=limit,
     )

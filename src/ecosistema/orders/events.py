@@ -5,6 +5,11 @@ Payloads always carry ``order_id, number, customer_id, currency, total``, never 
 ``lines`` [{sku, quantity, unit_price, total}]; OrderRefunded adds ``amount, refund_id,
 restock_lines`` [{sku, quantity}] and ``fully_refunded``.
 
+``OrderFulfillmentCreated`` adds ``fulfillment_id, tracking_number, carrier, lines``
+[{line_id, sku, quantity}]: a parcel was sent (every fulfilment, not only the last). Internal:
+the buyer's shipping confirmation is mailed from it. OrderRefunded also names the ``lines``
+[{line_id, sku, quantity}] whose units this refund refunded.
+
 ``OrderPaymentRefused`` ``{order_id, number, payment_id, status}``: a payment succeeded for an
 order that no longer awaits payment (cancelled before the money came); payments refunds it in
 full. Internal, like ``CartCreated``.
@@ -32,12 +37,14 @@ ORDER_CANCELLED: Final = "OrderCancelled"
 ORDER_FULFILLED: Final = "OrderFulfilled"
 ORDER_REFUNDED: Final = "OrderRefunded"
 ORDER_PAYMENT_REFUSED: Final = "OrderPaymentRefused"
+ORDER_FULFILLMENT_CREATED: Final = "OrderFulfillmentCreated"
 
 # Offered to the outside world too (webhooks give each a public name).
 PUBLISHED: Final = (ORDER_PLACED, ORDER_PAID, ORDER_CANCELLED, ORDER_FULFILLED, ORDER_REFUNDED)
 # For the platform's own services only: carts (sales' timeline; carts are many and most are
 # abandoned), and a payment the order refuses (payments refunds it).
-PUBLISHED_INTERNAL: Final = (CART_CREATED, ORDER_PAYMENT_REFUSED)
+# A parcel sent (every fulfilment, partial or not) is for the buyer's shipping confirmation.
+PUBLISHED_INTERNAL: Final = (CART_CREATED, ORDER_PAYMENT_REFUSED, ORDER_FULFILLMENT_CREATED)
 
 PAYMENT_SUCCEEDED: Final = "PaymentSucceeded"
 PAYMENT_FAILED: Final = "PaymentFailed"
@@ -69,12 +76,36 @@ async def on_payment_event(
             await record_payment_refunded(ctx, writing, payload)
 
 
+async def on_order_event(
+    ctx: ServiceContext, tx: AsyncSession | DriverTransaction, envelope: EventEnvelope
+) -> None:
+    """Queue the buyer's mail about an order event, in the consumer's (driver) transaction."""
+    from ecosistema.orders.emails import queue_order_email
+
+    await queue_order_email(ctx, tx, envelope)
+
+
+async def _emails_wanted(ctx: ServiceContext, envelope: EventEnvelope) -> bool:
+    from ecosistema.orders.emails import order_emails_wanted
+
+    return await order_emails_wanted(ctx, envelope)
+
+
 SUBSCRIPTIONS: Final = (
     # A paid order is on every checkout's path: its handler runs on a driver transaction.
     Subscription(
         "payments",
         (PAYMENT_SUCCEEDED, PAYMENT_FAILED, PAYMENT_REFUNDED),
         on_payment_event,
+        driver=True,
+    ),
+    # Orders' own events, for the buyer's mail: queued with the event's record, so a crash
+    # loses none and a redelivery queues none twice; sent by the ``send-order-emails`` job.
+    Subscription(
+        "emails",
+        (ORDER_PAID, ORDER_FULFILLMENT_CREATED, ORDER_CANCELLED, ORDER_REFUNDED),
+        on_order_event,
+        wanted=_emails_wanted,
         driver=True,
     ),
 )

@@ -15,6 +15,7 @@ from sqlalchemy import (
     String,
     Table,
     Text,
+    true,
 )
 
 from ecosistema.platform.db import UTCDateTime, id_column_type, new_metadata
@@ -157,9 +158,14 @@ orders = Table(
     Column("refunded_total", Integer, nullable=False),
     Column("weight_grams", Integer, nullable=False),
     Column("reservation_expires_at", UTCDateTime()),
+    # Whether the buyer is mailed about the order (false for the demo's past orders).
+    Column("notify_buyer", Boolean, nullable=False, server_default=true()),
     Column("created_at", UTCDateTime(), nullable=False),
+    # Moves with every change of the order: status, note, fulfilment, refund, return.
     Column("updated_at", UTCDateTime(), nullable=False),
     Index("ix_orders_customer_id_created_at", "customer_id", "created_at"),
+    Index("ix_orders_updated_at_id", "updated_at", "id"),
+    Index("ix_orders_customer_id_updated_at", "customer_id", "updated_at"),
     Index("ix_orders_status_reservation_expires_at", "status", "reservation_expires_at"),
     Index("ix_orders_created_at_id", "created_at", "id"),
     Index("ix_orders_email_index_created_at", "email_index", "created_at"),
@@ -215,4 +221,30 @@ order_history = Table(
     Column("reason", Text),
     Column("details", JSON, nullable=False),
     Index("ix_order_history_order_id_position", "order_id", "position"),
+)
+
+# Mail to the buyer, queued by the consumer of orders' own events in the transaction that records
+# the event as processed, and sent by the ``send-order-emails`` job: a crash loses none, and a
+# mail server that is down delays them without holding up any event.
+order_emails = Table(
+    "order_emails",
+    metadata,
+    Column("id", id_column_type(), primary_key=True),
+    # The event the mail tells of: one mail per event.
+    Column("event_id", String(64), nullable=False, unique=True),
+    Column("order_id", id_column_type(), nullable=False, index=True),
+    # confirmation, shipping, cancellation, refund
+    Column("kind", String(16), nullable=False),
+    # What the event says beyond the order (tracking number, refund amount, reason); no
+    # personal data: the recipient and the address are read from the order when sending.
+    Column("details", JSON, nullable=False),
+    # pending, sent, failed (given up: an address no mail can go to, or too many attempts)
+    Column("status", String(16), nullable=False),
+    Column("attempts", Integer, nullable=False),
+    Column("next_attempt_at", UTCDateTime(), nullable=False),
+    # The exception's class only: a mail server's message may quote the recipient.
+    Column("last_error", String(200)),
+    Column("created_at", UTCDateTime(), nullable=False),
+    Column("sent_at", UTCDateTime()),
+    Index("ix_order_emails_status_next_attempt_at", "status", "next_attempt_at"),
 )

@@ -338,6 +338,9 @@ class OrderSummary(BaseModel):
     )
     lines: list[OrderLine]
     created_at: datetime
+    updated_at: datetime = Field(
+        description="When the order last changed: status, note, fulfilment, refund, return."
+    )
     reservation_expires_at: datetime | None
 
 
@@ -356,7 +359,10 @@ class Order(OrderSummary):
     refunded_total: int
     allowed_actions: list[str]
     fulfillments: list[Fulfillment]
-    updated_at: datetime
+
+
+# ``-created_at``: newest first; ``updated_at``: least recently changed first (incremental sync).
+OrderSort = Literal["-created_at", "updated_at"]
 
 
 class OrderPage(BaseModel):

@@ -37,6 +37,7 @@ from ecosistema.orders.events import (
     CART_CREATED,
     ORDER_CANCELLED,
     ORDER_FULFILLED,
+    ORDER_FULFILLMENT_CREATED,
     ORDER_PAID,
     ORDER_PAYMENT_REFUSED,
     ORDER_PLACED,
@@ -76,7 +77,7 @@ from ecosistema.platform.errors import (
     field_error,
 )
 from ecosistema.platform.money import Money
-from ecosistema.platform.pagination import decode_cursor, encode_cursor
+from ecosistema.platform.pagination import InvalidCursor, decode_cursor, encode_cursor
 from ecosistema.platform.policy import ensure, ensure_owner, owner_filter
 from ecosistema.platform.service import ServiceContext
 
@@ -1790,9 +1791,12 @@ async def place_order(
     token: str | None,
     data: schemas.CheckoutRequest,
     at: datetime | None = None,
+    notify_buyer: bool = True,
 ) -> schemas.Order:
     """Turn a cart into an order awaiting payment: prices from catalog's quotes, stock reserved
-    through catalog, a voucher use counted under its limits, and OrderPlaced in the outbox."""
+    through catalog, a voucher use counted under its limits, and OrderPlaced in the outbox.
+    Without ``notify_buyer`` (orders recorded after the fact, such as the demo's past ones) the
+    buyer is never mailed about the order."""
     with _recorded_at(at):
         async with ctx.db.driver_read() as reading:
             cart = _check_cart_access(await _cart_row(reading, data.cart_id), principal, token)
@@ -1886,6 +1890,7 @@ async def place_order(
                     now=now,
                     expires_at=expires_at,
                     addresses=(shipping, billing),
+                    notify_buyer=notify_buyer,
                 )
                 if int(written["total"]) == 0:
                     written = await _paid_as_placed(ctx, tx, written, line_rows)
@@ -1994,6 +1999,7 @@ async def _write_order(
     now: datetime,
     expires_at: datetime,
     addresses: tuple[_AnyAddress | None, _AnyAddress | None] = (None, None),
+    notify_buyer: bool = True,
 ) -> tuple[dict[str, Any], list[dict[str, Any]]]:
     if await tx.execute(_TAKE_CART, cart_id=cart["id"], order_id=order_id, at=now) != 1:
         await _refuse_taken_cart(tx, cart["id"])
@@ -2025,6 +2031,7 @@ async def _write_order(
         "refunded_total": 0,
         "weight_grams": totals.weight_grams,
         "reservation_expires_at": expires_at,
+        "notify_buyer": notify_buyer,
         "created_at": now,
         "updated_at": now,
     }
@@ -2260,6 +2267,7 @@ def _summary_fields(
         "billing_address": _address_of(ctx, row, BILLING_ADDRESS) or shipping,
         "lines": [_line_view(line) for line in lines],
         "created_at": row["created_at"],
+        "updated_at": row["updated_at"],
         "reservation_expires_at": row["reservation_expires_at"],
     }
 
@@ -2301,7 +2309,6 @@ def _order_from(
             )
             for f in shipped
         ],
-        updated_at=row["updated_at"],
     )
 
 
@@ -2345,7 +2352,7 @@ async def get_order(
 
 _SUMMARY_ORDER = (
     *("id", "number", "customer_id", "email_encrypted", "status", "currency", "subtotal"),
-    *("discount_total", "tax_total", "shipping_total", "total", "created_at"),
+    *("discount_total", "tax_total", "shipping_total", "total", "created_at", "updated_at"),
     *("reservation_expires_at", "prices_include_tax", "tax_rate_bp", "shipping_tax"),
     *("shipping_address_encrypted", "billing_address_encrypted"),
 )
@@ -2383,6 +2390,10 @@ async def get_order_summary(ctx: ServiceContext, *, order_id: str) -> schemas.Or
     return schemas.OrderSummary(**_summary_fields(ctx, row, lines))
 
 
+# The first value of a ``sort=updated_at`` cursor: a cursor of the default order is refused there.
+_BY_CHANGE = "updated_at"
+
+
 async def list_orders(
     ctx: ServiceContext,
     *,
@@ -2392,12 +2403,16 @@ async def list_orders(
     email: str | None = None,
     created_from: datetime | None = None,
     created_to: datetime | None = None,
+    updated_since: datetime | None = None,
+    sort: schemas.OrderSort = "-created_at",
     cursor: str | None = None,
     limit: int = 50,
 ) -> schemas.OrderPage:
-    """Orders newest first: a customer's own, or (staff) everyone's, filtered (by customer id,
-    or by the buyer's exact email through its blind index). A customer asking for another
-    customer's orders is refused rather than shown their own under that filter."""
+    """Orders newest first, or (``sort="updated_at"``) least recently changed first for an
+    incremental sync: a customer's own, or (staff) everyone's, filtered (by customer id, by the
+    buyer's exact email through its blind index, by when they were placed or last changed). A
+    customer asking for another customer's orders is refused rather than shown their own under
+    that filter."""
     query = select(orders)
     owner = owner_filter(principal, bypass=READ_ALL)
     if owner is not None:
@@ -2422,16 +2437,35 @@ async def list_orders(
         query = query.where(orders.c.created_at >= created_from)
     if created_to is not None:
         query = query.where(orders.c.created_at < created_to)
+    if updated_since is not None:
+        query = query.where(orders.c.updated_at >= updated_since)
+    by_change = sort == "updated_at"
     if cursor:
-        moment, last_id = decode_cursor(cursor, datetime, str)
-        query = query.where(
-            or_(
-                orders.c.created_at < moment,
-                and_(orders.c.created_at == moment, orders.c.id < last_id),
+        if by_change:
+            # The sort is in the cursor, so a cursor of one order is never read as the other's.
+            kind, moment, last_id = decode_cursor(cursor, str, datetime, str)
+            if kind != _BY_CHANGE:
+                raise InvalidCursor()
+            query = query.where(
+                or_(
+                    orders.c.updated_at > moment,
+                    and_(orders.c.updated_at == moment, orders.c.id > last_id),
+                )
             )
-        )
+        else:
+            moment, last_id = decode_cursor(cursor, datetime, str)
+            query = query.where(
+                or_(
+                    orders.c.created_at < moment,
+                    and_(orders.c.created_at == moment, orders.c.id < last_id),
+                )
+            )
     limit = max(1, min(limit, PAGE_LIMIT))
-    query = query.order_by(orders.c.created_at.desc(), orders.c.id.desc()).limit(limit + 1)
+    if by_change:
+        query = query.order_by(orders.c.updated_at, orders.c.id)
+    else:
+        query = query.order_by(orders.c.created_at.desc(), orders.c.id.desc())
+    query = query.limit(limit + 1)
     async with ctx.db.read() as session:
         rows = list((await session.execute(query)).mappings())
         page = rows[:limit]
@@ -2446,9 +2480,14 @@ async def list_orders(
             for line in found.mappings():
                 lines_by_order[line["order_id"]].append(line)
     items = [schemas.OrderSummary(**_summary_fields(ctx, r, lines_by_order[r["id"]])) for r in page]
-    next_cursor = (
-        encode_cursor(page[-1]["created_at"], page[-1]["id"]) if len(rows) > limit else None
-    )
+    next_cursor = None
+    if len(rows) > limit:
+        last = page[-1]
+        next_cursor = (
+            encode_cursor(_BY_CHANGE, last["updated_at"], last["id"])
+            if by_change
+            else encode_cursor(last["created_at"], last["id"])
+        )
     return schemas.OrderPage(items=items, next_cursor=next_cursor)
 
 
@@ -2493,6 +2532,10 @@ _RECORD = insert(order_history).values(
     {order_history.c[name]: bindparam(name) for name in _HISTORY_COLUMNS}
 )
 
+_TOUCH_ORDER = (
+    update(orders).where(orders.c.id == bindparam("order_id")).values(updated_at=bindparam("at"))
+)
+
 
 async def _record(
     tx: Statements,
@@ -2507,11 +2550,16 @@ async def _record(
     details: Mapping[str, Any] | None = None,
     now: datetime | None = None,
 ) -> None:
+    occurred_at = now or _now()
+    if kind != "transition":
+        # A transition moves ``updated_at`` with the status; a note or an event must too, so an
+        # incremental sync (``updated_since``) sees every change of the order.
+        await tx.execute(_TOUCH_ORDER, order_id=order_id, at=occurred_at)
     await tx.execute(
         _RECORD,
         id=new_id(),
         order_id=order_id,
-        occurred_at=now or _now(),
+        occurred_at=occurred_at,
         kind=kind,
         action=action,
         from_status=from_status,
@@ -2808,6 +2856,14 @@ async def fulfil_lines(
                     created_at=_now(),
                 )
             )
+            parcel = _event_base(order)
+            parcel.update(
+                fulfillment_id=fulfillment_id,
+                tracking_number=data.tracking_number,
+                carrier=data.carrier,
+                lines=shipped,
+            )
+            await ctx.outbox.add(session, ORDER_FULFILLMENT_CREATED, parcel)
             if action is OrderAction.FULFIL:
                 payload = _event_base(order)
                 payload.update(fulfillment_id=fulfillment_id, tracking_number=data.tracking_number)
@@ -3000,9 +3056,8 @@ async def record_payment_refunded(
     for item in payload.get("lines") or []:
         line_id = str(item.get("line_id"))
         named[line_id] = named.get(line_id, 0) + int(item.get("quantity") or 0)
-    gained = domain.refunded_units(
-        _progress(await _line_rows(tx, order["id"])), named, settles_the_order=fully
-    )
+    line_rows = await _line_rows(tx, order["id"])
+    gained = domain.refunded_units(_progress(line_rows), named, settles_the_order=fully)
     for line_id, quantity in gained.items():
         await tx.execute(_REFUND_UNITS, line_id=line_id, units=quantity)
     await _transition(
@@ -3020,11 +3075,17 @@ async def record_payment_refunded(
         if item.get("sku") and int(item.get("quantity") or 0) > 0
     ]
     payload_out = _event_base(order)
+    skus = {line["id"]: line["sku"] for line in line_rows}
     payload_out.update(
         amount=amount,
         refund_id=payload.get("refund_id"),
         restock_lines=restock,
         fully_refunded=fully,
+        lines=[
+            {"line_id": line_id, "sku": skus.get(line_id), "quantity": quantity}
+            for line_id, quantity in gained.items()
+            if quantity > 0
+        ],
     )
     await ctx.outbox.add(tx, ORDER_REFUNDED, payload_out)
 

@@ -163,6 +163,15 @@ class Settings(BaseSettings):
     # The API key (``orders:read_all``) processes without orders present to read any order, e.g.
     # payments reading the order it charges.
     orders_api_key: SecretStr | None = None
+    # Mail to buyers (order confirmation, shipping, cancellation, refund) through the mailer of
+    # ``mailer_url``, from ``orders_email_from`` (unset: ``mail_from``'s address under
+    # ``seller_name``); queued mail is sent every ``orders_email_interval_seconds``. The link to
+    # the order is ``orders_email_order_url`` with ``{public_url}``, ``{order_id}`` and
+    # ``{number}`` filled in: point it at the storefront's order page.
+    orders_emails: bool = True
+    orders_email_from: str | None = None
+    orders_email_interval_seconds: float = Field(default=2.0, gt=0)
+    orders_email_order_url: str = "{public_url}/api/v1/orders/{order_id}"
 
     # Payments. ``payment_provider`` is used for new payments: the built-in ``sandbox`` (no money
     # moves) or ``stripe`` (needs ``stripe_api_key``). Incoming provider webhooks are accepted

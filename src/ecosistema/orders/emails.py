@@ -1,0 +1,534 @@
+"""Mail to the buyer about their order: what each message says, and the queue that sends them.
+
+Four messages, as a shop sends them: the order confirmation when the order is paid
+(``OrderPaid``), a shipping confirmation for each parcel sent with a tracking number
+(``OrderFulfillmentCreated``), the cancellation notice (``OrderCancelled``) and the refund notice
+(``OrderRefunded``). The consumer of these events queues one row in ``order_emails`` per event,
+in the transaction that records the event as processed; the ``send-order-emails`` job renders
+each from the order as it is then and hands it to the mailer, retrying with backoff while the
+mail server fails. Delivery is at least once: a process that stops after the mailer took a
+message and before the row is marked sent sends it again once its claim lapses.
+
+The rendering functions are pure (no I/O). Messages carry no payment details (orders has none),
+and nothing here logs a recipient, a subject or a body.
+"""
+
+from __future__ import annotations
+
+import html
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from email.utils import formataddr, parseaddr
+from typing import Any, Final
+
+import structlog
+from sqlalchemy import bindparam, delete, select, update
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+
+from ecosistema.orders import schemas
+from ecosistema.orders.events import (
+    ORDER_CANCELLED,
+    ORDER_FULFILLMENT_CREATED,
+    ORDER_PAID,
+    ORDER_REFUNDED,
+)
+from ecosistema.orders.models import order_emails, orders
+from ecosistema.platform.db import Statements, new_id, statements, utcnow
+from ecosistema.platform.errors import NotFound
+from ecosistema.platform.events import EventEnvelope
+from ecosistema.platform.money import minor_unit_exponent
+from ecosistema.platform.service import ServiceContext
+
+log = structlog.get_logger(__name__)
+
+KINDS: Final = {
+    ORDER_PAID: "confirmation",
+    ORDER_FULFILLMENT_CREATED: "shipping",
+    ORDER_CANCELLED: "cancellation",
+    ORDER_REFUNDED: "refund",
+}
+EVENT_TYPES: Final = tuple(KINDS)
+
+# A claimed message is someone's for this long: longer than a mail server may take to answer.
+CLAIM_SECONDS: Final = 600
+RETRY_BASE_SECONDS: Final = 30
+RETRY_CAP_SECONDS: Final = 3600
+# About half a day of attempts before a message is given up.
+MAX_ATTEMPTS: Final = 20
+BATCH: Final = 50
+# Sent and given-up mail is kept this long (to answer "was my confirmation sent?"), then deleted.
+KEEP_DAYS: Final = 30
+
+_SYMBOLS: Final = {"EUR": "€", "USD": "$", "GBP": "£", "JPY": "¥"}
+
+# What an order's cancellation reason says when it is one of the platform's own codes.
+_REASONS: Final = {
+    "reservation_expired": (
+        "The order was not paid in time, so the items held for it were released."
+    ),
+    "expire": "The order was not paid in time, so the items held for it were released.",
+    "cancel": "The order was cancelled before it was paid.",
+}
+
+
+# --- what the messages say ---------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class OrderMail:
+    """One message: its subject, plain text and HTML alternative."""
+
+    subject: str
+    text: str
+    html: str
+
+
+def format_amount(amount: int, currency: str) -> str:
+    """An amount in minor units as a buyer reads it: ``€1,234.50``, ``¥1,200``, ``CHF 12.00``,
+    with as many decimals as the currency has."""
+    exponent = minor_unit_exponent(currency)
+    sign = "-" if amount < 0 else ""
+    whole, fraction = divmod(abs(amount), 10**exponent)
+    digits = f"{whole:,}" + (f".{fraction:0{exponent}d}" if exponent else "")
+    symbol = _SYMBOLS.get(currency)
+    return f"{sign}{symbol}{digits}" if symbol else f"{sign}{currency} {digits}"
+
+
+def _rate(tax_rate_bp: int) -> str:
+    percent = f"{tax_rate_bp / 100:.2f}".rstrip("0").rstrip(".")
+    return f"{percent}%"
+
+
+def _address_lines(address: schemas.PostalAddress | None) -> list[str]:
+    if address is None:
+        return []
+    place = " ".join(p for p in (address.postal_code, address.city) if p)
+    parts = [address.name, address.company, address.line1, address.line2, place, address.region]
+    return [*(p for p in parts if p), address.country]
+
+
+def _totals(order: schemas.Order) -> list[tuple[str, str]]:
+    money = order.currency
+    rows = [("Subtotal", format_amount(order.subtotal, money))]
+    if order.discount_total:
+        label = f"Discount ({order.voucher_code})" if order.voucher_code else "Discount"
+        rows.append((label, format_amount(-order.discount_total, money)))
+    if order.shipping_method is not None or order.shipping_total:
+        rows.append(("Shipping", format_amount(order.shipping_total, money)))
+    rate = _rate(order.tax_rate_bp)
+    if order.prices_include_tax:
+        rows.append(("Total", format_amount(order.total, money)))
+        rows.append((f"Including tax ({rate})", format_amount(order.tax_total, money)))
+    else:
+        rows.append((f"Tax ({rate})", format_amount(order.tax_total, money)))
+        rows.append(("Total", format_amount(order.total, money)))
+    return rows
+
+
+def _table(rows: Sequence[tuple[str, str]]) -> list[str]:
+    width = max(len(label) for label, _ in rows)
+    return [f"{label:<{width}}  {value}" for label, value in rows]
+
+
+def _line_rows(order: schemas.Order, quantities: Mapping[str, int] | None = None) -> list[str]:
+    """``2 x Tee (TEE-M) at €20.00  €40.00`` per line, at the prices the subtotal adds up (as
+    the shop shows them, before the discount): every line, or those in ``quantities``."""
+    found = []
+    for line in order.lines:
+        quantity = line.quantity if quantities is None else quantities.get(line.line_id, 0)
+        if quantity <= 0:
+            continue
+        unit = format_amount(line.unit_price, order.currency)
+        amount = format_amount(line.unit_price * quantity, order.currency)
+        found.append(f"{quantity} x {line.name} ({line.sku}) at {unit}  {amount}")
+    return found
+
+
+def _html(paragraphs: Sequence[str | Sequence[str]]) -> str:
+    """Each item a paragraph, or a list of lines kept together."""
+    body = []
+    for item in paragraphs:
+        if isinstance(item, str):
+            body.append(f"<p>{html.escape(item)}</p>")
+        else:
+            body.append("<p>" + "<br>".join(html.escape(line) for line in item) + "</p>")
+    return (
+        '<!doctype html><html><body style="font-family:sans-serif">'
+        + "".join(body)
+        + ("</body></html>")
+    )
+
+
+def _mail(subject: str, paragraphs: Sequence[str | Sequence[str]]) -> OrderMail:
+    text = "\n\n".join(p if isinstance(p, str) else "\n".join(p) for p in paragraphs)
+    return OrderMail(subject=subject, text=text + "\n", html=_html(paragraphs))
+
+
+def _greeting(order: schemas.Order) -> str:
+    address = order.shipping_address or order.billing_address
+    return f"Hello {address.name}," if address is not None else "Hello,"
+
+
+def render_confirmation(order: schemas.Order, *, store: str, order_url: str) -> OrderMail:
+    """The order confirmation, sent once the order is paid."""
+    paragraphs: list[str | Sequence[str]] = [
+        _greeting(order),
+        f"Thank you for your order {order.number}. We have received your payment and are "
+        "getting it ready.",
+        ["Order summary:", *_line_rows(order)],
+        _table(_totals(order)),
+    ]
+    if order.shipping_address is not None:
+        paragraphs.append(["Shipping to:", *_address_lines(order.shipping_address)])
+    paragraphs += [f"View your order: {order_url}", f"— {store}"]
+    return _mail(f"Order {order.number} confirmed", paragraphs)
+
+
+def render_shipping(
+    order: schemas.Order,
+    *,
+    tracking_number: str,
+    carrier: str | None,
+    lines: Sequence[Mapping[str, Any]],
+    store: str,
+    order_url: str,
+) -> OrderMail:
+    """A shipping confirmation: one parcel, its carrier and tracking number."""
+    quantities: dict[str, int] = {}
+    for item in lines:
+        key = str(item.get("line_id"))
+        quantities[key] = quantities.get(key, 0) + int(item.get("quantity") or 0)
+    every = all(quantities.get(line.line_id, 0) >= line.quantity for line in order.lines)
+    tracking = [f"Carrier: {carrier}"] if carrier else []
+    tracking.append(f"Tracking number: {tracking_number}")
+    paragraphs: list[str | Sequence[str]] = [
+        _greeting(order),
+        f"{'Your order' if every else 'Part of your order'} {order.number} is on its way.",
+        ["In this parcel:", *_line_rows(order, quantities)],
+        tracking,
+    ]
+    if order.shipping_address is not None:
+        paragraphs.append(["Shipping to:", *_address_lines(order.shipping_address)])
+    paragraphs += [f"View your order: {order_url}", f"— {store}"]
+    return _mail(f"Order {order.number} shipped", paragraphs)
+
+
+def cancellation_reason(reason: str | None) -> str:
+    """The reason as the buyer reads it: the platform's codes in words, others as given."""
+    if not reason:
+        return _REASONS["cancel"]
+    return _REASONS.get(reason, f"Reason: {reason}")
+
+
+def render_cancellation(
+    order: schemas.Order, *, reason: str | None, store: str, order_url: str
+) -> OrderMail:
+    """The cancellation notice."""
+    paragraphs: list[str | Sequence[str]] = [
+        _greeting(order),
+        f"Your order {order.number} has been cancelled.",
+        cancellation_reason(reason),
+        "Nothing is charged for it; should a payment have been under way, it is refunded in full.",
+        f"View your order: {order_url}",
+        f"— {store}",
+    ]
+    return _mail(f"Order {order.number} cancelled", paragraphs)
+
+
+def render_refund(
+    order: schemas.Order,
+    *,
+    amount: int,
+    lines: Sequence[Mapping[str, Any]],
+    store: str,
+    order_url: str,
+) -> OrderMail:
+    """The refund notice: how much comes back and for which items."""
+    quantities: dict[str, int] = {}
+    for item in lines:
+        key = str(item.get("line_id"))
+        quantities[key] = quantities.get(key, 0) + int(item.get("quantity") or 0)
+    refunded = format_amount(amount, order.currency)
+    paragraphs: list[str | Sequence[str]] = [
+        _greeting(order),
+        f"We have refunded {refunded} for your order {order.number}. It goes back to the way "
+        "you paid; your bank may take a few days to show it.",
+    ]
+    items = _line_rows(order, quantities) if quantities else []
+    if items:
+        paragraphs.append(["Refunded items:", *items])
+    paragraphs.append(
+        _table(
+            [
+                ("Refunded now", refunded),
+                ("Refunded in all", format_amount(order.refunded_total, order.currency)),
+                ("Order total", format_amount(order.total, order.currency)),
+            ]
+        )
+    )
+    paragraphs += [f"View your order: {order_url}", f"— {store}"]
+    return _mail(f"Refund for order {order.number}", paragraphs)
+
+
+def render(
+    kind: str, order: schemas.Order, details: Mapping[str, Any], *, store: str, order_url: str
+) -> OrderMail:
+    """The message of ``kind`` for ``order``, with what its event said (``details``)."""
+    if kind == "confirmation":
+        return render_confirmation(order, store=store, order_url=order_url)
+    if kind == "shipping":
+        return render_shipping(
+            order,
+            tracking_number=str(details.get("tracking_number") or ""),
+            carrier=details.get("carrier"),
+            lines=details.get("lines") or [],
+            store=store,
+            order_url=order_url,
+        )
+    if kind == "cancellation":
+        return render_cancellation(
+            order, reason=details.get("reason"), store=store, order_url=order_url
+        )
+    if kind == "refund":
+        return render_refund(
+            order,
+            amount=int(details.get("amount") or 0),
+            lines=details.get("lines") or [],
+            store=store,
+            order_url=order_url,
+        )
+    raise ValueError(f"no order mail of kind {kind!r}")
+
+
+# --- the queue ----------------------------------------------------------------------------------
+
+# What each event's mail needs besides the order (no personal data: payloads carry none).
+_DETAILS: Final = {
+    ORDER_PAID: (),
+    ORDER_FULFILLMENT_CREATED: ("fulfillment_id", "tracking_number", "carrier", "lines"),
+    ORDER_CANCELLED: ("reason",),
+    ORDER_REFUNDED: ("refund_id", "amount", "lines", "fully_refunded"),
+}
+
+_NOTIFY_BUYER = select(orders.c.notify_buyer).where(orders.c.id == bindparam("order_id"))
+
+
+_QUEUE = {
+    dialect: insert(order_emails)
+    .values({c: bindparam(c.name) for c in order_emails.c})
+    .on_conflict_do_nothing(index_elements=[order_emails.c.event_id])
+    for dialect, insert in (("postgresql", pg_insert), ("sqlite", sqlite_insert))
+}
+
+
+def _queue_statement(tx: Statements) -> Any:
+    return _QUEUE["postgresql" if tx.is_postgres else "sqlite"]
+
+
+async def queue_order_email(ctx: ServiceContext, tx: Any, envelope: EventEnvelope) -> None:
+    """Queue the buyer's mail about an order event, in the consumer's transaction: nothing for
+    an order whose buyer is not mailed (the demo's past orders) or that orders does not have."""
+    kind = KINDS.get(envelope.type)
+    if kind is None:
+        return
+    writing = statements(tx)
+    order_id = str(envelope.payload.get("order_id") or "")
+    notify = await writing.scalar(_NOTIFY_BUYER, order_id=order_id)
+    if not notify:
+        return
+    payload = envelope.payload
+    now = utcnow()
+    await writing.execute(
+        _queue_statement(writing),
+        id=new_id(),
+        event_id=envelope.id,
+        order_id=order_id,
+        kind=kind,
+        details={k: payload[k] for k in _DETAILS[envelope.type] if k in payload},
+        status="pending",
+        attempts=0,
+        next_attempt_at=now,
+        last_error=None,
+        created_at=now,
+        sent_at=None,
+    )
+
+
+async def order_emails_wanted(ctx: ServiceContext, envelope: EventEnvelope) -> bool:
+    """With order mails turned off, events are not even recorded: nothing is queued."""
+    return ctx.settings.orders_emails
+
+
+def retry_delay(attempts: int) -> timedelta:
+    """How long a message waits after its ``attempts``-th failed attempt."""
+    return timedelta(seconds=min(RETRY_CAP_SECONDS, RETRY_BASE_SECONDS * 2 ** (attempts - 1)))
+
+
+def sender_in_shop_name(mail_from: str, shop: str) -> str:
+    """The platform's sender address under the shop's name: buyers see who the order is from."""
+    _, address = parseaddr(mail_from)
+    return formataddr((shop, address)) if address and shop.strip() else mail_from
+
+
+def _mailer(ctx: ServiceContext) -> Any:
+    mailer = ctx.extras.get("order_mailer")
+    if mailer is None:
+        from ecosistema.platform.mail import create_mailer
+
+        settings = ctx.settings
+        sender = settings.orders_email_from or sender_in_shop_name(
+            settings.mail_from, settings.seller_name
+        )
+        mailer = ctx.extras["order_mailer"] = create_mailer(
+            settings.model_copy(update={"mail_from": sender})
+        )
+    return mailer
+
+
+def check_order_url(template: str) -> None:
+    """Refuse (ValueError) a link template that names anything but its three placeholders."""
+    try:
+        template.format(public_url="", order_id="", number="")
+    except (KeyError, IndexError, ValueError) as exc:
+        raise ValueError(
+            "ECOSISTEMA_ORDERS_EMAIL_ORDER_URL may use only {public_url}, {order_id} and "
+            f"{{number}}: {exc!r}"
+        ) from exc
+
+
+def order_url(ctx: ServiceContext, order: schemas.Order) -> str:
+    """Where the buyer views the order (``orders_email_order_url`` filled in)."""
+    template = ctx.settings.orders_email_order_url
+    return template.format(
+        public_url=ctx.settings.public_url.rstrip("/"), order_id=order.id, number=order.number
+    )
+
+
+_DUE = (
+    select(order_emails.c.id, order_emails.c.attempts)
+    .where(order_emails.c.status == "pending", order_emails.c.next_attempt_at <= bindparam("now"))
+    .order_by(order_emails.c.next_attempt_at)
+    .limit(BATCH)
+)
+# Guarded on the attempts seen, so of two senders (replicas) one claims the message.
+_CLAIM = (
+    update(order_emails)
+    .where(
+        order_emails.c.id == bindparam("email_id"),
+        order_emails.c.status == "pending",
+        order_emails.c.attempts == bindparam("seen"),
+    )
+    .values(attempts=order_emails.c.attempts + 1, next_attempt_at=bindparam("until"))
+)
+_SETTLE = (
+    update(order_emails)
+    .where(order_emails.c.id == bindparam("email_id"))
+    .values(
+        status=bindparam("status"),
+        next_attempt_at=bindparam("next_at"),
+        last_error=bindparam("error"),
+        sent_at=bindparam("sent_at"),
+    )
+)
+
+
+async def send_due_emails(ctx: ServiceContext, *, now: datetime | None = None) -> int:
+    """Send the queued mail that is due; returns how many were sent. A failure leaves the
+    message to be tried again later (backoff), or gives it up when it can never go."""
+    if not ctx.settings.orders_emails:
+        return 0
+    from ecosistema.orders.service import get_order
+
+    moment = now or utcnow()
+    # Outside the loop: a mailer or a link the settings cannot make is the operator's to fix,
+    # and the messages wait for it rather than being given up.
+    mailer = _mailer(ctx)
+    check_order_url(ctx.settings.orders_email_order_url)
+    async with ctx.db.driver_read() as reading:
+        due = await reading.rows(_DUE, now=moment)
+    sent = 0
+    for item in due:
+        async with ctx.db.driver_write() as tx:
+            claimed = await tx.execute(
+                _CLAIM,
+                email_id=item["id"],
+                seen=item["attempts"],
+                until=moment + timedelta(seconds=CLAIM_SECONDS),
+            )
+            row = await tx.row(select(order_emails).where(order_emails.c.id == item["id"]))
+        if claimed != 1 or row is None:
+            continue  # another sender took it
+        attempts = int(row["attempts"])
+        settled: dict[str, Any] = {"status": "sent", "next_at": moment, "error": None}
+        try:
+            order = await get_order(ctx, order_id=row["order_id"])
+            message = render(
+                row["kind"],
+                order,
+                row["details"],
+                store=ctx.settings.seller_name,
+                order_url=order_url(ctx, order),
+            )
+            await mailer.send(order.email, message.subject, message.text, message.html)
+        except (NotFound, ValueError) as exc:
+            # No such order any more, or an address no message can be built for: trying again
+            # would fail the same way.
+            settled.update(status="failed", error=type(exc).__name__)
+        except Exception as exc:  # the mail server is down or refused: try again later
+            retry = attempts < MAX_ATTEMPTS
+            settled.update(
+                status="pending" if retry else "failed",
+                next_at=utcnow() + retry_delay(attempts),
+                error=type(exc).__name__[:200],
+            )
+        async with ctx.db.driver_write() as tx:
+            await tx.execute(
+                _SETTLE,
+                email_id=row["id"],
+                sent_at=utcnow() if settled["status"] == "sent" else None,
+                **settled,
+            )
+        fields = {"email_id": row["id"], "order_id": row["order_id"], "kind": row["kind"]}
+        if settled["status"] == "sent":
+            sent += 1
+            log.info("order_email_sent", **fields)
+        elif settled["status"] == "failed":
+            log.warning("order_email_given_up", attempts=attempts, error=settled["error"], **fields)
+        else:
+            log.warning(
+                "order_email_failed",
+                attempts=attempts,
+                error=settled["error"],
+                retry_at=settled["next_at"].isoformat(),
+                **fields,
+            )
+    return sent
+
+
+_PURGE = delete(order_emails).where(
+    order_emails.c.id.in_(
+        select(order_emails.c.id)
+        .where(
+            order_emails.c.status != "pending",
+            order_emails.c.created_at < bindparam("before"),
+        )
+        .limit(1000)
+    )
+)
+
+
+async def purge_old_emails(ctx: ServiceContext, *, now: datetime | None = None) -> int:
+    """Delete sent and given-up mail older than ``KEEP_DAYS``; returns how many (at most 1000)."""
+    before = (now or utcnow()) - timedelta(days=KEEP_DAYS)
+    async with ctx.db.driver_write() as tx:
+        return await tx.execute(_PURGE, before=before)
+
+
+async def send_order_emails(ctx: ServiceContext) -> None:
+    """The periodic job's entry point: send until nothing more is due, then forget old mail."""
+    while await send_due_emails(ctx) == BATCH:
+        pass
+    while await purge_old_emails(ctx) == 1000:
+        pass
