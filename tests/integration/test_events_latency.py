@@ -7,17 +7,27 @@ the test instead of merely arriving late.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import json
 from collections.abc import AsyncIterator
+from pathlib import Path
 
 import nats
 import pytest
 from nats.aio.msg import Msg
 
-from ecosistema.platform.events import EventEnvelope, Handler
+from ecosistema.platform.db import Database
+from ecosistema.platform.events import EventEnvelope, Handler, OutboxRelay
 from ecosistema.platform.events.nats_bus import NatsBus
-from tests.conftest import NATS_URL, requires_nats, unique
-from tests.integration.test_events_support import eventually
+from tests.conftest import NATS_URL, PG_URL, requires_nats, requires_postgres, unique
+from tests.integration.test_events_outbox import RecordingBus
+from tests.integration.test_events_support import (
+    eventually,
+    grant_credit,
+    ledger_database,
+    outbox,
+)
 
 # Longer than any wait below: a pull request that must expire first fails the test.
 PULL_EXPIRY = 60.0
@@ -130,3 +140,54 @@ async def test_nats_broadcast_gets_each_event_as_it_arrives_whatever_pull_reques
         await _publish_one_by_one(nats_bus, seen, 4, first=1)
 
     assert seen == [0, 1, 2, 3, 4]
+
+
+class HeldBus(RecordingBus):
+    """A bus whose publish stays in progress until released: a replica in the middle of a
+    batch, holding the outbox's lock."""
+
+    def __init__(self, published: list[str]) -> None:
+        super().__init__(published)
+        self.publishing = asyncio.Event()
+        self.release = asyncio.Event()
+
+    async def publish(self, envelope: EventEnvelope) -> None:
+        self.publishing.set()
+        await self.release.wait()
+        await super().publish(envelope)
+
+
+@requires_postgres
+async def test_event_committed_on_one_replica_while_another_relays_is_published_without_a_poll(
+    tmp_path: Path,
+) -> None:
+    async with ledger_database("postgresql", tmp_path) as db:
+        assert db.schema is not None
+        other = Database("ledger", PG_URL, schema_prefix=db.schema.removesuffix("ledger"))
+        published: list[str] = []
+        # The other replica's relay, in the middle of a batch it read before the next commit.
+        busy = HeldBus(published)
+        first = await grant_credit(other, "acme", 1)
+        batch = asyncio.create_task(OutboxRelay(outbox, other, busy).relay_once())
+        # This replica's relay, polling once an hour: only the commit can get the event out.
+        relay = OutboxRelay(outbox, db, RecordingBus(published), poll_interval=3600)
+        try:
+            async with asyncio.timeout(PROMPT):
+                await busy.publishing.wait()
+            relay.start()
+            second = await grant_credit(db, "acme", 2)
+            busy.release.set()
+            assert await batch == 1
+
+            async def both_published() -> bool:
+                return len(published) == 2
+
+            await eventually(both_published, timeout=PROMPT, what="the second event")
+            assert published == [first.id, second.id]
+            assert await outbox.backlog(db) == 0
+        finally:
+            busy.release.set()
+            await relay.stop()
+            with contextlib.suppress(Exception):
+                await batch
+            await other.dispose()
