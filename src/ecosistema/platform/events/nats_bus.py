@@ -5,24 +5,26 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import json
 import re
 from collections.abc import Collection
 
 import nats
-import nats.errors
 import structlog
 from nats.aio.client import Client
 from nats.aio.msg import Msg
+from nats.aio.subscription import Subscription
 from nats.js import JetStreamContext
 from nats.js.api import (
     AckPolicy,
     ConsumerConfig,
     DeliverPolicy,
     RetentionPolicy,
+    StatusCode,
     StorageType,
     StreamConfig,
 )
-from nats.js.errors import NotFoundError, ServerError
+from nats.js.errors import APIError, NotFoundError, ServerError
 from pydantic import ValidationError
 
 from ecosistema.platform.events.bus import (
@@ -36,10 +38,17 @@ from ecosistema.platform.events.envelope import EventEnvelope
 
 log = structlog.get_logger(__name__)
 
+# The JetStream API subjects' prefix (no domain or account import is configured).
+JS_API_PREFIX = "$JS.API"
 # How often a stream create the server fails (ServerError) is tried before the bus gives up.
 STREAM_CREATE_ATTEMPTS = 3
 
 _UNSAFE = re.compile(r"[^A-Za-z0-9_-]")
+# Status answers that end a pull request: no messages (no_wait), expired, or a conflict (too
+# many waiting requests, the consumer deleted or moved).
+_REQUEST_ENDED = frozenset(
+    {StatusCode.NO_MESSAGES, StatusCode.REQUEST_TIMEOUT, StatusCode.CONFLICT}
+)
 
 
 def nats_name(name: str) -> str:
@@ -48,6 +57,73 @@ def nats_name(name: str) -> str:
     if safe == name and name:
         return name
     return f"{safe}_{hashlib.sha256(name.encode()).hexdigest()[:8]}"
+
+
+class Puller:
+    """A pull consumer's messages, each handed over the moment it arrives.
+
+    One pull request for up to ``batch`` messages is kept open on the server, answered to an
+    inbox of the puller's own, and renewed once it has delivered its batch, ended with a status
+    answer, or outlived ``expires`` (its expiry answer lost with a connection).
+
+    Unlike ``PullSubscription.fetch``, nothing waits for a batch to fill: a fetch that received
+    one message waits for the rest until its request expires, so an event delivered to a
+    request still open on the server (one from an earlier fetch that gave up a moment before the
+    server's expiry answer came, which that late answer then leaves behind) waited for up to the
+    whole fetch timeout. Here whichever request a message answers, it is returned at once.
+    """
+
+    def __init__(
+        self, nc: Client, *, prefix: str, stream: str, consumer: str, batch: int, expires: float
+    ) -> None:
+        self.consumer = consumer
+        self._nc = nc
+        self._subject = f"{prefix}.CONSUMER.MSG.NEXT.{stream}.{consumer}"
+        self._request = json.dumps({"batch": batch, "expires": int(expires * 1e9)}).encode()
+        self._batch = batch
+        self._expires = expires
+        self._sub: Subscription | None = None
+        self._owed = 0  # messages the open request may still deliver
+        self._renew_at = 0.0
+
+    async def open(self) -> None:
+        """Subscribe to the puller's inbox."""
+        self._sub = await self._nc.subscribe(self._nc.new_inbox())
+
+    async def next(self) -> Msg | None:
+        """The next message, or ``None`` once a request ended without one (ask again)."""
+        if self._sub is None:
+            raise RuntimeError("Puller is not open")
+        loop = asyncio.get_running_loop()
+        if self._owed <= 0 or loop.time() >= self._renew_at:
+            await self._nc.publish(self._subject, self._request, reply=self._sub.subject)
+            self._owed = self._batch
+            # The server answers an expired request a little before this, so its answer is
+            # normally read here and does not reach the next request.
+            self._renew_at = loop.time() + self._expires + max(0.5, self._expires / 10)
+        try:
+            message = await self._sub.next_msg(timeout=max(0.001, self._renew_at - loop.time()))
+        except TimeoutError:
+            self._owed = 0
+            return None
+        status = message.headers.get("Status") if message.headers else None
+        if status is None or message.data:
+            self._owed -= 1
+            return message
+        if status == StatusCode.CONTROL_MESSAGE:
+            return None
+        if status in _REQUEST_ENDED:
+            # This request's end, or the late one of a request already given up on: either
+            # way a new request keeps one open; messages of any of them come here all the same.
+            self._owed = 0
+            return None
+        raise APIError.from_msg(message)
+
+    async def close(self) -> None:
+        """Unsubscribe; an open request's messages return to the consumer after ``ack_wait``."""
+        sub, self._sub = self._sub, None
+        if sub is not None:
+            await sub.unsubscribe()
 
 
 class NatsBus:
@@ -96,7 +172,7 @@ class NatsBus:
         self._nc: Client | None = None
         self._js: JetStreamContext | None = None
         self._durables: dict[str, str] = {}
-        self._subscriptions: list[JetStreamContext.PullSubscription] = []
+        self._pullers: list[Puller] = []
         self._ephemeral: set[str] = set()
         self._loops = DeliveryLoops()
 
@@ -146,12 +222,12 @@ class NatsBus:
     async def stop(self) -> None:
         """Let running handlers finish, then drain the connection."""
         await self._loops.stop(self.stop_grace)
-        for sub in self._subscriptions:
+        for puller in self._pullers:
             try:
-                await sub.unsubscribe()
+                await puller.close()
             except Exception as exc:  # the connection may already be gone
                 log.debug("nats_unsubscribe_failed", error=repr(exc))
-        self._subscriptions.clear()
+        self._pullers.clear()
         self._durables.clear()
         for name in list(self._ephemeral):
             await self._delete_ephemeral(name)
@@ -188,22 +264,32 @@ class NatsBus:
             filter_subjects=filter_subjects,
         )
         await js.add_consumer(self.stream, config)
-        sub = await js.pull_subscribe_bind(durable=durable, stream=self.stream)
+        puller = await self._puller(durable)
         self._durables[consumer] = durable
-        self._subscriptions.append(sub)
-        self._loops.spawn(self._deliver(consumer, sub, wanted, handler), name=f"nats-{durable}")
+        self._loops.spawn(self._deliver(consumer, puller, wanted, handler), name=f"nats-{durable}")
 
     async def subscribe_broadcast(self, types: Collection[str], handler: Handler) -> None:
         """Start delivering every event of ``types`` published from now on to ``handler``,
         through an ephemeral consumer of this process alone."""
         wanted = frozenset(types)
-        name, sub = await self._ephemeral_subscription(wanted)
-        self._subscriptions.append(sub)
-        self._loops.spawn(self._broadcast(name, sub, wanted, handler), name=f"nats-{name}")
+        puller = await self._ephemeral_puller(wanted)
+        self._loops.spawn(self._broadcast(puller, wanted, handler), name=f"nats-{puller.consumer}")
 
-    async def _ephemeral_subscription(
-        self, wanted: frozenset[str]
-    ) -> tuple[str, JetStreamContext.PullSubscription]:
+    async def _puller(self, consumer: str) -> Puller:
+        assert self._nc is not None
+        puller = Puller(
+            self._nc,
+            prefix=JS_API_PREFIX,
+            stream=self.stream,
+            consumer=consumer,
+            batch=self.batch_size,
+            expires=self.fetch_timeout,
+        )
+        await puller.open()
+        self._pullers.append(puller)
+        return puller
+
+    async def _ephemeral_puller(self, wanted: frozenset[str]) -> Puller:
         js = self.jetstream
         filter_subject, filter_subjects = self._filter(wanted)
         config = ConsumerConfig(
@@ -218,26 +304,18 @@ class NatsBus:
         info = await js.add_consumer(self.stream, config)
         assert info.name is not None
         self._ephemeral.add(info.name)
-        return info.name, await js.pull_subscribe_bind(consumer=info.name, stream=self.stream)
+        return await self._puller(info.name)
 
-    async def _broadcast(
-        self,
-        name: str,
-        sub: JetStreamContext.PullSubscription,
-        wanted: frozenset[str],
-        handler: Handler,
-    ) -> None:
+    async def _broadcast(self, puller: Puller, wanted: frozenset[str], handler: Handler) -> None:
         while not self._loops.closing:
             try:
-                messages = await sub.fetch(self.batch_size, timeout=self.fetch_timeout)
-            except (TimeoutError, nats.errors.TimeoutError):
-                continue
+                message = await puller.next()
             except Exception as exc:
                 log.warning("nats_broadcast_fetch_failed", error=repr(exc))
                 await asyncio.sleep(1.0)
-                name, sub = await self._resume_broadcast(name, sub, wanted)
+                puller = await self._resume_broadcast(puller, wanted)
                 continue
-            for message in messages:
+            if message is not None:
                 with self._loops.handling():
                     try:
                         envelope = EventEnvelope.from_bytes(message.data)
@@ -251,27 +329,26 @@ class NatsBus:
                     except Exception as exc:  # at most once: the consumer will not resend it
                         log.debug("nats_ack_failed", consumer="broadcast", error=repr(exc))
 
-    async def _resume_broadcast(
-        self, name: str, sub: JetStreamContext.PullSubscription, wanted: frozenset[str]
-    ) -> tuple[str, JetStreamContext.PullSubscription]:
-        """The same subscription while its consumer exists, else (removed by the server after
-        a long disconnection) a new one from the events published from now on."""
+    async def _resume_broadcast(self, puller: Puller, wanted: frozenset[str]) -> Puller:
+        """The same puller while its consumer exists, else (removed by the server after a long
+        disconnection) a new one from the events published from now on."""
+        name = puller.consumer
         try:
             await self.jetstream.consumer_info(self.stream, name)
-            return name, sub
+            return puller
         except NotFoundError:
             log.warning("nats_broadcast_consumer_lost", consumer=name)
         except Exception as exc:  # still disconnected: try again on the next failure
             log.debug("nats_broadcast_check_failed", error=repr(exc))
-            return name, sub
+            return puller
         self._ephemeral.discard(name)
         try:
-            await sub.unsubscribe()
+            await puller.close()
         except Exception as exc:
             log.debug("nats_unsubscribe_failed", error=repr(exc))
-        fresh_name, fresh = await self._ephemeral_subscription(wanted)
-        self._subscriptions.append(fresh)
-        return fresh_name, fresh
+        if puller in self._pullers:
+            self._pullers.remove(puller)
+        return await self._ephemeral_puller(wanted)
 
     async def _delete_ephemeral(self, name: str) -> None:
         self._ephemeral.discard(name)
@@ -297,22 +374,16 @@ class NatsBus:
         return everything, None
 
     async def _deliver(
-        self,
-        consumer: str,
-        sub: JetStreamContext.PullSubscription,
-        wanted: frozenset[str],
-        handler: Handler,
+        self, consumer: str, puller: Puller, wanted: frozenset[str], handler: Handler
     ) -> None:
         while not self._loops.closing:
             try:
-                messages = await sub.fetch(self.batch_size, timeout=self.fetch_timeout)
-            except (TimeoutError, nats.errors.TimeoutError):
-                continue
+                message = await puller.next()
             except Exception as exc:  # disconnected: the client reconnects on its own
                 log.warning("nats_fetch_failed", consumer=consumer, error=repr(exc))
                 await asyncio.sleep(1.0)
                 continue
-            for message in messages:
+            if message is not None:
                 with self._loops.handling():
                     try:
                         await self._handle(consumer, message, wanted, handler)

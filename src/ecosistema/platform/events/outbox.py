@@ -218,10 +218,13 @@ class OutboxRelay:
     one transaction that takes a per-outbox advisory lock, so a single relay publishes at a time
     and events leave in position order, and locks its rows (``FOR UPDATE SKIP LOCKED``) while it
     publishes and marks them. A relay that dies mid-batch rolls back, and the next one publishes
-    the batch again: at least once, never lost. On SQLite one process writes, so a batch is read
-    on the driver and published outside any write transaction (an in-process handler may then
-    write to the same database while the relay runs), and the rows published are marked in one
-    short write afterwards.
+    the batch again: at least once, never lost. A commit wakes only the relays of its own
+    process, so a relay woken by one waits for the lock when another replica holds it (whose
+    batch may have been read before that commit) instead of leaving the event to a poll.
+
+    On SQLite one process writes, so a batch is read on the driver and published outside any
+    write transaction (an in-process handler may then write to the same database while the relay
+    runs), and the rows published are marked in one short write afterwards.
     """
 
     def __init__(
@@ -256,15 +259,19 @@ class OutboxRelay:
         """Publish one batch; returns how many rows were published."""
         return (await self._relay_batch()).published
 
-    async def _relay_batch(self, *, defer_marks: bool = False) -> _Batch:
+    async def _relay_batch(self, *, defer_marks: bool = False, wait: bool = False) -> _Batch:
         if self.db.is_postgres:
-            return await self._relay_locked()
+            return await self._relay_locked(wait=wait)
         return await self._relay_single_writer(defer_marks=defer_marks)
 
-    async def _relay_locked(self) -> _Batch:
+    async def _relay_locked(self, *, wait: bool) -> _Batch:
+        """One batch under the outbox's lock; with ``wait``, after the replica holding it (if
+        any) commits its batch, else not at all when another replica holds it."""
         t = self.outbox.table
         async with self.db.transaction() as session:
-            if not await session.scalar(select(func.pg_try_advisory_xact_lock(self._lock_key))):
+            if wait:
+                await session.execute(select(func.pg_advisory_xact_lock(self._lock_key)))
+            elif not await session.scalar(select(func.pg_try_advisory_xact_lock(self._lock_key))):
                 return _Batch(contended=True)
             rows = (
                 (
@@ -396,11 +403,8 @@ class OutboxRelay:
         """Relay until the outbox is empty or publishing fails (tests and shutdown)."""
         async with asyncio.timeout(timeout):
             while True:
-                batch = await self._relay_batch()
-                if batch.contended:
-                    # Another replica holds the outbox; its batch is published when it commits.
-                    await asyncio.sleep(self.poll_interval / 5)
-                    continue
+                # Behind any batch another replica is publishing, whose rows it marks.
+                batch = await self._relay_batch(wait=True)
                 if batch.failed or not batch.published:
                     return
 
@@ -410,9 +414,12 @@ class OutboxRelay:
         while not self._stopping:
             # Cleared before reading, so a commit that lands while a batch is being published
             # wakes the next round at once instead of waiting for the poll interval.
+            woken = self._wakeup.is_set()
             self._wakeup.clear()
             try:
-                batch = await self._relay_batch(defer_marks=True)
+                # Woken by a commit of this process: another replica's batch may have been read
+                # before it, so wait for that batch rather than leave the event to a poll.
+                batch = await self._relay_batch(defer_marks=True, wait=woken)
                 if self._marks_due() == 0.0:
                     await self.flush_marks()
             except Exception as exc:
