@@ -421,6 +421,7 @@ _CLAIM = (
         order_emails.c.attempts == bindparam("seen"),
     )
     .values(attempts=order_emails.c.attempts + 1, next_attempt_at=bindparam("until"))
+    .returning(*order_emails.c)
 )
 _SETTLE = (
     update(order_emails)
@@ -434,13 +435,44 @@ _SETTLE = (
 )
 
 
+async def _send_one(
+    ctx: ServiceContext, mailer: Any, row: Mapping[str, Any], moment: datetime
+) -> dict[str, Any]:
+    """Render and send one claimed message; how it is to be settled (sent, to be tried again
+    later, or given up)."""
+    from ecosistema.orders.service import get_order
+
+    attempts = int(row["attempts"])
+    settled: dict[str, Any] = {"status": "sent", "next_at": moment, "error": None}
+    try:
+        order = await get_order(ctx, order_id=row["order_id"])
+        message = render(
+            row["kind"],
+            order,
+            row["details"],
+            store=ctx.settings.seller_name,
+            order_url=order_url(ctx, order),
+        )
+        await mailer.send(order.email, message.subject, message.text, message.html)
+    except (NotFound, ValueError) as exc:
+        # No such order any more, or an address no message can be built for: trying again
+        # would fail the same way.
+        settled.update(status="failed", error=type(exc).__name__)
+    except Exception as exc:  # the mail server is down or refused: try again later
+        retry = attempts < MAX_ATTEMPTS
+        settled.update(
+            status="pending" if retry else "failed",
+            next_at=utcnow() + retry_delay(attempts),
+            error=type(exc).__name__[:200],
+        )
+    return settled
+
+
 async def send_due_emails(ctx: ServiceContext, *, now: datetime | None = None) -> int:
     """Send the queued mail that is due; returns how many were sent. A failure leaves the
     message to be tried again later (backoff), or gives it up when it can never go."""
     if not ctx.settings.orders_emails:
         return 0
-    from ecosistema.orders.service import get_order
-
     moment = now or utcnow()
     # Outside the loop: a mailer or a link the settings cannot make is the operator's to fix,
     # and the messages wait for it rather than being given up.
@@ -448,51 +480,41 @@ async def send_due_emails(ctx: ServiceContext, *, now: datetime | None = None) -
     check_order_url(ctx.settings.orders_email_order_url)
     async with ctx.db.driver_read() as reading:
         due = await reading.rows(_DUE, now=moment)
-    sent = 0
-    for item in due:
-        async with ctx.db.driver_write() as tx:
-            claimed = await tx.execute(
+    if not due:
+        return 0
+    # One transaction claims the round and one settles it: a round of mail costs two commits,
+    # not two per message. A crash between sending and settling sends those again once their
+    # claim lapses (at least once, as documented).
+    claimed: list[dict[str, Any]] = []
+    async with ctx.db.driver_write() as tx:
+        for item in due:
+            row = await tx.row(
                 _CLAIM,
                 email_id=item["id"],
                 seen=item["attempts"],
                 until=moment + timedelta(seconds=CLAIM_SECONDS),
             )
-            row = await tx.row(select(order_emails).where(order_emails.c.id == item["id"]))
-        if claimed != 1 or row is None:
-            continue  # another sender took it
-        attempts = int(row["attempts"])
-        settled: dict[str, Any] = {"status": "sent", "next_at": moment, "error": None}
-        try:
-            order = await get_order(ctx, order_id=row["order_id"])
-            message = render(
-                row["kind"],
-                order,
-                row["details"],
-                store=ctx.settings.seller_name,
-                order_url=order_url(ctx, order),
-            )
-            await mailer.send(order.email, message.subject, message.text, message.html)
-        except (NotFound, ValueError) as exc:
-            # No such order any more, or an address no message can be built for: trying again
-            # would fail the same way.
-            settled.update(status="failed", error=type(exc).__name__)
-        except Exception as exc:  # the mail server is down or refused: try again later
-            retry = attempts < MAX_ATTEMPTS
-            settled.update(
-                status="pending" if retry else "failed",
-                next_at=utcnow() + retry_delay(attempts),
-                error=type(exc).__name__[:200],
-            )
-        async with ctx.db.driver_write() as tx:
-            await tx.execute(
-                _SETTLE,
-                email_id=row["id"],
-                sent_at=utcnow() if settled["status"] == "sent" else None,
+            if row is not None:  # else another sender took it
+                claimed.append(row)
+    sent = 0
+    settlements: list[dict[str, Any]] = []
+    for row in claimed:
+        settled = await _send_one(ctx, mailer, row, moment)
+        settlements.append(
+            {
+                "email_id": row["id"],
+                "sent_at": utcnow() if settled["status"] == "sent" else None,
                 **settled,
-            )
+            }
+        )
+        sent += settled["status"] == "sent"
+    if settlements:
+        async with ctx.db.driver_write() as tx:
+            await tx.executemany(_SETTLE, settlements)
+    for row, settled in zip(claimed, settlements, strict=True):
+        attempts = int(row["attempts"])
         fields = {"email_id": row["id"], "order_id": row["order_id"], "kind": row["kind"]}
         if settled["status"] == "sent":
-            sent += 1
             log.info("order_email_sent", **fields)
         elif settled["status"] == "failed":
             log.warning("order_email_given_up", attempts=attempts, error=settled["error"], **fields)
