@@ -10,14 +10,20 @@ from datetime import datetime
 from enum import StrEnum
 from typing import Any
 
-from ecosistema.platform.errors import ProblemError
+from ecosistema.platform.errors import ProblemError, pattern_rule
 
 SLUG_MAX_LENGTH = 120
 # Codes (warehouses, price lists) are ASCII; slugs (products, categories) may hold any letters.
-CODE_PATTERN = r"^[a-z0-9]+(?:-[a-z0-9]+)*$"
+CODE_PATTERN = pattern_rule(
+    r"^[a-z0-9]+(?:-[a-z0-9]+)*$",
+    "a code: lower-case letters a-z and digits joined by single hyphens, e.g. wholesale or eu-2",
+)
 # A new SKU follows the platform's rule (the one orders checks carts against). Catalogues from
 # before that rule may hold SKUs with "/": requests that name an existing SKU still take them.
-STORED_SKU_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._\-/]*$"
+STORED_SKU_PATTERN = pattern_rule(
+    r"^[A-Za-z0-9][A-Za-z0-9._\-/]*$",
+    "a SKU: a letter or digit, then letters, digits, `.`, `_`, `-` or `/`",
+)
 
 
 class ProductStatus(StrEnum):
