@@ -222,7 +222,22 @@ async def create_category(ctx: ServiceContext, data: CategoryCreate) -> Category
     """Add a category under ``parent_id`` (or at the root); slugs are unique catalog-wide."""
     slug = data.slug or domain.slugify(data.name)
     if not slug:
-        raise field_error("slug", "the name gives no usable slug; pass one")
+        # The caller sent only a name: both fields are named, the name as the cause.
+        raise Unprocessable(
+            "name: has no letter or digit to make a slug from; pass a slug",
+            errors=[
+                {
+                    "field": "name",
+                    "message": "has no letter or digit to make a slug from; pass a slug",
+                    "code": "no_slug",
+                },
+                {
+                    "field": "slug",
+                    "message": "required when the name has no letter or digit",
+                    "code": "missing",
+                },
+            ],
+        )
     now = utcnow()
     try:
         async with ctx.db.transaction() as session:
@@ -800,9 +815,13 @@ async def set_price_list_prices(
     ctx: ServiceContext, price_list_id: str, entries: Sequence[PriceListPrice]
 ) -> list[PriceListPrice]:
     """Replace a price list's prices; every SKU must exist."""
-    keys = [(e.sku, e.currency) for e in entries]
-    if len(set(keys)) != len(keys):
-        raise field_error("prices", "one price per SKU and currency")
+    seen: set[tuple[str, str]] = set()
+    for index, entry in enumerate(entries):
+        if (entry.sku, entry.currency) in seen:
+            raise field_error(
+                f"prices.{index}", f"{entry.sku} has a {entry.currency} price already in the list"
+            )
+        seen.add((entry.sku, entry.currency))
     async with ctx.db.transaction() as session:
         await _price_list_view(session, price_list_id)
         skus = sorted({e.sku for e in entries})
@@ -813,9 +832,19 @@ async def set_price_list_prices(
                 )
             ).all()
         )
-        missing = [s for s in skus if s not in found]
+        missing = [(i, e.sku) for i, e in enumerate(entries) if e.sku not in found]
         if missing:
-            raise field_error("prices", f"unknown SKUs: {', '.join(missing)}", "not_found")
+            raise Unprocessable(
+                f"unknown SKUs: {', '.join(sorted({sku for _, sku in missing}))}",
+                errors=[
+                    {
+                        "field": f"prices.{i}.sku",
+                        "message": f"no variant has SKU {sku}",
+                        "code": "not_found",
+                    }
+                    for i, sku in missing
+                ],
+            )
         await session.execute(
             delete(price_list_prices).where(price_list_prices.c.price_list_id == price_list_id)
         )
