@@ -500,6 +500,9 @@ async def delete_variant(
     "/categories",
     response_model=None,
     summary="The category tree, parents before children",
+    description="The whole tree as one JSON array, sorted by `path` (each parent before its "
+    "children), not paginated: a tree is small, and a storefront draws its navigation from "
+    "one read.",
     responses={**_CACHED_READ, 200: {"model": list[Category]}},
 )
 async def list_categories(request: Request, ctx: Context) -> Response:
@@ -538,8 +541,13 @@ async def get_category(category_id: str, request: Request, ctx: Context) -> Resp
 @router.patch(
     "/categories/{category_id}",
     response_model=Category,
-    summary="Rename or re-describe a category (staff)",
-    responses=_errors(401, 403, 404, 422),
+    summary="Rename, re-describe, re-slug or move a category (staff)",
+    description="Only the fields given change. `parent_id` moves the category, with every "
+    "category below it, under another one (`null`: to the root); moving it under itself or "
+    "one of its descendants is a 422 on `parent_id`. A new `slug` must be free (409 "
+    "`slug-taken`, `errors` at `slug`). A move or a new slug rewrites the `path` of the "
+    "category and of every category below it.",
+    responses=_errors(401, 403, 404, 409, 422),
 )
 async def update_category(
     category_id: str, body: CategoryUpdate, ctx: Context, _staff: CatalogWriter

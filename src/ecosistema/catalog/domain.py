@@ -132,6 +132,10 @@ def unique_slug(base: str, taken: Iterable[str]) -> str:
         n += 1
 
 
+# The longest materialised path a category may have (its column's width).
+CATEGORY_PATH_MAX_LENGTH = 1000
+
+
 def category_path(parent_path: str | None, slug: str) -> str:
     """The materialised path of a category: its ancestors' slugs and its own, ``/``-joined."""
     return f"{parent_path}/{slug}" if parent_path else slug

@@ -168,9 +168,12 @@ class CategoryCreate(_Input):
 
 
 class CategoryUpdate(_Input):
-    """Rename or re-describe a category (its slug and place in the tree stay)."""
+    """Change a category; only the fields given change. ``parent_id`` moves it (with everything
+    below it) under another category, or to the root with ``null``."""
 
     name: ShortName | None = None
+    slug: Slug | None = None
+    parent_id: Annotated[str, Field(max_length=64)] | None = None
     description: Description | None = None
 
 

@@ -243,6 +243,7 @@ async def create_category(ctx: ServiceContext, data: CategoryCreate) -> Category
         async with ctx.db.transaction() as session:
             parent_path = None
             if data.parent_id is not None:
+                await _lock_tree(session)
                 parent_path = await session.scalar(
                     select(categories.c.path).where(categories.c.id == data.parent_id)
                 )
@@ -250,6 +251,9 @@ async def create_category(ctx: ServiceContext, data: CategoryCreate) -> Category
                     raise field_error("parent_id", "no category with this id", "not_found")
             if await session.scalar(select(categories.c.id).where(categories.c.slug == slug)):
                 raise _slug_conflict(slug)
+            path = domain.category_path(parent_path, slug)
+            if len(path) > domain.CATEGORY_PATH_MAX_LENGTH:
+                raise _too_deep("parent_id")
             category_id = new_id()
             await session.execute(
                 insert(categories).values(
@@ -257,7 +261,7 @@ async def create_category(ctx: ServiceContext, data: CategoryCreate) -> Category
                     parent_id=data.parent_id,
                     name=data.name,
                     slug=slug,
-                    path=domain.category_path(parent_path, slug),
+                    path=path,
                     description=data.description,
                     created_at=now,
                     updated_at=now,
@@ -271,6 +275,90 @@ async def create_category(ctx: ServiceContext, data: CategoryCreate) -> Category
         raise Conflict(f"A category with slug {slug!r} exists.", type="slug-taken") from exc
     await invalidate(ctx)
     return _category(row)
+
+
+# Writes that read a category's path and write paths from it (a child added, a category moved
+# or re-slugged, one deleted) take turns on PostgreSQL, so two concurrent moves can never make a
+# cycle, nor a child keep a path its parent just left; SQLite's writers take turns anyway.
+_TREE_LOCK_KEY = int.from_bytes(b"cat-tree", "big", signed=True)
+
+
+async def _lock_tree(session: AsyncSession) -> None:
+    if session.get_bind().dialect.name == "postgresql":
+        await session.execute(select(func.pg_advisory_xact_lock(_TREE_LOCK_KEY)))
+
+
+def _too_deep(field: str) -> Unprocessable:
+    return field_error(
+        field,
+        f"the category's path would pass {domain.CATEGORY_PATH_MAX_LENGTH} characters; "
+        "nest it less deeply or use shorter slugs",
+        "too_deep",
+    )
+
+
+async def _place_category(
+    session: AsyncSession, category_id: str, placement: dict[str, Any]
+) -> list[Row[Any]]:
+    """Give a category the slug and parent in ``placement`` (``parent_id`` None: the root),
+    rewriting the materialised paths of it and every category below it. Returns the rows whose
+    path changed, the category first; none when it stays where it is."""
+    await _lock_tree(session)
+    row = (await session.execute(select(categories).where(categories.c.id == category_id))).first()
+    if row is None:
+        raise NotFound(CATEGORY_NOT_FOUND)
+    slug = placement.get("slug", row.slug)
+    parent_id = placement.get("parent_id", row.parent_id)
+    if slug != row.slug and await session.scalar(
+        select(categories.c.id).where(categories.c.slug == slug)
+    ):
+        raise _slug_conflict(slug)
+    parent_path = None
+    if parent_id is not None:
+        parent_path = await session.scalar(
+            select(categories.c.path).where(categories.c.id == parent_id)
+        )
+        if parent_path is None:
+            raise field_error("parent_id", "no category with this id", "not_found")
+        if domain.is_within(parent_path, row.path):
+            raise field_error(
+                "parent_id",
+                "a category cannot move under itself or one of its descendants",
+                "cycle",
+            )
+    path = domain.category_path(parent_path, slug)
+    if path == row.path and parent_id == row.parent_id:
+        return []
+    below = (
+        await session.execute(
+            select(categories.c.id, categories.c.path).where(
+                categories.c.path.like(row.path + "/%")
+            )
+        )
+    ).all()
+    moved = {r.id: path + r.path[len(row.path) :] for r in below}
+    if len(max([path, *moved.values()], key=len)) > domain.CATEGORY_PATH_MAX_LENGTH:
+        raise _too_deep("parent_id" if "parent_id" in placement else "slug")
+    now = utcnow()
+    await session.execute(
+        update(categories)
+        .where(categories.c.id == category_id)
+        .values(slug=slug, parent_id=parent_id, path=path, updated_at=now)
+    )
+    for descendant_id, descendant_path in moved.items():
+        await session.execute(
+            update(categories)
+            .where(categories.c.id == descendant_id)
+            .values(path=descendant_path, updated_at=now)
+        )
+    changed = [category_id, *moved]
+    rows = {
+        r.id: r
+        for r in (
+            await session.execute(select(categories).where(categories.c.id.in_(changed)))
+        ).all()
+    }
+    return [rows[i] for i in changed]
 
 
 async def list_categories(ctx: ServiceContext) -> list[Category]:
@@ -292,10 +380,25 @@ async def get_category(ctx: ServiceContext, category_id: str) -> Category:
 
 
 async def update_category(ctx: ServiceContext, category_id: str, data: CategoryUpdate) -> Category:
-    """Rename or re-describe a category."""
-    refuse_nulls(data, ("name", "description"))
+    """Rename, re-describe, re-slug or move a category; a new slug or parent rewrites the paths
+    of the category and of every category below it, each of which publishes CategoryUpdated."""
+    refuse_nulls(data, ("name", "description", "slug"))
     values: dict[str, Any] = data.model_dump(exclude_unset=True)
+    placement: dict[str, Any] = {k: values.pop(k) for k in ("slug", "parent_id") if k in values}
+    try:
+        return await _update_category(ctx, category_id, values, placement)
+    except IntegrityError as exc:
+        if "slug" not in placement:
+            raise
+        # Another request took the slug between the check and the write.
+        raise _slug_conflict(placement["slug"]) from exc
+
+
+async def _update_category(
+    ctx: ServiceContext, category_id: str, values: dict[str, Any], placement: dict[str, Any]
+) -> Category:
     async with ctx.db.transaction() as session:
+        moved = await _place_category(session, category_id, placement) if placement else []
         if values:
             values["updated_at"] = utcnow()
             result = await session.execute(
@@ -315,8 +418,10 @@ async def update_category(ctx: ServiceContext, category_id: str, data: CategoryU
         ).all()
         if "name" in values:
             await search.refresh(session, ids)
-        if values:
+        if values or moved:
             await ctx.outbox.add(session, CATEGORY_UPDATED, _category_event(row))
+        for below in moved[1:]:
+            await ctx.outbox.add(session, CATEGORY_UPDATED, _category_event(below))
     await invalidate(ctx, ids)
     return _category(row)
 
@@ -324,6 +429,7 @@ async def update_category(ctx: ServiceContext, category_id: str, data: CategoryU
 async def delete_category(ctx: ServiceContext, category_id: str) -> None:
     """Remove an empty leaf category; one with children or products is kept (409)."""
     async with ctx.db.transaction() as session:
+        await _lock_tree(session)
         row = (
             await session.execute(select(categories).where(categories.c.id == category_id))
         ).first()
