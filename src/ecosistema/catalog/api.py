@@ -352,6 +352,43 @@ async def import_products(
 
 
 @router.get(
+    "/products/by-slug/{slug}",
+    response_model=None,
+    summary="A product by its slug, with its variants and prices (drafts for staff only)",
+    description="What a storefront with slug URLs reads: the same document, ETag and caching "
+    "as `GET /products/{product_id}`. A slug no product has, or a draft or archived product's "
+    "asked without `catalog:write`, is a 404.",
+    responses={**_CACHED_READ, 200: {"model": Product}, **_errors(401, 404)},
+)
+async def get_product_by_slug(
+    slug: str, request: Request, ctx: Context, principal: OptionalPrincipal
+) -> Response:
+    document = await service.product_document_by_slug(ctx, slug)
+    staff = _is_staff(principal)
+    if not service.visible(document.status, staff=staff):
+        raise NotFound(service.PRODUCT_SLUG_NOT_FOUND)
+    return _json_with_etag(
+        request,
+        document.body,
+        document.etag,
+        public=document.status == "active",
+        fresh_until=document.changes_at,
+    )
+
+
+async def _get_product_by_slug_anonymously(request: FastRequest) -> FastResponse | None:
+    """``get_product_by_slug`` for callers without credentials: active products only."""
+    ctx: ServiceContext = request.app.state.runtime.contexts["catalog"]
+    document = await service.product_document_by_slug(ctx, request.path_params["slug"])
+    if not service.visible(document.status, staff=False):
+        raise NotFound(service.PRODUCT_SLUG_NOT_FOUND)
+    return _fast_json_with_etag(request, document.body, document.etag, document.changes_at)
+
+
+serve_fast(get_product_by_slug, _get_product_by_slug_anonymously)
+
+
+@router.get(
     "/products/{product_id}",
     response_model=None,
     summary="A product with its variants and prices (drafts for staff only)",

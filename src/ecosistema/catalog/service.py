@@ -77,6 +77,7 @@ from ecosistema.platform.service import ServiceContext
 log = structlog.get_logger(__name__)
 
 PRODUCT_NOT_FOUND = "No product with this id."
+PRODUCT_SLUG_NOT_FOUND = "No product with this slug."
 CATEGORY_NOT_FOUND = "No category with this id."
 VARIANT_NOT_FOUND = "No variant with this id on this product."
 PRICE_LIST_NOT_FOUND = "No price list with this id."
@@ -469,6 +470,15 @@ async def product_document(ctx: ServiceContext, product_id: str) -> ProductDocum
             ttl = min(ttl, max(0.001, (changes_at - now).total_seconds()))
         await ctx.cache.set(key, document.to_cache(), ttl=ttl)
     return document
+
+
+async def product_document_by_slug(ctx: ServiceContext, slug: str) -> ProductDocument:
+    """A product's JSON and ETag by its slug: the slug's product id (one indexed read), then
+    the product's document as ``product_document`` gives it, cached by id."""
+    product_id = await reads.product_id_by_slug(ctx.db, slug) if len(slug) <= 120 else None
+    if product_id is None:
+        raise NotFound(PRODUCT_SLUG_NOT_FOUND)
+    return await product_document(ctx, product_id)
 
 
 def visible(status: str, *, staff: bool) -> bool:
