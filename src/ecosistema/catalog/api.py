@@ -68,7 +68,7 @@ from ecosistema.platform.idempotency import (
     run_idempotent,
 )
 from ecosistema.platform.money import UnknownCurrency, iso_currency
-from ecosistema.platform.policy import ensure
+from ecosistema.platform.policy import Role, ensure
 from ecosistema.platform.service import ServiceContext, context_of
 
 Context = Annotated[ServiceContext, Depends(context_of("catalog"))]
@@ -839,16 +839,21 @@ async def list_movements(
     response_model=dict[str, VariantQuote],
     summary="Price and availability of SKUs for a customer (unknown SKUs are absent)",
     description="A caller may quote for itself; quoting for another customer needs "
-    "`catalog:write` (services use an API key with it).",
+    "`catalog:write` (services use an API key with it). A customer who leaves out "
+    "`customer_id` is quoted their own prices (their price list's, as their cart is); staff "
+    "and services who leave it out are quoted the regular prices.",
     responses=_errors(401, 403, 422),
 )
 async def quote(
     body: QuoteRequest, ctx: Context, principal: Annotated[Principal, Depends(current_principal)]
 ) -> dict[str, VariantQuote]:
-    if body.customer_id not in (None, principal.subject):
+    customer_id = body.customer_id
+    if customer_id is None and principal.role == Role.CUSTOMER:
+        customer_id = principal.subject
+    if customer_id not in (None, principal.subject):
         ensure(principal, STAFF_PERMISSION)
     return await service.quote(
-        ctx, body.skus, currency=body.currency, customer_id=body.customer_id, at=body.at
+        ctx, body.skus, currency=body.currency, customer_id=customer_id, at=body.at
     )
 
 
