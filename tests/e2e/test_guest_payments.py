@@ -124,6 +124,50 @@ async def test_guest_pays_their_order_with_the_cart_token_and_the_invoice_is_iss
     assert invoice["total"] == order["total"]
     assert invoice["buyer"]["email"] == "walk-in@example.com"
 
+    # The guest reads it with the same cart token, as they read the order.
+    theirs = await client.get(
+        f"{API}/invoices", params={"order_id": order["id"], "kind": "invoice"}, headers=guest
+    )
+    assert theirs.status_code == 200, theirs.text
+    assert [i["id"] for i in theirs.json()["items"]] == [invoice["id"]]
+    one = await client.get(f"{API}/invoices/{invoice['id']}", headers=guest)
+    assert one.status_code == 200, one.text
+    assert one.json()["number"] == invoice["number"]
+    no_credit_notes = await client.get(
+        f"{API}/invoices", params={"order_id": order["id"], "kind": "credit_note"}, headers=guest
+    )
+    assert no_credit_notes.json()["items"] == []
+
+
+async def test_a_guest_reads_only_the_invoices_of_the_order_their_cart_token_reaches(
+    admin: dict[str, Any], client: httpx.AsyncClient
+) -> None:
+    order = await place_guest_order(client, {SKU: 1})
+    other = await place_guest_order(client, {SKU: 1})
+    for placed in (order, other):
+        paid = await create(client, placed["id"], placed["_headers"], CARD)
+        assert paid.status_code == 201, paid.text
+        await wait_until_paid(client, placed["id"], placed["_headers"])
+    [invoice] = (
+        await client.get(f"{API}/invoices", params={"order_id": order["id"]}, headers=bearer(admin))
+    ).json()["items"]
+
+    without_order = await client.get(f"{API}/invoices", headers=order["_headers"])
+    assert without_order.status_code == 422, without_order.text
+    assert without_order.json()["errors"][0]["field"] == "order_id"
+    nobody = await client.get(f"{API}/invoices", params={"order_id": order["id"]})
+    assert nobody.status_code == 401, nobody.text
+    missing = await client.get(f"{API}/invoices/inv_missing", headers=other["_headers"])
+    assert missing.status_code == 404
+    for headers in ({CART_TOKEN: "not-a-token"}, other["_headers"]):
+        listed = await client.get(
+            f"{API}/invoices", params={"order_id": order["id"]}, headers=headers
+        )
+        assert listed.status_code == 404, (headers, listed.text)
+        read = await client.get(f"{API}/invoices/{invoice['id']}", headers=headers)
+        assert read.status_code == 404, (headers, read.text)
+        assert read.json()["detail"] == missing.json()["detail"]
+
 
 async def test_guest_finishes_a_3d_secure_action_by_confirming_again(
     admin: dict[str, Any], client: httpx.AsyncClient

@@ -158,3 +158,20 @@ async def test_staff_move_and_re_slug_a_category_over_http(
         "home/tops",
         "home/tops/linen",
     ]
+
+
+async def test_a_patch_naming_the_current_parent_and_slug_changes_nothing(
+    catalog: ServiceContext,
+) -> None:
+    tree = await _tree(catalog)
+    before = len(await outbox_types(catalog))
+    stored = await catalog_service.get_category(catalog, tree["shirts"].id)
+
+    same = await catalog_service.update_category(
+        catalog,
+        tree["shirts"].id,
+        CategoryUpdate(parent_id=tree["clothing"].id, slug="shirts", name="Shirts"),
+    )
+
+    assert same == stored
+    assert len(await outbox_types(catalog)) == before

@@ -333,3 +333,33 @@ def test_the_import_command_reports_every_problem_of_a_row(tmp_path: Path) -> No
         3: SEVERAL_PROBLEMS_JSONL_ERRORS[3],
     }
     assert (from_jsonl.rows_skipped, from_jsonl.products_updated) == (2, 1)
+
+
+async def test_an_import_rejected_problem_has_one_uniform_error_per_problem(
+    shop_app: FastAPI, shop: httpx.AsyncClient
+) -> None:
+    await make_product(ctx_of(shop_app), "Mug", skus={"MUG-1": 500})
+    staff = await sign_in_demo(shop_app, shop, "staff")
+    bodies = {
+        "text/csv": (SEVERAL_PROBLEMS_CSV, SEVERAL_PROBLEMS_CSV_ERRORS),
+        "application/x-ndjson": (several_problems_jsonl(), SEVERAL_PROBLEMS_JSONL_ERRORS),
+    }
+
+    for content_type, (body, expected) in bodies.items():
+        headers = {**staff, "Content-Type": content_type}
+        rejected = await shop.post(f"{API}/products/import", content=body, headers=headers)
+
+        assert rejected.status_code == 422, rejected.text
+        errors = rejected.json()["errors"]
+        # As every problem's errors: a field (the column or path; body for the whole row), a
+        # message and a code, one entry per problem, with the row's line, in line order.
+        assert [(e["line"], e["field"], e["message"]) for e in errors] == [
+            (line, field or "body", reason)
+            for line, found in sorted(expected.items())
+            for field, reason in found
+        ]
+        assert {e["code"] for e in errors} <= {"invalid", "row"}
+        assert all(e["code"] == "row" for e in errors if e["field"] == "body")
+        # And the row's own members, as the entries always had them.
+        for entry in errors:
+            assert problems(entry) == expected[entry["line"]]

@@ -363,3 +363,35 @@ def test_import_command_imports_a_file_and_returns_the_report(tmp_path: Path) ->
 
     assert (report.products_created, report.variants_written) == (1, 1)
     assert [e.line for e in report.errors] == [3]
+
+
+async def test_a_product_read_before_an_import_shows_what_the_import_changed(
+    catalog: ServiceContext, tmp_path: Path
+) -> None:
+    header = "slug,name,status,sku,price_EUR\n"
+    for mode in ("all-or-nothing", "skip-invalid"):
+        slug = f"lamp-{mode}"
+        first = await import_file(
+            catalog,
+            write(tmp_path, "first.csv", f"{header}{slug},Lamp,active,L-{mode},1000\n"),
+            format="csv",
+            mode=mode,
+        )
+        assert first.products_created == 1
+        page = await catalog_service.search.search_products(
+            catalog.db, catalog_service.search.SearchQuery(text=slug)
+        )
+        product_id = page.items[0].id
+        before = await catalog_service.get_product(catalog, product_id)  # cached now
+
+        second = await import_file(
+            catalog,
+            write(tmp_path, "second.csv", f"{header}{slug},Lamp II,active,L-{mode},1200\n"),
+            format="csv",
+            mode=mode,
+        )
+
+        assert second.products_updated == 1
+        after = await catalog_service.get_product(catalog, product_id)
+        assert (after.name, after.variants[0].prices[0].amount) == ("Lamp II", 1200), mode
+        assert after.updated_at > before.updated_at

@@ -168,6 +168,9 @@ async def test_same_key_with_different_body_is_refused_as_key_reuse(
     assert reused.status_code == 422
     assert reused.headers["content-type"] == "application/problem+json"
     assert reused.json()["type"].endswith("/idempotency-key-reuse")
+    assert [(e["field"], e["in"], e["code"]) for e in reused.json()["errors"]] == [
+        ("Idempotency-Key", "header", "key_reused")
+    ]
     assert charges.runs == 1
 
 

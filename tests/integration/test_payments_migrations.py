@@ -9,7 +9,7 @@ from typing import Any
 from sqlalchemy import func, select
 
 from ecosistema.payments import descriptor as payments_service
-from ecosistema.payments.models import metadata, payments
+from ecosistema.payments.models import metadata, payments, refunds
 from ecosistema.platform.config import Settings
 from tests.integration.migration_support import (
     columns_of,
@@ -75,6 +75,41 @@ async def test_cancellation_reason_goes_down_and_up_keeping_the_payments(
             kept = await session.scalar(select(payments.c.cancellation_reason))
         # What the column held is gone with it; the payment itself is kept.
         assert kept is None
+    finally:
+        await db.drop_schema()
+        await db.dispose()
+
+
+async def test_refund_restock_lines_go_down_and_up_keeping_the_refunds(settings: Settings) -> None:
+    db = service_database(settings, "payments")
+    try:
+        await db.migrate(payments_service.migrations)
+        async with db.transaction() as session:
+            await session.execute(
+                refunds.insert().values(
+                    id="r1",
+                    payment_id="p1",
+                    order_id="order-p1",
+                    status="succeeded",
+                    amount=500,
+                    currency="EUR",
+                    reason="torn",
+                    restock=True,
+                    lines=[],
+                    restock_lines=[{"sku": "MUG", "quantity": 1}],
+                    created_by="staff",
+                    created_at=NOW,
+                    completed_at=NOW,
+                )
+            )
+        await downgrade(db, payments_service.migrations, "0004_payments_cancel_reason")
+        assert "restock_lines" not in await columns_of(db, "refunds")
+
+        await db.migrate(payments_service.migrations)
+        assert "restock_lines" in await columns_of(db, "refunds")
+        async with db.read() as session:
+            assert await session.scalar(select(func.count()).select_from(refunds)) == 1
+            assert await session.scalar(select(refunds.c.restock_lines)) is None
     finally:
         await db.drop_schema()
         await db.dispose()

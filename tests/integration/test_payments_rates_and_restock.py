@@ -140,6 +140,13 @@ async def test_full_refund_with_restock_puts_back_every_unit_not_yet_taken_back(
         {"sku": "SHIRT-M", "quantity": 1},
         {"sku": "MUG", "quantity": 1},
     ]
+    # The refund itself says which units came back, as its event does.
+    assert rest.json()["lines"] == []
+    assert rest.json()["restock_lines"] == event["restock_lines"]
+    listed = await shop.http.get(
+        f"/api/v1/payments/{payment['id']}/refunds", headers=shop.as_("staff")
+    )
+    assert [r["restock_lines"] for r in listed.json()["items"]] == [[], event["restock_lines"]]
 
 
 async def test_full_refund_with_restock_and_no_lines_restocks_the_whole_order(shop: Shop) -> None:

@@ -86,11 +86,23 @@ async def test_refund_by_line_with_restock_prorates_and_lists_restock_lines(shop
     assert event["restock_lines"] == [{"sku": "SHIRT-M", "quantity": 1}]
     assert event["fully_refunded"] is False
 
-    second = await refund(shop, payment["id"], {"lines": [{"line_id": "l1", "quantity": 2}]})
-    assert second.status_code == 422
-    assert second.json()["errors"][0]["field"] == "lines.0.quantity"
+    for asked in (2, 5):  # within the line's units or beyond them: what is left is named
+        second = await refund(
+            shop, payment["id"], {"lines": [{"line_id": "l1", "quantity": asked}]}
+        )
+        assert second.status_code == 422
+        assert [(e["field"], e["message"]) for e in second.json()["errors"]] == [
+            ("lines.0.quantity", "only 1 left to refund")
+        ]
     unknown = await refund(shop, payment["id"], {"lines": [{"line_id": "nope", "quantity": 1}]})
     assert unknown.status_code == 422
+    both = await refund(
+        shop, payment["id"], {"amount": 100, "lines": [{"line_id": "l1", "quantity": 1}]}
+    )
+    assert both.status_code == 422
+    assert [(e["field"], e["code"]) for e in both.json()["errors"]] == [
+        ("amount", "amount_and_lines")
+    ]
 
 
 async def test_refund_needs_the_refund_permission(shop: Shop) -> None:

@@ -15,6 +15,7 @@ from pydantic import BaseModel
 from pydantic_core import to_json
 
 from ecosistema.catalog import inventory, service, transfer
+from ecosistema.catalog.domain import parse_instant
 from ecosistema.catalog.models import idempotency_keys
 from ecosistema.catalog.reads import etag_of
 from ecosistema.catalog.schemas import (
@@ -220,12 +221,35 @@ async def list_products(
         list[str] | None,
         Query(alias="status", max_length=3, description="Staff only: draft, active, archived."),
     ] = None,
-    sort: Annotated[SearchSort, Query()] = "relevance",
+    updated_since: Annotated[
+        str | None,
+        Query(
+            max_length=64,
+            description="Only products changed at or after this instant: an RFC 3339 "
+            "date-time with its offset (`2026-11-29T10:00:00Z`; send a `+` offset as `%2B`). "
+            "A product changes when it, one of its variants or their prices are written. "
+            "Without `q`, the default sort is then `updated_at`.",
+            examples=["2026-11-29T10:00:00Z"],
+        ),
+    ] = None,
+    sort: Annotated[
+        SearchSort | None,
+        Query(
+            description="Default: `relevance` with `q`, else `updated_at` with "
+            "`updated_since`, else `newest`. `updated_at` is oldest change first, ties by id."
+        ),
+    ] = None,
     cursor: Annotated[str | None, Query(max_length=500)] = None,
     limit: Annotated[int, Query(ge=1, le=100)] = 20,
 ) -> Response:
     staff = _is_staff(principal)
     _check_range("min_price", min_price, "max_price", max_price)
+    since = None
+    if updated_since is not None:
+        try:
+            since = parse_instant(updated_since)
+        except ValueError as exc:
+            raise field_error("updated_since", str(exc)) from None
     try:
         chosen = iso_currency(currency or ctx.settings.catalog_default_currency)
     except UnknownCurrency as exc:
@@ -246,7 +270,8 @@ async def list_products(
         in_stock=in_stock,
         options=_options(option),
         statuses=statuses,
-        sort=sort,
+        updated_since=since,
+        sort=sort or ("updated_at" if since is not None and not q else "relevance"),
         limit=limit,
         cursor=cursor,
     )
@@ -327,8 +352,9 @@ async def export_products(
     "memory. `all-or-nothing` validates every row first and applies nothing if any is bad; "
     "`skip-invalid` applies the good rows and reports each skipped one by line number "
     "(200). When `all-or-nothing` applied nothing because of bad rows the answer is a 422 "
-    "problem of type `import-rejected` whose `errors` list each refused row by line and "
-    "whose `report` holds the counts.",
+    "problem of type `import-rejected` whose `errors` have one entry per problem of each "
+    "refused row (`line`, `field`, `message`, `code`, and the row's `reason`, `sku`, `slug` "
+    "and `problems`) and whose `report` holds the counts.",
     responses=_errors(400, 401, 403, 413, 415, 422),
     openapi_extra={
         "requestBody": {

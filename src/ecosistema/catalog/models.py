@@ -59,6 +59,8 @@ products = Table(
     Column("created_at", UTCDateTime(), nullable=False),
     Column("updated_at", UTCDateTime(), nullable=False),
     Index("ix_products_status_created_at", "status", "created_at", "id"),
+    # GET /products?updated_since=...&sort=updated_at: an integration's incremental sync.
+    Index("ix_products_status_updated_at", "status", "updated_at", "id"),
     Index("ix_products_category_id", "category_id"),
 )
 

@@ -306,6 +306,9 @@ class ProductSummary(BaseModel):
     images: list[str]
     price_from: Price | None
     created_at: datetime
+    updated_at: datetime = Field(
+        description="When the product, one of its variants or their prices last changed."
+    )
 
 
 class ProductPage(BaseModel):
@@ -315,7 +318,7 @@ class ProductPage(BaseModel):
     next_cursor: str | None
 
 
-SearchSort = Literal["relevance", "price_asc", "price_desc", "newest"]
+SearchSort = Literal["relevance", "price_asc", "price_desc", "newest", "updated_at"]
 
 
 # --- price lists --------------------------------------------------------------------------------

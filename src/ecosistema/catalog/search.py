@@ -153,6 +153,8 @@ class SearchQuery:
     in_stock: bool = False
     options: tuple[tuple[str, str], ...] = ()
     statuses: tuple[str, ...] = (ProductStatus.ACTIVE.value,)
+    # Products changed at or after this instant (UTC) only: an integration's incremental sync.
+    updated_since: datetime | None = None
     sort: SearchSort = "relevance"
     limit: int = 20
     cursor: str | None = field(default=None, compare=False)
@@ -222,6 +224,7 @@ class _Shape:
     max_price: bool
     in_stock: bool
     options: int
+    updated_since: bool
     sort: str
     cursor: bool
 
@@ -253,10 +256,13 @@ def _statement(shape: _Shape) -> Any:
         p.c.images,
         p.c.created_at,
         price_from.label("price_from"),
+        p.c.updated_at,
     ]
     conditions: list[Any] = [
         p.c.status.in_([bindparam(f"status_{n}") for n in range(shape.statuses)])
     ]
+    if shape.updated_since:
+        conditions.append(p.c.updated_at >= bindparam("updated_since"))
     source: Any = p
     rank: Any = None
     if shape.words:
@@ -317,6 +323,7 @@ def _statement(shape: _Shape) -> Any:
     key_column = {
         "relevance": inner.c.rank if rank is not None else inner.c.created_at,
         "newest": inner.c.created_at,
+        "updated_at": inner.c.updated_at,
         "price_asc": inner.c.price_from,
         "price_desc": inner.c.price_from,
     }[shape.sort]
@@ -372,6 +379,8 @@ async def search_page(db: Database, query: SearchQuery) -> dict[str, Any]:
         params["max_price"] = query.max_price
     for n, (name, value) in enumerate(query.options):
         params[f"option_name_{n}"], params[f"option_value_{n}"] = name, value
+    if query.updated_since is not None:
+        params["updated_since"] = query.updated_since
     fingerprint = query.fingerprint()
     ranked = sort == "relevance" and bool(words)
     if query.cursor:
@@ -390,6 +399,7 @@ async def search_page(db: Database, query: SearchQuery) -> dict[str, Any]:
         max_price=query.max_price is not None,
         in_stock=query.in_stock,
         options=len(query.options),
+        updated_since=query.updated_since is not None,
         sort=sort,
         cursor=bool(query.cursor),
     )
@@ -407,6 +417,7 @@ async def search_page(db: Database, query: SearchQuery) -> dict[str, Any]:
             "images": _json(r[5]),
             "price_from": {"currency": currency, "amount": r[7]} if r[7] is not None else None,
             "created_at": _utc(r[6]),
+            "updated_at": _utc(r[8]),
         }
         for r in rows
     ]
@@ -417,7 +428,9 @@ async def search_page(db: Database, query: SearchQuery) -> dict[str, Any]:
         if sort in ("price_asc", "price_desc"):
             key = int(last[7])
         elif ranked:
-            key = float(last[8])
+            key = float(last[9])
+        elif sort == "updated_at":
+            key = _utc(last[8])
         else:
             key = _utc(last[6])
         next_cursor = page_cursor(fingerprint, key, last[0])

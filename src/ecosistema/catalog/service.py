@@ -10,6 +10,7 @@ Reads go through SQLAlchemy Core. The product-by-id read is the hot path: it run
 from __future__ import annotations
 
 import asyncio
+from collections import Counter
 from collections.abc import Iterable, Sequence
 from datetime import datetime
 from typing import Any, Literal
@@ -133,11 +134,15 @@ def product_cache_key(product_id: str) -> str:
     return f"catalog:product:{product_id}"
 
 
+# Cached documents deleted per call (an import may have changed a great many products).
+_KEYS_AT_ONCE = 1000
+
+
 async def invalidate(ctx: ServiceContext, product_ids: Iterable[str] = ()) -> None:
     """Forget cached reads after a write: the named products, and every cached list."""
-    keys = [product_cache_key(pid) for pid in product_ids]
-    if keys:
-        await ctx.cache.delete(*keys)
+    keys = [product_cache_key(pid) for pid in dict.fromkeys(product_ids)]
+    for start in range(0, len(keys), _KEYS_AT_ONCE):
+        await ctx.cache.delete(*keys[start : start + _KEYS_AT_ONCE])
     await ctx.cache.incr(GENERATION_KEY)
 
 
@@ -196,6 +201,11 @@ async def next_price_change(ctx: ServiceContext, generation: int | None = None) 
     if ttl > 0:
         await ctx.cache.set(key, b"-" if found is None else repr(found).encode(), ttl=ttl)
     return found
+
+
+def _changed(given: dict[str, Any], stored: Any) -> dict[str, Any]:
+    """The given fields whose values differ from the stored ones: what a PATCH changes."""
+    return {name: value for name, value in given.items() if stored[name] != value}
 
 
 def _currency_ok(currency: str, field: str) -> str:
@@ -299,15 +309,13 @@ def _too_deep(field: str) -> Unprocessable:
 
 
 async def _place_category(
-    session: AsyncSession, category_id: str, placement: dict[str, Any]
+    session: AsyncSession, row: Row[Any], placement: dict[str, Any]
 ) -> list[Row[Any]]:
-    """Give a category the slug and parent in ``placement`` (``parent_id`` None: the root),
-    rewriting the materialised paths of it and every category below it. Returns the rows whose
-    path changed, the category first; none when it stays where it is."""
-    await _lock_tree(session)
-    row = (await session.execute(select(categories).where(categories.c.id == category_id))).first()
-    if row is None:
-        raise NotFound(CATEGORY_NOT_FOUND)
+    """Give the category ``row`` the slug and parent in ``placement`` (``parent_id`` None: the
+    root), rewriting the materialised paths of it and every category below it; the caller
+    holds the tree's lock. Returns the rows whose path changed, the category first; none when
+    it stays where it is."""
+    category_id = row.id
     slug = placement.get("slug", row.slug)
     parent_id = placement.get("parent_id", row.parent_id)
     if slug != row.slug and await session.scalar(
@@ -382,36 +390,47 @@ async def get_category(ctx: ServiceContext, category_id: str) -> Category:
 
 async def update_category(ctx: ServiceContext, category_id: str, data: CategoryUpdate) -> Category:
     """Rename, re-describe, re-slug or move a category; a new slug or parent rewrites the paths
-    of the category and of every category below it, each of which publishes CategoryUpdated."""
+    of the category and of every category below it, each of which publishes CategoryUpdated.
+    A change that leaves every field as stored writes nothing and emits nothing."""
     refuse_nulls(data, ("name", "description", "slug"))
-    values: dict[str, Any] = data.model_dump(exclude_unset=True)
-    placement: dict[str, Any] = {k: values.pop(k) for k in ("slug", "parent_id") if k in values}
+    given: dict[str, Any] = data.model_dump(exclude_unset=True)
     try:
-        return await _update_category(ctx, category_id, values, placement)
+        return await _update_category(ctx, category_id, given)
     except IntegrityError as exc:
-        if "slug" not in placement:
+        if "slug" not in given:
             raise
         # Another request took the slug between the check and the write.
-        raise _slug_conflict(placement["slug"]) from exc
+        raise _slug_conflict(given["slug"]) from exc
 
 
 async def _update_category(
-    ctx: ServiceContext, category_id: str, values: dict[str, Any], placement: dict[str, Any]
+    ctx: ServiceContext, category_id: str, given: dict[str, Any]
 ) -> Category:
     async with ctx.db.transaction() as session:
-        moved = await _place_category(session, category_id, placement) if placement else []
-        if values:
-            values["updated_at"] = utcnow()
-            result = await session.execute(
-                update(categories).where(categories.c.id == category_id).values(**values)
-            )
-            if not getattr(result, "rowcount", 0):
-                raise NotFound(CATEGORY_NOT_FOUND)
+        if "slug" in given or "parent_id" in given:
+            # Before the row's lock, in the order every tree write takes them.
+            await _lock_tree(session)
         row = (
-            await session.execute(select(categories).where(categories.c.id == category_id))
+            await session.execute(
+                select(categories).where(categories.c.id == category_id).with_for_update()
+            )
         ).first()
         if row is None:
             raise NotFound(CATEGORY_NOT_FOUND)
+        values = _changed(given, row._mapping)
+        placement: dict[str, Any] = {k: values.pop(k) for k in ("slug", "parent_id") if k in values}
+        if not values and not placement:
+            # Nothing to change: no write, no event, no purge of cached reads.
+            return _category(row)
+        moved = await _place_category(session, row, placement) if placement else []
+        if values:
+            values["updated_at"] = utcnow()
+            await session.execute(
+                update(categories).where(categories.c.id == category_id).values(**values)
+            )
+        row = (
+            await session.execute(select(categories).where(categories.c.id == category_id))
+        ).one()
         ids = (
             await session.scalars(
                 select(products.c.id).where(products.c.category_id == category_id)
@@ -419,8 +438,7 @@ async def _update_category(
         ).all()
         if "name" in values:
             await search.refresh(session, ids)
-        if values or moved:
-            await ctx.outbox.add(session, CATEGORY_UPDATED, _category_event(row))
+        await ctx.outbox.add(session, CATEGORY_UPDATED, _category_event(row))
         for below in moved[1:]:
             await ctx.outbox.add(session, CATEGORY_UPDATED, _category_event(below))
     await invalidate(ctx, ids)
@@ -643,53 +661,64 @@ async def update_product(
     ctx: ServiceContext, product_id: str, data: ProductUpdate, *, if_match: str | None = None
 ) -> Product:
     """Change a product's fields; emits ProductUpdated, or ProductArchived when archived. With
-    ``if_match`` (an ``If-Match`` header), only while the product is still as that ETag says."""
+    ``if_match`` (an ``If-Match`` header), only while the product is still as that ETag says.
+    A change that leaves every field as stored writes nothing and emits nothing."""
     refuse_nulls(data, ("name", "slug", "description", "status", "images"))
-    values: dict[str, Any] = data.model_dump(exclude_unset=True)
+    given: dict[str, Any] = data.model_dump(exclude_unset=True)
+    if "status" in given:
+        given["status"] = ProductStatus(given["status"]).value
     try:
         async with ctx.db.transaction() as session:
             await _check_unchanged(ctx, session, product_id, if_match)
             row = (
                 await session.execute(
-                    select(products.c.slug, products.c.status).where(products.c.id == product_id)
+                    select(*(products.c[name] for name in _PRODUCT_FIELDS))
+                    .where(products.c.id == product_id)
+                    .with_for_update()
                 )
             ).first()
             if row is None:
                 raise NotFound(PRODUCT_NOT_FOUND)
-            if (
-                "slug" in values
-                and values["slug"] != row.slug
-                and await session.scalar(
-                    select(products.c.id).where(products.c.slug == values["slug"])
-                )
-            ):
-                raise _slug_conflict(values["slug"])
-            if "category_id" in values:
-                await _check_category(session, values["category_id"])
-            if "status" in values:
-                values["status"] = ProductStatus(values["status"]).value
-            values["updated_at"] = utcnow()
-            await session.execute(
-                update(products).where(products.c.id == product_id).values(**values)
-            )
-            if {"name", "description", "category_id"} & set(values):
-                await search.refresh(session, [product_id])
-            slug = values.get("slug", row.slug)
-            archived = (
-                values.get("status") == ProductStatus.ARCHIVED
-                and row.status != ProductStatus.ARCHIVED
-            )
-            await ctx.outbox.add(
-                session,
-                PRODUCT_ARCHIVED if archived else PRODUCT_UPDATED,
-                {"product_id": product_id, "slug": slug},
-            )
+            values = _changed(given, row._mapping)
+            if values:
+                await _write_product(ctx, session, product_id, row, values)
     except IntegrityError as exc:
         raise Conflict("The slug is already in use.", type="slug-taken") from exc
-    await invalidate(ctx, [product_id])
+    if values:
+        # A PATCH that changes nothing leaves cached reads (and their ETags) as they are.
+        await invalidate(ctx, [product_id])
     return await get_product(ctx, product_id)
 
 
+async def _write_product(
+    ctx: ServiceContext,
+    session: AsyncSession,
+    product_id: str,
+    row: Row[Any],
+    values: dict[str, Any],
+) -> None:
+    """Write a product's changed fields, refresh its search text and emit its event."""
+    if "slug" in values and await session.scalar(
+        select(products.c.id).where(products.c.slug == values["slug"])
+    ):
+        raise _slug_conflict(values["slug"])
+    if "category_id" in values:
+        await _check_category(session, values["category_id"])
+    await session.execute(
+        update(products).where(products.c.id == product_id).values(**values, updated_at=utcnow())
+    )
+    if {"name", "description", "category_id"} & set(values):
+        await search.refresh(session, [product_id])
+    archived = values.get("status") == ProductStatus.ARCHIVED
+    await ctx.outbox.add(
+        session,
+        PRODUCT_ARCHIVED if archived else PRODUCT_UPDATED,
+        {"product_id": product_id, "slug": values.get("slug", row.slug)},
+    )
+
+
+# The fields a product's PATCH may change.
+_PRODUCT_FIELDS = ("slug", "name", "description", "status", "category_id", "images")
 _PRODUCT_LOCKED = select(products.c.id).where(products.c.id == bindparam("product_id"))
 
 
@@ -776,29 +805,79 @@ async def update_variant(
     if_match: str | None = None,
 ) -> Variant:
     """Change a variant; given price lists replace the current ones. With ``if_match`` (an
-    ``If-Match`` header naming the product's ETag), only while the product is still so."""
+    ``If-Match`` header naming the product's ETag), only while the product is still so. A
+    change that leaves the variant and its prices as stored writes nothing and emits nothing."""
     refuse_nulls(data, ("name", "options", "weight_grams", "position", "prices", "sale_prices"))
-    values = data.model_dump(exclude_unset=True, exclude={"prices", "sale_prices"})
+    given = data.model_dump(exclude_unset=True, exclude={"prices", "sale_prices"})
+    fields_set = data.model_fields_set
     async with ctx.db.transaction() as session:
         await _check_unchanged(ctx, session, product_id, if_match)
-        found = await session.scalar(
-            select(variants.c.id).where(
-                variants.c.id == variant_id, variants.c.product_id == product_id
+        row = (
+            await session.execute(
+                select(*(variants.c[name] for name in _VARIANT_FIELDS))
+                .where(variants.c.id == variant_id, variants.c.product_id == product_id)
+                .with_for_update()
             )
-        )
-        if found is None:
+        ).first()
+        if row is None:
             raise NotFound(VARIANT_NOT_FOUND)
-        values["updated_at"] = utcnow()
-        await session.execute(update(variants).where(variants.c.id == variant_id).values(**values))
-        await _write_prices(
-            session,
-            variant_id,
-            data.prices if "prices" in data.model_fields_set else None,
-            data.sale_prices if "sale_prices" in data.model_fields_set else None,
-        )
-        await _touch_product(ctx, session, product_id)
-    await invalidate(ctx, [product_id])
+        values = _changed(given, row._mapping)
+        regular = data.prices if "prices" in fields_set else None
+        if regular is not None and await _same_prices(session, variant_id, regular):
+            regular = None
+        scheduled = data.sale_prices if "sale_prices" in fields_set else None
+        if scheduled is not None and await _same_sale_prices(session, variant_id, scheduled):
+            scheduled = None
+        changed = bool(values) or regular is not None or scheduled is not None
+        if changed:
+            await session.execute(
+                update(variants)
+                .where(variants.c.id == variant_id)
+                .values(**values, updated_at=utcnow())
+            )
+            await _write_prices(session, variant_id, regular, scheduled)
+            await _touch_product(ctx, session, product_id)
+    if changed:
+        # A PATCH that changes nothing leaves cached reads (and their ETags) as they are.
+        await invalidate(ctx, [product_id])
     return _variant_of(await get_product(ctx, product_id), variant_id)
+
+
+# The fields of a variant its PATCH may change (besides its prices).
+_VARIANT_FIELDS = ("name", "options", "weight_grams", "position")
+
+
+async def _same_prices(session: AsyncSession, variant_id: str, given: Sequence[PriceInput]) -> bool:
+    """Whether ``given`` are exactly the variant's regular prices (in any order)."""
+    stored = dict(
+        (
+            await session.execute(
+                select(prices.c.currency, prices.c.amount).where(prices.c.variant_id == variant_id)
+            )
+        ).all()
+    )
+    return stored == {p.currency: p.amount for p in given}
+
+
+async def _same_sale_prices(
+    session: AsyncSession, variant_id: str, given: Sequence[SalePriceInput]
+) -> bool:
+    """Whether ``given`` are exactly the variant's scheduled sale prices (in any order)."""
+    rows = (
+        await session.execute(
+            select(
+                sale_prices.c.currency,
+                sale_prices.c.amount,
+                sale_prices.c.starts_at,
+                sale_prices.c.ends_at,
+            ).where(sale_prices.c.variant_id == variant_id)
+        )
+    ).all()
+    stored = Counter(
+        (r.currency, r.amount, as_utc_datetime(r.starts_at), as_utc_datetime(r.ends_at))
+        for r in rows
+    )
+    return stored == Counter((s.currency, s.amount, s.starts_at, s.ends_at) for s in given)
 
 
 async def delete_variant(ctx: ServiceContext, product_id: str, variant_id: str) -> None:

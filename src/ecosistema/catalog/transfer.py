@@ -778,6 +778,8 @@ class _Importer:
         self.ctx = ctx
         self.tally = tally
         self.sku_owner: dict[str, tuple[str, int]] = {}
+        # Stored products this import changed: their cached documents go once it commits.
+        self.updated: list[str] = []
 
     def claim_skus(self, record: _Record) -> None:
         """Refuse variants whose SKU an earlier product of the same file already uses."""
@@ -1047,6 +1049,7 @@ class _Importer:
         await search.index_new(session, fresh)
         await search.refresh(session, product_ids)
         await _add_events(self.ctx, session, events)
+        self.updated.extend(product_ids)
 
     async def apply(self, session: AsyncSession, batch: _Batch) -> None:
         good, known = await self.check(session, batch)
@@ -1155,7 +1158,7 @@ async def _each_batch(
 
 class ImportRejected(Unprocessable):
     """An all-or-nothing import that applied nothing because some rows were refused; the
-    problem carries the report's counts and its per-line errors."""
+    problem carries the report's counts and an entry per problem of every refused row."""
 
     type, title = "import-rejected", "Import rejected"
 
@@ -1163,9 +1166,29 @@ class ImportRejected(Unprocessable):
         super().__init__(
             "Nothing was imported because some rows were refused (listed by line in errors); "
             "fix them, or import with mode=skip-invalid to apply the valid rows.",
-            errors=[error.model_dump() for error in report.errors],
+            errors=[entry for error in report.errors for entry in problem_entries(error)],
             report=report.summary(),
         )
+
+
+def problem_entries(error: RowError) -> list[dict[str, Any]]:
+    """A refused row as entries of a problem's ``errors``, one per problem: ``field`` (the CSV
+    column or JSON Lines path; ``body`` for the whole row, as validation problems name it),
+    ``message`` and ``code``, as every problem's ``errors`` carry them, with the row's ``line``.
+    Each also keeps the row's own members (``reason``, ``sku``, ``slug``, ``problems``), which
+    the entries of ``import-rejected`` have always had."""
+    row = error.model_dump()
+    problems = error.problems or [RowProblem(field=None, reason=error.reason)]
+    return [
+        {
+            "line": error.line,
+            "field": problem.field or "body",
+            "message": problem.reason,
+            "code": "invalid" if problem.field else "row",
+            **row,
+        }
+        for problem in problems
+    ]
 
 
 class _AbortImport(Exception):
@@ -1212,7 +1235,7 @@ async def import_file(
                         raise _AbortImport
         except _AbortImport:
             return tally.report(mode, format, applied=False)
-        await service.invalidate(ctx)
+        await service.invalidate(ctx, importer.updated)
         return tally.report(mode, format, applied=True)
 
     tally = _Tally()
@@ -1227,7 +1250,7 @@ async def import_file(
         await _each_batch(
             _batches(_records(stream, format, tally, known_categories), importer, size), _apply_each
         )
-    await service.invalidate(ctx)
+    await service.invalidate(ctx, importer.updated)
     return tally.report(mode, format, applied=True)
 
 

@@ -302,18 +302,28 @@ async def list_refunds(
 @router.get(
     "/invoices",
     response_model=InvoicePage,
-    summary="Invoices and credit notes, newest first (customers see their own)",
+    summary="Invoices and credit notes, newest first (customers their own, a guest their order's)",
     responses=_errors(401, 403, 422),
 )
 async def list_invoices(
     ctx: Context,
-    principal: CurrentPrincipal,
-    order_id: Annotated[str | None, Query(max_length=64)] = None,
+    principal: OptionalPrincipal,
+    cart_token: CartToken = None,
+    order_id: Annotated[
+        str | None, Query(max_length=64, description="Required of a guest (cart token).")
+    ] = None,
+    kind: Annotated[Literal["invoice", "credit_note"] | None, Query()] = None,
     limit: Annotated[int, Query(ge=1, le=100)] = 50,
     cursor: Annotated[str | None, Query(max_length=200)] = None,
 ) -> InvoicePage:
     return await service.list_invoices(
-        ctx, principal=principal, order_id=order_id, limit=limit, cursor=cursor
+        ctx,
+        principal=principal,
+        cart_token=cart_token,
+        order_id=order_id,
+        kind=kind,
+        limit=limit,
+        cursor=cursor,
     )
 
 
@@ -326,9 +336,12 @@ async def list_invoices(
 async def get_invoice(
     invoice_id: Annotated[str, Path(min_length=1, max_length=64)],
     ctx: Context,
-    principal: CurrentPrincipal,
+    principal: OptionalPrincipal,
+    cart_token: CartToken = None,
 ) -> Invoice:
-    return await service.get_invoice(ctx, principal=principal, invoice_id=invoice_id)
+    return await service.get_invoice(
+        ctx, principal=principal, invoice_id=invoice_id, cart_token=cart_token
+    )
 
 
 @router.post(

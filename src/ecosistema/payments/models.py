@@ -82,6 +82,8 @@ refunds = Table(
     Column("reason", String(255), nullable=False),
     Column("restock", Boolean, nullable=False),
     Column("lines", JSON, nullable=False),
+    # What a succeeded refund with ``restock`` put back in stock (null before it succeeds).
+    Column("restock_lines", JSON),
     Column("provider_ref", String(255)),
     Column("failure_message", String(255)),
     Column("created_by", String(64), nullable=False),

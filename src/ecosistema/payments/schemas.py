@@ -148,12 +148,6 @@ class RefundCreate(Input):
 
     _reason = field_validator("reason")(check_note_text)
 
-    @model_validator(mode="after")
-    def _amount_or_lines(self) -> RefundCreate:
-        if self.amount is not None and self.lines is not None:
-            raise ValueError("give an amount or lines, not both")
-        return self
-
 
 class RefundLine(BaseModel):
     """A refunded order line."""
@@ -162,6 +156,13 @@ class RefundLine(BaseModel):
     sku: str
     quantity: int
     amount: int
+
+
+class RestockLine(BaseModel):
+    """Units a refund put back in stock."""
+
+    sku: str
+    quantity: int
 
 
 class Refund(BaseModel):
@@ -176,9 +177,19 @@ class Refund(BaseModel):
     reason: str
     restock: bool
     lines: list[RefundLine]
+    restock_lines: list[RestockLine] = Field(
+        default_factory=list,
+        description="The units put back in stock, once the refund succeeded: the lines' units, "
+        "or, refunding all that was left, every unit no earlier refund took back by line.",
+    )
     failure_message: str | None
     created_at: datetime
     completed_at: datetime | None
+
+    @field_validator("restock_lines", mode="before")
+    @classmethod
+    def _none_yet(cls, value: Any) -> Any:
+        return [] if value is None else value
 
 
 class Party(BaseModel):

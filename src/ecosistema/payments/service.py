@@ -156,6 +156,7 @@ _SETTLE_REFUND = (
         status="succeeded",
         provider_ref=bindparam("provider_ref"),
         completed_at=bindparam("completed_at"),
+        restock_lines=bindparam("restock_lines"),
     )
 )
 _INVOICE_OF_PAYMENT = select(invoices.c.id).where(
@@ -1046,6 +1047,8 @@ async def create_refund(
     """Refund an amount, some lines, or all that is left; never more than was captured."""
     with _recorded_at(at):
         ensure(principal, "payments:refund")
+        if data.amount is not None and data.lines is not None:
+            raise field_error("amount", "give an amount or lines, not both", "amount_and_lines")
         async with ctx.db.driver_read() as tx:
             row = await _load(tx, payment_id)
         if row["status"] != PaymentStatus.SUCCEEDED.value:
@@ -1217,19 +1220,23 @@ async def _settle_refund(
         return
     lines: list[dict[str, Any]] = list(refund["lines"] or [])
     async with ctx.db.driver_write() as tx:
-        settled = await tx.execute(
-            _SETTLE_REFUND, refund_id=refund_id, provider_ref=result.ref, completed_at=_now()
-        )
-        if settled != 1:
-            return
-        current = await _load(tx, str(payment["id"]))
         restock_lines: list[dict[str, Any]] = []
         if refund["restock"]:
             restock_lines = (
                 [{"sku": line["sku"], "quantity": line["quantity"]} for line in lines]
                 if lines
-                else await _units_left(tx, current, refund_id)
+                else await _units_left(tx, payment, refund_id)
             )
+        settled = await tx.execute(
+            _SETTLE_REFUND,
+            refund_id=refund_id,
+            provider_ref=result.ref,
+            completed_at=_now(),
+            restock_lines=restock_lines,
+        )
+        if settled != 1:
+            return
+        current = await _load(tx, str(payment["id"]))
         await _post(
             tx,
             domain.refund_postings(amount),
@@ -1326,9 +1333,8 @@ def _refund_lines(
         if line is None or wanted.line_id in seen:
             raise field_error(f"lines.{index}.line_id", "is not a line of this order (or twice)")
         seen.add(wanted.line_id)
-        ordered = int(line["quantity"])
-        if wanted.quantity > ordered:
-            raise field_error(f"lines.{index}.quantity", f"the order has {ordered}")
+        # Units beyond the line's (or beyond what earlier refunds left of it) are refused when
+        # they are priced, against the line's refunds so far: "only N left to refund".
         if int(line["total"]) <= 0:
             raise _nothing_to_refund(
                 index,
@@ -1798,22 +1804,56 @@ def _invoice(ctx: ServiceContext, row: Mapping[str, Any]) -> Invoice:
     return Invoice.model_validate({**row, "buyer": _open(ctx, row, "invoices")})
 
 
+async def _guest_order_id(ctx: ServiceContext, cart_token: str, order_id: str | None) -> str:
+    """The guest order whose invoices the cart token reaches (orders decides, as when the guest
+    reads the order); a token that does not reach it gets the answer a missing order gets."""
+    if order_id is None:
+        raise field_error(
+            "order_id", "a guest lists the invoices of their order: give its id", "required"
+        )
+    order = await _order(ctx, order_id, cart_token=cart_token)
+    if order.get("customer_id") is not None:
+        raise NotFound(ORDER_NOT_FOUND)
+    return order_id
+
+
+def _signed_in_reader(principal: Principal | None, cart_token: str | None) -> bool:
+    """Whether the caller reads invoices as a signed-in customer or staff (not with a guest's
+    cart token); with neither, a 401."""
+    if principal is not None and not cart_token:
+        _ensure_any(principal, "invoices:read_own", "invoices:read_all")
+        return True
+    if not cart_token:
+        raise Unauthorized("Sign in, or send the order's cart token in X-Cart-Token.")
+    return False
+
+
 async def list_invoices(
     ctx: ServiceContext,
     *,
-    principal: Principal,
+    principal: Principal | None,
+    cart_token: str | None = None,
     order_id: str | None = None,
+    kind: str | None = None,
     limit: int = 50,
     cursor: str | None = None,
 ) -> InvoicePage:
-    """Invoices and credit notes the caller may see, newest first."""
-    _ensure_any(principal, "invoices:read_own", "invoices:read_all")
+    """Invoices and credit notes the caller may see, newest first: staff all, a customer their
+    own, a guest those of the order their cart token reaches."""
     query = select(invoices)
-    owner = owner_filter(principal, bypass="invoices:read_all")
-    if owner is not None:
-        query = query.where(invoices.c.customer_id == owner)
+    if _signed_in_reader(principal, cart_token):
+        assert principal is not None
+        owner = owner_filter(principal, bypass="invoices:read_all")
+        if owner is not None:
+            query = query.where(invoices.c.customer_id == owner)
+    else:
+        assert cart_token is not None
+        order_id = await _guest_order_id(ctx, cart_token, order_id)
+        query = query.where(invoices.c.customer_id.is_(None))
     if order_id is not None:
         query = query.where(invoices.c.order_id == order_id)
+    if kind is not None:
+        query = query.where(invoices.c.kind == kind)
     query = _after_cursor(query, invoices.c.issued_at, invoices.c.id, cursor)
     query = query.order_by(invoices.c.issued_at.desc(), invoices.c.id.desc()).limit(limit + 1)
     async with ctx.db.read() as session:
@@ -1824,9 +1864,16 @@ async def list_invoices(
     )
 
 
-async def get_invoice(ctx: ServiceContext, *, principal: Principal, invoice_id: str) -> Invoice:
-    """One invoice or credit note; customers see only their own."""
-    _ensure_any(principal, "invoices:read_own", "invoices:read_all")
+async def get_invoice(
+    ctx: ServiceContext,
+    *,
+    principal: Principal | None,
+    invoice_id: str,
+    cart_token: str | None = None,
+) -> Invoice:
+    """One invoice or credit note: staff any, a customer their own, a guest one of the order
+    their cart token reaches; anyone else gets the answer a missing id gets."""
+    signed_in = _signed_in_reader(principal, cart_token)
     async with ctx.db.read() as session:
         row = (
             (await session.execute(select(invoices).where(invoices.c.id == invoice_id)))
@@ -1835,9 +1882,19 @@ async def get_invoice(ctx: ServiceContext, *, principal: Principal, invoice_id: 
         )
     if row is None:
         raise NotFound(INVOICE_NOT_FOUND)
-    ensure_owner(
-        principal, row["customer_id"], bypass="invoices:read_all", detail=INVOICE_NOT_FOUND
-    )
+    if signed_in:
+        assert principal is not None
+        ensure_owner(
+            principal, row["customer_id"], bypass="invoices:read_all", detail=INVOICE_NOT_FOUND
+        )
+    else:
+        assert cart_token is not None
+        if row["customer_id"] is not None:
+            raise NotFound(INVOICE_NOT_FOUND)
+        try:
+            await _order(ctx, row["order_id"], cart_token=cart_token)
+        except NotFound:
+            raise NotFound(INVOICE_NOT_FOUND) from None
     return _invoice(ctx, dict(row))
 
 

@@ -188,9 +188,17 @@ async def run_idempotent(
         if existing is None:
             continue  # released between our insert and our read: claim again
         if existing["request_hash"] != fingerprint:
+            message = "was already used with a different request; use a new key for a new request"
             raise IdempotencyKeyReuse(
-                "This Idempotency-Key was already used with a different request; "
-                "use a new key for a new request."
+                f"This Idempotency-Key {message}.",
+                errors=[
+                    {
+                        "field": "Idempotency-Key",
+                        "in": "header",
+                        "message": message,
+                        "code": "key_reused",
+                    }
+                ],
             )
         if existing["state"] == COMPLETED:
             return _replay(existing)
