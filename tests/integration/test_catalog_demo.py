@@ -6,10 +6,15 @@ from typing import Any
 
 from sqlalchemy import func, select
 
+from ecosistema.catalog.client import InProcessCatalogClient
 from ecosistema.catalog.demo import seed_demo
 from ecosistema.catalog.models import sale_prices, stock, stock_movements, variants
 from ecosistema.catalog.schemas import PriceListPrice, VariantUpdate
+from ecosistema.platform.config import Settings
+from ecosistema.platform.runtime import Runtime
 from ecosistema.platform.service import ServiceContext
+from ecosistema.services import load_services
+from tests.conftest import drop_test_schemas
 from tests.integration.test_catalog_support import (
     catalog_fixture,  # noqa: F401 - a fixture
     catalog_service,
@@ -105,3 +110,42 @@ async def _variant_of_sku(ctx: ServiceContext, sku: str) -> tuple[str, str]:
             )
         ).one()
     return str(row.product_id), str(row.id)
+
+
+async def test_the_demo_wholesale_account_pays_wholesale_prices_and_the_demo_customer_does_not(
+    settings: Settings,
+) -> None:
+    from ecosistema.identity import seed_demo as seed_identity_demo
+    from ecosistema.identity import service as identity
+
+    runtime = Runtime(settings, load_services(["identity", "catalog"]))
+    await runtime.start(background=False)
+    try:
+        accounts = await seed_identity_demo(runtime.contexts["identity"])
+        catalog = runtime.contexts["catalog"]
+        seeded = await seed_demo(catalog)
+        again = await seed_demo(catalog)
+
+        found = {
+            name: await identity.find_user_by_email(
+                runtime.contexts["identity"], email=accounts[name]["email"]
+            )
+            for name in ("wholesale", "customer")
+        }
+        trade, regular = (found["wholesale"], found["customer"])
+        assert trade is not None and regular is not None
+        assert str(trade.role) == "customer"
+        price_list_id = seeded["price_lists"]["wholesale"]
+        assert again["price_lists"]["wholesale"] == price_list_id
+        assert await catalog_service.get_price_list_customers(catalog, price_list_id) == [trade.id]
+        listed = await catalog_service.get_price_list_prices(catalog, price_list_id)
+        skus = sorted({p.sku for p in listed if p.currency == "EUR"})[:20]
+        client = InProcessCatalogClient(catalog)
+        for_trade = await client.quote(skus, currency="EUR", customer_id=trade.id)
+        for_regular = await client.quote(skus, currency="EUR", customer_id=regular.id)
+        # A running sale may be lower than both; otherwise the trade buyer pays 80 %.
+        assert all(for_trade[s].unit_price <= for_regular[s].unit_price for s in skus)
+        assert any(for_trade[s].unit_price < for_regular[s].unit_price for s in skus)
+    finally:
+        await runtime.stop()
+        await drop_test_schemas(settings)

@@ -117,7 +117,7 @@ SEVERAL_PROBLEMS_JSONL_ERRORS: dict[int, list[tuple[str | None, str]]] = {
         ("name", "String should have at least 1 character"),
         ("status", "Input should be 'draft', 'active' or 'archived'"),
         ("category", "unknown category nosuchcat"),
-        ("images.0", "String should match pattern '^https?://[^\\s]+$'"),
+        ("images.0", "must be an http:// or https:// URL without spaces"),
         # As POST /products says it: a JSON string is not an integer, whatever it holds.
         ("variants.0.weight_grams", "Input should be a valid integer"),
         ("variants.0.prices.EUR", "Input should be a valid integer"),

@@ -27,7 +27,7 @@ from ecosistema.catalog.inventory import (
 from ecosistema.catalog.models import reservations, stock
 from ecosistema.catalog.schemas import StockAdjustment
 from ecosistema.platform.db import utcnow
-from ecosistema.platform.errors import Conflict, Unprocessable
+from ecosistema.platform.errors import Conflict, NotFound, Unprocessable
 from ecosistema.platform.events import EventEnvelope, IdempotentConsumer
 from ecosistema.platform.service import ServiceContext
 from tests.integration.test_catalog_support import (
@@ -249,6 +249,50 @@ async def test_movements_page_newest_first_with_a_cursor(catalog: ServiceContext
     assert second.next_cursor is None
     with pytest.raises(Unprocessable):
         await movements(catalog, "A-1", cursor="not-a-cursor")
+
+
+async def test_a_movements_cursor_pages_on_through_its_own_sku_only(
+    catalog: ServiceContext,
+) -> None:
+    await stocked(catalog, {"A-1": {"main": 1}, "B-1": {"main": 1}})
+    for sku in ("A-1", "B-1"):
+        for n in range(3):
+            await adjust_stock(
+                catalog,
+                sku,
+                StockAdjustment(warehouse="main", delta=1, reason=f"delivery {n}"),
+                actor=STAFF,
+            )
+    first = await movements(catalog, "A-1", limit=2)
+    assert first.next_cursor is not None
+
+    with pytest.raises(Unprocessable) as refused:
+        await movements(catalog, "B-1", limit=2, cursor=first.next_cursor)
+    # A cursor of the earlier form (the position alone) is not this SKU's either.
+    bare = base64.urlsafe_b64encode(json.dumps([10**6]).encode()).decode().rstrip("=")
+    with pytest.raises(Unprocessable):
+        await movements(catalog, "A-1", cursor=bare)
+    second = await movements(catalog, "A-1", limit=2, cursor=first.next_cursor)
+
+    assert [e["field"] for e in refused.value.extra["errors"]] == ["cursor"]
+    assert {m.sku for m in first.items + second.items} == {"A-1"}
+    assert [m.note for m in second.items] == ["delivery 0", "count"]
+
+
+async def test_a_sku_that_differs_only_in_case_is_named_when_the_one_asked_for_is_unknown(
+    catalog: ServiceContext,
+) -> None:
+    await stocked(catalog, {"CASE-A1": {"main": 2}})
+
+    with pytest.raises(NotFound) as missing:
+        await availability(catalog, "case-a1")
+    with pytest.raises(NotFound) as unrelated:
+        await availability(catalog, "OTHER-1")
+
+    assert missing.value.detail == (
+        "No variant with this SKU. SKUs are case-sensitive: CASE-A1 exists."
+    )
+    assert unrelated.value.detail == "No variant with this SKU."
 
 
 async def test_stock_low_is_emitted_when_availability_falls_below_the_threshold(

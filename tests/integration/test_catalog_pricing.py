@@ -268,3 +268,36 @@ async def test_staff_delete_a_price_list_and_its_customers_pay_regular_prices(
     assert (
         await shop.get(f"{API}/price-lists/{recreated.json()['id']}/customers", headers=staff)
     ).json() == {"customer_ids": []}
+
+
+async def test_a_customer_quoting_without_customer_id_gets_their_own_price_list(
+    shop_app: FastAPI, shop: httpx.AsyncClient
+) -> None:
+    staff = await sign_in_demo(shop_app, shop, "staff")
+    customer = await sign_in_demo(shop_app, shop, "customer")
+    catalog = ctx_of(shop_app)
+    await make_product(catalog, "Desk Lamp", skus={"LAMP-1": 1234})
+    trade = await catalog_service.create_price_list(
+        catalog, PriceListCreate(code="trade", name="Trade")
+    )
+    await catalog_service.set_price_list_prices(
+        catalog, trade.id, [PriceListPrice(sku="LAMP-1", currency="EUR", amount=700)]
+    )
+    buyer = await _user_id(shop, customer)
+    await catalog_service.set_price_list_customers(catalog, trade.id, [buyer])
+    body = {"currency": "EUR", "skus": ["LAMP-1"]}
+
+    own = await shop.post(f"{API}/quotes", json=body, headers=customer)
+    named = await shop.post(f"{API}/quotes", json={**body, "customer_id": buyer}, headers=customer)
+    by_staff = await shop.post(f"{API}/quotes", json=body, headers=staff)
+    for_buyer = await shop.post(f"{API}/quotes", json={**body, "customer_id": buyer}, headers=staff)
+    for_someone_else = await shop.post(
+        f"{API}/quotes", json={**body, "customer_id": "someone-else"}, headers=customer
+    )
+
+    assert own.status_code == 200, own.text
+    assert own.json()["LAMP-1"]["unit_price"] == 700
+    assert named.json()["LAMP-1"]["unit_price"] == 700
+    assert by_staff.json()["LAMP-1"]["unit_price"] == 1234
+    assert for_buyer.json()["LAMP-1"]["unit_price"] == 700
+    assert for_someone_else.status_code == 403

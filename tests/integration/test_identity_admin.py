@@ -560,15 +560,18 @@ async def test_seed_demo_is_idempotent_and_its_credentials_sign_in(
     first = await seed_demo(ctx)
     second = await seed_demo(ctx)
     assert first == second
-    assert set(first) == {"admin", "staff", "sales", "customer"}
+    assert set(first) == {"admin", "staff", "sales", "customer", "wholesale"}
     assert first["admin"]["email"] == "admin@demo.ecosistema.dev"
-    for role, creds in first.items():
+    assert first["wholesale"]["email"] == "wholesale@demo.ecosistema.dev"
+    # One account per role, and a second customer: the demo catalogue's wholesale buyer.
+    roles = {"wholesale": "customer"}
+    for account, creds in first.items():
         tokens = await signed_in(client, creds["email"], creds["password"])
         who = (await client.get(f"{API}/auth/whoami", headers=bearer(tokens))).json()
-        assert who["role"] == role
+        assert who["role"] == roles.get(account, account)
     admin = await signed_in(client, first["admin"]["email"], first["admin"]["password"])
     listed = (await client.get(f"{API}/users", headers=bearer(admin))).json()
-    assert listed["total"] == 4
+    assert listed["total"] == 5
 
 
 async def test_identity_clients_find_users_and_verify_api_keys_in_process_and_over_http(

@@ -61,7 +61,7 @@ from ecosistema.platform.auth import (
     require,
 )
 from ecosistema.platform.edge import FastRequest, FastResponse, serve_fast
-from ecosistema.platform.errors import NotFound, field_error
+from ecosistema.platform.errors import NotFound, Unprocessable, field_error
 from ecosistema.platform.errors import error_responses as _errors
 from ecosistema.platform.idempotency import (
     IdempotencyKeyHeader,
@@ -69,7 +69,7 @@ from ecosistema.platform.idempotency import (
     run_idempotent,
 )
 from ecosistema.platform.money import UnknownCurrency, iso_currency
-from ecosistema.platform.policy import ensure
+from ecosistema.platform.policy import Role, ensure
 from ecosistema.platform.service import ServiceContext, context_of
 
 Context = Annotated[ServiceContext, Depends(context_of("catalog"))]
@@ -141,6 +141,16 @@ _CACHED_READ: dict[int | str, dict[str, Any]] = {
 
 
 # --- products -----------------------------------------------------------------------------------
+
+
+def _check_range(low_name: str, low: int | None, high_name: str, high: int | None) -> None:
+    """An inverted range is a client's mistake: a 422 at its lower end, not an empty page."""
+    if low is not None and high is not None and low > high:
+        message = f"must not be above {high_name}"
+        raise Unprocessable(
+            f"{low_name}: {message}",
+            errors=[{"field": low_name, "in": "query", "message": message, "code": "invalid"}],
+        )
 
 
 def _options(raw: list[str]) -> tuple[tuple[str, str], ...]:
@@ -233,6 +243,7 @@ async def list_products(
     limit: Annotated[int, Query(ge=1, le=100)] = 20,
 ) -> Response:
     staff = _is_staff(principal)
+    _check_range("min_price", min_price, "max_price", max_price)
     since = None
     if updated_since is not None:
         try:
@@ -364,6 +375,43 @@ async def import_products(
     if not report.applied:
         raise transfer.ImportRejected(report)
     return report
+
+
+@router.get(
+    "/products/by-slug/{slug}",
+    response_model=None,
+    summary="A product by its slug, with its variants and prices (drafts for staff only)",
+    description="What a storefront with slug URLs reads: the same document, ETag and caching "
+    "as `GET /products/{product_id}`. A slug no product has, or a draft or archived product's "
+    "asked without `catalog:write`, is a 404.",
+    responses={**_CACHED_READ, 200: {"model": Product}, **_errors(401, 404)},
+)
+async def get_product_by_slug(
+    slug: str, request: Request, ctx: Context, principal: OptionalPrincipal
+) -> Response:
+    document = await service.product_document_by_slug(ctx, slug)
+    staff = _is_staff(principal)
+    if not service.visible(document.status, staff=staff):
+        raise NotFound(service.PRODUCT_SLUG_NOT_FOUND)
+    return _json_with_etag(
+        request,
+        document.body,
+        document.etag,
+        public=document.status == "active",
+        fresh_until=document.changes_at,
+    )
+
+
+async def _get_product_by_slug_anonymously(request: FastRequest) -> FastResponse | None:
+    """``get_product_by_slug`` for callers without credentials: active products only."""
+    ctx: ServiceContext = request.app.state.runtime.contexts["catalog"]
+    document = await service.product_document_by_slug(ctx, request.path_params["slug"])
+    if not service.visible(document.status, staff=False):
+        raise NotFound(service.PRODUCT_SLUG_NOT_FOUND)
+    return _fast_json_with_etag(request, document.body, document.etag, document.changes_at)
+
+
+serve_fast(get_product_by_slug, _get_product_by_slug_anonymously)
 
 
 @router.get(
@@ -515,6 +563,9 @@ async def delete_variant(
     "/categories",
     response_model=None,
     summary="The category tree, parents before children",
+    description="The whole tree as one JSON array, sorted by `path` (each parent before its "
+    "children), not paginated: a tree is small, and a storefront draws its navigation from "
+    "one read.",
     responses={**_CACHED_READ, 200: {"model": list[Category]}},
 )
 async def list_categories(request: Request, ctx: Context) -> Response:
@@ -553,8 +604,13 @@ async def get_category(category_id: str, request: Request, ctx: Context) -> Resp
 @router.patch(
     "/categories/{category_id}",
     response_model=Category,
-    summary="Rename or re-describe a category (staff)",
-    responses=_errors(401, 403, 404, 422),
+    summary="Rename, re-describe, re-slug or move a category (staff)",
+    description="Only the fields given change. `parent_id` moves the category, with every "
+    "category below it, under another one (`null`: to the root); moving it under itself or "
+    "one of its descendants is a 422 on `parent_id`. A new `slug` must be free (409 "
+    "`slug-taken`, `errors` at `slug`). A move or a new slug rewrites the `path` of the "
+    "category and of every category below it.",
+    responses=_errors(401, 403, 404, 409, 422),
 )
 async def update_category(
     category_id: str, body: CategoryUpdate, ctx: Context, _staff: CatalogWriter
@@ -809,16 +865,21 @@ async def list_movements(
     response_model=dict[str, VariantQuote],
     summary="Price and availability of SKUs for a customer (unknown SKUs are absent)",
     description="A caller may quote for itself; quoting for another customer needs "
-    "`catalog:write` (services use an API key with it).",
+    "`catalog:write` (services use an API key with it). A customer who leaves out "
+    "`customer_id` is quoted their own prices (their price list's, as their cart is); staff "
+    "and services who leave it out are quoted the regular prices.",
     responses=_errors(401, 403, 422),
 )
 async def quote(
     body: QuoteRequest, ctx: Context, principal: Annotated[Principal, Depends(current_principal)]
 ) -> dict[str, VariantQuote]:
-    if body.customer_id not in (None, principal.subject):
+    customer_id = body.customer_id
+    if customer_id is None and principal.role == Role.CUSTOMER:
+        customer_id = principal.subject
+    if customer_id not in (None, principal.subject):
         ensure(principal, STAFF_PERMISSION)
     return await service.quote(
-        ctx, body.skus, currency=body.currency, customer_id=body.customer_id, at=body.at
+        ctx, body.skus, currency=body.currency, customer_id=customer_id, at=body.at
     )
 
 

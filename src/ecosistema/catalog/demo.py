@@ -312,6 +312,24 @@ async def _assign_wholesale(ctx: ServiceContext, customer_ids: Sequence[str]) ->
     return price_list_id
 
 
+# Identity's demo account for a trade buyer; the demo puts it on the wholesale list, so signing
+# in as it shows wholesale prices (the demo customer keeps the regular ones).
+WHOLESALE_DEMO_EMAIL = "wholesale@demo.ecosistema.dev"
+
+
+async def _demo_wholesale_customer(ctx: ServiceContext) -> list[str]:
+    """The id of identity's demo wholesale account, when identity is hosted here and seeded it."""
+    identity_ctx = ctx.runtime.contexts.get("identity")
+    if identity_ctx is None:
+        return []
+    # A scenario across services, as the demo order history's: identity's use case in its own
+    # context.
+    from ecosistema.identity import service as identity
+
+    user = await identity.find_user_by_email(identity_ctx, email=WHOLESALE_DEMO_EMAIL)
+    return [] if user is None else [user.id]
+
+
 def _sale_skus(rng: random.Random, documents: Sequence[dict[str, Any]]) -> dict[str, int]:
     """The demo SKUs on the autumn sale and their EUR regular price (deterministic)."""
     priced = sorted((v["sku"], v["prices"]["EUR"]) for d in documents for v in d["variants"])
@@ -398,7 +416,8 @@ async def seed_demo(
         await _add_wholesale_prices(ctx, missing, variant_ids)
         await _start_sale(ctx, on_sale, variant_ids)
         await service.invalidate(ctx)
-    price_list_id = await _assign_wholesale(ctx, wholesale_customer_ids)
+    wholesale = [*wholesale_customer_ids, *await _demo_wholesale_customer(ctx)]
+    price_list_id = await _assign_wholesale(ctx, wholesale)
     return {
         "products": len(documents),
         "variants": sum(len(d["variants"]) for d in documents),

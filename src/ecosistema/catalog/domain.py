@@ -10,15 +10,21 @@ from datetime import UTC, datetime, timedelta, timezone
 from enum import StrEnum
 from typing import Any
 
-from ecosistema.platform.errors import ProblemError
+from ecosistema.platform.errors import ProblemError, pattern_rule
 from ecosistema.platform.timestamps import to_utc
 
 SLUG_MAX_LENGTH = 120
 # Codes (warehouses, price lists) are ASCII; slugs (products, categories) may hold any letters.
-CODE_PATTERN = r"^[a-z0-9]+(?:-[a-z0-9]+)*$"
+CODE_PATTERN = pattern_rule(
+    r"^[a-z0-9]+(?:-[a-z0-9]+)*$",
+    "a code: lower-case letters a-z and digits joined by single hyphens, e.g. wholesale or eu-2",
+)
 # A new SKU follows the platform's rule (the one orders checks carts against). Catalogues from
 # before that rule may hold SKUs with "/": requests that name an existing SKU still take them.
-STORED_SKU_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._\-/]*$"
+STORED_SKU_PATTERN = pattern_rule(
+    r"^[A-Za-z0-9][A-Za-z0-9._\-/]*$",
+    "a SKU: a letter or digit, then letters, digits, `.`, `_`, `-` or `/`",
+)
 
 
 class ProductStatus(StrEnum):
@@ -125,6 +131,10 @@ def unique_slug(base: str, taken: Iterable[str]) -> str:
         if candidate not in used:
             return candidate
         n += 1
+
+
+# The longest materialised path a category may have (its column's width).
+CATEGORY_PATH_MAX_LENGTH = 1000
 
 
 def category_path(parent_path: str | None, slug: str) -> str:

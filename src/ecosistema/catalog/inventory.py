@@ -16,7 +16,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 import structlog
-from sqlalchemy import Integer, bindparam, func, select, update
+from sqlalchemy import Integer, String, bindparam, func, select, update
 
 from ecosistema.catalog import domain
 from ecosistema.catalog.domain import InsufficientStock, MovementReason, ReservationStatus
@@ -41,7 +41,7 @@ from ecosistema.catalog.schemas import (
 from ecosistema.catalog.service import insert_ignoring_conflicts, invalidate
 from ecosistema.platform.db import DriverTransaction, new_id, utcnow
 from ecosistema.platform.errors import Conflict, NotFound, field_error
-from ecosistema.platform.pagination import decode_cursor, encode_cursor
+from ecosistema.platform.pagination import InvalidCursor, decode_cursor, encode_cursor
 from ecosistema.platform.service import ServiceContext
 
 log = structlog.get_logger(__name__)
@@ -504,6 +504,13 @@ _RESTOCKED_BY_WAREHOUSE = (
     .group_by(stock_movements.c.sku, stock_movements.c.warehouse_id)
 )
 _VARIANT_OF_SKU = select(variants.c.id).where(variants.c.sku == bindparam("sku"))
+# SKUs are case-sensitive; a miss names the SKU that differs only in case, a likely typo.
+_SKU_OF_OTHER_CASE = (
+    select(variants.c.sku)
+    .where(func.lower(variants.c.sku) == func.lower(bindparam("sku", type_=String())))
+    .order_by(variants.c.sku)
+    .limit(1)
+)
 _WAREHOUSE_OF_CODE = select(warehouses.c.id).where(warehouses.c.code == bindparam("code"))
 _LEVEL_LOCKED = (
     select(stock.c.on_hand, stock.c.reserved)
@@ -731,6 +738,9 @@ async def restock(
 
 async def _require_sku(tx: DriverTransaction, sku: str) -> None:
     if not await tx.scalar(_VARIANT_OF_SKU, sku=sku):
+        other = await tx.scalar(_SKU_OF_OTHER_CASE, sku=sku)
+        if other is not None:
+            raise NotFound(f"{SKU_NOT_FOUND} SKUs are case-sensitive: {other} exists.")
         raise NotFound(SKU_NOT_FOUND)
 
 
@@ -849,8 +859,13 @@ async def shopper_availability(ctx: ServiceContext, skus: Sequence[str]) -> Avai
 async def movements(
     ctx: ServiceContext, sku: str, *, cursor: str | None = None, limit: int = 50
 ) -> MovementPage:
-    """A SKU's stock movements, newest first."""
-    before = decode_cursor(cursor, int)[0] if cursor else None
+    """A SKU's stock movements, newest first. A page's cursor carries its SKU: it pages on
+    through that SKU's movements only (422 at ``cursor`` on another SKU's)."""
+    before = None
+    if cursor:
+        cursor_sku, before = decode_cursor(cursor, str, int)
+        if cursor_sku != sku:
+            raise InvalidCursor("The cursor belongs to another SKU's movements.")
     async with ctx.db.driver_read() as tx:
         await _require_sku(tx, sku)
         if before is None:
@@ -860,5 +875,5 @@ async def movements(
     page = rows[:limit]
     return MovementPage(
         items=[StockMovement.model_validate(r) for r in page],
-        next_cursor=encode_cursor(page[-1]["position"]) if len(rows) > limit else None,
+        next_cursor=encode_cursor(sku, page[-1]["position"]) if len(rows) > limit else None,
     )

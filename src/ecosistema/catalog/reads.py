@@ -1,4 +1,4 @@
-"""Catalog's hot read: a product with its variants and prices, by id.
+"""Catalog's hot read: a product with its variants and prices, by id (or by slug, through its id).
 
 Served on every product page, so it runs on the database driver itself (``Database.fetch``): one
 statement, compiled once per database, whose rows (a product, its variants, their regular and
@@ -210,6 +210,15 @@ def fold_product(rows: list[Any], at: datetime) -> tuple[dict[str, Any], datetim
         "updated_at": _utc(first[_UPDATED]),
     }
     return doc, domain.next_price_change(windows, at) if windows else None
+
+
+PRODUCT_ID_BY_SLUG = select(products.c.id).where(products.c.slug == bindparam("slug"))
+
+
+async def product_id_by_slug(db: Database, slug: str) -> str | None:
+    """The id of the product with this slug (any status), or ``None``."""
+    rows = await db.fetch(db.compile_read(PRODUCT_ID_BY_SLUG), slug=slug)
+    return str(rows[0][0]) if rows else None
 
 
 async def load_product(

@@ -16,6 +16,7 @@ from pydantic import (
 )
 
 from ecosistema.catalog.domain import CODE_PATTERN, STORED_SKU_PATTERN, ProductStatus, is_slug
+from ecosistema.platform.errors import pattern_rule
 from ecosistema.platform.money import iso_currency
 from ecosistema.platform.sku import SKU_MAX_LENGTH, SKU_PATTERN
 from ecosistema.platform.text import check_display_text, check_note_text
@@ -40,7 +41,13 @@ SkuReference = Annotated[
 ]
 Currency = Annotated[str, Field(min_length=3, max_length=3, examples=["EUR"])]
 Amount = Annotated[int, Field(strict=True, ge=0, le=10**12, description="Minor units.")]
-ImageUrl = Annotated[str, Field(max_length=2000, pattern=r"^https?://[^\s]+$")]
+ImageUrl = Annotated[
+    str,
+    Field(
+        max_length=2000,
+        pattern=pattern_rule(r"^https?://[^\s]+$", "an http:// or https:// URL without spaces"),
+    ),
+]
 
 
 def _description_text(value: str) -> str:
@@ -161,9 +168,12 @@ class CategoryCreate(_Input):
 
 
 class CategoryUpdate(_Input):
-    """Rename or re-describe a category (its slug and place in the tree stay)."""
+    """Change a category; only the fields given change. ``parent_id`` moves it (with everything
+    below it) under another category, or to the root with ``null``."""
 
     name: ShortName | None = None
+    slug: Slug | None = None
+    parent_id: Annotated[str, Field(max_length=64)] | None = None
     description: Description | None = None
 
 

@@ -78,6 +78,7 @@ from ecosistema.platform.service import ServiceContext
 log = structlog.get_logger(__name__)
 
 PRODUCT_NOT_FOUND = "No product with this id."
+PRODUCT_SLUG_NOT_FOUND = "No product with this slug."
 CATEGORY_NOT_FOUND = "No category with this id."
 VARIANT_NOT_FOUND = "No variant with this id on this product."
 PRICE_LIST_NOT_FOUND = "No price list with this id."
@@ -232,12 +233,28 @@ async def create_category(ctx: ServiceContext, data: CategoryCreate) -> Category
     """Add a category under ``parent_id`` (or at the root); slugs are unique catalog-wide."""
     slug = data.slug or domain.slugify(data.name)
     if not slug:
-        raise field_error("slug", "the name gives no usable slug; pass one")
+        # The caller sent only a name: both fields are named, the name as the cause.
+        raise Unprocessable(
+            "name: has no letter or digit to make a slug from; pass a slug",
+            errors=[
+                {
+                    "field": "name",
+                    "message": "has no letter or digit to make a slug from; pass a slug",
+                    "code": "no_slug",
+                },
+                {
+                    "field": "slug",
+                    "message": "required when the name has no letter or digit",
+                    "code": "missing",
+                },
+            ],
+        )
     now = utcnow()
     try:
         async with ctx.db.transaction() as session:
             parent_path = None
             if data.parent_id is not None:
+                await _lock_tree(session)
                 parent_path = await session.scalar(
                     select(categories.c.path).where(categories.c.id == data.parent_id)
                 )
@@ -245,6 +262,9 @@ async def create_category(ctx: ServiceContext, data: CategoryCreate) -> Category
                     raise field_error("parent_id", "no category with this id", "not_found")
             if await session.scalar(select(categories.c.id).where(categories.c.slug == slug)):
                 raise _slug_conflict(slug)
+            path = domain.category_path(parent_path, slug)
+            if len(path) > domain.CATEGORY_PATH_MAX_LENGTH:
+                raise _too_deep("parent_id")
             category_id = new_id()
             await session.execute(
                 insert(categories).values(
@@ -252,7 +272,7 @@ async def create_category(ctx: ServiceContext, data: CategoryCreate) -> Category
                     parent_id=data.parent_id,
                     name=data.name,
                     slug=slug,
-                    path=domain.category_path(parent_path, slug),
+                    path=path,
                     description=data.description,
                     created_at=now,
                     updated_at=now,
@@ -266,6 +286,88 @@ async def create_category(ctx: ServiceContext, data: CategoryCreate) -> Category
         raise Conflict(f"A category with slug {slug!r} exists.", type="slug-taken") from exc
     await invalidate(ctx)
     return _category(row)
+
+
+# Writes that read a category's path and write paths from it (a child added, a category moved
+# or re-slugged, one deleted) take turns on PostgreSQL, so two concurrent moves can never make a
+# cycle, nor a child keep a path its parent just left; SQLite's writers take turns anyway.
+_TREE_LOCK_KEY = int.from_bytes(b"cat-tree", "big", signed=True)
+
+
+async def _lock_tree(session: AsyncSession) -> None:
+    if session.get_bind().dialect.name == "postgresql":
+        await session.execute(select(func.pg_advisory_xact_lock(_TREE_LOCK_KEY)))
+
+
+def _too_deep(field: str) -> Unprocessable:
+    return field_error(
+        field,
+        f"the category's path would pass {domain.CATEGORY_PATH_MAX_LENGTH} characters; "
+        "nest it less deeply or use shorter slugs",
+        "too_deep",
+    )
+
+
+async def _place_category(
+    session: AsyncSession, row: Row[Any], placement: dict[str, Any]
+) -> list[Row[Any]]:
+    """Give the category ``row`` the slug and parent in ``placement`` (``parent_id`` None: the
+    root), rewriting the materialised paths of it and every category below it; the caller
+    holds the tree's lock. Returns the rows whose path changed, the category first; none when
+    it stays where it is."""
+    category_id = row.id
+    slug = placement.get("slug", row.slug)
+    parent_id = placement.get("parent_id", row.parent_id)
+    if slug != row.slug and await session.scalar(
+        select(categories.c.id).where(categories.c.slug == slug)
+    ):
+        raise _slug_conflict(slug)
+    parent_path = None
+    if parent_id is not None:
+        parent_path = await session.scalar(
+            select(categories.c.path).where(categories.c.id == parent_id)
+        )
+        if parent_path is None:
+            raise field_error("parent_id", "no category with this id", "not_found")
+        if domain.is_within(parent_path, row.path):
+            raise field_error(
+                "parent_id",
+                "a category cannot move under itself or one of its descendants",
+                "cycle",
+            )
+    path = domain.category_path(parent_path, slug)
+    if path == row.path and parent_id == row.parent_id:
+        return []
+    below = (
+        await session.execute(
+            select(categories.c.id, categories.c.path).where(
+                categories.c.path.like(row.path + "/%")
+            )
+        )
+    ).all()
+    moved = {r.id: path + r.path[len(row.path) :] for r in below}
+    if len(max([path, *moved.values()], key=len)) > domain.CATEGORY_PATH_MAX_LENGTH:
+        raise _too_deep("parent_id" if "parent_id" in placement else "slug")
+    now = utcnow()
+    await session.execute(
+        update(categories)
+        .where(categories.c.id == category_id)
+        .values(slug=slug, parent_id=parent_id, path=path, updated_at=now)
+    )
+    for descendant_id, descendant_path in moved.items():
+        await session.execute(
+            update(categories)
+            .where(categories.c.id == descendant_id)
+            .values(path=descendant_path, updated_at=now)
+        )
+    changed = [category_id, *moved]
+    rows = {
+        r.id: r
+        for r in (
+            await session.execute(select(categories).where(categories.c.id.in_(changed)))
+        ).all()
+    }
+    return [rows[i] for i in changed]
 
 
 async def list_categories(ctx: ServiceContext) -> list[Category]:
@@ -287,10 +389,27 @@ async def get_category(ctx: ServiceContext, category_id: str) -> Category:
 
 
 async def update_category(ctx: ServiceContext, category_id: str, data: CategoryUpdate) -> Category:
-    """Rename or re-describe a category."""
-    refuse_nulls(data, ("name", "description"))
+    """Rename, re-describe, re-slug or move a category; a new slug or parent rewrites the paths
+    of the category and of every category below it, each of which publishes CategoryUpdated.
+    A change that leaves every field as stored writes nothing and emits nothing."""
+    refuse_nulls(data, ("name", "description", "slug"))
     given: dict[str, Any] = data.model_dump(exclude_unset=True)
+    try:
+        return await _update_category(ctx, category_id, given)
+    except IntegrityError as exc:
+        if "slug" not in given:
+            raise
+        # Another request took the slug between the check and the write.
+        raise _slug_conflict(given["slug"]) from exc
+
+
+async def _update_category(
+    ctx: ServiceContext, category_id: str, given: dict[str, Any]
+) -> Category:
     async with ctx.db.transaction() as session:
+        if "slug" in given or "parent_id" in given:
+            # Before the row's lock, in the order every tree write takes them.
+            await _lock_tree(session)
         row = (
             await session.execute(
                 select(categories).where(categories.c.id == category_id).with_for_update()
@@ -299,13 +418,16 @@ async def update_category(ctx: ServiceContext, category_id: str, data: CategoryU
         if row is None:
             raise NotFound(CATEGORY_NOT_FOUND)
         values = _changed(given, row._mapping)
-        if not values:
+        placement: dict[str, Any] = {k: values.pop(k) for k in ("slug", "parent_id") if k in values}
+        if not values and not placement:
             # Nothing to change: no write, no event, no purge of cached reads.
             return _category(row)
-        values["updated_at"] = utcnow()
-        await session.execute(
-            update(categories).where(categories.c.id == category_id).values(**values)
-        )
+        moved = await _place_category(session, row, placement) if placement else []
+        if values:
+            values["updated_at"] = utcnow()
+            await session.execute(
+                update(categories).where(categories.c.id == category_id).values(**values)
+            )
         row = (
             await session.execute(select(categories).where(categories.c.id == category_id))
         ).one()
@@ -317,6 +439,8 @@ async def update_category(ctx: ServiceContext, category_id: str, data: CategoryU
         if "name" in values:
             await search.refresh(session, ids)
         await ctx.outbox.add(session, CATEGORY_UPDATED, _category_event(row))
+        for below in moved[1:]:
+            await ctx.outbox.add(session, CATEGORY_UPDATED, _category_event(below))
     await invalidate(ctx, ids)
     return _category(row)
 
@@ -324,6 +448,7 @@ async def update_category(ctx: ServiceContext, category_id: str, data: CategoryU
 async def delete_category(ctx: ServiceContext, category_id: str) -> None:
     """Remove an empty leaf category; one with children or products is kept (409)."""
     async with ctx.db.transaction() as session:
+        await _lock_tree(session)
         row = (
             await session.execute(select(categories).where(categories.c.id == category_id))
         ).first()
@@ -363,6 +488,15 @@ async def product_document(ctx: ServiceContext, product_id: str) -> ProductDocum
             ttl = min(ttl, max(0.001, (changes_at - now).total_seconds()))
         await ctx.cache.set(key, document.to_cache(), ttl=ttl)
     return document
+
+
+async def product_document_by_slug(ctx: ServiceContext, slug: str) -> ProductDocument:
+    """A product's JSON and ETag by its slug: the slug's product id (one indexed read), then
+    the product's document as ``product_document`` gives it, cached by id."""
+    product_id = await reads.product_id_by_slug(ctx.db, slug) if len(slug) <= 120 else None
+    if product_id is None:
+        raise NotFound(PRODUCT_SLUG_NOT_FOUND)
+    return await product_document(ctx, product_id)
 
 
 def visible(status: str, *, staff: bool) -> bool:
@@ -876,9 +1010,13 @@ async def set_price_list_prices(
     ctx: ServiceContext, price_list_id: str, entries: Sequence[PriceListPrice]
 ) -> list[PriceListPrice]:
     """Replace a price list's prices; every SKU must exist."""
-    keys = [(e.sku, e.currency) for e in entries]
-    if len(set(keys)) != len(keys):
-        raise field_error("prices", "one price per SKU and currency")
+    seen: set[tuple[str, str]] = set()
+    for index, entry in enumerate(entries):
+        if (entry.sku, entry.currency) in seen:
+            raise field_error(
+                f"prices.{index}", f"{entry.sku} has a {entry.currency} price already in the list"
+            )
+        seen.add((entry.sku, entry.currency))
     async with ctx.db.transaction() as session:
         await _price_list_view(session, price_list_id)
         skus = sorted({e.sku for e in entries})
@@ -889,9 +1027,19 @@ async def set_price_list_prices(
                 )
             ).all()
         )
-        missing = [s for s in skus if s not in found]
+        missing = [(i, e.sku) for i, e in enumerate(entries) if e.sku not in found]
         if missing:
-            raise field_error("prices", f"unknown SKUs: {', '.join(missing)}", "not_found")
+            raise Unprocessable(
+                f"unknown SKUs: {', '.join(sorted({sku for _, sku in missing}))}",
+                errors=[
+                    {
+                        "field": f"prices.{i}.sku",
+                        "message": f"no variant has SKU {sku}",
+                        "code": "not_found",
+                    }
+                    for i, sku in missing
+                ],
+            )
         await session.execute(
             delete(price_list_prices).where(price_list_prices.c.price_list_id == price_list_id)
         )

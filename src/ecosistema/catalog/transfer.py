@@ -70,7 +70,12 @@ from ecosistema.platform.csvsafe import (
     unreadable_row_reason,
 )
 from ecosistema.platform.db import utcnow
-from ecosistema.platform.errors import Unprocessable, UnsupportedMediaType, field_error
+from ecosistema.platform.errors import (
+    Unprocessable,
+    UnsupportedMediaType,
+    field_error,
+    validation_message,
+)
 from ecosistema.platform.money import ISO_4217
 from ecosistema.platform.service import ServiceContext
 
@@ -278,7 +283,7 @@ def _problems(exc: ValidationError) -> list[tuple[tuple[Any, ...], str]]:
     out = []
     for err in exc.errors():
         loc = tuple(p for p in err.get("loc", ()) if p != "[key]")
-        message = str(err.get("msg")).removeprefix("Value error, ")
+        message = validation_message(err)
         out.append((loc, message))
     return out
 

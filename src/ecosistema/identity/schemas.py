@@ -10,6 +10,7 @@ from pydantic import BaseModel, ConfigDict, EmailStr, Field, TypeAdapter, field_
 
 from ecosistema.identity import domain
 from ecosistema.identity.domain import UserStatus
+from ecosistema.platform.errors import pattern_rule
 from ecosistema.platform.text import check_display_text
 
 RoleName = Literal["admin", "staff", "sales", "customer"]
@@ -160,7 +161,14 @@ class ProfileUpdate(Input):
     """PATCH users/me: only the fields a user may change about themselves."""
 
     name: str | None = Field(default=None, max_length=200)
-    phone: str | None = Field(default=None, max_length=32, pattern=r"^\+?[0-9 ()./-]{4,32}$")
+    phone: str | None = Field(
+        default=None,
+        max_length=32,
+        pattern=pattern_rule(
+            r"^\+?[0-9 ()./-]{4,32}$",
+            "a phone number: an optional `+`, then 4 to 32 digits, spaces or `( ) . / -`",
+        ),
+    )
     addresses: list[Address] | None = Field(default=None, max_length=20)
     locale: str | None = Field(default=None, max_length=35)
     preferences: dict[str, Any] | None = Field(

@@ -91,6 +91,16 @@ DEMO_PASSWORDS: dict[str, str] = {
     "staff": "demo-staff-ecosistema",
     "sales": "demo-sales-ecosistema",
     "customer": "demo-customer-ecosistema",
+    "wholesale": "demo-wholesale-ecosistema",
+}
+# The demo accounts by name (``<name>@demo.ecosistema.dev``): one per role, and a second customer
+# whom the demo catalogue puts on its wholesale price list.
+DEMO_ACCOUNTS: dict[str, Role] = {
+    "admin": Role.ADMIN,
+    "staff": Role.STAFF,
+    "sales": Role.SALES,
+    "customer": Role.CUSTOMER,
+    "wholesale": Role.CUSTOMER,
 }
 
 
@@ -1639,13 +1649,14 @@ async def create_admin(ctx: ServiceContext, *, email: str, password: str) -> Use
 
 
 async def seed_demo(ctx: ServiceContext) -> dict[str, dict[str, str]]:
-    """Create (once) one demo user per role with known passwords; returns their credentials."""
+    """Create (once) one demo user per role, and a wholesale customer, with known passwords;
+    returns their credentials by account name."""
     if ctx.settings.environment == "production":
         raise Conflict("Demo users are never created in production.", type="demo-in-production")
     out: dict[str, dict[str, str]] = {}
-    for role in (Role.ADMIN, Role.STAFF, Role.SALES, Role.CUSTOMER):
-        email = f"{role.value}@demo.ecosistema.dev"
-        password = DEMO_PASSWORDS[role.value]
+    for account, role in DEMO_ACCOUNTS.items():
+        email = f"{account}@demo.ecosistema.dev"
+        password = DEMO_PASSWORDS[account]
         async with ctx.db.read() as session:
             exists = await session.scalar(
                 select(users.c.id).where(users.c.email_index == email_index(ctx, email))
@@ -1664,9 +1675,9 @@ async def seed_demo(ctx: ServiceContext) -> dict[str, dict[str, str]]:
                         password_hash=password_hash,
                         role=role.value,
                         verified=True,
-                        name=f"Demo {role.value.title()}",
+                        name=f"Demo {account.title()}",
                     )
-        out[role.value] = {"email": email, "password": password}
+        out[account] = {"email": email, "password": password}
     return out
 
 

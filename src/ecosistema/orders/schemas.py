@@ -27,6 +27,7 @@ from ecosistema.orders.domain import (
     is_country,
     voucher_definition_problems,
 )
+from ecosistema.platform.errors import pattern_rule
 from ecosistema.platform.money import iso_currency
 from ecosistema.platform.sku import SKU_PATTERN as _SKU
 from ecosistema.platform.text import (
@@ -36,9 +37,15 @@ from ecosistema.platform.text import (
 )
 from ecosistema.platform.timestamps import Timestamp
 
-_COUNTRY = r"^[A-Za-z]{2}$"
-_CODE = r"^\s*[A-Za-z0-9][A-Za-z0-9_\-]*\s*$"
-_METHOD = r"^[a-z0-9][a-z0-9_\-]*$"
+_COUNTRY = pattern_rule(r"^[A-Za-z]{2}$", "a two-letter ISO 3166-1 country code, e.g. DE")
+_CODE = pattern_rule(
+    r"^\s*[A-Za-z0-9][A-Za-z0-9_\-]*\s*$",
+    "a code: a letter or digit, then letters, digits, `_` or `-`",
+)
+_METHOD = pattern_rule(
+    r"^[a-z0-9][a-z0-9_\-]*$",
+    "a code: a lower-case letter or digit, then lower-case letters, digits, `_` or `-`",
+)
 _PHONE = re.compile(r"\+?[0-9][0-9 ()./-]{2,31}")
 MAX_AMOUNT = 10**12
 

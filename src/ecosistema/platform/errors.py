@@ -23,6 +23,47 @@ PROBLEM_JSON = "application/problem+json"
 log = structlog.get_logger(__name__)
 
 
+# The title of each problem type raised by several services' use cases without a class of its
+# own: a problem's title names its type (RFC 9457 3.1.3), so a client can show it, and it is
+# declared once here rather than at every place the type is raised. A raise that passes its own
+# ``title`` keeps it; a type missing here takes its class's title.
+PROBLEM_TITLES: Mapping[str, str] = {
+    # catalog
+    "below-reserved": "Stock below what is reserved",
+    "category-not-empty": "Category not empty",
+    "code-taken": "Code already in use",
+    "no-warehouse": "No warehouse",
+    "order-not-committed": "Order's stock not committed",
+    "reservation-released": "Reservation released",
+    "restock-exceeds-order": "Restock exceeds the order",
+    "sku-taken": "SKU already in use",
+    "slug-taken": "Slug already in use",
+    "variant-has-stock": "Variant still holds stock",
+    # identity
+    "demo-in-production": "No demo data in production",
+    "email-not-verified": "Email address not verified",
+    "email-taken": "Email address already registered",
+    "invalid-credentials": "Invalid credentials",
+    "invalid-refresh-token": "Invalid refresh token",
+    "invalid-second-factor": "Invalid second factor",
+    "mfa-already-enabled": "Two-factor authentication already on",
+    "mfa-not-enabled": "Two-factor authentication not on",
+    "mfa-not-enrolling": "Two-factor enrolment not started",
+    "self-administration": "Own account not changeable",
+    "session-ended": "Session ended",
+    "user-required": "Signed-in user required",
+    # payments
+    "invalid-webhook-signature": "Invalid webhook signature",
+    # sales
+    "malformed-multipart": "Malformed multipart body",
+    "no-leads-yet": "No leads yet",
+    "unsupported-import-format": "Unsupported import format",
+    # webhooks
+    "webhook-delivery-in-flight": "Webhook delivery in flight",
+    "webhook-subscription-disabled": "Webhook subscription disabled",
+}
+
+
 class ProblemError(Exception):
     """An error that leaves the API as problem+json. Subclass it in domains and services."""
 
@@ -44,6 +85,7 @@ class ProblemError(Exception):
         self.detail = detail or self.title
         if type is not None:
             self.type = type
+            self.title = PROBLEM_TITLES.get(type, self.title)
         if title is not None:
             self.title = title
         if status is not None:
@@ -204,11 +246,29 @@ def _field_path(loc: Sequence[Any]) -> str:
     return ".".join(parts) if parts else str(loc[0]) if loc else "body"
 
 
-def _message(err: Mapping[str, Any]) -> str:
-    """Pydantic's message without the prefix it puts before a validator's own words."""
+# The rules of the string patterns fields must match, in words, by pattern (``pattern_rule``).
+_PATTERN_RULES: dict[str, str] = {}
+
+
+def pattern_rule(pattern: str, rule: str) -> str:
+    """Declare a field pattern's rule in words (``rule`` completes "must be ..."), so a value
+    that breaks it is told the rule, not shown the regular expression; returns ``pattern``,
+    for ``Field(pattern=pattern_rule(...))``."""
+    _PATTERN_RULES[pattern] = rule
+    return pattern
+
+
+def validation_message(err: Mapping[str, Any]) -> str:
+    """A pydantic error in words: without the prefix pydantic puts before a validator's own
+    words, and with a pattern's rule instead of its regular expression when it is declared."""
     message = str(err.get("msg", "invalid"))
     if err.get("type") == "value_error":
         return message.removeprefix("Value error, ")
+    if err.get("type") == "string_pattern_mismatch":
+        context = err.get("ctx") or {}
+        rule = _PATTERN_RULES.get(str(context.get("pattern", "")))
+        if rule is not None:
+            return f"must be {rule}"
     return message
 
 
@@ -222,7 +282,7 @@ def validation_errors(exc: RequestValidationError) -> list[dict[str, Any]]:
             {
                 "field": _field_path(loc),
                 "in": where if where in _LOCATIONS else "body",
-                "message": _message(err),
+                "message": validation_message(err),
                 "code": str(err.get("type", "invalid")),
             }
         )

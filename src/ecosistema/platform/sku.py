@@ -6,5 +6,10 @@ from __future__ import annotations
 
 from typing import Final
 
-SKU_PATTERN: Final = r"^[A-Za-z0-9][A-Za-z0-9._\-]*$"
+from ecosistema.platform.errors import pattern_rule
+
+SKU_PATTERN: Final = pattern_rule(
+    r"^[A-Za-z0-9][A-Za-z0-9._\-]*$",
+    "a SKU: a letter or digit, then letters, digits, `.`, `_` or `-`",
+)
 SKU_MAX_LENGTH: Final = 64
