@@ -23,6 +23,9 @@ from ecosistema.platform.tokens import (
 from tests.integration.test_gateway_upstream import start_upstream, stop
 
 SECRET = "gateway-secret-for-tests-0123456789"
+# The API keys the identity stand-in knows; each test that revokes one uses its own.
+LIVE_KEY = "eco_live_abc"
+API_KEYS = (LIVE_KEY, "eco_revoked1_abc", "eco_revoked2_abc")
 
 
 @pytest.fixture(scope="module")
@@ -35,7 +38,8 @@ def keys(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, SigningKey]:
 
 @pytest.fixture(scope="module")
 def identity(keys: tuple[Path, SigningKey]) -> Iterator[str]:
-    proc, url = start_upstream("identity", env={"JWKS_FILE": str(keys[0])})
+    env = {"JWKS_FILE": str(keys[0]), "API_KEYS": ",".join(API_KEYS)}
+    proc, url = start_upstream("identity", env=env)
     yield url
     stop(proc)
 
@@ -50,6 +54,7 @@ def table(url: str, **auth: Any) -> dict[str, Any]:
             {"prefix": "/.well-known/jwks.json", "service": "identity", "public": True},
             {"prefix": "/api/v1/auth/", "service": "identity", "public": True},
             {"prefix": "/api/v1/orders", "service": "orders"},
+            {"prefix": "/api/v1/products", "service": "orders", "public": True},
         ],
         "auth": {"principal_secret": SECRET, "jwks_min_refresh_seconds": 60, **auth},
         "rate_limits": {"enabled": False},
@@ -184,13 +189,134 @@ async def test_public_route_strips_a_forged_principal(gateway: GatewayServer) ->
     assert PRINCIPAL_HEADER.lower() not in response.json()["headers"]
 
 
-async def test_api_key_is_forwarded_for_the_service_to_verify(gateway: GatewayServer) -> None:
+@pytest.mark.parametrize("path", ["/api/v1/orders", "/api/v1/products"])
+@pytest.mark.parametrize(
+    "headers",
+    [
+        {"x-api-key": LIVE_KEY},
+        {"authorization": f"ApiKey {LIVE_KEY}"},
+        {"authorization": f"Bearer {LIVE_KEY}"},
+    ],
+)
+async def test_a_valid_api_key_is_checked_with_identity_and_forwarded_untouched(
+    gateway: GatewayServer, path: str, headers: dict[str, str]
+) -> None:
     async with client(gateway) as c:
-        response = await c.get("/api/v1/orders", headers={"x-api-key": "eco_live_abc"})
+        response = await c.get(path, headers=headers)
     seen = response.json()["headers"]
     assert response.status_code == 200
-    assert seen["x-api-key"] == ["eco_live_abc"]
+    for name, value in headers.items():
+        assert seen[name] == [value]
     assert PRINCIPAL_HEADER.lower() not in seen
+
+
+@pytest.mark.parametrize("path", ["/api/v1/orders", "/api/v1/products"])
+@pytest.mark.parametrize(
+    "headers, detail",
+    [
+        ({"x-api-key": "eco_unknown_abc"}, "unknown or revoked"),
+        ({"authorization": "ApiKey eco_unknown_abc"}, "unknown or revoked"),
+        ({"authorization": "Bearer eco_unknown_abc"}, "unknown or revoked"),
+        ({"x-api-key": "live_abc"}, "malformed"),
+        ({"x-api-key": LIVE_KEY, "authorization": "Bearer eco_unknown_abc"}, "one credential"),
+    ],
+)
+async def test_an_unknown_api_key_is_a_401_on_public_and_protected_routes(
+    gateway: GatewayServer, path: str, headers: dict[str, str], detail: str
+) -> None:
+    async with client(gateway) as c:
+        response = await c.get(path, headers=headers)
+    assert response.status_code == 401
+    assert response.headers["www-authenticate"] == 'Bearer error="invalid_token"'
+    assert response.headers["content-type"] == "application/problem+json"
+    assert detail in response.json()["detail"]
+
+
+async def test_identity_is_asked_about_a_key_once_per_api_key_cache_period(
+    gateway: GatewayServer, identity: str
+) -> None:
+    async with httpx.AsyncClient(base_url=identity) as upstream, client(gateway) as c:
+        before = (await upstream.get("/admin/whoami-count")).json()["count"]
+        statuses = [
+            (await c.get("/api/v1/products", headers={"x-api-key": key})).status_code
+            for key in (LIVE_KEY, LIVE_KEY, "eco_nobody_abc", "eco_nobody_abc", LIVE_KEY)
+        ]
+        after = (await upstream.get("/admin/whoami-count")).json()["count"]
+    assert statuses == [200, 200, 401, 401, 200]
+    assert after - before == 2
+    assert gateway.gateway.auth.api_key_lookups == 2
+
+
+async def test_a_revoked_api_key_is_refused_once_the_answer_kept_for_it_expires(
+    gateway: GatewayServer, identity: str
+) -> None:
+    auth = gateway.gateway.auth
+    key = "eco_revoked1_abc"
+    async with httpx.AsyncClient(base_url=identity) as upstream, client(gateway) as c:
+        before = await c.get("/api/v1/products", headers={"x-api-key": key})
+        await upstream.get("/admin/revoke", params={"key": key})
+        # Within API_KEY_CACHE_SECONDS the gateway still holds identity's earlier answer, as a
+        # service without identity in its process does.
+        cached = await c.get("/api/v1/products", headers={"x-api-key": key})
+        auth._api_key_answers = {d: (v, 0.0) for d, (v, _) in auth._api_key_answers.items()}
+        after = await c.get("/api/v1/products", headers={"x-api-key": key})
+        protected = await c.get("/api/v1/orders", headers={"x-api-key": key})
+    assert (before.status_code, cached.status_code) == (200, 200)
+    assert after.status_code == 401 and protected.status_code == 401
+
+
+async def test_api_keys_are_a_503_when_identity_cannot_say(identity: str) -> None:
+    config = table(identity)
+    config["services"]["identity"]["instances"] = ["http://127.0.0.1:9"]
+    server = await serve(gateway_config(config), port=0, access_log=io.StringIO())
+    try:
+        async with client(server) as c:
+            response = await c.get("/api/v1/products", headers={"x-api-key": LIVE_KEY})
+            anonymous = await c.get("/api/v1/products")
+    finally:
+        await server.close(1)
+    assert response.status_code == 503 and response.headers["retry-after"] == "5"
+    assert "API keys" in response.json()["detail"]
+    assert anonymous.status_code == 200
+
+
+async def test_public_route_refuses_bad_bearer_tokens_and_serves_valid_and_anonymous_ones(
+    gateway: GatewayServer, keys: tuple[Path, SigningKey]
+) -> None:
+    from datetime import UTC, datetime, timedelta
+
+    key = keys[1]
+    bad = {
+        "expired": token(key, now=datetime.now(UTC) - timedelta(hours=1)),
+        "foreign audience": token(key, audience="someone-else"),
+        "foreign issuer": token(key, issuer="someone-else"),
+        "unknown key": token(generate_signing_key()),
+        "garbage": "not-a-jwt",
+    }
+    async with client(gateway) as c:
+        refused = {
+            name: await c.get("/api/v1/products", headers={"authorization": f"Bearer {value}"})
+            for name, value in bad.items()
+        }
+        refused["empty"] = await c.get("/api/v1/products", headers={"authorization": "Bearer"})
+        valid = await c.get("/api/v1/products", headers={"authorization": f"Bearer {token(key)}"})
+        again = await c.get("/api/v1/products", headers={"authorization": f"Bearer {token(key)}"})
+        anonymous = await c.get("/api/v1/products")
+        other_scheme = await c.get("/api/v1/products", headers={"authorization": "Basic eDp5"})
+    for name, response in refused.items():
+        assert response.status_code == 401, name
+        assert response.headers["www-authenticate"].startswith("Bearer"), name
+        assert response.json()["type"].endswith("/unauthorized"), name
+    assert "expired" in refused["expired"].json()["detail"]
+    assert valid.status_code == 200 and again.status_code == 200
+    [vouched] = valid.json()["headers"][PRINCIPAL_HEADER.lower()]
+    [request_id] = valid.json()["headers"]["x-request-id"]
+    binding = request_binding("GET", "/api/v1/products", request_id)
+    assert verify_principal(vouched, SECRET.encode(), binding=binding).sub == "user-1"
+    assert anonymous.status_code == 200
+    assert PRINCIPAL_HEADER.lower() not in anonymous.json()["headers"]
+    # Not a credential of this platform: the route serves it as it serves anyone.
+    assert other_scheme.status_code == 200
 
 
 async def test_unknown_kid_refetches_the_jwks_once_within_the_interval(

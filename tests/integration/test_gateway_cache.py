@@ -98,14 +98,71 @@ async def test_a_second_anonymous_get_is_a_hit_that_never_reaches_the_upstream(
     assert after - before == 1
 
 
-async def test_requests_with_credentials_bypass_the_cache(gateway: GatewayServer) -> None:
-    async with client(gateway) as c:
-        await c.get("/cacheable/c1")
-        before = await upstream_count(c)
-        bearer = await c.get("/cacheable/c1", headers={"Authorization": "Bearer not-a-token"})
-        api_key = await c.get("/cacheable/c1", headers={"X-API-Key": "eco_key"})
-        after = await upstream_count(c)
-    assert "x-cache" not in bearer.headers and "x-cache" not in api_key.headers
+KEY = "eco_cachekey_s3cret"
+
+
+async def _only_key(key: str) -> bool:
+    return key == KEY
+
+
+@pytest.mark.parametrize(
+    "headers",
+    [
+        {"Authorization": "Bearer not-a-token"},
+        {"Authorization": "Bearer"},
+        {"Authorization": "ApiKey eco_unknown_s3cret"},
+        {"Authorization": "Bearer eco_unknown_s3cret"},
+        {"X-API-Key": "eco_unknown_s3cret"},
+        {"X-API-Key": "not-a-key"},
+        {"X-API-Key": KEY, "Authorization": "Bearer eco_other_s3cret"},
+    ],
+)
+async def test_bad_credentials_on_a_cached_route_are_a_401_not_a_hit(
+    upstream: str, headers: dict[str, str]
+) -> None:
+    server = await serve(
+        gateway_config(table(upstream)),
+        port=0,
+        access_log=io.StringIO(),
+        api_key_check=_only_key,
+    )
+    try:
+        async with client(server) as c:
+            stored = await c.get("/cacheable/c1")
+            hit = await c.get("/cacheable/c1")
+            before = await upstream_count(c)
+            refused = await c.get("/cacheable/c1", headers=headers)
+            refused_head = await c.head("/cacheable/c1", headers=headers)
+            after = await upstream_count(c)
+    finally:
+        await server.close(1)
+    assert stored.headers["x-cache"] == "MISS" and hit.headers["x-cache"] == "HIT"
+    assert refused.status_code == 401 and refused_head.status_code == 401
+    assert refused.headers["content-type"] == "application/problem+json"
+    assert refused.headers["www-authenticate"].startswith("Bearer")
+    assert "x-cache" not in refused.headers
+    assert refused.json()["type"].endswith("/unauthorized")
+    assert after == before
+
+
+async def test_valid_credentials_bypass_the_cache(upstream: str) -> None:
+    server = await serve(
+        gateway_config(table(upstream)),
+        port=0,
+        access_log=io.StringIO(),
+        api_key_check=_only_key,
+    )
+    try:
+        async with client(server) as c:
+            await c.get("/cacheable/c2")
+            before = await upstream_count(c)
+            by_header = await c.get("/cacheable/c2", headers={"X-API-Key": KEY})
+            by_bearer = await c.get("/cacheable/c2", headers={"Authorization": f"Bearer {KEY}"})
+            after = await upstream_count(c)
+    finally:
+        await server.close(1)
+    assert by_header.status_code == 200 and by_bearer.status_code == 200
+    assert "x-cache" not in by_header.headers and "x-cache" not in by_bearer.headers
     assert after - before == 2
 
 

@@ -4,8 +4,10 @@ plus helpers to start it and the gateway as subprocesses. It holds no tests itse
 Endpoints: /readyz (503 after POST /admin/unready), /echo/* (what arrived: method, path,
 headers, body length and SHA-256, the client port), /stream?size=&chunk= (a chunked body),
 /slow?seconds=, /status/{code}[?retry_after=] (with that Retry-After), /.well-known/jwks.json
-(read from $JWKS_FILE on every call), /cacheable[/{id}]?cc=&etag=&vary=&cookie=&status= and
-/admin/cacheable-count.
+(read from $JWKS_FILE on every call), /cacheable[/{id}]?cc=&etag=&vary=&cookie=&status=,
+/admin/cacheable-count, and identity's API key check /api/v1/auth/whoami (200 for an X-API-Key
+listed in $API_KEYS, comma-separated, else 401; /admin/revoke?key= removes one, and
+/admin/whoami-count says how many checks were made).
 """
 
 from __future__ import annotations
@@ -30,7 +32,8 @@ Send = Callable[[MutableMapping[str, Any]], Awaitable[None]]
 ROOT = Path(__file__).resolve().parents[2]
 PYTHON = sys.executable
 INSTANCE = os.environ.get("UPSTREAM_NAME", "upstream")
-_state: dict[str, Any] = {"ready": True, "served": 0, "cacheable": 0}
+_state: dict[str, Any] = {"ready": True, "served": 0, "cacheable": 0, "whoami": 0}
+_api_keys = {k for k in os.environ.get("API_KEYS", "").split(",") if k}
 
 
 async def _json(
@@ -90,6 +93,18 @@ async def app(scope: Scope, receive: Receive, send: Send) -> None:
         await _json(send, 200, {"count": _state.get("cacheable", 0)})
     elif path.startswith("/cacheable"):
         await _cacheable(send, path, query)
+    elif path == "/api/v1/auth/whoami":
+        _state["whoami"] += 1
+        key = dict(scope["headers"]).get(b"x-api-key", b"").decode()
+        if key in _api_keys:
+            await _json(send, 200, {"kind": "api_key", "role": "staff", "api_key_id": key[4:9]})
+        else:
+            await _json(send, 401, {"detail": "The API key is unknown or revoked."})
+    elif path == "/admin/revoke":
+        _api_keys.discard(query.get("key", ""))
+        await _json(send, 200, {"revoked": query.get("key")})
+    elif path == "/admin/whoami-count":
+        await _json(send, 200, {"count": _state["whoami"]})
     elif path.startswith("/echo") or path.startswith("/api/"):
         digest = hashlib.sha256()
         length = chunks = max_chunk = 0

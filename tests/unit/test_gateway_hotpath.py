@@ -12,6 +12,7 @@ from typing import Any
 
 import pytest
 
+from ecosistema.gateway.auth import ApiKeyCheck
 from ecosistema.gateway.config import gateway_config
 from ecosistema.gateway.proxy import ClientConnection, Exchange, Gateway, _Deadlines, _IdSource
 from ecosistema.gateway.server import settle_heap
@@ -151,7 +152,7 @@ async def test_deadlines_time_out_what_is_still_waiting_and_nothing_else() -> No
     assert not fired["answered"].is_set()
 
 
-def _gateway(**extra: Any) -> Gateway:
+def _gateway(api_key_check: ApiKeyCheck | None = None, **extra: Any) -> Gateway:
     table = {
         "services": {"tiny": {"instances": ["http://127.0.0.1:9"], "health_path": None}},
         "routes": [
@@ -161,7 +162,7 @@ def _gateway(**extra: Any) -> Gateway:
         "rate_limits": {"enabled": False},
         **extra,
     }
-    return Gateway(gateway_config(table), access_log=io.StringIO())
+    return Gateway(gateway_config(table), access_log=io.StringIO(), api_key_check=api_key_check)
 
 
 def _connect(gateway: Gateway) -> tuple[ClientConnection, MemoryTransport, UpstreamConnection]:
@@ -199,21 +200,36 @@ async def test_requests_in_a_row_are_proxied_over_one_pooled_connection() -> Non
     await gateway.close()
 
 
+KEY = b"eco_k1_s3cret"
+
+
+async def _valid_key_k1(key: str) -> bool:
+    return key == KEY.decode()
+
+
 @pytest.mark.parametrize(
     "headers, status",
     [
         (b"", 401),
-        (b"X-API-Key: k1\r\n", 200),
-        (b"Authorization: ApiKey k1\r\n", 200),
+        (b"X-API-Key: %s\r\n" % KEY, 200),
+        (b"Authorization: ApiKey %s\r\n" % KEY, 200),
+        (b"Authorization: Bearer %s\r\n" % KEY, 200),
+        (b"X-API-Key: eco_k1_other\r\n", 401),
+        (b"X-API-Key: k1\r\n", 401),
     ],
 )
 async def test_protected_route_needs_credentials_found_in_the_one_header_pass(
     headers: bytes, status: int
 ) -> None:
-    gateway = _gateway()
+    gateway = _gateway(api_key_check=_valid_key_k1)
     client, out, upstream = _connect(gateway)
+    sent: list[bytes] = upstream.transport.written  # type: ignore[union-attr]
     client.data_received(b"GET /closed HTTP/1.1\r\nHost: x\r\n%s\r\n" % headers)
+    async with asyncio.timeout(5):
+        while not sent and not out.written:
+            await asyncio.sleep(0)  # the key is checked in a task
     if status == 200:
+        assert sent
         upstream.data_received(RESPONSE)
     assert out.written[-1].startswith(b"HTTP/1.1 %d " % status)
     await gateway.close()

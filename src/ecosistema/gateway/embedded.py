@@ -21,10 +21,13 @@ from typing import IO, Any
 import structlog
 
 from ecosistema.gateway import native
+from ecosistema.gateway.auth import ApiKeyCheck, ApiKeysUnavailable
 from ecosistema.gateway.config import GatewayConfig, gateway_config
 from ecosistema.gateway.inprocess import ASGIApp, LocalService
 from ecosistema.gateway.server import GatewayServer, create_ssl_context, serve
+from ecosistema.platform.auth import TokenVerifier
 from ecosistema.platform.config import Settings
+from ecosistema.platform.errors import ServiceUnavailable, Unauthorized
 from ecosistema.platform.service import Service
 
 log = structlog.get_logger(__name__)
@@ -106,6 +109,22 @@ def embedded_route_table(services: Sequence[Service], settings: Settings) -> dic
     }
 
 
+def api_key_check(verifier: TokenVerifier) -> ApiKeyCheck:
+    """API keys checked at the edge exactly as the app's services check them: the same
+    verifier, through identity's resolver in this process (a revoked key fails at once)."""
+
+    async def check(key: str) -> bool:
+        try:
+            await verifier.verify_api_key(key)
+        except Unauthorized:
+            return False
+        except ServiceUnavailable as exc:
+            raise ApiKeysUnavailable(exc.detail) from None
+        return True
+
+    return check
+
+
 @dataclass
 class EmbeddedGateway:
     """The gateway serving the embedded app in the current event loop."""
@@ -153,6 +172,7 @@ async def serve_embedded(
             config = gateway_config(embedded_route_table(services, settings), settings)
         runtime = getattr(getattr(app, "state", None), "runtime", None)
         in_process = {name for name, svc in config.services.items() if svc.in_process}
+        verifier = getattr(runtime, "verifier", None)
         server = await serve(
             config,
             host,
@@ -161,6 +181,7 @@ async def serve_embedded(
             access_log=access_log,
             local_apps=dict.fromkeys(in_process, local),
             bus=getattr(runtime, "bus", None),
+            api_key_check=api_key_check(verifier) if verifier is not None else None,
         )
     except BaseException:
         await local.shutdown()

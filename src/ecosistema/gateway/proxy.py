@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import hashlib
 import json
 import os
 import random
@@ -29,7 +28,14 @@ from urllib.parse import unquote
 import httptools
 import structlog
 
-from ecosistema.gateway.auth import AuthenticationFailed, EdgeAuthenticator, KeysUnavailable
+from ecosistema.gateway.auth import (
+    ApiKeyCheck,
+    ApiKeysUnavailable,
+    AuthenticationFailed,
+    EdgeAuthenticator,
+    KeysUnavailable,
+    api_key_principal,
+)
 from ecosistema.gateway.balancer import Balancer, BreakerState, Instance
 from ecosistema.gateway.cache import CachedResponse, CacheFill, ResponseCache, purge_tags
 from ecosistema.gateway.config import GatewayConfig, RateLimitRule, RouteConfig
@@ -320,6 +326,13 @@ _REQUEST_HEADER_KINDS: Final[dict[bytes, int]] = {
     b"origin": _H_ORIGIN,
     b"authorization": _H_AUTHORIZATION,
 }
+
+
+# What a request presents as credentials (``Gateway._credential``).
+_C_NONE: Final = 0
+_C_BEARER: Final = 1
+_C_API_KEY: Final = 2
+_C_TWO: Final = 3  # an Authorization and an API key header that differ
 
 
 # What the gateway does with a response header, by its name as the upstream spelled it.
@@ -1062,6 +1075,7 @@ class Gateway:
         access_log: IO[str] | None = None,
         local_apps: Mapping[str, LocalService] | None = None,
         bus: EventBus | None = None,
+        api_key_check: ApiKeyCheck | None = None,
     ) -> None:
         self.config = config
         self.tls = tls
@@ -1096,6 +1110,7 @@ class Gateway:
             loader=(
                 (lambda: jwks_local.get(config.auth.jwks_path)) if jwks_local is not None else None
             ),
+            api_key_check=api_key_check,
         )
         limits = config.rate_limits
         self.limiter: RateLimiter | None = (
@@ -1798,68 +1813,96 @@ class Gateway:
             )
         )
 
-    def _authenticate_now(self, ex: Exchange, route: RouteConfig) -> bool | None:
-        """Authentication that needs no waiting: no credentials, an API key, or a bearer token
-        verified before. None: the token must be verified (``_authenticate``)."""
+    def _credential(self, ex: Exchange) -> tuple[int, str]:
+        """What the request presents: an access token, an API key (``X-API-Key``,
+        ``Authorization: ApiKey`` or ``Authorization: Bearer eco_…``), none, or two that differ.
+        An Authorization of another scheme is not a credential of this platform."""
+        kind = _C_NONE
+        value = ""
         authorization = ex.authorization
-        if authorization is None:
-            if route.public and ex.api_key is None and self._api_key_in_pass:
+        if authorization is not None:
+            scheme = authorization[:7].lower()
+            if scheme == b"bearer " or scheme == b"bearer":
+                value = authorization[7:].strip().decode("latin-1")
+                kind = _C_API_KEY if self.auth.is_api_key(value) else _C_BEARER
+            elif scheme == b"apikey ":
+                value = authorization[7:].strip().decode("latin-1")
+                kind = _C_API_KEY
+        api_key = ex.api_key if self._api_key_in_pass else ex.header(self._api_key_header)
+        if api_key:
+            key = api_key.strip().decode("latin-1")
+            if kind == _C_NONE:
+                return _C_API_KEY, key
+            if key != value:
+                return _C_TWO, ""
+        return kind, value
+
+    def _authenticate_now(self, ex: Exchange, route: RouteConfig) -> bool | None:
+        """Authentication that needs no waiting: no credentials, or credentials verified before.
+        None: they must be verified (``_authenticate``). Credentials that are presented are
+        verified on every route, public or not: a bad one is a 401, never served as anonymous."""
+        if ex.authorization is None and ex.api_key is None and self._api_key_in_pass:
+            if route.public:
                 return True  # an anonymous request on a public route
-        elif authorization[:7].lower() == b"bearer ":
-            principal = self.auth.known(authorization[7:].strip().decode("latin-1"))
+            self._credentials_required(ex)
+            return False
+        kind, value = self._credential(ex)
+        if kind == _C_BEARER:
+            principal = self.auth.known(value)
             if principal is None:
                 return None
             ex.principal = principal
             return True
-        return self._authenticate_other(ex, route, authorization)
-
-    async def _authenticate(self, ex: Exchange, route: RouteConfig) -> bool:
-        authorization = ex.authorization
-        if authorization is not None and authorization[:7].lower() == b"bearer ":
-            token = authorization[7:].strip().decode("latin-1")
-            try:
-                ex.principal = await self.auth.authenticate_bearer(token)
-                return True
-            except AuthenticationFailed as exc:
-                if route.public:
-                    return True
-                self._problem(
-                    ex,
-                    401,
-                    "unauthorized",
-                    "Authentication required",
-                    str(exc),
-                    extra_headers=b'www-authenticate: Bearer error="invalid_token"\r\n',
-                )
-                return False
-            except KeysUnavailable:
-                if route.public:
-                    return True
-                self._problem(
-                    ex,
-                    503,
-                    "service-unavailable",
-                    "Service unavailable",
-                    "Access tokens cannot be verified right now.",
-                    extra_headers=b"retry-after: 5\r\n",
-                )
-                return False
-        return self._authenticate_other(ex, route, authorization)
-
-    def _authenticate_other(
-        self, ex: Exchange, route: RouteConfig, authorization: bytes | None
-    ) -> bool:
-        api_key = ex.api_key if self._api_key_in_pass else ex.header(self._api_key_header)
-        if api_key is None and authorization and authorization[:7].lower() == b"apikey ":
-            api_key = authorization[7:].strip()
-        if api_key:
-            # The owning service verifies the key; the gateway only needs a stable identity for
-            # rate limiting, which must not reveal the key itself.
-            digest = hashlib.sha256(api_key).hexdigest()[:24]
-            ex.principal = Principal(sub=f"key:{digest}", role="api_key", kind="api_key")
+        if kind == _C_API_KEY:
+            if not self.auth.known_api_key(value):
+                return None
+            ex.principal = api_key_principal(value)
             return True
+        if kind == _C_TWO:
+            self._invalid_credentials(
+                ex,
+                f"Send one credential: either Authorization or {self.config.auth.api_key_header}.",
+            )
+            return False
         if route.public:
             return True
+        self._credentials_required(ex)
+        return False
+
+    async def _authenticate(self, ex: Exchange, route: RouteConfig) -> bool:
+        kind, value = self._credential(ex)
+        try:
+            if kind == _C_BEARER:
+                ex.principal = await self.auth.authenticate_bearer(value)
+            elif kind == _C_API_KEY:
+                ex.principal = await self.auth.authenticate_api_key(value)
+        except AuthenticationFailed as exc:
+            self._invalid_credentials(ex, str(exc))
+            return False
+        except (KeysUnavailable, ApiKeysUnavailable) as exc:
+            what = "Access tokens" if isinstance(exc, KeysUnavailable) else "API keys"
+            self._problem(
+                ex,
+                503,
+                "service-unavailable",
+                "Service unavailable",
+                f"{what} cannot be verified right now; try again shortly.",
+                extra_headers=b"retry-after: 5\r\n",
+            )
+            return False
+        return True
+
+    def _invalid_credentials(self, ex: Exchange, detail: str) -> None:
+        self._problem(
+            ex,
+            401,
+            "unauthorized",
+            "Authentication required",
+            detail,
+            extra_headers=b'www-authenticate: Bearer error="invalid_token"\r\n',
+        )
+
+    def _credentials_required(self, ex: Exchange) -> None:
         self._problem(
             ex,
             401,
@@ -1868,7 +1911,6 @@ class Gateway:
             "This route needs a bearer access token or an API key.",
             extra_headers=b"www-authenticate: Bearer\r\n",
         )
-        return False
 
     def _rule_for(self, ex: Exchange, route: RouteConfig) -> RateLimitRule:
         limits = self.config.rate_limits

@@ -20,6 +20,7 @@ from typing import IO, TYPE_CHECKING
 import structlog
 
 from ecosistema.gateway import native
+from ecosistema.gateway.auth import ApiKeyCheck
 from ecosistema.gateway.config import GatewayConfig
 from ecosistema.gateway.metrics import enable_multiprocess, forget_worker
 from ecosistema.gateway.proxy import ClientConnection, Gateway
@@ -81,11 +82,13 @@ async def serve(
     access_log: IO[str] | None = None,
     local_apps: Mapping[str, LocalService] | None = None,
     bus: EventBus | None = None,
+    api_key_check: ApiKeyCheck | None = None,
 ) -> GatewayServer:
     """Start a gateway in the running loop, on ``sock`` or on ``host:port`` (0: a free port);
     access-log lines go to ``access_log`` (default: standard output). ``local_apps`` serve the
     in-process services; ``bus`` is where cache purges come from when it is not the configured
-    one (the embedded runtime's)."""
+    one (the embedded runtime's); ``api_key_check`` checks API keys where identity runs in this
+    process (otherwise the gateway asks identity over HTTP)."""
     loop = asyncio.get_running_loop()
     gateway = Gateway(
         config,
@@ -93,6 +96,7 @@ async def serve(
         access_log=access_log,
         local_apps=local_apps,
         bus=bus,
+        api_key_check=api_key_check,
     )
     await gateway.start_background()
     if sock is None:

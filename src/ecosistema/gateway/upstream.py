@@ -325,8 +325,10 @@ async def fetch(
     *,
     timeout: float,
     limit: int = 1024 * 1024,
+    headers: bytes = b"",
 ) -> tuple[int, Headers, bytes]:
-    """GET ``path`` from ``instance`` on a fresh connection; for checks outside the hot path."""
+    """GET ``path`` from ``instance`` on a fresh connection; for checks outside the hot path.
+    ``headers``: extra header lines, each ending in CRLF (the caller has validated them)."""
 
     async def run() -> tuple[int, Headers, bytes]:
         loop = asyncio.get_running_loop()
@@ -341,8 +343,8 @@ async def fetch(
             conn.begin(collector, head_only=False)
             conn.write(
                 b"GET %s HTTP/1.1\r\nHost: %s\r\nConnection: close\r\n"
-                b"User-Agent: ecosistema-gateway\r\nAccept: */*\r\n\r\n"
-                % (path.encode("ascii"), instance.host_header)
+                b"User-Agent: ecosistema-gateway\r\nAccept: */*\r\n%s\r\n"
+                % (path.encode("ascii"), instance.host_header, headers)
             )
             return await collector.done
         finally:
