@@ -65,3 +65,70 @@ async def test_migration_creates_the_models_tables_and_the_search_index(
     finally:
         await db.drop_schema()
         await db.dispose()
+
+
+async def test_search_folding_migration_writes_every_products_search_text_again(
+    settings: Settings,
+) -> None:
+    from datetime import UTC, datetime
+
+    from ecosistema.catalog.models import products, variants
+    from ecosistema.catalog.search import SearchQuery, search_products
+    from tests.integration.migration_support import downgrade
+
+    db = Database(
+        "catalog",
+        settings.database_url_for("catalog"),
+        schema_prefix=settings.database_schema_prefix,
+    )
+    now = datetime(2026, 11, 1, tzinfo=UTC)
+    try:
+        await db.migrate(catalog.migrations)
+        await downgrade(db, catalog.migrations, "0003_catalog_updated_at")
+        # A product written before: its search text as it was then, without folded words.
+        async with db.transaction() as session:
+            for n, name in enumerate(["Straßenschuh", "東京タワー"]):
+                await session.execute(
+                    products.insert().values(
+                        id=f"p{n}",
+                        slug=f"p{n}",
+                        name=name,
+                        description="",
+                        status="active",
+                        images=[],
+                        search_text=f"OLD-{n}",
+                        created_at=now,
+                        updated_at=now,
+                    )
+                )
+                await session.execute(
+                    variants.insert().values(
+                        id=f"v{n}",
+                        product_id=f"p{n}",
+                        sku=f"OLD-{n}",
+                        name=name,
+                        options={},
+                        created_at=now,
+                        updated_at=now,
+                    )
+                )
+                if db.is_sqlite:
+                    await session.execute(
+                        text(
+                            "INSERT INTO product_search (product_id, name, search_text, "
+                            "description) VALUES (:pid, :name, :words, '')"
+                        ),
+                        {"pid": f"p{n}", "name": name, "words": f"OLD-{n}"},
+                    )
+        before = await search_products(db, SearchQuery(text="strassen"))
+        assert before.items == []
+
+        await db.migrate(catalog.migrations)
+
+        for query, found in (("strassen", "Straßenschuh"), ("タワー", "東京タワー")):
+            page = await search_products(db, SearchQuery(text=query))
+            assert [p.name for p in page.items] == [found], query
+        assert [p.name for p in (await search_products(db, SearchQuery(text="old"))).items]
+    finally:
+        await db.drop_schema()
+        await db.dispose()

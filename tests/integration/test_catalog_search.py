@@ -193,3 +193,66 @@ async def test_option_values_match_whatever_their_case(catalog: ServiceContext) 
     assert names(await search(catalog, options=(("size", "m"),))) == ["Red Tee"]
     assert names(await search(catalog, options=(("colour", "RED"), ("size", "M")))) == ["Red Tee"]
     assert names(await search(catalog, options=(("colour", "Blue"),))) == ["Blue Tee"]
+
+
+async def add_named(ctx: ServiceContext, sku: str, name: str, description: str = "") -> None:
+    await catalog_service.create_product(
+        ctx,
+        ProductCreate.model_validate(
+            {
+                "name": name,
+                "description": description,
+                "status": "active",
+                "variants": [{"sku": sku, "options": {"Größe": "Weiß"}, "prices": []}],
+            }
+        ),
+    )
+
+
+async def test_words_are_found_as_shoppers_type_them_folded_and_inside_cjk_runs(
+    catalog: ServiceContext,
+) -> None:
+    await add_named(catalog, "STRASSE-1", "Straßenschuh", "Für die Großstadt.")
+    await add_named(catalog, "TOKYO-1", "東京タワー Tシャツ", "綿百パーセント")
+    full_width = "\uff26\uff55\uff4c\uff4c-width \ufb01ne print."
+    await add_named(catalog, "CAFE-1", "Café Crème Mug", full_width)
+    await add_named(catalog, "PLAIN-1", "Plain Mug")
+
+    found = {
+        query: names(await search(catalog, text=query))
+        for query in (
+            "strassen",  # ß typed as ss
+            "straßen",  # and as written
+            "STRASSENSCHUH",
+            "grossstadt",  # in the description
+            "weiss",  # an option value
+            "タワー",  # inside a run of Japanese
+            "東京",
+            "シャツ",
+            "\uff54シャツ",  # full-width Latin letter
+            "cafe creme",  # accents left off
+            "CAFÉ",
+            "full fine",  # full-width letters and a ligature in the description
+        )
+    }
+
+    assert found == {
+        "strassen": ["Straßenschuh"],
+        "straßen": ["Straßenschuh"],
+        "STRASSENSCHUH": ["Straßenschuh"],
+        "grossstadt": ["Straßenschuh"],
+        "weiss": found["weiss"],
+        "タワー": ["東京タワー Tシャツ"],
+        "東京": ["東京タワー Tシャツ"],
+        "シャツ": ["東京タワー Tシャツ"],
+        "\uff54シャツ": ["東京タワー Tシャツ"],
+        "cafe creme": ["Café Crème Mug"],
+        "CAFÉ": ["Café Crème Mug"],
+        "full fine": ["Café Crème Mug"],
+    }
+    assert sorted(found["weiss"]) == [
+        "Café Crème Mug",
+        "Plain Mug",
+        "Straßenschuh",
+        "東京タワー Tシャツ",
+    ]

@@ -12,6 +12,7 @@ import functools
 import hashlib
 import json
 import re
+import unicodedata
 from collections import defaultdict
 from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass, field
@@ -47,6 +48,13 @@ from ecosistema.platform.pagination import InvalidCursor, decode_cursor, encode_
 # Letters and digits only: quotes, operators and other punctuation in a shopper's query are
 # never passed to FTS5 or to_tsquery, so they can neither change the query nor break it.
 _WORD = re.compile(r"[^\W_]+", re.UNICODE)
+# Han, kana, Hangul and their compatibility forms: scripts written without spaces between words.
+_CJK = re.compile(
+    r"[\u3040-\u30ff\u31f0-\u31ff\u3400-\u4dbf\u4e00-\u9fff\uac00-\ud7af\uf900-\ufaff"
+    r"\uff66-\uff9f]"
+)
+# Letters below this code point (Latin, Greek, Cyrillic, Armenian) lose their accents in search.
+_ALPHABETIC_SCRIPTS_END = 0x0530
 MAX_TERMS = 12
 # bm25 weights per FTS5 column: product_id, name, search_text, description.
 _BM25_WEIGHTS = (0.0, 10.0, 4.0, 1.0)
@@ -91,7 +99,10 @@ async def refresh(session: AsyncSession, product_ids: Sequence[str]) -> None:
         )
     ).all():
         found[v.product_id].append((v.sku, v.name, v.options or {}))
-    texts = {r.id: search_text(found.get(r.id, ()), r.category) for r in rows}
+    texts = {
+        r.id: search_text(found.get(r.id, ()), r.category, name=r.name, description=r.description)
+        for r in rows
+    }
     if not texts:
         return
     await session.execute(
@@ -109,15 +120,56 @@ async def refresh(session: AsyncSession, product_ids: Sequence[str]) -> None:
         await index_new(session, [(r.id, r.name, texts[r.id], r.description) for r in rows])
 
 
+def fold(text: str) -> str:
+    """Text as search compares it: case-folded (``ß`` is ``ss``), compatibility forms made
+    plain (full-width letters, ligatures) and accents taken off Latin, Greek and Cyrillic
+    letters (``é`` is ``e``; a kana's voicing mark stays, it changes the sound)."""
+    if text.isascii():
+        return text.lower()
+    decomposed = unicodedata.normalize("NFKD", text.casefold())
+    kept: list[str] = []
+    base = ""
+    for char in decomposed:
+        if unicodedata.combining(char) and base and ord(base) < _ALPHABETIC_SCRIPTS_END:
+            continue
+        kept.append(char)
+        if not unicodedata.combining(char):
+            base = char
+    return unicodedata.normalize("NFC", "".join(kept))
+
+
+def _extra_words(text: str, *, inner: bool) -> list[str]:
+    """Words the engines would not find in ``text`` as written: their folded forms where they
+    differ, and, with ``inner``, every tail of a word that starts at a Chinese, Japanese or
+    Korean character (written without spaces, so ``タワー`` is found inside ``東京タワー``)."""
+    if text.isascii():
+        return []
+    written = {w.lower() for w in _WORD.findall(text)}
+    out = [w for w in _WORD.findall(fold(text)) if w not in written]
+    if inner:
+        for word in _WORD.findall(text):
+            if _CJK.search(word):
+                out.extend(fold(word[i:]) for i in range(1, len(word)) if _CJK.match(word[i]))
+    return out
+
+
 def search_text(
-    variant_words: Iterable[tuple[str, str, dict[str, Any]]], category: str | None
+    variant_words: Iterable[tuple[str, str, dict[str, Any]]],
+    category: str | None,
+    *,
+    name: str = "",
+    description: str | None = None,
 ) -> str:
     """The searchable text besides name and description: variant SKUs, names and option
-    values, and the category name."""
+    values, the category name, and the words of all of these and of the name and description
+    in the forms a shopper may type them (see ``fold``)."""
     words: list[str] = []
-    for sku, name, options in variant_words:
-        words.extend([sku, name, *(str(x) for x in options.values())])
-    return " ".join(dict.fromkeys([*words, category or ""])).strip()
+    for sku, variant_name, options in variant_words:
+        words.extend([sku, variant_name, *(str(x) for x in options.values())])
+    words.append(category or "")
+    short = " ".join([name, *words])
+    extra = [*_extra_words(short, inner=True), *_extra_words(description or "", inner=False)]
+    return " ".join(dict.fromkeys([*words, *extra])).strip()
 
 
 async def index_new(session: AsyncSession, rows: Sequence[tuple[str, str, str, str]]) -> None:
@@ -137,8 +189,8 @@ async def index_new(session: AsyncSession, rows: Sequence[tuple[str, str, str, s
 
 
 def terms(query: str | None) -> list[str]:
-    """The words of a search query, lower-cased, at most ``MAX_TERMS``."""
-    return [w.lower() for w in _WORD.findall(query or "")][:MAX_TERMS]
+    """The words of a search query, folded (``fold``), at most ``MAX_TERMS``."""
+    return _WORD.findall(fold(query or ""))[:MAX_TERMS]
 
 
 @dataclass(frozen=True)

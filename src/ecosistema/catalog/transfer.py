@@ -966,6 +966,8 @@ class _Importer:
                 words = search.search_text(
                     ((v.sku, v.name or v.sku, v.options) for v in p.variants),
                     category_ids[p.category][1] if p.category else None,
+                    name=p.name,
+                    description=p.description,
                 )
                 new_products.append(
                     {"id": pid, "slug": rec.slug, "search_text": words, "created_at": now, **values}
