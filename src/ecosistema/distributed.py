@@ -185,7 +185,10 @@ def service_routes(
             "public": public,
         }
         if public and path.startswith(f"{API_PREFIX}/auth/"):
-            # Sign-in, sign-up and password reset: a tighter budget per client than the default.
+            # Sign-in, sign-up and password reset: a tighter budget per client than the default,
+            # and credentials left to identity (a client may still attach an expired access
+            # token to its refresh).
+            route["verify_credentials"] = False
             route["rate_limit"] = {
                 "rate": settings.gateway_auth_rate,
                 "burst": settings.gateway_auth_burst,

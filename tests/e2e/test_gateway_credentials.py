@@ -48,6 +48,7 @@ class Shop:
     admin: dict[str, str]
     product_id: str
     draft_id: str
+    accounts: dict[str, dict[str, str]]
 
 
 @dataclass
@@ -127,6 +128,7 @@ async def _open_shop(
         admin=await _login(client, seeded.accounts["admin"]),
         product_id=await _product(client, staff, "CRED-1", "active"),
         draft_id=await _product(client, staff, "CRED-2", "draft"),
+        accounts=seeded.accounts,
     )
 
 
@@ -310,3 +312,26 @@ async def test_a_cached_read_is_a_hit_for_anonymous_callers_and_a_401_for_bad_cr
         assert customer.status_code == 200 and "x-cache" not in customer.headers
         assert customer.json() == first.json()
         assert (await get(path)).headers["x-cache"] == "HIT"
+
+
+async def test_sign_in_and_refresh_are_left_to_identity_whatever_token_comes_along(
+    shop: Shop,
+) -> None:
+    """A client that still attaches its expired access token to the refresh (or to a sign-in)
+    gets new tokens: identity reads the refresh token and the password, not the header."""
+    expired = {"Authorization": f"Bearer {shop.expired_token}"}
+    login = await shop.client.post(
+        f"{API}/auth/login", json=shop.accounts["customer"], headers=expired
+    )
+    assert login.status_code == 200, login.text
+    refreshed = await shop.client.post(
+        f"{API}/auth/refresh",
+        json={"refresh_token": login.json()["refresh_token"]},
+        headers=expired,
+    )
+    assert refreshed.status_code == 200, refreshed.text
+    fresh = {"Authorization": f"Bearer {refreshed.json()['access_token']}"}
+    assert (await shop.client.get(f"{API}/categories", headers=fresh)).status_code == 200
+    # Identity still checks the endpoints that read the caller.
+    whoami = await shop.client.get(f"{API}/auth/whoami", headers=expired)
+    assert whoami.status_code == 401, whoami.text

@@ -113,6 +113,9 @@ class RouteConfig(_Model):
     service: str
     methods: frozenset[str] | None = None
     public: bool = False
+    # False on a public route whose service reads the request's credentials itself, or none:
+    # sign-in and token refresh, where a client may still attach an expired access token.
+    verify_credentials: bool = True
     name: str | None = None
     timeout_seconds: float = Field(default=30.0, gt=0)
     retries: int = Field(default=2, ge=0)
@@ -141,6 +144,12 @@ class RouteConfig(_Model):
         if unknown:
             raise ValueError(f"unknown methods: {', '.join(sorted(unknown))}")
         return upper
+
+    @model_validator(mode="after")
+    def _credentials_left_to_public_routes(self) -> RouteConfig:
+        if not self.verify_credentials and not self.public:
+            raise ValueError("verify_credentials: false is for public routes only")
+        return self
 
     @property
     def label(self) -> str:

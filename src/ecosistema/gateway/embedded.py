@@ -87,6 +87,9 @@ def embedded_route_table(services: Sequence[Service], settings: Settings) -> dic
             claimed.add(prefix)
             route: dict[str, Any] = {"prefix": prefix, "service": service.name, "public": True}
             if prefix == _AUTH_PREFIX:
+                # Identity checks the credentials its auth endpoints read (an expired access
+                # token sent along with a refresh must not stop the refresh).
+                route["verify_credentials"] = False
                 route["rate_limit"] = {
                     "rate": settings.gateway_auth_rate,
                     "burst": settings.gateway_auth_burst,
