@@ -15,15 +15,41 @@ import typer
 from rich.console import Console
 from rich.panel import Panel
 from rich.table import Table
+from rich.text import Text
+from typer.core import TyperGroup
 
 from ecosistema import __version__
-from ecosistema.platform.config import Settings, get_settings
+from ecosistema.platform.config import InvalidSettingsError, Settings, get_settings
 from ecosistema.platform.runtime import Runtime
 from ecosistema.services import SERVICE_NAMES, load_services
 
 T = TypeVar("T")
+# Exit status of a command refused before it did anything: bad arguments or bad settings.
+USAGE_ERROR = 2
+
+
+class _Commands(TyperGroup):
+    """The command tree; settings that cannot be loaded end any command with one line per bad
+    setting and exit status 2, instead of a traceback."""
+
+    def invoke(self, ctx: Any) -> Any:
+        try:
+            return super().invoke(ctx)
+        except InvalidSettingsError as exc:
+            report_invalid_settings(exc)
+            raise typer.Exit(USAGE_ERROR) from None
+
+
+def report_invalid_settings(exc: InvalidSettingsError) -> None:
+    """``error: ECOSISTEMA_X='value': rule`` on stderr, one line per bad setting."""
+    for problem in exc.problems:
+        err_console.print(
+            Text.assemble(("error:", "bold red"), " ", problem), soft_wrap=True, highlight=False
+        )
+
 
 app = typer.Typer(
+    cls=_Commands,
     name="ecosistema",
     help="Ecosistema: self-hostable, AI-native commerce and sales platform.",
     no_args_is_help=True,

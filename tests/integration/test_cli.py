@@ -299,3 +299,36 @@ def test_a_port_in_use_fails_at_once_with_a_clear_error(workdir: Path, command: 
     assert f"cannot listen on 127.0.0.1:{port}" in result.output
     assert "--port" in result.output
     assert not (workdir / "data").exists()  # nothing migrated or seeded
+
+
+@pytest.mark.parametrize("command", [["config"], ["up"], ["serve", "catalog"], ["migrate"]])
+def test_a_bad_setting_ends_any_command_with_one_line_per_setting_and_exit_2(
+    monkeypatch: pytest.MonkeyPatch, command: list[str]
+) -> None:
+    monkeypatch.setenv("ECOSISTEMA_ENVIRONMENT", "prod")
+    monkeypatch.setenv("ECOSISTEMA_MAX_BODY_BYTES", "abc")
+    monkeypatch.setenv("ECOSISTEMA_STRIPE_API_KEY", "x" * 10)
+    get_settings.cache_clear()
+
+    result = runner.invoke(app, command)
+
+    assert result.exit_code == 2, result.output
+    assert result.output.splitlines() == [
+        "error: ECOSISTEMA_ENVIRONMENT='prod': must be development, test or production",
+        "error: ECOSISTEMA_MAX_BODY_BYTES='abc': must be a whole number",
+    ]
+
+
+def test_the_gateway_module_refuses_bad_settings_in_one_line(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from ecosistema.gateway.__main__ import main as gateway_main
+
+    monkeypatch.setenv("ECOSISTEMA_LOG_LEVEL", "bogus")
+    with pytest.raises(SystemExit) as stopped:
+        gateway_main(["--routes", "routes.yaml"])
+    assert stopped.value.code == 2
+    assert capsys.readouterr().err == (
+        "error: ECOSISTEMA_LOG_LEVEL='bogus': must be DEBUG, INFO, WARNING, ERROR or CRITICAL "
+        "(any case)\n"
+    )
