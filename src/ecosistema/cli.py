@@ -136,10 +136,17 @@ def version() -> None:
 def config(
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")] = False,
 ) -> None:
-    """Print the effective settings, secrets masked."""
+    """Print the effective settings, secrets masked; where a setting is unset and the platform
+    decides at run time (the master key, the public URL), say where the value comes from."""
     settings = get_settings()
     values = settings.masked()
     values["master_key_id"] = _active_master_key_id(settings)
+    values["master_key"] = _master_key_source(settings, values["master_key"])
+    if "public_url" not in settings.model_fields_set:
+        values["public_url"] = (
+            "(unset: `ecosistema up` uses the address it serves on; "
+            f"other processes {settings.public_url})"
+        )
     if as_json:
         console.print_json(json.dumps(values, default=str))
         return
@@ -147,6 +154,19 @@ def config(
     for name, value in values.items():
         table.add_row(name, json.dumps(value, default=str) if not isinstance(value, str) else value)
     console.print(table)
+
+
+def _master_key_source(settings: Settings, masked: Any) -> Any:
+    """The master key as ``config`` shows it: masked when it comes from settings, else the key
+    file it is read from (or will be generated into)."""
+    from ecosistema.platform.crypto import KEY_FILE_NAME
+
+    if settings.master_key is not None and settings.master_key.get_secret_value().strip():
+        return masked
+    path = (settings.data_dir / KEY_FILE_NAME).as_posix()
+    if (settings.data_dir / KEY_FILE_NAME).exists():
+        return f"(file {path})"
+    return f"(unset: generated into {path} at first start)"
 
 
 def _active_master_key_id(settings: Settings) -> str | None:

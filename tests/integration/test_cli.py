@@ -332,3 +332,28 @@ def test_the_gateway_module_refuses_bad_settings_in_one_line(
         "error: ECOSISTEMA_LOG_LEVEL='bogus': must be DEBUG, INFO, WARNING, ERROR or CRITICAL "
         "(any case)\n"
     )
+
+
+def test_config_says_where_the_master_key_comes_from(
+    workdir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    values = json.loads(invoke("config", "--json"))
+    assert values["master_key"] == "(unset: generated into data/master.key at first start)"
+    invoke("keys", "rotate", "--no-signing")  # creates data/master.key
+    assert json.loads(invoke("config", "--json"))["master_key"] == "(file data/master.key)"
+
+    monkeypatch.setenv("ECOSISTEMA_MASTER_KEY", "A" * 44)
+    get_settings.cache_clear()
+    assert json.loads(invoke("config", "--json"))["master_key"] == "**********"
+
+
+def test_config_says_an_unset_public_url_follows_the_served_address(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.delenv("ECOSISTEMA_PUBLIC_URL", raising=False)
+    shown = json.loads(invoke("config", "--json"))["public_url"]
+    assert "`ecosistema up` uses the address it serves on" in shown
+
+    monkeypatch.setenv("ECOSISTEMA_PUBLIC_URL", "https://shop.example.com")
+    get_settings.cache_clear()
+    assert json.loads(invoke("config", "--json"))["public_url"] == "https://shop.example.com"
