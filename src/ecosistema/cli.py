@@ -540,14 +540,30 @@ def catalog_import(
         str, typer.Option("--mode", help="all-or-nothing, or skip-invalid.")
     ] = "all-or-nothing",
 ) -> None:
-    """Import products from CSV or JSON Lines, streamed, with a progress bar and a row report."""
+    """Import products from CSV or JSON Lines, streamed, with a progress bar and a row report.
+
+    Exit status: 0 every row was imported; 3 imported, but rows were refused and left out
+    (skip-invalid); 1 nothing was imported (all-or-nothing refused the file, or every row was
+    refused); 2 the command could not run (bad option, missing file, bad settings).
+    """
     from ecosistema.catalog import import_products_command
 
     if mode not in ("all-or-nothing", "skip-invalid"):
-        _fail("--mode is all-or-nothing or skip-invalid")
+        _fail("--mode is all-or-nothing or skip-invalid", code=USAGE_ERROR)
     report = import_products_command(file, mode=mode, settings=_settings())  # type: ignore[arg-type]
-    if not report.applied or report.rows_skipped:
-        raise typer.Exit(code=1)
+    raise typer.Exit(code=import_exit_status(report.applied, report.rows_read, report.rows_skipped))
+
+
+IMPORT_ALL_ROWS = 0
+IMPORT_NOTHING = 1
+IMPORT_ROWS_SKIPPED = 3
+
+
+def import_exit_status(applied: bool, rows_read: int, rows_skipped: int) -> int:
+    """What ``catalog import`` exits with, so a script can tell a partial import from none."""
+    if not applied or (rows_skipped and rows_skipped >= rows_read):
+        return IMPORT_NOTHING
+    return IMPORT_ROWS_SKIPPED if rows_skipped else IMPORT_ALL_ROWS
 
 
 @payments_app.command("reconcile")

@@ -357,3 +357,39 @@ def test_config_says_an_unset_public_url_follows_the_served_address(
     monkeypatch.setenv("ECOSISTEMA_PUBLIC_URL", "https://shop.example.com")
     get_settings.cache_clear()
     assert json.loads(invoke("config", "--json"))["public_url"] == "https://shop.example.com"
+
+
+IMPORT_HEADER = (
+    "slug,name,description,status,category,images,sku,variant_name,options,weight_grams,"
+    "price_EUR,price_USD\n"
+)
+GOOD_ROW = "lamp,Desk Lamp,,active,,,LAMP-1,,,900,4990,\n"
+BAD_ROW = "bad,,,,,,,,,,,\n"
+
+
+@pytest.mark.parametrize(
+    ("rows", "mode", "status"),
+    [
+        (GOOD_ROW, "all-or-nothing", 0),
+        (GOOD_ROW + BAD_ROW, "skip-invalid", 3),
+        (GOOD_ROW + BAD_ROW, "all-or-nothing", 1),
+        (BAD_ROW, "skip-invalid", 1),
+    ],
+)
+def test_catalog_import_exit_status_tells_all_some_or_no_rows_imported(
+    workdir: Path, rows: str, mode: str, status: int
+) -> None:
+    path = workdir / "products.csv"
+    path.write_text(IMPORT_HEADER + rows, encoding="utf-8")
+
+    result = runner.invoke(app, ["catalog", "import", str(path), "--mode", mode])
+
+    assert result.exit_code == status, result.output
+
+
+def test_catalog_import_with_an_unknown_mode_is_a_usage_error(workdir: Path) -> None:
+    path = workdir / "products.csv"
+    path.write_text(IMPORT_HEADER + GOOD_ROW, encoding="utf-8")
+    result = runner.invoke(app, ["catalog", "import", str(path), "--mode", "lenient"])
+    assert result.exit_code == 2
+    assert "exit status" in runner.invoke(app, ["catalog", "import", "--help"]).output.lower()
