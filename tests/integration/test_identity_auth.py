@@ -100,6 +100,8 @@ async def test_registering_an_email_twice_is_a_conflict(client: httpx.AsyncClien
         ("short pass", "password_too_short"),
         ("qwerty123456", "password_too_common"),
         ("x" * 129, "password_too_long"),
+        ("a valid pass phrase\u0000zz", "password_control_character"),
+        ("a valid pass\nphrase", "password_control_character"),
     ],
 )
 async def test_registration_enforces_the_password_policy(

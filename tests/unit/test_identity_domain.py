@@ -171,3 +171,19 @@ def test_iso_lists_hold_the_assigned_codes() -> None:
     assert not {"ZZ", "XX", "EU", "UK"} & domain.COUNTRY_CODES
     assert len(domain.LANGUAGE_CODES) == 183 and {"es", "en", "zh"} <= domain.LANGUAGE_CODES
     assert "xx" not in domain.LANGUAGE_CODES
+
+
+@pytest.mark.parametrize(
+    "control", ["\u0000", "\t", "\n", "\r", "\u001b", "\u007f", "\u0085", "\u009f"]
+)
+def test_passwords_with_control_characters_are_refused(control: str) -> None:
+    with pytest.raises(PasswordRejected) as exc:
+        domain.check_password(f"a valid pass phrase{control}zz")
+    assert exc.value.code == "password_control_character"
+
+
+@pytest.mark.parametrize(
+    "password", ["a valid pass phrase", "contraseña ñandú €uro", "東京タワーの夜景がきれい"]
+)
+def test_passwords_with_spaces_and_any_printable_unicode_are_accepted(password: str) -> None:
+    assert domain.check_password(password) == unicodedata.normalize("NFKC", password)

@@ -102,6 +102,14 @@ def check_password(password: str, *, email: str | None = None) -> str:
     """Return the normalised password, or raise ``PasswordRejected`` (length and common list only:
     ASVS 5.0 forbids composition rules)."""
     normalised = normalise_password(password)
+    if any(unicodedata.category(ch) == "Cc" for ch in normalised):
+        # C0 and C1 controls (NUL, tab, newline, DEL, ...): many clients, terminals and password
+        # managers mangle or drop them, locking the owner out. Spaces and every printable
+        # character stay allowed (NIST SP 800-63B 3.1.1.2).
+        raise PasswordRejected(
+            "password_control_character",
+            "Use printable characters only: no control characters such as NUL, tab or line breaks.",
+        )
     length = len(normalised)
     if length < PASSWORD_MIN_LENGTH:
         raise PasswordRejected(
