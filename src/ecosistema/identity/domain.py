@@ -191,6 +191,21 @@ def match_totp(secret: str, code: str, *, at: datetime, last_used_step: int | No
     return None
 
 
+def totp_code_was_used(secret: str, code: str, *, at: datetime, last_used_step: int | None) -> bool:
+    """Whether ``code`` is right for a step around ``at`` that is already used (or older than the
+    last used one), so it was refused as a replay rather than as a wrong code. Only asked after
+    ``match_totp`` refused it, by a caller who gave the right password."""
+    digits = code.strip().replace(" ", "")
+    if last_used_step is None or len(digits) != TOTP_DIGITS or not digits.isdigit():
+        return False
+    totp = pyotp.TOTP(secret, digits=TOTP_DIGITS, interval=TOTP_PERIOD_SECONDS)
+    now_step = totp_step(at)
+    used = range(
+        now_step - TOTP_VALID_WINDOW, min(now_step + TOTP_VALID_WINDOW, last_used_step) + 1
+    )
+    return any(hmac.compare_digest(totp.generate_otp(step), digits) for step in used)
+
+
 @dataclass(frozen=True)
 class ThrottleRule:
     """Progressive delay, then lockout, after failed logins for one key (an account or an IP).
