@@ -15,15 +15,41 @@ import typer
 from rich.console import Console
 from rich.panel import Panel
 from rich.table import Table
+from rich.text import Text
+from typer.core import TyperGroup
 
 from ecosistema import __version__
-from ecosistema.platform.config import Settings, get_settings
+from ecosistema.platform.config import InvalidSettingsError, Settings, get_settings
 from ecosistema.platform.runtime import Runtime
 from ecosistema.services import SERVICE_NAMES, load_services
 
 T = TypeVar("T")
+# Exit status of a command refused before it did anything: bad arguments or bad settings.
+USAGE_ERROR = 2
+
+
+class _Commands(TyperGroup):
+    """The command tree; settings that cannot be loaded end any command with one line per bad
+    setting and exit status 2, instead of a traceback."""
+
+    def invoke(self, ctx: Any) -> Any:
+        try:
+            return super().invoke(ctx)
+        except InvalidSettingsError as exc:
+            report_invalid_settings(exc)
+            raise typer.Exit(USAGE_ERROR) from None
+
+
+def report_invalid_settings(exc: InvalidSettingsError) -> None:
+    """``error: ECOSISTEMA_X='value': rule`` on stderr, one line per bad setting."""
+    for problem in exc.problems:
+        err_console.print(
+            Text.assemble(("error:", "bold red"), " ", problem), soft_wrap=True, highlight=False
+        )
+
 
 app = typer.Typer(
+    cls=_Commands,
     name="ecosistema",
     help="Ecosistema: self-hostable, AI-native commerce and sales platform.",
     no_args_is_help=True,
@@ -110,10 +136,17 @@ def version() -> None:
 def config(
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")] = False,
 ) -> None:
-    """Print the effective settings, secrets masked."""
+    """Print the effective settings, secrets masked; where a setting is unset and the platform
+    decides at run time (the master key, the public URL), say where the value comes from."""
     settings = get_settings()
     values = settings.masked()
     values["master_key_id"] = _active_master_key_id(settings)
+    values["master_key"] = _master_key_source(settings, values["master_key"])
+    if "public_url" not in settings.model_fields_set:
+        values["public_url"] = (
+            "(unset: `ecosistema up` uses the address it serves on; "
+            f"other processes {settings.public_url})"
+        )
     if as_json:
         console.print_json(json.dumps(values, default=str))
         return
@@ -121,6 +154,19 @@ def config(
     for name, value in values.items():
         table.add_row(name, json.dumps(value, default=str) if not isinstance(value, str) else value)
     console.print(table)
+
+
+def _master_key_source(settings: Settings, masked: Any) -> Any:
+    """The master key as ``config`` shows it: masked when it comes from settings, else the key
+    file it is read from (or will be generated into)."""
+    from ecosistema.platform.crypto import KEY_FILE_NAME
+
+    if settings.master_key is not None and settings.master_key.get_secret_value().strip():
+        return masked
+    path = (settings.data_dir / KEY_FILE_NAME).as_posix()
+    if (settings.data_dir / KEY_FILE_NAME).exists():
+        return f"(file {path})"
+    return f"(unset: generated into {path} at first start)"
 
 
 def _active_master_key_id(settings: Settings) -> str | None:
@@ -494,14 +540,30 @@ def catalog_import(
         str, typer.Option("--mode", help="all-or-nothing, or skip-invalid.")
     ] = "all-or-nothing",
 ) -> None:
-    """Import products from CSV or JSON Lines, streamed, with a progress bar and a row report."""
+    """Import products from CSV or JSON Lines, streamed, with a progress bar and a row report.
+
+    Exit status: 0 every row was imported; 3 imported, but rows were refused and left out
+    (skip-invalid); 1 nothing was imported (all-or-nothing refused the file, or every row was
+    refused); 2 the command could not run (bad option, missing file, bad settings).
+    """
     from ecosistema.catalog import import_products_command
 
     if mode not in ("all-or-nothing", "skip-invalid"):
-        _fail("--mode is all-or-nothing or skip-invalid")
+        _fail("--mode is all-or-nothing or skip-invalid", code=USAGE_ERROR)
     report = import_products_command(file, mode=mode, settings=_settings())  # type: ignore[arg-type]
-    if not report.applied or report.rows_skipped:
-        raise typer.Exit(code=1)
+    raise typer.Exit(code=import_exit_status(report.applied, report.rows_read, report.rows_skipped))
+
+
+IMPORT_ALL_ROWS = 0
+IMPORT_NOTHING = 1
+IMPORT_ROWS_SKIPPED = 3
+
+
+def import_exit_status(applied: bool, rows_read: int, rows_skipped: int) -> int:
+    """What ``catalog import`` exits with, so a script can tell a partial import from none."""
+    if not applied or (rows_skipped and rows_skipped >= rows_read):
+        return IMPORT_NOTHING
+    return IMPORT_ROWS_SKIPPED if rows_skipped else IMPORT_ALL_ROWS
 
 
 @payments_app.command("reconcile")

@@ -299,3 +299,97 @@ def test_a_port_in_use_fails_at_once_with_a_clear_error(workdir: Path, command: 
     assert f"cannot listen on 127.0.0.1:{port}" in result.output
     assert "--port" in result.output
     assert not (workdir / "data").exists()  # nothing migrated or seeded
+
+
+@pytest.mark.parametrize("command", [["config"], ["up"], ["serve", "catalog"], ["migrate"]])
+def test_a_bad_setting_ends_any_command_with_one_line_per_setting_and_exit_2(
+    monkeypatch: pytest.MonkeyPatch, command: list[str]
+) -> None:
+    monkeypatch.setenv("ECOSISTEMA_ENVIRONMENT", "prod")
+    monkeypatch.setenv("ECOSISTEMA_MAX_BODY_BYTES", "abc")
+    monkeypatch.setenv("ECOSISTEMA_STRIPE_API_KEY", "x" * 10)
+    get_settings.cache_clear()
+
+    result = runner.invoke(app, command)
+
+    assert result.exit_code == 2, result.output
+    assert result.output.splitlines() == [
+        "error: ECOSISTEMA_ENVIRONMENT='prod': must be development, test or production",
+        "error: ECOSISTEMA_MAX_BODY_BYTES='abc': must be a whole number",
+    ]
+
+
+def test_the_gateway_module_refuses_bad_settings_in_one_line(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from ecosistema.gateway.__main__ import main as gateway_main
+
+    monkeypatch.setenv("ECOSISTEMA_LOG_LEVEL", "bogus")
+    with pytest.raises(SystemExit) as stopped:
+        gateway_main(["--routes", "routes.yaml"])
+    assert stopped.value.code == 2
+    assert capsys.readouterr().err == (
+        "error: ECOSISTEMA_LOG_LEVEL='bogus': must be DEBUG, INFO, WARNING, ERROR or CRITICAL "
+        "(any case)\n"
+    )
+
+
+def test_config_says_where_the_master_key_comes_from(
+    workdir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    values = json.loads(invoke("config", "--json"))
+    assert values["master_key"] == "(unset: generated into data/master.key at first start)"
+    invoke("keys", "rotate", "--no-signing")  # creates data/master.key
+    assert json.loads(invoke("config", "--json"))["master_key"] == "(file data/master.key)"
+
+    monkeypatch.setenv("ECOSISTEMA_MASTER_KEY", "A" * 44)
+    get_settings.cache_clear()
+    assert json.loads(invoke("config", "--json"))["master_key"] == "**********"
+
+
+def test_config_says_an_unset_public_url_follows_the_served_address(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.delenv("ECOSISTEMA_PUBLIC_URL", raising=False)
+    shown = json.loads(invoke("config", "--json"))["public_url"]
+    assert "`ecosistema up` uses the address it serves on" in shown
+
+    monkeypatch.setenv("ECOSISTEMA_PUBLIC_URL", "https://shop.example.com")
+    get_settings.cache_clear()
+    assert json.loads(invoke("config", "--json"))["public_url"] == "https://shop.example.com"
+
+
+IMPORT_HEADER = (
+    "slug,name,description,status,category,images,sku,variant_name,options,weight_grams,"
+    "price_EUR,price_USD\n"
+)
+GOOD_ROW = "lamp,Desk Lamp,,active,,,LAMP-1,,,900,4990,\n"
+BAD_ROW = "bad,,,,,,,,,,,\n"
+
+
+@pytest.mark.parametrize(
+    ("rows", "mode", "status"),
+    [
+        (GOOD_ROW, "all-or-nothing", 0),
+        (GOOD_ROW + BAD_ROW, "skip-invalid", 3),
+        (GOOD_ROW + BAD_ROW, "all-or-nothing", 1),
+        (BAD_ROW, "skip-invalid", 1),
+    ],
+)
+def test_catalog_import_exit_status_tells_all_some_or_no_rows_imported(
+    workdir: Path, rows: str, mode: str, status: int
+) -> None:
+    path = workdir / "products.csv"
+    path.write_text(IMPORT_HEADER + rows, encoding="utf-8")
+
+    result = runner.invoke(app, ["catalog", "import", str(path), "--mode", mode])
+
+    assert result.exit_code == status, result.output
+
+
+def test_catalog_import_with_an_unknown_mode_is_a_usage_error(workdir: Path) -> None:
+    path = workdir / "products.csv"
+    path.write_text(IMPORT_HEADER + GOOD_ROW, encoding="utf-8")
+    result = runner.invoke(app, ["catalog", "import", str(path), "--mode", "lenient"])
+    assert result.exit_code == 2
+    assert "exit status" in runner.invoke(app, ["catalog", "import", "--help"]).output.lower()

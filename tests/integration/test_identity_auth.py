@@ -100,6 +100,8 @@ async def test_registering_an_email_twice_is_a_conflict(client: httpx.AsyncClien
         ("short pass", "password_too_short"),
         ("qwerty123456", "password_too_common"),
         ("x" * 129, "password_too_long"),
+        ("a valid pass phrase\u0000zz", "password_control_character"),
+        ("a valid pass\nphrase", "password_control_character"),
     ],
 )
 async def test_registration_enforces_the_password_policy(
@@ -253,10 +255,11 @@ async def test_mfa_enrol_confirm_then_login_needs_a_code_and_recovery_codes_work
     replayed = await login(client, "mfa@example.com", mfa_code=code)
     assert replayed.status_code == 401
     assert replayed.json()["type"].endswith("/invalid-second-factor")
-    assert "code is wrong or was already used" in replayed.json()["detail"]
+    assert replayed.json()["detail"].startswith("This code was already used: wait for the next")
     assert "password" not in replayed.json()["detail"]
     wrong_code = await login(client, "mfa@example.com", mfa_code=wrong_totp(secret))
     assert wrong_code.json()["type"].endswith("/invalid-second-factor")
+    assert "code is wrong or was already used" in wrong_code.json()["detail"]
     # A wrong password with a code still says nothing about the code.
     bad_password = await login(
         client, "mfa@example.com", password="not-the-password-1", mfa_code=code
@@ -498,3 +501,28 @@ async def test_mails_give_the_token_and_the_exact_api_call_not_a_missing_page(
     assert f"POST {base}/api/v1/auth/password/reset\n" in reset
     assert f'"token": "{token}"' in reset and '"new_password"' in reset
     assert "?token=" not in reset and f"{base}/reset-password" not in reset
+
+
+async def test_signing_in_with_the_code_that_confirmed_enrolment_says_to_wait_for_the_next(
+    client: httpx.AsyncClient,
+) -> None:
+    await register(client, "mfa-same-step@example.com")
+    tokens = await signed_in(client, "mfa-same-step@example.com")
+    secret = (await client.post(f"{API}/auth/mfa/totp/enroll", headers=bearer(tokens))).json()[
+        "secret"
+    ]
+    code = pyotp.TOTP(secret).now()
+    confirm = await client.post(
+        f"{API}/auth/mfa/totp/confirm", json={"code": code}, headers=bearer(tokens)
+    )
+    assert confirm.status_code == 200, confirm.text
+
+    # Whichever step the clock is in now, the confirming code is for a step already used.
+    same = await login(client, "mfa-same-step@example.com", mfa_code=code)
+
+    assert same.status_code == 401
+    assert same.json()["type"].endswith("/invalid-second-factor")
+    assert same.json()["detail"] == (
+        "This code was already used: wait for the next code your authenticator app shows (a new "
+        "one every 30 seconds), or use a recovery code."
+    )

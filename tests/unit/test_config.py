@@ -1,8 +1,9 @@
 from pathlib import Path
 
-from pydantic import SecretStr
+import pytest
+from pydantic import SecretStr, ValidationError
 
-from ecosistema.platform.config import Settings
+from ecosistema.platform.config import InvalidSettingsError, Settings, load_settings
 
 
 def test_each_service_gets_its_own_sqlite_file_under_the_data_dir() -> None:
@@ -57,3 +58,126 @@ def test_every_setting_is_documented_for_operators() -> None:
         if f"`ECOSISTEMA_{name.upper()}`" not in doc
     ]
     assert not missing, f"undocumented settings: {missing}"
+
+
+@pytest.mark.parametrize(
+    ("variable", "value", "rule"),
+    [
+        ("ECOSISTEMA_ACCESS_TOKEN_TTL_SECONDS", "-5", "must be at least 1"),
+        ("ECOSISTEMA_REFRESH_TOKEN_TTL_SECONDS", "0", "must be at least 60"),
+        ("ECOSISTEMA_ORDERS_RESERVATION_TTL_SECONDS", "0", "must be at least 60"),
+        ("ECOSISTEMA_DATABASE_POOL_SIZE", "0", "must be at least 1"),
+        ("ECOSISTEMA_GATEWAY_AUTH_RATE", "0", "must be greater than 0"),
+        ("ECOSISTEMA_GATEWAY_CACHE_SECONDS", "nan", "must be a finite number"),
+        ("ECOSISTEMA_DISTRIBUTED_BASE_PORT", "70000", "must be at most 65535"),
+        ("ECOSISTEMA_PASSWORD_HASH_TIME_COST", "0", "must be at least 1"),
+        ("ECOSISTEMA_MAX_BODY_BYTES", "abc", "must be a whole number"),
+        (
+            "ECOSISTEMA_LOG_LEVEL",
+            "bogus",
+            "must be DEBUG, INFO, WARNING, ERROR or CRITICAL (any case)",
+        ),
+        ("ECOSISTEMA_ENVIRONMENT", "prod", "must be development, test or production"),
+        ("ECOSISTEMA_ORDERS_DEFAULT_COUNTRY", "Spain", "must be a 2-letter ISO 3166"),
+        (
+            "ECOSISTEMA_TRUSTED_PROXIES",
+            '["10.0.0.0/8", "proxy.local"]',
+            "'proxy.local' is not an IP address or CIDR network",
+        ),
+    ],
+)
+def test_a_nonsense_setting_is_refused_naming_its_variable_value_and_rule(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, variable: str, value: str, rule: str
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv(variable, value)
+    with pytest.raises(InvalidSettingsError) as refused:
+        load_settings()
+    [problem] = refused.value.problems
+    assert problem.startswith(f"{variable}={value!r}: {rule}")
+
+
+def test_every_bad_setting_gets_its_own_line(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("ECOSISTEMA_ENVIRONMENT", "prod")
+    monkeypatch.setenv("ECOSISTEMA_LOCKOUT_SECONDS", "-1")
+    with pytest.raises(InvalidSettingsError) as refused:
+        load_settings()
+    assert refused.value.problems == [
+        "ECOSISTEMA_ENVIRONMENT='prod': must be development, test or production",
+        "ECOSISTEMA_LOCKOUT_SECONDS='-1': must be at least 1",
+    ]
+
+
+def test_a_bad_secret_or_url_password_is_never_shown(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("ECOSISTEMA_PAYMENT_WEBHOOK_SECRETS", '{"stripe": 42, "x": ["whsec_1"]}')
+    monkeypatch.setenv("ECOSISTEMA_CATALOG_URL", "ftp://svc:hunter2@catalog:8000")
+    with pytest.raises(InvalidSettingsError) as refused:
+        load_settings()
+    text = "\n".join(refused.value.problems)
+    assert "whsec_1" not in text
+    assert "hunter2" not in text
+    assert "ECOSISTEMA_PAYMENT_WEBHOOK_SECRETS['x']='**********'" in text
+    assert "ECOSISTEMA_CATALOG_URL='ftp://svc:****@catalog:8000'" in text
+
+
+def test_a_bad_value_in_the_env_file_says_it_comes_from_there(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("ECOSISTEMA_ENVIRONMENT", raising=False)
+    (tmp_path / ".env").write_text("ECOSISTEMA_ENVIRONMENT=prod\n")
+    with pytest.raises(InvalidSettingsError) as refused:
+        load_settings()
+    assert refused.value.problems == [
+        "ECOSISTEMA_ENVIRONMENT='prod' (in .env): must be development, test or production"
+    ]
+
+
+def test_a_list_setting_that_is_not_json_is_refused_naming_it(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("ECOSISTEMA_CORS_ORIGINS", "https://shop.example")
+    with pytest.raises(InvalidSettingsError) as refused:
+        load_settings()
+    assert refused.value.problems == [
+        "ECOSISTEMA_CORS_ORIGINS='https://shop.example': must be JSON (a list or an object)"
+    ]
+
+
+def test_log_level_is_case_insensitive() -> None:
+    assert Settings(log_level="warning").log_level == "WARNING"
+    assert Settings(log_level=" Debug ").log_level == "DEBUG"
+    assert Settings(log_level="warn").log_level == "WARNING"
+
+
+def test_argon2_memory_must_cover_its_lanes() -> None:
+    with pytest.raises(ValidationError, match="at least 8 times"):
+        Settings(password_hash_memory_kib=16, password_hash_parallelism=4)
+    assert Settings(password_hash_memory_kib=64, password_hash_parallelism=1)
+
+
+def test_the_small_values_tests_and_benchmarks_use_are_allowed() -> None:
+    Settings(
+        jwks_cache_seconds=0.0,
+        jwks_refresh_min_interval_seconds=0.0,
+        signing_key_recheck_seconds=0.05,
+        webhooks_dispatch_interval_seconds=0.05,
+        gateway_auth_rate=0.01,
+        gateway_auth_burst=1,
+        password_hash_memory_kib=64,
+        password_hash_time_cost=1,
+        max_body_bytes=64,
+        catalog_cache_seconds=0,
+        lockout_threshold=2,
+        login_delay_after_failures=0,
+        login_ip_lockout_threshold=4,
+        orders_reservation_ttl_seconds=60,
+        catalog_default_currency="usd",
+    )

@@ -171,3 +171,37 @@ def test_iso_lists_hold_the_assigned_codes() -> None:
     assert not {"ZZ", "XX", "EU", "UK"} & domain.COUNTRY_CODES
     assert len(domain.LANGUAGE_CODES) == 183 and {"es", "en", "zh"} <= domain.LANGUAGE_CODES
     assert "xx" not in domain.LANGUAGE_CODES
+
+
+@pytest.mark.parametrize(
+    "control", ["\u0000", "\t", "\n", "\r", "\u001b", "\u007f", "\u0085", "\u009f"]
+)
+def test_passwords_with_control_characters_are_refused(control: str) -> None:
+    with pytest.raises(PasswordRejected) as exc:
+        domain.check_password(f"a valid pass phrase{control}zz")
+    assert exc.value.code == "password_control_character"
+
+
+@pytest.mark.parametrize(
+    "password", ["a valid pass phrase", "contraseña ñandú €uro", "東京タワーの夜景がきれい"]
+)
+def test_passwords_with_spaces_and_any_printable_unicode_are_accepted(password: str) -> None:
+    assert domain.check_password(password) == unicodedata.normalize("NFKC", password)
+
+
+def test_a_right_totp_code_for_a_used_step_is_told_apart_from_a_wrong_one() -> None:
+    secret = domain.new_totp_secret()
+    step = domain.totp_step(NOW)
+    used = pyotp.TOTP(secret).at(NOW)
+    older = pyotp.TOTP(secret).at(NOW - timedelta(seconds=30))
+    assert domain.totp_code_was_used(secret, used, at=NOW, last_used_step=step)
+    assert domain.totp_code_was_used(secret, older, at=NOW, last_used_step=step)
+    wrong = next(
+        c
+        for c in (f"{n:06d}" for n in range(1_000_000))
+        if c not in {pyotp.TOTP(secret).at(NOW + timedelta(seconds=d)) for d in (-30, 0, 30)}
+    )
+    assert not domain.totp_code_was_used(secret, wrong, at=NOW, last_used_step=step)
+    # Never used: a right code for a step not used yet is not a replay (match_totp accepts it).
+    assert not domain.totp_code_was_used(secret, used, at=NOW, last_used_step=None)
+    assert not domain.totp_code_was_used(secret, used, at=NOW, last_used_step=step - 1)

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import argparse
+import sys
 
 from ecosistema.gateway import gateway_config, run_gateway
-from ecosistema.platform.config import Settings
+from ecosistema.platform.config import InvalidSettingsError, load_settings
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -18,7 +19,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--certfile")
     parser.add_argument("--keyfile")
     args = parser.parse_args(argv)
-    settings = Settings()
+    try:
+        settings = load_settings()
+    except InvalidSettingsError as exc:
+        for problem in exc.problems:
+            print(f"error: {problem}", file=sys.stderr)
+        raise SystemExit(2) from None
     routes = args.routes or settings.gateway_routes
     if routes is None:
         parser.error("no route table: pass --routes or set ECOSISTEMA_GATEWAY_ROUTES")

@@ -87,6 +87,8 @@ log = structlog.get_logger(__name__)
 _perf_counter: Final = time.perf_counter
 _monotonic: Final = time.monotonic
 
+# The ``logger`` of the gateway's access lines (app lines name theirs the same way).
+ACCESS_LOGGER: Final = "ecosistema.gateway.access"
 REPLAY_LIMIT: Final = 64 * 1024
 # A response with a Content-Length up to this is sent to the client only once it is complete.
 HOLD_LIMIT: Final = 64 * 1024
@@ -1149,6 +1151,9 @@ class Gateway:
         self._access_log = access_log if access_log is not None else sys.stdout
         # Access lines are written in batches: one write per line costs more than the line.
         self._log_lines: list[str] = []
+        # The second the access-log timestamp prefix was formatted for (see _log_timestamp).
+        self._log_second = -1
+        self._log_second_text = ""
         security = b"x-content-type-options: nosniff\r\nx-frame-options: DENY\r\n"
         if tls:
             security += b"strict-transport-security: max-age=31536000; includeSubDomains\r\n"
@@ -1364,7 +1369,8 @@ class Gateway:
             return
         rid = request_id.decode("ascii")  # also the trace id (id_headers)
         self._log_lines.append(
-            f'{{"ts":{time.time():.6f},"level":"info","event":"access",'
+            f'{{"timestamp":"{self._log_timestamp()}","level":"info",'
+            f'"logger":"{ACCESS_LOGGER}","event":"access",'
             f'"request_id":"{rid}","trace_id":"{rid}",'
             f'"method":null,"path":null,"status":{status},"duration_ms":0.000,'
             f'"route":"{UNPARSED_ROUTE}","upstream":null,"attempts":0,"cache":null,'
@@ -1372,6 +1378,16 @@ class Gateway:
         )
         if len(self._log_lines) >= 256:
             self._flush_log()
+
+    def _log_timestamp(self) -> str:
+        """Now as app log lines write it (ISO 8601, UTC, microseconds); the date and time of day
+        are formatted once per second, the rest is one integer per line."""
+        now = time.time()
+        second = int(now)
+        if second != self._log_second:
+            self._log_second = second
+            self._log_second_text = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second))
+        return f"{self._log_second_text}.{int((now - second) * 1_000_000):06d}Z"
 
     def _log_access(self, ex: Exchange, route: str, duration: float) -> None:
         # Formatted by hand: json.dumps of a dict per request costs more than proxying it.
@@ -1384,7 +1400,8 @@ class Gateway:
         else:
             upstream = "null"
         line = (
-            f'{{"ts":{time.time():.6f},"level":"info","event":"access",'
+            f'{{"timestamp":"{self._log_timestamp()}","level":"info",'
+            f'"logger":"{ACCESS_LOGGER}","event":"access",'
             f'"request_id":{_json_str(ex.request_id.decode("ascii", "replace"))},'
             f'"trace_id":"{ex.trace_id.decode("ascii", "replace")}",'
             f'"method":{_json_str(ex.method)},"path":{_json_str(ex.path)},'

@@ -102,6 +102,14 @@ def check_password(password: str, *, email: str | None = None) -> str:
     """Return the normalised password, or raise ``PasswordRejected`` (length and common list only:
     ASVS 5.0 forbids composition rules)."""
     normalised = normalise_password(password)
+    if any(unicodedata.category(ch) == "Cc" for ch in normalised):
+        # C0 and C1 controls (NUL, tab, newline, DEL, ...): many clients, terminals and password
+        # managers mangle or drop them, locking the owner out. Spaces and every printable
+        # character stay allowed (NIST SP 800-63B 3.1.1.2).
+        raise PasswordRejected(
+            "password_control_character",
+            "Use printable characters only: no control characters such as NUL, tab or line breaks.",
+        )
     length = len(normalised)
     if length < PASSWORD_MIN_LENGTH:
         raise PasswordRejected(
@@ -181,6 +189,21 @@ def match_totp(secret: str, code: str, *, at: datetime, last_used_step: int | No
         if hmac.compare_digest(totp.generate_otp(step), digits):
             return step
     return None
+
+
+def totp_code_was_used(secret: str, code: str, *, at: datetime, last_used_step: int | None) -> bool:
+    """Whether ``code`` is right for a step around ``at`` that is already used (or older than the
+    last used one), so it was refused as a replay rather than as a wrong code. Only asked after
+    ``match_totp`` refused it, by a caller who gave the right password."""
+    digits = code.strip().replace(" ", "")
+    if last_used_step is None or len(digits) != TOTP_DIGITS or not digits.isdigit():
+        return False
+    totp = pyotp.TOTP(secret, digits=TOTP_DIGITS, interval=TOTP_PERIOD_SECONDS)
+    now_step = totp_step(at)
+    used = range(
+        now_step - TOTP_VALID_WINDOW, min(now_step + TOTP_VALID_WINDOW, last_used_step) + 1
+    )
+    return any(hmac.compare_digest(totp.generate_otp(step), digits) for step in used)
 
 
 @dataclass(frozen=True)

@@ -13,7 +13,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from functools import lru_cache
-from typing import Any
+from typing import Any, Literal
 
 import structlog
 from argon2 import PasswordHasher, Type
@@ -79,6 +79,12 @@ INVALID_SECOND_FACTOR_TYPE = "invalid-second-factor"
 WRONG_TOTP_DETAIL = (
     "The one-time code is wrong or was already used: enter the next code your authenticator "
     "app shows, or a recovery code."
+)
+# A right code whose time step was already used: typically signing in within the same 30 s
+# step the code confirming enrolment (or the previous sign-in) came from.
+REPLAYED_TOTP_DETAIL = (
+    "This code was already used: wait for the next code your authenticator app shows (a new one "
+    "every 30 seconds), or use a recovery code."
 )
 WRONG_RECOVERY_DETAIL = "The recovery code is wrong or was already used."
 USER_NOT_FOUND = "No user with this id."
@@ -917,6 +923,7 @@ async def login(
     user_id: str = m["id"]
     async with ctx.db.transaction() as session:
         used_recovery = False
+        outcome: SecondFactorOutcome = "accepted"
         if m["totp_enabled_at"] is not None:
             if not mfa_code and not recovery_code:
                 raise Unauthorized(
@@ -924,7 +931,8 @@ async def login(
                     type=MFA_REQUIRED_TYPE,
                     title="Second factor required",
                 )
-            if not await _accept_second_factor(ctx, session, m, mfa_code, recovery_code):
+            outcome = await _accept_second_factor(ctx, session, m, mfa_code, recovery_code)
+            if outcome != "accepted":
                 second_factor_failed = True
             else:
                 second_factor_failed = False
@@ -958,7 +966,13 @@ async def login(
         raise await fail(
             "wrong_second_factor",
             counted=False,
-            detail=WRONG_TOTP_DETAIL if mfa_code else WRONG_RECOVERY_DETAIL,
+            detail=(
+                WRONG_RECOVERY_DETAIL
+                if not mfa_code
+                else REPLAYED_TOTP_DETAIL
+                if outcome == "replayed"
+                else WRONG_TOTP_DETAIL
+            ),
             type_=INVALID_SECOND_FACTOR_TYPE,
         )
     await _clear_account_throttle(ctx, index)
@@ -972,13 +986,18 @@ async def login(
     )
 
 
+# "replayed": a right TOTP code for a time step already used, told apart so the answer can say
+# to wait for the next code; recovery codes are only ever accepted or refused.
+SecondFactorOutcome = Literal["accepted", "refused", "replayed"]
+
+
 async def _accept_second_factor(
     ctx: ServiceContext,
     session: AsyncSession,
     m: Any,
     mfa_code: str | None,
     recovery_code: str | None,
-) -> bool:
+) -> SecondFactorOutcome:
     user_id = m["id"]
     if mfa_code:
         fresh = (
@@ -990,10 +1009,14 @@ async def _accept_second_factor(
         ).one()
         secret = _dec(ctx, fresh.totp_secret_encrypted, "users", "totp_secret_encrypted", user_id)
         if secret is None:
-            return False
-        step = domain.match_totp(secret, mfa_code, at=utcnow(), last_used_step=fresh.totp_last_step)
+            return "refused"
+        now = utcnow()
+        step = domain.match_totp(secret, mfa_code, at=now, last_used_step=fresh.totp_last_step)
         if step is None:
-            return False
+            used = domain.totp_code_was_used(
+                secret, mfa_code, at=now, last_used_step=fresh.totp_last_step
+            )
+            return "replayed" if used else "refused"
         result = await session.execute(
             update(users)
             .where(
@@ -1002,7 +1025,8 @@ async def _accept_second_factor(
             )
             .values(totp_last_step=step)
         )
-        return bool(result.rowcount == 1)  # type: ignore[attr-defined]
+        # No row: a concurrent sign-in used this step (or a later one) first.
+        return "accepted" if result.rowcount == 1 else "replayed"  # type: ignore[attr-defined]
     if recovery_code:
         rows = (
             await session.execute(
@@ -1016,14 +1040,14 @@ async def _accept_second_factor(
             if domain.secret_matches(domain.normalise_recovery_code(recovery_code), r.code_hash):
                 match = r.id
         if match is None:
-            return False
+            return "refused"
         result = await session.execute(
             update(recovery_codes)
             .where(recovery_codes.c.id == match, recovery_codes.c.used_at.is_(None))
             .values(used_at=utcnow())
         )
-        return bool(result.rowcount == 1)  # type: ignore[attr-defined]
-    return False
+        return "accepted" if result.rowcount == 1 else "refused"  # type: ignore[attr-defined]
+    return "refused"
 
 
 async def refresh(
@@ -1409,8 +1433,9 @@ async def disable_totp(
         raise Conflict("Two-factor authentication is not on.", type="mfa-not-enabled")
     await _guarded_password_check(ctx, row, password, meta, "password")
     async with ctx.db.transaction() as session:
-        if not (code or recovery_code) or not await _accept_second_factor(
-            ctx, session, row._mapping, code, recovery_code
+        if not (code or recovery_code) or (
+            await _accept_second_factor(ctx, session, row._mapping, code, recovery_code)
+            != "accepted"
         ):
             # A wrong code counts like a wrong password, or a stolen session plus the password
             # could try codes until one fits and then switch the second factor off.
