@@ -188,7 +188,7 @@ class Settings(BaseSettings):
     # ``{number}`` filled in: point it at the storefront's order page.
     orders_emails: bool = True
     orders_email_from: str | None = None
-    orders_email_interval_seconds: float = Field(default=2.0, gt=0)
+    orders_email_interval_seconds: float = Field(default=2.0, gt=0, le=3600)
     orders_email_order_url: str = "{public_url}/api/v1/orders/{order_id}"
 
     # Payments. ``payment_provider`` is used for new payments: the built-in ``sandbox`` (no money
