@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from sqlalchemy import (
     JSON,
+    BigInteger,
     Boolean,
     CheckConstraint,
     Column,
@@ -22,6 +23,9 @@ from ecosistema.platform.events import Outbox
 from ecosistema.platform.idempotency import idempotency_table
 
 metadata = new_metadata()
+
+# Amounts in minor units, up to 10^12: 64 bits on PostgreSQL (SQLite's INTEGER always is).
+MONEY = BigInteger().with_variant(Integer(), "sqlite")
 outbox = Outbox("orders", metadata)
 idempotency_keys = idempotency_table(metadata)
 
@@ -142,6 +146,12 @@ orders = Table(
     Column("shipping_address_encrypted", Text),
     Column("billing_address_encrypted", Text),
     Column("status", String(32), nullable=False),
+    # Kept apart from ``status`` by every transition: the goods (unfulfilled ... delivered) and
+    # the money (pending, partially_paid, paid, partially_refunded, refunded, voided).
+    Column("fulfillment_status", String(32), nullable=False, server_default="unfulfilled"),
+    Column("payment_status", String(32), nullable=False, server_default="pending"),
+    # What payments captured for the order (before refunds: see ``refunded_total``).
+    Column("amount_paid", MONEY, nullable=False, server_default="0"),
     Column("currency", String(3), nullable=False),
     Column("country", String(2), nullable=False),
     Column("shipping_method", String(50)),

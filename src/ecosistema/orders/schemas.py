@@ -21,7 +21,9 @@ from pydantic import (
 from pydantic_core import InitErrorDetails, PydanticCustomError
 
 from ecosistema.orders.domain import (
+    FulfillmentStatus,
     OrderStatus,
+    PaymentStatus,
     VoucherKind,
     check_address_text,
     is_country,
@@ -323,6 +325,18 @@ class OrderSummary(BaseModel):
     customer_id: str | None
     email: str
     status: OrderStatus
+    fulfillment_status: FulfillmentStatus = Field(
+        description="The goods, whatever the money did: unfulfilled, partially_fulfilled, "
+        "fulfilled, shipped, delivered."
+    )
+    payment_status: PaymentStatus = Field(
+        description="The money: pending, partially_paid (less than the total captured), paid, "
+        "partially_refunded, refunded, voided (cancelled unpaid)."
+    )
+    amount_paid: int = Field(
+        description="What was captured for the order, in minor units, before refunds "
+        "(refunded_total); less than total when partially_paid."
+    )
     currency: str
     subtotal: int
     discount_total: int

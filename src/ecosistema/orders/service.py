@@ -1893,7 +1893,7 @@ async def place_order(
             await _abandon_checkout(ctx, order_id, reserved=reserved, claimed=claimed)
             raise
         # The answer is built from what was written: nothing else can have changed it yet.
-        return _order_from(ctx, written, line_rows, [])
+        return _order_from(ctx, written, line_rows, [], staff=_is_staff(principal))
 
 
 async def _paid_as_placed(
@@ -1905,9 +1905,21 @@ async def _paid_as_placed(
     """An order with nothing to pay (a voucher took it all, shipping free) is paid as it is
     placed, in the same transaction: no payment, no card, and OrderPaid commits its stock."""
     await _mark_paid(
-        ctx, tx, order, line_rows, actor=SYSTEM, payment_id=None, reason="Nothing to pay."
+        ctx,
+        tx,
+        order,
+        line_rows,
+        actor=SYSTEM,
+        payment_id=None,
+        amount_paid=0,
+        reason="Nothing to pay.",
     )
-    return {**order, "status": OrderStatus.PAID.value, "reservation_expires_at": None}
+    return {
+        **order,
+        "status": OrderStatus.PAID.value,
+        "payment_status": domain.PaymentStatus.PAID.value,
+        "reservation_expires_at": None,
+    }
 
 
 async def _mark_paid(
@@ -1918,11 +1930,13 @@ async def _mark_paid(
     *,
     actor: Actor,
     payment_id: str | None,
+    amount_paid: int,
     reason: str | None = None,
     details: Mapping[str, Any] | None = None,
 ) -> None:
-    """Move a pending order to paid (it holds no reservation any more) and publish OrderPaid,
-    whose lines catalog commits the stock of."""
+    """Move a pending order to paid (it holds no reservation any more), recording what was
+    captured (``partially_paid`` when less than the total), and publish OrderPaid, whose lines
+    catalog commits the stock of."""
     await _transition(
         tx,
         order,
@@ -1930,7 +1944,8 @@ async def _mark_paid(
         actor=actor,
         reason=reason,
         details=details,
-        extra_values={"reservation_expires_at": None},
+        extra_values={"reservation_expires_at": None, "amount_paid": amount_paid},
+        paid_short=amount_paid < int(order["total"]),
     )
     payload = _event_base(order)
     payload["lines"] = _event_lines(line_rows)
@@ -2010,6 +2025,9 @@ async def _write_order(
         SHIPPING_ADDRESS: _seal_address(ctx, addresses[0], SHIPPING_ADDRESS, order_id),
         BILLING_ADDRESS: _seal_address(ctx, addresses[1], BILLING_ADDRESS, order_id),
         "status": OrderStatus.PENDING_PAYMENT.value,
+        "fulfillment_status": domain.FulfillmentStatus.UNFULFILLED.value,
+        "payment_status": domain.PaymentStatus.PENDING.value,
+        "amount_paid": 0,
         "currency": totals.currency,
         "country": priced.country,
         "shipping_method": priced.shipping_method,
@@ -2247,6 +2265,9 @@ def _summary_fields(
         "customer_id": row["customer_id"],
         "email": _email_of(ctx, row, "orders"),
         "status": OrderStatus(row["status"]),
+        "fulfillment_status": domain.FulfillmentStatus(row["fulfillment_status"]),
+        "payment_status": domain.PaymentStatus(row["payment_status"]),
+        "amount_paid": row["amount_paid"],
         "currency": row["currency"],
         "subtotal": row["subtotal"],
         "discount_total": row["discount_total"],
@@ -2265,7 +2286,7 @@ def _summary_fields(
 
 
 async def _order_view(
-    ctx: ServiceContext, session: AsyncSession, row: Mapping[Any, Any]
+    ctx: ServiceContext, session: AsyncSession, row: Mapping[Any, Any], *, staff: bool
 ) -> schemas.Order:
     lines = await _line_rows(statements(session), row["id"])
     shipped = (
@@ -2275,7 +2296,7 @@ async def _order_view(
             .order_by(fulfillments.c.created_at, fulfillments.c.id)
         )
     ).mappings()
-    return _order_from(ctx, row, lines, list(shipped))
+    return _order_from(ctx, row, lines, list(shipped), staff=staff)
 
 
 def _order_from(
@@ -2283,14 +2304,17 @@ def _order_from(
     row: Mapping[Any, Any],
     lines: Sequence[Mapping[Any, Any]],
     shipped: Sequence[Mapping[Any, Any]],
+    *,
+    staff: bool,
 ) -> schemas.Order:
+    """The order as its reader sees it: ``allowed_actions`` are staff's, or the buyer's."""
     return schemas.Order(
         **_summary_fields(ctx, row, lines),
         country=row["country"],
         shipping_method=row["shipping_method"],
         voucher_code=row["voucher_code"],
         refunded_total=row["refunded_total"],
-        allowed_actions=domain.allowed_actions(row["status"], _progress(lines)),
+        allowed_actions=domain.allowed_actions(_state_of(row), _progress(lines), staff=staff),
         fulfillments=[
             schemas.Fulfillment(
                 id=f["id"],
@@ -2302,6 +2326,19 @@ def _order_from(
             for f in shipped
         ],
         updated_at=row["updated_at"],
+    )
+
+
+def _is_staff(principal: Principal | None) -> bool:
+    """Whether the caller runs orders (fulfils, refunds) rather than buys them."""
+    return principal is not None and principal.has(STAFF)
+
+
+def _state_of(order: Mapping[Any, Any]) -> domain.OrderState:
+    return domain.OrderState(
+        OrderStatus(order["status"]),
+        domain.FulfillmentStatus(order["fulfillment_status"]),
+        domain.PaymentStatus(order["payment_status"]),
     )
 
 
@@ -2340,7 +2377,9 @@ async def get_order(
             row = _ensure_reach(row, principal, token, bypass=READ_ALL)
         elif row is None:
             raise NotFound(ORDER_NOT_FOUND)
-        return await _order_view(ctx, session, row)
+        # Without a caller (another use case of orders) the view is staff's.
+        staff = _is_staff(principal) or (principal is None and token is None)
+        return await _order_view(ctx, session, row, staff=staff)
 
 
 _SUMMARY_ORDER = (
@@ -2348,6 +2387,7 @@ _SUMMARY_ORDER = (
     *("discount_total", "tax_total", "shipping_total", "total", "created_at"),
     *("reservation_expires_at", "prices_include_tax", "tax_rate_bp", "shipping_tax"),
     *("shipping_address_encrypted", "billing_address_encrypted"),
+    *("fulfillment_status", "payment_status", "amount_paid"),
 )
 _SUMMARY_LINE = (
     *("id", "sku", "product_id", "name", "quantity", "unit_price", "subtotal", "discount"),
@@ -2388,6 +2428,8 @@ async def list_orders(
     *,
     principal: Principal,
     status: OrderStatus | None = None,
+    fulfillment_status: domain.FulfillmentStatus | None = None,
+    payment_status: domain.PaymentStatus | None = None,
     customer_id: str | None = None,
     email: str | None = None,
     created_from: datetime | None = None,
@@ -2418,6 +2460,18 @@ async def list_orders(
         query = query.where(orders.c.email_index == email_index(ctx, email))
     if status is not None:
         query = query.where(orders.c.status == status.value)
+    if fulfillment_status is not None:
+        query = query.where(orders.c.fulfillment_status == fulfillment_status.value)
+    if payment_status is not None:
+        query = query.where(orders.c.payment_status == payment_status.value)
+    if created_from is not None and created_to is not None and created_from > created_to:
+        message = "must not be after created_to"
+        raise Unprocessable(
+            f"created_from: {message}.",
+            errors=[
+                {"field": "created_from", "in": "query", "message": message, "code": "invalid"}
+            ],
+        )
     if created_from is not None:
         query = query.where(orders.c.created_at >= created_from)
     if created_to is not None:
@@ -2557,12 +2611,19 @@ async def _transition(
     reason: str | None = None,
     details: Mapping[str, Any] | None = None,
     extra_values: Mapping[str, Any] | None = None,
+    paid_short: bool = False,
 ) -> OrderStatus:
-    """Move an order along the transitions table, guarded against a concurrent change."""
+    """Move an order along the transitions table, guarded against a concurrent change; its
+    fulfilment and payment statuses follow (``extra_values`` may set them otherwise)."""
     current = OrderStatus(order["status"])
-    target = domain.next_status(current, action)
+    state = domain.advance(_state_of(order), action, paid_short=paid_short)
+    target = state.status
     now = _now()
-    extra = dict(extra_values or {})
+    extra = {
+        "fulfillment_status": state.fulfillment.value,
+        "payment_status": state.payment.value,
+        **(extra_values or {}),
+    }
     names = tuple(sorted(extra))
     changed = await tx.execute(
         _move(names),
@@ -2589,12 +2650,14 @@ async def _transition(
     return target
 
 
-async def _final_view(ctx: ServiceContext, session: AsyncSession, order_id: str) -> schemas.Order:
+async def _final_view(
+    ctx: ServiceContext, session: AsyncSession, order_id: str, *, staff: bool = True
+) -> schemas.Order:
     """The order as the caller's transaction leaves it (read before it commits)."""
     row = await _order_row(statements(session), order_id)
     if row is None:
         raise NotFound(ORDER_NOT_FOUND)
-    return await _order_view(ctx, session, row)
+    return await _order_view(ctx, session, row, staff=staff)
 
 
 async def _locked_order(session: AsyncSession, order_id: str) -> Mapping[Any, Any]:
@@ -2628,7 +2691,7 @@ async def cancel_order(
             await _cancel(
                 ctx, session, order, OrderAction.CANCEL, actor=Actor.of(principal), reason=reason
             )
-            return await _final_view(ctx, session, order_id)
+            return await _final_view(ctx, session, order_id, staff=_is_staff(principal))
 
 
 async def _cancel(
@@ -2772,7 +2835,7 @@ async def fulfil_lines(
         async with ctx.db.transaction() as session:
             order = await _locked_order(session, order_id)
             lines = await _line_rows(statements(session), order_id)
-            domain.next_status(order["status"], OrderAction.FULFIL_PARTIALLY)
+            domain.advance(_state_of(order), OrderAction.FULFIL_PARTIALLY)
             action = domain.fulfilment_action(_progress(lines), shipping)
             fulfillment_id = new_id()
             by_id = {line["id"]: line for line in lines}
@@ -2841,7 +2904,7 @@ async def return_lines(
     returning = {line.line_id: line.quantity for line in data.lines}
     async with ctx.db.transaction() as session:
         order = await _locked_order(session, order_id)
-        domain.next_status(order["status"], OrderAction.RETURN_LINES)
+        domain.advance(_state_of(order), OrderAction.RETURN_LINES)
         lines = await _line_rows(statements(session), order_id)
         domain.check_return(_progress(lines), returning)
         for line_id, quantity in returning.items():
@@ -2909,8 +2972,18 @@ async def record_payment_succeeded(
         await _line_rows(tx, order["id"]),
         actor=PAYMENTS,
         payment_id=payload.get("payment_id"),
+        amount_paid=_captured(payload),
         details=details,
     )
+
+
+def _captured(payload: Mapping[str, Any]) -> int:
+    """What a PaymentSucceeded says was captured: less than the amount after a partial manual
+    capture (the rest released)."""
+    captured = payload.get("captured_amount")
+    if captured is None:
+        captured = payload.get("amount")
+    return int(captured or 0)
 
 
 _PAYING = select(order_history.c.details).where(
@@ -3005,6 +3078,12 @@ async def record_payment_refunded(
     )
     for line_id, quantity in gained.items():
         await tx.execute(_REFUND_UNITS, line_id=line_id, units=quantity)
+    # Refunding the units left to fulfil may complete a partial fulfilment.
+    fulfillment = domain.FulfillmentStatus(order["fulfillment_status"])
+    if gained:
+        fulfillment = domain.fulfillment_after_refund(
+            fulfillment, _progress(await _line_rows(tx, order["id"]))
+        )
     await _transition(
         tx,
         order,
@@ -3012,7 +3091,7 @@ async def record_payment_refunded(
         actor=PAYMENTS,
         reason=payload.get("reason"),
         details=details,
-        extra_values={"refunded_total": refunded_total},
+        extra_values={"refunded_total": refunded_total, "fulfillment_status": fulfillment.value},
     )
     restock = [
         {"sku": str(item["sku"]), "quantity": int(item["quantity"])}
