@@ -183,6 +183,12 @@ class CartCreate(Input):
         description="Where the cart ships (ISO 3166-1 alpha-2); with a shipping address, "
         "that address's country.",
     )
+    shipping_method: str | None = Field(
+        default=None,
+        max_length=50,
+        pattern=_METHOD,
+        description="The code of an active shipping method, as PATCH /carts/{id} takes it.",
+    )
     email: EmailStr | None = None
     shipping_address: Address | None = Field(default=None, description=SHIPPING_ADDRESS_ON_CART)
     billing_address: Address | None = Field(default=None, description=BILLING_ADDRESS_ON_CART)
@@ -190,9 +196,10 @@ class CartCreate(Input):
     items: list[CartItemAdd] = Field(
         default_factory=list,
         max_length=MAX_CART_CREATE_ITEMS,
-        description="Lines to put in the cart, each checked as POST /carts/{id}/items checks "
-        "one; a bad line refuses the whole request. A repeated SKU adds up. May be left out, "
-        "not null.",
+        description="The basket: the answer is a new cart with exactly these lines (a "
+        "signed-in customer's active cart in that currency is replaced). Each line is checked "
+        "as POST /carts/{id}/items checks one; a bad line refuses the whole request. A "
+        "repeated SKU adds up. May be left out, not null.",
     )
 
     _check_currency = field_validator("currency")(iso_currency)

@@ -1123,8 +1123,10 @@ async def create_cart(
     at: datetime | None = None,
 ) -> tuple[schemas.Cart, bool]:
     """A new cart: a customer's (one active per currency, returned if it exists) or an
-    anonymous one, whose token is returned once; ``items`` are added to it in the same
-    transaction. Returns the cart and whether it is new."""
+    anonymous one, whose token is returned once. With ``items`` the cart is always new and has
+    exactly those lines: a customer's active cart in that currency is replaced (it can no longer
+    change nor be ordered), so a storefront that sends the basket never buys lines left over
+    from before. Returns the cart and whether it is new."""
     with _recorded_at(at):
         now = _now()
         token = None if principal is not None else secrets.token_urlsafe(32)
@@ -1145,6 +1147,11 @@ async def create_cart(
                 where = ctx.settings.orders_default_country
                 rate = await _tax_rate_bp(reading, where)
             methods = await reading.rows(_ALL_SHIPPING_METHODS)
+        chosen = next(
+            (m for m in methods if m["code"] == data.shipping_method and m["active"]), None
+        )
+        if data.shipping_method is not None and chosen is None:
+            raise field_error("shipping_method", "no such shipping method", code="unknown")
         items, quotes = await _checked_items(ctx, principal, data)
         # What the request sets on a customer's existing cart, as PATCH /carts/{id} would;
         # the email and addresses are sealed under that cart's id, so once the cart is found.
@@ -1158,6 +1165,8 @@ async def create_cart(
             set_fields[SHIPPING_ADDRESS] = data.shipping_address
         if "billing_address" in given:
             set_fields[BILLING_ADDRESS] = data.billing_address
+        if "shipping_method" in given:
+            set_fields["shipping_method"] = data.shipping_method
         cart_id = new_id()
         values: dict[str, Any] = {
             "id": cart_id,
@@ -1175,7 +1184,7 @@ async def create_cart(
             BILLING_ADDRESS: _seal_address(
                 ctx, data.billing_address, BILLING_ADDRESS, cart_id, "carts"
             ),
-            "shipping_method": None,
+            "shipping_method": data.shipping_method,
             "voucher_code": None,
             "merged_into": None,
             "order_id": None,
@@ -1187,9 +1196,17 @@ async def create_cart(
             {"cart_id": cart_id, "sku": sku, "quantity": quantity, "added_at": now}
             for sku, (quantity, _index) in sorted(items.items())
         ]
+        replacing = principal is not None and "items" in given
         async with ctx.db.driver_write() as tx:
             existing = None
-            if principal is not None:
+            if principal is not None and replacing:
+                await tx.execute(
+                    _REPLACE_ACTIVE_CARTS,
+                    customer_id=principal.subject,
+                    currency=data.currency,
+                    at=now,
+                )
+            elif principal is not None:
                 existing = await tx.scalar(
                     _ACTIVE_CART_OF, customer_id=principal.subject, currency=data.currency
                 )
@@ -1221,10 +1238,22 @@ async def create_cart(
         if existing is not None:
             return await _view_cart(ctx, str(existing), token), False
         # The cart is what was just written: its view needs no second read.
-        options = sum(1 for m in methods if _serves(m, where, data.currency))
-        state = _CartState(values, lines, rate, None, options, None)
+        options = 0 if chosen else sum(1 for m in methods if _serves(m, where, data.currency))
+        state = _CartState(values, lines, rate, chosen, options, None)
         await _know_buyer(ctx, state)
         return _cart_view(ctx, values, await _price(ctx, state, quotes=quotes), token), True
+
+
+# A customer's basket sent whole (``POST /carts`` with ``items``) replaces their active cart.
+_REPLACE_ACTIVE_CARTS = (
+    update(carts)
+    .where(
+        carts.c.customer_id == bindparam("customer_id"),
+        carts.c.currency == bindparam("currency"),
+        carts.c.status == "active",
+    )
+    .values(status="replaced", updated_at=bindparam("at"))
+)
 
 
 def _sealed_cart_field(ctx: ServiceContext, name: str, value: Any, cart_id: str) -> Any:
