@@ -282,8 +282,8 @@ class _CheckedOutMeanwhile:
     def __getattr__(self, name: str) -> Any:
         return getattr(self._inner, name)
 
-    async def reserve(self, order_id: str, lines: Any, ttl_seconds: int) -> None:
-        await self._inner.reserve(order_id, lines, ttl_seconds)
+    async def reserve(self, order_id: str, lines: Any, ttl_seconds: int, **kw: Any) -> None:
+        await self._inner.reserve(order_id, lines, ttl_seconds, **kw)
         if self.winner is None:
             self.winner = "placing"
             self.winner = await self._rival()

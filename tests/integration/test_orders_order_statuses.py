@@ -16,6 +16,7 @@ from tests.integration.test_orders_support import (
     checkout,
     customer,
     eventually,
+    guest_cart,
     place_guest_order,
     publish,
     seed_shop,
@@ -283,3 +284,29 @@ async def test_an_inverted_created_range_is_a_422_naming_created_from(
     )
     assert wrong.status_code == 422
     assert [e["field"] for e in wrong.json()["errors"]] == ["fulfillment_status"]
+
+
+async def test_stock_reserved_at_checkout_names_the_buyer(
+    app: FastAPI, client: httpx.AsyncClient
+) -> None:
+    admin = await staff_tokens(app, client)
+    await seed_shop(app, client, admin, {"TEE-76": 5})
+    ana = await customer(client, "ana")
+    cart = await client.post(
+        f"{API}/carts",
+        json={"currency": "EUR", "items": [{"sku": "TEE-76", "quantity": 1}]},
+        headers=bearer(ana),
+    )
+    mine = await checkout(client, cart.json()["id"], bearer(ana))
+    assert mine.status_code == 201, mine.text
+    cart_id, token = await guest_cart(client, {"TEE-76": 1})
+    guest = (await checkout(client, cart_id, token, email="g@example.com")).json()
+    moved = await client.get(f"{API}/inventory/TEE-76/movements", headers=bearer(admin))
+    assert moved.status_code == 200, moved.text
+    reserved = {
+        m["reference"]: m["actor"] for m in moved.json()["items"] if m["reason"] == "reserve"
+    }
+    assert reserved == {
+        mine.json()["id"]: ana["id"],
+        guest["id"]: f"guest:{cart_id}",
+    }

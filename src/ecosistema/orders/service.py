@@ -1894,6 +1894,7 @@ async def place_order(
                     order_id,
                     wanted,
                     ctx.settings.orders_reservation_ttl_seconds + CATALOG_RESERVATION_GRACE_SECONDS,
+                    actor=principal.actor if principal is not None else f"guest:{cart['id']}",
                 )
             except ProblemError as refused:
                 if refused.status >= 500:
