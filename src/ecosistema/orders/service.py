@@ -987,8 +987,9 @@ async def _price(
         # Payments charges at most this much at once, and amounts past it lose precision in
         # the JSON most clients read: a cart above it is one order too many.
         message = (
-            f"The cart comes to more than {schemas.MAX_AMOUNT} minor units, the most one order "
-            "can hold: split it into several orders."
+            f"The cart comes to {max(totals.subtotal, totals.total)} minor units, more than "
+            f"{schemas.MAX_AMOUNT}, the most one order can hold (shipping and tax count too): "
+            "split it into several orders."
         )
         problems.append(message)
         errors.append({"field": "lines", "message": message, "code": "too_large"})
