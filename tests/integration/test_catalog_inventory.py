@@ -424,6 +424,44 @@ async def test_http_client_reserves_quotes_and_raises_insufficient_stock_like_in
     assert await level(ctx, "A-1") == (4, 0, 4)
 
 
+async def test_a_reservation_names_who_the_stock_is_held_for_in_process_and_over_http(
+    shop_app: FastAPI, shop: httpx.AsyncClient
+) -> None:
+    staff = await sign_in_demo(shop_app, shop, "staff")
+    ctx = ctx_of(shop_app)
+    await stocked(ctx, {"A-1": {"main": 5}})
+    await InProcessCatalogClient(ctx).reserve("local", [("A-1", 1)], 600, actor="buyer-1")
+    await InProcessCatalogClient(ctx).reserve("unnamed", [("A-1", 1)], 600)
+    remote = HttpCatalogClient(
+        "http://testserver",
+        credential=staff["Authorization"].removeprefix("Bearer "),
+        transport=httpx.ASGITransport(app=shop_app),
+    )
+    try:
+        await remote.reserve("remote", [("A-1", 1)], 600, actor="guest:cart-7")
+        await remote.reserve("caller", [("A-1", 1)], 600)
+    finally:
+        await remote.aclose()
+    bad = await shop.post(
+        f"{API}/reservations",
+        json={"order_id": "o", "lines": [{"sku": "A-1", "quantity": 1}], "ttl_seconds": 60}
+        | {"actor": "two words"},
+        headers=staff,
+    )
+    assert bad.status_code == 422 and [e["field"] for e in bad.json()["errors"]] == ["actor"]
+
+    reserved = {
+        m.reference: m.actor for m in (await movements(ctx, "A-1")).items if m.reason == "reserve"
+    }
+    # Without a name, in process it is the platform's own doing; over HTTP, the caller's.
+    assert reserved == {
+        "local": "buyer-1",
+        "unnamed": "system",
+        "remote": "guest:cart-7",
+        "caller": _subject(staff),
+    }
+
+
 def _subject(headers: dict[str, str]) -> str:
     """The user id a bearer token names (its ``sub`` claim)."""
     payload = headers["Authorization"].removeprefix("Bearer ").split(".")[1]

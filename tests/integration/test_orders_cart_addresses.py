@@ -180,13 +180,18 @@ async def test_a_customers_existing_cart_takes_the_addresses_posted(
     assert first.status_code == 201 and first.json()["country"] == "FR"
     cart_id = first.json()["id"]
 
-    # POST /carts on the customer's active cart sets what it gives, as PATCH does.
+    # POST /carts without a basket on the customer's active cart sets what it gives, as PATCH
+    # does (with ``items`` it would be a new cart).
     again = await client.post(
-        f"{API}/carts",
-        json={"items": [{"sku": "CA-CAP", "quantity": 1}], "billing_address": MADRID},
-        headers=bearer(buyer),
+        f"{API}/carts", json={"billing_address": MADRID}, headers=bearer(buyer)
     )
     assert again.status_code == 200 and again.json()["id"] == cart_id
+    added = await client.post(
+        f"{API}/carts/{cart_id}/items",
+        json={"sku": "CA-CAP", "quantity": 1},
+        headers=bearer(buyer),
+    )
+    assert added.status_code == 200, added.text
     assert again.json()["shipping_address"]["city"] == "Paris"
     assert again.json()["billing_address"]["city"] == "Madrid"
     elsewhere = await client.post(f"{API}/carts", json={"country": "DE"}, headers=bearer(buyer))
@@ -277,8 +282,8 @@ class _CheckedOutMeanwhile:
     def __getattr__(self, name: str) -> Any:
         return getattr(self._inner, name)
 
-    async def reserve(self, order_id: str, lines: Any, ttl_seconds: int) -> None:
-        await self._inner.reserve(order_id, lines, ttl_seconds)
+    async def reserve(self, order_id: str, lines: Any, ttl_seconds: int, **kw: Any) -> None:
+        await self._inner.reserve(order_id, lines, ttl_seconds, **kw)
         if self.winner is None:
             self.winner = "placing"
             self.winner = await self._rival()

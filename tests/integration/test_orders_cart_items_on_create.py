@@ -1,6 +1,6 @@
 """Creating a cart with its lines (``items`` on POST /carts), on both shapes: each line checked as
-adding it to a cart checks it, the whole request refused with the field at fault, and a
-customer's active cart receiving the lines instead of a second cart."""
+adding it to a cart checks it, the whole request refused with the field at fault, and the basket
+replacing a customer's active cart, so the cart has exactly the lines sent."""
 
 from __future__ import annotations
 
@@ -128,7 +128,7 @@ async def test_one_bad_line_refuses_the_whole_cart_naming_the_line_at_fault(
     assert left_out.status_code == 200 and left_out.json()["id"] == first.json()["id"]
 
 
-async def test_a_customers_active_cart_receives_the_items_instead_of_a_second_cart(
+async def test_a_basket_sent_with_items_replaces_the_customers_active_cart(
     app: FastAPI, client: httpx.AsyncClient
 ) -> None:
     admin = await staff_tokens(app, client)
@@ -142,26 +142,52 @@ async def test_a_customers_active_cart_receives_the_items_instead_of_a_second_ca
 
     first = await create([{"sku": "TEE-33", "quantity": 1}])
     assert first.status_code == 201, first.text
+    old = first.json()["id"]
+    voucher = await client.post(
+        f"{API}/carts/{old}/vouchers", json={"code": "WELCOME10"}, headers=bearer(buyer)
+    )
+    assert voucher.status_code == 200, voucher.text
     second = await create([{"sku": "TEE-33", "quantity": 2}, {"sku": "MUG-33", "quantity": 1}])
-    assert second.status_code == 200, second.text
-    assert second.json()["id"] == first.json()["id"]
-    assert sorted((x["sku"], x["quantity"]) for x in second.json()["lines"]) == [
+    assert second.status_code == 201, second.text
+    new = second.json()
+    # Exactly the basket sent: nothing left over from the cart before, not even its voucher.
+    assert new["id"] != old and new["voucher_code"] is None
+    assert sorted((x["sku"], x["quantity"]) for x in new["lines"]) == [
         ("MUG-33", 1),
-        ("TEE-33", 3),
+        ("TEE-33", 2),
     ]
-    # A line cannot pass its limit through the existing cart either; the cart is unchanged.
-    over = await create([{"sku": "MUG-33", "quantity": 10_000}])
+    # The cart replaced can neither change nor be ordered any more; it is still readable.
+    replaced = await client.get(f"{API}/carts/{old}", headers=bearer(buyer))
+    assert replaced.json()["status"] == "replaced"
+    changed = await client.post(
+        f"{API}/carts/{old}/items", json={"sku": "MUG-33", "quantity": 1}, headers=bearer(buyer)
+    )
+    assert changed.status_code == 409 and changed.json()["type"].endswith("/cart-not-active")
+    ordered = await checkout(client, old, bearer(buyer))
+    assert ordered.status_code == 409, ordered.text
+    # A cart asked for without a basket is the one the basket made.
+    left_out = await client.post(f"{API}/carts", json={"currency": "EUR"}, headers=bearer(buyer))
+    assert left_out.status_code == 200 and left_out.json()["id"] == new["id"]
+    # A refused basket replaces nothing: the cart made last stays, unchanged.
+    over = await create([{"sku": "MUG-33", "quantity": 10_001}])
     assert over.status_code == 422 and over.json()["errors"][0]["field"] == "items.0.quantity"
-    read = await client.get(f"{API}/carts/{first.json()['id']}", headers=bearer(buyer))
+    read = await client.get(f"{API}/carts/{new['id']}", headers=bearer(buyer))
+    assert read.json()["status"] == "active"
     assert sorted((x["sku"], x["quantity"]) for x in read.json()["lines"]) == [
         ("MUG-33", 1),
-        ("TEE-33", 3),
+        ("TEE-33", 2),
     ]
-    [event] = await outbox_payloads(app, "CartCreated")
-    assert event["cart_id"] == first.json()["id"]
+    events = await outbox_payloads(app, "CartCreated")
+    assert [e["cart_id"] for e in events] == [old, new["id"]]
+    placed = await checkout(client, new["id"], bearer(buyer))
+    assert placed.status_code == 201, placed.text
+    assert sorted((x["sku"], x["quantity"]) for x in placed.json()["lines"]) == [
+        ("MUG-33", 1),
+        ("TEE-33", 2),
+    ]
 
 
-async def test_a_customers_active_cart_takes_the_country_and_email_given_with_the_items(
+async def test_a_basket_takes_the_country_email_and_shipping_method_given_with_it(
     app: FastAPI, client: httpx.AsyncClient
 ) -> None:
     admin = await staff_tokens(app, client)
@@ -189,13 +215,14 @@ async def test_a_customers_active_cart_takes_the_country_and_email_given_with_th
         },
         headers=bearer(buyer),
     )
-    assert again.status_code == 200, again.text
+    assert again.status_code == 201, again.text
     cart = again.json()
-    assert cart["id"] == cart_id
+    assert cart["id"] != cart_id
+    cart_id = cart["id"]
     assert (cart["country"], cart["email"]) == ("FR", "other@example.com")
-    assert [(x["sku"], x["quantity"]) for x in cart["lines"]] == [("TEE-34", 2)]
+    assert [(x["sku"], x["quantity"]) for x in cart["lines"]] == [("TEE-34", 1)]
     # Priced as a cart shipping to France, as PATCH /carts/{id} would leave it.
-    guest_id, guest_token = await guest_cart(client, {"TEE-34": 2}, country="FR")
+    guest_id, guest_token = await guest_cart(client, {"TEE-34": 1}, country="FR")
     french = (await client.get(f"{API}/carts/{guest_id}", headers=guest_token)).json()
     assert cart["totals"] == french["totals"]
     read = (await client.get(f"{API}/carts/{cart_id}", headers=bearer(buyer))).json()
@@ -227,5 +254,33 @@ async def test_a_customers_active_cart_takes_the_country_and_email_given_with_th
     assert refused.status_code == 422, refused.text
     assert refused.json()["errors"][0]["field"] == "country"
     read = (await client.get(f"{API}/carts/{cart_id}", headers=bearer(buyer))).json()
-    assert (read["country"], read["email"]) == ("FR", None)
-    assert [(x["sku"], x["quantity"]) for x in read["lines"]] == [("TEE-34", 2)]
+    assert (read["country"], read["email"], read["status"]) == ("FR", None, "active")
+    assert [(x["sku"], x["quantity"]) for x in read["lines"]] == [("TEE-34", 1)]
+
+    # The shipping method too, checked as PATCH /carts/{id} checks it.
+    unknown = await client.post(
+        f"{API}/carts",
+        json={"currency": "EUR", "shipping_method": "teleport", "items": []},
+        headers=bearer(buyer),
+    )
+    assert unknown.status_code == 422, unknown.text
+    assert [(e["field"], e["code"]) for e in unknown.json()["errors"]] == [
+        ("shipping_method", "unknown")
+    ]
+    chosen = await client.post(
+        f"{API}/carts",
+        json={
+            "currency": "EUR",
+            "country": "ES",
+            "shipping_method": "express",
+            "items": [{"sku": "TEE-34", "quantity": 1}],
+        },
+        headers=bearer(buyer),
+    )
+    assert chosen.status_code == 201, chosen.text
+    assert chosen.json()["shipping_method"] == "express"
+    assert chosen.json()["totals"]["shipping_total"] == 995
+    guest = await client.post(
+        f"{API}/carts", json={"currency": "EUR", "shipping_method": "standard"}
+    )
+    assert guest.status_code == 201 and guest.json()["shipping_method"] == "standard"

@@ -468,8 +468,8 @@ class _BreaksAfterReserving:
     def __getattr__(self, name: str) -> Any:
         return getattr(self._inner, name)
 
-    async def reserve(self, order_id: str, lines: Any, ttl_seconds: int) -> None:
-        await self._inner.reserve(order_id, lines, ttl_seconds)
+    async def reserve(self, order_id: str, lines: Any, ttl_seconds: int, **kw: Any) -> None:
+        await self._inner.reserve(order_id, lines, ttl_seconds, **kw)
         raise ConnectionResetError("the answer was lost")
 
 

@@ -9,7 +9,15 @@ from typing import Any
 from sqlalchemy import insert, select
 
 from ecosistema.orders import descriptor as orders_service
-from ecosistema.orders.models import metadata, order_numbers, orders, voucher_usages, vouchers
+from ecosistema.orders.models import (
+    metadata,
+    order_history,
+    order_lines,
+    order_numbers,
+    orders,
+    voucher_usages,
+    vouchers,
+)
 from ecosistema.platform.config import Settings
 from tests.integration.migration_support import schema_drift, service_database
 
@@ -102,6 +110,134 @@ async def test_vouchers_with_a_minimum_spend_get_the_currency_of_their_orders(
         assert currencies == {"USED": "USD", "UNUSED": "EUR", "NOSPEND": None, "GBP": "GBP"}
         # Uses written before they carried their address take their order's.
         assert addresses == ["index"] * 3
+    finally:
+        await db.drop_schema()
+        await db.dispose()
+
+
+async def test_orders_get_fulfilment_and_payment_statuses_from_their_lines_and_history(
+    settings: Settings,
+) -> None:
+    db = service_database(settings, "orders")
+    now = datetime(2026, 11, 1, tzinfo=UTC)
+    amounts = ("subtotal", "discount_total", "shipping_total", "shipping_tax", "tax_total")
+
+    def order(order_id: str, status: str, total: int = 1990) -> dict[str, Any]:
+        return {
+            "id": order_id,
+            "number": f"ORD-{order_id}",
+            "cart_id": order_id,
+            "email_encrypted": "sealed",
+            "email_index": "index",
+            "status": status,
+            "currency": "EUR",
+            "country": "ES",
+            "prices_include_tax": True,
+            "tax_rate_bp": 2100,
+            **dict.fromkeys(amounts, 0),
+            "total": total,
+            "refunded_total": 0,
+            "weight_grams": 0,
+            "created_at": now,
+            "updated_at": now,
+        }
+
+    def line(order_id: str, quantity: int, fulfilled: int = 0, refunded: int = 0) -> dict[str, Any]:
+        return {
+            "id": f"{order_id}-l",
+            "order_id": order_id,
+            "position": 0,
+            "sku": "TEE-1",
+            "name": "Tee",
+            "quantity": quantity,
+            **dict.fromkeys(("unit_price", "subtotal", "discount", "tax", "total"), 0),
+            "weight_grams": 0,
+            "fulfilled_quantity": fulfilled,
+            "returned_quantity": 0,
+            "refunded_quantity": refunded,
+        }
+
+    steps = 0
+
+    def step(order_id: str, action: str, **details: Any) -> dict[str, Any]:
+        nonlocal steps
+        steps += 1
+        return {
+            "id": f"h{steps}",
+            "order_id": order_id,
+            "occurred_at": now,
+            "kind": "transition",
+            "action": action,
+            "actor_kind": "system",
+            "details": details,
+        }
+
+    paid = {"payment_id": "p", "amount": 1990, "captured_amount": 1990}
+    try:
+        await db.migrate(orders_service.migrations, "0006_orders_cart_addresses")
+        async with db.transaction() as session:
+            await session.execute(
+                insert(orders),
+                [
+                    order("pending", "pending_payment"),
+                    order("cancelled", "cancelled"),
+                    order("short", "paid"),
+                    order("delivered", "delivered"),
+                    order("bogus", "partially_refunded"),
+                    order("halfway", "partially_refunded"),
+                    order("free", "paid", total=0),
+                ],
+            )
+            await session.execute(
+                insert(order_lines),
+                [
+                    line("pending", 1),
+                    line("cancelled", 1),
+                    line("short", 1),
+                    line("delivered", 2, fulfilled=2),
+                    line("bogus", 1),
+                    line("halfway", 2, fulfilled=1),
+                    line("free", 1),
+                ],
+            )
+            await session.execute(
+                insert(order_history),
+                [
+                    step("short", "pay", payment_id="p", amount=1990, captured_amount=1000),
+                    step("delivered", "pay", **paid),
+                    step("delivered", "fulfil"),
+                    step("delivered", "ship"),
+                    step("delivered", "deliver"),
+                    # Shipped and delivered by the old machine with nothing fulfilled.
+                    step("bogus", "pay", **paid),
+                    step("bogus", "refund_partially"),
+                    step("bogus", "ship"),
+                    step("bogus", "deliver"),
+                    step("halfway", "pay", **paid),
+                    step("halfway", "fulfil_partially"),
+                    step("free", "pay"),
+                ],
+            )
+        await db.migrate(orders_service.migrations)
+        async with db.read() as session:
+            rows = await session.execute(
+                select(
+                    orders.c.id,
+                    orders.c.fulfillment_status,
+                    orders.c.payment_status,
+                    orders.c.amount_paid,
+                )
+            )
+            found = {row.id: tuple(row)[1:] for row in rows}
+        assert found == {
+            "pending": ("unfulfilled", "pending", 0),
+            "cancelled": ("unfulfilled", "voided", 0),
+            "short": ("unfulfilled", "partially_paid", 1000),
+            "delivered": ("delivered", "paid", 1990),
+            "bogus": ("unfulfilled", "partially_refunded", 1990),
+            "halfway": ("partially_fulfilled", "partially_refunded", 1990),
+            "free": ("unfulfilled", "paid", 0),
+        }
     finally:
         await db.drop_schema()
         await db.dispose()

@@ -13,11 +13,14 @@ from ecosistema.orders import domain
 from ecosistema.orders.domain import (
     TRANSITIONS,
     CartLine,
+    FulfillmentStatus,
     IllegalTransition,
     LineProgress,
     NotShippable,
     OrderAction,
+    OrderState,
     OrderStatus,
+    PaymentStatus,
     Voucher,
     VoucherKind,
     VoucherNotApplicable,
@@ -452,11 +455,14 @@ def test_only_fulfilled_units_not_yet_returned_can_come_back() -> None:
 def test_allowed_actions_offer_fulfilling_and_returns_only_while_units_are_left_for_them() -> None:
     progress = domain.LineProgress
     open_line = [progress("l1", 3, fulfilled=1, refunded=1), progress("l2", 1, fulfilled=1)]
-    assert domain.allowed_actions(OrderStatus.PARTIALLY_REFUNDED, open_line) == [
+    partly = OrderState(
+        OrderStatus.PARTIALLY_REFUNDED,
+        FulfillmentStatus.PARTIALLY_FULFILLED,
+        PaymentStatus.PARTIALLY_REFUNDED,
+    )
+    assert domain.allowed_actions(partly, open_line) == [
         "fulfil_partially",
         "fulfil",
-        "ship",
-        "deliver",
         "return_lines",
         "refund_partially",
         "refund",
@@ -527,3 +533,85 @@ def test_a_note_with_control_or_invisible_characters_is_refused(text: str) -> No
 def test_a_note_keeps_its_lines_and_tabs_as_written() -> None:
     text = " Fragile.\r\n\tCall first.\n"
     assert check_note_text(text) == text
+
+
+# --- fulfilment and payment statuses ------------------------------------------------------------
+
+
+def _state(status: OrderStatus, fulfillment: str, payment: str) -> OrderState:
+    return OrderState(status, FulfillmentStatus(fulfillment), PaymentStatus(payment))
+
+
+@pytest.mark.parametrize("action", [OrderAction.SHIP, OrderAction.DELIVER])
+def test_a_partially_refunded_order_with_nothing_fulfilled_cannot_ship_or_deliver(
+    action: OrderAction,
+) -> None:
+    state = _state(OrderStatus.PARTIALLY_REFUNDED, "unfulfilled", "partially_refunded")
+    with pytest.raises(IllegalTransition) as caught:
+        domain.advance(state, action)
+    assert caught.value.extra == {
+        "status_now": "partially_refunded",
+        "fulfillment_status": "unfulfilled",
+        "action": action.value,
+    }
+    assert action.value not in domain.allowed_actions(state, [LineProgress("l", 2, refunded=1)])
+
+
+def test_after_a_partial_refund_fulfilment_goes_on_as_from_paid() -> None:
+    state = _state(OrderStatus.PAID, "unfulfilled", "paid")
+    state = domain.advance(state, OrderAction.REFUND_PARTIALLY)
+    assert state == _state(OrderStatus.PARTIALLY_REFUNDED, "unfulfilled", "partially_refunded")
+    state = domain.advance(state, OrderAction.FULFIL_PARTIALLY)
+    with pytest.raises(IllegalTransition):
+        domain.advance(state, OrderAction.SHIP)
+    state = domain.advance(state, OrderAction.FULFIL)
+    with pytest.raises(IllegalTransition) as caught:
+        domain.advance(state, OrderAction.DELIVER)
+    assert "shipped first" in caught.value.detail
+    state = domain.advance(state, OrderAction.SHIP)
+    state = domain.advance(state, OrderAction.DELIVER)
+    # The status stays where the money put it; the goods show how far they went.
+    assert state == _state(OrderStatus.PARTIALLY_REFUNDED, "delivered", "partially_refunded")
+    state = domain.advance(state, OrderAction.REFUND)
+    assert state == _state(OrderStatus.REFUNDED, "delivered", "refunded")
+
+
+def test_a_refunded_order_is_not_fulfilled_and_an_expired_one_is_voided() -> None:
+    refunded = _state(OrderStatus.REFUNDED, "unfulfilled", "refunded")
+    for action in (OrderAction.FULFIL, OrderAction.FULFIL_PARTIALLY, OrderAction.SHIP):
+        with pytest.raises(IllegalTransition):
+            domain.advance(refunded, action)
+    pending = OrderState(OrderStatus.PENDING_PAYMENT)
+    assert domain.advance(pending, OrderAction.EXPIRE).payment is PaymentStatus.VOIDED
+    assert domain.advance(pending, OrderAction.CANCEL).payment is PaymentStatus.VOIDED
+
+
+def test_paying_less_than_the_total_is_partially_paid() -> None:
+    pending = OrderState(OrderStatus.PENDING_PAYMENT)
+    short = domain.advance(pending, OrderAction.PAY, paid_short=True)
+    assert (short.status, short.payment) == (OrderStatus.PAID, PaymentStatus.PARTIALLY_PAID)
+    assert domain.advance(pending, OrderAction.PAY).payment is PaymentStatus.PAID
+    refunded = domain.advance(short, OrderAction.REFUND_PARTIALLY)
+    assert refunded.payment is PaymentStatus.PARTIALLY_REFUNDED
+
+
+def test_refunding_the_units_left_to_fulfil_completes_a_partial_fulfilment() -> None:
+    done = [LineProgress("l", 2, fulfilled=1, refunded=1)]
+    still_open = [LineProgress("l", 3, fulfilled=1, refunded=1)]
+    partial = FulfillmentStatus.PARTIALLY_FULFILLED
+    assert domain.fulfillment_after_refund(partial, done) is FulfillmentStatus.FULFILLED
+    assert domain.fulfillment_after_refund(partial, still_open) is partial
+    nothing = FulfillmentStatus.UNFULFILLED
+    assert domain.fulfillment_after_refund(nothing, [LineProgress("l", 1, refunded=1)]) is nothing
+
+
+def test_buyers_are_offered_paying_and_cancelling_only_and_nobody_expiring() -> None:
+    pending = OrderState(OrderStatus.PENDING_PAYMENT)
+    fresh = [LineProgress("l", 1)]
+    assert domain.allowed_actions(pending, fresh, staff=False) == ["pay", "cancel"]
+    assert domain.allowed_actions(pending, fresh, staff=True) == ["cancel"]
+    paid = _state(OrderStatus.PAID, "unfulfilled", "paid")
+    assert domain.allowed_actions(paid, fresh, staff=False) == []
+    for status in OrderStatus:
+        for staff in (True, False):
+            assert "expire" not in domain.allowed_actions(status, staff=staff)

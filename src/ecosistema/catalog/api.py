@@ -889,9 +889,11 @@ async def quote(
     summary="Hold stock for an order, all lines or none; idempotent per order",
     responses=_errors(401, 403, 409, 422),
 )
-async def reserve(body: ReservationRequest, ctx: Context, _writer: InventoryWriter) -> Response:
+async def reserve(body: ReservationRequest, ctx: Context, writer: InventoryWriter) -> Response:
     lines = [(line.sku, line.quantity) for line in body.lines]
-    await inventory.reserve(ctx, body.order_id, lines, body.ttl_seconds)
+    # A service reserving at checkout names the buyer it holds the stock for.
+    actor = body.actor or writer.actor
+    await inventory.reserve(ctx, body.order_id, lines, body.ttl_seconds, actor=actor)
     return Response(status_code=status.HTTP_204_NO_CONTENT)
 
 

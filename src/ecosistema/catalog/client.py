@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from datetime import datetime
-from typing import Protocol
+from typing import Any, Protocol
 
 import httpx
 
@@ -51,8 +51,16 @@ class CatalogClient(Protocol):
         """Price and availability per known SKU for this customer; unknown SKUs are absent."""
         ...
 
-    async def reserve(self, order_id: str, lines: list[tuple[str, int]], ttl_seconds: int) -> None:
-        """Hold stock for an order, all lines or none; raises ``InsufficientStock`` (409)."""
+    async def reserve(
+        self,
+        order_id: str,
+        lines: list[tuple[str, int]],
+        ttl_seconds: int,
+        *,
+        actor: str | None = None,
+    ) -> None:
+        """Hold stock for an order, all lines or none; raises ``InsufficientStock`` (409).
+        ``actor`` is who the movements name (the buyer at checkout); left out, the caller."""
         ...
 
     async def commit_reservation(self, order_id: str) -> None:
@@ -88,10 +96,18 @@ class InProcessCatalogClient:
         )
 
     async def reserve(
-        self, order_id: str, lines: Sequence[tuple[str, int]], ttl_seconds: int
+        self,
+        order_id: str,
+        lines: Sequence[tuple[str, int]],
+        ttl_seconds: int,
+        *,
+        actor: str | None = None,
     ) -> None:
-        """Hold stock for an order, all lines or none; raises ``InsufficientStock`` (409)."""
-        await inventory.reserve(self._ctx, order_id, lines, ttl_seconds)
+        """Hold stock for an order, all lines or none; raises ``InsufficientStock`` (409).
+        ``actor`` is who the movements name (the buyer at checkout); left out, ``system``."""
+        await inventory.reserve(
+            self._ctx, order_id, lines, ttl_seconds, actor=actor or inventory.SYSTEM_ACTOR
+        )
 
     async def commit_reservation(self, order_id: str) -> None:
         """The order was paid: reserved stock leaves for good (idempotent)."""
@@ -142,14 +158,23 @@ class HttpCatalogClient:
         return {sku: VariantQuote.model_validate(q) for sku, q in response.json().items()}
 
     async def reserve(
-        self, order_id: str, lines: Sequence[tuple[str, int]], ttl_seconds: int
+        self,
+        order_id: str,
+        lines: Sequence[tuple[str, int]],
+        ttl_seconds: int,
+        *,
+        actor: str | None = None,
     ) -> None:
-        """Hold stock for an order, all lines or none; raises ``InsufficientStock`` (409)."""
-        body = {
+        """Hold stock for an order, all lines or none; raises ``InsufficientStock`` (409).
+        ``actor`` is who the movements name (the buyer at checkout); left out, the credential's
+        holder."""
+        body: dict[str, Any] = {
             "order_id": order_id,
             "lines": [{"sku": sku, "quantity": quantity} for sku, quantity in lines],
             "ttl_seconds": ttl_seconds,
         }
+        if actor is not None:
+            body["actor"] = actor
         _raise_for_problem(await self._http.post("/reservations", json=body, extensions=_ONCE))
 
     async def commit_reservation(self, order_id: str) -> None:

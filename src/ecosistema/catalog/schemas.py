@@ -399,6 +399,14 @@ class ReservationRequest(_Input):
     order_id: Annotated[str, Field(min_length=1, max_length=64)]
     lines: list[OrderLine] = Field(min_length=1, max_length=500)
     ttl_seconds: Annotated[int, Field(ge=1, le=7 * 24 * 3600)]
+    actor: str | None = Field(
+        default=None,
+        min_length=1,
+        max_length=64,
+        pattern=r"^[A-Za-z0-9][A-Za-z0-9_.:\-]*$",
+        description="Who the stock is held for, as the movements record it (the buyer's user "
+        "id, `api_key:<id>`, or `guest:<cart id>`); left out, the caller.",
+    )
 
 
 class ReleaseRequest(_Input):

@@ -10,7 +10,7 @@ from fastapi import APIRouter, Depends, Header, Path, Query, Request, Response, 
 from fastapi.exceptions import RequestValidationError
 
 from ecosistema.orders import service
-from ecosistema.orders.domain import OrderAction, OrderStatus
+from ecosistema.orders.domain import FulfillmentStatus, OrderAction, OrderStatus, PaymentStatus
 from ecosistema.orders.models import idempotency_keys
 from ecosistema.orders.schemas import (
     Cart,
@@ -263,11 +263,17 @@ async def place_order(
     return idempotent_response(replace(result, body=service.open_order_body(ctx, result.body)))
 
 
-@router.get("/orders", response_model=OrderPage, responses=_errors(400, 401, 403))
+@router.get("/orders", response_model=OrderPage, responses=_errors(400, 401, 403, 422))
 async def list_orders(
     ctx: Context,
     principal: Reader,
     status_is: Annotated[OrderStatus | None, Query(alias="status")] = None,
+    fulfillment_status: Annotated[
+        FulfillmentStatus | None, Query(description="Only orders whose goods are this far.")
+    ] = None,
+    payment_status: Annotated[
+        PaymentStatus | None, Query(description="Only orders whose money is in this state.")
+    ] = None,
     customer_id: Annotated[str | None, Query(max_length=64)] = None,
     email: Annotated[
         str | None,
@@ -302,6 +308,8 @@ async def list_orders(
         ctx,
         principal=principal,
         status=status_is,
+        fulfillment_status=fulfillment_status,
+        payment_status=payment_status,
         customer_id=customer_id,
         email=email,
         created_from=created_from,

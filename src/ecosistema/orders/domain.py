@@ -104,6 +104,139 @@ TRANSITIONS: Mapping[OrderStatus, Mapping[OrderAction, OrderStatus]] = MappingPr
 TERMINAL: frozenset[OrderStatus] = frozenset(s for s, row in TRANSITIONS.items() if not row)
 
 
+class FulfillmentStatus(StrEnum):
+    """How far the goods have gone, kept apart from the money (as Shopify's and Saleor's
+    orders do): a refund never hides it, and it alone decides what fulfilment may do next."""
+
+    UNFULFILLED = "unfulfilled"
+    PARTIALLY_FULFILLED = "partially_fulfilled"
+    FULFILLED = "fulfilled"
+    SHIPPED = "shipped"
+    DELIVERED = "delivered"
+
+
+class PaymentStatus(StrEnum):
+    """Where the order's money is, with Shopify's ``financial_status`` names: ``partially_paid``
+    when less than the total was captured (Saleor's charge status ``PARTIAL``), ``voided`` when
+    the order was cancelled before any money came."""
+
+    PENDING = "pending"
+    PARTIALLY_PAID = "partially_paid"
+    PAID = "paid"
+    PARTIALLY_REFUNDED = "partially_refunded"
+    REFUNDED = "refunded"
+    VOIDED = "voided"
+
+
+F = FulfillmentStatus
+
+# What fulfilment may do next, whatever the money did: from ``paid`` and from
+# ``partially_refunded`` alike, shipping needs every unit fulfilled and delivering needs shipped.
+FULFILMENT_TRANSITIONS: Mapping[FulfillmentStatus, Mapping[OrderAction, FulfillmentStatus]] = (
+    MappingProxyType(
+        {
+            F.UNFULFILLED: MappingProxyType(
+                {A.FULFIL_PARTIALLY: F.PARTIALLY_FULFILLED, A.FULFIL: F.FULFILLED}
+            ),
+            F.PARTIALLY_FULFILLED: MappingProxyType(
+                {
+                    A.FULFIL_PARTIALLY: F.PARTIALLY_FULFILLED,
+                    A.FULFIL: F.FULFILLED,
+                    A.RETURN_LINES: F.PARTIALLY_FULFILLED,
+                }
+            ),
+            F.FULFILLED: MappingProxyType({A.SHIP: F.SHIPPED, A.RETURN_LINES: F.FULFILLED}),
+            F.SHIPPED: MappingProxyType({A.DELIVER: F.DELIVERED, A.RETURN_LINES: F.SHIPPED}),
+            F.DELIVERED: MappingProxyType({A.RETURN_LINES: F.DELIVERED}),
+        }
+    )
+)
+
+FULFILMENT_ACTIONS: frozenset[OrderAction] = frozenset(
+    {A.FULFIL_PARTIALLY, A.FULFIL, A.SHIP, A.DELIVER, A.RETURN_LINES}
+)
+_NOT_READY = {
+    A.SHIP: ": every unit not refunded must be fulfilled first.",
+    A.DELIVER: ": it must be shipped first.",
+}
+
+_PAYMENT_AFTER: Mapping[OrderAction, PaymentStatus] = MappingProxyType(
+    {
+        A.PAY: PaymentStatus.PAID,
+        A.CANCEL: PaymentStatus.VOIDED,
+        A.EXPIRE: PaymentStatus.VOIDED,
+        A.REFUND_PARTIALLY: PaymentStatus.PARTIALLY_REFUNDED,
+        A.REFUND: PaymentStatus.REFUNDED,
+    }
+)
+
+# Who may take which action, for ``allowed_actions``: the buyer pays (through payments) and
+# cancels an unpaid order; staff run fulfilment, returns, refunds (through payments) and cancel;
+# ``expire`` is the sweeper's alone.
+BUYER_ACTIONS: frozenset[OrderAction] = frozenset({A.PAY, A.CANCEL})
+STAFF_ACTIONS: frozenset[OrderAction] = frozenset(
+    {
+        A.CANCEL,
+        A.FULFIL_PARTIALLY,
+        A.FULFIL,
+        A.SHIP,
+        A.DELIVER,
+        A.RETURN_LINES,
+        A.REFUND_PARTIALLY,
+        A.REFUND,
+    }
+)
+
+
+@dataclass(frozen=True, slots=True)
+class OrderState:
+    """An order's three statuses: ``status`` (the life cycle of the issue's state machine),
+    ``fulfillment`` (the goods) and ``payment`` (the money)."""
+
+    status: OrderStatus
+    fulfillment: FulfillmentStatus = FulfillmentStatus.UNFULFILLED
+    payment: PaymentStatus = PaymentStatus.PENDING
+
+
+def advance(
+    state: OrderState, action: OrderAction | str, *, paid_short: bool = False
+) -> OrderState:
+    """The state ``action`` leads to: the status by ``TRANSITIONS``, fulfilment by
+    ``FULFILMENT_TRANSITIONS`` (a fulfilment action the goods are not ready for is an
+    ``IllegalTransition`` whatever the status says), the payment status by the action (``pay``
+    with less than the total captured, ``paid_short``, is ``partially_paid``)."""
+    act = OrderAction(action)
+    status = next_status(state.status, act)
+    fulfillment = state.fulfillment
+    if act in FULFILMENT_ACTIONS:
+        target = FULFILMENT_TRANSITIONS[state.fulfillment].get(act)
+        if target is None:
+            raise IllegalTransition(
+                f"An order whose fulfilment is {state.fulfillment.value!r} cannot "
+                f"{act.value.replace('_', ' ')}{_NOT_READY.get(act, '.')}",
+                status_now=state.status.value,
+                fulfillment_status=state.fulfillment.value,
+                action=act.value,
+            )
+        fulfillment = target
+    payment = _PAYMENT_AFTER.get(act, state.payment)
+    if act is A.PAY and paid_short:
+        payment = PaymentStatus.PARTIALLY_PAID
+    return OrderState(status, fulfillment, payment)
+
+
+def fulfillment_after_refund(
+    current: FulfillmentStatus, lines: Sequence[LineProgress]
+) -> FulfillmentStatus:
+    """A refund of the units still to fulfil completes a partial fulfilment: what is left is
+    fulfilled, so it can ship."""
+    if current is F.PARTIALLY_FULFILLED and not any(
+        line.quantity - line.fulfilled - line.refunded > 0 for line in lines
+    ):
+        return F.FULFILLED
+    return current
+
+
 class CartAlreadyOrdered(Conflict):
     """The cart has been checked out already: it is an order now."""
 
@@ -138,12 +271,26 @@ def next_status(current: OrderStatus | str, action: OrderAction | str) -> OrderS
 
 
 def allowed_actions(
-    current: OrderStatus | str, lines: Sequence[LineProgress] | None = None
+    current: OrderStatus | str | OrderState,
+    lines: Sequence[LineProgress] | None = None,
+    *,
+    staff: bool = True,
 ) -> list[str]:
-    """The actions an order in ``current`` status accepts, for clients to show buttons. Given
-    its ``lines``, fulfilling needs a unit left to fulfil (neither fulfilled nor refunded) and a
-    return a fulfilled unit not yet returned."""
-    actions = list(TRANSITIONS.get(OrderStatus(current), {}))
+    """The actions this caller may take on an order in ``current`` state, for clients to show
+    buttons: staff's (``staff``) or the buyer's (pay and cancel while unpaid); ``expire`` is
+    the system's and never listed. Given the fulfilment status, fulfilling, shipping and
+    delivering follow it; given the ``lines``, fulfilling needs a unit left to fulfil (neither
+    fulfilled nor refunded) and a return a fulfilled unit not yet returned."""
+    if isinstance(current, OrderState):
+        state: OrderState | None = current
+        status = current.status
+    else:
+        state, status = None, OrderStatus(current)
+    mine = STAFF_ACTIONS if staff else BUYER_ACTIONS
+    actions = [a for a in TRANSITIONS.get(status, {}) if a in mine]
+    if state is not None:
+        ready = FULFILMENT_TRANSITIONS[state.fulfillment]
+        actions = [a for a in actions if a in ready or a not in FULFILMENT_ACTIONS]
     if lines is not None:
         if not any(line.quantity - line.fulfilled - line.refunded > 0 for line in lines):
             actions = [a for a in actions if a not in (A.FULFIL, A.FULFIL_PARTIALLY)]

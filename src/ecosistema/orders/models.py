@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from sqlalchemy import (
     JSON,
+    BigInteger,
     Boolean,
     CheckConstraint,
     Column,
@@ -23,6 +24,9 @@ from ecosistema.platform.events import Outbox
 from ecosistema.platform.idempotency import idempotency_table
 
 metadata = new_metadata()
+
+# Amounts in minor units, up to 10^12: 64 bits on PostgreSQL (SQLite's INTEGER always is).
+MONEY = BigInteger().with_variant(Integer(), "sqlite")
 outbox = Outbox("orders", metadata)
 idempotency_keys = idempotency_table(metadata)
 
@@ -57,9 +61,9 @@ vouchers = Table(
     Column("id", id_column_type(), primary_key=True),
     Column("code", String(64), nullable=False, unique=True),
     Column("kind", String(16), nullable=False),
-    Column("value", Integer, nullable=False),
+    Column("value", MONEY, nullable=False),
     Column("currency", String(3)),
-    Column("minimum_spend", Integer, nullable=False),
+    Column("minimum_spend", MONEY, nullable=False),
     Column("starts_at", UTCDateTime()),
     Column("ends_at", UTCDateTime()),
     Column("usage_limit", Integer),
@@ -143,19 +147,25 @@ orders = Table(
     Column("shipping_address_encrypted", Text),
     Column("billing_address_encrypted", Text),
     Column("status", String(32), nullable=False),
+    # Kept apart from ``status`` by every transition: the goods (unfulfilled ... delivered) and
+    # the money (pending, partially_paid, paid, partially_refunded, refunded, voided).
+    Column("fulfillment_status", String(32), nullable=False, server_default="unfulfilled"),
+    Column("payment_status", String(32), nullable=False, server_default="pending"),
+    # What payments captured for the order (before refunds: see ``refunded_total``).
+    Column("amount_paid", MONEY, nullable=False, server_default="0"),
     Column("currency", String(3), nullable=False),
     Column("country", String(2), nullable=False),
     Column("shipping_method", String(50)),
     Column("voucher_code", String(64)),
     Column("prices_include_tax", Boolean, nullable=False),
     Column("tax_rate_bp", Integer, nullable=False),
-    Column("subtotal", Integer, nullable=False),
-    Column("discount_total", Integer, nullable=False),
-    Column("shipping_total", Integer, nullable=False),
-    Column("shipping_tax", Integer, nullable=False),
-    Column("tax_total", Integer, nullable=False),
-    Column("total", Integer, nullable=False),
-    Column("refunded_total", Integer, nullable=False),
+    Column("subtotal", MONEY, nullable=False),
+    Column("discount_total", MONEY, nullable=False),
+    Column("shipping_total", MONEY, nullable=False),
+    Column("shipping_tax", MONEY, nullable=False),
+    Column("tax_total", MONEY, nullable=False),
+    Column("total", MONEY, nullable=False),
+    Column("refunded_total", MONEY, nullable=False),
     Column("weight_grams", Integer, nullable=False),
     Column("reservation_expires_at", UTCDateTime()),
     # Whether the buyer is mailed about the order (false for the demo's past orders).
@@ -181,11 +191,11 @@ order_lines = Table(
     Column("product_id", String(64)),
     Column("name", String(400), nullable=False),
     Column("quantity", Integer, nullable=False),
-    Column("unit_price", Integer, nullable=False),
-    Column("subtotal", Integer, nullable=False),
-    Column("discount", Integer, nullable=False),
-    Column("tax", Integer, nullable=False),
-    Column("total", Integer, nullable=False),
+    Column("unit_price", MONEY, nullable=False),
+    Column("subtotal", MONEY, nullable=False),
+    Column("discount", MONEY, nullable=False),
+    Column("tax", MONEY, nullable=False),
+    Column("total", MONEY, nullable=False),
     Column("weight_grams", Integer, nullable=False),
     Column("fulfilled_quantity", Integer, nullable=False),
     Column("returned_quantity", Integer, nullable=False),

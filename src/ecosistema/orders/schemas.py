@@ -21,7 +21,9 @@ from pydantic import (
 from pydantic_core import InitErrorDetails, PydanticCustomError
 
 from ecosistema.orders.domain import (
+    FulfillmentStatus,
     OrderStatus,
+    PaymentStatus,
     VoucherKind,
     check_address_text,
     is_country,
@@ -188,6 +190,12 @@ class CartCreate(Input):
         description="Where the cart ships (ISO 3166-1 alpha-2); with a shipping address, "
         "that address's country.",
     )
+    shipping_method: str | None = Field(
+        default=None,
+        max_length=50,
+        pattern=_METHOD,
+        description="The code of an active shipping method, as PATCH /carts/{id} takes it.",
+    )
     email: EmailStr | None = None
     shipping_address: Address | None = Field(default=None, description=SHIPPING_ADDRESS_ON_CART)
     billing_address: Address | None = Field(default=None, description=BILLING_ADDRESS_ON_CART)
@@ -195,9 +203,10 @@ class CartCreate(Input):
     items: list[CartItemAdd] = Field(
         default_factory=list,
         max_length=MAX_CART_CREATE_ITEMS,
-        description="Lines to put in the cart, each checked as POST /carts/{id}/items checks "
-        "one; a bad line refuses the whole request. A repeated SKU adds up. May be left out, "
-        "not null.",
+        description="The basket: the answer is a new cart with exactly these lines (a "
+        "signed-in customer's active cart in that currency is replaced). Each line is checked "
+        "as POST /carts/{id}/items checks one; a bad line refuses the whole request. A "
+        "repeated SKU adds up. May be left out, not null.",
     )
 
     _check_currency = field_validator("currency")(iso_currency)
@@ -330,6 +339,18 @@ class OrderSummary(BaseModel):
     customer_id: str | None
     email: str
     status: OrderStatus
+    fulfillment_status: FulfillmentStatus = Field(
+        description="The goods, whatever the money did: unfulfilled, partially_fulfilled, "
+        "fulfilled, shipped, delivered."
+    )
+    payment_status: PaymentStatus = Field(
+        description="The money: pending, partially_paid (less than the total captured), paid, "
+        "partially_refunded, refunded, voided (cancelled unpaid)."
+    )
+    amount_paid: int = Field(
+        description="What was captured for the order, in minor units, before refunds "
+        "(refunded_total); less than total when partially_paid."
+    )
     currency: str
     subtotal: int
     discount_total: int

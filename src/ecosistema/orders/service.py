@@ -988,8 +988,9 @@ async def _price(
         # Payments charges at most this much at once, and amounts past it lose precision in
         # the JSON most clients read: a cart above it is one order too many.
         message = (
-            f"The cart comes to more than {schemas.MAX_AMOUNT} minor units, the most one order "
-            "can hold: split it into several orders."
+            f"The cart comes to {max(totals.subtotal, totals.total)} minor units, more than "
+            f"{schemas.MAX_AMOUNT}, the most one order can hold (shipping and tax count too): "
+            "split it into several orders."
         )
         problems.append(message)
         errors.append({"field": "lines", "message": message, "code": "too_large"})
@@ -1124,8 +1125,10 @@ async def create_cart(
     at: datetime | None = None,
 ) -> tuple[schemas.Cart, bool]:
     """A new cart: a customer's (one active per currency, returned if it exists) or an
-    anonymous one, whose token is returned once; ``items`` are added to it in the same
-    transaction. Returns the cart and whether it is new."""
+    anonymous one, whose token is returned once. With ``items`` the cart is always new and has
+    exactly those lines: a customer's active cart in that currency is replaced (it can no longer
+    change nor be ordered), so a storefront that sends the basket never buys lines left over
+    from before. Returns the cart and whether it is new."""
     with _recorded_at(at):
         now = _now()
         token = None if principal is not None else secrets.token_urlsafe(32)
@@ -1146,6 +1149,11 @@ async def create_cart(
                 where = ctx.settings.orders_default_country
                 rate = await _tax_rate_bp(reading, where)
             methods = await reading.rows(_ALL_SHIPPING_METHODS)
+        chosen = next(
+            (m for m in methods if m["code"] == data.shipping_method and m["active"]), None
+        )
+        if data.shipping_method is not None and chosen is None:
+            raise field_error("shipping_method", "no such shipping method", code="unknown")
         items, quotes = await _checked_items(ctx, principal, data)
         # What the request sets on a customer's existing cart, as PATCH /carts/{id} would;
         # the email and addresses are sealed under that cart's id, so once the cart is found.
@@ -1159,6 +1167,8 @@ async def create_cart(
             set_fields[SHIPPING_ADDRESS] = data.shipping_address
         if "billing_address" in given:
             set_fields[BILLING_ADDRESS] = data.billing_address
+        if "shipping_method" in given:
+            set_fields["shipping_method"] = data.shipping_method
         cart_id = new_id()
         values: dict[str, Any] = {
             "id": cart_id,
@@ -1176,7 +1186,7 @@ async def create_cart(
             BILLING_ADDRESS: _seal_address(
                 ctx, data.billing_address, BILLING_ADDRESS, cart_id, "carts"
             ),
-            "shipping_method": None,
+            "shipping_method": data.shipping_method,
             "voucher_code": None,
             "merged_into": None,
             "order_id": None,
@@ -1188,9 +1198,17 @@ async def create_cart(
             {"cart_id": cart_id, "sku": sku, "quantity": quantity, "added_at": now}
             for sku, (quantity, _index) in sorted(items.items())
         ]
+        replacing = principal is not None and "items" in given
         async with ctx.db.driver_write() as tx:
             existing = None
-            if principal is not None:
+            if principal is not None and replacing:
+                await tx.execute(
+                    _REPLACE_ACTIVE_CARTS,
+                    customer_id=principal.subject,
+                    currency=data.currency,
+                    at=now,
+                )
+            elif principal is not None:
                 existing = await tx.scalar(
                     _ACTIVE_CART_OF, customer_id=principal.subject, currency=data.currency
                 )
@@ -1222,10 +1240,22 @@ async def create_cart(
         if existing is not None:
             return await _view_cart(ctx, str(existing), token), False
         # The cart is what was just written: its view needs no second read.
-        options = sum(1 for m in methods if _serves(m, where, data.currency))
-        state = _CartState(values, lines, rate, None, options, None)
+        options = 0 if chosen else sum(1 for m in methods if _serves(m, where, data.currency))
+        state = _CartState(values, lines, rate, chosen, options, None)
         await _know_buyer(ctx, state)
         return _cart_view(ctx, values, await _price(ctx, state, quotes=quotes), token), True
+
+
+# A customer's basket sent whole (``POST /carts`` with ``items``) replaces their active cart.
+_REPLACE_ACTIVE_CARTS = (
+    update(carts)
+    .where(
+        carts.c.customer_id == bindparam("customer_id"),
+        carts.c.currency == bindparam("currency"),
+        carts.c.status == "active",
+    )
+    .values(status="replaced", updated_at=bindparam("at"))
+)
 
 
 def _sealed_cart_field(ctx: ServiceContext, name: str, value: Any, cart_id: str) -> Any:
@@ -1869,6 +1899,7 @@ async def place_order(
                     order_id,
                     wanted,
                     ctx.settings.orders_reservation_ttl_seconds + CATALOG_RESERVATION_GRACE_SECONDS,
+                    actor=principal.actor if principal is not None else f"guest:{cart['id']}",
                 )
             except ProblemError as refused:
                 if refused.status >= 500:
@@ -1898,7 +1929,7 @@ async def place_order(
             await _abandon_checkout(ctx, order_id, reserved=reserved, claimed=claimed)
             raise
         # The answer is built from what was written: nothing else can have changed it yet.
-        return _order_from(ctx, written, line_rows, [])
+        return _order_from(ctx, written, line_rows, [], staff=_is_staff(principal))
 
 
 async def _paid_as_placed(
@@ -1910,9 +1941,21 @@ async def _paid_as_placed(
     """An order with nothing to pay (a voucher took it all, shipping free) is paid as it is
     placed, in the same transaction: no payment, no card, and OrderPaid commits its stock."""
     await _mark_paid(
-        ctx, tx, order, line_rows, actor=SYSTEM, payment_id=None, reason="Nothing to pay."
+        ctx,
+        tx,
+        order,
+        line_rows,
+        actor=SYSTEM,
+        payment_id=None,
+        amount_paid=0,
+        reason="Nothing to pay.",
     )
-    return {**order, "status": OrderStatus.PAID.value, "reservation_expires_at": None}
+    return {
+        **order,
+        "status": OrderStatus.PAID.value,
+        "payment_status": domain.PaymentStatus.PAID.value,
+        "reservation_expires_at": None,
+    }
 
 
 async def _mark_paid(
@@ -1923,11 +1966,13 @@ async def _mark_paid(
     *,
     actor: Actor,
     payment_id: str | None,
+    amount_paid: int,
     reason: str | None = None,
     details: Mapping[str, Any] | None = None,
 ) -> None:
-    """Move a pending order to paid (it holds no reservation any more) and publish OrderPaid,
-    whose lines catalog commits the stock of."""
+    """Move a pending order to paid (it holds no reservation any more), recording what was
+    captured (``partially_paid`` when less than the total), and publish OrderPaid, whose lines
+    catalog commits the stock of."""
     await _transition(
         tx,
         order,
@@ -1935,7 +1980,8 @@ async def _mark_paid(
         actor=actor,
         reason=reason,
         details=details,
-        extra_values={"reservation_expires_at": None},
+        extra_values={"reservation_expires_at": None, "amount_paid": amount_paid},
+        paid_short=amount_paid < int(order["total"]),
     )
     payload = _event_base(order)
     payload["lines"] = _event_lines(line_rows)
@@ -2016,6 +2062,9 @@ async def _write_order(
         SHIPPING_ADDRESS: _seal_address(ctx, addresses[0], SHIPPING_ADDRESS, order_id),
         BILLING_ADDRESS: _seal_address(ctx, addresses[1], BILLING_ADDRESS, order_id),
         "status": OrderStatus.PENDING_PAYMENT.value,
+        "fulfillment_status": domain.FulfillmentStatus.UNFULFILLED.value,
+        "payment_status": domain.PaymentStatus.PENDING.value,
+        "amount_paid": 0,
         "currency": totals.currency,
         "country": priced.country,
         "shipping_method": priced.shipping_method,
@@ -2254,6 +2303,9 @@ def _summary_fields(
         "customer_id": row["customer_id"],
         "email": _email_of(ctx, row, "orders"),
         "status": OrderStatus(row["status"]),
+        "fulfillment_status": domain.FulfillmentStatus(row["fulfillment_status"]),
+        "payment_status": domain.PaymentStatus(row["payment_status"]),
+        "amount_paid": row["amount_paid"],
         "currency": row["currency"],
         "subtotal": row["subtotal"],
         "discount_total": row["discount_total"],
@@ -2273,7 +2325,7 @@ def _summary_fields(
 
 
 async def _order_view(
-    ctx: ServiceContext, session: AsyncSession, row: Mapping[Any, Any]
+    ctx: ServiceContext, session: AsyncSession, row: Mapping[Any, Any], *, staff: bool
 ) -> schemas.Order:
     lines = await _line_rows(statements(session), row["id"])
     shipped = (
@@ -2283,7 +2335,7 @@ async def _order_view(
             .order_by(fulfillments.c.created_at, fulfillments.c.id)
         )
     ).mappings()
-    return _order_from(ctx, row, lines, list(shipped))
+    return _order_from(ctx, row, lines, list(shipped), staff=staff)
 
 
 def _order_from(
@@ -2291,14 +2343,17 @@ def _order_from(
     row: Mapping[Any, Any],
     lines: Sequence[Mapping[Any, Any]],
     shipped: Sequence[Mapping[Any, Any]],
+    *,
+    staff: bool,
 ) -> schemas.Order:
+    """The order as its reader sees it: ``allowed_actions`` are staff's, or the buyer's."""
     return schemas.Order(
         **_summary_fields(ctx, row, lines),
         country=row["country"],
         shipping_method=row["shipping_method"],
         voucher_code=row["voucher_code"],
         refunded_total=row["refunded_total"],
-        allowed_actions=domain.allowed_actions(row["status"], _progress(lines)),
+        allowed_actions=domain.allowed_actions(_state_of(row), _progress(lines), staff=staff),
         fulfillments=[
             schemas.Fulfillment(
                 id=f["id"],
@@ -2309,6 +2364,19 @@ def _order_from(
             )
             for f in shipped
         ],
+    )
+
+
+def _is_staff(principal: Principal | None) -> bool:
+    """Whether the caller runs orders (fulfils, refunds) rather than buys them."""
+    return principal is not None and principal.has(STAFF)
+
+
+def _state_of(order: Mapping[Any, Any]) -> domain.OrderState:
+    return domain.OrderState(
+        OrderStatus(order["status"]),
+        domain.FulfillmentStatus(order["fulfillment_status"]),
+        domain.PaymentStatus(order["payment_status"]),
     )
 
 
@@ -2347,7 +2415,9 @@ async def get_order(
             row = _ensure_reach(row, principal, token, bypass=READ_ALL)
         elif row is None:
             raise NotFound(ORDER_NOT_FOUND)
-        return await _order_view(ctx, session, row)
+        # Without a caller (another use case of orders) the view is staff's.
+        staff = _is_staff(principal) or (principal is None and token is None)
+        return await _order_view(ctx, session, row, staff=staff)
 
 
 _SUMMARY_ORDER = (
@@ -2355,6 +2425,7 @@ _SUMMARY_ORDER = (
     *("discount_total", "tax_total", "shipping_total", "total", "created_at", "updated_at"),
     *("reservation_expires_at", "prices_include_tax", "tax_rate_bp", "shipping_tax"),
     *("shipping_address_encrypted", "billing_address_encrypted"),
+    *("fulfillment_status", "payment_status", "amount_paid"),
 )
 _SUMMARY_LINE = (
     *("id", "sku", "product_id", "name", "quantity", "unit_price", "subtotal", "discount"),
@@ -2399,6 +2470,8 @@ async def list_orders(
     *,
     principal: Principal,
     status: OrderStatus | None = None,
+    fulfillment_status: domain.FulfillmentStatus | None = None,
+    payment_status: domain.PaymentStatus | None = None,
     customer_id: str | None = None,
     email: str | None = None,
     created_from: datetime | None = None,
@@ -2433,6 +2506,18 @@ async def list_orders(
         query = query.where(orders.c.email_index == email_index(ctx, email))
     if status is not None:
         query = query.where(orders.c.status == status.value)
+    if fulfillment_status is not None:
+        query = query.where(orders.c.fulfillment_status == fulfillment_status.value)
+    if payment_status is not None:
+        query = query.where(orders.c.payment_status == payment_status.value)
+    if created_from is not None and created_to is not None and created_from > created_to:
+        message = "must not be after created_to"
+        raise Unprocessable(
+            f"created_from: {message}.",
+            errors=[
+                {"field": "created_from", "in": "query", "message": message, "code": "invalid"}
+            ],
+        )
     if created_from is not None:
         query = query.where(orders.c.created_at >= created_from)
     if created_to is not None:
@@ -2605,12 +2690,19 @@ async def _transition(
     reason: str | None = None,
     details: Mapping[str, Any] | None = None,
     extra_values: Mapping[str, Any] | None = None,
+    paid_short: bool = False,
 ) -> OrderStatus:
-    """Move an order along the transitions table, guarded against a concurrent change."""
+    """Move an order along the transitions table, guarded against a concurrent change; its
+    fulfilment and payment statuses follow (``extra_values`` may set them otherwise)."""
     current = OrderStatus(order["status"])
-    target = domain.next_status(current, action)
+    state = domain.advance(_state_of(order), action, paid_short=paid_short)
+    target = state.status
     now = _now()
-    extra = dict(extra_values or {})
+    extra = {
+        "fulfillment_status": state.fulfillment.value,
+        "payment_status": state.payment.value,
+        **(extra_values or {}),
+    }
     names = tuple(sorted(extra))
     changed = await tx.execute(
         _move(names),
@@ -2637,12 +2729,14 @@ async def _transition(
     return target
 
 
-async def _final_view(ctx: ServiceContext, session: AsyncSession, order_id: str) -> schemas.Order:
+async def _final_view(
+    ctx: ServiceContext, session: AsyncSession, order_id: str, *, staff: bool = True
+) -> schemas.Order:
     """The order as the caller's transaction leaves it (read before it commits)."""
     row = await _order_row(statements(session), order_id)
     if row is None:
         raise NotFound(ORDER_NOT_FOUND)
-    return await _order_view(ctx, session, row)
+    return await _order_view(ctx, session, row, staff=staff)
 
 
 async def _locked_order(session: AsyncSession, order_id: str) -> Mapping[Any, Any]:
@@ -2676,7 +2770,7 @@ async def cancel_order(
             await _cancel(
                 ctx, session, order, OrderAction.CANCEL, actor=Actor.of(principal), reason=reason
             )
-            return await _final_view(ctx, session, order_id)
+            return await _final_view(ctx, session, order_id, staff=_is_staff(principal))
 
 
 async def _cancel(
@@ -2820,7 +2914,7 @@ async def fulfil_lines(
         async with ctx.db.transaction() as session:
             order = await _locked_order(session, order_id)
             lines = await _line_rows(statements(session), order_id)
-            domain.next_status(order["status"], OrderAction.FULFIL_PARTIALLY)
+            domain.advance(_state_of(order), OrderAction.FULFIL_PARTIALLY)
             action = domain.fulfilment_action(_progress(lines), shipping)
             fulfillment_id = new_id()
             by_id = {line["id"]: line for line in lines}
@@ -2897,7 +2991,7 @@ async def return_lines(
     returning = {line.line_id: line.quantity for line in data.lines}
     async with ctx.db.transaction() as session:
         order = await _locked_order(session, order_id)
-        domain.next_status(order["status"], OrderAction.RETURN_LINES)
+        domain.advance(_state_of(order), OrderAction.RETURN_LINES)
         lines = await _line_rows(statements(session), order_id)
         domain.check_return(_progress(lines), returning)
         for line_id, quantity in returning.items():
@@ -2965,8 +3059,18 @@ async def record_payment_succeeded(
         await _line_rows(tx, order["id"]),
         actor=PAYMENTS,
         payment_id=payload.get("payment_id"),
+        amount_paid=_captured(payload),
         details=details,
     )
+
+
+def _captured(payload: Mapping[str, Any]) -> int:
+    """What a PaymentSucceeded says was captured: less than the amount after a partial manual
+    capture (the rest released)."""
+    captured = payload.get("captured_amount")
+    if captured is None:
+        captured = payload.get("amount")
+    return int(captured or 0)
 
 
 _PAYING = select(order_history.c.details).where(
@@ -3060,6 +3164,12 @@ async def record_payment_refunded(
     gained = domain.refunded_units(_progress(line_rows), named, settles_the_order=fully)
     for line_id, quantity in gained.items():
         await tx.execute(_REFUND_UNITS, line_id=line_id, units=quantity)
+    # Refunding the units left to fulfil may complete a partial fulfilment.
+    fulfillment = domain.FulfillmentStatus(order["fulfillment_status"])
+    if gained:
+        fulfillment = domain.fulfillment_after_refund(
+            fulfillment, _progress(await _line_rows(tx, order["id"]))
+        )
     await _transition(
         tx,
         order,
@@ -3067,7 +3177,7 @@ async def record_payment_refunded(
         actor=PAYMENTS,
         reason=payload.get("reason"),
         details=details,
-        extra_values={"refunded_total": refunded_total},
+        extra_values={"refunded_total": refunded_total, "fulfillment_status": fulfillment.value},
     )
     restock = [
         {"sku": str(item["sku"]), "quantity": int(item["quantity"])}

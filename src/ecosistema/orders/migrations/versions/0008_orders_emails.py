@@ -20,9 +20,17 @@ depends_on: str | Sequence[str] | None = None
 
 def upgrade() -> None:
     # Orders placed before this revision are mailed about their later changes, as new ones are.
+    # A constant default lets SQLite add the column in place: an expression (sa.true()) makes the
+    # batch rebuild the table, which its order lines' foreign key refuses.
+    postgres = op.get_bind().dialect.name == "postgresql"
     with op.batch_alter_table("orders") as batch:
         batch.add_column(
-            sa.Column("notify_buyer", sa.Boolean(), nullable=False, server_default=sa.true())
+            sa.Column(
+                "notify_buyer",
+                sa.Boolean(),
+                nullable=False,
+                server_default=sa.true() if postgres else "1",
+            )
         )
     op.create_table(
         "order_emails",
