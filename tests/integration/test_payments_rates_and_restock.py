@@ -140,8 +140,12 @@ async def test_full_refund_with_restock_puts_back_every_unit_not_yet_taken_back(
         {"sku": "SHIRT-M", "quantity": 1},
         {"sku": "MUG", "quantity": 1},
     ]
-    # The refund itself says which units came back, as its event does.
-    assert rest.json()["lines"] == []
+    # The refund itself says which units it gave back, and which came back to stock.
+    assert rest.json()["lines"] == [
+        {"line_id": "l1", "sku": "SHIRT-M", "quantity": 1, "amount": 1000},
+        {"line_id": "l2", "sku": "MUG", "quantity": 1, "amount": 1500},
+    ]
+    assert event["lines"] == rest.json()["lines"]
     assert rest.json()["restock_lines"] == event["restock_lines"]
     listed = await shop.http.get(
         f"/api/v1/payments/{payment['id']}/refunds", headers=shop.as_("staff")
@@ -200,3 +204,52 @@ def test_sales_csv_cells_are_never_run_as_formulas() -> None:
     [parsed] = list(csv.DictReader(io.StringIO(text)))
     assert parsed["currency"] == '\'=HYPERLINK("http://evil")'
     assert parsed["net"] == "-12"
+
+
+async def test_a_refund_of_all_that_is_left_names_its_units_and_shipping_on_the_credit_note(
+    shop: Shop,
+) -> None:
+    order = shop.orders.place(tax_rate_bp=2100, shipping=(495, 86))
+    payment = (await shop.pay(order["id"], VISA)).json()
+    first = await refund(shop, payment["id"], {"lines": [{"line_id": "l1", "quantity": 1}]})
+    assert first.status_code == 201, first.text
+
+    rest = await refund(shop, payment["id"], {})
+    assert rest.status_code == 201, rest.text
+    assert rest.json()["amount"] == 3995 - 1000
+    assert [(x["sku"], x["quantity"], x["amount"]) for x in rest.json()["lines"]] == [
+        ("SHIRT-M", 1, 1000),
+        ("MUG", 1, 1500),
+    ]
+    credit_note = [d for d in await documents(shop) if d["kind"] == "credit_note"][-1]
+    assert [(x["sku"], x["quantity"], x["total"]) for x in credit_note["lines"]] == [
+        ("SHIRT-M", 1, -1000),
+        ("MUG", 1, -1500),
+        (None, 1, -495),
+    ]
+    assert credit_note["total"] == -2995
+    assert_adds_up(credit_note)
+
+    report = (await shop.http.get("/api/v1/reports/sales", headers=shop.as_("staff"))).json()
+    assert {p["sku"]: (p["refunded_quantity"], p["net"]) for p in report["top_products"]} == {
+        "SHIRT-M": (2, 0),
+        "MUG": (1, 0),
+    }
+
+
+async def test_after_a_refund_of_an_amount_the_rest_names_no_units(shop: Shop) -> None:
+    order = shop.orders.place()
+    payment = (await shop.pay(order["id"], VISA)).json()
+    assert (await refund(shop, payment["id"], {"amount": 700})).status_code == 201
+
+    # The 7.00 paid for some units, which cannot be told: the rest is refunded as an amount.
+    rest = await refund(shop, payment["id"], {"restock": True})
+    assert rest.status_code == 201, rest.text
+    assert (rest.json()["amount"], rest.json()["lines"]) == (2800, [])
+    assert rest.json()["restock_lines"] == [
+        {"sku": "SHIRT-M", "quantity": 2},
+        {"sku": "MUG", "quantity": 1},
+    ]
+    credit_note = [d for d in await documents(shop) if d["kind"] == "credit_note"][-1]
+    assert {x["sku"] for x in credit_note["lines"]} == {None}
+    assert credit_note["total"] == -2800

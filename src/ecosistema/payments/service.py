@@ -1072,14 +1072,20 @@ async def create_refund(
         refund_id = new_id()
         now = _now()
         lines: list[dict[str, Any]] = []
+        rest = not wanted and amount == left
         async with ctx.db.driver_write() as tx:
-            if wanted:
+            locked: dict[str, Any] = row
+            if wanted or rest:
                 # Units are priced from what earlier line refunds took, so line refunds of one
                 # payment are counted one after the other.
-                locked = await tx.row(_PAYMENT_LOCKED, payment_id=payment_id)
-                assert locked is not None  # payments are never deleted
+                found = await tx.row(_PAYMENT_LOCKED, payment_id=payment_id)
+                assert found is not None  # payments are never deleted
+                locked = found
+            if wanted:
                 lines = await _priced_refund_lines(tx, locked, wanted)
                 amount = sum(line["amount"] for line in lines)
+            elif rest:
+                lines = await _rest_lines(tx, locked, amount)
             taken = await _take_refund(
                 tx,
                 row,
@@ -1380,6 +1386,34 @@ def _captured_line_totals(order: Mapping[str, Any], captured: int) -> dict[str, 
         str(line.get("line_id")): invoiced.get(str(line.get("line_id")), (0, 0))[0]
         for line in order.get("lines") or []
     }
+
+
+async def _rest_lines(
+    tx: DriverTransaction, payment: Mapping[str, Any], amount: int
+) -> list[dict[str, Any]]:
+    """A refund of all that is left, by the order lines it gives back: every unit no earlier
+    refund took back by line, priced as a refund of those units would be (a unit worth nothing
+    is listed at 0). What ``amount`` holds beyond them (shipping, say) names no line. None when
+    the units are worth more than ``amount`` (an earlier refund of an amount took part of them:
+    which units it paid for cannot be told)."""
+    order = payment["order_snapshot"]
+    refunded: dict[str, int] = {}
+    for earlier_refund in await tx.rows(_REFUNDED_LINES, payment_id=payment["id"]):
+        for line in earlier_refund["lines"] or []:
+            refunded[line["line_id"]] = refunded.get(line["line_id"], 0) + int(line["quantity"])
+    captured = _captured_line_totals(order, int(payment["captured_amount"]))
+    out: list[dict[str, Any]] = []
+    for line in order.get("lines") or []:
+        line_id, units = str(line.get("line_id")), int(line["quantity"])
+        before = refunded.get(line_id, 0)
+        if before >= units or not line.get("sku"):
+            continue
+        share = captured.get(line_id, 0)
+        worth = share - domain.prorated_line_amount(share, units, before)
+        out.append(
+            {"line_id": line_id, "sku": line["sku"], "quantity": units - before, "amount": worth}
+        )
+    return out if sum(line["amount"] for line in out) <= amount else []
 
 
 async def _priced_refund_lines(
@@ -1757,6 +1791,8 @@ async def _issue_credit_note(
     credited = await _credited_line_amounts(tx, payment, refund_id) if refund_lines else {}
     lines: list[dict[str, Any]] = []
     for refunded in refund_lines:
+        if int(refunded["amount"]) == 0:
+            continue  # a unit given back that was worth nothing (a refund of all that was left)
         line_id = str(refunded["line_id"])
         source = by_id[line_id]
         # The tax of the line's credits so far, and with this one, as contained in the line's
@@ -1784,9 +1820,17 @@ async def _issue_credit_note(
                 ),
             }
         )
-    if not lines:
-        lines = _by_rate(
-            "Refund", -amount, _invoice_lines(order), unit_before_tax=_prices_before_tax(order)
+    # What the refund holds beyond its lines (all of it, for a refund of an amount; shipping's
+    # share, for a refund of all that was left) names no order line.
+    beyond = amount - sum(int(r["amount"]) for r in refund_lines)
+    if beyond > 0 or not lines:
+        invoice_lines = _invoice_lines(order)
+        extras = [line for line in invoice_lines if line["sku"] is None and line["total"] > 0]
+        lines += _by_rate(
+            "Refund",
+            -beyond,
+            extras if refund_lines and extras else invoice_lines,
+            unit_before_tax=_prices_before_tax(order),
         )
     await _issue_document(
         ctx,
