@@ -3199,6 +3199,7 @@ async def record_payment_refunded(
         refund_id=payload.get("refund_id"),
         restock_lines=restock,
         fully_refunded=fully,
+        refunded_total=refunded_total,
         lines=[
             {"line_id": line_id, "sku": skus.get(line_id), "quantity": quantity}
             for line_id, quantity in gained.items()
