@@ -359,7 +359,11 @@ async def cancel_order(
     data: StatusChange | None = None,
 ) -> Order:
     """Cancel an unpaid order: its customer, staff, or the guest who placed it, with the token
-    of the cart it came from."""
+    of the cart it came from.
+
+    The reason is shown to the buyer word for word in the cancellation mail, whoever gives it;
+    staff keep an internal reason for a note (`POST /orders/{id}/notes`), which the buyer never
+    sees."""
     if data is None:
         await _refuse_json_null(request)
     return await service.cancel_order(
