@@ -376,3 +376,53 @@ async def test_a_broken_order_link_setting_holds_the_mail_back_instead_of_losing
         await send_due_emails(ctx)
         [message] = mails_to(settings, address)
         assert f"https://shop.example/o/{order['number']}" in text_of(message)
+
+
+async def test_a_refund_mail_says_what_was_true_when_the_refund_was_made(
+    shape: str, tmp_path: Path
+) -> None:
+    """Two refunds whose mails wait (here for a mail server that is down): each mail says the
+    total refunded once its own refund was made, not the order's when the mail goes, and the
+    refund of the rest lists the shipping it gave back, so its items add up."""
+    settings = shop_settings(shape, tmp_path, mailer_url="smtp://127.0.0.1:1?timeout=2")
+    async with started(settings) as app, client_of(app) as client:
+        admin = await staff_tokens(app, client)
+        await seed_shop(app, client, admin, {SKU: 10})
+        address = buyer()
+        order = await place_guest_order(client, {SKU: 3}, email=address)
+        payment = await pay(client, order)
+        await paid(client, admin, order["id"])
+        line_id = order["lines"][0]["line_id"]
+        for body in (
+            {"lines": [{"line_id": line_id, "quantity": 1}], "reason": "One damaged"},
+            {"reason": "Return all"},
+        ):
+            refunded = await client.post(
+                f"{API}/payments/{payment['id']}/refunds",
+                json=body,
+                headers={**bearer(admin), "Idempotency-Key": uuid.uuid4().hex},
+            )
+            assert refunded.status_code in (200, 201), refunded.text
+
+        async def refunds_queued() -> bool:
+            return [m["kind"] for m in await queued(app, order["id"])].count("refund") == 2
+
+        await eventually(refunds_queued, what="both refund mails queued")
+        ctx = orders_ctx(app)
+        ctx.extras["order_mailer"] = FileMailer(
+            settings.data_dir / "mail", sender=settings.mail_from
+        )
+
+        async def sent() -> bool:
+            await send_due_emails(ctx, now=utcnow() + timedelta(minutes=5))
+            return {m["status"] for m in await queued(app, order["id"])} == {"sent"}
+
+        await eventually(sent, what="the mails sent")
+        mails = [text_of(m) for m in mails_to(settings, address) if "Refund" in m["Subject"]]
+        first, rest = sorted(mails, key=lambda text: "€20.00 for your order" not in text)
+        assert "Refunded now     €20.00" in first
+        assert "Refunded in all  €20.00" in first, first
+        assert "Refunded now     €44.95" in rest
+        assert "Refunded in all  €64.95" in rest
+        assert f"2 x Product {SKU} — {SKU} ({SKU}) at €20.00  €40.00" in rest, rest
+        assert "Shipping and other charges  €4.95" in rest, rest

@@ -450,3 +450,51 @@ async def test_a_status_change_body_may_be_left_out_but_is_not_null(
     assert await _status(client, admin, order["id"]) == "pending_payment"
     cancelled = await client.post(f"{url}/cancel", headers=bearer(admin))
     assert cancelled.status_code == 200 and cancelled.json()["status"] == "cancelled"
+
+
+async def test_a_refused_fulfilment_step_says_what_the_goods_lack_whatever_the_status(
+    app: FastAPI, client: httpx.AsyncClient
+) -> None:
+    admin = await staff_tokens(app, client)
+    await seed_shop(app, client, admin, {"TEE-22": 5})
+    order = await place_guest_order(client, {"TEE-22": 2})
+    oid, url = order["id"], f"{API}/orders/{order['id']}"
+    tee = order["lines"][0]["line_id"]
+
+    async def refused(step: str) -> dict[str, Any]:
+        answer = await client.post(f"{url}/{step}", headers=bearer(admin))
+        assert answer.status_code == 409, answer.text
+        problem: dict[str, Any] = answer.json()
+        assert problem["type"].endswith("illegal-order-transition")
+        return problem
+
+    unpaid = await refused("ship")
+    assert unpaid["fulfillment_status"] == "unfulfilled"
+    assert unpaid["detail"] == "An order in status 'pending_payment' cannot ship."
+
+    await publish(
+        app,
+        "PaymentSucceeded",
+        {"payment_id": "p", "order_id": oid, "amount": order["total"], "currency": "EUR"},
+    )
+    await eventually(lambda: _is(client, admin, oid, "paid"), what="order paid")
+    nothing = await refused("ship")
+    assert (nothing["status_now"], nothing["fulfillment_status"]) == ("paid", "unfulfilled")
+    assert nothing["detail"] == (
+        "Every unit not refunded must be fulfilled before the order ships; 0 of 2 are."
+    )
+    assert (await refused("deliver"))["detail"] == (
+        "The order must be shipped before it is delivered; its fulfilment is 'unfulfilled'."
+    )
+    part = await client.post(
+        f"{url}/fulfillments",
+        json={"lines": [{"line_id": tee, "quantity": 1}], "tracking_number": "TRK1"},
+        headers=bearer(admin),
+    )
+    assert part.status_code == 201, part.text
+    half = await refused("ship")
+    assert (half["status_now"], half["fulfillment_status"]) == (
+        "partially_fulfilled",
+        "partially_fulfilled",
+    )
+    assert half["detail"].endswith("before the order ships; 1 of 2 is.")

@@ -222,3 +222,33 @@ async def test_a_bad_moment_sort_or_cursor_is_a_422_naming_it(
     # A cursor goes on the listing it came from, not on the other order.
     assert await refused({"sort": "updated_at", "cursor": newest.json()["next_cursor"]}) == "cursor"
     assert await refused({"cursor": by_change.json()["next_cursor"]}) == "cursor"
+
+
+async def test_updated_since_takes_the_same_rule_and_messages_as_products(
+    app: FastAPI, client: httpx.AsyncClient
+) -> None:
+    """One rule for every incremental sync: RFC 3339 with its offset, said precisely."""
+    admin = await staff_tokens(app, client)
+    await seed_shop(app, client, admin, {SKU: 20})
+    await place_guest_order(client, {SKU: 1})
+    for value, says in (
+        ("2026-11-29T10:00:00", "give a timezone offset"),
+        ("2026-11-29", "RFC 3339"),
+        ("2026-02-30T10:00:00Z", "not a real date"),
+    ):
+        answer = await client.get(
+            f"{API}/orders", params={"updated_since": value}, headers=bearer(admin)
+        )
+        assert answer.status_code == 422, (value, answer.text)
+        [error] = answer.json()["errors"]
+        assert error["field"] == "updated_since" and says in error["message"], (value, error)
+        products = await client.get(f"{API}/products", params={"updated_since": value})
+        assert products.json()["errors"][0]["message"] == error["message"], value
+    plus = await client.get(
+        f"{API}/orders?updated_since=2000-01-01T10:00:00+01:00", headers=bearer(admin)
+    )
+    assert plus.status_code == 422 and "%2B" in plus.json()["errors"][0]["message"]
+    escaped = await client.get(
+        f"{API}/orders?updated_since=2000-01-01T10:00:00%2B01:00", headers=bearer(admin)
+    )
+    assert escaped.status_code == 200 and escaped.json()["items"], escaped.text

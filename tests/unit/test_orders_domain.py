@@ -567,7 +567,7 @@ def test_after_a_partial_refund_fulfilment_goes_on_as_from_paid() -> None:
     state = domain.advance(state, OrderAction.FULFIL)
     with pytest.raises(IllegalTransition) as caught:
         domain.advance(state, OrderAction.DELIVER)
-    assert "shipped first" in caught.value.detail
+    assert "must be shipped before it is delivered" in caught.value.detail
     state = domain.advance(state, OrderAction.SHIP)
     state = domain.advance(state, OrderAction.DELIVER)
     # The status stays where the money put it; the goods show how far they went.
@@ -615,3 +615,38 @@ def test_buyers_are_offered_paying_and_cancelling_only_and_nobody_expiring() -> 
     for status in OrderStatus:
         for staff in (True, False):
             assert "expire" not in domain.allowed_actions(status, staff=staff)
+
+
+@pytest.mark.parametrize(
+    ("status", "fulfillment", "action", "says"),
+    [
+        ("paid", "unfulfilled", "ship", "before the order ships; 0 of 3 are."),
+        ("partially_fulfilled", "partially_fulfilled", "ship", "ships; 1 of 3 is."),
+        ("partially_refunded", "unfulfilled", "ship", "ships; 0 of 2 are."),
+        ("paid", "unfulfilled", "deliver", "must be shipped before it is delivered"),
+        ("fulfilled", "fulfilled", "deliver", "its fulfilment is 'fulfilled'."),
+        ("fulfilled", "fulfilled", "fulfil_partially", "nothing is left to fulfil"),
+        ("shipped", "shipped", "ship", "already shipped"),
+        ("delivered", "delivered", "deliver", "already been delivered"),
+        ("paid", "unfulfilled", "return_lines", "nothing can be returned"),
+        ("pending_payment", "unfulfilled", "ship", "in status 'pending_payment' cannot ship."),
+        ("refunded", "unfulfilled", "fulfil", "in status 'refunded' cannot fulfil."),
+        ("cancelled", "unfulfilled", "deliver", "in status 'cancelled' cannot deliver."),
+    ],
+)
+def test_a_refused_fulfilment_action_has_one_shape_whatever_the_status(
+    status: str, fulfillment: str, action: str, says: str
+) -> None:
+    lines = [
+        LineProgress("a", 2, fulfilled=1 if fulfillment != "unfulfilled" else 0),
+        LineProgress("b", 1, refunded=1 if status == "partially_refunded" else 0),
+    ]
+    state = OrderState(OrderStatus(status), FulfillmentStatus(fulfillment))
+    with pytest.raises(IllegalTransition) as caught:
+        domain.advance(state, action, lines=lines)
+    assert caught.value.extra == {
+        "status_now": status,
+        "fulfillment_status": fulfillment,
+        "action": action,
+    }
+    assert says in caught.value.detail

@@ -3,6 +3,7 @@ with tax included or added, the lines of a parcel or a refund, a cancellation re
 
 from __future__ import annotations
 
+import re
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -57,6 +58,9 @@ def order(**overrides: Any) -> schemas.Order:
         "customer_id": None,
         "email": "nora@example.com",
         "status": "paid",
+        "fulfillment_status": "unfulfilled",
+        "payment_status": "paid",
+        "amount_paid": 5220,
         "currency": "EUR",
         "subtotal": 5250,
         "discount_total": 525,
@@ -229,3 +233,50 @@ def test_a_link_template_with_other_placeholders_is_refused() -> None:
     for template in ("{public_url}/orders/{id}", "{public_url}/orders/{0}", "/orders/{"):
         with pytest.raises(ValueError, match="ORDERS_EMAIL_ORDER_URL"):
             check_order_url(template)
+
+
+def test_a_refund_says_the_refunded_total_its_event_left_not_the_orders_now() -> None:
+    later = order(refunded_total=5220, status="refunded")
+    details = {"amount": 2000, "lines": [{"line_id": "l1", "quantity": 1}], "refunded_total": 2000}
+    mail = render("refund", later, details, store="Shop", order_url=URL)
+    assert "Refunded in all  €20.00" in mail.text
+    # A mail queued before its event carried the total falls back on the order's.
+    older = render("refund", later, {"amount": 2000}, store="Shop", order_url=URL)
+    assert "Refunded in all  €52.20" in older.text
+
+
+def test_the_items_of_a_refund_add_up_to_the_amount_refunded() -> None:
+    rest = render_refund(
+        order(),
+        amount=5745,
+        lines=[{"line_id": "l1", "quantity": 2}, {"line_id": "l2", "quantity": 1}],
+        store="Shop",
+        order_url=URL,
+    )
+    assert "Shipping and other charges  €4.95" in rest.text
+    discounted = render_refund(
+        order(), amount=1800, lines=[{"line_id": "l1", "quantity": 1}], store="S", order_url=URL
+    )
+    assert "Less discounts and adjustments  -€2.00" in discounted.text
+    exact = render_refund(
+        order(), amount=2000, lines=[{"line_id": "l1", "quantity": 1}], store="S", order_url=URL
+    )
+    assert "charges" not in exact.text and "adjustments" not in exact.text
+
+
+def test_a_confirmation_says_what_was_received_when_less_than_the_total() -> None:
+    mail = render(
+        "confirmation", order(amount_paid=5220), {"amount_paid": 2610}, store="S", order_url=URL
+    )
+    assert "We have received €26.10 of its total of €52.20" in mail.text
+    assert "received your payment" not in mail.text
+    assert re.search(r"^Paid +€26\.10$", mail.text, re.MULTILINE), mail.text
+    whole = render_confirmation(order(amount_paid=5220), store="S", order_url=URL)
+    assert "We have received your payment" in whole.text and "Paid " not in whole.text
+
+
+def test_an_order_with_nothing_to_pay_is_confirmed_without_a_payment() -> None:
+    free = order(total=0, amount_paid=0, discount_total=5745, tax_total=0)
+    mail = render("confirmation", free, {"amount_paid": 0}, store="S", order_url=URL)
+    assert "There is nothing to pay for it" in mail.text
+    assert "payment" not in mail.text

@@ -3,6 +3,7 @@ values UTC cannot hold; the database column refuses them too, and the API answer
 
 from __future__ import annotations
 
+import re
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta, timezone
 
@@ -15,7 +16,12 @@ from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
 from ecosistema.platform.db import UTCDateTime
 from ecosistema.platform.errors import install_error_handlers
-from ecosistema.platform.timestamps import QueryTimestamp, Timestamp, TimestampOutOfRange
+from ecosistema.platform.timestamps import (
+    QueryTimestamp,
+    Timestamp,
+    TimestampOutOfRange,
+    parse_instant,
+)
 
 LATE = "9999-12-31T23:00:00-05:00"
 EARLY = "0001-01-01T00:00:00+05:00"
@@ -114,3 +120,51 @@ async def test_query_instant_is_read_as_utc_without_offset_and_named_when_out_of
     assert response.status_code == 422
     [error] = response.json()["errors"]
     assert error["field"] == "since" and error["in"] == "query"
+
+
+# --- updated_since: one rule for every service's incremental sync ---
+
+
+@pytest.mark.parametrize(
+    ("text", "instant"),
+    [
+        ("2026-11-29T10:00:00Z", datetime(2026, 11, 29, 10, tzinfo=UTC)),
+        ("2026-11-29t10:00:00z", datetime(2026, 11, 29, 10, tzinfo=UTC)),
+        ("2026-11-29 11:30:00+01:30", datetime(2026, 11, 29, 10, tzinfo=UTC)),
+        ("2026-11-29T05:00:00-05:00", datetime(2026, 11, 29, 10, tzinfo=UTC)),
+        ("2026-11-29T10:00:00-00:00", datetime(2026, 11, 29, 10, tzinfo=UTC)),
+        # Past microseconds, digits are dropped: "at or after" then includes the instant.
+        ("2026-11-29T10:00:00.123456789Z", datetime(2026, 11, 29, 10, 0, 0, 123456, tzinfo=UTC)),
+        ("2026-11-29T10:00:00.5Z", datetime(2026, 11, 29, 10, 0, 0, 500000, tzinfo=UTC)),
+        ("2026-01-01T00:30:00+01:00", datetime(2025, 12, 31, 23, 30, tzinfo=UTC)),
+    ],
+)
+def test_an_rfc_3339_instant_with_an_offset_is_read_in_utc(text: str, instant: datetime) -> None:
+    parsed = parse_instant(text)
+    assert parsed == instant and parsed.utcoffset() == timedelta(0)
+
+
+@pytest.mark.parametrize(
+    ("text", "says"),
+    [
+        ("2026-11-29T10:00:00", "give a timezone offset"),
+        ("2026-11-29T10:00", "give a timezone offset"),
+        ("2026-11-29T10:00:00 01:00", "write it as %2B"),
+        ("2026-11-29", "RFC 3339"),
+        ("1764410400", "RFC 3339"),
+        ("yesterday", "RFC 3339"),
+        ("", "RFC 3339"),
+        ("\uff12\uff10\uff12\uff16-11-29T10:00:00Z", "RFC 3339"),  # full-width digits
+        ("2026-11-29T10:00:00+0100", "RFC 3339"),
+        ("2026-11-29T10:00:00Z ", "RFC 3339"),
+        ("2026-02-30T10:00:00Z", "not a real date"),
+        ("2026-11-29T24:00:00Z", "not a real date"),
+        ("2026-11-29T10:00:60Z", "leap seconds"),
+        ("2026-11-29T10:00:00+24:00", "offset must be"),
+        ("0001-01-01T00:00:00+01:00", "outside the supported range"),
+        ("9999-12-31T23:00:00-05:00", "outside the supported range"),
+    ],
+)
+def test_anything_else_is_refused_saying_why(text: str, says: str) -> None:
+    with pytest.raises(ValueError, match=re.escape(says)):
+        parse_instant(text)

@@ -15,7 +15,6 @@ from pydantic import BaseModel
 from pydantic_core import to_json
 
 from ecosistema.catalog import inventory, service, transfer
-from ecosistema.catalog.domain import parse_instant
 from ecosistema.catalog.models import idempotency_keys
 from ecosistema.catalog.reads import etag_of
 from ecosistema.catalog.schemas import (
@@ -71,6 +70,7 @@ from ecosistema.platform.idempotency import (
 from ecosistema.platform.money import UnknownCurrency, iso_currency
 from ecosistema.platform.policy import Role, ensure
 from ecosistema.platform.service import ServiceContext, context_of
+from ecosistema.platform.timestamps import parse_instant
 
 Context = Annotated[ServiceContext, Depends(context_of("catalog"))]
 # Lost-update protection for a product's writes: the ETag a GET of the product gave.

@@ -6,12 +6,11 @@ import re
 import unicodedata
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta, timezone
+from datetime import datetime
 from enum import StrEnum
 from typing import Any
 
 from ecosistema.platform.errors import ProblemError, pattern_rule
-from ecosistema.platform.timestamps import to_utc
 
 SLUG_MAX_LENGTH = 120
 # Codes (warehouses, price lists) are ASCII; slugs (products, categories) may hold any letters.
@@ -189,57 +188,6 @@ def next_price_change(sales: Iterable[SalePrice], after: datetime) -> datetime |
         if moment is not None and moment > after
     ]
     return min(moments) if moments else None
-
-
-# RFC 3339's date-time (section 5.6): a full date, "T" (or a space, or "t"), a full time with
-# optional fractional seconds, and an offset that is required ("Z" or +/-hh:mm).
-_RFC3339 = re.compile(
-    r"(\d{4})-(\d{2})-(\d{2})[Tt ](\d{2}):(\d{2}):(\d{2})(?:\.(\d{1,9}))?"
-    r"(?:([Zz])|([+-])(\d{2}):(\d{2}))",
-    re.ASCII,
-)
-# The same, with the offset's "+" turned into a space, as a query string decodes an unescaped +.
-_PLUS_AS_SPACE = re.compile(
-    r"\d{4}-\d{2}-\d{2}[Tt ]\d{2}:\d{2}:\d{2}(?:\.\d+)? \d{2}:\d{2}", re.ASCII
-)
-_WITHOUT_OFFSET = re.compile(r"\d{4}-\d{2}-\d{2}[Tt ]\d{2}:\d{2}(?::\d{2}(?:\.\d+)?)?", re.ASCII)
-
-
-def parse_instant(text: str) -> datetime:
-    """An RFC 3339 date-time with its offset (``2026-11-29T10:00:00Z``,
-    ``2026-11-29T11:00:00.5+01:00``) as an aware UTC datetime; ``ValueError`` saying what is
-    wrong otherwise. Strict on purpose: a time without an offset would be read in a timezone
-    the caller did not state, so it is refused rather than guessed."""
-    found = _RFC3339.fullmatch(text)
-    if found is None:
-        if _PLUS_AS_SPACE.fullmatch(text):
-            raise ValueError(
-                "the offset's '+' arrived as a space: write it as %2B in a query string, "
-                "or give the time in UTC with Z"
-            )
-        if _WITHOUT_OFFSET.fullmatch(text):
-            raise ValueError("give a timezone offset (e.g. 2026-11-29T10:00:00Z)")
-        raise ValueError("must be an RFC 3339 date-time with an offset, e.g. 2026-11-29T10:00:00Z")
-    year, month, day, hour, minute, second, fraction, zulu, sign, off_h, off_m = found.groups()
-    if int(off_h or 0) > 23 or int(off_m or 0) > 59:
-        raise ValueError("the offset must be between -23:59 and +23:59")
-    if second == "60":
-        raise ValueError("leap seconds (:60) are not supported; use :59")
-    offset = timedelta(hours=int(off_h or 0), minutes=int(off_m or 0))
-    try:
-        moment = datetime(
-            int(year),
-            int(month),
-            int(day),
-            int(hour),
-            int(minute),
-            int(second),
-            int((fraction or "0")[:6].ljust(6, "0")),
-            tzinfo=UTC if zulu else timezone(-offset if sign == "-" else offset),
-        )
-    except ValueError as exc:
-        raise ValueError(f"is not a real date and time: {exc}") from None
-    return to_utc(moment)
 
 
 def available(on_hand: int, reserved: int) -> int:

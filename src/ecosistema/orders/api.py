@@ -44,13 +44,14 @@ from ecosistema.platform.auth import (
     require,
 )
 from ecosistema.platform.errors import error_responses as _errors
+from ecosistema.platform.errors import field_error
 from ecosistema.platform.idempotency import (
     IdempotencyKeyHeader,
     idempotent_response,
     run_idempotent,
 )
 from ecosistema.platform.service import ServiceContext, context_of
-from ecosistema.platform.timestamps import QueryTimestamp
+from ecosistema.platform.timestamps import QueryTimestamp, parse_instant
 
 CART_TOKEN_HEADER = "X-Cart-Token"
 
@@ -288,10 +289,13 @@ async def list_orders(
         Query(description="Before this instant (ISO 8601; without an offset, UTC)."),
     ] = None,
     updated_since: Annotated[
-        QueryTimestamp | None,
+        str | None,
         Query(
-            description="Orders changed at or after this instant (RFC 3339; without an offset, "
-            "UTC): with sort=updated_at, an incremental sync."
+            max_length=64,
+            description="Orders changed at or after this instant: an RFC 3339 date-time with "
+            "its offset (`2026-11-29T10:00:00Z`; send a `+` offset as `%2B`), as products take "
+            "it. With sort=updated_at, an incremental sync.",
+            examples=["2026-11-29T10:00:00Z"],
         ),
     ] = None,
     sort: Annotated[
@@ -304,6 +308,12 @@ async def list_orders(
     cursor: Annotated[str | None, Query(max_length=200)] = None,
     limit: Annotated[int, Query(ge=1, le=100)] = 50,
 ) -> OrderPage:
+    since = None
+    if updated_since is not None:
+        try:
+            since = parse_instant(updated_since)
+        except ValueError as exc:
+            raise field_error("updated_since", str(exc)) from None
     return await service.list_orders(
         ctx,
         principal=principal,
@@ -314,7 +324,7 @@ async def list_orders(
         email=email,
         created_from=created_from,
         created_to=created_to,
-        updated_since=updated_since,
+        updated_since=since,
         sort=sort,
         cursor=cursor,
         limit=limit,
@@ -349,7 +359,11 @@ async def cancel_order(
     data: StatusChange | None = None,
 ) -> Order:
     """Cancel an unpaid order: its customer, staff, or the guest who placed it, with the token
-    of the cart it came from."""
+    of the cart it came from.
+
+    The reason is shown to the buyer word for word in the cancellation mail, whoever gives it;
+    staff keep an internal reason for a note (`POST /orders/{id}/notes`), which the buyer never
+    sees."""
     if data is None:
         await _refuse_json_null(request)
     return await service.cancel_order(

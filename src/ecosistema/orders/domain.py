@@ -155,10 +155,55 @@ FULFILMENT_TRANSITIONS: Mapping[FulfillmentStatus, Mapping[OrderAction, Fulfillm
 FULFILMENT_ACTIONS: frozenset[OrderAction] = frozenset(
     {A.FULFIL_PARTIALLY, A.FULFIL, A.SHIP, A.DELIVER, A.RETURN_LINES}
 )
-_NOT_READY = {
-    A.SHIP: ": every unit not refunded must be fulfilled first.",
-    A.DELIVER: ": it must be shipped first.",
-}
+# Statuses in which the money, not the goods, stops fulfilment: nothing paid yet, cancelled,
+# refunded in full. An action refused there says so by the status; any other refusal of a
+# fulfilment action says what the goods still lack.
+_MONEY_STOPS_FULFILMENT: frozenset[OrderStatus] = frozenset(
+    {S.PENDING_PAYMENT, S.CANCELLED, S.REFUNDED}
+)
+
+
+def _units(lines: Sequence[LineProgress] | None) -> tuple[int, int] | None:
+    """(units fulfilled, units to fulfil): every unit not refunded must be fulfilled."""
+    if not lines:
+        return None
+    due = sum(max(line.quantity - line.refunded, 0) for line in lines)
+    done = sum(min(line.fulfilled, max(line.quantity - line.refunded, 0)) for line in lines)
+    return done, due
+
+
+def not_ready(
+    fulfillment: FulfillmentStatus, action: OrderAction, lines: Sequence[LineProgress] | None
+) -> str:
+    """Why the goods are not ready for ``action``, in words: what is missing, and with the
+    order's lines (``lines``), how many units are fulfilled of those that must be."""
+    if action is A.SHIP:
+        if fulfillment in (F.SHIPPED, F.DELIVERED):
+            return f"The order has already shipped (its fulfilment is {fulfillment.value!r})."
+        counted = _units(lines)
+        told = (
+            f"{counted[0]} of {counted[1]} {'is' if counted[0] == 1 else 'are'}"
+            if counted is not None
+            else f"its fulfilment is {fulfillment.value!r}"
+        )
+        return f"Every unit not refunded must be fulfilled before the order ships; {told}."
+    if action is A.DELIVER:
+        if fulfillment is F.DELIVERED:
+            return "The order has already been delivered."
+        return (
+            "The order must be shipped before it is delivered; its fulfilment is "
+            f"{fulfillment.value!r}."
+        )
+    if action in (A.FULFIL, A.FULFIL_PARTIALLY):
+        return (
+            "Every unit not refunded is fulfilled already: nothing is left to fulfil (its "
+            f"fulfilment is {fulfillment.value!r})."
+        )
+    return (
+        "Nothing has been fulfilled yet, so nothing can be returned (its fulfilment is "
+        f"{fulfillment.value!r})."
+    )
+
 
 _PAYMENT_AFTER: Mapping[OrderAction, PaymentStatus] = MappingProxyType(
     {
@@ -199,30 +244,48 @@ class OrderState:
 
 
 def advance(
-    state: OrderState, action: OrderAction | str, *, paid_short: bool = False
+    state: OrderState,
+    action: OrderAction | str,
+    *,
+    paid_short: bool = False,
+    lines: Sequence[LineProgress] | None = None,
 ) -> OrderState:
     """The state ``action`` leads to: the status by ``TRANSITIONS``, fulfilment by
-    ``FULFILMENT_TRANSITIONS`` (a fulfilment action the goods are not ready for is an
-    ``IllegalTransition`` whatever the status says), the payment status by the action (``pay``
-    with less than the total captured, ``paid_short``, is ``partially_paid``)."""
+    ``FULFILMENT_TRANSITIONS``, the payment status by the action (``pay`` with less than the
+    total captured, ``paid_short``, is ``partially_paid``).
+
+    A fulfilment action refused is one problem shape whatever the status: an
+    ``IllegalTransition`` carrying ``fulfillment_status``, saying what the goods lack (with
+    ``lines``, how many units are fulfilled), unless the money stops it (unpaid, cancelled,
+    refunded in full), which the message says instead."""
     act = OrderAction(action)
-    status = next_status(state.status, act)
     fulfillment = state.fulfillment
     if act in FULFILMENT_ACTIONS:
-        target = FULFILMENT_TRANSITIONS[state.fulfillment].get(act)
-        if target is None:
-            raise IllegalTransition(
-                f"An order whose fulfilment is {state.fulfillment.value!r} cannot "
-                f"{act.value.replace('_', ' ')}{_NOT_READY.get(act, '.')}",
-                status_now=state.status.value,
-                fulfillment_status=state.fulfillment.value,
-                action=act.value,
-            )
-        fulfillment = target
+        fulfillment = _fulfilment_after(state, act, lines)
+    status = next_status(state.status, act)
     payment = _PAYMENT_AFTER.get(act, state.payment)
     if act is A.PAY and paid_short:
         payment = PaymentStatus.PARTIALLY_PAID
     return OrderState(status, fulfillment, payment)
+
+
+def _fulfilment_after(
+    state: OrderState, act: OrderAction, lines: Sequence[LineProgress] | None
+) -> FulfillmentStatus:
+    target = FULFILMENT_TRANSITIONS[state.fulfillment].get(act)
+    moves = TRANSITIONS.get(state.status, {}).get(act) is not None
+    if target is not None and moves:
+        return target
+    if target is None and (moves or state.status not in _MONEY_STOPS_FULFILMENT):
+        detail = not_ready(state.fulfillment, act, lines)
+    else:
+        detail = f"An order in status {state.status.value!r} cannot {act.value.replace('_', ' ')}."
+    raise IllegalTransition(
+        detail,
+        status_now=state.status.value,
+        fulfillment_status=state.fulfillment.value,
+        action=act.value,
+    )
 
 
 def fulfillment_after_refund(

@@ -4,10 +4,13 @@ Four messages, as a shop sends them: the order confirmation when the order is pa
 (``OrderPaid``), a shipping confirmation for each parcel sent with a tracking number
 (``OrderFulfillmentCreated``), the cancellation notice (``OrderCancelled``) and the refund notice
 (``OrderRefunded``). The consumer of these events queues one row in ``order_emails`` per event,
-in the transaction that records the event as processed; the ``send-order-emails`` job renders
-each from the order as it is then and hands it to the mailer, retrying with backoff while the
-mail server fails. Delivery is at least once: a process that stops after the mailer took a
-message and before the row is marked sent sends it again once its claim lapses.
+in the transaction that records the event as processed, with what the event said that may
+change later (the refunded total a refund left, the parcel of a fulfilment, what a payment
+captured); the ``send-order-emails`` job renders each from that and the order as it is then
+(its lines, addresses and totals, which do not change once it is paid) and hands it to the
+mailer, retrying with backoff while the mail server fails. Delivery is at least once: a
+process that stops after the mailer took a message and before the row is marked sent sends it
+again once its claim lapses.
 
 The rendering functions are pure (no I/O). Messages carry no payment details (orders has none),
 and nothing here logs a recipient, a subject or a body.
@@ -171,14 +174,36 @@ def _greeting(order: schemas.Order) -> str:
     return f"Hello {address.name}," if address is not None else "Hello,"
 
 
-def render_confirmation(order: schemas.Order, *, store: str, order_url: str) -> OrderMail:
-    """The order confirmation, sent once the order is paid."""
+def render_confirmation(
+    order: schemas.Order, *, store: str, order_url: str, amount_paid: int | None = None
+) -> OrderMail:
+    """The order confirmation, sent once the order is paid: what was received (``amount_paid``,
+    as the payment left it) when it is less than the total, and no word of a payment when
+    there was nothing to pay."""
+    paid = order.amount_paid if amount_paid is None else amount_paid
+    totals = _totals(order)
+    if order.total <= 0:
+        opening = (
+            f"Thank you for your order {order.number}. There is nothing to pay for it, and we "
+            "are getting it ready."
+        )
+    elif paid < order.total:
+        received = format_amount(paid, order.currency)
+        opening = (
+            f"Thank you for your order {order.number}. We have received {received} of its "
+            f"total of {format_amount(order.total, order.currency)} and are getting it ready."
+        )
+        totals.append(("Paid", received))
+    else:
+        opening = (
+            f"Thank you for your order {order.number}. We have received your payment and are "
+            "getting it ready."
+        )
     paragraphs: list[str | Sequence[str]] = [
         _greeting(order),
-        f"Thank you for your order {order.number}. We have received your payment and are "
-        "getting it ready.",
+        opening,
         ["Order summary:", *_line_rows(order)],
-        _table(_totals(order)),
+        _table(totals),
     ]
     if order.shipping_address is not None:
         paragraphs.append(["Shipping to:", *_address_lines(order.shipping_address)])
@@ -244,13 +269,20 @@ def render_refund(
     lines: Sequence[Mapping[str, Any]],
     store: str,
     order_url: str,
+    refunded_total: int | None = None,
 ) -> OrderMail:
-    """The refund notice: how much comes back and for which items."""
+    """The refund notice: how much comes back and for which items, and how much of the order
+    was refunded once this refund was made (``refunded_total``; the order's own as a last
+    resort, for a mail queued before its event carried it). The items listed add up to the
+    amount: what the units do not account for (shipping, when the rest of an order is
+    refunded) is a line of its own, and so is what they overstate (a discount, a partial
+    capture)."""
     quantities: dict[str, int] = {}
     for item in lines:
         key = str(item.get("line_id"))
         quantities[key] = quantities.get(key, 0) + int(item.get("quantity") or 0)
-    refunded = format_amount(amount, order.currency)
+    money = order.currency
+    refunded = format_amount(amount, money)
     paragraphs: list[str | Sequence[str]] = [
         _greeting(order),
         f"We have refunded {refunded} for your order {order.number}. It goes back to the way "
@@ -258,13 +290,21 @@ def render_refund(
     ]
     items = _line_rows(order, quantities) if quantities else []
     if items:
+        prices = {line.line_id: line.unit_price for line in order.lines}
+        listed = sum(prices.get(key, 0) * units for key, units in quantities.items() if units > 0)
+        rest = amount - listed
+        if rest > 0:
+            items.append(f"Shipping and other charges  {format_amount(rest, money)}")
+        elif rest < 0:
+            items.append(f"Less discounts and adjustments  {format_amount(rest, money)}")
         paragraphs.append(["Refunded items:", *items])
+    in_all = order.refunded_total if refunded_total is None else refunded_total
     paragraphs.append(
         _table(
             [
                 ("Refunded now", refunded),
-                ("Refunded in all", format_amount(order.refunded_total, order.currency)),
-                ("Order total", format_amount(order.total, order.currency)),
+                ("Refunded in all", format_amount(in_all, money)),
+                ("Order total", format_amount(order.total, money)),
             ]
         )
     )
@@ -277,7 +317,13 @@ def render(
 ) -> OrderMail:
     """The message of ``kind`` for ``order``, with what its event said (``details``)."""
     if kind == "confirmation":
-        return render_confirmation(order, store=store, order_url=order_url)
+        paid = details.get("amount_paid")
+        return render_confirmation(
+            order,
+            store=store,
+            order_url=order_url,
+            amount_paid=None if paid is None else int(paid),
+        )
     if kind == "shipping":
         return render_shipping(
             order,
@@ -298,21 +344,28 @@ def render(
             lines=details.get("lines") or [],
             store=store,
             order_url=order_url,
+            refunded_total=(
+                None if details.get("refunded_total") is None else int(details["refunded_total"])
+            ),
         )
     raise ValueError(f"no order mail of kind {kind!r}")
 
 
 # --- the queue ----------------------------------------------------------------------------------
 
-# What each event's mail needs besides the order (no personal data: payloads carry none).
+# What each event's mail says that may change after the event (no personal data: payloads
+# carry none), kept with the queued mail so that it says what was true when the event happened:
+# the parcel of this fulfilment, this refund and the refunded total it left.
 _DETAILS: Final = {
     ORDER_PAID: (),
     ORDER_FULFILLMENT_CREATED: ("fulfillment_id", "tracking_number", "carrier", "lines"),
     ORDER_CANCELLED: ("reason",),
-    ORDER_REFUNDED: ("refund_id", "amount", "lines", "fully_refunded"),
+    ORDER_REFUNDED: ("refund_id", "amount", "lines", "fully_refunded", "refunded_total"),
 }
 
-_NOTIFY_BUYER = select(orders.c.notify_buyer).where(orders.c.id == bindparam("order_id"))
+_NOTIFY_BUYER = select(orders.c.notify_buyer, orders.c.amount_paid).where(
+    orders.c.id == bindparam("order_id")
+)
 
 
 _QUEUE = {
@@ -335,10 +388,15 @@ async def queue_order_email(ctx: ServiceContext, tx: Any, envelope: EventEnvelop
         return
     writing = statements(tx)
     order_id = str(envelope.payload.get("order_id") or "")
-    notify = await writing.scalar(_NOTIFY_BUYER, order_id=order_id)
-    if not notify:
+    found = await writing.row(_NOTIFY_BUYER, order_id=order_id)
+    if found is None or not found["notify_buyer"]:
         return
     payload = envelope.payload
+    details = {k: payload[k] for k in _DETAILS[envelope.type] if k in payload}
+    if kind == "confirmation":
+        # What was captured is set when the order is paid, in OrderPaid's transaction, and
+        # never changes after: the order's as it is now is the payment's.
+        details["amount_paid"] = int(found["amount_paid"])
     now = utcnow()
     await writing.execute(
         _queue_statement(writing),
@@ -346,7 +404,7 @@ async def queue_order_email(ctx: ServiceContext, tx: Any, envelope: EventEnvelop
         event_id=envelope.id,
         order_id=order_id,
         kind=kind,
-        details={k: payload[k] for k in _DETAILS[envelope.type] if k in payload},
+        details=details,
         status="pending",
         attempts=0,
         next_attempt_at=now,

@@ -3,7 +3,8 @@
 Payloads always carry ``order_id, number, customer_id, currency, total``, never the buyer's email
 (a consumer that must reach the buyer asks orders for the order). OrderPlaced and OrderPaid add
 ``lines`` [{sku, quantity, unit_price, total}]; OrderRefunded adds ``amount, refund_id,
-restock_lines`` [{sku, quantity}] and ``fully_refunded``.
+restock_lines`` [{sku, quantity}], ``fully_refunded`` and ``refunded_total`` (what the order
+had refunded in all once this refund was applied, this one included).
 
 ``OrderFulfillmentCreated`` adds ``fulfillment_id, tracking_number, carrier, lines``
 [{line_id, sku, quantity}]: a parcel was sent (every fulfilment, not only the last). Internal:

@@ -2691,11 +2691,13 @@ async def _transition(
     details: Mapping[str, Any] | None = None,
     extra_values: Mapping[str, Any] | None = None,
     paid_short: bool = False,
+    lines: Sequence[domain.LineProgress] | None = None,
 ) -> OrderStatus:
     """Move an order along the transitions table, guarded against a concurrent change; its
-    fulfilment and payment statuses follow (``extra_values`` may set them otherwise)."""
+    fulfilment and payment statuses follow (``extra_values`` may set them otherwise). With
+    the order's ``lines``, a refused fulfilment action says how many units are fulfilled."""
     current = OrderStatus(order["status"])
-    state = domain.advance(_state_of(order), action, paid_short=paid_short)
+    state = domain.advance(_state_of(order), action, paid_short=paid_short, lines=lines)
     target = state.status
     now = _now()
     extra = {
@@ -2914,7 +2916,7 @@ async def fulfil_lines(
         async with ctx.db.transaction() as session:
             order = await _locked_order(session, order_id)
             lines = await _line_rows(statements(session), order_id)
-            domain.advance(_state_of(order), OrderAction.FULFIL_PARTIALLY)
+            domain.advance(_state_of(order), OrderAction.FULFIL_PARTIALLY, lines=_progress(lines))
             action = domain.fulfilment_action(_progress(lines), shipping)
             fulfillment_id = new_id()
             by_id = {line["id"]: line for line in lines}
@@ -2978,8 +2980,14 @@ async def change_status(
     with _recorded_at(at):
         async with ctx.db.transaction() as session:
             order = await _locked_order(session, order_id)
+            progress = _progress(await _line_rows(statements(session), order_id))
             await _transition(
-                statements(session), order, action, actor=Actor.of(principal), reason=reason
+                statements(session),
+                order,
+                action,
+                actor=Actor.of(principal),
+                reason=reason,
+                lines=progress,
             )
             return await _final_view(ctx, session, order_id)
 
@@ -3191,6 +3199,7 @@ async def record_payment_refunded(
         refund_id=payload.get("refund_id"),
         restock_lines=restock,
         fully_refunded=fully,
+        refunded_total=refunded_total,
         lines=[
             {"line_id": line_id, "sku": skus.get(line_id), "quantity": quantity}
             for line_id, quantity in gained.items()
