@@ -303,7 +303,7 @@ async def list_refunds(
     "/invoices",
     response_model=InvoicePage,
     summary="Invoices and credit notes, newest first (customers their own, a guest their order's)",
-    responses=_errors(401, 403, 422),
+    responses=_errors(401, 403, 404, 422),
 )
 async def list_invoices(
     ctx: Context,
