@@ -257,6 +257,66 @@ class Settings(BaseSettings):
             )
         return self
 
+    @field_validator("master_key", "blind_index_key")
+    @classmethod
+    def _key_material(cls, value: SecretStr | None, info: ValidationInfo) -> SecretStr | None:
+        # The same parser the keyring uses, so a key that passes here is one it accepts.
+        from ecosistema.platform.crypto import KEY_FORMAT_RULE, KeyConfigurationError, parse_key
+
+        if value is None or not value.get_secret_value().strip():
+            return value
+        try:
+            parse_key(value.get_secret_value(), name=str(info.field_name))
+        except KeyConfigurationError:
+            raise ValueError(KEY_FORMAT_RULE) from None
+        return value
+
+    @field_validator("master_key_id")
+    @classmethod
+    def _master_key_id(cls, value: str) -> str:
+        from ecosistema.platform.crypto import is_key_id
+
+        if not is_key_id(value):
+            raise ValueError("must be 1-64 letters, digits, '-' or '_'")
+        return value
+
+    @field_validator("old_master_keys")
+    @classmethod
+    def _old_master_keys(cls, value: dict[str, SecretStr]) -> dict[str, SecretStr]:
+        from ecosistema.platform.crypto import (
+            KEY_FORMAT_RULE,
+            KEY_ID_RULE,
+            KeyConfigurationError,
+            is_key_id,
+            parse_key,
+        )
+
+        for kid, secret in value.items():
+            if not is_key_id(kid):
+                raise ValueError(f"key id {kid!r} {KEY_ID_RULE}")
+            try:
+                parse_key(secret.get_secret_value(), name=kid)
+            except KeyConfigurationError:
+                raise ValueError(f"the key {kid!r} {KEY_FORMAT_RULE}") from None
+        return value
+
+    @model_validator(mode="after")
+    def _master_key_setup(self) -> Settings:
+        if self.master_key is None or not self.master_key.get_secret_value().strip():
+            return self
+        if self.blind_index_key is None or not self.blind_index_key.get_secret_value().strip():
+            raise ValueError(
+                "ECOSISTEMA_BLIND_INDEX_KEY is required when ECOSISTEMA_MASTER_KEY is set: it keys "
+                "the lookups on encrypted fields and must never change (32 random bytes, as 64 "
+                "hex digits or base64)"
+            )
+        if self.master_key_id in self.old_master_keys:
+            raise ValueError(
+                f"ECOSISTEMA_OLD_MASTER_KEYS has a key under {self.master_key_id!r}, the id of "
+                "ECOSISTEMA_MASTER_KEY (ECOSISTEMA_MASTER_KEY_ID): give the new master key a new id"
+            )
+        return self
+
     @field_validator("trusted_proxies")
     @classmethod
     def _proxy_networks(cls, value: list[str]) -> list[str]:
