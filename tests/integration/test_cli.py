@@ -341,6 +341,22 @@ def test_a_malformed_master_key_ends_any_command_in_one_line_without_showing_it(
     assert not (workdir / "data").exists()  # nothing migrated, no key file generated
 
 
+def test_a_mailer_url_no_mailer_takes_ends_up_in_one_line_without_its_password(
+    workdir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("ECOSISTEMA_MAILER_URL", "smpt://shop:hunter2@mail.example.com:587")
+    get_settings.cache_clear()
+
+    result = runner.invoke(app, ["up", "--port", "0"])
+
+    assert result.exit_code == 2, result.output
+    assert result.output.splitlines() == [
+        "error: ECOSISTEMA_MAILER_URL='smpt://shop:****@mail.example.com:587': must start with "
+        "file://, smtp:// or smtps://"
+    ]
+    assert not (workdir / "data").exists()
+
+
 def test_the_gateway_module_refuses_a_malformed_blind_index_key_in_one_line(
     monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:

@@ -284,3 +284,67 @@ def test_a_blank_master_key_means_the_key_file(
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("ECOSISTEMA_MASTER_KEY", "  ")
     assert load_settings().master_key is not None
+
+
+@pytest.mark.parametrize(
+    ("variable", "value", "line"),
+    [
+        (
+            "ECOSISTEMA_MAILER_URL",
+            "smpt://shop:hunter2@mail.example.com:587",
+            "ECOSISTEMA_MAILER_URL='smpt://shop:****@mail.example.com:587': must start with "
+            "file://, smtp:// or smtps://",
+        ),
+        (
+            "ECOSISTEMA_MAILER_URL",
+            "smtp://shop:hunter2@mail.example.com:587?starttls=maybe",
+            "ECOSISTEMA_MAILER_URL='smtp://shop:****@mail.example.com:587?starttls=maybe': is "
+            "not usable: starttls must be true or false, not 'maybe'",
+        ),
+        (
+            "ECOSISTEMA_MAILER_URL",
+            "smtp://shop:hunter2@",
+            "ECOSISTEMA_MAILER_URL='smtp://shop:****@': is not usable: the SMTP URL names no host",
+        ),
+        (
+            "ECOSISTEMA_BUS_URL",
+            "nast://bus:hunter2@nats:4222",
+            "ECOSISTEMA_BUS_URL='nast://bus:****@nats:4222': must start with memory://, nats://, "
+            "tls://, redis://, rediss:// or kafka://",
+        ),
+        (
+            "ECOSISTEMA_CACHE_URL",
+            "redis2://cache:hunter2@redis:6379/0",
+            "ECOSISTEMA_CACHE_URL='redis2://cache:****@redis:6379/0': must start with memory://, "
+            "redis://, rediss:// or unix://",
+        ),
+    ],
+)
+def test_a_mailer_bus_or_cache_url_no_backend_takes_is_refused_at_load_password_hidden(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, variable: str, value: str, line: str
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv(variable, value)
+    with pytest.raises(InvalidSettingsError) as refused:
+        load_settings()
+    [problem] = refused.value.problems
+    assert problem.startswith(line)
+    assert "hunter2" not in problem
+
+
+@pytest.mark.parametrize(
+    ("variable", "value"),
+    [
+        ("ECOSISTEMA_MAILER_URL", "smtps://shop:pw@mail.example.com?timeout=10"),
+        ("ECOSISTEMA_MAILER_URL", "file:///var/spool/shop-mail"),
+        ("ECOSISTEMA_BUS_URL", "kafka://broker:9092"),
+        ("ECOSISTEMA_BUS_URL", "tls://nats:4222"),
+        ("ECOSISTEMA_CACHE_URL", "unix:///run/redis.sock"),
+    ],
+)
+def test_urls_the_backends_take_load(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, variable: str, value: str
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv(variable, value)
+    assert getattr(load_settings(), variable.removeprefix("ECOSISTEMA_").lower()) == value

@@ -317,6 +317,40 @@ class Settings(BaseSettings):
             )
         return self
 
+    @field_validator("bus_url")
+    @classmethod
+    def _bus_url(cls, value: str) -> str:
+        from ecosistema.platform.events.bus import BUS_URL_PREFIXES, BUS_URL_RULE
+
+        if not value.startswith(BUS_URL_PREFIXES):
+            raise ValueError(BUS_URL_RULE)
+        return value
+
+    @field_validator("cache_url")
+    @classmethod
+    def _cache_url(cls, value: str) -> str:
+        from ecosistema.platform.cache import CACHE_URL_PREFIXES, CACHE_URL_RULE
+
+        if not value.startswith(CACHE_URL_PREFIXES):
+            raise ValueError(CACHE_URL_RULE)
+        return value
+
+    @field_validator("mailer_url")
+    @classmethod
+    def _mailer_url(cls, value: str) -> str:
+        # The mailer's own parser, on a copy of the defaults: the mail jobs would otherwise fail
+        # on every round long after start.
+        from ecosistema.platform.mail import create_mailer
+
+        try:
+            create_mailer(cls.model_construct(mailer_url=value))
+        except ValueError as exc:
+            rule = str(exc).removeprefix("ECOSISTEMA_MAILER_URL ")
+            raise ValueError(
+                rule if rule.startswith("must") else f"is not usable: {rule}"
+            ) from None
+        return value
+
     @field_validator("trusted_proxies")
     @classmethod
     def _proxy_networks(cls, value: list[str]) -> list[str]:
