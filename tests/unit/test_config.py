@@ -318,9 +318,30 @@ def test_a_blank_master_key_means_the_key_file(
             "ECOSISTEMA_CACHE_URL='redis2://cache:****@redis:6379/0': must start with memory://, "
             "redis://, rediss:// or unix://",
         ),
+        (
+            "ECOSISTEMA_DATABASE_URL",
+            "mysql://shop:hunter2@db/shop",
+            "ECOSISTEMA_DATABASE_URL='mysql://shop:****@db/shop': must be a "
+            "sqlite+aiosqlite:///path or postgresql+asyncpg://user@host/database URL",
+        ),
+        (
+            "ECOSISTEMA_DATABASE_URL",
+            "postgresql://shop:hunter2@db/shop",
+            "ECOSISTEMA_DATABASE_URL='postgresql://shop:****@db/shop': must be a",
+        ),
+        (
+            "ECOSISTEMA_DATABASE_URL",
+            "not a url",
+            "ECOSISTEMA_DATABASE_URL=",
+        ),
+        (
+            "ECOSISTEMA_DATABASE_URLS",
+            '{"orders": "sqlite:///orders.db"}',
+            "ECOSISTEMA_DATABASE_URLS=",
+        ),
     ],
 )
-def test_a_mailer_bus_or_cache_url_no_backend_takes_is_refused_at_load_password_hidden(
+def test_a_url_no_backend_takes_is_refused_at_load_password_hidden(
     monkeypatch: pytest.MonkeyPatch, tmp_path: Path, variable: str, value: str, line: str
 ) -> None:
     monkeypatch.chdir(tmp_path)

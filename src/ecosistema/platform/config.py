@@ -317,6 +317,22 @@ class Settings(BaseSettings):
             )
         return self
 
+    @field_validator("database_url")
+    @classmethod
+    def _database_url(cls, value: str) -> str:
+        _check_database_url(value)
+        return value
+
+    @field_validator("database_urls")
+    @classmethod
+    def _database_urls(cls, value: dict[str, str]) -> dict[str, str]:
+        for service, url in value.items():
+            try:
+                _check_database_url(url)
+            except ValueError as exc:
+                raise ValueError(f"{service!r} {exc}") from None
+        return value
+
     @field_validator("bus_url")
     @classmethod
     def _bus_url(cls, value: str) -> str:
@@ -408,6 +424,28 @@ class Settings(BaseSettings):
             else:
                 out[name] = value
         return out
+
+
+# The database drivers the platform runs on (async: aiosqlite and asyncpg).
+DATABASE_DRIVERS = ("sqlite+aiosqlite", "postgresql+asyncpg")
+
+
+def _check_database_url(template: str) -> None:
+    """``ValueError`` (the rule, not the URL: it may hold a password) unless ``template``, with
+    ``{data_dir}`` and ``{service}`` filled in, is a URL of a driver the platform runs on."""
+    from sqlalchemy.engine import make_url
+    from sqlalchemy.exc import ArgumentError
+
+    rule = (
+        "must be a sqlite+aiosqlite:///path or postgresql+asyncpg://user@host/database URL "
+        "({data_dir} and {service} are filled in)"
+    )
+    try:
+        url = make_url(template.format(data_dir="data", service="service"))
+    except (ArgumentError, ValueError, KeyError, IndexError):
+        raise ValueError(rule) from None
+    if url.drivername not in DATABASE_DRIVERS:
+        raise ValueError(rule)
 
 
 def _mask_url(url: str) -> str:
