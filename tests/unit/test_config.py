@@ -369,3 +369,18 @@ def test_urls_the_backends_take_load(
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv(variable, value)
     assert getattr(load_settings(), variable.removeprefix("ECOSISTEMA_").lower()) == value
+
+
+def test_a_model_registry_url_fsspec_cannot_open_is_refused_at_load(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("ECOSISTEMA_ML_REGISTRY_URL", "s4://models:hunter2@bucket/models")
+    with pytest.raises(InvalidSettingsError) as refused:
+        load_settings()
+    assert refused.value.problems == [
+        "ECOSISTEMA_ML_REGISTRY_URL='s4://models:****@bucket/models': s4:// is not a storage "
+        "protocol: give a path or a URL such as s3://bucket/models"
+    ]
+    monkeypatch.setenv("ECOSISTEMA_ML_REGISTRY_URL", "memory://models")
+    assert load_settings().ml_registry_url == "memory://models"

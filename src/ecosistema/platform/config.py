@@ -351,6 +351,29 @@ class Settings(BaseSettings):
             raise ValueError(CACHE_URL_RULE)
         return value
 
+    @field_validator("ml_registry_url")
+    @classmethod
+    def _ml_registry_url(cls, value: str) -> str:
+        # The model registry opens its location with fsspec; an unknown protocol, or one whose
+        # package is not installed, would fail in the sales service's start instead.
+        if "://" not in value:
+            return value
+        import fsspec
+
+        protocol = value.split("://", 1)[0]
+        try:
+            fsspec.get_filesystem_class(protocol)
+        except ValueError:
+            raise ValueError(
+                f"{protocol}:// is not a storage protocol: give a path or a URL such as "
+                "s3://bucket/models"
+            ) from None
+        except ImportError as exc:
+            raise ValueError(
+                f"{protocol}:// needs a package that is not installed: {exc}"
+            ) from None
+        return value
+
     @field_validator("mailer_url")
     @classmethod
     def _mailer_url(cls, value: str) -> str:
