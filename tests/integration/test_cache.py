@@ -54,5 +54,5 @@ async def test_concurrent_increments_are_all_counted(cache: Cache) -> None:
 
 
 def test_unknown_cache_url_is_a_clear_error() -> None:
-    with pytest.raises(ValueError, match="memory:// or redis://"):
+    with pytest.raises(ValueError, match="memory://, redis://, rediss:// or unix://"):
         create_cache("memcached://x")

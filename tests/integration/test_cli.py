@@ -60,7 +60,8 @@ def test_version_prints_the_package_version() -> None:
 
 
 def test_config_masks_secrets(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("ECOSISTEMA_MASTER_KEY", "A" * 44)
+    monkeypatch.setenv("ECOSISTEMA_MASTER_KEY", "A" * 43 + "=")
+    monkeypatch.setenv("ECOSISTEMA_BLIND_INDEX_KEY", "B" * 43 + "=")
     monkeypatch.setenv("ECOSISTEMA_CACHE_URL", "redis://:topsecret@cache:6379/0")
     get_settings.cache_clear()
     values = json.loads(invoke("config", "--json"))
@@ -155,7 +156,8 @@ def test_config_shows_the_master_key_the_key_ring_has_active(workdir: Path) -> N
 def test_config_shows_the_configured_master_key_id_when_the_key_comes_from_settings(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    monkeypatch.setenv("ECOSISTEMA_MASTER_KEY", "A" * 44)
+    monkeypatch.setenv("ECOSISTEMA_MASTER_KEY", "A" * 43 + "=")
+    monkeypatch.setenv("ECOSISTEMA_BLIND_INDEX_KEY", "B" * 43 + "=")
     monkeypatch.setenv("ECOSISTEMA_MASTER_KEY_ID", "prod2")
     get_settings.cache_clear()
     assert json.loads(invoke("config", "--json"))["master_key_id"] == "prod2"
@@ -319,6 +321,58 @@ def test_a_bad_setting_ends_any_command_with_one_line_per_setting_and_exit_2(
     ]
 
 
+@pytest.mark.parametrize(
+    "command", [["config"], ["up"], ["serve", "catalog"], ["migrate"], ["keys", "rotate"]]
+)
+def test_a_malformed_master_key_ends_any_command_in_one_line_without_showing_it(
+    workdir: Path, monkeypatch: pytest.MonkeyPatch, command: list[str]
+) -> None:
+    monkeypatch.setenv("ECOSISTEMA_MASTER_KEY", "hunter2-not-a-key")
+    monkeypatch.setenv("ECOSISTEMA_BLIND_INDEX_KEY", "00" * 32)
+    get_settings.cache_clear()
+
+    result = runner.invoke(app, command)
+
+    assert result.exit_code == 2, result.output
+    assert result.output.splitlines() == [
+        "error: ECOSISTEMA_MASTER_KEY='**********': must be 32 random bytes, as 64 hex digits "
+        'or base64; generate one with: python -c "import secrets; print(secrets.token_hex(32))"'
+    ]
+    assert not (workdir / "data").exists()  # nothing migrated, no key file generated
+
+
+def test_a_mailer_url_no_mailer_takes_ends_up_in_one_line_without_its_password(
+    workdir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("ECOSISTEMA_MAILER_URL", "smpt://shop:hunter2@mail.example.com:587")
+    get_settings.cache_clear()
+
+    result = runner.invoke(app, ["up", "--port", "0"])
+
+    assert result.exit_code == 2, result.output
+    assert result.output.splitlines() == [
+        "error: ECOSISTEMA_MAILER_URL='smpt://shop:****@mail.example.com:587': must start with "
+        "file://, smtp:// or smtps://"
+    ]
+    assert not (workdir / "data").exists()
+
+
+def test_the_gateway_module_refuses_a_malformed_blind_index_key_in_one_line(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from ecosistema.gateway.__main__ import main as gateway_main
+
+    monkeypatch.setenv("ECOSISTEMA_MASTER_KEY", "00" * 32)
+    monkeypatch.setenv("ECOSISTEMA_BLIND_INDEX_KEY", "hunter2")
+    with pytest.raises(SystemExit) as stopped:
+        gateway_main(["--routes", "routes.yaml"])
+    assert stopped.value.code == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ECOSISTEMA_BLIND_INDEX_KEY='**********': must be 32 random")
+    assert len(err.splitlines()) == 1
+    assert "hunter2" not in err
+
+
 def test_the_gateway_module_refuses_bad_settings_in_one_line(
     monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -342,7 +396,8 @@ def test_config_says_where_the_master_key_comes_from(
     invoke("keys", "rotate", "--no-signing")  # creates data/master.key
     assert json.loads(invoke("config", "--json"))["master_key"] == "(file data/master.key)"
 
-    monkeypatch.setenv("ECOSISTEMA_MASTER_KEY", "A" * 44)
+    monkeypatch.setenv("ECOSISTEMA_MASTER_KEY", "A" * 43 + "=")
+    monkeypatch.setenv("ECOSISTEMA_BLIND_INDEX_KEY", "B" * 43 + "=")
     get_settings.cache_clear()
     assert json.loads(invoke("config", "--json"))["master_key"] == "**********"
 

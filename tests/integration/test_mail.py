@@ -105,7 +105,9 @@ def test_create_mailer_follows_the_mailer_url(tmp_path: Path) -> None:
     smtps = create_mailer(make_settings("embedded", tmp_path, mailer_url="smtps://mail.example"))
     assert isinstance(smtps, SmtpMailer) and smtps.implicit_tls and smtps.port == 465
     with pytest.raises(ValueError, match="ECOSISTEMA_MAILER_URL"):
-        create_mailer(make_settings("embedded", tmp_path, mailer_url="ftp://x"))
+        # Settings refuse this URL at load; the mailer refuses it again when given one unchecked.
+        unchecked = make_settings("embedded", tmp_path).model_copy(update={"mailer_url": "ftp://x"})
+        create_mailer(unchecked)
 
 
 # A minimal SMTP receiver (RFC 5321 subset: EHLO, STARTTLS, AUTH PLAIN, MAIL, RCPT, DATA, QUIT).

@@ -31,7 +31,8 @@ def test_settings_come_from_prefixed_environment_variables(monkeypatch) -> None:
 
 def test_masked_settings_hide_secrets_and_url_passwords() -> None:
     settings = Settings(
-        master_key=SecretStr("c2VjcmV0"),
+        master_key=SecretStr("c2VjcmV0c2VjcmV0c2VjcmV0c2VjcmV0c2VjcmV0c2U="),
+        blind_index_key=SecretStr("00" * 32),
         database_url="postgresql+asyncpg://app:hunter2@db:5432/eco",
         cache_url="redis://:redispass@cache:6379/0",
     )
@@ -40,6 +41,7 @@ def test_masked_settings_hide_secrets_and_url_passwords() -> None:
     assert "hunter2" not in text
     assert "redispass" not in text
     assert "c2VjcmV0" not in text
+    assert "00" * 32 not in text
     assert masked["master_key"] == "**********"
     assert masked["database_url"] == "postgresql+asyncpg://app:****@db:5432/eco"
 
@@ -181,3 +183,204 @@ def test_the_small_values_tests_and_benchmarks_use_are_allowed() -> None:
         orders_reservation_ttl_seconds=60,
         catalog_default_currency="usd",
     )
+
+
+KEY = "0123456789abcdef" * 4
+
+
+@pytest.mark.parametrize(
+    ("environment", "line"),
+    [
+        (
+            {"ECOSISTEMA_MASTER_KEY": "short-but-secret"},
+            "ECOSISTEMA_MASTER_KEY='**********': must be 32 random bytes, as 64 hex digits or "
+            "base64",
+        ),
+        (
+            {"ECOSISTEMA_MASTER_KEY": KEY, "ECOSISTEMA_BLIND_INDEX_KEY": "short-but-secret"},
+            "ECOSISTEMA_BLIND_INDEX_KEY='**********': must be 32 random bytes",
+        ),
+        (
+            {"ECOSISTEMA_BLIND_INDEX_KEY": "ab" * 31},
+            "ECOSISTEMA_BLIND_INDEX_KEY='**********': must be 32 random bytes",
+        ),
+        (
+            {"ECOSISTEMA_MASTER_KEY": KEY},
+            "ECOSISTEMA_BLIND_INDEX_KEY is required when ECOSISTEMA_MASTER_KEY is set",
+        ),
+        (
+            {
+                "ECOSISTEMA_MASTER_KEY": KEY,
+                "ECOSISTEMA_BLIND_INDEX_KEY": KEY[::-1],
+                "ECOSISTEMA_MASTER_KEY_ID": "prod key",
+            },
+            "ECOSISTEMA_MASTER_KEY_ID='prod key': must be 1-64 letters, digits, '-' or '_'",
+        ),
+        (
+            {
+                "ECOSISTEMA_MASTER_KEY": KEY,
+                "ECOSISTEMA_BLIND_INDEX_KEY": KEY[::-1],
+                "ECOSISTEMA_MASTER_KEY_ID": "mk2",
+                "ECOSISTEMA_OLD_MASTER_KEYS": '{"mk1": "short-but-secret"}',
+            },
+            "ECOSISTEMA_OLD_MASTER_KEYS='**********': the key 'mk1' must be 32 random bytes",
+        ),
+        (
+            {
+                "ECOSISTEMA_MASTER_KEY": KEY,
+                "ECOSISTEMA_BLIND_INDEX_KEY": KEY[::-1],
+                "ECOSISTEMA_OLD_MASTER_KEYS": f'{{"mk.1": "{KEY}"}}',
+            },
+            "ECOSISTEMA_OLD_MASTER_KEYS='**********': key id 'mk.1' is not a valid key id",
+        ),
+        (
+            {
+                "ECOSISTEMA_MASTER_KEY": KEY,
+                "ECOSISTEMA_BLIND_INDEX_KEY": KEY[::-1],
+                "ECOSISTEMA_OLD_MASTER_KEYS": f'{{"mk1": "{KEY[::-1]}"}}',
+            },
+            "ECOSISTEMA_OLD_MASTER_KEYS has a key under 'mk1', the id of ECOSISTEMA_MASTER_KEY",
+        ),
+    ],
+)
+def test_key_settings_the_keyring_would_refuse_are_refused_at_load_without_showing_them(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, environment: dict[str, str], line: str
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    for variable, value in environment.items():
+        monkeypatch.setenv(variable, value)
+    with pytest.raises(InvalidSettingsError) as refused:
+        load_settings()
+    [problem] = refused.value.problems
+    assert problem.startswith(line)
+    assert "short-but-secret" not in problem
+    assert KEY not in problem and KEY[::-1] not in problem
+
+
+@pytest.mark.parametrize(
+    "material",
+    [
+        "0123456789abcdef" * 4,  # hex
+        "ASNFZ4mrze8BI0VniavN7wEjRWeJq83vASNFZ4mrze8=",  # base64
+        "ASNFZ4mrze8BI0VniavN7wEjRWeJq83vASNFZ4mrze8",  # URL-safe base64 without padding
+    ],
+)
+def test_well_formed_key_settings_load(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, material: str
+) -> None:
+    from ecosistema.platform.crypto import load_cipher
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("ECOSISTEMA_MASTER_KEY", material)
+    monkeypatch.setenv("ECOSISTEMA_BLIND_INDEX_KEY", f"  {material}  ")
+    monkeypatch.setenv("ECOSISTEMA_OLD_MASTER_KEYS", f'{{"mk0": "{material}"}}')
+    settings = load_settings()
+    assert load_cipher(settings).keyring.key_ids == ("mk1", "mk0")
+
+
+def test_a_blank_master_key_means_the_key_file(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("ECOSISTEMA_MASTER_KEY", "  ")
+    assert load_settings().master_key is not None
+
+
+@pytest.mark.parametrize(
+    ("variable", "value", "line"),
+    [
+        (
+            "ECOSISTEMA_MAILER_URL",
+            "smpt://shop:hunter2@mail.example.com:587",
+            "ECOSISTEMA_MAILER_URL='smpt://shop:****@mail.example.com:587': must start with "
+            "file://, smtp:// or smtps://",
+        ),
+        (
+            "ECOSISTEMA_MAILER_URL",
+            "smtp://shop:hunter2@mail.example.com:587?starttls=maybe",
+            "ECOSISTEMA_MAILER_URL='smtp://shop:****@mail.example.com:587?starttls=maybe': is "
+            "not usable: starttls must be true or false, not 'maybe'",
+        ),
+        (
+            "ECOSISTEMA_MAILER_URL",
+            "smtp://shop:hunter2@",
+            "ECOSISTEMA_MAILER_URL='smtp://shop:****@': is not usable: the SMTP URL names no host",
+        ),
+        (
+            "ECOSISTEMA_BUS_URL",
+            "nast://bus:hunter2@nats:4222",
+            "ECOSISTEMA_BUS_URL='nast://bus:****@nats:4222': must start with memory://, nats://, "
+            "tls://, redis://, rediss:// or kafka://",
+        ),
+        (
+            "ECOSISTEMA_CACHE_URL",
+            "redis2://cache:hunter2@redis:6379/0",
+            "ECOSISTEMA_CACHE_URL='redis2://cache:****@redis:6379/0': must start with memory://, "
+            "redis://, rediss:// or unix://",
+        ),
+        (
+            "ECOSISTEMA_DATABASE_URL",
+            "mysql://shop:hunter2@db/shop",
+            "ECOSISTEMA_DATABASE_URL='mysql://shop:****@db/shop': must be a "
+            "sqlite+aiosqlite:///path or postgresql+asyncpg://user@host/database URL",
+        ),
+        (
+            "ECOSISTEMA_DATABASE_URL",
+            "postgresql://shop:hunter2@db/shop",
+            "ECOSISTEMA_DATABASE_URL='postgresql://shop:****@db/shop': must be a",
+        ),
+        (
+            "ECOSISTEMA_DATABASE_URL",
+            "not a url",
+            "ECOSISTEMA_DATABASE_URL=",
+        ),
+        (
+            "ECOSISTEMA_DATABASE_URLS",
+            '{"orders": "sqlite:///orders.db"}',
+            "ECOSISTEMA_DATABASE_URLS=",
+        ),
+    ],
+)
+def test_a_url_no_backend_takes_is_refused_at_load_password_hidden(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, variable: str, value: str, line: str
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv(variable, value)
+    with pytest.raises(InvalidSettingsError) as refused:
+        load_settings()
+    [problem] = refused.value.problems
+    assert problem.startswith(line)
+    assert "hunter2" not in problem
+
+
+@pytest.mark.parametrize(
+    ("variable", "value"),
+    [
+        ("ECOSISTEMA_MAILER_URL", "smtps://shop:pw@mail.example.com?timeout=10"),
+        ("ECOSISTEMA_MAILER_URL", "file:///var/spool/shop-mail"),
+        ("ECOSISTEMA_BUS_URL", "kafka://broker:9092"),
+        ("ECOSISTEMA_BUS_URL", "tls://nats:4222"),
+        ("ECOSISTEMA_CACHE_URL", "unix:///run/redis.sock"),
+    ],
+)
+def test_urls_the_backends_take_load(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, variable: str, value: str
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv(variable, value)
+    assert getattr(load_settings(), variable.removeprefix("ECOSISTEMA_").lower()) == value
+
+
+def test_a_model_registry_url_fsspec_cannot_open_is_refused_at_load(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("ECOSISTEMA_ML_REGISTRY_URL", "s4://models:hunter2@bucket/models")
+    with pytest.raises(InvalidSettingsError) as refused:
+        load_settings()
+    assert refused.value.problems == [
+        "ECOSISTEMA_ML_REGISTRY_URL='s4://models:****@bucket/models': s4:// is not a storage "
+        "protocol: give a path or a URL such as s3://bucket/models"
+    ]
+    monkeypatch.setenv("ECOSISTEMA_ML_REGISTRY_URL", "memory://models")
+    assert load_settings().ml_registry_url == "memory://models"

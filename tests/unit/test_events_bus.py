@@ -109,7 +109,9 @@ def test_bus_backend_is_chosen_by_url_without_connecting() -> None:
 
 
 def test_unsupported_bus_url_is_refused_with_the_supported_schemes() -> None:
-    with pytest.raises(ValueError, match=r"memory://, nats://, redis:// or kafka://"):
+    with pytest.raises(
+        ValueError, match=r"memory://, nats://, tls://, redis://, rediss:// or kafka://"
+    ):
         create_bus("amqp://broker:5672")
 
 

@@ -618,6 +618,7 @@ async def create_product(ctx: ServiceContext, data: ProductCreate) -> Product:
     """Create a product with its variants and prices; emits ProductCreated."""
     now = utcnow()
     product_id = new_id()
+    slug = data.slug
     try:
         async with ctx.db.transaction() as session:
             if data.slug is not None:
@@ -652,9 +653,40 @@ async def create_product(ctx: ServiceContext, data: ProductCreate) -> Product:
             await search.refresh(session, [product_id])
             await ctx.outbox.add(session, PRODUCT_CREATED, {"product_id": product_id, "slug": slug})
     except IntegrityError as exc:
-        raise Conflict("The slug or a SKU is already in use.", type="conflict") from exc
+        # Another request took the slug or a SKU between the checks and the insert.
+        raise await _create_race_conflict(ctx, data, slug) from exc
     await invalidate(ctx, [product_id])
     return await get_product(ctx, product_id)
+
+
+async def _create_race_conflict(
+    ctx: ServiceContext, data: ProductCreate, slug: str | None
+) -> Conflict:
+    """The 409 for a product insert that lost a race: which slug or SKUs are now in use, read
+    again after the failed transaction, or ``product-conflict`` when they are free again."""
+    async with ctx.db.transaction() as session:
+        slug_taken = slug is not None and bool(
+            await session.scalar(select(products.c.id).where(products.c.slug == slug))
+        )
+        taken = await _sku_taken(session, [v.sku for v in data.variants])
+    if taken:
+        return _sku_conflict(
+            taken, [f"variants.{i}.sku" for i, v in enumerate(data.variants) if v.sku in taken]
+        )
+    if slug_taken and slug is not None:
+        if data.slug is None:  # made from the name: the client chose no slug to change
+            return Conflict(
+                f"Another product took the slug {slug!r} made from the name at the same time: "
+                "send the request again, or give a slug.",
+                type="slug-taken",
+                errors=[{"field": "slug", "message": "slug already in use", "code": "taken"}],
+            )
+        return _slug_conflict(slug)
+    return Conflict(
+        "Another change to the catalog conflicted with this product at the same time; send the "
+        "request again.",
+        type="product-conflict",
+    )
 
 
 async def update_product(

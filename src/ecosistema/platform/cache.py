@@ -138,10 +138,16 @@ class RedisCache:
         await self._redis.aclose()
 
 
+# The URLs ``create_cache`` takes, by prefix; settings are checked against these at start.
+CACHE_URL_PREFIXES = ("memory://", "redis://", "rediss://", "unix://")
+CACHE_URL_RULE = "must start with memory://, redis://, rediss:// or unix://"
+
+
 def create_cache(url: str, prefix: str = "eco:") -> Cache:
     """Pick the backend by URL: ``memory://`` or ``redis://host:port/db``."""
     if url.startswith("memory://"):
         return MemoryCache()
     if url.startswith(("redis://", "rediss://", "unix://")):
         return RedisCache(url, prefix=prefix)
-    raise ValueError(f"unsupported cache URL {url!r}: use memory:// or redis://")
+    # The URL is not repeated: it may hold a password.
+    raise ValueError(f"ECOSISTEMA_CACHE_URL {CACHE_URL_RULE}")

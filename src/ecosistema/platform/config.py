@@ -257,6 +257,139 @@ class Settings(BaseSettings):
             )
         return self
 
+    @field_validator("master_key", "blind_index_key")
+    @classmethod
+    def _key_material(cls, value: SecretStr | None, info: ValidationInfo) -> SecretStr | None:
+        # The same parser the keyring uses, so a key that passes here is one it accepts.
+        from ecosistema.platform.crypto import KEY_FORMAT_RULE, KeyConfigurationError, parse_key
+
+        if value is None or not value.get_secret_value().strip():
+            return value
+        try:
+            parse_key(value.get_secret_value(), name=str(info.field_name))
+        except KeyConfigurationError:
+            raise ValueError(KEY_FORMAT_RULE) from None
+        return value
+
+    @field_validator("master_key_id")
+    @classmethod
+    def _master_key_id(cls, value: str) -> str:
+        from ecosistema.platform.crypto import is_key_id
+
+        if not is_key_id(value):
+            raise ValueError("must be 1-64 letters, digits, '-' or '_'")
+        return value
+
+    @field_validator("old_master_keys")
+    @classmethod
+    def _old_master_keys(cls, value: dict[str, SecretStr]) -> dict[str, SecretStr]:
+        from ecosistema.platform.crypto import (
+            KEY_FORMAT_RULE,
+            KEY_ID_RULE,
+            KeyConfigurationError,
+            is_key_id,
+            parse_key,
+        )
+
+        for kid, secret in value.items():
+            if not is_key_id(kid):
+                raise ValueError(f"key id {kid!r} {KEY_ID_RULE}")
+            try:
+                parse_key(secret.get_secret_value(), name=kid)
+            except KeyConfigurationError:
+                raise ValueError(f"the key {kid!r} {KEY_FORMAT_RULE}") from None
+        return value
+
+    @model_validator(mode="after")
+    def _master_key_setup(self) -> Settings:
+        if self.master_key is None or not self.master_key.get_secret_value().strip():
+            return self
+        if self.blind_index_key is None or not self.blind_index_key.get_secret_value().strip():
+            raise ValueError(
+                "ECOSISTEMA_BLIND_INDEX_KEY is required when ECOSISTEMA_MASTER_KEY is set: it keys "
+                "the lookups on encrypted fields and must never change (32 random bytes, as 64 "
+                "hex digits or base64)"
+            )
+        if self.master_key_id in self.old_master_keys:
+            raise ValueError(
+                f"ECOSISTEMA_OLD_MASTER_KEYS has a key under {self.master_key_id!r}, the id of "
+                "ECOSISTEMA_MASTER_KEY (ECOSISTEMA_MASTER_KEY_ID): give the new master key a new id"
+            )
+        return self
+
+    @field_validator("database_url")
+    @classmethod
+    def _database_url(cls, value: str) -> str:
+        _check_database_url(value)
+        return value
+
+    @field_validator("database_urls")
+    @classmethod
+    def _database_urls(cls, value: dict[str, str]) -> dict[str, str]:
+        for service, url in value.items():
+            try:
+                _check_database_url(url)
+            except ValueError as exc:
+                raise ValueError(f"{service!r} {exc}") from None
+        return value
+
+    @field_validator("bus_url")
+    @classmethod
+    def _bus_url(cls, value: str) -> str:
+        from ecosistema.platform.events.bus import BUS_URL_PREFIXES, BUS_URL_RULE
+
+        if not value.startswith(BUS_URL_PREFIXES):
+            raise ValueError(BUS_URL_RULE)
+        return value
+
+    @field_validator("cache_url")
+    @classmethod
+    def _cache_url(cls, value: str) -> str:
+        from ecosistema.platform.cache import CACHE_URL_PREFIXES, CACHE_URL_RULE
+
+        if not value.startswith(CACHE_URL_PREFIXES):
+            raise ValueError(CACHE_URL_RULE)
+        return value
+
+    @field_validator("ml_registry_url")
+    @classmethod
+    def _ml_registry_url(cls, value: str) -> str:
+        # The model registry opens its location with fsspec; an unknown protocol, or one whose
+        # package is not installed, would fail in the sales service's start instead.
+        if "://" not in value:
+            return value
+        import fsspec
+
+        protocol = value.split("://", 1)[0]
+        try:
+            fsspec.get_filesystem_class(protocol)
+        except ValueError:
+            raise ValueError(
+                f"{protocol}:// is not a storage protocol: give a path or a URL such as "
+                "s3://bucket/models"
+            ) from None
+        except ImportError as exc:
+            raise ValueError(
+                f"{protocol}:// needs a package that is not installed: {exc}"
+            ) from None
+        return value
+
+    @field_validator("mailer_url")
+    @classmethod
+    def _mailer_url(cls, value: str) -> str:
+        # The mailer's own parser, on a copy of the defaults: the mail jobs would otherwise fail
+        # on every round long after start.
+        from ecosistema.platform.mail import create_mailer
+
+        try:
+            create_mailer(cls.model_construct(mailer_url=value))
+        except ValueError as exc:
+            rule = str(exc).removeprefix("ECOSISTEMA_MAILER_URL ")
+            raise ValueError(
+                rule if rule.startswith("must") else f"is not usable: {rule}"
+            ) from None
+        return value
+
     @field_validator("trusted_proxies")
     @classmethod
     def _proxy_networks(cls, value: list[str]) -> list[str]:
@@ -314,6 +447,28 @@ class Settings(BaseSettings):
             else:
                 out[name] = value
         return out
+
+
+# The database drivers the platform runs on (async: aiosqlite and asyncpg).
+DATABASE_DRIVERS = ("sqlite+aiosqlite", "postgresql+asyncpg")
+
+
+def _check_database_url(template: str) -> None:
+    """``ValueError`` (the rule, not the URL: it may hold a password) unless ``template``, with
+    ``{data_dir}`` and ``{service}`` filled in, is a URL of a driver the platform runs on."""
+    from sqlalchemy.engine import make_url
+    from sqlalchemy.exc import ArgumentError
+
+    rule = (
+        "must be a sqlite+aiosqlite:///path or postgresql+asyncpg://user@host/database URL "
+        "({data_dir} and {service} are filled in)"
+    )
+    try:
+        url = make_url(template.format(data_dir="data", service="service"))
+    except (ArgumentError, ValueError, KeyError, IndexError):
+        raise ValueError(rule) from None
+    if url.drivername not in DATABASE_DRIVERS:
+        raise ValueError(rule)
 
 
 def _mask_url(url: str) -> str:

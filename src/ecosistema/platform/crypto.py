@@ -60,6 +60,14 @@ class KeyConfigurationError(RuntimeError):
     """Key material is missing or invalid, or a key operation cannot be done with this setup."""
 
 
+# What a key setting must be, as the rule an operator reads after the setting's name.
+KEY_FORMAT_RULE = (
+    f"must be {KEY_BYTES} random bytes, as 64 hex digits or base64; generate one with: "
+    'python -c "import secrets; print(secrets.token_hex(32))"'
+)
+KEY_ID_RULE = "is not a valid key id: use 1-64 letters, digits, '-' or '_'"
+
+
 class DecryptionError(Exception):
     """A token is malformed, was tampered with, belongs elsewhere, or its key is unknown."""
 
@@ -75,18 +83,18 @@ def parse_key(material: str, *, name: str) -> bytes:
     except (binascii.Error, ValueError):
         raw = b""
     if len(raw) != KEY_BYTES:
-        raise KeyConfigurationError(
-            f"{name} must be {KEY_BYTES} random bytes, as 64 hex digits or base64; generate one "
-            'with: python -c "import secrets; print(secrets.token_hex(32))"'
-        )
+        raise KeyConfigurationError(f"{name} {KEY_FORMAT_RULE}")
     return raw
 
 
+def is_key_id(key_id: str) -> bool:
+    """Whether ``key_id`` may name a master key (it travels in every token)."""
+    return bool(_KEY_ID_RE.match(key_id))
+
+
 def _check_key_id(key_id: str, *, name: str) -> str:
-    if not _KEY_ID_RE.match(key_id):
-        raise KeyConfigurationError(
-            f"{name} {key_id!r} is not a valid key id: use 1-64 letters, digits, '-' or '_'"
-        )
+    if not is_key_id(key_id):
+        raise KeyConfigurationError(f"{name} {key_id!r} {KEY_ID_RULE}")
     return key_id
 
 

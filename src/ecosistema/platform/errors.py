@@ -34,6 +34,7 @@ PROBLEM_TITLES: Mapping[str, str] = {
     "code-taken": "Code already in use",
     "no-warehouse": "No warehouse",
     "order-not-committed": "Order's stock not committed",
+    "product-conflict": "Product conflicts with a concurrent change",
     "reservation-released": "Reservation released",
     "restock-exceeds-order": "Restock exceeds the order",
     "sku-taken": "SKU already in use",

@@ -211,6 +211,5 @@ def create_mailer(settings: Settings) -> Mailer:
         return FileMailer(directory.expanduser(), sender=settings.mail_from)
     if scheme in ("smtp", "smtps"):
         return SmtpMailer.from_url(url, sender=settings.mail_from)
-    raise ValueError(
-        f"ECOSISTEMA_MAILER_URL must start with file://, smtp:// or smtps://, not {url!r}"
-    )
+    # The URL is not repeated: it may hold the SMTP password.
+    raise ValueError("ECOSISTEMA_MAILER_URL must start with file://, smtp:// or smtps://")

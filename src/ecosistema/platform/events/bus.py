@@ -159,6 +159,11 @@ class MemoryBus:
         return {consumer: 0 for consumer, _, _ in self._subs}
 
 
+# The URLs ``create_bus`` takes, by prefix; settings are checked against these at start.
+BUS_URL_PREFIXES = ("memory://", "nats://", "tls://", "redis://", "rediss://", "kafka://")
+BUS_URL_RULE = "must start with memory://, nats://, tls://, redis://, rediss:// or kafka://"
+
+
 def create_bus(url: str, *, stream: str = "ecosistema") -> EventBus:
     """``memory://`` (embedded), ``nats://host:4222`` (JetStream), ``redis://`` (Streams) or
     ``kafka://host:9092`` (needs the ``kafka`` extra)."""
@@ -176,4 +181,5 @@ def create_bus(url: str, *, stream: str = "ecosistema") -> EventBus:
         from ecosistema.platform.events.kafka_bus import KafkaBus
 
         return KafkaBus(url, stream=stream)
-    raise ValueError(f"unsupported bus URL {url!r}: use memory://, nats://, redis:// or kafka://")
+    # The URL is not repeated: it may hold a password.
+    raise ValueError(f"ECOSISTEMA_BUS_URL {BUS_URL_RULE}")
