@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import secrets
@@ -16,6 +17,7 @@ from rich.console import Console
 from rich.panel import Panel
 from rich.table import Table
 from rich.text import Text
+from sqlalchemy.exc import DBAPIError
 from typer.core import TyperGroup
 
 from ecosistema import __version__
@@ -101,7 +103,13 @@ def _with_runtime(
                 svc if svc.name in start_hooks else replace(svc, on_start=None) for svc in services
             ]
         runtime = Runtime(settings, services)
-        await runtime.start(background=False)
+        try:
+            await runtime.start(background=False)
+        except (OSError, DBAPIError) as exc:
+            # A database, bus or cache that cannot be reached: say which, not a traceback.
+            with contextlib.suppress(Exception):
+                await runtime.stop()
+            _fail(f"could not start: {_reason(exc)}")
         try:
             result = await work(runtime)
             if names is None:
@@ -119,6 +127,13 @@ def _with_runtime(
             await runtime.stop()
 
     return asyncio.run(_main())
+
+
+def _reason(exc: BaseException) -> str:
+    """An exception in one line: a driver's own error where SQLAlchemy wraps one."""
+    cause = getattr(exc, "orig", None) or exc
+    lines = [line for line in str(cause).strip().splitlines() if line.strip()]
+    return f"{type(cause).__name__}: {lines[0] if lines else ''}".rstrip(": ")
 
 
 def _fail(message: str, code: int = 1) -> NoReturn:
@@ -206,7 +221,10 @@ def migrate(
         finally:
             await runtime.stop()
 
-    asyncio.run(_main())
+    try:
+        asyncio.run(_main())
+    except (OSError, DBAPIError) as exc:
+        _fail(f"could not migrate: {_reason(exc)}")
     console.print(f"[green]migrated:[/] {', '.join(names)}")
 
 
@@ -239,8 +257,14 @@ def _serve(
         # The whole platform behind the gateway: its HTTP server, with every route served by
         # the embedded app in process (auth, rate limits, response cache at the edge).
         from ecosistema.gateway.embedded import run_embedded
+        from ecosistema.gateway.inprocess import LifespanFailed
 
-        run_embedded(settings, host, port, certfile=certfile, keyfile=keyfile)
+        try:
+            run_embedded(settings, host, port, certfile=certfile, keyfile=keyfile)
+        except LifespanFailed as exc:
+            # The app logged the traceback as it failed; the operator gets why, and exit 1.
+            lines = [line for line in str(exc).strip().splitlines() if line.strip()]
+            _fail(f"could not start: {lines[-1] if lines else exc}")
         return
     import uvicorn
 

@@ -448,3 +448,20 @@ def test_catalog_import_with_an_unknown_mode_is_a_usage_error(workdir: Path) -> 
     result = runner.invoke(app, ["catalog", "import", str(path), "--mode", "lenient"])
     assert result.exit_code == 2
     assert "exit status" in runner.invoke(app, ["catalog", "import", "--help"]).output.lower()
+
+
+@pytest.mark.parametrize("command", [["migrate"], ["up", "--port", "0"]])
+def test_a_database_that_cannot_be_reached_ends_in_one_line_without_its_password(
+    workdir: Path, monkeypatch: pytest.MonkeyPatch, command: list[str]
+) -> None:
+    # Port 1: nothing listens there.
+    monkeypatch.setenv("ECOSISTEMA_DATABASE_URL", "postgresql+asyncpg://shop:hunter2@127.0.0.1:1/x")
+    get_settings.cache_clear()
+
+    result = runner.invoke(app, command)
+
+    assert result.exit_code == 1, result.output
+    lines = [line for line in result.output.splitlines() if not line.startswith("{")]
+    assert len(lines) <= 2 and lines[0].startswith("error: could not "), result.output
+    assert "ConnectionRefusedError" in result.output or "OSError" in result.output
+    assert "hunter2" not in result.output and "Traceback" not in result.output

@@ -233,6 +233,31 @@ async def test_a_failing_lifespan_startup_is_reported() -> None:
     await local.shutdown()
 
 
+async def test_a_startup_that_raises_after_reporting_its_failure_is_reported() -> None:
+    """Starlette reports a failing startup and then raises its exception: still a failure (an
+    app that raises before any lifespan message does not support lifespans, which is allowed)."""
+    from contextlib import asynccontextmanager
+
+    from fastapi import FastAPI
+
+    @asynccontextmanager
+    async def lifespan(_: FastAPI) -> Any:
+        raise RuntimeError("mailer URL has no scheme")
+        yield
+
+    local = LocalService(FastAPI(lifespan=lifespan))
+    with pytest.raises(LifespanFailed, match="mailer URL has no scheme"):
+        await local.startup()
+    await local.shutdown()
+
+    async def no_lifespan(scope: dict[str, Any], receive: Receive, send: Send) -> None:
+        assert scope["type"] == "http"
+
+    unsupported = LocalService(no_lifespan)
+    await unsupported.startup()
+    await unsupported.shutdown()
+
+
 def test_an_in_process_service_needs_an_app_to_serve_it() -> None:
     from ecosistema.gateway.proxy import Gateway
 

@@ -130,12 +130,21 @@ class LocalService:
             "state": self.state,
         }
 
+        answered = False
+
+        async def send(message: Message) -> None:
+            nonlocal answered
+            answered = True
+            await self._from_app.put(message)
+
         async def run() -> None:
             try:
-                await self.app(scope, self._to_app.get, self._from_app.put)
+                await self.app(scope, self._to_app.get, send)
             except BaseException as exc:
                 if isinstance(exc, asyncio.CancelledError):
                     raise
+                if answered:
+                    return  # it reported its own failure first (Starlette raises after it)
                 # An app without lifespan support raises on the scope type; that is allowed.
                 self._supported = False
                 await self._from_app.put({"type": "lifespan.startup.failed", "message": repr(exc)})
