@@ -16,7 +16,7 @@ from pydantic_core import to_json
 
 from ecosistema.catalog import inventory, service, transfer
 from ecosistema.catalog.models import idempotency_keys
-from ecosistema.catalog.reads import etag_of
+from ecosistema.catalog.reads import ProductDocument, etag_of
 from ecosistema.catalog.schemas import (
     Availability,
     AvailabilityList,
@@ -377,6 +377,33 @@ async def import_products(
     return report
 
 
+def _product_answer(
+    request: Request,
+    document: ProductDocument,
+    principal: Principal | None,
+    not_found: str,
+) -> Response:
+    """A product's cached document, ETagged; drafts and archived ones for staff only."""
+    if not service.visible(document.status, staff=_is_staff(principal)):
+        raise NotFound(not_found)
+    return _json_with_etag(
+        request,
+        document.body,
+        document.etag,
+        public=document.status == "active",
+        fresh_until=document.changes_at,
+    )
+
+
+def _fast_product_answer(
+    request: FastRequest, document: ProductDocument, not_found: str
+) -> FastResponse:
+    """``_product_answer`` for callers without credentials: active products only."""
+    if not service.visible(document.status, staff=False):
+        raise NotFound(not_found)
+    return _fast_json_with_etag(request, document.body, document.etag, document.changes_at)
+
+
 @router.get(
     "/products/by-slug/{slug}",
     response_model=None,
@@ -390,25 +417,14 @@ async def get_product_by_slug(
     slug: str, request: Request, ctx: Context, principal: OptionalPrincipal
 ) -> Response:
     document = await service.product_document_by_slug(ctx, slug)
-    staff = _is_staff(principal)
-    if not service.visible(document.status, staff=staff):
-        raise NotFound(service.PRODUCT_SLUG_NOT_FOUND)
-    return _json_with_etag(
-        request,
-        document.body,
-        document.etag,
-        public=document.status == "active",
-        fresh_until=document.changes_at,
-    )
+    return _product_answer(request, document, principal, service.PRODUCT_SLUG_NOT_FOUND)
 
 
 async def _get_product_by_slug_anonymously(request: FastRequest) -> FastResponse | None:
     """``get_product_by_slug`` for callers without credentials: active products only."""
     ctx: ServiceContext = request.app.state.runtime.contexts["catalog"]
     document = await service.product_document_by_slug(ctx, request.path_params["slug"])
-    if not service.visible(document.status, staff=False):
-        raise NotFound(service.PRODUCT_SLUG_NOT_FOUND)
-    return _fast_json_with_etag(request, document.body, document.etag, document.changes_at)
+    return _fast_product_answer(request, document, service.PRODUCT_SLUG_NOT_FOUND)
 
 
 serve_fast(get_product_by_slug, _get_product_by_slug_anonymously)
@@ -424,25 +440,14 @@ async def get_product(
     product_id: str, request: Request, ctx: Context, principal: OptionalPrincipal
 ) -> Response:
     document = await service.product_document(ctx, product_id)
-    staff = _is_staff(principal)
-    if not service.visible(document.status, staff=staff):
-        raise NotFound(service.PRODUCT_NOT_FOUND)
-    return _json_with_etag(
-        request,
-        document.body,
-        document.etag,
-        public=document.status == "active",
-        fresh_until=document.changes_at,
-    )
+    return _product_answer(request, document, principal, service.PRODUCT_NOT_FOUND)
 
 
 async def _get_product_anonymously(request: FastRequest) -> FastResponse | None:
     """``get_product`` for callers without credentials (shoppers): active products only."""
     ctx: ServiceContext = request.app.state.runtime.contexts["catalog"]
     document = await service.product_document(ctx, request.path_params["product_id"])
-    if not service.visible(document.status, staff=False):
-        raise NotFound(service.PRODUCT_NOT_FOUND)
-    return _fast_json_with_etag(request, document.body, document.etag, document.changes_at)
+    return _fast_product_answer(request, document, service.PRODUCT_NOT_FOUND)
 
 
 # The storefront's hottest read skips the framework's routing and dependency resolution; signed-in
