@@ -70,7 +70,7 @@ from ecosistema.platform.idempotency import (
 from ecosistema.platform.money import UnknownCurrency, iso_currency
 from ecosistema.platform.policy import Role, ensure
 from ecosistema.platform.service import ServiceContext, context_of
-from ecosistema.platform.timestamps import parse_instant
+from ecosistema.platform.timestamps import instant_parameter
 
 Context = Annotated[ServiceContext, Depends(context_of("catalog"))]
 # Lost-update protection for a product's writes: the ETag a GET of the product gave.
@@ -244,12 +244,7 @@ async def list_products(
 ) -> Response:
     staff = _is_staff(principal)
     _check_range("min_price", min_price, "max_price", max_price)
-    since = None
-    if updated_since is not None:
-        try:
-            since = parse_instant(updated_since)
-        except ValueError as exc:
-            raise field_error("updated_since", str(exc)) from None
+    since = instant_parameter("updated_since", updated_since)
     try:
         chosen = iso_currency(currency or ctx.settings.catalog_default_currency)
     except UnknownCurrency as exc:

@@ -44,14 +44,13 @@ from ecosistema.platform.auth import (
     require,
 )
 from ecosistema.platform.errors import error_responses as _errors
-from ecosistema.platform.errors import field_error
 from ecosistema.platform.idempotency import (
     IdempotencyKeyHeader,
     idempotent_response,
     run_idempotent,
 )
 from ecosistema.platform.service import ServiceContext, context_of
-from ecosistema.platform.timestamps import QueryTimestamp, parse_instant
+from ecosistema.platform.timestamps import QueryTimestamp, instant_parameter
 
 CART_TOKEN_HEADER = "X-Cart-Token"
 
@@ -308,12 +307,7 @@ async def list_orders(
     cursor: Annotated[str | None, Query(max_length=200)] = None,
     limit: Annotated[int, Query(ge=1, le=100)] = 50,
 ) -> OrderPage:
-    since = None
-    if updated_since is not None:
-        try:
-            since = parse_instant(updated_since)
-        except ValueError as exc:
-            raise field_error("updated_since", str(exc)) from None
+    since = instant_parameter("updated_since", updated_since)
     return await service.list_orders(
         ctx,
         principal=principal,

@@ -105,3 +105,17 @@ def parse_instant(text: str) -> datetime:
     except ValueError as exc:
         raise ValueError(f"is not a real date and time: {exc}") from None
     return to_utc(moment)
+
+
+def instant_parameter(field: str, text: str | None) -> datetime | None:
+    """A query parameter's instant (``parse_instant``), or None when it was not given; a 422 at
+    ``field`` when it is not one."""
+    if text is None:
+        return None
+    # errors.py reads this module's TimestampOutOfRange: imported here, not at the top.
+    from ecosistema.platform.errors import field_error
+
+    try:
+        return parse_instant(text)
+    except ValueError as exc:
+        raise field_error(field, str(exc)) from None
