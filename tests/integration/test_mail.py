@@ -291,3 +291,25 @@ async def test_smtp_mailer_reports_rejected_credentials(receiver: SmtpReceiver) 
     with pytest.raises(smtplib.SMTPAuthenticationError):
         await mailer.send("ana@example.com", "x", "y")
     assert receiver.inbox.empty()
+
+
+def test_names_and_subjects_beyond_ascii_reach_the_reader_as_written() -> None:
+    from email import message_from_bytes
+    from email.policy import default
+
+    from ecosistema.platform.mail import build_message
+
+    for sender, to in (
+        ("Café Ñandú <shop@example.com>", "José Pérez <jose@example.com>"),
+        ("Shop <shop@example.com>", "josé@exämple.com"),  # an address itself beyond ASCII
+    ):
+        raw = build_message(
+            sender=sender, to=to, subject="Tu pedido — ¡gracias!", text="Hola", html="<p>Hola</p>"
+        ).as_bytes()
+        read = message_from_bytes(raw, policy=default)
+        assert (str(read["From"]), str(read["To"])) == (sender, to)
+        assert str(read["Subject"]) == "Tu pedido — ¡gracias!"
+        body = read.get_body(preferencelist=("plain",))
+        assert body is not None and body.get_content() == "Hola\n"
+        html = read.get_body(preferencelist=("html",))
+        assert html is not None and html.get_content() == "<p>Hola</p>\n"
