@@ -60,7 +60,11 @@ from ecosistema.platform.auth import (
     require,
 )
 from ecosistema.platform.edge import FastRequest, FastResponse, serve_fast
-from ecosistema.platform.errors import NotFound, Unprocessable, field_error
+from ecosistema.platform.errors import (
+    NotFound,
+    field_error,
+    refuse_inverted_range,
+)
 from ecosistema.platform.errors import error_responses as _errors
 from ecosistema.platform.idempotency import (
     IdempotencyKeyHeader,
@@ -141,16 +145,6 @@ _CACHED_READ: dict[int | str, dict[str, Any]] = {
 
 
 # --- products -----------------------------------------------------------------------------------
-
-
-def _check_range(low_name: str, low: int | None, high_name: str, high: int | None) -> None:
-    """An inverted range is a client's mistake: a 422 at its lower end, not an empty page."""
-    if low is not None and high is not None and low > high:
-        message = f"must not be above {high_name}"
-        raise Unprocessable(
-            f"{low_name}: {message}",
-            errors=[{"field": low_name, "in": "query", "message": message, "code": "invalid"}],
-        )
 
 
 def _options(raw: list[str]) -> tuple[tuple[str, str], ...]:
@@ -243,7 +237,7 @@ async def list_products(
     limit: Annotated[int, Query(ge=1, le=100)] = 20,
 ) -> Response:
     staff = _is_staff(principal)
-    _check_range("min_price", min_price, "max_price", max_price)
+    refuse_inverted_range("min_price", min_price, "max_price", max_price, relation="above")
     since = instant_parameter("updated_since", updated_since)
     try:
         chosen = iso_currency(currency or ctx.settings.catalog_default_currency)

@@ -75,6 +75,7 @@ from ecosistema.platform.errors import (
     Unauthorized,
     Unprocessable,
     field_error,
+    refuse_inverted_range,
 )
 from ecosistema.platform.money import Money
 from ecosistema.platform.pagination import InvalidCursor, decode_cursor, encode_cursor
@@ -2510,14 +2511,7 @@ async def list_orders(
         query = query.where(orders.c.fulfillment_status == fulfillment_status.value)
     if payment_status is not None:
         query = query.where(orders.c.payment_status == payment_status.value)
-    if created_from is not None and created_to is not None and created_from > created_to:
-        message = "must not be after created_to"
-        raise Unprocessable(
-            f"created_from: {message}.",
-            errors=[
-                {"field": "created_from", "in": "query", "message": message, "code": "invalid"}
-            ],
-        )
+    refuse_inverted_range("created_from", created_from, "created_to", created_to)
     if created_from is not None:
         query = query.where(orders.c.created_at >= created_from)
     if created_to is not None:

@@ -81,6 +81,7 @@ from ecosistema.platform.errors import (
     Unauthorized,
     Unprocessable,
     field_error,
+    refuse_inverted_range,
 )
 from ecosistema.platform.pagination import decode_cursor, encode_cursor
 from ecosistema.platform.policy import can_reach, ensure, ensure_owner, owner_filter
@@ -2198,8 +2199,7 @@ async def sales_report(
     """Revenue, refunds, net, orders and average order value per period and currency, and the
     top products, over captures and refunds from ``start`` to ``end`` (inclusive days)."""
     ensure(principal, "payments:reports")
-    if start and end and start > end:
-        raise field_error("from", "must not be after to")
+    refuse_inverted_range("from", start, "to", end)
     low, high = _range(start, end)
     captured = select(
         payments.c.captured_at, payments.c.currency, payments.c.captured_amount

@@ -163,6 +163,19 @@ def field_error(field: str, message: str, code: str = "invalid") -> Unprocessabl
     )
 
 
+def refuse_inverted_range(
+    low_field: str, low: Any, high_field: str, high: Any, *, relation: str = "after"
+) -> None:
+    """A query range whose low end passes its high end: a 422 at the low end's parameter,
+    rather than an empty page that hides the caller's mistake."""
+    if low is not None and high is not None and low > high:
+        message = f"must not be {relation} {high_field}"
+        raise Unprocessable(
+            f"{low_field}: {message}",
+            errors=[{"field": low_field, "in": "query", "message": message, "code": "invalid"}],
+        )
+
+
 def refuse_nulls(data: BaseModel, fields: Sequence[str]) -> None:
     """A PATCH that sets to null a field that cannot be empty: a 422 at the field. Leaving a
     field out keeps its value; null neither keeps nor clears it silently."""
