@@ -1275,16 +1275,24 @@ async def _settle_refund(
         await _issue_credit_note(ctx, tx, current, refund_id, amount, lines)
 
 
+def _units_by_line(earlier_refunds: Sequence[Mapping[str, Any]]) -> dict[str, int]:
+    """The units refunds took back by line, by order line id."""
+    taken: dict[str, int] = {}
+    for earlier_refund in earlier_refunds:
+        for line in earlier_refund["lines"] or []:
+            line_id = str(line["line_id"])
+            taken[line_id] = taken.get(line_id, 0) + int(line["quantity"])
+    return taken
+
+
 async def _units_left(
     tx: DriverTransaction, payment: Mapping[str, Any], refund_id: str
 ) -> list[dict[str, Any]]:
     """Each order line's units no other refund of the payment has taken back (by lines): what
     a refund of everything left with ``restock`` puts back in stock."""
-    earlier = await tx.rows(_OTHER_REFUNDED_LINES, payment_id=payment["id"], refund_id=refund_id)
-    taken: dict[str, int] = {}
-    for earlier_refund in earlier:
-        for line in earlier_refund["lines"] or []:
-            taken[str(line["line_id"])] = taken.get(str(line["line_id"]), 0) + int(line["quantity"])
+    taken = _units_by_line(
+        await tx.rows(_OTHER_REFUNDED_LINES, payment_id=payment["id"], refund_id=refund_id)
+    )
     out = []
     for line in payment["order_snapshot"].get("lines") or []:
         left = int(line["quantity"]) - taken.get(str(line.get("line_id")), 0)
@@ -1398,10 +1406,7 @@ async def _rest_lines(
     the units are worth more than ``amount`` (an earlier refund of an amount took part of them:
     which units it paid for cannot be told)."""
     order = payment["order_snapshot"]
-    refunded: dict[str, int] = {}
-    for earlier_refund in await tx.rows(_REFUNDED_LINES, payment_id=payment["id"]):
-        for line in earlier_refund["lines"] or []:
-            refunded[line["line_id"]] = refunded.get(line["line_id"], 0) + int(line["quantity"])
+    refunded = _units_by_line(await tx.rows(_REFUNDED_LINES, payment_id=payment["id"]))
     captured = _captured_line_totals(order, int(payment["captured_amount"]))
     out: list[dict[str, Any]] = []
     for line in order.get("lines") or []:
@@ -1427,10 +1432,7 @@ async def _priced_refund_lines(
     line refunded unit by unit adds up to exactly its captured total. Refuses units beyond what
     is left of a line, and units worth nothing."""
     order = payment["order_snapshot"]
-    refunded: dict[str, int] = {}
-    for earlier_refund in await tx.rows(_REFUNDED_LINES, payment_id=payment["id"]):
-        for line in earlier_refund["lines"] or []:
-            refunded[line["line_id"]] = refunded.get(line["line_id"], 0) + int(line["quantity"])
+    refunded = _units_by_line(await tx.rows(_REFUNDED_LINES, payment_id=payment["id"]))
     ordered = {str(line["line_id"]): int(line["quantity"]) for line in order.get("lines") or []}
     captured = _captured_line_totals(order, int(payment["captured_amount"]))
     out: list[dict[str, Any]] = []
