@@ -209,6 +209,14 @@ KEY = "0123456789abcdef" * 4
             "ECOSISTEMA_BLIND_INDEX_KEY is required when ECOSISTEMA_MASTER_KEY is set",
         ),
         (
+            {"ECOSISTEMA_PAYMENT_PROVIDER": "stripe"},
+            "ECOSISTEMA_STRIPE_API_KEY is required when ECOSISTEMA_PAYMENT_PROVIDER=stripe",
+        ),
+        (
+            {"ECOSISTEMA_PAYMENT_PROVIDER": "stripe", "ECOSISTEMA_STRIPE_API_KEY": "  "},
+            "ECOSISTEMA_STRIPE_API_KEY is required when ECOSISTEMA_PAYMENT_PROVIDER=stripe",
+        ),
+        (
             {
                 "ECOSISTEMA_MASTER_KEY": KEY,
                 "ECOSISTEMA_BLIND_INDEX_KEY": KEY[::-1],

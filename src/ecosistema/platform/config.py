@@ -317,6 +317,19 @@ class Settings(BaseSettings):
             )
         return self
 
+    @model_validator(mode="after")
+    def _stripe_needs_its_key(self) -> Settings:
+        # Found at start, not at the first customer's payment (which could only answer 503).
+        key = self.stripe_api_key
+        if self.payment_provider == "stripe" and (
+            key is None or not key.get_secret_value().strip()
+        ):
+            raise ValueError(
+                "ECOSISTEMA_STRIPE_API_KEY is required when ECOSISTEMA_PAYMENT_PROVIDER=stripe "
+                "(a secret key, sk_live_... or sk_test_..., or a restricted key, rk_...)"
+            )
+        return self
+
     @field_validator("database_url")
     @classmethod
     def _database_url(cls, value: str) -> str:
