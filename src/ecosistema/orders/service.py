@@ -1862,9 +1862,18 @@ async def _adopt(session: AsyncSession, cart_id: str, customer_id: str, now: dat
                     customer_id=customer_id, token_hash=None, email_encrypted=None, updated_at=now
                 )
             )
-    except IntegrityError:
+    except IntegrityError as exc:
+        if not _active_cart_taken(exc):
+            raise
         return False
     return True
+
+
+def _active_cart_taken(exc: IntegrityError) -> bool:
+    """Whether a write broke the one-active-cart index (PostgreSQL names the index, SQLite its
+    columns)."""
+    message = str(exc.orig)
+    return "ux_carts_active_customer_currency" in message or "carts.customer_id" in message
 
 
 def _merged_addresses(
