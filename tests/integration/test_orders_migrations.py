@@ -6,10 +6,13 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Any
 
+import pytest
 from sqlalchemy import insert, select
+from sqlalchemy.exc import IntegrityError
 
 from ecosistema.orders import descriptor as orders_service
 from ecosistema.orders.models import (
+    carts,
     metadata,
     order_history,
     order_lines,
@@ -238,6 +241,59 @@ async def test_orders_get_fulfilment_and_payment_statuses_from_their_lines_and_h
             "halfway": ("partially_fulfilled", "partially_refunded", 1990),
             "free": ("unfulfilled", "paid", 0),
         }
+    finally:
+        await db.drop_schema()
+        await db.dispose()
+
+
+async def test_a_customers_duplicate_active_carts_keep_the_last_changed_one_active(
+    settings: Settings,
+) -> None:
+    db = service_database(settings, "orders")
+    day = datetime(2026, 11, 1, tzinfo=UTC)
+
+    def cart(cart_id: str, customer: str | None, currency: str, changed: int) -> dict[str, Any]:
+        return {
+            "id": cart_id,
+            "customer_id": customer,
+            "status": "active",
+            "currency": currency,
+            "created_at": day,
+            "updated_at": day.replace(hour=changed),
+        }
+
+    try:
+        await db.migrate(orders_service.migrations, "0010_orders_money_bigint")
+        async with db.transaction() as session:
+            await session.execute(
+                insert(carts),
+                [
+                    cart("old", "ana", "EUR", 1),
+                    cart("last-changed", "ana", "EUR", 9),
+                    cart("middle", "ana", "EUR", 5),
+                    cart("dollars", "ana", "USD", 1),
+                    cart("bea", "bea", "EUR", 1),
+                    cart("guest-1", None, "EUR", 1),
+                    cart("guest-2", None, "EUR", 2),
+                ],
+            )
+        await db.migrate(orders_service.migrations)
+        async with db.read() as session:
+            rows = await session.execute(select(carts.c.id, carts.c.status).order_by(carts.c.id))
+            statuses = {cart_id: status for cart_id, status in rows}
+        assert statuses == {
+            "bea": "active",
+            "dollars": "active",
+            "guest-1": "active",
+            "guest-2": "active",
+            "last-changed": "active",
+            "middle": "replaced",
+            "old": "replaced",
+        }
+        # From now on the database refuses a second one.
+        with pytest.raises(IntegrityError):
+            async with db.transaction() as session:
+                await session.execute(insert(carts), cart("another", "ana", "EUR", 10))
     finally:
         await db.drop_schema()
         await db.dispose()

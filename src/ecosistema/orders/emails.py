@@ -10,7 +10,8 @@ captured); the ``send-order-emails`` job renders each from that and the order as
 (its lines, addresses and totals, which do not change once it is paid) and hands it to the
 mailer, retrying with backoff while the mail server fails. Delivery is at least once: a
 process that stops after the mailer took a message and before the row is marked sent sends it
-again once its claim lapses.
+again once its claim lapses. A mail sent or given up is an entry in the order's history,
+written in the transaction that settles it.
 
 The rendering functions are pure (no I/O). Messages carry no payment details (orders has none),
 and nothing here logs a recipient, a subject or a body.
@@ -26,7 +27,7 @@ from email.utils import formataddr, parseaddr
 from typing import Any, Final
 
 import structlog
-from sqlalchemy import bindparam, delete, select, update
+from sqlalchemy import bindparam, delete, insert, literal_column, select, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
@@ -37,7 +38,7 @@ from ecosistema.orders.events import (
     ORDER_PAID,
     ORDER_REFUNDED,
 )
-from ecosistema.orders.models import order_emails, orders
+from ecosistema.orders.models import order_emails, order_history, orders
 from ecosistema.platform.db import Statements, new_id, statements, utcnow
 from ecosistema.platform.errors import NotFound
 from ecosistema.platform.events import EventEnvelope
@@ -351,6 +352,39 @@ def render(
     raise ValueError(f"no order mail of kind {kind!r}")
 
 
+# --- what the order's history says ------------------------------------------------------------
+
+# The mail as staff name it in the order's history.
+_LABELS: Final = {
+    "confirmation": "Order confirmation",
+    "shipping": "Shipping confirmation",
+    "cancellation": "Cancellation notice",
+    "refund": "Refund notice",
+}
+
+
+def mask_email(address: str) -> str:
+    """An address as the order's history shows it: the first character of the mailbox and the
+    whole domain (``b***@example.com``), enough to tell a mistyped domain without keeping the
+    address, which orders otherwise stores only encrypted."""
+    mailbox, at, domain = address.rpartition("@")
+    if not at:
+        return "***"
+    return f"{mailbox[:1]}***@{domain}"
+
+
+def sent_entry(kind: str, to: str) -> str:
+    """The history's words for a mail that went: ``Order confirmation sent to b***@example.com``."""
+    return f"{_LABELS.get(kind, 'Mail')} sent to {mask_email(to)}"
+
+
+def given_up_entry(kind: str, to: str, *, attempts: int, error: str | None) -> str:
+    """The history's words for a mail given up, with the class of the last error."""
+    tries = "1 attempt" if attempts == 1 else f"{attempts} attempts"
+    why = f" ({error})" if error else ""
+    return f"{_LABELS.get(kind, 'Mail')} to {mask_email(to)} not sent: given up after {tries}{why}"
+
+
 # --- the queue ----------------------------------------------------------------------------------
 
 # What each event's mail says that may change after the event (no personal data: payloads
@@ -481,9 +515,14 @@ _CLAIM = (
     .values(attempts=order_emails.c.attempts + 1, next_attempt_at=bindparam("until"))
     .returning(*order_emails.c)
 )
+# Guarded on the claim: a sender whose claim lapsed (and was taken by another) settles nothing.
 _SETTLE = (
     update(order_emails)
-    .where(order_emails.c.id == bindparam("email_id"))
+    .where(
+        order_emails.c.id == bindparam("email_id"),
+        order_emails.c.status == "pending",
+        order_emails.c.attempts == bindparam("claimed_attempts"),
+    )
     .values(
         status=bindparam("status"),
         next_attempt_at=bindparam("next_at"),
@@ -491,19 +530,41 @@ _SETTLE = (
         sent_at=bindparam("sent_at"),
     )
 )
+# A mail sent or given up, in its order's history: written in the transaction that settles the
+# mail, and only if that settled it (the mail row as the settlement left it), so the two always
+# agree and a mail is in the history once. One statement per mail.
+_RECORD_SETTLED = insert(order_history).from_select(
+    ["id", "order_id", "occurred_at", "kind", "action", "actor_kind", "reason", "details"],
+    select(
+        bindparam("entry_id", type_=order_history.c.id.type),
+        order_emails.c.order_id,
+        bindparam("at", type_=order_history.c.occurred_at.type),
+        literal_column("'event'"),
+        bindparam("action", type_=order_history.c.action.type),
+        literal_column("'system'"),
+        bindparam("reason", type_=order_history.c.reason.type),
+        bindparam("details", type_=order_history.c.details.type),
+    ).where(
+        order_emails.c.id == bindparam("email_id"),
+        order_emails.c.status == bindparam("settled_status"),
+        order_emails.c.attempts == bindparam("claimed_attempts"),
+    ),
+)
 
 
 async def _send_one(
     ctx: ServiceContext, mailer: Any, row: Mapping[str, Any], moment: datetime
-) -> dict[str, Any]:
+) -> tuple[dict[str, Any], str | None]:
     """Render and send one claimed message; how it is to be settled (sent, to be tried again
-    later, or given up)."""
+    later, or given up), and the address it was for (None when its order is gone)."""
     from ecosistema.orders.service import get_order
 
     attempts = int(row["attempts"])
     settled: dict[str, Any] = {"status": "sent", "next_at": moment, "error": None}
+    to: str | None = None
     try:
         order = await get_order(ctx, order_id=row["order_id"])
+        to = order.email
         message = render(
             row["kind"],
             order,
@@ -523,7 +584,36 @@ async def _send_one(
             next_at=utcnow() + retry_delay(attempts),
             error=type(exc).__name__[:200],
         )
-    return settled
+    return settled, to
+
+
+def _history_entry(
+    row: Mapping[str, Any], settled: Mapping[str, Any], to: str, at: datetime
+) -> dict[str, Any]:
+    """The parameters of ``_RECORD_SETTLED`` for a mail sent or given up."""
+    kind, attempts = row["kind"], int(row["attempts"])
+    details: dict[str, Any] = {
+        "email_id": row["id"],
+        "mail": kind,
+        "to": mask_email(to),
+        "attempts": attempts,
+    }
+    if settled["status"] == "sent":
+        action, reason = "email_sent", sent_entry(kind, to)
+    else:
+        action = "email_failed"
+        reason = given_up_entry(kind, to, attempts=attempts, error=settled["error"])
+        details["error"] = settled["error"]
+    return {
+        "entry_id": new_id(),
+        "at": at,
+        "action": action,
+        "reason": reason,
+        "details": details,
+        "email_id": row["id"],
+        "settled_status": settled["status"],
+        "claimed_attempts": attempts,
+    }
 
 
 async def send_due_emails(ctx: ServiceContext, *, now: datetime | None = None) -> int:
@@ -556,19 +646,26 @@ async def send_due_emails(ctx: ServiceContext, *, now: datetime | None = None) -
                 claimed.append(row)
     sent = 0
     settlements: list[dict[str, Any]] = []
+    entries: list[dict[str, Any]] = []
     for row in claimed:
-        settled = await _send_one(ctx, mailer, row, moment)
+        settled, to = await _send_one(ctx, mailer, row, moment)
+        at = utcnow()
         settlements.append(
             {
                 "email_id": row["id"],
-                "sent_at": utcnow() if settled["status"] == "sent" else None,
+                "claimed_attempts": row["attempts"],
+                "sent_at": at if settled["status"] == "sent" else None,
                 **settled,
             }
         )
+        if settled["status"] != "pending" and to is not None:
+            entries.append(_history_entry(row, settled, to, at))
         sent += settled["status"] == "sent"
     if settlements:
         async with ctx.db.driver_write() as tx:
             await tx.executemany(_SETTLE, settlements)
+            if entries:
+                await tx.executemany(_RECORD_SETTLED, entries)
     for row, settled in zip(claimed, settlements, strict=True):
         attempts = int(row["attempts"])
         fields = {"email_id": row["id"], "order_id": row["order_id"], "kind": row["kind"]}

@@ -16,6 +16,7 @@ from sqlalchemy import (
     String,
     Table,
     Text,
+    text,
     true,
 )
 
@@ -29,6 +30,7 @@ metadata = new_metadata()
 MONEY = BigInteger().with_variant(Integer(), "sqlite")
 outbox = Outbox("orders", metadata)
 idempotency_keys = idempotency_table(metadata)
+ACTIVE_CART = text("status = 'active'")
 
 tax_rates = Table(
     "tax_rates",
@@ -114,6 +116,16 @@ carts = Table(
     Column("created_at", UTCDateTime(), nullable=False),
     Column("updated_at", UTCDateTime(), nullable=False),
     Index("ix_carts_customer_id_status", "customer_id", "status"),
+    # One active cart per customer and currency, whatever the races between writers (anonymous
+    # carts, with no customer, never collide).
+    Index(
+        "ux_carts_active_customer_currency",
+        "customer_id",
+        "currency",
+        unique=True,
+        sqlite_where=ACTIVE_CART,
+        postgresql_where=ACTIVE_CART,
+    ),
 )
 
 cart_lines = Table(

@@ -29,6 +29,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from ecosistema.orders import domain, schemas
@@ -44,6 +45,7 @@ from ecosistema.orders.events import (
     ORDER_REFUNDED,
 )
 from ecosistema.orders.models import (
+    ACTIVE_CART,
     cart_lines,
     carts,
     fulfillments,
@@ -358,6 +360,7 @@ def _country(value: str, field_name: str) -> str:
 # The hot paths' statements are built once: building one costs more than running it on SQLite.
 _TAX_RATE = select(tax_rates.c.rate_bp).where(tax_rates.c.country == bindparam("country"))
 _CART = select(carts).where(carts.c.id == bindparam("cart_id"))
+_CART_LOCKED = _CART.with_for_update()
 _CART_LINES = (
     select(cart_lines)
     .where(cart_lines.c.cart_id == bindparam("cart_id"))
@@ -810,8 +813,10 @@ class _CartState:
     email: str | None = None
 
 
-async def _cart_row(tx: Statements, cart_id: str) -> Mapping[Any, Any] | None:
-    return await tx.row(_CART, cart_id=cart_id)
+async def _cart_row(
+    tx: Statements, cart_id: str, *, lock: bool = False
+) -> Mapping[Any, Any] | None:
+    return await tx.row(_CART_LOCKED if lock else _CART, cart_id=cart_id)
 
 
 def _check_cart_access(
@@ -1199,33 +1204,21 @@ async def create_cart(
             {"cart_id": cart_id, "sku": sku, "quantity": quantity, "added_at": now}
             for sku, (quantity, _index) in sorted(items.items())
         ]
-        replacing = principal is not None and "items" in given
         async with ctx.db.driver_write() as tx:
             existing = None
-            if principal is not None and replacing:
-                await tx.execute(
-                    _REPLACE_ACTIVE_CARTS,
-                    customer_id=principal.subject,
-                    currency=data.currency,
-                    at=now,
-                )
-            elif principal is not None:
-                existing = await tx.scalar(
-                    _ACTIVE_CART_OF, customer_id=principal.subject, currency=data.currency
-                )
-            if existing is not None and (items or set_fields):
-                found = str(existing)
-                if "country" in given and "shipping_address" not in given:
-                    kept = await _cart_row(tx, found)
-                    if kept is not None:
-                        _check_kept_address(kept, country)  # raising rolls the write back
-                changes = {
-                    name: _sealed_cart_field(ctx, name, value, found)
-                    for name, value in set_fields.items()
-                }
-                existing = await _fill_existing(ctx, tx, found, items, changes, now)
-            if existing is None:
+            if principal is None:
                 await tx.insert(carts, values)
+            else:
+                existing = await _place_customer_cart(
+                    ctx,
+                    tx,
+                    values,
+                    replacing="items" in given,
+                    items=items,
+                    set_fields=set_fields,
+                    now=now,
+                )
+            if existing is None:
                 await tx.insert(cart_lines, lines)
                 if principal is not None:
                     # No email: the event is kept in the outbox and on the bus (personal data).
@@ -1245,6 +1238,82 @@ async def create_cart(
         state = _CartState(values, lines, rate, chosen, options, None)
         await _know_buyer(ctx, state)
         return _cart_view(ctx, values, await _price(ctx, state, quotes=quotes), token), True
+
+
+# Rounds a write of a customer's cart takes when, between its read and its insert, another
+# request made the customer's active cart (PostgreSQL; SQLite writers take turns): each round
+# another of the racing requests has won, so this is more than anyone's simultaneous requests.
+CART_RACE_ROUNDS = 50
+
+
+def _insert_customer_cart_statement(upsert: Any) -> Any:
+    return (
+        upsert(carts)
+        .values({c: bindparam(c.name) for c in carts.c})
+        .on_conflict_do_nothing(
+            index_elements=[carts.c.customer_id, carts.c.currency], index_where=ACTIVE_CART
+        )
+        .returning(carts.c.id)
+    )
+
+
+# A customer's new active cart, written unless they have one in its currency already
+# (``ux_carts_active_customer_currency``): its id, or None. Per dialect.
+_INSERT_CUSTOMER_CART = {
+    False: _insert_customer_cart_statement(sqlite_insert),
+    True: _insert_customer_cart_statement(pg_insert),
+}
+
+
+def _cart_contended() -> Conflict:
+    return Conflict(
+        "The customer's cart kept changing while this request was written; try again.",
+        type="cart-contended",
+        title="Cart changed meanwhile",
+    )
+
+
+async def _place_customer_cart(
+    ctx: ServiceContext,
+    tx: DriverTransaction,
+    values: Mapping[str, Any],
+    *,
+    replacing: bool,
+    items: Mapping[str, tuple[int, int]],
+    set_fields: Mapping[str, Any],
+    now: datetime,
+) -> str | None:
+    """Write the signed-in customer's new cart ``values`` as their active cart in its
+    currency, replacing the one before (``replacing``, a basket), or else use the active cart
+    they have, setting ``set_fields`` and adding ``items`` to it; the id of the cart used
+    instead, None when ``values`` was written. The one-active-cart index decides a race: the
+    insert that loses writes nothing, and this looks again at the cart that won."""
+    customer = {"customer_id": values["customer_id"], "currency": values["currency"]}
+    insert_cart = _INSERT_CUSTOMER_CART[ctx.db.is_postgres]
+    for _ in range(CART_RACE_ROUNDS):
+        if replacing:
+            await tx.execute(_REPLACE_ACTIVE_CARTS, **customer, at=now)
+        else:
+            found = await tx.scalar(_ACTIVE_CART_OF, **customer)
+            if found is not None:
+                found = str(found)
+                if not (items or set_fields):
+                    return found
+                if "country" in set_fields and SHIPPING_ADDRESS not in set_fields:
+                    kept = await _cart_row(tx, found)
+                    if kept is not None:
+                        # raising rolls the write back
+                        _check_kept_address(kept, set_fields["country"])
+                changes = {
+                    name: _sealed_cart_field(ctx, name, value, found)
+                    for name, value in set_fields.items()
+                }
+                if await _fill_existing(ctx, tx, found, items, changes, now) is not None:
+                    return found
+                continue  # it has just stopped being active: look again
+        if await tx.scalar(insert_cart, **values) is not None:
+            return None
+    raise _cart_contended()
 
 
 # A customer's basket sent whole (``POST /carts`` with ``items``) replaces their active cart.
@@ -1712,39 +1781,25 @@ async def merge_cart(
             title="Cart merge forbidden",
         )
     async with ctx.db.transaction() as session:
-        anonymous = await _cart_row(statements(session), cart_id)
+        # Locked first: two sign-ins merging one guest cart take turns, and the second finds it
+        # merged or adopted.
+        anonymous = await _cart_row(statements(session), cart_id, lock=True)
         if anonymous is None or anonymous["customer_id"] is not None:
             raise NotFound(CART_NOT_FOUND)
         _check_cart_access(anonymous, None, token)
         _ensure_active(anonymous)
-        target = (
-            (
-                await session.execute(
-                    select(carts)
-                    .where(
-                        carts.c.customer_id == principal.subject,
-                        carts.c.status == "active",
-                        carts.c.currency == anonymous["currency"],
-                    )
-                    .order_by(carts.c.updated_at.desc())
-                    .limit(1)
-                )
-            )
-            .mappings()
-            .one_or_none()
-        )
         now = _now()
-        if target is None:
-            await session.execute(
-                update(carts)
-                .where(carts.c.id == cart_id)
-                .values(
-                    customer_id=principal.subject,
-                    token_hash=None,
-                    email_encrypted=None,
-                    updated_at=now,
-                )
+        for _ in range(CART_RACE_ROUNDS):
+            # Locked too: a basket replacing this cart meanwhile waits for the merge, or the
+            # merge finds no cart and looks again.
+            target = await statements(session).row(
+                _ACTIVE_CART_ROW_OF, customer_id=principal.subject, currency=anonymous["currency"]
             )
+            if target is not None or await _adopt(session, cart_id, principal.subject, now):
+                break
+        else:
+            raise _cart_contended()
+        if target is None:
             result_id = cart_id
         else:
             result_id = target["id"]
@@ -1782,6 +1837,43 @@ async def merge_cart(
                 .values(status="merged", merged_into=result_id, token_hash=None, updated_at=now)
             )
     return await _view_cart(ctx, result_id)
+
+
+_ACTIVE_CART_ROW_OF = (
+    select(carts)
+    .where(
+        carts.c.customer_id == bindparam("customer_id"),
+        carts.c.status == "active",
+        carts.c.currency == bindparam("currency"),
+    )
+    .with_for_update()
+)
+
+
+async def _adopt(session: AsyncSession, cart_id: str, customer_id: str, now: datetime) -> bool:
+    """Make the anonymous cart ``cart_id`` the customer's, but for its email; False when a cart
+    of theirs in its currency has just become active (their one active cart): nothing changes."""
+    try:
+        async with session.begin_nested():
+            await session.execute(
+                update(carts)
+                .where(carts.c.id == cart_id)
+                .values(
+                    customer_id=customer_id, token_hash=None, email_encrypted=None, updated_at=now
+                )
+            )
+    except IntegrityError as exc:
+        if not _active_cart_taken(exc):
+            raise
+        return False
+    return True
+
+
+def _active_cart_taken(exc: IntegrityError) -> bool:
+    """Whether a write broke the one-active-cart index (PostgreSQL names the index, SQLite its
+    columns)."""
+    message = str(exc.orig)
+    return "ux_carts_active_customer_currency" in message or "carts.customer_id" in message
 
 
 def _merged_addresses(
