@@ -17,7 +17,10 @@
 (c) Hot path (``--only hotpath``): the gateway's own CPU per proxied request, without sockets: a
     request is fed to a client connection and a canned response to its pooled upstream
     connection, in memory. Less noisy than (b) on a busy machine, as it leaves out the kernel.
-    Compiled, then the same code interpreted in a second process.
+    Compiled, then the same code interpreted in a second process. ``--trusted-proxies`` and
+    ``--forwarded-for`` measure the client-address resolution: the client is 127.0.0.1, so
+    ``--trusted-proxies 10.0.0.0/8`` is the common case of a peer that is not trusted, and
+    ``--trusted-proxies 127.0.0.1 --forwarded-for "203.0.113.9, 10.0.0.2"`` a walk.
 
 (a) and (b) need wrk and nginx; when missing and running as root they are installed with apt-get.
 """
@@ -451,8 +454,11 @@ class _MemoryTransport:
         return False
 
 
-def hot_path(requests: int, full: bool) -> dict[str, float]:
-    """CPU per request of the gateway's hot path alone, over in-memory transports."""
+def hot_path(
+    requests: int, full: bool, trusted_proxies: list[str], forwarded_for: str | None
+) -> dict[str, float]:
+    """CPU per request of the gateway's hot path alone, over in-memory transports (the client
+    connects from 127.0.0.1)."""
     import uvloop
 
     from ecosistema.gateway import gateway_config
@@ -466,10 +472,14 @@ def hot_path(requests: int, full: bool) -> dict[str, float]:
         "rate_limits": {"enabled": False},
         "access_log": False,
     }
+    if trusted_proxies:
+        table["trusted_proxies"] = trusted_proxies
     if full:
         table["rate_limits"] = {"anonymous": {"rate": 1e9, "burst": 1_000_000_000}}
         table["access_log"] = True
     request = b"GET /items/1 HTTP/1.1\r\nHost: 127.0.0.1:8080\r\n\r\n"
+    if forwarded_for is not None:
+        request = request[:-2] + b"X-Forwarded-For: %s\r\n\r\n" % forwarded_for.encode()
     response = b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: 2\r\n\r\nok"
 
     devnull = open(os.devnull, "w")  # noqa: SIM115
@@ -537,6 +547,12 @@ def main() -> None:
     parser.add_argument("--only", choices=["read", "overhead", "hotpath"])
     parser.add_argument("--hotpath-requests", type=int, default=20_000)
     parser.add_argument(
+        "--trusted-proxies",
+        default="",
+        help="(c) the gateway's trusted_proxies, comma-separated (the client is 127.0.0.1)",
+    )
+    parser.add_argument("--forwarded-for", help="(c) the requests' X-Forwarded-For")
+    parser.add_argument(
         "--rounds", type=int, default=1, help="(b) repeated; medians and each round's ratio"
     )
     parser.add_argument("--upstream", type=int, help=argparse.SUPPRESS)
@@ -557,13 +573,19 @@ def main() -> None:
         from ecosistema.gateway import native
 
         kind = "compiled" if native.active() else "interpreted"
+        trusted = [p for p in args.trusted_proxies.split(",") if p]
+        if trusted or args.forwarded_for is not None:
+            print(f"trusted proxies {trusted}, X-Forwarded-For {args.forwarded_for!r}")
         for full in (False, True):
-            r = hot_path(args.hotpath_requests, full)
+            r = hot_path(args.hotpath_requests, full, trusted, args.forwarded_for)
             label = "access log + rate limit" if full else "access log and rate limit off"
             print(f"(c) hot path ({kind}), {label}: {r['cpu_us']:.2f} µs CPU per request")
         if kind == "compiled":  # the same code interpreted, for comparison
             command = [PYTHON, __file__, "--only", "hotpath"]
             command += ["--hotpath-requests", str(args.hotpath_requests)]
+            command += ["--trusted-proxies", args.trusted_proxies]
+            if args.forwarded_for is not None:
+                command += ["--forwarded-for", args.forwarded_for]
             child = subprocess.run(
                 command,
                 env={**os.environ, "ECOSISTEMA_NATIVE": "0"},
@@ -571,7 +593,7 @@ def main() -> None:
                 text=True,
                 check=True,
             )
-            print("\n".join(child.stdout.splitlines()[1:]))
+            print("\n".join(line for line in child.stdout.splitlines() if line.startswith("(c)")))
         return
     ensure_tools()
     env = {**os.environ, "ECOSISTEMA_CACHE_URL": "memory://", "ECOSISTEMA_BUS_URL": "memory://"}

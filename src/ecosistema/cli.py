@@ -627,15 +627,28 @@ def gateway(
     keyfile: Annotated[str | None, typer.Option("--keyfile", help="TLS private key.")] = None,
 ) -> None:
     """Run the API gateway in front of services listed in a route table."""
+    from pydantic import ValidationError
+
     from ecosistema.gateway import gateway_config, run_gateway
+    from ecosistema.gateway.config import config_problems
 
     settings = _settings()
     table = routes or settings.gateway_routes
     if table is None:
         _fail("no route table: pass --routes FILE or set ECOSISTEMA_GATEWAY_ROUTES")
     assert table is not None
+    try:
+        config = gateway_config(table, settings)
+    except ValidationError as exc:
+        for problem in config_problems(exc):
+            err_console.print(
+                Text.assemble(("error:", "bold red"), f" route table {table}: {problem}"),
+                soft_wrap=True,
+                highlight=False,
+            )
+        raise typer.Exit(USAGE_ERROR) from None
     run_gateway(
-        gateway_config(table, settings),
+        config,
         host=host,
         port=port,
         workers=workers,

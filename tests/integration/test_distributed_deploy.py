@@ -19,6 +19,7 @@ from ecosistema.cli import app
 from ecosistema.distributed import service_routes
 from ecosistema.gateway import gateway_config
 from ecosistema.gateway.metrics import GatewayMetrics
+from ecosistema.platform.config import Settings
 from ecosistema.platform.telemetry_http import HttpMetrics
 from ecosistema.services import SERVICE_NAMES
 
@@ -226,6 +227,29 @@ def test_helm_chart_renders_a_deployment_service_hpa_and_pdb_per_service() -> No
     table = yaml.safe_load(routes_map)
     assert table["routes"] == service_routes(SERVICE_NAMES)
     gateway_config(table)
+
+
+@pytest.mark.parametrize(
+    "values, trusted",
+    [
+        ({}, ["10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16", "fc00::/7"]),
+        ({"config": {"trustedProxies": ["10.42.0.0/16"]}}, ["10.42.0.0/16"]),
+        ({"config": {"trustedProxies": []}}, []),
+    ],
+)
+def test_helm_chart_trusts_the_private_ranges_unless_told_otherwise(
+    values: dict[str, Any], trusted: list[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    docs = _render_chart({"secrets": SECRETS, **values})
+    maps = {d["metadata"]["name"]: d["data"] for d in docs if d["kind"] == "ConfigMap"}
+    env = maps["shop-ecosistema-config"]
+    assert json.loads(env["ECOSISTEMA_TRUSTED_PROXIES"]) == trusted
+    monkeypatch.setenv("ECOSISTEMA_TRUSTED_PROXIES", env["ECOSISTEMA_TRUSTED_PROXIES"])
+    settings = Settings()
+    table = yaml.safe_load(maps["shop-ecosistema-routes"]["routes.yaml"])
+    config = gateway_config(table, settings)
+    assert config.trusted_proxies == trusted
+    assert not config.trust_forwarded
 
 
 def test_helm_chart_refuses_to_render_without_its_secrets() -> None:

@@ -132,6 +132,27 @@ async def test_the_app_sees_the_request_as_an_upstream_would(
     assert app.started == 1
 
 
+async def test_behind_a_trusted_proxy_the_app_sees_the_client_it_names() -> None:
+    app = App()
+    local = LocalService(app)
+    await local.startup()
+    table = {**TABLE, "trusted_proxies": ["127.0.0.0/8"]}
+    server = await serve(
+        gateway_config(table), port=0, access_log=io.StringIO(), local_apps={"local": local}
+    )
+    try:
+        async with client(server) as c:
+            response = await c.get(
+                "/items", headers={"X-Forwarded-For": "6.6.6.6, 203.0.113.8, 127.0.0.2"}
+            )
+    finally:
+        await server.close(1)
+        await local.shutdown()
+    seen = response.json()
+    assert seen["client"] == ["203.0.113.8", 0]
+    assert seen["headers"]["x-forwarded-for"] == "203.0.113.8, 127.0.0.2, 127.0.0.1"
+
+
 async def test_a_20_mb_chunked_upload_reaches_the_app_whole_in_pieces(
     served: tuple[GatewayServer, App],
 ) -> None:

@@ -5,7 +5,10 @@ from __future__ import annotations
 import argparse
 import sys
 
+from pydantic import ValidationError
+
 from ecosistema.gateway import gateway_config, run_gateway
+from ecosistema.gateway.config import config_problems
 from ecosistema.platform.config import InvalidSettingsError, load_settings
 
 
@@ -28,8 +31,14 @@ def main(argv: list[str] | None = None) -> None:
     routes = args.routes or settings.gateway_routes
     if routes is None:
         parser.error("no route table: pass --routes or set ECOSISTEMA_GATEWAY_ROUTES")
+    try:
+        config = gateway_config(routes, settings)
+    except ValidationError as exc:
+        for problem in config_problems(exc):
+            print(f"error: route table {routes}: {problem}", file=sys.stderr)
+        raise SystemExit(2) from None
     run_gateway(
-        gateway_config(routes, settings),
+        config,
         args.host,
         args.port,
         args.workers,

@@ -7,9 +7,18 @@ from pathlib import Path
 from typing import Any, Literal
 from urllib.parse import urlsplit
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from ecosistema.platform.config import Settings
+from ecosistema.platform.proxies import proxy_networks
 
 _METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
 
@@ -225,11 +234,23 @@ class GatewayConfig(_Model):
     max_header_bytes: int = Field(default=64 * 1024, ge=1024)
     access_log: bool = True
     metrics_path: str | None = "/metrics"
+    # Proxies (addresses or CIDR networks) in front of the gateway: from such a peer the client
+    # address is read from X-Forwarded-For (ecosistema.platform.proxies), for rate limits, the
+    # access log and what the services are told. Default: Settings.trusted_proxies.
+    trusted_proxies: list[str] = Field(default_factory=list)
+    # Only without trusted_proxies: pass an incoming X-Forwarded-For chain on from any peer,
+    # without believing it for the client address.
     trust_forwarded: bool = False
     # A method no route of the path lists goes, as public and uncached, to the one service whose
     # routes cover the path, which answers 405 with the Allow of that very path. Only for tables
     # that list every method their services serve (generated ones): none can then run anything.
     forward_unlisted_methods: bool = False
+
+    @field_validator("trusted_proxies")
+    @classmethod
+    def _proxy_networks(cls, entries: list[str]) -> list[str]:
+        proxy_networks(entries)
+        return [entry.strip() for entry in entries]
 
     @model_validator(mode="after")
     def _services_exist(self) -> GatewayConfig:
@@ -282,4 +303,14 @@ def gateway_config(
         cors = dict(data.get("cors") or {})
         cors.setdefault("allow_origins", list(settings.cors_origins))
         data["cors"] = cors
+        data.setdefault("trusted_proxies", list(settings.trusted_proxies))
     return GatewayConfig.model_validate(data)
+
+
+def config_problems(exc: ValidationError) -> list[str]:
+    """One line per mistake in a route table: where it is and the rule it breaks."""
+    problems = []
+    for error in exc.errors():
+        where = ".".join(str(part) for part in error["loc"]) or "the table"
+        problems.append(f"{where}: {error['msg'].removeprefix('Value error, ')}")
+    return problems

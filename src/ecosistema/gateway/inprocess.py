@@ -185,7 +185,8 @@ class LocalService:
             "query_string": query,
             "root_path": "",
             "headers": headers,
-            "client": (ex.client_ip, ex.conn.client_port),
+            # Behind a trusted proxy, the client it names (its port is not known).
+            "client": (ex.client_ip, ex.conn.client_port if ex.forwarded_for is None else 0),
             "server": self.server,
             "state": dict(self.state),
         }

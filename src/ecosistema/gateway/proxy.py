@@ -81,6 +81,7 @@ if TYPE_CHECKING:
     from ecosistema.gateway.inprocess import LocalService
     from ecosistema.platform.events import EventBus, EventEnvelope
 from ecosistema.platform.errors import PROBLEM_BASE
+from ecosistema.platform.proxies import TrustedProxies
 
 log = structlog.get_logger(__name__)
 # Module-level aliases: compiled, a Final name is a static reference rather than two lookups.
@@ -380,6 +381,7 @@ class Exchange:
         "expect_continue",
         "fill",
         "first_instance",
+        "forwarded_for",
         "has_content_length",
         "headers",
         "holding",
@@ -434,7 +436,10 @@ class Exchange:
         self.http11 = http11
         self.keep_alive = keep_alive
         self.max_body = max_body
+        # The client: the peer, or the address a trusted proxy's X-Forwarded-For names.
         self.client_ip = conn.client_ip
+        # From a trusted proxy: its X-Forwarded-For from the client on, to pass on.
+        self.forwarded_for: bytes | None = None
         self.started = _perf_counter()
         self.path = ""
         self.route: RouteConfig | None = None
@@ -772,9 +777,12 @@ class ClientConnection(asyncio.Protocol):
         self._max_header_bytes = gateway.config.max_header_bytes
         self._max_body_bytes = gateway.config.max_body_bytes
         self._header_kinds = gateway.header_kinds
+        self._proxies = gateway.proxies
         self.transport: asyncio.Transport | None = None
         self.client_ip = ""
         self.client_port = 0
+        # Whether the peer is a trusted proxy, whose X-Forwarded-For names the client.
+        self.peer_trusted = False
         parser = self._parser = httptools.HttpRequestParser(self)
         # Bound once: compiled code would otherwise look each method up per call.
         self._feed = parser.feed_data
@@ -804,6 +812,9 @@ class ClientConnection(asyncio.Protocol):
         if isinstance(peer, tuple) and peer:
             self.client_ip = str(peer[0])
             self.client_port = int(peer[1]) if len(peer) > 1 else 0
+            proxies = self._proxies
+            if proxies is not None:
+                self.peer_trusted = proxies.trusts(self.client_ip)
         else:
             self.client_ip = "unknown"
         self.gateway.connections.add(self)
@@ -840,6 +851,16 @@ class ClientConnection(asyncio.Protocol):
                 self._reject(
                     400, "bad-request", "Bad request", "The request is not valid HTTP/1.1."
                 )
+
+    def _resolve_client(self, ex: Exchange) -> None:
+        """The client of a request from a trusted proxy, as its X-Forwarded-For names it."""
+        values = [value for name, value in ex.headers if name == b"x-forwarded-for"]
+        if not values or self._proxies is None:
+            return
+        client, hops = self._proxies.client(self.client_ip, b",".join(values).decode("latin-1"))
+        if hops:
+            ex.client_ip = client
+            ex.forwarded_for = ", ".join(hops).encode("latin-1")
 
     def _reject(self, status: int, type_: str, title: str, detail: str) -> None:
         ex = self._active
@@ -896,6 +917,8 @@ class ClientConnection(asyncio.Protocol):
         self._url = b""
         self._headers = []
         self._header_bytes = 0
+        if self.peer_trusted:
+            self._resolve_client(ex)
         self.gateway.prepare(ex)
         self._current = ex
         if self._active is None:
@@ -1139,6 +1162,12 @@ class Gateway:
         secret = config.auth.principal_secret
         self._secret = secret.get_secret_value().encode() if secret is not None else None
         self._api_key_header = config.auth.api_key_header.lower().encode()
+        # Read by each connection once, when it is made.
+        self.proxies: TrustedProxies | None = (
+            TrustedProxies(config.trusted_proxies) if config.trusted_proxies else None
+        )
+        # trust_forwarded without trusted proxies: any peer's chain is passed on, not believed.
+        self._pass_forwarded = config.trust_forwarded and self.proxies is None
         # The request headers Exchange picks out in its one pass, with this gateway's API key
         # header among them (when it is not one of the others).
         self.header_kinds = dict(_REQUEST_HEADER_KINDS)
@@ -1990,8 +2019,8 @@ class Gateway:
                 dropped.update(t.strip().lower() for t in value.split(b","))
         principal_header = self._principal_header.lower()
         out: Headers = []
-        forwarded_for = None
-        trust = self.config.trust_forwarded
+        forwarded_for = ex.forwarded_for
+        trust = self._pass_forwarded
         kept = ex.traceparent_kept
         for name, value in ex.headers:
             if name in HOP_BY_HOP or name in dropped or name == principal_header:
@@ -2006,10 +2035,8 @@ class Gateway:
                     forwarded_for = value
                 continue
             out.append((name, value))
-        client = ex.client_ip.encode()
-        out.append(
-            (b"x-forwarded-for", forwarded_for + b", " + client if forwarded_for else client)
-        )
+        peer = ex.conn.client_ip.encode()
+        out.append((b"x-forwarded-for", forwarded_for + b", " + peer if forwarded_for else peer))
         out.append((b"x-forwarded-proto", self._forwarded_proto))
         host = ex.header(b"host")
         if host:
@@ -2026,7 +2053,8 @@ class Gateway:
         drop = self._request_drop
         parts: list[bytes] = []
         add = parts.extend
-        forwarded_for = host = connection = None
+        host = connection = None
+        forwarded_for = ex.forwarded_for
         kept = ex.traceparent_kept
         for name, value in ex.headers:
             if name == b"traceparent" and not kept:
@@ -2036,7 +2064,7 @@ class Gateway:
                     host = value
                 elif name == b"connection":
                     connection = value
-                elif name == b"x-forwarded-for" and self.config.trust_forwarded:
+                elif name == b"x-forwarded-for" and self._pass_forwarded:
                     forwarded_for = value
                 continue
             if name[:13] == b"x-ecosistema-":
@@ -2049,11 +2077,11 @@ class Gateway:
                 b"".join(parts[i : i + 4]) for i in range(0, len(parts), 4) if parts[i] not in named
             ]
             add = parts.extend
-        client = ex.client_ip.encode()
+        peer = ex.conn.client_ip.encode()
         add(
             (
                 b"x-forwarded-for: ",
-                forwarded_for + b", " + client if forwarded_for else client,
+                forwarded_for + b", " + peer if forwarded_for else peer,
                 b"\r\nx-forwarded-proto: ",
                 self._forwarded_proto,
                 b"\r\nx-request-id: ",

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import ipaddress
 from collections.abc import Awaitable, Callable
 from functools import lru_cache
 from typing import Annotated, Any
@@ -43,6 +42,7 @@ from ecosistema.platform.config import Settings
 from ecosistema.platform.errors import Forbidden, Unauthorized
 from ecosistema.platform.errors import error_responses as _errors
 from ecosistema.platform.policy import ensure_owner
+from ecosistema.platform.proxies import TrustedProxies
 from ecosistema.platform.service import ServiceContext, context_of
 from ecosistema.platform.timestamps import QueryTimestamp
 
@@ -50,36 +50,18 @@ Context = Annotated[ServiceContext, Depends(context_of("identity"))]
 
 
 @lru_cache(maxsize=16)
-def _networks(
-    entries: tuple[str, ...],
-) -> tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]:
-    return tuple(ipaddress.ip_network(e, strict=False) for e in entries)
-
-
-def _trusted(host: str, settings: Settings) -> bool:
-    try:
-        address = ipaddress.ip_address(host)
-    except ValueError:
-        return False
-    return any(address in net for net in _networks(tuple(settings.trusted_proxies)))
+def _trusted_proxies(entries: tuple[str, ...]) -> TrustedProxies:
+    return TrustedProxies(entries)
 
 
 def client_ip(request: Request, settings: Settings) -> str | None:
     """The caller's IP: the socket peer, or, behind a trusted proxy, the nearest untrusted hop
     of X-Forwarded-For (hops a client wrote itself are further left and never believed)."""
     peer = request.client.host if request.client else None
-    if peer is None or not settings.trusted_proxies or not _trusted(peer, settings):
+    if peer is None or not settings.trusted_proxies:
         return peer
-    forwarded = request.headers.get("x-forwarded-for", "")
-    hops = [h.strip() for h in forwarded.split(",") if h.strip()]
-    for hop in reversed(hops):
-        try:
-            ipaddress.ip_address(hop)
-        except ValueError:
-            return peer
-        if not _trusted(hop, settings):
-            return hop
-    return hops[0] if hops else peer
+    forwarded = ",".join(request.headers.getlist("x-forwarded-for"))
+    return _trusted_proxies(tuple(settings.trusted_proxies)).client(peer, forwarded)[0]
 
 
 def request_meta(request: Request, ctx: Context) -> service.RequestMeta:
