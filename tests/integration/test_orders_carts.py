@@ -15,6 +15,7 @@ from tests.integration.test_orders_support import (
     customer,
     guest_cart,
     outbox_payloads,
+    place_guest_order,
     seed_shop,
     settings,
     staff_tokens,
@@ -425,3 +426,32 @@ async def test_currency_codes_are_read_in_any_case_and_unknown_ones_refused(
     )
     assert voucher.status_code == 201, voucher.text
     assert voucher.json()["currency"] == "EUR"
+
+
+async def test_a_key_holding_only_orders_read_all_lists_every_order(
+    app: FastAPI, client: httpx.AsyncClient
+) -> None:
+    # An integration's key (an ERP's export) is given orders:read_all and nothing else.
+    admin = await staff_tokens(app, client)
+    await seed_shop(app, client, admin, {"TEE-25": 5})
+    placed = await place_guest_order(client, {"TEE-25": 1})
+    made = await client.post(
+        f"{API}/api-keys",
+        json={"name": "erp", "scopes": ["orders:read_all"]},
+        headers=bearer(admin),
+    )
+    assert made.status_code == 201, made.text
+    erp = {"X-API-Key": made.json()["key"]}
+
+    listed = await client.get(f"{API}/orders", headers=erp)
+    assert listed.status_code == 200, listed.text
+    assert placed["id"] in {order["id"] for order in listed.json()["items"]}
+    assert (await client.get(f"{API}/orders/{placed['id']}", headers=erp)).status_code == 200
+
+    # A key with neither is told both ways in.
+    made = await client.post(
+        f"{API}/api-keys", json={"name": "audit", "scopes": ["audit:read"]}, headers=bearer(admin)
+    )
+    refused = await client.get(f"{API}/orders", headers={"X-API-Key": made.json()["key"]})
+    assert refused.status_code == 403
+    assert "'orders:read_own' or 'orders:read_all'" in refused.json()["detail"]

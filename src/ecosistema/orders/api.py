@@ -64,7 +64,7 @@ CartToken = Annotated[
     ),
 ]
 Customer = Annotated[Principal, Depends(require("orders:write_own"))]
-Reader = Annotated[Principal, Depends(require("orders:read_own"))]
+Reader = Annotated[Principal, Depends(require("orders:read_own", "orders:read_all"))]
 Staff = Annotated[Principal, Depends(require("orders:write_all"))]
 Manager = Annotated[Principal, Depends(require("orders:manage"))]
 Id = Annotated[str, Path(min_length=1, max_length=32)]

@@ -84,7 +84,7 @@ from ecosistema.platform.errors import (
     refuse_inverted_range,
 )
 from ecosistema.platform.pagination import decode_cursor, encode_cursor
-from ecosistema.platform.policy import can_reach, ensure, ensure_owner, owner_filter
+from ecosistema.platform.policy import can_reach, ensure, ensure_any, ensure_owner, owner_filter
 from ecosistema.platform.service import ServiceContext
 
 log = structlog.get_logger(__name__)
@@ -305,7 +305,7 @@ def _check_caller(principal: Principal | None, cart_token: str | None, *permissi
     """A signed-in caller without a cart token needs one of ``permissions`` (403); a caller with
     neither credentials nor a cart token is told what a missing id is told."""
     if principal is not None and not cart_token:
-        _ensure_any(principal, *permissions)
+        ensure_any(principal, *permissions)
     elif principal is None and not cart_token:
         raise NotFound(PAYMENT_NOT_FOUND)
 
@@ -366,7 +366,7 @@ async def list_payments(
     cursor: str | None = None,
 ) -> PaymentPage:
     """Payments the caller may see, newest first."""
-    _ensure_any(principal, "payments:read_own", "payments:read_all")
+    ensure_any(principal, "payments:read_own", "payments:read_all")
     query = select(payments)
     owner = owner_filter(principal, bypass="payments:read_all")
     if owner is not None:
@@ -383,11 +383,6 @@ async def list_payments(
         items=[_payment(r) for r in rows[:limit]],
         next_cursor=_cursor_of(rows[limit - 1]) if len(rows) > limit else None,
     )
-
-
-def _ensure_any(principal: Principal, *permissions: str) -> None:
-    if not any(principal.has(p) for p in permissions):
-        ensure(principal, permissions[0])
 
 
 def _cursor_of(row: Mapping[str, Any], column: str = "created_at") -> str:
@@ -437,7 +432,7 @@ async def _payable_order(
             raise NotFound(ORDER_NOT_FOUND)
     elif not cart_token:
         if principal is not None:
-            _ensure_any(principal, "payments:write_own", "payments:write_all")
+            ensure_any(principal, "payments:write_own", "payments:write_all")
         raise NotFound(ORDER_NOT_FOUND)
     return await _order(ctx, order_id, cart_token=cart_token)
 
@@ -1486,7 +1481,7 @@ async def _refund(ctx: ServiceContext, refund_id: str) -> Refund:
 
 async def list_refunds(ctx: ServiceContext, *, principal: Principal, payment_id: str) -> RefundList:
     """A payment's refunds, oldest first."""
-    _ensure_any(principal, "payments:read_own", "payments:read_all")
+    ensure_any(principal, "payments:read_own", "payments:read_all")
     async with ctx.db.driver_read() as tx:
         row = await _load(tx, payment_id)
         _ensure_reach(principal, row, bypass="payments:read_all")
@@ -1868,7 +1863,7 @@ def _signed_in_reader(principal: Principal | None, cart_token: str | None) -> bo
     """Whether the caller reads invoices as a signed-in customer or staff (not with a guest's
     cart token); with neither, a 401."""
     if principal is not None and not cart_token:
-        _ensure_any(principal, "invoices:read_own", "invoices:read_all")
+        ensure_any(principal, "invoices:read_own", "invoices:read_all")
         return True
     if not cart_token:
         raise Unauthorized("Sign in, or send the order's cart token in X-Cart-Token.")

@@ -50,7 +50,7 @@ from ecosistema.platform.policy import (
     ROLES,
     check_permission,
     effective_permissions,
-    ensure,
+    ensure_any,
     permissions_for,
 )
 from ecosistema.platform.tokens import (
@@ -579,12 +579,15 @@ CurrentPrincipal = Annotated[Principal, Depends(current_principal)]
 OptionalPrincipal = Annotated[Principal | None, Depends(optional_principal)]
 
 
-def require(permission: str) -> Callable[[Principal], Awaitable[Principal]]:
-    """A dependency yielding the caller: 401 without credentials, 403 without ``permission``."""
-    check_permission(permission)
+def require(permission: str, *alternatives: str) -> Callable[[Principal], Awaitable[Principal]]:
+    """A dependency yielding the caller: 401 without credentials, 403 without ``permission``
+    or any of ``alternatives`` (``orders:read_own`` or ``orders:read_all``: a key made for an
+    integration holds only the second)."""
+    for name in (permission, *alternatives):
+        check_permission(name)
 
     async def _require(principal: CurrentPrincipal) -> Principal:
-        ensure(principal, permission)
+        ensure_any(principal, permission, *alternatives)
         return principal
 
     _require.__name__ = f"require_{permission.replace(':', '_')}"

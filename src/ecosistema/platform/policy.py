@@ -192,6 +192,17 @@ def ensure(principal: Principal, permission: str) -> None:
         raise Forbidden(f"This action needs the {permission!r} permission.")
 
 
+def ensure_any(principal: Principal, *permissions: str) -> None:
+    """Raise ``Forbidden`` unless the principal holds at least one of ``permissions``."""
+    held = principal.permissions
+    if any(permission in held for permission in permissions):
+        return
+    if len(permissions) == 1:
+        ensure(principal, permissions[0])
+    named = ", ".join(repr(p) for p in permissions[:-1]) + f" or {permissions[-1]!r}"
+    raise Forbidden(f"This action needs the {named} permission.")
+
+
 def can_reach(principal: Principal, owner_id: str | None, *, bypass: str) -> bool:
     """Whether the principal may reach what ``owner_id`` owns: its own, or all via ``bypass``."""
     if bypass in principal.permissions:
