@@ -48,3 +48,8 @@ async def test_orders_refusals_carry_their_own_titles(
         "voucher-exists": (409, "Voucher code exists"),
         "shipping-method-exists": (409, "Shipping method exists"),
     }
+    # A code in use is named at its field, as catalog names a slug or SKU in use.
+    for taken in (voucher_again, method_again):
+        assert taken.json()["errors"] == [
+            {"field": "code", "message": "code already in use", "code": "taken"}
+        ]

@@ -98,8 +98,8 @@ async def test_patched_rates_are_checked_as_creation_checks_them(
     cases: list[tuple[dict[str, Any], str]] = [
         ({"rates": {"XYZ": [{"amount": 1}]}}, "rates"),
         ({"rates": {}}, "rates"),
-        ({"rates": {"EUR": []}}, "rates"),
-        ({"rates": {"EUR": [{"amount": 1}] * 51}}, "rates"),
+        ({"rates": {"EUR": []}}, "rates.EUR"),
+        ({"rates": {"EUR": [{"amount": 1}] * 51}}, "rates.EUR"),
         ({"rates": {"EUR": [{"amount": -1}]}}, "rates.EUR.0.amount"),
         ({"rates": {"EUR": [{"up_to_grams": 0, "amount": 1}]}}, "rates.EUR.0.up_to_grams"),
         ({"rates": {"EUR": [{"amount": 1, "price": 1}]}}, "rates.EUR.0.price"),
@@ -118,6 +118,19 @@ async def test_patched_rates_are_checked_as_creation_checks_them(
     for body, field in cases:
         assert _fields(await _patch(client, admin, "express", body)) == [field], body
     assert await _method(client, "express") == before
+
+
+async def test_a_currency_without_brackets_is_named_at_creation(
+    app: FastAPI, client: httpx.AsyncClient
+) -> None:
+    admin = await staff_tokens(app, client)
+    for rates in ({"EUR": []}, {"EUR": [{"amount": 1}] * 51}):
+        method = {"code": "bare", "name": "Bare", "kind": "weight", "rates": rates}
+        refused = await client.post(f"{API}/shipping-methods", json=method, headers=bearer(admin))
+        assert refused.status_code == 422
+        assert [(e["field"], e["message"]) for e in refused.json()["errors"]] == [
+            ("rates.EUR", "give between 1 and 50 brackets")
+        ]
 
 
 async def test_a_flat_rate_stays_one_open_bracket_whichever_field_changes(

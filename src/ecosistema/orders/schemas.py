@@ -509,8 +509,6 @@ def _check_rates(value: dict[str, list[Bracket]]) -> dict[str, list[Bracket]]:
     out: dict[str, list[Bracket]] = {}
     for currency, brackets in value.items():
         code = iso_currency(currency)
-        if not brackets or len(brackets) > MAX_BRACKETS:
-            raise ValueError(f"{currency}: give between 1 and {MAX_BRACKETS} brackets")
         if code in out:
             raise ValueError(f"{code} is given twice")
         out[code] = brackets
@@ -535,12 +533,15 @@ MethodName = Annotated[str, Field(min_length=1, max_length=200), AfterValidator(
 def rate_problems(
     kind: str, limits: Mapping[str, Sequence[int | None]]
 ) -> list[tuple[tuple[str | int, ...], str, Any]]:
-    """Where rates (each currency's brackets' ``up_to_grams``) break what ``kind`` allows: a
-    flat rate is one bracket with no weight limit; by weight, no two brackets of a currency
-    share a limit and one at most has none."""
+    """Where rates (each currency's brackets' ``up_to_grams``) break what ``kind`` allows: 1 to
+    ``MAX_BRACKETS`` brackets a currency; a flat rate is one bracket with no weight limit; by
+    weight, no two brackets of a currency share a limit and one at most has none."""
     problems: list[tuple[tuple[str | int, ...], str, Any]] = []
     for currency, up_to in limits.items():
-        if kind == "flat":
+        if not up_to or len(up_to) > MAX_BRACKETS:
+            message = f"give between 1 and {MAX_BRACKETS} brackets"
+            problems.append((("rates", currency), message, len(up_to)))
+        elif kind == "flat":
             if len(up_to) != 1:
                 problems.append((("rates", currency), FLAT_RATE, len(up_to)))
             elif up_to[0] is not None:

@@ -465,6 +465,7 @@ async def create_shipping_method(
                 f"A shipping method with code {data.code!r} exists.",
                 type="shipping-method-exists",
                 title="Shipping method exists",
+                errors=[{"field": "code", "message": "code already in use", "code": "taken"}],
             )
         row = (
             (
@@ -637,6 +638,7 @@ async def create_voucher(ctx: ServiceContext, data: schemas.VoucherCreate) -> sc
                 f"The voucher code {values['code']!r} exists.",
                 type="voucher-exists",
                 title="Voucher code exists",
+                errors=[{"field": "code", "message": "code already in use", "code": "taken"}],
             )
     return _voucher_view(values)
 
