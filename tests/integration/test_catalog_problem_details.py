@@ -193,3 +193,24 @@ async def test_each_conflict_type_has_a_title_of_its_own(
         "category-not-empty": "Category not empty",
         "variant-has-stock": "Variant still holds stock",
     }
+
+
+async def test_a_taken_code_is_named_at_code_like_a_taken_slug_or_sku(
+    shop_app: FastAPI, shop: httpx.AsyncClient
+) -> None:
+    staff = await sign_in_demo(shop_app, shop, "staff")
+    warehouse = {"code": "qa-wh", "name": "QA"}
+    price_list = {"code": "qa-pl", "name": "QA"}
+    assert (await shop.post(f"{API}/warehouses", json=warehouse, headers=staff)).status_code == 201
+    assert (
+        await shop.post(f"{API}/price-lists", json=price_list, headers=staff)
+    ).status_code == 201
+
+    for url, body in ((f"{API}/warehouses", warehouse), (f"{API}/price-lists", price_list)):
+        taken = await shop.post(url, json=body, headers=staff)
+        assert taken.status_code == 409, taken.text
+        assert taken.json()["type"].endswith("/code-taken")
+        assert taken.json()["errors"] == [
+            {"field": "code", "message": "code already in use", "code": "taken"}
+        ]
+

@@ -942,6 +942,15 @@ async def delete_variant(ctx: ServiceContext, product_id: str, variant_id: str) 
 # --- warehouses ---------------------------------------------------------------------------------
 
 
+def _code_conflict(kind: str, code: str) -> Conflict:
+    """A 409 naming the code in use (a warehouse's or a price list's), at ``code``."""
+    return Conflict(
+        f"A {kind} with code {code!r} exists.",
+        type="code-taken",
+        errors=[{"field": "code", "message": "code already in use", "code": "taken"}],
+    )
+
+
 async def create_warehouse(ctx: ServiceContext, data: WarehouseCreate) -> Warehouse:
     """Add a warehouse."""
     row = {
@@ -954,9 +963,9 @@ async def create_warehouse(ctx: ServiceContext, data: WarehouseCreate) -> Wareho
     try:
         async with ctx.db.transaction() as session:
             if not await insert_ignoring_conflicts(session, warehouses, row, ["code"]):
-                raise Conflict(f"A warehouse with code {data.code!r} exists.", type="code-taken")
+                raise _code_conflict("warehouse", data.code)
     except IntegrityError as exc:
-        raise Conflict(f"A warehouse with code {data.code!r} exists.", type="code-taken") from exc
+        raise _code_conflict("warehouse", data.code) from exc
     return Warehouse.model_validate(row)
 
 
@@ -996,10 +1005,10 @@ async def create_price_list(ctx: ServiceContext, data: PriceListCreate) -> Price
             if not await insert_ignoring_conflicts(
                 session, price_lists, {**row, "updated_at": now}, ["code"]
             ):
-                raise Conflict(f"A price list with code {data.code!r} exists.", type="code-taken")
+                raise _code_conflict("price list", data.code)
             return await _price_list_view(session, price_list_id)
     except IntegrityError as exc:
-        raise Conflict(f"A price list with code {data.code!r} exists.", type="code-taken") from exc
+        raise _code_conflict("price list", data.code) from exc
 
 
 async def list_price_lists(ctx: ServiceContext) -> list[PriceList]:
