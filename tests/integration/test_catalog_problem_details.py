@@ -214,3 +214,33 @@ async def test_a_taken_code_is_named_at_code_like_a_taken_slug_or_sku(
             {"field": "code", "message": "code already in use", "code": "taken"}
         ]
 
+
+async def test_a_price_list_replacement_names_every_faulty_entry_in_one_answer(
+    shop_app: FastAPI, shop: httpx.AsyncClient
+) -> None:
+    staff = await sign_in_demo(shop_app, shop, "staff")
+    await _product(shop, staff, variants=[variant("QA-TEE-M", 3000)])
+    created = await shop.post(
+        f"{API}/price-lists", json={"code": "qa-faults", "name": "Faults"}, headers=staff
+    )
+    url = f"{API}/price-lists/{created.json()['id']}/prices"
+
+    refused = await shop.put(
+        url,
+        json={
+            "prices": [
+                {"sku": "QA-TEE-M", "currency": "EUR", "amount": 100},
+                {"sku": "NOPE", "currency": "EUR", "amount": 100},
+                {"sku": "QA-TEE-M", "currency": "eur", "amount": 90},
+            ]
+        },
+        headers=staff,
+    )
+
+    assert refused.status_code == 422, refused.text
+    assert [(e["field"], e["code"]) for e in refused.json()["errors"]] == [
+        ("prices.1.sku", "not_found"),
+        ("prices.2", "duplicate"),
+    ]
+    assert (await shop.get(url, headers=staff)).json() == []
+

@@ -1050,12 +1050,22 @@ async def delete_price_list(ctx: ServiceContext, price_list_id: str) -> None:
 async def set_price_list_prices(
     ctx: ServiceContext, price_list_id: str, entries: Sequence[PriceListPrice]
 ) -> list[PriceListPrice]:
-    """Replace a price list's prices; every SKU must exist."""
+    """Replace a price list's prices; every SKU must exist, and have one price per currency.
+    Every entry at fault is named in one 422: repeated SKU and currency pairs and unknown SKUs
+    alike, in the order of the entries."""
+    faults: list[tuple[int, dict[str, str]]] = []
     seen: set[tuple[str, str]] = set()
     for index, entry in enumerate(entries):
         if (entry.sku, entry.currency) in seen:
-            raise field_error(
-                f"prices.{index}", f"{entry.sku} has a {entry.currency} price already in the list"
+            faults.append(
+                (
+                    index,
+                    {
+                        "field": f"prices.{index}",
+                        "message": f"{entry.sku} has a {entry.currency} price already in the list",
+                        "code": "duplicate",
+                    },
+                )
             )
         seen.add((entry.sku, entry.currency))
     async with ctx.db.transaction() as session:
@@ -1069,17 +1079,27 @@ async def set_price_list_prices(
             ).all()
         )
         missing = [(i, e.sku) for i, e in enumerate(entries) if e.sku not in found]
-        if missing:
+        faults.extend(
+            (
+                i,
+                {
+                    "field": f"prices.{i}.sku",
+                    "message": f"no variant has SKU {sku}",
+                    "code": "not_found",
+                },
+            )
+            for i, sku in missing
+        )
+        if faults:
+            parts = []
+            if missing:
+                parts.append(f"unknown SKUs: {', '.join(sorted({sku for _, sku in missing}))}")
+            duplicates = len(faults) - len(missing)
+            if duplicates:
+                parts.append(f"{duplicates} repeated SKU and currency pair(s)")
             raise Unprocessable(
-                f"unknown SKUs: {', '.join(sorted({sku for _, sku in missing}))}",
-                errors=[
-                    {
-                        "field": f"prices.{i}.sku",
-                        "message": f"no variant has SKU {sku}",
-                        "code": "not_found",
-                    }
-                    for i, sku in missing
-                ],
+                "; ".join(parts),
+                errors=[error for _, error in sorted(faults, key=lambda f: f[0])],
             )
         await session.execute(
             delete(price_list_prices).where(price_list_prices.c.price_list_id == price_list_id)
