@@ -244,3 +244,29 @@ async def test_a_price_list_replacement_names_every_faulty_entry_in_one_answer(
     ]
     assert (await shop.get(url, headers=staff)).json() == []
 
+
+async def test_a_reservation_of_an_unknown_sku_is_a_422_at_its_line_not_a_shortage(
+    shop_app: FastAPI, shop: httpx.AsyncClient
+) -> None:
+    staff = await sign_in_demo(shop_app, shop, "staff")
+    await _product(shop, staff, variants=[variant("LAMP-1", 3000)])
+    lines = [{"sku": "LAMP-1", "quantity": 1}, {"sku": "NOPE", "quantity": 1}]
+
+    unknown = await shop.post(
+        f"{API}/reservations",
+        json={"order_id": "qa-o-1", "lines": lines, "ttl_seconds": 60},
+        headers=staff,
+    )
+    bad_actor = await shop.post(
+        f"{API}/reservations",
+        json={"order_id": "qa-o-2", "lines": lines[:1], "ttl_seconds": 60, "actor": "two words"},
+        headers=staff,
+    )
+
+    assert unknown.status_code == 422, unknown.text
+    assert _fields(unknown) == [("lines.1.sku", "no variant has SKU NOPE")]
+    assert bad_actor.status_code == 422, bad_actor.text
+    [(field, message)] = _fields(bad_actor)
+    assert field == "actor"
+    assert message.startswith("must be a user id, api_key:<id> or guest:<cart id>")
+    assert "should match pattern" not in bad_actor.text and "[A-Za-z0-9]" not in bad_actor.text

@@ -40,7 +40,7 @@ from ecosistema.catalog.schemas import (
 )
 from ecosistema.catalog.service import insert_ignoring_conflicts, invalidate
 from ecosistema.platform.db import DriverTransaction, new_id, utcnow
-from ecosistema.platform.errors import Conflict, NotFound, field_error
+from ecosistema.platform.errors import Conflict, NotFound, Unprocessable, field_error
 from ecosistema.platform.pagination import InvalidCursor, decode_cursor, encode_cursor
 from ecosistema.platform.service import ServiceContext
 
@@ -230,6 +230,7 @@ async def reserve(
                     type="reservation-released",
                 )
             return
+        await _refuse_unknown_skus(tx, lines)
         report: list[dict[str, Any]] = []
         held: list[dict[str, Any]] = []
         movements: list[dict[str, Any]] = []
@@ -254,6 +255,25 @@ async def reserve(
             known=after,
         )
     await invalidate(ctx)
+
+
+async def _refuse_unknown_skus(tx: DriverTransaction, lines: Sequence[tuple[str, int]]) -> None:
+    """A 422 naming each line whose SKU no variant has (``lines.N.sku``): an unknown SKU is a
+    mistake in the request, not a shortage."""
+    known = {sku for sku in {sku for sku, _ in lines} if await tx.scalar(_VARIANT_OF_SKU, sku=sku)}
+    unknown = [(index, sku) for index, (sku, _) in enumerate(lines) if sku not in known]
+    if unknown:
+        raise Unprocessable(
+            f"Unknown SKUs: {', '.join(sorted({sku for _, sku in unknown}))}.",
+            errors=[
+                {
+                    "field": f"lines.{index}.sku",
+                    "message": f"no variant has SKU {sku}",
+                    "code": "not_found",
+                }
+                for index, sku in unknown
+            ],
+        )
 
 
 async def _take(

@@ -403,7 +403,11 @@ class ReservationRequest(_Input):
         default=None,
         min_length=1,
         max_length=64,
-        pattern=r"^[A-Za-z0-9][A-Za-z0-9_.:\-]*$",
+        pattern=pattern_rule(
+            r"^[A-Za-z0-9][A-Za-z0-9_.:\-]*$",
+            "a user id, api_key:<id> or guest:<cart id>: a letter or digit, then letters, "
+            "digits, `_`, `.`, `:` or `-`",
+        ),
         description="Who the stock is held for, as the movements record it (the buyer's user "
         "id, `api_key:<id>`, or `guest:<cart id>`); left out, the caller.",
     )
