@@ -1283,6 +1283,10 @@ _QUOTE_SALES = select(sale_prices.c.amount, sale_prices.c.starts_at, sale_prices
 )
 
 
+# What a quote shows to anyone: active products, and archived ones (once sold, as carts say).
+_PUBLISHED = (ProductStatus.ACTIVE, ProductStatus.ARCHIVED)
+
+
 async def quote(
     ctx: ServiceContext,
     skus: Sequence[str],
@@ -1291,8 +1295,11 @@ async def quote(
     customer_id: str | None = None,
     at: datetime | None = None,
     channel: str | None = None,
+    staff: bool = True,
 ) -> dict[str, VariantQuote]:
-    """What each known SKU costs this customer at ``at`` (default now); unknown SKUs are absent."""
+    """What each known SKU costs this customer at ``at`` (default now); unknown SKUs are absent.
+    Without ``staff`` (a caller who may not see drafts), a draft's SKUs are absent too, as
+    unknown ones are: a quote reveals no more of a draft than its product page does."""
     currency = _currency_ok(currency, "currency")
     wanted = sorted(set(skus))
     if not wanted:
@@ -1303,7 +1310,7 @@ async def quote(
     async with ctx.db.driver_read() as tx:
         for sku in wanted:
             r = await tx.row(_QUOTE_VARIANT, sku=sku, currency=currency, customer_id=customer_id)
-            if r is None:
+            if r is None or (not staff and r["status"] not in _PUBLISHED):
                 continue
             sales = (
                 [
