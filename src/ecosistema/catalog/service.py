@@ -922,12 +922,16 @@ async def delete_variant(ctx: ServiceContext, product_id: str, variant_id: str) 
         )
         if sku is None:
             raise NotFound(VARIANT_NOT_FOUND)
-        holding = await session.scalar(
-            select(func.coalesce(func.sum(stock.c.on_hand + stock.c.reserved), 0)).where(
-                stock.c.sku == sku
+        # Locked, so a reservation cannot take units of the variant while it is deleted; its
+        # stock rows go with it, and a variant made later with the SKU starts with none.
+        levels = (
+            await session.execute(
+                select(stock.c.on_hand, stock.c.reserved)
+                .where(stock.c.sku == sku)
+                .with_for_update()
             )
-        )
-        if holding:
+        ).all()
+        if any(level.on_hand or level.reserved for level in levels):
             raise Conflict(
                 "The variant still has stock; adjust it to zero first.", type="variant-has-stock"
             )
