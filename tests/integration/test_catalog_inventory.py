@@ -391,9 +391,11 @@ async def test_reserve_rejects_bad_lines(catalog: ServiceContext) -> None:
         await client.reserve("o", [("A-1", 0)], 600)
     with pytest.raises(Unprocessable):
         await client.reserve("o", [], 600)
-    with pytest.raises(InsufficientStock) as caught:
-        await client.reserve("o", [("NO-SUCH", 1)], 600)
-    assert caught.value.extra["lines"] == [{"sku": "NO-SUCH", "requested": 1, "available": 0}]
+    with pytest.raises(Unprocessable) as unknown:
+        await client.reserve("o", [("A-1", 1), ("NO-SUCH", 1)], 600)
+    assert [e["field"] for e in unknown.value.extra["errors"]] == ["lines.1.sku"]
+    assert await reservation_status(catalog, "o") is None
+    assert await level(catalog, "A-1") == (1, 0, 1)
 
 
 async def test_http_client_reserves_quotes_and_raises_insufficient_stock_like_in_process(

@@ -4,6 +4,7 @@ the channel's tax setting; price lists managed over HTTP by staff."""
 from __future__ import annotations
 
 from datetime import timedelta
+from typing import Any
 
 import httpx
 import pytest
@@ -301,3 +302,36 @@ async def test_a_customer_quoting_without_customer_id_gets_their_own_price_list(
     assert by_staff.json()["LAMP-1"]["unit_price"] == 1234
     assert for_buyer.json()["LAMP-1"]["unit_price"] == 700
     assert for_someone_else.status_code == 403
+
+
+async def test_a_customer_quoting_a_draft_sku_hears_what_an_unknown_sku_gets(
+    shop_app: FastAPI, shop: httpx.AsyncClient
+) -> None:
+    staff = await sign_in_demo(shop_app, shop, "staff")
+    customer = await sign_in_demo(shop_app, shop, "customer")
+    catalog = ctx_of(shop_app)
+    await make_product(catalog, "Desk Lamp", skus={"LAMP-1": 1234})
+    await make_product(catalog, "Secret Lamp", skus={"LAMP-NEXT": 4000}, status="draft")
+    await make_product(catalog, "Old Lamp", skus={"LAMP-OLD": 900}, status="archived")
+
+    def quote(skus: list[str], headers: dict[str, str]) -> Any:
+        return shop.post(f"{API}/quotes", json={"currency": "EUR", "skus": skus}, headers=headers)
+
+    draft = await quote(["LAMP-NEXT"], customer)
+    unknown = await quote(["NOPE"], customer)
+    mixed = await quote(["LAMP-1", "LAMP-NEXT", "LAMP-OLD"], customer)
+    by_staff = await quote(["LAMP-1", "LAMP-NEXT", "LAMP-OLD"], staff)
+
+    assert draft.status_code == unknown.status_code == 200, draft.text
+    assert draft.json() == unknown.json() == {}
+    assert "LAMP-NEXT" not in mixed.text and "Secret" not in mixed.text
+    # Archived products were on sale once: a buyer is told they are no longer sold, as carts do.
+    assert {sku: q["reason"] for sku, q in mixed.json().items()} == {
+        "LAMP-1": None,
+        "LAMP-OLD": "archived",
+    }
+    assert {sku: q["reason"] for sku, q in by_staff.json().items()} == {
+        "LAMP-1": None,
+        "LAMP-NEXT": "draft",
+        "LAMP-OLD": "archived",
+    }

@@ -193,3 +193,80 @@ async def test_each_conflict_type_has_a_title_of_its_own(
         "category-not-empty": "Category not empty",
         "variant-has-stock": "Variant still holds stock",
     }
+
+
+async def test_a_taken_code_is_named_at_code_like_a_taken_slug_or_sku(
+    shop_app: FastAPI, shop: httpx.AsyncClient
+) -> None:
+    staff = await sign_in_demo(shop_app, shop, "staff")
+    warehouse = {"code": "qa-wh", "name": "QA"}
+    price_list = {"code": "qa-pl", "name": "QA"}
+    assert (await shop.post(f"{API}/warehouses", json=warehouse, headers=staff)).status_code == 201
+    assert (
+        await shop.post(f"{API}/price-lists", json=price_list, headers=staff)
+    ).status_code == 201
+
+    for url, body in ((f"{API}/warehouses", warehouse), (f"{API}/price-lists", price_list)):
+        taken = await shop.post(url, json=body, headers=staff)
+        assert taken.status_code == 409, taken.text
+        assert taken.json()["type"].endswith("/code-taken")
+        assert taken.json()["errors"] == [
+            {"field": "code", "message": "code already in use", "code": "taken"}
+        ]
+
+
+async def test_a_price_list_replacement_names_every_faulty_entry_in_one_answer(
+    shop_app: FastAPI, shop: httpx.AsyncClient
+) -> None:
+    staff = await sign_in_demo(shop_app, shop, "staff")
+    await _product(shop, staff, variants=[variant("QA-TEE-M", 3000)])
+    created = await shop.post(
+        f"{API}/price-lists", json={"code": "qa-faults", "name": "Faults"}, headers=staff
+    )
+    url = f"{API}/price-lists/{created.json()['id']}/prices"
+
+    refused = await shop.put(
+        url,
+        json={
+            "prices": [
+                {"sku": "QA-TEE-M", "currency": "EUR", "amount": 100},
+                {"sku": "NOPE", "currency": "EUR", "amount": 100},
+                {"sku": "QA-TEE-M", "currency": "eur", "amount": 90},
+            ]
+        },
+        headers=staff,
+    )
+
+    assert refused.status_code == 422, refused.text
+    assert [(e["field"], e["code"]) for e in refused.json()["errors"]] == [
+        ("prices.1.sku", "not_found"),
+        ("prices.2", "duplicate"),
+    ]
+    assert (await shop.get(url, headers=staff)).json() == []
+
+
+async def test_a_reservation_of_an_unknown_sku_is_a_422_at_its_line_not_a_shortage(
+    shop_app: FastAPI, shop: httpx.AsyncClient
+) -> None:
+    staff = await sign_in_demo(shop_app, shop, "staff")
+    await _product(shop, staff, variants=[variant("LAMP-1", 3000)])
+    lines = [{"sku": "LAMP-1", "quantity": 1}, {"sku": "NOPE", "quantity": 1}]
+
+    unknown = await shop.post(
+        f"{API}/reservations",
+        json={"order_id": "qa-o-1", "lines": lines, "ttl_seconds": 60},
+        headers=staff,
+    )
+    bad_actor = await shop.post(
+        f"{API}/reservations",
+        json={"order_id": "qa-o-2", "lines": lines[:1], "ttl_seconds": 60, "actor": "two words"},
+        headers=staff,
+    )
+
+    assert unknown.status_code == 422, unknown.text
+    assert _fields(unknown) == [("lines.1.sku", "no variant has SKU NOPE")]
+    assert bad_actor.status_code == 422, bad_actor.text
+    [(field, message)] = _fields(bad_actor)
+    assert field == "actor"
+    assert message.startswith("must be a user id, api_key:<id> or guest:<cart id>")
+    assert "should match pattern" not in bad_actor.text and "[A-Za-z0-9]" not in bad_actor.text

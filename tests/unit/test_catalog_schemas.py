@@ -3,7 +3,8 @@ ordered, adjustments unambiguous."""
 
 from __future__ import annotations
 
-from typing import Any
+from types import UnionType
+from typing import Annotated, Any, Union, get_args, get_origin
 
 import pytest
 from pydantic import BaseModel, ValidationError
@@ -96,3 +97,54 @@ def test_a_description_keeps_line_breaks_and_tabs_but_not_invisible_characters()
         with pytest.raises(ValidationError) as refused:
             schemas.ProductCreate.model_validate({"name": "Tee", "description": f"a{char}b"})
         assert [e["loc"] for e in refused.value.errors()] == [("description",)], repr(char)
+
+
+def _request_models() -> list[type[BaseModel]]:
+    """Every catalog request model: what a caller's JSON is read into."""
+    found = [
+        m
+        for m in vars(schemas).values()
+        if isinstance(m, type) and issubclass(m, schemas._Input) and m is not schemas._Input
+    ]
+    from ecosistema.catalog.transfer import ImportProduct, ImportVariant
+
+    return [*found, ImportProduct, ImportVariant]
+
+
+def _is_integer(annotation: Any) -> bool:
+    """``int``, or ``int`` or None, however annotated."""
+    if get_origin(annotation) is Annotated:
+        return _is_integer(get_args(annotation)[0])
+    if get_origin(annotation) in (Union, UnionType):
+        members = [a for a in get_args(annotation) if a is not type(None)]
+        return len(members) == 1 and _is_integer(members[0])
+    return annotation is int
+
+
+def _integer_fields(model: type[BaseModel]) -> list[str]:
+    return [name for name, field in model.model_fields.items() if _is_integer(field.annotation)]
+
+
+@pytest.mark.parametrize(
+    ("model", "field"),
+    [(m, f) for m in _request_models() for f in _integer_fields(m)],
+    ids=lambda v: v.__name__ if isinstance(v, type) else str(v),
+)
+def test_every_integer_field_refuses_a_number_in_a_string(
+    model: type[BaseModel], field: str
+) -> None:
+    with pytest.raises(ValidationError) as caught:
+        model.model_validate({field: "500"})
+    assert any(e["loc"] == (field,) and e["type"] == "int_type" for e in caught.value.errors())
+
+
+def test_the_integer_fields_that_took_strings_are_among_those_checked() -> None:
+    checked = {(m.__name__, f) for m in _request_models() for f in _integer_fields(m)}
+    assert {
+        ("WarehouseCreate", "priority"),
+        ("VariantCreate", "position"),
+        ("VariantUpdate", "position"),
+        ("ReservationRequest", "ttl_seconds"),
+        ("OrderLine", "quantity"),
+        ("StockAdjustment", "delta"),
+    } <= checked

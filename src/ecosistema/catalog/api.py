@@ -858,7 +858,8 @@ async def list_movements(
     "/quotes",
     response_model=dict[str, VariantQuote],
     summary="Price and availability of SKUs for a customer (unknown SKUs are absent)",
-    description="A caller may quote for itself; quoting for another customer needs "
+    description="Without `catalog:write`, a draft product's SKUs are absent too, as unknown "
+    "ones are. A caller may quote for itself; quoting for another customer needs "
     "`catalog:write` (services use an API key with it). A customer who leaves out "
     "`customer_id` is quoted their own prices (their price list's, as their cart is); staff "
     "and services who leave it out are quoted the regular prices.",
@@ -873,7 +874,12 @@ async def quote(
     if customer_id not in (None, principal.subject):
         ensure(principal, STAFF_PERMISSION)
     return await service.quote(
-        ctx, body.skus, currency=body.currency, customer_id=customer_id, at=body.at
+        ctx,
+        body.skus,
+        currency=body.currency,
+        customer_id=customer_id,
+        at=body.at,
+        staff=_is_staff(principal),
     )
 
 

@@ -233,6 +233,15 @@ async def _receive_initial_stock(
         )
         rows = [r for r in rows if (r["sku"], r["warehouse_id"]) not in have]
         moves = [m for m in moves if (m["sku"], m["warehouse_id"]) not in have]
+        variant_of = dict(
+            (
+                await session.execute(
+                    select(variants.c.sku, variants.c.id).where(variants.c.sku.in_(new_skus))
+                )
+            ).all()
+        )
+        for move in moves:
+            move["variant_id"] = variant_of.get(move["sku"])
         if rows:
             await session.execute(insert(stock), rows)
         if moves:

@@ -40,7 +40,7 @@ from ecosistema.catalog.schemas import (
 )
 from ecosistema.catalog.service import insert_ignoring_conflicts, invalidate
 from ecosistema.platform.db import DriverTransaction, new_id, utcnow
-from ecosistema.platform.errors import Conflict, NotFound, field_error
+from ecosistema.platform.errors import Conflict, NotFound, Unprocessable, field_error
 from ecosistema.platform.pagination import InvalidCursor, decode_cursor, encode_cursor
 from ecosistema.platform.service import ServiceContext
 
@@ -129,6 +129,7 @@ def _movement(
     sku: str,
     warehouse_id: str,
     *,
+    variant_id: str,
     on_hand: int = 0,
     reserved: int = 0,
     reason: MovementReason,
@@ -140,6 +141,7 @@ def _movement(
     return {
         "id": new_id(),
         "sku": sku,
+        "variant_id": variant_id,
         "warehouse_id": warehouse_id,
         "on_hand_delta": on_hand,
         "reserved_delta": reserved,
@@ -230,13 +232,16 @@ async def reserve(
                     type="reservation-released",
                 )
             return
+        variant_of = await _variants_of_lines(tx, lines)
         report: list[dict[str, Any]] = []
         held: list[dict[str, Any]] = []
         movements: list[dict[str, Any]] = []
         short = False
         after: dict[str, int] = {}
         for sku, quantity in merged:
-            taken = await _take(tx, order_id, sku, quantity, now, held, movements, actor)
+            taken = await _take(
+                tx, order_id, sku, variant_of[sku], quantity, now, held, movements, actor
+            )
             after[sku] = await _available(tx, sku)
             report.append({"sku": sku, "requested": quantity, "available": after[sku] + taken})
             short = short or taken < quantity
@@ -256,10 +261,37 @@ async def reserve(
     await invalidate(ctx)
 
 
+async def _variants_of_lines(
+    tx: DriverTransaction, lines: Sequence[tuple[str, int]]
+) -> dict[str, str]:
+    """Each line's SKU's variant id; a 422 naming each line whose SKU no variant has
+    (``lines.N.sku``): an unknown SKU is a mistake in the request, not a shortage."""
+    known = {
+        sku: variant_id
+        for sku in sorted({sku for sku, _ in lines})
+        if (variant_id := await tx.scalar(_VARIANT_OF_SKU, sku=sku)) is not None
+    }
+    unknown = [(index, sku) for index, (sku, _) in enumerate(lines) if sku not in known]
+    if unknown:
+        raise Unprocessable(
+            f"Unknown SKUs: {', '.join(sorted({sku for _, sku in unknown}))}.",
+            errors=[
+                {
+                    "field": f"lines.{index}.sku",
+                    "message": f"no variant has SKU {sku}",
+                    "code": "not_found",
+                }
+                for index, sku in unknown
+            ],
+        )
+    return known
+
+
 async def _take(
     tx: DriverTransaction,
     order_id: str,
     sku: str,
+    variant_id: str,
     quantity: int,
     now: datetime,
     held: list[dict[str, Any]],
@@ -291,6 +323,7 @@ async def _take(
             _movement(
                 sku,
                 warehouse_id,
+                variant_id=variant_id,
                 reserved=amount,
                 reason=MovementReason.RESERVE,
                 actor=actor,
@@ -333,8 +366,18 @@ async def _settle(
     lines = await _held_lines(tx, order_id)
     movements = []
     changes: dict[str, int] = {}
+    variant_of: dict[str, str | None] = {}
     for line in lines:
         sku, warehouse_id, q = line["sku"], line["warehouse_id"], line["quantity"]
+        if sku not in variant_of:
+            variant_of[sku] = await tx.scalar(_VARIANT_OF_SKU, sku=sku)
+            if variant_of[sku] is None:
+                # A variant cannot be deleted while units of it are reserved; should its stock
+                # be gone all the same, there is nothing left to move or to announce.
+                log.warning("reserved_sku_without_variant", order_id=order_id, sku=sku)
+        variant_id = variant_of[sku]
+        if variant_id is None:
+            continue
         shipped = q if to is ReservationStatus.COMMITTED else 0
         await tx.execute(
             _SETTLE_STOCK, sku=sku, warehouse_id=warehouse_id, shipped=shipped, quantity=q, at=now
@@ -343,6 +386,7 @@ async def _settle(
             _movement(
                 sku,
                 warehouse_id,
+                variant_id=variant_id,
                 on_hand=-shipped,
                 reserved=-q,
                 reason=reason,
@@ -358,7 +402,9 @@ async def _settle(
     if to is ReservationStatus.RELEASED:
         await _announce(ctx, tx, changes, reason, order_id)
     else:
-        await _announce(ctx, tx, {line["sku"]: 0 for line in lines}, reason, order_id)
+        await _announce(
+            ctx, tx, {line["sku"]: 0 for line in lines if variant_of[line["sku"]]}, reason, order_id
+        )
     return True
 
 
@@ -523,9 +569,13 @@ _WAREHOUSE_LEVELS = (
     .where(stock.c.sku == bindparam("sku"))
     .order_by(warehouses.c.priority, warehouses.c.code)
 )
+# A SKU's movements are its variant's: those of a deleted variant that had the SKU are not shown.
 _MOVEMENTS = (
     select(stock_movements)
-    .where(stock_movements.c.sku == bindparam("sku"))
+    .where(
+        stock_movements.c.sku == bindparam("sku"),
+        stock_movements.c.variant_id == bindparam("variant_id"),
+    )
     .order_by(stock_movements.c.position.desc())
     .limit(bindparam("limit", type_=Integer))
 )
@@ -660,6 +710,57 @@ def _over_restock(
     )
 
 
+_RESERVED_VARIANTS = (
+    select(stock_movements.c.variant_id)
+    .where(
+        stock_movements.c.reference == bindparam("order_id"),
+        stock_movements.c.reason == MovementReason.RESERVE.value,
+        stock_movements.c.sku == bindparam("sku"),
+    )
+    .distinct()
+)
+
+
+async def _order_variants(
+    tx: DriverTransaction, order_id: str, merged: Sequence[tuple[str, int]]
+) -> tuple[dict[str, str], dict[str, tuple[str, str]]]:
+    """The variant of each SKU to restock, and the SKUs whose order's variant is gone, each
+    with why in words and as a code: no variant has the SKU any more, or the order's was
+    deleted and another made with its SKU since (that one's stock is not the order's)."""
+    found: dict[str, str] = {}
+    gone: dict[str, tuple[str, str]] = {}
+    for sku, _ in merged:
+        variant_id = await tx.scalar(_VARIANT_OF_SKU, sku=sku)
+        if variant_id is None:
+            gone[sku] = (f"no variant has SKU {sku} any more", "not_found")
+            continue
+        reserved = {
+            r["variant_id"] for r in await tx.rows(_RESERVED_VARIANTS, order_id=order_id, sku=sku)
+        }
+        if reserved and variant_id not in reserved:
+            gone[sku] = (
+                f"the order's variant with SKU {sku} was deleted; the SKU names another one now",
+                "variant_replaced",
+            )
+            continue
+        found[sku] = variant_id
+    return found, gone
+
+
+def _gone_refusal(
+    lines: Sequence[tuple[str, int]], gone: dict[str, tuple[str, str]]
+) -> Unprocessable:
+    """A 422 naming each line whose SKU's variant (the order's) no longer exists."""
+    return Unprocessable(
+        "The order's variants of these SKUs no longer exist: " + ", ".join(sorted(gone)) + ".",
+        errors=[
+            {"field": f"lines.{index}.sku", "message": gone[sku][0], "code": gone[sku][1]}
+            for index, (sku, _) in enumerate(lines)
+            if sku in gone
+        ],
+    )
+
+
 async def restock_in(
     ctx: ServiceContext,
     tx: DriverTransaction,
@@ -685,6 +786,21 @@ async def restock_in(
             raise
         log.warning("restock_without_committed_reservation", order_id=order_id)
         return
+    variant_of, gone = await _order_variants(tx, order_id, merged)
+    if gone:
+        if strict:
+            raise _gone_refusal(lines, gone)
+        # The units belong to a variant that no longer exists: nothing holds their stock now.
+        for sku, (message, _) in gone.items():
+            log.warning(
+                "restock_of_deleted_variant_skipped",
+                order_id=order_id,
+                sku=sku,
+                quantity=dict(merged)[sku],
+                why=message,
+            )
+        lines = [(sku, q) for sku, q in lines if sku not in gone]
+        merged = [(sku, q) for sku, q in merged if sku not in gone]
     refused = _over_restock(lines, merged, allowed)
     if refused is not None:
         if strict:
@@ -705,6 +821,7 @@ async def restock_in(
                 _movement(
                     sku,
                     warehouse_id,
+                    variant_id=variant_of[sku],
                     on_hand=units,
                     reason=MovementReason.RESTOCK,
                     actor=actor,
@@ -715,7 +832,8 @@ async def restock_in(
             )
         changes[sku] = quantity
     await _record(tx, movements)
-    await _announce(ctx, tx, changes, MovementReason.RESTOCK, order_id)
+    if changes:
+        await _announce(ctx, tx, changes, MovementReason.RESTOCK, order_id)
 
 
 async def restock(
@@ -736,12 +854,15 @@ async def restock(
     await invalidate(ctx)
 
 
-async def _require_sku(tx: DriverTransaction, sku: str) -> None:
-    if not await tx.scalar(_VARIANT_OF_SKU, sku=sku):
+async def _require_sku(tx: DriverTransaction, sku: str) -> str:
+    """The id of the variant with this SKU (404 when none has it)."""
+    variant_id: str | None = await tx.scalar(_VARIANT_OF_SKU, sku=sku)
+    if variant_id is None:
         other = await tx.scalar(_SKU_OF_OTHER_CASE, sku=sku)
         if other is not None:
             raise NotFound(f"{SKU_NOT_FOUND} SKUs are case-sensitive: {other} exists.")
         raise NotFound(SKU_NOT_FOUND)
+    return variant_id
 
 
 async def adjust_stock(
@@ -750,7 +871,7 @@ async def adjust_stock(
     """Change on-hand stock after a delivery, a count or a loss; never below what is reserved."""
     now = utcnow()
     async with ctx.db.driver_write() as tx:
-        await _require_sku(tx, sku)
+        variant_id = await _require_sku(tx, sku)
         warehouse_id = await tx.scalar(_WAREHOUSE_OF_CODE, code=data.warehouse)
         if warehouse_id is None:
             raise field_error("warehouse", "no warehouse with this code", "not_found")
@@ -786,6 +907,7 @@ async def adjust_stock(
                     _movement(
                         sku,
                         warehouse_id,
+                        variant_id=variant_id,
                         on_hand=delta,
                         reason=reason,
                         actor=actor,
@@ -867,11 +989,13 @@ async def movements(
         if cursor_sku != sku:
             raise InvalidCursor("The cursor belongs to another SKU's movements.")
     async with ctx.db.driver_read() as tx:
-        await _require_sku(tx, sku)
+        variant_id = await _require_sku(tx, sku)
         if before is None:
-            rows = await tx.rows(_MOVEMENTS, sku=sku, limit=limit + 1)
+            rows = await tx.rows(_MOVEMENTS, sku=sku, variant_id=variant_id, limit=limit + 1)
         else:
-            rows = await tx.rows(_MOVEMENTS_BEFORE, sku=sku, before=before, limit=limit + 1)
+            rows = await tx.rows(
+                _MOVEMENTS_BEFORE, sku=sku, variant_id=variant_id, before=before, limit=limit + 1
+            )
     page = rows[:limit]
     return MovementPage(
         items=[StockMovement.model_validate(r) for r in page],

@@ -161,6 +161,9 @@ stock_movements = Table(
     Column("position", Integer, primary_key=True, autoincrement=True),
     Column("id", id_column_type(), nullable=False, unique=True),
     Column("sku", String(64), nullable=False),
+    # The variant the SKU named when the stock moved: a variant made later with the same SKU
+    # (after this one was deleted) does not take these movements as its own.
+    Column("variant_id", id_column_type()),
     Column("warehouse_id", id_column_type(), nullable=False),
     Column("on_hand_delta", Integer, nullable=False),
     Column("reserved_delta", Integer, nullable=False),

@@ -200,7 +200,7 @@ class VariantCreate(_Input):
     name: Name | None = None
     options: Options = Field(default_factory=dict)
     weight_grams: Annotated[int, Field(strict=True, ge=0, le=10_000_000)] = 0
-    position: Annotated[int, Field(ge=0, le=10_000)] | None = None
+    position: Annotated[int, Field(strict=True, ge=0, le=10_000)] | None = None
     prices: list[PriceInput] = Field(default_factory=list, max_length=50)
     sale_prices: list[SalePriceInput] = Field(default_factory=list, max_length=50)
 
@@ -219,7 +219,7 @@ class VariantUpdate(_Input):
     name: Name | None = None
     options: Options | None = None
     weight_grams: Annotated[int, Field(strict=True, ge=0, le=10_000_000)] | None = None
-    position: Annotated[int, Field(ge=0, le=10_000)] | None = None
+    position: Annotated[int, Field(strict=True, ge=0, le=10_000)] | None = None
     prices: list[PriceInput] | None = Field(default=None, max_length=50)
     sale_prices: list[SalePriceInput] | None = Field(default=None, max_length=50)
 
@@ -398,12 +398,16 @@ class ReservationRequest(_Input):
 
     order_id: Annotated[str, Field(min_length=1, max_length=64)]
     lines: list[OrderLine] = Field(min_length=1, max_length=500)
-    ttl_seconds: Annotated[int, Field(ge=1, le=7 * 24 * 3600)]
+    ttl_seconds: Annotated[int, Field(strict=True, ge=1, le=7 * 24 * 3600)]
     actor: str | None = Field(
         default=None,
         min_length=1,
         max_length=64,
-        pattern=r"^[A-Za-z0-9][A-Za-z0-9_.:\-]*$",
+        pattern=pattern_rule(
+            r"^[A-Za-z0-9][A-Za-z0-9_.:\-]*$",
+            "a user id, api_key:<id> or guest:<cart id>: a letter or digit, then letters, "
+            "digits, `_`, `.`, `:` or `-`",
+        ),
         description="Who the stock is held for, as the movements record it (the buyer's user "
         "id, `api_key:<id>`, or `guest:<cart id>`); left out, the caller.",
     )
@@ -458,7 +462,7 @@ class WarehouseCreate(_Input):
 
     code: Code
     name: ShortName
-    priority: Annotated[int, Field(ge=0, le=10_000)] = 0
+    priority: Annotated[int, Field(strict=True, ge=0, le=10_000)] = 0
 
 
 class Warehouse(BaseModel):

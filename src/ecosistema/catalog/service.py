@@ -922,12 +922,16 @@ async def delete_variant(ctx: ServiceContext, product_id: str, variant_id: str) 
         )
         if sku is None:
             raise NotFound(VARIANT_NOT_FOUND)
-        holding = await session.scalar(
-            select(func.coalesce(func.sum(stock.c.on_hand + stock.c.reserved), 0)).where(
-                stock.c.sku == sku
+        # Locked, so a reservation cannot take units of the variant while it is deleted; its
+        # stock rows go with it, and a variant made later with the SKU starts with none.
+        levels = (
+            await session.execute(
+                select(stock.c.on_hand, stock.c.reserved)
+                .where(stock.c.sku == sku)
+                .with_for_update()
             )
-        )
-        if holding:
+        ).all()
+        if any(level.on_hand or level.reserved for level in levels):
             raise Conflict(
                 "The variant still has stock; adjust it to zero first.", type="variant-has-stock"
             )
@@ -942,6 +946,15 @@ async def delete_variant(ctx: ServiceContext, product_id: str, variant_id: str) 
 # --- warehouses ---------------------------------------------------------------------------------
 
 
+def _code_conflict(kind: str, code: str) -> Conflict:
+    """A 409 naming the code in use (a warehouse's or a price list's), at ``code``."""
+    return Conflict(
+        f"A {kind} with code {code!r} exists.",
+        type="code-taken",
+        errors=[{"field": "code", "message": "code already in use", "code": "taken"}],
+    )
+
+
 async def create_warehouse(ctx: ServiceContext, data: WarehouseCreate) -> Warehouse:
     """Add a warehouse."""
     row = {
@@ -954,9 +967,9 @@ async def create_warehouse(ctx: ServiceContext, data: WarehouseCreate) -> Wareho
     try:
         async with ctx.db.transaction() as session:
             if not await insert_ignoring_conflicts(session, warehouses, row, ["code"]):
-                raise Conflict(f"A warehouse with code {data.code!r} exists.", type="code-taken")
+                raise _code_conflict("warehouse", data.code)
     except IntegrityError as exc:
-        raise Conflict(f"A warehouse with code {data.code!r} exists.", type="code-taken") from exc
+        raise _code_conflict("warehouse", data.code) from exc
     return Warehouse.model_validate(row)
 
 
@@ -996,10 +1009,10 @@ async def create_price_list(ctx: ServiceContext, data: PriceListCreate) -> Price
             if not await insert_ignoring_conflicts(
                 session, price_lists, {**row, "updated_at": now}, ["code"]
             ):
-                raise Conflict(f"A price list with code {data.code!r} exists.", type="code-taken")
+                raise _code_conflict("price list", data.code)
             return await _price_list_view(session, price_list_id)
     except IntegrityError as exc:
-        raise Conflict(f"A price list with code {data.code!r} exists.", type="code-taken") from exc
+        raise _code_conflict("price list", data.code) from exc
 
 
 async def list_price_lists(ctx: ServiceContext) -> list[PriceList]:
@@ -1041,12 +1054,22 @@ async def delete_price_list(ctx: ServiceContext, price_list_id: str) -> None:
 async def set_price_list_prices(
     ctx: ServiceContext, price_list_id: str, entries: Sequence[PriceListPrice]
 ) -> list[PriceListPrice]:
-    """Replace a price list's prices; every SKU must exist."""
+    """Replace a price list's prices; every SKU must exist, and have one price per currency.
+    Every entry at fault is named in one 422: repeated SKU and currency pairs and unknown SKUs
+    alike, in the order of the entries."""
+    faults: list[tuple[int, dict[str, str]]] = []
     seen: set[tuple[str, str]] = set()
     for index, entry in enumerate(entries):
         if (entry.sku, entry.currency) in seen:
-            raise field_error(
-                f"prices.{index}", f"{entry.sku} has a {entry.currency} price already in the list"
+            faults.append(
+                (
+                    index,
+                    {
+                        "field": f"prices.{index}",
+                        "message": f"{entry.sku} has a {entry.currency} price already in the list",
+                        "code": "duplicate",
+                    },
+                )
             )
         seen.add((entry.sku, entry.currency))
     async with ctx.db.transaction() as session:
@@ -1060,17 +1083,27 @@ async def set_price_list_prices(
             ).all()
         )
         missing = [(i, e.sku) for i, e in enumerate(entries) if e.sku not in found]
-        if missing:
+        faults.extend(
+            (
+                i,
+                {
+                    "field": f"prices.{i}.sku",
+                    "message": f"no variant has SKU {sku}",
+                    "code": "not_found",
+                },
+            )
+            for i, sku in missing
+        )
+        if faults:
+            parts = []
+            if missing:
+                parts.append(f"unknown SKUs: {', '.join(sorted({sku for _, sku in missing}))}")
+            duplicates = len(faults) - len(missing)
+            if duplicates:
+                parts.append(f"{duplicates} repeated SKU and currency pair(s)")
             raise Unprocessable(
-                f"unknown SKUs: {', '.join(sorted({sku for _, sku in missing}))}",
-                errors=[
-                    {
-                        "field": f"prices.{i}.sku",
-                        "message": f"no variant has SKU {sku}",
-                        "code": "not_found",
-                    }
-                    for i, sku in missing
-                ],
+                "; ".join(parts),
+                errors=[error for _, error in sorted(faults, key=lambda f: f[0])],
             )
         await session.execute(
             delete(price_list_prices).where(price_list_prices.c.price_list_id == price_list_id)
@@ -1254,6 +1287,10 @@ _QUOTE_SALES = select(sale_prices.c.amount, sale_prices.c.starts_at, sale_prices
 )
 
 
+# What a quote shows to anyone: active products, and archived ones (once sold, as carts say).
+_PUBLISHED = (ProductStatus.ACTIVE, ProductStatus.ARCHIVED)
+
+
 async def quote(
     ctx: ServiceContext,
     skus: Sequence[str],
@@ -1262,8 +1299,11 @@ async def quote(
     customer_id: str | None = None,
     at: datetime | None = None,
     channel: str | None = None,
+    staff: bool = True,
 ) -> dict[str, VariantQuote]:
-    """What each known SKU costs this customer at ``at`` (default now); unknown SKUs are absent."""
+    """What each known SKU costs this customer at ``at`` (default now); unknown SKUs are absent.
+    Without ``staff`` (a caller who may not see drafts), a draft's SKUs are absent too, as
+    unknown ones are: a quote reveals no more of a draft than its product page does."""
     currency = _currency_ok(currency, "currency")
     wanted = sorted(set(skus))
     if not wanted:
@@ -1274,7 +1314,7 @@ async def quote(
     async with ctx.db.driver_read() as tx:
         for sku in wanted:
             r = await tx.row(_QUOTE_VARIANT, sku=sku, currency=currency, customer_id=customer_id)
-            if r is None:
+            if r is None or (not staff and r["status"] not in _PUBLISHED):
                 continue
             sales = (
                 [
