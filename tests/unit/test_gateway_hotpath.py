@@ -4,8 +4,10 @@ upstream connection's parser, and whole exchanges over in-memory transports."""
 from __future__ import annotations
 
 import asyncio
+import copy
 import gc
 import io
+import itertools
 import json
 import re
 from typing import Any
@@ -72,17 +74,31 @@ class Recorder:
     def flush(self) -> None: ...
 
 
-def test_generated_ids_are_unique_hex_and_differ_after_a_reseed() -> None:
+def test_generated_ids_are_random_unique_valid_hex_and_never_zero() -> None:
     source = _IdSource()
     ids = [source.next() for _ in range(20_000)]
-    assert len(set(ids)) == len(ids)
-    assert all(re.fullmatch(rb"[0-9a-f]{32}", i) for i in ids)
-    assert all(i[:16] != b"0" * 16 and i[16:] != b"0" * 16 for i in ids)
-    source.reseed()
-    assert source.next()[:16] != ids[0][:16]
     spans = [source.span() for _ in range(20_000)]
-    assert len(set(spans)) == len(spans)
-    assert all(re.fullmatch(rb"[0-9a-f]{16}", s) and s != b"0" * 16 for s in spans)
+    assert len(set(ids)) == len(ids) and len(set(spans)) == len(spans)
+    assert all(re.fullmatch(rb"[0-9a-f]{32}", i) for i in ids)
+    assert all(re.fullmatch(rb"[0-9a-f]{16}", s) for s in spans)
+    assert all(i[:16] != b"0" * 16 and i[16:] != b"0" * 16 for i in ids)
+    assert b"0" * 16 not in spans
+    # Random throughout: the upper halves vary, and neither half follows a sequence.
+    assert len({i[:16] for i in ids}) == len(ids)
+    for half in (slice(0, 16), slice(16, 32)):
+        values = [int(i[half], 16) for i in ids]
+        steps = {(b - a) % 2**64 for a, b in itertools.pairwise(values)}
+        assert len(steps) > len(values) // 2
+    # Span ids are not the lower halves of trace ids.
+    assert not set(spans) & {i[16:] for i in ids}
+
+
+def test_a_forked_worker_draws_ids_of_its_own_after_a_reseed() -> None:
+    parent = _IdSource()
+    parent.next()
+    child = copy.copy(parent)  # what a fork leaves the child with
+    child.reseed()
+    assert not {parent.next() for _ in range(300)} & {child.next() for _ in range(300)}
 
 
 def test_an_upstream_connection_reuses_its_parser_for_responses_in_a_row() -> None:
@@ -200,6 +216,27 @@ async def test_requests_in_a_row_are_proxied_over_one_pooled_connection() -> Non
     await gateway.close()
 
 
+async def test_proxied_requests_get_random_ids_and_a_span_of_the_gateways_own() -> None:
+    gateway = _gateway()
+    client, _, upstream = _connect(gateway)
+    sent: list[bytes] = upstream.transport.written  # type: ignore[union-attr]
+    for n in range(200):
+        client.data_received(b"GET /open/%d HTTP/1.1\r\nHost: shop.example\r\n\r\n" % n)
+        upstream.data_received(RESPONSE)
+    traces = [
+        re.search(rb"traceparent: 00-([0-9a-f]{32})-([0-9a-f]{16})-01\r\n", request)
+        for request in sent
+    ]
+    assert len(traces) == 200 and all(traces)
+    trace_ids = [t[1] for t in traces if t]
+    span_ids = [t[2] for t in traces if t]
+    assert len(set(trace_ids)) == 200 and len({t[:16] for t in trace_ids}) == 200
+    assert len(set(span_ids)) == 200 and not set(span_ids) & {t[16:] for t in trace_ids}
+    lower = [int(t[16:], 16) for t in trace_ids]
+    assert len({(b - a) % 2**64 for a, b in itertools.pairwise(lower)}) > 100
+    await gateway.close()
+
+
 KEY = b"eco_k1_s3cret"
 
 
@@ -303,6 +340,7 @@ async def test_a_cache_hit_carries_this_requests_ids_and_trace_not_the_stored_on
     assert not_modified.startswith(b"HTTP/1.1 304 ")
     made_id, made_trace = _ids_of(not_modified)
     assert re.fullmatch("[0-9a-f]{32}", made_id) and made_trace.startswith(f"00-{made_id}-")
+    assert made_trace.split("-")[2] != made_id[16:]
     lines = _access_lines(gateway)
     assert (lines["second"]["cache"], lines["second"]["trace_id"]) == ("HIT", "3" * 32)
     assert (lines[made_id]["cache"], lines[made_id]["trace_id"]) == ("HIT", made_id)
@@ -336,6 +374,7 @@ async def test_answers_the_gateway_gives_itself_carry_the_requests_trace(
         request_id, traceparent = _ids_of(response)
         trace_id = "5" * 32 if trace else request_id
         assert re.fullmatch(f"00-{trace_id}-[0-9a-f]{{16}}-01", traceparent)
+        assert traceparent.split("-")[2] != trace_id[16:]
         assert traceparent != trace
         assert _access_lines(gateway)[request_id]["trace_id"] == trace_id
     await gateway.close()
@@ -349,6 +388,7 @@ async def test_an_answer_to_bytes_that_make_no_request_has_a_trace_too() -> None
     assert response.startswith(b"HTTP/1.1 400 ")
     request_id, traceparent = _ids_of(response)
     assert re.fullmatch(f"00-{request_id}-[0-9a-f]{{16}}-01", traceparent)
+    assert traceparent.split("-")[2] != request_id[16:]
     assert _access_lines(gateway)[request_id]["trace_id"] == request_id
     await gateway.close()
 
@@ -392,7 +432,9 @@ async def test_the_gateway_keeps_only_a_traceparent_the_services_accept(
         assert forwarded == traceparent
         assert answered.split("-")[1] == "7" * 32
     else:
-        assert forwarded == f"00-{lines[0]['request_id']}-{lines[0]['request_id'][16:]}-01"
+        made = lines[0]["request_id"]
+        assert re.fullmatch(f"00-{made}-[0-9a-f]{{16}}-01", forwarded)
+        assert forwarded.split("-")[2] != made[16:]
         assert answered.startswith(f"00-{lines[1]['request_id']}-")
     assert lines[0]["trace_id"] == forwarded.split("-")[1]
     assert lines[1]["trace_id"] == answered.split("-")[1]

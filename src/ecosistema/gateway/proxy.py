@@ -215,35 +215,52 @@ _REASONS: Final[dict[int, bytes]] = {
 
 
 class _IdSource:
-    """Request and trace ids: unique, not unguessable. A random 64-bit half per process, and a
-    64-bit Weyl sequence (a random start stepped by an odd constant modulo 2**64: no repeats
-    within 2**64 ids) that keeps the low half of a trace id well mixed for ratio-based trace
-    samplers."""
+    """Request, trace and span ids, drawn at random as W3C Trace Context asks of trace ids (all
+    128 bits; a request id the gateway makes is its trace id) and span ids (all 64 bits). The
+    random bytes come from the operating system in blocks and each id is a slice of one, so a
+    request costs no system call."""
 
-    __slots__ = ("_prefix", "_state")
+    __slots__ = ("_at", "_block")
 
     def __init__(self) -> None:
         self.reseed()
 
     def reseed(self) -> None:
-        """New random halves (after a fork, so that workers never share ids)."""
-        seed = int.from_bytes(os.urandom(16), "big")
-        self._prefix = b"%016x" % ((seed >> 64) or 1)
-        self._state = seed & _MASK64
+        """Forget the random bytes left (after a fork, so that workers never share ids)."""
+        self._block = b""
+        self._at = _BLOCK_HEX
+
+    def _refill(self) -> None:
+        block = os.urandom(_BLOCK_HEX // 2).hex().encode()
+        # Every id is a slice at a multiple of 16 digits: one without 16 zeros in a row anywhere
+        # never yields an all-zero span id or trace id half, which Trace Context forbids.
+        while _ZERO_SPAN_ID in block:
+            block = os.urandom(_BLOCK_HEX // 2).hex().encode()
+        self._block = block
+        self._at = 0
 
     def next(self) -> bytes:
-        """32 lower-case hex digits, never zero in either half."""
-        state = self._state = (self._state + _ID_INCREMENT) & _MASK64
-        return self._prefix + (state or 1).to_bytes(8, "big").hex().encode()
+        """32 lower-case hex digits, never zero in either half: a request or trace id."""
+        at = self._at
+        if at + 32 > _BLOCK_HEX:
+            self._refill()
+            at = 0
+        self._at = at + 32
+        return self._block[at : at + 32]
 
     def span(self) -> bytes:
-        """16 lower-case hex digits, never zero: a span id (the sequence's half of an id)."""
-        state = self._state = (self._state + _ID_INCREMENT) & _MASK64
-        return (state or 1).to_bytes(8, "big").hex().encode()
+        """16 lower-case hex digits, never zero: a span id."""
+        at = self._at
+        if at + 16 > _BLOCK_HEX:
+            self._refill()
+            at = 0
+        self._at = at + 16
+        return self._block[at : at + 16]
 
 
-_MASK64: Final = (1 << 64) - 1
-_ID_INCREMENT: Final = 0x9E3779B97F4A7C15
+# 256 trace ids' worth of random digits per draw.
+_BLOCK_HEX: Final = 32 * 256
+_ZERO_SPAN_ID: Final = b"0" * 16
 _ids: Final = _IdSource()
 os.register_at_fork(after_in_child=_ids.reseed)
 
@@ -292,7 +309,6 @@ def _is_dot_segment_path(path: str) -> bool:
 _REQUEST_ID: Final = re.compile(rb"[A-Za-z0-9._-]{1,128}")
 _TRACEPARENT: Final = re.compile(rb"[0-9a-f]{2}-[0-9a-f]{32}-[0-9a-f]{16}-[0-9a-f]{2}")
 _ZERO_TRACE_ID: Final = b"0" * 32
-_ZERO_SPAN_ID: Final = b"0" * 16
 
 
 def _valid_request_id(value: bytes) -> bool:
@@ -484,7 +500,7 @@ class Exchange:
         else:
             if generated is None:
                 generated = _ids.next()
-            self.traceparent = b"00-" + generated + b"-" + generated[16:] + b"-01"
+            self.traceparent = b"00-" + generated + b"-" + _ids.span() + b"-01"
         self.trace_id = self.traceparent[3:35]
         # A request without a body is complete with its head, so it can be answered at once.
         self.body_done = not self.chunked and self.content_length == 0
@@ -1484,7 +1500,7 @@ class Gateway:
         return b"x-request-id: %s\r\ntraceparent: 00-%s-%s-01\r\n%s" % (
             request_id,
             request_id,
-            request_id[16:],
+            _ids.span(),
             self._security,
         )
 

@@ -19,6 +19,8 @@ from typing import Any
 
 import pyotp
 
+from ecosistema.platform.addresses import ISO_3166_ALPHA_2
+
 # Shared with the other services' rules for text people see; names kept for identity's callers.
 
 PASSWORD_MIN_LENGTH = 12
@@ -244,19 +246,7 @@ class Permissions:
 
 # --- profile text, countries, languages, preferences -------------------------------------------
 
-# ISO 3166-1 alpha-2: the officially assigned codes.
-_COUNTRY_CODES_TEXT = """
-    AD AE AF AG AI AL AM AO AQ AR AS AT AU AW AX AZ BA BB BD BE BF BG BH BI BJ BL BM BN BO BQ BR
-    BS BT BV BW BY BZ CA CC CD CF CG CH CI CK CL CM CN CO CR CU CV CW CX CY CZ DE DJ DK DM DO DZ
-    EC EE EG EH ER ES ET FI FJ FK FM FO FR GA GB GD GE GF GG GH GI GL GM GN GP GQ GR GS GT GU GW
-    GY HK HM HN HR HT HU ID IE IL IM IN IO IQ IR IS IT JE JM JO JP KE KG KH KI KM KN KP KR KW KY
-    KZ LA LB LC LI LK LR LS LT LU LV LY MA MC MD ME MF MG MH MK ML MM MN MO MP MQ MR MS MT MU MV
-    MW MX MY MZ NA NC NE NF NG NI NL NO NP NR NU NZ OM PA PE PF PG PH PK PL PM PN PR PS PT PW PY
-    QA RE RO RS RU RW SA SB SC SD SE SG SH SI SJ SK SL SM SN SO SR SS ST SV SX SY SZ TC TD TF TG
-    TH TJ TK TL TM TN TO TR TT TV TW TZ UA UG UM US UY UZ VA VC VE VG VI VN VU WF WS YE YT ZA ZM
-    ZW
-"""
-COUNTRY_CODES = frozenset(_COUNTRY_CODES_TEXT.split())
+COUNTRY_CODES = ISO_3166_ALPHA_2
 
 # ISO 639-1: the two-letter language codes.
 _LANGUAGE_CODES_TEXT = """
@@ -277,14 +267,6 @@ _LANGUAGE_TAG = re.compile(
 PREFERENCES_MAX_DEPTH = 8
 PREFERENCES_MAX_BYTES = 8 * 1024
 PREFERENCE_KEY_MAX_LENGTH = 64
-
-
-def check_country(code: str) -> str:
-    """An ISO 3166-1 alpha-2 country code, upper-cased; ValueError for anything else."""
-    upper = code.upper()
-    if upper not in COUNTRY_CODES:
-        raise ValueError("must be an ISO 3166-1 alpha-2 country code")
-    return upper
 
 
 def check_locale(tag: str) -> str:

@@ -10,6 +10,7 @@ from pydantic import BaseModel, ConfigDict, EmailStr, Field, TypeAdapter, field_
 
 from ecosistema.identity import domain
 from ecosistema.identity.domain import UserStatus
+from ecosistema.platform import addresses as postal
 from ecosistema.platform.errors import pattern_rule
 from ecosistema.platform.text import check_display_text
 
@@ -26,10 +27,6 @@ def _person_name(value: str | None) -> str | None:
 
 def _language_tag(value: str | None) -> str | None:
     return None if value is None else domain.check_locale(value)
-
-
-def _optional_text(value: str | None) -> str | None:
-    return None if value is None else check_display_text(value, blank_allowed=True)
 
 
 _EMAIL: TypeAdapter[str] = TypeAdapter(EmailStr)
@@ -123,30 +120,25 @@ class Accepted(BaseModel):
     detail: str
 
 
-class Address(Input):
-    label: str | None = Field(default=None, max_length=50)
-    line1: str = Field(min_length=1, max_length=200)
-    line2: str | None = Field(default=None, max_length=200)
-    city: str = Field(min_length=1, max_length=100)
-    region: str | None = Field(default=None, max_length=100)
-    postal_code: str | None = Field(default=None, max_length=20)
-    country: str = Field(min_length=2, max_length=2, description="ISO 3166-1 alpha-2 code.")
+class ProfileAddress(postal.Address):
+    """An address saved to a profile: the postal address checkout takes, same fields and rules,
+    so that one is copied between a profile and a cart or an order as it is; only ``name`` may
+    be left out (addresses saved before profiles took one have none)."""
 
-    _required_text = field_validator("line1", "city")(check_display_text)
-    _optional_lines = field_validator("label", "line2", "region", "postal_code")(_optional_text)
-    _country = field_validator("country")(domain.check_country)
+    # Optional here only: a profile address is never passed where a checkout address is needed.
+    name: str | None = Field(  # type: ignore[assignment]
+        default=None,
+        min_length=1,
+        max_length=200,
+        description="Recipient or company name; checkout requires one.",
+    )
 
 
-class SavedAddress(BaseModel):
-    """An address as stored; rules tightened later must not make older ones unreadable."""
+class SavedAddress(postal.PostalAddress):
+    """An address as stored; rules tightened later must not make older ones unreadable (those
+    saved before addresses had a name, a company or a phone have none)."""
 
-    label: str | None = None
-    line1: str
-    line2: str | None = None
-    city: str
-    region: str | None = None
-    postal_code: str | None = None
-    country: str = Field(description="ISO 3166-1 alpha-2 code.")
+    name: str | None = None  # type: ignore[assignment]
 
 
 class Profile(BaseModel):
@@ -169,7 +161,7 @@ class ProfileUpdate(Input):
             "a phone number: an optional `+`, then 4 to 32 digits, spaces or `( ) . / -`",
         ),
     )
-    addresses: list[Address] | None = Field(default=None, max_length=20)
+    addresses: list[ProfileAddress] | None = Field(default=None, max_length=20)
     locale: str | None = Field(default=None, max_length=35)
     preferences: dict[str, Any] | None = Field(
         default=None,

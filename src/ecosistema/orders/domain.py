@@ -16,7 +16,6 @@ from ecosistema.platform.money import (
     tax_from_inclusive,
     tax_on_exclusive,
 )
-from ecosistema.platform.text import check_display_text
 
 # --- state machine ------------------------------------------------------------------------------
 
@@ -703,46 +702,3 @@ def _line_error(field_name: str, message: str) -> Unprocessable:
     return Unprocessable(
         message, errors=[{"field": field_name, "message": message, "code": "invalid"}]
     )
-
-
-_ISO_3166_ALPHA_2_TABLE = """
-    AD AE AF AG AI AL AM AO AQ AR AS AT AU AW AX AZ
-    BA BB BD BE BF BG BH BI BJ BL BM BN BO BQ BR BS BT BV BW BY BZ
-    CA CC CD CF CG CH CI CK CL CM CN CO CR CU CV CW CX CY CZ
-    DE DJ DK DM DO DZ
-    EC EE EG EH ER ES ET
-    FI FJ FK FM FO FR
-    GA GB GD GE GF GG GH GI GL GM GN GP GQ GR GS GT GU GW GY
-    HK HM HN HR HT HU
-    ID IE IL IM IN IO IQ IR IS IT
-    JE JM JO JP
-    KE KG KH KI KM KN KP KR KW KY KZ
-    LA LB LC LI LK LR LS LT LU LV LY
-    MA MC MD ME MF MG MH MK ML MM MN MO MP MQ MR MS MT MU MV MW MX MY MZ
-    NA NC NE NF NG NI NL NO NP NR NU NZ
-    OM
-    PA PE PF PG PH PK PL PM PN PR PS PT PW PY
-    QA
-    RE RO RS RU RW
-    SA SB SC SD SE SG SH SI SJ SK SL SM SN SO SR SS ST SV SX SY SZ
-    TC TD TF TG TH TJ TK TL TM TN TO TR TT TV TW TZ
-    UA UG UM US UY UZ
-    VA VC VE VG VI VN VU
-    WF WS
-    YE YT
-    ZA ZM ZW
-"""
-
-ISO_3166_ALPHA_2: frozenset[str] = frozenset(_ISO_3166_ALPHA_2_TABLE.split())
-"""The ISO 3166-1 alpha-2 codes officially assigned to countries and territories."""
-
-
-def check_address_text(text: str) -> str:
-    """Text printed on a parcel or an invoice: not blank, nothing that garbles a label (control
-    characters, line separators, bidi overrides); surrounding spaces trimmed."""
-    return check_display_text(text).strip()
-
-
-def is_country(code: str) -> bool:
-    """Whether ``code`` (upper case) is an ISO 3166-1 alpha-2 country code."""
-    return code in ISO_3166_ALPHA_2

@@ -3,7 +3,6 @@ Every request body forbids unknown fields; amounts are integer minor units with 
 
 from __future__ import annotations
 
-import re
 from collections.abc import Mapping, Sequence
 from datetime import datetime
 from typing import Annotated, Any, Literal
@@ -25,10 +24,11 @@ from ecosistema.orders.domain import (
     OrderStatus,
     PaymentStatus,
     VoucherKind,
-    check_address_text,
-    is_country,
     voucher_definition_problems,
 )
+from ecosistema.platform.addresses import Address as Address
+from ecosistema.platform.addresses import PostalAddress as PostalAddress
+from ecosistema.platform.addresses import is_country
 from ecosistema.platform.errors import pattern_rule
 from ecosistema.platform.money import iso_currency
 from ecosistema.platform.sku import SKU_PATTERN as _SKU
@@ -48,7 +48,6 @@ _METHOD = pattern_rule(
     r"^[a-z0-9][a-z0-9_\-]*$",
     "a code: a lower-case letter or digit, then lower-case letters, digits, `_` or `-`",
 )
-_PHONE = re.compile(r"\+?[0-9][0-9 ()./-]{2,31}")
 MAX_AMOUNT = 10**12
 
 
@@ -76,67 +75,6 @@ def _refuse(title: str, problems: list[tuple[tuple[str | int, ...], str, Any]]) 
 
 
 # --- addresses ----------------------------------------------------------------------------------
-
-
-class PostalAddress(BaseModel):
-    """A postal address as a cart or an order keeps it (read back without the rules for new
-    ones, so that rules tightened later never make older carts or orders unreadable)."""
-
-    name: str
-    company: str | None = None
-    line1: str
-    line2: str | None = None
-    city: str
-    region: str | None = Field(default=None, description="State or province.")
-    postal_code: str | None = None
-    country: str = Field(description="ISO 3166-1 alpha-2 code.")
-    phone: str | None = Field(default=None, description="For the carrier.")
-
-
-class Address(Input):
-    """A postal address given with a cart or an order, as printed on the parcel or the
-    invoice."""
-
-    name: str = Field(min_length=1, max_length=200, description="Recipient or company name.")
-    company: str | None = Field(default=None, max_length=200)
-    line1: str = Field(min_length=1, max_length=200)
-    line2: str | None = Field(default=None, max_length=200)
-    city: str = Field(min_length=1, max_length=100)
-    region: str | None = Field(default=None, max_length=100, description="State or province.")
-    postal_code: str | None = Field(default=None, max_length=20)
-    country: str = Field(pattern=_COUNTRY, description="ISO 3166-1 alpha-2 code.")
-    phone: str | None = Field(
-        default=None,
-        max_length=32,
-        description="For the carrier: digits, an optional leading +, and spaces, dots, "
-        "dashes, slashes or parentheses between them.",
-    )
-
-    _text = field_validator("name", "line1", "city")(check_address_text)
-
-    @field_validator("company", "line2", "region", "postal_code")
-    @classmethod
-    def _optional_text(cls, value: str | None) -> str | None:
-        return None if value is None or not value.strip() else check_address_text(value)
-
-    @field_validator("phone")
-    @classmethod
-    def _phone(cls, value: str | None) -> str | None:
-        if value is None or not value.strip():
-            return None
-        if not _PHONE.fullmatch(value.strip()):
-            raise ValueError(
-                "use digits, an optional leading +, and spaces, dots, dashes, slashes or "
-                "parentheses between them"
-            )
-        return value.strip()
-
-    @field_validator("country")
-    @classmethod
-    def _iso_country(cls, value: str) -> str:
-        if not is_country(value.upper()):
-            raise ValueError("must be an ISO 3166-1 alpha-2 country code")
-        return value.upper()
 
 
 def address_conflict(address_country: str, country: str) -> str | None:

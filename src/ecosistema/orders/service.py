@@ -58,6 +58,7 @@ from ecosistema.orders.models import (
     voucher_usages,
     vouchers,
 )
+from ecosistema.platform.addresses import is_country
 from ecosistema.platform.auth import Principal
 from ecosistema.platform.crypto import DecryptionError
 from ecosistema.platform.db import (
@@ -348,7 +349,7 @@ async def delete_tax_rate(ctx: ServiceContext, *, country: str) -> None:
 
 def _country(value: str, field_name: str) -> str:
     code = value.strip().upper()
-    if not domain.is_country(code):
+    if not is_country(code):
         raise field_error(
             field_name,
             f"{value.strip()[:10]!r} is not an ISO 3166-1 alpha-2 country code",
