@@ -1,7 +1,8 @@
 """Credit notes against their invoice on both shapes: whatever mix of refunds by line, by amount
-and of the rest takes a payment back, the credit notes never give back more net or tax at a
-rate than the invoice charged at it, and once the payment is fully refunded they give back
-exactly the invoice's net and tax at each rate and name every unit of the order."""
+and of the rest takes a payment back (of the whole order or part of it), the credit notes
+never give back more net or tax at a rate than the invoice charged at it, and once the payment
+is fully refunded they give back exactly the invoice's net and tax at each rate and name every
+unit of the order."""
 
 from __future__ import annotations
 
@@ -57,13 +58,24 @@ async def shop(settings: Settings) -> AsyncIterator[Shop]:
 
 
 async def paid_order(
-    shop: Shop, lines: list[dict[str, Any]], shipping: tuple[int, int]
+    shop: Shop, lines: list[dict[str, Any]], shipping: tuple[int, int], *, part: int = 100
 ) -> tuple[str, str]:
-    """A paid order's id and its payment's."""
+    """A paid order's id and its payment's, which captured ``part`` % of the order."""
     order = shop.orders.place(lines=lines, tax_rate_bp=2100, shipping=shipping)
-    response = await shop.pay(order["id"], VISA)
+    if part == 100:
+        response = await shop.pay(order["id"], VISA)
+        assert response.status_code == 201, response.text
+        return str(order["id"]), str(response.json()["id"])
+    response = await shop.pay(order["id"], VISA, capture_method="manual")
     assert response.status_code == 201, response.text
-    return str(order["id"]), str(response.json()["id"])
+    payment_id = str(response.json()["id"])
+    captured = await shop.http.post(
+        f"/api/v1/payments/{payment_id}/capture",
+        json={"amount_to_capture": order["total"] * part // 100},
+        headers={**shop.as_("staff"), "Idempotency-Key": new_id()},
+    )
+    assert captured.status_code == 200, captured.text
+    return str(order["id"]), payment_id
 
 
 async def refund(shop: Shop, payment_id: str, body: dict[str, Any]) -> Any:
@@ -157,21 +169,26 @@ FINISH = st.sampled_from(["rest", "amount", "lines"])
 
 
 @settings(
-    max_examples=20,
+    max_examples=30,
     deadline=None,
     database=None,
     suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
 )
 @given(
     shipping=st.sampled_from([(495, 86), (0, 0)]),
+    part=st.sampled_from([100, 100, 37]),
     steps=STEPS,
     finish=FINISH,
 )
 async def test_credit_notes_never_pass_the_invoice_and_settle_it_exactly(
-    shop: Shop, shipping: tuple[int, int], steps: list[tuple[str, Any, int]], finish: str
+    shop: Shop,
+    shipping: tuple[int, int],
+    part: int,
+    steps: list[tuple[str, Any, int]],
+    finish: str,
 ) -> None:
     lines = [RED, WHITE, CUP]
-    order_id, payment_id = await paid_order(shop, lines, shipping)
+    order_id, payment_id = await paid_order(shop, lines, shipping, part=part)
     invoice, _ = await documents_of(shop, order_id)
     captured = invoice["total"]
     refunded = 0
