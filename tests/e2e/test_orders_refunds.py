@@ -1,7 +1,8 @@
 """Refunds seen from the order, with identity, catalog, orders and payments in one app: after a
 refund of the rest with restock, the order's lines count as refunded exactly the units put back
-in stock; restocked units go back to the warehouses they came from; a fully discounted line is
-not refunded."""
+in stock; after refunds by line and of an amount, the rest's units are the same on the order,
+its mail, its credit note and the sales report; restocked units go back to the warehouses they
+came from; a fully discounted line is not refunded."""
 
 from __future__ import annotations
 
@@ -19,6 +20,7 @@ from tests.integration.test_orders_support import (
     customer,
     eventually,
     guest_cart,
+    outbox_payloads,
     place_guest_order,
     seed_shop,
     settings,
@@ -100,6 +102,64 @@ async def test_refunding_the_rest_with_restock_records_the_restocked_units_on_th
     restocked = {sku: await available(client, admin, sku) - sold[sku] for sku in sold}
     assert {sku: line["refunded_quantity"] for sku, line in lines.items()} == restocked
     assert restocked == {"RR-TEE": 3, "RR-MUG": 2}
+
+
+async def test_after_an_amount_refund_the_rest_names_the_same_units_everywhere(
+    app: FastAPI, client: httpx.AsyncClient
+) -> None:
+    admin = await staff_tokens(app, client)
+    await seed_shop(app, client, admin, {"AG-RED": 10, "AG-WHI": 10})
+    order = await place_guest_order(client, {"AG-RED": 2, "AG-WHI": 1})
+    paid = await client.post(
+        f"{API}/payments",
+        json={"order_id": order["id"], "payment_method": CARD},
+        headers={**order["_headers"], "Idempotency-Key": uuid.uuid4().hex},
+    )
+    assert paid.status_code == 201, paid.text
+    payment_id = paid.json()["id"]
+    line_ids = {line["sku"]: line["line_id"] for line in order["lines"]}
+
+    async def order_now() -> dict[str, Any]:
+        response = await client.get(f"{API}/orders/{order['id']}", headers=bearer(admin))
+        assert response.status_code == 200, response.text
+        body: dict[str, Any] = response.json()
+        return body
+
+    async def status_is(status: str) -> bool:
+        return bool((await order_now())["status"] == status)
+
+    await eventually(lambda: status_is("paid"), what="the order to become paid")
+    for body in (
+        {"reason": "white", "lines": [{"line_id": line_ids["AG-WHI"], "quantity": 1}]},
+        {"reason": "red", "lines": [{"line_id": line_ids["AG-RED"], "quantity": 1}]},
+        {"reason": "goodwill", "amount": 1000},
+    ):
+        response = await _refund(client, admin, payment_id, body)
+        assert response.status_code == 201, response.text
+    rest = await _refund(client, admin, payment_id, {"reason": "rest"})
+    assert rest.status_code == 201, rest.text
+    await eventually(lambda: status_is("refunded"), what="the refund of the rest")
+
+    # The amount took back no unit: the rest gives back the red unit no refund by line took.
+    assert [(x["sku"], x["quantity"]) for x in rest.json()["lines"]] == [("AG-RED", 1)]
+    refunded = {line["sku"]: line["refunded_quantity"] for line in (await order_now())["lines"]}
+    assert refunded == {"AG-RED": 2, "AG-WHI": 1}
+    mailed = (await outbox_payloads(app, "OrderRefunded"))[-1]
+    assert [(x["sku"], x["quantity"]) for x in mailed["lines"]] == [("AG-RED", 1)]
+    listing = await client.get(
+        f"{API}/invoices", params={"order_id": order["id"]}, headers=bearer(admin)
+    )
+    assert listing.status_code == 200, listing.text
+    credited: dict[str, int] = {}
+    for note in listing.json()["items"]:
+        for line in note["lines"] if note["kind"] == "credit_note" else []:
+            if line["sku"]:
+                credited[line["sku"]] = credited.get(line["sku"], 0) + line["quantity"]
+    assert credited == refunded
+    report = await client.get(f"{API}/reports/sales", headers=bearer(admin))
+    assert report.status_code == 200, report.text
+    counted = {p["sku"]: p["refunded_quantity"] for p in report.json()["top_products"]}
+    assert counted == refunded
 
 
 async def test_refunds_with_restock_return_units_to_the_warehouses_they_came_from(

@@ -237,19 +237,39 @@ async def test_a_refund_of_all_that_is_left_names_its_units_and_shipping_on_the_
     }
 
 
-async def test_after_a_refund_of_an_amount_the_rest_names_no_units(shop: Shop) -> None:
-    order = shop.orders.place()
+async def test_after_a_refund_of_an_amount_the_rest_still_names_every_unit_left(
+    shop: Shop,
+) -> None:
+    order = shop.orders.place(tax_rate_bp=2100, shipping=(495, 86))
     payment = (await shop.pay(order["id"], VISA)).json()
+    first = await refund(shop, payment["id"], {"lines": [{"line_id": "l1", "quantity": 1}]})
+    assert first.status_code == 201, first.text
     assert (await refund(shop, payment["id"], {"amount": 700})).status_code == 201
 
-    # The 7.00 paid for some units, which cannot be told: the rest is refunded as an amount.
+    # The 7.00 took back no unit: the rest gives back every unit no refund by line took, and
+    # the 22.95 left is split over them and shipping in proportion to what each was worth.
     rest = await refund(shop, payment["id"], {"restock": True})
     assert rest.status_code == 201, rest.text
-    assert (rest.json()["amount"], rest.json()["lines"]) == (2800, [])
+    assert rest.json()["amount"] == 3995 - 1000 - 700
+    assert [(x["sku"], x["quantity"], x["amount"]) for x in rest.json()["lines"]] == [
+        ("SHIRT-M", 1, 766),
+        ("MUG", 1, 1150),
+    ]
     assert rest.json()["restock_lines"] == [
-        {"sku": "SHIRT-M", "quantity": 2},
+        {"sku": "SHIRT-M", "quantity": 1},
         {"sku": "MUG", "quantity": 1},
     ]
     credit_note = [d for d in await documents(shop) if d["kind"] == "credit_note"][-1]
-    assert {x["sku"] for x in credit_note["lines"]} == {None}
-    assert credit_note["total"] == -2800
+    assert [(x["sku"], x["quantity"], x["total"]) for x in credit_note["lines"]] == [
+        ("SHIRT-M", 1, -766),
+        ("MUG", 1, -1150),
+        (None, 1, -379),
+    ]
+    assert credit_note["total"] == -2295
+    assert_adds_up(credit_note)
+
+    report = (await shop.http.get("/api/v1/reports/sales", headers=shop.as_("staff"))).json()
+    assert {p["sku"]: (p["refunded_quantity"], p["net"]) for p in report["top_products"]} == {
+        "SHIRT-M": (2, 2000 - 1000 - 766),
+        "MUG": (1, 1500 - 1150),
+    }

@@ -297,3 +297,65 @@ def test_partial_capture_split_by_line_adds_up_to_the_amount_and_never_passes_a_
     for line, part in zip(lines, parts, strict=True):
         assert 0 <= part["total"] <= line["total"]
         assert 0 <= part["tax"] <= min(part["total"], line["tax"])
+
+
+def test_proportional_shares_add_up_with_the_remainder_to_the_largest_fractions() -> None:
+    assert domain.proportional_shares(2295, [1000, 1500, 495]) == [766, 1150, 379]
+    assert domain.proportional_shares(0, [3, 1]) == [0, 0]
+    with pytest.raises(ValueError):
+        domain.proportional_shares(10, [0, 0])
+
+
+def _credit(rate: int, total: int, tax: int) -> dict[str, int]:
+    return {"rate_bp": rate, "total": -total, "tax": -tax, "net": tax - total}
+
+
+def test_the_credit_note_that_settles_a_rate_gives_back_exactly_the_tax_left() -> None:
+    invoice = [
+        {"rate_bp": 2100, "total": 50463, "tax": 8758, "net": 41705},
+        {"rate_bp": 2100, "total": 495, "tax": 86, "net": 409},
+    ]
+    earlier = [_credit(2100, 16821, 2919), _credit(2100, 16821, 2920), _credit(2100, 1000, 174)]
+    # Rounded on its own the rest's tax is 28.32, one cent more than the invoice has left.
+    rest = [_credit(2100, 15850, 2751), _credit(2100, 466, 81)]
+
+    settled = domain.credit_within_invoice(rest, invoice, earlier)
+
+    assert sum(-line["tax"] for line in settled) == 8844 - 2919 - 2920 - 174
+    assert [line["total"] for line in settled] == [-15850, -466]
+    assert all(line["net"] + line["tax"] == line["total"] for line in settled)
+
+
+@given(_order_lines(), st.lists(st.integers(min_value=1, max_value=10**7), max_size=8))
+def test_credit_notes_kept_within_the_invoice_never_pass_it_and_settle_it_exactly(
+    lines: list[dict[str, int]], amounts: list[int]
+) -> None:
+    invoiced = domain.tax_breakdown(lines)
+    left = {row["rate_bp"]: row["net"] + row["tax"] for row in invoiced}
+    credited: list[dict[str, object]] = []
+    for amount in [*amounts, sum(left.values())]:
+        # Each note takes part of what is left at each rate, its tax rounded on its own at the
+        # rate's ratio (as credit notes of refunds by amount are).
+        amount = min(amount, sum(left.values()))
+        if amount == 0:
+            continue
+        rates = sorted(r for r, v in left.items() if v > 0)
+        shares = domain.proportional_shares(amount, [left[r] for r in rates])
+        note = [
+            _credit(r, share, domain.split_tax(share, row["net"] + row["tax"], row["tax"]))
+            for r, share in zip(rates, shares, strict=True)
+            for row in invoiced
+            if row["rate_bp"] == r and share
+        ]
+        note = domain.credit_within_invoice(note, lines, credited)
+        credited += note
+        for r, share in zip(rates, shares, strict=True):
+            left[r] -= share
+        for row in domain.tax_breakdown(credited):
+            [billed] = [i for i in invoiced if i["rate_bp"] == row["rate_bp"]]
+            assert 0 <= -row["tax"] <= billed["tax"] and 0 <= -row["net"] <= billed["net"]
+
+    assert [
+        {"rate_bp": r["rate_bp"], "net": -r["net"], "tax": -r["tax"]}
+        for r in domain.tax_breakdown(credited)
+    ] == [row for row in invoiced if row["net"] + row["tax"] > 0]

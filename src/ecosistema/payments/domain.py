@@ -297,14 +297,7 @@ def allocate_by_rate(amount: int, lines: Sequence[Mapping[str, Any]]) -> list[di
     rates = sorted(r for r, v in groups.items() if v[0] > 0)
     if not rates:
         return [{"rate_bp": 0, "total": amount, "tax": 0}] if amount else []
-    weights = [groups[r][0] for r in rates]
-    whole, magnitude = sum(weights), abs(amount)
-    shares = [magnitude * w // whole for w in weights]
-    remainders = [magnitude * w % whole for w in weights]
-    for i in sorted(range(len(rates)), key=lambda i: (-remainders[i], i))[
-        : magnitude - sum(shares)
-    ]:
-        shares[i] += 1
+    shares = proportional_shares(abs(amount), [groups[r][0] for r in rates])
     sign = -1 if amount < 0 else 1
     out = []
     for rate, share in zip(rates, shares, strict=True):
@@ -326,17 +319,7 @@ def allocate_by_line(amount: int, lines: Sequence[Mapping[str, Any]]) -> list[di
     ``{"total", "tax"}`` per line, in the order of ``lines``, which must add up to more than
     zero.
     """
-    weights = [int(line["total"]) for line in lines]
-    whole, magnitude = sum(weights), abs(amount)
-    if whole <= 0:
-        raise ValueError("lines that add up to nothing have no share to give")
-    # Floor division keeps every remainder in [0, whole), negative weights included.
-    shares = [magnitude * w // whole for w in weights]
-    remainders = [magnitude * w - share * whole for w, share in zip(weights, shares, strict=True)]
-    for i in sorted(range(len(lines)), key=lambda i: (-remainders[i], i))[
-        : magnitude - sum(shares)
-    ]:
-        shares[i] += 1
+    shares = proportional_shares(abs(amount), [int(line["total"]) for line in lines])
     sign = -1 if amount < 0 else 1
     return [
         {
@@ -345,6 +328,66 @@ def allocate_by_line(amount: int, lines: Sequence[Mapping[str, Any]]) -> list[di
         }
         for line, share in zip(lines, shares, strict=True)
     ]
+
+
+def proportional_shares(amount: int, weights: Sequence[int]) -> list[int]:
+    """``amount`` (zero or more) split in proportion to ``weights``, which must add up to more
+    than zero: largest remainder, ties to the first, so the shares add up to ``amount``
+    exactly (a negative weight gets its negative share)."""
+    whole = sum(weights)
+    if whole <= 0:
+        raise ValueError("weights that add up to nothing have no share to give")
+    # Floor division keeps every remainder in [0, whole), negative weights included.
+    shares = [amount * w // whole for w in weights]
+    remainders = [amount * w - share * whole for w, share in zip(weights, shares, strict=True)]
+    for i in sorted(range(len(weights)), key=lambda i: (-remainders[i], i))[: amount - sum(shares)]:
+        shares[i] += 1
+    return shares
+
+
+def credit_within_invoice(
+    lines: Sequence[Mapping[str, Any]],
+    invoiced: Sequence[Mapping[str, Any]],
+    credited: Sequence[Mapping[str, Any]],
+) -> list[dict[str, Any]]:
+    """A credit note's ``lines`` with the tax they give back at each rate kept within what the
+    invoice has left at that rate: the ``invoiced`` lines less the earlier credit notes'
+    ``credited`` lines (all with ``net``, ``tax``, ``total`` and a rate, credit lines negative).
+
+    Each line's tax was rounded on its own, so credit notes may together give back a cent more
+    tax (or net) at a rate than the invoice charged. At each rate the note's tax is kept where
+    neither its tax nor its net passes what is left; so the note that gives back all that is
+    left at a rate gives back exactly the invoice's net and tax left at it. The cents moved go
+    to the rate's largest lines, each keeping its tax between nothing and its total.
+    """
+    left = {row["rate_bp"]: [row["net"], row["tax"]] for row in tax_breakdown(invoiced)}
+    for row in tax_breakdown(credited):
+        if row["rate_bp"] in left:
+            left[row["rate_bp"]][0] += row["net"]
+            left[row["rate_bp"]][1] += row["tax"]
+    out = [dict(line) for line in lines]
+    for row in tax_breakdown(out):
+        rate = row["rate_bp"]
+        if rate not in left or left[rate][0] + left[rate][1] <= 0:
+            continue
+        net_left, tax_left = max(0, left[rate][0]), max(0, left[rate][1])
+        total, tax = -(row["net"] + row["tax"]), -row["tax"]
+        low, high = max(0, total - net_left), min(tax_left, total)
+        if low > high:
+            continue  # more than is left at this rate: no tax keeps both within it
+        wanted = min(max(tax, low), high)
+        at_rate = sorted(
+            (line for line in out if line_rate(line) == rate), key=lambda line: int(line["total"])
+        )
+        for line in at_rate:
+            if wanted == tax:
+                break
+            line_total, line_tax = -int(line["total"]), -int(line["tax"])
+            moved = max(-line_tax, min(line_total - line_tax, wanted - tax))
+            line["tax"] = -(line_tax + moved)
+            line["net"] = -(line_total - line_tax - moved)
+            tax += moved
+    return out
 
 
 def split_tax(amount: int, total: int, tax_total: int) -> int:

@@ -163,6 +163,9 @@ _SETTLE_REFUND = (
 _INVOICE_OF_PAYMENT = select(invoices.c.id).where(
     invoices.c.payment_id == bindparam("payment_id"), invoices.c.kind == "invoice"
 )
+_DOCUMENT_LINES_OF_PAYMENT = select(invoices.c.kind, invoices.c.lines).where(
+    invoices.c.payment_id == bindparam("payment_id")
+)
 _BUMP_COUNTER = (
     update(document_counters)
     .where(
@@ -1396,10 +1399,11 @@ async def _rest_lines(
     tx: DriverTransaction, payment: Mapping[str, Any], amount: int
 ) -> list[dict[str, Any]]:
     """A refund of all that is left, by the order lines it gives back: every unit no earlier
-    refund took back by line, priced as a refund of those units would be (a unit worth nothing
-    is listed at 0). What ``amount`` holds beyond them (shipping, say) names no line. None when
-    the units are worth more than ``amount`` (an earlier refund of an amount took part of them:
-    which units it paid for cannot be told)."""
+    refund took back by line, whatever refunds of an amount came before (they took back no
+    unit). ``amount`` is split over those units and what was captured beyond the order lines
+    (shipping, say) in proportion to what each was worth: with no earlier refund of an amount,
+    each unit costs what a refund of it by line would (a unit worth nothing is listed at 0);
+    after one, each gives up its share of it. What is left beyond the units names no line."""
     order = payment["order_snapshot"]
     refunded = _units_by_line(await tx.rows(_REFUNDED_LINES, payment_id=payment["id"]))
     captured = _captured_line_totals(order, int(payment["captured_amount"]))
@@ -1414,7 +1418,12 @@ async def _rest_lines(
         out.append(
             {"line_id": line_id, "sku": line["sku"], "quantity": units - before, "amount": worth}
         )
-    return out if sum(line["amount"] for line in out) <= amount else []
+    beyond = max(0, int(payment["captured_amount"]) - sum(captured.values()))
+    weights = [line["amount"] for line in out] + [beyond]
+    if sum(weights) > amount:
+        for line, share in zip(out, domain.proportional_shares(amount, weights), strict=False):
+            line["amount"] = share
+    return out
 
 
 async def _priced_refund_lines(
@@ -1758,7 +1767,8 @@ async def _credited_line_amounts(
     tx: DriverTransaction, payment: Mapping[str, Any], refund_id: str
 ) -> dict[str, int]:
     """What the payment's other settled refunds gave back for each order line (their credit
-    notes), by line id. The payment is locked first so settlements of a line read them in turn."""
+    notes), by line id. The payment is locked first so settlements of its refunds read them,
+    and its earlier credit notes, in turn."""
     await tx.row(_PAYMENT_LOCKED, payment_id=payment["id"])
     credited: dict[str, int] = {}
     for earlier in await tx.rows(
@@ -1786,11 +1796,10 @@ async def _issue_credit_note(
     captured = int(payment["captured_amount"])
     shares = _is_share(captured, int(order.get("total") or captured))
     invoiced = _invoiced_line_splits(order, captured)
-    credited = await _credited_line_amounts(tx, payment, refund_id) if refund_lines else {}
+    credited = await _credited_line_amounts(tx, payment, refund_id)
     lines: list[dict[str, Any]] = []
     for refunded in refund_lines:
-        if int(refunded["amount"]) == 0:
-            continue  # a unit given back that was worth nothing (a refund of all that was left)
+        # A unit given back worth nothing (of a refund of all that was left) is listed at 0.
         line_id = str(refunded["line_id"])
         source = by_id[line_id]
         # The tax of the line's credits so far, and with this one, as contained in the line's
@@ -1829,6 +1838,13 @@ async def _issue_credit_note(
             -beyond,
             extras if refund_lines and extras else invoice_lines,
             unit_before_tax=_prices_before_tax(order),
+        )
+    if invoice_id is not None:
+        earlier = await tx.rows(_DOCUMENT_LINES_OF_PAYMENT, payment_id=payment["id"])
+        lines = domain.credit_within_invoice(
+            lines,
+            [line for doc in earlier if doc["kind"] == "invoice" for line in doc["lines"]],
+            [line for doc in earlier if doc["kind"] == "credit_note" for line in doc["lines"]],
         )
     await _issue_document(
         ctx,
