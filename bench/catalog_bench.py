@@ -35,7 +35,7 @@ from typing import Any
 import httpx
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from machine import describe, ensure_wrk, free_port
+from machine import BARE_APP, describe, ensure_wrk, free_port
 
 ECOSISTEMA = str(Path(sys.executable).parent / "ecosistema")
 
@@ -153,15 +153,6 @@ def run_wrk(wrk: str, url: str, seconds: int, connections: int, *extra: str) -> 
         "non_2xx": float(non2xx.group(1)) if non2xx else 0.0,
     }
 
-
-BARE_APP = """
-async def app(scope, receive, send):
-    if scope["type"] != "http":
-        return
-    await send({"type": "http.response.start", "status": 200,
-                "headers": [(b"content-type", b"application/json")]})
-    await send({"type": "http.response.body", "body": b'{"status":"ok"}'})
-"""
 
 # wrk cycles through these paths, one per request, so reads do not all hit one row.
 ROTATE_LUA = """

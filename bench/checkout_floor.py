@@ -39,21 +39,13 @@ from typing import Any
 import httpx
 import uvloop
 from machine import (
+    BARE_APP,
     LeanClient,
     describe,
     free_port,
     process_cpu_seconds,
     run_lean_clients,
 )
-
-BARE_APP = """
-async def app(scope, receive, send):
-    if scope["type"] != "http":
-        return
-    await send({"type": "http.response.start", "status": 200,
-                "headers": [(b"content-type", b"application/json")]})
-    await send({"type": "http.response.body", "body": b'{"status":"ok"}'})
-"""
 
 # What the architecture asks of every endpoint: a FastAPI route taking and returning Pydantic
 # models, here doing nothing else.

@@ -19,20 +19,11 @@ import time
 from pathlib import Path
 
 import httpx
-from machine import describe, ensure_wrk, free_port, rss_mib
+from machine import BARE_APP, describe, ensure_wrk, free_port, rss_mib
 
 ROOT = Path(__file__).resolve().parent.parent
 ECOSISTEMA = str(Path(sys.executable).parent / "ecosistema")
 DEMO_CUSTOMER = ("customer@demo.ecosistema.dev", "demo-customer-ecosistema")
-
-BARE_APP = """
-async def app(scope, receive, send):
-    if scope["type"] != "http":
-        return
-    await send({"type": "http.response.start", "status": 200,
-                "headers": [(b"content-type", b"application/json")]})
-    await send({"type": "http.response.body", "body": b'{"status":"ok"}'})
-"""
 
 
 def wait_ready(url: str, timeout: float = 120.0) -> float:

@@ -22,6 +22,16 @@ from typing import Any
 import httptools
 import httpx
 
+# The ceiling any framework reaches on the server stack: an ASGI app answering a fixed body.
+BARE_APP = """
+async def app(scope, receive, send):
+    if scope["type"] != "http":
+        return
+    await send({"type": "http.response.start", "status": 200,
+                "headers": [(b"content-type", b"application/json")]})
+    await send({"type": "http.response.body", "body": b'{"status":"ok"}'})
+"""
+
 
 def describe() -> str:
     """One line: when, where, on what."""
