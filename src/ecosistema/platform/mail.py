@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import functools
 import os
 import re
 import secrets
@@ -80,9 +81,9 @@ def message_bytes(
     recipient = _single_address(to)
     if any(c in subject for c in "\r\n"):
         raise ValueError("a mail subject cannot contain line breaks")
-    sender_header, recipient_header = _header_address(sender), _header_address(recipient)
+    sender_header, domain = _sender(sender)
+    recipient_header = _header_address(recipient)
     if sender_header is not None and recipient_header is not None:
-        domain = _domain_of(sender)
         written = _written_message(
             sender_header,
             recipient_header,
@@ -105,6 +106,12 @@ _PART_HEADERS = (
     'Content-Type: text/{}; charset="utf-8"\nMIME-Version: 1.0\n'
     "Content-Transfer-Encoding: base64\n\n"
 )
+
+
+@functools.lru_cache(maxsize=16)
+def _sender(sender: str) -> tuple[str | None, str | None]:
+    """The sender's header and domain: one sender sends every message of a mailer."""
+    return _header_address(sender), _domain_of(sender)
 
 
 def _boundary() -> str:
