@@ -24,7 +24,7 @@ process CPU time), which keeps figures comparable on a machine shared with other
 ``--flows checkout`` (or ``lean``) measures one flow only, e.g. against a version that has no
 ``items`` on cart creation. ``--statements N`` counts instead, in process (no HTTP, no server),
 the SQL statements and transactions SQLite runs per checkout over N checkouts of each flow, the
-events they set off delivered.
+events they set off delivered and the buyer's mail sent.
 """
 
 from __future__ import annotations
@@ -268,7 +268,8 @@ class InProcessClient:
 
 
 async def count_statements(flows: dict[str, LeanOperation], checkouts: int) -> dict[str, Any]:
-    """Statements and transactions SQLite runs per checkout of each flow, events delivered."""
+    """Statements and transactions SQLite runs per checkout of each flow, events delivered and
+    mail sent."""
     from ecosistema.identity import create_admin
     from ecosistema.platform.app import create_app
     from ecosistema.platform.config import Settings
@@ -313,19 +314,26 @@ async def count_statements(flows: dict[str, LeanOperation], checkouts: int) -> d
                 client = cast(LeanClient, InProcessClient(http))
 
                 async def delivered() -> None:
-                    # Every outbox published, read on connections of its own (not counted).
+                    # Every outbox published and the buyer's mail sent, read on connections of
+                    # their own (not counted).
                     for ctx in runtime.contexts.values():
-                        while True:
-                            conn = connect(ctx.db.url.database)
-                            try:
-                                left = conn.execute(
-                                    "SELECT count(*) FROM outbox WHERE published_at IS NULL"
-                                ).fetchone()[0]
-                            finally:
-                                conn.close()
-                            if not left:
-                                break
-                            await asyncio.sleep(0.05)
+                        await emptied(ctx, "SELECT count(*) FROM outbox WHERE published_at IS NULL")
+                    if settings.orders_emails and "orders" in runtime.contexts:
+                        await emptied(
+                            runtime.contexts["orders"],
+                            "SELECT count(*) FROM order_emails WHERE status = 'pending'",
+                        )
+
+                async def emptied(ctx: Any, counting_query: str) -> None:
+                    while True:
+                        conn = connect(ctx.db.url.database)
+                        try:
+                            left = conn.execute(counting_query).fetchone()[0]
+                        finally:
+                            conn.close()
+                        if not left:
+                            return
+                        await asyncio.sleep(0.05)
 
                 for name, flow in flows.items():
                     for _ in range(3):  # warm-up

@@ -24,7 +24,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from email.utils import formataddr, parseaddr
-from typing import Any, Final
+from typing import Any, Final, Protocol
 
 import structlog
 from sqlalchemy import bindparam, delete, insert, literal_column, select, update
@@ -38,7 +38,7 @@ from ecosistema.orders.events import (
     ORDER_PAID,
     ORDER_REFUNDED,
 )
-from ecosistema.orders.models import order_emails, order_history, orders
+from ecosistema.orders.models import order_emails, order_history, order_lines, orders
 from ecosistema.platform.db import Statements, new_id, statements, utcnow
 from ecosistema.platform.errors import NotFound
 from ecosistema.platform.events import EventEnvelope
@@ -80,6 +80,98 @@ _REASONS: Final = {
 # --- what the messages say ---------------------------------------------------------------------
 
 
+class MailedLine(Protocol):
+    """What a message says of an order line."""
+
+    @property
+    def line_id(self) -> str: ...
+    @property
+    def sku(self) -> str: ...
+    @property
+    def name(self) -> str: ...
+    @property
+    def quantity(self) -> int: ...
+    @property
+    def unit_price(self) -> int: ...
+
+
+class MailedOrder(Protocol):
+    """What a message says of its order: a :class:`schemas.Order`, or the :class:`MailOrder`
+    the sender reads."""
+
+    @property
+    def id(self) -> str: ...
+    @property
+    def number(self) -> str: ...
+    @property
+    def email(self) -> str: ...
+    @property
+    def currency(self) -> str: ...
+    @property
+    def subtotal(self) -> int: ...
+    @property
+    def discount_total(self) -> int: ...
+    @property
+    def tax_total(self) -> int: ...
+    @property
+    def shipping_total(self) -> int: ...
+    @property
+    def total(self) -> int: ...
+    @property
+    def prices_include_tax(self) -> bool: ...
+    @property
+    def tax_rate_bp(self) -> int: ...
+    @property
+    def shipping_method(self) -> str | None: ...
+    @property
+    def voucher_code(self) -> str | None: ...
+    @property
+    def amount_paid(self) -> int: ...
+    @property
+    def refunded_total(self) -> int: ...
+    @property
+    def shipping_address(self) -> schemas.PostalAddress | None: ...
+    @property
+    def billing_address(self) -> schemas.PostalAddress | None: ...
+    @property
+    def lines(self) -> Sequence[MailedLine]: ...
+
+
+@dataclass(frozen=True, slots=True)
+class MailLine:
+    """An order line as its mail shows it."""
+
+    line_id: str
+    sku: str
+    name: str
+    quantity: int
+    unit_price: int
+
+
+@dataclass(frozen=True, slots=True)
+class MailOrder:
+    """An order as its mail shows it: what the sender reads instead of the whole order."""
+
+    id: str
+    number: str
+    email: str
+    currency: str
+    subtotal: int
+    discount_total: int
+    tax_total: int
+    shipping_total: int
+    total: int
+    prices_include_tax: bool
+    tax_rate_bp: int
+    shipping_method: str | None
+    voucher_code: str | None
+    amount_paid: int
+    refunded_total: int
+    shipping_address: schemas.PostalAddress | None
+    billing_address: schemas.PostalAddress | None
+    lines: tuple[MailLine, ...]
+
+
 @dataclass(frozen=True)
 class OrderMail:
     """One message: its subject, plain text and HTML alternative."""
@@ -113,7 +205,7 @@ def _address_lines(address: schemas.PostalAddress | None) -> list[str]:
     return [*(p for p in parts if p), address.country]
 
 
-def _totals(order: schemas.Order) -> list[tuple[str, str]]:
+def _totals(order: MailedOrder) -> list[tuple[str, str]]:
     money = order.currency
     rows = [("Subtotal", format_amount(order.subtotal, money))]
     if order.discount_total:
@@ -136,7 +228,7 @@ def _table(rows: Sequence[tuple[str, str]]) -> list[str]:
     return [f"{label:<{width}}  {value}" for label, value in rows]
 
 
-def _line_rows(order: schemas.Order, quantities: Mapping[str, int] | None = None) -> list[str]:
+def _line_rows(order: MailedOrder, quantities: Mapping[str, int] | None = None) -> list[str]:
     """``2 x Tee (TEE-M) at €20.00  €40.00`` per line, at the prices the subtotal adds up (as
     the shop shows them, before the discount): every line, or those in ``quantities``."""
     found = []
@@ -170,13 +262,13 @@ def _mail(subject: str, paragraphs: Sequence[str | Sequence[str]]) -> OrderMail:
     return OrderMail(subject=subject, text=text + "\n", html=_html(paragraphs))
 
 
-def _greeting(order: schemas.Order) -> str:
+def _greeting(order: MailedOrder) -> str:
     address = order.shipping_address or order.billing_address
     return f"Hello {address.name}," if address is not None else "Hello,"
 
 
 def render_confirmation(
-    order: schemas.Order, *, store: str, order_url: str, amount_paid: int | None = None
+    order: MailedOrder, *, store: str, order_url: str, amount_paid: int | None = None
 ) -> OrderMail:
     """The order confirmation, sent once the order is paid: what was received (``amount_paid``,
     as the payment left it) when it is less than the total, and no word of a payment when
@@ -213,7 +305,7 @@ def render_confirmation(
 
 
 def render_shipping(
-    order: schemas.Order,
+    order: MailedOrder,
     *,
     tracking_number: str,
     carrier: str | None,
@@ -249,7 +341,7 @@ def cancellation_reason(reason: str | None) -> str:
 
 
 def render_cancellation(
-    order: schemas.Order, *, reason: str | None, store: str, order_url: str
+    order: MailedOrder, *, reason: str | None, store: str, order_url: str
 ) -> OrderMail:
     """The cancellation notice."""
     paragraphs: list[str | Sequence[str]] = [
@@ -264,7 +356,7 @@ def render_cancellation(
 
 
 def render_refund(
-    order: schemas.Order,
+    order: MailedOrder,
     *,
     amount: int,
     lines: Sequence[Mapping[str, Any]],
@@ -314,7 +406,7 @@ def render_refund(
 
 
 def render(
-    kind: str, order: schemas.Order, details: Mapping[str, Any], *, store: str, order_url: str
+    kind: str, order: MailedOrder, details: Mapping[str, Any], *, store: str, order_url: str
 ) -> OrderMail:
     """The message of ``kind`` for ``order``, with what its event said (``details``)."""
     if kind == "confirmation":
@@ -490,7 +582,7 @@ def check_order_url(template: str) -> None:
         ) from exc
 
 
-def order_url(ctx: ServiceContext, order: schemas.Order) -> str:
+def order_url(ctx: ServiceContext, order: MailedOrder) -> str:
     """Where the buyer views the order (``orders_email_order_url`` filled in)."""
     template = ctx.settings.orders_email_order_url
     return template.format(
@@ -552,18 +644,102 @@ _RECORD_SETTLED = insert(order_history).from_select(
 )
 
 
+# What the mail says of its order, in one statement (one snapshot) run on the driver: the order
+# and its lines, without what the order's page adds (fulfilments, allowed actions) or the columns
+# no message shows.
+_MAIL_ORDER_COLUMNS: Final = (
+    *("id", "number", "email_encrypted", "currency", "subtotal", "discount_total", "tax_total"),
+    *("shipping_total", "total", "prices_include_tax", "tax_rate_bp", "shipping_method"),
+    *("voucher_code", "amount_paid", "refunded_total"),
+    *("shipping_address_encrypted", "billing_address_encrypted"),
+)
+_MAIL_LINE_COLUMNS: Final = ("id", "sku", "name", "quantity", "unit_price")
+_MAIL_ORDER = (
+    select(
+        *(orders.c[name] for name in _MAIL_ORDER_COLUMNS),
+        *(order_lines.c[name].label(f"line_{name}") for name in _MAIL_LINE_COLUMNS),
+    )
+    .select_from(orders.outerjoin(order_lines, order_lines.c.order_id == orders.c.id))
+    .where(orders.c.id == bindparam("order_id"))
+    .order_by(order_lines.c.position)
+)
+
+
+async def read_mail_order(ctx: ServiceContext, order_id: str) -> MailOrder:
+    """The order as its mail shows it (NotFound when orders does not have it; ValueError when
+    it has no address to mail)."""
+    found = await ctx.db.fetch(ctx.db.compile_read(_MAIL_ORDER), order_id=order_id)
+    if not found:
+        raise NotFound("order not found")
+    width = len(_MAIL_ORDER_COLUMNS)
+    row = dict(zip(_MAIL_ORDER_COLUMNS, found[0][:width], strict=True))
+    email = _decrypted(ctx, row, "email_encrypted")
+    if not email:
+        raise ValueError("the order has no address to mail")
+    shipping = _address(ctx, row, "shipping_address_encrypted")
+    return MailOrder(
+        id=row["id"],
+        number=row["number"],
+        email=email,
+        currency=row["currency"],
+        subtotal=int(row["subtotal"]),
+        discount_total=int(row["discount_total"]),
+        tax_total=int(row["tax_total"]),
+        shipping_total=int(row["shipping_total"]),
+        total=int(row["total"]),
+        prices_include_tax=bool(row["prices_include_tax"]),
+        tax_rate_bp=int(row["tax_rate_bp"]),
+        shipping_method=row["shipping_method"],
+        voucher_code=row["voucher_code"],
+        amount_paid=int(row["amount_paid"]),
+        refunded_total=int(row["refunded_total"]),
+        shipping_address=shipping,
+        billing_address=_address(ctx, row, "billing_address_encrypted") or shipping,
+        lines=tuple(
+            MailLine(
+                line_id=line[width],
+                sku=line[width + 1],
+                name=line[width + 2],
+                quantity=int(line[width + 3]),
+                unit_price=int(line[width + 4]),
+            )
+            for line in found
+            if line[width] is not None
+        ),
+    )
+
+
+def _decrypted(ctx: ServiceContext, row: Mapping[str, Any], column: str) -> str | None:
+    token = row[column]
+    if token is None:
+        return None
+    return ctx.cipher.decrypt(token, table="orders", column=column, row_id=str(row["id"]))
+
+
+def _address(
+    ctx: ServiceContext, row: Mapping[str, Any], column: str
+) -> schemas.PostalAddress | None:
+    plain = _decrypted(ctx, row, column)
+    return None if plain is None else schemas.PostalAddress.model_validate_json(plain)
+
+
 async def _send_one(
-    ctx: ServiceContext, mailer: Any, row: Mapping[str, Any], moment: datetime
+    ctx: ServiceContext,
+    mailer: Any,
+    row: Mapping[str, Any],
+    moment: datetime,
+    read: dict[str, MailOrder],
 ) -> tuple[dict[str, Any], str | None]:
     """Render and send one claimed message; how it is to be settled (sent, to be tried again
-    later, or given up), and the address it was for (None when its order is gone)."""
-    from ecosistema.orders.service import get_order
-
+    later, or given up), and the address it was for (None when its order is gone). ``read``
+    holds the orders this round has read already."""
     attempts = int(row["attempts"])
     settled: dict[str, Any] = {"status": "sent", "next_at": moment, "error": None}
     to: str | None = None
     try:
-        order = await get_order(ctx, order_id=row["order_id"])
+        order = read.get(row["order_id"])
+        if order is None:
+            order = read[row["order_id"]] = await read_mail_order(ctx, row["order_id"])
         to = order.email
         message = render(
             row["kind"],
@@ -647,8 +823,9 @@ async def send_due_emails(ctx: ServiceContext, *, now: datetime | None = None) -
     sent = 0
     settlements: list[dict[str, Any]] = []
     entries: list[dict[str, Any]] = []
+    read: dict[str, MailOrder] = {}
     for row in claimed:
-        settled, to = await _send_one(ctx, mailer, row, moment)
+        settled, to = await _send_one(ctx, mailer, row, moment, read)
         at = utcnow()
         settlements.append(
             {

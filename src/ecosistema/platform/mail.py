@@ -8,10 +8,14 @@ relay it handed it to.
 from __future__ import annotations
 
 import asyncio
+import base64
+import functools
 import os
+import re
 import secrets
 import smtplib
 import ssl
+import sys
 from datetime import UTC, datetime
 from email.header import Header
 from email.headerregistry import Address
@@ -66,6 +70,96 @@ def build_message(
     domain = _domain_of(sender)
     message["Message-ID"] = make_msgid(domain=domain) if domain else make_msgid()
     return message
+
+
+def message_bytes(
+    *, sender: str, to: str, subject: str, text: str, html: str | None = None
+) -> bytes:
+    """``build_message(...).as_bytes()``: the same message, byte for byte, written directly
+    when its headers are short printable ASCII (the usual mail), at a tenth of the cost of the
+    standard library's builder and generator, which fold and parse every header."""
+    recipient = _single_address(to)
+    if any(c in subject for c in "\r\n"):
+        raise ValueError("a mail subject cannot contain line breaks")
+    sender_header, domain = _sender(sender)
+    recipient_header = _header_address(recipient)
+    if sender_header is not None and recipient_header is not None:
+        written = _written_message(
+            sender_header,
+            recipient_header,
+            subject,
+            text,
+            html,
+            date=format_datetime(datetime.now(UTC)),
+            message_id=make_msgid(domain=domain) if domain else make_msgid(),
+            boundary=_boundary(),
+        )
+        if written is not None:
+            return written
+    return build_message(sender=sender, to=to, subject=subject, text=text, html=html).as_bytes()
+
+
+# What the standard library's classic generator writes for a header it need not fold: a line of
+# printable ASCII no longer than 78 characters.
+_UNFOLDED = re.compile(r"[\x20-\x7e]*")
+_PART_HEADERS = (
+    'Content-Type: text/{}; charset="utf-8"\nMIME-Version: 1.0\n'
+    "Content-Transfer-Encoding: base64\n\n"
+)
+
+
+@functools.lru_cache(maxsize=16)
+def _sender(sender: str) -> tuple[str | None, str | None]:
+    """The sender's header and domain: one sender sends every message of a mailer."""
+    return _header_address(sender), _domain_of(sender)
+
+
+def _boundary() -> str:
+    """A multipart boundary as the standard library's generator makes one. It need not be
+    checked against the parts: they are base64, which has no ``-``."""
+    return "=" * 15 + f"{secrets.randbelow(sys.maxsize):019d}" + "=="
+
+
+def _written_message(
+    sender: str,
+    recipient: str,
+    subject: str,
+    text: str,
+    html: str | None,
+    *,
+    date: str,
+    message_id: str,
+    boundary: str,
+) -> bytes | None:
+    """The message the classic builder and generator write for these headers and bodies, or
+    None when one of its headers would be folded or encoded (left to them)."""
+    headers = (
+        ("From", sender),
+        ("To", recipient),
+        ("Subject", subject),
+        ("Date", date),
+        ("Message-ID", message_id),
+    )
+    for name, value in headers:
+        if len(name) + 2 + len(value) > 78 or not _UNFOLDED.fullmatch(value):
+            return None
+    top = "".join(f"{name}: {value}\n" for name, value in headers)
+    if html is None:
+        return (
+            'Content-Type: text/plain; charset="utf-8"\nMIME-Version: 1.0\n'
+            f"Content-Transfer-Encoding: base64\n{top}\n{_base64_body(text)}"
+        ).encode("ascii")
+    # The boundary's nineteen digits put the content type past 78 characters: folded.
+    return (
+        f'Content-Type: multipart/alternative;\n boundary="{boundary}"\nMIME-Version: 1.0\n'
+        f"{top}\n--{boundary}\n{_PART_HEADERS.format('plain')}{_base64_body(text)}\n"
+        f"--{boundary}\n{_PART_HEADERS.format('html')}{_base64_body(html)}\n--{boundary}--\n"
+    ).encode("ascii")
+
+
+def _base64_body(body: str) -> str:
+    """A body as the classic builder encodes it: UTF-8, base64 in lines of 76 characters."""
+    return base64.encodebytes(_ending_in_newline(body).encode("utf-8")).decode("ascii")
 
 
 def _ending_in_newline(body: str) -> str:
@@ -127,8 +221,8 @@ class FileMailer:
 
     async def send(self, to: str, subject: str, text: str, html: str | None = None) -> None:
         """Write the message to ``{directory}/<time>-<random>.eml``."""
-        message = build_message(sender=self.sender, to=to, subject=subject, text=text, html=html)
-        path = await asyncio.to_thread(self._write, message.as_bytes())
+        content = message_bytes(sender=self.sender, to=to, subject=subject, text=text, html=html)
+        path = await asyncio.to_thread(self._write, content)
         log.info("mail_written", path=str(path))
 
     def _write(self, content: bytes) -> Path:
