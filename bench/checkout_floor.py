@@ -179,7 +179,7 @@ def main() -> None:
     parser.add_argument(
         "--statements",
         type=int,
-        default=134,
+        default=130,
         help="statements per checkout (checkout_bench.py --statements, three-request flow)",
     )
     parser.add_argument("--transactions", type=int, default=14, help="write transactions")
