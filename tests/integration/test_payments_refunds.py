@@ -115,6 +115,23 @@ async def test_refund_needs_the_refund_permission(shop: Shop) -> None:
     assert response.status_code == 403
 
 
+async def test_only_the_refund_that_settles_last_says_the_payment_is_fully_refunded(
+    shop: Shop,
+) -> None:
+    # Refunds claimed together settle one by one: an early one, with the others still at the
+    # provider, must not tell orders that everything is back (orders would then take the order
+    # to refunded and drop the later refunds, their units and their restock).
+    payment = await paid(shop)
+    responses = await asyncio.gather(
+        *(refund(shop, payment["id"], {"amount": 700}, key=f"all-{i}") for i in range(5))
+    )
+    assert [r.status_code for r in responses] == [201] * 5
+
+    events = await shop.events("PaymentRefunded")
+    assert len(events) == 5
+    assert [e["fully_refunded"] for e in events] == [False] * 4 + [True]
+
+
 async def test_simultaneous_refunds_never_exceed_the_captured_amount(shop: Shop) -> None:
     payment = await paid(shop)
     responses = await asyncio.gather(

@@ -150,6 +150,10 @@ _OTHER_SETTLED_LINES = select(refunds.c.lines).where(
     refunds.c.status == "succeeded",
     refunds.c.id != bindparam("refund_id"),
 )
+# What the provider has given back: refunds claimed but still at the provider are not in it.
+_SETTLED_REFUNDS_TOTAL = select(func.coalesce(func.sum(refunds.c.amount), 0)).where(
+    refunds.c.payment_id == bindparam("payment_id"), refunds.c.status == "succeeded"
+)
 _SETTLE_REFUND = (
     update(refunds)
     .where(refunds.c.id == bindparam("refund_id"), refunds.c.status == "pending")
@@ -1225,6 +1229,11 @@ async def _settle_refund(
         return
     lines: list[dict[str, Any]] = list(refund["lines"] or [])
     async with ctx.db.driver_write() as tx:
+        # Settles of one payment's refunds take turns (the payment's row lock, as claims do),
+        # so the sum of those settled below sees every other that committed.
+        current = await tx.row(_PAYMENT_LOCKED, payment_id=str(payment["id"]))
+        if current is None:
+            raise NotFound(PAYMENT_NOT_FOUND)
         restock_lines: list[dict[str, Any]] = []
         if refund["restock"]:
             restock_lines = (
@@ -1241,7 +1250,6 @@ async def _settle_refund(
         )
         if settled != 1:
             return
-        current = await _load(tx, str(payment["id"]))
         await _post(
             tx,
             domain.refund_postings(amount),
@@ -1250,7 +1258,10 @@ async def _settle_refund(
             refund_id=refund_id,
             provider_ref=result.transaction_ref,
         )
-        fully = int(current["refunded_amount"]) >= int(current["captured_amount"])
+        # Not ``refunded_amount``, which counts refunds other requests have claimed and not
+        # settled: the refund that settles last says the payment is all given back.
+        settled_total = await tx.scalar(_SETTLED_REFUNDS_TOTAL, payment_id=current["id"])
+        fully = int(settled_total or 0) >= int(current["captured_amount"])
         await ctx.outbox.add(
             tx,
             events.PAYMENT_REFUNDED,
