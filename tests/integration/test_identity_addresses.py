@@ -148,3 +148,21 @@ async def test_a_bad_address_field_is_named(
     assert refused.status_code == 422, refused.text
     assert [e["field"] for e in refused.json()["errors"]] == [field]
     assert await saved_addresses(client, shopper) == []
+
+
+async def test_null_addresses_are_refused_and_an_empty_list_removes_them(
+    app: FastAPI, client: httpx.AsyncClient
+) -> None:
+    tokens = await customer(client, "nulls")
+    assert (await save_addresses(client, tokens, [CHECKOUT_ADDRESS])).status_code == 200
+
+    for field in ("addresses", "locale", "preferences"):
+        refused = await client.patch(f"{API}/users/me", json={field: None}, headers=bearer(tokens))
+        assert refused.status_code == 422, (field, refused.text)
+        assert [(e["field"], e["message"]) for e in refused.json()["errors"]] == [
+            (field, "must not be null")
+        ]
+    assert await saved_addresses(client, tokens) == [NORMALISED]
+
+    assert (await save_addresses(client, tokens, [])).status_code == 200
+    assert await saved_addresses(client, tokens) == []

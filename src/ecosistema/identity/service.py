@@ -61,6 +61,7 @@ from ecosistema.platform.errors import (
     TooManyRequests,
     Unauthorized,
     field_error,
+    refuse_nulls,
 )
 from ecosistema.platform.pagination import decode_cursor, encode_cursor
 from ecosistema.platform.policy import ROLES, Role, grantable_scopes
@@ -1489,7 +1490,10 @@ async def find_user_by_email(ctx: ServiceContext, *, email: str) -> User | None:
 async def update_profile(
     ctx: ServiceContext, *, user_id: str, changes: ProfileUpdate, meta: RequestMeta = SYSTEM
 ) -> User:
-    """Change the fields of the user's own profile that the request sets."""
+    """Change the fields of the user's own profile that the request sets. ``null`` clears the
+    name or the phone; the addresses, the locale and the preferences are cleared with ``[]``, a
+    default or ``{}``, and ``null`` for them is a 422 rather than a guess."""
+    refuse_nulls(changes, ("addresses", "locale", "preferences"))
     fields = changes.model_fields_set
     values: dict[str, Any] = {"updated_at": utcnow()}
     if "name" in fields:
@@ -1497,7 +1501,7 @@ async def update_profile(
     if "phone" in fields:
         values["phone_encrypted"] = _enc(ctx, changes.phone, "profiles", "phone_encrypted", user_id)
     if "addresses" in fields:
-        payload = json.dumps([a.model_dump() for a in changes.addresses or []])
+        payload = json.dumps([a.model_dump() for a in changes.addresses or ()])
         values["addresses_encrypted"] = _enc(
             ctx, payload, "profiles", "addresses_encrypted", user_id
         )
