@@ -105,6 +105,16 @@ async def test_refund_by_line_with_restock_prorates_and_lists_restock_lines(shop
     ]
 
 
+async def test_restock_takes_a_json_boolean_only(shop: Shop) -> None:
+    payment = await paid(shop)
+    for given in ("yes", "no", 1, 0, "true"):
+        refused = await refund(shop, payment["id"], {"restock": given})
+        assert refused.status_code == 422, given
+        assert [e["field"] for e in refused.json()["errors"]] == ["restock"]
+    row = await shop.http.get(f"/api/v1/payments/{payment['id']}", headers=shop.as_("staff"))
+    assert row.json()["refunded_amount"] == 0
+
+
 async def test_refund_needs_the_refund_permission(shop: Shop) -> None:
     payment = await paid(shop)
     response = await shop.http.post(

@@ -141,6 +141,7 @@ class RefundCreate(Input):
     )
     restock: bool = Field(
         default=False,
+        strict=True,
         description="Put units back in stock: the given lines' units, or, refunding all that is "
         "left, every unit no earlier refund took back by line. Refused (422) with an amount "
         "below what is left.",
