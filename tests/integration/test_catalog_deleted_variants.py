@@ -4,19 +4,23 @@ with no stock and no movements of its own."""
 
 from __future__ import annotations
 
+import asyncio
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import pytest
-from sqlalchemy import select
+from sqlalchemy import bindparam, func, select, text, update
+from structlog.testing import capture_logs
 
 from ecosistema.catalog import inventory
 from ecosistema.catalog import service as catalog_service
 from ecosistema.catalog.client import InProcessCatalogClient
 from ecosistema.catalog.events import on_order_refunded
 from ecosistema.catalog.inventory import availability, movements
-from ecosistema.catalog.models import stock
+from ecosistema.catalog.models import stock, stock_movements, variants
 from ecosistema.catalog.schemas import StockAdjustment, VariantCreate
-from ecosistema.platform.errors import Conflict, Unprocessable
+from ecosistema.platform.db import DriverTransaction, utcnow
+from ecosistema.platform.errors import Conflict, NotFound, Unprocessable
 from ecosistema.platform.events import EventEnvelope, IdempotentConsumer
 from ecosistema.platform.service import ServiceContext
 from tests.integration.test_catalog_inventory import level
@@ -70,8 +74,6 @@ async def _restocks_announced(ctx: ServiceContext, sku: str) -> list[dict[str, A
 
 async def test_a_refund_of_a_deleted_variant_is_skipped_and_a_new_variant_with_its_sku_starts_clean(
     catalog: ServiceContext,
-    capsys: pytest.CaptureFixture[str],
-    caplog: pytest.LogCaptureFixture,
 ) -> None:
     await make_warehouse(catalog, "main")
     product = await make_product(catalog, "Two variants", skus={"QA-X": 500, "QA-Y": 500})
@@ -83,17 +85,14 @@ async def test_a_refund_of_a_deleted_variant_is_skipped_and_a_new_variant_with_i
     await catalog_service.delete_variant(catalog, product.id, old_variant.id)
 
     refunds = _consumer(catalog)
-    await refunds(_refund("order-x", "refund-1", "QA-X", 1))  # acknowledged: no exception
+    with capture_logs() as logs:
+        await refunds(_refund("order-x", "refund-1", "QA-X", 1))  # acknowledged: no exception
 
     assert await _stock_rows(catalog, "QA-X") == []
     assert await _restocks_announced(catalog, "QA-X") == []
-    captured = capsys.readouterr()
-    logged = [
-        line
-        for line in (captured.out + captured.err + caplog.text).splitlines()
-        if "restock_of_deleted_variant_skipped" in line
-    ]
-    assert len(logged) == 1 and "order-x" in logged[0] and "QA-X" in logged[0]
+    logged = [e for e in logs if e["event"] == "restock_of_deleted_variant_skipped"]
+    assert len(logged) == 1
+    assert (logged[0]["order_id"], logged[0]["sku"]) == ("order-x", "QA-X")
     with pytest.raises(Unprocessable) as refused:
         await inventory.restock(catalog, "order-x", [("QA-X", 1)], "refund by hand")
     assert [(e["field"], e["code"]) for e in refused.value.extra["errors"]] == [
@@ -140,3 +139,196 @@ async def test_a_variant_with_units_reserved_cannot_be_deleted(catalog: ServiceC
 
     assert await level(catalog, "QA-R") == (2, 0, 2)
     assert (await availability(catalog, "QA-R")).sku == "QA-R"
+
+
+async def test_movements_without_a_variant_count_as_the_variant_that_has_the_sku_now(
+    catalog: ServiceContext,
+) -> None:
+    """Movements written by a catalog older than the variant column (during an upgrade) have
+    no variant: a refund of their order restocks, and they are listed as the SKU's."""
+    await make_warehouse(catalog, "main")
+    await make_product(catalog, "Lamp", skus={"QA-N": 500})
+    await _receive(catalog, "QA-N", 2)
+    client = InProcessCatalogClient(catalog)
+    await client.reserve("order-n", [("QA-N", 2)], 600)
+    await client.commit_reservation("order-n")
+    async with catalog.db.transaction() as session:
+        await session.execute(
+            update(stock_movements).where(stock_movements.c.sku == "QA-N").values(variant_id=None)
+        )
+
+    await inventory.restock(catalog, "order-n", [("QA-N", 1)], "refund by hand")
+    await _consumer(catalog)(_refund("order-n", "refund-n", "QA-N", 1))
+
+    assert await level(catalog, "QA-N") == (2, 0, 2)
+    assert [m.reason for m in (await movements(catalog, "QA-N")).items] == [
+        "restock",
+        "restock",
+        "commit",
+        "reserve",
+        "receive",
+    ]
+
+
+# --- deleting a variant while its stock is written (PostgreSQL: writers run side by side) -----
+
+_CHAIN = text(
+    "WITH RECURSIVE chain(pid) AS (SELECT CAST(:root AS integer) UNION "
+    "SELECT a.pid FROM pg_stat_activity a JOIN chain c ON c.pid = ANY(pg_blocking_pids(a.pid))) "
+    "SELECT count(*) - 1 FROM chain"
+)
+
+
+_locked_stock = (
+    select(stock)
+    .where(stock.c.sku == bindparam("sku"), stock.c.warehouse_id == bindparam("warehouse_id"))
+    .with_for_update()
+)
+
+
+class _Rollback(Exception):
+    pass
+
+
+async def _waiting_behind(
+    ctx: ServiceContext, root: int, count: int, *also: asyncio.Task[Any]
+) -> None:
+    """Until ``count`` sessions wait (directly or in turn) on the session ``root``, or one of
+    ``also`` has finished."""
+    while not any(task.done() for task in also):
+        async with ctx.db.read() as session:
+            if (await session.scalar(_CHAIN, {"root": root})) >= count:
+                return
+        await asyncio.sleep(0.01)
+
+
+async def _race(
+    ctx: ServiceContext,
+    hold: Callable[[DriverTransaction], Awaitable[Any]],
+    first: Awaitable[Any],
+    second: Awaitable[Any],
+    *,
+    commit: bool,
+) -> list[Any]:
+    """Run ``first`` then ``second`` while a transaction that ran ``hold`` holds
+    its locks; once both wait (or one has finished), end it (commit or roll back) and return
+    both outcomes, exceptions included."""
+    locked = asyncio.Event()
+    release = asyncio.Event()
+    root: list[int] = []
+
+    async def _holder() -> None:
+        try:
+            async with ctx.db.driver_write() as tx:
+                root.append(int(await tx.scalar(select(func.pg_backend_pid()))))
+                await hold(tx)
+                locked.set()
+                await release.wait()
+                if not commit:
+                    raise _Rollback
+        except _Rollback:
+            pass
+
+    holder = asyncio.create_task(_holder())
+    await locked.wait()
+    one = asyncio.ensure_future(first)
+    await _waiting_behind(ctx, root[0], 1, one)
+    two = asyncio.ensure_future(second)
+    await _waiting_behind(ctx, root[0], 2, one, two)
+    release.set()
+    await holder
+    return list(await asyncio.gather(one, two, return_exceptions=True))
+
+
+async def _orphan_stock(ctx: ServiceContext, sku: str) -> list[Any]:
+    """Stock rows of ``sku`` when no variant has it."""
+    async with ctx.db.read() as session:
+        if await session.scalar(select(variants.c.id).where(variants.c.sku == sku)) is not None:
+            return []
+    return await _stock_rows(ctx, sku)
+
+
+def _postgres_only(shape: str) -> None:
+    if shape != "distributed":
+        pytest.skip("SQLite serializes writers: there is no race to lose")
+
+
+@pytest.mark.parametrize("attempt", range(3))
+async def test_an_adjustment_waiting_on_a_variant_being_deleted_is_a_404(
+    catalog: ServiceContext, shape: str, attempt: int
+) -> None:
+    _postgres_only(shape)
+    main = await make_warehouse(catalog, "main")
+    product = await make_product(catalog, "Two variants", skus={"QA-D": 500, "QA-E": 500})
+    await _receive(catalog, "QA-D", 1)
+    await _receive(catalog, "QA-D", -1)  # a stock row, empty: the variant can be deleted
+    variant_id = next(v.id for v in product.variants if v.sku == "QA-D")
+
+    deleted, adjusted = await _race(
+        catalog,
+        lambda tx: tx.rows(_locked_stock, sku="QA-D", warehouse_id=main.id),
+        catalog_service.delete_variant(catalog, product.id, variant_id),
+        _receive(catalog, "QA-D", 5),
+        commit=True,
+    )
+
+    assert deleted is None
+    assert isinstance(adjusted, NotFound), adjusted
+    assert await _stock_rows(catalog, "QA-D") == []
+
+
+@pytest.mark.parametrize("attempt", range(3))
+async def test_a_variant_is_not_deleted_under_a_first_delivery_to_a_warehouse(
+    catalog: ServiceContext, shape: str, attempt: int
+) -> None:
+    _postgres_only(shape)
+    main = await make_warehouse(catalog, "main")
+    product = await make_product(catalog, "Two variants", skus={"QA-F": 500, "QA-G": 500})
+    variant_id = next(v.id for v in product.variants if v.sku == "QA-F")
+    # Another transaction's uncommitted stock row for the SKU holds the delivery's insert.
+    row = {"sku": "QA-F", "warehouse_id": main.id, "on_hand": 0, "reserved": 0}
+
+    adjusted, deleted = await _race(
+        catalog,
+        lambda tx: tx.insert(stock, [{**row, "updated_at": utcnow()}]),
+        _receive(catalog, "QA-F", 5),
+        catalog_service.delete_variant(catalog, product.id, variant_id),
+        commit=False,
+    )
+
+    assert adjusted is None
+    assert isinstance(deleted, Conflict), deleted
+    assert await _orphan_stock(catalog, "QA-F") == []
+    assert await level(catalog, "QA-F") == (5, 0, 5)
+
+
+async def test_a_restock_waiting_on_a_variant_being_deleted_is_refused(
+    catalog: ServiceContext, shape: str
+) -> None:
+    _postgres_only(shape)
+    main = await make_warehouse(catalog, "main")
+    product = await make_product(catalog, "Two variants", skus={"QA-H": 500, "QA-I": 500})
+    await _receive(catalog, "QA-H", 1)
+    client = InProcessCatalogClient(catalog)
+    await client.reserve("order-h", [("QA-H", 1)], 600)
+    await client.commit_reservation("order-h")  # its stock row is left empty
+    variant_id = next(v.id for v in product.variants if v.sku == "QA-H")
+
+    deleted, restocked = await _race(
+        catalog,
+        lambda tx: tx.rows(_locked_stock, sku="QA-H", warehouse_id=main.id),
+        catalog_service.delete_variant(catalog, product.id, variant_id),
+        inventory.restock(catalog, "order-h", [("QA-H", 1)], "refund by hand"),
+        commit=True,
+    )
+
+    assert deleted is None
+    assert isinstance(restocked, Unprocessable), restocked
+    assert await _stock_rows(catalog, "QA-H") == []
+    async with catalog.db.read() as session:
+        restocks = await session.scalar(
+            select(func.count())
+            .select_from(stock_movements)
+            .where(stock_movements.c.sku == "QA-H", stock_movements.c.reason == "restock")
+        )
+    assert restocks == 0

@@ -90,9 +90,12 @@ class InProcessCatalogClient:
         customer_id: str | None = None,
         at: datetime | None = None,
     ) -> dict[str, VariantQuote]:
-        """Price and availability per known SKU for this customer; unknown SKUs are absent."""
+        """Price and availability per known SKU for this customer; unknown SKUs are absent.
+
+        As a service over HTTP (which holds ``catalog:write``), the caller sees drafts: a
+        draft's line is quoted as not purchasable (reason ``draft``), not as unknown."""
         return await service.quote(
-            self._ctx, skus, currency=currency, customer_id=customer_id, at=at
+            self._ctx, skus, currency=currency, customer_id=customer_id, at=at, staff=True
         )
 
     async def reserve(

@@ -16,7 +16,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 import structlog
-from sqlalchemy import Integer, String, bindparam, func, select, update
+from sqlalchemy import Integer, String, bindparam, func, or_, select, update
 
 from ecosistema.catalog import domain
 from ecosistema.catalog.domain import InsufficientStock, MovementReason, ReservationStatus
@@ -550,6 +550,12 @@ _RESTOCKED_BY_WAREHOUSE = (
     .group_by(stock_movements.c.sku, stock_movements.c.warehouse_id)
 )
 _VARIANT_OF_SKU = select(variants.c.id).where(variants.c.sku == bindparam("sku"))
+# Taken by every write that may create a stock row, before it touches stock: deleting a variant
+# locks its row first (FOR UPDATE), so the two run one after the other and a write that comes
+# second finds the variant gone (as an unknown SKU) or its stock in place (the delete refuses).
+# Locks are taken in the order variant, then stock rows. KEY SHARE does not wait for edits of
+# the variant's other columns; on SQLite writers are serialized anyway.
+_VARIANT_OF_SKU_LOCKED = _VARIANT_OF_SKU.with_for_update(read=True, key_share=True)
 # SKUs are case-sensitive; a miss names the SKU that differs only in case, a likely typo.
 _SKU_OF_OTHER_CASE = (
     select(variants.c.sku)
@@ -570,11 +576,16 @@ _WAREHOUSE_LEVELS = (
     .order_by(warehouses.c.priority, warehouses.c.code)
 )
 # A SKU's movements are its variant's: those of a deleted variant that had the SKU are not shown.
+# A movement with no variant (written by a catalog older than the column, during an upgrade)
+# counts as the variant's that has the SKU now, as the migration read the older ones.
 _MOVEMENTS = (
     select(stock_movements)
     .where(
         stock_movements.c.sku == bindparam("sku"),
-        stock_movements.c.variant_id == bindparam("variant_id"),
+        or_(
+            stock_movements.c.variant_id == bindparam("variant_id"),
+            stock_movements.c.variant_id.is_(None),
+        ),
     )
     .order_by(stock_movements.c.position.desc())
     .limit(bindparam("limit", type_=Integer))
@@ -730,13 +741,15 @@ async def _order_variants(
     found: dict[str, str] = {}
     gone: dict[str, tuple[str, str]] = {}
     for sku, _ in merged:
-        variant_id = await tx.scalar(_VARIANT_OF_SKU, sku=sku)
+        variant_id = await tx.scalar(_VARIANT_OF_SKU_LOCKED, sku=sku)
         if variant_id is None:
             gone[sku] = (f"no variant has SKU {sku} any more", "not_found")
             continue
+        # A reservation with no variant recorded (made by a catalog older than the column,
+        # during an upgrade) is taken to be of the variant that has the SKU now.
         reserved = {
             r["variant_id"] for r in await tx.rows(_RESERVED_VARIANTS, order_id=order_id, sku=sku)
-        }
+        } - {None}
         if reserved and variant_id not in reserved:
             gone[sku] = (
                 f"the order's variant with SKU {sku} was deleted; the SKU names another one now",
@@ -854,9 +867,12 @@ async def restock(
     await invalidate(ctx)
 
 
-async def _require_sku(tx: DriverTransaction, sku: str) -> str:
-    """The id of the variant with this SKU (404 when none has it)."""
-    variant_id: str | None = await tx.scalar(_VARIANT_OF_SKU, sku=sku)
+async def _require_sku(tx: DriverTransaction, sku: str, *, lock: bool = False) -> str:
+    """The id of the variant with this SKU (404 when none has it); ``lock`` keeps the variant
+    from being deleted until the (write) transaction ends."""
+    variant_id: str | None = await tx.scalar(
+        _VARIANT_OF_SKU_LOCKED if lock else _VARIANT_OF_SKU, sku=sku
+    )
     if variant_id is None:
         other = await tx.scalar(_SKU_OF_OTHER_CASE, sku=sku)
         if other is not None:
@@ -871,13 +887,14 @@ async def adjust_stock(
     """Change on-hand stock after a delivery, a count or a loss; never below what is reserved."""
     now = utcnow()
     async with ctx.db.driver_write() as tx:
-        variant_id = await _require_sku(tx, sku)
+        variant_id = await _require_sku(tx, sku, lock=True)
         warehouse_id = await tx.scalar(_WAREHOUSE_OF_CODE, code=data.warehouse)
         if warehouse_id is None:
             raise field_error("warehouse", "no warehouse with this code", "not_found")
         await _ensure_stock_row(tx, sku, warehouse_id)
         row = await tx.row(_LEVEL_LOCKED, sku=sku, warehouse_id=warehouse_id)
-        assert row is not None  # ensured just above
+        if row is None:  # not expected while the variant is locked; never a 500
+            raise NotFound(SKU_NOT_FOUND)
         on_hand, reserved = int(row["on_hand"]), int(row["reserved"])
         counted = data.delta is None
         delta = int(data.on_hand or 0) - on_hand if counted else int(data.delta or 0)

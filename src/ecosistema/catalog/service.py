@@ -915,10 +915,13 @@ async def _same_sale_prices(
 async def delete_variant(ctx: ServiceContext, product_id: str, variant_id: str) -> None:
     """Remove a variant with no stock on hand or reserved (409 otherwise)."""
     async with ctx.db.transaction() as session:
+        # The variant's row first: stock writes lock it (shared) before they touch its stock,
+        # so one that would create a stock row waits for the delete, then finds no variant;
+        # one that came first has committed its stock, seen below (409).
         sku = await session.scalar(
-            select(variants.c.sku).where(
-                variants.c.id == variant_id, variants.c.product_id == product_id
-            )
+            select(variants.c.sku)
+            .where(variants.c.id == variant_id, variants.c.product_id == product_id)
+            .with_for_update()
         )
         if sku is None:
             raise NotFound(VARIANT_NOT_FOUND)
@@ -1297,13 +1300,13 @@ async def quote(
     *,
     currency: str,
     customer_id: str | None = None,
+    staff: bool,
     at: datetime | None = None,
     channel: str | None = None,
-    staff: bool = True,
 ) -> dict[str, VariantQuote]:
     """What each known SKU costs this customer at ``at`` (default now); unknown SKUs are absent.
-    Without ``staff`` (a caller who may not see drafts), a draft's SKUs are absent too, as
-    unknown ones are: a quote reveals no more of a draft than its product page does."""
+    Every caller says whether it may see drafts: without ``staff``, a draft's SKUs are absent
+    too, as unknown ones are: a quote reveals no more of a draft than its product page does."""
     currency = _currency_ok(currency, "currency")
     wanted = sorted(set(skus))
     if not wanted:
