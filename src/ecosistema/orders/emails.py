@@ -38,7 +38,8 @@ from ecosistema.orders.events import (
     ORDER_PAID,
     ORDER_REFUNDED,
 )
-from ecosistema.orders.models import order_emails, order_history, order_lines, orders
+from ecosistema.orders.models import order_emails, order_history, orders
+from ecosistema.orders.service import BILLING_ADDRESS, SHIPPING_ADDRESS, OrderRead, buyer_of
 from ecosistema.platform.db import Statements, new_id, statements, utcnow
 from ecosistema.platform.errors import NotFound
 from ecosistema.platform.events import EventEnvelope
@@ -645,42 +646,29 @@ _RECORD_SETTLED = insert(order_history).from_select(
 
 
 # What the mail says of its order, in one statement (one snapshot) run on the driver: the order
-# and its lines, without what the order's page adds (fulfilments, allowed actions) or the columns
-# no message shows.
-_MAIL_ORDER_COLUMNS: Final = (
-    *("id", "number", "email_encrypted", "currency", "subtotal", "discount_total", "tax_total"),
-    *("shipping_total", "total", "prices_include_tax", "tax_rate_bp", "shipping_method"),
-    *("voucher_code", "amount_paid", "refunded_total"),
-    *("shipping_address_encrypted", "billing_address_encrypted"),
-)
-_MAIL_LINE_COLUMNS: Final = ("id", "sku", "name", "quantity", "unit_price")
-_MAIL_ORDER = (
-    select(
-        *(orders.c[name] for name in _MAIL_ORDER_COLUMNS),
-        *(order_lines.c[name].label(f"line_{name}") for name in _MAIL_LINE_COLUMNS),
-    )
-    .select_from(orders.outerjoin(order_lines, order_lines.c.order_id == orders.c.id))
-    .where(orders.c.id == bindparam("order_id"))
-    .order_by(order_lines.c.position)
+# and its lines, without the columns no message shows.
+_MAIL_ORDER: Final = OrderRead(
+    (
+        *("id", "number", "email_encrypted", "currency", "subtotal", "discount_total"),
+        *("tax_total", "shipping_total", "total", "prices_include_tax", "tax_rate_bp"),
+        *("shipping_method", "voucher_code", "amount_paid", "refunded_total"),
+        *(SHIPPING_ADDRESS, BILLING_ADDRESS),
+    ),
+    ("id", "sku", "name", "quantity", "unit_price"),
 )
 
 
 async def read_mail_order(ctx: ServiceContext, order_id: str) -> MailOrder:
     """The order as its mail shows it (NotFound when orders does not have it; ValueError when
     it has no address to mail)."""
-    found = await ctx.db.fetch(ctx.db.compile_read(_MAIL_ORDER), order_id=order_id)
-    if not found:
-        raise NotFound("order not found")
-    width = len(_MAIL_ORDER_COLUMNS)
-    row = dict(zip(_MAIL_ORDER_COLUMNS, found[0][:width], strict=True))
-    email = _decrypted(ctx, row, "email_encrypted")
-    if not email:
+    row, lines = await _MAIL_ORDER.fetch(ctx, order_id)
+    buyer = buyer_of(ctx, row)
+    if not buyer.email:
         raise ValueError("the order has no address to mail")
-    shipping = _address(ctx, row, "shipping_address_encrypted")
     return MailOrder(
         id=row["id"],
         number=row["number"],
-        email=email,
+        email=buyer.email,
         currency=row["currency"],
         subtotal=int(row["subtotal"]),
         discount_total=int(row["discount_total"]),
@@ -693,34 +681,19 @@ async def read_mail_order(ctx: ServiceContext, order_id: str) -> MailOrder:
         voucher_code=row["voucher_code"],
         amount_paid=int(row["amount_paid"]),
         refunded_total=int(row["refunded_total"]),
-        shipping_address=shipping,
-        billing_address=_address(ctx, row, "billing_address_encrypted") or shipping,
+        shipping_address=buyer.shipping_address,
+        billing_address=buyer.billing_address,
         lines=tuple(
             MailLine(
-                line_id=line[width],
-                sku=line[width + 1],
-                name=line[width + 2],
-                quantity=int(line[width + 3]),
-                unit_price=int(line[width + 4]),
+                line_id=line["id"],
+                sku=line["sku"],
+                name=line["name"],
+                quantity=int(line["quantity"]),
+                unit_price=int(line["unit_price"]),
             )
-            for line in found
-            if line[width] is not None
+            for line in lines
         ),
     )
-
-
-def _decrypted(ctx: ServiceContext, row: Mapping[str, Any], column: str) -> str | None:
-    token = row[column]
-    if token is None:
-        return None
-    return ctx.cipher.decrypt(token, table="orders", column=column, row_id=str(row["id"]))
-
-
-def _address(
-    ctx: ServiceContext, row: Mapping[str, Any], column: str
-) -> schemas.PostalAddress | None:
-    plain = _decrypted(ctx, row, column)
-    return None if plain is None else schemas.PostalAddress.model_validate_json(plain)
 
 
 async def _send_one(

@@ -275,6 +275,29 @@ def _email_of(ctx: ServiceContext, row: Mapping[Any, Any], table: str) -> str | 
     return ctx.cipher.decrypt(token, table=table, column="email_encrypted", row_id=str(row["id"]))
 
 
+@dataclass(frozen=True, slots=True)
+class Buyer:
+    """Whom a cart or order row is for, decrypted: the email and the addresses, the billing
+    address being the shipping one when the buyer gave no other."""
+
+    email: str | None
+    shipping_address: schemas.PostalAddress | None
+    billing_address: schemas.PostalAddress | None
+
+
+def buyer_of(
+    ctx: ServiceContext, row: Mapping[Any, Any], table: Literal["carts", "orders"] = "orders"
+) -> Buyer:
+    """The buyer a cart or order row keeps encrypted (its ``id``, ``email_encrypted`` and
+    address columns)."""
+    shipping = _address_of(ctx, row, SHIPPING_ADDRESS, table)
+    return Buyer(
+        email=_email_of(ctx, row, table),
+        shipping_address=shipping,
+        billing_address=_address_of(ctx, row, BILLING_ADDRESS, table) or shipping,
+    )
+
+
 def hash_token(token: str) -> str:
     """Cart tokens are kept hashed: a database read does not let anyone into a cart."""
     return hashlib.sha256(token.encode()).hexdigest()
@@ -1054,7 +1077,7 @@ def _totals_view(totals: domain.Totals) -> schemas.Totals:
 def _cart_view(
     ctx: ServiceContext, cart: Mapping[Any, Any], priced: _Priced, token: str | None = None
 ) -> schemas.Cart:
-    shipping = _address_of(ctx, cart, SHIPPING_ADDRESS, "carts")
+    buyer = buyer_of(ctx, cart, "carts")
     return schemas.Cart(
         id=cart["id"],
         token=token,
@@ -1062,9 +1085,9 @@ def _cart_view(
         status=cart["status"],
         currency=cart["currency"],
         country=cart["country"],
-        email=_email_of(ctx, cart, "carts"),
-        shipping_address=shipping,
-        billing_address=_address_of(ctx, cart, BILLING_ADDRESS, "carts") or shipping,
+        email=buyer.email,
+        shipping_address=buyer.shipping_address,
+        billing_address=buyer.billing_address,
         shipping_method=cart["shipping_method"],
         voucher_code=cart["voucher_code"],
         lines=priced.lines,
@@ -2392,12 +2415,12 @@ def _line_view(row: Mapping[Any, Any]) -> schemas.OrderLine:
 def _summary_fields(
     ctx: ServiceContext, row: Mapping[Any, Any], lines: Sequence[Mapping[Any, Any]]
 ) -> dict[str, Any]:
-    shipping = _address_of(ctx, row, SHIPPING_ADDRESS)
+    buyer = buyer_of(ctx, row)
     return {
         "id": row["id"],
         "number": row["number"],
         "customer_id": row["customer_id"],
-        "email": _email_of(ctx, row, "orders"),
+        "email": buyer.email,
         "status": OrderStatus(row["status"]),
         "fulfillment_status": domain.FulfillmentStatus(row["fulfillment_status"]),
         "payment_status": domain.PaymentStatus(row["payment_status"]),
@@ -2411,8 +2434,8 @@ def _summary_fields(
         "prices_include_tax": bool(row["prices_include_tax"]),
         "tax_rate_bp": row["tax_rate_bp"],
         "shipping_tax": row["shipping_tax"],
-        "shipping_address": shipping,
-        "billing_address": _address_of(ctx, row, BILLING_ADDRESS) or shipping,
+        "shipping_address": buyer.shipping_address,
+        "billing_address": buyer.billing_address,
         "lines": [_line_view(line) for line in lines],
         "created_at": row["created_at"],
         "updated_at": row["updated_at"],
@@ -2527,33 +2550,54 @@ _SUMMARY_LINE = (
     *("id", "sku", "product_id", "name", "quantity", "unit_price", "subtotal", "discount"),
     *("tax", "total", "fulfilled_quantity", "returned_quantity", "refunded_quantity"),
 )
-# The order and its lines in one statement (one snapshot), run on the driver: other services
-# ask for it several times per checkout.
-_ORDER_SUMMARY = (
-    select(
-        *(orders.c[name] for name in _SUMMARY_ORDER),
-        *(order_lines.c[name].label(f"line_{name}") for name in _SUMMARY_LINE),
-    )
-    .select_from(orders.outerjoin(order_lines, order_lines.c.order_id == orders.c.id))
-    .where(orders.c.id == bindparam("order_id"))
-    .order_by(order_lines.c.position)
-)
+
+
+class OrderRead:
+    """Some columns of an order and of its lines (in position order), read in one statement
+    (one snapshot) on the driver: for the readers that need less than the order's page (no
+    fulfilments, no allowed actions). The order's columns include ``id``, the lines' ``id``."""
+
+    __slots__ = ("line_columns", "order_columns", "statement")
+
+    def __init__(self, order_columns: Sequence[str], line_columns: Sequence[str]) -> None:
+        self.order_columns = tuple(order_columns)
+        self.line_columns = tuple(line_columns)
+        self.statement = (
+            select(
+                *(orders.c[name] for name in self.order_columns),
+                *(order_lines.c[name].label(f"line_{name}") for name in self.line_columns),
+            )
+            .select_from(orders.outerjoin(order_lines, order_lines.c.order_id == orders.c.id))
+            .where(orders.c.id == bindparam("order_id"))
+            .order_by(order_lines.c.position)
+        )
+
+    async def fetch(
+        self, ctx: ServiceContext, order_id: str
+    ) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+        """The order's row and its lines' rows, by column name (NotFound without the order)."""
+        found = await ctx.db.fetch(ctx.db.compile_read(self.statement), order_id=order_id)
+        if not found:
+            raise NotFound(ORDER_NOT_FOUND)
+        width = len(self.order_columns)
+        row = dict(zip(self.order_columns, found[0][:width], strict=True))
+        lines = [
+            dict(zip(self.line_columns, line[width:], strict=True))
+            for line in found
+            if line[width] is not None
+        ]
+        return row, lines
+
+
+# Other services ask for it several times per checkout.
+_ORDER_SUMMARY = OrderRead(_SUMMARY_ORDER, _SUMMARY_LINE)
 
 
 async def get_order_summary(ctx: ServiceContext, *, order_id: str) -> schemas.OrderSummary:
     """What payments needs to charge an order (amount, currency, buyer, lines)."""
-    found = await ctx.db.fetch(ctx.db.compile_read(_ORDER_SUMMARY), order_id=order_id)
-    if not found:
-        raise NotFound(ORDER_NOT_FOUND)
-    width = len(_SUMMARY_ORDER)
-    row = dict(zip(_SUMMARY_ORDER, found[0][:width], strict=True))
+    row, lines = await _ORDER_SUMMARY.fetch(ctx, order_id)
     for name in ("created_at", "reservation_expires_at"):
         row[name] = as_utc_datetime(row[name])
-    lines = [
-        dict(zip(_SUMMARY_LINE, line[width:], strict=True))
-        for line in found
-        if line[width] is not None
-    ]
     return schemas.OrderSummary(**_summary_fields(ctx, row, lines))
 
 
