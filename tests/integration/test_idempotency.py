@@ -217,6 +217,10 @@ async def test_waiting_request_answers_409_in_progress_after_bounded_wait(
 
     assert second.status_code == 409
     assert second.json()["type"].endswith("/idempotency-request-in-progress")
+    # Retry-After is when the first request's claim runs out: by then a retry is answered
+    # whatever became of it (finished, or cut off by a crash and taken over).
+    assert 100 <= int(second.headers["Retry-After"]) <= 120
+    assert "crash" in second.json()["detail"]
     assert charges.runs == 1
 
 

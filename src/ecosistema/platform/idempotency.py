@@ -204,11 +204,21 @@ async def run_idempotent(
             return _replay(existing)
         if loop.time() >= deadline:
             raise IdempotencyRequestInProgress(
-                "A request with this Idempotency-Key is still being processed; retry shortly.",
-                headers={"Retry-After": "1"},
+                "A request with this Idempotency-Key is still being processed; retry shortly. "
+                "A request cut off by a crash holds its key until its claim runs out "
+                f"(at most {int(CLAIM_TTL.total_seconds())} s).",
+                headers={"Retry-After": str(_seconds_left(existing["claimed_until"]))},
             )
         await asyncio.sleep(min(delay, max(0.0, deadline - loop.time())))
         delay = min(delay * 2, 0.1)
+
+
+def _seconds_left(claimed_until: datetime) -> int:
+    """Retry-After for a key still claimed after the wait: when its claim runs out, the moment
+    by which a retry is sure to be answered (the holder has finished, or died and the key is
+    taken over). A retry before then is answered as soon as the holder finishes."""
+    left = (claimed_until - utcnow()).total_seconds()
+    return max(1, min(int(left) + 1, int(CLAIM_TTL.total_seconds())))
 
 
 async def _claim(
