@@ -165,9 +165,18 @@ def config(
     if as_json:
         console.print_json(json.dumps(values, default=str))
         return
+    shown = {
+        name: value if isinstance(value, str) else json.dumps(value, default=str)
+        for name, value in values.items()
+    }
+    if not console.is_terminal:
+        # Piped (to grep, a file): one whole line per setting, never cut to a screen's width.
+        for name, value in shown.items():
+            typer.echo(f"{name}={value}")
+        return
     table = Table("setting", "value", title="Effective settings (ECOSISTEMA_*)")
-    for name, value in values.items():
-        table.add_row(name, json.dumps(value, default=str) if not isinstance(value, str) else value)
+    for name, value in shown.items():
+        table.add_row(name, value)
     console.print(table)
 
 

@@ -153,6 +153,19 @@ def test_config_shows_the_master_key_the_key_ring_has_active(workdir: Path) -> N
     assert "mk2" in invoke("config")
 
 
+def test_config_piped_prints_each_setting_whole_on_one_line(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    url = "postgresql+asyncpg://postgres@database.internal.example.com:5432/ecosistema_{service}"
+    monkeypatch.setenv("ECOSISTEMA_DATABASE_URL", url)
+    monkeypatch.setenv("ECOSISTEMA_CACHE_URL", "redis://:topsecret@cache:6379/0")
+    get_settings.cache_clear()
+    lines = invoke("config").splitlines()
+    assert f"database_url={url}" in lines
+    assert "topsecret" not in "\n".join(lines)
+    assert all("=" in line for line in lines)
+
+
 def test_config_shows_the_configured_master_key_id_when_the_key_comes_from_settings(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
