@@ -338,6 +338,21 @@ async def test_metrics_count_requests_per_route_and_upstream(
     assert "ecosistema_gateway_request_duration_seconds_bucket" in text
 
 
+async def test_the_gateways_own_paths_are_counted_under_their_path_and_the_rest_unmatched(
+    gateway: tuple[GatewayServer, io.StringIO],
+) -> None:
+    async with client(gateway[0]) as c:
+        assert (await c.get("/healthz")).status_code == 200
+        assert (await c.get("/no-such-route")).status_code == 404
+        await c.get("/metrics")
+        text = (await c.get("/metrics")).text
+    assert 'ecosistema_gateway_requests_total{method="GET",route="/healthz",status="200"}' in text
+    assert 'ecosistema_gateway_requests_total{method="GET",route="/metrics",status="200"}' in text
+    assert (
+        'ecosistema_gateway_requests_total{method="GET",route="unmatched",status="404"} 1.0' in text
+    )
+
+
 def _rss_kib(pid: int, field: str) -> int:
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
         if line.startswith(field + ":"):

@@ -1395,7 +1395,8 @@ class Gateway:
             if sink is not None:
                 sink.abort()
         duration = _perf_counter() - ex.started
-        route_label = ex.route.label if ex.route is not None else "unmatched"
+        route = ex.route
+        route_label = route.label if route is not None else self._own_label(ex)
         self.metrics.observe_request(route_label, ex.method, ex.status, duration)
         if self._log_enabled:
             self._log_access(ex, route_label, duration)
@@ -1406,6 +1407,17 @@ class Gateway:
             conn.finished(ex)
         else:
             conn.close()
+
+    def _own_label(self, ex: Exchange) -> str:
+        """The route label of a request no route took: the gateway's own path it answered
+        (a fixed set, so the metric's series stay bounded), else ``unmatched``."""
+        path = ex.path
+        if ex.status < 400:
+            if path in OWN_PATHS or path == self.config.metrics_path:
+                return path
+            if path.startswith(DOCS_STATIC):
+                return DOCS_STATIC
+        return "unmatched"
 
     def refused_unparsed(self, request_id: bytes, status: int, client: str) -> None:
         """Count and log an answer to bytes that never made a request (no method, no path)."""
