@@ -10,7 +10,9 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 from pathlib import Path
+from typing import IO
 
 import pytest
 from typer.testing import CliRunner
@@ -529,12 +531,18 @@ def test_serve_stops_on_sigterm_while_it_waits_for_its_bus(workdir: Path) -> Non
         stderr=subprocess.STDOUT,
         text=True,
     )
+    tried = threading.Event()
+
+    def _read(stream: IO[str]) -> None:
+        for line in stream:
+            if "nats" in line.lower():
+                tried.set()
+
+    assert process.stdout is not None
+    threading.Thread(target=_read, args=(process.stdout,), daemon=True).start()
     try:
         # Once it tries the bus (its first refused attempt is logged), it is starting.
-        assert process.stdout is not None
-        for line in process.stdout:
-            if "nats_error" in line:
-                break
+        tried.wait(timeout=60)
         process.send_signal(signal.SIGTERM)
         process.wait(timeout=60)
     finally:
