@@ -8,7 +8,7 @@ import json
 import os
 import secrets
 import sys
-from collections.abc import Awaitable, Callable, Collection
+from collections.abc import AsyncIterator, Awaitable, Callable, Collection
 from pathlib import Path
 from typing import Annotated, Any, NoReturn, TypeVar
 
@@ -22,12 +22,14 @@ from typer.core import TyperGroup
 
 from ecosistema import __version__
 from ecosistema.platform.config import InvalidSettingsError, Settings, get_settings
-from ecosistema.platform.runtime import Runtime
+from ecosistema.platform.runtime import BackendUnreachableError, Runtime
 from ecosistema.services import SERVICE_NAMES, load_services
 
 T = TypeVar("T")
 # Exit status of a command refused before it did anything: bad arguments or bad settings.
 USAGE_ERROR = 2
+# uvicorn's exit status when it cannot serve (the port cannot be listened on).
+STARTUP_FAILURE = 3
 
 
 class _Commands(TyperGroup):
@@ -131,13 +133,15 @@ def _with_runtime(
 
 def _reason(exc: BaseException) -> str:
     """An exception in one line: a driver's own error where SQLAlchemy wraps one."""
+    if isinstance(exc, BackendUnreachableError):
+        return str(exc)
     cause = getattr(exc, "orig", None) or exc
     lines = [line for line in str(cause).strip().splitlines() if line.strip()]
     return f"{type(cause).__name__}: {lines[0] if lines else ''}".rstrip(": ")
 
 
 def _fail(message: str, code: int = 1) -> NoReturn:
-    err_console.print(f"[bold red]error:[/] {message}")
+    err_console.print(f"[bold red]error:[/] {message}", soft_wrap=True)
     raise typer.Exit(code=code)
 
 
@@ -477,10 +481,73 @@ def serve(
     """Run one service in its own process (distributed shape)."""
     if service not in SERVICE_NAMES:
         _fail(f"unknown service {service!r}; known: {', '.join(SERVICE_NAMES)}")
-    settings = _settings()
+    _settings()  # bad settings end here, one line each, before anything starts
     _check_port_free(host, port)
     os.environ["ECOSISTEMA_SERVE_SERVICE"] = service
-    _serve("ecosistema.asgi:single_service_app", host, port, settings)
+    _serve_service(host, port)
+
+
+def _serve_service(host: str, port: int) -> None:
+    """Start the service's runtime, then serve it; a database or bus that cannot be reached
+    ends start-up with one line and exit status 1, and SIGTERM or SIGINT while starting stops
+    the process (uvicorn would wait for start-up to end before it looks at a signal)."""
+    import signal
+
+    import uvicorn
+    import uvloop
+
+    from ecosistema.asgi import single_service_app
+
+    application = single_service_app()
+    runtime: Runtime = application.state.runtime
+    lifespan = application.router.lifespan_context(application)
+
+    async def _main() -> bool:
+        loop = asyncio.get_running_loop()
+        starting = asyncio.current_task()
+        assert starting is not None
+        signals = (signal.SIGTERM, signal.SIGINT)
+        for sig in signals:
+            loop.add_signal_handler(sig, starting.cancel)
+        try:
+            await lifespan.__aenter__()
+        except asyncio.CancelledError:
+            with contextlib.suppress(Exception):
+                await runtime.stop()
+            return True
+        except (OSError, DBAPIError) as exc:
+            with contextlib.suppress(Exception):
+                await runtime.stop()
+            _fail(f"could not start: {_reason(exc)}")
+        finally:
+            for sig in signals:
+                loop.remove_signal_handler(sig)
+
+        @contextlib.asynccontextmanager
+        async def _started(_app: Any) -> AsyncIterator[None]:
+            # Started above; uvicorn stops it as it shuts down, before it re-raises a signal.
+            try:
+                yield
+            finally:
+                await lifespan.__aexit__(None, None, None)
+
+        application.router.lifespan_context = _started
+        config = uvicorn.Config(
+            application,
+            host=host,
+            port=port,
+            http="httptools",
+            log_config=None,
+            access_log=False,
+            server_header=False,
+            proxy_headers=False,
+        )
+        server = uvicorn.Server(config)
+        await server.serve()
+        return server.started
+
+    if not uvloop.run(_main()):
+        raise typer.Exit(code=STARTUP_FAILURE)
 
 
 @users_app.command("create-admin")

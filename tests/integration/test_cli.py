@@ -4,9 +4,15 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import re
+import signal
 import socket
+import subprocess
+import sys
+import threading
 from pathlib import Path
+from typing import IO
 
 import pytest
 from typer.testing import CliRunner
@@ -478,3 +484,82 @@ def test_a_database_that_cannot_be_reached_ends_in_one_line_without_its_password
     assert len(lines) <= 2 and lines[0].startswith("error: could not "), result.output
     assert "ConnectionRefusedError" in result.output or "OSError" in result.output
     assert "hunter2" not in result.output and "Traceback" not in result.output
+
+
+def _unused_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+@pytest.mark.parametrize(
+    ("setting", "url", "named"),
+    [
+        ("ECOSISTEMA_BUS_URL", "nats://shop:hunter2@127.0.0.1:{port}", "ECOSISTEMA_BUS_URL"),
+        ("ECOSISTEMA_BUS_URL", "redis://:hunter2@127.0.0.1:{port}/0", "ECOSISTEMA_BUS_URL"),
+        (
+            "ECOSISTEMA_DATABASE_URL",
+            "postgresql+asyncpg://shop:hunter2@127.0.0.1:{port}/x",
+            "ConnectionRefusedError",
+        ),
+    ],
+    ids=["nats", "redis", "postgresql"],
+)
+def test_serve_with_a_backend_that_cannot_be_reached_exits_with_one_line(
+    workdir: Path, setting: str, url: str, named: str
+) -> None:
+    # Nothing listens on the backend's port: start-up gives up, rather than leaving a process
+    # that never serves (the timeout is generous; the process is expected well before it).
+    env = {**os.environ, setting: url.format(port=_unused_port()), "ECOSISTEMA_LOG_LEVEL": "ERROR"}
+    done = subprocess.run(
+        [sys.executable, "-m", "ecosistema", "serve", "catalog", "--port", str(_unused_port())],
+        cwd=workdir,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+
+    assert done.returncode == 1, done.stderr
+    lines = [line for line in done.stderr.splitlines() if not line.startswith("{")]
+    assert len(lines) == 1 and lines[0].startswith("error: could not start: "), done.stderr
+    assert named in lines[0], done.stderr
+    assert "127.0.0.1" in lines[0] or named == "ConnectionRefusedError"
+    assert "hunter2" not in done.stderr + done.stdout
+    assert "Traceback" not in done.stderr + done.stdout
+
+
+def test_serve_stops_on_sigterm_while_it_waits_for_its_bus(workdir: Path) -> None:
+    port = _unused_port()
+    env = {
+        **os.environ,
+        "ECOSISTEMA_BUS_URL": f"nats://127.0.0.1:{_unused_port()}",
+        "ECOSISTEMA_LOG_LEVEL": "WARNING",
+    }
+    process = subprocess.Popen(
+        [sys.executable, "-m", "ecosistema", "serve", "catalog", "--port", str(port)],
+        cwd=workdir,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    tried = threading.Event()
+
+    def _read(stream: IO[str]) -> None:
+        for line in stream:
+            if "nats" in line.lower():
+                tried.set()
+
+    assert process.stdout is not None
+    threading.Thread(target=_read, args=(process.stdout,), daemon=True).start()
+    try:
+        # Once it tries the bus (its first refused attempt is logged), it is starting.
+        tried.wait(timeout=60)
+        process.send_signal(signal.SIGTERM)
+        process.wait(timeout=60)
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+    assert process.returncode in (0, -signal.SIGTERM)

@@ -9,6 +9,7 @@ from collections.abc import Sequence
 from typing import Any
 
 import structlog
+from sqlalchemy.exc import DBAPIError
 
 from ecosistema.platform.cache import create_cache
 from ecosistema.platform.config import Settings
@@ -74,13 +75,39 @@ class Runtime:
     async def migrate(self) -> None:
         """Apply every hosted service's migrations."""
         for ctx in self.contexts.values():
-            await ctx.db.migrate(ctx.service.migrations, attributes={"cipher": self.cipher})
+            try:
+                await ctx.db.migrate(ctx.service.migrations, attributes={"cipher": self.cipher})
+            except (OSError, DBAPIError) as exc:
+                cause = getattr(exc, "orig", None) or exc
+                if not isinstance(cause, OSError):
+                    raise  # the database answered: a migration's own error
+                setting = (
+                    f"ECOSISTEMA_DATABASE_URLS[{ctx.name}]"
+                    if ctx.name in self.settings.database_urls
+                    else "ECOSISTEMA_DATABASE_URL"
+                )
+                url = _address(self.settings.database_url_for(ctx.name))
+                raise BackendUnreachableError(
+                    f"cannot reach the database at {setting}={url}: {_one_line(cause)}"
+                ) from exc
 
     async def start(self, *, migrate: bool = True, background: bool = True) -> None:
         """Migrate, connect the bus, run start hooks; then relays, consumers and jobs."""
         if migrate:
             await self.migrate()
-        await self.bus.start()
+        try:
+            await self.bus.start()
+        except Exception as exc:
+            # A bus that cannot be reached (refused, no answer in time, a client's own error):
+            # one line that names the setting and the address, its password left out.
+            with contextlib.suppress(Exception):
+                await self.bus.stop()
+            # The bus's own ConnectionError says enough without its type.
+            cause = _one_line(exc, with_type=type(exc) is not ConnectionError)
+            raise BackendUnreachableError(
+                f"cannot reach the event bus at ECOSISTEMA_BUS_URL="
+                f"{_address(self.settings.bus_url)}: {cause}".rstrip(": ")
+            ) from exc
         for ctx in self.contexts.values():
             if ctx.service.on_start:
                 await ctx.service.on_start(ctx)
@@ -142,3 +169,23 @@ class Runtime:
         for ctx in self.contexts.values():
             await ctx.db.dispose()
         self.started = False
+
+
+class BackendUnreachableError(ConnectionError):
+    """A backend the runtime starts with cannot be reached; the message names its setting and
+    address (credentials left out), in one line."""
+
+
+def _one_line(exc: BaseException, *, with_type: bool = True) -> str:
+    lines = [line for line in str(exc).strip().splitlines() if line.strip()]
+    text = lines[0] if lines else ""
+    return f"{type(exc).__name__}: {text}".rstrip(": ") if with_type else text
+
+
+def _address(url: str) -> str:
+    """A URL with its credentials (user and password, or a token) left out."""
+    scheme, sep, rest = url.partition("://")
+    netloc, slash, path = rest.partition("/")
+    if not sep or "@" not in netloc:
+        return url
+    return f"{scheme}://****@{netloc.rsplit('@', 1)[1]}{slash}{path}"

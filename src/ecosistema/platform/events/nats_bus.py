@@ -4,12 +4,12 @@ ephemeral one per broadcast subscriber."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import json
 import re
 from collections.abc import Collection
 
-import nats
 import structlog
 from nats.aio.client import Client
 from nats.aio.msg import Msg
@@ -42,6 +42,9 @@ log = structlog.get_logger(__name__)
 JS_API_PREFIX = "$JS.API"
 # How often a stream create the server fails (ServerError) is tried before the bus gives up.
 STREAM_CREATE_ATTEMPTS = 3
+# How long start keeps trying to reach a server before it gives up. Once connected, the client
+# reconnects for as long as it takes: a running service waits for its bus to come back.
+CONNECT_SECONDS = 10.0
 
 _UNSAFE = re.compile(r"[^A-Za-z0-9_-]")
 # Status answers that end a pull request: no messages (no_wait), expired, or a conflict (too
@@ -155,8 +158,10 @@ class NatsBus:
         duplicate_window: float = 120.0,
         stop_grace: float = 10.0,
         inactive_threshold: float = 60.0,
+        connect_seconds: float = CONNECT_SECONDS,
     ) -> None:
         self.url = url
+        self.connect_seconds = connect_seconds
         self.stream = nats_name(stream)
         self.subject_prefix = f"{self.stream}.events"
         self.ack_wait = ack_wait
@@ -192,9 +197,7 @@ class NatsBus:
         if self._nc is not None:
             return
         self._loops = DeliveryLoops()
-        self._nc = await nats.connect(
-            self.url, name=f"ecosistema-{self.stream}", max_reconnect_attempts=-1
-        )
+        self._nc = await self._connect()
         self._js = self._nc.jetstream()
         config = StreamConfig(
             name=self.stream,
@@ -218,6 +221,36 @@ class NatsBus:
                     raise
                 log.warning("nats_stream_create_retried", stream=self.stream, error=repr(exc))
                 await asyncio.sleep(0.1 * (attempt + 1))
+
+    async def _connect(self) -> Client:
+        """A connected client; ``ConnectionError`` when no server answers within
+        ``connect_seconds`` (the attempts in between are logged, one line each)."""
+        last: list[BaseException] = []
+
+        async def _error(exc: Exception) -> None:
+            last[:] = [exc]
+            log.warning("nats_error", error=repr(exc))
+
+        nc = Client()
+        try:
+            await asyncio.wait_for(
+                nc.connect(
+                    self.url,
+                    name=f"ecosistema-{self.stream}",
+                    max_reconnect_attempts=-1,
+                    reconnect_time_wait=1,
+                    error_cb=_error,
+                ),
+                self.connect_seconds,
+            )
+        except TimeoutError:
+            with contextlib.suppress(Exception):
+                await nc.close()
+            why = f" (last: {type(last[0]).__name__}: {last[0]})" if last else ""
+            raise ConnectionError(
+                f"no NATS server answered within {self.connect_seconds:g} s{why}"
+            ) from None
+        return nc
 
     async def stop(self) -> None:
         """Let running handlers finish, then drain the connection."""
