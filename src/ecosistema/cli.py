@@ -254,11 +254,7 @@ def _seed_demo(settings: Settings) -> dict[str, Any]:
     return _with_runtime(settings, _work)
 
 
-EMBEDDED_APP = "ecosistema.asgi:embedded_app"
-
-
 def _serve(
-    app_factory: str,
     host: str,
     port: int,
     settings: Settings,
@@ -266,33 +262,18 @@ def _serve(
     certfile: str | None = None,
     keyfile: str | None = None,
 ) -> None:
-    if app_factory == EMBEDDED_APP:
-        # The whole platform behind the gateway: its HTTP server, with every route served by
-        # the embedded app in process (auth, rate limits, response cache at the edge).
-        from ecosistema.gateway.embedded import run_embedded
-        from ecosistema.gateway.inprocess import LifespanFailed
+    """The whole platform behind the gateway: its HTTP server, with every route served by the
+    embedded app in process (auth, rate limits, response cache at the edge). ``serve`` runs one
+    service its own way (``_serve_service``)."""
+    from ecosistema.gateway.embedded import run_embedded
+    from ecosistema.gateway.inprocess import LifespanFailed
 
-        try:
-            run_embedded(settings, host, port, certfile=certfile, keyfile=keyfile)
-        except LifespanFailed as exc:
-            # The app logged the traceback as it failed; the operator gets why, and exit 1.
-            lines = [line for line in str(exc).strip().splitlines() if line.strip()]
-            _fail(f"could not start: {lines[-1] if lines else exc}")
-        return
-    import uvicorn
-
-    uvicorn.run(
-        app_factory,
-        factory=True,
-        host=host,
-        port=port,
-        loop="uvloop",
-        http="httptools",
-        log_config=None,
-        access_log=False,
-        server_header=False,
-        proxy_headers=False,
-    )
+    try:
+        run_embedded(settings, host, port, certfile=certfile, keyfile=keyfile)
+    except LifespanFailed as exc:
+        # The app logged the traceback as it failed; the operator gets why, and exit 1.
+        lines = [line for line in str(exc).strip().splitlines() if line.strip()]
+        _fail(f"could not start: {lines[-1] if lines else exc}")
 
 
 @app.command()
@@ -363,7 +344,7 @@ def up(
             lines.append(f"  {role:<9} {account['email']:<32} {account['password']}")
     console.print(Panel("\n".join(lines), title="ecosistema up", expand=False))
     tls = {"certfile": certfile, "keyfile": keyfile} if certfile else {}
-    _serve(EMBEDDED_APP, host, port, settings, **tls)
+    _serve(host, port, settings, **tls)
 
 
 def _check_port_free(host: str, port: int) -> None:

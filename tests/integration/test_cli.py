@@ -279,7 +279,7 @@ def _serving_public_url(monkeypatch: pytest.MonkeyPatch) -> list[str]:
 
     served: list[str] = []
 
-    def serve(_factory: str, _host: str, _port: int, _settings: object) -> None:
+    def serve(_host: str, _port: int, _settings: object) -> None:
         served.append(get_settings().public_url)
 
     monkeypatch.setattr(cli, "_serve", serve)
