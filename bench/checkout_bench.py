@@ -50,6 +50,7 @@ from machine import (
     bearer,
     describe,
     free_port,
+    in_process_settings,
     process_cpu_seconds,
     run_lean_clients,
 )
@@ -272,7 +273,6 @@ async def count_statements(flows: dict[str, LeanOperation], checkouts: int) -> d
     mail sent."""
     from ecosistema.identity import create_admin
     from ecosistema.platform.app import create_app
-    from ecosistema.platform.config import Settings
     from ecosistema.services import load_services
 
     counts = {"statements": 0, "write": 0, "read": 0}
@@ -295,15 +295,7 @@ async def count_statements(flows: dict[str, LeanOperation], checkouts: int) -> d
     sqlite3.connect = traced  # type: ignore[assignment]
     results: dict[str, Any] = {}
     with tempfile.TemporaryDirectory() as tmp:
-        settings = Settings(  # type: ignore[call-arg]
-            environment="development",
-            data_dir=Path(tmp),
-            log_level="WARNING",
-            database_url=f"sqlite+aiosqlite:///{tmp}/{{service}}.db",
-            bus_url="memory://",
-            cache_url="memory://",
-            sales_train_default_model=False,
-        )
+        settings = in_process_settings(tmp)
         app = create_app(load_services(), settings)
         async with app.router.lifespan_context(app):
             runtime = app.state.runtime

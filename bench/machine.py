@@ -33,6 +33,24 @@ async def app(scope, receive, send):
 """
 
 
+def in_process_settings(directory: str, **overrides: Any) -> Any:
+    """Settings of a platform run in this process on SQLite files under ``directory``, with the
+    in-memory bus and cache and no lead-scoring model trained at start."""
+    from ecosistema.platform.config import Settings
+
+    values: dict[str, Any] = {
+        "environment": "development",
+        "data_dir": Path(directory),
+        "log_level": "WARNING",
+        "database_url": f"sqlite+aiosqlite:///{directory}/{{service}}.db",
+        "bus_url": "memory://",
+        "cache_url": "memory://",
+        "sales_train_default_model": False,
+        **overrides,
+    }
+    return Settings(**values)
+
+
 def describe() -> str:
     """One line: when, where, on what."""
     cpu = "unknown cpu"

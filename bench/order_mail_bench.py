@@ -17,12 +17,11 @@ import json
 import tempfile
 import time
 from datetime import timedelta
-from pathlib import Path
 from typing import Any, cast
 
 import httpx
 from checkout_bench import ADMIN, InProcessClient, lean_checkout, prepare_shop
-from machine import LeanClient, describe
+from machine import LeanClient, describe, in_process_settings
 
 
 async def measure(mails: int, rounds: int) -> dict[str, Any]:
@@ -32,19 +31,12 @@ async def measure(mails: int, rounds: int) -> dict[str, Any]:
     from ecosistema.orders import emails
     from ecosistema.orders.models import order_emails
     from ecosistema.platform.app import create_app
-    from ecosistema.platform.config import Settings
     from ecosistema.platform.db import utcnow
     from ecosistema.services import load_services
 
     with tempfile.TemporaryDirectory() as tmp:
-        settings = Settings(  # type: ignore[call-arg]
-            environment="development",
-            data_dir=Path(tmp),
-            log_level="WARNING",
-            database_url=f"sqlite+aiosqlite:///{tmp}/{{service}}.db",
-            bus_url="memory://",
-            cache_url="memory://",
-            sales_train_default_model=False,
+        settings = in_process_settings(
+            tmp,
             # The periodic job waits: this benchmark sends the mail itself.
             orders_email_interval_seconds=3600,
         )
