@@ -1778,9 +1778,8 @@ async def _credited_line_amounts(
     tx: DriverTransaction, payment: Mapping[str, Any], refund_id: str
 ) -> dict[str, int]:
     """What the payment's other settled refunds gave back for each order line (their credit
-    notes), by line id. The payment is locked first so settlements of its refunds read them,
-    and its earlier credit notes, in turn."""
-    await tx.row(_PAYMENT_LOCKED, payment_id=payment["id"])
+    notes), by line id. The caller (``_settle_refund``) holds the payment's lock, so
+    settlements of its refunds read them, and its earlier credit notes, in turn."""
     credited: dict[str, int] = {}
     for earlier in await tx.rows(
         _OTHER_SETTLED_LINES, payment_id=payment["id"], refund_id=refund_id
