@@ -22,7 +22,7 @@ from typer.core import TyperGroup
 
 from ecosistema import __version__
 from ecosistema.platform.config import InvalidSettingsError, Settings, get_settings
-from ecosistema.platform.runtime import BackendUnreachableError, Runtime
+from ecosistema.platform.runtime import BackendUnreachableError, Runtime, one_line
 from ecosistema.services import SERVICE_NAMES, load_services
 
 T = TypeVar("T")
@@ -135,9 +135,7 @@ def _reason(exc: BaseException) -> str:
     """An exception in one line: a driver's own error where SQLAlchemy wraps one."""
     if isinstance(exc, BackendUnreachableError):
         return str(exc)
-    cause = getattr(exc, "orig", None) or exc
-    lines = [line for line in str(cause).strip().splitlines() if line.strip()]
-    return f"{type(cause).__name__}: {lines[0] if lines else ''}".rstrip(": ")
+    return one_line(getattr(exc, "orig", None) or exc)
 
 
 def _fail(message: str, code: int = 1) -> NoReturn:

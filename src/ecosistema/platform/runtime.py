@@ -88,7 +88,7 @@ class Runtime:
                 )
                 url = _address(self.settings.database_url_for(ctx.name))
                 raise BackendUnreachableError(
-                    f"cannot reach the database at {setting}={url}: {_one_line(cause)}"
+                    f"cannot reach the database at {setting}={url}: {one_line(cause)}"
                 ) from exc
 
     async def start(self, *, migrate: bool = True, background: bool = True) -> None:
@@ -103,7 +103,7 @@ class Runtime:
             with contextlib.suppress(Exception):
                 await self.bus.stop()
             # The bus's own ConnectionError says enough without its type.
-            cause = _one_line(exc, with_type=type(exc) is not ConnectionError)
+            cause = one_line(exc, with_type=type(exc) is not ConnectionError)
             raise BackendUnreachableError(
                 f"cannot reach the event bus at ECOSISTEMA_BUS_URL="
                 f"{_address(self.settings.bus_url)}: {cause}".rstrip(": ")
@@ -176,7 +176,8 @@ class BackendUnreachableError(ConnectionError):
     address (credentials left out), in one line."""
 
 
-def _one_line(exc: BaseException, *, with_type: bool = True) -> str:
+def one_line(exc: BaseException, *, with_type: bool = True) -> str:
+    """An exception in one line: its type and the first line of its message."""
     lines = [line for line in str(exc).strip().splitlines() if line.strip()]
     text = lines[0] if lines else ""
     return f"{type(exc).__name__}: {text}".rstrip(": ") if with_type else text
